@@ -1,0 +1,61 @@
+//! Read-your-writes: a query may name a log position and wait (bounded) until the read model
+//! it reads has applied it.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use quantus_projections::runner::ProjectionRunner;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::Problem;
+
+/// Default and largest wait a client may ask for.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Consistency {
+    /// Wait until the read model has applied the event at this log position (from a command
+    /// response).
+    pub min_position: Option<u64>,
+    /// How long to wait, in milliseconds (default 5000, at most 30000); past it: 504.
+    pub wait_ms: Option<u64>,
+}
+
+impl Consistency {
+    pub async fn wait(&self, runner: &ProjectionRunner) -> Result<(), Problem> {
+        let Some(position) = self.min_position else {
+            return Ok(());
+        };
+        let wait = match self.wait_ms {
+            Some(ms) if ms > MAX_WAIT_MS => {
+                return Err(Problem::bad_request(format!(
+                    "wait_ms must be at most {MAX_WAIT_MS}"
+                )))
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => DEFAULT_WAIT,
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if runner.has_applied(position).await? == Some(true) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Problem::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "consistency-timeout",
+                    "Read model not caught up",
+                    format!(
+                        "the {} read model had not applied log position {position} after {} ms; retry later",
+                        runner.projection().name(),
+                        wait.as_millis()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

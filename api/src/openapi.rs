@@ -1,0 +1,35 @@
+//! The generated OpenAPI document, served at `/openapi.json`.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{events, organizations, Problem};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Quantus API", description = "Identity, licences, evidence and contracts on one event-sourced log."),
+    paths(
+        organizations::create, organizations::list, organizations::show, organizations::rename,
+        organizations::suspend, organizations::reactivate, events::list,
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

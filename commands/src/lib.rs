@@ -1,0 +1,153 @@
+//! Application services: the one command pipeline every write goes through.
+//!
+//! `execute` loads an aggregate from the store, checks the caller's expected version, lets
+//! the pure aggregate decide, and commits the events (envelope, hash chain and log position
+//! are added by the store). It answers with the log position a client can wait for.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, EventStore};
+use quantus_domain::organization::{Organization, OrganizationCommand, OrganizationError};
+use quantus_domain::CommandContext;
+use quantus_infra::{InfraError, SqlEventRepository};
+
+/// What a successful command tells its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// Log position of the aggregate's newest event after the command.
+    pub position: u64,
+    /// The aggregate's version (sequence of its newest event).
+    pub version: u64,
+    /// How many events the command recorded (0 when it changed nothing).
+    pub events: usize,
+}
+
+/// The one error type of the command layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The command itself is malformed (maps to 422).
+    #[error("{0}")]
+    Invalid(String),
+    /// The aggregate does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The command conflicts with the aggregate's state (409).
+    #[error("{0}")]
+    Rejected(String),
+    /// Someone else changed the aggregate first (409).
+    #[error("{0}")]
+    Concurrency(String),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// Aggregates whose errors the pipeline can sort into the categories above.
+pub trait ClassifyError {
+    fn classify(&self) -> CommandError;
+}
+
+impl ClassifyError for OrganizationError {
+    fn classify(&self) -> CommandError {
+        match self {
+            e if e.is_validation() => CommandError::Invalid(e.to_string()),
+            OrganizationError::NotFound => CommandError::NotFound(self.to_string()),
+            e => CommandError::Rejected(e.to_string()),
+        }
+    }
+}
+
+/// Runs commands against the event store.
+#[derive(Clone)]
+pub struct CommandBus {
+    repo: SqlEventRepository,
+}
+
+impl CommandBus {
+    pub fn new(repo: SqlEventRepository) -> Self {
+        Self { repo }
+    }
+
+    pub fn repository(&self) -> &SqlEventRepository {
+        &self.repo
+    }
+
+    /// Executes `command` on aggregate `id`. With `expected_version`, the command is refused
+    /// unless the aggregate is exactly at that version (optimistic concurrency for clients).
+    pub async fn execute<A>(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+        command: A::Command,
+        expected_version: Option<u64>,
+        services: &A::Services,
+    ) -> Result<CommandOutcome, CommandError>
+    where
+        A: Aggregate,
+        A::Error: ClassifyError,
+    {
+        let store =
+            PersistedEventStore::<SqlEventRepository, A>::new_event_store(self.repo.clone());
+        let mut context = store.load_aggregate(id).await.map_err(storage::<A>)?;
+        let current = context.current_sequence as u64;
+        if let Some(expected) = expected_version {
+            if expected != current {
+                return Err(CommandError::Concurrency(format!(
+                    "expected version {expected}, but the {} is at version {current}",
+                    A::TYPE.to_lowercase()
+                )));
+            }
+        }
+        let sink = EventSink::default();
+        context
+            .aggregate
+            .handle(command, services, &sink)
+            .await
+            .map_err(|e| e.classify())?;
+        let events = sink.collect().await;
+        let count = events.len();
+        if count > 0 {
+            store
+                .commit(events, context, ctx.to_metadata())
+                .await
+                .map_err(storage::<A>)?;
+        }
+        let position = self
+            .repo
+            .aggregate_head(A::TYPE, id)
+            .await
+            .map_err(|e| CommandError::Storage(e.to_string()))?;
+        Ok(CommandOutcome {
+            position,
+            version: current + count as u64,
+            events: count,
+        })
+    }
+
+    /// Shorthand for the Organization aggregate.
+    pub async fn organization(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+        command: OrganizationCommand,
+        expected_version: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.execute::<Organization>(ctx, id, command, expected_version, &())
+            .await
+    }
+}
+
+fn storage<A: Aggregate>(e: AggregateError<A::Error>) -> CommandError {
+    match e {
+        AggregateError::AggregateConflict => CommandError::Concurrency(format!(
+            "the {} was changed by another command at the same time; reload and retry",
+            A::TYPE.to_lowercase()
+        )),
+        other => CommandError::Storage(other.to_string()),
+    }
+}
+
+impl From<InfraError> for CommandError {
+    fn from(e: InfraError) -> Self {
+        CommandError::Storage(e.to_string())
+    }
+}

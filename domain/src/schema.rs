@@ -1,0 +1,129 @@
+//! The catalogue of event types: their bounded context, topic, version and JSON Schema.
+//!
+//! `schemas/` at the repository root is generated from [`catalogue`] (`quantus schemas write`);
+//! a test fails when the two disagree.
+
+use schemars::{JsonSchema, Schema};
+
+use crate::envelope::Envelope;
+use crate::organization::*;
+
+/// A bounded context owns aggregates and publishes to one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BoundedContext {
+    Identity,
+    Licensing,
+    Evidence,
+    Commercial,
+    Audit,
+}
+
+impl BoundedContext {
+    pub const ALL: [BoundedContext; 5] = [
+        Self::Identity,
+        Self::Licensing,
+        Self::Evidence,
+        Self::Commercial,
+        Self::Audit,
+    ];
+
+    pub fn topic(self) -> &'static str {
+        match self {
+            Self::Identity => "quantus.identity.v1",
+            Self::Licensing => "quantus.licensing.v1",
+            Self::Evidence => "quantus.evidence.v1",
+            Self::Commercial => "quantus.commercial.v1",
+            Self::Audit => "quantus.audit.v1",
+        }
+    }
+
+    /// The context that owns an aggregate type; unknown types are refused, not guessed.
+    pub fn of_aggregate(aggregate_type: &str) -> Option<Self> {
+        match aggregate_type {
+            "Organization" => Some(Self::Identity),
+            _ => None,
+        }
+    }
+}
+
+/// One event type at one schema version.
+pub struct EventSchema {
+    pub aggregate_type: &'static str,
+    pub event_type: &'static str,
+    pub version: u32,
+    pub schema: Schema,
+}
+
+impl EventSchema {
+    /// File name under `schemas/`.
+    pub fn file_name(&self) -> String {
+        format!("{}.v{}.json", self.event_type, self.version)
+    }
+}
+
+fn entry<T: JsonSchema>(
+    aggregate_type: &'static str,
+    event_type: &'static str,
+    version: u32,
+) -> EventSchema {
+    let mut schema = schemars::schema_for!(T);
+    schema.insert(
+        "$id".into(),
+        format!("https://schemas.quantus.dev/events/{event_type}.v{version}.json").into(),
+    );
+    schema.insert("title".into(), event_type.into());
+    EventSchema {
+        aggregate_type,
+        event_type,
+        version,
+        schema,
+    }
+}
+
+/// Every event type and version the code can write or read.
+pub fn catalogue() -> Vec<EventSchema> {
+    vec![
+        entry::<OrganizationCreated>("Organization", "OrganizationCreated", 1),
+        entry::<OrganizationRenamed>("Organization", "OrganizationRenamed", 1),
+        entry::<OrganizationSuspended>("Organization", "OrganizationSuspended", 1),
+        entry::<OrganizationReactivated>("Organization", "OrganizationReactivated", 1),
+    ]
+}
+
+/// The envelope's own schema (`schemas/envelope.v1.json`).
+pub fn envelope_schema() -> Schema {
+    let mut schema = schemars::schema_for!(Envelope);
+    schema.insert(
+        "$id".into(),
+        "https://schemas.quantus.dev/envelope.v1.json".into(),
+    );
+    schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalogued_aggregate_has_a_context_and_schemas_are_2020_12() {
+        for e in catalogue() {
+            assert!(BoundedContext::of_aggregate(e.aggregate_type).is_some());
+            assert_eq!(
+                e.schema.get("$schema").and_then(|v| v.as_str()),
+                Some("https://json-schema.org/draft/2020-12/schema")
+            );
+        }
+    }
+}
+
+/// Every file `schemas/` should hold: (file name, pretty JSON with a final newline).
+pub fn files() -> Vec<(String, String)> {
+    let pretty = |s: &Schema| format!("{}\n", serde_json::to_string_pretty(s).unwrap_or_default());
+    let mut out = vec![("envelope.v1.json".to_owned(), pretty(&envelope_schema()))];
+    out.extend(
+        catalogue()
+            .iter()
+            .map(|e| (e.file_name(), pretty(&e.schema))),
+    );
+    out
+}

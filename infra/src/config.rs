@@ -1,0 +1,208 @@
+//! The one configuration loader: flags, then environment, then an optional TOML file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::InfraError;
+
+/// Which pieces of the platform this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// HTTP API only (commands and queries).
+    Api,
+    /// Outbox relay only: publishes the log to Kafka.
+    Relay,
+    /// Projection runner only: builds read models from the log.
+    Projector,
+    /// Everything in one process.
+    #[default]
+    All,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "api" => Ok(Self::Api),
+            "relay" => Ok(Self::Relay),
+            "projector" => Ok(Self::Projector),
+            "all" => Ok(Self::All),
+            other => Err(format!(
+                "unknown role {other:?} (api, relay, projector, all)"
+            )),
+        }
+    }
+}
+
+impl Role {
+    pub fn runs_api(self) -> bool {
+        matches!(self, Self::Api | Self::All)
+    }
+    pub fn runs_relay(self) -> bool {
+        matches!(self, Self::Relay | Self::All)
+    }
+    pub fn runs_projector(self) -> bool {
+        matches!(self, Self::Projector | Self::All)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where the embedded store, keys and the bootstrap credential live.
+    pub data_dir: PathBuf,
+    /// Postgres URL; `None` means the embedded SQLite store under `data_dir`.
+    pub database_url: Option<String>,
+    /// Kafka bootstrap servers; `None` means the store's own log is read in-process.
+    pub kafka_brokers: Option<String>,
+    /// Partitions for topics the relay creates.
+    pub kafka_partitions: i32,
+    pub listen: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    kafka_brokers: Option<String>,
+    kafka_partitions: Option<i32>,
+    listen: Option<String>,
+}
+
+/// Values given on the command line; each wins over the environment and the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub role: Option<Role>,
+    pub database_url: Option<String>,
+    pub kafka_brokers: Option<String>,
+}
+
+impl Config {
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:8080";
+    pub const DEFAULT_DATA_DIR: &'static str = "./quantus-data";
+
+    /// Loads from `overrides`, then the process environment, then the config file.
+    pub fn load(overrides: Overrides) -> Result<Self, InfraError> {
+        Self::load_from(overrides, |k| {
+            std::env::var(k).ok().filter(|v| !v.is_empty())
+        })
+    }
+
+    /// As [`Config::load`], with the environment given as a function (testable).
+    pub fn load_from(
+        overrides: Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, InfraError> {
+        let file_path = overrides
+            .config_file
+            .clone()
+            .or_else(|| env("QUANTUS_CONFIG").map(PathBuf::from));
+        let file = match &file_path {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let partitions = match env("QUANTUS_KAFKA_PARTITIONS") {
+            Some(v) => v.parse().map_err(|_| {
+                InfraError::Config(format!("QUANTUS_KAFKA_PARTITIONS={v:?} is not a number"))
+            })?,
+            None => file.kafka_partitions.unwrap_or(3),
+        };
+        if partitions < 1 {
+            return Err(InfraError::Config(
+                "kafka_partitions must be at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            data_dir: overrides
+                .data_dir
+                .or_else(|| env("QUANTUS_DATA_DIR").map(PathBuf::from))
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(Self::DEFAULT_DATA_DIR)),
+            database_url: overrides
+                .database_url
+                .or_else(|| env("DATABASE_URL"))
+                .or(file.database_url),
+            kafka_brokers: overrides
+                .kafka_brokers
+                .or_else(|| env("KAFKA_BROKERS"))
+                .or(file.kafka_brokers),
+            kafka_partitions: partitions,
+            listen: overrides
+                .listen
+                .or_else(|| env("QUANTUS_LISTEN"))
+                .or(file.listen)
+                .unwrap_or_else(|| Self::DEFAULT_LISTEN.to_owned()),
+            role: overrides.role.unwrap_or_default(),
+        })
+    }
+
+    /// Whether this process uses the embedded SQLite store.
+    pub fn is_embedded(&self) -> bool {
+        self.database_url.is_none()
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, InfraError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InfraError::Config(format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| InfraError::Config(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn no_configuration_means_the_embedded_default() {
+        let c = Config::load_from(Overrides::default(), |_| None).unwrap();
+        assert!(c.is_embedded());
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./quantus-data"));
+        assert_eq!(c.kafka_brokers, None);
+        assert_eq!(c.role, Role::All);
+    }
+
+    #[test]
+    fn flags_win_over_environment_which_wins_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("quantus-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("quantus.toml");
+        std::fs::write(&file, "database_url = \"postgres://file\"\nkafka_brokers = \"file:9092\"\nlisten = \"0.0.0.0:1\"\n").unwrap();
+        let env: HashMap<&str, &str> = [("KAFKA_BROKERS", "env:9092")].into();
+        let c = Config::load_from(
+            Overrides {
+                config_file: Some(file),
+                listen: Some("127.0.0.1:9".into()),
+                ..Default::default()
+            },
+            |k| env.get(k).map(|v| v.to_string()),
+        )
+        .unwrap();
+        assert_eq!(c.database_url.as_deref(), Some("postgres://file"));
+        assert_eq!(c.kafka_brokers.as_deref(), Some("env:9092"));
+        assert_eq!(c.listen, "127.0.0.1:9");
+    }
+
+    #[test]
+    fn a_bad_file_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("quantus-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "databse_url = 1\n").unwrap();
+        let err = Config::load_from(
+            Overrides {
+                config_file: Some(file),
+                ..Default::default()
+            },
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("databse_url"), "{err}");
+    }
+}

@@ -1,0 +1,236 @@
+//! One connection pool over Postgres (production) or SQLite (embedded), and the schema.
+//!
+//! Both dialects share every statement except the few named in [`Dialect`]; columns use only
+//! BIGINT and TEXT so that the same rows mean the same thing in both.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use tokio::sync::watch;
+
+use crate::InfraError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+/// A pool plus the knowledge of which database it talks to.
+#[derive(Clone)]
+pub struct Database {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+    /// The last log position this process committed; wakes in-process log tailers at once.
+    head: Arc<watch::Sender<u64>>,
+}
+
+/// Statements that differ between the dialects.
+const SCHEMA: &[&str] = &[
+    // The log. One row per event; `position` is gap-free and in commit order (see
+    // docs/event-log.md). The row is also the outbox entry: the relay keeps a cursor.
+    "CREATE TABLE IF NOT EXISTS events (
+        position BIGINT PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        aggregate_type TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        event_type TEXT NOT NULL,
+        schema_version BIGINT NOT NULL,
+        occurred_at TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        actor_kind TEXT NOT NULL,
+        actor_id TEXT NOT NULL,
+        correlation_id TEXT NOT NULL,
+        causation_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        UNIQUE (aggregate_type, aggregate_id, sequence)
+    )",
+    "CREATE TABLE IF NOT EXISTS relay_cursors (
+        relay TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )",
+    // Where each projection has read up to, per source ('log', or 'topic/partition').
+    "CREATE TABLE IF NOT EXISTS projection_checkpoints (
+        projection TEXT NOT NULL,
+        source TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        PRIMARY KEY (projection, source)
+    )",
+    // The last sequence (and its log position) each projection applied per aggregate: makes
+    // application idempotent and answers read-your-writes waits.
+    "CREATE TABLE IF NOT EXISTS projection_streams (
+        projection TEXT NOT NULL,
+        aggregate_type TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        position BIGINT NOT NULL,
+        PRIMARY KEY (projection, aggregate_type, aggregate_id)
+    )",
+    "CREATE TABLE IF NOT EXISTS bootstrap_credentials (
+        id BIGINT PRIMARY KEY,
+        token_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )",
+];
+
+const POSTGRES_GUARDS: &[&str] = &[
+    "CREATE OR REPLACE FUNCTION quantus_events_append_only() RETURNS trigger AS $$
+     BEGIN RAISE EXCEPTION 'events are append-only'; END; $$ LANGUAGE plpgsql",
+    "DO $$ BEGIN
+       IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'events_append_only') THEN
+         CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+           FOR EACH ROW EXECUTE FUNCTION quantus_events_append_only();
+       END IF;
+     END $$",
+];
+
+const SQLITE_GUARDS: &[&str] = &[
+    "CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+     BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+     BEGIN SELECT RAISE(ABORT, 'events are append-only'); END",
+];
+
+impl Database {
+    /// Connects to `database_url`, or to `data_dir/quantus.db` when it is `None`, and makes
+    /// sure the schema exists.
+    pub async fn open(database_url: Option<&str>, data_dir: &Path) -> Result<Self, InfraError> {
+        sqlx::any::install_default_drivers();
+        let (url, dialect) = match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                (url.to_owned(), Dialect::Postgres)
+            }
+            Some(url) if url.starts_with("sqlite:") => (url.to_owned(), Dialect::Sqlite),
+            Some(url) => {
+                return Err(InfraError::Config(format!(
+                    "DATABASE_URL must start with postgres:// or sqlite: (got {:?})",
+                    url.split(':').next().unwrap_or_default()
+                )))
+            }
+            None => {
+                std::fs::create_dir_all(data_dir)?;
+                let path = data_dir.join("quantus.db");
+                (
+                    format!("sqlite://{}?mode=rwc", path.display()),
+                    Dialect::Sqlite,
+                )
+            }
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if dialect == Dialect::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL lets readers run beside the single writer; the busy timeout makes
+                        // a second process wait for the write lock instead of failing.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options.connect(&url).await?;
+        let db = Self {
+            pool,
+            dialect,
+            head: Arc::new(watch::channel(0).0),
+        };
+        db.migrate().await?;
+        let head = db.head_position().await?;
+        db.head.send_replace(head);
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), InfraError> {
+        // Concurrent first starts (several roles at once) must not race on DDL.
+        let mut tx = self.begin_write().await?;
+        for statement in SCHEMA {
+            tx.execute(*statement).await?;
+        }
+        let guards = match self.dialect {
+            Dialect::Postgres => POSTGRES_GUARDS,
+            Dialect::Sqlite => SQLITE_GUARDS,
+        };
+        for statement in guards {
+            tx.execute(*statement).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Starts the one kind of transaction that may append to the log: appends are serialised
+    /// (an advisory lock on Postgres, an immediate write lock on SQLite) so that positions are
+    /// gap-free and in commit order.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, InfraError> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Dialect::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7215130706)")
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
+    /// Starts a transaction that updates read models. On SQLite it takes the write lock at once
+    /// (a deferred transaction that later writes can fail instead of waiting); on Postgres it
+    /// serialises work on one projection (`key`) across processes.
+    pub async fn begin_update(
+        &self,
+        key: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, InfraError> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Dialect::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
+    /// The highest committed log position (0 for an empty log).
+    pub async fn head_position(&self) -> Result<u64, InfraError> {
+        let row = sqlx::query("SELECT COALESCE(MAX(position), 0) AS head FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("head")? as u64)
+    }
+
+    /// Tells in-process tailers that the log grew to `position`.
+    pub fn announce(&self, position: u64) {
+        self.head.send_if_modified(|head| {
+            let grew = position > *head;
+            if grew {
+                *head = position;
+            }
+            grew
+        });
+    }
+
+    /// Waits until this process announces a position past `position`, or `timeout` passes.
+    /// Other processes' appends are seen by polling, so callers loop.
+    pub async fn wait_for_append(&self, position: u64, timeout: Duration) {
+        let mut rx = self.head.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|head| *head > position)).await;
+    }
+}
+
+/// Reads an i64 column that holds a non-negative number.
+pub fn get_u64(row: &AnyRow, column: &str) -> Result<u64, InfraError> {
+    let v: i64 = row.try_get(column)?;
+    u64::try_from(v).map_err(|_| InfraError::Corrupt(format!("{column} is negative: {v}")))
+}

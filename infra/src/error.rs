@@ -1,0 +1,14 @@
+/// The one error type of the infrastructure layer.
+#[derive(Debug, thiserror::Error)]
+pub enum InfraError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,398 @@
+//! The event store: cqrs-es' `PersistedEventRepository` over [`Database`], writing sealed
+//! [`Envelope`]s with a gap-free global position, and reading the log back in order.
+
+use std::time::Duration;
+
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use cqrs_es::Aggregate;
+use quantus_domain::envelope::{tag_payload, untag_payload};
+use quantus_domain::{Actor, ActorKind, CommandContext, Envelope, GENESIS_HASH};
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+use crate::db::{get_u64, Database};
+use crate::InfraError;
+
+/// One event as the log holds it: its global position and its envelope.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogRecord {
+    pub position: u64,
+    pub envelope: Envelope,
+}
+
+const COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, sequence, event_type, \
+    schema_version, occurred_at, tenant_id, actor_kind, actor_id, correlation_id, causation_id, \
+    payload, prev_hash, hash";
+
+/// The event store of every aggregate. Cheap to clone.
+#[derive(Clone)]
+pub struct SqlEventRepository {
+    db: Database,
+}
+
+impl SqlEventRepository {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Events after `after`, in log order, at most `limit`.
+    pub async fn read_log(&self, after: u64, limit: u32) -> Result<Vec<LogRecord>, InfraError> {
+        read_log(&self.db, after, limit).await
+    }
+
+    /// The position of the newest event of one aggregate (0 if it has none).
+    pub async fn aggregate_head(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<u64, InfraError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(position), 0) AS head FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_one(&self.db.pool)
+        .await?;
+        get_u64(&row, "head")
+    }
+
+    /// Which aggregate the event at `position` belongs to, if it exists yet.
+    pub async fn aggregate_at(
+        &self,
+        position: u64,
+    ) -> Result<Option<(String, String)>, InfraError> {
+        let row =
+            sqlx::query("SELECT aggregate_type, aggregate_id FROM events WHERE position = $1")
+                .bind(position as i64)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        Ok(match row {
+            Some(row) => Some((row.try_get("aggregate_type")?, row.try_get("aggregate_id")?)),
+            None => None,
+        })
+    }
+
+    async fn load(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: u64,
+    ) -> Result<Vec<SerializedEvent>, InfraError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence"
+        ))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(after_sequence as i64)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| record_from_row(row).map(|r| serialized_from_envelope(r.envelope)))
+            .collect()
+    }
+
+    async fn append(&self, events: &[SerializedEvent]) -> Result<u64, PersistenceError> {
+        let Some(first) = events.first() else {
+            return Ok(0);
+        };
+        let mut tx = self.db.begin_write().await.map_err(connection)?;
+        let head = sqlx::query("SELECT COALESCE(MAX(position), 0) AS head FROM events")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(sql)?;
+        let mut position = get_u64(&head, "head").map_err(connection)?;
+        let (last_sequence, mut prev_hash) =
+            last_link(&mut tx, &first.aggregate_type, &first.aggregate_id).await?;
+        if first.sequence as u64 != last_sequence + 1 {
+            return Err(PersistenceError::OptimisticLockError);
+        }
+        for event in events {
+            position += 1;
+            let envelope = envelope_from_serialized(event, &prev_hash)?;
+            insert(&mut tx, position, &envelope).await?;
+            prev_hash = envelope.hash;
+        }
+        tx.commit().await.map_err(sql)?;
+        self.db.announce(position);
+        Ok(position)
+    }
+}
+
+fn sql(e: sqlx::Error) -> PersistenceError {
+    if e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+    {
+        PersistenceError::OptimisticLockError
+    } else {
+        PersistenceError::ConnectionError(Box::new(e))
+    }
+}
+
+fn connection(e: InfraError) -> PersistenceError {
+    PersistenceError::ConnectionError(Box::new(e))
+}
+
+async fn last_link(
+    tx: &mut AnyConnection,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<(u64, String), PersistenceError> {
+    let row = sqlx::query(
+        "SELECT sequence, hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(sql)?;
+    match row {
+        Some(row) => Ok((
+            get_u64(&row, "sequence").map_err(connection)?,
+            row.try_get("hash").map_err(sql)?,
+        )),
+        None => Ok((0, GENESIS_HASH.to_owned())),
+    }
+}
+
+async fn insert(
+    tx: &mut AnyConnection,
+    position: u64,
+    e: &Envelope,
+) -> Result<(), PersistenceError> {
+    let payload = payload_text(&e.payload)?;
+    sqlx::query(&format!(
+        "INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    ))
+    .bind(position as i64)
+    .bind(e.event_id.to_string())
+    .bind(&e.aggregate_type)
+    .bind(&e.aggregate_id)
+    .bind(e.sequence as i64)
+    .bind(&e.event_type)
+    .bind(i64::from(e.schema_version))
+    .bind(quantus_domain::envelope::rfc3339_micros::format(&e.occurred_at))
+    .bind(&e.tenant_id)
+    .bind(e.actor.kind.as_str())
+    .bind(&e.actor.id)
+    .bind(e.correlation_id.to_string())
+    .bind(e.causation_id.to_string())
+    .bind(payload)
+    .bind(&e.prev_hash)
+    .bind(&e.hash)
+    .execute(&mut *tx)
+    .await
+    .map_err(sql)?;
+    Ok(())
+}
+
+fn payload_text(v: &Value) -> Result<String, PersistenceError> {
+    serde_json::to_string(v).map_err(PersistenceError::from)
+}
+
+/// Builds and seals the envelope of a new event from what cqrs-es hands the repository.
+fn envelope_from_serialized(
+    event: &SerializedEvent,
+    prev_hash: &str,
+) -> Result<Envelope, PersistenceError> {
+    let meta = event.metadata.as_object().cloned().unwrap_or_default();
+    let ctx = CommandContext::from_metadata(&meta).map_err(|key| {
+        PersistenceError::UnknownError(format!("command metadata lacks a valid {key:?}").into())
+    })?;
+    let schema_version = event.event_version.parse::<u32>().map_err(|_| {
+        PersistenceError::UnknownError(
+            format!("event version {:?} is not a number", event.event_version).into(),
+        )
+    })?;
+    Envelope {
+        event_id: Uuid::now_v7(),
+        aggregate_type: event.aggregate_type.clone(),
+        aggregate_id: event.aggregate_id.clone(),
+        sequence: event.sequence as u64,
+        event_type: event.event_type.clone(),
+        schema_version,
+        occurred_at: quantus_domain::envelope::truncate_to_micros(ctx.occurred_at),
+        tenant_id: ctx.tenant_id,
+        actor: ctx.actor,
+        correlation_id: ctx.correlation_id,
+        causation_id: ctx.causation_id,
+        payload: untag_payload(&event.event_type, event.payload.clone()),
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+    .seal(prev_hash)
+    .map_err(|e| PersistenceError::UnknownError(Box::new(e)))
+}
+
+/// The inverse: what cqrs-es needs to rebuild an aggregate.
+fn serialized_from_envelope(e: Envelope) -> SerializedEvent {
+    let mut meta = CommandContext {
+        tenant_id: e.tenant_id,
+        actor: e.actor,
+        occurred_at: e.occurred_at,
+        correlation_id: e.correlation_id,
+        causation_id: e.causation_id,
+    }
+    .to_metadata();
+    meta.insert("event_id".into(), e.event_id.to_string());
+    meta.insert("hash".into(), e.hash);
+    SerializedEvent {
+        aggregate_id: e.aggregate_id,
+        sequence: e.sequence as usize,
+        aggregate_type: e.aggregate_type,
+        payload: tag_payload(&e.event_type, e.payload),
+        event_type: e.event_type,
+        event_version: e.schema_version.to_string(),
+        metadata: serde_json::to_value(meta).unwrap_or(Value::Null),
+    }
+}
+
+/// Reads one `events` row. Malformed rows are reported, never silently repaired.
+pub fn record_from_row(row: &AnyRow) -> Result<LogRecord, InfraError> {
+    let position = get_u64(row, "position")?;
+    let corrupt = |what: &str| InfraError::Corrupt(format!("event at position {position}: {what}"));
+    let text = |c: &str| -> Result<String, InfraError> { Ok(row.try_get::<String, _>(c)?) };
+    let uuid = |c: &str| Uuid::parse_str(&text(c)?).map_err(|_| corrupt(c));
+    let occurred_at = chrono::DateTime::parse_from_rfc3339(&text("occurred_at")?)
+        .map_err(|_| corrupt("occurred_at"))?
+        .with_timezone(&chrono::Utc);
+    let envelope = Envelope {
+        event_id: uuid("event_id")?,
+        aggregate_type: text("aggregate_type")?,
+        aggregate_id: text("aggregate_id")?,
+        sequence: get_u64(row, "sequence")?,
+        event_type: text("event_type")?,
+        schema_version: u32::try_from(get_u64(row, "schema_version")?)
+            .map_err(|_| corrupt("schema_version"))?,
+        occurred_at,
+        tenant_id: text("tenant_id")?,
+        actor: Actor {
+            kind: ActorKind::parse(&text("actor_kind")?).ok_or_else(|| corrupt("actor_kind"))?,
+            id: text("actor_id")?,
+        },
+        correlation_id: uuid("correlation_id")?,
+        causation_id: uuid("causation_id")?,
+        payload: serde_json::from_str(&text("payload")?).map_err(|_| corrupt("payload"))?,
+        prev_hash: text("prev_hash")?,
+        hash: text("hash")?,
+    };
+    Ok(LogRecord { position, envelope })
+}
+
+/// Events after `after`, in log order, at most `limit`.
+pub async fn read_log(db: &Database, after: u64, limit: u32) -> Result<Vec<LogRecord>, InfraError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+    ))
+    .bind(after as i64)
+    .bind(i64::from(limit))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(record_from_row).collect()
+}
+
+/// Follows the log from `after`, calling `on_batch` for each non-empty batch, until it returns
+/// `false`. Wakes at once on appends in this process, and polls for other processes' appends.
+pub async fn tail_log<F, Fut>(
+    db: &Database,
+    mut after: u64,
+    batch: u32,
+    mut on_batch: F,
+) -> Result<(), InfraError>
+where
+    F: FnMut(Vec<LogRecord>) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, InfraError>>,
+{
+    loop {
+        let records = read_log(db, after, batch).await?;
+        match records.last() {
+            Some(last) => {
+                after = last.position;
+                if !on_batch(records).await? {
+                    return Ok(());
+                }
+            }
+            None => db.wait_for_append(after, Duration::from_millis(100)).await,
+        }
+    }
+}
+
+impl PersistedEventRepository for SqlEventRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.load(A::TYPE, aggregate_id, 0)
+            .await
+            .map_err(connection)
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.load(A::TYPE, aggregate_id, last_sequence as u64)
+            .await
+            .map_err(connection)
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        _aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        // Aggregates are short streams; replaying them is cheaper than keeping snapshots right.
+        Ok(None)
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        _snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        self.append(events).await.map(|_| ())
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        let events = self
+            .load(A::TYPE, aggregate_id, 0)
+            .await
+            .map_err(connection)?;
+        Ok(replay(events).await)
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 ORDER BY position"
+        ))
+        .bind(A::TYPE)
+        .fetch_all(&self.db.pool)
+        .await
+        .map_err(sql)?;
+        let events = rows
+            .iter()
+            .map(|row| record_from_row(row).map(|r| serialized_from_envelope(r.envelope)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(connection)?;
+        Ok(replay(events).await)
+    }
+}
+
+async fn replay(events: Vec<SerializedEvent>) -> ReplayStream {
+    let (mut feed, stream) = ReplayStream::new(events.len().max(1));
+    for event in events {
+        // The channel holds every event, so pushing never waits.
+        let _ = feed.push(Ok(event)).await;
+    }
+    stream
+}

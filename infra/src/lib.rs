@@ -1,0 +1,17 @@
+//! The imperative shell: event store, log, relay to Kafka, credentials, configuration.
+//!
+//! Invariant: only this crate knows SQL and Kafka. Everything here is reached through the
+//! types re-exported below; `domain` decides, `infra` stores and moves.
+
+pub mod config;
+pub mod credentials;
+pub mod db;
+pub mod error;
+pub mod event_store;
+pub mod kafka;
+pub mod relay;
+
+pub use config::{Config, Role};
+pub use db::{Database, Dialect};
+pub use error::InfraError;
+pub use event_store::{LogRecord, SqlEventRepository};

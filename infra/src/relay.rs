@@ -1,0 +1,113 @@
+//! The outbox relay: publishes the log to Kafka, in position order, at least once.
+//!
+//! The `events` table is the outbox: every event row is committed in the append transaction,
+//! and positions are gap-free and in commit order, so a cursor (`relay_cursors`) is enough to
+//! never skip an event that committed late. The cursor moves only after Kafka acknowledged the
+//! whole batch; a crash before that re-publishes the batch (consumers skip duplicates by
+//! aggregate sequence).
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use sqlx::Row;
+
+use crate::db::Database;
+use crate::event_store::read_log;
+use crate::kafka::{cloudevent_headers, producer, topic_for};
+use crate::InfraError;
+
+pub struct Relay {
+    db: Database,
+    producer: FutureProducer,
+    name: String,
+    batch: u32,
+}
+
+impl Relay {
+    pub const DEFAULT_NAME: &'static str = "kafka";
+
+    pub fn new(db: Database, brokers: &str) -> Result<Self, InfraError> {
+        Ok(Self {
+            db,
+            producer: producer(brokers)?,
+            name: Self::DEFAULT_NAME.to_owned(),
+            batch: 1000,
+        })
+    }
+
+    /// The position up to which everything is acknowledged by Kafka.
+    pub async fn cursor(&self) -> Result<u64, InfraError> {
+        let row = sqlx::query("SELECT position FROM relay_cursors WHERE relay = $1")
+            .bind(&self.name)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<i64, _>("position")? as u64,
+            None => 0,
+        })
+    }
+
+    /// Publishes the next batch; returns how many events it published.
+    pub async fn publish_batch(&self) -> Result<usize, InfraError> {
+        let cursor = self.cursor().await?;
+        let records = read_log(&self.db, cursor, self.batch).await?;
+        let Some(last) = records.last().map(|r| r.position) else {
+            return Ok(0);
+        };
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in &records {
+            let topic = topic_for(&record.envelope.aggregate_type)?;
+            let value = serde_json::to_vec(&record.envelope)
+                .map_err(|e| InfraError::Corrupt(e.to_string()))?;
+            let key = record.envelope.aggregate_id.clone();
+            let headers = cloudevent_headers(record);
+            let producer = &self.producer;
+            deliveries.push(async move {
+                let message = FutureRecord::to(topic)
+                    .key(&key)
+                    .payload(&value)
+                    .headers(headers);
+                producer
+                    .send(message, Timeout::After(Duration::from_secs(60)))
+                    .await
+                    .map_err(|(e, _)| InfraError::Kafka(e))
+            });
+        }
+        try_join_all(deliveries).await?;
+        sqlx::query(
+            "INSERT INTO relay_cursors (relay, position) VALUES ($1, $2)
+             ON CONFLICT (relay) DO UPDATE SET position = excluded.position",
+        )
+        .bind(&self.name)
+        .bind(last as i64)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(records.len())
+    }
+
+    /// Runs until the task is dropped; errors are logged and retried with back-off.
+    pub async fn run(self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.publish_batch().await {
+                Ok(0) => {
+                    let cursor = self.cursor().await.unwrap_or(0);
+                    self.db
+                        .wait_for_append(cursor, Duration::from_millis(50))
+                        .await;
+                }
+                Ok(n) => {
+                    tracing::debug!(published = n, "relay published a batch");
+                    backoff = Duration::from_millis(100);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "relay failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The organizations read model: one row per organization, as the API shows it.
+
+use async_trait::async_trait;
+use quantus_domain::envelope::rfc3339_micros;
+use quantus_domain::organization::{
+    OrganizationCreated, OrganizationRenamed, OrganizationSuspended,
+};
+use quantus_infra::{InfraError, LogRecord};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
+
+use crate::Projection;
+
+pub struct OrganizationsView;
+
+/// One organization as the read side shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrganizationRow {
+    pub id: String,
+    pub name: String,
+    /// `active` or `suspended`.
+    pub status: String,
+    pub suspended_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Sequence of the last event applied: the aggregate's version, used as the ETag.
+    pub version: u64,
+}
+
+fn corrupt(record: &LogRecord, e: serde_json::Error) -> InfraError {
+    InfraError::Corrupt(format!(
+        "event at position {} ({}) does not match its schema: {e}",
+        record.position, record.envelope.event_type
+    ))
+}
+
+fn row_to_org(row: &AnyRow) -> Result<OrganizationRow, InfraError> {
+    Ok(OrganizationRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        status: row.try_get("status")?,
+        suspended_reason: row.try_get("suspended_reason")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get::<i64, _>("version")? as u64,
+    })
+}
+
+const SELECT: &str =
+    "SELECT id, name, status, suspended_reason, created_at, updated_at, version FROM organizations_view";
+
+impl OrganizationsView {
+    pub const NAME: &'static str = "organizations";
+
+    pub async fn get(pool: &AnyPool, id: &str) -> Result<Option<OrganizationRow>, InfraError> {
+        let row = sqlx::query(&format!("{SELECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(row_to_org).transpose()
+    }
+
+    /// A page of organizations ordered by id (UUIDv7, so by creation time), after `after`.
+    pub async fn list(
+        pool: &AnyPool,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OrganizationRow>, InfraError> {
+        let rows = sqlx::query(&format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2"))
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(row_to_org).collect()
+    }
+}
+
+#[async_trait]
+impl Projection for OrganizationsView {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn handles(&self, aggregate_type: &str) -> bool {
+        aggregate_type == "Organization"
+    }
+
+    async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS organizations_view (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                status TEXT NOT NULL,
+                suspended_reason TEXT,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                version BIGINT NOT NULL
+            )",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        conn.execute("DELETE FROM organizations_view").await?;
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, record: &LogRecord) -> Result<(), InfraError> {
+        let e = &record.envelope;
+        let at = rfc3339_micros::format(&e.occurred_at);
+        let version = e.sequence as i64;
+        let payload = e.payload.clone();
+        let query = match e.event_type.as_str() {
+            "OrganizationCreated" => {
+                let p: OrganizationCreated = serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+                sqlx::query(
+                    "INSERT INTO organizations_view (id, name, status, suspended_reason, created_at, updated_at, version)
+                     VALUES ($1, $2, 'active', NULL, $3, $3, $4)",
+                )
+                .bind(e.aggregate_id.clone())
+                .bind(p.name)
+                .bind(at)
+                .bind(version)
+            }
+            "OrganizationRenamed" => {
+                let p: OrganizationRenamed = serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+                sqlx::query("UPDATE organizations_view SET name = $1, updated_at = $2, version = $3 WHERE id = $4")
+                    .bind(p.name)
+                    .bind(at)
+                    .bind(version)
+                    .bind(e.aggregate_id.clone())
+            }
+            "OrganizationSuspended" => {
+                let p: OrganizationSuspended = serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+                sqlx::query(
+                    "UPDATE organizations_view SET status = 'suspended', suspended_reason = $1, updated_at = $2, version = $3 WHERE id = $4",
+                )
+                .bind(p.reason)
+                .bind(at)
+                .bind(version)
+                .bind(e.aggregate_id.clone())
+            }
+            "OrganizationReactivated" => sqlx::query(
+                "UPDATE organizations_view SET status = 'active', suspended_reason = NULL, updated_at = $1, version = $2 WHERE id = $3",
+            )
+            .bind(at)
+            .bind(version)
+            .bind(e.aggregate_id.clone()),
+            other => {
+                return Err(InfraError::Corrupt(format!(
+                    "organizations: unknown event type {other:?} at position {}",
+                    record.position
+                )))
+            }
+        };
+        query.execute(conn).await?;
+        Ok(())
+    }
+
+    async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
+        let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
+            .fetch_all(conn)
+            .await?;
+        rows.iter()
+            .map(|r| row_to_org(r).map(|o| serde_json::to_value(o).unwrap_or_default()))
+            .collect()
+    }
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Start/stop all test backing services (PostgreSQL + Kafka) in one go.
+#
+#   scripts/services.sh start   # prints DATABASE_URL=... and KAFKA_BROKERS=...
+#   scripts/services.sh env     # same lines, if both are running
+#   scripts/services.sh stop    # stops both; services that are not running are fine
+#
+# `start` also writes both lines to .services/env, usable as
+#   set -a; . .services/env; set +a     (or docker --env-file / dotenv).
+# All chatter goes to stderr; stdout is exactly the two env lines.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$SCRIPT_DIR")"
+SERVICES_DIR="${QUANTUS_SERVICES_DIR:-$REPO_DIR/.services}"
+ENV_FILE="$SERVICES_DIR/env"
+
+log() { printf 'services.sh: %s\n' "$*" >&2; }
+
+cmd_start() {
+    mkdir -p "$SERVICES_DIR"
+    local tmp pg_pid kafka_pid pg_rc=0 kafka_rc=0
+    tmp="$(mktemp -d)"
+    # shellcheck disable=SC2064 # expand $tmp now, it is local
+    trap "rm -rf '$tmp'" EXIT
+    # Start both at once: they are independent and each takes several seconds.
+    "$SCRIPT_DIR/postgres.sh" start >"$tmp/pg" &
+    pg_pid=$!
+    "$SCRIPT_DIR/kafka.sh" start >"$tmp/kafka" &
+    kafka_pid=$!
+    wait "$pg_pid" || pg_rc=$?
+    wait "$kafka_pid" || kafka_rc=$?
+    if ((pg_rc != 0 || kafka_rc != 0)); then
+        ((pg_rc == 0)) || log "ERROR: postgres.sh start failed (exit $pg_rc)"
+        ((kafka_rc == 0)) || log "ERROR: kafka.sh start failed (exit $kafka_rc)"
+        log "services that did start are left running; '$0 stop' stops them"
+        exit 1
+    fi
+    # Each script prints exactly one KEY=VALUE line; be strict so a stray line
+    # cannot end up in the env file.
+    grep -x 'DATABASE_URL=.*' "$tmp/pg" >/dev/null || {
+        log "ERROR: unexpected output from postgres.sh: $(cat "$tmp/pg")"
+        exit 1
+    }
+    grep -x 'KAFKA_BROKERS=.*' "$tmp/kafka" >/dev/null || {
+        log "ERROR: unexpected output from kafka.sh: $(cat "$tmp/kafka")"
+        exit 1
+    }
+    cat "$tmp/pg" "$tmp/kafka" >"$ENV_FILE.tmp"
+    mv -f "$ENV_FILE.tmp" "$ENV_FILE"
+    cat "$ENV_FILE"
+}
+
+cmd_env() {
+    "$SCRIPT_DIR/postgres.sh" env
+    "$SCRIPT_DIR/kafka.sh" env
+}
+
+cmd_stop() {
+    local rc=0
+    # Try both even if the first one fails.
+    "$SCRIPT_DIR/kafka.sh" stop || rc=1
+    "$SCRIPT_DIR/postgres.sh" stop || rc=1
+    rm -f "$ENV_FILE"
+    ((rc == 0)) || log "ERROR: at least one service failed to stop"
+    return "$rc"
+}
+
+case "${1:-}" in
+start) cmd_start ;;
+stop) cmd_stop ;;
+env) cmd_env ;;
+*)
+    echo "usage: $0 start|stop|env" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,114 @@
+//! `quantus audit verify`: replay the log and check every hash, chain link and position.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use quantus_domain::audit::{Audit, AuditBreak};
+use quantus_infra::event_store::read_log;
+use quantus_infra::InfraError;
+
+use super::StoreArgs;
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Read the Kafka topics from the beginning instead of the store.
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
+}
+
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let mut audit = Audit::new();
+    let mut broken: Option<AuditBreak> = None;
+    let source;
+    match &args.kafka {
+        Some(brokers) => {
+            source = format!("Kafka topics at {brokers}");
+            let progress = bar(None);
+            let result = quantus_infra::kafka::read_all_topics(brokers, |record| {
+                progress.inc(1);
+                audit
+                    .observe(record.position, &record.envelope)
+                    .map_err(|b| {
+                        let error = InfraError::Corrupt(b.to_string());
+                        broken = Some(b);
+                        error
+                    })
+            })
+            .await;
+            progress.finish_and_clear();
+            if let Err(e) = result {
+                if broken.is_none() {
+                    return Err(e.into());
+                }
+            }
+        }
+        None => {
+            let (config, db) = args.store.open().await?;
+            source = match &config.database_url {
+                Some(_) => "Postgres store".to_owned(),
+                None => format!("embedded store in {}", config.data_dir.display()),
+            };
+            let head = db.head_position().await?;
+            let progress = bar(Some(head));
+            let mut after = 0;
+            'read: loop {
+                let records = read_log(&db, after, 5000).await?;
+                let Some(last) = records.last().map(|r| r.position) else {
+                    break;
+                };
+                for record in &records {
+                    if let Err(b) = audit.observe(record.position, &record.envelope) {
+                        broken = Some(b);
+                        break 'read;
+                    }
+                }
+                progress.set_position(last);
+                after = last;
+            }
+            progress.finish_and_clear();
+        }
+    }
+    println!("source: {source}");
+    if let Some(b) = broken {
+        println!(
+            "BROKEN at position {}: event {} ({} {} #{}): {}",
+            b.position, b.event_id, b.aggregate_type, b.aggregate_id, b.sequence, b.reason
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    match audit.finish() {
+        Ok(summary) => {
+            println!("events: {}", summary.events);
+            println!("aggregates: {}", summary.aggregates);
+            match (summary.first_position, summary.last_position) {
+                (Some(first), Some(last)) => println!("positions: {first}..{last}"),
+                _ => println!("positions: none (empty log)"),
+            }
+            if summary.duplicates > 0 {
+                println!("duplicate deliveries ignored: {}", summary.duplicates);
+            }
+            println!("OK");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(reason) => {
+            println!("BROKEN: {reason}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn bar(len: Option<u64>) -> ProgressBar {
+    // Drawn on stderr, and only when it is a terminal.
+    let bar = match len {
+        Some(len) => ProgressBar::new(len),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos}/{len} events {per_sec} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

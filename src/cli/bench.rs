@@ -1,0 +1,202 @@
+//! `quantus bench`: throughput of the write path, the projection path and the auditor, in the
+//! configured mode (embedded, or Postgres + Kafka). Prints figures; asserts nothing.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Args;
+use quantus_commands::CommandBus;
+use quantus_domain::audit::Audit;
+use quantus_domain::organization::OrganizationCommand;
+use quantus_domain::{Actor, ActorKind, CommandContext};
+use quantus_infra::event_store::read_log;
+use quantus_infra::relay::Relay;
+use quantus_infra::{Database, SqlEventRepository};
+use quantus_projections::runner::ProjectionRunner;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Commands to run (each records one event).
+    #[arg(long, default_value_t = 5000)]
+    commands: u64,
+    /// Concurrent command senders.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u64,
+    /// Postgres URL; without it, a fresh embedded store in a temporary folder.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Kafka brokers; with them, also measure relay -> Kafka -> projection.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka: Option<String>,
+    /// Folder for the embedded store (default: a new temporary folder).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn rate(n: u64, elapsed: Duration) -> String {
+    format!(
+        "{:>10.0}/s  ({n} in {:.2} s)",
+        n as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    )
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("quantus-bench-{}", Uuid::now_v7())));
+    let db = Database::open(args.database_url.as_deref(), &data_dir).await?;
+    let mode = if args.database_url.is_some() {
+        "postgres"
+    } else {
+        "embedded sqlite"
+    };
+    println!(
+        "mode: {mode}; commands: {}; concurrency: {}",
+        args.commands, args.concurrency
+    );
+    let start_position = db.head_position().await?;
+
+    // 1. Commands into the store.
+    let bus = Arc::new(CommandBus::new(SqlEventRepository::new(db.clone())));
+    let started = Instant::now();
+    let mut senders = JoinSet::new();
+    for worker in 0..args.concurrency {
+        let bus = bus.clone();
+        let count =
+            args.commands / args.concurrency + u64::from(worker < args.commands % args.concurrency);
+        senders.spawn(async move {
+            for i in 0..count {
+                let id = Uuid::now_v7().to_string();
+                let ctx = CommandContext {
+                    tenant_id: id.clone(),
+                    actor: Actor {
+                        kind: ActorKind::System,
+                        id: "bench".into(),
+                    },
+                    occurred_at: Utc::now(),
+                    correlation_id: Uuid::now_v7(),
+                    causation_id: Uuid::now_v7(),
+                };
+                bus.organization(
+                    &ctx,
+                    &id,
+                    OrganizationCommand::Create {
+                        name: format!("bench {worker}-{i}"),
+                    },
+                    Some(0),
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = senders.join_next().await {
+        r??;
+    }
+    println!(
+        "commands -> store:        {}",
+        rate(args.commands, started.elapsed())
+    );
+    let head = db.head_position().await?;
+
+    // 2. The store's log into a projection (the embedded path).
+    let runner = ProjectionRunner::new(
+        db.clone(),
+        quantus_projections::by_name("organizations").context("projection")?,
+    );
+    let started = Instant::now();
+    let rebuilt = runner.rebuild().await?;
+    println!(
+        "log -> projection (store): {}",
+        rate(rebuilt, started.elapsed())
+    );
+
+    // 3. Relay -> Kafka -> projection consumer group.
+    if let Some(brokers) = &args.kafka {
+        quantus_infra::kafka::ensure_topics(brokers, 3).await?;
+        let relay = Relay::new(db.clone(), brokers)?;
+        let from = relay.cursor().await?;
+        let started = Instant::now();
+        while relay.cursor().await? < head {
+            relay.publish_batch().await?;
+        }
+        let published = head - from;
+        println!(
+            "relay -> kafka:           {}",
+            rate(published, started.elapsed())
+        );
+
+        // A fresh consumer group and fresh checkpoints: rebuild emptied nothing on Kafka's side.
+        let runner = ProjectionRunner::new(
+            db.clone(),
+            quantus_projections::by_name("organizations").context("projection")?,
+        );
+        sqlx::query("DELETE FROM projection_checkpoints WHERE projection = 'organizations' AND source <> 'log'")
+            .execute(&db.pool)
+            .await?;
+        let consumer = tokio::spawn(runner.clone().run_from_kafka_group(
+            brokers.clone(),
+            3,
+            format!("bench.{}", Uuid::now_v7()),
+        ));
+        let started = Instant::now();
+        let target: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&db.pool)
+            .await?;
+        loop {
+            let seen: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(SUM(position), 0) FROM projection_checkpoints WHERE projection = 'organizations' AND source <> 'log'",
+            )
+            .fetch_one(&db.pool)
+            .await?;
+            if seen >= target {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                anyhow::bail!("kafka projection did not finish within 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "kafka -> projection:      {}",
+            rate(target as u64, started.elapsed())
+        );
+        consumer.abort();
+    }
+
+    // 4. The auditor over the store.
+    let started = Instant::now();
+    let mut audit = Audit::new();
+    let mut after = 0;
+    loop {
+        let records = read_log(&db, after, 5000).await?;
+        let Some(last) = records.last().map(|r| r.position) else {
+            break;
+        };
+        for r in &records {
+            audit
+                .observe(r.position, &r.envelope)
+                .map_err(|b| anyhow::anyhow!("{b}"))?;
+        }
+        after = last;
+    }
+    let summary = audit.finish().map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "audit verify (store):     {}",
+        rate(summary.events, started.elapsed())
+    );
+    println!(
+        "log: positions {}..{head} (this run appended {})",
+        start_position + 1,
+        head - start_position
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,218 @@
+mod audit;
+mod bench;
+mod events;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use quantus_infra::config::Overrides;
+use quantus_infra::{Config, Database, Role};
+
+#[derive(Parser)]
+#[command(
+    name = "quantus",
+    version,
+    about = "Identity, licences, evidence and contracts on one event-sourced log"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform (with no configuration: everything embedded under ./quantus-data).
+    Serve(ServeArgs),
+    /// Auditor tools over the log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Subscriber tools.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Read-model maintenance.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+    /// JSON Schemas of the envelope and every event type.
+    #[command(subcommand)]
+    Schemas(SchemasCommand),
+    /// Measure throughput (see docs/PERFORMANCE.md).
+    Bench(bench::BenchArgs),
+}
+
+/// Where the store is: shared by every command that opens it.
+#[derive(Args, Clone, Default)]
+pub struct StoreArgs {
+    /// Data folder of the embedded mode.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Optional TOML file with data_dir, database_url, kafka_brokers, listen.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Postgres URL (else env DATABASE_URL, else the embedded SQLite store).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            config_file: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn config(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(self.overrides())?)
+    }
+
+    async fn open(&self) -> anyhow::Result<(Config, Database)> {
+        let config = self.config()?;
+        let db = Database::open(config.database_url.as_deref(), &config.data_dir).await?;
+        Ok((config, db))
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Which pieces to run in this process.
+    #[arg(long, default_value = "all", value_parser = clap::value_parser!(Role))]
+    role: Role,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Replay the log and check every hash and chain link.
+    Verify(audit::VerifyArgs),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print the log as JSON lines, following it as it grows.
+    Tail(events::TailArgs),
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Empty a read model and replay the whole log into it.
+    Rebuild {
+        /// Read model name (e.g. organizations).
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Print a read model's rows as JSON lines (for comparisons).
+    Dump {
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemasCommand {
+    /// Write schemas/ from the Rust types.
+    Write {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
+    /// Exit non-zero when schemas/ differs from the Rust types.
+    Check {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Audit(AuditCommand::Verify(args)) => audit::verify(args).await,
+        Command::Events(EventsCommand::Tail(args)) => events::tail(args).await,
+        Command::Projections(ProjectionsCommand::Rebuild { name, store }) => {
+            let (_, db) = store.open().await?;
+            let runner = runner(&db, &name)?;
+            let head = runner.rebuild().await?;
+            println!("rebuilt {name} from the log up to position {head}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Projections(ProjectionsCommand::Dump { name, store }) => {
+            let (_, db) = store.open().await?;
+            let runner = runner(&db, &name)?;
+            runner.prepare().await?;
+            for row in runner.dump().await? {
+                println!("{row}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schemas(SchemasCommand::Write { dir }) => {
+            let files = quantus_domain::schema::files();
+            std::fs::create_dir_all(&dir)?;
+            for (name, text) in &files {
+                std::fs::write(dir.join(name), text)?;
+            }
+            println!("wrote {} schemas to {}", files.len(), dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schemas(SchemasCommand::Check { dir }) => {
+            let stale = stale_schema_files(&dir);
+            if stale.is_empty() {
+                println!("schemas in {} match the code", dir.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "out of date (run `quantus schemas write`): {}",
+                    stale.join(", ")
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+fn runner(
+    db: &Database,
+    name: &str,
+) -> anyhow::Result<quantus_projections::runner::ProjectionRunner> {
+    let projection = quantus_projections::by_name(name).ok_or_else(|| {
+        let known: Vec<_> = quantus_projections::all()
+            .iter()
+            .map(|p| p.name())
+            .collect();
+        anyhow::anyhow!("no read model named {name:?} (known: {})", known.join(", "))
+    })?;
+    Ok(quantus_projections::runner::ProjectionRunner::new(
+        db.clone(),
+        projection,
+    ))
+}
+
+/// Names of files in `dir` that are missing, differ from the code, or describe no known event.
+pub fn stale_schema_files(dir: &std::path::Path) -> Vec<String> {
+    let expected = quantus_domain::schema::files();
+    let mut stale: Vec<String> = expected
+        .iter()
+        .filter(|(name, text)| {
+            std::fs::read_to_string(dir.join(name)).ok().as_deref() != Some(text.as_str())
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".json") && !expected.iter().any(|(n, _)| *n == name) {
+                stale.push(name);
+            }
+        }
+    }
+    stale.sort();
+    stale
+}
