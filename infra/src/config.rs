@@ -57,6 +57,8 @@ pub struct Config {
     pub kafka_brokers: Option<String>,
     /// Partitions for topics the relay creates.
     pub kafka_partitions: i32,
+    /// Prefix of every topic name (for environments sharing a cluster).
+    pub kafka_topic_prefix: String,
     pub listen: String,
     pub role: Role,
 }
@@ -68,6 +70,7 @@ struct FileConfig {
     database_url: Option<String>,
     kafka_brokers: Option<String>,
     kafka_partitions: Option<i32>,
+    kafka_topic_prefix: Option<String>,
     listen: Option<String>,
 }
 
@@ -132,6 +135,9 @@ impl Config {
                 .or_else(|| env("KAFKA_BROKERS"))
                 .or(file.kafka_brokers),
             kafka_partitions: partitions,
+            kafka_topic_prefix: env("QUANTUS_KAFKA_TOPIC_PREFIX")
+                .or(file.kafka_topic_prefix)
+                .unwrap_or_default(),
             listen: overrides
                 .listen
                 .or_else(|| env("QUANTUS_LISTEN"))
@@ -139,6 +145,17 @@ impl Config {
                 .unwrap_or_else(|| Self::DEFAULT_LISTEN.to_owned()),
             role: overrides.role.unwrap_or_default(),
         })
+    }
+
+    /// Kafka settings, when Kafka is configured.
+    pub fn kafka(&self) -> Option<crate::kafka::KafkaSettings> {
+        self.kafka_brokers
+            .as_ref()
+            .map(|brokers| crate::kafka::KafkaSettings {
+                brokers: brokers.clone(),
+                partitions: self.kafka_partitions,
+                topic_prefix: self.kafka_topic_prefix.clone(),
+            })
     }
 
     /// Whether this process uses the embedded SQLite store.

@@ -17,32 +17,56 @@ use crate::{InfraError, LogRecord};
 /// Header carrying the global log position (a CloudEvents extension attribute).
 pub const POSITION_HEADER: &str = "ce_quantusposition";
 
-/// The topic an event goes to, from its aggregate's bounded context.
-pub fn topic_for(aggregate_type: &str) -> Result<&'static str, InfraError> {
-    BoundedContext::of_aggregate(aggregate_type)
-        .map(BoundedContext::topic)
-        .ok_or_else(|| {
-            InfraError::Corrupt(format!(
-                "no bounded context owns aggregate type {aggregate_type:?}"
-            ))
-        })
+/// Where and how the platform talks to Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    /// Partitions of topics the platform creates.
+    pub partitions: i32,
+    /// Put before every topic name, so several environments can share one cluster.
+    pub topic_prefix: String,
 }
 
-/// Every topic of the platform.
-pub fn all_topics() -> Vec<&'static str> {
-    BoundedContext::ALL.iter().map(|c| c.topic()).collect()
+impl KafkaSettings {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            partitions: 3,
+            topic_prefix: String::new(),
+        }
+    }
+
+    /// The topic an event goes to, from its aggregate's bounded context.
+    pub fn topic_for(&self, aggregate_type: &str) -> Result<String, InfraError> {
+        BoundedContext::of_aggregate(aggregate_type)
+            .map(|c| format!("{}{}", self.topic_prefix, c.topic()))
+            .ok_or_else(|| {
+                InfraError::Corrupt(format!(
+                    "no bounded context owns aggregate type {aggregate_type:?}"
+                ))
+            })
+    }
+
+    /// Every topic of the platform.
+    pub fn topics(&self) -> Vec<String> {
+        BoundedContext::ALL
+            .iter()
+            .map(|c| format!("{}{}", self.topic_prefix, c.topic()))
+            .collect()
+    }
 }
 
 /// Creates the topics that do not exist yet: infinite retention, no compaction (the log is
 /// the audit trail, nothing may age out or be folded away).
-pub async fn ensure_topics(brokers: &str, partitions: i32) -> Result<(), InfraError> {
+pub async fn ensure_topics(kafka: &KafkaSettings) -> Result<(), InfraError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &kafka.brokers)
         .create()?;
-    let topics: Vec<NewTopic> = all_topics()
-        .into_iter()
+    let names = kafka.topics();
+    let topics: Vec<NewTopic> = names
+        .iter()
         .map(|name| {
-            NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+            NewTopic::new(name, kafka.partitions, TopicReplication::Fixed(1))
                 .set("retention.ms", "-1")
                 .set("retention.bytes", "-1")
                 .set("cleanup.policy", "delete")
@@ -63,9 +87,9 @@ pub async fn ensure_topics(brokers: &str, partitions: i32) -> Result<(), InfraEr
 }
 
 /// An idempotent, fully acknowledged producer whose partitioner agrees with Java clients.
-pub fn producer(brokers: &str) -> Result<FutureProducer, InfraError> {
+pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, InfraError> {
     Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &kafka.brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
@@ -75,9 +99,9 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, InfraError> {
 }
 
 /// A consumer in `group` that commits nothing by itself: positions live with the read models.
-pub fn consumer(brokers: &str, group: &str) -> Result<StreamConsumer, InfraError> {
+pub fn consumer(kafka: &KafkaSettings, group: &str) -> Result<StreamConsumer, InfraError> {
     Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -159,14 +183,14 @@ pub fn record_from_message<M: Message>(message: &M) -> Result<LogRecord, InfraEr
 /// the read began, calling `on_record` per message in partition order. For auditors: it joins
 /// no consumer group and commits nothing.
 pub async fn read_all_topics(
-    brokers: &str,
+    kafka: &KafkaSettings,
     mut on_record: impl FnMut(LogRecord) -> Result<(), InfraError>,
 ) -> Result<u64, InfraError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
 
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+        .set("bootstrap.servers", &kafka.brokers)
         .set(
             "group.id",
             format!("quantus.audit.{}", uuid::Uuid::now_v7()),
@@ -177,7 +201,8 @@ pub async fn read_all_topics(
     let timeout = Duration::from_secs(30);
     let metadata = consumer.fetch_metadata(None, timeout)?;
     let mut read = 0;
-    for topic in all_topics() {
+    for topic in kafka.topics() {
+        let topic = topic.as_str();
         let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
             continue;
         };

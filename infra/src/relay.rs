@@ -15,12 +15,13 @@ use sqlx::Row;
 
 use crate::db::Database;
 use crate::event_store::read_log;
-use crate::kafka::{cloudevent_headers, producer, topic_for};
+use crate::kafka::{cloudevent_headers, producer, KafkaSettings};
 use crate::InfraError;
 
 pub struct Relay {
     db: Database,
     producer: FutureProducer,
+    kafka: KafkaSettings,
     name: String,
     batch: u32,
 }
@@ -28,13 +29,21 @@ pub struct Relay {
 impl Relay {
     pub const DEFAULT_NAME: &'static str = "kafka";
 
-    pub fn new(db: Database, brokers: &str) -> Result<Self, InfraError> {
+    pub fn new(db: Database, kafka: &KafkaSettings) -> Result<Self, InfraError> {
         Ok(Self {
             db,
-            producer: producer(brokers)?,
+            producer: producer(kafka)?,
+            kafka: kafka.clone(),
             name: Self::DEFAULT_NAME.to_owned(),
             batch: 1000,
         })
+    }
+
+    /// A relay with its own cursor (several relays may publish one log to different clusters
+    /// or topic prefixes).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// The position up to which everything is acknowledged by Kafka.
@@ -58,14 +67,14 @@ impl Relay {
         };
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
-            let topic = topic_for(&record.envelope.aggregate_type)?;
+            let topic = self.kafka.topic_for(&record.envelope.aggregate_type)?;
             let value = serde_json::to_vec(&record.envelope)
                 .map_err(|e| InfraError::Corrupt(e.to_string()))?;
             let key = record.envelope.aggregate_id.clone();
             let headers = cloudevent_headers(record);
             let producer = &self.producer;
             deliveries.push(async move {
-                let message = FutureRecord::to(topic)
+                let message = FutureRecord::to(&topic)
                     .key(&key)
                     .payload(&value)
                     .headers(headers);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use quantus_infra::db::get_u64;
 use quantus_infra::event_store::{read_log, tail_log};
-use quantus_infra::kafka::{all_topics, consumer, ensure_topics, record_from_message};
+use quantus_infra::kafka::{consumer, ensure_topics, record_from_message, KafkaSettings};
 use quantus_infra::{Database, InfraError, LogRecord};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -193,22 +193,27 @@ impl ProjectionRunner {
     /// Consumes every topic as member of the consumer group `quantus.projection.NAME` forever
     /// (the production mode). Kafka's own committed offsets are only a hint that saves
     /// re-reading; the checkpoints in the read model's database decide.
-    pub async fn run_from_kafka(self, brokers: String, partitions: i32) -> Result<(), InfraError> {
-        let group = format!("quantus.projection.{}", self.projection.name());
-        self.run_from_kafka_group(brokers, partitions, group).await
+    pub async fn run_from_kafka(self, kafka: KafkaSettings) -> Result<(), InfraError> {
+        let group = format!(
+            "{}quantus.projection.{}",
+            kafka.topic_prefix,
+            self.projection.name()
+        );
+        self.run_from_kafka_group(kafka, group).await
     }
 
     /// As [`Self::run_from_kafka`], in a consumer group of the caller's choosing.
     pub async fn run_from_kafka_group(
         self,
-        brokers: String,
-        partitions: i32,
+        kafka: KafkaSettings,
         group: String,
     ) -> Result<(), InfraError> {
         self.prepare().await?;
-        ensure_topics(&brokers, partitions).await?;
-        let consumer = consumer(&brokers, &group)?;
-        consumer.subscribe(&all_topics())?;
+        ensure_topics(&kafka).await?;
+        let consumer = consumer(&kafka, &group)?;
+        let topics = kafka.topics();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
         loop {
             let mut deliveries = Vec::new();
             let first = consumer.recv().await?;

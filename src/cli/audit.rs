@@ -17,6 +17,9 @@ pub struct VerifyArgs {
     /// Read the Kafka topics from the beginning instead of the store.
     #[arg(long, value_name = "BROKERS")]
     kafka: Option<String>,
+    /// Prefix of the topic names (as the platform was configured).
+    #[arg(long, env = "QUANTUS_KAFKA_TOPIC_PREFIX", default_value = "")]
+    topic_prefix: String,
 }
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -26,8 +29,10 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     match &args.kafka {
         Some(brokers) => {
             source = format!("Kafka topics at {brokers}");
+            let mut kafka = quantus_infra::kafka::KafkaSettings::new(brokers.clone());
+            kafka.topic_prefix = args.topic_prefix.clone();
             let progress = bar(None);
-            let result = quantus_infra::kafka::read_all_topics(brokers, |record| {
+            let result = quantus_infra::kafka::read_all_topics(&kafka, |record| {
                 progress.inc(1);
                 audit
                     .observe(record.position, &record.envelope)

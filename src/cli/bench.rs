@@ -121,8 +121,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // 3. Relay -> Kafka -> projection consumer group.
     if let Some(brokers) = &args.kafka {
-        quantus_infra::kafka::ensure_topics(brokers, 3).await?;
-        let relay = Relay::new(db.clone(), brokers)?;
+        let mut kafka = quantus_infra::kafka::KafkaSettings::new(brokers.clone());
+        kafka.topic_prefix = format!("bench-{}.", Uuid::now_v7());
+        quantus_infra::kafka::ensure_topics(&kafka).await?;
+        let relay = Relay::new(db.clone(), &kafka)?.with_name(kafka.topic_prefix.clone());
         let from = relay.cursor().await?;
         let started = Instant::now();
         while relay.cursor().await? < head {
@@ -142,11 +144,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         sqlx::query("DELETE FROM projection_checkpoints WHERE projection = 'organizations' AND source <> 'log'")
             .execute(&db.pool)
             .await?;
-        let consumer = tokio::spawn(runner.clone().run_from_kafka_group(
-            brokers.clone(),
-            3,
-            format!("bench.{}", Uuid::now_v7()),
-        ));
+        let consumer = tokio::spawn(
+            runner
+                .clone()
+                .run_from_kafka_group(kafka.clone(), format!("bench.{}", Uuid::now_v7())),
+        );
         let started = Instant::now();
         let target: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
             .fetch_one(&db.pool)

@@ -45,23 +45,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     if config.role.runs_projector() {
         for runner in projections {
-            match config.kafka_brokers.clone() {
-                Some(brokers) => {
-                    let partitions = config.kafka_partitions;
-                    tasks
-                        .spawn(async move { Ok(runner.run_from_kafka(brokers, partitions).await?) })
-                }
+            match config.kafka() {
+                Some(kafka) => tasks.spawn(async move { Ok(runner.run_from_kafka(kafka).await?) }),
                 None => tasks.spawn(async move { Ok(runner.run_from_store().await?) }),
             };
         }
     }
     if config.role.runs_relay() {
-        match &config.kafka_brokers {
-            Some(brokers) => {
-                quantus_infra::kafka::ensure_topics(brokers, config.kafka_partitions)
+        match config.kafka() {
+            Some(kafka) => {
+                quantus_infra::kafka::ensure_topics(&kafka)
                     .await
                     .context("creating Kafka topics")?;
-                let relay = Relay::new(db.clone(), brokers)?;
+                let relay = Relay::new(db.clone(), &kafka)?;
                 tasks.spawn(async move {
                     relay.run().await;
                     Ok(())

@@ -1,1 +1,10 @@
+//! Integration tests: one binary, so the workspace links once.
+//!
+//! Tests that need Postgres or Kafka start them through `scripts/postgres.sh` and
+//! `scripts/kafka.sh` (idempotent) and fail loudly when that is impossible.
 
+mod api;
+mod embedded_log;
+mod harness;
+mod postgres_kafka;
+mod schemas;

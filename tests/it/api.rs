@@ -1,0 +1,437 @@
+//! HTTP behaviour of the spine, on the embedded default.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn every_v1_route_refuses_missing_wrong_and_malformed_tokens() {
+    let dir = temp_dir("auth");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let id = api.create_org("Acme").await.0;
+    let routes = [
+        (Method::POST, "/v1/organizations".to_owned()),
+        (Method::GET, "/v1/organizations".to_owned()),
+        (Method::GET, format!("/v1/organizations/{id}")),
+        (Method::PATCH, format!("/v1/organizations/{id}")),
+        (Method::POST, format!("/v1/organizations/{id}/suspend")),
+        (Method::POST, format!("/v1/organizations/{id}/reactivate")),
+        (Method::GET, "/v1/events".to_owned()),
+    ];
+    let http = reqwest::Client::new();
+    for (method, path) in &routes {
+        let url = format!("{}{path}", server.url());
+        for auth in [
+            None,
+            Some("Bearer qtb_forged"),
+            Some("Basic Zm9vOmJhcg=="),
+            Some(&*format!("Bearer {}x", api.token)),
+        ] {
+            let mut req = http
+                .request(method.clone(), &url)
+                .json(&json!({"name": "x"}));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 401, "{method} {path} with {auth:?}");
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+            assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        }
+    }
+    // Only the one create made it into the log.
+    assert_eq!(api.all_events().await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_first_start_writes_the_bootstrap_token_once_and_keeps_only_its_hash() {
+    let dir = temp_dir("bootstrap");
+    let mut server = Server::embedded(&dir);
+    assert!(
+        server.first_stdout.contains("bootstrap-token"),
+        "{}",
+        server.first_stdout
+    );
+    let token = token(&dir);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("bootstrap-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    server.client().create_org("Acme").await;
+    server.kill();
+    for file in ["quantus.db", "quantus.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.join(file)) {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                !text.contains(&token),
+                "the token is stored in clear in {file}"
+            );
+        }
+    }
+    let again = Server::embedded(&dir);
+    assert!(
+        !again.first_stdout.contains("bootstrap-token"),
+        "a second credential was made"
+    );
+    assert_eq!(again.client().get("/v1/organizations").await.status, 200);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_problem_and_writes_nothing() {
+    let dir = temp_dir("bad-input");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (id, _) = api.create_org("Acme").await;
+    let post = |body: &'static str, ctype: &'static str| {
+        api.send(
+            api.request(Method::POST, "/v1/organizations")
+                .header("content-type", ctype)
+                .body(body),
+        )
+    };
+    for (body, ctype, status) in [
+        ("{\"name\":", "application/json", 400),
+        ("[1,2]", "application/json", 422),
+        (
+            "{\"name\": \"x\", \"admin\": true}",
+            "application/json",
+            422,
+        ),
+        ("{}", "application/json", 422),
+        ("{\"name\": \"   \"}", "application/json", 422),
+        ("{\"name\": \"bad\\u0000name\"}", "application/json", 422),
+        ("{\"name\": \"x\"}", "text/plain", 415),
+    ] {
+        let r = post(body, ctype).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert_eq!(
+            r.headers["content-type"], "application/problem+json",
+            "{body}"
+        );
+        assert_eq!(r.body["status"], status);
+        assert!(r.body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://quantus.dev/problems/"));
+    }
+    let long = "x".repeat(129);
+    let r = api.post("/v1/organizations", json!({ "name": long })).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = api
+        .patch(
+            &format!("/v1/organizations/{id}"),
+            json!({"name": ""}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let r = api.get("/v1/organizations?limit=0").await;
+    assert_eq!(r.status, 400);
+    let r = api.get("/v1/organizations?bogus=1").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        api.all_events().await.len(),
+        1,
+        "a refused command wrote an event"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_conflicting_commands_let_exactly_one_win() {
+    let dir = temp_dir("conflict");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (id, _) = api.create_org("Acme").await;
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let api = api.clone();
+            let path = format!("/v1/organizations/{id}");
+            tokio::spawn(async move {
+                api.patch(&path, json!({ "name": format!("Acme {i}") }), Some(1))
+                    .await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == 409 {
+            assert_eq!(
+                r.body["type"],
+                "https://quantus.dev/problems/concurrency-conflict"
+            );
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        11,
+        "{statuses:?}"
+    );
+    let events = api.all_events().await;
+    assert_eq!(events.len(), 2, "losers wrote events");
+}
+
+#[tokio::test]
+async fn a_client_reads_its_own_writes_and_gets_504_past_the_bound() {
+    let dir = temp_dir("ryw");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (id, created_at) = api.create_org("Acme").await;
+    let r = api
+        .patch(
+            &format!("/v1/organizations/{id}"),
+            json!({"name": "Acme Labs"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["etag"], "\"2\"");
+    let position = r.body["position"].as_u64().unwrap();
+    assert!(position > created_at);
+    assert_eq!(
+        r.headers["quantus-log-position"],
+        position.to_string().as_str()
+    );
+    let r = api
+        .get(&format!("/v1/organizations/{id}?min_position={position}"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["name"], "Acme Labs");
+    assert_eq!(r.body["version"], 2);
+    assert_eq!(r.headers["etag"], "\"2\"");
+    let r = api
+        .get(&format!("/v1/organizations?min_position={position}"))
+        .await;
+    assert_eq!(r.body["items"][0]["name"], "Acme Labs");
+
+    let far = position + 1000;
+    let r = api
+        .get(&format!(
+            "/v1/organizations/{id}?min_position={far}&wait_ms=150"
+        ))
+        .await;
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    let r = api
+        .get(&format!(
+            "/v1/organizations/{id}?min_position=1&wait_ms=999999"
+        ))
+        .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn the_organization_lifecycle_follows_its_rules() {
+    let dir = temp_dir("lifecycle");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (id, _) = api.create_org("  Acme  ").await;
+    let path = format!("/v1/organizations/{id}");
+    let r = api.post(&format!("{path}/reactivate"), json!({})).await;
+    assert_eq!(
+        (r.status, r.body["type"].as_str()),
+        (409, Some("https://quantus.dev/problems/conflict"))
+    );
+    let r = api
+        .post(
+            &format!("{path}/suspend"),
+            json!({"reason": "unpaid invoice"}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = api.post(&format!("{path}/suspend"), json!({})).await;
+    assert_eq!(r.status, 409);
+    let r = api.patch(&path, json!({"name": "Renamed"}), None).await;
+    assert_eq!(r.status, 409, "a suspended organization was renamed");
+    let r = api.get(&format!("{path}?min_position=2")).await;
+    assert_eq!(r.body["status"], "suspended");
+    assert_eq!(r.body["suspended_reason"], "unpaid invoice");
+    assert_eq!(r.body["name"], "Acme");
+    let r = api
+        .send(api.request(Method::POST, &format!("{path}/reactivate")))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = api
+        .get(&format!("{path}?min_position={}", r.body["position"]))
+        .await;
+    assert_eq!(r.body["status"], "active");
+
+    let unknown = uuid::Uuid::now_v7();
+    for r in [
+        api.get(&format!("/v1/organizations/{unknown}")).await,
+        api.patch(
+            &format!("/v1/organizations/{unknown}"),
+            json!({"name": "x"}),
+            None,
+        )
+        .await,
+        api.post(&format!("/v1/organizations/{unknown}/suspend"), json!({}))
+            .await,
+        api.get("/v1/organizations/not-a-uuid").await,
+    ] {
+        assert_eq!(r.status, 404, "{}", r.body);
+    }
+    // Nothing was recorded for the refused commands.
+    let types: Vec<String> = api
+        .all_events()
+        .await
+        .iter()
+        .map(|e| e["envelope"]["event_type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "OrganizationCreated",
+            "OrganizationSuspended",
+            "OrganizationReactivated"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn listing_pages_through_organizations() {
+    let dir = temp_dir("paging");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let mut last = 0;
+    for i in 0..5 {
+        last = api.create_org(&format!("Org {i}")).await.1;
+    }
+    let r = api
+        .get(&format!("/v1/organizations?limit=2&min_position={last}"))
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
+    let mut names = vec![];
+    let mut after = String::new();
+    loop {
+        let r = api
+            .get(&format!("/v1/organizations?limit=2&after={after}"))
+            .await;
+        names.extend(
+            r.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["name"].as_str().unwrap().to_owned()),
+        );
+        match r.body["next_after"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["Org 0", "Org 1", "Org 2", "Org 3", "Org 4"]);
+}
+
+#[tokio::test]
+async fn subscribers_page_and_long_poll_the_log() {
+    let dir = temp_dir("events");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    api.create_org("A").await;
+    api.create_org("B").await;
+    let r = api.get("/v1/events?after=0&limit=1").await;
+    assert_eq!(r.body["events"][0]["position"], 1);
+    assert_eq!(r.body["next_after"], 1);
+    let envelope = &r.body["events"][0]["envelope"];
+    assert_eq!(envelope["prev_hash"], "0".repeat(64));
+    assert_eq!(envelope["schema_version"], 1);
+    assert_eq!(envelope["actor"]["kind"], "service");
+    assert!(envelope["occurred_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        uuid::Uuid::parse_str(envelope["event_id"].as_str().unwrap())
+            .unwrap()
+            .get_version_num(),
+        7
+    );
+
+    // A long poll returns as soon as an event arrives.
+    let waiter = {
+        let api = api.clone();
+        tokio::spawn(async move { api.get("/v1/events?after=2&wait_ms=10000").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    api.create_org("C").await;
+    let r = waiter.await.unwrap();
+    assert_eq!(r.body["events"][0]["position"], 3);
+
+    let out = quantus(
+        &[
+            "events",
+            "tail",
+            "--url",
+            server.url(),
+            "--token",
+            &api.token,
+            "--no-follow",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["position"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+}
+
+#[tokio::test]
+async fn operations_endpoints_answer_without_credentials() {
+    let dir = temp_dir("ops");
+    let server = Server::embedded(&dir);
+    server.client().create_org("Acme").await;
+    let http = reqwest::Client::new();
+    let get = |p: &str| http.get(format!("{}{p}", server.url())).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("quantus_http_requests_total{"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("quantus_log_head_position 1"), "{metrics}");
+    assert!(
+        metrics.contains("quantus_commands_total{command=\"Organization.Create\"} 1"),
+        "{metrics}"
+    );
+    let spec: serde_json::Value = get("/openapi.json").await.unwrap().json().await.unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/organizations",
+        "/v1/organizations/{id}",
+        "/v1/organizations/{id}/suspend",
+        "/v1/events",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from OpenAPI"
+        );
+    }
+    assert!(spec["components"]["securitySchemes"]["bearer"].is_object());
+    let r = get("/nope").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+}

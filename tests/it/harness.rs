@@ -1,0 +1,389 @@
+//! The one test harness: real services via the scripts, `quantus` processes, HTTP clients.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use uuid::Uuid;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_quantus"))
+}
+
+/// Runs `scripts/NAME start` and returns the value of its `KEY=VALUE` line. Panics with the
+/// script's own words when the service cannot be started: never skips.
+fn start_service(script: &str, key: &str) -> String {
+    let output = Command::new("bash")
+        .arg(repo_root().join("scripts").join(script))
+        .arg("start")
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned));
+    match (output.status.success(), value) {
+        (true, Some(v)) => v,
+        _ => panic!(
+            "scripts/{script} start failed ({}): the test needs this service.\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// The Postgres server for this test run (started once).
+pub fn postgres_server() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| start_service("postgres.sh", "DATABASE_URL"))
+}
+
+/// The Kafka broker for this test run (started once).
+pub fn kafka_brokers() -> &'static str {
+    static BROKERS: OnceLock<String> = OnceLock::new();
+    BROKERS.get_or_init(|| start_service("kafka.sh", "KAFKA_BROKERS"))
+}
+
+/// A new, empty database on the test Postgres server.
+pub async fn fresh_database() -> String {
+    let server = postgres_server();
+    sqlx::any::install_default_drivers();
+    let name = format!("t_{}", Uuid::now_v7().simple());
+    let admin = sqlx::AnyPool::connect(server)
+        .await
+        .expect("connect to test Postgres");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+    let (base, _) = server.rsplit_once('/').expect("URL with a database name");
+    format!("{base}/{name}")
+}
+
+/// A fresh temporary folder.
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("quantus-it-{label}-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `quantus ARGS` to completion.
+pub fn quantus(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BROKERS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run quantus")
+}
+
+/// A running `quantus serve` process; killed (SIGKILL) when dropped.
+pub struct Server {
+    child: Child,
+    pub url: Option<String>,
+    pub data_dir: PathBuf,
+    pub first_stdout: String,
+}
+
+impl Server {
+    /// Starts `quantus serve --data-dir DATA_DIR ARGS` and waits until it reports it runs.
+    pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("KAFKA_BROKERS")
+            .env("QUANTUS_LOG", "info,sqlx=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn quantus serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = String::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.starts_with("quantus listening on ") || line.contains(" role running") {
+                    let _ = tx.send(seen.clone());
+                }
+            }
+        });
+        let seen = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(seen) => seen,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "quantus serve did not start; log:\n{}",
+                    std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
+                );
+            }
+        };
+        let url = seen.lines().find_map(|l| {
+            l.strip_prefix("quantus listening on ").map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        });
+        Server {
+            child,
+            url,
+            data_dir: data_dir.to_owned(),
+            first_stdout: seen,
+        }
+    }
+
+    /// Starts the embedded default (no configuration) on a free port.
+    pub fn embedded(data_dir: &Path) -> Server {
+        Server::start(data_dir, &["--listen", "127.0.0.1:0"], &[])
+    }
+
+    pub fn url(&self) -> &str {
+        self.url.as_deref().expect("this role serves no HTTP")
+    }
+
+    pub fn client(&self) -> Api {
+        Api {
+            base: self.url().to_owned(),
+            token: token(&self.data_dir),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("bootstrap-token"))
+        .expect("bootstrap token")
+        .trim()
+        .to_owned()
+}
+
+/// A small authenticated client.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Api {
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn send(&self, builder: reqwest::RequestBuilder) -> Reply {
+        let response = builder.send().await.expect("HTTP request");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(self.request(reqwest::Method::POST, path).json(&body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value, if_match: Option<u64>) -> Reply {
+        let mut b = self.request(reqwest::Method::PATCH, path).json(&body);
+        if let Some(v) = if_match {
+            b = b.header("if-match", format!("\"{v}\""));
+        }
+        self.send(b).await
+    }
+
+    /// Creates an organization; returns (id, position).
+    pub async fn create_org(&self, name: &str) -> (String, u64) {
+        let r = self
+            .post("/v1/organizations", serde_json::json!({ "name": name }))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        (
+            r.body["id"].as_str().unwrap().to_owned(),
+            r.body["position"].as_u64().unwrap(),
+        )
+    }
+
+    /// All events of the log, via the subscriber API.
+    pub async fn all_events(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let r = self
+                .get(&format!("/v1/events?after={after}&limit=1000"))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let events = r.body["events"].as_array().unwrap().clone();
+            if events.is_empty() {
+                return out;
+            }
+            after = r.body["next_after"].as_u64().unwrap();
+            out.extend(events);
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `quantus projections dump NAME` for a store.
+pub fn dump(name: &str, store: &[&str]) -> String {
+    let mut args = vec!["projections", "dump", name];
+    args.extend_from_slice(store);
+    let out = quantus(&args, &[]);
+    assert!(
+        out.status.success(),
+        "dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Asserts that a read model equals what a full replay of the log builds.
+pub fn assert_model_equals_replay(name: &str, store: &[&str]) {
+    let live = dump(name, store);
+    let mut args = vec!["projections", "rebuild", name];
+    args.extend_from_slice(store);
+    let out = quantus(&args, &[]);
+    assert!(
+        out.status.success(),
+        "rebuild failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rebuilt = dump(name, store);
+    assert!(!live.is_empty(), "the live model is empty");
+    assert_eq!(
+        live, rebuilt,
+        "the live read model differs from a replay of the log"
+    );
+}
+
+/// `quantus audit verify` over a store; returns (success, stdout).
+pub fn audit_verify(args: &[&str]) -> (bool, String) {
+    let mut all = vec!["audit", "verify"];
+    all.extend_from_slice(args);
+    let out = quantus(&all, &[]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Writes `count` new organizations straight through the command pipeline (no HTTP), from
+/// `concurrency` tasks; returns the log head afterwards.
+pub async fn write_organizations(database_url: &str, count: usize, concurrency: usize) -> u64 {
+    use quantus_commands::CommandBus;
+    use quantus_domain::organization::OrganizationCommand;
+    use quantus_domain::{Actor, ActorKind, CommandContext};
+    let db = quantus_infra::Database::open(Some(database_url), &temp_dir("writer"))
+        .await
+        .unwrap();
+    let bus = CommandBus::new(quantus_infra::SqlEventRepository::new(db.clone()));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for i in (w..count).step_by(concurrency) {
+                    let id = Uuid::now_v7().to_string();
+                    let ctx = CommandContext {
+                        tenant_id: id.clone(),
+                        actor: Actor {
+                            kind: ActorKind::System,
+                            id: "test-writer".into(),
+                        },
+                        occurred_at: quantus_domain::envelope::truncate_to_micros(
+                            chrono::Utc::now(),
+                        ),
+                        correlation_id: Uuid::now_v7(),
+                        causation_id: Uuid::now_v7(),
+                    };
+                    bus.organization(
+                        &ctx,
+                        &id,
+                        OrganizationCommand::Create {
+                            name: format!("Org {i}"),
+                        },
+                        Some(0),
+                    )
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    db.head_position().await.unwrap()
+}
+
+/// A pool on a test database, for looking at (or tampering with) its tables.
+pub async fn pool(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(url).await.expect("connect")
+}

@@ -1,0 +1,528 @@
+//! Scenarios (a) to (d) on real Postgres and real Apache Kafka.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use quantus_infra::kafka::KafkaSettings;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::harness::*;
+
+struct Env {
+    database_url: String,
+    kafka: KafkaSettings,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let database_url = fresh_database().await;
+        let mut kafka = KafkaSettings::new(kafka_brokers());
+        kafka.topic_prefix = format!("it-{}.", Uuid::now_v7().simple());
+        Env {
+            database_url,
+            kafka,
+        }
+    }
+
+    fn vars(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("DATABASE_URL", self.database_url.as_str()),
+            ("KAFKA_BROKERS", self.kafka.brokers.as_str()),
+            (
+                "QUANTUS_KAFKA_TOPIC_PREFIX",
+                self.kafka.topic_prefix.as_str(),
+            ),
+        ]
+    }
+
+    fn store(&self) -> [&str; 2] {
+        ["--database-url", &self.database_url]
+    }
+
+    fn serve(&self, dir: &std::path::Path, args: &[&str]) -> Server {
+        Server::start(dir, args, &self.vars())
+    }
+
+    /// Every (topic, record) on the platform's topics, read from the beginning.
+    async fn kafka_records(&self) -> Vec<quantus_infra::LogRecord> {
+        let mut out = vec![];
+        quantus_infra::kafka::read_all_topics(&self.kafka, |r| {
+            out.push(r);
+            Ok(())
+        })
+        .await
+        .expect("read topics");
+        out
+    }
+
+    fn audit_kafka(&self) -> (bool, String) {
+        audit_verify(&[
+            "--kafka",
+            &self.kafka.brokers,
+            "--topic-prefix",
+            &self.kafka.topic_prefix,
+        ])
+    }
+}
+
+async fn scalar(pool: &sqlx::AnyPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+const RELAY_CURSOR: &str =
+    "SELECT COALESCE(MAX(position), 0) FROM relay_cursors WHERE relay = 'kafka'";
+const PROJECTED: &str =
+    "SELECT COUNT(*) FROM projection_streams WHERE projection = 'organizations'";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_writers_reach_their_topic_in_order_and_the_model_equals_a_replay() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-a");
+    let server = env.serve(&dir, &["--listen", "127.0.0.1:0"]);
+    let api = server.client();
+
+    // 16 writers x (create + 3 conditional renames), plus 8 unconditional renames racing on
+    // one organization: each either wins (200) or gets 409, and only winners write.
+    let tasks: Vec<_> = (0..16)
+        .map(|w| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let (id, _) = api.create_org(&format!("Writer {w}")).await;
+                for v in 1..=3u64 {
+                    let r = api
+                        .patch(
+                            &format!("/v1/organizations/{id}"),
+                            json!({"name": format!("Writer {w} v{v}")}),
+                            Some(v),
+                        )
+                        .await;
+                    assert_eq!(r.status, 200, "{}", r.body);
+                }
+                id
+            })
+        })
+        .collect();
+    let mut ids = vec![];
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    let target = ids[0].clone();
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let api = api.clone();
+            let path = format!("/v1/organizations/{target}");
+            tokio::spawn(async move {
+                api.patch(&path, json!({"name": format!("Racer {i}")}), None)
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            200 => won += 1,
+            409 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(won >= 1);
+    let events = api.all_events().await;
+    let head = events.len() as u64;
+    assert_eq!(head, 64 + won);
+    let renames_of_target = events
+        .iter()
+        .filter(|e| {
+            e["envelope"]["aggregate_id"] == target.as_str()
+                && e["envelope"]["event_type"] == "OrganizationRenamed"
+        })
+        .count() as u64;
+    assert_eq!(renames_of_target, 3 + won, "a refused racer wrote an event");
+
+    // Read-your-writes across relay -> Kafka -> projector.
+    let r = api
+        .get(&format!(
+            "/v1/organizations?limit=200&min_position={head}&wait_ms=30000"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 16);
+
+    // Every event is on the identity topic, once, and each aggregate's events are in order.
+    let records = eventually("all events on Kafka", Duration::from_secs(60), || async {
+        let records = env.kafka_records().await;
+        (records.len() as u64 >= head).then_some(records)
+    })
+    .await;
+    let mut by_aggregate: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in &records {
+        by_aggregate
+            .entry(r.envelope.aggregate_id.clone())
+            .or_default()
+            .push(r.envelope.sequence);
+    }
+    assert_eq!(by_aggregate.len(), 16);
+    for (id, seqs) in &by_aggregate {
+        assert_eq!(
+            *seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{id} out of order on Kafka"
+        );
+    }
+    let mut positions: Vec<u64> = records.iter().map(|r| r.position).collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=head).collect::<Vec<_>>());
+
+    check_messages_and_topics(&env, &ids).await;
+
+    let (ok, out) = env.audit_kafka();
+    assert!(ok && out.contains(&format!("events: {head}")), "{out}");
+    let (ok, out) = audit_verify(&env.store());
+    assert!(
+        ok && out.contains(&format!("positions: 1..{head}")),
+        "{out}"
+    );
+    drop(server);
+    assert_model_equals_replay("organizations", &env.store());
+}
+
+/// CloudEvents headers, keys, Java-compatible partitioning and topic configuration.
+async fn check_messages_and_topics(env: &Env, ids: &[String]) {
+    let identity = env.kafka.topic_for("Organization").unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka.brokers)
+        .set("group.id", format!("it-{}", Uuid::now_v7()))
+        .create()
+        .unwrap();
+    let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
+    for p in 0..env.kafka.partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&identity, p, Duration::from_secs(10))
+            .unwrap();
+        if high == low {
+            continue;
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&identity, p, Offset::Offset(low))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut next = low;
+        while next < high {
+            let Some(m) = consumer.poll(Duration::from_secs(5)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            next = m.offset() + 1;
+            let envelope: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let headers: HashMap<String, String> = m
+                .headers()
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
+                    )
+                })
+                .collect();
+            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+            assert_eq!(key, envelope["aggregate_id"].as_str().unwrap());
+            assert_eq!(headers["ce_specversion"], "1.0");
+            assert_eq!(headers["ce_id"], envelope["event_id"].as_str().unwrap());
+            assert_eq!(headers["ce_subject"], key);
+            assert_eq!(
+                headers["ce_type"],
+                format!(
+                    "dev.quantus.{}.v1",
+                    envelope["event_type"].as_str().unwrap()
+                )
+            );
+            assert_eq!(
+                headers["ce_time"],
+                envelope["occurred_at"].as_str().unwrap()
+            );
+            assert_eq!(
+                headers["ce_quantushash"],
+                envelope["hash"].as_str().unwrap()
+            );
+            assert_eq!(
+                headers["ce_quantusprevhash"],
+                envelope["prev_hash"].as_str().unwrap()
+            );
+            assert_eq!(headers["ce_sequence"], envelope["sequence"].to_string());
+            assert!(headers["ce_quantusposition"].parse::<u64>().is_ok());
+            assert_eq!(headers["content-type"], "application/json");
+            partition_of.insert(key, m.partition());
+        }
+    }
+
+    // Kafka's own Java producer puts the same keys on the same partitions.
+    let java_topic = format!("{}java-partitioner", env.kafka.topic_prefix);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka.brokers)
+        .create()
+        .unwrap();
+    admin
+        .create_topics(
+            &[rdkafka::admin::NewTopic::new(
+                &java_topic,
+                env.kafka.partitions,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let input: String = ids.iter().map(|id| format!("{id}|x\n")).collect();
+    let mut child = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/kafka.sh"))
+        .args([
+            "tool",
+            "org.apache.kafka.tools.ConsoleProducer",
+            "--bootstrap-server",
+            &env.kafka.brokers,
+            "--topic",
+            &java_topic,
+        ])
+        .args([
+            "--property",
+            "parse.key=true",
+            "--property",
+            "key.separator=|",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run Kafka's ConsoleProducer");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "ConsoleProducer failed");
+    let mut java_partition_of = BTreeMap::new();
+    for p in 0..env.kafka.partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&java_topic, p, Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&java_topic, p, Offset::Offset(low))
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut next = low;
+        while next < high {
+            let Some(m) = consumer.poll(Duration::from_secs(5)) else {
+                continue;
+            };
+            let m = m.unwrap();
+            next = m.offset() + 1;
+            java_partition_of.insert(
+                String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+                m.partition(),
+            );
+        }
+    }
+    assert_eq!(java_partition_of.len(), ids.len());
+    for id in ids {
+        assert_eq!(
+            partition_of[id], java_partition_of[id],
+            "Rust and Java disagree on the partition of {id}"
+        );
+    }
+    assert!(
+        partition_of
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1,
+        "all keys on one partition"
+    );
+
+    // Topics keep everything forever and are never compacted.
+    let specifiers: Vec<String> = env.kafka.topics();
+    let resources: Vec<ResourceSpecifier> = specifiers
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(t))
+        .collect();
+    for result in admin
+        .describe_configs(&resources, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        let resource = result.unwrap();
+        let get = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+        assert_eq!(get("retention.ms").as_deref(), Some("-1"));
+        assert_eq!(get("cleanup.policy").as_deref(), Some("delete"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn b_killing_the_relay_mid_stream_loses_nothing_and_duplicates_are_ignored() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-b");
+    let api_server = env.serve(&dir, &["--role", "api", "--listen", "127.0.0.1:0"]);
+    let _projector = env.serve(&dir, &["--role", "projector"]);
+    let api = api_server.client();
+    let db = pool(&env.database_url).await;
+    let head_before = write_organizations(&env.database_url, 3000, 8).await;
+
+    // Keep writing while the relay runs, then kill it as soon as it has published something.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let api = api.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                api.create_org(&format!("Live {i}")).await;
+                i += 1;
+            }
+        })
+    };
+    let mut relay = env.serve(&dir, &["--role", "relay"]);
+    let cursor = eventually("the relay to publish", Duration::from_secs(60), || async {
+        let c = scalar(&db, RELAY_CURSOR).await;
+        (c > 0).then_some(c)
+    })
+    .await;
+    relay.kill();
+    let at_kill = scalar(&db, RELAY_CURSOR).await;
+    assert!(
+        (at_kill as u64) < head_before,
+        "the relay finished before it was killed ({cursor}, {at_kill})"
+    );
+
+    let _relay = env.serve(&dir, &["--role", "relay"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    let head = scalar(&db, "SELECT MAX(position) FROM events").await;
+    eventually(
+        "the relay to catch up",
+        Duration::from_secs(120),
+        || async { (scalar(&db, RELAY_CURSOR).await == head).then_some(()) },
+    )
+    .await;
+
+    // Nothing lost on Kafka (the auditor checks every position 1..head and every chain).
+    let (ok, out) = env.audit_kafka();
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("events: {head}")), "{out}");
+    // The projector applied each event once, duplicates or not.
+    let r = api
+        .get(&format!(
+            "/v1/organizations?limit=1&min_position={head}&wait_ms=30000"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    eventually(
+        "the projector to apply everything",
+        Duration::from_secs(60),
+        || async { (scalar(&db, PROJECTED).await == head).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM organizations_view WHERE version <> 1"
+        )
+        .await,
+        0
+    );
+    assert_model_equals_replay("organizations", &env.store());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn c_killing_the_projector_mid_batch_leaves_a_correct_model_after_restart() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-c");
+    let head = write_organizations(&env.database_url, 4000, 8).await as i64;
+    let db = pool(&env.database_url).await;
+    let _relay = env.serve(&dir, &["--role", "relay"]);
+    eventually(
+        "the relay to publish everything",
+        Duration::from_secs(120),
+        || async { (scalar(&db, RELAY_CURSOR).await == head).then_some(()) },
+    )
+    .await;
+
+    let mut projector = env.serve(&dir, &["--role", "projector"]);
+    eventually(
+        "the projector to commit a batch",
+        Duration::from_secs(60),
+        || async { (scalar(&db, PROJECTED).await > 0).then_some(()) },
+    )
+    .await;
+    projector.kill();
+    let at_kill = scalar(&db, PROJECTED).await;
+    assert!(
+        at_kill < head,
+        "the projector finished before it was killed"
+    );
+    // What was committed is consistent: every applied stream has its row, and no more.
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM organizations_view").await,
+        at_kill
+    );
+
+    let _projector = env.serve(&dir, &["--role", "projector"]);
+    eventually(
+        "the projector to finish after restart",
+        Duration::from_secs(120),
+        || async { (scalar(&db, PROJECTED).await == head).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM organizations_view").await,
+        head
+    );
+    assert_model_equals_replay("organizations", &env.store());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn d_changing_one_stored_event_in_postgres_is_named_by_the_auditor() {
+    let env = Env::new().await;
+    write_organizations(&env.database_url, 20, 4).await;
+    let (ok, out) = audit_verify(&env.store());
+    assert!(ok, "{out}");
+    let db = pool(&env.database_url).await;
+    let refused =
+        sqlx::query("UPDATE events SET payload = '{\"name\":\"Evil\"}' WHERE position = 7")
+            .execute(&db)
+            .await;
+    assert!(refused.unwrap_err().to_string().contains("append-only"));
+    let refused = sqlx::query("DELETE FROM events WHERE position = 7")
+        .execute(&db)
+        .await;
+    assert!(refused.is_err());
+    // An attacker with owner rights switches the guard off first.
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE events SET payload = '{\"name\":\"Evil\"}' WHERE position = 7")
+        .execute(&db)
+        .await
+        .unwrap();
+    let event_id: String = sqlx::query_scalar("SELECT event_id FROM events WHERE position = 7")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let (ok, out) = audit_verify(&env.store());
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("BROKEN at position 7") && out.contains(&event_id),
+        "{out}"
+    );
+}
