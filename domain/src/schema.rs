@@ -100,6 +100,18 @@ pub fn envelope_schema() -> Schema {
     schema
 }
 
+/// Every file `schemas/` should hold: (file name, pretty JSON with a final newline).
+pub fn files() -> Vec<(String, String)> {
+    let pretty = |s: &Schema| format!("{}\n", serde_json::to_string_pretty(s).unwrap_or_default());
+    let mut out = vec![("envelope.v1.json".to_owned(), pretty(&envelope_schema()))];
+    out.extend(
+        catalogue()
+            .iter()
+            .map(|e| (e.file_name(), pretty(&e.schema))),
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,16 +126,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Every file `schemas/` should hold: (file name, pretty JSON with a final newline).
-pub fn files() -> Vec<(String, String)> {
-    let pretty = |s: &Schema| format!("{}\n", serde_json::to_string_pretty(s).unwrap_or_default());
-    let mut out = vec![("envelope.v1.json".to_owned(), pretty(&envelope_schema()))];
-    out.extend(
-        catalogue()
-            .iter()
-            .map(|e| (e.file_name(), pretty(&e.schema))),
-    );
-    out
 }

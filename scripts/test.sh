@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The one command that runs every test, real services included:
+#
+#   scripts/test.sh            # formatting, lints, then cargo test --workspace
+#
+# It starts throwaway PostgreSQL 15 and Apache Kafka (KRaft) through scripts/services.sh,
+# installs the independent auditor's Python dependency, runs the tests, and stops the
+# services again. A service that cannot start fails the run: nothing is skipped.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'test.sh: %s\n' "$*" >&2; }
+
+started_here=0
+cleanup() {
+    if ((started_here)); then
+        scripts/services.sh stop >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+
+log "checking formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if ! scripts/services.sh env >/dev/null 2>&1; then
+    started_here=1
+fi
+log "starting PostgreSQL and Kafka"
+scripts/services.sh start >/dev/null
+
+log "installing the independent auditor's dependency (PyPI rfc8785)"
+python3 -m pip install --quiet --disable-pip-version-check rfc8785 >&2
+
+log "running cargo test --workspace"
+cargo test --workspace --locked "$@"
