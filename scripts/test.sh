@@ -33,5 +33,8 @@ scripts/services.sh start >/dev/null
 log "installing the independent auditor's dependency (PyPI rfc8785)"
 python3 -m pip install --quiet --disable-pip-version-check rfc8785 >&2
 
+log "running the independent auditor's own tests (pytest)"
+python3 -m pytest -q tests/auditor
+
 log "running cargo test --workspace"
 cargo test --workspace --locked "$@"

@@ -33,7 +33,8 @@ pub struct AuditSummary {
 
 #[derive(Default)]
 pub struct Audit {
-    chains: HashMap<(String, String), (u64, String)>,
+    /// Per aggregate: last sequence, its hash, its position.
+    chains: HashMap<(String, String), (u64, String, u64)>,
     positions: HashMap<u64, Uuid>,
     duplicates: u64,
 }
@@ -64,6 +65,24 @@ impl Audit {
         if position == 0 {
             return Err(fail("position 0 is not a log position".into()));
         }
+        // Form rules: a forger who recomputes the hash of an aggregate's last event breaks no
+        // link, so what an event may contain is checked too.
+        if e.event_id.get_version_num() != 7 {
+            return Err(fail(format!("event_id {} is not a UUIDv7", e.event_id)));
+        }
+        crate::schema::check_payload(
+            &e.aggregate_type,
+            &e.event_type,
+            e.schema_version,
+            &e.payload,
+        )
+        .map_err(fail)?;
+        if !crate::schema::tenant_is_valid(&e.aggregate_type, &e.aggregate_id, &e.tenant_id) {
+            return Err(fail(format!(
+                "tenant_id {:?} cannot own this aggregate",
+                e.tenant_id
+            )));
+        }
         match self.positions.get(&position) {
             Some(id) if *id == e.event_id => {
                 self.duplicates += 1;
@@ -73,11 +92,11 @@ impl Audit {
             None => {}
         }
         let key = (e.aggregate_type.clone(), e.aggregate_id.clone());
-        let (last_seq, last_hash) = self
-            .chains
-            .get(&key)
-            .cloned()
-            .unwrap_or((0, GENESIS_HASH.to_owned()));
+        let (last_seq, last_hash, last_position) =
+            self.chains
+                .get(&key)
+                .cloned()
+                .unwrap_or((0, GENESIS_HASH.to_owned(), 0));
         if e.sequence != last_seq + 1 {
             return Err(fail(format!("sequence {} follows {last_seq}", e.sequence)));
         }
@@ -87,8 +106,14 @@ impl Audit {
                 e.prev_hash
             )));
         }
+        if position <= last_position {
+            return Err(fail(format!(
+                "position {position} is not after the aggregate's previous event at {last_position}"
+            )));
+        }
         self.positions.insert(position, e.event_id);
-        self.chains.insert(key, (e.sequence, e.hash.clone()));
+        self.chains
+            .insert(key, (e.sequence, e.hash.clone(), position));
         Ok(())
     }
 
@@ -122,11 +147,20 @@ mod tests {
 
     fn event(aggregate: &str, sequence: u64, prev: &str, n: u128) -> Envelope {
         Envelope {
-            event_id: Uuid::from_u128(n),
+            event_id: uuid::Builder::from_unix_timestamp_millis(
+                1_800_000_000_000,
+                &n.to_le_bytes()[..10].try_into().unwrap(),
+            )
+            .into_uuid(),
             aggregate_type: "Organization".into(),
             aggregate_id: aggregate.into(),
             sequence,
-            event_type: "OrganizationCreated".into(),
+            event_type: if sequence == 1 {
+                "OrganizationCreated"
+            } else {
+                "OrganizationSuspended"
+            }
+            .into(),
             schema_version: 1,
             occurred_at: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
             tenant_id: aggregate.into(),
@@ -136,7 +170,11 @@ mod tests {
             },
             correlation_id: Uuid::nil(),
             causation_id: Uuid::nil(),
-            payload: serde_json::json!({"name": format!("org {n}")}),
+            payload: if sequence == 1 {
+                serde_json::json!({"name": format!("org {n}")})
+            } else {
+                serde_json::json!({"reason": format!("reason {n}")})
+            },
             prev_hash: String::new(),
             hash: String::new(),
         }
@@ -204,5 +242,45 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("also holds"));
+
+        // A later event of an aggregate at an earlier position.
+        let mut audit = Audit::new();
+        audit.observe(5, &a1).unwrap();
+        assert!(audit
+            .observe(4, &a2)
+            .unwrap_err()
+            .reason
+            .contains("not after"));
+    }
+
+    #[test]
+    fn a_forged_last_event_with_a_recomputed_hash_is_caught_by_the_form_rules() {
+        let a1 = event("a", 1, GENESIS_HASH, 1);
+        let base = event("a", 2, &a1.hash, 2);
+        type Forge = Box<dyn Fn(&mut Envelope)>;
+        let forgeries: [(&str, Forge); 4] = [
+            ("UUIDv7", Box::new(|e| e.event_id = Uuid::from_u128(42))),
+            (
+                "payload does not match",
+                Box::new(|e| e.payload = serde_json::json!({"reason": 1.5})),
+            ),
+            (
+                "unknown event type",
+                Box::new(|e| e.event_type = "OrganizationDeleted".into()),
+            ),
+            (
+                "cannot own",
+                Box::new(|e| e.tenant_id = "someone-else".into()),
+            ),
+        ];
+        for (expected, forge) in forgeries {
+            let mut forged = base.clone();
+            forge(&mut forged);
+            let forged = forged.seal(&a1.hash).unwrap();
+            let mut audit = Audit::new();
+            audit.observe(1, &a1).unwrap();
+            let err = audit.observe(2, &forged).unwrap_err();
+            assert!(err.reason.contains(expected), "{expected}: {err}");
+        }
     }
 }

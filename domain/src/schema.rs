@@ -52,6 +52,8 @@ pub struct EventSchema {
     pub event_type: &'static str,
     pub version: u32,
     pub schema: Schema,
+    /// Checks a payload against the Rust type the schema was generated from.
+    pub validate: fn(&serde_json::Value) -> Result<(), String>,
 }
 
 impl EventSchema {
@@ -61,7 +63,7 @@ impl EventSchema {
     }
 }
 
-fn entry<T: JsonSchema>(
+fn entry<T: JsonSchema + serde::de::DeserializeOwned>(
     aggregate_type: &'static str,
     event_type: &'static str,
     version: u32,
@@ -77,6 +79,11 @@ fn entry<T: JsonSchema>(
         event_type,
         version,
         schema,
+        validate: |payload| {
+            serde_json::from_value::<T>(payload.clone())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
     }
 }
 
@@ -88,6 +95,32 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<OrganizationSuspended>("Organization", "OrganizationSuspended", 1),
         entry::<OrganizationReactivated>("Organization", "OrganizationReactivated", 1),
     ]
+}
+
+/// Checks that an event is of a known type and version for its aggregate, and that its payload
+/// has exactly that type's shape.
+pub fn check_payload(
+    aggregate_type: &str,
+    event_type: &str,
+    version: u32,
+    payload: &serde_json::Value,
+) -> Result<(), String> {
+    let entry = catalogue()
+        .into_iter()
+        .find(|e| {
+            e.aggregate_type == aggregate_type && e.event_type == event_type && e.version == version
+        })
+        .ok_or_else(|| format!("unknown event type {aggregate_type}/{event_type} v{version}"))?;
+    (entry.validate)(payload)
+        .map_err(|e| format!("payload does not match {}: {e}", entry.file_name()))
+}
+
+/// Whether `tenant_id` may own an event of this aggregate. An organization is its own tenant.
+pub fn tenant_is_valid(aggregate_type: &str, aggregate_id: &str, tenant_id: &str) -> bool {
+    match aggregate_type {
+        "Organization" => tenant_id == aggregate_id,
+        _ => !tenant_id.is_empty(),
+    }
 }
 
 /// The envelope's own schema (`schemas/envelope.v1.json`).

@@ -137,7 +137,7 @@ impl Projection for OrganizationsView {
                 sqlx::query(
                     "UPDATE organizations_view SET status = 'suspended', suspended_reason = $1, updated_at = $2, version = $3 WHERE id = $4",
                 )
-                .bind(p.reason)
+                .bind((!p.reason.is_empty()).then_some(p.reason))
                 .bind(at)
                 .bind(version)
                 .bind(e.aggregate_id.clone())

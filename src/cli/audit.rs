@@ -25,6 +25,8 @@ pub struct VerifyArgs {
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut audit = Audit::new();
     let mut broken: Option<AuditBreak> = None;
+    // Data that cannot even be read as an envelope is a break too, not a tool failure.
+    let mut unreadable: Option<String> = None;
     let source;
     match &args.kafka {
         Some(brokers) => {
@@ -44,10 +46,10 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             })
             .await;
             progress.finish_and_clear();
-            if let Err(e) = result {
-                if broken.is_none() {
-                    return Err(e.into());
-                }
+            match result {
+                Err(InfraError::Corrupt(reason)) if broken.is_none() => unreadable = Some(reason),
+                Err(e) if broken.is_none() => return Err(e.into()),
+                _ => {}
             }
         }
         None => {
@@ -60,7 +62,14 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             let progress = bar(Some(head));
             let mut after = 0;
             'read: loop {
-                let records = read_log(&db, after, 5000).await?;
+                let records = match read_log(&db, after, 5000).await {
+                    Ok(records) => records,
+                    Err(InfraError::Corrupt(reason)) => {
+                        unreadable = Some(reason);
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let Some(last) = records.last().map(|r| r.position) else {
                     break;
                 };
@@ -77,6 +86,10 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!("source: {source}");
+    if let Some(reason) = unreadable {
+        println!("BROKEN: stored data is unreadable: {reason}");
+        return Ok(ExitCode::FAILURE);
+    }
     if let Some(b) = broken {
         println!(
             "BROKEN at position {}: event {} ({} {} #{}): {}",

@@ -205,3 +205,30 @@ async fn removing_an_event_breaks_the_chain_and_the_positions() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_stored_event_is_a_break_not_a_tool_failure() {
+    let dir = temp_dir("corrupt-sqlite");
+    let store = ["--data-dir", dir.to_str().unwrap()];
+    {
+        let server = Server::embedded(&dir);
+        server.client().create_org("Org").await;
+    }
+    let db = pool(&format!("sqlite://{}", dir.join("quantus.db").display())).await;
+    sqlx::query("DROP TRIGGER events_no_update")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE events SET actor_kind = 'robot' WHERE position = 1")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let out = quantus(&["audit", "verify", store[0], store[1]], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("BROKEN") && stdout.contains("position 1") && stdout.contains("actor_kind"),
+        "{stdout}"
+    );
+}

@@ -6,5 +6,6 @@
 mod api;
 mod embedded_log;
 mod harness;
+mod independent_auditor;
 mod postgres_kafka;
 mod schemas;

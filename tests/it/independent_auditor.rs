@@ -1,0 +1,84 @@
+//! The log checked by an auditor written in another language from `docs/event-log.md` alone
+//! (`tests/auditor/verify_log.py`, Python + PyPI `rfc8785`).
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::harness::*;
+
+fn python_verify(lines: &[Value]) -> (bool, String) {
+    let dir = temp_dir("py-audit");
+    let file = dir.join("log.jsonl");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/auditor/verify_log.py"))
+        .arg(&file)
+        .output()
+        .expect("python3 is needed for the independent auditor");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "the independent auditor could not run (is rfc8785 installed?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), stdout)
+}
+
+#[tokio::test]
+async fn an_auditor_in_another_language_accepts_the_log_and_catches_changes() {
+    let dir = temp_dir("py-audit-server");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    for name in ["Acme Quantum", "Zürich Labs ✓", "Ω \"quoted\" \\ name"] {
+        let (id, _) = api.create_org(name).await;
+        api.patch(
+            &format!("/v1/organizations/{id}"),
+            json!({"name": format!("{name} II")}),
+            None,
+        )
+        .await;
+        api.post(
+            &format!("/v1/organizations/{id}/suspend"),
+            json!({"reason": "audit\ttest"}),
+        )
+        .await;
+    }
+    let out = quantus(
+        &[
+            "events",
+            "tail",
+            "--url",
+            server.url(),
+            "--token",
+            &api.token,
+            "--no-follow",
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 9);
+
+    let (ok, report) = python_verify(&lines);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("events: 9") && report.trim_end().ends_with("OK"),
+        "{report}"
+    );
+
+    let mut changed = lines.clone();
+    changed[4]["envelope"]["payload"]["name"] = json!("Forged");
+    let (ok, report) = python_verify(&changed);
+    assert!(!ok && report.contains("BROKEN at position 5"), "{report}");
+
+    let mut removed = lines.clone();
+    removed.remove(3);
+    let (ok, report) = python_verify(&removed);
+    assert!(!ok && report.contains("BROKEN"), "{report}");
+}
