@@ -17,6 +17,7 @@
 # people's tests may be using them). Output goes to the terminal and to $BENCH_OUT.
 #
 # Environment (defaults in brackets):
+#   QUANTUS_BIN        benchmark this binary instead of building one (e.g. a locally patched build)
 #   CARGO_TARGET_DIR   build dir [<repo>/../bench-target: never blocks the main target's lock]
 #   BENCH_NO_BUILD=1   use the existing $CARGO_TARGET_DIR/release/quantus as is
 #   COMMANDS           commands per Postgres `quantus bench` run [20000]
@@ -49,7 +50,7 @@ BENCH_OUT="${BENCH_OUT:-$(mktemp -d /tmp/quantus-bench.XXXXXX)}"
 mkdir -p "$BENCH_OUT"
 SUMMARY="$BENCH_OUT/summary.tsv"
 : >"$SUMMARY"
-BIN="$CARGO_TARGET_DIR/release/quantus"
+BIN="${QUANTUS_BIN:-$CARGO_TARGET_DIR/release/quantus}"
 
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
 die() {
@@ -77,8 +78,8 @@ fail_step() {
 # Build
 
 build() {
-    if [[ "${BENCH_NO_BUILD:-}" == 1 ]]; then
-        [[ -x "$BIN" ]] || die "BENCH_NO_BUILD=1 but $BIN does not exist"
+    if [[ "${BENCH_NO_BUILD:-}" == 1 || -n "${QUANTUS_BIN:-}" ]]; then
+        [[ -x "$BIN" ]] || die "$BIN does not exist (BENCH_NO_BUILD=1 / QUANTUS_BIN)"
         log "using existing $BIN (built $(date -u -r "$BIN" '+%F %T UTC'))"
         return
     fi
@@ -183,6 +184,8 @@ quantus_bench() { # label commands concurrency [args...]
         "$BIN" bench --commands "$commands" --concurrency "$concurrency" "$@" 2>&1 | tee "$out"; then
         record_quantus "$label" "$out"
     else
+        # Keep the figures printed before the failure, marked as such.
+        record_quantus "$label (FAILED)" "$out"
         fail_step "quantus bench $label (log: $out)"
     fi
 }

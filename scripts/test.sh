@@ -33,8 +33,18 @@ scripts/services.sh start >/dev/null
 log "installing the independent auditor's dependency (PyPI rfc8785)"
 python3 -m pip install --quiet --disable-pip-version-check rfc8785 >&2
 
+results="$(mktemp)"
 log "running the independent auditor's own tests (pytest)"
-python3 -m pytest -q tests/auditor
+python3 -m pytest -q tests/auditor | tee -a "$results"
 
 log "running cargo test --workspace"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@" 2>&1 | tee -a "$results"
+
+# One closing line over every runner (cargo prints one line per test binary, the last of
+# which is often a crate's empty doc-test run).
+awk '
+    /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+    / passed in / && !/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+    END { printf "total: %d passed, %d failed\n", p, f }
+' "$results"
+rm -f "$results"

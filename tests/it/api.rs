@@ -367,27 +367,7 @@ async fn subscribers_page_and_long_poll_the_log() {
     let r = waiter.await.unwrap();
     assert_eq!(r.body["events"][0]["position"], 3);
 
-    let out = quantus(
-        &[
-            "events",
-            "tail",
-            "--url",
-            server.url(),
-            "--token",
-            &api.token,
-            "--no-follow",
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = tail_log(&server);
     assert_eq!(
         lines
             .iter()

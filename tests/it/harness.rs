@@ -387,3 +387,29 @@ pub async fn pool(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
     sqlx::AnyPool::connect(url).await.expect("connect")
 }
+
+/// `quantus events tail --no-follow` against a server: the log as parsed JSON lines.
+pub fn tail_log(server: &Server) -> Vec<Value> {
+    let token = token(&server.data_dir);
+    let out = quantus(
+        &[
+            "events",
+            "tail",
+            "--url",
+            server.url(),
+            "--token",
+            &token,
+            "--no-follow",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}

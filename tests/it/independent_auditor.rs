@@ -46,23 +46,7 @@ async fn an_auditor_in_another_language_accepts_the_log_and_catches_changes() {
         )
         .await;
     }
-    let out = quantus(
-        &[
-            "events",
-            "tail",
-            "--url",
-            server.url(),
-            "--token",
-            &api.token,
-            "--no-follow",
-        ],
-        &[],
-    );
-    assert!(out.status.success());
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = tail_log(&server);
     assert_eq!(lines.len(), 9);
 
     let (ok, report) = python_verify(&lines);

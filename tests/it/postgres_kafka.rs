@@ -8,7 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use uuid::Uuid;
@@ -196,24 +196,19 @@ async fn a_concurrent_writers_reach_their_topic_in_order_and_the_model_equals_a_
     assert_model_equals_replay("organizations", &env.store());
 }
 
-/// CloudEvents headers, keys, Java-compatible partitioning and topic configuration.
-async fn check_messages_and_topics(env: &Env, ids: &[String]) {
-    let identity = env.kafka.topic_for("Organization").unwrap();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &env.kafka.brokers)
-        .set("group.id", format!("it-{}", Uuid::now_v7()))
-        .create()
-        .unwrap();
-    let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
-    for p in 0..env.kafka.partitions {
+/// Calls `f` for every message of `topic` from the beginning up to its current end.
+fn read_topic(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: i32,
+    mut f: impl FnMut(&BorrowedMessage),
+) {
+    for p in 0..partitions {
         let (low, high) = consumer
-            .fetch_watermarks(&identity, p, Duration::from_secs(10))
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
             .unwrap();
-        if high == low {
-            continue;
-        }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&identity, p, Offset::Offset(low))
+        tpl.add_partition_offset(topic, p, Offset::Offset(low))
             .unwrap();
         consumer.assign(&tpl).unwrap();
         let mut next = low;
@@ -223,48 +218,62 @@ async fn check_messages_and_topics(env: &Env, ids: &[String]) {
             };
             let m = m.unwrap();
             next = m.offset() + 1;
-            let envelope: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            let headers: HashMap<String, String> = m
-                .headers()
-                .unwrap()
-                .iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
-                    )
-                })
-                .collect();
-            let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-            assert_eq!(key, envelope["aggregate_id"].as_str().unwrap());
-            assert_eq!(headers["ce_specversion"], "1.0");
-            assert_eq!(headers["ce_id"], envelope["event_id"].as_str().unwrap());
-            assert_eq!(headers["ce_subject"], key);
-            assert_eq!(
-                headers["ce_type"],
-                format!(
-                    "dev.quantus.{}.v1",
-                    envelope["event_type"].as_str().unwrap()
-                )
-            );
-            assert_eq!(
-                headers["ce_time"],
-                envelope["occurred_at"].as_str().unwrap()
-            );
-            assert_eq!(
-                headers["ce_quantushash"],
-                envelope["hash"].as_str().unwrap()
-            );
-            assert_eq!(
-                headers["ce_quantusprevhash"],
-                envelope["prev_hash"].as_str().unwrap()
-            );
-            assert_eq!(headers["ce_sequence"], envelope["sequence"].to_string());
-            assert!(headers["ce_quantusposition"].parse::<u64>().is_ok());
-            assert_eq!(headers["content-type"], "application/json");
-            partition_of.insert(key, m.partition());
+            f(&m);
         }
     }
+}
+
+/// CloudEvents headers, keys, Java-compatible partitioning and topic configuration.
+async fn check_messages_and_topics(env: &Env, ids: &[String]) {
+    let identity = env.kafka.topic_for("Organization").unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.kafka.brokers)
+        .set("group.id", format!("it-{}", Uuid::now_v7()))
+        .create()
+        .unwrap();
+    let mut partition_of: BTreeMap<String, i32> = BTreeMap::new();
+    read_topic(&consumer, &identity, env.kafka.partitions, |m| {
+        let envelope: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let headers: HashMap<String, String> = m
+            .headers()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+        assert_eq!(key, envelope["aggregate_id"].as_str().unwrap());
+        assert_eq!(headers["ce_specversion"], "1.0");
+        assert_eq!(headers["ce_id"], envelope["event_id"].as_str().unwrap());
+        assert_eq!(headers["ce_subject"], key);
+        assert_eq!(
+            headers["ce_type"],
+            format!(
+                "dev.quantus.{}.v1",
+                envelope["event_type"].as_str().unwrap()
+            )
+        );
+        assert_eq!(
+            headers["ce_time"],
+            envelope["occurred_at"].as_str().unwrap()
+        );
+        assert_eq!(
+            headers["ce_quantushash"],
+            envelope["hash"].as_str().unwrap()
+        );
+        assert_eq!(
+            headers["ce_quantusprevhash"],
+            envelope["prev_hash"].as_str().unwrap()
+        );
+        assert_eq!(headers["ce_sequence"], envelope["sequence"].to_string());
+        assert!(headers["ce_quantusposition"].parse::<u64>().is_ok());
+        assert_eq!(headers["content-type"], "application/json");
+        partition_of.insert(key, m.partition());
+    });
 
     // Kafka's own Java producer puts the same keys on the same partitions.
     let java_topic = format!("{}java-partitioner", env.kafka.topic_prefix);
@@ -312,27 +321,12 @@ async fn check_messages_and_topics(env: &Env, ids: &[String]) {
         .unwrap();
     assert!(child.wait().unwrap().success(), "ConsoleProducer failed");
     let mut java_partition_of = BTreeMap::new();
-    for p in 0..env.kafka.partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&java_topic, p, Duration::from_secs(10))
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&java_topic, p, Offset::Offset(low))
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
-        let mut next = low;
-        while next < high {
-            let Some(m) = consumer.poll(Duration::from_secs(5)) else {
-                continue;
-            };
-            let m = m.unwrap();
-            next = m.offset() + 1;
-            java_partition_of.insert(
-                String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
-                m.partition(),
-            );
-        }
-    }
+    read_topic(&consumer, &java_topic, env.kafka.partitions, |m| {
+        java_partition_of.insert(
+            String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            m.partition(),
+        );
+    });
     assert_eq!(java_partition_of.len(), ids.len());
     for id in ids {
         assert_eq!(
