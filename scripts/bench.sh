@@ -28,6 +28,9 @@
 #   SWEEP              concurrencies for `sweep` ["1 8 32"]
 #   BENCH_SWEEP=1      also run the sweep in `all`
 #   BENCH_KEEP_DBS=1   keep the scratch databases
+#   BENCH_WAIT_IDLE=1  before each measurement wait until under BENCH_IDLE_BUSY [20] percent of
+#                      the CPUs are busy (for at most BENCH_IDLE_TIMEOUT [900] s): the machine
+#                      may be shared with builds and tests
 #   BENCH_OUT          folder for logs and summary.tsv [a new /tmp/quantus-bench.XXXXXX]
 set -euo pipefail
 
@@ -58,7 +61,32 @@ die() {
     exit 1
 }
 section() { printf '\n===== %s =====\n' "$*"; }
-loadavg() { printf 'load average before: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"; }
+# Percent of all CPUs busy over the next 2 s (from /proc/stat).
+cpu_busy() {
+    local a b
+    a=($(head -n 1 /proc/stat))
+    sleep 2
+    b=($(head -n 1 /proc/stat))
+    # user nice system idle iowait irq softirq steal
+    local busy=$(((b[1] + b[2] + b[3] + b[6] + b[7] + b[8]) - (a[1] + a[2] + a[3] + a[6] + a[7] + a[8])))
+    local idle=$(((b[4] + b[5]) - (a[4] + a[5])))
+    echo $((100 * busy / (busy + idle > 0 ? busy + idle : 1)))
+}
+# Before each measurement: report how busy the (shared) machine is; with BENCH_WAIT_IDLE=1 first
+# wait (up to BENCH_IDLE_TIMEOUT s) until under BENCH_IDLE_BUSY percent of the CPUs are busy.
+loadavg() {
+    local busy waited=0
+    busy="$(cpu_busy)"
+    if [[ "${BENCH_WAIT_IDLE:-}" == 1 ]]; then
+        while ((busy >= ${BENCH_IDLE_BUSY:-20} && waited < ${BENCH_IDLE_TIMEOUT:-900})); do
+            sleep 8
+            waited=$((waited + 10))
+            busy="$(cpu_busy)"
+        done
+        ((waited == 0)) || printf 'waited %ss for the machine to calm down\n' "$waited"
+    fi
+    printf 'before: CPUs %s%% busy (2 s sample), load average %s\n' "$busy" "$(cut -d' ' -f1-3 /proc/loadavg)"
+}
 
 case "$MODE" in
 embedded | postgres | pgbench | sweep | all) ;;

@@ -30,12 +30,12 @@ fi
 log "starting PostgreSQL and Kafka"
 scripts/services.sh start >/dev/null
 
-log "installing the independent auditor's dependency (PyPI rfc8785)"
-python3 -m pip install --quiet --disable-pip-version-check rfc8785 >&2
+log "installing the independent checkers' dependencies (PyPI rfc8785, cryptography, cryptography-vectors)"
+python3 -m pip install --quiet --disable-pip-version-check rfc8785 -r tests/crosscheck/requirements.txt >&2
 
 results="$(mktemp)"
 log "running the independent auditor's own tests (pytest)"
-python3 -m pytest -q tests/auditor | tee -a "$results"
+python3 -m pytest -q tests/auditor tests/crosscheck | tee -a "$results"
 
 log "running cargo test --workspace"
 cargo test --workspace --locked "$@" 2>&1 | tee -a "$results"

@@ -1,6 +1,7 @@
 mod audit;
 mod bench;
 mod events;
+mod license;
 mod serve;
 
 use std::path::PathBuf;
@@ -39,6 +40,15 @@ enum Command {
     Schemas(SchemasCommand),
     /// Measure throughput (see docs/PERFORMANCE.md).
     Bench(bench::BenchArgs),
+    /// Licence files, offline.
+    #[command(subcommand)]
+    License(LicenseCommand),
+}
+
+#[derive(Subcommand)]
+enum LicenseCommand {
+    /// Verify a licence file with only the public key set (no network).
+    Verify(license::VerifyArgs),
 }
 
 /// Where the store is: shared by every command that opens it.
@@ -175,6 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::License(LicenseCommand::Verify(args)) => Ok(license::verify(args)),
     }
 }
 

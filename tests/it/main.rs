@@ -4,8 +4,10 @@
 //! `scripts/kafka.sh` (idempotent) and fail loudly when that is impossible.
 
 mod api;
+mod crypto_crosscheck;
 mod embedded_log;
 mod harness;
 mod independent_auditor;
+mod license_cli;
 mod postgres_kafka;
 mod schemas;

@@ -1,0 +1,18 @@
+//! Quantus signatures and signed documents, verifiable offline.
+//!
+//! No async runtime, no network, no clock, no random source: callers pass the time and the
+//! randomness in. This crate is what a customer embeds to check a licence file on an
+//! air-gapped machine.
+//!
+//! - [`algorithm`]: Ed25519, ML-DSA-44/65/87 (FIPS 204, with context strings) and the composite
+//!   ML-DSA-65 + Ed25519 of draft-ietf-lamps-pq-composite-sigs-19.
+//! - [`document`]: a canonical JSON payload (RFC 8785) with a list of signatures.
+//! - [`keys`]: the published key set and crypto policy a verifier trusts.
+//! - [`license`]: licence files and CRLs, and [`license::verify`].
+
+pub mod algorithm;
+pub mod document;
+pub mod keys;
+pub mod license;
+
+pub use algorithm::{Algorithm, PublicKey, SecretKey, SignatureError};
