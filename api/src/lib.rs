@@ -7,11 +7,13 @@
 mod auth;
 mod consistency;
 mod events;
+mod licensing;
 mod metrics;
 mod openapi;
 mod organizations;
 mod problem;
 mod state;
+mod write;
 
 use axum::routing::get;
 use axum::Router;
@@ -25,6 +27,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(organizations::routes())
         .merge(events::routes())
+        .merge(licensing::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_bearer,

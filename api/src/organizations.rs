@@ -5,11 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use chrono::Utc;
-use quantus_commands::CommandOutcome;
-use quantus_domain::envelope::truncate_to_micros;
 use quantus_domain::organization::OrganizationCommand;
-use quantus_domain::CommandContext;
 use quantus_projections::organizations::{OrganizationRow, OrganizationsView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -18,6 +14,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::consistency::Consistency;
 use crate::problem::{ApiJson, ApiQuery};
+use crate::write::{accepted, context, expected_version, optional_json, CommandAccepted};
 use crate::{AppState, Problem};
 
 pub fn routes() -> Router<AppState> {
@@ -47,16 +44,6 @@ pub struct SuspendOrganization {
     /// Why the organization is suspended (at most 500 characters).
     #[serde(default)]
     pub reason: String,
-}
-
-/// The answer to every command: where its events are in the log.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CommandAccepted {
-    pub id: String,
-    /// The aggregate's version after the command (also the ETag).
-    pub version: u64,
-    /// Log position to pass as `min_position` to read your own write.
-    pub position: u64,
 }
 
 /// An organization as the read model shows it.
@@ -104,68 +91,11 @@ pub struct ListQuery {
     pub wait_ms: Option<u64>,
 }
 
-fn context(principal: &Principal, headers: &HeaderMap, tenant: &str) -> CommandContext {
-    let correlation_id = headers
-        .get("x-correlation-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| Uuid::parse_str(v).ok())
-        .unwrap_or_else(Uuid::now_v7);
-    CommandContext {
-        tenant_id: tenant.to_owned(),
-        actor: principal.actor.clone(),
-        occurred_at: truncate_to_micros(Utc::now()),
-        correlation_id,
-        causation_id: Uuid::now_v7(),
-    }
-}
-
 /// Organization ids are UUIDs; anything else cannot name one.
 fn parse_id(id: &str) -> Result<String, Problem> {
     Uuid::parse_str(id)
         .map(|u| u.to_string())
         .map_err(|_| Problem::not_found(format!("no organization {id:?}")))
-}
-
-/// `If-Match: "N"` (or `*`): the version the client last saw.
-fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let text = value
-        .to_str()
-        .map_err(|_| Problem::bad_request("If-Match is not ASCII"))?
-        .trim();
-    if text == "*" {
-        return Ok(None);
-    }
-    text.trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| Problem::bad_request("If-Match must be an ETag from this API, such as \"3\""))
-}
-
-fn accepted(status: StatusCode, id: &str, outcome: CommandOutcome) -> Response {
-    let mut response = (
-        status,
-        Json(CommandAccepted {
-            id: id.to_owned(),
-            version: outcome.version,
-            position: outcome.position,
-        }),
-    )
-        .into_response();
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.version)) {
-        headers.insert(header::ETAG, v);
-    }
-    headers.insert("quantus-log-position", HeaderValue::from(outcome.position));
-    if status == StatusCode::CREATED {
-        if let Ok(v) = HeaderValue::from_str(&format!("/v1/organizations/{id}")) {
-            headers.insert(header::LOCATION, v);
-        }
-    }
-    response
 }
 
 #[utoipa::path(post, path = "/v1/organizations", tag = "organizations",
@@ -191,7 +121,12 @@ pub async fn create(
         )
         .await?;
     state.metrics.command("Organization.Create");
-    Ok(accepted(StatusCode::CREATED, &id, outcome))
+    Ok(accepted(
+        StatusCode::CREATED,
+        &id,
+        outcome,
+        Some(format!("/v1/organizations/{id}")),
+    ))
 }
 
 #[utoipa::path(patch, path = "/v1/organizations/{id}", tag = "organizations",
@@ -220,7 +155,7 @@ pub async fn rename(
         )
         .await?;
     state.metrics.command("Organization.Rename");
-    Ok(accepted(StatusCode::OK, &id, outcome))
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
 #[utoipa::path(post, path = "/v1/organizations/{id}/suspend", tag = "organizations",
@@ -251,7 +186,7 @@ pub async fn suspend(
         )
         .await?;
     state.metrics.command("Organization.Suspend");
-    Ok(accepted(StatusCode::OK, &id, outcome))
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
 #[utoipa::path(post, path = "/v1/organizations/{id}/reactivate", tag = "organizations",
@@ -272,39 +207,7 @@ pub async fn reactivate(
         .organization(&ctx, &id, OrganizationCommand::Reactivate, expected)
         .await?;
     state.metrics.command("Organization.Reactivate");
-    Ok(accepted(StatusCode::OK, &id, outcome))
-}
-
-/// An empty body means the defaults; a non-empty one must be valid JSON without unknown fields.
-fn optional_json<T: serde::de::DeserializeOwned + Default>(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !is_json {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-            "send the body as application/json",
-        ));
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = T::deserialize(&mut de).map_err(|e| {
-        if e.is_data() {
-            Problem::unprocessable(e.to_string())
-        } else {
-            Problem::bad_request(e.to_string())
-        }
-    })?;
-    de.end().map_err(|e| Problem::bad_request(e.to_string()))?;
-    Ok(value)
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
 #[utoipa::path(get, path = "/v1/organizations/{id}", tag = "organizations",

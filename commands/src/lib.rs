@@ -4,9 +4,14 @@
 //! the pure aggregate decide, and commits the events (envelope, hash chain and log position
 //! are added by the store). It answers with the log position a client can wait for.
 
+pub mod licensing;
+
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, EventStore};
+use quantus_domain::crypto_policy::CryptoPolicyError;
+use quantus_domain::keyring::KeyringError;
+use quantus_domain::license::LicenseError;
 use quantus_domain::organization::{Organization, OrganizationCommand, OrganizationError};
 use quantus_domain::CommandContext;
 use quantus_infra::{InfraError, SqlEventRepository};
@@ -51,6 +56,32 @@ impl ClassifyError for OrganizationError {
         match self {
             e if e.is_validation() => CommandError::Invalid(e.to_string()),
             OrganizationError::NotFound => CommandError::NotFound(self.to_string()),
+            e => CommandError::Rejected(e.to_string()),
+        }
+    }
+}
+
+impl ClassifyError for KeyringError {
+    fn classify(&self) -> CommandError {
+        match self {
+            e if e.is_validation() => CommandError::Invalid(e.to_string()),
+            e if e.is_not_found() => CommandError::NotFound(e.to_string()),
+            e => CommandError::Rejected(e.to_string()),
+        }
+    }
+}
+
+impl ClassifyError for CryptoPolicyError {
+    fn classify(&self) -> CommandError {
+        CommandError::Rejected(self.to_string())
+    }
+}
+
+impl ClassifyError for LicenseError {
+    fn classify(&self) -> CommandError {
+        match self {
+            e if e.is_validation() => CommandError::Invalid(e.to_string()),
+            LicenseError::NotFound => CommandError::NotFound(self.to_string()),
             e => CommandError::Rejected(e.to_string()),
         }
     }
@@ -121,6 +152,18 @@ impl CommandBus {
             version: current + count as u64,
             events: count,
         })
+    }
+
+    /// The current state and version of an aggregate (for decisions that span aggregates, and
+    /// for small write-side reads such as the key set).
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<(A, u64), CommandError> {
+        let store =
+            PersistedEventStore::<SqlEventRepository, A>::new_event_store(self.repo.clone());
+        let context = store
+            .load_aggregate(id)
+            .await
+            .map_err(|e| CommandError::Storage(e.to_string()))?;
+        Ok((context.aggregate, context.current_sequence as u64))
     }
 
     /// Shorthand for the Organization aggregate.

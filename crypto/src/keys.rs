@@ -9,7 +9,19 @@ use serde::{Deserialize, Serialize};
 use crate::algorithm::{Algorithm, PublicKey};
 
 /// What a key is for; a key signs for one purpose only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Purpose {
     License,
@@ -19,6 +31,12 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    pub const ALL: [Purpose; 4] = [Self::License, Self::Evidence, Self::Token, Self::Checkpoint];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::License => "license",

@@ -4,7 +4,10 @@
 //! Time and identifiers arrive as values (see [`envelope::CommandContext`]).
 
 pub mod audit;
+pub mod crypto_policy;
 pub mod envelope;
+pub mod keyring;
+pub mod license;
 pub mod organization;
 pub mod schema;
 

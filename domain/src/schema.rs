@@ -5,7 +5,10 @@
 
 use schemars::{JsonSchema, Schema};
 
+use crate::crypto_policy::AlgorithmRuleSet;
 use crate::envelope::Envelope;
+use crate::keyring::*;
+use crate::license::*;
 use crate::organization::*;
 
 /// A bounded context owns aggregates and publishes to one topic.
@@ -41,6 +44,7 @@ impl BoundedContext {
     pub fn of_aggregate(aggregate_type: &str) -> Option<Self> {
         match aggregate_type {
             "Organization" => Some(Self::Identity),
+            "Keyring" | "CryptoPolicy" | "License" => Some(Self::Licensing),
             _ => None,
         }
     }
@@ -94,8 +98,24 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<OrganizationRenamed>("Organization", "OrganizationRenamed", 1),
         entry::<OrganizationSuspended>("Organization", "OrganizationSuspended", 1),
         entry::<OrganizationReactivated>("Organization", "OrganizationReactivated", 1),
+        entry::<KeyGenerated>("Keyring", "KeyGenerated", 1),
+        entry::<KeyActivated>("Keyring", "KeyActivated", 1),
+        entry::<KeyRotated>("Keyring", "KeyRotated", 1),
+        entry::<KeyRetired>("Keyring", "KeyRetired", 1),
+        entry::<KeyCompromised>("Keyring", "KeyCompromised", 1),
+        entry::<AlgorithmRuleSet>("CryptoPolicy", "AlgorithmRuleSet", 1),
+        entry::<LicenseIssued>("License", "LicenseIssued", 1),
+        entry::<LicenseActivated>("License", "LicenseActivated", 1),
+        entry::<LicenseDeactivated>("License", "LicenseDeactivated", 1),
+        entry::<LicenseSuspended>("License", "LicenseSuspended", 1),
+        entry::<LicenseReinstated>("License", "LicenseReinstated", 1),
+        entry::<LicenseRenewed>("License", "LicenseRenewed", 1),
+        entry::<LicenseRevoked>("License", "LicenseRevoked", 1),
     ]
 }
+
+/// The tenant of platform-wide aggregates (keys, crypto policy).
+pub const PLATFORM_TENANT: &str = "platform";
 
 /// Checks that an event is of a known type and version for its aggregate, and that its payload
 /// has exactly that type's shape.
@@ -119,6 +139,8 @@ pub fn check_payload(
 pub fn tenant_is_valid(aggregate_type: &str, aggregate_id: &str, tenant_id: &str) -> bool {
     match aggregate_type {
         "Organization" => tenant_id == aggregate_id,
+        // Keys and the crypto policy belong to the platform, not to a customer.
+        "Keyring" | "CryptoPolicy" => tenant_id == PLATFORM_TENANT,
         _ => !tenant_id.is_empty(),
     }
 }

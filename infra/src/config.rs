@@ -47,8 +47,23 @@ impl Role {
     }
 }
 
+/// A secret configuration value: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// Seals private keys at rest (`QUANTUS_MASTER_KEY`, 32 bytes hex); `None`: a generated
+    /// `DATA_DIR/master.key`.
+    pub master_key: Option<Secret>,
+    /// The public base URL, named as issuer in signed documents.
+    pub public_url: String,
     /// Where the embedded store, keys and the bootstrap credential live.
     pub data_dir: PathBuf,
     /// Postgres URL; `None` means the embedded SQLite store under `data_dir`.
@@ -72,6 +87,7 @@ struct FileConfig {
     kafka_partitions: Option<i32>,
     kafka_topic_prefix: Option<String>,
     listen: Option<String>,
+    public_url: Option<String>,
 }
 
 /// Values given on the command line; each wins over the environment and the file.
@@ -120,7 +136,17 @@ impl Config {
                 "kafka_partitions must be at least 1".into(),
             ));
         }
+        let listen = overrides
+            .listen
+            .clone()
+            .or_else(|| env("QUANTUS_LISTEN"))
+            .or(file.listen.clone())
+            .unwrap_or_else(|| Self::DEFAULT_LISTEN.to_owned());
         Ok(Self {
+            master_key: env("QUANTUS_MASTER_KEY").map(Secret),
+            public_url: env("QUANTUS_PUBLIC_URL")
+                .or(file.public_url)
+                .unwrap_or_else(|| format!("http://{listen}")),
             data_dir: overrides
                 .data_dir
                 .or_else(|| env("QUANTUS_DATA_DIR").map(PathBuf::from))
@@ -138,11 +164,7 @@ impl Config {
             kafka_topic_prefix: env("QUANTUS_KAFKA_TOPIC_PREFIX")
                 .or(file.kafka_topic_prefix)
                 .unwrap_or_default(),
-            listen: overrides
-                .listen
-                .or_else(|| env("QUANTUS_LISTEN"))
-                .or(file.listen)
-                .unwrap_or_else(|| Self::DEFAULT_LISTEN.to_owned()),
+            listen,
             role: overrides.role.unwrap_or_default(),
         })
     }

@@ -55,7 +55,8 @@ pub async fn ensure_bootstrap(db: &Database, data_dir: &Path) -> Result<Bootstra
     Ok(Bootstrap::Created(path))
 }
 
-fn write_secret(path: &Path, secret: &str) -> Result<(), InfraError> {
+/// Writes a secret to a file readable by its owner only (mode 0600).
+pub fn write_secret(path: &Path, secret: &str) -> Result<(), InfraError> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod event_store;
 pub mod kafka;
+pub mod keystore;
 pub mod relay;
 
 pub use config::{Config, Role};

@@ -5,6 +5,7 @@
 //! each event's effect happens once: the source position and the per-aggregate sequence are
 //! written in the same transaction as the read-model change.
 
+pub mod licenses;
 pub mod organizations;
 pub mod runner;
 
@@ -36,7 +37,10 @@ pub trait Projection: Send + Sync + 'static {
 
 /// Every read model of the platform.
 pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
-    vec![std::sync::Arc::new(organizations::OrganizationsView)]
+    vec![
+        std::sync::Arc::new(organizations::OrganizationsView),
+        std::sync::Arc::new(licenses::LicensesView),
+    ]
 }
 
 /// Looks a projection up by name.

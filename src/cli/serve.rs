@@ -70,7 +70,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if config.role.runs_api() {
-        let state = AppState::new(db.clone(), load_token_hashes(&db).await?);
+        let keystore = quantus_infra::keystore::FileKeystore::open(
+            &config.data_dir,
+            config.master_key.as_ref().map(|k| k.0.as_str()),
+        )
+        .context("opening the keystore")?;
+        let state = AppState::new(
+            db.clone(),
+            load_token_hashes(&db).await?,
+            std::sync::Arc::new(keystore),
+            config.public_url.clone(),
+        );
+        bootstrap_licensing(&state).await?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -105,6 +116,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// The default crypto policy and a key per purpose, on a new platform. Several processes may
+/// start at once: a conflict means another one did it, so it is tried once more.
+async fn bootstrap_licensing(state: &AppState) -> anyhow::Result<()> {
+    let ctx = quantus_domain::CommandContext {
+        tenant_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
+        actor: quantus_domain::Actor {
+            kind: quantus_domain::ActorKind::System,
+            id: "quantus-bootstrap".into(),
+        },
+        occurred_at: quantus_domain::envelope::truncate_to_micros(chrono::Utc::now()),
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+    };
+    match state.licensing.bootstrap(&ctx).await {
+        Err(quantus_commands::CommandError::Concurrency(_)) => {
+            state.licensing.bootstrap(&ctx).await?
+        }
+        other => other?,
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

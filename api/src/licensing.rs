@@ -1,0 +1,561 @@
+//! QuantumLock over HTTP: the crypto policy, keys, licences, licence files, the CRL, and the
+//! signing service.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::{DateTime, Duration, Utc};
+use quantus_crypto::document::SignedDocument;
+use quantus_crypto::keys::Purpose;
+use quantus_crypto::license::{Crl, CrlEntry, CRL_CONTEXT, CRL_FORMAT};
+use quantus_crypto::{Algorithm, PublicKey};
+use quantus_domain::license::{LicenseCommand, LicenseIssued, LicenseStatus};
+use quantus_domain::schema::PLATFORM_TENANT;
+use quantus_projections::licenses::{LicenseRow, LicensesView};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::consistency::Consistency;
+use crate::problem::{ApiJson, ApiQuery};
+use crate::write::{accepted, context, expected_version, optional_json};
+use crate::{AppState, Problem};
+
+/// Context string of the signing service's detached digest signatures.
+pub const DIGEST_CONTEXT: &[u8] = b"quantus/digest/v1";
+/// How long a CRL served now is meant to be used before fetching the next.
+const CRL_VALIDITY_HOURS: i64 = 24;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/crypto/policy", get(policy))
+        .route("/crypto/policy/{algorithm}", put(set_rule))
+        .route("/keys", get(keys))
+        .route("/keys/rotate", post(rotate))
+        .route("/keys/{kid}/retire", post(retire))
+        .route("/keys/{kid}/compromise", post(compromise))
+        .route("/licenses", post(issue).get(list))
+        .route("/licenses/{id}", get(show))
+        .route("/licenses/{id}/status", get(status))
+        .route("/licenses/{id}/file", get(file))
+        .route("/licenses/{id}/{action}", post(transition))
+        .route("/crl", get(crl))
+        .route("/signatures", post(sign_digest))
+        .route("/signatures/verify", post(verify_digest))
+}
+
+fn platform(principal: &Principal, headers: &HeaderMap) -> quantus_domain::CommandContext {
+    context(principal, headers, PLATFORM_TENANT)
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm, Problem> {
+    Algorithm::parse(name).ok_or_else(|| {
+        let known: Vec<_> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+        Problem::not_found(format!(
+            "no algorithm {name:?} (known: {})",
+            known.join(", ")
+        ))
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct RuleView {
+    algorithm: Algorithm,
+    may_sign: bool,
+    may_verify: bool,
+    verify_until: Option<DateTime<Utc>>,
+}
+
+async fn policy(State(state): State<AppState>) -> Result<Response, Problem> {
+    let (policy, version) = state.licensing.policy().await?;
+    let published = policy.published();
+    let rules: Vec<RuleView> = policy
+        .rules
+        .iter()
+        .map(|(a, r)| RuleView {
+            algorithm: *a,
+            may_sign: r.may_sign,
+            may_verify: r.may_verify,
+            verify_until: r.verify_until,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "sign": published.sign, "verify": published.verify, "rules": rules, "version": version })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRule {
+    may_sign: bool,
+    may_verify: bool,
+    #[serde(default)]
+    verify_until: Option<DateTime<Utc>>,
+}
+
+async fn set_rule(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(algorithm): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SetRule>,
+) -> Result<Response, Problem> {
+    let algorithm = parse_algorithm(&algorithm)?;
+    let ctx = platform(&principal, &headers);
+    let outcome = state
+        .licensing
+        .set_rule(
+            &ctx,
+            algorithm,
+            body.may_sign,
+            body.may_verify,
+            body.verify_until,
+        )
+        .await?;
+    Ok(accepted(
+        StatusCode::OK,
+        quantus_domain::crypto_policy::POLICY_ID,
+        outcome,
+        None,
+    ))
+}
+
+async fn keys(State(state): State<AppState>) -> Result<Response, Problem> {
+    Ok(Json(state.licensing.key_set().await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    purpose: Purpose,
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Rotate>,
+) -> Result<Response, Problem> {
+    let ctx = platform(&principal, &headers);
+    let (kid, alg, outcome) = state.licensing.rotate(&ctx, body.purpose).await?;
+    let mut response = accepted(StatusCode::CREATED, &kid, outcome, None);
+    *response.body_mut() = axum::body::Body::from(
+        serde_json::json!({"kid": kid, "algorithm": alg, "purpose": body.purpose, "version": outcome.version, "position": outcome.position}).to_string(),
+    );
+    Ok(response)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Retire {
+    #[serde(default)]
+    at: Option<DateTime<Utc>>,
+}
+
+async fn retire(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(kid): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let body: Retire = optional_json(&headers, &body)?;
+    let ctx = platform(&principal, &headers);
+    let at = body.at.unwrap_or(ctx.occurred_at);
+    let outcome = state.licensing.retire(&ctx, &kid, at).await?;
+    Ok(accepted(StatusCode::OK, &kid, outcome, None))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Compromise {
+    compromised_at: DateTime<Utc>,
+    reason: String,
+}
+
+async fn compromise(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(kid): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Compromise>,
+) -> Result<Response, Problem> {
+    let ctx = platform(&principal, &headers);
+    let outcome = state
+        .licensing
+        .compromise(&ctx, &kid, body.compromised_at, body.reason)
+        .await?;
+    Ok(accepted(StatusCode::OK, &kid, outcome, None))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssueLicense {
+    organization_id: String,
+    product: String,
+    edition: String,
+    #[serde(default)]
+    features: Vec<String>,
+    #[serde(default)]
+    limits: std::collections::BTreeMap<String, i64>,
+    #[serde(default)]
+    not_before: Option<DateTime<Utc>>,
+    expires_at: DateTime<Utc>,
+    #[serde(default)]
+    grace_period_seconds: u64,
+    max_activations: u32,
+    #[serde(default)]
+    machine_fingerprint: Option<String>,
+}
+
+fn license_id(id: &str) -> Result<String, Problem> {
+    Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| Problem::not_found(format!("no licence {id:?}")))
+}
+
+async fn issue(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<IssueLicense>,
+) -> Result<Response, Problem> {
+    let id = Uuid::now_v7().to_string();
+    let ctx = context(&principal, &headers, &body.organization_id);
+    let terms = LicenseIssued {
+        organization_id: body.organization_id,
+        product: body.product,
+        edition: body.edition,
+        features: body.features,
+        limits: body.limits,
+        not_before: body.not_before.unwrap_or(ctx.occurred_at),
+        expires_at: body.expires_at,
+        grace_period_seconds: body.grace_period_seconds,
+        max_activations: body.max_activations,
+        machine_fingerprint: body.machine_fingerprint,
+    };
+    let outcome = state
+        .licensing
+        .license_command(&ctx, &id, LicenseCommand::Issue(terms), Some(0))
+        .await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        &id,
+        outcome,
+        Some(format!("/v1/licenses/{id}")),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    #[serde(default)]
+    fingerprint: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+async fn transition(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let id = license_id(&id)?;
+    let body: TransitionBody = optional_json(&headers, &body)?;
+    let (license, _) = state.licensing.license(&id).await?;
+    let org = license.terms.map(|t| t.organization_id).unwrap_or_default();
+    let ctx = context(&principal, &headers, &org);
+    let need = |v: Option<String>, field: &str| {
+        v.ok_or_else(|| Problem::unprocessable(format!("{field} is required")))
+    };
+    let command = match action.as_str() {
+        "activate" => LicenseCommand::Activate {
+            fingerprint: need(body.fingerprint, "fingerprint")?,
+            now: ctx.occurred_at,
+        },
+        "deactivate" => LicenseCommand::Deactivate {
+            fingerprint: need(body.fingerprint, "fingerprint")?,
+        },
+        "suspend" => LicenseCommand::Suspend {
+            reason: need(body.reason, "reason")?,
+        },
+        "reinstate" => LicenseCommand::Reinstate,
+        "renew" => LicenseCommand::Renew {
+            expires_at: body
+                .expires_at
+                .ok_or_else(|| Problem::unprocessable("expires_at is required"))?,
+        },
+        "revoke" => LicenseCommand::Revoke {
+            reason: need(body.reason, "reason")?,
+            now: ctx.occurred_at,
+        },
+        _ => return Err(Problem::not_found(format!("no licence action {action:?}"))),
+    };
+    let expected = expected_version(&headers)?;
+    let outcome = state
+        .licensing
+        .license_command(&ctx, &id, command, expected)
+        .await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+fn status_name(status: LicenseStatus) -> &'static str {
+    match status {
+        LicenseStatus::Absent => "absent",
+        LicenseStatus::Active => "active",
+        LicenseStatus::Suspended => "suspended",
+        LicenseStatus::Revoked => "revoked",
+    }
+}
+
+/// The licence as its aggregate stands now (strongly consistent).
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id = license_id(&id)?;
+    let (license, version) = state.licensing.license(&id).await?;
+    let mut response = Json(serde_json::json!({
+        "id": id,
+        "status": status_name(license.status),
+        "terms": license.terms,
+        "activations": license.activations,
+        "version": version,
+    }))
+    .into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+/// Whether the licence may be used right now, and why.
+async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = license_id(&id)?;
+    let (license, _) = state.licensing.license(&id).await?;
+    let now = Utc::now();
+    let terms = license
+        .terms
+        .as_ref()
+        .ok_or_else(|| Problem::not_found(format!("no licence {id}")))?;
+    let usable_until = license.usable_until();
+    let standing = match license.status {
+        LicenseStatus::Revoked => "revoked",
+        LicenseStatus::Suspended => "suspended",
+        _ if now < terms.not_before => "not_yet_valid",
+        _ if now < terms.expires_at => "valid",
+        _ if usable_until.is_some_and(|u| now < u) => "in_grace",
+        _ => "expired",
+    };
+    Ok(Json(serde_json::json!({
+        "id": id,
+        "standing": standing,
+        "status": status_name(license.status),
+        "not_before": terms.not_before,
+        "expires_at": terms.expires_at,
+        "usable_until": usable_until,
+        "activations": license.activations.len(),
+        "max_activations": terms.max_activations,
+    }))
+    .into_response())
+}
+
+fn canonical_response(document: &SignedDocument, filename: &str) -> Result<Response, Problem> {
+    let bytes = document
+        .to_canonical_json()
+        .map_err(|_| Problem::internal())?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// The signed licence file (canonical JSON), made now with the active licence key.
+async fn file(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let id = license_id(&id)?;
+    let document = state.licensing.license_file(&id, Utc::now()).await?;
+    canonical_response(&document, &format!("license-{id}.json"))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    org: String,
+    after: Option<String>,
+    limit: Option<u32>,
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, Problem> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Problem::bad_request("limit must be between 1 and 200"));
+    }
+    Consistency {
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    }
+    .wait(&state.licenses)
+    .await?;
+    let rows: Vec<LicenseRow> =
+        LicensesView::by_organization(&state.db.pool, &q.org, q.after.as_deref(), limit).await?;
+    let next_after = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|r| r.id.clone()))
+        .flatten();
+    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+}
+
+/// The signed revocation list, made now from the licences read model. Its serial is the
+/// model's highest applied log position, so it never decreases.
+async fn crl(
+    State(state): State<AppState>,
+    ApiQuery(consistency): ApiQuery<Consistency>,
+) -> Result<Response, Problem> {
+    consistency.wait(&state.licenses).await?;
+    let serial = LicensesView::high_water(&state.db.pool).await?;
+    let revoked = LicensesView::revoked(&state.db.pool).await?;
+    let now = quantus_domain::envelope::truncate_to_micros(Utc::now());
+    let entries = revoked
+        .into_iter()
+        .map(|r| {
+            let revoked_at = r
+                .revoked_at
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            CrlEntry {
+                license_id: r.id,
+                reason: r.status_reason.unwrap_or_default(),
+                revoked_at: revoked_at.unwrap_or(now),
+            }
+        })
+        .collect();
+    let list = Crl {
+        format: CRL_FORMAT.into(),
+        issuer: state.issuer.clone(),
+        serial,
+        issued_at: now,
+        next_update: now + Duration::hours(CRL_VALIDITY_HOURS),
+        entries,
+    };
+    let payload = serde_json::to_value(list).map_err(|_| Problem::internal())?;
+    let document = state
+        .licensing
+        .sign_document(Purpose::License, payload, CRL_CONTEXT)
+        .await?;
+    canonical_response(&document, "crl.json")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignDigest {
+    purpose: Purpose,
+    /// `sha-256` or `sha-512`.
+    digest_algorithm: String,
+    /// Lower-case hex.
+    digest: String,
+}
+
+/// The message a digest signature covers: the digest algorithm's name, a zero byte, the digest.
+fn digest_message(algorithm: &str, digest_hex: &str) -> Result<Vec<u8>, Problem> {
+    let len = match algorithm {
+        "sha-256" => 32,
+        "sha-512" => 64,
+        other => {
+            return Err(Problem::unprocessable(format!(
+                "digest_algorithm {other:?} is not sha-256 or sha-512"
+            )))
+        }
+    };
+    let digest =
+        hex::decode(digest_hex).map_err(|_| Problem::unprocessable("digest must be hex"))?;
+    if digest.len() != len {
+        return Err(Problem::unprocessable(format!(
+            "a {algorithm} digest is {len} bytes"
+        )));
+    }
+    Ok([algorithm.as_bytes(), &[0], &digest].concat())
+}
+
+async fn sign_digest(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SignDigest>,
+) -> Result<Response, Problem> {
+    if body.purpose == Purpose::License {
+        // Licence keys sign licence files and CRLs only.
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "licence keys do not sign arbitrary digests",
+        ));
+    }
+    let message = digest_message(&body.digest_algorithm, &body.digest)?;
+    let s = state
+        .licensing
+        .sign(body.purpose, &message, DIGEST_CONTEXT)
+        .await?;
+    Ok(Json(serde_json::json!({
+        "kid": s.kid, "alg": s.alg, "signature": URL_SAFE_NO_PAD.encode(s.bytes),
+        "context": String::from_utf8_lossy(DIGEST_CONTEXT),
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyDigest {
+    purpose: Purpose,
+    digest_algorithm: String,
+    digest: String,
+    kid: String,
+    signature: String,
+    /// When the signature was made (default: now); compromised keys void later signatures.
+    #[serde(default)]
+    signed_at: Option<DateTime<Utc>>,
+}
+
+async fn verify_digest(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<VerifyDigest>,
+) -> Result<Response, Problem> {
+    let message = digest_message(&body.digest_algorithm, &body.digest)?;
+    let keys = state.licensing.key_set().await?;
+    let now = Utc::now();
+    let verdict = (|| {
+        let key = keys
+            .find(&body.kid)
+            .ok_or_else(|| format!("unknown key {}", body.kid))?;
+        keys.accepts(key, body.purpose, body.signed_at.unwrap_or(now), now)
+            .map_err(|e| e.to_string())?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(&body.signature)
+            .map_err(|_| "signature is not base64url".to_owned())?;
+        PublicKey::new(key.alg, key.public_key().bytes)
+            .and_then(|pk| pk.verify(&message, DIGEST_CONTEXT, &sig))
+            .map_err(|e| e.to_string())
+    })();
+    Ok(Json(match verdict {
+        Ok(()) => serde_json::json!({"valid": true}),
+        Err(reason) => serde_json::json!({"valid": false, "reason": reason}),
+    })
+    .into_response())
+}

@@ -1,0 +1,221 @@
+//! The crypto policy (algorithm roadmap): which algorithms may sign, and which may still verify
+//! and until when. Changed only by events, so every verifier decision can be traced to them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use quantus_crypto::keys::{CryptoPolicy as PublishedPolicy, VerifyRule};
+use quantus_crypto::Algorithm;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The one policy's aggregate id.
+pub const POLICY_ID: &str = "crypto-policy";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CryptoPolicyCommand {
+    SetRule {
+        algorithm: Algorithm,
+        may_sign: bool,
+        may_verify: bool,
+        verify_until: Option<DateTime<Utc>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlgorithmRuleSet {
+    pub algorithm: Algorithm,
+    pub may_sign: bool,
+    pub may_verify: bool,
+    /// Verification stops being allowed at this instant.
+    #[schemars(with = "Option<String>")]
+    pub verify_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CryptoPolicyEvent {
+    AlgorithmRuleSet(AlgorithmRuleSet),
+}
+
+impl DomainEvent for CryptoPolicyEvent {
+    fn event_type(&self) -> String {
+        "AlgorithmRuleSet".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoPolicyError {
+    #[error("an algorithm that may sign must also verify, without an end date")]
+    SignWithoutVerify,
+    #[error("at least one algorithm must remain allowed to sign")]
+    NothingLeftToSign,
+    #[error("{0} cannot sign for Quantus: it is not post-quantum")]
+    NotPostQuantum(Algorithm),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub may_sign: bool,
+    pub may_verify: bool,
+    pub verify_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CryptoPolicy {
+    pub rules: BTreeMap<Algorithm, Rule>,
+}
+
+impl CryptoPolicy {
+    /// The policy as verifiers read it (`GET /v1/crypto/policy`, key sets).
+    pub fn published(&self) -> PublishedPolicy {
+        PublishedPolicy {
+            sign: self
+                .rules
+                .iter()
+                .filter(|(_, r)| r.may_sign)
+                .map(|(a, _)| *a)
+                .collect(),
+            verify: self
+                .rules
+                .iter()
+                .filter(|(_, r)| r.may_verify)
+                .map(|(a, r)| VerifyRule {
+                    alg: *a,
+                    until: r.verify_until,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn may_sign(&self, algorithm: Algorithm) -> bool {
+        self.rules.get(&algorithm).is_some_and(|r| r.may_sign)
+    }
+}
+
+impl Aggregate for CryptoPolicy {
+    const TYPE: &'static str = "CryptoPolicy";
+    type Command = CryptoPolicyCommand;
+    type Event = CryptoPolicyEvent;
+    type Error = CryptoPolicyError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let CryptoPolicyCommand::SetRule {
+            algorithm,
+            may_sign,
+            may_verify,
+            verify_until,
+        } = command;
+        if may_sign && (!may_verify || verify_until.is_some()) {
+            return Err(CryptoPolicyError::SignWithoutVerify);
+        }
+        if may_sign && !algorithm.is_post_quantum() {
+            return Err(CryptoPolicyError::NotPostQuantum(algorithm));
+        }
+        let others_sign = self
+            .rules
+            .iter()
+            .any(|(a, r)| *a != algorithm && r.may_sign);
+        if !may_sign && !others_sign {
+            return Err(CryptoPolicyError::NothingLeftToSign);
+        }
+        let rule = Rule {
+            may_sign,
+            may_verify,
+            verify_until,
+        };
+        if self.rules.get(&algorithm) == Some(&rule) {
+            return Ok(()); // Already so.
+        }
+        let event = CryptoPolicyEvent::AlgorithmRuleSet(AlgorithmRuleSet {
+            algorithm,
+            may_sign,
+            may_verify,
+            verify_until,
+        });
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        let CryptoPolicyEvent::AlgorithmRuleSet(e) = event;
+        self.rules.insert(
+            e.algorithm,
+            Rule {
+                may_sign: e.may_sign,
+                may_verify: e.may_verify,
+                verify_until: e.verify_until,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+
+    fn set(algorithm: Algorithm, may_sign: bool, may_verify: bool) -> CryptoPolicyCommand {
+        CryptoPolicyCommand::SetRule {
+            algorithm,
+            may_sign,
+            may_verify,
+            verify_until: None,
+        }
+    }
+    fn event(algorithm: Algorithm, may_sign: bool, may_verify: bool) -> CryptoPolicyEvent {
+        CryptoPolicyEvent::AlgorithmRuleSet(AlgorithmRuleSet {
+            algorithm,
+            may_sign,
+            may_verify,
+            verify_until: None,
+        })
+    }
+
+    #[test]
+    fn the_roadmap_keeps_one_post_quantum_signer() {
+        TestFramework::<CryptoPolicy>::with(())
+            .given_no_previous_events()
+            .when(set(Algorithm::MlDsa65Ed25519, true, true))
+            .then_expect_events(vec![event(Algorithm::MlDsa65Ed25519, true, true)]);
+        TestFramework::<CryptoPolicy>::with(())
+            .given_no_previous_events()
+            .when(set(Algorithm::MlDsa87, false, true))
+            .then_expect_error(CryptoPolicyError::NothingLeftToSign);
+        TestFramework::<CryptoPolicy>::with(())
+            .given(vec![event(Algorithm::MlDsa65Ed25519, true, true)])
+            .when(set(Algorithm::MlDsa65Ed25519, false, true))
+            .then_expect_error(CryptoPolicyError::NothingLeftToSign);
+        TestFramework::<CryptoPolicy>::with(())
+            .given(vec![event(Algorithm::MlDsa65Ed25519, true, true)])
+            .when(set(Algorithm::Ed25519, true, true))
+            .then_expect_error(CryptoPolicyError::NotPostQuantum(Algorithm::Ed25519));
+        TestFramework::<CryptoPolicy>::with(())
+            .given(vec![event(Algorithm::MlDsa65Ed25519, true, true)])
+            .when(set(Algorithm::MlDsa87, true, false))
+            .then_expect_error(CryptoPolicyError::SignWithoutVerify);
+    }
+
+    #[test]
+    fn the_published_policy_lists_signers_and_verifiers() {
+        let mut p = CryptoPolicy::default();
+        p.apply(event(Algorithm::MlDsa65Ed25519, true, true));
+        p.apply(event(Algorithm::MlDsa87, false, true));
+        p.apply(event(Algorithm::Ed25519, false, false));
+        let published = p.published();
+        assert_eq!(published.sign, vec![Algorithm::MlDsa65Ed25519]);
+        assert_eq!(published.verify.len(), 2);
+        assert!(p.may_sign(Algorithm::MlDsa65Ed25519) && !p.may_sign(Algorithm::MlDsa87));
+    }
+}

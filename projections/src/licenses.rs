@@ -1,0 +1,231 @@
+//! The licences read model: one row per licence, for listing by organization and for the CRL.
+
+use async_trait::async_trait;
+use quantus_domain::envelope::rfc3339_micros;
+use quantus_domain::license::{LicenseIssued, LicenseRenewed, LicenseRevoked, LicenseSuspended};
+use quantus_infra::{InfraError, LogRecord};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
+
+use crate::Projection;
+
+pub struct LicensesView;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseRow {
+    pub id: String,
+    pub organization_id: String,
+    pub product: String,
+    pub edition: String,
+    /// `active`, `suspended` or `revoked`.
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub expires_at: String,
+    pub activations: i64,
+    pub revoked_at: Option<String>,
+    pub issued_at: String,
+    pub version: u64,
+}
+
+const SELECT: &str = "SELECT id, organization_id, product, edition, status, status_reason, expires_at, activations, \
+    revoked_at, issued_at, version FROM licenses_view";
+
+fn row_to_license(row: &AnyRow) -> Result<LicenseRow, InfraError> {
+    Ok(LicenseRow {
+        id: row.try_get("id")?,
+        organization_id: row.try_get("organization_id")?,
+        product: row.try_get("product")?,
+        edition: row.try_get("edition")?,
+        status: row.try_get("status")?,
+        status_reason: row.try_get("status_reason")?,
+        expires_at: row.try_get("expires_at")?,
+        activations: row.try_get("activations")?,
+        revoked_at: row.try_get("revoked_at")?,
+        issued_at: row.try_get("issued_at")?,
+        version: row.try_get::<i64, _>("version")? as u64,
+    })
+}
+
+fn corrupt(record: &LogRecord, e: serde_json::Error) -> InfraError {
+    InfraError::Corrupt(format!(
+        "event at position {} does not match its schema: {e}",
+        record.position
+    ))
+}
+
+impl LicensesView {
+    pub const NAME: &'static str = "licenses";
+
+    /// An organization's licences, oldest first, after the id `after`.
+    pub async fn by_organization(
+        pool: &AnyPool,
+        org: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LicenseRow>, InfraError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(org)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(row_to_license).collect()
+    }
+
+    /// Every revoked licence, for the CRL.
+    pub async fn revoked(pool: &AnyPool) -> Result<Vec<LicenseRow>, InfraError> {
+        let rows = sqlx::query(&format!("{SELECT} WHERE status = 'revoked' ORDER BY id"))
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(row_to_license).collect()
+    }
+
+    /// The highest log position of any licence event applied: a CRL made from this model
+    /// carries it as its serial, which therefore never decreases.
+    pub async fn high_water(pool: &AnyPool) -> Result<u64, InfraError> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(position) FROM projection_streams WHERE projection = $1",
+        )
+        .bind(Self::NAME)
+        .fetch_one(pool)
+        .await?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+}
+
+#[async_trait]
+impl Projection for LicensesView {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn handles(&self, aggregate_type: &str) -> bool {
+        aggregate_type == "License"
+    }
+
+    async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS licenses_view (
+                id TEXT PRIMARY KEY,
+                organization_id TEXT NOT NULL,
+                product TEXT NOT NULL,
+                edition TEXT NOT NULL,
+                status TEXT NOT NULL,
+                status_reason TEXT,
+                expires_at TEXT NOT NULL,
+                activations BIGINT NOT NULL,
+                revoked_at TEXT,
+                issued_at TEXT NOT NULL,
+                version BIGINT NOT NULL
+            )",
+        )
+        .await?;
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS licenses_view_org ON licenses_view (organization_id, id)",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        conn.execute("DELETE FROM licenses_view").await?;
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, record: &LogRecord) -> Result<(), InfraError> {
+        let e = &record.envelope;
+        let id = e.aggregate_id.clone();
+        let version = e.sequence as i64;
+        let payload = e.payload.clone();
+        let update =
+            |set: &str| format!("UPDATE licenses_view SET {set}, version = $1 WHERE id = $2");
+        match e.event_type.as_str() {
+            "LicenseIssued" => {
+                let p: LicenseIssued =
+                    serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+                sqlx::query(
+                    "INSERT INTO licenses_view (id, organization_id, product, edition, status, status_reason, expires_at,
+                     activations, revoked_at, issued_at, version) VALUES ($1, $2, $3, $4, 'active', NULL, $5, 0, NULL, $6, $7)",
+                )
+                .bind(id)
+                .bind(p.organization_id)
+                .bind(p.product)
+                .bind(p.edition)
+                .bind(rfc3339_micros::format(&p.expires_at))
+                .bind(rfc3339_micros::format(&e.occurred_at))
+                .bind(version)
+                .execute(conn)
+                .await?;
+            }
+            "LicenseActivated" | "LicenseDeactivated" => {
+                let delta = if e.event_type == "LicenseActivated" {
+                    1
+                } else {
+                    -1
+                };
+                sqlx::query(&update(&format!("activations = activations + ({delta})")))
+                    .bind(version)
+                    .bind(id)
+                    .execute(conn)
+                    .await?;
+            }
+            "LicenseSuspended" => {
+                let p: LicenseSuspended =
+                    serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+                sqlx::query("UPDATE licenses_view SET status = 'suspended', status_reason = $1, version = $2 WHERE id = $3")
+                    .bind(p.reason)
+                    .bind(version)
+                    .bind(id)
+                    .execute(conn)
+                    .await?;
+            }
+            "LicenseReinstated" => {
+                sqlx::query(&update("status = 'active', status_reason = NULL"))
+                    .bind(version)
+                    .bind(id)
+                    .execute(conn)
+                    .await?;
+            }
+            "LicenseRenewed" => {
+                let p: LicenseRenewed =
+                    serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+                sqlx::query("UPDATE licenses_view SET expires_at = $1, version = $2 WHERE id = $3")
+                    .bind(rfc3339_micros::format(&p.expires_at))
+                    .bind(version)
+                    .bind(id)
+                    .execute(conn)
+                    .await?;
+            }
+            "LicenseRevoked" => {
+                let p: LicenseRevoked =
+                    serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+                sqlx::query("UPDATE licenses_view SET status = 'revoked', status_reason = $1, revoked_at = $2, version = $3 WHERE id = $4")
+                    .bind(p.reason)
+                    .bind(rfc3339_micros::format(&p.revoked_at))
+                    .bind(version)
+                    .bind(id)
+                    .execute(conn)
+                    .await?;
+            }
+            other => {
+                return Err(InfraError::Corrupt(format!(
+                    "licenses: unknown event type {other:?} at position {}",
+                    record.position
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
+        let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
+            .fetch_all(conn)
+            .await?;
+        rows.iter()
+            .map(|r| row_to_license(r).map(|o| serde_json::to_value(o).unwrap_or_default()))
+            .collect()
+    }
+}
