@@ -10,4 +10,5 @@ mod harness;
 mod independent_auditor;
 mod license_cli;
 mod postgres_kafka;
+mod quantumlock;
 mod schemas;

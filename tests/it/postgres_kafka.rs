@@ -520,3 +520,76 @@ async fn d_changing_one_stored_event_in_postgres_is_named_by_the_auditor() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn e_quantumlock_runs_on_postgres_and_kafka() {
+    use quantus_crypto::document::SignedDocument;
+    use quantus_crypto::keys::TrustedKeys;
+    use quantus_crypto::license::{verify, CrlCheck, LicenseError};
+
+    let env = Env::new().await;
+    let dir = temp_dir("pg-ql");
+    let server = env.serve(&dir, &["--listen", "127.0.0.1:0"]);
+    let api = server.client();
+    let (org, _) = api.create_org("Acme").await;
+    let r = api
+        .post(
+            "/v1/licenses",
+            json!({"organization_id": org, "product": "qpu", "edition": "pro", "expires_at": "2030-01-01T00:00:00Z", "max_activations": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let get = |path: String| {
+        let api = api.clone();
+        async move {
+            api.request(reqwest::Method::GET, &path)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .to_vec()
+        }
+    };
+    let file =
+        SignedDocument::from_canonical_json(&get(format!("/v1/licenses/{id}/file")).await).unwrap();
+    let keys = TrustedKeys::from_json(&get("/v1/keys".into()).await).unwrap();
+    assert!(verify(&file, &keys, chrono::Utc::now(), None, None).is_ok());
+
+    let r = api
+        .post(
+            &format!("/v1/licenses/{id}/revoke"),
+            json!({"reason": "terminated"}),
+        )
+        .await;
+    let position = r.body["position"].as_u64().unwrap();
+    let crl = SignedDocument::from_canonical_json(
+        &get(format!("/v1/crl?min_position={position}&wait_ms=30000")).await,
+    )
+    .unwrap();
+    let check = CrlCheck {
+        document: &crl,
+        max_age: chrono::Duration::hours(1),
+        min_serial: None,
+    };
+    assert!(matches!(
+        verify(&file, &keys, chrono::Utc::now(), Some(&check), None),
+        Err(LicenseError::Revoked { .. })
+    ));
+
+    let head = api.all_events().await.len() as u64;
+    eventually(
+        "the licensing events on Kafka",
+        Duration::from_secs(60),
+        || async { (env.kafka_records().await.len() as u64 >= head).then_some(()) },
+    )
+    .await;
+    let licensing = env.kafka.topic_for("License").unwrap();
+    assert!(licensing.ends_with("quantus.licensing.v1"));
+    let (ok, out) = env.audit_kafka();
+    assert!(ok && out.contains(&format!("events: {head}")), "{out}");
+    drop(server);
+    assert_model_equals_replay("licenses", &env.store());
+}
