@@ -72,6 +72,46 @@ cpu_busy() {
     local idle=$(((b[4] + b[5]) - (a[4] + a[5])))
     echo $((100 * busy / (busy + idle > 0 ? busy + idle : 1)))
 }
+# CPU ticks per process, except the benchmark's own (quantus, pgbench, postgres, the Kafka JVM):
+# "pid ticks" lines, ticks = utime + stime + cutime + cstime (children reaped by a live parent
+# count, so short-lived compiler processes under a running cargo are included).
+foreign_ticks() {
+    cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+        pid = $1; line = $0; sub(/^[0-9]+ \(/, "", line);
+        comm = line; sub(/\) .*/, "", comm); sub(/^.*\) /, "", line);
+        if (comm == "quantus" || comm == "pgbench" || comm == "postgres" || comm == "java") next;
+        split(line, f, " "); print pid, f[12] + f[13] + f[14] + f[15]
+    }'
+}
+FOREIGN_BEFORE="" STAT_BEFORE="" T_BEFORE=0
+measure_start() {
+    FOREIGN_BEFORE="$(foreign_ticks)"
+    STAT_BEFORE="$(head -n 1 /proc/stat)"
+    T_BEFORE="$(date +%s.%N)"
+}
+# After a measurement: how much CPU the rest of the machine took meanwhile (other people's builds
+# and tests compete for the same 2 CPUs and make the figure pessimistic).
+measure_end() {
+    local t_after stat_after elapsed hz
+    t_after="$(date +%s.%N)"
+    stat_after="$(head -n 1 /proc/stat)"
+    hz="$(getconf CLK_TCK)"
+    elapsed="$(awk -v a="$T_BEFORE" -v b="$t_after" 'BEGIN { printf "%.1f", b - a }')"
+    awk -v hz="$hz" -v cpus="$(nproc)" -v elapsed="$elapsed" -v s0="$STAT_BEFORE" -v s1="$stat_after" '
+        FNR == NR { before[$1] = $2; next }
+        { seen[$1] = 1; d = ($1 in before) ? $2 - before[$1] : $2; if (d > 0) foreign += d }
+        END {
+            # A process that exited was (mostly) reaped into a live parent cutime: do not
+            # count its ticks from before the start twice.
+            for (p in before) if (!(p in seen)) foreign -= before[p];
+            if (foreign < 0) foreign = 0;
+            split(s0, a, " "); split(s1, b, " ");
+            busy = (b[2]+b[3]+b[4]+b[7]+b[8]+b[9]) - (a[2]+a[3]+a[4]+a[7]+a[8]+a[9]);
+            idle = (b[5]+b[6]) - (a[5]+a[6]);
+            printf "during: %.0f%% of the CPUs busy in all; other processes took %.1f CPU-s in %s s (%.0f%% of %d CPUs)\n",
+                100 * busy / (busy + idle), foreign / hz, elapsed, 100 * foreign / hz / (elapsed * cpus), cpus
+        }' <(echo "$FOREIGN_BEFORE") <(foreign_ticks)
+}
 # Before each measurement: report how busy the (shared) machine is; with BENCH_WAIT_IDLE=1 first
 # wait (up to BENCH_IDLE_TIMEOUT s) until under BENCH_IDLE_BUSY percent of the CPUs are busy.
 loadavg() {
@@ -191,13 +231,17 @@ trap cleanup EXIT
 # Runs
 
 # summary LABEL < quantus bench output: one TSV row per figure.
+# "other CPU N%" from a log's `during:` line.
+other_cpu() { sed -n 's/^during: .*(\([0-9]*%\) of .*/other CPU \1/p' "$1" | tail -n 1; }
+
 record_quantus() {
-    local label="$1" file="$2"
-    awk -v label="$label" -F': *' '
+    local label="$1" file="$2" other
+    other="$(other_cpu "$file")"
+    awk -v label="$label" -v other="$other" -F': *' '
         /^(commands -> store|log -> projection \(store\)|relay -> kafka|kafka -> projection|audit verify \(store\)):/ {
             split($2, a, "/s"); gsub(/ /, "", a[1]);
             n = $2; sub(/.*\(/, "", n); sub(/\).*/, "", n);
-            printf "%s\t%s\t%s\t%s\n", label, $1, a[1], n
+            printf "%s\t%s\t%s\t%s; %s\n", label, $1, a[1], n, other
         }' "$file" >>"$SUMMARY"
 }
 
@@ -208,10 +252,13 @@ quantus_bench() { # label commands concurrency [args...]
     section "quantus bench: $label"
     loadavg
     echo "+ quantus bench --commands $commands --concurrency $concurrency $*"
+    measure_start
     if env -u DATABASE_URL -u KAFKA_BROKERS QUANTUS_LOG="${QUANTUS_LOG:-warn}" \
         "$BIN" bench --commands "$commands" --concurrency "$concurrency" "$@" 2>&1 | tee "$out"; then
+        measure_end | tee -a "$out"
         record_quantus "$label" "$out"
     else
+        measure_end | tee -a "$out"
         # Keep the figures printed before the failure, marked as such.
         record_quantus "$label (FAILED)" "$out"
         fail_step "quantus bench $label (log: $out)"
@@ -292,19 +339,22 @@ SQL
     section "$label (database $db)"
     loadavg
     echo "+ pgbench -n -M prepared -c $clients -j $jobs -T $PGBENCH_SECONDS -D locked=$locked -f scripts/pgbench-append.sql $db"
+    measure_start
     if PGPASSWORD="$PG_PASS" "$PG_BIN/pgbench" -n -M prepared -c "$clients" -j "$jobs" -T "$PGBENCH_SECONDS" \
         -D "locked=$locked" -f "$PGBENCH_SQL" -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" "$db" 2>&1 | tee "$out"; then
         local tps lat rows
+        measure_end | tee -a "$out"
         tps="$(awk '/^tps = / { printf "%.0f", $3 }' "$out")"
         lat="$(awk '/^latency average = / { print $4 " " $5 }' "$out")"
         rows="$(psql_on "$db" -Atc 'SELECT count(*) FROM events')"
         [[ -n "$tps" ]] || fail_step "$label printed no tps"
         echo "rows in events: $rows"
-        printf '%s\ttps (1 row/txn)\t%s\t%s rows in %ss, latency avg %s\n' "$label" "$tps" "$rows" "$PGBENCH_SECONDS" "$lat" >>"$SUMMARY"
+        printf '%s\ttps (1 row/txn)\t%s\t%s rows in %ss, latency avg %s; %s\n' "$label" "$tps" "$rows" "$PGBENCH_SECONDS" "$lat" "$(other_cpu "$out")" >>"$SUMMARY"
         if ! grep -q '^number of failed transactions: 0 ' "$out" || grep -qi 'aborted' "$out"; then
             fail_step "$label reported failed or aborted transactions (log: $out)"
         fi
     else
+        measure_end | tee -a "$out"
         fail_step "pgbench $label (log: $out)"
     fi
 }

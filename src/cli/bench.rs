@@ -22,6 +22,12 @@ use uuid::Uuid;
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// What to measure: the event-sourcing spine, or QuantumLock's cryptography.
+    #[arg(value_enum, default_value = "spine")]
+    what: BenchTarget,
+    /// Licences to issue and sign (crypto).
+    #[arg(long, default_value_t = 500)]
+    licences: u64,
     /// Commands to run (each records one event).
     #[arg(long, default_value_t = 5000)]
     commands: u64,
@@ -47,7 +53,16 @@ fn rate(n: u64, elapsed: Duration) -> String {
     )
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BenchTarget {
+    Spine,
+    Crypto,
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let BenchTarget::Crypto = args.what {
+        return super::bench_crypto::run(args.licences).await;
+    }
     let data_dir = args
         .data_dir
         .clone()

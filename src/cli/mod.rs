@@ -1,5 +1,6 @@
 mod audit;
 mod bench;
+mod bench_crypto;
 mod events;
 mod license;
 mod serve;
