@@ -109,6 +109,11 @@ class DuplicateMember(ValueError):
 # --- Reading the input ------------------------------------------------------------------
 
 
+
+# Aggregates that belong to the platform rather than to an organization (docs/event-log.md).
+PLATFORM_AGGREGATES = {"Keyring", "CryptoPolicy"}
+PLATFORM_TENANT = "platform"
+
 def _reject_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """object_pairs_hook for json: refuse an object that names a member twice.
 
@@ -294,8 +299,13 @@ def check_envelope(env: Any) -> None:
     require_string("event_type", env["event_type"])
     require_integer("schema_version", env["schema_version"], minimum=1)
     require_occurred_at(env["occurred_at"])
-    # tenant_id is "an Organization's own id", and organization ids are UUIDs.
-    require_uuid("tenant_id", env["tenant_id"])
+    # tenant_id is an organization's id (a UUID), or "platform" for the platform-wide
+    # aggregates (keys, crypto policy).
+    if aggregate_type in PLATFORM_AGGREGATES:
+        if env["tenant_id"] != PLATFORM_TENANT:
+            raise EnvelopeProblem(f"tenant_id of a {aggregate_type} event must be {PLATFORM_TENANT!r}")
+    else:
+        require_uuid("tenant_id", env["tenant_id"])
     require_actor(env["actor"])
     require_uuid("correlation_id", env["correlation_id"])
     require_uuid("causation_id", env["causation_id"])

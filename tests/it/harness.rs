@@ -256,6 +256,24 @@ impl Api {
         )
     }
 
+    /// The events of one aggregate type (the platform also records its own bootstrap: the
+    /// crypto policy and keys).
+    pub async fn events_of(&self, aggregate_type: &str) -> Vec<Value> {
+        self.all_events()
+            .await
+            .into_iter()
+            .filter(|e| e["envelope"]["aggregate_type"] == aggregate_type)
+            .collect()
+    }
+
+    /// The log's current last position.
+    pub async fn head(&self) -> u64 {
+        self.all_events()
+            .await
+            .last()
+            .map_or(0, |e| e["position"].as_u64().unwrap())
+    }
+
     /// All events of the log, via the subscriber API.
     pub async fn all_events(&self) -> Vec<Value> {
         let mut out = Vec::new();
