@@ -18,12 +18,13 @@ use quantus_domain::license::{LicenseCommand, LicenseIssued, LicenseStatus};
 use quantus_domain::schema::PLATFORM_TENANT;
 use quantus_projections::licenses::{LicenseRow, LicensesView};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::consistency::Consistency;
 use crate::problem::{ApiJson, ApiQuery};
-use crate::write::{accepted, context, expected_version, optional_json};
+use crate::write::{accepted, context, expected_version, optional_json, CommandAccepted};
 use crate::{AppState, Problem};
 
 /// Context string of the signing service's detached digest signatures.
@@ -71,7 +72,8 @@ struct RuleView {
     verify_until: Option<DateTime<Utc>>,
 }
 
-async fn policy(State(state): State<AppState>) -> Result<Response, Problem> {
+#[utoipa::path(get, path = "/v1/crypto/policy", tag = "quantumlock", responses((status = 200, description = "the algorithm roadmap: which algorithms sign and verify, until when")), security(("bearer" = [])))]
+pub async fn policy(State(state): State<AppState>) -> Result<Response, Problem> {
     let (policy, version) = state.licensing.policy().await?;
     let published = policy.published();
     let rules: Vec<RuleView> = policy
@@ -87,16 +89,17 @@ async fn policy(State(state): State<AppState>) -> Result<Response, Problem> {
     Ok(Json(serde_json::json!({ "sign": published.sign, "verify": published.verify, "rules": rules, "version": version })).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SetRule {
+pub struct SetRule {
     may_sign: bool,
     may_verify: bool,
     #[serde(default)]
     verify_until: Option<DateTime<Utc>>,
 }
 
-async fn set_rule(
+#[utoipa::path(put, path = "/v1/crypto/policy/{algorithm}", tag = "quantumlock", request_body = SetRule, params(("algorithm" = String, Path, description = "e.g. ML-DSA-65-Ed25519")), responses((status = 200, body = CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn set_rule(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(algorithm): Path<String>,
@@ -123,17 +126,21 @@ async fn set_rule(
     ))
 }
 
-async fn keys(State(state): State<AppState>) -> Result<Response, Problem> {
+#[utoipa::path(get, path = "/v1/keys", tag = "quantumlock", responses((status = 200, description = "the trusted key set and crypto policy, as offline verifiers take it (docs/license-format.md)")), security(("bearer" = [])))]
+pub async fn keys(State(state): State<AppState>) -> Result<Response, Problem> {
     Ok(Json(state.licensing.key_set().await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Rotate {
+pub struct Rotate {
+    /// `license`, `evidence`, `token` or `checkpoint`.
+    #[schema(value_type = String)]
     purpose: Purpose,
 }
 
-async fn rotate(
+#[utoipa::path(post, path = "/v1/keys/rotate", tag = "quantumlock", request_body = Rotate, responses((status = 201, description = "{kid, algorithm, purpose, version, position}"), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn rotate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
@@ -148,14 +155,15 @@ async fn rotate(
     Ok(response)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Retire {
+pub struct Retire {
     #[serde(default)]
     at: Option<DateTime<Utc>>,
 }
 
-async fn retire(
+#[utoipa::path(post, path = "/v1/keys/{kid}/retire", tag = "quantumlock", request_body(content = Retire, description = "optional"), params(("kid" = String, Path)), responses((status = 200, body = CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn retire(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(kid): Path<String>,
@@ -169,14 +177,15 @@ async fn retire(
     Ok(accepted(StatusCode::OK, &kid, outcome, None))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Compromise {
+pub struct Compromise {
     compromised_at: DateTime<Utc>,
     reason: String,
 }
 
-async fn compromise(
+#[utoipa::path(post, path = "/v1/keys/{kid}/compromise", tag = "quantumlock", request_body = Compromise, params(("kid" = String, Path)), responses((status = 200, body = CommandAccepted), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn compromise(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(kid): Path<String>,
@@ -191,9 +200,9 @@ async fn compromise(
     Ok(accepted(StatusCode::OK, &kid, outcome, None))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct IssueLicense {
+pub struct IssueLicense {
     organization_id: String,
     product: String,
     edition: String,
@@ -217,7 +226,8 @@ fn license_id(id: &str) -> Result<String, Problem> {
         .map_err(|_| Problem::not_found(format!("no licence {id:?}")))
 }
 
-async fn issue(
+#[utoipa::path(post, path = "/v1/licenses", tag = "quantumlock", request_body = IssueLicense, responses((status = 201, body = CommandAccepted), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn issue(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
@@ -249,9 +259,9 @@ async fn issue(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TransitionBody {
+pub struct TransitionBody {
     #[serde(default)]
     fingerprint: Option<String>,
     #[serde(default)]
@@ -260,7 +270,8 @@ struct TransitionBody {
     expires_at: Option<DateTime<Utc>>,
 }
 
-async fn transition(
+#[utoipa::path(post, path = "/v1/licenses/{id}/{action}", tag = "quantumlock", request_body(content = TransitionBody, description = "fingerprint (activate, deactivate), reason (suspend, revoke), expires_at (renew)"), params(("id" = String, Path), ("action" = String, Path, description = "activate, deactivate, suspend, reinstate, renew or revoke"), ("If-Match" = Option<String>, Header)), responses((status = 200, body = CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn transition(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path((id, action)): Path<(String, String)>,
@@ -316,7 +327,11 @@ fn status_name(status: LicenseStatus) -> &'static str {
 }
 
 /// The licence as its aggregate stands now (strongly consistent).
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+#[utoipa::path(get, path = "/v1/licenses/{id}", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, description = "the licence, its terms and activations"), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let id = license_id(&id)?;
     let (license, version) = state.licensing.license(&id).await?;
     let mut response = Json(serde_json::json!({
@@ -334,7 +349,8 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
 }
 
 /// Whether the licence may be used right now, and why.
-async fn status(
+#[utoipa::path(get, path = "/v1/licenses/{id}/status", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, description = "standing: valid, in_grace, expired, not_yet_valid, suspended or revoked"), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
@@ -385,7 +401,11 @@ fn canonical_response(document: &SignedDocument, filename: &str) -> Result<Respo
 }
 
 /// The signed licence file (canonical JSON), made now with the active licence key.
-async fn file(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+#[utoipa::path(get, path = "/v1/licenses/{id}/file", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, description = "the signed licence file, canonical JSON"), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn file(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     let id = license_id(&id)?;
     let document = state.licensing.license_file(&id, Utc::now()).await?;
     canonical_response(&document, &format!("license-{id}.json"))
@@ -393,7 +413,7 @@ async fn file(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub struct ListQuery {
     org: String,
     after: Option<String>,
     limit: Option<u32>,
@@ -401,7 +421,8 @@ struct ListQuery {
     wait_ms: Option<u64>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 504, body = Problem)), security(("bearer" = [])))]
+pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
@@ -425,7 +446,8 @@ async fn list(
 
 /// The signed revocation list, made now from the licences read model. Its serial is the
 /// model's highest applied log position, so it never decreases.
-async fn crl(
+#[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, description = "the signed revocation list, canonical JSON"), (status = 504, body = Problem)), security(("bearer" = [])))]
+pub async fn crl(
     State(state): State<AppState>,
     ApiQuery(consistency): ApiQuery<Consistency>,
 ) -> Result<Response, Problem> {
@@ -464,9 +486,11 @@ async fn crl(
     canonical_response(&document, "crl.json")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SignDigest {
+pub struct SignDigest {
+    /// `evidence`, `token` or `checkpoint` (licence keys sign licences only).
+    #[schema(value_type = String)]
     purpose: Purpose,
     /// `sha-256` or `sha-512`.
     digest_algorithm: String,
@@ -495,7 +519,8 @@ fn digest_message(algorithm: &str, digest_hex: &str) -> Result<Vec<u8>, Problem>
     Ok([algorithm.as_bytes(), &[0], &digest].concat())
 }
 
-async fn sign_digest(
+#[utoipa::path(post, path = "/v1/signatures", tag = "quantumlock", request_body = SignDigest, responses((status = 200, description = "{kid, alg, signature, context}"), (status = 403, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn sign_digest(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<SignDigest>,
 ) -> Result<Response, Problem> {
@@ -520,9 +545,10 @@ async fn sign_digest(
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct VerifyDigest {
+pub struct VerifyDigest {
+    #[schema(value_type = String)]
     purpose: Purpose,
     digest_algorithm: String,
     digest: String,
@@ -533,7 +559,8 @@ struct VerifyDigest {
     signed_at: Option<DateTime<Utc>>,
 }
 
-async fn verify_digest(
+#[utoipa::path(post, path = "/v1/signatures/verify", tag = "quantumlock", request_body = VerifyDigest, responses((status = 200, description = "{valid, reason?}"), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn verify_digest(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<VerifyDigest>,
 ) -> Result<Response, Problem> {

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{events, organizations, Problem};
+use crate::{events, licensing, organizations, Problem};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,6 +12,10 @@ use crate::{events, organizations, Problem};
     paths(
         organizations::create, organizations::list, organizations::show, organizations::rename,
         organizations::suspend, organizations::reactivate, events::list,
+        licensing::policy, licensing::set_rule, licensing::keys, licensing::rotate, licensing::retire,
+        licensing::compromise, licensing::issue, licensing::list, licensing::show, licensing::status,
+        licensing::file, licensing::transition, licensing::crl, licensing::sign_digest,
+        licensing::verify_digest,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
