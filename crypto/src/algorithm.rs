@@ -465,6 +465,40 @@ mod tests {
         assert_eq!(s1, sk.sign(b"m", b"", &[1; 32]).unwrap());
     }
 
+    /// Project Wycheproof's ML-DSA verification vectors (boundary values, infinity-norm
+    /// violations, malformed hints, wrong lengths, contexts): every verdict must match.
+    #[test]
+    fn ml_dsa_agrees_with_wycheproof() {
+        use wycheproof::mldsa_verify::{TestName, TestSet};
+        let sets = [
+            (TestName::MlDsa44Verify, Algorithm::MlDsa44),
+            (TestName::MlDsa65Verify, Algorithm::MlDsa65),
+            (TestName::MlDsa87Verify, Algorithm::MlDsa87),
+        ];
+        let mut checked = 0;
+        for (name, alg) in sets {
+            let set = TestSet::load(name).unwrap();
+            for group in &set.test_groups {
+                for test in &group.tests {
+                    let ctx: &[u8] = test.ctx.as_ref().map_or(&[], |c| c.as_slice());
+                    let verdict = PublicKey::new(alg, group.pubkey.to_vec())
+                        .and_then(|pk| pk.verify(&test.msg, ctx, &test.sig))
+                        .is_ok();
+                    assert_eq!(
+                        verdict,
+                        !test.result.must_fail(),
+                        "{alg} tcId {} ({}) {:?}",
+                        test.tc_id,
+                        test.comment,
+                        test.flags
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 100, "only {checked} vectors");
+    }
+
     #[test]
     fn secret_keys_never_print_their_seed() {
         let sk = key(Algorithm::Ed25519);
