@@ -11,6 +11,7 @@ mod licensing;
 mod metrics;
 mod openapi;
 mod organizations;
+mod paging;
 mod problem;
 mod state;
 mod write;

@@ -24,8 +24,10 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::consistency::Consistency;
 use crate::problem::{ApiJson, ApiQuery};
-use crate::write::{accepted, context, expected_version, optional_json, CommandAccepted};
-use crate::{AppState, Problem};
+use crate::write::{
+    accepted, accepted_with, context, expected_version, optional_json, CommandAccepted,
+};
+use crate::{paging, AppState, Problem};
 
 /// Context string of the signing service's detached digest signatures.
 pub const DIGEST_CONTEXT: &[u8] = b"quantus/digest/v1";
@@ -148,11 +150,11 @@ pub async fn rotate(
 ) -> Result<Response, Problem> {
     let ctx = platform(&principal, &headers);
     let (kid, alg, outcome) = state.licensing.rotate(&ctx, body.purpose).await?;
-    let mut response = accepted(StatusCode::CREATED, &kid, outcome, None);
-    *response.body_mut() = axum::body::Body::from(
-        serde_json::json!({"kid": kid, "algorithm": alg, "purpose": body.purpose, "version": outcome.version, "position": outcome.position}).to_string(),
-    );
-    Ok(response)
+    let answer = serde_json::json!({
+        "kid": kid, "algorithm": alg, "purpose": body.purpose,
+        "version": outcome.version, "position": outcome.position,
+    });
+    Ok(accepted_with(StatusCode::CREATED, answer, outcome, None))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -426,10 +428,7 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(Problem::bad_request("limit must be between 1 and 200"));
-    }
+    let limit = paging::limit(q.limit)?;
     Consistency {
         min_position: q.min_position,
         wait_ms: q.wait_ms,
@@ -438,9 +437,7 @@ pub async fn list(
     .await?;
     let rows: Vec<LicenseRow> =
         LicensesView::by_organization(&state.db.pool, &q.org, q.after.as_deref(), limit).await?;
-    let next_after = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|r| r.id.clone()))
-        .flatten();
+    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
     Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
 }
 

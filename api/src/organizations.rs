@@ -15,7 +15,7 @@ use crate::auth::Principal;
 use crate::consistency::Consistency;
 use crate::problem::{ApiJson, ApiQuery};
 use crate::write::{accepted, context, expected_version, optional_json, CommandAccepted};
-use crate::{AppState, Problem};
+use crate::{paging, AppState, Problem};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -240,10 +240,7 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<OrganizationPage>, Problem> {
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(Problem::bad_request("limit must be between 1 and 200"));
-    }
+    let limit = paging::limit(q.limit)?;
     Consistency {
         min_position: q.min_position,
         wait_ms: q.wait_ms,
@@ -251,9 +248,7 @@ pub async fn list(
     .wait(&state.organizations)
     .await?;
     let rows = OrganizationsView::list(&state.db.pool, q.after.as_deref(), limit).await?;
-    let next_after = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|r| r.id.clone()))
-        .flatten();
+    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
     Ok(Json(OrganizationPage {
         items: rows.into_iter().map(Into::into).collect(),
         next_after,

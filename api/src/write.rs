@@ -66,15 +66,23 @@ pub fn accepted(
     outcome: CommandOutcome,
     location: Option<String>,
 ) -> Response {
-    let mut response = (
-        status,
-        Json(CommandAccepted {
-            id: id.to_owned(),
-            version: outcome.version,
-            position: outcome.position,
-        }),
-    )
-        .into_response();
+    let body = CommandAccepted {
+        id: id.to_owned(),
+        version: outcome.version,
+        position: outcome.position,
+    };
+    accepted_with(status, body, outcome, location)
+}
+
+/// As [`accepted`], with a body of the route's own (which should carry `version` and
+/// `position` too).
+pub fn accepted_with(
+    status: StatusCode,
+    body: impl Serialize,
+    outcome: CommandOutcome,
+    location: Option<String>,
+) -> Response {
+    let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.version)) {
         headers.insert(header::ETAG, v);
