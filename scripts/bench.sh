@@ -5,7 +5,9 @@
 #
 #   embedded  `quantus bench` on a fresh embedded SQLite store (no services needed)
 #   postgres  `quantus bench` on a fresh Postgres database + Kafka (relay -> Kafka -> projection),
-#             then the two pgbench baselines (scripts/pgbench-append.sql)
+#             then the pgbench baselines (scripts/pgbench-append.sql): the serialised append
+#             (lock + MAX + INSERT), a plain INSERT without lock, and the serialised append of a
+#             batch of $PGBENCH_BATCH rows
 #   pgbench   only the pgbench baselines
 #   sweep     `quantus bench` on Postgres (no Kafka) and both baselines at each concurrency in
 #             $SWEEP: what serialised appends cost as senders are added
@@ -25,6 +27,8 @@
 #   SQLITE_COMMANDS    commands for the embedded run [20000]
 #   SQLITE_CONCURRENCY senders for the embedded run [8]
 #   PGBENCH_CLIENTS    pgbench -c [8];  PGBENCH_JOBS  pgbench -j [2];  PGBENCH_SECONDS  -T [20]
+#   PGBENCH_BATCH      rows per transaction of a third baseline, the serialised append of a batch
+#                      (lock + MAX + one multi-row INSERT + commit) [16]; 0 or 1: skip it
 #   SWEEP              concurrencies for `sweep` ["1 8 32"]
 #   BENCH_SWEEP=1      also run the sweep in `all`
 #   BENCH_KEEP_DBS=1   keep the scratch databases
@@ -48,6 +52,7 @@ SQLITE_CONCURRENCY="${SQLITE_CONCURRENCY:-8}"
 PGBENCH_CLIENTS="${PGBENCH_CLIENTS:-8}"
 PGBENCH_JOBS="${PGBENCH_JOBS:-2}"
 PGBENCH_SECONDS="${PGBENCH_SECONDS:-20}"
+PGBENCH_BATCH="${PGBENCH_BATCH:-16}"
 SWEEP="${SWEEP:-1 8 32}"
 BENCH_OUT="${BENCH_OUT:-$(mktemp -d /tmp/quantus-bench.XXXXXX)}"
 mkdir -p "$BENCH_OUT"
@@ -64,23 +69,33 @@ section() { printf '\n===== %s =====\n' "$*"; }
 # Percent of all CPUs busy over the next 2 s (from /proc/stat).
 cpu_busy() {
     local a b
-    a=($(head -n 1 /proc/stat))
+    read -ra a </proc/stat
     sleep 2
-    b=($(head -n 1 /proc/stat))
+    read -ra b </proc/stat
     # user nice system idle iowait irq softirq steal
     local busy=$(((b[1] + b[2] + b[3] + b[6] + b[7] + b[8]) - (a[1] + a[2] + a[3] + a[6] + a[7] + a[8])))
     local idle=$(((b[4] + b[5]) - (a[4] + a[5])))
     echo $((100 * busy / (busy + idle > 0 ? busy + idle : 1)))
 }
-# CPU ticks per process, except the benchmark's own (quantus, pgbench, postgres, the Kafka JVM):
-# "pid ticks" lines, ticks = utime + stime + cutime + cstime (children reaped by a live parent
-# count, so short-lived compiler processes under a running cargo are included).
+# CPU ticks per process, except the benchmark's own (this script and everything under it --
+# quantus, pgbench --, PostgreSQL, the Kafka JVM): "pid ticks" lines, ticks = utime + stime +
+# cutime + cstime (children reaped by a live parent count, so short-lived compiler processes
+# under a running cargo are included).
 foreign_ticks() {
-    cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v self="$$" '{
         pid = $1; line = $0; sub(/^[0-9]+ \(/, "", line);
         comm = line; sub(/\) .*/, "", comm); sub(/^.*\) /, "", line);
-        if (comm == "quantus" || comm == "pgbench" || comm == "postgres" || comm == "java") next;
-        split(line, f, " "); print pid, f[12] + f[13] + f[14] + f[15]
+        split(line, f, " "); ppid[pid] = f[2];
+        ticks[pid] = f[12] + f[13] + f[14] + f[15];
+        if (comm == "quantus" || comm == "pgbench" || comm == "postgres" || comm == "java") skip[pid] = 1;
+    }
+    END {
+        for (pid in ticks) {
+            if (pid in skip) continue;
+            p = pid; mine = 0;
+            for (depth = 0; depth < 64 && p > 1; depth++) { if (p == self) { mine = 1; break } p = ppid[p] }
+            if (!mine) print pid, ticks[pid]
+        }
     }'
 }
 FOREIGN_BEFORE="" STAT_BEFORE="" T_BEFORE=0
@@ -230,10 +245,10 @@ trap cleanup EXIT
 # ---------------------------------------------------------------------------------------------
 # Runs
 
-# summary LABEL < quantus bench output: one TSV row per figure.
 # "other CPU N%" from a log's `during:` line.
 other_cpu() { sed -n 's/^during: .*(\([0-9]*%\) of .*/other CPU \1/p' "$1" | tail -n 1; }
 
+# record_quantus LABEL LOG: one summary.tsv row per figure `quantus bench` printed.
 record_quantus() {
     local label="$1" file="$2" other
     other="$(other_cpu "$file")"
@@ -287,8 +302,8 @@ run_postgres() { # concurrency with_kafka(0|1)
     quantus_bench "$label" "$COMMANDS" "$concurrency" "${args[@]}"
 }
 
-run_pgbench() { # locked(0|1) clients
-    local locked="$1" clients="$2" db label out jobs
+run_pgbench() { # locked(0|1) clients [rows per transaction]
+    local locked="$1" clients="$2" rows="${3:-1}" db label out jobs
     services
     fresh_db pgb
     db="$FRESH_DB"
@@ -334,22 +349,25 @@ CREATE FUNCTION bench_payload(id text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
 $$;
 SQL
     jobs=$((clients < PGBENCH_JOBS ? clients : PGBENCH_JOBS))
-    if [[ "$locked" == 1 ]]; then label="pgbench-lock+max+insert-c$clients"; else label="pgbench-insert-nolock-c$clients"; fi
+    if [[ "$locked" == 1 ]]; then label="pgbench-lock+max+insert"; else label="pgbench-insert-nolock"; fi
+    if ((rows > 1)); then label="$label-${rows}rows"; fi
+    label="$label-c$clients"
     out="$BENCH_OUT/$label.log"
     section "$label (database $db)"
     loadavg
-    echo "+ pgbench -n -M prepared -c $clients -j $jobs -T $PGBENCH_SECONDS -D locked=$locked -f scripts/pgbench-append.sql $db"
+    echo "+ pgbench -n -M prepared -c $clients -j $jobs -T $PGBENCH_SECONDS -D locked=$locked -D rows=$rows -f scripts/pgbench-append.sql $db"
     measure_start
     if PGPASSWORD="$PG_PASS" "$PG_BIN/pgbench" -n -M prepared -c "$clients" -j "$jobs" -T "$PGBENCH_SECONDS" \
-        -D "locked=$locked" -f "$PGBENCH_SQL" -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" "$db" 2>&1 | tee "$out"; then
-        local tps lat rows
+        -D "locked=$locked" -D "rows=$rows" -f "$PGBENCH_SQL" -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" "$db" 2>&1 | tee "$out"; then
+        local tps lat count
         measure_end | tee -a "$out"
         tps="$(awk '/^tps = / { printf "%.0f", $3 }' "$out")"
         lat="$(awk '/^latency average = / { print $4 " " $5 }' "$out")"
-        rows="$(psql_on "$db" -Atc 'SELECT count(*) FROM events')"
+        count="$(psql_on "$db" -Atc 'SELECT count(*) FROM events')"
         [[ -n "$tps" ]] || fail_step "$label printed no tps"
-        echo "rows in events: $rows"
-        printf '%s\ttps (1 row/txn)\t%s\t%s rows in %ss, latency avg %s; %s\n' "$label" "$tps" "$rows" "$PGBENCH_SECONDS" "$lat" "$(other_cpu "$out")" >>"$SUMMARY"
+        echo "rows in events: $count"
+        printf '%s\ttps (%s row/txn)\t%s\t%s rows in %ss = %s rows/s, latency avg %s; %s\n' "$label" "$rows" "$tps" "$count" "$PGBENCH_SECONDS" \
+            "$(awk -v t="$tps" -v r="$rows" 'BEGIN { printf "%.0f", t * r }')" "$lat" "$(other_cpu "$out")" >>"$SUMMARY"
         if ! grep -q '^number of failed transactions: 0 ' "$out" || grep -qi 'aborted' "$out"; then
             fail_step "$label reported failed or aborted transactions (log: $out)"
         fi
@@ -383,10 +401,12 @@ postgres)
     run_postgres "$CONCURRENCY" 1
     run_pgbench 1 "$PGBENCH_CLIENTS"
     run_pgbench 0 "$PGBENCH_CLIENTS"
+    if ((PGBENCH_BATCH > 1)); then run_pgbench 1 "$PGBENCH_CLIENTS" "$PGBENCH_BATCH"; fi
     ;;
 pgbench)
     run_pgbench 1 "$PGBENCH_CLIENTS"
     run_pgbench 0 "$PGBENCH_CLIENTS"
+    if ((PGBENCH_BATCH > 1)); then run_pgbench 1 "$PGBENCH_CLIENTS" "$PGBENCH_BATCH"; fi
     ;;
 sweep) run_sweep ;;
 all)
@@ -394,6 +414,7 @@ all)
     run_postgres "$CONCURRENCY" 1
     run_pgbench 1 "$PGBENCH_CLIENTS"
     run_pgbench 0 "$PGBENCH_CLIENTS"
+    if ((PGBENCH_BATCH > 1)); then run_pgbench 1 "$PGBENCH_CLIENTS" "$PGBENCH_BATCH"; fi
     if [[ "${BENCH_SWEEP:-}" == 1 ]]; then run_sweep; fi
     ;;
 esac

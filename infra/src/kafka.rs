@@ -86,6 +86,18 @@ pub async fn ensure_topics(kafka: &KafkaSettings) -> Result<(), InfraError> {
     Ok(())
 }
 
+/// Deletes the platform's topics under `kafka`'s prefix (benchmarks and tests clean up with it;
+/// the platform itself never deletes its log).
+pub async fn delete_topics(kafka: &KafkaSettings) -> Result<(), InfraError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()?;
+    let names = kafka.topics();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    admin.delete_topics(&names, &AdminOptions::new()).await?;
+    Ok(())
+}
+
 /// An idempotent, fully acknowledged producer whose partitioner agrees with Java clients.
 pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, InfraError> {
     Ok(ClientConfig::new()

@@ -253,13 +253,7 @@ impl ProjectionRunner {
         self.prepare().await?;
         let name = self.projection.name();
         let mut tx = self.db.begin_update(name).await?;
-        self.projection.clear(&mut tx).await?;
-        for table in ["projection_streams", "projection_checkpoints"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE projection = $1"))
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.reset_in(&mut tx).await?;
         let mut after = 0;
         loop {
             let records = read_log(&self.db, after, 1000).await?;
@@ -281,6 +275,27 @@ impl ProjectionRunner {
         .await?;
         tx.commit().await?;
         Ok(after)
+    }
+
+    /// Empties the model and forgets everything it applied, so the next run applies the whole
+    /// log again.
+    pub async fn reset(&self) -> Result<(), InfraError> {
+        self.prepare().await?;
+        let mut tx = self.db.begin_update(self.projection.name()).await?;
+        self.reset_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reset_in(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        self.projection.clear(conn).await?;
+        for table in ["projection_streams", "projection_checkpoints"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE projection = $1"))
+                .bind(self.projection.name())
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// The model's rows, for comparisons.
