@@ -307,31 +307,12 @@ run_pgbench() { # locked(0|1) clients [rows per transaction]
     services
     fresh_db pgb
     db="$FRESH_DB"
-    # The same table as infra/src/db.rs (columns, keys, append-only trigger) in a fresh database.
+    # The platform's own schema (the `events` table with its keys and append-only trigger),
+    # created by quantus itself on the fresh database, so the baseline can never drift from it.
+    "$BIN" projections dump organizations \
+        --database-url "postgres://$PG_USER:$PG_PASS@$PG_HOST:$PG_PORT/$db" >/dev/null \
+        || die "cannot create the quantus schema in $db"
     psql_on "$db" >/dev/null <<'SQL' || die "cannot set up the pgbench database $db"
-CREATE TABLE events (
-    position BIGINT PRIMARY KEY,
-    event_id TEXT NOT NULL UNIQUE,
-    aggregate_type TEXT NOT NULL,
-    aggregate_id TEXT NOT NULL,
-    sequence BIGINT NOT NULL,
-    event_type TEXT NOT NULL,
-    schema_version BIGINT NOT NULL,
-    occurred_at TEXT NOT NULL,
-    tenant_id TEXT NOT NULL,
-    actor_kind TEXT NOT NULL,
-    actor_id TEXT NOT NULL,
-    correlation_id TEXT NOT NULL,
-    causation_id TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    UNIQUE (aggregate_type, aggregate_id, sequence)
-);
-CREATE FUNCTION quantus_events_append_only() RETURNS trigger AS $$
-BEGIN RAISE EXCEPTION 'events are append-only'; END; $$ LANGUAGE plpgsql;
-CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
-    FOR EACH ROW EXECUTE FUNCTION quantus_events_append_only();
 CREATE SEQUENCE bench_position;
 -- A UUIDv7-shaped id: 48-bit millisecond timestamp, then random bits (like Uuid::now_v7).
 CREATE FUNCTION bench_uuid7() RETURNS text LANGUAGE sql VOLATILE AS $$
