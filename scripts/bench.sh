@@ -20,7 +20,7 @@
 #
 # Environment (defaults in brackets):
 #   QUANTUS_BIN        benchmark this binary instead of building one (e.g. a locally patched build)
-#   CARGO_TARGET_DIR   build dir [<repo>/../bench-target: never blocks the main target's lock]
+#   CARGO_TARGET_DIR   build dir [<repo>/target; a separate one avoids waiting on a running build]
 #   BENCH_NO_BUILD=1   use the existing $CARGO_TARGET_DIR/release/quantus as is
 #   COMMANDS           commands per Postgres `quantus bench` run [20000]
 #   CONCURRENCY        senders for the Postgres run [8]
@@ -44,7 +44,7 @@ PG_BIN="${QUANTUS_PG_BIN:-/usr/lib/postgresql/15/bin}"
 PGBENCH_SQL="$SCRIPT_DIR/pgbench-append.sql"
 
 MODE="${1:-all}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(dirname "$REPO_DIR")/bench-target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_DIR/target}"
 COMMANDS="${COMMANDS:-20000}"
 CONCURRENCY="${CONCURRENCY:-8}"
 SQLITE_COMMANDS="${SQLITE_COMMANDS:-20000}"
