@@ -4,7 +4,7 @@
 //! and positions are gap-free and in commit order, so a cursor (`relay_cursors`) is enough to
 //! never skip an event that committed late. The cursor moves only after Kafka acknowledged the
 //! whole batch; a crash before that re-publishes the batch (consumers skip duplicates by
-//! aggregate sequence).
+//! aggregate sequence). One relay per name publishes at a time (see [`Relay::run`]).
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sqlx::Row;
 
-use crate::db::Database;
+use crate::db::{Database, Dialect};
 use crate::event_store::read_log;
 use crate::kafka::{cloudevent_headers, producer, KafkaSettings};
 use crate::InfraError;
@@ -96,8 +96,48 @@ impl Relay {
         Ok(records.len())
     }
 
+    /// Waits until this relay is the only one publishing under its name. On Postgres it holds a
+    /// session advisory lock on a connection of its own for as long as it runs; the lock goes
+    /// when the process (and so the connection) dies, and a standby relay takes over. An
+    /// embedded SQLite store belongs to one process, which runs at most one relay.
+    async fn lease(&self) -> Result<Option<sqlx::AnyConnection>, InfraError> {
+        if self.db.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        // Detached from the pool: dropping it closes the session, which releases the lock.
+        let mut conn = self.db.pool.acquire().await?.detach();
+        let key = format!("quantus-relay:{}", self.name);
+        let mut announced = false;
+        loop {
+            let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(&key)
+                .fetch_one(&mut conn)
+                .await?;
+            if held {
+                if announced {
+                    tracing::info!(relay = %self.name, "taking over publication");
+                }
+                return Ok(Some(conn));
+            }
+            if !announced {
+                tracing::info!(relay = %self.name, "another relay publishes under this name; standing by");
+                announced = true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Runs until the task is dropped; errors are logged and retried with back-off.
     pub async fn run(self) {
+        let _lease = loop {
+            match self.lease().await {
+                Ok(lease) => break lease,
+                Err(error) => {
+                    tracing::warn!(%error, "relay cannot take its lease; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.publish_batch().await {

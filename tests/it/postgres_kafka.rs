@@ -608,3 +608,44 @@ async fn e_quantumlock_runs_on_postgres_and_kafka() {
     drop(server);
     assert_model_equals_replay("licenses", &env.store());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn f_a_standby_relay_takes_over_and_nothing_is_published_twice() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-f");
+    let db = pool(&env.database_url).await;
+    let head = write_organizations(&env.database_url, 300, 4).await as i64;
+    let mut active = env.serve(&dir, &["--role", "relay"]);
+    eventually(
+        "the first relay to publish everything",
+        Duration::from_secs(60),
+        || async { (scalar(&db, RELAY_CURSOR).await == head).then_some(()) },
+    )
+    .await;
+    // A second relay under the same name stands by while the first one lives.
+    let _standby = env.serve(&dir, &["--role", "relay"]);
+    let head = write_organizations(&env.database_url, 300, 4).await as i64;
+    eventually(
+        "the active relay to publish the new events",
+        Duration::from_secs(60),
+        || async { (scalar(&db, RELAY_CURSOR).await == head).then_some(()) },
+    )
+    .await;
+    // The active relay dies; the standby takes over.
+    active.kill();
+    let head = write_organizations(&env.database_url, 300, 4).await as i64;
+    eventually(
+        "the standby to take over",
+        Duration::from_secs(60),
+        || async { (scalar(&db, RELAY_CURSOR).await == head).then_some(()) },
+    )
+    .await;
+    let records = env.kafka_records().await;
+    assert_eq!(
+        records.len() as i64,
+        head,
+        "an event was published twice, or lost"
+    );
+    let (ok, out) = env.audit_kafka();
+    assert!(ok && !out.contains("duplicate"), "{out}");
+}
