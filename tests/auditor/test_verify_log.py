@@ -402,3 +402,38 @@ def test_lone_surrogate_cannot_be_canonicalized():
     text = json.dumps({"position": 1, "envelope": envelope}).replace("bootstrap-admin", "boot\\ud800")
     code, out = run(text + "\n")
     assert code == 1 and "cannot be canonicalized" in out, out
+
+
+def platform_event(aggregate_type: str, tenant_id: str) -> list[dict]:
+    """A one-event log of a platform-wide aggregate (keys, crypto policy)."""
+    env = {
+        "event_id": uuid7(1),
+        "aggregate_type": aggregate_type,
+        "aggregate_id": "keyring-license" if aggregate_type == "Keyring" else "crypto-policy",
+        "sequence": 1,
+        "event_type": "KeyActivated" if aggregate_type == "Keyring" else "AlgorithmRuleSet",
+        "schema_version": 1,
+        "occurred_at": "2026-11-29T14:21:00.123456Z",
+        "tenant_id": tenant_id,
+        "actor": {"kind": "system", "id": "quantus-bootstrap"},
+        "correlation_id": uuid7(2),
+        "causation_id": uuid7(3),
+        "payload": {"kid": "00" * 16} if aggregate_type == "Keyring" else {"algorithm": "ML-DSA-65-Ed25519"},
+        "prev_hash": ZEROS,
+    }
+    env["hash"] = recipe_hash(env)
+    return [{"position": 1, "envelope": env}]
+
+
+@pytest.mark.parametrize("aggregate_type", ["Keyring", "CryptoPolicy"])
+def test_platform_aggregates_belong_to_the_platform_tenant(aggregate_type):
+    code, out = run(platform_event(aggregate_type, "platform"))
+    assert code == 0, out
+    assert out.rstrip().endswith("OK")
+
+
+@pytest.mark.parametrize("aggregate_type", ["Keyring", "CryptoPolicy"])
+def test_platform_aggregates_refuse_an_organization_tenant(aggregate_type):
+    code, out = run(platform_event(aggregate_type, uuid7(99)))
+    assert code == 1, out
+    assert "platform" in out
