@@ -7,8 +7,10 @@
 mod auth;
 mod consistency;
 mod events;
+mod identity;
 mod licensing;
 mod metrics;
+mod oauth;
 mod openapi;
 mod organizations;
 mod paging;
@@ -19,6 +21,7 @@ mod write;
 use axum::routing::get;
 use axum::Router;
 
+pub use auth::Principal;
 pub use openapi::ApiDoc;
 pub use problem::Problem;
 pub use state::AppState;
@@ -29,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .merge(organizations::routes())
         .merge(events::routes())
         .merge(licensing::routes())
+        .merge(identity::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_bearer,
@@ -39,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::scrape))
         .route("/openapi.json", get(openapi::serve))
         .nest("/v1", v1)
+        .merge(oauth::routes())
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             Problem::new(

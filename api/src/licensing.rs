@@ -75,7 +75,13 @@ struct RuleView {
 }
 
 #[utoipa::path(get, path = "/v1/crypto/policy", tag = "quantumlock", responses((status = 200, description = "the algorithm roadmap: which algorithms sign and verify, until when")), security(("bearer" = [])))]
-pub async fn policy(State(state): State<AppState>) -> Result<Response, Problem> {
+pub async fn policy(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Problem> {
+    principal
+        .require("licenses:read")
+        .or_else(|_| principal.require("keys:manage"))?;
     let (policy, version) = state.licensing.policy().await?;
     let published = policy.published();
     let rules: Vec<RuleView> = policy
@@ -108,6 +114,7 @@ pub async fn set_rule(
     headers: HeaderMap,
     ApiJson(body): ApiJson<SetRule>,
 ) -> Result<Response, Problem> {
+    principal.require("keys:manage")?;
     let algorithm = parse_algorithm(&algorithm)?;
     let ctx = platform(&principal, &headers);
     let outcome = state
@@ -129,7 +136,11 @@ pub async fn set_rule(
 }
 
 #[utoipa::path(get, path = "/v1/keys", tag = "quantumlock", responses((status = 200, description = "the trusted key set and crypto policy, as offline verifiers take it (docs/license-format.md)")), security(("bearer" = [])))]
-pub async fn keys(State(state): State<AppState>) -> Result<Response, Problem> {
+pub async fn keys(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Problem> {
+    let _ = &principal;
     Ok(Json(state.licensing.key_set().await?).into_response())
 }
 
@@ -148,6 +159,7 @@ pub async fn rotate(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Rotate>,
 ) -> Result<Response, Problem> {
+    principal.require("keys:manage")?;
     let ctx = platform(&principal, &headers);
     let (kid, alg, outcome) = state.licensing.rotate(&ctx, body.purpose).await?;
     let answer = serde_json::json!({
@@ -172,6 +184,7 @@ pub async fn retire(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
+    principal.require("keys:manage")?;
     let body: Retire = optional_json(&headers, &body)?;
     let ctx = platform(&principal, &headers);
     let at = body.at.unwrap_or(ctx.occurred_at);
@@ -194,6 +207,7 @@ pub async fn compromise(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Compromise>,
 ) -> Result<Response, Problem> {
+    principal.require("keys:manage")?;
     let ctx = platform(&principal, &headers);
     let outcome = state
         .licensing
@@ -222,6 +236,20 @@ pub struct IssueLicense {
     machine_fingerprint: Option<String>,
 }
 
+/// 404 unless the caller may see the licence's organization.
+fn tenant_of(
+    principal: &Principal,
+    license: &quantus_domain::license::License,
+    id: &str,
+) -> Result<(), Problem> {
+    let org = license
+        .terms
+        .as_ref()
+        .map(|t| t.organization_id.as_str())
+        .unwrap_or_default();
+    principal.tenant(org, &format!("licence {id}"))
+}
+
 fn license_id(id: &str) -> Result<String, Problem> {
     Uuid::parse_str(id)
         .map(|u| u.to_string())
@@ -235,6 +263,7 @@ pub async fn issue(
     headers: HeaderMap,
     ApiJson(body): ApiJson<IssueLicense>,
 ) -> Result<Response, Problem> {
+    principal.require("licenses:write")?;
     let id = Uuid::now_v7().to_string();
     let ctx = context(&principal, &headers, &body.organization_id);
     let terms = LicenseIssued {
@@ -284,6 +313,12 @@ pub async fn transition(
     let body: TransitionBody = optional_json(&headers, &body)?;
     let (license, _) = state.licensing.license(&id).await?;
     let org = license.terms.map(|t| t.organization_id).unwrap_or_default();
+    principal.tenant(&org, &format!("licence {id}"))?;
+    // Customers activate their licences on machines; only the vendor changes terms.
+    principal.require(match action.as_str() {
+        "activate" | "deactivate" => "licenses:activate",
+        _ => "licenses:write",
+    })?;
     let ctx = context(&principal, &headers, &org);
     let need = |v: Option<String>, field: &str| {
         v.ok_or_else(|| Problem::unprocessable(format!("{field} is required")))
@@ -332,10 +367,13 @@ fn status_name(status: LicenseStatus) -> &'static str {
 #[utoipa::path(get, path = "/v1/licenses/{id}", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, description = "the licence, its terms and activations"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
+    principal.require("licenses:read")?;
     let id = license_id(&id)?;
     let (license, version) = state.licensing.license(&id).await?;
+    tenant_of(&principal, &license, &id)?;
     let mut response = Json(serde_json::json!({
         "id": id,
         "status": status_name(license.status),
@@ -354,10 +392,13 @@ pub async fn show(
 #[utoipa::path(get, path = "/v1/licenses/{id}/status", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, description = "standing: valid, in_grace, expired, not_yet_valid, suspended or revoked"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn status(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
+    principal.require("licenses:read")?;
     let id = license_id(&id)?;
     let (license, _) = state.licensing.license(&id).await?;
+    tenant_of(&principal, &license, &id)?;
     let now = Utc::now();
     let terms = license
         .terms
@@ -406,9 +447,13 @@ fn canonical_response(document: &SignedDocument, filename: &str) -> Result<Respo
 #[utoipa::path(get, path = "/v1/licenses/{id}/file", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, description = "the signed licence file, canonical JSON"), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn file(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
+    principal.require("licenses:read")?;
     let id = license_id(&id)?;
+    let (license, _) = state.licensing.license(&id).await?;
+    tenant_of(&principal, &license, &id)?;
     let document = state.licensing.license_file(&id, Utc::now()).await?;
     canonical_response(&document, &format!("license-{id}.json"))
 }
@@ -426,8 +471,11 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 504, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
+    principal.require("licenses:read")?;
+    principal.tenant(&q.org, &format!("organization {}", q.org))?;
     let limit = paging::limit(q.limit)?;
     Consistency {
         min_position: q.min_position,
@@ -446,8 +494,10 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, description = "the signed revocation list, canonical JSON"), (status = 504, body = Problem)), security(("bearer" = [])))]
 pub async fn crl(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(consistency): ApiQuery<Consistency>,
 ) -> Result<Response, Problem> {
+    let _ = &principal;
     consistency.wait(&state.licenses).await?;
     let serial = LicensesView::high_water(&state.db.pool).await?;
     let revoked = LicensesView::revoked(&state.db.pool).await?;
@@ -519,8 +569,10 @@ fn digest_message(algorithm: &str, digest_hex: &str) -> Result<Vec<u8>, Problem>
 #[utoipa::path(post, path = "/v1/signatures", tag = "quantumlock", request_body = SignDigest, responses((status = 200, description = "{kid, alg, signature, context}"), (status = 403, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn sign_digest(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(body): ApiJson<SignDigest>,
 ) -> Result<Response, Problem> {
+    principal.require("signatures:sign")?;
     if body.purpose == Purpose::License {
         // Licence keys sign licence files and CRLs only.
         return Err(Problem::new(
@@ -559,8 +611,10 @@ pub struct VerifyDigest {
 #[utoipa::path(post, path = "/v1/signatures/verify", tag = "quantumlock", request_body = VerifyDigest, responses((status = 200, description = "{valid, reason?}"), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn verify_digest(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(body): ApiJson<VerifyDigest>,
 ) -> Result<Response, Problem> {
+    principal.require("signatures:verify")?;
     let message = digest_message(&body.digest_algorithm, &body.digest)?;
     let keys = state.licensing.key_set().await?;
     let now = Utc::now();

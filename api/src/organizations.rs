@@ -109,6 +109,7 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateOrganization>,
 ) -> Result<Response, Problem> {
+    principal.require("organizations:write")?;
     let id = Uuid::now_v7().to_string();
     let ctx = context(&principal, &headers, &id);
     let outcome = state
@@ -142,6 +143,7 @@ pub async fn rename(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RenameOrganization>,
 ) -> Result<Response, Problem> {
+    principal.require("organizations:write")?;
     let id = parse_id(&id)?;
     let expected = expected_version(&headers)?;
     let ctx = context(&principal, &headers, &id);
@@ -170,6 +172,7 @@ pub async fn suspend(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
+    principal.require("organizations:write")?;
     let id = parse_id(&id)?;
     let body: SuspendOrganization = optional_json(&headers, &body)?;
     let expected = expected_version(&headers)?;
@@ -199,6 +202,7 @@ pub async fn reactivate(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    principal.require("organizations:write")?;
     let id = parse_id(&id)?;
     let expected = expected_version(&headers)?;
     let ctx = context(&principal, &headers, &id);
@@ -216,10 +220,13 @@ pub async fn reactivate(
     security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
     ApiQuery(consistency): ApiQuery<Consistency>,
 ) -> Result<Response, Problem> {
+    principal.require("organizations:read")?;
     let id = parse_id(&id)?;
+    principal.tenant(&id, &format!("organization {id}"))?;
     consistency.wait(&state.organizations).await?;
     let row = OrganizationsView::get(&state.db.pool, &id)
         .await?
@@ -238,8 +245,10 @@ pub async fn show(
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<OrganizationPage>, Problem> {
+    principal.require("organizations:read")?;
     let limit = paging::limit(q.limit)?;
     Consistency {
         min_position: q.min_position,
@@ -247,7 +256,16 @@ pub async fn list(
     }
     .wait(&state.organizations)
     .await?;
-    let rows = OrganizationsView::list(&state.db.pool, q.after.as_deref(), limit).await?;
+    let rows = if principal.is_platform() {
+        OrganizationsView::list(&state.db.pool, q.after.as_deref(), limit).await?
+    } else {
+        // A tenant sees its own organization only.
+        OrganizationsView::get(&state.db.pool, &principal.organization)
+            .await?
+            .into_iter()
+            .filter(|r| q.after.as_deref().is_none_or(|a| r.id.as_str() > a))
+            .collect()
+    };
     let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
     Ok(Json(OrganizationPage {
         items: rows.into_iter().map(Into::into).collect(),

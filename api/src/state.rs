@@ -1,8 +1,10 @@
 use std::sync::Arc;
 
+use quantus_commands::identity::Identity;
 use quantus_commands::licensing::Licensing;
 use quantus_commands::CommandBus;
 use quantus_infra::keystore::Keystore;
+use quantus_infra::subject_keys::{SignInThrottle, SubjectKeys};
 use quantus_infra::{Database, SqlEventRepository};
 use quantus_projections::runner::ProjectionRunner;
 
@@ -16,37 +18,44 @@ pub struct AppState {
     pub organizations: ProjectionRunner,
     pub licenses: ProjectionRunner,
     pub licensing: Licensing,
-    /// The public base URL, named as issuer in signed documents.
+    pub identity: Identity,
+    /// The public base URL: the OIDC issuer, and the issuer named in signed documents.
     pub issuer: String,
-    pub(crate) token_hashes: Arc<Vec<[u8; 32]>>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    /// `token_hashes` are the bootstrap credential hashes loaded from the store.
+    /// `master_key` unwraps the per-subject data keys (the same key seals the keystore).
     pub fn new(
         db: Database,
-        token_hashes: Vec<[u8; 32]>,
         keystore: Arc<dyn Keystore>,
+        master_key: &[u8; 32],
         issuer: String,
     ) -> Self {
         let repo = SqlEventRepository::new(db.clone());
-        let organizations = ProjectionRunner::new(
-            db.clone(),
-            Arc::new(quantus_projections::organizations::OrganizationsView),
-        );
         let bus = CommandBus::new(repo);
+        let licensing = Licensing::new(bus.clone(), keystore, issuer.clone());
+        let identity = Identity::new(
+            bus.clone(),
+            licensing.clone(),
+            SubjectKeys::new(db.clone(), master_key),
+            SignInThrottle::new(db.clone()),
+            issuer.clone(),
+        );
         Self {
+            organizations: ProjectionRunner::new(
+                db.clone(),
+                Arc::new(quantus_projections::organizations::OrganizationsView),
+            ),
             licenses: ProjectionRunner::new(
                 db.clone(),
                 Arc::new(quantus_projections::licenses::LicensesView),
             ),
-            licensing: Licensing::new(bus.clone(), keystore, issuer.clone()),
+            licensing,
+            identity,
             issuer,
             bus,
-            organizations,
             db,
-            token_hashes: Arc::new(token_hashes),
             metrics: Arc::new(Metrics::default()),
         }
     }

@@ -81,8 +81,24 @@ impl Licensing {
                     .await?;
             }
         }
+        let (policy, _) = self.policy().await?;
+        if !policy.purpose_signers.contains_key(&Purpose::Token) {
+            let command = CryptoPolicyCommand::SetPurposeSigner {
+                purpose: Purpose::Token,
+                algorithm: Algorithm::Ed25519,
+            };
+            self.bus
+                .execute::<CryptoPolicy>(ctx, POLICY_ID, command, None, &())
+                .await?;
+        }
+        let (policy, _) = self.policy().await?;
         for purpose in Purpose::ALL {
-            if self.keyring(purpose).await?.active.is_none() {
+            let ring = self.keyring(purpose).await?;
+            let signs = ring
+                .active
+                .as_ref()
+                .is_some_and(|kid| policy.may_sign_for(purpose, ring.keys[kid].algorithm));
+            if !signs {
                 self.rotate(ctx, purpose).await?;
             }
         }
@@ -146,7 +162,7 @@ impl Licensing {
         purpose: Purpose,
     ) -> Result<(String, Algorithm, CommandOutcome), CommandError> {
         let (policy, _) = self.policy().await?;
-        let algorithm = *policy.published().sign.first().ok_or_else(|| {
+        let algorithm = policy.signer_for(purpose).ok_or_else(|| {
             CommandError::Rejected("the crypto policy lets no algorithm sign".into())
         })?;
         // A fresh seed per key: composite halves are never shared with other keys.
@@ -231,7 +247,7 @@ impl Licensing {
             .clone()
             .ok_or_else(|| CommandError::Rejected(format!("no active {} key", purpose.name())))?;
         let alg = ring.keys[&kid].algorithm;
-        if !self.policy().await?.0.may_sign(alg) {
+        if !self.policy().await?.0.may_sign_for(purpose, alg) {
             return Err(CommandError::Rejected(format!(
                 "the crypto policy no longer lets {alg} sign: rotate the {} key",
                 purpose.name()
@@ -242,6 +258,32 @@ impl Licensing {
             .sign(&kid, alg, message, context)
             .map_err(storage)?;
         Ok(Signature { kid, alg, bytes })
+    }
+
+    /// Signs a JWS signing input with token key `kid` (JOSE EdDSA), if the policy lets it.
+    pub async fn sign_jose(&self, kid: &str, input: &[u8]) -> Result<Vec<u8>, CommandError> {
+        let ring = self.keyring(Purpose::Token).await?;
+        let key = ring
+            .keys
+            .get(kid)
+            .ok_or_else(|| CommandError::NotFound(format!("no token key {kid}")))?;
+        if ring.active.as_deref() != Some(kid) {
+            return Err(CommandError::Rejected(format!(
+                "token key {kid} is not the active one"
+            )));
+        }
+        if !self
+            .policy()
+            .await?
+            .0
+            .may_sign_for(Purpose::Token, key.algorithm)
+        {
+            return Err(CommandError::Rejected(format!(
+                "the crypto policy does not let {} sign tokens",
+                key.algorithm
+            )));
+        }
+        self.keystore.sign_jose(kid, input).map_err(storage)
     }
 
     /// Signs a JSON payload as a [`SignedDocument`].

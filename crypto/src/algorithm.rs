@@ -123,6 +123,8 @@ pub enum SignatureError {
     CompositeMlDsaHalf,
     #[error("the Ed25519 half of the composite signature does not verify")]
     CompositeEd25519Half,
+    #[error("{alg} has no JOSE algorithm: only Ed25519 keys sign JWS (EdDSA, RFC 8037)")]
+    NotJose { alg: Algorithm },
 }
 
 /// A secret signing key. Holds only the seed; zeroed on drop; never printed.
@@ -314,6 +316,20 @@ impl SecretKey {
                 sig
             }
         })
+    }
+}
+
+impl SecretKey {
+    /// Pure Ed25519 (RFC 8032) over a JWS signing input, as JOSE's `EdDSA` (RFC 8037) defines
+    /// it: no context prefix, so any JOSE library verifies it. Only Ed25519 keys can do this.
+    pub fn sign_jose(&self, signing_input: &[u8]) -> Result<Vec<u8>, SignatureError> {
+        if self.alg != Algorithm::Ed25519 {
+            return Err(SignatureError::NotJose { alg: self.alg });
+        }
+        Ok(ed25519_dalek::SigningKey::from_bytes(&seed32(&self.seed))
+            .sign(signing_input)
+            .to_bytes()
+            .to_vec())
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
-use quantus_crypto::keys::{CryptoPolicy as PublishedPolicy, VerifyRule};
+use quantus_crypto::keys::{CryptoPolicy as PublishedPolicy, Purpose, VerifyRule};
 use quantus_crypto::Algorithm;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -22,7 +22,19 @@ pub enum CryptoPolicyCommand {
         may_verify: bool,
         verify_until: Option<DateTime<Utc>>,
     },
+    /// Keys of `purpose` are made with `algorithm`, whatever the platform's signing list says.
+    /// Only access and ID tokens may use a classical algorithm (see [`CLASSICAL_ALLOWED`]).
+    SetPurposeSigner {
+        purpose: Purpose,
+        algorithm: Algorithm,
+    },
 }
+
+/// Purposes whose keys may be classical. Tokens: JOSE registers no post-quantum algorithm yet,
+/// so OIDC clients can only check EdDSA/ES256/RS256; a token lives minutes, and forging one
+/// needs a quantum computer *while it is valid*, so harvest-now-forge-later does not apply.
+/// Licences, evidence and checkpoints must stay verifiable for years: they stay post-quantum.
+pub const CLASSICAL_ALLOWED: [Purpose; 1] = [Purpose::Token];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -35,14 +47,26 @@ pub struct AlgorithmRuleSet {
     pub verify_until: Option<DateTime<Utc>>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeSignerSet {
+    pub purpose: Purpose,
+    pub algorithm: Algorithm,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CryptoPolicyEvent {
     AlgorithmRuleSet(AlgorithmRuleSet),
+    PurposeSignerSet(PurposeSignerSet),
 }
 
 impl DomainEvent for CryptoPolicyEvent {
     fn event_type(&self) -> String {
-        "AlgorithmRuleSet".to_owned()
+        match self {
+            Self::AlgorithmRuleSet(_) => "AlgorithmRuleSet",
+            Self::PurposeSignerSet(_) => "PurposeSignerSet",
+        }
+        .to_owned()
     }
     fn event_version(&self) -> String {
         "1".to_owned()
@@ -57,6 +81,15 @@ pub enum CryptoPolicyError {
     NothingLeftToSign,
     #[error("{0} cannot sign for Quantus: it is not post-quantum")]
     NotPostQuantum(Algorithm),
+    #[error(
+        "{algorithm} cannot sign {purpose:?} documents: only tokens may use a classical algorithm"
+    )]
+    ClassicalNotAllowed {
+        purpose: Purpose,
+        algorithm: Algorithm,
+    },
+    #[error("{0} cannot sign tokens: JOSE clients verify only Ed25519 (EdDSA) from Quantus")]
+    NotJose(Algorithm),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +102,9 @@ pub struct Rule {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CryptoPolicy {
     pub rules: BTreeMap<Algorithm, Rule>,
+    /// Per-purpose signing algorithms that override the platform's signing list.
+    #[serde(default)]
+    pub purpose_signers: BTreeMap<Purpose, Algorithm>,
 }
 
 impl CryptoPolicy {
@@ -96,6 +132,22 @@ impl CryptoPolicy {
     pub fn may_sign(&self, algorithm: Algorithm) -> bool {
         self.rules.get(&algorithm).is_some_and(|r| r.may_sign)
     }
+
+    /// Whether a key of `purpose` with `algorithm` may sign now.
+    pub fn may_sign_for(&self, purpose: Purpose, algorithm: Algorithm) -> bool {
+        match self.purpose_signers.get(&purpose) {
+            Some(a) => *a == algorithm,
+            None => self.may_sign(algorithm),
+        }
+    }
+
+    /// The algorithm a new key of `purpose` gets.
+    pub fn signer_for(&self, purpose: Purpose) -> Option<Algorithm> {
+        self.purpose_signers
+            .get(&purpose)
+            .copied()
+            .or_else(|| self.published().sign.first().copied())
+    }
 }
 
 impl Aggregate for CryptoPolicy {
@@ -111,12 +163,29 @@ impl Aggregate for CryptoPolicy {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let CryptoPolicyCommand::SetRule {
-            algorithm,
-            may_sign,
-            may_verify,
-            verify_until,
-        } = command;
+        let (algorithm, may_sign, may_verify, verify_until) = match command {
+            CryptoPolicyCommand::SetRule {
+                algorithm,
+                may_sign,
+                may_verify,
+                verify_until,
+            } => (algorithm, may_sign, may_verify, verify_until),
+            CryptoPolicyCommand::SetPurposeSigner { purpose, algorithm } => {
+                if !algorithm.is_post_quantum() && !CLASSICAL_ALLOWED.contains(&purpose) {
+                    return Err(CryptoPolicyError::ClassicalNotAllowed { purpose, algorithm });
+                }
+                if purpose == Purpose::Token && algorithm != Algorithm::Ed25519 {
+                    return Err(CryptoPolicyError::NotJose(algorithm));
+                }
+                if self.purpose_signers.get(&purpose) == Some(&algorithm) {
+                    return Ok(());
+                }
+                let event =
+                    CryptoPolicyEvent::PurposeSignerSet(PurposeSignerSet { purpose, algorithm });
+                sink.write(event, self).await;
+                return Ok(());
+            }
+        };
         if may_sign && (!may_verify || verify_until.is_some()) {
             return Err(CryptoPolicyError::SignWithoutVerify);
         }
@@ -149,7 +218,13 @@ impl Aggregate for CryptoPolicy {
     }
 
     fn apply(&mut self, event: Self::Event) {
-        let CryptoPolicyEvent::AlgorithmRuleSet(e) = event;
+        let e = match event {
+            CryptoPolicyEvent::AlgorithmRuleSet(e) => e,
+            CryptoPolicyEvent::PurposeSignerSet(e) => {
+                self.purpose_signers.insert(e.purpose, e.algorithm);
+                return;
+            }
+        };
         self.rules.insert(
             e.algorithm,
             Rule {
@@ -205,6 +280,46 @@ mod tests {
             .given(vec![event(Algorithm::MlDsa65Ed25519, true, true)])
             .when(set(Algorithm::MlDsa87, true, false))
             .then_expect_error(CryptoPolicyError::SignWithoutVerify);
+    }
+
+    #[test]
+    fn only_tokens_may_be_signed_classically_and_only_with_ed25519() {
+        let signer =
+            |purpose, algorithm| CryptoPolicyCommand::SetPurposeSigner { purpose, algorithm };
+        TestFramework::<CryptoPolicy>::with(())
+            .given(vec![event(Algorithm::MlDsa65Ed25519, true, true)])
+            .when(signer(Purpose::Token, Algorithm::Ed25519))
+            .then_expect_events(vec![CryptoPolicyEvent::PurposeSignerSet(
+                PurposeSignerSet {
+                    purpose: Purpose::Token,
+                    algorithm: Algorithm::Ed25519,
+                },
+            )]);
+        TestFramework::<CryptoPolicy>::with(())
+            .given_no_previous_events()
+            .when(signer(Purpose::License, Algorithm::Ed25519))
+            .then_expect_error(CryptoPolicyError::ClassicalNotAllowed {
+                purpose: Purpose::License,
+                algorithm: Algorithm::Ed25519,
+            });
+        TestFramework::<CryptoPolicy>::with(())
+            .given_no_previous_events()
+            .when(signer(Purpose::Token, Algorithm::MlDsa65))
+            .then_expect_error(CryptoPolicyError::NotJose(Algorithm::MlDsa65));
+        let mut p = CryptoPolicy::default();
+        p.apply(event(Algorithm::MlDsa65Ed25519, true, true));
+        p.apply(CryptoPolicyEvent::PurposeSignerSet(PurposeSignerSet {
+            purpose: Purpose::Token,
+            algorithm: Algorithm::Ed25519,
+        }));
+        assert!(p.may_sign_for(Purpose::Token, Algorithm::Ed25519));
+        assert!(!p.may_sign_for(Purpose::Token, Algorithm::MlDsa65Ed25519));
+        assert!(!p.may_sign_for(Purpose::License, Algorithm::Ed25519));
+        assert_eq!(
+            p.signer_for(Purpose::Evidence),
+            Some(Algorithm::MlDsa65Ed25519)
+        );
+        assert_eq!(p.signer_for(Purpose::Token), Some(Algorithm::Ed25519));
     }
 
     #[test]

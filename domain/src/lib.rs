@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod crypto_policy;
 pub mod envelope;
+pub mod identity;
 pub mod keyring;
 pub mod license;
 pub mod organization;

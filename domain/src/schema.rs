@@ -5,8 +5,13 @@
 
 use schemars::{JsonSchema, Schema};
 
-use crate::crypto_policy::AlgorithmRuleSet;
+use crate::crypto_policy::{AlgorithmRuleSet, PurposeSignerSet};
 use crate::envelope::Envelope;
+use crate::identity::client::*;
+use crate::identity::grant::*;
+use crate::identity::session::*;
+use crate::identity::signin::*;
+use crate::identity::user::*;
 use crate::keyring::*;
 use crate::license::*;
 use crate::organization::*;
@@ -43,7 +48,8 @@ impl BoundedContext {
     /// The context that owns an aggregate type; unknown types are refused, not guessed.
     pub fn of_aggregate(aggregate_type: &str) -> Option<Self> {
         match aggregate_type {
-            "Organization" => Some(Self::Identity),
+            "Organization" | "User" | "Client" => Some(Self::Identity),
+            "Grant" | "Session" | "SignInAttempt" | "Consent" => Some(Self::Audit),
             "Keyring" | "CryptoPolicy" | "License" => Some(Self::Licensing),
             _ => None,
         }
@@ -104,6 +110,7 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<KeyRetired>("Keyring", "KeyRetired", 1),
         entry::<KeyCompromised>("Keyring", "KeyCompromised", 1),
         entry::<AlgorithmRuleSet>("CryptoPolicy", "AlgorithmRuleSet", 1),
+        entry::<PurposeSignerSet>("CryptoPolicy", "PurposeSignerSet", 1),
         entry::<LicenseIssued>("License", "LicenseIssued", 1),
         entry::<LicenseActivated>("License", "LicenseActivated", 1),
         entry::<LicenseDeactivated>("License", "LicenseDeactivated", 1),
@@ -111,6 +118,28 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<LicenseReinstated>("License", "LicenseReinstated", 1),
         entry::<LicenseRenewed>("License", "LicenseRenewed", 1),
         entry::<LicenseRevoked>("License", "LicenseRevoked", 1),
+        entry::<UserRegistered>("User", "UserRegistered", 1),
+        entry::<UserPasswordSet>("User", "UserPasswordSet", 1),
+        entry::<UserRoleGranted>("User", "UserRoleGranted", 1),
+        entry::<UserRoleRevoked>("User", "UserRoleRevoked", 1),
+        entry::<UserDisabled>("User", "UserDisabled", 1),
+        entry::<UserEnabled>("User", "UserEnabled", 1),
+        entry::<UserErased>("User", "UserErased", 1),
+        entry::<ClientRegistered>("Client", "ClientRegistered", 1),
+        entry::<ClientSecretRotated>("Client", "ClientSecretRotated", 1),
+        entry::<ClientDisabled>("Client", "ClientDisabled", 1),
+        entry::<AuthorizationCodeIssued>("Grant", "AuthorizationCodeIssued", 1),
+        entry::<DeviceAuthorizationStarted>("Grant", "DeviceAuthorizationStarted", 1),
+        entry::<DeviceAuthorizationApproved>("Grant", "DeviceAuthorizationApproved", 1),
+        entry::<DeviceAuthorizationDenied>("Grant", "DeviceAuthorizationDenied", 1),
+        entry::<TokensIssued>("Grant", "TokensIssued", 1),
+        entry::<TokensRefreshed>("Grant", "TokensRefreshed", 1),
+        entry::<GrantRevoked>("Grant", "GrantRevoked", 1),
+        entry::<SessionStarted>("Session", "SessionStarted", 1),
+        entry::<SessionEnded>("Session", "SessionEnded", 1),
+        entry::<SignInSucceeded>("SignInAttempt", "SignInSucceeded", 1),
+        entry::<SignInFailed>("SignInAttempt", "SignInFailed", 1),
+        entry::<ConsentGranted>("Consent", "ConsentGranted", 1),
     ]
 }
 
@@ -141,7 +170,9 @@ pub fn tenant_is_valid(aggregate_type: &str, aggregate_id: &str, tenant_id: &str
         "Organization" => tenant_id == aggregate_id,
         // Keys and the crypto policy belong to the platform, not to a customer.
         "Keyring" | "CryptoPolicy" => tenant_id == PLATFORM_TENANT,
-        _ => !tenant_id.is_empty(),
+        // Everything else belongs to an organization, or to the platform itself (its own
+        // administrators, service principals, their grants).
+        _ => tenant_id == PLATFORM_TENANT || uuid::Uuid::parse_str(tenant_id).is_ok(),
     }
 }
 

@@ -72,10 +72,34 @@ const SCHEMA: &[&str] = &[
         position BIGINT NOT NULL,
         PRIMARY KEY (projection, aggregate_type, aggregate_id)
     )",
-    "CREATE TABLE IF NOT EXISTS bootstrap_credentials (
-        id BIGINT PRIMARY KEY,
-        token_hash TEXT NOT NULL,
+    // Per-subject data keys, wrapped with the master key. Deleting a row crypto-shreds every
+    // field sealed with it, across the whole log (see docs/identity.md). Not in the log itself.
+    "CREATE TABLE IF NOT EXISTS subject_keys (
+        subject TEXT PRIMARY KEY,
+        wrapped TEXT NOT NULL,
         created_at TEXT NOT NULL
+    )",
+    // Login name (a keyed digest of the email) to user: unique at once, and deleted when the
+    // user is erased.
+    "CREATE TABLE IF NOT EXISTS user_logins (
+        login TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL
+    )",
+    // Lookups the log cannot answer by id: device user codes (by digest) and the grants of a
+    // session. Written before the grant's first event; a row without a grant finds nothing.
+    "CREATE TABLE IF NOT EXISTS grant_index (
+        kind TEXT NOT NULL,
+        lookup TEXT NOT NULL,
+        grant_id TEXT NOT NULL,
+        PRIMARY KEY (kind, lookup, grant_id)
+    )",
+    // Consecutive failed sign-ins per account: operational rate-limit state, like a counter in
+    // a cache; the outcomes themselves are audit events.
+    "CREATE TABLE IF NOT EXISTS sign_in_throttle (
+        account TEXT PRIMARY KEY,
+        failures BIGINT NOT NULL,
+        first_failure TEXT NOT NULL,
+        locked_until TEXT
     )",
 ];
 

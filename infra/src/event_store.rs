@@ -64,6 +64,41 @@ impl SqlEventRepository {
         get_u64(&row, "head")
     }
 
+    /// Records that `grant_id` can be found by (`kind`, `lookup`): a device user code's digest,
+    /// or a session id.
+    pub async fn index_grant(
+        &self,
+        kind: &str,
+        lookup: &str,
+        grant_id: &str,
+    ) -> Result<(), InfraError> {
+        sqlx::query(
+            "INSERT INTO grant_index (kind, lookup, grant_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(kind)
+        .bind(lookup)
+        .bind(grant_id)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Grant ids found by (`kind`, `lookup`), oldest first.
+    pub async fn indexed_grants(
+        &self,
+        kind: &str,
+        lookup: &str,
+    ) -> Result<Vec<String>, InfraError> {
+        let rows = sqlx::query(
+            "SELECT grant_id FROM grant_index WHERE kind = $1 AND lookup = $2 ORDER BY grant_id",
+        )
+        .bind(kind)
+        .bind(lookup)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("grant_id")?)).collect()
+    }
+
     /// Which aggregate the event at `position` belongs to, if it exists yet.
     pub async fn aggregate_at(
         &self,

@@ -28,6 +28,8 @@ pub trait Keystore: Send + Sync {
         message: &[u8],
         context: &[u8],
     ) -> Result<Vec<u8>, InfraError>;
+    /// Signs a JWS signing input with Ed25519 key `kid` (JOSE `EdDSA`, no context).
+    fn sign_jose(&self, kid: &str, signing_input: &[u8]) -> Result<Vec<u8>, InfraError>;
 }
 
 /// Keys in files under `DATA_DIR/keys`, each sealed with XChaCha20-Poly1305 under a master key
@@ -59,24 +61,12 @@ fn corrupt(what: impl Into<String>) -> InfraError {
 impl FileKeystore {
     /// Opens (creating if needed) the keystore under `data_dir`.
     pub fn open(data_dir: &Path, master_key_hex: Option<&str>) -> Result<Self, InfraError> {
-        let master = match master_key_hex {
-            Some(hex_key) => decode_master(hex_key.trim())?,
-            None => {
-                let path = data_dir.join("master.key");
-                if !path.exists() {
-                    std::fs::create_dir_all(data_dir)?;
-                    let mut key = [0u8; 32];
-                    rand::rngs::OsRng.fill_bytes(&mut key);
-                    crate::credentials::write_secret(&path, &hex::encode(key))?;
-                }
-                decode_master(std::fs::read_to_string(&path)?.trim())?
-            }
-        };
+        let master = master_key(data_dir, master_key_hex)?;
         let dir = data_dir.join("keys");
         std::fs::create_dir_all(&dir)?;
         Ok(Self {
             dir,
-            cipher: XChaCha20Poly1305::new(&master.into()),
+            cipher: XChaCha20Poly1305::new((&*master).into()),
         })
     }
 
@@ -118,6 +108,28 @@ impl FileKeystore {
         );
         SecretKey::from_seed(alg, &seed).map_err(|e| corrupt(e.to_string()))
     }
+}
+
+/// The master key: `QUANTUS_MASTER_KEY` (hex), or `DATA_DIR/master.key`, generated on first use
+/// with mode 0600. Every process of one platform must use the same one.
+pub fn master_key(
+    data_dir: &Path,
+    master_key_hex: Option<&str>,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, InfraError> {
+    let key = match master_key_hex {
+        Some(hex_key) => decode_master(hex_key.trim())?,
+        None => {
+            let path = data_dir.join("master.key");
+            if !path.exists() {
+                std::fs::create_dir_all(data_dir)?;
+                let mut key = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut key);
+                crate::credentials::write_secret(&path, &hex::encode(key))?;
+            }
+            decode_master(std::fs::read_to_string(&path)?.trim())?
+        }
+    };
+    Ok(zeroize::Zeroizing::new(key))
 }
 
 fn decode_master(text: &str) -> Result<[u8; 32], InfraError> {
@@ -163,6 +175,12 @@ impl Keystore for FileKeystore {
         let mut rnd = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut rnd);
         key.sign(message, context, &rnd)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    fn sign_jose(&self, kid: &str, signing_input: &[u8]) -> Result<Vec<u8>, InfraError> {
+        self.open_key(kid, Algorithm::Ed25519)?
+            .sign_jose(signing_input)
             .map_err(|e| corrupt(e.to_string()))
     }
 }

@@ -11,6 +11,7 @@ pub mod event_store;
 pub mod kafka;
 pub mod keystore;
 pub mod relay;
+pub mod subject_keys;
 
 pub use config::{Config, Role};
 pub use db::{Database, Dialect};

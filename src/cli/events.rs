@@ -13,12 +13,13 @@ pub struct TailArgs {
     /// Base URL of a running quantus.
     #[arg(long, env = "QUANTUS_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Bearer token (else read from --token-file).
+    /// Access token (else one is obtained with --credentials).
     #[arg(long, env = "QUANTUS_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// File holding the token.
-    #[arg(long, default_value = "./quantus-data/bootstrap-token")]
-    token_file: PathBuf,
+    /// Client credentials (`client_id`, `client_secret`) of a service principal with the
+    /// `events:read` scope, such as the bootstrap admin's file.
+    #[arg(long, default_value = "./quantus-data/bootstrap-client.json")]
+    credentials: PathBuf,
     /// Start after this log position.
     #[arg(long, default_value_t = 0)]
     after: u64,
@@ -28,14 +29,11 @@ pub struct TailArgs {
 }
 
 pub async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::new();
     let token = match args.token {
         Some(t) => t,
-        None => std::fs::read_to_string(&args.token_file)
-            .with_context(|| format!("reading the token from {}", args.token_file.display()))?
-            .trim()
-            .to_owned(),
+        None => client_credentials_token(&client, &args.url, &args.credentials).await?,
     };
-    let client = reqwest::Client::new();
     let mut after = args.after;
     let stdout = std::io::stdout();
     loop {
@@ -66,4 +64,46 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// An access token from the token endpoint, with the client credentials in `file`.
+pub async fn client_credentials_token(
+    client: &reqwest::Client,
+    url: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading client credentials from {}", file.display()))?;
+    let creds: Value = serde_json::from_str(&text).context("client credentials are not JSON")?;
+    let (Some(id), Some(secret)) = (creds["client_id"].as_str(), creds["client_secret"].as_str())
+    else {
+        anyhow::bail!("{} lacks client_id or client_secret", file.display());
+    };
+    let response = client
+        .post(format!("{}/oauth2/token", url.trim_end_matches('/')))
+        .basic_auth(id, Some(secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", "events:read"),
+        ])
+        .send()
+        .await
+        .context("requesting a token")?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .context("reading the token response")?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "token endpoint refused: {}",
+            body["error_description"]
+                .as_str()
+                .unwrap_or("unknown error")
+        );
+    }
+    body["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no access_token in the response")
 }

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use quantus_api::AppState;
-use quantus_infra::credentials::{ensure_bootstrap, load_token_hashes, Bootstrap};
+use quantus_infra::credentials::{
+    random_secret, secret_matches, write_secret, BOOTSTRAP_CLIENT_FILE,
+};
 use quantus_infra::relay::Relay;
 use quantus_infra::Database;
 use quantus_projections::runner::ProjectionRunner;
@@ -28,12 +30,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         "Postgres store".to_owned()
     };
-    if let Bootstrap::Created(path) = ensure_bootstrap(&db, &config.data_dir).await? {
-        println!(
-            "created the bootstrap admin credential; its token is in {}",
-            path.display()
-        );
-    }
     let projections: Vec<ProjectionRunner> = quantus_projections::all()
         .into_iter()
         .map(|p| ProjectionRunner::new(db.clone(), p))
@@ -70,21 +66,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if config.role.runs_api() {
-        let keystore = quantus_infra::keystore::FileKeystore::open(
-            &config.data_dir,
-            config.master_key.as_ref().map(|k| k.0.as_str()),
-        )
-        .context("opening the keystore")?;
-        let state = AppState::new(
-            db.clone(),
-            load_token_hashes(&db).await?,
-            std::sync::Arc::new(keystore),
-            config.public_url.clone(),
-        );
-        bootstrap_licensing(&state).await?;
+        let master_hex = config.master_key.as_ref().map(|k| k.0.as_str());
+        let keystore = quantus_infra::keystore::FileKeystore::open(&config.data_dir, master_hex)
+            .context("opening the keystore")?;
+        let master = quantus_infra::keystore::master_key(&config.data_dir, master_hex)?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        // Without a configured public URL the issuer is where this process really listens
+        // (which matters with port 0).
+        let issuer = if config.public_url == format!("http://{}", config.listen) {
+            format!("http://{}", listener.local_addr()?)
+        } else {
+            config.public_url.trim_end_matches('/').to_owned()
+        };
+        let state = AppState::new(db.clone(), std::sync::Arc::new(keystore), &master, issuer);
+        bootstrap_licensing(&state).await?;
+        if let Some(path) = bootstrap_admin(&state, &config.data_dir).await? {
+            println!(
+                "created the bootstrap admin service principal; its client credentials are in {}",
+                path.display()
+            );
+        }
         println!(
             "quantus listening on http://{} ({store}{})",
             listener.local_addr()?,
@@ -95,7 +98,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         );
         let app = quantus_api::router(state);
-        tasks.spawn(async move { Ok(axum::serve(listener, app).await?) });
+        tasks.spawn(async move {
+            Ok(axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await?)
+        });
     } else {
         println!("quantus {:?} role running ({store})", config.role);
     }
@@ -138,6 +147,92 @@ async fn bootstrap_licensing(state: &AppState) -> anyhow::Result<()> {
         other => other?,
     }
     Ok(())
+}
+
+/// The bootstrap admin: a platform service principal whose client id and secret are written
+/// once to `DATA_DIR/bootstrap-client.json` (mode 0600). The file is written before the
+/// client is registered and renamed after, so a crash in between is finished on the next start.
+async fn bootstrap_admin(
+    state: &AppState,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    use quantus_commands::identity::NewClient;
+    use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
+    const ID: &str = "quantus-bootstrap-admin";
+    let done = data_dir.join(BOOTSTRAP_CLIENT_FILE);
+    let pending = data_dir.join(format!("{BOOTSTRAP_CLIENT_FILE}.pending"));
+    match state.identity.client(ID).await {
+        Ok((client, _)) => {
+            if !done.exists() && pending.exists() {
+                let text = std::fs::read_to_string(&pending)?;
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                let secret = v["client_secret"].as_str().unwrap_or_default();
+                if client
+                    .secret_sha256
+                    .as_deref()
+                    .is_some_and(|d| secret_matches(secret, d))
+                {
+                    std::fs::rename(&pending, &done)?;
+                    return Ok(Some(done));
+                }
+            }
+            return Ok(None);
+        }
+        Err(quantus_commands::CommandError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let secret = random_secret();
+    let file = serde_json::json!({
+        "client_id": ID,
+        "client_secret": secret,
+        "issuer": state.issuer,
+        "token_endpoint": format!("{}/oauth2/token", state.issuer),
+    });
+    write_secret(&pending, &serde_json::to_string_pretty(&file)?)?;
+    let ctx = quantus_domain::CommandContext {
+        tenant_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
+        actor: quantus_domain::Actor {
+            kind: quantus_domain::ActorKind::System,
+            id: "quantus-bootstrap".into(),
+        },
+        occurred_at: quantus_domain::envelope::truncate_to_micros(chrono::Utc::now()),
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+    };
+    let new = NewClient {
+        organization_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
+        kind: ClientKind::Service,
+        name: "Bootstrap admin".into(),
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        grant_types: [GrantType::ClientCredentials].into(),
+        scopes: quantus_domain::identity::API_SCOPES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        roles: [quantus_domain::identity::Role::PlatformAdmin].into(),
+        auth_method: AuthMethod::ClientSecretBasic,
+        require_par: false,
+        jwks: None,
+    };
+    match state
+        .identity
+        .register_client_with_id(&ctx, ID, new, Some(secret))
+        .await
+    {
+        Ok(_) => {
+            std::fs::rename(&pending, &done)?;
+            Ok(Some(done))
+        }
+        // Another process registered it at the same moment: its file is the real one.
+        Err(quantus_commands::CommandError::Rejected(_))
+        | Err(quantus_commands::CommandError::Concurrency(_)) => {
+            std::fs::remove_file(&pending)?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn shutdown_signal() {

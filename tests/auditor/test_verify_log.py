@@ -437,3 +437,38 @@ def test_platform_aggregates_refuse_an_organization_tenant(aggregate_type):
     code, out = run(platform_event(aggregate_type, uuid7(99)))
     assert code == 1, out
     assert "platform" in out
+
+
+def owned_event(aggregate_type: str, aggregate_id: str, tenant_id: str) -> list[dict]:
+    """A one-event log of an aggregate an organization (or the platform itself) owns."""
+    env = {
+        "event_id": uuid7(1),
+        "aggregate_type": aggregate_type,
+        "aggregate_id": aggregate_id,
+        "sequence": 1,
+        "event_type": "ClientDisabled",
+        "schema_version": 1,
+        "occurred_at": "2026-11-29T14:21:00.123456Z",
+        "tenant_id": tenant_id,
+        "actor": {"kind": "system", "id": "quantus-bootstrap"},
+        "correlation_id": uuid7(2),
+        "causation_id": uuid7(3),
+        "payload": {"reason": "x"},
+        "prev_hash": ZEROS,
+    }
+    env["hash"] = recipe_hash(env)
+    return [{"position": 1, "envelope": env}]
+
+
+def test_what_the_platform_itself_owns_may_have_the_platform_tenant():
+    code, out = run(owned_event("Client", "quantus-bootstrap-admin", "platform"))
+    assert code == 0, out
+    code, out = run(owned_event("Client", "c1", uuid7(9)))
+    assert code == 0, out
+
+
+def test_an_owned_aggregate_refuses_a_tenant_that_is_neither_an_organization_nor_the_platform():
+    code, out = run(owned_event("Client", "c1", "someone"))
+    assert code == 1 and "tenant_id" in out, out
+    code, out = run(owned_event("Organization", uuid7(9), "platform"))
+    assert code == 1, out

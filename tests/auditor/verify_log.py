@@ -299,12 +299,13 @@ def check_envelope(env: Any) -> None:
     require_string("event_type", env["event_type"])
     require_integer("schema_version", env["schema_version"], minimum=1)
     require_occurred_at(env["occurred_at"])
-    # tenant_id is an organization's id (a UUID), or "platform" for the platform-wide
-    # aggregates (keys, crypto policy).
+    # tenant_id is an organization's id (a UUID), or "platform": always for the platform-wide
+    # aggregates (keys, crypto policy), and for what the platform itself owns (its
+    # administrators, service principals and their grants).
     if aggregate_type in PLATFORM_AGGREGATES:
         if env["tenant_id"] != PLATFORM_TENANT:
             raise EnvelopeProblem(f"tenant_id of a {aggregate_type} event must be {PLATFORM_TENANT!r}")
-    else:
+    elif env["tenant_id"] != PLATFORM_TENANT or aggregate_type == "Organization":
         require_uuid("tenant_id", env["tenant_id"])
     require_actor(env["actor"])
     require_uuid("correlation_id", env["correlation_id"])

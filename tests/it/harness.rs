@@ -168,7 +168,7 @@ impl Server {
     pub fn client(&self) -> Api {
         Api {
             base: self.url().to_owned(),
-            token: token(&self.data_dir),
+            token: token(self),
             http: reqwest::Client::new(),
         }
     }
@@ -186,11 +186,56 @@ impl Drop for Server {
     }
 }
 
-pub fn token(data_dir: &Path) -> String {
-    std::fs::read_to_string(data_dir.join("bootstrap-token"))
-        .expect("bootstrap token")
-        .trim()
-        .to_owned()
+/// The bootstrap admin's client id and secret, as the first start wrote them.
+pub fn bootstrap_credentials(data_dir: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(data_dir.join("bootstrap-client.json"))
+        .expect("bootstrap-client.json");
+    let v: Value = serde_json::from_str(&text).expect("bootstrap-client.json is JSON");
+    (
+        v["client_id"].as_str().expect("client_id").to_owned(),
+        v["client_secret"]
+            .as_str()
+            .expect("client_secret")
+            .to_owned(),
+    )
+}
+
+/// An access token with the client-credentials grant (blocking: usable from sync helpers).
+pub fn client_token(base: &str, client_id: &str, secret: &str, scope: Option<&str>) -> String {
+    let url = format!("{base}/oauth2/token");
+    let (id, secret) = (client_id.to_owned(), secret.to_owned());
+    let scope = scope.map(str::to_owned);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut form = vec![("grant_type", "client_credentials".to_owned())];
+            if let Some(s) = scope {
+                form.push(("scope", s));
+            }
+            let res = reqwest::Client::new()
+                .post(url)
+                .basic_auth(id, Some(secret))
+                .form(&form)
+                .send()
+                .await
+                .expect("token request");
+            let status = res.status();
+            let body: Value = res.json().await.expect("token response");
+            assert!(status.is_success(), "token endpoint: {status} {body}");
+            body["access_token"].as_str().unwrap().to_owned()
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// A platform-admin access token for `server` (the bootstrap admin's).
+pub fn token(server: &Server) -> String {
+    let (id, secret) = bootstrap_credentials(&server.data_dir);
+    client_token(server.url(), &id, &secret, None)
 }
 
 /// A small authenticated client.
@@ -408,7 +453,7 @@ pub async fn pool(url: &str) -> sqlx::AnyPool {
 
 /// `quantus events tail --no-follow` against a server: the log as parsed JSON lines.
 pub fn tail_log(server: &Server) -> Vec<Value> {
-    let token = token(&server.data_dir);
+    let token = token(server);
     let out = quantus(
         &[
             "events",

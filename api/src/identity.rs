@@ -1,0 +1,507 @@
+//! QSA's REST resources: users, OAuth clients and service principals.
+
+use std::collections::BTreeSet;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use quantus_commands::identity::{NewClient, NewUser};
+use quantus_commands::CommandError;
+use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
+use quantus_domain::identity::user::UserCommand;
+use quantus_domain::identity::Role;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::problem::ApiJson;
+use crate::write::{accepted, accepted_with, context, expected_version, optional_json};
+use crate::{AppState, Problem};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/users", post(create_user))
+        .route("/users/{id}", get(show_user).delete(delete_user))
+        .route("/users/{id}/{action}", post(user_action))
+        .route("/service-principals", post(create_service_principal))
+        .route("/clients", post(create_client))
+        .route("/clients/{id}", get(show_client))
+        .route("/clients/{id}/secret", post(rotate_secret))
+        .route("/clients/{id}/disable", post(disable_client))
+}
+
+fn parse_uuid(id: &str, what: &str) -> Result<String, Problem> {
+    Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| Problem::not_found(format!("no {what} {id:?}")))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub organization_id: String,
+    pub email: String,
+    pub name: String,
+    /// 12 to 256 characters; omit for a user who will sign in otherwise.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Defaults to `member`.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub roles: Option<BTreeSet<Role>>,
+}
+
+#[utoipa::path(post, path = "/v1/users", tag = "identity", request_body = CreateUser,
+    responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_user(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    principal.tenant(
+        &body.organization_id,
+        &format!("organization {}", body.organization_id),
+    )?;
+    let id = Uuid::now_v7().to_string();
+    let email = quantus_commands::identity::normalize_email(&body.email)?;
+    let keys = state.identity.subject_keys();
+    let login = keys.login_digest(&email);
+    // The login index enforces unique emails at once (a read model would only eventually).
+    if !keys.claim_login(&login, &id).await? {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Conflict",
+            "a user with this email already exists",
+        ));
+    }
+    let ctx = context(&principal, &headers, &body.organization_id);
+    let new = NewUser {
+        organization_id: body.organization_id,
+        email,
+        name: body.name,
+        password: body.password,
+        roles: body.roles.unwrap_or_else(|| [Role::Member].into()),
+    };
+    match state.identity.register_user(&ctx, &id, new).await {
+        Ok(outcome) => Ok(accepted(
+            StatusCode::CREATED,
+            &id,
+            outcome,
+            Some(format!("/v1/users/{id}")),
+        )),
+        Err(e) => {
+            keys.release_login(&login).await?;
+            let _ = keys.erase(&id).await;
+            Err(e.into())
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "identity", params(("id" = String, Path)),
+    responses((status = 200, description = "the user; email and name are null once erased"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn show_user(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = parse_uuid(&id, "user")?;
+    // People may always read themselves.
+    if principal.actor.id != id {
+        principal.require("identity:read")?;
+    }
+    let profile = state.identity.user_profile(&id).await?;
+    principal.tenant(&profile.organization_id, &format!("user {id}"))?;
+    let version = profile.version;
+    let mut response = axum::response::IntoResponse::into_response(Json(profile));
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    erase: bool,
+}
+
+/// Without `erase=true` the user is disabled; with it, crypto-shredded for good.
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "identity",
+    params(("id" = String, Path), ("erase" = Option<bool>, Query, description = "destroy the user's data key: personal data becomes unreadable across the whole log")),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    let id = parse_uuid(&id, "user")?;
+    let profile = state.identity.user_profile(&id).await?;
+    principal.tenant(&profile.organization_id, &format!("user {id}"))?;
+    let ctx = context(&principal, &headers, &profile.organization_id);
+    let outcome = if q.erase {
+        let keys = state.identity.subject_keys();
+        if let Some(email) = &profile.email {
+            keys.release_login(&keys.login_digest(email)).await?;
+        }
+        state.identity.erase_user(&ctx, &id).await?
+    } else {
+        let command = UserCommand::Disable {
+            reason: "deleted".into(),
+        };
+        state
+            .identity
+            .user_command(&ctx, &id, command, expected_version(&headers)?)
+            .await?
+    };
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserActionBody {
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    organization_id: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    role: Option<Role>,
+}
+
+#[utoipa::path(post, path = "/v1/users/{id}/{action}", tag = "identity",
+    request_body(content = UserActionBody, description = "password (password), reason (disable), organization_id + role (grant-role, revoke-role)"),
+    params(("id" = String, Path), ("action" = String, Path, description = "password, disable, enable, grant-role or revoke-role")),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn user_action(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let id = parse_uuid(&id, "user")?;
+    let body: UserActionBody = optional_json(&headers, &body)?;
+    let (user, _) = state.identity.user(&id).await?;
+    principal.tenant(&user.organization_id, &format!("user {id}"))?;
+    // A person may change their own password; everything else is an administrator's.
+    if !(action == "password" && principal.actor.id == id) {
+        principal.require("identity:write")?;
+    }
+    let ctx = context(&principal, &headers, &user.organization_id);
+    let expected = expected_version(&headers)?;
+    let need = |v: Option<String>, f: &str| {
+        v.ok_or_else(|| Problem::unprocessable(format!("{f} is required")))
+    };
+    let outcome = match action.as_str() {
+        "password" => {
+            state
+                .identity
+                .set_password(&ctx, &id, need(body.password, "password")?, expected)
+                .await?
+        }
+        "disable" | "enable" | "grant-role" | "revoke-role" => {
+            let command = match action.as_str() {
+                "disable" => UserCommand::Disable {
+                    reason: body.reason.unwrap_or_default(),
+                },
+                "enable" => UserCommand::Enable,
+                other => {
+                    let organization_id = need(body.organization_id, "organization_id")?;
+                    principal
+                        .tenant(&organization_id, &format!("organization {organization_id}"))?;
+                    let role = body
+                        .role
+                        .ok_or_else(|| Problem::unprocessable("role is required"))?;
+                    if other == "grant-role" {
+                        UserCommand::GrantRole {
+                            organization_id,
+                            role,
+                        }
+                    } else {
+                        UserCommand::RevokeRole {
+                            organization_id,
+                            role,
+                        }
+                    }
+                }
+            };
+            state
+                .identity
+                .user_command(&ctx, &id, command, expected)
+                .await?
+        }
+        _ => return Err(Problem::not_found(format!("no user action {action:?}"))),
+    };
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateServicePrincipal {
+    pub organization_id: String,
+    pub name: String,
+    #[schema(value_type = Vec<String>)]
+    pub roles: BTreeSet<Role>,
+    /// Scopes it may ask for; default: every scope its roles allow.
+    #[serde(default)]
+    pub scopes: Option<BTreeSet<String>>,
+}
+
+/// The one answer that carries a client secret: it is not stored anywhere readable.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientCreated {
+    pub client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    pub version: u64,
+    pub position: u64,
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+#[utoipa::path(post, path = "/v1/service-principals", tag = "identity", request_body = CreateServicePrincipal,
+    responses((status = 201, body = ClientCreated), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_service_principal(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateServicePrincipal>,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    principal.tenant(
+        &body.organization_id,
+        &format!("organization {}", body.organization_id),
+    )?;
+    let scopes = body
+        .scopes
+        .unwrap_or_else(|| quantus_domain::identity::scopes_of_roles(&body.roles));
+    let ctx = context(&principal, &headers, &body.organization_id);
+    let new = NewClient {
+        organization_id: body.organization_id,
+        kind: ClientKind::Service,
+        name: body.name,
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        grant_types: [GrantType::ClientCredentials].into(),
+        scopes,
+        roles: body.roles,
+        auth_method: AuthMethod::ClientSecretBasic,
+        require_par: false,
+        jwks: None,
+    };
+    let (client_id, client_secret, outcome) = state.identity.register_client(&ctx, new).await?;
+    let location = Some(format!("/v1/clients/{client_id}"));
+    let body = ClientCreated {
+        client_id,
+        client_secret,
+        version: outcome.version,
+        position: outcome.position,
+    };
+    Ok(no_store(accepted_with(
+        StatusCode::CREATED,
+        body,
+        outcome,
+        location,
+    )))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClient {
+    pub organization_id: String,
+    pub name: String,
+    /// `confidential` or `public`.
+    #[schema(value_type = String)]
+    pub kind: ClientKind,
+    pub redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub grant_types: BTreeSet<GrantType>,
+    pub scopes: BTreeSet<String>,
+    /// Default: `client_secret_basic` (confidential), `none` (public).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub token_endpoint_auth_method: Option<AuthMethod>,
+    #[serde(default)]
+    pub require_pushed_authorization_requests: bool,
+    /// Public keys for `private_key_jwt`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+}
+
+#[utoipa::path(post, path = "/v1/clients", tag = "identity", request_body = CreateClient,
+    responses((status = 201, body = ClientCreated), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_client(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateClient>,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    principal.tenant(
+        &body.organization_id,
+        &format!("organization {}", body.organization_id),
+    )?;
+    if body.kind == ClientKind::Service {
+        return Err(Problem::unprocessable(
+            "create service principals at /v1/service-principals",
+        ));
+    }
+    let auth_method = body.token_endpoint_auth_method.unwrap_or(match body.kind {
+        ClientKind::Public => AuthMethod::None,
+        _ => AuthMethod::ClientSecretBasic,
+    });
+    let ctx = context(&principal, &headers, &body.organization_id);
+    let new = NewClient {
+        organization_id: body.organization_id,
+        kind: body.kind,
+        name: body.name,
+        redirect_uris: body.redirect_uris,
+        post_logout_redirect_uris: body.post_logout_redirect_uris,
+        grant_types: body.grant_types,
+        scopes: body.scopes,
+        roles: BTreeSet::new(),
+        auth_method,
+        require_par: body.require_pushed_authorization_requests,
+        jwks: body.jwks,
+    };
+    let (client_id, client_secret, outcome) = state.identity.register_client(&ctx, new).await?;
+    let location = Some(format!("/v1/clients/{client_id}"));
+    let body = ClientCreated {
+        client_id,
+        client_secret,
+        version: outcome.version,
+        position: outcome.position,
+    };
+    Ok(no_store(accepted_with(
+        StatusCode::CREATED,
+        body,
+        outcome,
+        location,
+    )))
+}
+
+async fn client_in_tenant(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<quantus_domain::identity::client::Client, Problem> {
+    let not_found = || Problem::not_found(format!("no client {id}"));
+    let (client, _) = state.identity.client(id).await.map_err(|e| match e {
+        CommandError::NotFound(_) => not_found(),
+        e => e.into(),
+    })?;
+    let org = client
+        .registration
+        .as_ref()
+        .map(|r| r.organization_id.clone())
+        .unwrap_or_default();
+    principal.tenant(&org, &format!("client {id}"))?;
+    Ok(client)
+}
+
+#[utoipa::path(get, path = "/v1/clients/{id}", tag = "identity", params(("id" = String, Path)),
+    responses((status = 200, description = "the client's registration (never its secret)"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn show_client(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    principal.require("identity:read")?;
+    let client = client_in_tenant(&state, &principal, &id).await?;
+    let mut value = serde_json::to_value(&client.registration).unwrap_or_default();
+    if let Some(o) = value.as_object_mut() {
+        o.remove("secret_sha256");
+        o.insert("client_id".into(), id.into());
+        o.insert(
+            "status".into(),
+            format!("{:?}", client.status).to_lowercase().into(),
+        );
+    }
+    Ok(Json(value))
+}
+
+#[utoipa::path(post, path = "/v1/clients/{id}/secret", tag = "identity", request_body = (), params(("id" = String, Path)),
+    responses((status = 200, body = ClientCreated), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    let client = client_in_tenant(&state, &principal, &id).await?;
+    let org = client
+        .registration
+        .map(|r| r.organization_id)
+        .unwrap_or_default();
+    let ctx = context(&principal, &headers, &org);
+    let (secret, outcome) = state.identity.rotate_client_secret(&ctx, &id).await?;
+    let body = ClientCreated {
+        client_id: id,
+        client_secret: Some(secret),
+        version: outcome.version,
+        position: outcome.position,
+    };
+    Ok(no_store(accepted_with(StatusCode::OK, body, outcome, None)))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DisableBody {
+    #[serde(default)]
+    reason: String,
+}
+
+#[utoipa::path(post, path = "/v1/clients/{id}/disable", tag = "identity", request_body = DisableBody, params(("id" = String, Path)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn disable_client(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    let body: DisableBody = optional_json(&headers, &body)?;
+    let client = client_in_tenant(&state, &principal, &id).await?;
+    let org = client
+        .registration
+        .map(|r| r.organization_id)
+        .unwrap_or_default();
+    let ctx = context(&principal, &headers, &org);
+    let outcome = state
+        .identity
+        .disable_client(&ctx, &id, body.reason)
+        .await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}

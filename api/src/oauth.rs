@@ -1,0 +1,1284 @@
+//! The OpenID Provider: discovery, JWKS, the authorization endpoint with its login and consent
+//! pages, the token endpoint (authorization_code + PKCE, refresh_token, client_credentials,
+//! device_code), PAR, device authorization with its user-code page, userinfo, introspection,
+//! revocation and RP-initiated logout.
+//!
+//! Errors follow RFC 6749 §5.2 at the token-style endpoints (JSON `error`), and are sent to a
+//! client's redirect URI only once that URI is known to be registered (RFC 9700 §4.1).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use chrono::Utc;
+use quantus_commands::identity::{
+    AuthorizationRequest, ClientAuth, LiveSession, OAuthError, SignInRefusal,
+};
+use quantus_domain::identity::client::{AuthMethod, ClientRegistered};
+use quantus_domain::identity::grant::Grant;
+use quantus_domain::identity::{parse_scope, RequestInfo};
+use quantus_domain::schema::PLATFORM_TENANT;
+use quantus_domain::{Actor, ActorKind, CommandContext};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::auth::bearer_token;
+use crate::AppState;
+
+const SESSION_COOKIE: &str = "qsa_session";
+const CSRF_COOKIE: &str = "qsa_csrf";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/oauth-authorization-server", get(discovery))
+        .route("/oauth2/jwks", get(jwks))
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
+        .route("/oauth2/par", post(par))
+        .route("/oauth2/device_authorization", post(device_authorization))
+        .route("/oauth2/userinfo", get(userinfo).post(userinfo))
+        .route("/oauth2/authorize", get(authorize).post(authorize_form))
+        .route("/oauth2/login", post(login))
+        .route("/oauth2/consent", post(consent))
+        .route("/oauth2/logout", get(logout).post(logout_form))
+        .route("/device", get(device_page).post(device_decision))
+}
+
+// ---- request plumbing ----
+
+fn request_info(headers: &HeaderMap, peer: Option<SocketAddr>) -> RequestInfo {
+    RequestInfo {
+        ip: peer.map(|p| p.ip().to_string()),
+        user_agent: headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect()),
+    }
+}
+
+/// The peer address when the server runs with connect info (the real server does).
+pub struct Peer(Option<SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+fn ctx(tenant: &str, actor: Actor) -> CommandContext {
+    CommandContext {
+        tenant_id: tenant.to_owned(),
+        actor,
+        occurred_at: quantus_domain::envelope::truncate_to_micros(Utc::now()),
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+    }
+}
+
+fn client_actor(client_id: &str) -> Actor {
+    Actor {
+        kind: ActorKind::Service,
+        id: client_id.to_owned(),
+    }
+}
+
+fn anonymous() -> Actor {
+    Actor {
+        kind: ActorKind::System,
+        id: "qsa".into(),
+    }
+}
+
+/// An OAuth error as JSON (RFC 6749 §5.2); `invalid_client` is 401.
+fn oauth_error(e: OAuthError, basic_used: bool) -> Response {
+    let status = match e.error {
+        "invalid_client" => StatusCode::UNAUTHORIZED,
+        "server_error" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut response = (
+        status,
+        Json(serde_json::json!({ "error": e.error, "error_description": e.description })),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED && basic_used {
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"quantus\""),
+        );
+    }
+    response
+}
+
+fn no_store_json(value: impl Serialize) -> Response {
+    let mut response = Json(value).into_response();
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn form_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Client authentication from the request (RFC 6749 §2.3.1, RFC 7523 §2.2). More than one
+/// method at once is refused.
+fn client_auth(
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+) -> Result<ClientAuth, OAuthError> {
+    let mut auth = ClientAuth::default();
+    let mut methods = 0;
+    if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some((scheme, value)) = v.split_once(' ') {
+            if scheme.eq_ignore_ascii_case("basic") {
+                let decoded = STANDARD
+                    .decode(value.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
+                let (id, secret) = decoded
+                    .split_once(':')
+                    .ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
+                auth.client_id = Some(form_decode(id));
+                auth.secret = Some(form_decode(secret));
+                auth.method = Some(AuthMethod::ClientSecretBasic);
+                methods += 1;
+            }
+        }
+    }
+    if let Some(secret) = form.get("client_secret") {
+        auth.secret = Some(secret.clone());
+        auth.method = Some(AuthMethod::ClientSecretPost);
+        methods += 1;
+    }
+    if let Some(assertion) = form.get("client_assertion") {
+        if form.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return Err(OAuthError::invalid_request(
+                "unsupported client_assertion_type",
+            ));
+        }
+        auth.assertion = Some(assertion.clone());
+        auth.method = Some(AuthMethod::PrivateKeyJwt);
+        methods += 1;
+    }
+    if methods > 1 {
+        return Err(OAuthError::invalid_request(
+            "use exactly one client authentication method",
+        ));
+    }
+    match (&auth.client_id, form.get("client_id")) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(OAuthError::invalid_request(
+                "client_id differs from the Basic credentials",
+            ))
+        }
+        (None, Some(b)) => auth.client_id = Some(b.clone()),
+        _ => {}
+    }
+    Ok(auth)
+}
+
+/// Parses a form body; a repeated parameter is an error (RFC 6749 §3.1, §3.2).
+fn parse_form(body: &[u8]) -> Result<BTreeMap<String, String>, OAuthError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in url::form_urlencoded::parse(body) {
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(OAuthError::invalid_request(format!(
+                "parameter {k} is repeated"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+}
+
+async fn authenticated_client(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &BTreeMap<String, String>,
+    endpoint: &str,
+) -> Result<(String, ClientRegistered), (OAuthError, bool)> {
+    let auth = client_auth(headers, form).map_err(|e| (e, false))?;
+    let basic = auth.method == Some(AuthMethod::ClientSecretBasic);
+    let url = format!("{}{endpoint}", state.issuer);
+    state
+        .identity
+        .authenticate_client(&auth, &url, Utc::now())
+        .await
+        .map_err(|e| (e, basic))
+}
+
+// ---- metadata ----
+
+pub async fn discovery(State(state): State<AppState>) -> Response {
+    let i = &state.issuer;
+    let mut scopes: Vec<&str> = quantus_domain::identity::OIDC_SCOPES.to_vec();
+    scopes.extend(quantus_domain::identity::API_SCOPES);
+    Json(serde_json::json!({
+        "issuer": i,
+        "authorization_endpoint": format!("{i}/oauth2/authorize"),
+        "token_endpoint": format!("{i}/oauth2/token"),
+        "jwks_uri": format!("{i}/oauth2/jwks"),
+        "userinfo_endpoint": format!("{i}/oauth2/userinfo"),
+        "introspection_endpoint": format!("{i}/oauth2/introspect"),
+        "revocation_endpoint": format!("{i}/oauth2/revoke"),
+        "pushed_authorization_request_endpoint": format!("{i}/oauth2/par"),
+        "device_authorization_endpoint": format!("{i}/oauth2/device_authorization"),
+        "end_session_endpoint": format!("{i}/oauth2/logout"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "urn:ietf:params:oauth:grant-type:device_code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "userinfo_signing_alg_values_supported": ["none"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": scopes,
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "at_hash", "sid", "email", "email_verified", "name", "org"],
+        "prompt_values_supported": ["none", "login", "consent"],
+        "authorization_response_iss_parameter_supported": true,
+        "require_pushed_authorization_requests": false,
+        "request_parameter_supported": false,
+        "claims_parameter_supported": false,
+    }))
+    .into_response()
+}
+
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    match state.identity.jwks(Utc::now()).await {
+        Ok(set) => {
+            let mut response = Json(set).into_response();
+            // Short: clients pick up a rotation within a minute.
+            response.headers_mut().insert(
+                CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=60"),
+            );
+            response
+        }
+        Err(e) => crate::Problem::from(e).into_response(),
+    }
+}
+
+// ---- token endpoint ----
+
+pub async fn token(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !is_form(&headers) {
+        return oauth_error(
+            OAuthError::invalid_request("send application/x-www-form-urlencoded"),
+            false,
+        );
+    }
+    let form = match parse_form(&body) {
+        Ok(f) => f,
+        Err(e) => return oauth_error(e, false),
+    };
+    let (client_id, client) =
+        match authenticated_client(&state, &headers, &form, "/oauth2/token").await {
+            Ok(c) => c,
+            Err((e, basic)) => return oauth_error(e, basic),
+        };
+    let request = request_info(&headers, peer);
+    let ctx = ctx(&client.organization_id, client_actor(&client_id));
+    let scope = match form.get("scope").map(|s| parse_scope(s)).transpose() {
+        Ok(s) => s,
+        Err(e) => return oauth_error(OAuthError::invalid_scope(e), false),
+    };
+    let need = |k: &str| {
+        form.get(k)
+            .cloned()
+            .ok_or_else(|| OAuthError::invalid_request(format!("{k} is required")))
+    };
+    let id = &state.identity;
+    let result = match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {
+            id.token_client_credentials(&ctx, &client_id, &client, scope, request)
+                .await
+        }
+        Some("authorization_code") => match need("code") {
+            Ok(code) => {
+                id.token_authorization_code(
+                    &ctx,
+                    &client_id,
+                    &client,
+                    &code,
+                    form.get("redirect_uri").cloned(),
+                    form.get("code_verifier").cloned(),
+                    request,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        Some("refresh_token") => match need("refresh_token") {
+            Ok(rt) => {
+                id.token_refresh(&ctx, &client_id, &client, &rt, scope, request)
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+        Some("urn:ietf:params:oauth:grant-type:device_code") => match need("device_code") {
+            Ok(dc) => {
+                id.token_device(&ctx, &client_id, &client, &dc, request)
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+        Some(other) => Err(OAuthError::new(
+            "unsupported_grant_type",
+            format!("grant_type {other} is not supported"),
+        )),
+        None => Err(OAuthError::invalid_request("grant_type is required")),
+    };
+    match result {
+        Ok(t) => no_store_json(t),
+        Err(e) => oauth_error(e, false),
+    }
+}
+
+pub async fn introspect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form = match parse_form(&body) {
+        Ok(f) => f,
+        Err(e) => return oauth_error(e, false),
+    };
+    let (_, client) =
+        match authenticated_client(&state, &headers, &form, "/oauth2/introspect").await {
+            Ok(c) => c,
+            Err((e, basic)) => return oauth_error(e, basic),
+        };
+    if client.auth_method == AuthMethod::None {
+        return oauth_error(
+            OAuthError::invalid_client("public clients may not introspect"),
+            false,
+        );
+    }
+    let Some(token) = form.get("token") else {
+        return oauth_error(OAuthError::invalid_request("token is required"), false);
+    };
+    match state.identity.introspect(&client, token, Utc::now()).await {
+        Ok(i) => no_store_json(i),
+        Err(e) => oauth_error(e, false),
+    }
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form = match parse_form(&body) {
+        Ok(f) => f,
+        Err(e) => return oauth_error(e, false),
+    };
+    let (client_id, client) =
+        match authenticated_client(&state, &headers, &form, "/oauth2/revoke").await {
+            Ok(c) => c,
+            Err((e, basic)) => return oauth_error(e, basic),
+        };
+    let Some(token) = form.get("token") else {
+        return oauth_error(OAuthError::invalid_request("token is required"), false);
+    };
+    let ctx = ctx(&client.organization_id, client_actor(&client_id));
+    match state
+        .identity
+        .revoke(&ctx, &client_id, token, request_info(&headers, peer))
+        .await
+    {
+        // RFC 7009 §2.2: 200 whether or not the token was valid.
+        Ok(()) => no_store_json(serde_json::json!({})),
+        Err(e) => oauth_error(e, false),
+    }
+}
+
+/// Pushed authorization requests (RFC 9126).
+pub async fn par(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form = match parse_form(&body) {
+        Ok(f) => f,
+        Err(e) => return oauth_error(e, false),
+    };
+    let (client_id, _) = match authenticated_client(&state, &headers, &form, "/oauth2/par").await {
+        Ok(c) => c,
+        Err((e, basic)) => return oauth_error(e, basic),
+    };
+    if form.contains_key("request_uri") {
+        return oauth_error(
+            OAuthError::invalid_request("request_uri may not be pushed"),
+            false,
+        );
+    }
+    let mut params = form.clone();
+    params.insert("client_id".into(), client_id);
+    let req = match state.identity.check_authorization_request(&params).await {
+        Ok(Ok((req, _))) => req,
+        Ok(Err(e)) | Err((e, _)) => return oauth_error(e, false),
+    };
+    match state.identity.par_uri(&req, Utc::now()) {
+        Ok(uri) => {
+            let mut r = no_store_json(
+                serde_json::json!({ "request_uri": uri, "expires_in": quantus_commands::identity::PAR_SECONDS }),
+            );
+            *r.status_mut() = StatusCode::CREATED;
+            r
+        }
+        Err(e) => oauth_error(e.into(), false),
+    }
+}
+
+pub async fn device_authorization(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form = match parse_form(&body) {
+        Ok(f) => f,
+        Err(e) => return oauth_error(e, false),
+    };
+    let (client_id, client) =
+        match authenticated_client(&state, &headers, &form, "/oauth2/device_authorization").await {
+            Ok(c) => c,
+            Err((e, basic)) => return oauth_error(e, basic),
+        };
+    let scope = match form.get("scope").map(|s| parse_scope(s)).transpose() {
+        Ok(s) => s,
+        Err(e) => return oauth_error(OAuthError::invalid_scope(e), false),
+    };
+    let ctx = ctx(&client.organization_id, client_actor(&client_id));
+    match state
+        .identity
+        .start_device(
+            &ctx,
+            &client_id,
+            &client,
+            scope,
+            request_info(&headers, peer),
+        )
+        .await
+    {
+        Ok(d) => no_store_json(d),
+        Err(e) => oauth_error(e, false),
+    }
+}
+
+pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let Some(token) = bearer_token(&headers) else {
+        return crate::auth::unauthorized(None);
+    };
+    let claims = match state.identity.verify_access_token(token, Utc::now()).await {
+        Ok(c) if c.is_user() && c.scopes().contains("openid") => c,
+        Ok(_) => {
+            return crate::auth::unauthorized(Some(
+                "the token has no openid scope for a user".into(),
+            ))
+        }
+        Err(e) => return crate::auth::unauthorized(Some(e.to_string())),
+    };
+    match state.identity.userinfo(&claims).await {
+        Ok(v) => no_store_json(v),
+        Err(e) => crate::Problem::from(e).into_response(),
+    }
+}
+
+// ---- browser flows ----
+
+/// Where a browser goes after signing in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Continuation {
+    Authorize(AuthorizationRequest),
+    Device { user_code: String },
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn secure(state: &AppState) -> &'static str {
+    if state.issuer.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+fn set_cookie(response: &mut Response, state: &AppState, name: &str, value: &str, max_age: i64) {
+    let c = format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{}",
+        secure(state)
+    );
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        response.headers_mut().append(SET_COOKIE, v);
+    }
+}
+
+async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<LiveSession> {
+    let c = cookie(headers, SESSION_COOKIE)?;
+    state.identity.session(&c, Utc::now()).await.ok().flatten()
+}
+
+fn escape(s: &str) -> String {
+    html_escape::encode_double_quoted_attribute(s).into_owned()
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>{t} · Quantus</title><style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}\
+label{{display:block;margin:.8rem 0 .2rem}}input{{width:100%;padding:.5rem;box-sizing:border-box}}button{{margin:1rem .5rem 0 0;padding:.5rem 1rem}}\
+.error{{color:#a00}}</style></head><body><h1>{t}</h1>{body}</body></html>",
+        t = escape(title)
+    )
+}
+
+/// A page that sets a fresh CSRF cookie whose value its form echoes (double submit).
+fn html_with_csrf(
+    state: &AppState,
+    status: StatusCode,
+    title: &str,
+    body_with_csrf: impl FnOnce(&str) -> String,
+) -> Response {
+    let csrf = quantus_infra::credentials::random_secret();
+    let mut response = (status, Html(page(title, &body_with_csrf(&csrf)))).into_response();
+    set_cookie(&mut response, state, CSRF_COOKIE, &csrf, 3600);
+    let h = response.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'"),
+    );
+    response
+}
+
+fn error_page(status: StatusCode, message: &str) -> Response {
+    let mut r = (
+        status,
+        Html(page(
+            "Cannot continue",
+            &format!("<p class=\"error\">{}</p>", escape(message)),
+        )),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn csrf_ok(headers: &HeaderMap, form: &BTreeMap<String, String>) -> bool {
+    match (cookie(headers, CSRF_COOKIE), form.get("csrf")) {
+        (Some(c), Some(f)) => c.len() == f.len() && bool::from(c.as_bytes().ct_eq(f.as_bytes())),
+        _ => false,
+    }
+}
+
+fn seal_continuation(state: &AppState, c: &Continuation) -> String {
+    serde_json::to_vec(c)
+        .ok()
+        .and_then(|b| {
+            state
+                .identity
+                .subject_keys()
+                .seal_blob("continuation", &b)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn open_continuation(state: &AppState, sealed: &str) -> Option<Continuation> {
+    let b = state
+        .identity
+        .subject_keys()
+        .open_blob("continuation", sealed)
+        .ok()?;
+    serde_json::from_slice(&b).ok()
+}
+
+fn login_page(
+    state: &AppState,
+    continuation: &Continuation,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let sealed = seal_continuation(state, continuation);
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    html_with_csrf(state, status, "Sign in", |csrf| {
+        format!(
+            "{error}<form method=\"post\" action=\"/oauth2/login\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"continue\" value=\"{c}\">\
+<label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required>\
+<label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+<button type=\"submit\">Sign in</button></form>",
+            c = escape(&sealed)
+        )
+    })
+}
+
+fn redirect(to: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A redirect to the client with `params`, `state` and `iss` (RFC 9207).
+fn to_client(
+    state: &AppState,
+    redirect_uri: &str,
+    params: &[(&str, &str)],
+    st: Option<&str>,
+) -> Response {
+    let mut url = match url::Url::parse(redirect_uri) {
+        Ok(u) => u,
+        Err(_) => return error_page(StatusCode::BAD_REQUEST, "the redirect URI is invalid"),
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+        if let Some(s) = st {
+            q.append_pair("state", s);
+        }
+        q.append_pair("iss", &state.issuer);
+    }
+    redirect(url.as_str())
+}
+
+fn error_to_client(state: &AppState, req: &AuthorizationRequest, e: OAuthError) -> Response {
+    to_client(
+        state,
+        &req.redirect_uri,
+        &[("error", e.error), ("error_description", &e.description)],
+        req.state.as_deref(),
+    )
+}
+
+pub async fn authorize(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Response {
+    let mut map = BTreeMap::new();
+    for (k, v) in params {
+        if map.insert(k.clone(), v).is_some() {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("parameter {k} is repeated"),
+            );
+        }
+    }
+    authorize_params(state, peer, headers, map).await
+}
+
+pub async fn authorize_form(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match parse_form(&body) {
+        Ok(map) => authorize_params(state, peer, headers, map).await,
+        Err(e) => error_page(StatusCode::BAD_REQUEST, &e.description),
+    }
+}
+
+async fn authorize_params(
+    state: AppState,
+    peer: Option<SocketAddr>,
+    headers: HeaderMap,
+    map: BTreeMap<String, String>,
+) -> Response {
+    let req = if let Some(uri) = map.get("request_uri") {
+        let Some(client_id) = map.get("client_id") else {
+            return error_page(StatusCode::BAD_REQUEST, "client_id is missing");
+        };
+        match state.identity.open_par_uri(uri, client_id, Utc::now()) {
+            Ok(r) => r,
+            Err(e) => return error_page(StatusCode::BAD_REQUEST, &e.description),
+        }
+    } else {
+        let req = match state.identity.check_authorization_request(&map).await {
+            Ok(Ok((req, client))) => {
+                if client.require_par {
+                    return error_to_client(
+                        &state,
+                        &req,
+                        OAuthError::invalid_request(
+                            "this client must use pushed authorization requests",
+                        ),
+                    );
+                }
+                req
+            }
+            Ok(Err(e)) => return error_page(StatusCode::BAD_REQUEST, &e.description),
+            Err((e, st)) => {
+                // Only reached once the redirect URI is known to be the client's.
+                let redirect_uri = map.get("redirect_uri").cloned().unwrap_or_default();
+                return to_client(
+                    &state,
+                    &redirect_uri,
+                    &[("error", e.error), ("error_description", &e.description)],
+                    st.as_deref(),
+                );
+            }
+        };
+        req
+    };
+    continue_authorization(&state, peer, &headers, req, false).await
+}
+
+/// After the request is valid: sign in if needed, ask consent if needed, then issue the code.
+async fn continue_authorization(
+    state: &AppState,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+    req: AuthorizationRequest,
+    just_signed_in: bool,
+) -> Response {
+    let prompt: BTreeSet<&str> = req
+        .prompt
+        .as_deref()
+        .unwrap_or_default()
+        .split(' ')
+        .collect();
+    let session = current_session(state, headers).await;
+    let too_old = |s: &LiveSession| {
+        req.max_age
+            .is_some_and(|m| (Utc::now() - s.auth_time).num_seconds() > m)
+    };
+    let session = match session {
+        Some(s) if (!prompt.contains("login") || just_signed_in) && !too_old(&s) => s,
+        _ if prompt.contains("none") => {
+            return error_to_client(
+                state,
+                &req,
+                OAuthError::new("login_required", "the user is not signed in"),
+            )
+        }
+        _ => return login_page(state, &Continuation::Authorize(req), None, StatusCode::OK),
+    };
+    let consent = match state
+        .identity
+        .consent(&session.user_id, &req.client_id)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return crate::Problem::from(e).into_response(),
+    };
+    if !consent.covers(&req.scope) || prompt.contains("consent") {
+        if prompt.contains("none") {
+            return error_to_client(
+                state,
+                &req,
+                OAuthError::new("consent_required", "the user has not consented"),
+            );
+        }
+        return consent_page(state, &req).await;
+    }
+    let ctx = ctx(
+        &session.organization_id,
+        Actor {
+            kind: ActorKind::User,
+            id: session.user_id.clone(),
+        },
+    );
+    match state
+        .identity
+        .issue_code(&ctx, &req, &session, request_info(headers, peer))
+        .await
+    {
+        Ok(code) => to_client(
+            state,
+            &req.redirect_uri,
+            &[("code", &code)],
+            req.state.as_deref(),
+        ),
+        Err(e) => crate::Problem::from(e).into_response(),
+    }
+}
+
+async fn consent_page(state: &AppState, req: &AuthorizationRequest) -> Response {
+    let name = state
+        .identity
+        .client(&req.client_id)
+        .await
+        .ok()
+        .and_then(|(c, _)| c.registration.map(|r| r.name))
+        .unwrap_or_else(|| req.client_id.clone());
+    let sealed = seal_continuation(state, &Continuation::Authorize(req.clone()));
+    let scopes: String = req
+        .scope
+        .iter()
+        .map(|s| format!("<li>{}</li>", escape(s)))
+        .collect();
+    html_with_csrf(state, StatusCode::OK, "Allow access?", |csrf| {
+        format!(
+            "<p><strong>{n}</strong> asks to:</p><ul id=\"scopes\">{scopes}</ul>\
+<form method=\"post\" action=\"/oauth2/consent\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<input type=\"hidden\" name=\"continue\" value=\"{c}\">\
+<button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
+<button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
+            n = escape(&name),
+            c = escape(&sealed)
+        )
+    })
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(form) = parse_form(&body) else {
+        return error_page(StatusCode::BAD_REQUEST, "malformed form");
+    };
+    if !csrf_ok(&headers, &form) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "the form expired; go back and try again",
+        );
+    }
+    let Some(continuation) = form
+        .get("continue")
+        .and_then(|c| open_continuation(&state, c))
+    else {
+        return error_page(StatusCode::BAD_REQUEST, "the sign-in request is invalid");
+    };
+    let email = form.get("email").cloned().unwrap_or_default();
+    let password = form.get("password").cloned().unwrap_or_default();
+    let keys = state.identity.subject_keys();
+    let user_id = match quantus_commands::identity::normalize_email(&email) {
+        Ok(e) => keys.find_login(&keys.login_digest(&e)).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let client_id = match &continuation {
+        Continuation::Authorize(r) => Some(r.client_id.clone()),
+        Continuation::Device { .. } => None,
+    };
+    let ctx = ctx(PLATFORM_TENANT, anonymous());
+    let outcome = state
+        .identity
+        .sign_in(
+            &ctx,
+            &email,
+            user_id,
+            password,
+            client_id,
+            request_info(&headers, peer),
+        )
+        .await;
+    let signed_in = match outcome {
+        Ok(Ok(s)) => s,
+        // One message for every failure: it must not tell whether the account exists.
+        Ok(Err(SignInRefusal::Invalid)) => {
+            return login_page(
+                &state,
+                &continuation,
+                Some("Wrong email or password."),
+                StatusCode::UNAUTHORIZED,
+            )
+        }
+        Ok(Err(SignInRefusal::Locked(_))) => {
+            return login_page(
+                &state,
+                &continuation,
+                Some("Too many failed attempts. Try again later."),
+                StatusCode::TOO_MANY_REQUESTS,
+            )
+        }
+        Err(e) => return crate::Problem::from(e).into_response(),
+    };
+    let mut headers_after = headers.clone();
+    headers_after.insert(
+        axum::http::header::COOKIE,
+        HeaderValue::from_str(&format!("{SESSION_COOKIE}={}", signed_in.cookie))
+            .unwrap_or(HeaderValue::from_static("")),
+    );
+    let mut response = match continuation {
+        Continuation::Authorize(req) => {
+            continue_authorization(&state, peer, &headers_after, req, true).await
+        }
+        Continuation::Device { user_code } => redirect(&format!(
+            "/device?user_code={}",
+            url::form_urlencoded::byte_serialize(user_code.as_bytes()).collect::<String>()
+        )),
+    };
+    set_cookie(
+        &mut response,
+        &state,
+        SESSION_COOKIE,
+        &signed_in.cookie,
+        quantus_commands::identity::SESSION_SECONDS,
+    );
+    response
+}
+
+pub async fn consent(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(form) = parse_form(&body) else {
+        return error_page(StatusCode::BAD_REQUEST, "malformed form");
+    };
+    if !csrf_ok(&headers, &form) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "the form expired; go back and try again",
+        );
+    }
+    let Some(Continuation::Authorize(req)) = form
+        .get("continue")
+        .and_then(|c| open_continuation(&state, c))
+    else {
+        return error_page(StatusCode::BAD_REQUEST, "the consent request is invalid");
+    };
+    let Some(session) = current_session(&state, &headers).await else {
+        return login_page(&state, &Continuation::Authorize(req), None, StatusCode::OK);
+    };
+    if form.get("decision").map(String::as_str) != Some("allow") {
+        return error_to_client(
+            &state,
+            &req,
+            OAuthError::new("access_denied", "the user denied the request"),
+        );
+    }
+    let ctx = ctx(
+        &session.organization_id,
+        Actor {
+            kind: ActorKind::User,
+            id: session.user_id.clone(),
+        },
+    );
+    if let Err(e) = state
+        .identity
+        .grant_consent(
+            &ctx,
+            &session.user_id,
+            &req.client_id,
+            req.scope.clone(),
+            request_info(&headers, peer),
+        )
+        .await
+    {
+        return crate::Problem::from(e).into_response();
+    }
+    continue_authorization(&state, peer, &headers, req, false).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DeviceQuery {
+    user_code: Option<String>,
+}
+
+pub async fn device_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<DeviceQuery>,
+) -> Response {
+    let code = q.user_code.unwrap_or_default();
+    if current_session(&state, &headers).await.is_none() {
+        return login_page(
+            &state,
+            &Continuation::Device { user_code: code },
+            None,
+            StatusCode::OK,
+        );
+    }
+    device_form(&state, &code, None).await
+}
+
+async fn device_form(state: &AppState, code: &str, message: Option<&str>) -> Response {
+    let pending = if code.is_empty() {
+        None
+    } else {
+        state
+            .identity
+            .device_by_user_code(code, Utc::now())
+            .await
+            .ok()
+            .flatten()
+    };
+    let message = message
+        .map(|m| format!("<p role=\"status\">{}</p>", escape(m)))
+        .unwrap_or_default();
+    match pending {
+        Some((_, grant)) => {
+            let details = device_details(state, &grant).await;
+            html_with_csrf(state, StatusCode::OK, "Connect a device", |csrf| {
+                format!(
+                    "{message}{details}<form method=\"post\" action=\"/device\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<input type=\"hidden\" name=\"user_code\" value=\"{c}\">\
+<button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
+<button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
+                    c = escape(code)
+                )
+            })
+        }
+        None => {
+            let error = if code.is_empty() {
+                String::new()
+            } else {
+                "<p class=\"error\" role=\"alert\">That code is not valid or has expired.</p>"
+                    .into()
+            };
+            html_with_csrf(state, StatusCode::OK, "Connect a device", |csrf| {
+                format!(
+                    "{message}{error}<form method=\"get\" action=\"/device\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<label for=\"user_code\">Code shown on the device</label><input id=\"user_code\" name=\"user_code\" autocomplete=\"off\" required>\
+<button type=\"submit\">Continue</button></form>"
+                )
+            })
+        }
+    }
+}
+
+async fn device_details(state: &AppState, grant: &Grant) -> String {
+    let name = state
+        .identity
+        .client(&grant.client_id)
+        .await
+        .ok()
+        .and_then(|(c, _)| c.registration.map(|r| r.name))
+        .unwrap_or_else(|| grant.client_id.clone());
+    let scopes: String = grant
+        .scope
+        .iter()
+        .map(|s| format!("<li>{}</li>", escape(s)))
+        .collect();
+    format!(
+        "<p><strong>{}</strong> asks to:</p><ul id=\"scopes\">{scopes}</ul>",
+        escape(&name)
+    )
+}
+
+pub async fn device_decision(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(form) = parse_form(&body) else {
+        return error_page(StatusCode::BAD_REQUEST, "malformed form");
+    };
+    if !csrf_ok(&headers, &form) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "the form expired; go back and try again",
+        );
+    }
+    let code = form.get("user_code").cloned().unwrap_or_default();
+    let Some(session) = current_session(&state, &headers).await else {
+        return login_page(
+            &state,
+            &Continuation::Device { user_code: code },
+            None,
+            StatusCode::OK,
+        );
+    };
+    let Ok(Some((grant_id, _))) = state.identity.device_by_user_code(&code, Utc::now()).await
+    else {
+        return device_form(&state, &code, None).await;
+    };
+    let approve = form.get("decision").map(String::as_str) == Some("allow");
+    let ctx = ctx(
+        &session.organization_id,
+        Actor {
+            kind: ActorKind::User,
+            id: session.user_id.clone(),
+        },
+    );
+    if let Err(e) = state
+        .identity
+        .decide_device(
+            &ctx,
+            &grant_id,
+            &session,
+            approve,
+            request_info(&headers, peer),
+        )
+        .await
+    {
+        return crate::Problem::from(e).into_response();
+    }
+    let text = if approve {
+        "Device connected. You can return to it now."
+    } else {
+        "Access denied. The device was not connected."
+    };
+    let mut r = (
+        StatusCode::OK,
+        Html(page(
+            "Connect a device",
+            &format!("<p role=\"status\" id=\"done\">{text}</p>"),
+        )),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    end_session(state, peer, headers, q).await
+}
+
+pub async fn logout_form(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Form(q): Form<BTreeMap<String, String>>,
+) -> Response {
+    end_session(state, peer, headers, q).await
+}
+
+/// RP-initiated logout (OIDC RP-Initiated Logout 1.0): ends the session, revokes its grants,
+/// and returns to a registered post-logout URI only.
+async fn end_session(
+    state: AppState,
+    peer: Option<SocketAddr>,
+    headers: HeaderMap,
+    q: BTreeMap<String, String>,
+) -> Response {
+    let info = request_info(&headers, peer);
+    if let Some(session) = current_session(&state, &headers).await {
+        let ctx = ctx(
+            &session.organization_id,
+            Actor {
+                kind: ActorKind::User,
+                id: session.user_id.clone(),
+            },
+        );
+        if let Err(e) = state
+            .identity
+            .revoke_session_grants(&ctx, &session.id, info.clone())
+            .await
+        {
+            return crate::Problem::from(e).into_response();
+        }
+        if let Err(e) = state.identity.end_session(&ctx, &session.id, info).await {
+            return crate::Problem::from(e).into_response();
+        }
+    }
+    let target = match (
+        q.get("post_logout_redirect_uri"),
+        q.get("client_id").or(q.get("id_token_hint_client")),
+    ) {
+        (Some(uri), client_id) => {
+            let client_id = client_id.cloned().or_else(|| {
+                q.get("id_token_hint")
+                    .and_then(|t| {
+                        jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(t).ok()
+                    })
+                    .and_then(|d| {
+                        d.claims
+                            .get("aud")
+                            .and_then(|a| a.as_str())
+                            .map(str::to_owned)
+                    })
+            });
+            match client_id {
+                Some(id) => match state.identity.client(&id).await {
+                    Ok((c, _))
+                        if c.registration
+                            .as_ref()
+                            .is_some_and(|r| r.post_logout_redirect_uris.contains(uri)) =>
+                    {
+                        Some(uri.clone())
+                    }
+                    _ => None,
+                },
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let mut response = match target {
+        Some(uri) => {
+            let mut url = url::Url::parse(&uri)
+                .unwrap_or_else(|_| url::Url::parse("about:blank").expect("static URL"));
+            if let Some(s) = q.get("state") {
+                url.query_pairs_mut().append_pair("state", s);
+            }
+            redirect(url.as_str())
+        }
+        None => (
+            StatusCode::OK,
+            Html(page(
+                "Signed out",
+                "<p role=\"status\">You are signed out.</p>",
+            )),
+        )
+            .into_response(),
+    };
+    set_cookie(&mut response, &state, SESSION_COOKIE, "", 0);
+    response
+}

@@ -1,0 +1,178 @@
+//! Identity (QSA): users, OAuth clients and service principals, and the audit trail of
+//! authentication (grants, sessions, sign-in attempts, consents).
+//!
+//! Personal data and secret-derived values are never in clear in an event: they arrive here as
+//! [`Sealed`] values, encrypted by the application layer with a per-subject data key, so that
+//! destroying the key erases them across the whole log (crypto-shredding). High-entropy bearer
+//! values (client secrets, codes, refresh tokens: 256 random bits) appear only as SHA-256 digests.
+
+pub mod client;
+pub mod grant;
+pub mod session;
+pub mod signin;
+pub mod user;
+
+use std::collections::BTreeSet;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::PLATFORM_TENANT;
+
+/// A field encrypted with the data key of `subject` (XChaCha20-Poly1305; see docs/identity.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sealed {
+    /// Whose data key sealed it: erasing that subject makes this unreadable.
+    pub subject: String,
+    /// base64url, 24 bytes.
+    pub nonce: String,
+    /// base64url.
+    pub ciphertext: String,
+}
+
+/// Where a request came from, recorded with authentication outcomes (never a secret).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestInfo {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A role in an organization. `platform_admin` exists only in the platform tenant.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+    Auditor,
+    Billing,
+    PlatformAdmin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+
+    /// The API scopes the role may hold. Platform scopes (issuing licences, managing keys,
+    /// signing, creating organizations) belong to the platform admin alone: a customer never
+    /// issues its own licences.
+    pub fn scopes(self) -> &'static [&'static str] {
+        match self {
+            Role::PlatformAdmin => API_SCOPES,
+            Role::Owner | Role::Admin => &[
+                "organizations:read",
+                "identity:read",
+                "identity:write",
+                "licenses:read",
+                "licenses:activate",
+                "events:read",
+                "signatures:verify",
+            ],
+            Role::Member => &[
+                "organizations:read",
+                "licenses:read",
+                "licenses:activate",
+                "signatures:verify",
+            ],
+            Role::Auditor => &[
+                "organizations:read",
+                "identity:read",
+                "licenses:read",
+                "events:read",
+                "signatures:verify",
+            ],
+            Role::Billing => &["organizations:read", "licenses:read"],
+        }
+    }
+}
+
+/// Every API scope. Access tokens carry a subset; routes require one each.
+pub const API_SCOPES: &[&str] = &[
+    "organizations:read",
+    "organizations:write",
+    "identity:read",
+    "identity:write",
+    "licenses:read",
+    "licenses:write",
+    "licenses:activate",
+    "events:read",
+    "keys:manage",
+    "signatures:sign",
+    "signatures:verify",
+];
+
+/// OpenID Connect scopes (RFC 6749 scope tokens defined by OIDC Core).
+pub const OIDC_SCOPES: &[&str] = &["openid", "profile", "email", "offline_access"];
+
+pub fn is_known_scope(s: &str) -> bool {
+    API_SCOPES.contains(&s) || OIDC_SCOPES.contains(&s)
+}
+
+/// The API scopes a holder of `roles` may be given.
+pub fn scopes_of_roles<'a>(roles: impl IntoIterator<Item = &'a Role>) -> BTreeSet<String> {
+    roles
+        .into_iter()
+        .flat_map(|r| r.scopes().iter().map(|s| (*s).to_owned()))
+        .collect()
+}
+
+/// Parses a space-separated scope string (RFC 6749 §3.3) into a set, refusing unknown scopes.
+pub fn parse_scope(text: &str) -> Result<BTreeSet<String>, String> {
+    let mut out = BTreeSet::new();
+    for s in text.split(' ').filter(|s| !s.is_empty()) {
+        if !is_known_scope(s) {
+            return Err(format!("unknown scope {s:?}"));
+        }
+        out.insert(s.to_owned());
+    }
+    Ok(out)
+}
+
+pub fn scope_string(scopes: &BTreeSet<String>) -> String {
+    scopes.iter().cloned().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `role` may be held in `organization_id`.
+pub fn role_allowed_in(role: Role, organization_id: &str) -> bool {
+    role != Role::PlatformAdmin || organization_id == PLATFORM_TENANT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_scopes_belong_to_the_platform_admin_alone() {
+        for role in [
+            Role::Owner,
+            Role::Admin,
+            Role::Member,
+            Role::Auditor,
+            Role::Billing,
+        ] {
+            for s in [
+                "licenses:write",
+                "keys:manage",
+                "signatures:sign",
+                "organizations:write",
+            ] {
+                assert!(!role.scopes().contains(&s), "{role:?} has {s}");
+            }
+        }
+        assert!(!role_allowed_in(Role::PlatformAdmin, "some-org"));
+        assert!(role_allowed_in(Role::PlatformAdmin, PLATFORM_TENANT));
+    }
+
+    #[test]
+    fn scopes_parse_from_the_oauth_form() {
+        assert_eq!(parse_scope("openid  licenses:read").unwrap().len(), 2);
+        assert!(parse_scope("openid admin:everything").is_err());
+        assert_eq!(Role::parse("platform_admin"), Some(Role::PlatformAdmin));
+        assert_eq!(Role::parse("root"), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! Session: a person signed in at the identity provider (the browser's SSO session).
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::RequestInfo;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionStarted {
+    pub user_id: String,
+    pub organization_id: String,
+    pub amr: Vec<String>,
+    #[schemars(with = "String")]
+    pub auth_time: DateTime<Utc>,
+    #[schemars(with = "String")]
+    pub expires_at: DateTime<Utc>,
+    /// SHA-256 of the cookie's secret half.
+    pub secret_sha256: String,
+    pub request: RequestInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionEnded {
+    /// `logout`, or `administrative`.
+    pub reason: String,
+    pub request: RequestInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionEvent {
+    SessionStarted(SessionStarted),
+    SessionEnded(SessionEnded),
+}
+
+impl DomainEvent for SessionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::SessionStarted(_) => "SessionStarted",
+            Self::SessionEnded(_) => "SessionEnded",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    Start(SessionStarted),
+    End {
+        reason: String,
+        request: RequestInfo,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("session already exists")]
+    AlreadyExists,
+    #[error("no such session")]
+    NotFound,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub started: Option<SessionStarted>,
+    pub ended: bool,
+}
+
+impl Session {
+    /// Live at `now`: started, not ended, not expired.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        !self.ended && self.started.as_ref().is_some_and(|s| now < s.expires_at)
+    }
+}
+
+impl Aggregate for Session {
+    const TYPE: &'static str = "Session";
+    type Command = SessionCommand;
+    type Event = SessionEvent;
+    type Error = SessionError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let event = match command {
+            SessionCommand::Start(s) if self.started.is_none() => SessionEvent::SessionStarted(s),
+            SessionCommand::Start(_) => return Err(SessionError::AlreadyExists),
+            SessionCommand::End { .. } if self.started.is_none() => {
+                return Err(SessionError::NotFound)
+            }
+            SessionCommand::End { .. } if self.ended => return Ok(()),
+            SessionCommand::End { reason, request } => {
+                SessionEvent::SessionEnded(SessionEnded { reason, request })
+            }
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            SessionEvent::SessionStarted(s) => self.started = Some(s),
+            SessionEvent::SessionEnded(_) => self.ended = true,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Authentication outcomes that are not part of a grant or session: each sign-in attempt (one
+//! event per attempt, its own aggregate) and each consent a user gives a client.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::RequestInfo;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SignInFailure {
+    /// No such user. The login name is not recorded: it may be someone's password typed in
+    /// the wrong field.
+    UnknownUser,
+    BadPassword,
+    LockedOut,
+    Disabled,
+    NoPassword,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInSucceeded {
+    pub user_id: String,
+    pub client_id: Option<String>,
+    pub session_id: String,
+    pub amr: Vec<String>,
+    pub request: RequestInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInFailed {
+    pub user_id: Option<String>,
+    pub client_id: Option<String>,
+    pub reason: SignInFailure,
+    /// Set when this failure locked the account.
+    #[schemars(with = "Option<String>")]
+    pub locked_until: Option<DateTime<Utc>>,
+    pub request: RequestInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignInEvent {
+    SignInSucceeded(SignInSucceeded),
+    SignInFailed(SignInFailed),
+}
+
+impl DomainEvent for SignInEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::SignInSucceeded(_) => "SignInSucceeded",
+            Self::SignInFailed(_) => "SignInFailed",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this sign-in attempt is already recorded")]
+pub struct AlreadyRecorded;
+
+/// One sign-in attempt; recorded once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignInAttempt {
+    pub recorded: bool,
+}
+
+impl Aggregate for SignInAttempt {
+    const TYPE: &'static str = "SignInAttempt";
+    type Command = SignInEvent;
+    type Event = SignInEvent;
+    type Error = AlreadyRecorded;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        if self.recorded {
+            return Err(AlreadyRecorded);
+        }
+        sink.write(command, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, _: Self::Event) {
+        self.recorded = true;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentGranted {
+    pub user_id: String,
+    pub client_id: String,
+    pub scope: BTreeSet<String>,
+    pub request: RequestInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsentEvent {
+    ConsentGranted(ConsentGranted),
+}
+
+impl DomainEvent for ConsentEvent {
+    fn event_type(&self) -> String {
+        "ConsentGranted".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// What a user agreed a client may do (`<user id>:<client id>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub scope: BTreeSet<String>,
+}
+
+impl Consent {
+    pub fn covers(&self, scope: &BTreeSet<String>) -> bool {
+        scope.is_subset(&self.scope)
+    }
+}
+
+impl Aggregate for Consent {
+    const TYPE: &'static str = "Consent";
+    type Command = ConsentGranted;
+    type Event = ConsentEvent;
+    type Error = AlreadyRecorded;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        if self.covers(&command.scope) {
+            return Ok(());
+        }
+        sink.write(ConsentEvent::ConsentGranted(command), self)
+            .await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        let ConsentEvent::ConsentGranted(e) = event;
+        self.scope.extend(e.scope);
+    }
+}

@@ -1,0 +1,424 @@
+//! User: a person who signs in, with memberships (organization → roles) and sealed personal data.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{role_allowed_in, Role, Sealed};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserCommand {
+    Register {
+        organization_id: String,
+        email: Sealed,
+        name: Sealed,
+        roles: BTreeSet<Role>,
+        /// Set in the same command so that a user never exists half-made.
+        password_hash: Option<Sealed>,
+    },
+    SetPassword {
+        password_hash: Sealed,
+    },
+    GrantRole {
+        organization_id: String,
+        role: Role,
+    },
+    RevokeRole {
+        organization_id: String,
+        role: Role,
+    },
+    Disable {
+        reason: String,
+    },
+    Enable,
+    /// Crypto-shredding: the application destroys the data key; the event says it happened.
+    Erase,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRegistered {
+    pub organization_id: String,
+    pub email: Sealed,
+    pub name: Sealed,
+    pub roles: BTreeSet<Role>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPasswordSet {
+    /// The argon2id PHC string, sealed with the user's data key.
+    pub password_hash: Sealed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRoleGranted {
+    pub organization_id: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRoleRevoked {
+    pub organization_id: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserDisabled {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserEnabled {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserErased {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserEvent {
+    UserRegistered(UserRegistered),
+    UserPasswordSet(UserPasswordSet),
+    UserRoleGranted(UserRoleGranted),
+    UserRoleRevoked(UserRoleRevoked),
+    UserDisabled(UserDisabled),
+    UserEnabled(UserEnabled),
+    UserErased(UserErased),
+}
+
+impl DomainEvent for UserEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::UserRegistered(_) => "UserRegistered",
+            Self::UserPasswordSet(_) => "UserPasswordSet",
+            Self::UserRoleGranted(_) => "UserRoleGranted",
+            Self::UserRoleRevoked(_) => "UserRoleRevoked",
+            Self::UserDisabled(_) => "UserDisabled",
+            Self::UserEnabled(_) => "UserEnabled",
+            Self::UserErased(_) => "UserErased",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("user already exists")]
+    AlreadyExists,
+    #[error("user not found")]
+    NotFound,
+    #[error("user was erased")]
+    Erased,
+    #[error("a user needs at least one role")]
+    NoRole,
+    #[error("role {0:?} exists only in the platform organization")]
+    RoleNotAllowed(Role),
+    #[error("the user would have no role left in its organization")]
+    LastRole,
+    #[error("user is already disabled")]
+    AlreadyDisabled,
+    #[error("user is not disabled")]
+    NotDisabled,
+    #[error("reason must be at most 500 characters")]
+    ReasonTooLong,
+}
+
+impl UserError {
+    pub fn is_validation(&self) -> bool {
+        matches!(
+            self,
+            Self::NoRole | Self::RoleNotAllowed(_) | Self::ReasonTooLong
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum UserStatus {
+    #[default]
+    Absent,
+    Active,
+    Disabled,
+    Erased,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub status: UserStatus,
+    pub organization_id: String,
+    pub memberships: BTreeMap<String, BTreeSet<Role>>,
+    pub email: Option<Sealed>,
+    pub name: Option<Sealed>,
+    pub password_hash: Option<Sealed>,
+}
+
+impl User {
+    /// Roles held in `organization_id`.
+    pub fn roles_in(&self, organization_id: &str) -> BTreeSet<Role> {
+        self.memberships
+            .get(organization_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn decide(&self, command: UserCommand) -> Result<Vec<UserEvent>, UserError> {
+        use UserCommand as C;
+        use UserEvent as E;
+        use UserStatus as S;
+        match (self.status, command) {
+            (
+                S::Absent,
+                C::Register {
+                    organization_id,
+                    email,
+                    name,
+                    roles,
+                    password_hash,
+                },
+            ) => {
+                if roles.is_empty() {
+                    return Err(UserError::NoRole);
+                }
+                if let Some(r) = roles
+                    .iter()
+                    .find(|r| !role_allowed_in(**r, &organization_id))
+                {
+                    return Err(UserError::RoleNotAllowed(*r));
+                }
+                let mut events = vec![E::UserRegistered(UserRegistered {
+                    organization_id,
+                    email,
+                    name,
+                    roles,
+                })];
+                if let Some(password_hash) = password_hash {
+                    events.push(E::UserPasswordSet(UserPasswordSet { password_hash }));
+                }
+                Ok(events)
+            }
+            (S::Absent, _) => Err(UserError::NotFound),
+            (S::Erased, _) => Err(UserError::Erased),
+            (_, C::Register { .. }) => Err(UserError::AlreadyExists),
+            (_, C::Erase) => Ok(vec![E::UserErased(UserErased {})]),
+            (_, C::SetPassword { password_hash }) => {
+                Ok(vec![E::UserPasswordSet(UserPasswordSet { password_hash })])
+            }
+            (
+                _,
+                C::GrantRole {
+                    organization_id,
+                    role,
+                },
+            ) => {
+                if !role_allowed_in(role, &organization_id) {
+                    return Err(UserError::RoleNotAllowed(role));
+                }
+                if self.roles_in(&organization_id).contains(&role) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![E::UserRoleGranted(UserRoleGranted {
+                    organization_id,
+                    role,
+                })])
+            }
+            (
+                _,
+                C::RevokeRole {
+                    organization_id,
+                    role,
+                },
+            ) => {
+                let roles = self.roles_in(&organization_id);
+                if !roles.contains(&role) {
+                    return Ok(vec![]);
+                }
+                if organization_id == self.organization_id && roles.len() == 1 {
+                    return Err(UserError::LastRole);
+                }
+                Ok(vec![E::UserRoleRevoked(UserRoleRevoked {
+                    organization_id,
+                    role,
+                })])
+            }
+            (S::Disabled, C::Disable { .. }) => Err(UserError::AlreadyDisabled),
+            (_, C::Disable { reason }) => {
+                let reason = reason.trim().to_owned();
+                if reason.chars().count() > 500 {
+                    return Err(UserError::ReasonTooLong);
+                }
+                Ok(vec![E::UserDisabled(UserDisabled { reason })])
+            }
+            (S::Disabled, C::Enable) => Ok(vec![E::UserEnabled(UserEnabled {})]),
+            (_, C::Enable) => Err(UserError::NotDisabled),
+        }
+    }
+}
+
+impl Aggregate for User {
+    const TYPE: &'static str = "User";
+    type Command = UserCommand;
+    type Event = UserEvent;
+    type Error = UserError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            UserEvent::UserRegistered(e) => {
+                self.status = UserStatus::Active;
+                self.memberships.insert(e.organization_id.clone(), e.roles);
+                self.organization_id = e.organization_id;
+                self.email = Some(e.email);
+                self.name = Some(e.name);
+            }
+            UserEvent::UserPasswordSet(e) => self.password_hash = Some(e.password_hash),
+            UserEvent::UserRoleGranted(e) => {
+                self.memberships
+                    .entry(e.organization_id)
+                    .or_default()
+                    .insert(e.role);
+            }
+            UserEvent::UserRoleRevoked(e) => {
+                if let Some(roles) = self.memberships.get_mut(&e.organization_id) {
+                    roles.remove(&e.role);
+                    if roles.is_empty() {
+                        self.memberships.remove(&e.organization_id);
+                    }
+                }
+            }
+            UserEvent::UserDisabled(_) => self.status = UserStatus::Disabled,
+            UserEvent::UserEnabled(_) => self.status = UserStatus::Active,
+            UserEvent::UserErased(_) => {
+                *self = User {
+                    status: UserStatus::Erased,
+                    organization_id: std::mem::take(&mut self.organization_id),
+                    ..User::default()
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+    use UserCommand as C;
+    use UserEvent as E;
+
+    type Spec = TestFramework<User>;
+
+    fn sealed(v: &str) -> Sealed {
+        Sealed {
+            subject: "u1".into(),
+            nonce: "n".into(),
+            ciphertext: v.into(),
+        }
+    }
+    fn registered(roles: &[Role]) -> E {
+        E::UserRegistered(UserRegistered {
+            organization_id: "org".into(),
+            email: sealed("e"),
+            name: sealed("n"),
+            roles: roles.iter().copied().collect(),
+        })
+    }
+
+    #[test]
+    fn a_user_registers_with_at_least_one_role_allowed_in_its_organization() {
+        let register = |roles: &[Role]| C::Register {
+            organization_id: "org".into(),
+            email: sealed("e"),
+            name: sealed("n"),
+            roles: roles.iter().copied().collect(),
+            password_hash: None,
+        };
+        Spec::with(())
+            .given_no_previous_events()
+            .when(register(&[Role::Member]))
+            .then_expect_events(vec![registered(&[Role::Member])]);
+        Spec::with(())
+            .given_no_previous_events()
+            .when(register(&[]))
+            .then_expect_error(UserError::NoRole);
+        Spec::with(())
+            .given_no_previous_events()
+            .when(register(&[Role::PlatformAdmin]))
+            .then_expect_error(UserError::RoleNotAllowed(Role::PlatformAdmin));
+    }
+
+    #[test]
+    fn an_erased_user_refuses_everything_and_forgets_its_sealed_data() {
+        Spec::with(())
+            .given(vec![registered(&[Role::Member])])
+            .when(C::Erase)
+            .then_expect_events(vec![E::UserErased(UserErased {})]);
+        Spec::with(())
+            .given(vec![
+                registered(&[Role::Member]),
+                E::UserErased(UserErased {}),
+            ])
+            .when(C::Enable)
+            .then_expect_error(UserError::Erased);
+        let mut u = User::default();
+        u.apply(registered(&[Role::Member]));
+        u.apply(E::UserErased(UserErased {}));
+        assert!(u.email.is_none() && u.name.is_none() && u.memberships.is_empty());
+    }
+
+    #[test]
+    fn the_last_role_in_the_home_organization_cannot_be_revoked() {
+        Spec::with(())
+            .given(vec![registered(&[Role::Member])])
+            .when(C::RevokeRole {
+                organization_id: "org".into(),
+                role: Role::Member,
+            })
+            .then_expect_error(UserError::LastRole);
+        Spec::with(())
+            .given(vec![registered(&[Role::Member, Role::Admin])])
+            .when(C::RevokeRole {
+                organization_id: "org".into(),
+                role: Role::Admin,
+            })
+            .then_expect_events(vec![E::UserRoleRevoked(UserRoleRevoked {
+                organization_id: "org".into(),
+                role: Role::Admin,
+            })]);
+    }
+
+    #[test]
+    fn disabling_and_enabling_alternate() {
+        Spec::with(())
+            .given(vec![registered(&[Role::Member])])
+            .when(C::Enable)
+            .then_expect_error(UserError::NotDisabled);
+        Spec::with(())
+            .given(vec![
+                registered(&[Role::Member]),
+                E::UserDisabled(UserDisabled { reason: "x".into() }),
+            ])
+            .when(C::Disable { reason: "y".into() })
+            .then_expect_error(UserError::AlreadyDisabled);
+    }
+}

@@ -1,0 +1,379 @@
+//! Per-subject data keys for crypto-shredding.
+//!
+//! Each subject (a user) gets a random 256-bit data key, stored wrapped (XChaCha20-Poly1305
+//! under the master key) in `subject_keys`. Personal fields are sealed with it before they go
+//! into an event. [`SubjectKeys::erase`] deletes the key: every sealed field of that subject,
+//! in every event ever written, stops being readable, while the log itself is untouched and
+//! its hash chain still verifies.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use quantus_domain::identity::Sealed;
+use rand::RngCore;
+use sqlx::Row;
+use zeroize::Zeroizing;
+
+use crate::{Database, InfraError};
+
+const WRAP_AAD: &[u8] = b"quantus-subject-key/v1\0";
+const SEAL_AAD: &[u8] = b"quantus-sealed-field/v1\0";
+
+#[derive(Clone)]
+pub struct SubjectKeys {
+    db: Database,
+    master: XChaCha20Poly1305,
+    /// For short-lived blobs the server hands out and takes back (pushed requests).
+    blobs: XChaCha20Poly1305,
+    /// Keys the login-name digests.
+    login_key: [u8; 32],
+}
+
+fn corrupt(what: impl Into<String>) -> InfraError {
+    InfraError::Corrupt(what.into())
+}
+
+fn nonce() -> [u8; 24] {
+    let mut n = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut n);
+    n
+}
+
+fn field_aad(subject: &str, field: &str) -> Vec<u8> {
+    [SEAL_AAD, subject.as_bytes(), b"\0", field.as_bytes()].concat()
+}
+
+impl SubjectKeys {
+    pub fn new(db: Database, master: &[u8; 32]) -> Self {
+        use sha2::Digest as _;
+        let blob_key = Zeroizing::new(<[u8; 32]>::from(sha2::Sha256::digest(
+            [b"quantus-blob-key/v1\0".as_slice(), master.as_slice()].concat(),
+        )));
+        let login_key = <[u8; 32]>::from(sha2::Sha256::digest(
+            [b"quantus-login-key/v1\0".as_slice(), master.as_slice()].concat(),
+        ));
+        Self {
+            db,
+            master: XChaCha20Poly1305::new(master.into()),
+            blobs: XChaCha20Poly1305::new((&*blob_key).into()),
+            login_key,
+        }
+    }
+
+    /// A keyed digest of a login name: finds the user without keeping the email in clear.
+    pub fn login_digest(&self, login: &str) -> String {
+        let sealed_key = self.login_key;
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(
+            [
+                sealed_key.as_slice(),
+                b"\0login\0",
+                login.trim().to_lowercase().as_bytes(),
+            ]
+            .concat(),
+        ))
+    }
+
+    /// Claims `login` for `user_id`; false when someone holds it.
+    pub async fn claim_login(&self, login: &str, user_id: &str) -> Result<bool, InfraError> {
+        let done = sqlx::query(
+            "INSERT INTO user_logins (login, user_id) VALUES ($1, $2) ON CONFLICT (login) DO NOTHING",
+        )
+        .bind(login)
+        .bind(user_id)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn find_login(&self, login: &str) -> Result<Option<String>, InfraError> {
+        let row = sqlx::query("SELECT user_id FROM user_logins WHERE login = $1")
+            .bind(login)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("user_id")?),
+            None => None,
+        })
+    }
+
+    pub async fn release_login(&self, login: &str) -> Result<(), InfraError> {
+        sqlx::query("DELETE FROM user_logins WHERE login = $1")
+            .bind(login)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Encrypts and authenticates a blob under `label`; base64url.
+    pub fn seal_blob(&self, label: &str, plain: &[u8]) -> Result<String, InfraError> {
+        let n = nonce();
+        let ct = self
+            .blobs
+            .encrypt(
+                XNonce::from_slice(&n),
+                Payload {
+                    msg: plain,
+                    aad: label.as_bytes(),
+                },
+            )
+            .map_err(|_| corrupt("sealing failed"))?;
+        Ok(URL_SAFE_NO_PAD.encode([&n[..], &ct].concat()))
+    }
+
+    /// Opens what [`seal_blob`](Self::seal_blob) made under the same label.
+    pub fn open_blob(&self, label: &str, sealed: &str) -> Result<Vec<u8>, InfraError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(sealed)
+            .map_err(|_| corrupt("not base64url"))?;
+        if bytes.len() < 24 {
+            return Err(corrupt("too short"));
+        }
+        let (n, ct) = bytes.split_at(24);
+        self.blobs
+            .decrypt(
+                XNonce::from_slice(n),
+                Payload {
+                    msg: ct,
+                    aad: label.as_bytes(),
+                },
+            )
+            .map_err(|_| corrupt("the blob does not open"))
+    }
+
+    async fn load(&self, subject: &str) -> Result<Option<Zeroizing<Vec<u8>>>, InfraError> {
+        let row = sqlx::query("SELECT wrapped FROM subject_keys WHERE subject = $1")
+            .bind(subject)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let wrapped: String = row.try_get("wrapped")?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(wrapped)
+            .map_err(|_| corrupt("wrapped subject key is not base64url"))?;
+        if bytes.len() < 24 {
+            return Err(corrupt("wrapped subject key is too short"));
+        }
+        let (n, ct) = bytes.split_at(24);
+        let aad = [WRAP_AAD, subject.as_bytes()].concat();
+        let key = self
+            .master
+            .decrypt(XNonce::from_slice(n), Payload { msg: ct, aad: &aad })
+            .map_err(|_| {
+                corrupt(format!(
+                    "the data key of {subject} does not open with this master key"
+                ))
+            })?;
+        Ok(Some(Zeroizing::new(key)))
+    }
+
+    /// The subject's data key, created on first use.
+    async fn key(&self, subject: &str) -> Result<Zeroizing<Vec<u8>>, InfraError> {
+        if let Some(k) = self.load(subject).await? {
+            return Ok(k);
+        }
+        let mut key = Zeroizing::new(vec![0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        let n = nonce();
+        let aad = [WRAP_AAD, subject.as_bytes()].concat();
+        let ct = self
+            .master
+            .encrypt(
+                XNonce::from_slice(&n),
+                Payload {
+                    msg: &key,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| corrupt("wrapping failed"))?;
+        let wrapped = URL_SAFE_NO_PAD.encode([&n[..], &ct].concat());
+        sqlx::query(
+            "INSERT INTO subject_keys (subject, wrapped, created_at) VALUES ($1, $2, $3) ON CONFLICT (subject) DO NOTHING",
+        )
+        .bind(subject)
+        .bind(wrapped)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .execute(&self.db.pool)
+        .await?;
+        // Another process may have won the race: use whatever is stored.
+        self.load(subject)
+            .await?
+            .ok_or_else(|| corrupt(format!("the data key of {subject} vanished")))
+    }
+
+    /// Encrypts `field` (its name is authenticated, so fields cannot be swapped) for `subject`.
+    pub async fn seal(
+        &self,
+        subject: &str,
+        field: &str,
+        plaintext: &[u8],
+    ) -> Result<Sealed, InfraError> {
+        let key = self.key(subject).await?;
+        let cipher = XChaCha20Poly1305::new(key.as_slice().into());
+        let n = nonce();
+        let ct = cipher
+            .encrypt(
+                XNonce::from_slice(&n),
+                Payload {
+                    msg: plaintext,
+                    aad: &field_aad(subject, field),
+                },
+            )
+            .map_err(|_| corrupt("sealing failed"))?;
+        Ok(Sealed {
+            subject: subject.to_owned(),
+            nonce: URL_SAFE_NO_PAD.encode(n),
+            ciphertext: URL_SAFE_NO_PAD.encode(ct),
+        })
+    }
+
+    /// Decrypts a sealed field; `None` when the subject was erased (its key is gone).
+    pub async fn open(
+        &self,
+        sealed: &Sealed,
+        field: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, InfraError> {
+        let Some(key) = self.load(&sealed.subject).await? else {
+            return Ok(None);
+        };
+        let n = URL_SAFE_NO_PAD
+            .decode(&sealed.nonce)
+            .map_err(|_| corrupt("sealed nonce is not base64url"))?;
+        let ct = URL_SAFE_NO_PAD
+            .decode(&sealed.ciphertext)
+            .map_err(|_| corrupt("sealed ciphertext is not base64url"))?;
+        if n.len() != 24 {
+            return Err(corrupt("sealed nonce has the wrong length"));
+        }
+        let cipher = XChaCha20Poly1305::new(key.as_slice().into());
+        let plain = cipher
+            .decrypt(
+                XNonce::from_slice(&n),
+                Payload {
+                    msg: &ct,
+                    aad: &field_aad(&sealed.subject, field),
+                },
+            )
+            .map_err(|_| {
+                corrupt(format!(
+                    "sealed {field} of {} does not open",
+                    sealed.subject
+                ))
+            })?;
+        Ok(Some(Zeroizing::new(plain)))
+    }
+
+    /// As [`open`](Self::open), as UTF-8 text.
+    pub async fn open_text(
+        &self,
+        sealed: &Sealed,
+        field: &str,
+    ) -> Result<Option<String>, InfraError> {
+        match self.open(sealed, field).await? {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes.to_vec())
+                .map(Some)
+                .map_err(|_| corrupt(format!("sealed {field} is not UTF-8"))),
+        }
+    }
+
+    /// Destroys the subject's data key. Irreversible by design.
+    pub async fn erase(&self, subject: &str) -> Result<(), InfraError> {
+        sqlx::query("DELETE FROM subject_keys WHERE subject = $1")
+            .bind(subject)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Consecutive failed sign-ins per account, and the lockout they cause.
+#[derive(Clone)]
+pub struct SignInThrottle {
+    db: Database,
+}
+
+/// The lockout rule: this many failures within the window lock the account for the window.
+pub const MAX_FAILURES: i64 = 5;
+pub const LOCKOUT_SECONDS: i64 = 15 * 60;
+
+impl SignInThrottle {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// Until when `account` is locked, if it is at `now`.
+    pub async fn locked_until(
+        &self,
+        account: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, InfraError> {
+        let row = sqlx::query("SELECT locked_until FROM sign_in_throttle WHERE account = $1")
+            .bind(account)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        let until: Option<String> = match row {
+            Some(r) => r.try_get("locked_until")?,
+            None => None,
+        };
+        Ok(until
+            .and_then(|u| chrono::DateTime::parse_from_rfc3339(&u).ok())
+            .map(|u| u.with_timezone(&chrono::Utc))
+            .filter(|u| *u > now))
+    }
+
+    /// Counts a failure; returns the lock's end if this failure locked the account.
+    pub async fn failure(
+        &self,
+        account: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, InfraError> {
+        let mut tx = self.db.begin_update("sign_in_throttle").await?;
+        let row =
+            sqlx::query("SELECT failures, first_failure FROM sign_in_throttle WHERE account = $1")
+                .bind(account)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let window = chrono::Duration::seconds(LOCKOUT_SECONDS);
+        let (failures, first) = match row {
+            Some(r) => {
+                let first: String = r.try_get("first_failure")?;
+                let first = chrono::DateTime::parse_from_rfc3339(&first)
+                    .map(|f| f.with_timezone(&chrono::Utc))
+                    .unwrap_or(now);
+                if now - first > window {
+                    (1, now)
+                } else {
+                    (r.try_get::<i64, _>("failures")? + 1, first)
+                }
+            }
+            None => (1, now),
+        };
+        let locked = (failures >= MAX_FAILURES).then(|| now + window);
+        sqlx::query("DELETE FROM sign_in_throttle WHERE account = $1")
+            .bind(account)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO sign_in_throttle (account, failures, first_failure, locked_until) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(account)
+        .bind(if locked.is_some() { 0 } else { failures })
+        .bind(first.to_rfc3339())
+        .bind(locked.map(|l| l.to_rfc3339()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(locked)
+    }
+
+    /// A success clears the count.
+    pub async fn success(&self, account: &str) -> Result<(), InfraError> {
+        sqlx::query("DELETE FROM sign_in_throttle WHERE account = $1")
+            .bind(account)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+}
