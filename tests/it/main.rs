@@ -10,5 +10,6 @@ mod harness;
 mod independent_auditor;
 mod license_cli;
 mod postgres_kafka;
+pub mod qsa;
 mod quantumlock;
 mod schemas;

@@ -649,3 +649,49 @@ async fn f_a_standby_relay_takes_over_and_nothing_is_published_twice() {
     let (ok, out) = env.audit_kafka();
     assert!(ok && !out.contains("duplicate"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn g_identity_runs_on_postgres_and_kafka() {
+    use crate::qsa::*;
+    let env = Env::new().await;
+    let dir = temp_dir("pg-qsa");
+    let f = fixture_on(env.serve(&dir, &["--listen", "127.0.0.1:0"])).await;
+    let mut browser = Browser::new(f.server.url());
+    let code = sign_in_for_code(&f, &mut browser, "openid offline_access").await;
+    let (status, tokens) = token_request(
+        &f,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let head = f.admin.all_events().await.len() as u64;
+    eventually(
+        "the identity and audit events on Kafka",
+        Duration::from_secs(60),
+        || async { (env.kafka_records().await.len() as u64 >= head).then_some(()) },
+    )
+    .await;
+    let records = env.kafka_records().await;
+    for (aggregate, topic) in [
+        ("User", "quantus.identity.v1"),
+        ("Client", "quantus.identity.v1"),
+        ("Grant", "quantus.audit.v1"),
+        ("SignInAttempt", "quantus.audit.v1"),
+        ("Session", "quantus.audit.v1"),
+    ] {
+        assert!(env.kafka.topic_for(aggregate).unwrap().ends_with(topic));
+        assert!(
+            records
+                .iter()
+                .any(|r| r.envelope.aggregate_type == aggregate),
+            "no {aggregate} event on Kafka"
+        );
+    }
+    let (ok, out) = env.audit_kafka();
+    assert!(ok, "{out}");
+}
