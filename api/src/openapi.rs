@@ -4,11 +4,11 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{events, licensing, organizations, Problem};
+use crate::{events, identity, licensing, organizations, Problem};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Quantus API", description = "Identity, licences, evidence and contracts on one event-sourced log."),
+    info(title = "Quantus API", description = "Identity, licences, evidence and contracts on one event-sourced log. Access tokens come from the OpenID provider described at /.well-known/openid-configuration."),
     paths(
         organizations::create, organizations::list, organizations::show, organizations::rename,
         organizations::suspend, organizations::reactivate, events::list,
@@ -16,6 +16,9 @@ use crate::{events, licensing, organizations, Problem};
         licensing::compromise, licensing::issue, licensing::list, licensing::show, licensing::status,
         licensing::file, licensing::transition, licensing::crl, licensing::sign_digest,
         licensing::verify_digest,
+        identity::create_user, identity::show_user, identity::delete_user, identity::user_action,
+        identity::create_service_principal, identity::create_client, identity::show_client,
+        identity::rotate_secret, identity::disable_client,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
