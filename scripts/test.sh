@@ -30,8 +30,8 @@ fi
 log "starting PostgreSQL and Kafka"
 scripts/services.sh start >/dev/null
 
-log "installing the independent checkers' dependencies (PyPI rfc8785, cryptography, cryptography-vectors)"
-python3 -m pip install --quiet --disable-pip-version-check rfc8785 -r tests/crosscheck/requirements.txt >&2
+log "installing the independent checkers' dependencies (PyPI rfc8785, cryptography, cryptography-vectors, authlib, PyJWT)"
+python3 -m pip install --quiet --disable-pip-version-check rfc8785 -r tests/crosscheck/requirements.txt -r tests/oidc/requirements.txt >&2
 
 results="$(mktemp)"
 log "running the independent auditor's own tests (pytest)"

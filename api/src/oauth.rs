@@ -121,6 +121,10 @@ fn oauth_error(e: OAuthError, basic_used: bool) -> Response {
         .into_response();
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        axum::http::header::PRAGMA,
+        HeaderValue::from_static("no-cache"),
+    );
     if status == StatusCode::UNAUTHORIZED && basic_used {
         headers.insert(
             WWW_AUTHENTICATE,
@@ -132,9 +136,12 @@ fn oauth_error(e: OAuthError, basic_used: bool) -> Response {
 
 fn no_store_json(value: impl Serialize) -> Response {
     let mut response = Json(value).into_response();
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        axum::http::header::PRAGMA,
+        HeaderValue::from_static("no-cache"),
+    );
     response
 }
 
@@ -233,10 +240,16 @@ async fn authenticated_client(
 ) -> Result<(String, ClientRegistered), (OAuthError, bool)> {
     let auth = client_auth(headers, form).map_err(|e| (e, false))?;
     let basic = auth.method == Some(AuthMethod::ClientSecretBasic);
-    let url = format!("{}{endpoint}", state.issuer);
+    // A client assertion may name this endpoint, the token endpoint or the issuer
+    // (RFC 9126 §2, OIDC Core §9).
+    let audiences = [
+        format!("{}{endpoint}", state.issuer),
+        format!("{}/oauth2/token", state.issuer),
+        state.issuer.clone(),
+    ];
     state
         .identity
-        .authenticate_client(&auth, &url, Utc::now())
+        .authenticate_client(&auth, &audiences, Utc::now())
         .await
         .map_err(|e| (e, basic))
 }
@@ -515,10 +528,20 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Resp
     };
     let claims = match state.identity.verify_access_token(token, Utc::now()).await {
         Ok(c) if c.is_user() && c.scopes().contains("openid") => c,
+        // RFC 6750 §3.1: a valid token without the needed scope is 403 insufficient_scope.
         Ok(_) => {
-            return crate::auth::unauthorized(Some(
-                "the token has no openid scope for a user".into(),
-            ))
+            let mut r = crate::Problem::new(
+                StatusCode::FORBIDDEN,
+                "insufficient-scope",
+                "Insufficient scope",
+                "userinfo needs a user's token with the openid scope",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"insufficient_scope\", scope=\"openid\""),
+            );
+            return r;
         }
         Err(e) => return crate::auth::unauthorized(Some(e.to_string())),
     };
@@ -753,9 +776,18 @@ async fn authorize_params(
         let Some(client_id) = map.get("client_id") else {
             return error_page(StatusCode::BAD_REQUEST, "client_id is missing");
         };
-        match state.identity.open_par_uri(uri, client_id, Utc::now()) {
+        let req = match state.identity.open_par_uri(uri, client_id, Utc::now()) {
             Ok(r) => r,
             Err(e) => return error_page(StatusCode::BAD_REQUEST, &e.description),
+        };
+        // One use per pushed request (RFC 9126 §4): its PKCE challenge belongs to one flow.
+        let digest = quantus_domain::identity::grant::digest(uri);
+        match state.bus.repository().claim_once("par", &digest).await {
+            Ok(true) => req,
+            Ok(false) => {
+                return error_page(StatusCode::BAD_REQUEST, "request_uri was already used")
+            }
+            Err(e) => return crate::Problem::from(e).into_response(),
         }
     } else {
         let req = match state.identity.check_authorization_request(&map).await {
@@ -818,6 +850,31 @@ async fn continue_authorization(
         }
         _ => return login_page(state, &Continuation::Authorize(req), None, StatusCode::OK),
     };
+    let client_org = match state.identity.client(&req.client_id).await {
+        Ok((c, _)) => c
+            .registration
+            .map(|r| r.organization_id)
+            .unwrap_or_default(),
+        Err(e) => return crate::Problem::from(e).into_response(),
+    };
+    match state
+        .identity
+        .may_use_client(&session.user_id, &client_org)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return error_to_client(
+                state,
+                &req,
+                OAuthError::new(
+                    "access_denied",
+                    "this application belongs to another organization",
+                ),
+            )
+        }
+        Err(e) => return crate::Problem::from(e).into_response(),
+    }
     let consent = match state
         .identity
         .consent(&session.user_id, &req.client_id)
@@ -1143,6 +1200,28 @@ pub async fn device_decision(
     else {
         return device_form(&state, &code, None).await;
     };
+    let Ok(Some((_, grant))) = state.identity.device_by_user_code(&code, Utc::now()).await else {
+        return device_form(&state, &code, None).await;
+    };
+    let client_org = match state.identity.client(&grant.client_id).await {
+        Ok((c, _)) => c
+            .registration
+            .map(|r| r.organization_id)
+            .unwrap_or_default(),
+        Err(e) => return crate::Problem::from(e).into_response(),
+    };
+    if !matches!(
+        state
+            .identity
+            .may_use_client(&session.user_id, &client_org)
+            .await,
+        Ok(true)
+    ) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "this device's application belongs to another organization",
+        );
+    }
     let approve = form.get("decision").map(String::as_str) == Some("allow");
     let ctx = ctx(
         &session.organization_id,

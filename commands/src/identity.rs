@@ -221,6 +221,8 @@ pub enum TokenRejection {
     Invalid(String),
     #[error("the token's grant was revoked")]
     Revoked,
+    #[error("the token's subject is disabled or erased")]
+    SubjectInactive,
 }
 
 /// A client at the token endpoint, as it presented itself.
@@ -973,10 +975,11 @@ impl Identity {
     }
 
     /// Authenticates a client at the token, introspection, revocation or PAR endpoint.
+    /// `audiences`: what a client assertion may name as `aud` at this endpoint.
     pub async fn authenticate_client(
         &self,
         auth: &ClientAuth,
-        endpoint: &str,
+        audiences: &[String],
         now: DateTime<Utc>,
     ) -> Result<(String, ClientRegistered), OAuthError> {
         let assertion_sub = match &auth.assertion {
@@ -1043,18 +1046,22 @@ impl Identity {
             }
             AuthMethod::PrivateKeyJwt => {
                 let jwt = auth.assertion.as_deref().ok_or_else(unknown)?;
-                self.check_client_assertion(jwt, &client_id, &reg, endpoint, now)?;
+                self.check_client_assertion(jwt, &client_id, &reg, audiences, now)
+                    .await?;
             }
         }
         Ok((client_id, reg))
     }
 
-    fn check_client_assertion(
+    /// RFC 7523 §3 with OIDC Core §9: signed by one of the client's keys, iss = sub = client,
+    /// an accepted audience, not before `nbf`, not expired, at most ten minutes long, and a
+    /// `jti` used once (a replayed assertion is refused).
+    async fn check_client_assertion(
         &self,
         jwt: &str,
         client_id: &str,
         reg: &ClientRegistered,
-        endpoint: &str,
+        audiences: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), OAuthError> {
         use jsonwebtoken::{Algorithm as Alg, DecodingKey, Validation};
@@ -1082,14 +1089,30 @@ impl Identity {
         let mut v = Validation::new(header.alg);
         v.set_issuer(&[client_id]);
         v.sub = Some(client_id.to_owned());
-        v.set_audience(&[endpoint, self.issuer.as_str()]);
+        v.set_audience(audiences);
         v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        v.validate_nbf = true;
         v.leeway = 5;
         let data = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v)
             .map_err(|e| bad(&e.to_string()))?;
         let exp = data.claims.get("exp").and_then(|e| e.as_i64()).unwrap_or(0);
         if exp - now.timestamp() > 600 {
             return Err(bad("the assertion lives longer than ten minutes"));
+        }
+        let jti = data
+            .claims
+            .get("jti")
+            .and_then(|j| j.as_str())
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(|| bad("jti is required"))?;
+        let first_use = self
+            .bus
+            .repository()
+            .claim_once("assertion", &format!("{client_id}:{jti}"))
+            .await
+            .map_err(|e| OAuthError::server_error(e.to_string()))?;
+        if !first_use {
+            return Err(bad("this assertion was already used"));
         }
         Ok(())
     }
@@ -1185,6 +1208,7 @@ impl Identity {
         v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub", "iat"]);
         v.validate_exp = check_exp;
+        v.validate_nbf = true;
         v.leeway = 5;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &decoding, &v)
             .map_err(|e| TokenRejection::Invalid(e.to_string()))?;
@@ -1216,6 +1240,26 @@ impl Identity {
             .map_err(|e| TokenRejection::Malformed(e.to_string()))?;
         if grant.status != GrantStatus::Active {
             return Err(TokenRejection::Revoked);
+        }
+        // A disabled or erased person, or a disabled client, loses access at once, not when
+        // the token expires.
+        let live = if claims.is_user() {
+            let (user, _) = self
+                .bus
+                .load::<User>(&claims.sub)
+                .await
+                .map_err(|e| TokenRejection::Malformed(e.to_string()))?;
+            user.status == UserStatus::Active
+        } else {
+            let (client, _) = self
+                .bus
+                .load::<Client>(&claims.client_id)
+                .await
+                .map_err(|e| TokenRejection::Malformed(e.to_string()))?;
+            client.status == ClientStatus::Active
+        };
+        if !live {
+            return Err(TokenRejection::SubjectInactive);
         }
         Ok(claims)
     }
@@ -1436,6 +1480,17 @@ impl Identity {
         }
         let state = get("state");
         let fail = |e: OAuthError| Err((e, state.clone()));
+        if params.contains_key("request") {
+            return fail(OAuthError::new(
+                "request_not_supported",
+                "request objects are not supported; use pushed authorization requests",
+            ));
+        }
+        if get("response_mode").is_some_and(|m| m != "query") {
+            return fail(OAuthError::invalid_request(
+                "only response_mode=query is supported",
+            ));
+        }
         if get("response_type").as_deref() != Some("code") {
             return fail(OAuthError::new(
                 "unsupported_response_type",
@@ -1516,6 +1571,21 @@ impl Identity {
             },
             client,
         )))
+    }
+
+    /// Whether a person of `organization_id` may use a client of `client_org`: a client serves
+    /// its own organization's people, and the platform's clients (the portal, the CLI) serve
+    /// everyone.
+    pub async fn may_use_client(
+        &self,
+        user_id: &str,
+        client_org: &str,
+    ) -> Result<bool, CommandError> {
+        if client_org == PLATFORM_TENANT {
+            return Ok(true);
+        }
+        let (user, _) = self.bus.load::<User>(user_id).await?;
+        Ok(user.memberships.contains_key(client_org))
     }
 
     /// Issues an authorization code for a signed-in user who consented.

@@ -83,6 +83,18 @@ impl SqlEventRepository {
         Ok(())
     }
 
+    /// Records (`kind`, `lookup`) once; false when it was already recorded (a replay).
+    pub async fn claim_once(&self, kind: &str, lookup: &str) -> Result<bool, InfraError> {
+        let done = sqlx::query(
+            "INSERT INTO grant_index (kind, lookup, grant_id) VALUES ($1, $2, '') ON CONFLICT DO NOTHING",
+        )
+        .bind(kind)
+        .bind(lookup)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Grant ids found by (`kind`, `lookup`), oldest first.
     pub async fn indexed_grants(
         &self,

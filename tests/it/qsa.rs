@@ -289,6 +289,19 @@ async fn signing_needs_the_signatures_scope_and_platform_keys_need_the_platform(
     // An organization's admin principal may verify but not sign, nor rotate keys.
     let (id, secret) = service_principal(&admin, &org, json!(["admin"])).await;
     let tenant = api_with(&server, &client_token(server.url(), &id, &secret, None));
+    let (other, other_secret) = service_principal(&admin, &org, json!(["member"])).await;
+    let disabled = api_with(
+        &server,
+        &client_token(server.url(), &other, &other_secret, None),
+    );
+    let r = admin
+        .post(
+            &format!("/v1/clients/{other}/disable"),
+            json!({"reason": "left"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(disabled.get("/v1/organizations").await.status, 401);
     let r = tenant.post("/v1/signatures", sign).await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.headers["content-type"], "application/problem+json");
@@ -710,6 +723,20 @@ async fn wrong_passwords_get_one_message_and_five_lock_the_account() {
 #[tokio::test]
 async fn erasing_a_user_shreds_their_data_across_the_log_which_still_verifies() {
     let f = fixture("qsa-erase").await;
+    let mut browser = Browser::new(f.server.url());
+    let code = sign_in_for_code(&f, &mut browser, "openid organizations:read").await;
+    let (_, tokens) = token_request(
+        &f,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    let user_api = api_with(&f.server, tokens["access_token"].as_str().unwrap());
+    assert_eq!(user_api.get("/v1/organizations").await.status, 200);
     let before = f.admin.get(&format!("/v1/users/{}", f.user_id)).await;
     assert_eq!(before.body["email"], f.email.as_str());
     let r = f
@@ -722,6 +749,8 @@ async fn erasing_a_user_shreds_their_data_across_the_log_which_still_verifies() 
     assert_eq!(r.status, 200, "{}", r.body);
     let after = f.admin.get(&format!("/v1/users/{}", f.user_id)).await;
     assert_eq!(after.body["status"], "erased");
+    // Their live access token stops working at once.
+    assert_eq!(user_api.get("/v1/organizations").await.status, 401);
     assert!(after.body["email"].is_null() && after.body["name"].is_null());
     // The sealed fields are still in the log, unreadable; the log verifies unchanged.
     let sealed = f
