@@ -33,6 +33,9 @@ scripts/services.sh start >/dev/null
 log "installing the independent checkers' dependencies (PyPI rfc8785, cryptography, cryptography-vectors, authlib, PyJWT)"
 python3 -m pip install --quiet --disable-pip-version-check rfc8785 -r tests/crosscheck/requirements.txt -r tests/oidc/requirements.txt >&2
 
+log "installing headless Chromium and Playwright for the browser tests"
+scripts/browser.sh >/dev/null
+
 results="$(mktemp)"
 log "running the independent auditor's own tests (pytest)"
 python3 -m pytest -q tests/auditor tests/crosscheck | tee -a "$results"

@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// What to measure: the event-sourcing spine, or QuantumLock's cryptography.
+    /// What to measure: the event-sourcing spine, QuantumLock's cryptography, or QSA's token
+    /// endpoint, introspection and password sign-in.
     #[arg(value_enum, default_value = "spine")]
     what: BenchTarget,
     /// Licences to issue and sign (crypto).
@@ -57,11 +58,20 @@ fn rate(n: u64, elapsed: Duration) -> String {
 pub enum BenchTarget {
     Spine,
     Crypto,
+    Identity,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let BenchTarget::Crypto = args.what {
         return super::bench_crypto::run(args.licences).await;
+    }
+    if let BenchTarget::Identity = args.what {
+        return super::bench_identity::run(
+            args.database_url.as_deref(),
+            args.commands,
+            args.concurrency,
+        )
+        .await;
     }
     let data_dir = args
         .data_dir

@@ -4,6 +4,7 @@
 //! `scripts/kafka.sh` (idempotent) and fail loudly when that is impossible.
 
 mod api;
+mod browser_pages;
 mod crypto_crosscheck;
 mod embedded_log;
 mod harness;

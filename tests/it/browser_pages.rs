@@ -1,0 +1,45 @@
+//! The login, consent and device pages used as a person would: headless Chromium driven by
+//! Playwright (`tests/browser`), against a real embedded server. `scripts/browser.sh`
+//! installs Chromium and Playwright; the test fails when they cannot be had.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+#[test]
+fn people_use_the_pages_in_a_real_browser() {
+    let setup = Command::new(repo_root().join("scripts/browser.sh"))
+        .output()
+        .expect("run scripts/browser.sh");
+    assert!(
+        setup.status.success(),
+        "Chromium or Playwright could not be installed:\n{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let chromium = String::from_utf8_lossy(&setup.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
+        .expect("scripts/browser.sh names Chromium");
+    let dir = temp_dir("browser");
+    let server = Server::embedded(&dir);
+    let (id, secret) = bootstrap_credentials(&dir);
+    let out = Command::new("node")
+        .arg("--test")
+        .current_dir(repo_root().join("tests/browser"))
+        .env("QUANTUS_URL", server.url())
+        .env("QUANTUS_CLIENT_ID", id)
+        .env("QUANTUS_CLIENT_SECRET", secret)
+        .env("CHROMIUM", chromium)
+        .output()
+        .expect("node is needed for the browser tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("# fail 0") && stdout.contains("# pass 4"),
+        "{stdout}"
+    );
+}
