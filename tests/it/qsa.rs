@@ -789,3 +789,131 @@ async fn erasing_a_user_shreds_their_data_across_the_log_which_still_verifies() 
         .await;
     assert_eq!(dup.status, 409, "{}", dup.body);
 }
+
+/// Signs `claims` as a JWS with the server's real token key, read from its keystore, as an
+/// insider with the key (or a bug minting tokens) could: only the claim checks stand between
+/// such a token and the API.
+fn sign_with_server_key(dir: &std::path::Path, kid: &str, typ: &str, claims: &Value) -> String {
+    use quantus_infra::keystore::Keystore;
+    let keystore = quantus_infra::keystore::FileKeystore::open(dir, None).unwrap();
+    let header = json!({"alg": "EdDSA", "kid": kid, "typ": typ});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
+    );
+    let sig = keystore.sign_jose(kid, input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+#[tokio::test]
+async fn expired_early_and_mis_addressed_tokens_fail_even_with_a_valid_signature() {
+    let dir = temp_dir("qsa-claims");
+    let server = Server::embedded(&dir);
+    let admin = server.client();
+    let real = claims(&admin.token);
+    let kid = {
+        let header = admin.token.split('.').next().unwrap();
+        let h: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        h["kid"].as_str().unwrap().to_owned()
+    };
+    let now = chrono::Utc::now().timestamp();
+    let with = |changes: Value| {
+        let mut c = real.clone();
+        for (k, v) in changes.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    // The control: the same claims re-signed are accepted, so the refusals below are the
+    // claim checks, not the signing.
+    let control = sign_with_server_key(&dir, &kid, "at+jwt", &real);
+    assert_eq!(
+        api_with(&server, &control)
+            .get("/v1/organizations")
+            .await
+            .status,
+        200
+    );
+    for (what, typ, c) in [
+        (
+            "expired",
+            "at+jwt",
+            with(json!({"exp": now - 60, "iat": now - 700})),
+        ),
+        (
+            "wrong audience",
+            "at+jwt",
+            with(json!({"aud": "https://elsewhere.example/api"})),
+        ),
+        (
+            "wrong issuer",
+            "at+jwt",
+            with(json!({"iss": "https://evil.example"})),
+        ),
+        ("not yet valid", "at+jwt", with(json!({"nbf": now + 3600}))),
+        (
+            "an unknown grant",
+            "at+jwt",
+            with(json!({"gid": uuid::Uuid::now_v7().to_string()})),
+        ),
+        ("not an access token", "JWT", real.clone()),
+    ] {
+        let token = sign_with_server_key(&dir, &kid, typ, &c);
+        let r = api_with(&server, &token).get("/v1/organizations").await;
+        assert_eq!(r.status, 401, "{what} was accepted: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn token_keys_rotate_without_breaking_issued_tokens_and_retiring_ends_them() {
+    let dir = temp_dir("qsa-rotation");
+    let server = Server::embedded(&dir);
+    let admin = server.client();
+    let old_token = admin.token.clone();
+    let jwks = |base: String| async move {
+        let v: Value = reqwest::get(format!("{base}/oauth2/jwks"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let before = jwks(server.url().to_owned()).await;
+    assert_eq!(before.len(), 1);
+    let r = admin
+        .post("/v1/keys/rotate", json!({"purpose": "token"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["algorithm"], "Ed25519", "{}", r.body);
+    let after = jwks(server.url().to_owned()).await;
+    assert_eq!(after.len(), 2, "the old key stays published until retired");
+    // Tokens signed before the rotation still work; new ones carry the new kid.
+    assert_eq!(admin.get("/v1/organizations").await.status, 200);
+    let new_token = token(&server);
+    let new_kid = {
+        let h = new_token.split('.').next().unwrap();
+        let h: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap();
+        h["kid"].as_str().unwrap().to_owned()
+    };
+    assert_ne!(new_kid, before[0]);
+    let new_api = api_with(&server, &new_token);
+    let r = new_api
+        .post(&format!("/v1/keys/{}/retire", before[0]), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(jwks(server.url().to_owned()).await, vec![new_kid]);
+    let r = api_with(&server, &old_token).get("/v1/organizations").await;
+    assert_eq!(
+        r.status, 401,
+        "a token of a retired key still works: {}",
+        r.body
+    );
+    assert_eq!(new_api.get("/v1/organizations").await.status, 200);
+}
