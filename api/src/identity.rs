@@ -24,7 +24,7 @@ use crate::{AppState, Problem};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/users", post(create_user))
+        .route("/users", post(create_user).get(list_users))
         .route("/users/{id}", get(show_user).delete(delete_user))
         .route("/users/{id}/{action}", post(user_action))
         .route("/service-principals", post(create_service_principal))
@@ -103,6 +103,48 @@ pub async fn create_user(
             Err(e.into())
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserListQuery {
+    org: String,
+    after: Option<String>,
+    limit: Option<u32>,
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// The users read model: erased users are listed without personal data.
+#[utoipa::path(get, path = "/v1/users", tag = "identity",
+    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
+    responses((status = 200, description = "{items, next_after}"), (status = 504, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_users(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    crate::problem::ApiQuery(q): crate::problem::ApiQuery<UserListQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    principal.require("identity:read")?;
+    principal.tenant(&q.org, &format!("organization {}", q.org))?;
+    let limit = crate::paging::limit(q.limit)?;
+    crate::consistency::Consistency {
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    }
+    .wait(&state.users)
+    .await?;
+    let rows = quantus_projections::users::UsersView::by_organization(
+        &state.db.pool,
+        &q.org,
+        q.after.as_deref(),
+        limit,
+    )
+    .await?;
+    let next_after = crate::paging::next_after(&rows, limit, |r| r.id.as_str());
+    Ok(Json(
+        serde_json::json!({ "items": rows, "next_after": next_after }),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "identity", params(("id" = String, Path)),

@@ -16,7 +16,7 @@ use crate::{events, identity, licensing, organizations, Problem};
         licensing::compromise, licensing::issue, licensing::list, licensing::show, licensing::status,
         licensing::file, licensing::transition, licensing::crl, licensing::sign_digest,
         licensing::verify_digest,
-        identity::create_user, identity::show_user, identity::delete_user, identity::user_action,
+        identity::create_user, identity::list_users, identity::show_user, identity::delete_user, identity::user_action,
         identity::create_service_principal, identity::create_client, identity::show_client,
         identity::rotate_secret, identity::disable_client,
     ),

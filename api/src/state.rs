@@ -17,6 +17,7 @@ pub struct AppState {
     pub bus: CommandBus,
     pub organizations: ProjectionRunner,
     pub licenses: ProjectionRunner,
+    pub users: ProjectionRunner,
     pub licensing: Licensing,
     pub identity: Identity,
     /// The public base URL: the OIDC issuer, and the issuer named in signed documents.
@@ -35,10 +36,11 @@ impl AppState {
         let repo = SqlEventRepository::new(db.clone());
         let bus = CommandBus::new(repo);
         let licensing = Licensing::new(bus.clone(), keystore, issuer.clone());
+        let keys = SubjectKeys::new(db.clone(), master_key);
         let identity = Identity::new(
             bus.clone(),
             licensing.clone(),
-            SubjectKeys::new(db.clone(), master_key),
+            keys.clone(),
             SignInThrottle::new(db.clone()),
             issuer.clone(),
         );
@@ -50,6 +52,10 @@ impl AppState {
             licenses: ProjectionRunner::new(
                 db.clone(),
                 Arc::new(quantus_projections::licenses::LicensesView),
+            ),
+            users: ProjectionRunner::new(
+                db.clone(),
+                Arc::new(quantus_projections::users::UsersView::new(keys)),
             ),
             licensing,
             identity,

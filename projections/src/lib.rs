@@ -8,6 +8,7 @@
 pub mod licenses;
 pub mod organizations;
 pub mod runner;
+pub mod users;
 
 use async_trait::async_trait;
 use quantus_infra::{InfraError, LogRecord};
@@ -35,15 +36,19 @@ pub trait Projection: Send + Sync + 'static {
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError>;
 }
 
-/// Every read model of the platform.
-pub fn all() -> Vec<std::sync::Arc<dyn Projection>> {
+/// Every read model of the platform. `keys` opens personal data for the users model.
+pub fn all(keys: &quantus_infra::subject_keys::SubjectKeys) -> Vec<std::sync::Arc<dyn Projection>> {
     vec![
         std::sync::Arc::new(organizations::OrganizationsView),
         std::sync::Arc::new(licenses::LicensesView),
+        std::sync::Arc::new(users::UsersView::new(keys.clone())),
     ]
 }
 
 /// Looks a projection up by name.
-pub fn by_name(name: &str) -> Option<std::sync::Arc<dyn Projection>> {
-    all().into_iter().find(|p| p.name() == name)
+pub fn by_name(
+    name: &str,
+    keys: &quantus_infra::subject_keys::SubjectKeys,
+) -> Option<std::sync::Arc<dyn Projection>> {
+    all(keys).into_iter().find(|p| p.name() == name)
 }

@@ -78,6 +78,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("quantus-bench-{}", Uuid::now_v7())));
     let db = Database::open(args.database_url.as_deref(), &data_dir).await?;
+    let bench_keys = quantus_infra::subject_keys::SubjectKeys::new(
+        db.clone(),
+        &*quantus_infra::keystore::master_key(&data_dir, None)?,
+    );
     let mode = if args.database_url.is_some() {
         "postgres"
     } else {
@@ -135,7 +139,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // 2. The store's log into a projection (the embedded path).
     let runner = ProjectionRunner::new(
         db.clone(),
-        quantus_projections::by_name("organizations").context("projection")?,
+        quantus_projections::by_name("organizations", &bench_keys).context("projection")?,
     );
     let started = Instant::now();
     let rebuilt = runner.rebuild().await?;
@@ -165,7 +169,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         // duplicate, which measures skipping, not projecting.
         let runner = ProjectionRunner::new(
             db.clone(),
-            quantus_projections::by_name("organizations").context("projection")?,
+            quantus_projections::by_name("organizations", &bench_keys).context("projection")?,
         );
         runner.reset().await?;
         let mut consumer = tokio::spawn(

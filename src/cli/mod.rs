@@ -149,15 +149,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(args).await,
         Command::Events(EventsCommand::Tail(args)) => events::tail(args).await,
         Command::Projections(ProjectionsCommand::Rebuild { name, store }) => {
-            let (_, db) = store.open().await?;
-            let runner = runner(&db, &name)?;
+            let (config, db) = store.open().await?;
+            let runner = runner(&config, &db, &name)?;
             let head = runner.rebuild().await?;
             println!("rebuilt {name} from the log up to position {head}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Projections(ProjectionsCommand::Dump { name, store }) => {
-            let (_, db) = store.open().await?;
-            let runner = runner(&db, &name)?;
+            let (config, db) = store.open().await?;
+            let runner = runner(&config, &db, &name)?;
             runner.prepare().await?;
             for row in runner.dump().await? {
                 println!("{row}");
@@ -191,12 +191,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The subject keys that open personal data for read models (same master key as `serve`).
+pub fn subject_keys(
+    config: &Config,
+    db: &Database,
+) -> anyhow::Result<quantus_infra::subject_keys::SubjectKeys> {
+    let master = quantus_infra::keystore::master_key(
+        &config.data_dir,
+        config.master_key.as_ref().map(|k| k.0.as_str()),
+    )?;
+    Ok(quantus_infra::subject_keys::SubjectKeys::new(
+        db.clone(),
+        &master,
+    ))
+}
+
 fn runner(
+    config: &Config,
     db: &Database,
     name: &str,
 ) -> anyhow::Result<quantus_projections::runner::ProjectionRunner> {
-    let projection = quantus_projections::by_name(name).ok_or_else(|| {
-        let known: Vec<_> = quantus_projections::all()
+    let keys = subject_keys(config, db)?;
+    let projection = quantus_projections::by_name(name, &keys).ok_or_else(|| {
+        let known: Vec<_> = quantus_projections::all(&keys)
             .iter()
             .map(|p| p.name())
             .collect();

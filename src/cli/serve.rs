@@ -30,7 +30,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         "Postgres store".to_owned()
     };
-    let projections: Vec<ProjectionRunner> = quantus_projections::all()
+    let master_hex = config.master_key.as_ref().map(|k| k.0.as_str());
+    let master = quantus_infra::keystore::master_key(&config.data_dir, master_hex)?;
+    let keys = quantus_infra::subject_keys::SubjectKeys::new(db.clone(), &master);
+    let projections: Vec<ProjectionRunner> = quantus_projections::all(&keys)
         .into_iter()
         .map(|p| ProjectionRunner::new(db.clone(), p))
         .collect();
@@ -66,10 +69,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if config.role.runs_api() {
-        let master_hex = config.master_key.as_ref().map(|k| k.0.as_str());
         let keystore = quantus_infra::keystore::FileKeystore::open(&config.data_dir, master_hex)
             .context("opening the keystore")?;
-        let master = quantus_infra::keystore::master_key(&config.data_dir, master_hex)?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

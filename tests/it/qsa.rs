@@ -751,6 +751,20 @@ async fn erasing_a_user_shreds_their_data_across_the_log_which_still_verifies() 
     assert_eq!(after.body["status"], "erased");
     // Their live access token stops working at once.
     assert_eq!(user_api.get("/v1/organizations").await.status, 401);
+    // The read model dropped the data.
+    let position = r.body["position"].as_u64().unwrap();
+    let list = f
+        .admin
+        .get(&format!("/v1/users?org={}&min_position={position}", f.org))
+        .await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let row = &list.body["items"][0];
+    assert_eq!(row["status"], "erased", "{}", list.body);
+    assert!(
+        row["email"].is_null() && row["name"].is_null(),
+        "{}",
+        list.body
+    );
     assert!(after.body["email"].is_null() && after.body["name"].is_null());
     // The sealed fields are still in the log, unreadable; the log verifies unchanged.
     let sealed = f
@@ -788,6 +802,19 @@ async fn erasing_a_user_shreds_their_data_across_the_log_which_still_verifies() 
         )
         .await;
     assert_eq!(dup.status, 409, "{}", dup.body);
+    // A replay cannot bring the erased data back: the rebuilt model equals the live one.
+    let dir = f.server.data_dir.clone();
+    drop(f);
+    let store = ["--data-dir", dir.to_str().unwrap()];
+    assert_model_equals_replay("users", &store);
+    let rows: Vec<Value> = dump("users", &store)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows
+        .iter()
+        .any(|r| r["status"] == "erased" && r["email"].is_null()));
+    assert!(rows.iter().any(|r| r["name"] == "New Ada"));
 }
 
 /// Signs `claims` as a JWS with the server's real token key, read from its keystore, as an

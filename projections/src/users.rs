@@ -1,0 +1,238 @@
+//! The users read model: one row per user with their personal data opened, for listing and
+//! lookups. Personal fields are decrypted when the event is applied; after an erasure the row
+//! loses them, and a replay cannot bring them back (the data key is gone): it shows the user
+//! as erased.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use async_trait::async_trait;
+use quantus_domain::envelope::rfc3339_micros;
+use quantus_domain::identity::user::{UserRegistered, UserRoleGranted, UserRoleRevoked};
+use quantus_domain::identity::Role;
+use quantus_infra::subject_keys::SubjectKeys;
+use quantus_infra::{InfraError, LogRecord};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
+
+use crate::Projection;
+
+pub struct UsersView {
+    keys: SubjectKeys,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRow {
+    pub id: String,
+    pub organization_id: String,
+    /// `active`, `disabled` or `erased`.
+    pub status: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub memberships: BTreeMap<String, BTreeSet<Role>>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: u64,
+}
+
+const SELECT: &str = "SELECT id, organization_id, status, email, name, memberships, created_at, updated_at, version FROM users_view";
+
+fn row_to_user(row: &AnyRow) -> Result<UserRow, InfraError> {
+    let memberships: String = row.try_get("memberships")?;
+    Ok(UserRow {
+        id: row.try_get("id")?,
+        organization_id: row.try_get("organization_id")?,
+        status: row.try_get("status")?,
+        email: row.try_get("email")?,
+        name: row.try_get("name")?,
+        memberships: serde_json::from_str(&memberships)
+            .map_err(|e| InfraError::Corrupt(format!("users_view memberships: {e}")))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get::<i64, _>("version")? as u64,
+    })
+}
+
+fn corrupt(record: &LogRecord, e: serde_json::Error) -> InfraError {
+    InfraError::Corrupt(format!(
+        "event at position {} ({}) does not match its schema: {e}",
+        record.position, record.envelope.event_type
+    ))
+}
+
+impl UsersView {
+    pub const NAME: &'static str = "users";
+
+    pub fn new(keys: SubjectKeys) -> Self {
+        Self { keys }
+    }
+
+    /// A page of an organization's users (members of it, wherever their home is), by id.
+    pub async fn by_organization(
+        pool: &AnyPool,
+        organization_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRow>, InfraError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(organization_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(row_to_user).collect()
+    }
+
+    async fn memberships(
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> Result<BTreeMap<String, BTreeSet<Role>>, InfraError> {
+        let row = sqlx::query("SELECT memberships FROM users_view WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match row {
+            Some(r) => serde_json::from_str(&r.try_get::<String, _>("memberships")?)
+                .map_err(|e| InfraError::Corrupt(format!("users_view memberships: {e}"))),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl Projection for UsersView {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn handles(&self, aggregate_type: &str) -> bool {
+        aggregate_type == "User"
+    }
+
+    async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS users_view (
+                id TEXT PRIMARY KEY,
+                organization_id TEXT NOT NULL,
+                status TEXT NOT NULL,
+                email TEXT,
+                name TEXT,
+                memberships TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                version BIGINT NOT NULL
+            )",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        conn.execute("DELETE FROM users_view").await?;
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, record: &LogRecord) -> Result<(), InfraError> {
+        let e = &record.envelope;
+        let at = rfc3339_micros::format(&e.occurred_at);
+        let version = e.sequence as i64;
+        let id = e.aggregate_id.clone();
+        // A change that moves only the status (or nothing but the version).
+        let touch = |status: &'static str| {
+            sqlx::query(
+                "UPDATE users_view SET status = CASE WHEN $1 = '' THEN status ELSE $1 END, updated_at = $2, version = $3 WHERE id = $4",
+            )
+            .bind(status)
+            .bind(at.clone())
+            .bind(version)
+            .bind(id.clone())
+        };
+        match e.event_type.as_str() {
+            "UserRegistered" => {
+                let p: UserRegistered =
+                    serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
+                // Unreadable once erased: a replay then shows the user without personal data.
+                let email = self.keys.open_text(&p.email, "email").await?;
+                let name = self.keys.open_text(&p.name, "name").await?;
+                let memberships: BTreeMap<String, BTreeSet<Role>> =
+                    [(p.organization_id.clone(), p.roles)].into();
+                let status = if email.is_none() { "erased" } else { "active" };
+                sqlx::query(
+                    "INSERT INTO users_view (id, organization_id, status, email, name, memberships, created_at, updated_at, version)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+                )
+                .bind(id.clone())
+                .bind(p.organization_id)
+                .bind(status)
+                .bind(email)
+                .bind(name)
+                .bind(serde_json::to_string(&memberships).unwrap_or_default())
+                .bind(at.clone())
+                .bind(version)
+                .execute(&mut *conn)
+                .await?;
+            }
+            "UserRoleGranted" | "UserRoleRevoked" => {
+                let mut m = Self::memberships(conn, &id).await?;
+                if e.event_type == "UserRoleGranted" {
+                    let p: UserRoleGranted = serde_json::from_value(e.payload.clone())
+                        .map_err(|x| corrupt(record, x))?;
+                    m.entry(p.organization_id).or_default().insert(p.role);
+                } else {
+                    let p: UserRoleRevoked = serde_json::from_value(e.payload.clone())
+                        .map_err(|x| corrupt(record, x))?;
+                    if let Some(roles) = m.get_mut(&p.organization_id) {
+                        roles.remove(&p.role);
+                        if roles.is_empty() {
+                            m.remove(&p.organization_id);
+                        }
+                    }
+                }
+                sqlx::query("UPDATE users_view SET memberships = $1, updated_at = $2, version = $3 WHERE id = $4")
+                    .bind(serde_json::to_string(&m).unwrap_or_default())
+                    .bind(at.clone())
+                    .bind(version)
+                    .bind(id.clone())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            "UserPasswordSet" => {
+                touch("").execute(&mut *conn).await?;
+            }
+            "UserDisabled" => {
+                touch("disabled").execute(&mut *conn).await?;
+            }
+            "UserEnabled" => {
+                touch("active").execute(&mut *conn).await?;
+            }
+            "UserErased" => {
+                sqlx::query(
+                    "UPDATE users_view SET status = 'erased', email = NULL, name = NULL, memberships = '{}', updated_at = $1, version = $2 WHERE id = $3",
+                )
+                .bind(at.clone())
+                .bind(version)
+                .bind(id.clone())
+                .execute(&mut *conn)
+                .await?;
+            }
+            other => {
+                return Err(InfraError::Corrupt(format!(
+                    "users: unknown event type {other:?} at position {}",
+                    record.position
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
+        let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
+            .fetch_all(conn)
+            .await?;
+        rows.iter()
+            .map(|r| row_to_user(r).map(|u| serde_json::to_value(u).unwrap_or_default()))
+            .collect()
+    }
+}
