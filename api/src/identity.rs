@@ -27,6 +27,13 @@ pub fn routes() -> Router<AppState> {
         .route("/users", post(create_user).get(list_users))
         .route("/users/{id}", get(show_user).delete(delete_user))
         .route("/users/{id}/{action}", post(user_action))
+        .route("/groups", post(create_group))
+        .route("/groups/{id}", get(show_group).delete(delete_group))
+        .route("/groups/{id}/members", post(add_member))
+        .route(
+            "/groups/{id}/members/{user_id}",
+            axum::routing::delete(remove_member),
+        )
         .route("/service-principals", post(create_service_principal))
         .route("/clients", post(create_client))
         .route("/clients/{id}", get(show_client))
@@ -544,6 +551,151 @@ pub async fn disable_client(
     let outcome = state
         .identity
         .disable_client(&ctx, &id, body.reason)
+        .await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    pub organization_id: String,
+    pub name: String,
+}
+
+#[utoipa::path(post, path = "/v1/groups", tag = "identity", request_body = CreateGroup,
+    responses((status = 201, body = crate::write::CommandAccepted), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_group(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateGroup>,
+) -> Result<Response, Problem> {
+    use quantus_domain::identity::group::GroupCommand;
+    principal.require("identity:write")?;
+    principal.tenant(
+        &body.organization_id,
+        &format!("organization {}", body.organization_id),
+    )?;
+    let id = Uuid::now_v7().to_string();
+    let ctx = context(&principal, &headers, &body.organization_id);
+    let command = GroupCommand::Create {
+        organization_id: body.organization_id,
+        name: body.name,
+    };
+    let outcome = state
+        .identity
+        .group_command(&ctx, &id, command, Some(0))
+        .await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        &id,
+        outcome,
+        Some(format!("/v1/groups/{id}")),
+    ))
+}
+
+async fn group_in_tenant(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<(quantus_domain::identity::group::Group, u64), Problem> {
+    let id = parse_uuid(id, "group")?;
+    let (group, version) = state.identity.group(&id).await?;
+    principal.tenant(&group.organization_id, &format!("group {id}"))?;
+    Ok((group, version))
+}
+
+#[utoipa::path(get, path = "/v1/groups/{id}", tag = "identity", params(("id" = String, Path)),
+    responses((status = 200, description = "{id, organization_id, name, members, version}"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn show_group(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    principal.require("identity:read")?;
+    let (group, version) = group_in_tenant(&state, &principal, &id).await?;
+    Ok(Json(serde_json::json!({
+        "id": id, "organization_id": group.organization_id, "name": group.name,
+        "members": group.members, "version": version,
+    })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    pub user_id: String,
+}
+
+#[utoipa::path(post, path = "/v1/groups/{id}/members", tag = "identity", request_body = AddMember,
+    params(("id" = String, Path)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn add_member(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<AddMember>,
+) -> Result<Response, Problem> {
+    use quantus_domain::identity::group::GroupCommand;
+    principal.require("identity:write")?;
+    let (group, _) = group_in_tenant(&state, &principal, &id).await?;
+    let ctx = context(&principal, &headers, &group.organization_id);
+    let command = GroupCommand::AddMember {
+        user_id: body.user_id,
+        member_of: Default::default(),
+    };
+    let outcome = state
+        .identity
+        .group_command(&ctx, &id, command, expected_version(&headers)?)
+        .await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+#[utoipa::path(delete, path = "/v1/groups/{id}/members/{user_id}", tag = "identity",
+    params(("id" = String, Path), ("user_id" = String, Path)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn remove_member(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, user_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    use quantus_domain::identity::group::GroupCommand;
+    principal.require("identity:write")?;
+    let (group, _) = group_in_tenant(&state, &principal, &id).await?;
+    let ctx = context(&principal, &headers, &group.organization_id);
+    let outcome = state
+        .identity
+        .group_command(
+            &ctx,
+            &id,
+            GroupCommand::RemoveMember { user_id },
+            expected_version(&headers)?,
+        )
+        .await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+#[utoipa::path(delete, path = "/v1/groups/{id}", tag = "identity", params(("id" = String, Path)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn delete_group(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    use quantus_domain::identity::group::GroupCommand;
+    principal.require("identity:write")?;
+    let (group, _) = group_in_tenant(&state, &principal, &id).await?;
+    let ctx = context(&principal, &headers, &group.organization_id);
+    let outcome = state
+        .identity
+        .group_command(&ctx, &id, GroupCommand::Delete, expected_version(&headers)?)
         .await?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }

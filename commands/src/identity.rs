@@ -84,6 +84,17 @@ impl ClassifyError for quantus_domain::identity::client::ClientError {
     }
 }
 
+impl ClassifyError for quantus_domain::identity::group::GroupError {
+    fn classify(&self) -> CommandError {
+        use quantus_domain::identity::group::GroupError as E;
+        match self {
+            e if e.is_validation() => CommandError::Invalid(e.to_string()),
+            E::NotFound => CommandError::NotFound(self.to_string()),
+            e => CommandError::Rejected(e.to_string()),
+        }
+    }
+}
+
 impl ClassifyError for GrantError {
     fn classify(&self) -> CommandError {
         CommandError::Rejected(self.to_string())
@@ -660,6 +671,59 @@ impl Identity {
         };
         self.keys.erase(id).await.map_err(storage)?;
         Ok(outcome)
+    }
+
+    // ---- groups ----
+
+    /// Runs a group command; adding a member checks the user's organizations first.
+    pub async fn group_command(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+        command: quantus_domain::identity::group::GroupCommand,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        use quantus_domain::identity::group::{Group, GroupCommand};
+        let command = match command {
+            GroupCommand::AddMember { user_id, .. } => {
+                let (user, _) = self.bus.load::<User>(&user_id).await?;
+                if !matches!(user.status, UserStatus::Active | UserStatus::Disabled) {
+                    return Err(CommandError::Invalid(format!("no user {user_id}")));
+                }
+                GroupCommand::AddMember {
+                    user_id,
+                    member_of: user.memberships.keys().cloned().collect(),
+                }
+            }
+            GroupCommand::Create {
+                organization_id,
+                name,
+            } => {
+                self.organization_is_active(&organization_id).await?;
+                GroupCommand::Create {
+                    organization_id,
+                    name,
+                }
+            }
+            other => other,
+        };
+        self.bus
+            .execute::<Group>(ctx, id, command, expected, &())
+            .await
+    }
+
+    pub async fn group(
+        &self,
+        id: &str,
+    ) -> Result<(quantus_domain::identity::group::Group, u64), CommandError> {
+        let (group, version) = self
+            .bus
+            .load::<quantus_domain::identity::group::Group>(id)
+            .await?;
+        if !group.exists || group.deleted {
+            return Err(CommandError::NotFound(format!("no group {id}")));
+        }
+        Ok((group, version))
     }
 
     // ---- sign-in and sessions ----

@@ -9,6 +9,7 @@ use crate::crypto_policy::{AlgorithmRuleSet, PurposeSignerSet};
 use crate::envelope::Envelope;
 use crate::identity::client::*;
 use crate::identity::grant::*;
+use crate::identity::group::*;
 use crate::identity::session::*;
 use crate::identity::signin::*;
 use crate::identity::user::*;
@@ -48,7 +49,7 @@ impl BoundedContext {
     /// The context that owns an aggregate type; unknown types are refused, not guessed.
     pub fn of_aggregate(aggregate_type: &str) -> Option<Self> {
         match aggregate_type {
-            "Organization" | "User" | "Client" => Some(Self::Identity),
+            "Organization" | "User" | "Client" | "Group" => Some(Self::Identity),
             "Grant" | "Session" | "SignInAttempt" | "Consent" => Some(Self::Audit),
             "Keyring" | "CryptoPolicy" | "License" => Some(Self::Licensing),
             _ => None,
@@ -125,6 +126,11 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<UserDisabled>("User", "UserDisabled", 1),
         entry::<UserEnabled>("User", "UserEnabled", 1),
         entry::<UserErased>("User", "UserErased", 1),
+        entry::<GroupCreated>("Group", "GroupCreated", 1),
+        entry::<GroupRenamed>("Group", "GroupRenamed", 1),
+        entry::<GroupMemberAdded>("Group", "GroupMemberAdded", 1),
+        entry::<GroupMemberRemoved>("Group", "GroupMemberRemoved", 1),
+        entry::<GroupDeleted>("Group", "GroupDeleted", 1),
         entry::<ClientRegistered>("Client", "ClientRegistered", 1),
         entry::<ClientSecretRotated>("Client", "ClientSecretRotated", 1),
         entry::<ClientDisabled>("Client", "ClientDisabled", 1),

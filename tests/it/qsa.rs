@@ -944,3 +944,98 @@ async fn token_keys_rotate_without_breaking_issued_tokens_and_retiring_ends_them
     );
     assert_eq!(new_api.get("/v1/organizations").await.status, 200);
 }
+
+#[tokio::test]
+async fn groups_hold_their_own_organizations_people() {
+    let f = fixture("qsa-groups").await;
+    let r = f
+        .admin
+        .post(
+            "/v1/groups",
+            json!({"organization_id": f.org, "name": "Quantum team"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let group = r.body["id"].as_str().unwrap().to_owned();
+    let r = f
+        .admin
+        .post(
+            &format!("/v1/groups/{group}/members"),
+            json!({"user_id": f.user_id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let shown = f.admin.get(&format!("/v1/groups/{group}")).await;
+    assert_eq!(shown.body["members"], json!([f.user_id]));
+    // Someone of another organization cannot join, and that organization cannot see it.
+    let (other, _) = f.admin.create_org("Globex").await;
+    let r = f
+        .admin
+        .post(
+            "/v1/users",
+            json!({"organization_id": other, "email": "x@globex.example", "name": "X", "password": "a long enough secret"}),
+        )
+        .await;
+    let stranger = r.body["id"].as_str().unwrap().to_owned();
+    let r = f
+        .admin
+        .post(
+            &format!("/v1/groups/{group}/members"),
+            json!({"user_id": stranger}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let (id, secret) = service_principal(&f.admin, &other, json!(["admin"])).await;
+    let globex = api_with(&f.server, &client_token(f.server.url(), &id, &secret, None));
+    assert_eq!(globex.get(&format!("/v1/groups/{group}")).await.status, 404);
+    let r = f
+        .admin
+        .send(f.admin.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/groups/{group}/members/{}", f.user_id),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = f
+        .admin
+        .send(
+            f.admin
+                .request(reqwest::Method::DELETE, &format!("/v1/groups/{group}")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        f.admin.get(&format!("/v1/groups/{group}")).await.status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn an_authorization_code_expires_after_a_minute() {
+    let f = fixture("qsa-code-expiry").await;
+    let mut browser = Browser::new(f.server.url());
+    let code = sign_in_for_code(&f, &mut browser, "openid").await;
+    tokio::time::sleep(std::time::Duration::from_secs(61)).await;
+    let (status, body) = token_request(
+        &f,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
+}

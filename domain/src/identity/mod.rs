@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod grant;
+pub mod group;
 pub mod session;
 pub mod signin;
 pub mod user;
