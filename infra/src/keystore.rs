@@ -121,10 +121,20 @@ pub fn master_key(
         None => {
             let path = data_dir.join("master.key");
             if !path.exists() {
+                // Several processes may share the folder and start at once: each writes a
+                // candidate, and a hard link (which never replaces) lets exactly one win.
                 std::fs::create_dir_all(data_dir)?;
                 let mut key = [0u8; 32];
                 rand::rngs::OsRng.fill_bytes(&mut key);
-                crate::credentials::write_secret(&path, &hex::encode(key))?;
+                let candidate = data_dir.join(format!("master.key.{}.tmp", uuid::Uuid::now_v7()));
+                crate::credentials::write_secret(&candidate, &hex::encode(key))?;
+                let linked = std::fs::hard_link(&candidate, &path);
+                std::fs::remove_file(&candidate)?;
+                match linked {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             decode_master(std::fs::read_to_string(&path)?.trim())?
         }
@@ -237,6 +247,29 @@ mod tests {
         assert!(again
             .sign(&kid, Algorithm::MlDsa65Ed25519, b"m", b"ctx")
             .is_ok());
+    }
+
+    #[test]
+    fn processes_starting_together_agree_on_one_master_key() {
+        let d = dir();
+        let keys: Vec<[u8; 32]> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| *master_key(&d, None).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]));
+        let leftovers = std::fs::read_dir(&d)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
     }
 
     #[test]
