@@ -10,7 +10,7 @@ mod embedded_log;
 mod harness;
 mod independent_auditor;
 mod license_cli;
-mod oidc_conformance;
+pub mod oidc_conformance;
 mod postgres_kafka;
 pub mod qsa;
 mod quantumlock;

@@ -695,3 +695,29 @@ async fn g_identity_runs_on_postgres_and_kafka() {
     let (ok, out) = env.audit_kafka();
     assert!(ok, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h_the_oidc_conformance_suite_passes_on_postgres_and_kafka() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-oidc");
+    let server = env.serve(&dir, &["--listen", "127.0.0.1:0"]);
+    let suite = tokio::task::spawn_blocking(move || {
+        crate::oidc_conformance::run_suite(&server);
+        server
+    });
+    let server = suite.await.unwrap();
+    let head = server.client().all_events().await.len() as u64;
+    eventually(
+        "every identity and audit event on Kafka",
+        Duration::from_secs(120),
+        || async { (env.kafka_records().await.len() as u64 >= head).then_some(()) },
+    )
+    .await;
+    let (ok, out) = env.audit_kafka();
+    assert!(ok, "{out}");
+    drop(server);
+    // The replay opens personal data with the same master key (in the data folder).
+    let mut store = env.store().to_vec();
+    store.extend(["--data-dir", dir.to_str().unwrap()]);
+    assert_model_equals_replay("users", &store);
+}
