@@ -4,6 +4,7 @@
 //! [`quantus_commands::CommandBus`]; every read goes to a read model, optionally waiting for a
 //! log position first (read-your-writes).
 
+mod audit;
 mod auth;
 mod consistency;
 mod events;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::routes())
         .merge(licensing::routes())
         .merge(identity::routes())
+        .merge(audit::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_bearer,

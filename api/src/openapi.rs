@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{events, identity, licensing, organizations, Problem};
+use crate::{audit, events, identity, licensing, organizations, Problem};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,6 +20,7 @@ use crate::{events, identity, licensing, organizations, Problem};
         identity::create_service_principal, identity::create_client, identity::show_client,
         identity::rotate_secret, identity::disable_client, identity::create_group, identity::show_group,
         identity::add_member, identity::remove_member, identity::delete_group,
+        audit::list, audit::sign, audit::inclusion, audit::consistency,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use quantus_commands::checkpoints::Checkpoints;
 use quantus_commands::identity::Identity;
 use quantus_commands::licensing::Licensing;
 use quantus_commands::CommandBus;
@@ -20,6 +21,7 @@ pub struct AppState {
     pub users: ProjectionRunner,
     pub licensing: Licensing,
     pub identity: Identity,
+    pub checkpoints: Checkpoints,
     /// The public base URL: the OIDC issuer, and the issuer named in signed documents.
     pub issuer: String,
     pub(crate) metrics: Arc<Metrics>,
@@ -57,6 +59,7 @@ impl AppState {
                 db.clone(),
                 Arc::new(quantus_projections::users::UsersView::new(keys)),
             ),
+            checkpoints: Checkpoints::new(licensing.clone(), &issuer),
             licensing,
             identity,
             issuer,

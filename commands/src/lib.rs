@@ -4,6 +4,7 @@
 //! the pure aggregate decide, and commits the events (envelope, hash chain and log position
 //! are added by the store). It answers with the log position a client can wait for.
 
+pub mod checkpoints;
 pub mod identity;
 pub mod licensing;
 

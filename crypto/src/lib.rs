@@ -9,10 +9,14 @@
 //! - [`document`]: a canonical JSON payload (RFC 8785) with a list of signatures.
 //! - [`keys`]: the published key set and crypto policy a verifier trusts.
 //! - [`license`]: licence files and CRLs, and [`license::verify`].
+//! - [`checkpoint`]: signed log checkpoints (C2SP signed-note format).
+//! - [`merkle`]: RFC 9162 Merkle trees, inclusion and consistency proofs (log checkpoints).
 
 pub mod algorithm;
+pub mod checkpoint;
 pub mod document;
 pub mod keys;
 pub mod license;
+pub mod merkle;
 
 pub use algorithm::{Algorithm, PublicKey, SecretKey, SignatureError};

@@ -4,9 +4,15 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
+use quantus_crypto::checkpoint;
+use quantus_crypto::keys::{CryptoPolicy, Purpose, TrustedKey, TrustedKeys, VerifyRule};
+use quantus_crypto::merkle::{leaf_hash, Frontier};
 use uuid::Uuid;
 
+use crate::checkpoint::LogCheckpointSigned;
 use crate::envelope::{Envelope, GENESIS_HASH};
+use crate::keyring::{KeyCompromised, KeyGenerated, KeyRetired};
 
 /// The first problem found, naming the event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +43,23 @@ pub struct Audit {
     chains: HashMap<(String, String), (u64, String, u64)>,
     positions: HashMap<u64, Uuid>,
     duplicates: u64,
+    /// Each position's event hash: the Merkle leaves.
+    hashes: HashMap<u64, [u8; 32]>,
+    /// Signed checkpoints found in the log.
+    checkpoints: Vec<LogCheckpointSigned>,
+    /// Checkpoint keys as the log's own keyring events describe them.
+    log_keys: Vec<TrustedKey>,
+}
+
+/// What the checkpoint checks found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointSummary {
+    /// Checkpoints in the log whose root matches the log and whose signature verifies.
+    pub verified: u64,
+    /// The largest tree size vouched for.
+    pub largest: Option<u64>,
+    /// Whether an outside checkpoint (a witness's) was checked against the log.
+    pub witness: Option<u64>,
 }
 
 impl Audit {
@@ -114,11 +137,152 @@ impl Audit {
         self.positions.insert(position, e.event_id);
         self.chains
             .insert(key, (e.sequence, e.hash.clone(), position));
+        let mut leaf = [0u8; 32];
+        hex::decode_to_slice(&e.hash, &mut leaf)
+            .map_err(|_| fail("the event hash is not 32 bytes of hex".into()))?;
+        self.hashes.insert(position, leaf);
+        self.remember(e);
         Ok(())
     }
 
+    /// Keeps what the checkpoint checks need: checkpoints, and the checkpoint keys' lifecycle.
+    fn remember(&mut self, e: &Envelope) {
+        let payload = e.payload.clone();
+        match e.event_type.as_str() {
+            "LogCheckpointSigned" => {
+                if let Ok(c) = serde_json::from_value(payload) {
+                    self.checkpoints.push(c);
+                }
+            }
+            "KeyGenerated" => {
+                if let Ok(k) = serde_json::from_value::<KeyGenerated>(payload) {
+                    if k.purpose == Purpose::Checkpoint {
+                        self.log_keys.push(TrustedKey {
+                            kid: k.kid,
+                            alg: k.algorithm,
+                            purpose: k.purpose,
+                            public_key: k.public_key,
+                            not_before: k.not_before,
+                            retired_at: None,
+                            compromised_at: None,
+                        });
+                    }
+                }
+            }
+            "KeyRetired" => {
+                if let Ok(r) = serde_json::from_value::<KeyRetired>(payload) {
+                    if let Some(k) = self.log_keys.iter_mut().find(|k| k.kid == r.kid) {
+                        k.retired_at = Some(r.retired_at);
+                    }
+                }
+            }
+            "KeyCompromised" => {
+                if let Ok(c) = serde_json::from_value::<KeyCompromised>(payload) {
+                    if let Some(k) = self.log_keys.iter_mut().find(|k| k.kid == c.kid) {
+                        k.compromised_at = Some(c.compromised_at);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The checkpoint keys the log itself describes, as a key set (weaker than a published
+    /// key set obtained elsewhere: someone who rewrites the log can add keys too).
+    pub fn keys_from_log(&self) -> TrustedKeys {
+        let mut algs: Vec<_> = self.log_keys.iter().map(|k| k.alg).collect();
+        algs.sort();
+        algs.dedup();
+        TrustedKeys {
+            keys: self.log_keys.clone(),
+            policy: CryptoPolicy {
+                sign: vec![],
+                verify: algs
+                    .into_iter()
+                    .map(|alg| VerifyRule { alg, until: None })
+                    .collect(),
+            },
+        }
+    }
+
+    /// Checks every checkpoint in the log against the log (its root is the Merkle tree head
+    /// of the events up to its size) and its signature (by a checkpoint key of `keys`); and,
+    /// if given, a checkpoint obtained outside the log (`witness`, a signed note), so that a
+    /// log rewritten or cut short after that checkpoint is caught even if the attacker
+    /// recomputed every hash. Call after the last `observe`.
+    pub fn check_checkpoints(
+        &self,
+        keys: &TrustedKeys,
+        witness: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<CheckpointSummary, String> {
+        let mut wanted: Vec<(u64, String, Option<String>)> = Vec::new();
+        for c in &self.checkpoints {
+            let opened = checkpoint::open(&c.note, keys, now)
+                .map_err(|e| format!("checkpoint of size {}: {e}", c.tree_size))?;
+            if opened.size != c.tree_size || hex::encode(opened.root) != c.root_hash {
+                return Err(format!(
+                    "checkpoint of size {}: the signed note says size {} root {}",
+                    c.tree_size,
+                    opened.size,
+                    hex::encode(opened.root)
+                ));
+            }
+            wanted.push((c.tree_size, c.root_hash.clone(), None));
+        }
+        let mut summary = CheckpointSummary {
+            verified: self.checkpoints.len() as u64,
+            ..Default::default()
+        };
+        if let Some(note) = witness {
+            let opened = checkpoint::open(note, keys, now)
+                .map_err(|e| format!("the given checkpoint: {e}"))?;
+            summary.witness = Some(opened.size);
+            wanted.push((
+                opened.size,
+                hex::encode(opened.root),
+                Some("the given checkpoint".into()),
+            ));
+        }
+        wanted.sort_by_key(|w| w.0);
+        let size = self.hashes.len() as u64;
+        let mut frontier = Frontier::new();
+        let mut next = wanted.iter().peekable();
+        for position in 1..=size {
+            let Some(h) = self.hashes.get(&position) else {
+                return Err(format!("log position {position} is missing"));
+            };
+            frontier.push(leaf_hash(h));
+            while let Some((s, root, label)) = next.peek() {
+                if *s != position {
+                    break;
+                }
+                let actual = hex::encode(frontier.root());
+                if actual != *root {
+                    let what = label
+                        .clone()
+                        .unwrap_or_else(|| format!("checkpoint of size {s}"));
+                    return Err(format!(
+                        "{what} signed root {root}, but the log's first {s} events hash to {actual}: the log was rewritten"
+                    ));
+                }
+                next.next();
+            }
+        }
+        if let Some((s, _, label)) = next.next() {
+            let what = label
+                .clone()
+                .unwrap_or_else(|| format!("checkpoint of size {s}"));
+            return Err(format!(
+                "{what} covers {s} events, but the log has only {size}: the log was cut short"
+            ));
+        }
+        summary.largest = self.checkpoints.iter().map(|c| c.tree_size).max();
+        Ok(summary)
+    }
+
     /// Checks that positions run 1..=N with no gap, and summarises.
-    pub fn finish(self) -> Result<AuditSummary, String> {
+    pub fn finish(&self) -> Result<AuditSummary, String> {
         let mut positions: Vec<u64> = self.positions.keys().copied().collect();
         positions.sort_unstable();
         for (i, p) in positions.iter().enumerate() {

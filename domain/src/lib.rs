@@ -4,6 +4,7 @@
 //! Time and identifiers arrive as values (see [`envelope::CommandContext`]).
 
 pub mod audit;
+pub mod checkpoint;
 pub mod crypto_policy;
 pub mod envelope;
 pub mod identity;

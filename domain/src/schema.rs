@@ -5,6 +5,7 @@
 
 use schemars::{JsonSchema, Schema};
 
+use crate::checkpoint::LogCheckpointSigned;
 use crate::crypto_policy::{AlgorithmRuleSet, PurposeSignerSet};
 use crate::envelope::Envelope;
 use crate::identity::client::*;
@@ -50,7 +51,9 @@ impl BoundedContext {
     pub fn of_aggregate(aggregate_type: &str) -> Option<Self> {
         match aggregate_type {
             "Organization" | "User" | "Client" | "Group" => Some(Self::Identity),
-            "Grant" | "Session" | "SignInAttempt" | "Consent" => Some(Self::Audit),
+            "Grant" | "Session" | "SignInAttempt" | "Consent" | "LogCheckpoint" => {
+                Some(Self::Audit)
+            }
             "Keyring" | "CryptoPolicy" | "License" => Some(Self::Licensing),
             _ => None,
         }
@@ -146,6 +149,7 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<SignInSucceeded>("SignInAttempt", "SignInSucceeded", 1),
         entry::<SignInFailed>("SignInAttempt", "SignInFailed", 1),
         entry::<ConsentGranted>("Consent", "ConsentGranted", 1),
+        entry::<LogCheckpointSigned>("LogCheckpoint", "LogCheckpointSigned", 1),
     ]
 }
 
@@ -175,7 +179,7 @@ pub fn tenant_is_valid(aggregate_type: &str, aggregate_id: &str, tenant_id: &str
     match aggregate_type {
         "Organization" => tenant_id == aggregate_id,
         // Keys and the crypto policy belong to the platform, not to a customer.
-        "Keyring" | "CryptoPolicy" => tenant_id == PLATFORM_TENANT,
+        "Keyring" | "CryptoPolicy" | "LogCheckpoint" => tenant_id == PLATFORM_TENANT,
         // Everything else belongs to an organization, or to the platform itself (its own
         // administrators, service principals, their grants).
         _ => tenant_id == PLATFORM_TENANT || uuid::Uuid::parse_str(tenant_id).is_ok(),

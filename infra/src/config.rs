@@ -76,6 +76,11 @@ pub struct Config {
     pub kafka_topic_prefix: String,
     pub listen: String,
     pub role: Role,
+    /// Sign a log checkpoint after this many new events (`QUANTUS_CHECKPOINT_EVENTS`)...
+    pub checkpoint_events: u64,
+    /// ...or this many seconds after the last one, if anything happened
+    /// (`QUANTUS_CHECKPOINT_SECONDS`).
+    pub checkpoint_seconds: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +141,16 @@ impl Config {
                 "kafka_partitions must be at least 1".into(),
             ));
         }
+        let number = |name: &str, default: u64| -> Result<u64, InfraError> {
+            match env(name) {
+                Some(v) => v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    InfraError::Config(format!("{name}={v:?} is not a positive number"))
+                }),
+                None => Ok(default),
+            }
+        };
+        let checkpoint_events = number("QUANTUS_CHECKPOINT_EVENTS", 1000)?;
+        let checkpoint_seconds = number("QUANTUS_CHECKPOINT_SECONDS", 60)?;
         let listen = overrides
             .listen
             .clone()
@@ -166,6 +181,8 @@ impl Config {
                 .unwrap_or_default(),
             listen,
             role: overrides.role.unwrap_or_default(),
+            checkpoint_events,
+            checkpoint_seconds,
         })
     }
 

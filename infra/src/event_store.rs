@@ -83,6 +83,84 @@ impl SqlEventRepository {
         Ok(())
     }
 
+    /// The chained hashes of the events at positions 1..=`up_to`, in order: the leaves of the
+    /// log's Merkle tree.
+    pub async fn event_hashes(&self, up_to: u64) -> Result<Vec<[u8; 32]>, InfraError> {
+        let rows =
+            sqlx::query("SELECT position, hash FROM events WHERE position <= $1 ORDER BY position")
+                .bind(up_to as i64)
+                .fetch_all(&self.db.pool)
+                .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            if get_u64(row, "position")? != i as u64 + 1 {
+                return Err(InfraError::Corrupt(format!(
+                    "the log has a gap before position {}",
+                    i + 1
+                )));
+            }
+            let hash: String = row.try_get("hash")?;
+            let mut leaf = [0u8; 32];
+            hex::decode_to_slice(&hash, &mut leaf).map_err(|_| {
+                InfraError::Corrupt(format!("event {} has a malformed hash", i + 1))
+            })?;
+            out.push(leaf);
+        }
+        Ok(out)
+    }
+
+    /// Signed checkpoints in the log, by tree size: (log position, payload).
+    pub async fn checkpoints(
+        &self,
+        after_size: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, serde_json::Value)>, InfraError> {
+        let rows = sqlx::query(
+            "SELECT position, payload FROM events WHERE aggregate_type = 'LogCheckpoint' AND aggregate_id > $1 ORDER BY aggregate_id LIMIT $2",
+        )
+        .bind(format!("checkpoint-{after_size:020}"))
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let payload: String = r.try_get("payload")?;
+                Ok((
+                    get_u64(r, "position")?,
+                    serde_json::from_str(&payload)
+                        .map_err(|e| InfraError::Corrupt(e.to_string()))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The newest checkpoint: (log position, payload).
+    pub async fn latest_checkpoint(&self) -> Result<Option<(u64, serde_json::Value)>, InfraError> {
+        let row = sqlx::query(
+            "SELECT position, payload FROM events WHERE aggregate_type = 'LogCheckpoint' ORDER BY aggregate_id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.map(|r| {
+            let payload: String = r.try_get("payload")?;
+            Ok((
+                get_u64(&r, "position")?,
+                serde_json::from_str(&payload).map_err(|e| InfraError::Corrupt(e.to_string()))?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Where event `event_id` is: (position, tenant).
+    pub async fn locate_event(&self, event_id: &str) -> Result<Option<(u64, String)>, InfraError> {
+        let row = sqlx::query("SELECT position, tenant_id FROM events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.map(|r| Ok((get_u64(&r, "position")?, r.try_get("tenant_id")?)))
+            .transpose()
+    }
+
     /// Records (`kind`, `lookup`) once; false when it was already recorded (a replay).
     pub async fn claim_once(&self, kind: &str, lookup: &str) -> Result<bool, InfraError> {
         let done = sqlx::query(

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use quantus_domain::audit::{Audit, AuditBreak};
@@ -20,6 +21,14 @@ pub struct VerifyArgs {
     /// Prefix of the topic names (as the platform was configured).
     #[arg(long, env = "QUANTUS_KAFKA_TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
+    /// The published key set (`GET /v1/keys`) to check checkpoint signatures with; without
+    /// it, the checkpoint keys the log itself records are used (weaker: a forger can add keys).
+    #[arg(long, value_name = "KEYS.json")]
+    keys: Option<std::path::PathBuf>,
+    /// A signed checkpoint obtained earlier (a witness's copy): the log must still contain
+    /// that tree, so cutting the log short or rewriting it is caught.
+    #[arg(long, value_name = "NOTE")]
+    checkpoint: Option<std::path::PathBuf>,
 }
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -97,25 +106,61 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     }
-    match audit.finish() {
-        Ok(summary) => {
-            println!("events: {}", summary.events);
-            println!("aggregates: {}", summary.aggregates);
-            match (summary.first_position, summary.last_position) {
-                (Some(first), Some(last)) => println!("positions: {first}..{last}"),
-                _ => println!("positions: none (empty log)"),
+    let summary = match audit.finish() {
+        Ok(summary) => summary,
+        Err(reason) => {
+            println!("BROKEN: {reason}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!("events: {}", summary.events);
+    println!("aggregates: {}", summary.aggregates);
+    match (summary.first_position, summary.last_position) {
+        (Some(first), Some(last)) => println!("positions: {first}..{last}"),
+        _ => println!("positions: none (empty log)"),
+    }
+    if summary.duplicates > 0 {
+        println!("duplicate deliveries ignored: {}", summary.duplicates);
+    }
+    let keys = match &args.keys {
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            quantus_crypto::keys::TrustedKeys::from_json(&text)?
+        }
+        None => audit.keys_from_log(),
+    };
+    let witness = match &args.checkpoint {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    match audit.check_checkpoints(&keys, witness.as_deref(), chrono::Utc::now()) {
+        Ok(c) => {
+            let from = if args.keys.is_some() {
+                "the given key set"
+            } else {
+                "keys recorded in the log"
+            };
+            match c.largest {
+                Some(largest) => println!(
+                    "checkpoints: {} signed tree heads match the log (largest: {largest} events; signatures checked with {from})",
+                    c.verified
+                ),
+                None => println!("checkpoints: none in the log"),
             }
-            if summary.duplicates > 0 {
-                println!("duplicate deliveries ignored: {}", summary.duplicates);
+            if let Some(size) = c.witness {
+                println!("given checkpoint: the log still holds its {size} events unchanged");
             }
-            println!("OK");
-            Ok(ExitCode::SUCCESS)
         }
         Err(reason) => {
             println!("BROKEN: {reason}");
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
     }
+    println!("OK");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bar(len: Option<u64>) -> ProgressBar {

@@ -98,6 +98,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .map(|b| format!(", Kafka at {b}"))
                 .unwrap_or_default()
         );
+        // Signed checkpoints every N events or T seconds (docs/event-log.md, "Checkpoints").
+        let checkpoints = state.checkpoints.clone();
+        let (every_events, every) = (
+            config.checkpoint_events,
+            chrono::Duration::seconds(config.checkpoint_seconds as i64),
+        );
+        tasks.spawn(async move {
+            let mut last = chrono::Utc::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let now = chrono::Utc::now();
+                match checkpoints.due(every_events, every, now, last).await {
+                    Ok(true) => match checkpoints.sign_now(&system_context()).await {
+                        Ok(_) => last = now,
+                        Err(e) => tracing::warn!(error = %e, "signing a checkpoint failed"),
+                    },
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "checking for a due checkpoint failed"),
+                }
+            }
+        });
         let app = quantus_api::router(state);
         tasks.spawn(async move {
             Ok(axum::serve(
@@ -130,8 +151,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 /// The default crypto policy and a key per purpose, on a new platform. Several processes may
 /// start at once: a conflict means another one did it, so it is tried once more.
-async fn bootstrap_licensing(state: &AppState) -> anyhow::Result<()> {
-    let ctx = quantus_domain::CommandContext {
+/// The context of the platform's own commands (bootstrap, checkpoints).
+fn system_context() -> quantus_domain::CommandContext {
+    quantus_domain::CommandContext {
         tenant_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
         actor: quantus_domain::Actor {
             kind: quantus_domain::ActorKind::System,
@@ -140,7 +162,11 @@ async fn bootstrap_licensing(state: &AppState) -> anyhow::Result<()> {
         occurred_at: quantus_domain::envelope::truncate_to_micros(chrono::Utc::now()),
         correlation_id: uuid::Uuid::now_v7(),
         causation_id: uuid::Uuid::now_v7(),
-    };
+    }
+}
+
+async fn bootstrap_licensing(state: &AppState) -> anyhow::Result<()> {
+    let ctx = system_context();
     match state.licensing.bootstrap(&ctx).await {
         Err(quantus_commands::CommandError::Concurrency(_)) => {
             state.licensing.bootstrap(&ctx).await?
@@ -184,6 +210,7 @@ async fn bootstrap_admin(
     }
     std::fs::create_dir_all(data_dir)?;
     let secret = random_secret();
+    let ctx = system_context();
     let file = serde_json::json!({
         "client_id": ID,
         "client_secret": secret,
@@ -191,16 +218,6 @@ async fn bootstrap_admin(
         "token_endpoint": format!("{}/oauth2/token", state.issuer),
     });
     write_secret(&pending, &serde_json::to_string_pretty(&file)?)?;
-    let ctx = quantus_domain::CommandContext {
-        tenant_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
-        actor: quantus_domain::Actor {
-            kind: quantus_domain::ActorKind::System,
-            id: "quantus-bootstrap".into(),
-        },
-        occurred_at: quantus_domain::envelope::truncate_to_micros(chrono::Utc::now()),
-        correlation_id: uuid::Uuid::now_v7(),
-        causation_id: uuid::Uuid::now_v7(),
-    };
     let new = NewClient {
         organization_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
         kind: ClientKind::Service,

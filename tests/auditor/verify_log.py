@@ -111,7 +111,7 @@ class DuplicateMember(ValueError):
 
 
 # Aggregates that belong to the platform rather than to an organization (docs/event-log.md).
-PLATFORM_AGGREGATES = {"Keyring", "CryptoPolicy"}
+PLATFORM_AGGREGATES = {"Keyring", "CryptoPolicy", "LogCheckpoint"}
 PLATFORM_TENANT = "platform"
 
 def _reject_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

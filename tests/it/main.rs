@@ -5,6 +5,7 @@
 
 mod api;
 mod browser_pages;
+mod checkpoints;
 mod crypto_crosscheck;
 mod embedded_log;
 mod harness;

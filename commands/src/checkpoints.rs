@@ -1,0 +1,229 @@
+//! Signed log checkpoints: the RFC 9162 tree head over the whole log, signed with
+//! QuantumLock's checkpoint key in the C2SP signed-note format, recorded as an event; and the
+//! inclusion and consistency proofs against them.
+
+use chrono::{DateTime, Utc};
+use quantus_crypto::checkpoint::{note, Checkpoint, CHECKPOINT_CONTEXT};
+use quantus_crypto::keys::Purpose;
+use quantus_crypto::merkle::{self, Hash};
+use quantus_domain::checkpoint::{
+    checkpoint_id, LogCheckpoint, LogCheckpointError, LogCheckpointSigned,
+};
+use quantus_domain::CommandContext;
+
+use crate::licensing::Licensing;
+use crate::{ClassifyError, CommandError};
+
+impl ClassifyError for LogCheckpointError {
+    fn classify(&self) -> CommandError {
+        match self {
+            LogCheckpointError::Empty => CommandError::Invalid(self.to_string()),
+            LogCheckpointError::AlreadySigned => CommandError::Rejected(self.to_string()),
+        }
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> CommandError {
+    CommandError::Storage(e.to_string())
+}
+
+/// A recorded checkpoint and where it sits in the log.
+#[derive(Debug, Clone)]
+pub struct RecordedCheckpoint {
+    pub position: u64,
+    pub checkpoint: LogCheckpointSigned,
+}
+
+#[derive(Clone)]
+pub struct Checkpoints {
+    licensing: Licensing,
+    origin: String,
+}
+
+/// The checkpoint origin line for an issuer URL: its host (and port) and `/log`, as C2SP asks
+/// (a schema-less URL naming the log).
+pub fn origin_of(issuer: &str) -> String {
+    let host = issuer
+        .split_once("://")
+        .map_or(issuer, |(_, rest)| rest)
+        .trim_end_matches('/');
+    format!("{host}/log")
+}
+
+fn parse(position: u64, payload: serde_json::Value) -> Result<RecordedCheckpoint, CommandError> {
+    Ok(RecordedCheckpoint {
+        position,
+        checkpoint: serde_json::from_value(payload).map_err(storage)?,
+    })
+}
+
+impl Checkpoints {
+    pub fn new(licensing: Licensing, issuer: &str) -> Self {
+        Self {
+            licensing,
+            origin: origin_of(issuer),
+        }
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub async fn latest(&self) -> Result<Option<RecordedCheckpoint>, CommandError> {
+        self.licensing
+            .bus()
+            .repository()
+            .latest_checkpoint()
+            .await
+            .map_err(storage)?
+            .map(|(p, v)| parse(p, v))
+            .transpose()
+    }
+
+    pub async fn list(
+        &self,
+        after_size: u64,
+        limit: u32,
+    ) -> Result<Vec<RecordedCheckpoint>, CommandError> {
+        self.licensing
+            .bus()
+            .repository()
+            .checkpoints(after_size, limit)
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .map(|(p, v)| parse(p, v))
+            .collect()
+    }
+
+    /// Leaf hashes of events 1..=`size`: `H(0x00 || event hash)`.
+    async fn leaves(&self, size: u64) -> Result<Vec<Hash>, CommandError> {
+        let hashes = self
+            .licensing
+            .bus()
+            .repository()
+            .event_hashes(size)
+            .await
+            .map_err(storage)?;
+        let leaves: Vec<Hash> = hashes.iter().map(|h| merkle::leaf_hash(h)).collect();
+        if (leaves.len() as u64) < size {
+            return Err(CommandError::NotFound(format!(
+                "the log has only {} events, not {size}",
+                leaves.len()
+            )));
+        }
+        Ok(leaves)
+    }
+
+    /// Signs a checkpoint over the whole log now, unless nothing but the previous checkpoint
+    /// was appended since. Another process signing the same size first is not an error.
+    pub async fn sign_now(
+        &self,
+        ctx: &CommandContext,
+    ) -> Result<Option<LogCheckpointSigned>, CommandError> {
+        let db = self.licensing.bus().repository().database().clone();
+        let head = db.head_position().await.map_err(storage)?;
+        let latest = self.latest().await?;
+        if head == 0 || latest.as_ref().is_some_and(|l| head <= l.position) {
+            return Ok(None);
+        }
+        let leaves = self.leaves(head).await?;
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size: head,
+            root: merkle::root(&leaves),
+        };
+        let body = checkpoint.body();
+        let signature = self
+            .licensing
+            .sign(Purpose::Checkpoint, body.as_bytes(), CHECKPOINT_CONTEXT)
+            .await?;
+        let ring = self.licensing.keyring(Purpose::Checkpoint).await?;
+        let public = ring
+            .trusted_keys()
+            .into_iter()
+            .find(|k| k.kid == signature.kid)
+            .ok_or_else(|| CommandError::Storage("the signing key is not in its keyring".into()))?
+            .public_key();
+        let signed = LogCheckpointSigned {
+            tree_size: head,
+            root_hash: hex::encode(checkpoint.root),
+            note: note(&checkpoint, &self.origin, &public, &signature.bytes),
+            kid: signature.kid,
+        };
+        let result = self
+            .licensing
+            .bus()
+            .execute::<LogCheckpoint>(ctx, &checkpoint_id(head), signed.clone(), None, &())
+            .await;
+        match result {
+            Ok(_) => Ok(Some(signed)),
+            Err(CommandError::Rejected(_) | CommandError::Concurrency(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a checkpoint is due: `every_events` new events, or `every` time with any.
+    pub async fn due(
+        &self,
+        every_events: u64,
+        every: chrono::Duration,
+        now: DateTime<Utc>,
+        last_signed: DateTime<Utc>,
+    ) -> Result<bool, CommandError> {
+        let head = self
+            .licensing
+            .bus()
+            .repository()
+            .database()
+            .head_position()
+            .await
+            .map_err(storage)?;
+        let (last_size, last_position) = match self.latest().await? {
+            Some(l) => (l.checkpoint.tree_size, l.position),
+            None => (0, 0),
+        };
+        let fresh = head > last_position;
+        Ok(fresh && (head - last_size >= every_events || now - last_signed >= every))
+    }
+
+    /// The audit path of the event at `position` in the tree of `size` events.
+    pub async fn inclusion(
+        &self,
+        position: u64,
+        size: u64,
+    ) -> Result<(Hash, Vec<Hash>, Hash), CommandError> {
+        if position == 0 || position > size {
+            return Err(CommandError::Invalid(format!(
+                "position {position} is not in a tree of {size} events"
+            )));
+        }
+        let leaves = self.leaves(size).await?;
+        let leaves = &leaves[..size as usize];
+        let path = merkle::inclusion_proof(leaves, (position - 1) as usize)
+            .ok_or_else(|| CommandError::Invalid("no such leaf".into()))?;
+        Ok((leaves[(position - 1) as usize], path, merkle::root(leaves)))
+    }
+
+    /// The proof that the tree of `from` events is a prefix of the tree of `to` events.
+    pub async fn consistency(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<(Hash, Hash, Vec<Hash>), CommandError> {
+        if from == 0 || from > to {
+            return Err(CommandError::Invalid(format!(
+                "need 0 < from <= to, got from={from} to={to}"
+            )));
+        }
+        let leaves = self.leaves(to).await?;
+        let leaves = &leaves[..to as usize];
+        let path = merkle::consistency_proof(leaves, from as usize)
+            .ok_or_else(|| CommandError::Invalid("bad sizes".into()))?;
+        Ok((
+            merkle::root(&leaves[..from as usize]),
+            merkle::root(leaves),
+            path,
+        ))
+    }
+}

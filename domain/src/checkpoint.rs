@@ -1,0 +1,83 @@
+//! LogCheckpoint: a signed tree head over the log (RFC 9162), recorded as an event. One
+//! aggregate per tree size (`checkpoint-<size, 20 digits>`), so a size is checkpointed once
+//! however many processes try.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogCheckpointSigned {
+    /// The number of log positions covered: events 1..=size.
+    pub tree_size: u64,
+    /// The Merkle tree head, lower-case hex.
+    pub root_hash: String,
+    /// The C2SP signed note (origin, size, base64 root, signature line).
+    pub note: String,
+    /// The checkpoint key that signed it.
+    pub kid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogCheckpointEvent {
+    LogCheckpointSigned(LogCheckpointSigned),
+}
+
+impl DomainEvent for LogCheckpointEvent {
+    fn event_type(&self) -> String {
+        "LogCheckpointSigned".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogCheckpointError {
+    #[error("this tree size is already checkpointed")]
+    AlreadySigned,
+    #[error("a checkpoint covers at least one event")]
+    Empty,
+}
+
+/// The aggregate id of the checkpoint of `tree_size`.
+pub fn checkpoint_id(tree_size: u64) -> String {
+    format!("checkpoint-{tree_size:020}")
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogCheckpoint {
+    pub signed: Option<LogCheckpointSigned>,
+}
+
+impl Aggregate for LogCheckpoint {
+    const TYPE: &'static str = "LogCheckpoint";
+    type Command = LogCheckpointSigned;
+    type Event = LogCheckpointEvent;
+    type Error = LogCheckpointError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        if self.signed.is_some() {
+            return Err(LogCheckpointError::AlreadySigned);
+        }
+        if command.tree_size == 0 {
+            return Err(LogCheckpointError::Empty);
+        }
+        sink.write(LogCheckpointEvent::LogCheckpointSigned(command), self)
+            .await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        let LogCheckpointEvent::LogCheckpointSigned(e) = event;
+        self.signed = Some(e);
+    }
+}
