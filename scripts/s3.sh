@@ -21,6 +21,10 @@
 #   QUANTUS_SERVICES_DIR     state dir (default: <repo>/.services)
 #   QUANTUS_S3S_FS_VERSION   s3s-fs version from crates.io (default: 0.14.1, the
 #                            newest that builds with rustc < 1.96)
+#   QUANTUS_S3_READY_TIMEOUT seconds to wait for the server to listen (default: 30)
+#   QUANTUS_S3_INSTALL_DIR   where the built s3s-fs is cached (default: <state dir>/s3/install);
+#                            point it outside the clone (e.g. ~/.cache/quantus/s3s-fs) so a
+#                            fresh clone (CI) does not rebuild it (~4 min on 2 cores)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,9 +34,11 @@ S3S_FS_VERSION="${QUANTUS_S3S_FS_VERSION:-0.14.1}"
 
 S3_DIR="$SERVICES_DIR/s3"
 # Binary cache: survives `stop`, so only the very first start pays for the build.
-INSTALL_DIR="$S3_DIR/install"
+INSTALL_DIR="${QUANTUS_S3_INSTALL_DIR:-$S3_DIR/install}"
 BIN="$INSTALL_DIR/bin/s3s-fs"
-INSTALL_LOCK="$SERVICES_DIR/.s3-install.lock"
+# Next to the cache, so clones sharing QUANTUS_S3_INSTALL_DIR share the lock too.
+INSTALL_LOCK="$INSTALL_DIR.lock"
+INSTALL_LOG="$INSTALL_DIR.log"
 # Server state: deleted by `stop`.
 RUN_DIR="$S3_DIR/run"
 DATA_DIR="$RUN_DIR/data"
@@ -47,7 +53,7 @@ SECRET_ACCESS_KEY=quantus-secret-key-for-tests
 REGION=us-east-1
 BUCKET=quantus-test
 
-READY_TIMEOUT=30
+READY_TIMEOUT=${QUANTUS_S3_READY_TIMEOUT:-30}
 STOP_TIMEOUT=15
 INSTALL_LOCK_TIMEOUT=1800 # a concurrent caller may be building s3s-fs (~4 min on 2 cores)
 # sha256 of the empty body: s3s insists on x-amz-content-sha256, which curl omits.
@@ -89,25 +95,28 @@ installed_version() {
 # Build s3s-fs into $INSTALL_DIR once; concurrent callers wait for the builder.
 ensure_binary() {
     [[ "$(installed_version || true)" == "$S3S_FS_VERSION" ]] && return
-    mkdir -p "$SERVICES_DIR"
+    mkdir -p "$(dirname "$INSTALL_DIR")"
     exec 8>"$INSTALL_LOCK"
     flock -w "$INSTALL_LOCK_TIMEOUT" 8 || die "timed out waiting for $INSTALL_LOCK (another s3s-fs build?)"
     if [[ "$(installed_version || true)" == "$S3S_FS_VERSION" ]]; then
         exec 8>&-
         return
     fi
-    command -v cargo >/dev/null ||
-        die "cargo not found on PATH: s3s-fs is built from crates.io with cargo install; install a Rust toolchain first"
+    local cargo
+    if ! cargo="$(command -v cargo)"; then
+        # rustup's default location, in case ~/.cargo/bin is not on this shell's PATH.
+        cargo="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin/cargo"
+        [[ -x "$cargo" ]] ||
+            die "cargo not found (PATH or $cargo): s3s-fs is built from crates.io with cargo install; install a Rust toolchain first"
+    fi
 
-    local tmp build_log="$S3_DIR/install.log" started=$SECONDS
-    mkdir -p "$S3_DIR"
-    tmp="$S3_DIR/install.partial"
+    local tmp="$INSTALL_DIR.partial" build_log="$INSTALL_LOG" started=$SECONDS
     rm -rf "$tmp"
     log "building s3s-fs $S3S_FS_VERSION from crates.io into $INSTALL_DIR (one-off, ~4 min on 2 cores; log: $build_log)"
     # Own target dir (not the project's CARGO_TARGET_DIR: no lock contention with a
     # concurrent project build), removed afterwards. `binary` is the feature that
     # builds the s3s-fs executable; --locked uses the crate's published Cargo.lock.
-    if ! (cd "$S3_DIR" && CARGO_TARGET_DIR="$tmp/target" cargo install "s3s-fs@$S3S_FS_VERSION" \
+    if ! (cd "$(dirname "$INSTALL_DIR")" && CARGO_TARGET_DIR="$tmp/target" "$cargo" install "s3s-fs@$S3S_FS_VERSION" \
         --locked --features binary --root "$tmp" --force) >"$build_log" 2>&1 9>&- 8>&-; then
         log "---- last 40 lines of $build_log ----"
         tail -n 40 "$build_log" >&2 || true
@@ -145,10 +154,6 @@ free_port() {
     die "no free TCP port found in 59014-60013"
 }
 
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
 # Is the pid in $PID_FILE alive and really our server (guards against pid reuse)?
 server_pid() {
     local pid
@@ -160,8 +165,25 @@ server_pid() {
     echo "$pid"
 }
 
+# Does PID itself hold the listening socket on 127.0.0.1:PORT? A bare port
+# probe could be answered by another server that got the port first (ours then
+# dies with "address already in use" a moment later).
+pid_listens_on() {
+    local pid="$1" port="$2" hexport fd link inodes=" "
+    printf -v hexport '%04X' "$port"
+    for fd in "/proc/$pid/fd/"*; do
+        link="$(readlink "$fd" 2>/dev/null)" || continue
+        [[ "$link" =~ ^socket:\[([0-9]+)\]$ ]] && inodes+="${BASH_REMATCH[1]} "
+    done
+    # /proc/net/tcp columns: 2 local_address (hex ip:port), 4 state (0A = LISTEN), 10 inode.
+    awk -v port=":$hexport" -v inodes="$inodes" '
+        $4 == "0A" && substr($2, length($2) - 4) == port && index(inodes, " " $10 " ") { found = 1 }
+        END { exit !found }' "/proc/$pid/net/tcp" "/proc/$pid/net/tcp6" 2>/dev/null
+}
+
 is_running() {
-    server_pid >/dev/null && [[ -f "$PORT_FILE" ]] && port_open "$(cat "$PORT_FILE")"
+    local pid
+    pid="$(server_pid)" && [[ -f "$PORT_FILE" ]] && pid_listens_on "$pid" "$(cat "$PORT_FILE")"
 }
 
 endpoint() {
@@ -187,7 +209,10 @@ write_env() {
 # SigV4-signed request; prints the HTTP status code (000 if no answer).
 #   s3_status METHOD PATH [SECRET]
 s3_status() {
-    curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X "$1" \
+    local method=(-X "$1")
+    # `-X HEAD` would make curl wait for a body that never comes; -I does HEAD right.
+    [[ "$1" != HEAD ]] || method=(-I)
+    curl -s -o /dev/null -w '%{http_code}' --max-time 10 "${method[@]}" \
         -H "x-amz-content-sha256: $EMPTY_SHA256" \
         --aws-sigv4 "aws:amz:$REGION:s3" --user "$ACCESS_KEY_ID:${3:-$SECRET_ACCESS_KEY}" \
         "$(endpoint)$2" 2>/dev/null || true
@@ -264,12 +289,19 @@ try_start() {
     # setsid: own session + process group, so `stop` can kill the whole group and
     # the server survives the caller's terminal/CI step. No job control here, so
     # setsid does not fork and $! is the server pid (== pgid). 8>&- 9>&-: do not
-    # leak our flock descriptors into the long-running server.
+    # leak our flock descriptors into the long-running server; likewise any other
+    # descriptor inherited from the caller (e.g. a pipe a CI runner waits on).
     (
         cd "$RUN_DIR"
+        for fd in /proc/self/fd/*; do
+            fd="${fd##*/}"
+            if [[ "$fd" =~ ^[0-9]+$ ]] && ((fd > 2)); then
+                eval "exec $fd>&-" 2>/dev/null || true
+            fi
+        done
         exec setsid nohup "$BIN" --host 127.0.0.1 --port "$port" \
             --access-key "$ACCESS_KEY_ID" --secret-key "$SECRET_ACCESS_KEY" \
-            "$DATA_DIR" </dev/null >>"$LOG_FILE" 2>&1 8>&- 9>&-
+            "$DATA_DIR" </dev/null >>"$LOG_FILE" 2>&1
     ) &
     pid=$!
     echo "$pid" >"$PID_FILE"
@@ -284,7 +316,7 @@ try_start() {
             fi
             fail_start "s3s-fs exited during startup"
         fi
-        if port_open "$port"; then
+        if pid_listens_on "$pid" "$port"; then
             # Any S3 answer (an error for the unsigned request included) means it serves.
             code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/" 2>/dev/null || true)"
             [[ "$code" =~ ^[1-5][0-9][0-9]$ ]] && return 0

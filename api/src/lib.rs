@@ -9,6 +9,7 @@ mod auth;
 mod consistency;
 mod events;
 mod identity;
+mod jobs;
 mod licensing;
 mod metrics;
 mod oauth;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(licensing::routes())
         .merge(identity::routes())
         .merge(audit::routes())
+        .merge(jobs::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_bearer,

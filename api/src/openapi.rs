@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{audit, events, identity, licensing, organizations, Problem};
+use crate::{audit, events, identity, jobs, licensing, organizations, Problem};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use crate::{audit, events, identity, licensing, organizations, Problem};
         identity::rotate_secret, identity::disable_client, identity::create_group, identity::show_group,
         identity::add_member, identity::remove_member, identity::delete_group,
         audit::list, audit::sign, audit::inclusion, audit::consistency,
+        jobs::submit, jobs::list, jobs::show, jobs::transition, jobs::upload, jobs::download,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),

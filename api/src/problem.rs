@@ -113,8 +113,13 @@ impl From<CommandError> for Problem {
 
 impl From<InfraError> for Problem {
     fn from(e: InfraError) -> Self {
-        tracing::error!(error = %e, "infrastructure error");
-        Problem::internal()
+        match e {
+            InfraError::NotFound(d) => Problem::not_found(d),
+            e => {
+                tracing::error!(error = %e, "infrastructure error");
+                Problem::internal()
+            }
+        }
     }
 }
 

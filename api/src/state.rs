@@ -1,10 +1,12 @@
 use std::sync::Arc;
 
 use quantus_commands::checkpoints::Checkpoints;
+use quantus_commands::evidence::Evidence;
 use quantus_commands::identity::Identity;
 use quantus_commands::licensing::Licensing;
 use quantus_commands::CommandBus;
 use quantus_infra::keystore::Keystore;
+use quantus_infra::objects::ObjectStorage;
 use quantus_infra::subject_keys::{SignInThrottle, SubjectKeys};
 use quantus_infra::{Database, SqlEventRepository};
 use quantus_projections::runner::ProjectionRunner;
@@ -19,9 +21,11 @@ pub struct AppState {
     pub organizations: ProjectionRunner,
     pub licenses: ProjectionRunner,
     pub users: ProjectionRunner,
+    pub jobs: ProjectionRunner,
     pub licensing: Licensing,
     pub identity: Identity,
     pub checkpoints: Checkpoints,
+    pub evidence: Evidence,
     /// The public base URL: the OIDC issuer, and the issuer named in signed documents.
     pub issuer: String,
     pub(crate) metrics: Arc<Metrics>,
@@ -33,6 +37,7 @@ impl AppState {
         db: Database,
         keystore: Arc<dyn Keystore>,
         master_key: &[u8; 32],
+        objects: ObjectStorage,
         issuer: String,
     ) -> Self {
         let repo = SqlEventRepository::new(db.clone());
@@ -60,6 +65,8 @@ impl AppState {
                 Arc::new(quantus_projections::users::UsersView::new(keys)),
             ),
             checkpoints: Checkpoints::new(licensing.clone(), &issuer),
+            evidence: Evidence::new(bus.clone(), objects),
+            jobs: ProjectionRunner::new(db.clone(), Arc::new(quantus_projections::jobs::JobsView)),
             licensing,
             identity,
             issuer,

@@ -5,6 +5,7 @@
 //! are added by the store). It answers with the log position a client can wait for.
 
 pub mod checkpoints;
+pub mod evidence;
 pub mod identity;
 pub mod licensing;
 

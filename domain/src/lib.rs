@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod crypto_policy;
 pub mod envelope;
 pub mod identity;
+pub mod job;
 pub mod keyring;
 pub mod license;
 pub mod organization;

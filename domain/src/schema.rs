@@ -14,6 +14,7 @@ use crate::identity::group::*;
 use crate::identity::session::*;
 use crate::identity::signin::*;
 use crate::identity::user::*;
+use crate::job::*;
 use crate::keyring::*;
 use crate::license::*;
 use crate::organization::*;
@@ -55,6 +56,7 @@ impl BoundedContext {
                 Some(Self::Audit)
             }
             "Keyring" | "CryptoPolicy" | "License" => Some(Self::Licensing),
+            "Job" | "EvidenceBundle" => Some(Self::Evidence),
             _ => None,
         }
     }
@@ -150,6 +152,13 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<SignInFailed>("SignInAttempt", "SignInFailed", 1),
         entry::<ConsentGranted>("Consent", "ConsentGranted", 1),
         entry::<LogCheckpointSigned>("LogCheckpoint", "LogCheckpointSigned", 1),
+        entry::<JobSubmitted>("Job", "JobSubmitted", 1),
+        entry::<JobStarted>("Job", "JobStarted", 1),
+        entry::<JobCompleted>("Job", "JobCompleted", 1),
+        entry::<JobFailed>("Job", "JobFailed", 1),
+        entry::<JobCancelled>("Job", "JobCancelled", 1),
+        entry::<ArtifactStored>("Job", "ArtifactStored", 1),
+        entry::<ArtifactPurged>("Job", "ArtifactPurged", 1),
     ]
 }
 

@@ -76,6 +76,9 @@ pub struct Config {
     pub kafka_topic_prefix: String,
     pub listen: String,
     pub role: Role,
+    /// Where artifacts go: `s3://bucket[/prefix]` (credentials and endpoint from the usual
+    /// `AWS_*` variables), or a folder; `None`: `DATA_DIR/objects` (`OBJECT_STORE_URL`).
+    pub object_store_url: Option<String>,
     /// Sign a log checkpoint after this many new events (`QUANTUS_CHECKPOINT_EVENTS`)...
     pub checkpoint_events: u64,
     /// ...or this many seconds after the last one, if anything happened
@@ -183,6 +186,7 @@ impl Config {
             role: overrides.role.unwrap_or_default(),
             checkpoint_events,
             checkpoint_seconds,
+            object_store_url: env("OBJECT_STORE_URL"),
         })
     }
 

@@ -11,4 +11,8 @@ pub enum InfraError {
     Config(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("object storage: {0}")]
+    Storage(String),
 }

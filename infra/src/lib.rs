@@ -10,6 +10,7 @@ pub mod error;
 pub mod event_store;
 pub mod kafka;
 pub mod keystore;
+pub mod objects;
 pub mod relay;
 pub mod subject_keys;
 

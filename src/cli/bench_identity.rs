@@ -88,7 +88,8 @@ pub async fn run(
     let master = master_key(&dir, None)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let state = AppState::new(db, Arc::new(keystore), &master, base.clone());
+    let objects = quantus_infra::objects::ObjectStorage::local(&dir.join("objects"))?;
+    let state = AppState::new(db, Arc::new(keystore), &master, objects, base.clone());
     state.licensing.bootstrap(&ctx(PLATFORM_TENANT)).await?;
     let identity = state.identity.clone();
     let org = Uuid::now_v7().to_string();

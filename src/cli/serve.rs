@@ -81,7 +81,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             config.public_url.trim_end_matches('/').to_owned()
         };
-        let state = AppState::new(db.clone(), std::sync::Arc::new(keystore), &master, issuer);
+        let objects = quantus_infra::objects::ObjectStorage::open(&config)
+            .context("opening object storage")?;
+        let state = AppState::new(
+            db.clone(),
+            std::sync::Arc::new(keystore),
+            &master,
+            objects,
+            issuer,
+        );
         bootstrap_licensing(&state).await?;
         if let Some(path) = bootstrap_admin(&state, &config.data_dir).await? {
             println!(

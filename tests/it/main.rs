@@ -8,6 +8,7 @@ mod browser_pages;
 mod checkpoints;
 mod crypto_crosscheck;
 mod embedded_log;
+pub mod evidence;
 mod harness;
 mod independent_auditor;
 mod license_cli;

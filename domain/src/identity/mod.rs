@@ -73,12 +73,20 @@ impl Role {
                 "licenses:activate",
                 "events:read",
                 "signatures:verify",
+                "jobs:read",
+                "jobs:write",
+                "evidence:read",
+                "evidence:write",
             ],
             Role::Member => &[
                 "organizations:read",
                 "licenses:read",
                 "licenses:activate",
                 "signatures:verify",
+                "jobs:read",
+                "jobs:write",
+                "evidence:read",
+                "evidence:write",
             ],
             Role::Auditor => &[
                 "organizations:read",
@@ -86,6 +94,8 @@ impl Role {
                 "licenses:read",
                 "events:read",
                 "signatures:verify",
+                "jobs:read",
+                "evidence:read",
             ],
             Role::Billing => &["organizations:read", "licenses:read"],
         }
@@ -105,6 +115,10 @@ pub const API_SCOPES: &[&str] = &[
     "keys:manage",
     "signatures:sign",
     "signatures:verify",
+    "jobs:read",
+    "jobs:write",
+    "evidence:read",
+    "evidence:write",
 ];
 
 /// OpenID Connect scopes (RFC 6749 scope tokens defined by OIDC Core).

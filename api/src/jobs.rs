@@ -1,0 +1,317 @@
+//! The evidence plane's REST resources: jobs and their artifacts.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures::StreamExt;
+use quantus_commands::evidence::NewJob;
+use quantus_domain::job::{JobCommand, JobCompleted};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::problem::ApiJson;
+use crate::write::{accepted, accepted_with, context, expected_version, optional_json};
+use crate::{AppState, Problem};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/jobs", post(submit).get(list))
+        .route("/jobs/{id}", get(show))
+        .route("/jobs/{id}/{action}", post(transition))
+        .route("/jobs/{id}/artifacts/{name}", get(download).put(upload))
+}
+
+fn job_id(id: &str) -> Result<String, Problem> {
+    Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| Problem::not_found(format!("no job {id:?}")))
+}
+
+/// The job, if the caller may see its organization's data.
+async fn job_in_tenant(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<(quantus_domain::job::Job, u64), Problem> {
+    let (job, version) = state.evidence.job(id).await?;
+    let org = job
+        .submitted
+        .as_ref()
+        .map(|s| s.organization_id.as_str())
+        .unwrap_or_default();
+    principal.tenant(org, &format!("job {id}"))?;
+    Ok((job, version))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    pub organization_id: String,
+    /// The quantum or HPC backend it runs on.
+    pub backend: String,
+    /// What runs (integers only: send decimals as strings).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub workload: serde_json::Value,
+    /// The configuration snapshot; stored content-addressed, its SHA-256 recorded.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+}
+
+#[utoipa::path(post, path = "/v1/jobs", tag = "evidence", request_body = SubmitJob,
+    responses((status = 201, body = crate::write::CommandAccepted), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn submit(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SubmitJob>,
+) -> Result<Response, Problem> {
+    principal.require("jobs:write")?;
+    principal.tenant(
+        &body.organization_id,
+        &format!("organization {}", body.organization_id),
+    )?;
+    let id = Uuid::now_v7().to_string();
+    let ctx = context(&principal, &headers, &body.organization_id);
+    let new = NewJob {
+        organization_id: body.organization_id,
+        backend: body.backend,
+        workload: if body.workload.is_null() {
+            serde_json::json!({})
+        } else {
+            body.workload
+        },
+        config: if body.config.is_null() {
+            serde_json::json!({})
+        } else {
+            body.config
+        },
+        requested_by: principal.actor.id.clone(),
+    };
+    let outcome = state.evidence.submit(&ctx, &id, new).await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        &id,
+        outcome,
+        Some(format!("/v1/jobs/{id}")),
+    ))
+}
+
+fn view(id: &str, job: &quantus_domain::job::Job, version: u64) -> serde_json::Value {
+    let artifacts: Vec<serde_json::Value> = job
+        .artifacts
+        .values()
+        .map(|a| {
+            serde_json::json!({
+                "name": a.stored.name, "sha256": a.stored.sha256, "size": a.stored.size,
+                "media_type": a.stored.media_type, "purged_by": a.purged_by,
+            })
+        })
+        .collect();
+    let s = job.submitted.as_ref();
+    serde_json::json!({
+        "id": id,
+        "status": job.status.name(),
+        "organization_id": s.map(|s| &s.organization_id),
+        "backend": s.map(|s| &s.backend),
+        "workload": s.map(|s| &s.workload),
+        "config_digest": s.map(|s| &s.config_digest),
+        "requested_by": s.map(|s| &s.requested_by),
+        "result": job.completed,
+        "error": job.error,
+        "artifacts": artifacts,
+        "version": version,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "evidence", params(("id" = String, Path)),
+    responses((status = 200, description = "the job, its result and artifacts"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require("jobs:read")?;
+    let id = job_id(&id)?;
+    let (job, version) = job_in_tenant(&state, &principal, &id).await?;
+    let mut response = Json(view(&id, &job, version)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobList {
+    org: String,
+    after: Option<String>,
+    limit: Option<u32>,
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "evidence",
+    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
+    responses((status = 200, description = "{items, next_after}")),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    crate::problem::ApiQuery(q): crate::problem::ApiQuery<JobList>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    principal.require("jobs:read")?;
+    principal.tenant(&q.org, &format!("organization {}", q.org))?;
+    let limit = crate::paging::limit(q.limit)?;
+    crate::consistency::Consistency {
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    }
+    .wait(&state.jobs)
+    .await?;
+    let rows = quantus_projections::jobs::JobsView::by_organization(
+        &state.db.pool,
+        &q.org,
+        q.after.as_deref(),
+        limit,
+    )
+    .await?;
+    let next_after = crate::paging::next_after(&rows, limit, |r| r.id.as_str());
+    Ok(Json(
+        serde_json::json!({ "items": rows, "next_after": next_after }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobTransition {
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    result_summary: Option<serde_json::Value>,
+    #[serde(default)]
+    metrics: Option<std::collections::BTreeMap<String, i64>>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/{action}", tag = "evidence",
+    request_body(content = JobTransition, description = "result_summary and metrics (complete), error (fail), reason (cancel)"),
+    params(("id" = String, Path), ("action" = String, Path, description = "start, complete, fail or cancel"), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn transition(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require("jobs:write")?;
+    let id = job_id(&id)?;
+    let body: JobTransition = optional_json(&headers, &body)?;
+    let (job, _) = job_in_tenant(&state, &principal, &id).await?;
+    let org = job.submitted.map(|s| s.organization_id).unwrap_or_default();
+    let command = match action.as_str() {
+        "start" => JobCommand::Start,
+        "complete" => JobCommand::Complete(JobCompleted {
+            result_summary: body.result_summary.unwrap_or_else(|| serde_json::json!({})),
+            metrics: body.metrics.unwrap_or_default(),
+        }),
+        "fail" => JobCommand::Fail {
+            error: body
+                .error
+                .ok_or_else(|| Problem::unprocessable("error is required"))?,
+        },
+        "cancel" => JobCommand::Cancel {
+            reason: body.reason.unwrap_or_default(),
+        },
+        _ => return Err(Problem::not_found(format!("no job action {action:?}"))),
+    };
+    let ctx = context(&principal, &headers, &org);
+    let outcome = state
+        .evidence
+        .job_command(&ctx, &id, command, expected_version(&headers)?)
+        .await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+/// Streams the body into object storage; the server computes the SHA-256.
+#[utoipa::path(put, path = "/v1/jobs/{id}/artifacts/{name}", tag = "evidence",
+    params(("id" = String, Path), ("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the artifact; Content-Type is recorded as its media type"),
+    responses((status = 201, description = "{name, sha256, size, media_type, version, position}"), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    principal.require("jobs:write")?;
+    let id = job_id(&id)?;
+    let (job, _) = job_in_tenant(&state, &principal, &id).await?;
+    let org = job.submitted.map(|s| s.organization_id).unwrap_or_default();
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let ctx = context(&principal, &headers, &org);
+    let stream = body.into_data_stream();
+    let (stored, outcome) = state
+        .evidence
+        .store_artifact(&ctx, &id, &name, &media_type, stream)
+        .await?;
+    let answer = serde_json::json!({
+        "name": stored.name, "sha256": stored.sha256, "size": stored.size,
+        "media_type": stored.media_type, "version": outcome.version, "position": outcome.position,
+    });
+    Ok(accepted_with(
+        StatusCode::CREATED,
+        answer,
+        outcome,
+        Some(format!("/v1/jobs/{id}/artifacts/{name}")),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts/{name}", tag = "evidence",
+    params(("id" = String, Path), ("name" = String, Path)),
+    responses((status = 200, description = "the bytes, checked against the recorded SHA-256 (Digest header)"), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn download(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    use base64::Engine as _;
+    principal.require("jobs:read")?;
+    let id = job_id(&id)?;
+    job_in_tenant(&state, &principal, &id).await?;
+    let (stored, stream) = state.evidence.read_artifact(&id, &name).await?;
+    let body =
+        Body::from_stream(stream.map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))));
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&stored.media_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.size));
+    // RFC 9530 Repr-Digest: the client can check the bytes itself.
+    let digest = base64::engine::general_purpose::STANDARD
+        .encode(hex::decode(&stored.sha256).unwrap_or_default());
+    if let Ok(v) = HeaderValue::from_str(&format!("sha-256=:{digest}:")) {
+        h.insert("repr-digest", v);
+    }
+    Ok(response)
+}

@@ -1,0 +1,167 @@
+//! The jobs read model: one row per job, for listing an organization's jobs.
+
+use async_trait::async_trait;
+use quantus_domain::envelope::rfc3339_micros;
+use quantus_domain::job::JobSubmitted;
+use quantus_infra::{InfraError, LogRecord};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
+
+use crate::Projection;
+
+pub struct JobsView;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRow {
+    pub id: String,
+    pub organization_id: String,
+    pub backend: String,
+    /// `submitted`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    pub artifacts: i64,
+    pub submitted_at: String,
+    pub updated_at: String,
+    pub version: u64,
+}
+
+const SELECT: &str = "SELECT id, organization_id, backend, status, artifacts, submitted_at, updated_at, version FROM jobs_view";
+
+fn row_to_job(row: &AnyRow) -> Result<JobRow, InfraError> {
+    Ok(JobRow {
+        id: row.try_get("id")?,
+        organization_id: row.try_get("organization_id")?,
+        backend: row.try_get("backend")?,
+        status: row.try_get("status")?,
+        artifacts: row.try_get("artifacts")?,
+        submitted_at: row.try_get("submitted_at")?,
+        updated_at: row.try_get("updated_at")?,
+        version: row.try_get::<i64, _>("version")? as u64,
+    })
+}
+
+impl JobsView {
+    pub const NAME: &'static str = "jobs";
+
+    pub async fn by_organization(
+        pool: &AnyPool,
+        organization_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<JobRow>, InfraError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(organization_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(row_to_job).collect()
+    }
+}
+
+#[async_trait]
+impl Projection for JobsView {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn handles(&self, aggregate_type: &str) -> bool {
+        aggregate_type == "Job"
+    }
+
+    async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS jobs_view (
+                id TEXT PRIMARY KEY,
+                organization_id TEXT NOT NULL,
+                backend TEXT NOT NULL,
+                status TEXT NOT NULL,
+                artifacts BIGINT NOT NULL,
+                submitted_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                version BIGINT NOT NULL
+            )",
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn clear(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        conn.execute("DELETE FROM jobs_view").await?;
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, record: &LogRecord) -> Result<(), InfraError> {
+        let e = &record.envelope;
+        let at = rfc3339_micros::format(&e.occurred_at);
+        let version = e.sequence as i64;
+        let status = match e.event_type.as_str() {
+            "JobSubmitted" => {
+                let p: JobSubmitted = serde_json::from_value(e.payload.clone()).map_err(|x| {
+                    InfraError::Corrupt(format!("event at position {}: {x}", record.position))
+                })?;
+                sqlx::query(
+                    "INSERT INTO jobs_view (id, organization_id, backend, status, artifacts, submitted_at, updated_at, version)
+                     VALUES ($1, $2, $3, 'submitted', 0, $4, $4, $5)",
+                )
+                .bind(e.aggregate_id.clone())
+                .bind(p.organization_id)
+                .bind(p.backend)
+                .bind(at)
+                .bind(version)
+                .execute(conn)
+                .await?;
+                return Ok(());
+            }
+            "JobStarted" => "running",
+            "JobCompleted" => "completed",
+            "JobFailed" => "failed",
+            "JobCancelled" => "cancelled",
+            "ArtifactStored" => {
+                sqlx::query("UPDATE jobs_view SET artifacts = artifacts + 1, updated_at = $1, version = $2 WHERE id = $3")
+                    .bind(at)
+                    .bind(version)
+                    .bind(e.aggregate_id.clone())
+                    .execute(conn)
+                    .await?;
+                return Ok(());
+            }
+            "ArtifactPurged" => {
+                sqlx::query("UPDATE jobs_view SET updated_at = $1, version = $2 WHERE id = $3")
+                    .bind(at)
+                    .bind(version)
+                    .bind(e.aggregate_id.clone())
+                    .execute(conn)
+                    .await?;
+                return Ok(());
+            }
+            other => {
+                return Err(InfraError::Corrupt(format!(
+                    "jobs: unknown event type {other:?} at position {}",
+                    record.position
+                )))
+            }
+        };
+        sqlx::query(
+            "UPDATE jobs_view SET status = $1, updated_at = $2, version = $3 WHERE id = $4",
+        )
+        .bind(status)
+        .bind(at)
+        .bind(version)
+        .bind(e.aggregate_id.clone())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
+        let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
+            .fetch_all(conn)
+            .await?;
+        rows.iter()
+            .map(|r| row_to_job(r).map(|j| serde_json::to_value(j).unwrap_or_default()))
+            .collect()
+    }
+}

@@ -1,0 +1,215 @@
+//! The evidence plane over HTTP: jobs, their configuration snapshots, and artifacts streamed
+//! into object storage (a local folder here; a real S3-protocol server in
+//! `postgres_kafka::i_*`).
+
+use serde_json::{json, Value};
+use sha2::Digest;
+
+use crate::harness::*;
+
+/// Deterministic pseudo-random bytes (so a wrong byte anywhere shows in the digest).
+pub fn payload(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub async fn submit_job(api: &Api, org: &str) -> String {
+    let r = api
+        .post(
+            "/v1/jobs",
+            json!({"organization_id": org, "backend": "ibm_kyiv",
+                   "workload": {"circuit": "ghz", "qubits": 27, "shots": 4096},
+                   "config": {"optimization_level": 3, "seed": 7, "transpiler": "qiskit-1.4"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["id"].as_str().unwrap().to_owned()
+}
+
+pub async fn upload(api: &Api, job: &str, name: &str, bytes: Vec<u8>) -> reqwest::Response {
+    api.request(
+        reqwest::Method::PUT,
+        &format!("/v1/jobs/{job}/artifacts/{name}"),
+    )
+    .header("content-type", "application/octet-stream")
+    .body(bytes)
+    .send()
+    .await
+    .unwrap()
+}
+
+/// Runs a job through its life with a large artifact; checks what object storage holds.
+pub async fn job_with_artifacts(api: &Api, org: &str) -> (String, String) {
+    let job = submit_job(api, org).await;
+    assert_eq!(
+        api.post(&format!("/v1/jobs/{job}/start"), json!({}))
+            .await
+            .status,
+        200
+    );
+    // 20 MiB: several multipart chunks.
+    let big = payload(20 * 1024 * 1024 + 17);
+    let expected = hex::encode(sha2::Sha256::digest(&big));
+    let res = upload(api, &job, "counts.bin", big.clone()).await;
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["sha256"], expected.as_str());
+    assert_eq!(body["size"], big.len() as u64);
+    // Artifacts are immutable.
+    let again = upload(api, &job, "counts.bin", b"other".to_vec()).await;
+    assert_eq!(again.status(), 409);
+    let small = upload(
+        api,
+        &job,
+        "summary.json",
+        br#"{"ghz_fidelity":"0.91"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(small.status(), 201);
+    // Names cannot walk out of the job's folder.
+    let bad = upload(api, &job, "..%2F..%2Fescape", b"x".to_vec()).await;
+    assert_ne!(bad.status(), 201);
+
+    let res = api
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{job}/artifacts/counts.bin"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["repr-digest"]
+        .to_str()
+        .unwrap()
+        .starts_with("sha-256=:"));
+    let got = res.bytes().await.unwrap();
+    assert_eq!(hex::encode(sha2::Sha256::digest(&got)), expected);
+
+    let r = api
+        .post(
+            &format!("/v1/jobs/{job}/complete"),
+            json!({"result_summary": {"ghz_fidelity": "0.91"}, "metrics": {"shots": 4096, "duration_ms": 5123}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (job, expected)
+}
+
+#[tokio::test]
+async fn a_job_keeps_its_configuration_and_artifacts_with_their_digests() {
+    let dir = temp_dir("jobs");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (org, _) = api.create_org("Acme").await;
+    let (job, digest) = job_with_artifacts(&api, &org).await;
+
+    let shown = api.get(&format!("/v1/jobs/{job}")).await;
+    assert_eq!(shown.body["status"], "completed", "{}", shown.body);
+    assert_eq!(shown.body["artifacts"][0]["sha256"], digest.as_str());
+    // The configuration snapshot is stored under the digest of its canonical JSON.
+    let config = json!({"optimization_level": 3, "seed": 7, "transpiler": "qiskit-1.4"});
+    let canonical = quantus_crypto::document::canonical(&config).unwrap();
+    let config_digest = hex::encode(sha2::Sha256::digest(&canonical));
+    assert_eq!(shown.body["config_digest"], config_digest.as_str());
+    let stored = std::fs::read(
+        dir.join("objects/configs")
+            .join(format!("{config_digest}.json")),
+    )
+    .unwrap();
+    assert_eq!(stored, canonical);
+
+    let position = shown.body["version"].as_u64().unwrap();
+    let _ = position;
+    let list = api.get(&format!("/v1/jobs?org={org}&wait_ms=5000")).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert_eq!(list.body["items"][0]["id"], job.as_str());
+
+    // Bytes changed behind the platform's back are refused, not served.
+    let object = walk(&dir.join("objects/jobs"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("counts.bin"))
+        .unwrap();
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[1000] ^= 1;
+    std::fs::write(&object, bytes).unwrap();
+    let r = api
+        .get(&format!("/v1/jobs/{job}/artifacts/counts.bin"))
+        .await;
+    assert_eq!(r.status, 500, "{}", r.body);
+
+    // Floats are refused (payload numbers are integers), and bad transitions are 409.
+    let r = api
+        .post(
+            "/v1/jobs",
+            json!({"organization_id": org, "backend": "x", "workload": {"theta": 0.25}}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = api.post(&format!("/v1/jobs/{job}/start"), json!({})).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+}
+
+#[tokio::test]
+async fn another_organization_cannot_see_or_touch_a_job() {
+    let dir = temp_dir("jobs-tenants");
+    let server = Server::embedded(&dir);
+    let admin = server.client();
+    let (acme, _) = admin.create_org("Acme").await;
+    let (globex, _) = admin.create_org("Globex").await;
+    let job = submit_job(&admin, &acme).await;
+    let r = admin
+        .post(
+            "/v1/service-principals",
+            json!({"organization_id": globex, "name": "ci", "roles": ["admin"]}),
+        )
+        .await;
+    let other = Api {
+        base: server.url().to_owned(),
+        token: client_token(
+            server.url(),
+            r.body["client_id"].as_str().unwrap(),
+            r.body["client_secret"].as_str().unwrap(),
+            None,
+        ),
+        http: reqwest::Client::new(),
+    };
+    assert_eq!(other.get(&format!("/v1/jobs/{job}")).await.status, 404);
+    assert_eq!(
+        other
+            .post(&format!("/v1/jobs/{job}/cancel"), json!({}))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        upload(&other, &job, "x.bin", b"x".to_vec()).await.status(),
+        404
+    );
+    assert_eq!(other.get(&format!("/v1/jobs?org={acme}")).await.status, 404);
+    let r = other
+        .post("/v1/jobs", json!({"organization_id": acme, "backend": "x"}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
