@@ -8,6 +8,7 @@ mod audit;
 mod auth;
 mod consistency;
 mod events;
+mod evidence;
 mod identity;
 mod jobs;
 mod licensing;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(identity::routes())
         .merge(audit::routes())
         .merge(jobs::routes())
+        .merge(evidence::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_bearer,

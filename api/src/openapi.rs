@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{audit, events, identity, jobs, licensing, organizations, Problem};
+use crate::{audit, events, evidence, identity, jobs, licensing, organizations, Problem};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use crate::{audit, events, identity, jobs, licensing, organizations, Problem};
         identity::add_member, identity::remove_member, identity::delete_group,
         audit::list, audit::sign, audit::inclusion, audit::consistency,
         jobs::submit, jobs::list, jobs::show, jobs::transition, jobs::upload, jobs::download,
+        evidence::create, evidence::show, evidence::export, evidence::dsse, evidence::verify,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),

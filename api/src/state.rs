@@ -65,7 +65,11 @@ impl AppState {
                 Arc::new(quantus_projections::users::UsersView::new(keys)),
             ),
             checkpoints: Checkpoints::new(licensing.clone(), &issuer),
-            evidence: Evidence::new(bus.clone(), objects),
+            evidence: Evidence::new(
+                licensing.clone(),
+                Checkpoints::new(licensing.clone(), &issuer),
+                objects,
+            ),
             jobs: ProjectionRunner::new(db.clone(), Arc::new(quantus_projections::jobs::JobsView)),
             licensing,
             identity,

@@ -205,6 +205,28 @@ impl Checkpoints {
         Ok((leaves[(position - 1) as usize], path, merkle::root(leaves)))
     }
 
+    /// Audit paths of several events in the tree of `size` events (one read of the log).
+    pub async fn inclusion_many(
+        &self,
+        positions: &[u64],
+        size: u64,
+    ) -> Result<Vec<Vec<Hash>>, CommandError> {
+        let leaves = self.leaves(size).await?;
+        let leaves = &leaves[..size as usize];
+        positions
+            .iter()
+            .map(|p| {
+                if *p == 0 || *p > size {
+                    return Err(CommandError::Invalid(format!(
+                        "position {p} is not in a tree of {size} events"
+                    )));
+                }
+                merkle::inclusion_proof(leaves, (*p - 1) as usize)
+                    .ok_or_else(|| CommandError::Invalid("no such leaf".into()))
+            })
+            .collect()
+    }
+
     /// The proof that the tree of `from` events is a prefix of the tree of `to` events.
     pub async fn consistency(
         &self,

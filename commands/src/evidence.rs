@@ -10,7 +10,23 @@ use quantus_domain::CommandContext;
 use quantus_infra::objects::{ObjectStorage, UploadError};
 use sha2::{Digest, Sha256};
 
+use quantus_crypto::document::SignedDocument;
+use quantus_crypto::evidence::{
+    dsse_pae, in_toto_statement, Manifest, ManifestArtifact, ManifestCheckpoint, ManifestEvent,
+    DSSE_CONTEXT, EVIDENCE_CONTEXT, EVIDENCE_FORMAT, IN_TOTO_PAYLOAD_TYPE,
+};
+use quantus_crypto::keys::Purpose;
+use quantus_domain::evidence::{BundleExists, EvidenceBundle, EvidenceBundleCreated};
+
+use crate::checkpoints::Checkpoints;
+use crate::licensing::Licensing;
 use crate::{ClassifyError, CommandBus, CommandError, CommandOutcome};
+
+impl ClassifyError for BundleExists {
+    fn classify(&self) -> CommandError {
+        CommandError::Rejected(self.to_string())
+    }
+}
 
 /// Largest artifact accepted (`PUT` bodies stream, so this bounds storage, not memory).
 pub const MAX_ARTIFACT_BYTES: u64 = 10 * 1024 * 1024 * 1024;
@@ -46,6 +62,8 @@ pub struct NewJob {
 pub struct Evidence {
     bus: CommandBus,
     objects: ObjectStorage,
+    licensing: Licensing,
+    checkpoints: Checkpoints,
 }
 
 /// Where a configuration snapshot lives.
@@ -54,8 +72,13 @@ pub fn config_path(digest: &str) -> String {
 }
 
 impl Evidence {
-    pub fn new(bus: CommandBus, objects: ObjectStorage) -> Self {
-        Self { bus, objects }
+    pub fn new(licensing: Licensing, checkpoints: Checkpoints, objects: ObjectStorage) -> Self {
+        Self {
+            bus: licensing.bus().clone(),
+            objects,
+            licensing,
+            checkpoints,
+        }
     }
 
     pub fn objects(&self) -> &ObjectStorage {
@@ -270,4 +293,287 @@ impl Evidence {
         .boxed();
         Ok((stored, stream))
     }
+
+    /// Creates an evidence bundle for a job: a manifest of the job, its configuration digest,
+    /// its artifacts' digests and its events, each with an inclusion proof in a signed log
+    /// checkpoint (signed now if the latest does not cover the job yet); signed with the
+    /// evidence key and stored in object storage for good.
+    pub async fn create_bundle(
+        &self,
+        ctx: &CommandContext,
+        job_id: &str,
+    ) -> Result<(String, SignedDocument, CommandOutcome), CommandError> {
+        use base64::Engine as _;
+        let (job, _) = self.job(job_id).await?;
+        let submitted = job
+            .submitted
+            .clone()
+            .ok_or_else(|| CommandError::NotFound(format!("no job {job_id}")))?;
+        let records = self
+            .bus
+            .repository()
+            .aggregate_records("Job", job_id)
+            .await
+            .map_err(storage)?;
+        let last = records.iter().map(|r| r.position).max().unwrap_or(0);
+        let platform = CommandContext {
+            tenant_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
+            ..ctx.clone()
+        };
+        let covering = match self.checkpoints.latest().await? {
+            Some(c) if c.checkpoint.tree_size >= last => c,
+            _ => {
+                self.checkpoints.sign_now(&platform).await?;
+                self.checkpoints
+                    .latest()
+                    .await?
+                    .filter(|c| c.checkpoint.tree_size >= last)
+                    .ok_or_else(|| {
+                        CommandError::Storage("no checkpoint covers the job's events".into())
+                    })?
+            }
+        };
+        let size = covering.checkpoint.tree_size;
+        let positions: Vec<u64> = records.iter().map(|r| r.position).collect();
+        let paths = self.checkpoints.inclusion_many(&positions, size).await?;
+        let events = records
+            .iter()
+            .zip(paths)
+            .map(|(r, path)| ManifestEvent {
+                position: r.position,
+                event_id: r.envelope.event_id.to_string(),
+                event_type: r.envelope.event_type.clone(),
+                hash: r.envelope.hash.clone(),
+                inclusion_path: path
+                    .iter()
+                    .map(|h| base64::engine::general_purpose::STANDARD.encode(h))
+                    .collect(),
+            })
+            .collect();
+        let bundle_id = uuid::Uuid::now_v7().to_string();
+        let manifest = Manifest {
+            format: EVIDENCE_FORMAT.into(),
+            bundle_id: bundle_id.clone(),
+            issuer: self.licensing_issuer(),
+            created_at: ctx.occurred_at,
+            job_id: job_id.to_owned(),
+            organization_id: submitted.organization_id.clone(),
+            job: serde_json::json!({
+                "backend": submitted.backend,
+                "workload": submitted.workload,
+                "requested_by": submitted.requested_by,
+                "status": job.status.name(),
+                "result": job.completed,
+                "error": job.error,
+            }),
+            config_sha256: submitted.config_digest.clone(),
+            artifacts: job
+                .artifacts
+                .values()
+                .map(|a| ManifestArtifact {
+                    name: a.stored.name.clone(),
+                    sha256: a.stored.sha256.clone(),
+                    size: a.stored.size,
+                    media_type: a.stored.media_type.clone(),
+                    purged_by: a.purged_by.clone(),
+                })
+                .collect(),
+            events,
+            checkpoint: ManifestCheckpoint {
+                note: covering.checkpoint.note.clone(),
+                tree_size: size,
+                root_hash: covering.checkpoint.root_hash.clone(),
+            },
+        };
+        let payload = serde_json::to_value(&manifest).map_err(storage)?;
+        let document = self
+            .licensing
+            .sign_document(Purpose::Evidence, payload, EVIDENCE_CONTEXT)
+            .await?;
+        let bytes = document.to_canonical_json().map_err(storage)?;
+        let location = format!("evidence/{bundle_id}/manifest.json");
+        let manifest_sha256 = hex::encode(Sha256::digest(&bytes));
+        self.objects
+            .put_bytes(&location, bytes)
+            .await
+            .map_err(storage)?;
+        let created = EvidenceBundleCreated {
+            job_id: job_id.to_owned(),
+            organization_id: submitted.organization_id,
+            manifest_sha256,
+            location,
+            kid: document
+                .signatures
+                .first()
+                .map(|s| s.kid.clone())
+                .unwrap_or_default(),
+            checkpoint_size: size,
+        };
+        let outcome = self
+            .bus
+            .execute::<EvidenceBundle>(ctx, &bundle_id, created, Some(0), &())
+            .await?;
+        Ok((bundle_id, document, outcome))
+    }
+
+    fn licensing_issuer(&self) -> String {
+        self.licensing.issuer().to_owned()
+    }
+
+    /// A bundle's record and its signed manifest, checked against the recorded digest.
+    pub async fn bundle(
+        &self,
+        id: &str,
+    ) -> Result<(EvidenceBundleCreated, SignedDocument), CommandError> {
+        let (bundle, _) = self.bus.load::<EvidenceBundle>(id).await?;
+        let created = bundle
+            .created
+            .ok_or_else(|| CommandError::NotFound(format!("no evidence bundle {id}")))?;
+        let bytes = self
+            .objects
+            .get_bytes(&created.location)
+            .await
+            .map_err(storage)?;
+        if hex::encode(Sha256::digest(&bytes)) != created.manifest_sha256 {
+            return Err(CommandError::Storage(format!(
+                "the stored manifest of {id} no longer matches its digest"
+            )));
+        }
+        let document = SignedDocument::from_canonical_json(&bytes).map_err(storage)?;
+        Ok((created, document))
+    }
+
+    /// The bundle as a DSSE envelope around an in-toto Statement v1.
+    pub async fn dsse(&self, id: &str) -> Result<serde_json::Value, CommandError> {
+        use base64::Engine as _;
+        let (_, document) = self.bundle(id).await?;
+        let manifest: Manifest =
+            serde_json::from_value(document.payload.clone()).map_err(storage)?;
+        let statement = serde_json::to_vec(&in_toto_statement(&manifest)).map_err(storage)?;
+        let signature = self
+            .licensing
+            .sign(
+                Purpose::Evidence,
+                &dsse_pae(IN_TOTO_PAYLOAD_TYPE, &statement),
+                DSSE_CONTEXT,
+            )
+            .await?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(serde_json::json!({
+            "payloadType": IN_TOTO_PAYLOAD_TYPE,
+            "payload": b64.encode(&statement),
+            "signatures": [{ "keyid": signature.kid, "sig": b64.encode(&signature.bytes) }],
+        }))
+    }
+
+    /// One self-contained tar archive: the signed manifest, the public key set, the
+    /// configuration snapshot, the DSSE envelope and, if asked, the artifacts still stored.
+    pub async fn export(&self, id: &str, with_artifacts: bool) -> Result<Vec<u8>, CommandError> {
+        let (created, document) = self.bundle(id).await?;
+        let manifest: Manifest =
+            serde_json::from_value(document.payload.clone()).map_err(storage)?;
+        let keys = self.licensing.key_set().await?;
+        let mut files: Vec<(String, Vec<u8>)> = vec![
+            (
+                "manifest.json".into(),
+                document.to_canonical_json().map_err(storage)?,
+            ),
+            (
+                "keys.json".into(),
+                serde_json::to_vec_pretty(&keys).map_err(storage)?,
+            ),
+            (
+                "statement.dsse.json".into(),
+                serde_json::to_vec_pretty(&self.dsse(id).await?).map_err(storage)?,
+            ),
+        ];
+        let config = self
+            .objects
+            .get_bytes(&config_path(&manifest.config_sha256))
+            .await
+            .map_err(storage)?;
+        files.push(("config.json".into(), config.to_vec()));
+        if with_artifacts {
+            let (job, _) = self.job(&created.job_id).await?;
+            for a in job.artifacts.values().filter(|a| a.purged_by.is_none()) {
+                let bytes = self
+                    .objects
+                    .get_bytes(&a.stored.location)
+                    .await
+                    .map_err(storage)?;
+                files.push((format!("artifacts/{}", a.stored.name), bytes.to_vec()));
+            }
+        }
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, bytes) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(manifest.created_at.timestamp().max(0) as u64);
+            header.set_cksum();
+            builder
+                .append_data(
+                    &mut header,
+                    format!("evidence-{id}/{name}"),
+                    bytes.as_slice(),
+                )
+                .map_err(storage)?;
+        }
+        builder.into_inner().map_err(storage)
+    }
+}
+
+/// An exported archive's contents: the signed manifest, the key set it carries, and the
+/// other files by their path inside the bundle folder (`config.json`, `artifacts/<name>`).
+pub struct Unpacked {
+    pub manifest: SignedDocument,
+    pub keys: Option<quantus_crypto::keys::TrustedKeys>,
+    pub files: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads an archive made by [`Evidence::export`].
+pub fn unpack(archive: &[u8]) -> Result<Unpacked, String> {
+    use std::io::Read as _;
+    let mut files = std::collections::BTreeMap::new();
+    let mut tar = tar::Archive::new(archive);
+    for entry in tar
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?
+    {
+        let mut entry = entry.map_err(|e| format!("broken archive entry: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("bad path in archive: {e}"))?
+            .to_string_lossy()
+            .into_owned();
+        // Paths are `evidence-<id>/<file>`; anything else is ignored.
+        let Some((_, inner)) = path.split_once('/') else {
+            continue;
+        };
+        if inner.is_empty() || inner.contains("..") {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("reading {path}: {e}"))?;
+        files.insert(inner.to_owned(), bytes);
+    }
+    let manifest = files
+        .remove("manifest.json")
+        .ok_or("the archive has no manifest.json")?;
+    let manifest = SignedDocument::from_canonical_json(&manifest)
+        .map_err(|e| format!("manifest.json: {e}"))?;
+    let keys = match files.remove("keys.json") {
+        Some(k) => Some(
+            quantus_crypto::keys::TrustedKeys::from_json(&k)
+                .map_err(|e| format!("keys.json: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(Unpacked {
+        manifest,
+        keys,
+        files,
+    })
 }

@@ -64,6 +64,11 @@ impl Licensing {
         &self.bus
     }
 
+    /// The public base URL named as issuer in signed documents.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     /// On a new platform: the default crypto policy, and an active key for every purpose.
     /// Idempotent: it only fills what is missing.
     pub async fn bootstrap(&self, ctx: &CommandContext) -> Result<(), CommandError> {

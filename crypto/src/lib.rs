@@ -7,6 +7,7 @@
 //! - [`algorithm`]: Ed25519, ML-DSA-44/65/87 (FIPS 204, with context strings) and the composite
 //!   ML-DSA-65 + Ed25519 of draft-ietf-lamps-pq-composite-sigs-19.
 //! - [`document`]: a canonical JSON payload (RFC 8785) with a list of signatures.
+//! - [`evidence`]: evidence bundles (signed manifests with inclusion proofs), DSSE, in-toto.
 //! - [`keys`]: the published key set and crypto policy a verifier trusts.
 //! - [`license`]: licence files and CRLs, and [`license::verify`].
 //! - [`checkpoint`]: signed log checkpoints (C2SP signed-note format).
@@ -15,6 +16,7 @@
 pub mod algorithm;
 pub mod checkpoint;
 pub mod document;
+pub mod evidence;
 pub mod keys;
 pub mod license;
 pub mod merkle;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod crypto_policy;
 pub mod envelope;
+pub mod evidence;
 pub mod identity;
 pub mod job;
 pub mod keyring;

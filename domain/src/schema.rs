@@ -8,6 +8,7 @@ use schemars::{JsonSchema, Schema};
 use crate::checkpoint::LogCheckpointSigned;
 use crate::crypto_policy::{AlgorithmRuleSet, PurposeSignerSet};
 use crate::envelope::Envelope;
+use crate::evidence::EvidenceBundleCreated;
 use crate::identity::client::*;
 use crate::identity::grant::*;
 use crate::identity::group::*;
@@ -159,6 +160,7 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<JobCancelled>("Job", "JobCancelled", 1),
         entry::<ArtifactStored>("Job", "ArtifactStored", 1),
         entry::<ArtifactPurged>("Job", "ArtifactPurged", 1),
+        entry::<EvidenceBundleCreated>("EvidenceBundle", "EvidenceBundleCreated", 1),
     ]
 }
 

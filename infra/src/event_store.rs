@@ -161,6 +161,22 @@ impl SqlEventRepository {
             .transpose()
     }
 
+    /// One aggregate's events with their log positions, in sequence order.
+    pub async fn aggregate_records(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Vec<LogRecord>, InfraError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+        ))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
     /// Records (`kind`, `lookup`) once; false when it was already recorded (a replay).
     pub async fn claim_once(&self, kind: &str, lookup: &str) -> Result<bool, InfraError> {
         let done = sqlx::query(

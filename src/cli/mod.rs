@@ -3,6 +3,7 @@ mod bench;
 mod bench_crypto;
 mod bench_identity;
 mod events;
+mod evidence;
 mod license;
 mod serve;
 
@@ -45,6 +46,15 @@ enum Command {
     /// Licence files, offline.
     #[command(subcommand)]
     License(LicenseCommand),
+    /// Evidence archives, offline.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
+}
+
+#[derive(Subcommand)]
+enum EvidenceCommand {
+    /// Verify an exported evidence archive with only public keys (no network).
+    Verify(evidence::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -188,6 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => bench::run(args).await,
         Command::License(LicenseCommand::Verify(args)) => Ok(license::verify(args)),
+        Command::Evidence(EvidenceCommand::Verify(args)) => Ok(evidence::verify(args)),
     }
 }
 

@@ -213,3 +213,156 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Rewrites one file inside a tar archive.
+fn retar(archive: &[u8], change: &str, f: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = tar::Builder::new(Vec::new());
+    let mut input = tar::Archive::new(archive);
+    for entry in input.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if path.ends_with(change) {
+            f(&mut bytes);
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        out.append_data(&mut header, path, bytes.as_slice())
+            .unwrap();
+    }
+    out.into_inner().unwrap()
+}
+
+fn evidence_verify(archive: &std::path::Path, keys: &std::path::Path) -> (bool, String) {
+    let out = quantus(
+        &[
+            "evidence",
+            "verify",
+            archive.to_str().unwrap(),
+            "--keys",
+            keys.to_str().unwrap(),
+        ],
+        &[],
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+pub async fn bytes_of(api: &Api, path: &str) -> Vec<u8> {
+    let res = api
+        .request(reqwest::Method::GET, path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{path}");
+    res.bytes().await.unwrap().to_vec()
+}
+
+/// Creates a bundle for a finished job and checks it offline, and its forgeries.
+pub async fn bundle_round_trip(api: &Api, dir: &std::path::Path, org: &str) {
+    let (job, digest) = job_with_artifacts(api, org).await;
+    let r = api
+        .post(&format!("/v1/jobs/{job}/evidence"), json!({}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let bundle = r.body["id"].as_str().unwrap().to_owned();
+    let manifest = &r.body["manifest"]["payload"];
+    assert_eq!(manifest["job_id"], job.as_str());
+    assert_eq!(manifest["artifacts"][0]["sha256"], digest.as_str());
+    assert!(manifest["events"].as_array().unwrap().len() >= 4);
+    assert!(manifest["checkpoint"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("/log\n"));
+
+    let archive = bytes_of(api, &format!("/v1/evidence/{bundle}/export?artifacts=true")).await;
+    let keys = bytes_of(api, "/v1/keys").await;
+    let (archive_file, keys_file) = (dir.join("bundle.tar"), dir.join("keys.json"));
+    std::fs::write(&archive_file, &archive).unwrap();
+    std::fs::write(&keys_file, &keys).unwrap();
+    let (ok, out) = evidence_verify(&archive_file, &keys_file);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("artifact counts.bin: verified") && out.contains("configuration"),
+        "{out}"
+    );
+    assert!(out.contains("included in the checkpoint"), "{out}");
+
+    // The same archive checked by the platform.
+    let res = api
+        .request(reqwest::Method::POST, "/v1/evidence/verify")
+        .header("content-type", "application/x-tar")
+        .body(archive.clone())
+        .send()
+        .await
+        .unwrap();
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["valid"], true, "{report}");
+
+    // Forgeries: a changed artifact byte, a changed manifest claim, a changed configuration.
+    for (file, what, expected) in [
+        (
+            "artifacts/counts.bin",
+            "an artifact",
+            "does not have the recorded SHA-256",
+        ),
+        ("manifest.json", "the manifest", "signature"),
+        ("config.json", "the configuration", "configuration snapshot"),
+    ] {
+        let forged = retar(&archive, file, |bytes| {
+            if file == "manifest.json" {
+                let text = String::from_utf8(bytes.clone()).unwrap();
+                *bytes = text.replacen("ibm_kyiv", "ibm_fake", 1).into_bytes();
+            } else {
+                bytes[3] ^= 0x20;
+            }
+        });
+        let forged_file = dir.join("forged.tar");
+        std::fs::write(&forged_file, forged).unwrap();
+        let (ok, out) = evidence_verify(&forged_file, &keys_file);
+        assert!(!ok, "a changed {what} went unnoticed: {out}");
+        assert!(
+            out.starts_with("invalid:") && out.contains(expected),
+            "{what}: {out}"
+        );
+    }
+
+    // DSSE / in-toto: a statement whose subjects are the artifacts, signed over the PAE.
+    let envelope: Value = api.get(&format!("/v1/evidence/{bundle}/dsse")).await.body;
+    assert_eq!(envelope["payloadType"], "application/vnd.in-toto+json");
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let statement_bytes = b64.decode(envelope["payload"].as_str().unwrap()).unwrap();
+    let statement: Value = serde_json::from_slice(&statement_bytes).unwrap();
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], digest.as_str());
+    let keyset = quantus_crypto::keys::TrustedKeys::from_json(&keys).unwrap();
+    let key = keyset
+        .find(envelope["signatures"][0]["keyid"].as_str().unwrap())
+        .unwrap();
+    let sig = b64
+        .decode(envelope["signatures"][0]["sig"].as_str().unwrap())
+        .unwrap();
+    key.public_key()
+        .verify(
+            &quantus_crypto::evidence::dsse_pae("application/vnd.in-toto+json", &statement_bytes),
+            quantus_crypto::evidence::DSSE_CONTEXT,
+            &sig,
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_evidence_bundle_verifies_offline_and_forgeries_do_not() {
+    let dir = temp_dir("evidence-bundle");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (org, _) = api.create_org("Acme").await;
+    bundle_round_trip(&api, &dir, &org).await;
+}

@@ -1,0 +1,70 @@
+//! EvidenceBundle: a signed manifest of one job, kept in object storage forever; the event
+//! records its digest and signer.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceBundleCreated {
+    pub job_id: String,
+    pub organization_id: String,
+    /// SHA-256 (hex) of the signed manifest's canonical JSON, as stored.
+    pub manifest_sha256: String,
+    pub location: String,
+    pub kid: String,
+    /// The checkpoint the job's events are proven against.
+    pub checkpoint_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EvidenceBundleEvent {
+    EvidenceBundleCreated(EvidenceBundleCreated),
+}
+
+impl DomainEvent for EvidenceBundleEvent {
+    fn event_type(&self) -> String {
+        "EvidenceBundleCreated".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("evidence bundle already exists")]
+pub struct BundleExists;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceBundle {
+    pub created: Option<EvidenceBundleCreated>,
+}
+
+impl Aggregate for EvidenceBundle {
+    const TYPE: &'static str = "EvidenceBundle";
+    type Command = EvidenceBundleCreated;
+    type Event = EvidenceBundleEvent;
+    type Error = BundleExists;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        if self.created.is_some() {
+            return Err(BundleExists);
+        }
+        sink.write(EvidenceBundleEvent::EvidenceBundleCreated(command), self)
+            .await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        let EvidenceBundleEvent::EvidenceBundleCreated(e) = event;
+        self.created = Some(e);
+    }
+}
