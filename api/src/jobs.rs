@@ -54,6 +54,9 @@ pub struct SubmitJob {
     pub organization_id: String,
     /// The quantum or HPC backend it runs on.
     pub backend: String,
+    /// The job's class, which retention rules name (default `default`).
+    #[serde(default)]
+    pub class: Option<String>,
     /// What runs (integers only: send decimals as strings).
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -83,6 +86,7 @@ pub async fn submit(
     let new = NewJob {
         organization_id: body.organization_id,
         backend: body.backend,
+        job_class: body.class.unwrap_or_default(),
         workload: if body.workload.is_null() {
             serde_json::json!({})
         } else {
@@ -121,6 +125,7 @@ fn view(id: &str, job: &quantus_domain::job::Job, version: u64) -> serde_json::V
         "status": job.status.name(),
         "organization_id": s.map(|s| &s.organization_id),
         "backend": s.map(|s| &s.backend),
+        "class": s.map(|s| &s.job_class),
         "workload": s.map(|s| &s.workload),
         "config_digest": s.map(|s| &s.config_digest),
         "requested_by": s.map(|s| &s.requested_by),
@@ -314,4 +319,159 @@ pub async fn download(
         h.insert("repr-digest", v);
     }
     Ok(response)
+}
+
+pub fn retention_routes() -> Router<AppState> {
+    Router::new()
+        .route("/retention/sweep", post(sweep))
+        .route("/retention/{org}", get(retention))
+        .route(
+            "/retention/{org}/rules/{job_class}",
+            axum::routing::put(set_rule),
+        )
+        .route(
+            "/retention/{org}/legal-hold",
+            post(place_hold).delete(release_hold),
+        )
+}
+
+/// Retention decisions are an organization administrator's (or the platform's).
+fn retention_admin(principal: &Principal, org: &str) -> Result<(), Problem> {
+    use quantus_domain::identity::Role;
+    principal.require("evidence:write")?;
+    principal.tenant(org, &format!("organization {org}"))?;
+    if principal.is_platform()
+        || principal
+            .roles
+            .iter()
+            .any(|r| matches!(r, Role::Owner | Role::Admin))
+    {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "retention is set by an organization's owner or admin",
+        ))
+    }
+}
+
+#[utoipa::path(get, path = "/v1/retention/{org}", tag = "evidence", params(("org" = String, Path)),
+    responses((status = 200, description = "{rules: {job_class: days}, legal_hold}"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn retention(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(org): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    principal.require("jobs:read")?;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let (policy, version) = state.evidence.retention(&org).await?;
+    Ok(Json(serde_json::json!({
+        "organization_id": org, "rules": policy.rules, "legal_hold": policy.legal_hold, "version": version,
+    })))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    pub keep_artifacts_days: u32,
+}
+
+#[utoipa::path(put, path = "/v1/retention/{org}/rules/{job_class}", tag = "evidence", request_body = RetentionRule,
+    params(("org" = String, Path), ("job_class" = String, Path, description = "a job class, or * for all others")),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 403, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn set_rule(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((org, job_class)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RetentionRule>,
+) -> Result<Response, Problem> {
+    use quantus_domain::retention::{RetentionCommand, RetentionRuleSet};
+    retention_admin(&principal, &org)?;
+    let ctx = context(&principal, &headers, &org);
+    let command = RetentionCommand::SetRule(RetentionRuleSet {
+        organization_id: org.clone(),
+        job_class,
+        keep_artifacts_days: body.keep_artifacts_days,
+    });
+    let outcome = state
+        .evidence
+        .retention_command(&ctx, &org, command)
+        .await?;
+    Ok(accepted(StatusCode::OK, &org, outcome, None))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHold {
+    pub reason: String,
+}
+
+#[utoipa::path(post, path = "/v1/retention/{org}/legal-hold", tag = "evidence", request_body = LegalHold,
+    params(("org" = String, Path)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn place_hold(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<LegalHold>,
+) -> Result<Response, Problem> {
+    use quantus_domain::retention::RetentionCommand;
+    retention_admin(&principal, &org)?;
+    let ctx = context(&principal, &headers, &org);
+    let outcome = state
+        .evidence
+        .retention_command(
+            &ctx,
+            &org,
+            RetentionCommand::PlaceHold {
+                reason: body.reason,
+            },
+        )
+        .await?;
+    Ok(accepted(StatusCode::OK, &org, outcome, None))
+}
+
+#[utoipa::path(delete, path = "/v1/retention/{org}/legal-hold", tag = "evidence", params(("org" = String, Path)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn release_hold(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    use quantus_domain::retention::RetentionCommand;
+    retention_admin(&principal, &org)?;
+    let ctx = context(&principal, &headers, &org);
+    let outcome = state
+        .evidence
+        .retention_command(&ctx, &org, RetentionCommand::ReleaseHold)
+        .await?;
+    Ok(accepted(StatusCode::OK, &org, outcome, None))
+}
+
+/// Runs the retention sweep now (the scheduler runs it every `QUANTUS_RETENTION_SECONDS`).
+#[utoipa::path(post, path = "/v1/retention/sweep", tag = "evidence",
+    responses((status = 200, description = "{purged}")),
+    security(("bearer" = [])))]
+pub async fn sweep(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, Problem> {
+    principal.require("keys:manage")?;
+    let ctx = context(
+        &principal,
+        &headers,
+        quantus_domain::schema::PLATFORM_TENANT,
+    );
+    let purged = state.evidence.sweep(&ctx, chrono::Utc::now()).await?;
+    Ok(Json(serde_json::json!({ "purged": purged })))
 }

@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(identity::routes())
         .merge(audit::routes())
         .merge(jobs::routes())
+        .merge(jobs::retention_routes())
         .merge(evidence::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

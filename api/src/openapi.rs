@@ -22,6 +22,7 @@ use crate::{audit, events, evidence, identity, jobs, licensing, organizations, P
         identity::add_member, identity::remove_member, identity::delete_group,
         audit::list, audit::sign, audit::inclusion, audit::consistency,
         jobs::submit, jobs::list, jobs::show, jobs::transition, jobs::upload, jobs::download,
+        jobs::retention, jobs::set_rule, jobs::place_hold, jobs::release_hold, jobs::sweep,
         evidence::create, evidence::show, evidence::export, evidence::dsse, evidence::verify,
     ),
     components(schemas(Problem)),

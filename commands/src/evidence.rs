@@ -52,6 +52,7 @@ fn storage(e: impl std::fmt::Display) -> CommandError {
 pub struct NewJob {
     pub organization_id: String,
     pub backend: String,
+    pub job_class: String,
     pub workload: serde_json::Value,
     /// The configuration snapshot, stored content-addressed.
     pub config: serde_json::Value,
@@ -120,6 +121,7 @@ impl Evidence {
         let command = JobCommand::Submit(JobSubmitted {
             organization_id: new.organization_id,
             backend: new.backend,
+            job_class: new.job_class,
             workload: new.workload,
             config_digest: digest,
             requested_by: new.requested_by,
@@ -520,6 +522,123 @@ impl Evidence {
                 .map_err(storage)?;
         }
         builder.into_inner().map_err(storage)
+    }
+}
+
+impl ClassifyError for quantus_domain::retention::RetentionError {
+    fn classify(&self) -> CommandError {
+        if self.is_validation() {
+            CommandError::Invalid(self.to_string())
+        } else {
+            CommandError::Rejected(self.to_string())
+        }
+    }
+}
+
+impl Evidence {
+    pub async fn retention(
+        &self,
+        organization_id: &str,
+    ) -> Result<(quantus_domain::retention::RetentionPolicy, u64), CommandError> {
+        self.bus
+            .load::<quantus_domain::retention::RetentionPolicy>(
+                &quantus_domain::retention::policy_id(organization_id),
+            )
+            .await
+    }
+
+    pub async fn retention_command(
+        &self,
+        ctx: &CommandContext,
+        organization_id: &str,
+        command: quantus_domain::retention::RetentionCommand,
+    ) -> Result<CommandOutcome, CommandError> {
+        let (org, _) = self.bus.load::<Organization>(organization_id).await?;
+        if org.status == OrganizationStatus::Absent {
+            return Err(CommandError::NotFound(format!(
+                "no organization {organization_id}"
+            )));
+        }
+        self.bus
+            .execute::<quantus_domain::retention::RetentionPolicy>(
+                ctx,
+                &quantus_domain::retention::policy_id(organization_id),
+                command,
+                None,
+                &(),
+            )
+            .await
+    }
+
+    /// Deletes the artifacts whose organization's policy says their time is up (unless a legal
+    /// hold stands), then records each as purged. Deleting first means a crash in between
+    /// leaves an artifact that a later sweep records, never bytes the log says are gone.
+    /// Returns how many were purged.
+    pub async fn sweep(
+        &self,
+        ctx: &CommandContext,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, CommandError> {
+        use std::collections::HashMap;
+        let stored = self
+            .bus
+            .repository()
+            .events_of_type("Job", "ArtifactStored")
+            .await
+            .map_err(storage)?;
+        let mut policies: HashMap<String, quantus_domain::retention::RetentionPolicy> =
+            HashMap::new();
+        let mut purged = 0;
+        for record in stored {
+            let e = &record.envelope;
+            let policy = match policies.get(&e.tenant_id) {
+                Some(p) => p.clone(),
+                None => {
+                    let (p, _) = self.retention(&e.tenant_id).await?;
+                    policies.insert(e.tenant_id.clone(), p.clone());
+                    p
+                }
+            };
+            if policy.legal_hold.is_some() {
+                continue;
+            }
+            let artifact: ArtifactStored =
+                serde_json::from_value(e.payload.clone()).map_err(storage)?;
+            let (job, _) = self.bus.load::<Job>(&e.aggregate_id).await?;
+            let Some(submitted) = &job.submitted else {
+                continue;
+            };
+            if job
+                .artifacts
+                .get(&artifact.name)
+                .is_none_or(|a| a.purged_by.is_some())
+            {
+                continue;
+            }
+            let Some(days) = policy.keep_days(&submitted.job_class) else {
+                continue;
+            };
+            if e.occurred_at + chrono::Duration::days(i64::from(days)) > now {
+                continue;
+            }
+            self.objects
+                .delete(&artifact.location)
+                .await
+                .map_err(storage)?;
+            let command = JobCommand::PurgeArtifact {
+                name: artifact.name.clone(),
+                policy: policy.describe(&submitted.job_class),
+            };
+            let ctx = CommandContext {
+                tenant_id: e.tenant_id.clone(),
+                ..ctx.clone()
+            };
+            self.bus
+                .execute::<Job>(&ctx, &e.aggregate_id, command, None, &())
+                .await?;
+            purged += 1;
+        }
+        Ok(purged)
     }
 }
 

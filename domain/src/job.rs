@@ -17,6 +17,8 @@ pub const MAX_TEXT_CHARS: usize = 2000;
 pub struct JobSubmitted {
     pub organization_id: String,
     pub backend: String,
+    /// The job's class for retention rules (`default` unless the client names one).
+    pub job_class: String,
     /// What runs, as the client describes it (JSON with integer numbers only).
     pub workload: serde_json::Value,
     /// SHA-256 (hex) of the configuration snapshot's canonical JSON (RFC 8785); the snapshot
@@ -224,6 +226,10 @@ impl Job {
                     return Err(JobError::AlreadyExists);
                 }
                 s.backend = text("backend", &s.backend, MAX_NAME_CHARS)?;
+                s.job_class = text("class", &s.job_class, MAX_NAME_CHARS)?;
+                if s.job_class.is_empty() {
+                    s.job_class = "default".into();
+                }
                 if s.backend.is_empty() {
                     return Err(JobError::Invalid("backend is required".into()));
                 }
@@ -345,6 +351,7 @@ mod tests {
         E::JobSubmitted(JobSubmitted {
             organization_id: "org".into(),
             backend: "ibm_kyiv".into(),
+            job_class: "default".into(),
             workload: serde_json::json!({"shots": 1024}),
             config_digest: "00".repeat(32),
             requested_by: "u1".into(),

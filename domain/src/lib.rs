@@ -13,6 +13,7 @@ pub mod job;
 pub mod keyring;
 pub mod license;
 pub mod organization;
+pub mod retention;
 pub mod schema;
 
 pub use envelope::{Actor, ActorKind, CommandContext, Envelope, EnvelopeError, GENESIS_HASH};

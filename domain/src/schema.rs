@@ -19,6 +19,7 @@ use crate::job::*;
 use crate::keyring::*;
 use crate::license::*;
 use crate::organization::*;
+use crate::retention::*;
 
 /// A bounded context owns aggregates and publishes to one topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,7 +58,7 @@ impl BoundedContext {
                 Some(Self::Audit)
             }
             "Keyring" | "CryptoPolicy" | "License" => Some(Self::Licensing),
-            "Job" | "EvidenceBundle" => Some(Self::Evidence),
+            "Job" | "EvidenceBundle" | "RetentionPolicy" => Some(Self::Evidence),
             _ => None,
         }
     }
@@ -161,6 +162,9 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<ArtifactStored>("Job", "ArtifactStored", 1),
         entry::<ArtifactPurged>("Job", "ArtifactPurged", 1),
         entry::<EvidenceBundleCreated>("EvidenceBundle", "EvidenceBundleCreated", 1),
+        entry::<RetentionRuleSet>("RetentionPolicy", "RetentionRuleSet", 1),
+        entry::<LegalHoldPlaced>("RetentionPolicy", "LegalHoldPlaced", 1),
+        entry::<LegalHoldReleased>("RetentionPolicy", "LegalHoldReleased", 1),
     ]
 }
 

@@ -84,6 +84,8 @@ pub struct Config {
     /// ...or this many seconds after the last one, if anything happened
     /// (`QUANTUS_CHECKPOINT_SECONDS`).
     pub checkpoint_seconds: u64,
+    /// How often the retention sweep runs (`QUANTUS_RETENTION_SECONDS`).
+    pub retention_seconds: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +156,7 @@ impl Config {
         };
         let checkpoint_events = number("QUANTUS_CHECKPOINT_EVENTS", 1000)?;
         let checkpoint_seconds = number("QUANTUS_CHECKPOINT_SECONDS", 60)?;
+        let retention_seconds = number("QUANTUS_RETENTION_SECONDS", 3600)?;
         let listen = overrides
             .listen
             .clone()
@@ -186,6 +189,7 @@ impl Config {
             role: overrides.role.unwrap_or_default(),
             checkpoint_events,
             checkpoint_seconds,
+            retention_seconds,
             object_store_url: env("OBJECT_STORE_URL"),
         })
     }

@@ -161,6 +161,22 @@ impl SqlEventRepository {
             .transpose()
     }
 
+    /// Every event of one type, in log order (for sweeps such as retention).
+    pub async fn events_of_type(
+        &self,
+        aggregate_type: &str,
+        event_type: &str,
+    ) -> Result<Vec<LogRecord>, InfraError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND event_type = $2 ORDER BY position"
+        ))
+        .bind(aggregate_type)
+        .bind(event_type)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
     /// One aggregate's events with their log positions, in sequence order.
     pub async fn aggregate_records(
         &self,

@@ -127,6 +127,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         });
+        // Retention: delete artifacts whose time is up, record each purge.
+        let evidence = state.evidence.clone();
+        let every = std::time::Duration::from_secs(config.retention_seconds);
+        tasks.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match evidence.sweep(&system_context(), chrono::Utc::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "retention sweep"),
+                    Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+                }
+            }
+        });
         let app = quantus_api::router(state);
         tasks.spawn(async move {
             Ok(axum::serve(

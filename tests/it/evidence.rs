@@ -366,3 +366,131 @@ async fn an_evidence_bundle_verifies_offline_and_forgeries_do_not() {
     let (org, _) = api.create_org("Acme").await;
     bundle_round_trip(&api, &dir, &org).await;
 }
+
+#[tokio::test]
+async fn retention_purges_artifacts_but_never_manifests_and_a_legal_hold_stops_it() {
+    let dir = temp_dir("retention");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (org, _) = api.create_org("Acme").await;
+    let r = api
+        .post(
+            "/v1/jobs",
+            json!({"organization_id": org, "backend": "ionq_forte", "class": "calibration"}),
+        )
+        .await;
+    let job = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        upload(&api, &job, "raw.bin", payload(4096)).await.status(),
+        201
+    );
+    let before = api
+        .post(&format!("/v1/jobs/{job}/evidence"), json!({}))
+        .await;
+    let early_bundle = before.body["id"].as_str().unwrap().to_owned();
+
+    // A member may not decide retention; the organization's admin (here the platform) may.
+    let sp = api
+        .post(
+            "/v1/service-principals",
+            json!({"organization_id": org, "name": "ci", "roles": ["member"]}),
+        )
+        .await;
+    let member = Api {
+        base: server.url().to_owned(),
+        token: client_token(
+            server.url(),
+            sp.body["client_id"].as_str().unwrap(),
+            sp.body["client_secret"].as_str().unwrap(),
+            None,
+        ),
+        http: reqwest::Client::new(),
+    };
+    let rule = json!({"keep_artifacts_days": 0});
+    let r = member
+        .send(
+            member
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/v1/retention/{org}/rules/calibration"),
+                )
+                .json(&rule),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = api
+        .send(
+            api.request(
+                reqwest::Method::PUT,
+                &format!("/v1/retention/{org}/rules/calibration"),
+            )
+            .json(&rule),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // A legal hold stops the sweep.
+    let r = api
+        .post(
+            &format!("/v1/retention/{org}/legal-hold"),
+            json!({"reason": "litigation"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = api.post("/v1/retention/sweep", json!({})).await;
+    assert_eq!(r.body["purged"], 0, "{}", r.body);
+    let r = api
+        .send(api.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/retention/{org}/legal-hold"),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = api.post("/v1/retention/sweep", json!({})).await;
+    assert_eq!(r.body["purged"], 1, "{}", r.body);
+
+    let r = api.get(&format!("/v1/jobs/{job}/artifacts/raw.bin")).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("purged"),
+        "{}",
+        r.body
+    );
+    let shown = api.get(&format!("/v1/jobs/{job}")).await;
+    assert!(shown.body["artifacts"][0]["purged_by"]
+        .as_str()
+        .unwrap()
+        .contains("calibration"));
+    assert!(!walk(&dir.join("objects/jobs"))
+        .iter()
+        .any(|p| p.to_string_lossy().contains("raw.bin")));
+
+    // Both the bundle made before the purge and one made after still verify; the later one
+    // reports the artifact as purged by policy.
+    let keys_file = dir.join("keys.json");
+    std::fs::write(&keys_file, bytes_of(&api, "/v1/keys").await).unwrap();
+    let after = api
+        .post(&format!("/v1/jobs/{job}/evidence"), json!({}))
+        .await;
+    let late_bundle = after.body["id"].as_str().unwrap().to_owned();
+    for (bundle, expected) in [
+        (early_bundle, "artifact raw.bin: not included"),
+        (
+            late_bundle,
+            "artifact raw.bin: purged by retention policy calibration",
+        ),
+    ] {
+        let archive = bytes_of(
+            &api,
+            &format!("/v1/evidence/{bundle}/export?artifacts=true"),
+        )
+        .await;
+        let file = dir.join(format!("{bundle}.tar"));
+        std::fs::write(&file, archive).unwrap();
+        let (ok, out) = evidence_verify(&file, &keys_file);
+        assert!(ok && out.contains(expected), "{out}");
+    }
+    // The log itself was never touched.
+    let (ok, out) = audit_verify(&["--data-dir", dir.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}
