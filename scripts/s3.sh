@@ -17,14 +17,23 @@
 # every other message goes to stderr. Use path-style requests (object_store's
 # default; boto3: addressing_style="path").
 #
+# Known differences from AWS S3 (s3s-fs 0.14.1), worth knowing when writing tests:
+#   - conditional PUT (If-None-Match: *, If-Match: <etag>) answers 412 correctly
+#     for one writer, but is check-then-write, NOT atomic: concurrent writers can
+#     all win. Do not test optimistic-concurrency races against this server.
+#   - conditional GET/HEAD headers (If-Match, If-None-Match, If-Modified-Since...)
+#     are ignored: always 200, never 304/412.
+#   - keys map to files, so "a" and "a/b" cannot both exist (the second PUT is 500).
+#   - virtual-hosted-style requests need a --domain the script does not set.
+#
 # Environment:
 #   QUANTUS_SERVICES_DIR     state dir (default: <repo>/.services)
 #   QUANTUS_S3S_FS_VERSION   s3s-fs version from crates.io (default: 0.14.1, the
 #                            newest that builds with rustc < 1.96)
 #   QUANTUS_S3_READY_TIMEOUT seconds to wait for the server to listen (default: 30)
-#   QUANTUS_S3_INSTALL_DIR   where the built s3s-fs is cached (default: <state dir>/s3/install);
-#                            point it outside the clone (e.g. ~/.cache/quantus/s3s-fs) so a
-#                            fresh clone (CI) does not rebuild it (~4 min on 2 cores)
+#   QUANTUS_S3_INSTALL_DIR   where the built s3s-fs is cached (default:
+#                            ~/.cache/quantus/s3s-fs-<version>, outside the clone, so a fresh
+#                            clone (CI) does not rebuild it: 2-4 min on 2 cores)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -34,7 +43,8 @@ S3S_FS_VERSION="${QUANTUS_S3S_FS_VERSION:-0.14.1}"
 
 S3_DIR="$SERVICES_DIR/s3"
 # Binary cache: survives `stop`, so only the very first start pays for the build.
-INSTALL_DIR="${QUANTUS_S3_INSTALL_DIR:-$S3_DIR/install}"
+# Outside the clone by default (like Kafka's jars), so a fresh clone (CI) does not rebuild it.
+INSTALL_DIR="${QUANTUS_S3_INSTALL_DIR:-${QUANTUS_CACHE_DIR:-${HOME:-/root}/.cache/quantus}/s3s-fs-$S3S_FS_VERSION}"
 BIN="$INSTALL_DIR/bin/s3s-fs"
 # Next to the cache, so clones sharing QUANTUS_S3_INSTALL_DIR share the lock too.
 INSTALL_LOCK="$INSTALL_DIR.lock"
@@ -55,7 +65,7 @@ BUCKET=quantus-test
 
 READY_TIMEOUT=${QUANTUS_S3_READY_TIMEOUT:-30}
 STOP_TIMEOUT=15
-INSTALL_LOCK_TIMEOUT=1800 # a concurrent caller may be building s3s-fs (~4 min on 2 cores)
+INSTALL_LOCK_TIMEOUT=1800 # a concurrent caller may be building s3s-fs (2-4 min on 2 cores)
 # sha256 of the empty body: s3s insists on x-amz-content-sha256, which curl omits.
 EMPTY_SHA256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 
@@ -112,7 +122,7 @@ ensure_binary() {
 
     local tmp="$INSTALL_DIR.partial" build_log="$INSTALL_LOG" started=$SECONDS
     rm -rf "$tmp"
-    log "building s3s-fs $S3S_FS_VERSION from crates.io into $INSTALL_DIR (one-off, ~4 min on 2 cores; log: $build_log)"
+    log "building s3s-fs $S3S_FS_VERSION from crates.io into $INSTALL_DIR (one-off, 2-4 min on 2 cores; log: $build_log)"
     # Own target dir (not the project's CARGO_TARGET_DIR: no lock contention with a
     # concurrent project build), removed afterwards. `binary` is the feature that
     # builds the s3s-fs executable; --locked uses the crate's published Cargo.lock.
@@ -253,6 +263,7 @@ stop_server() {
         done
     fi
     rm -rf "$RUN_DIR"
+    rmdir "$S3_DIR" 2>/dev/null || true # only if the binary cache lives elsewhere
     rm -f "$ENV_FILE"
 }
 
@@ -288,9 +299,10 @@ try_start() {
     log "starting s3s-fs $S3S_FS_VERSION on 127.0.0.1:$port (data in $DATA_DIR)"
     # setsid: own session + process group, so `stop` can kill the whole group and
     # the server survives the caller's terminal/CI step. No job control here, so
-    # setsid does not fork and $! is the server pid (== pgid). 8>&- 9>&-: do not
-    # leak our flock descriptors into the long-running server; likewise any other
-    # descriptor inherited from the caller (e.g. a pipe a CI runner waits on).
+    # setsid does not fork and $! is the server pid (== pgid). The loop closes every
+    # descriptor above 2: our flock descriptors (8, 9) must not be held by the
+    # long-running server, nor any pipe inherited from the caller (a CI runner may
+    # wait for it to close).
     (
         cd "$RUN_DIR"
         for fd in /proc/self/fd/*; do

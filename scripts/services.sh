@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start/stop all test backing services (PostgreSQL + Kafka) in one go.
+# Start/stop all test backing services (PostgreSQL + Kafka + S3) in one go.
 #
 #   scripts/services.sh start   # prints DATABASE_URL=... and KAFKA_BROKERS=...
 #   scripts/services.sh env     # same lines, if both are running
@@ -19,20 +19,24 @@ log() { printf 'services.sh: %s\n' "$*" >&2; }
 
 cmd_start() {
     mkdir -p "$SERVICES_DIR"
-    local tmp pg_pid kafka_pid pg_rc=0 kafka_rc=0
+    local tmp pg_pid kafka_pid s3_pid pg_rc=0 kafka_rc=0 s3_rc=0
     tmp="$(mktemp -d)"
     # shellcheck disable=SC2064 # expand $tmp now, it is local
     trap "rm -rf '$tmp'" EXIT
-    # Start both at once: they are independent and each takes several seconds.
+    # Start all at once: they are independent and each takes several seconds.
     "$SCRIPT_DIR/postgres.sh" start >"$tmp/pg" &
     pg_pid=$!
     "$SCRIPT_DIR/kafka.sh" start >"$tmp/kafka" &
     kafka_pid=$!
+    "$SCRIPT_DIR/s3.sh" start >"$tmp/s3" &
+    s3_pid=$!
     wait "$pg_pid" || pg_rc=$?
     wait "$kafka_pid" || kafka_rc=$?
-    if ((pg_rc != 0 || kafka_rc != 0)); then
+    wait "$s3_pid" || s3_rc=$?
+    if ((pg_rc != 0 || kafka_rc != 0 || s3_rc != 0)); then
         ((pg_rc == 0)) || log "ERROR: postgres.sh start failed (exit $pg_rc)"
         ((kafka_rc == 0)) || log "ERROR: kafka.sh start failed (exit $kafka_rc)"
+        ((s3_rc == 0)) || log "ERROR: s3.sh start failed (exit $s3_rc)"
         log "services that did start are left running; '$0 stop' stops them"
         exit 1
     fi
@@ -46,7 +50,12 @@ cmd_start() {
         log "ERROR: unexpected output from kafka.sh: $(cat "$tmp/kafka")"
         exit 1
     }
-    cat "$tmp/pg" "$tmp/kafka" >"$ENV_FILE.tmp"
+    # s3.sh prints exactly five lines, all S3_*=...
+    [[ "$(grep -c -x 'S3_[A-Z_]*=.*' "$tmp/s3")" == 5 && "$(wc -l <"$tmp/s3")" == 5 ]] || {
+        log "ERROR: unexpected output from s3.sh: $(cat "$tmp/s3")"
+        exit 1
+    }
+    cat "$tmp/pg" "$tmp/kafka" "$tmp/s3" >"$ENV_FILE.tmp"
     mv -f "$ENV_FILE.tmp" "$ENV_FILE"
     cat "$ENV_FILE"
 }
@@ -54,11 +63,13 @@ cmd_start() {
 cmd_env() {
     "$SCRIPT_DIR/postgres.sh" env
     "$SCRIPT_DIR/kafka.sh" env
+    "$SCRIPT_DIR/s3.sh" env
 }
 
 cmd_stop() {
     local rc=0
-    # Try both even if the first one fails.
+    # Try all even if one fails.
+    "$SCRIPT_DIR/s3.sh" stop || rc=1
     "$SCRIPT_DIR/kafka.sh" stop || rc=1
     "$SCRIPT_DIR/postgres.sh" stop || rc=1
     rm -f "$ENV_FILE"

@@ -29,6 +29,12 @@ pub struct BenchArgs {
     /// Licences to issue and sign (crypto).
     #[arg(long, default_value_t = 500)]
     licences: u64,
+    /// Size of the artifact to upload, in MiB (evidence).
+    #[arg(long, default_value_t = 256)]
+    megabytes: u64,
+    /// Evidence bundles to create (evidence).
+    #[arg(long, default_value_t = 100)]
+    bundles: u64,
     /// Commands to run (each records one event).
     #[arg(long, default_value_t = 5000)]
     commands: u64,
@@ -59,11 +65,21 @@ pub enum BenchTarget {
     Spine,
     Crypto,
     Identity,
+    Evidence,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let BenchTarget::Crypto = args.what {
         return super::bench_crypto::run(args.licences).await;
+    }
+    if let BenchTarget::Evidence = args.what {
+        return super::bench_evidence::run(
+            args.database_url.as_deref(),
+            std::env::var("OBJECT_STORE_URL").ok().as_deref(),
+            args.megabytes,
+            args.bundles,
+        )
+        .await;
     }
     if let BenchTarget::Identity = args.what {
         return super::bench_identity::run(

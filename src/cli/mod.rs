@@ -1,6 +1,7 @@
 mod audit;
 mod bench;
 mod bench_crypto;
+mod bench_evidence;
 mod bench_identity;
 mod events;
 mod evidence;

@@ -52,6 +52,26 @@ pub fn kafka_brokers() -> &'static str {
     BROKERS.get_or_init(|| start_service("kafka.sh", "KAFKA_BROKERS"))
 }
 
+/// The S3-protocol server for this test run (started once): `AWS_*` variables for
+/// `object_store`, and the bucket.
+pub fn s3() -> &'static (Vec<(String, String)>, String) {
+    static S3: OnceLock<(Vec<(String, String)>, String)> = OnceLock::new();
+    S3.get_or_init(|| {
+        let get = |key: &str| start_service("s3.sh", key);
+        let vars = vec![
+            ("AWS_ENDPOINT".to_owned(), get("S3_ENDPOINT")),
+            ("AWS_ACCESS_KEY_ID".to_owned(), get("S3_ACCESS_KEY_ID")),
+            (
+                "AWS_SECRET_ACCESS_KEY".to_owned(),
+                get("S3_SECRET_ACCESS_KEY"),
+            ),
+            ("AWS_REGION".to_owned(), get("S3_REGION")),
+            ("AWS_ALLOW_HTTP".to_owned(), "true".to_owned()),
+        ];
+        (vars, get("S3_BUCKET"))
+    })
+}
+
 /// A new, empty database on the test Postgres server.
 pub async fn fresh_database() -> String {
     let server = postgres_server();
