@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// Evidence bundles to create (evidence).
     #[arg(long, default_value_t = 100)]
     bundles: u64,
-    /// Commands to run (each records one event).
+    /// Commands to run (each records one event; evidence: events for the audit measurement).
     #[arg(long, default_value_t = 5000)]
     commands: u64,
     /// Concurrent command senders.
@@ -78,6 +78,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             std::env::var("OBJECT_STORE_URL").ok().as_deref(),
             args.megabytes,
             args.bundles,
+            args.commands,
         )
         .await;
     }

@@ -40,6 +40,7 @@ pub async fn run(
     object_store_url: Option<&str>,
     megabytes: u64,
     bundles: u64,
+    events: u64,
 ) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("quantus-bench-evidence-{}", Uuid::now_v7()));
     let db = Database::open(database_url, &dir).await?;
@@ -191,7 +192,25 @@ pub async fn run(
         1e3 * elapsed / n as f64
     );
 
-    // 5. audit verify with checkpoints over this log.
+    // 5. audit verify with checkpoints over a log of `events` more events, checkpointed every
+    // 1000 as the default scheduler would.
+    for i in 0..events {
+        let id = Uuid::now_v7().to_string();
+        state
+            .bus
+            .organization(
+                &ctx(&id),
+                &id,
+                OrganizationCommand::Create {
+                    name: format!("org {i}"),
+                },
+                Some(0),
+            )
+            .await?;
+        if i % 1000 == 999 {
+            checkpoints.sign_now(&ctx(PLATFORM_TENANT)).await?;
+        }
+    }
     checkpoints.sign_now(&ctx(PLATFORM_TENANT)).await?;
     let started = Instant::now();
     let mut audit = quantus_domain::audit::Audit::new();
