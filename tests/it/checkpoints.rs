@@ -331,3 +331,93 @@ async fn a_log_cut_short_is_caught_with_a_witnessed_checkpoint() {
     assert!(!ok, "the truncation went unnoticed: {out}");
     assert!(out.contains("the log was cut short"), "{out}");
 }
+
+/// The log of an embedded store as JSON lines, the way `quantus events tail` prints it.
+async fn log_lines(dir: &std::path::Path) -> String {
+    let db = quantus_infra::Database::open(None, dir).await.unwrap();
+    let records = quantus_infra::event_store::read_log(&db, 0, 100_000)
+        .await
+        .unwrap();
+    db.pool.close().await;
+    records
+        .iter()
+        .map(|r| {
+            format!(
+                "{}\n",
+                json!({"position": r.position, "envelope": r.envelope})
+            )
+        })
+        .collect()
+}
+
+fn python_checkpoints(log: &std::path::Path, keys: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/auditor/verify_checkpoints.py"))
+        .arg(log)
+        .arg(keys)
+        .output()
+        .expect("python3 is needed for the independent checkpoint check");
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "the independent checkpoint check could not run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_independent_checker_agrees_on_checkpoints_and_catches_the_rewrite() {
+    let dir = temp_dir("checkpoint-python");
+    let keys_file = dir.join("keys.json");
+    {
+        let server = Server::embedded(&dir);
+        let api = server.client();
+        for name in ["Acme", "Globex", "Initech"] {
+            api.create_org(name).await;
+            sign_checkpoint(&api).await;
+        }
+        std::fs::write(&keys_file, bytes_of_keys(&api).await).unwrap();
+    }
+    let log_file = dir.join("log.jsonl");
+    std::fs::write(&log_file, log_lines(&dir).await).unwrap();
+    let (ok, out) = python_checkpoints(&log_file, &keys_file);
+    assert!(
+        ok && out.contains("checkpoints: 3 signed tree heads match"),
+        "{out}"
+    );
+
+    // Rewrite one event and recompute its hash, as in the Rust auditor's test.
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    let mut lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let target = lines
+        .iter()
+        .position(|l| l["envelope"]["payload"]["name"] == "Acme")
+        .unwrap();
+    let mut envelope: quantus_domain::Envelope =
+        serde_json::from_value(lines[target]["envelope"].clone()).unwrap();
+    envelope.payload = json!({"name": "Evil"});
+    envelope.hash = envelope.compute_hash().unwrap();
+    lines[target]["envelope"] = serde_json::to_value(&envelope).unwrap();
+    let forged: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&log_file, forged).unwrap();
+    let (ok, out) = python_checkpoints(&log_file, &keys_file);
+    assert!(!ok && out.contains("the log was rewritten"), "{out}");
+}
+
+async fn bytes_of_keys(api: &Api) -> Vec<u8> {
+    api.request(reqwest::Method::GET, "/v1/keys")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
