@@ -132,6 +132,9 @@ impl Server {
             .env_remove("DATABASE_URL")
             .env_remove("KAFKA_BROKERS")
             .env("QUANTUS_LOG", "info,sqlx=warn")
+            // Tests count events: scheduled checkpoints only where a test asks for them.
+            .env("QUANTUS_CHECKPOINT_EVENTS", "1000000000")
+            .env("QUANTUS_CHECKPOINT_SECONDS", "86400")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
         for (k, v) in env {

@@ -729,6 +729,8 @@ async fn i_the_evidence_plane_runs_on_postgres_kafka_and_s3() {
     let url = format!("s3://{bucket}/it-{}", Uuid::now_v7().simple());
     let mut vars = env.vars();
     vars.push(("OBJECT_STORE_URL", url.as_str()));
+    // The checkpoint scheduler, on Postgres: every second when anything happened.
+    vars.push(("QUANTUS_CHECKPOINT_SECONDS", "1"));
     for (k, v) in s3_vars {
         vars.push((k.as_str(), v.as_str()));
     }
