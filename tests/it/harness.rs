@@ -499,3 +499,30 @@ pub fn tail_log(server: &Server) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect()
 }
+
+/// Waits until read model `projection` has applied every event of `aggregate_type` in the
+/// database at `url` (before a test stops the server and compares the model with a replay).
+pub async fn wait_for_projection(url: &str, projection: &str, aggregate_type: &str) {
+    let db = pool(url).await;
+    let sql = "SELECT COUNT(*) FROM (SELECT aggregate_id, MAX(sequence) AS s FROM events WHERE aggregate_type = $1 GROUP BY aggregate_id) e \
+               LEFT JOIN projection_streams p ON p.projection = $2 AND p.aggregate_type = $1 AND p.aggregate_id = e.aggregate_id AND p.sequence = e.s \
+               WHERE p.aggregate_id IS NULL";
+    eventually(
+        &format!("the {projection} read model to catch up"),
+        Duration::from_secs(60),
+        || {
+            let db = db.clone();
+            async move {
+                let behind: i64 = sqlx::query_scalar(sql)
+                    .bind(aggregate_type)
+                    .bind(projection)
+                    .fetch_one(&db)
+                    .await
+                    .unwrap();
+                (behind == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    db.close().await;
+}

@@ -715,6 +715,7 @@ async fn h_the_oidc_conformance_suite_passes_on_postgres_and_kafka() {
     .await;
     let (ok, out) = env.audit_kafka();
     assert!(ok, "{out}");
+    wait_for_projection(&env.database_url, "users", "User").await;
     drop(server);
     // The replay opens personal data with the same master key (in the data folder).
     let mut store = env.store().to_vec();
@@ -764,6 +765,7 @@ async fn i_the_evidence_plane_runs_on_postgres_kafka_and_s3() {
         .any(|r| r.envelope.event_type == "EvidenceBundleCreated"));
     let (ok, out) = env.audit_kafka();
     assert!(ok, "{out}");
+    wait_for_projection(&env.database_url, "jobs", "Job").await;
     drop(server);
     let mut store = env.store().to_vec();
     store.extend(["--data-dir", dir.to_str().unwrap()]);

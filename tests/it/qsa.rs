@@ -794,6 +794,17 @@ async fn erasing_a_user_shreds_their_data_across_the_log_which_still_verifies() 
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
+    // Let the live model catch up before the server stops, so the replay is compared with
+    // a model that has seen the same events.
+    let caught_up = f
+        .admin
+        .get(&format!(
+            "/v1/users?org={}&min_position={}&wait_ms=30000",
+            f.org,
+            r.body["position"].as_u64().unwrap()
+        ))
+        .await;
+    assert_eq!(caught_up.status, 200, "{}", caught_up.body);
     let dup = f
         .admin
         .post(
