@@ -322,6 +322,22 @@ pub struct ClientCreated {
     pub position: u64,
 }
 
+/// 201 with the client's id and its secret, which is shown this once and never cached.
+fn client_created(
+    client_id: String,
+    client_secret: Option<String>,
+    outcome: quantus_commands::CommandOutcome,
+) -> Response {
+    let location = Some(format!("/v1/clients/{client_id}"));
+    let body = ClientCreated {
+        client_id,
+        client_secret,
+        version: outcome.version,
+        position: outcome.position,
+    };
+    no_store(accepted_with(StatusCode::CREATED, body, outcome, location))
+}
+
 fn no_store(mut response: Response) -> Response {
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
@@ -362,19 +378,7 @@ pub async fn create_service_principal(
         jwks: None,
     };
     let (client_id, client_secret, outcome) = state.identity.register_client(&ctx, new).await?;
-    let location = Some(format!("/v1/clients/{client_id}"));
-    let body = ClientCreated {
-        client_id,
-        client_secret,
-        version: outcome.version,
-        position: outcome.position,
-    };
-    Ok(no_store(accepted_with(
-        StatusCode::CREATED,
-        body,
-        outcome,
-        location,
-    )))
+    Ok(client_created(client_id, client_secret, outcome))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -441,19 +445,7 @@ pub async fn create_client(
         jwks: body.jwks,
     };
     let (client_id, client_secret, outcome) = state.identity.register_client(&ctx, new).await?;
-    let location = Some(format!("/v1/clients/{client_id}"));
-    let body = ClientCreated {
-        client_id,
-        client_secret,
-        version: outcome.version,
-        position: outcome.position,
-    };
-    Ok(no_store(accepted_with(
-        StatusCode::CREATED,
-        body,
-        outcome,
-        location,
-    )))
+    Ok(client_created(client_id, client_secret, outcome))
 }
 
 async fn client_in_tenant(

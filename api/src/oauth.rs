@@ -232,13 +232,17 @@ fn is_form(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
 }
 
-async fn authenticated_client(
+/// A client's request to a token-style endpoint: its form (RFC 6749 form encoding, no
+/// repeated parameters) and the client it authenticates as. Errors come back as the OAuth
+/// error response to send.
+async fn client_request(
     state: &AppState,
     headers: &HeaderMap,
-    form: &BTreeMap<String, String>,
+    body: &[u8],
     endpoint: &str,
-) -> Result<(String, ClientRegistered), (OAuthError, bool)> {
-    let auth = client_auth(headers, form).map_err(|e| (e, false))?;
+) -> Result<(BTreeMap<String, String>, String, ClientRegistered), Response> {
+    let form = parse_form(body).map_err(|e| oauth_error(e, false))?;
+    let auth = client_auth(headers, &form).map_err(|e| oauth_error(e, false))?;
     let basic = auth.method == Some(AuthMethod::ClientSecretBasic);
     // A client assertion may name this endpoint, the token endpoint or the issuer
     // (RFC 9126 §2, OIDC Core §9).
@@ -247,11 +251,12 @@ async fn authenticated_client(
         format!("{}/oauth2/token", state.issuer),
         state.issuer.clone(),
     ];
-    state
+    let (client_id, client) = state
         .identity
         .authenticate_client(&auth, &audiences, Utc::now())
         .await
-        .map_err(|e| (e, basic))
+        .map_err(|e| oauth_error(e, basic))?;
+    Ok((form, client_id, client))
 }
 
 // ---- metadata ----
@@ -322,14 +327,10 @@ pub async fn token(
             false,
         );
     }
-    let form = match parse_form(&body) {
-        Ok(f) => f,
-        Err(e) => return oauth_error(e, false),
-    };
-    let (client_id, client) =
-        match authenticated_client(&state, &headers, &form, "/oauth2/token").await {
+    let (form, client_id, client) =
+        match client_request(&state, &headers, &body, "/oauth2/token").await {
             Ok(c) => c,
-            Err((e, basic)) => return oauth_error(e, basic),
+            Err(response) => return response,
         };
     let request = request_info(&headers, peer);
     let ctx = ctx(&client.organization_id, client_actor(&client_id));
@@ -394,14 +395,10 @@ pub async fn introspect(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let form = match parse_form(&body) {
-        Ok(f) => f,
-        Err(e) => return oauth_error(e, false),
-    };
-    let (_, client) =
-        match authenticated_client(&state, &headers, &form, "/oauth2/introspect").await {
+    let (form, _, client) =
+        match client_request(&state, &headers, &body, "/oauth2/introspect").await {
             Ok(c) => c,
-            Err((e, basic)) => return oauth_error(e, basic),
+            Err(response) => return response,
         };
     if client.auth_method == AuthMethod::None {
         return oauth_error(
@@ -424,14 +421,10 @@ pub async fn revoke(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let form = match parse_form(&body) {
-        Ok(f) => f,
-        Err(e) => return oauth_error(e, false),
-    };
-    let (client_id, client) =
-        match authenticated_client(&state, &headers, &form, "/oauth2/revoke").await {
+    let (form, client_id, client) =
+        match client_request(&state, &headers, &body, "/oauth2/revoke").await {
             Ok(c) => c,
-            Err((e, basic)) => return oauth_error(e, basic),
+            Err(response) => return response,
         };
     let Some(token) = form.get("token") else {
         return oauth_error(OAuthError::invalid_request("token is required"), false);
@@ -454,13 +447,9 @@ pub async fn par(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let form = match parse_form(&body) {
-        Ok(f) => f,
-        Err(e) => return oauth_error(e, false),
-    };
-    let (client_id, _) = match authenticated_client(&state, &headers, &form, "/oauth2/par").await {
+    let (form, client_id, _) = match client_request(&state, &headers, &body, "/oauth2/par").await {
         Ok(c) => c,
-        Err((e, basic)) => return oauth_error(e, basic),
+        Err(response) => return response,
     };
     if form.contains_key("request_uri") {
         return oauth_error(
@@ -492,14 +481,10 @@ pub async fn device_authorization(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let form = match parse_form(&body) {
-        Ok(f) => f,
-        Err(e) => return oauth_error(e, false),
-    };
-    let (client_id, client) =
-        match authenticated_client(&state, &headers, &form, "/oauth2/device_authorization").await {
+    let (form, client_id, client) =
+        match client_request(&state, &headers, &body, "/oauth2/device_authorization").await {
             Ok(c) => c,
-            Err((e, basic)) => return oauth_error(e, basic),
+            Err(response) => return response,
         };
     let scope = match form.get("scope").map(|s| parse_scope(s)).transpose() {
         Ok(s) => s,

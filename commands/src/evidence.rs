@@ -94,22 +94,7 @@ impl Evidence {
         id: &str,
         new: NewJob,
     ) -> Result<CommandOutcome, CommandError> {
-        let (org, _) = self.bus.load::<Organization>(&new.organization_id).await?;
-        match org.status {
-            OrganizationStatus::Active => {}
-            OrganizationStatus::Absent => {
-                return Err(CommandError::Invalid(format!(
-                    "no organization {}",
-                    new.organization_id
-                )))
-            }
-            OrganizationStatus::Suspended => {
-                return Err(CommandError::Rejected(format!(
-                    "organization {} is suspended",
-                    new.organization_id
-                )))
-            }
-        }
+        self.bus.active_organization(&new.organization_id).await?;
         let canonical = quantus_crypto::document::canonical(&new.config)
             .map_err(|e| CommandError::Invalid(format!("config: {e}")))?;
         let digest = hex::encode(Sha256::digest(&canonical));

@@ -29,7 +29,6 @@ use quantus_domain::identity::signin::{
 };
 use quantus_domain::identity::user::{User, UserCommand, UserStatus};
 use quantus_domain::identity::{scopes_of_roles, RequestInfo, Role};
-use quantus_domain::organization::{Organization, OrganizationStatus};
 use quantus_domain::schema::PLATFORM_TENANT;
 use quantus_domain::CommandContext;
 use quantus_infra::credentials::{random_secret, secret_digest, secret_matches};
@@ -505,19 +504,11 @@ impl Identity {
     }
 
     async fn organization_is_active(&self, organization_id: &str) -> Result<(), CommandError> {
+        // The platform's own principals belong to no Organization aggregate.
         if organization_id == PLATFORM_TENANT {
             return Ok(());
         }
-        let (org, _) = self.bus.load::<Organization>(organization_id).await?;
-        match org.status {
-            OrganizationStatus::Active => Ok(()),
-            OrganizationStatus::Absent => Err(CommandError::Invalid(format!(
-                "no organization {organization_id}"
-            ))),
-            OrganizationStatus::Suspended => Err(CommandError::Rejected(format!(
-                "organization {organization_id} is suspended"
-            ))),
-        }
+        self.bus.active_organization(organization_id).await
     }
 
     // ---- users ----
@@ -1374,7 +1365,6 @@ impl Identity {
         jti: &str,
         now: DateTime<Utc>,
         refresh: Option<String>,
-        client: &ClientRegistered,
     ) -> Result<TokenResponse, OAuthError> {
         let is_user = grant.grant_type != Some(GrantType::ClientCredentials);
         let claims = AccessClaims {
@@ -1408,12 +1398,11 @@ impl Identity {
                 "org": grant.organization_id,
             });
             // The nonce goes only into the ID token of the code exchange, as OIDC Core asks.
-            if refresh.is_some() || grant.generation <= 1 {
+            if grant.generation <= 1 {
                 if let Some(nonce) = &grant.nonce {
                     id["nonce"] = nonce.clone().into();
                 }
             }
-            let _ = client;
             Some(self.sign_jwt("JWT", &id).await?)
         } else {
             None
@@ -1508,7 +1497,6 @@ impl Identity {
             &jti,
             now,
             None,
-            client,
         )
         .await
     }
@@ -1701,20 +1689,20 @@ impl Identity {
         command: GrantCommand,
         request: &RequestInfo,
     ) -> Result<Grant, OAuthError> {
-        let (existing, _) = self.bus.load::<Grant>(grant_id).await?;
-        let tenant = if existing.organization_id.is_empty() {
+        let (mut grant, version) = self.bus.load::<Grant>(grant_id).await?;
+        let tenant = if grant.organization_id.is_empty() {
             PLATFORM_TENANT.to_owned()
         } else {
-            existing.organization_id.clone()
+            grant.organization_id.clone()
         };
         let ctx = CommandContext {
             tenant_id: tenant,
             ..ctx.clone()
         };
-        let mut probe = existing.clone();
-        // Decide first on the loaded state to learn the precise refusal, then commit.
+        // Decide first on the loaded state to learn the precise refusal; the sink applies the
+        // accepted events to `grant`, which is then the state the commit below produces.
         let sink = cqrs_es::event_sink::EventSink::default();
-        if let Err(e) = cqrs_es::Aggregate::handle(&mut probe, command.clone(), &(), &sink).await {
+        if let Err(e) = cqrs_es::Aggregate::handle(&mut grant, command.clone(), &(), &sink).await {
             if matches!(e, GrantError::CodeReused | GrantError::RefreshReused) {
                 let revoke = GrantCommand::Revoke {
                     reason: if e == GrantError::CodeReused {
@@ -1732,16 +1720,47 @@ impl Identity {
         }
         match self
             .bus
-            .execute::<Grant>(&ctx, grant_id, command, None, &())
+            .execute::<Grant>(&ctx, grant_id, command, Some(version), &())
             .await
         {
-            Ok(_) => Ok(self.bus.load::<Grant>(grant_id).await?.0),
+            Ok(_) => Ok(grant),
             // Changed between the decision and the commit: someone redeemed it concurrently.
             Err(CommandError::Rejected(_) | CommandError::Concurrency(_)) => {
                 Err(OAuthError::invalid_grant("the grant was used concurrently"))
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Commits a redeeming grant command and mints tokens for what the grant now holds: its
+    /// subject's current roles, and the scope those still allow.
+    #[allow(clippy::too_many_arguments)]
+    async fn redeem_and_mint(
+        &self,
+        ctx: &CommandContext,
+        grant_id: &str,
+        command: GrantCommand,
+        request: &RequestInfo,
+        client: &ClientRegistered,
+        jti: &str,
+        refresh: Option<String>,
+    ) -> Result<TokenResponse, OAuthError> {
+        let grant = self.run_grant(ctx, grant_id, command, request).await?;
+        let grant_type = grant.grant_type.unwrap_or(GrantType::AuthorizationCode);
+        let roles = self
+            .subject_roles(grant_type, &grant.subject, &grant.organization_id, client)
+            .await?;
+        let scope = Self::effective_scope(&grant.scope, client, &roles);
+        self.mint(
+            grant_id,
+            &grant,
+            &scope,
+            roles,
+            jti,
+            ctx.occurred_at,
+            refresh,
+        )
+        .await
     }
 
     /// authorization_code (RFC 6749 §4.1.3 with PKCE, RFC 7636).
@@ -1776,17 +1795,7 @@ impl Identity {
             tokens,
             request: request.clone(),
         };
-        let grant = self.run_grant(ctx, &grant_id, command, &request).await?;
-        let roles = self
-            .subject_roles(
-                GrantType::AuthorizationCode,
-                &grant.subject,
-                &grant.organization_id,
-                client,
-            )
-            .await?;
-        let scope = Self::effective_scope(&grant.scope, client, &roles);
-        self.mint(&grant_id, &grant, &scope, roles, &jti, now, refresh, client)
+        self.redeem_and_mint(ctx, &grant_id, command, &request, client, &jti, refresh)
             .await
     }
 
@@ -1819,18 +1828,7 @@ impl Identity {
             tokens,
             request: request.clone(),
         };
-        let mut grant = self.run_grant(ctx, &grant_id, command, &request).await?;
-        let roles = self
-            .subject_roles(
-                grant.grant_type.unwrap_or(GrantType::RefreshToken),
-                &grant.subject,
-                &grant.organization_id,
-                client,
-            )
-            .await?;
-        let scope = Self::effective_scope(&grant.scope, client, &roles);
-        grant.nonce = None;
-        self.mint(&grant_id, &grant, &scope, roles, &jti, now, refresh, client)
+        self.redeem_and_mint(ctx, &grant_id, command, &request, client, &jti, refresh)
             .await
     }
 
@@ -1993,17 +1991,7 @@ impl Identity {
             tokens,
             request: request.clone(),
         };
-        let grant = self.run_grant(ctx, &grant_id, command, &request).await?;
-        let roles = self
-            .subject_roles(
-                GrantType::DeviceCode,
-                &grant.subject,
-                &grant.organization_id,
-                client,
-            )
-            .await?;
-        let scope = Self::effective_scope(&grant.scope, client, &roles);
-        self.mint(&grant_id, &grant, &scope, roles, &jti, now, refresh, client)
+        self.redeem_and_mint(ctx, &grant_id, command, &request, client, &jti, refresh)
             .await
     }
 

@@ -169,6 +169,21 @@ impl CommandBus {
         Ok((context.aggregate, context.current_sequence as u64))
     }
 
+    /// Ok when organization `id` exists and is not suspended: the precondition of every
+    /// command that creates something inside an organization.
+    pub async fn active_organization(&self, id: &str) -> Result<(), CommandError> {
+        use quantus_domain::organization::OrganizationStatus;
+        match self.load::<Organization>(id).await?.0.status {
+            OrganizationStatus::Active => Ok(()),
+            OrganizationStatus::Absent => {
+                Err(CommandError::Invalid(format!("no organization {id}")))
+            }
+            OrganizationStatus::Suspended => Err(CommandError::Rejected(format!(
+                "organization {id} is suspended"
+            ))),
+        }
+    }
+
     /// Shorthand for the Organization aggregate.
     pub async fn organization(
         &self,

@@ -14,7 +14,6 @@ use quantus_crypto::Algorithm;
 use quantus_domain::crypto_policy::{CryptoPolicy, CryptoPolicyCommand, POLICY_ID};
 use quantus_domain::keyring::{Keyring, KeyringCommand};
 use quantus_domain::license::{License, LicenseCommand, LicenseStatus};
-use quantus_domain::organization::{Organization, OrganizationStatus};
 use quantus_domain::CommandContext;
 use quantus_infra::keystore::{generate, Keystore};
 
@@ -321,25 +320,7 @@ impl Licensing {
         expected: Option<u64>,
     ) -> Result<CommandOutcome, CommandError> {
         if let LicenseCommand::Issue(terms) = &command {
-            let (org, _) = self
-                .bus
-                .load::<Organization>(&terms.organization_id)
-                .await?;
-            match org.status {
-                OrganizationStatus::Active => {}
-                OrganizationStatus::Absent => {
-                    return Err(CommandError::Invalid(format!(
-                        "no organization {}",
-                        terms.organization_id
-                    )))
-                }
-                OrganizationStatus::Suspended => {
-                    return Err(CommandError::Rejected(format!(
-                        "organization {} is suspended",
-                        terms.organization_id
-                    )))
-                }
-            }
+            self.bus.active_organization(&terms.organization_id).await?;
         }
         self.bus
             .execute::<License>(ctx, id, command, expected, &())
