@@ -64,7 +64,10 @@ impl Principal {
 
     /// Whether the caller may see or change data of organization `org`.
     pub fn may_access(&self, org: &str) -> bool {
-        self.is_platform() || self.organization == org
+        self.is_platform()
+            || self.organization == org
+            // The Portal's licence issuer acts for every organization (its scopes bound what).
+            || (self.organization == PLATFORM_TENANT && self.roles.contains(&Role::LicenseIssuer))
     }
 
     /// 404 (not 403: another tenant's data does not exist for the caller) unless the caller

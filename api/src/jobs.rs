@@ -99,6 +99,13 @@ pub async fn submit(
         },
         requested_by: principal.actor.id.clone(),
     };
+    // Checked first, then admitted against the organization's hard quotas (which counts it),
+    // then recorded: quota is only taken for a job that will be accepted.
+    state.evidence.check(&new)?;
+    state
+        .portal
+        .admit_job(&ctx, &new.organization_id, &id)
+        .await?;
     let outcome = state.evidence.submit(&ctx, &id, new).await?;
     Ok(accepted(
         StatusCode::CREATED,

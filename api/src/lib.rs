@@ -17,6 +17,7 @@ mod oauth;
 mod openapi;
 mod organizations;
 mod paging;
+mod portal;
 mod problem;
 mod state;
 mod write;
@@ -29,29 +30,48 @@ pub use openapi::ApiDoc;
 pub use problem::Problem;
 pub use state::AppState;
 
-/// The whole HTTP surface.
+/// The whole HTTP surface (every service in one process).
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .merge(organizations::routes())
-        .merge(events::routes())
-        .merge(licensing::routes())
-        .merge(identity::routes())
-        .merge(audit::routes())
-        .merge(jobs::routes())
-        .merge(jobs::retention_routes())
-        .merge(evidence::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_bearer,
-        ));
-    Router::new()
+    app(state, true)
+}
+
+/// The Portal's routes alone (`--role portal`): it trusts QSA's JWKS and calls QuantumLock.
+pub fn portal_router(state: AppState) -> Router {
+    app(state, false)
+}
+
+fn app(state: AppState, everything: bool) -> Router {
+    let portal = portal::routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        portal::require_qsa_token,
+    ));
+    let mut v1 = Router::new();
+    if everything {
+        v1 = v1
+            .merge(organizations::routes())
+            .merge(events::routes())
+            .merge(licensing::routes())
+            .merge(identity::routes())
+            .merge(audit::routes())
+            .merge(jobs::routes())
+            .merge(jobs::retention_routes())
+            .merge(evidence::routes())
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_bearer,
+            ));
+    }
+    let v1 = v1.merge(portal).merge(portal::webhook_routes());
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(metrics::readyz))
         .route("/metrics", get(metrics::scrape))
         .route("/openapi.json", get(openapi::serve))
-        .nest("/v1", v1)
-        .merge(oauth::routes())
-        .fallback(|| async { Problem::not_found("no such route") })
+        .nest("/v1", v1);
+    if everything {
+        app = app.merge(oauth::routes());
+    }
+    app.fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 axum::http::StatusCode::METHOD_NOT_ALLOWED,

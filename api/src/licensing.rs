@@ -43,7 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/keys/{kid}/retire", post(retire))
         .route("/keys/{kid}/compromise", post(compromise))
         .route("/licenses", post(issue).get(list))
-        .route("/licenses/{id}", get(show))
+        .route("/licenses/{id}", get(show).put(issue_with_id))
         .route("/licenses/{id}/status", get(status))
         .route("/licenses/{id}/file", get(file))
         .route("/licenses/{id}/{action}", post(transition))
@@ -288,6 +288,99 @@ pub async fn issue(
         outcome,
         Some(format!("/v1/licenses/{id}")),
     ))
+}
+
+/// Issues a licence under an id the caller chose (a process manager's deterministic id):
+/// 201 when it is new, 200 when a licence with exactly these terms is already there (a retry),
+/// 409 when the id holds other terms.
+#[utoipa::path(put, path = "/v1/licenses/{id}", tag = "quantumlock", request_body = IssueLicense, params(("id" = String, Path)), responses((status = 201, body = CommandAccepted), (status = 200, body = CommandAccepted), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn issue_with_id(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<IssueLicense>,
+) -> Result<Response, Problem> {
+    principal.require("licenses:write")?;
+    let id = license_id(&id)?;
+    principal.tenant(
+        &body.organization_id,
+        &format!("organization {}", body.organization_id),
+    )?;
+    let ctx = context(&principal, &headers, &body.organization_id);
+    let terms = LicenseIssued {
+        organization_id: body.organization_id,
+        product: body.product,
+        edition: body.edition,
+        features: body.features,
+        limits: body.limits,
+        not_before: body.not_before.unwrap_or(ctx.occurred_at),
+        expires_at: body.expires_at,
+        grace_period_seconds: body.grace_period_seconds,
+        max_activations: body.max_activations,
+        machine_fingerprint: body.machine_fingerprint,
+    };
+    let same = |existing: &quantus_domain::license::License| {
+        existing.terms.as_ref().is_some_and(|t| {
+            let mut mine = terms.clone();
+            // Normalised like the aggregate does (trimmed, sorted), then compared.
+            mine.features.sort();
+            mine.features.dedup();
+            let mut theirs = t.clone();
+            theirs.features.sort();
+            theirs.features.dedup();
+            mine.product = mine.product.trim().to_owned();
+            mine.edition = mine.edition.trim().to_owned();
+            mine == theirs
+        })
+    };
+    match state
+        .licensing
+        .license_command(&ctx, &id, LicenseCommand::Issue(terms.clone()), Some(0))
+        .await
+    {
+        Ok(outcome) => Ok(accepted(
+            StatusCode::CREATED,
+            &id,
+            outcome,
+            Some(format!("/v1/licenses/{id}")),
+        )),
+        Err(quantus_commands::CommandError::Concurrency(_)) => {
+            let (existing, version) = state.licensing.license(&id).await?;
+            principal.tenant(
+                &existing
+                    .terms
+                    .as_ref()
+                    .map(|t| t.organization_id.clone())
+                    .unwrap_or_default(),
+                &format!("licence {id}"),
+            )?;
+            if !same(&existing) {
+                return Err(Problem::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "Conflict",
+                    format!("licence {id} already exists with other terms"),
+                ));
+            }
+            let position = state
+                .bus
+                .repository()
+                .aggregate_head("License", &id)
+                .await?;
+            Ok(accepted(
+                StatusCode::OK,
+                &id,
+                quantus_commands::CommandOutcome {
+                    position,
+                    version,
+                    events: 0,
+                },
+                Some(format!("/v1/licenses/{id}")),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]

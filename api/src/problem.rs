@@ -103,6 +103,18 @@ impl From<CommandError> for Problem {
                 "Concurrent modification",
                 d,
             ),
+            CommandError::QuotaExceeded(d) => {
+                Problem::new(StatusCode::FORBIDDEN, "quota-exceeded", "Quota exceeded", d)
+            }
+            CommandError::Upstream(d) => {
+                tracing::warn!(error = %d, "an upstream service failed");
+                Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream",
+                    "Upstream service failed",
+                    d,
+                )
+            }
             CommandError::Storage(d) => {
                 tracing::error!(error = %d, "command failed in storage");
                 Problem::internal()

@@ -12,6 +12,27 @@ use quantus_infra::{Database, SqlEventRepository};
 use quantus_projections::runner::ProjectionRunner;
 
 use crate::metrics::Metrics;
+use quantus_commands::portal::Portal;
+use quantus_infra::billing::{BillingProvider, BuiltInBilling};
+use quantus_infra::config::Secret;
+use quantus_infra::gateway::{JwksCache, QuantumLockClient};
+
+/// The Portal's view of QSA: whose tokens it accepts and where their keys are published.
+pub struct Gateway {
+    /// QSA's issuer URL (tokens' `iss`; their audience is `<issuer>/v1`).
+    pub issuer: String,
+    pub jwks: JwksCache,
+}
+
+impl Gateway {
+    pub fn new(qsa_issuer: &str) -> Self {
+        Self {
+            issuer: qsa_issuer.trim_end_matches('/').to_owned(),
+            // Refetched at least every minute, as QSA's Cache-Control asks.
+            jwks: JwksCache::new(qsa_issuer, std::time::Duration::from_secs(60)),
+        }
+    }
+}
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -26,6 +47,15 @@ pub struct AppState {
     pub identity: Identity,
     pub checkpoints: Checkpoints,
     pub evidence: Evidence,
+    pub portal: Portal,
+    pub commercial: ProjectionRunner,
+    /// How Portal routes verify QSA's tokens (its JWKS, cached).
+    pub gateway: Arc<Gateway>,
+    /// QuantumLock as the Portal reaches it (with its own service-principal token); set once
+    /// the Portal's credentials are known.
+    pub quantumlock: Option<QuantumLockClient>,
+    /// The Stripe webhook signing secret; without it the webhook refuses every call.
+    pub stripe_webhook_secret: Option<Secret>,
     /// The public base URL: the OIDC issuer, and the issuer named in signed documents.
     pub issuer: String,
     pub(crate) metrics: Arc<Metrics>,
@@ -71,6 +101,14 @@ impl AppState {
                 objects,
             ),
             jobs: ProjectionRunner::new(db.clone(), Arc::new(quantus_projections::jobs::JobsView)),
+            portal: Portal::new(bus.clone(), Arc::new(BuiltInBilling)),
+            commercial: ProjectionRunner::new(
+                db.clone(),
+                Arc::new(quantus_projections::commercial::CommercialView),
+            ),
+            gateway: Arc::new(Gateway::new(&issuer)),
+            quantumlock: None,
+            stripe_webhook_secret: None,
             licensing,
             identity,
             issuer,
@@ -78,5 +116,17 @@ impl AppState {
             db,
             metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Uses `billing` for invoices (the built-in records by default).
+    pub fn with_billing(mut self, billing: Arc<dyn BillingProvider>) -> Self {
+        self.portal = Portal::new(self.bus.clone(), billing);
+        self
+    }
+
+    /// Trusts tokens of the QSA at `qsa_issuer` (this process's own by default).
+    pub fn with_qsa(mut self, qsa_issuer: &str) -> Self {
+        self.gateway = Arc::new(Gateway::new(qsa_issuer));
+        self
     }
 }

@@ -86,6 +86,24 @@ impl Evidence {
         &self.objects
     }
 
+    /// Checks a submission without recording anything (so quota is taken only for a job that
+    /// will be accepted).
+    pub fn check(&self, new: &NewJob) -> Result<(), CommandError> {
+        quantus_crypto::document::canonical(&new.config)
+            .map_err(|e| CommandError::Invalid(format!("config: {e}")))?;
+        Job::default()
+            .decide(JobCommand::Submit(JobSubmitted {
+                organization_id: new.organization_id.clone(),
+                backend: new.backend.clone(),
+                job_class: new.job_class.clone(),
+                workload: new.workload.clone(),
+                config_digest: "0".repeat(64),
+                requested_by: new.requested_by.clone(),
+            }))
+            .map(|_| ())
+            .map_err(|e| e.classify())
+    }
+
     /// Submits a job: stores its configuration (canonical JSON, RFC 8785) under its SHA-256,
     /// then records the submission.
     pub async fn submit(

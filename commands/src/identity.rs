@@ -1288,6 +1288,14 @@ impl Identity {
             .await?;
         let claims: AccessClaims =
             serde_json::from_value(claims).map_err(|e| TokenRejection::Malformed(e.to_string()))?;
+        self.check_live(&claims).await?;
+        Ok(claims)
+    }
+
+    /// The part of access-token verification a signature cannot show: the grant is not
+    /// revoked and the subject (person or client) is still active. Resource servers that
+    /// verify signatures against the JWKS (the Portal) call it too.
+    pub async fn check_live(&self, claims: &AccessClaims) -> Result<(), TokenRejection> {
         let (grant, _) = self
             .bus
             .load::<Grant>(&claims.gid)
@@ -1316,7 +1324,7 @@ impl Identity {
         if !live {
             return Err(TokenRejection::SubjectInactive);
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// Roles and effective scopes of a grant's subject, now.

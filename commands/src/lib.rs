@@ -8,6 +8,7 @@ pub mod checkpoints;
 pub mod evidence;
 pub mod identity;
 pub mod licensing;
+pub mod portal;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
@@ -45,6 +46,12 @@ pub enum CommandError {
     /// Someone else changed the aggregate first (409).
     #[error("{0}")]
     Concurrency(String),
+    /// A hard quota refuses the work (403).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Another service (QuantumLock, QSA, the billing provider) failed or refused (502).
+    #[error("{0}")]
+    Upstream(String),
     #[error("storage: {0}")]
     Storage(String),
 }
@@ -167,6 +174,31 @@ impl CommandBus {
             .await
             .map_err(|e| CommandError::Storage(e.to_string()))?;
         Ok((context.aggregate, context.current_sequence as u64))
+    }
+
+    /// An aggregate as it stood right after its event `sequence` (what an old event meant).
+    pub async fn load_until<A: Aggregate>(
+        &self,
+        id: &str,
+        sequence: u64,
+    ) -> Result<A, CommandError> {
+        let mut aggregate = A::default();
+        for record in self
+            .repo
+            .aggregate_records_until(A::TYPE, id, sequence)
+            .await?
+        {
+            let e = record.envelope;
+            let event: A::Event = serde_json::from_value(quantus_domain::envelope::tag_payload(
+                &e.event_type,
+                e.payload,
+            ))
+            .map_err(|x| {
+                CommandError::Storage(format!("event at position {}: {x}", record.position))
+            })?;
+            aggregate.apply(event);
+        }
+        Ok(aggregate)
     }
 
     /// Ok when organization `id` exists and is not suspended: the precondition of every

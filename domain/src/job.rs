@@ -215,7 +215,8 @@ pub fn check_artifact_name(name: &str) -> Result<(), JobError> {
 }
 
 impl Job {
-    fn decide(&self, command: JobCommand) -> Result<Vec<JobEvent>, JobError> {
+    /// The pure decision (also used to check a submission before quota is taken for it).
+    pub fn decide(&self, command: JobCommand) -> Result<Vec<JobEvent>, JobError> {
         use JobCommand as C;
         use JobEvent as E;
         use JobStatus as S;

@@ -5,15 +5,21 @@
 
 pub mod audit;
 pub mod checkpoint;
+pub mod contract;
 pub mod crypto_policy;
+pub mod customer;
+pub mod entitlement;
 pub mod envelope;
 pub mod evidence;
 pub mod identity;
+pub mod invoice;
 pub mod job;
 pub mod keyring;
 pub mod license;
+pub mod money;
 pub mod organization;
 pub mod retention;
 pub mod schema;
+pub mod usage;
 
 pub use envelope::{Actor, ActorKind, CommandContext, Envelope, EnvelopeError, GENESIS_HASH};

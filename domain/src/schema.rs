@@ -6,7 +6,9 @@
 use schemars::{JsonSchema, Schema};
 
 use crate::checkpoint::LogCheckpointSigned;
+use crate::contract::*;
 use crate::crypto_policy::{AlgorithmRuleSet, PurposeSignerSet};
+use crate::customer::*;
 use crate::envelope::Envelope;
 use crate::evidence::EvidenceBundleCreated;
 use crate::identity::client::*;
@@ -15,11 +17,13 @@ use crate::identity::group::*;
 use crate::identity::session::*;
 use crate::identity::signin::*;
 use crate::identity::user::*;
+use crate::invoice::*;
 use crate::job::*;
 use crate::keyring::*;
 use crate::license::*;
 use crate::organization::*;
 use crate::retention::*;
+use crate::usage::*;
 
 /// A bounded context owns aggregates and publishes to one topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +63,7 @@ impl BoundedContext {
             }
             "Keyring" | "CryptoPolicy" | "License" => Some(Self::Licensing),
             "Job" | "EvidenceBundle" | "RetentionPolicy" => Some(Self::Evidence),
+            "Customer" | "Contract" | "UsageMeter" | "Invoice" => Some(Self::Commercial),
             _ => None,
         }
     }
@@ -165,6 +170,23 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<RetentionRuleSet>("RetentionPolicy", "RetentionRuleSet", 1),
         entry::<LegalHoldPlaced>("RetentionPolicy", "LegalHoldPlaced", 1),
         entry::<LegalHoldReleased>("RetentionPolicy", "LegalHoldReleased", 1),
+        entry::<CustomerRegistered>("Customer", "CustomerRegistered", 1),
+        entry::<CustomerContactChanged>("Customer", "CustomerContactChanged", 1),
+        entry::<ContractDrafted>("Contract", "ContractDrafted", 1),
+        entry::<ContractRevised>("Contract", "ContractRevised", 1),
+        entry::<ContractSent>("Contract", "ContractSent", 1),
+        entry::<ContractSigned>("Contract", "ContractSigned", 1),
+        entry::<ContractActivated>("Contract", "ContractActivated", 1),
+        entry::<ContractAmended>("Contract", "ContractAmended", 1),
+        entry::<ContractTerminated>("Contract", "ContractTerminated", 1),
+        entry::<ContractExpired>("Contract", "ContractExpired", 1),
+        entry::<UsageRecorded>("UsageMeter", "UsageRecorded", 1),
+        entry::<QuotaExceeded>("UsageMeter", "QuotaExceeded", 1),
+        entry::<InvoiceIssued>("Invoice", "InvoiceIssued", 1),
+        entry::<InvoiceSent>("Invoice", "InvoiceSent", 1),
+        entry::<InvoicePaid>("Invoice", "InvoicePaid", 1),
+        entry::<InvoicePaymentFailed>("Invoice", "InvoicePaymentFailed", 1),
+        entry::<InvoiceVoided>("Invoice", "InvoiceVoided", 1),
     ]
 }
 

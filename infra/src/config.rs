@@ -15,6 +15,9 @@ pub enum Role {
     Relay,
     /// Projection runner only: builds read models from the log.
     Projector,
+    /// The Portal alone: its routes and process managers, calling QSA and QuantumLock at
+    /// `QUANTUS_QSA_URL` and `QUANTUS_QUANTUMLOCK_URL`.
+    Portal,
     /// Everything in one process.
     #[default]
     All,
@@ -27,9 +30,10 @@ impl std::str::FromStr for Role {
             "api" => Ok(Self::Api),
             "relay" => Ok(Self::Relay),
             "projector" => Ok(Self::Projector),
+            "portal" => Ok(Self::Portal),
             "all" => Ok(Self::All),
             other => Err(format!(
-                "unknown role {other:?} (api, relay, projector, all)"
+                "unknown role {other:?} (api, relay, projector, portal, all)"
             )),
         }
     }
@@ -37,7 +41,11 @@ impl std::str::FromStr for Role {
 
 impl Role {
     pub fn runs_api(self) -> bool {
-        matches!(self, Self::Api | Self::All)
+        matches!(self, Self::Api | Self::All | Self::Portal)
+    }
+    /// The Portal's process managers (contract to licences, job usage metering).
+    pub fn runs_portal_processes(self) -> bool {
+        matches!(self, Self::Portal | Self::All)
     }
     pub fn runs_relay(self) -> bool {
         matches!(self, Self::Relay | Self::All)
@@ -86,6 +94,22 @@ pub struct Config {
     pub checkpoint_seconds: u64,
     /// How often the retention sweep runs (`QUANTUS_RETENTION_SECONDS`).
     pub retention_seconds: u64,
+    /// QSA's issuer URL, whose JWKS the Portal trusts (`QUANTUS_QSA_URL`); `None`: this
+    /// process's own public URL.
+    pub qsa_url: Option<String>,
+    /// QuantumLock's base URL (`QUANTUS_QUANTUMLOCK_URL`); `None`: this process's own.
+    pub quantumlock_url: Option<String>,
+    /// The Portal's service principal at QSA (`QUANTUS_PORTAL_CLIENT_ID` and
+    /// `QUANTUS_PORTAL_CLIENT_SECRET`); `None`: the one bootstrap wrote to
+    /// `DATA_DIR/portal-client.json`.
+    pub portal_client: Option<(String, Secret)>,
+    /// Stripe's secret API key (`STRIPE_SECRET_KEY`); `None`: the built-in billing records.
+    pub stripe_secret_key: Option<Secret>,
+    /// Stripe's API base URL (`STRIPE_API_BASE`, default `https://api.stripe.com`).
+    pub stripe_api_base: String,
+    /// The Stripe webhook endpoint's signing secret (`STRIPE_WEBHOOK_SECRET`); without it the
+    /// webhook route refuses every call.
+    pub stripe_webhook_secret: Option<Secret>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +215,26 @@ impl Config {
             checkpoint_seconds,
             retention_seconds,
             object_store_url: env("OBJECT_STORE_URL"),
+            qsa_url: env("QUANTUS_QSA_URL").map(|u| u.trim_end_matches('/').to_owned()),
+            quantumlock_url: env("QUANTUS_QUANTUMLOCK_URL")
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            portal_client: match (
+                env("QUANTUS_PORTAL_CLIENT_ID"),
+                env("QUANTUS_PORTAL_CLIENT_SECRET"),
+            ) {
+                (Some(id), Some(secret)) => Some((id, Secret(secret))),
+                (None, None) => None,
+                _ => {
+                    return Err(InfraError::Config(
+                        "set both QUANTUS_PORTAL_CLIENT_ID and QUANTUS_PORTAL_CLIENT_SECRET, or neither"
+                            .into(),
+                    ))
+                }
+            },
+            stripe_secret_key: env("STRIPE_SECRET_KEY").map(Secret),
+            stripe_api_base: env("STRIPE_API_BASE")
+                .unwrap_or_else(|| "https://api.stripe.com".to_owned()),
+            stripe_webhook_secret: env("STRIPE_WEBHOOK_SECRET").map(Secret),
         })
     }
 

@@ -51,6 +51,11 @@ const SCHEMA: &[&str] = &[
         hash TEXT NOT NULL,
         UNIQUE (aggregate_type, aggregate_id, sequence)
     )",
+    // How far each process manager has carried out the log's instructions.
+    "CREATE TABLE IF NOT EXISTS process_cursors (
+        process TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )",
     "CREATE TABLE IF NOT EXISTS relay_cursors (
         relay TEXT PRIMARY KEY,
         position BIGINT NOT NULL

@@ -221,6 +221,53 @@ impl SqlEventRepository {
         rows.iter().map(|r| Ok(r.try_get("grant_id")?)).collect()
     }
 
+    /// How far process manager `process` has acted on the log (0 before it starts).
+    pub async fn process_cursor(&self, process: &str) -> Result<u64, InfraError> {
+        let row = sqlx::query("SELECT position FROM process_cursors WHERE process = $1")
+            .bind(process)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        row.map(|r| get_u64(&r, "position"))
+            .transpose()
+            .map(|p| p.unwrap_or(0))
+    }
+
+    /// Records that `process` has acted on everything up to `position` (never moves back).
+    pub async fn advance_process_cursor(
+        &self,
+        process: &str,
+        position: u64,
+    ) -> Result<(), InfraError> {
+        sqlx::query(
+            "INSERT INTO process_cursors (process, position) VALUES ($1, $2)
+             ON CONFLICT (process) DO UPDATE SET position = excluded.position
+             WHERE process_cursors.position < excluded.position",
+        )
+        .bind(process)
+        .bind(position as i64)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An aggregate's events up to sequence `up_to`, for deciding what an old event meant.
+    pub async fn aggregate_records_until(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        up_to: u64,
+    ) -> Result<Vec<LogRecord>, InfraError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence <= $3 ORDER BY sequence"
+        ))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(up_to as i64)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
     /// Which aggregate the event at `position` belongs to, if it exists yet.
     pub async fn aggregate_at(
         &self,

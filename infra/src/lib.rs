@@ -3,11 +3,13 @@
 //! Invariant: only this crate knows SQL and Kafka. Everything here is reached through the
 //! types re-exported below; `domain` decides, `infra` stores and moves.
 
+pub mod billing;
 pub mod config;
 pub mod credentials;
 pub mod db;
 pub mod error;
 pub mod event_store;
+pub mod gateway;
 pub mod kafka;
 pub mod keystore;
 pub mod objects;

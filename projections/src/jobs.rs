@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
+use quantus_domain::evidence::EvidenceBundleCreated;
 use quantus_domain::job::JobSubmitted;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
@@ -40,8 +41,47 @@ fn row_to_job(row: &AnyRow) -> Result<JobRow, InfraError> {
     })
 }
 
+/// An evidence bundle in the list of an organization's bundles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRow {
+    pub id: String,
+    pub job_id: String,
+    pub organization_id: String,
+    pub manifest_sha256: String,
+    pub created_at: String,
+}
+
+fn row_to_bundle(row: &AnyRow) -> Result<BundleRow, InfraError> {
+    Ok(BundleRow {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        organization_id: row.try_get("organization_id")?,
+        manifest_sha256: row.try_get("manifest_sha256")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 impl JobsView {
     pub const NAME: &'static str = "jobs";
+
+    /// An organization's evidence bundles, by id (UUID v7: oldest first).
+    pub async fn bundles_of(
+        pool: &AnyPool,
+        organization_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<BundleRow>, InfraError> {
+        let rows = sqlx::query(
+            "SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view
+             WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(organization_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(row_to_bundle).collect()
+    }
 
     pub async fn by_organization(
         pool: &AnyPool,
@@ -68,7 +108,7 @@ impl Projection for JobsView {
     }
 
     fn handles(&self, aggregate_type: &str) -> bool {
-        aggregate_type == "Job"
+        aggregate_type == "Job" || aggregate_type == "EvidenceBundle"
     }
 
     async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
@@ -85,11 +125,26 @@ impl Projection for JobsView {
             )",
         )
         .await?;
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS evidence_view (
+                id TEXT PRIMARY KEY,
+                job_id TEXT NOT NULL,
+                organization_id TEXT NOT NULL,
+                manifest_sha256 TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            )",
+        )
+        .await?;
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS evidence_view_org ON evidence_view (organization_id, id)",
+        )
+        .await?;
         Ok(())
     }
 
     async fn clear(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
         conn.execute("DELETE FROM jobs_view").await?;
+        conn.execute("DELETE FROM evidence_view").await?;
         Ok(())
     }
 
@@ -98,6 +153,24 @@ impl Projection for JobsView {
         let at = rfc3339_micros::format(&e.occurred_at);
         let version = e.sequence as i64;
         let status = match e.event_type.as_str() {
+            "EvidenceBundleCreated" => {
+                let p: EvidenceBundleCreated =
+                    serde_json::from_value(e.payload.clone()).map_err(|x| {
+                        InfraError::Corrupt(format!("event at position {}: {x}", record.position))
+                    })?;
+                sqlx::query(
+                    "INSERT INTO evidence_view (id, job_id, organization_id, manifest_sha256, created_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(e.aggregate_id.clone())
+                .bind(p.job_id)
+                .bind(p.organization_id)
+                .bind(p.manifest_sha256)
+                .bind(at)
+                .execute(conn)
+                .await?;
+                return Ok(());
+            }
             "JobSubmitted" => {
                 let p: JobSubmitted = serde_json::from_value(e.payload.clone()).map_err(|x| {
                     InfraError::Corrupt(format!("event at position {}: {x}", record.position))
@@ -158,10 +231,18 @@ impl Projection for JobsView {
 
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
         let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut out: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| row_to_job(r).map(|j| serde_json::to_value(j).unwrap_or_default()))
+            .collect::<Result<_, _>>()?;
+        let bundles = sqlx::query("SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view ORDER BY id")
             .fetch_all(conn)
             .await?;
-        rows.iter()
-            .map(|r| row_to_job(r).map(|j| serde_json::to_value(j).unwrap_or_default()))
-            .collect()
+        for r in &bundles {
+            out.push(serde_json::to_value(row_to_bundle(r)?).unwrap_or_default());
+        }
+        Ok(out)
     }
 }

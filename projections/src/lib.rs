@@ -5,6 +5,7 @@
 //! each event's effect happens once: the source position and the per-aggregate sequence are
 //! written in the same transaction as the read-model change.
 
+pub mod commercial;
 pub mod jobs;
 pub mod licenses;
 pub mod organizations;
@@ -44,6 +45,7 @@ pub fn all(keys: &quantus_infra::subject_keys::SubjectKeys) -> Vec<std::sync::Ar
         std::sync::Arc::new(licenses::LicensesView),
         std::sync::Arc::new(users::UsersView::new(keys.clone())),
         std::sync::Arc::new(jobs::JobsView),
+        std::sync::Arc::new(commercial::CommercialView),
     ]
 }
 

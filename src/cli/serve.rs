@@ -83,19 +83,73 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let objects = quantus_infra::objects::ObjectStorage::open(&config)
             .context("opening object storage")?;
-        let state = AppState::new(
+        let qsa = config.qsa_url.clone().unwrap_or_else(|| issuer.clone());
+        let billing: std::sync::Arc<dyn quantus_infra::billing::BillingProvider> =
+            match &config.stripe_secret_key {
+                Some(key) => std::sync::Arc::new(
+                    quantus_infra::billing::StripeBilling::new(&config.stripe_api_base, &key.0)
+                        .context("configuring Stripe")?,
+                ),
+                None => std::sync::Arc::new(quantus_infra::billing::BuiltInBilling),
+            };
+        let quantumlock_url = config
+            .quantumlock_url
+            .clone()
+            .unwrap_or_else(|| issuer.clone());
+        let mut state = AppState::new(
             db.clone(),
             std::sync::Arc::new(keystore),
             &master,
             objects,
             issuer,
-        );
-        bootstrap_licensing(&state).await?;
-        if let Some(path) = bootstrap_admin(&state, &config.data_dir).await? {
-            println!(
-                "created the bootstrap admin service principal; its client credentials are in {}",
-                path.display()
-            );
+        )
+        .with_qsa(&qsa)
+        .with_billing(billing);
+        state.stripe_webhook_secret = config.stripe_webhook_secret.clone();
+        let portal_only = config.role == quantus_infra::Role::Portal;
+        if !portal_only {
+            bootstrap_licensing(&state).await?;
+            if let Some(path) = bootstrap_admin(&state, &config.data_dir).await? {
+                println!(
+                    "created the bootstrap admin service principal; its client credentials are in {}",
+                    path.display()
+                );
+            }
+            if config.portal_client.is_none() {
+                bootstrap_portal(&state, &config.data_dir).await?;
+            }
+        }
+        // The Portal reaches QuantumLock with its own service principal, by HTTP, whether
+        // QuantumLock is this process or another one.
+        match portal_credentials(&config)? {
+            Some((client_id, client_secret)) => {
+                let token = std::sync::Arc::new(quantus_infra::gateway::ServiceToken::new(
+                    quantus_infra::gateway::ServiceCredentials {
+                        issuer: qsa.clone(),
+                        client_id,
+                        client_secret,
+                    },
+                    "licenses:read licenses:write",
+                ));
+                let quantumlock =
+                    quantus_infra::gateway::QuantumLockClient::new(&quantumlock_url, token);
+                state.quantumlock = Some(quantumlock.clone());
+                if config.role.runs_portal_processes() {
+                    let process = quantus_commands::portal::ContractLicensing::new(
+                        state.bus.clone(),
+                        quantumlock,
+                    );
+                    tasks.spawn(async move { Ok(process.run().await?) });
+                }
+            }
+            None if portal_only => anyhow::bail!(
+                "--role portal needs the Portal's service principal: set QUANTUS_PORTAL_CLIENT_ID and QUANTUS_PORTAL_CLIENT_SECRET (the QSA process writes them to its DATA_DIR/{PORTAL_CLIENT_FILE})"
+            ),
+            None => {}
+        }
+        if config.role.runs_portal_processes() {
+            let metering = quantus_commands::portal::UsageMetering::new(state.portal.clone());
+            tasks.spawn(async move { Ok(metering.run().await?) });
         }
         println!(
             "quantus listening on http://{} ({store}{})",
@@ -106,41 +160,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .map(|b| format!(", Kafka at {b}"))
                 .unwrap_or_default()
         );
-        // Signed checkpoints every N events or T seconds (docs/event-log.md, "Checkpoints").
-        let checkpoints = state.checkpoints.clone();
-        let (every_events, every) = (
-            config.checkpoint_events,
-            chrono::Duration::seconds(config.checkpoint_seconds as i64),
-        );
-        tasks.spawn(async move {
-            let mut last = chrono::Utc::now();
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                let now = chrono::Utc::now();
-                match checkpoints.due(every_events, every, now, last).await {
-                    Ok(true) => match checkpoints.sign_now(&system_context()).await {
-                        Ok(_) => last = now,
-                        Err(e) => tracing::warn!(error = %e, "signing a checkpoint failed"),
-                    },
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "checking for a due checkpoint failed"),
-                }
-            }
-        });
-        // Retention: delete artifacts whose time is up, record each purge.
-        let evidence = state.evidence.clone();
-        let every = std::time::Duration::from_secs(config.retention_seconds);
-        tasks.spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match evidence.sweep(&system_context(), chrono::Utc::now()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(purged = n, "retention sweep"),
-                    Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
-                }
-            }
-        });
-        let app = quantus_api::router(state);
+        if !portal_only {
+            spawn_schedulers(&mut tasks, &state, &config);
+        }
+        let app = if portal_only {
+            quantus_api::portal_router(state)
+        } else {
+            quantus_api::router(state)
+        };
         tasks.spawn(async move {
             Ok(axum::serve(
                 listener,
@@ -204,12 +231,59 @@ async fn bootstrap_admin(
     state: &AppState,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
+    bootstrap_service_principal(
+        state,
+        data_dir,
+        &PlatformPrincipal {
+            id: "quantus-bootstrap-admin",
+            file: BOOTSTRAP_CLIENT_FILE,
+            name: "Bootstrap admin",
+            role: quantus_domain::identity::Role::PlatformAdmin,
+        },
+    )
+    .await
+}
+
+/// The Portal's own service principal (role `license_issuer`), whose credentials go to
+/// `DATA_DIR/portal-client.json` the same way.
+async fn bootstrap_portal(
+    state: &AppState,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    bootstrap_service_principal(
+        state,
+        data_dir,
+        &PlatformPrincipal {
+            id: PORTAL_CLIENT_ID,
+            file: PORTAL_CLIENT_FILE,
+            name: "Portal",
+            role: quantus_domain::identity::Role::LicenseIssuer,
+        },
+    )
+    .await
+}
+
+const PORTAL_CLIENT_ID: &str = "quantus-portal";
+const PORTAL_CLIENT_FILE: &str = "portal-client.json";
+
+struct PlatformPrincipal {
+    id: &'static str,
+    file: &'static str,
+    name: &'static str,
+    role: quantus_domain::identity::Role,
+}
+
+async fn bootstrap_service_principal(
+    state: &AppState,
+    data_dir: &std::path::Path,
+    principal: &PlatformPrincipal,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
     use quantus_commands::identity::NewClient;
     use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
-    const ID: &str = "quantus-bootstrap-admin";
-    let done = data_dir.join(BOOTSTRAP_CLIENT_FILE);
-    let pending = data_dir.join(format!("{BOOTSTRAP_CLIENT_FILE}.pending"));
-    match state.identity.client(ID).await {
+    let id = principal.id;
+    let done = data_dir.join(principal.file);
+    let pending = data_dir.join(format!("{}.pending", principal.file));
+    match state.identity.client(id).await {
         Ok((client, _)) => {
             if !done.exists() && pending.exists() {
                 let text = std::fs::read_to_string(&pending)?;
@@ -233,7 +307,7 @@ async fn bootstrap_admin(
     let secret = random_secret();
     let ctx = system_context();
     let file = serde_json::json!({
-        "client_id": ID,
+        "client_id": id,
         "client_secret": secret,
         "issuer": state.issuer,
         "token_endpoint": format!("{}/oauth2/token", state.issuer),
@@ -242,22 +316,24 @@ async fn bootstrap_admin(
     let new = NewClient {
         organization_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
         kind: ClientKind::Service,
-        name: "Bootstrap admin".into(),
+        name: principal.name.into(),
         redirect_uris: vec![],
         post_logout_redirect_uris: vec![],
         grant_types: [GrantType::ClientCredentials].into(),
-        scopes: quantus_domain::identity::API_SCOPES
+        scopes: principal
+            .role
+            .scopes()
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
-        roles: [quantus_domain::identity::Role::PlatformAdmin].into(),
+        roles: [principal.role].into(),
         auth_method: AuthMethod::ClientSecretBasic,
         require_par: false,
         jwks: None,
     };
     match state
         .identity
-        .register_client_with_id(&ctx, ID, new, Some(secret))
+        .register_client_with_id(&ctx, id, new, Some(secret))
         .await
     {
         Ok(_) => {
@@ -284,4 +360,69 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Signed checkpoints every N events or T seconds (docs/event-log.md, "Checkpoints"), and the
+/// retention sweep (delete artifacts whose time is up, record each purge).
+fn spawn_schedulers(
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    state: &AppState,
+    config: &quantus_infra::Config,
+) {
+    let checkpoints = state.checkpoints.clone();
+    let (every_events, every) = (
+        config.checkpoint_events,
+        chrono::Duration::seconds(config.checkpoint_seconds as i64),
+    );
+    tasks.spawn(async move {
+        let mut last = chrono::Utc::now();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let now = chrono::Utc::now();
+            match checkpoints.due(every_events, every, now, last).await {
+                Ok(true) => match checkpoints.sign_now(&system_context()).await {
+                    Ok(_) => last = now,
+                    Err(e) => tracing::warn!(error = %e, "signing a checkpoint failed"),
+                },
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "checking for a due checkpoint failed"),
+            }
+        }
+    });
+    let evidence = state.evidence.clone();
+    let every = std::time::Duration::from_secs(config.retention_seconds);
+    tasks.spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match evidence.sweep(&system_context(), chrono::Utc::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "retention sweep"),
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+        }
+    });
+}
+
+/// The Portal's client credentials: from the environment, or the file bootstrap wrote.
+fn portal_credentials(
+    config: &quantus_infra::Config,
+) -> anyhow::Result<Option<(String, quantus_infra::config::Secret)>> {
+    if let Some((id, secret)) = &config.portal_client {
+        return Ok(Some((id.clone(), secret.clone())));
+    }
+    let path = config.data_dir.join(PORTAL_CLIENT_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    match (v["client_id"].as_str(), v["client_secret"].as_str()) {
+        (Some(id), Some(secret)) => Ok(Some((
+            id.to_owned(),
+            quantus_infra::config::Secret(secret.to_owned()),
+        ))),
+        _ => anyhow::bail!("{} lacks client_id or client_secret", path.display()),
+    }
 }

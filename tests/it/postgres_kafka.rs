@@ -771,3 +771,143 @@ async fn i_the_evidence_plane_runs_on_postgres_kafka_and_s3() {
     store.extend(["--data-dir", dir.to_str().unwrap()]);
     assert_model_equals_replay("jobs", &store);
 }
+
+/// The Portal as its own process on Postgres + Kafka: it trusts QSA's JWKS and calls
+/// QuantumLock with its own service principal over HTTP. Its contract-to-licence process
+/// manager is killed (SIGKILL) mid-way through a contract's licences and, restarted, finishes
+/// without issuing any licence twice. Then the whole Portal scenario runs against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j_the_portal_runs_as_its_own_process_and_recovers_from_a_crash() {
+    use crate::portal::{register_customer, WEBHOOK_SECRET};
+    let env = Env::new().await;
+    let dir = temp_dir("pg-portal-api");
+    let api_server = env.serve(&dir, &["--role", "api", "--listen", "127.0.0.1:0"]);
+    let _relay = env.serve(&dir, &["--role", "relay"]);
+    let _projector = env.serve(&dir, &["--role", "projector"]);
+    let platform = api_server.client();
+    let (_, admin_secret) = bootstrap_credentials(&dir);
+    let portal_file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("portal-client.json")).expect("portal-client.json"),
+    )
+    .unwrap();
+    let portal_dir = temp_dir("pg-portal");
+    let mut vars = env.vars();
+    let (qsa, id, secret) = (
+        api_server.url().to_owned(),
+        portal_file["client_id"].as_str().unwrap().to_owned(),
+        portal_file["client_secret"].as_str().unwrap().to_owned(),
+    );
+    vars.extend([
+        ("QUANTUS_QSA_URL", qsa.as_str()),
+        ("QUANTUS_QUANTUMLOCK_URL", qsa.as_str()),
+        ("QUANTUS_PORTAL_CLIENT_ID", id.as_str()),
+        ("QUANTUS_PORTAL_CLIENT_SECRET", secret.as_str()),
+        ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+    ]);
+    let start_portal = || {
+        Server::start(
+            &portal_dir,
+            &["--role", "portal", "--listen", "127.0.0.1:0"],
+            &vars,
+        )
+    };
+
+    // 50 line items: 50 licences to issue, one HTTP call each.
+    let (org, _) = platform.create_org("Crashy").await;
+    register_customer(&platform, &org, "EUR").await;
+    let items: Vec<serde_json::Value> = (0..50)
+        .map(|i| {
+            json!({"id": format!("item-{i}"), "product": format!("product-{i}"), "edition": "pro",
+                   "features": [], "quotas": {}, "limits": {}, "quantity": 1, "unit_price": 100,
+                   "usage_prices": {}, "max_activations": 1})
+        })
+        .collect();
+    let db = pool(&env.database_url).await;
+    let issued = |ids: Vec<String>| {
+        let db = db.clone();
+        async move {
+            let mut n = 0;
+            for id in &ids {
+                let row: (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM events WHERE event_type = 'LicenseIssued' AND aggregate_id = $1",
+                )
+                .bind(id.as_str())
+                .fetch_one(&db)
+                .await
+                .unwrap();
+                assert!(row.0 <= 1, "licence {id} issued {} times", row.0);
+                n += row.0;
+            }
+            n
+        }
+    };
+    let mut crashed_mid_way = None;
+    let mut all_ids = vec![];
+    for attempt in 0..3 {
+        let mut portal = start_portal();
+        let contract = crate::portal::active_contract(
+            &platform,
+            &org,
+            serde_json::Value::Array(items.clone()),
+            &format!("203{attempt}-01-01T00:00:00Z"),
+        )
+        .await;
+        let shown = platform.get(&format!("/v1/contracts/{contract}")).await;
+        let ids: Vec<String> = shown.body["licenses"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 50);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let seen = loop {
+            let n = issued(ids.clone()).await;
+            if n > 0 {
+                portal.kill();
+                break n;
+            }
+            assert!(std::time::Instant::now() < deadline, "no licence issued");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let after_kill = issued(ids.clone()).await;
+        all_ids.extend(ids.clone());
+        if after_kill < 50 {
+            crashed_mid_way = Some((seen, after_kill));
+            // Restarted, it carries on from its cursor and finishes.
+            let _portal = start_portal();
+            eventually("all 50 licences", Duration::from_secs(120), || async {
+                (issued(ids.clone()).await == 50).then_some(())
+            })
+            .await;
+            break;
+        }
+    }
+    let (seen, at_kill) = crashed_mid_way.expect("the process manager was never killed mid-way");
+    assert!(
+        seen >= 1 && at_kill < 50,
+        "killed after {seen}, {at_kill} issued"
+    );
+    // Exactly once each (checked inside `issued`), and every one is active at QuantumLock.
+    issued(all_ids.clone()).await;
+    for id in all_ids.iter().rev().take(3) {
+        crate::portal::licence(&platform, id, "active").await;
+    }
+
+    // The whole Portal scenario against the Portal process.
+    let portal = start_portal();
+    let portal_api = Api {
+        base: portal.url().to_owned(),
+        token: platform.token.clone(),
+        http: reqwest::Client::new(),
+    };
+    crate::portal::scenario(&platform, &portal_api, &admin_secret).await;
+    for aggregate in ["Customer", "Contract", "UsageMeter", "Invoice"] {
+        wait_for_projection(&env.database_url, "commercial", aggregate).await;
+    }
+    drop(portal);
+    drop(api_server);
+    let mut store = env.store().to_vec();
+    store.extend(["--data-dir", dir.to_str().unwrap()]);
+    assert_model_equals_replay("commercial", &store);
+}

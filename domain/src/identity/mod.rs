@@ -52,6 +52,9 @@ pub enum Role {
     Auditor,
     Billing,
     PlatformAdmin,
+    /// The Portal's own service principal: reads and issues licences for every organization,
+    /// as contracts say (platform tenant only).
+    LicenseIssuer,
 }
 
 impl Role {
@@ -65,7 +68,8 @@ impl Role {
     pub fn scopes(self) -> &'static [&'static str] {
         match self {
             Role::PlatformAdmin => API_SCOPES,
-            Role::Owner | Role::Admin => &[
+            Role::LicenseIssuer => &["licenses:read", "licenses:write"],
+            Role::Owner => &[
                 "organizations:read",
                 "identity:read",
                 "identity:write",
@@ -77,6 +81,26 @@ impl Role {
                 "jobs:write",
                 "evidence:read",
                 "evidence:write",
+                "contracts:read",
+                "contracts:sign",
+                "billing:read",
+                "entitlements:read",
+            ],
+            Role::Admin => &[
+                "organizations:read",
+                "identity:read",
+                "identity:write",
+                "licenses:read",
+                "licenses:activate",
+                "events:read",
+                "signatures:verify",
+                "jobs:read",
+                "jobs:write",
+                "evidence:read",
+                "evidence:write",
+                "contracts:read",
+                "billing:read",
+                "entitlements:read",
             ],
             Role::Member => &[
                 "organizations:read",
@@ -87,6 +111,7 @@ impl Role {
                 "jobs:write",
                 "evidence:read",
                 "evidence:write",
+                "entitlements:read",
             ],
             Role::Auditor => &[
                 "organizations:read",
@@ -96,8 +121,17 @@ impl Role {
                 "signatures:verify",
                 "jobs:read",
                 "evidence:read",
+                "contracts:read",
+                "billing:read",
+                "entitlements:read",
             ],
-            Role::Billing => &["organizations:read", "licenses:read"],
+            Role::Billing => &[
+                "organizations:read",
+                "licenses:read",
+                "contracts:read",
+                "billing:read",
+                "entitlements:read",
+            ],
         }
     }
 }
@@ -119,6 +153,12 @@ pub const API_SCOPES: &[&str] = &[
     "jobs:write",
     "evidence:read",
     "evidence:write",
+    "contracts:read",
+    "contracts:write",
+    "contracts:sign",
+    "billing:read",
+    "billing:write",
+    "entitlements:read",
 ];
 
 /// OpenID Connect scopes (RFC 6749 scope tokens defined by OIDC Core).
@@ -154,7 +194,7 @@ pub fn scope_string(scopes: &BTreeSet<String>) -> String {
 
 /// Whether `role` may be held in `organization_id`.
 pub fn role_allowed_in(role: Role, organization_id: &str) -> bool {
-    role != Role::PlatformAdmin || organization_id == PLATFORM_TENANT
+    !matches!(role, Role::PlatformAdmin | Role::LicenseIssuer) || organization_id == PLATFORM_TENANT
 }
 
 #[cfg(test)]

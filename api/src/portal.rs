@@ -1,0 +1,908 @@
+//! The Portal's HTTP surface: customers, contracts, entitlements, invoices, the Stripe webhook
+//! and the self-service `/v1/me/*` routes.
+//!
+//! Portal routes verify QSA-issued access tokens against QSA's published JWKS (the
+//! [`Gateway`](crate::state::Gateway)), as a resource server separate from QSA would, and then
+//! ask QSA's log whether the grant is still live.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use quantus_commands::identity::AccessClaims;
+use quantus_commands::portal::{NewContract, PaymentNotice};
+use quantus_domain::contract::{Contract, ContractCommand, ContractRevised, LineItem};
+use quantus_domain::customer::CustomerRegistered;
+use quantus_domain::invoice::Invoice;
+use quantus_domain::money::Currency;
+use quantus_domain::usage::Period;
+use quantus_domain::{Actor, ActorKind, CommandContext};
+use quantus_infra::billing::{parse_stripe_event, verify_stripe_signature};
+use quantus_projections::commercial::CommercialView;
+use quantus_projections::jobs::JobsView;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::auth::{bearer_token, unauthorized, Principal};
+use crate::consistency::Consistency;
+use crate::paging;
+use crate::problem::{ApiJson, ApiQuery};
+use crate::write::{accepted, context, expected_version, optional_json};
+use crate::{AppState, Problem};
+
+/// Routes that need a QSA token (verified through the JWKS).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/customers", post(register_customer).get(list_customers))
+        .route("/customers/{id}", get(show_customer))
+        .route("/customers/{id}/contact", post(change_contact))
+        .route("/contracts", post(draft_contract).get(list_contracts))
+        .route("/contracts/{id}", get(show_contract))
+        .route("/contracts/{id}/{action}", post(contract_transition))
+        .route("/entitlements", get(entitlements))
+        .route("/entitlements/check", post(check_entitlement))
+        .route("/invoices", post(issue_invoice).get(list_invoices))
+        .route("/invoices/{id}", get(show_invoice))
+        .route("/invoices/{id}/{action}", post(invoice_action))
+        .route("/me/contracts", get(my_contracts))
+        .route("/me/entitlements", get(my_entitlements))
+        .route("/me/licenses", get(my_licenses))
+        .route("/me/invoices", get(my_invoices))
+        .route("/me/evidence", get(my_evidence))
+}
+
+/// Routes authenticated by something other than a bearer token.
+pub fn webhook_routes() -> Router<AppState> {
+    Router::new().route("/billing/webhooks/stripe", post(stripe_webhook))
+}
+
+// ---- authentication through QSA's JWKS ----
+
+async fn verify(state: &AppState, token: &str) -> Result<AccessClaims, String> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed: {e}"))?;
+    if header.alg != Algorithm::EdDSA {
+        return Err(format!("algorithm {:?} is not accepted", header.alg));
+    }
+    let typ = header.typ.as_deref().map(str::to_ascii_lowercase);
+    if !matches!(typ.as_deref(), Some("at+jwt" | "application/at+jwt")) {
+        return Err("the token is not an access token".into());
+    }
+    let kid = header.kid.ok_or("the token names no key")?;
+    let jwk = state
+        .gateway
+        .jwks
+        .key(&kid)
+        .await
+        .map_err(|e| format!("QSA's keys are unavailable: {e}"))?
+        .ok_or("the token names no key QSA publishes")?;
+    let jwk: jsonwebtoken::jwk::Jwk =
+        serde_json::from_value(jwk).map_err(|e| format!("QSA published a bad key: {e}"))?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("QSA published a bad key: {e}"))?;
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_issuer(&[state.gateway.issuer.as_str()]);
+    v.set_audience(&[format!("{}/v1", state.gateway.issuer)]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub", "iat"]);
+    v.validate_nbf = true;
+    v.leeway = 5;
+    let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &v)
+        .map_err(|e| format!("the token is invalid: {e}"))?;
+    state
+        .identity
+        .check_live(&data.claims)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(data.claims)
+}
+
+/// Puts the caller's [`Principal`] into the request, or answers 401.
+pub async fn require_qsa_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = bearer_token(request.headers()) else {
+        return unauthorized(None);
+    };
+    match verify(&state, token).await {
+        Ok(claims) => {
+            request
+                .extensions_mut()
+                .insert(Principal::from_claims(claims));
+            next.run(request).await
+        }
+        Err(detail) => unauthorized(Some(detail)),
+    }
+}
+
+// ---- helpers ----
+
+fn uuid_id(id: &str, what: &str) -> Result<String, Problem> {
+    Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| Problem::not_found(format!("no {what} {id:?}")))
+}
+
+/// The caller's own organization, for `/v1/me/*`.
+fn my_org(principal: &Principal) -> Result<String, Problem> {
+    if principal.organization == quantus_domain::schema::PLATFORM_TENANT {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "not-a-customer",
+            "Not a customer",
+            "the platform's own principals have no contracts; use the /v1 routes with ?org=",
+        ));
+    }
+    Ok(principal.organization.clone())
+}
+
+fn money(currency: &str, amount: i64) -> String {
+    Currency::parse(currency)
+        .map(|c| c.format(amount))
+        .unwrap_or_else(|_| format!("{amount} {currency} (minor units)"))
+}
+
+fn contract_view(id: &str, c: &Contract, version: u64) -> serde_json::Value {
+    let monthly: i64 = c
+        .line_items
+        .iter()
+        .map(|i| i.quantity.saturating_mul(i.unit_price))
+        .sum();
+    serde_json::json!({
+        "id": id,
+        "status": c.status.name(),
+        "organization_id": c.organization_id,
+        "customer_id": c.customer_id,
+        "currency": c.currency,
+        "line_items": c.line_items,
+        "starts_at": c.starts_at,
+        "ends_at": c.ends_at,
+        "signed_by": c.signed_by,
+        "amendments": c.amendments,
+        "terminated_at": c.terminated_at,
+        "licenses": c.licenses,
+        "monthly_price": monthly,
+        "monthly_price_display": money(&c.currency, monthly),
+        "version": version,
+    })
+}
+
+fn invoice_view(id: &str, i: &Invoice, version: u64) -> serde_json::Value {
+    let issued = i.issued.as_ref();
+    let currency = issued.map(|x| x.currency.as_str()).unwrap_or_default();
+    serde_json::json!({
+        "id": id,
+        "status": i.status.name(),
+        "contract_id": issued.map(|x| &x.contract_id),
+        "organization_id": issued.map(|x| &x.organization_id),
+        "period": issued.map(|x| &x.period),
+        "currency": currency,
+        "lines": issued.map(|x| &x.lines),
+        "total": issued.map(|x| x.total),
+        "total_display": issued.map(|x| money(currency, x.total)),
+        "due_at": issued.map(|x| x.due_at),
+        "provider": i.sent.as_ref().map(|s| &s.provider),
+        "external_id": i.sent.as_ref().map(|s| &s.external_id),
+        "hosted_url": i.sent.as_ref().and_then(|s| s.hosted_url.as_ref()),
+        "paid": i.paid,
+        "payment_failures": i.payment_failures,
+        "version": version,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    org: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+impl ListQuery {
+    /// The organization to list: the caller's own unless a platform principal names one
+    /// (or none, for all).
+    fn scope(&self, principal: &Principal) -> Result<Option<String>, Problem> {
+        match &self.org {
+            Some(org) => {
+                principal.tenant(org, &format!("organization {org}"))?;
+                Ok(Some(org.clone()))
+            }
+            None if principal.is_platform() => Ok(None),
+            None => Ok(Some(principal.organization.clone())),
+        }
+    }
+
+    async fn wait(&self, state: &AppState) -> Result<(), Problem> {
+        Consistency {
+            min_position: self.min_position,
+            wait_ms: self.wait_ms,
+        }
+        .wait(&state.commercial)
+        .await
+    }
+}
+
+// ---- customers ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterCustomer {
+    organization_id: String,
+    name: String,
+    billing_email: String,
+    currency: String,
+}
+
+pub async fn register_customer(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RegisterCustomer>,
+) -> Result<Response, Problem> {
+    principal.require("contracts:write")?;
+    let org = uuid_id(&body.organization_id, "organization")
+        .map_err(|_| Problem::unprocessable("organization_id must be an organization's id"))?;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let ctx = context(&principal, &headers, &org);
+    let outcome = state
+        .portal
+        .register_customer(
+            &ctx,
+            CustomerRegistered {
+                organization_id: org.clone(),
+                name: body.name,
+                billing_email: body.billing_email,
+                currency: body.currency,
+            },
+        )
+        .await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        &org,
+        outcome,
+        Some(format!("/v1/customers/{org}")),
+    ))
+}
+
+pub async fn list_customers(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, Problem> {
+    principal.require("contracts:read")?;
+    let limit = paging::limit(q.limit)?;
+    q.wait(&state).await?;
+    let rows = match q.scope(&principal)? {
+        None => CommercialView::customers(&state.db.pool, q.after.as_deref(), limit).await?,
+        Some(org) => CommercialView::customers(&state.db.pool, None, 200)
+            .await?
+            .into_iter()
+            .filter(|c| c.id == org)
+            .collect(),
+    };
+    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
+    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+}
+
+pub async fn show_customer(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require("contracts:read")?;
+    let id = uuid_id(&id, "customer")?;
+    principal.tenant(&id, &format!("customer {id}"))?;
+    let (c, version) = state.portal.customer(&id).await?;
+    Ok(Json(serde_json::json!({
+        "id": id, "organization_id": c.organization_id, "name": c.name,
+        "billing_email": c.billing_email, "currency": c.currency, "version": version,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeContact {
+    name: String,
+    billing_email: String,
+}
+
+pub async fn change_contact(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ChangeContact>,
+) -> Result<Response, Problem> {
+    principal.require("contracts:write")?;
+    let id = uuid_id(&id, "customer")?;
+    principal.tenant(&id, &format!("customer {id}"))?;
+    let ctx = context(&principal, &headers, &id);
+    let outcome = state
+        .portal
+        .change_customer(
+            &ctx,
+            &id,
+            body.name,
+            body.billing_email,
+            expected_version(&headers)?,
+        )
+        .await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+// ---- contracts ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DraftContract {
+    organization_id: String,
+    line_items: Vec<LineItem>,
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+}
+
+pub async fn draft_contract(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<DraftContract>,
+) -> Result<Response, Problem> {
+    principal.require("contracts:write")?;
+    let org = uuid_id(&body.organization_id, "organization")
+        .map_err(|_| Problem::unprocessable("organization_id must be an organization's id"))?;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let id = Uuid::now_v7().to_string();
+    let ctx = context(&principal, &headers, &org);
+    let outcome = state
+        .portal
+        .draft_contract(
+            &ctx,
+            &id,
+            NewContract {
+                organization_id: org,
+                line_items: body.line_items,
+                starts_at: body.starts_at,
+                ends_at: body.ends_at,
+            },
+        )
+        .await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        &id,
+        outcome,
+        Some(format!("/v1/contracts/{id}")),
+    ))
+}
+
+pub async fn list_contracts(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, Problem> {
+    principal.require("contracts:read")?;
+    let limit = paging::limit(q.limit)?;
+    q.wait(&state).await?;
+    let org = q.scope(&principal)?;
+    let rows = CommercialView::contracts(&state.db.pool, org.as_deref(), q.after.as_deref(), limit)
+        .await?;
+    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
+    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+}
+
+async fn load_contract(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<(String, Contract, u64), Problem> {
+    let id = uuid_id(id, "contract")?;
+    let (c, version) = state.portal.contract(&id).await?;
+    principal.tenant(&c.organization_id, &format!("contract {id}"))?;
+    Ok((id, c, version))
+}
+
+pub async fn show_contract(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require("contracts:read")?;
+    let (id, c, version) = load_contract(&state, &principal, &id).await?;
+    Ok(Json(contract_view(&id, &c, version)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractTransition {
+    #[serde(default)]
+    signed_by: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    line_items: Option<Vec<LineItem>>,
+    #[serde(default)]
+    starts_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    ends_at: Option<DateTime<Utc>>,
+}
+
+pub async fn contract_transition(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let (id, contract, _) = load_contract(&state, &principal, &id).await?;
+    // The customer's owner signs; only the vendor drafts, sends, activates and changes terms.
+    principal.require(if action == "sign" {
+        "contracts:sign"
+    } else {
+        "contracts:write"
+    })?;
+    let body: ContractTransition = optional_json(&headers, &body)?;
+    let ctx = context(&principal, &headers, &contract.organization_id);
+    let need = |v: Option<String>, field: &str| {
+        v.ok_or_else(|| Problem::unprocessable(format!("{field} is required")))
+    };
+    let now = ctx.occurred_at;
+    let command = match action.as_str() {
+        "revise" => ContractCommand::Revise(ContractRevised {
+            line_items: body
+                .line_items
+                .ok_or_else(|| Problem::unprocessable("line_items is required"))?,
+            starts_at: body
+                .starts_at
+                .ok_or_else(|| Problem::unprocessable("starts_at is required"))?,
+            ends_at: body
+                .ends_at
+                .ok_or_else(|| Problem::unprocessable("ends_at is required"))?,
+        }),
+        "send" => ContractCommand::Send,
+        "sign" => ContractCommand::Sign {
+            signed_by: need(body.signed_by, "signed_by")?,
+        },
+        "activate" => ContractCommand::Activate { now },
+        "amend" => ContractCommand::Amend {
+            reason: need(body.reason, "reason")?,
+            line_items: body
+                .line_items
+                .ok_or_else(|| Problem::unprocessable("line_items is required"))?,
+            ends_at: body
+                .ends_at
+                .ok_or_else(|| Problem::unprocessable("ends_at is required"))?,
+            now,
+        },
+        "terminate" => ContractCommand::Terminate {
+            reason: need(body.reason, "reason")?,
+            now,
+        },
+        "expire" => ContractCommand::Expire { now },
+        _ => return Err(Problem::not_found(format!("no contract action {action:?}"))),
+    };
+    let outcome = state
+        .portal
+        .contract_command(&ctx, &id, command, expected_version(&headers)?)
+        .await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+// ---- entitlements ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntitlementsQuery {
+    org: String,
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+async fn entitlements_of(state: &AppState, org: &str) -> Result<serde_json::Value, Problem> {
+    let row = CommercialView::entitlements(&state.db.pool, org, Utc::now()).await?;
+    let quotas: BTreeMap<&String, serde_json::Value> = row
+        .entitlements
+        .quotas
+        .iter()
+        .map(|(metric, q)| {
+            let used = row.usage.get(metric).copied().unwrap_or(0);
+            (
+                metric,
+                serde_json::json!({
+                    "amount": q.amount, "enforcement": q.enforcement, "used": used,
+                    "remaining": (q.amount - used).max(0),
+                }),
+            )
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "organization_id": row.organization_id,
+        "period": row.period,
+        "contracts": row.contracts,
+        "features": row.entitlements.features,
+        "quotas": quotas,
+        "limits": row.entitlements.limits,
+        "usage": row.usage,
+    }))
+}
+
+pub async fn entitlements(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<EntitlementsQuery>,
+) -> Result<Response, Problem> {
+    principal.require("entitlements:read")?;
+    principal.tenant(&q.org, &format!("organization {}", q.org))?;
+    Consistency {
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    }
+    .wait(&state.commercial)
+    .await?;
+    Ok(Json(entitlements_of(&state, &q.org).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckEntitlement {
+    org: String,
+    feature: String,
+    #[serde(default = "one")]
+    amount: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// Allowed or denied, with the reason, from the read model (one indexed read each of the
+/// organization's contracts in force and of its usage this month).
+pub async fn check_entitlement(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(body): ApiJson<CheckEntitlement>,
+) -> Result<Response, Problem> {
+    principal.require("entitlements:read")?;
+    principal.tenant(&body.org, &format!("organization {}", body.org))?;
+    let row = CommercialView::entitlements(&state.db.pool, &body.org, Utc::now()).await?;
+    let decision = row
+        .entitlements
+        .check(&body.feature, body.amount, &row.usage);
+    Ok(Json(serde_json::json!({
+        "org": body.org,
+        "feature": body.feature,
+        "amount": body.amount,
+        "allowed": decision.allowed,
+        "reason": decision.reason,
+        "remaining": decision.remaining,
+    }))
+    .into_response())
+}
+
+// ---- invoices ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueInvoice {
+    contract_id: String,
+    /// `YYYY-MM`, a month that is over.
+    period: String,
+}
+
+pub async fn issue_invoice(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<IssueInvoice>,
+) -> Result<Response, Problem> {
+    principal.require("billing:write")?;
+    let period = Period::parse(&body.period).map_err(Problem::unprocessable)?;
+    let (contract_id, contract, _) = load_contract(&state, &principal, &body.contract_id).await?;
+    let ctx = context(&principal, &headers, &contract.organization_id);
+    let (id, outcome) = state
+        .portal
+        .issue_invoice(&ctx, &contract_id, period)
+        .await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        &id,
+        outcome,
+        Some(format!("/v1/invoices/{id}")),
+    ))
+}
+
+pub async fn list_invoices(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, Problem> {
+    principal.require("billing:read")?;
+    let limit = paging::limit(q.limit)?;
+    q.wait(&state).await?;
+    let org = q.scope(&principal)?;
+    let rows =
+        CommercialView::invoices(&state.db.pool, org.as_deref(), q.after.as_deref(), limit).await?;
+    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
+    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+}
+
+async fn load_invoice(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<(String, Invoice, u64), Problem> {
+    let id = uuid_id(id, "invoice")?;
+    let (invoice, version) = state.portal.invoice(&id).await?;
+    let org = invoice
+        .issued
+        .as_ref()
+        .map(|i| i.organization_id.clone())
+        .unwrap_or_default();
+    principal.tenant(&org, &format!("invoice {id}"))?;
+    Ok((id, invoice, version))
+}
+
+pub async fn show_invoice(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require("billing:read")?;
+    let (id, invoice, version) = load_invoice(&state, &principal, &id).await?;
+    Ok(Json(invoice_view(&id, &invoice, version)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceActionBody {
+    #[serde(default)]
+    reference: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `send` (to the billing provider), `refresh` (ask it for the payment status), `pay`
+/// (record a payment received outside the provider), `void`.
+pub async fn invoice_action(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require("billing:write")?;
+    let (id, invoice, _) = load_invoice(&state, &principal, &id).await?;
+    let body: InvoiceActionBody = optional_json(&headers, &body)?;
+    let org = invoice
+        .issued
+        .as_ref()
+        .map(|i| i.organization_id.clone())
+        .unwrap_or_default();
+    let ctx = context(&principal, &headers, &org);
+    let outcome = match action.as_str() {
+        "send" => state.portal.send_invoice(&ctx, &id).await?,
+        "refresh" => {
+            let status = state.portal.refresh_payment(&ctx, &id).await?;
+            let (invoice, version) = state.portal.invoice(&id).await?;
+            let mut view = invoice_view(&id, &invoice, version);
+            view["provider_status"] = serde_json::to_value(status).unwrap_or_default();
+            return Ok(Json(view).into_response());
+        }
+        "pay" => {
+            let reference = body
+                .reference
+                .filter(|r| !r.trim().is_empty() && r.len() <= 200)
+                .ok_or_else(|| {
+                    Problem::unprocessable("reference (1 to 200 characters) is required")
+                })?;
+            state
+                .portal
+                .record_payment(&ctx, &id, PaymentNotice::Paid, "manual", &reference)
+                .await?
+        }
+        "void" => {
+            let reason = body
+                .reason
+                .ok_or_else(|| Problem::unprocessable("reason is required"))?;
+            state
+                .portal
+                .record_payment(&ctx, &id, PaymentNotice::Voided, "manual", &reason)
+                .await?
+        }
+        _ => return Err(Problem::not_found(format!("no invoice action {action:?}"))),
+    };
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+// ---- Stripe webhook ----
+
+/// Stripe's events, authenticated by the `Stripe-Signature` HMAC (with a 5-minute tolerance
+/// against replays of old deliveries) and processed once per event id.
+pub async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let secret = state.stripe_webhook_secret.as_ref().ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook-not-configured",
+            "Webhook not configured",
+            "set STRIPE_WEBHOOK_SECRET to receive Stripe events",
+        )
+    })?;
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Problem::bad_request("the Stripe-Signature header is missing"))?;
+    let now = Utc::now().timestamp();
+    verify_stripe_signature(
+        signature,
+        &body,
+        &secret.0,
+        now,
+        quantus_infra::billing::STRIPE_SIGNATURE_TOLERANCE_SECONDS,
+    )
+    .map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "signature-invalid",
+            "Signature invalid",
+            e.to_string(),
+        )
+    })?;
+    let event = parse_stripe_event(&body).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let notice = match event.event_type.as_str() {
+        "invoice.paid" | "invoice.payment_succeeded" => PaymentNotice::Paid,
+        "invoice.payment_failed" => PaymentNotice::Failed,
+        "invoice.voided" => PaymentNotice::Voided,
+        _ => PaymentNotice::Other,
+    };
+    let invoice_id = event
+        .quantus_invoice_id
+        .as_deref()
+        .and_then(|i| Uuid::parse_str(i).ok())
+        .map(|u| u.to_string());
+    let tenant = match &invoice_id {
+        Some(id) => match state.portal.invoice(id).await {
+            Ok((i, _)) => i.issued.map(|x| x.organization_id),
+            Err(_) => None,
+        },
+        None => None,
+    }
+    .unwrap_or_else(|| quantus_domain::schema::PLATFORM_TENANT.to_owned());
+    let ctx = CommandContext {
+        tenant_id: tenant,
+        actor: Actor {
+            kind: ActorKind::Service,
+            id: "stripe".into(),
+        },
+        occurred_at: quantus_domain::envelope::truncate_to_micros(Utc::now()),
+        correlation_id: Uuid::now_v7(),
+        causation_id: Uuid::now_v7(),
+    };
+    let first = state
+        .portal
+        .provider_event(&ctx, "stripe", &event.id, invoice_id.as_deref(), notice)
+        .await?;
+    Ok(Json(serde_json::json!({ "received": true, "duplicate": !first })).into_response())
+}
+
+// ---- self-service ----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+pub async fn my_contracts(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<MeQuery>,
+) -> Result<Response, Problem> {
+    principal.require("contracts:read")?;
+    let org = my_org(&principal)?;
+    list_contracts(
+        State(state),
+        Extension(principal),
+        ApiQuery(ListQuery {
+            org: Some(org),
+            after: q.after,
+            limit: q.limit,
+            min_position: q.min_position,
+            wait_ms: q.wait_ms,
+        }),
+    )
+    .await
+}
+
+pub async fn my_invoices(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<MeQuery>,
+) -> Result<Response, Problem> {
+    principal.require("billing:read")?;
+    let org = my_org(&principal)?;
+    list_invoices(
+        State(state),
+        Extension(principal),
+        ApiQuery(ListQuery {
+            org: Some(org),
+            after: q.after,
+            limit: q.limit,
+            min_position: q.min_position,
+            wait_ms: q.wait_ms,
+        }),
+    )
+    .await
+}
+
+pub async fn my_entitlements(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<MeQuery>,
+) -> Result<Response, Problem> {
+    principal.require("entitlements:read")?;
+    let org = my_org(&principal)?;
+    Consistency {
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    }
+    .wait(&state.commercial)
+    .await?;
+    Ok(Json(entitlements_of(&state, &org).await?).into_response())
+}
+
+/// The organization's licences, as QuantumLock has them (asked with the Portal's own
+/// service-principal token).
+pub async fn my_licenses(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<MeQuery>,
+) -> Result<Response, Problem> {
+    principal.require("licenses:read")?;
+    let org = my_org(&principal)?;
+    let quantumlock = state.quantumlock.as_ref().ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "quantumlock-not-configured",
+            "QuantumLock not configured",
+            "the Portal has no credentials for QuantumLock",
+        )
+    })?;
+    let page = quantumlock
+        .licenses_of(&org, q.after.as_deref())
+        .await
+        .map_err(quantus_commands::CommandError::from)?;
+    Ok(Json(page).into_response())
+}
+
+pub async fn my_evidence(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiQuery(q): ApiQuery<MeQuery>,
+) -> Result<Response, Problem> {
+    principal.require("evidence:read")?;
+    let org = my_org(&principal)?;
+    let limit = paging::limit(q.limit)?;
+    Consistency {
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    }
+    .wait(&state.jobs)
+    .await?;
+    let rows = JobsView::bundles_of(&state.db.pool, &org, q.after.as_deref(), limit).await?;
+    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
+    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+}

@@ -1,0 +1,782 @@
+//! The Portal's application service: customers, contracts, usage against quotas, invoices and
+//! payments; and its two process managers (contract to licences, job metrics to usage).
+//!
+//! The Portal never decides licensing: the contract's events carry the licence plan and
+//! [`ContractLicensing`] asks QuantumLock to carry it out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use quantus_domain::contract::{
+    Contract, ContractCommand, ContractDrafted, ContractError, ContractStatus, LicenseAction,
+    LineItem, PlannedLicense,
+};
+use quantus_domain::customer::{Customer, CustomerCommand, CustomerError, CustomerRegistered};
+use quantus_domain::entitlement::Entitlements;
+use quantus_domain::invoice::{
+    invoice_id, invoice_lines, Invoice, InvoiceCommand, InvoiceError, InvoiceIssued, InvoicePaid,
+    InvoicePaymentFailed, InvoiceSent, InvoiceStatus,
+};
+use quantus_domain::job::{Job, JobCompleted};
+use quantus_domain::license::LicenseIssued;
+use quantus_domain::usage::{meter_id, Period, UsageCommand, UsageError, UsageMeter};
+use quantus_domain::CommandContext;
+use quantus_infra::billing::{
+    BillingCustomer, BillingInvoice, BillingInvoiceLine, BillingProvider, PaymentStatus,
+};
+use quantus_infra::event_store::tail_log;
+use quantus_infra::gateway::{GatewayError, QuantumLockClient};
+use quantus_infra::{InfraError, LogRecord};
+
+use crate::{ClassifyError, CommandBus, CommandError, CommandOutcome};
+
+impl ClassifyError for CustomerError {
+    fn classify(&self) -> CommandError {
+        match self {
+            CustomerError::Invalid(d) => CommandError::Invalid(d.clone()),
+            CustomerError::NotFound => CommandError::NotFound(self.to_string()),
+            CustomerError::AlreadyExists => CommandError::Rejected(self.to_string()),
+        }
+    }
+}
+
+impl ClassifyError for ContractError {
+    fn classify(&self) -> CommandError {
+        match self {
+            e if e.is_validation() => CommandError::Invalid(e.to_string()),
+            ContractError::NotFound => CommandError::NotFound(self.to_string()),
+            e => CommandError::Rejected(e.to_string()),
+        }
+    }
+}
+
+impl ClassifyError for UsageError {
+    fn classify(&self) -> CommandError {
+        match self {
+            UsageError::Invalid(d) => CommandError::Invalid(d.clone()),
+            e @ UsageError::QuotaExhausted { .. } => CommandError::QuotaExceeded(e.to_string()),
+        }
+    }
+}
+
+impl ClassifyError for InvoiceError {
+    fn classify(&self) -> CommandError {
+        match self {
+            e if e.is_validation() => CommandError::Invalid(e.to_string()),
+            InvoiceError::NotFound => CommandError::NotFound(self.to_string()),
+            e => CommandError::Rejected(e.to_string()),
+        }
+    }
+}
+
+impl From<GatewayError> for CommandError {
+    fn from(e: GatewayError) -> Self {
+        CommandError::Upstream(e.to_string())
+    }
+}
+
+/// Index kind linking an organization to its contracts (write-side lookups).
+const ORG_CONTRACTS: &str = "org-contract";
+/// Index kind of Stripe event ids already processed.
+const STRIPE_EVENTS: &str = "stripe-event";
+
+/// Days a customer has to pay an invoice.
+pub const DAYS_UNTIL_DUE: u32 = 30;
+
+/// A contract as a sales person drafts it.
+#[derive(Debug, Clone)]
+pub struct NewContract {
+    pub organization_id: String,
+    pub line_items: Vec<LineItem>,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+}
+
+/// What a billing-provider notification says happened to an invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentNotice {
+    Paid,
+    Failed,
+    Voided,
+    /// Anything else (the event is acknowledged and ignored).
+    Other,
+}
+
+#[derive(Clone)]
+pub struct Portal {
+    bus: CommandBus,
+    billing: Arc<dyn BillingProvider>,
+}
+
+impl Portal {
+    pub fn new(bus: CommandBus, billing: Arc<dyn BillingProvider>) -> Self {
+        Self { bus, billing }
+    }
+
+    pub fn billing_provider(&self) -> &'static str {
+        self.billing.name()
+    }
+
+    // ---- customers ----
+
+    pub async fn register_customer(
+        &self,
+        ctx: &CommandContext,
+        registered: CustomerRegistered,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.bus
+            .active_organization(&registered.organization_id)
+            .await?;
+        let id = registered.organization_id.clone();
+        self.bus
+            .execute::<Customer>(
+                ctx,
+                &id,
+                CustomerCommand::Register(registered),
+                Some(0),
+                &(),
+            )
+            .await
+    }
+
+    pub async fn change_customer(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+        name: String,
+        billing_email: String,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let command = CustomerCommand::ChangeContact {
+            name,
+            billing_email,
+        };
+        self.bus
+            .execute::<Customer>(ctx, id, command, expected, &())
+            .await
+    }
+
+    pub async fn customer(&self, id: &str) -> Result<(CustomerRegistered, u64), CommandError> {
+        let (c, version) = self.bus.load::<Customer>(id).await?;
+        let r = c
+            .registered
+            .ok_or_else(|| CommandError::NotFound(format!("no customer {id}")))?;
+        Ok((r, version))
+    }
+
+    // ---- contracts ----
+
+    /// Drafts a contract in the customer's currency.
+    pub async fn draft_contract(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+        new: NewContract,
+    ) -> Result<CommandOutcome, CommandError> {
+        let (customer, _) = self.customer(&new.organization_id).await.map_err(|_| {
+            CommandError::Invalid(format!(
+                "organization {} has no customer record; register one first",
+                new.organization_id
+            ))
+        })?;
+        // Indexed before the contract exists: a crash in between leaves an index entry that
+        // points at nothing (skipped), never a contract the index misses.
+        self.bus
+            .repository()
+            .index_grant(ORG_CONTRACTS, &new.organization_id, id)
+            .await?;
+        let command = ContractCommand::Draft(ContractDrafted {
+            contract_id: id.to_owned(),
+            customer_id: new.organization_id.clone(),
+            organization_id: new.organization_id,
+            currency: customer.currency,
+            line_items: new.line_items,
+            starts_at: new.starts_at,
+            ends_at: new.ends_at,
+        });
+        self.bus
+            .execute::<Contract>(ctx, id, command, Some(0), &())
+            .await
+    }
+
+    pub async fn contract(&self, id: &str) -> Result<(Contract, u64), CommandError> {
+        let (c, version) = self.bus.load::<Contract>(id).await?;
+        if c.status == ContractStatus::Absent {
+            return Err(CommandError::NotFound(format!("no contract {id}")));
+        }
+        Ok((c, version))
+    }
+
+    /// Runs a transition. Activation also checks that no other contract in force for the
+    /// organization prices the same usage (it would be billed twice).
+    pub async fn contract_command(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+        command: ContractCommand,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        if matches!(
+            command,
+            ContractCommand::Activate { .. } | ContractCommand::Amend { .. }
+        ) {
+            let (this, _) = self.contract(id).await?;
+            let items = match &command {
+                ContractCommand::Amend { line_items, .. } => line_items.clone(),
+                _ => this.line_items.clone(),
+            };
+            for (other_id, other) in self.contracts_of(&this.organization_id).await? {
+                if other_id == id || !other.status.in_force() {
+                    continue;
+                }
+                for item in &items {
+                    for metric in item.usage_prices.keys() {
+                        if other
+                            .line_items
+                            .iter()
+                            .any(|o| o.usage_prices.contains_key(metric))
+                        {
+                            return Err(CommandError::Rejected(format!(
+                                "contract {other_id} already prices usage of {metric:?} for this organization"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        self.bus
+            .execute::<Contract>(ctx, id, command, expected, &())
+            .await
+    }
+
+    /// Every contract of an organization (any status), by id.
+    pub async fn contracts_of(
+        &self,
+        organization_id: &str,
+    ) -> Result<Vec<(String, Contract)>, CommandError> {
+        let mut out = vec![];
+        for id in self
+            .bus
+            .repository()
+            .indexed_grants(ORG_CONTRACTS, organization_id)
+            .await?
+        {
+            let (c, _) = self.bus.load::<Contract>(&id).await?;
+            if c.status != ContractStatus::Absent && c.organization_id == organization_id {
+                out.push((id, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the organization may use at `at` (strongly consistent: from the contracts
+    /// themselves, for decisions such as admitting a job).
+    pub async fn entitlements(
+        &self,
+        organization_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Entitlements, CommandError> {
+        let contracts = self.contracts_of(organization_id).await?;
+        Ok(Entitlements::from_line_items(
+            contracts
+                .iter()
+                .filter(|(_, c)| c.grants_at(at))
+                .flat_map(|(_, c)| c.line_items.iter()),
+        ))
+    }
+
+    // ---- usage ----
+
+    pub async fn usage(
+        &self,
+        organization_id: &str,
+        period: Period,
+    ) -> Result<UsageMeter, CommandError> {
+        Ok(self
+            .bus
+            .load::<UsageMeter>(&meter_id(organization_id, period))
+            .await?
+            .0)
+    }
+
+    /// Admits a job against the organization's hard quotas and counts it; refused with
+    /// [`CommandError::QuotaExceeded`] when one is used up. Retries on a concurrent admission.
+    pub async fn admit_job(
+        &self,
+        ctx: &CommandContext,
+        organization_id: &str,
+        job_id: &str,
+    ) -> Result<(), CommandError> {
+        let contracts = self.contracts_of(organization_id).await?;
+        if contracts.is_empty() {
+            return Ok(()); // an organization without contracts is not metered
+        }
+        let entitlements = Entitlements::from_line_items(
+            contracts
+                .iter()
+                .filter(|(_, c)| c.grants_at(ctx.occurred_at))
+                .flat_map(|(_, c)| c.line_items.iter()),
+        );
+        let period = Period::of(ctx.occurred_at);
+        let id = meter_id(organization_id, period);
+        for _ in 0..20 {
+            let command = UsageCommand::AdmitJob {
+                organization_id: organization_id.to_owned(),
+                period,
+                job_id: job_id.to_owned(),
+                quotas: entitlements.quotas.clone(),
+            };
+            match self
+                .bus
+                .execute::<UsageMeter>(ctx, &id, command, None, &())
+                .await
+            {
+                Err(CommandError::Concurrency(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(CommandError::Concurrency(
+            "too many concurrent job submissions; retry".into(),
+        ))
+    }
+
+    /// Meters a finished job's metrics (idempotent per job and metric).
+    pub async fn meter_job_metrics(
+        &self,
+        ctx: &CommandContext,
+        job_id: &str,
+        completed: &JobCompleted,
+    ) -> Result<(), CommandError> {
+        let (job, _) = self.bus.load::<Job>(job_id).await?;
+        let Some(submitted) = job.submitted else {
+            return Ok(());
+        };
+        let org = submitted.organization_id;
+        if self.contracts_of(&org).await?.is_empty() {
+            return Ok(());
+        }
+        let entitlements = self.entitlements(&org, ctx.occurred_at).await?;
+        let period = Period::of(ctx.occurred_at);
+        let id = meter_id(&org, period);
+        for (metric, amount) in &completed.metrics {
+            if metric == quantus_domain::usage::JOBS || *amount <= 0 {
+                continue;
+            }
+            for attempt in 0..20 {
+                let command = UsageCommand::Record {
+                    organization_id: org.clone(),
+                    period,
+                    metric: metric.clone(),
+                    amount: *amount,
+                    source: job_id.to_owned(),
+                    quota: entitlements.quotas.get(metric).copied(),
+                };
+                match self
+                    .bus
+                    .execute::<UsageMeter>(ctx, &id, command, None, &())
+                    .await
+                {
+                    Err(CommandError::Concurrency(_)) if attempt < 19 => continue,
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- invoices ----
+
+    /// Issues the invoice of `contract_id` for `period` from its prices and the organization's
+    /// metered usage. The period must be over (usage is final then). Issuing twice is refused.
+    pub async fn issue_invoice(
+        &self,
+        ctx: &CommandContext,
+        contract_id: &str,
+        period: Period,
+    ) -> Result<(String, CommandOutcome), CommandError> {
+        let (contract, _) = self.contract(contract_id).await?;
+        // A month's usage is final when the month is over, or when the contract has ended
+        // (its final invoice).
+        let ended = matches!(
+            contract.status,
+            ContractStatus::Terminated | ContractStatus::Expired
+        );
+        if ctx.occurred_at < period.ends_at() && !ended {
+            return Err(CommandError::Rejected(format!(
+                "{period} is not over yet; its usage is not final"
+            )));
+        }
+        let usage = self.usage(&contract.organization_id, period).await?;
+        let lines =
+            invoice_lines(&contract, period, &usage.used).map_err(CommandError::Rejected)?;
+        let total = quantus_domain::money::sum(lines.iter().map(|l| l.amount), "invoice")
+            .map_err(CommandError::Rejected)?;
+        let id = invoice_id(contract_id, period);
+        let issued = InvoiceIssued {
+            contract_id: contract_id.to_owned(),
+            customer_id: contract.customer_id.clone(),
+            organization_id: contract.organization_id.clone(),
+            period: period.to_string(),
+            currency: contract.currency.clone(),
+            lines,
+            total,
+            due_at: ctx.occurred_at + chrono::Duration::days(i64::from(DAYS_UNTIL_DUE)),
+        };
+        let outcome = self
+            .bus
+            .execute::<Invoice>(ctx, &id, InvoiceCommand::Issue(issued), Some(0), &())
+            .await?;
+        Ok((id, outcome))
+    }
+
+    pub async fn invoice(&self, id: &str) -> Result<(Invoice, u64), CommandError> {
+        let (i, version) = self.bus.load::<Invoice>(id).await?;
+        if i.status == InvoiceStatus::Absent {
+            return Err(CommandError::NotFound(format!("no invoice {id}")));
+        }
+        Ok((i, version))
+    }
+
+    /// Hands the invoice to the billing provider (idempotent on the provider's side too).
+    pub async fn send_invoice(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+    ) -> Result<CommandOutcome, CommandError> {
+        let (invoice, _) = self.invoice(id).await?;
+        let issued = invoice
+            .issued
+            .ok_or_else(|| CommandError::NotFound(format!("no invoice {id}")))?;
+        if !matches!(invoice.status, InvoiceStatus::Issued | InvoiceStatus::Open) {
+            return Err(CommandError::Rejected(format!(
+                "the invoice is {}; it cannot be sent",
+                invoice.status.name()
+            )));
+        }
+        let (customer, _) = self.customer(&issued.customer_id).await?;
+        let request = BillingInvoice {
+            invoice_id: id.to_owned(),
+            customer: BillingCustomer {
+                customer_id: issued.customer_id.clone(),
+                organization_id: issued.organization_id.clone(),
+                name: customer.name,
+                email: customer.billing_email,
+                currency: issued.currency.clone(),
+            },
+            currency: issued.currency.clone(),
+            period: issued.period.clone(),
+            lines: issued
+                .lines
+                .iter()
+                .map(|l| BillingInvoiceLine {
+                    description: l.description.clone(),
+                    quantity: l.quantity,
+                    unit_amount: l.unit_amount,
+                    amount: l.amount,
+                })
+                .collect(),
+            total: issued.total,
+            days_until_due: DAYS_UNTIL_DUE,
+        };
+        let sent = self
+            .billing
+            .send_invoice(&request)
+            .await
+            .map_err(|e| CommandError::Upstream(format!("{}: {e}", self.billing.name())))?;
+        let command = InvoiceCommand::RecordSent(InvoiceSent {
+            provider: sent.provider,
+            external_id: sent.external_id,
+            customer_external_id: sent.customer_external_id,
+            hosted_url: sent.hosted_url,
+        });
+        self.bus
+            .execute::<Invoice>(ctx, id, command, None, &())
+            .await
+    }
+
+    /// Records a payment outcome for an invoice.
+    pub async fn record_payment(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+        notice: PaymentNotice,
+        provider: &str,
+        reference: &str,
+    ) -> Result<CommandOutcome, CommandError> {
+        let command = match notice {
+            PaymentNotice::Paid => InvoiceCommand::RecordPaid(InvoicePaid {
+                provider: provider.to_owned(),
+                reference: reference.to_owned(),
+                paid_at: ctx.occurred_at,
+            }),
+            PaymentNotice::Failed => InvoiceCommand::RecordPaymentFailed(InvoicePaymentFailed {
+                provider: provider.to_owned(),
+                reference: reference.to_owned(),
+                failed_at: ctx.occurred_at,
+            }),
+            PaymentNotice::Voided => InvoiceCommand::Void {
+                reason: format!("voided at {provider} ({reference})"),
+            },
+            PaymentNotice::Other => {
+                return Err(CommandError::Invalid("nothing to record".into()));
+            }
+        };
+        self.bus
+            .execute::<Invoice>(ctx, id, command, None, &())
+            .await
+    }
+
+    /// Asks the provider for the invoice's payment status and records a payment it reports.
+    pub async fn refresh_payment(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+    ) -> Result<PaymentStatus, CommandError> {
+        let (invoice, _) = self.invoice(id).await?;
+        let sent = invoice.sent.ok_or_else(|| {
+            CommandError::Rejected("the invoice has not been sent to a provider".into())
+        })?;
+        let status = self
+            .billing
+            .payment_status(&sent.external_id)
+            .await
+            .map_err(|e| CommandError::Upstream(format!("{}: {e}", self.billing.name())))?;
+        let notice = match status {
+            PaymentStatus::Paid => PaymentNotice::Paid,
+            PaymentStatus::Void => PaymentNotice::Voided,
+            _ => PaymentNotice::Other,
+        };
+        if notice != PaymentNotice::Other {
+            let reference = format!("status:{}", sent.external_id);
+            self.record_payment(ctx, id, notice, &sent.provider, &reference)
+                .await?;
+        }
+        Ok(status)
+    }
+
+    /// Processes a verified billing-provider event once per event id. Returns false for a
+    /// replay of an event already processed.
+    pub async fn provider_event(
+        &self,
+        ctx: &CommandContext,
+        provider: &str,
+        event_id: &str,
+        invoice_id: Option<&str>,
+        notice: PaymentNotice,
+    ) -> Result<bool, CommandError> {
+        let repo = self.bus.repository();
+        let key = format!("{provider}:{event_id}");
+        if !repo.indexed_grants(STRIPE_EVENTS, &key).await?.is_empty() {
+            return Ok(false);
+        }
+        if let (Some(id), true) = (invoice_id, notice != PaymentNotice::Other) {
+            match self
+                .record_payment(ctx, id, notice, provider, event_id)
+                .await
+            {
+                Ok(_) => {}
+                // An event about an invoice that is not ours (another system on the same
+                // Stripe account) is acknowledged, not retried forever.
+                Err(CommandError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Claimed after the effect: a crash in between means the provider retries, and the
+        // invoice commands are idempotent.
+        Ok(repo.claim_once(STRIPE_EVENTS, &key).await?)
+    }
+}
+
+/// The licence terms a line item implies under `contract` as it stands.
+pub fn license_terms(contract: &Contract, item: &LineItem) -> Option<LicenseIssued> {
+    Some(LicenseIssued {
+        organization_id: contract.organization_id.clone(),
+        product: item.product.clone(),
+        edition: item.edition.clone(),
+        features: item.features.clone(),
+        limits: item.limits.clone(),
+        not_before: contract.starts_at?,
+        expires_at: contract.ends_at?,
+        grace_period_seconds: 0,
+        max_activations: item.max_activations,
+        machine_fingerprint: None,
+    })
+}
+
+/// The process manager that turns contract events into licences at QuantumLock. Driven from
+/// the log with a cursor advanced after each event is carried out; every step is idempotent
+/// (deterministic licence ids; renew and revoke look first), so a crash mid-way repeats at
+/// most the steps of one event and never issues twice.
+#[derive(Clone)]
+pub struct ContractLicensing {
+    bus: CommandBus,
+    quantumlock: QuantumLockClient,
+}
+
+impl ContractLicensing {
+    pub const NAME: &'static str = "contract-licenses";
+
+    pub fn new(bus: CommandBus, quantumlock: QuantumLockClient) -> Self {
+        Self { bus, quantumlock }
+    }
+
+    /// Carries out one log record's licence plan (records of other kinds are ignored).
+    pub async fn carry_out(&self, record: &LogRecord) -> Result<usize, CommandError> {
+        let e = &record.envelope;
+        if e.aggregate_type != "Contract" {
+            return Ok(0);
+        }
+        let (plan, reason): (Vec<PlannedLicense>, String) = match e.event_type.as_str() {
+            "ContractActivated" | "ContractAmended" | "ContractTerminated" => {
+                let plan = serde_json::from_value(e.payload["licenses"].clone())
+                    .map_err(|x| CommandError::Storage(format!("licence plan: {x}")))?;
+                let reason = match e.event_type.as_str() {
+                    "ContractTerminated" => format!(
+                        "contract {} terminated: {}",
+                        e.aggregate_id,
+                        e.payload["reason"].as_str().unwrap_or_default()
+                    ),
+                    _ => format!(
+                        "superseded by amendment {} of contract {}",
+                        e.payload["amendment"].as_u64().unwrap_or_default(),
+                        e.aggregate_id
+                    ),
+                };
+                (plan, reason)
+            }
+            _ => return Ok(0),
+        };
+        let contract = self
+            .bus
+            .load_until::<Contract>(&e.aggregate_id, e.sequence)
+            .await?;
+        for step in &plan {
+            match step.action {
+                LicenseAction::Issue => {
+                    let terms = contract
+                        .line_items
+                        .iter()
+                        .find(|i| i.id == step.line_item_id)
+                        .and_then(|item| license_terms(&contract, item))
+                        .ok_or_else(|| {
+                            CommandError::Storage(format!(
+                                "contract {} has no line item {}",
+                                e.aggregate_id, step.line_item_id
+                            ))
+                        })?;
+                    self.quantumlock.issue(&step.license_id, &terms).await?;
+                }
+                LicenseAction::Renew => {
+                    let until = contract
+                        .ends_at
+                        .ok_or_else(|| CommandError::Storage("a contract without an end".into()))?;
+                    self.quantumlock.renew(&step.license_id, until).await?;
+                }
+                LicenseAction::Revoke => {
+                    self.quantumlock.revoke(&step.license_id, &reason).await?;
+                }
+            }
+        }
+        Ok(plan.len())
+    }
+
+    /// Follows the log forever from the saved cursor. A failing step is retried (after a
+    /// pause) from the event it belongs to.
+    pub async fn run(self) -> Result<(), InfraError> {
+        let repo = self.bus.repository().clone();
+        loop {
+            let after = repo.process_cursor(Self::NAME).await?;
+            let this = self.clone();
+            let result = tail_log(repo.database(), after, 100, |records| {
+                let this = this.clone();
+                async move {
+                    for record in &records {
+                        this.carry_out(record)
+                            .await
+                            .map_err(|e| InfraError::Corrupt(e.to_string()))?;
+                        this.bus
+                            .repository()
+                            .advance_process_cursor(Self::NAME, record.position)
+                            .await?;
+                    }
+                    Ok(true)
+                }
+            })
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(process = Self::NAME, %error, "carrying out a licence plan failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The process manager that meters finished jobs' metrics into usage.
+#[derive(Clone)]
+pub struct UsageMetering {
+    portal: Portal,
+}
+
+impl UsageMetering {
+    pub const NAME: &'static str = "usage-metering";
+
+    pub fn new(portal: Portal) -> Self {
+        Self { portal }
+    }
+
+    pub async fn carry_out(&self, record: &LogRecord) -> Result<(), CommandError> {
+        let e = &record.envelope;
+        if e.aggregate_type != "Job" || e.event_type != "JobCompleted" {
+            return Ok(());
+        }
+        let completed: JobCompleted = serde_json::from_value(e.payload.clone())
+            .map_err(|x| CommandError::Storage(format!("JobCompleted: {x}")))?;
+        // The usage belongs to the month the job finished in, whenever this runs.
+        let ctx = CommandContext {
+            tenant_id: e.tenant_id.clone(),
+            actor: quantus_domain::Actor {
+                kind: quantus_domain::ActorKind::System,
+                id: Self::NAME.into(),
+            },
+            occurred_at: e.occurred_at,
+            correlation_id: e.correlation_id,
+            causation_id: e.event_id,
+        };
+        self.portal
+            .meter_job_metrics(&ctx, &e.aggregate_id, &completed)
+            .await
+    }
+
+    pub async fn run(self) -> Result<(), InfraError> {
+        let repo = self.portal.bus.repository().clone();
+        loop {
+            let after = repo.process_cursor(Self::NAME).await?;
+            let this = self.clone();
+            let result = tail_log(repo.database(), after, 100, |records| {
+                let this = this.clone();
+                async move {
+                    for record in &records {
+                        this.carry_out(record)
+                            .await
+                            .map_err(|e| InfraError::Corrupt(e.to_string()))?;
+                        this.portal
+                            .bus
+                            .repository()
+                            .advance_process_cursor(Self::NAME, record.position)
+                            .await?;
+                    }
+                    Ok(true)
+                }
+            })
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(process = Self::NAME, %error, "metering job usage failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

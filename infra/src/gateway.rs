@@ -1,0 +1,348 @@
+//! The Portal's clients of the other services: QSA (its token endpoint and JWKS) and
+//! QuantumLock (licences). The same code runs when the services share one process (it then
+//! calls its own public URL) and when they run apart.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use quantus_domain::license::LicenseIssued;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::config::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The other service answered with an error (status, its problem detail).
+    #[error("{service} answered {status}: {detail}")]
+    Refused {
+        service: &'static str,
+        status: u16,
+        detail: String,
+    },
+    /// The other service could not be reached or answered nonsense.
+    #[error("{service} is unavailable: {detail}")]
+    Unavailable {
+        service: &'static str,
+        detail: String,
+    },
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .expect("a TLS-less HTTP client builds")
+}
+
+async fn refused(service: &'static str, response: reqwest::Response) -> GatewayError {
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    let detail = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.get("detail")
+                .or_else(|| v.get("error_description"))
+                .or_else(|| v.get("error"))
+                .and_then(|d| d.as_str().map(str::to_owned))
+        })
+        .unwrap_or(body);
+    GatewayError::Refused {
+        service,
+        status,
+        detail,
+    }
+}
+
+fn unavailable(service: &'static str) -> impl Fn(reqwest::Error) -> GatewayError {
+    move |e| GatewayError::Unavailable {
+        service,
+        detail: e.to_string(),
+    }
+}
+
+/// A service principal's client credentials at QSA.
+#[derive(Debug, Clone)]
+pub struct ServiceCredentials {
+    /// QSA's issuer URL (the token endpoint is `<issuer>/oauth2/token`).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// An access token from the client-credentials grant, fetched when needed and reused until
+/// shortly before it expires.
+pub struct ServiceToken {
+    http: reqwest::Client,
+    credentials: ServiceCredentials,
+    scope: String,
+    cached: Mutex<Option<(String, Instant)>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+impl ServiceToken {
+    pub fn new(credentials: ServiceCredentials, scope: &str) -> Self {
+        Self {
+            http: http(),
+            credentials,
+            scope: scope.to_owned(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// A bearer token valid for at least 30 more seconds.
+    pub async fn bearer(&self) -> Result<String, GatewayError> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, until)) = cached.as_ref() {
+            if Instant::now() + Duration::from_secs(30) < *until {
+                return Ok(token.clone());
+            }
+        }
+        let url = format!(
+            "{}/oauth2/token",
+            self.credentials.issuer.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(
+                &self.credentials.client_id,
+                Some(&self.credentials.client_secret.0),
+            )
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "grant_type=client_credentials&scope={}",
+                self.scope.replace(' ', "+")
+            ))
+            .send()
+            .await
+            .map_err(unavailable("QSA"))?;
+        if !response.status().is_success() {
+            return Err(refused("QSA", response).await);
+        }
+        let token: TokenResponse = response.json().await.map_err(unavailable("QSA"))?;
+        let until = Instant::now() + Duration::from_secs(token.expires_in);
+        *cached = Some((token.access_token.clone(), until));
+        Ok(token.access_token)
+    }
+
+    /// Forgets the cached token (after a 401: it was revoked or its key retired).
+    pub async fn forget(&self) {
+        *self.cached.lock().await = None;
+    }
+}
+
+/// QSA's published token keys, fetched from its JWKS and cached. A token naming a key the
+/// cache lacks triggers one refetch (at most every 10 s), so a rotation is followed at once;
+/// the whole set is refetched after `max_age` so retired keys drop out.
+pub struct JwksCache {
+    http: reqwest::Client,
+    url: String,
+    max_age: Duration,
+    state: Mutex<Option<(serde_json::Value, Instant)>>,
+}
+
+impl JwksCache {
+    pub fn new(issuer: &str, max_age: Duration) -> Self {
+        Self {
+            http: http(),
+            url: format!("{}/oauth2/jwks", issuer.trim_end_matches('/')),
+            max_age,
+            state: Mutex::new(None),
+        }
+    }
+
+    /// The JWK with `kid`, or `None` when QSA does not publish it.
+    pub async fn key(&self, kid: &str) -> Result<Option<serde_json::Value>, GatewayError> {
+        let mut state = self.state.lock().await;
+        let find = |set: &serde_json::Value| {
+            set.get("keys")
+                .and_then(|k| k.as_array())
+                .and_then(|keys| {
+                    keys.iter()
+                        .find(|k| k.get("kid").and_then(|v| v.as_str()) == Some(kid))
+                })
+                .cloned()
+        };
+        if let Some((set, fetched)) = state.as_ref() {
+            let fresh = fetched.elapsed() < self.max_age;
+            match find(set) {
+                Some(key) if fresh => return Ok(Some(key)),
+                // Unknown kid: refetch, but not more than once a second (a flood of forged kids
+                // must not become a flood of requests to QSA).
+                None if fetched.elapsed() < Duration::from_secs(1) => return Ok(None),
+                _ => {}
+            }
+        }
+        let response = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(unavailable("QSA"))?;
+        if !response.status().is_success() {
+            return Err(refused("QSA", response).await);
+        }
+        let set: serde_json::Value = response.json().await.map_err(unavailable("QSA"))?;
+        let key = find(&set);
+        *state = Some((set, Instant::now()));
+        Ok(key)
+    }
+}
+
+/// What QuantumLock answered to an issue request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Issued {
+    Created,
+    /// The licence already existed with these terms (a retry).
+    AlreadyThere,
+}
+
+/// QuantumLock's licence API, called with the Portal's service-principal token.
+#[derive(Clone)]
+pub struct QuantumLockClient {
+    http: reqwest::Client,
+    base: String,
+    token: Arc<ServiceToken>,
+}
+
+impl QuantumLockClient {
+    pub fn new(base_url: &str, token: Arc<ServiceToken>) -> Self {
+        Self {
+            http: http(),
+            base: base_url.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, GatewayError> {
+        for attempt in 0..2 {
+            let bearer = self.token.bearer().await?;
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(bearer);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request.send().await.map_err(unavailable("QuantumLock"))?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                self.token.forget().await;
+                continue;
+            }
+            return Ok(response);
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// The licence as QuantumLock has it now, or `None`.
+    pub async fn license(&self, id: &str) -> Result<Option<serde_json::Value>, GatewayError> {
+        let response = self
+            .send(reqwest::Method::GET, &format!("/v1/licenses/{id}"), None)
+            .await?;
+        match response.status() {
+            s if s.is_success() => Ok(Some(
+                response.json().await.map_err(unavailable("QuantumLock"))?,
+            )),
+            reqwest::StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(refused("QuantumLock", response).await),
+        }
+    }
+
+    /// Issues licence `id` with `terms`; a licence already there with the same terms is a
+    /// success (so a process manager may retry after a crash).
+    pub async fn issue(&self, id: &str, terms: &LicenseIssued) -> Result<Issued, GatewayError> {
+        let body = serde_json::to_value(terms).map_err(|e| GatewayError::Unavailable {
+            service: "QuantumLock",
+            detail: e.to_string(),
+        })?;
+        let response = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/licenses/{id}"),
+                Some(body),
+            )
+            .await?;
+        match response.status().as_u16() {
+            201 => Ok(Issued::Created),
+            200 => Ok(Issued::AlreadyThere),
+            _ => Err(refused("QuantumLock", response).await),
+        }
+    }
+
+    /// Moves licence `id`'s expiry to `expires_at`, unless it is already there or later.
+    pub async fn renew(&self, id: &str, expires_at: DateTime<Utc>) -> Result<(), GatewayError> {
+        let current = self.license(id).await?.ok_or(GatewayError::Refused {
+            service: "QuantumLock",
+            status: 404,
+            detail: format!("no licence {id} to renew"),
+        })?;
+        let now_expires = current
+            .pointer("/terms/expires_at")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse::<DateTime<Utc>>().ok());
+        if now_expires.is_some_and(|e| e >= expires_at) {
+            return Ok(());
+        }
+        let response = self
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/licenses/{id}/renew"),
+                Some(serde_json::json!({ "expires_at": expires_at })),
+            )
+            .await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(refused("QuantumLock", response).await)
+    }
+
+    /// Revokes licence `id`, unless it is already revoked or was never issued.
+    pub async fn revoke(&self, id: &str, reason: &str) -> Result<(), GatewayError> {
+        match self.license(id).await? {
+            None => return Ok(()),
+            Some(l) if l.get("status").and_then(|s| s.as_str()) == Some("revoked") => return Ok(()),
+            Some(_) => {}
+        }
+        let response = self
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/licenses/{id}/revoke"),
+                Some(serde_json::json!({ "reason": reason })),
+            )
+            .await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        Err(refused("QuantumLock", response).await)
+    }
+
+    /// The organization's licences (one page of QuantumLock's list).
+    pub async fn licenses_of(
+        &self,
+        organization_id: &str,
+        after: Option<&str>,
+    ) -> Result<serde_json::Value, GatewayError> {
+        let mut path = format!("/v1/licenses?org={organization_id}&limit=200");
+        if let Some(after) = after {
+            path.push_str(&format!("&after={after}"));
+        }
+        let response = self.send(reqwest::Method::GET, &path, None).await?;
+        if response.status().is_success() {
+            return response.json().await.map_err(unavailable("QuantumLock"));
+        }
+        Err(refused("QuantumLock", response).await)
+    }
+}

@@ -1,0 +1,492 @@
+//! The commercial read model: customers, contracts, monthly usage and invoices, and from them
+//! each organization's entitlements (features, quotas, limits, usage so far).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use quantus_domain::contract::{ContractAmended, ContractDrafted, ContractRevised, LineItem};
+use quantus_domain::customer::{CustomerContactChanged, CustomerRegistered};
+use quantus_domain::entitlement::Entitlements;
+use quantus_domain::envelope::rfc3339_micros;
+use quantus_domain::invoice::{InvoiceIssued, InvoiceSent};
+use quantus_domain::usage::{Period, UsageRecorded};
+use quantus_infra::{InfraError, LogRecord};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
+
+use crate::Projection;
+
+pub struct CommercialView;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerRow {
+    pub id: String,
+    pub name: String,
+    pub billing_email: String,
+    pub currency: String,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractRow {
+    pub id: String,
+    pub organization_id: String,
+    pub customer_id: String,
+    pub status: String,
+    pub currency: String,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub line_items: Vec<LineItem>,
+    pub amendments: i64,
+    pub version: u64,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceRow {
+    pub id: String,
+    pub organization_id: String,
+    pub contract_id: String,
+    pub period: String,
+    pub currency: String,
+    pub total: i64,
+    pub status: String,
+    pub provider: Option<String>,
+    pub external_id: Option<String>,
+    pub hosted_url: Option<String>,
+    pub due_at: String,
+    pub version: u64,
+    pub updated_at: String,
+}
+
+/// An organization's entitlements with this month's usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitlementsRow {
+    pub organization_id: String,
+    pub period: String,
+    pub contracts: Vec<String>,
+    pub entitlements: Entitlements,
+    pub usage: BTreeMap<String, i64>,
+}
+
+fn corrupt(record: &LogRecord, e: impl std::fmt::Display) -> InfraError {
+    InfraError::Corrupt(format!(
+        "commercial: event at position {}: {e}",
+        record.position
+    ))
+}
+
+fn payload<T: serde::de::DeserializeOwned>(record: &LogRecord) -> Result<T, InfraError> {
+    serde_json::from_value(record.envelope.payload.clone()).map_err(|e| corrupt(record, e))
+}
+
+const CONTRACT_SELECT: &str = "SELECT id, organization_id, customer_id, status, currency, starts_at, ends_at, line_items, amendments, version, updated_at FROM commercial_contracts";
+const INVOICE_SELECT: &str = "SELECT id, organization_id, contract_id, period, currency, total, status, provider, external_id, hosted_url, due_at, version, updated_at FROM commercial_invoices";
+
+fn row_to_contract(row: &AnyRow) -> Result<ContractRow, InfraError> {
+    let items: String = row.try_get("line_items")?;
+    Ok(ContractRow {
+        id: row.try_get("id")?,
+        organization_id: row.try_get("organization_id")?,
+        customer_id: row.try_get("customer_id")?,
+        status: row.try_get("status")?,
+        currency: row.try_get("currency")?,
+        starts_at: row.try_get("starts_at")?,
+        ends_at: row.try_get("ends_at")?,
+        line_items: serde_json::from_str(&items)
+            .map_err(|e| InfraError::Corrupt(format!("commercial_contracts.line_items: {e}")))?,
+        amendments: row.try_get("amendments")?,
+        version: quantus_infra::db::get_u64(row, "version")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn row_to_invoice(row: &AnyRow) -> Result<InvoiceRow, InfraError> {
+    Ok(InvoiceRow {
+        id: row.try_get("id")?,
+        organization_id: row.try_get("organization_id")?,
+        contract_id: row.try_get("contract_id")?,
+        period: row.try_get("period")?,
+        currency: row.try_get("currency")?,
+        total: row.try_get("total")?,
+        status: row.try_get("status")?,
+        provider: row.try_get("provider")?,
+        external_id: row.try_get("external_id")?,
+        hosted_url: row.try_get("hosted_url")?,
+        due_at: row.try_get("due_at")?,
+        version: quantus_infra::db::get_u64(row, "version")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl CommercialView {
+    pub const NAME: &'static str = "commercial";
+
+    pub async fn customers(
+        pool: &AnyPool,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<CustomerRow>, InfraError> {
+        let rows = sqlx::query(
+            "SELECT id, name, billing_email, currency, version FROM commercial_customers
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CustomerRow {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    billing_email: r.try_get("billing_email")?,
+                    currency: r.try_get("currency")?,
+                    version: quantus_infra::db::get_u64(r, "version")?,
+                })
+            })
+            .collect()
+    }
+
+    /// An organization's contracts (all of them with `organization_id` = None), by id.
+    pub async fn contracts(
+        pool: &AnyPool,
+        organization_id: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ContractRow>, InfraError> {
+        let rows = sqlx::query(&format!(
+            "{CONTRACT_SELECT} WHERE ($1 = '' OR organization_id = $1) AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(organization_id.unwrap_or(""))
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(row_to_contract).collect()
+    }
+
+    pub async fn invoices(
+        pool: &AnyPool,
+        organization_id: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<InvoiceRow>, InfraError> {
+        let rows = sqlx::query(&format!(
+            "{INVOICE_SELECT} WHERE ($1 = '' OR organization_id = $1) AND id > $2 ORDER BY id LIMIT $3"
+        ))
+        .bind(organization_id.unwrap_or(""))
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(row_to_invoice).collect()
+    }
+
+    /// The organization's entitlements at `at` and its usage in that month: one indexed read
+    /// of its contracts in force and one of its usage.
+    pub async fn entitlements(
+        pool: &AnyPool,
+        organization_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<EntitlementsRow, InfraError> {
+        let now = rfc3339_micros::format(&at);
+        let rows = sqlx::query(&format!(
+            "{CONTRACT_SELECT} WHERE organization_id = $1 AND status IN ('active', 'amended')
+             AND starts_at <= $2 AND ends_at > $2 ORDER BY id"
+        ))
+        .bind(organization_id)
+        .bind(now)
+        .fetch_all(pool)
+        .await?;
+        let contracts: Vec<ContractRow> =
+            rows.iter().map(row_to_contract).collect::<Result<_, _>>()?;
+        let period = Period::of(at).to_string();
+        let usage_rows = sqlx::query(
+            "SELECT metric, used FROM commercial_usage WHERE organization_id = $1 AND period = $2",
+        )
+        .bind(organization_id)
+        .bind(period.clone())
+        .fetch_all(pool)
+        .await?;
+        let mut usage = BTreeMap::new();
+        for r in &usage_rows {
+            usage.insert(
+                r.try_get::<String, _>("metric")?,
+                r.try_get::<i64, _>("used")?,
+            );
+        }
+        Ok(EntitlementsRow {
+            organization_id: organization_id.to_owned(),
+            period,
+            contracts: contracts.iter().map(|c| c.id.clone()).collect(),
+            entitlements: Entitlements::from_line_items(
+                contracts.iter().flat_map(|c| c.line_items.iter()),
+            ),
+            usage,
+        })
+    }
+
+    async fn contract_update(
+        conn: &mut AnyConnection,
+        record: &LogRecord,
+        status: Option<&str>,
+    ) -> Result<(), InfraError> {
+        let e = &record.envelope;
+        let updated = sqlx::query(
+            "UPDATE commercial_contracts SET status = COALESCE($1, status), version = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(status.map(str::to_owned))
+        .bind(e.sequence as i64)
+        .bind(rfc3339_micros::format(&e.occurred_at))
+        .bind(e.aggregate_id.clone())
+        .execute(conn)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(corrupt(record, "a contract event before its draft"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Projection for CommercialView {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn handles(&self, aggregate_type: &str) -> bool {
+        matches!(
+            aggregate_type,
+            "Customer" | "Contract" | "UsageMeter" | "Invoice"
+        )
+    }
+
+    async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        for ddl in [
+            "CREATE TABLE IF NOT EXISTS commercial_customers (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                billing_email TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                version BIGINT NOT NULL
+            )",
+            "CREATE TABLE IF NOT EXISTS commercial_contracts (
+                id TEXT PRIMARY KEY,
+                organization_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                status TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                starts_at TEXT NOT NULL,
+                ends_at TEXT NOT NULL,
+                line_items TEXT NOT NULL,
+                amendments BIGINT NOT NULL,
+                version BIGINT NOT NULL,
+                updated_at TEXT NOT NULL
+            )",
+            "CREATE INDEX IF NOT EXISTS commercial_contracts_org ON commercial_contracts (organization_id, status)",
+            "CREATE TABLE IF NOT EXISTS commercial_usage (
+                organization_id TEXT NOT NULL,
+                period TEXT NOT NULL,
+                metric TEXT NOT NULL,
+                used BIGINT NOT NULL,
+                PRIMARY KEY (organization_id, period, metric)
+            )",
+            "CREATE TABLE IF NOT EXISTS commercial_invoices (
+                id TEXT PRIMARY KEY,
+                organization_id TEXT NOT NULL,
+                contract_id TEXT NOT NULL,
+                period TEXT NOT NULL,
+                currency TEXT NOT NULL,
+                total BIGINT NOT NULL,
+                status TEXT NOT NULL,
+                provider TEXT,
+                external_id TEXT,
+                hosted_url TEXT,
+                due_at TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                updated_at TEXT NOT NULL
+            )",
+            "CREATE INDEX IF NOT EXISTS commercial_invoices_org ON commercial_invoices (organization_id)",
+        ] {
+            conn.execute(ddl).await?;
+        }
+        Ok(())
+    }
+
+    async fn clear(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        for table in [
+            "commercial_customers",
+            "commercial_contracts",
+            "commercial_usage",
+            "commercial_invoices",
+        ] {
+            conn.execute(format!("DELETE FROM {table}").as_str())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, conn: &mut AnyConnection, record: &LogRecord) -> Result<(), InfraError> {
+        let e = &record.envelope;
+        let at = rfc3339_micros::format(&e.occurred_at);
+        let version = e.sequence as i64;
+        let id = e.aggregate_id.clone();
+        match e.event_type.as_str() {
+            "CustomerRegistered" => {
+                let p: CustomerRegistered = payload(record)?;
+                sqlx::query("INSERT INTO commercial_customers (id, name, billing_email, currency, version) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(id).bind(p.name).bind(p.billing_email).bind(p.currency).bind(version)
+                    .execute(conn).await?;
+            }
+            "CustomerContactChanged" => {
+                let p: CustomerContactChanged = payload(record)?;
+                sqlx::query("UPDATE commercial_customers SET name = $1, billing_email = $2, version = $3 WHERE id = $4")
+                    .bind(p.name).bind(p.billing_email).bind(version).bind(id)
+                    .execute(conn).await?;
+            }
+            "ContractDrafted" => {
+                let p: ContractDrafted = payload(record)?;
+                let items = serde_json::to_string(&p.line_items).map_err(|x| corrupt(record, x))?;
+                sqlx::query(
+                    "INSERT INTO commercial_contracts (id, organization_id, customer_id, status, currency, starts_at, ends_at, line_items, amendments, version, updated_at)
+                     VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, 0, $8, $9)",
+                )
+                .bind(id)
+                .bind(p.organization_id)
+                .bind(p.customer_id)
+                .bind(p.currency)
+                .bind(rfc3339_micros::format(&p.starts_at))
+                .bind(rfc3339_micros::format(&p.ends_at))
+                .bind(items)
+                .bind(version)
+                .bind(at)
+                .execute(conn)
+                .await?;
+            }
+            "ContractRevised" => {
+                let p: ContractRevised = payload(record)?;
+                let items = serde_json::to_string(&p.line_items).map_err(|x| corrupt(record, x))?;
+                sqlx::query("UPDATE commercial_contracts SET line_items = $1, starts_at = $2, ends_at = $3 WHERE id = $4")
+                    .bind(items)
+                    .bind(rfc3339_micros::format(&p.starts_at))
+                    .bind(rfc3339_micros::format(&p.ends_at))
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                Self::contract_update(conn, record, None).await?;
+            }
+            "ContractAmended" => {
+                let p: ContractAmended = payload(record)?;
+                let items = serde_json::to_string(&p.line_items).map_err(|x| corrupt(record, x))?;
+                sqlx::query("UPDATE commercial_contracts SET line_items = $1, ends_at = $2, amendments = $3 WHERE id = $4")
+                    .bind(items)
+                    .bind(rfc3339_micros::format(&p.ends_at))
+                    .bind(i64::from(p.amendment))
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                Self::contract_update(conn, record, Some("amended")).await?;
+            }
+            "ContractSent" => Self::contract_update(conn, record, Some("sent")).await?,
+            "ContractSigned" => Self::contract_update(conn, record, Some("signed")).await?,
+            "ContractActivated" => Self::contract_update(conn, record, Some("active")).await?,
+            "ContractTerminated" => Self::contract_update(conn, record, Some("terminated")).await?,
+            "ContractExpired" => Self::contract_update(conn, record, Some("expired")).await?,
+            "UsageRecorded" => {
+                let p: UsageRecorded = payload(record)?;
+                sqlx::query(
+                    "INSERT INTO commercial_usage (organization_id, period, metric, used) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (organization_id, period, metric) DO UPDATE SET used = commercial_usage.used + excluded.used",
+                )
+                .bind(p.organization_id)
+                .bind(p.period)
+                .bind(p.metric)
+                .bind(p.amount)
+                .execute(conn)
+                .await?;
+            }
+            "QuotaExceeded" => {}
+            "InvoiceIssued" => {
+                let p: InvoiceIssued = payload(record)?;
+                sqlx::query(
+                    "INSERT INTO commercial_invoices (id, organization_id, contract_id, period, currency, total, status, due_at, version, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'issued', $7, $8, $9)",
+                )
+                .bind(id)
+                .bind(p.organization_id)
+                .bind(p.contract_id)
+                .bind(p.period)
+                .bind(p.currency)
+                .bind(p.total)
+                .bind(rfc3339_micros::format(&p.due_at))
+                .bind(version)
+                .bind(at)
+                .execute(conn)
+                .await?;
+            }
+            "InvoiceSent" => {
+                let p: InvoiceSent = payload(record)?;
+                sqlx::query("UPDATE commercial_invoices SET status = 'open', provider = $1, external_id = $2, hosted_url = $3, version = $4, updated_at = $5 WHERE id = $6")
+                    .bind(p.provider).bind(p.external_id).bind(p.hosted_url).bind(version).bind(at).bind(id)
+                    .execute(conn).await?;
+            }
+            "InvoicePaid" | "InvoiceVoided" | "InvoicePaymentFailed" => {
+                let status = match e.event_type.as_str() {
+                    "InvoicePaid" => Some("paid"),
+                    "InvoiceVoided" => Some("void"),
+                    _ => None,
+                };
+                sqlx::query("UPDATE commercial_invoices SET status = COALESCE($1, status), version = $2, updated_at = $3 WHERE id = $4")
+                    .bind(status.map(str::to_owned)).bind(version).bind(at).bind(id)
+                    .execute(conn).await?;
+            }
+            other => {
+                return Err(corrupt(record, format!("unknown event type {other:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
+        let mut out = vec![];
+        for r in sqlx::query("SELECT id, name, billing_email, currency, version FROM commercial_customers ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            out.push(serde_json::json!({
+                "customer": r.try_get::<String, _>("id")?,
+                "name": r.try_get::<String, _>("name")?,
+                "billing_email": r.try_get::<String, _>("billing_email")?,
+                "currency": r.try_get::<String, _>("currency")?,
+                "version": r.try_get::<i64, _>("version")?,
+            }));
+        }
+        for r in sqlx::query(&format!("{CONTRACT_SELECT} ORDER BY id"))
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            out.push(serde_json::to_value(row_to_contract(&r)?).unwrap_or_default());
+        }
+        for r in sqlx::query("SELECT organization_id, period, metric, used FROM commercial_usage ORDER BY organization_id, period, metric")
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            out.push(serde_json::json!({
+                "usage": r.try_get::<String, _>("organization_id")?,
+                "period": r.try_get::<String, _>("period")?,
+                "metric": r.try_get::<String, _>("metric")?,
+                "used": r.try_get::<i64, _>("used")?,
+            }));
+        }
+        for r in sqlx::query(&format!("{INVOICE_SELECT} ORDER BY id"))
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            out.push(serde_json::to_value(row_to_invoice(&r)?).unwrap_or_default());
+        }
+        Ok(out)
+    }
+}
