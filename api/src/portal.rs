@@ -280,14 +280,9 @@ pub async fn list_customers(
     principal.require("contracts:read")?;
     let limit = paging::limit(q.limit)?;
     q.wait(&state).await?;
-    let rows = match q.scope(&principal)? {
-        None => CommercialView::customers(&state.db.pool, q.after.as_deref(), limit).await?,
-        Some(org) => CommercialView::customers(&state.db.pool, None, 200)
-            .await?
-            .into_iter()
-            .filter(|c| c.id == org)
-            .collect(),
-    };
+    let org = q.scope(&principal)?;
+    let rows = CommercialView::customers(&state.db.pool, org.as_deref(), q.after.as_deref(), limit)
+        .await?;
     let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
     Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
 }

@@ -124,15 +124,18 @@ fn row_to_invoice(row: &AnyRow) -> Result<InvoiceRow, InfraError> {
 impl CommercialView {
     pub const NAME: &'static str = "commercial";
 
+    /// Customers by id (only organization `organization_id`'s, when given).
     pub async fn customers(
         pool: &AnyPool,
+        organization_id: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<CustomerRow>, InfraError> {
         let rows = sqlx::query(
             "SELECT id, name, billing_email, currency, version FROM commercial_customers
-             WHERE id > $1 ORDER BY id LIMIT $2",
+             WHERE ($1 = '' OR id = $1) AND id > $2 ORDER BY id LIMIT $3",
         )
+        .bind(organization_id.unwrap_or(""))
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
         .fetch_all(pool)
@@ -183,6 +186,22 @@ impl CommercialView {
         .fetch_all(pool)
         .await?;
         rows.iter().map(row_to_invoice).collect()
+    }
+
+    /// Contracts still marked in force whose term has ended at `at` (for the expiry sweep).
+    pub async fn due_to_expire(
+        pool: &AnyPool,
+        at: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<String>, InfraError> {
+        let rows = sqlx::query(
+            "SELECT id FROM commercial_contracts WHERE status IN ('active', 'amended') AND ends_at <= $1 ORDER BY id LIMIT $2",
+        )
+        .bind(rfc3339_micros::format(&at))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
     /// The organization's entitlements at `at` and its usage in that month: one indexed read

@@ -150,6 +150,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if config.role.runs_portal_processes() {
             let metering = quantus_commands::portal::UsageMetering::new(state.portal.clone());
             tasks.spawn(async move { Ok(metering.run().await?) });
+            spawn_expiry(&mut tasks, &state);
         }
         println!(
             "quantus listening on http://{} ({store}{})",
@@ -425,4 +426,45 @@ fn portal_credentials(
         ))),
         _ => anyhow::bail!("{} lacks client_id or client_secret", path.display()),
     }
+}
+
+/// Contracts whose term has ended are recorded as expired (every minute; a contract stops
+/// granting at its end regardless, this records it).
+fn spawn_expiry(tasks: &mut JoinSet<anyhow::Result<()>>, state: &AppState) {
+    let (portal, pool) = (state.portal.clone(), state.db.pool.clone());
+    tasks.spawn(async move {
+        loop {
+            let now = chrono::Utc::now();
+            match quantus_projections::commercial::CommercialView::due_to_expire(&pool, now, 100)
+                .await
+            {
+                Ok(ids) => {
+                    for id in ids {
+                        let ctx = quantus_domain::CommandContext {
+                            actor: quantus_domain::Actor {
+                                kind: quantus_domain::ActorKind::System,
+                                id: "contract-expiry".into(),
+                            },
+                            ..system_context()
+                        };
+                        let ctx = match portal.contract(&id).await {
+                            Ok((c, _)) => quantus_domain::CommandContext {
+                                tenant_id: c.organization_id,
+                                ..ctx
+                            },
+                            Err(_) => continue,
+                        };
+                        let expire = quantus_domain::contract::ContractCommand::Expire {
+                            now: ctx.occurred_at,
+                        };
+                        if let Err(e) = portal.contract_command(&ctx, &id, expire, None).await {
+                            tracing::warn!(contract = %id, error = %e, "expiring a contract failed");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "finding contracts to expire failed"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
+    });
 }

@@ -719,3 +719,38 @@ async fn invoices_are_sent_to_stripe() {
     let r = post_webhook(&api, b"{}", Some("t=1,v1=00".into())).await;
     is_problem(&r, 503);
 }
+
+/// A contract whose term has ended is recorded as expired by the Portal's sweep (which runs at
+/// start and every minute), and grants nothing any more.
+#[tokio::test(flavor = "current_thread")]
+async fn contracts_expire_at_their_end() {
+    let dir = temp_dir("portal-expiry");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (org, _) = api.create_org("Hooli").await;
+    register_customer(&api, &org, "GBP").await;
+    let ends = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    let contract = active_contract(&api, &org, line_items(), &ends).await;
+    let r = api
+        .post(&format!("/v1/contracts/{contract}/expire"), json!({}))
+        .await;
+    is_problem(&r, 409);
+    let db = format!("sqlite://{}", dir.join("quantus.db").display());
+    wait_for_projection(&db, "commercial", "Contract").await;
+    drop(server);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let c = eventually("the contract expired", Duration::from_secs(30), || async {
+        let c = api.get(&format!("/v1/contracts/{contract}")).await;
+        (c.body["status"] == "expired").then_some(c.body)
+    })
+    .await;
+    assert!(c["licenses"].as_object().unwrap().len() == 2, "{c}");
+    let e = api.get(&format!("/v1/entitlements?org={org}")).await;
+    assert_eq!(e.body["features"], json!([]), "{}", e.body);
+    let expired = api.events_of("Contract").await;
+    let last = expired.last().unwrap();
+    assert_eq!(last["envelope"]["event_type"], "ContractExpired");
+    assert_eq!(last["envelope"]["actor"]["id"], "contract-expiry");
+}
