@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{audit, events, evidence, identity, jobs, licensing, organizations, Problem};
+use crate::{audit, events, evidence, identity, jobs, licensing, organizations, portal, Problem};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,14 @@ use crate::{audit, events, evidence, identity, jobs, licensing, organizations, P
         jobs::submit, jobs::list, jobs::show, jobs::transition, jobs::upload, jobs::download,
         jobs::retention, jobs::set_rule, jobs::place_hold, jobs::release_hold, jobs::sweep,
         evidence::create, evidence::show, evidence::export, evidence::dsse, evidence::verify,
+        licensing::issue_with_id,
+        portal::register_customer, portal::list_customers, portal::show_customer,
+        portal::change_contact, portal::draft_contract, portal::list_contracts,
+        portal::show_contract, portal::contract_transition, portal::entitlements,
+        portal::check_entitlement, portal::issue_invoice, portal::list_invoices,
+        portal::show_invoice, portal::invoice_action, portal::stripe_webhook,
+        portal::my_contracts, portal::my_entitlements, portal::my_licenses, portal::my_invoices,
+        portal::my_evidence,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),

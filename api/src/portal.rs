@@ -241,6 +241,7 @@ pub struct RegisterCustomer {
     currency: String,
 }
 
+#[utoipa::path(post, path = "/v1/customers", tag = "portal", request_body(content = serde_json::Value, description = "{organization_id, name, billing_email, currency (ISO 4217)}"), responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn register_customer(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -272,6 +273,7 @@ pub async fn register_customer(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/customers", tag = "portal", params(("org" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
 pub async fn list_customers(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -287,6 +289,7 @@ pub async fn list_customers(
     Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "portal", params(("id" = String, Path)), responses((status = 200, description = "the customer"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show_customer(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -310,6 +313,7 @@ pub struct ChangeContact {
     billing_email: String,
 }
 
+#[utoipa::path(post, path = "/v1/customers/{id}/contact", tag = "portal", params(("id" = String, Path), ("If-Match" = Option<String>, Header)), request_body(content = serde_json::Value, description = "{name, billing_email}"), responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn change_contact(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -345,6 +349,7 @@ pub struct DraftContract {
     ends_at: DateTime<Utc>,
 }
 
+#[utoipa::path(post, path = "/v1/contracts", tag = "portal", request_body(content = serde_json::Value, description = "{organization_id, line_items: [{id, product, edition, features, quotas: {metric: {amount, enforcement}}, limits, quantity, unit_price, usage_prices, max_activations}], starts_at, ends_at}; prices in integer minor units of the customer's currency"), responses((status = 201, body = crate::write::CommandAccepted), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn draft_contract(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -378,6 +383,7 @@ pub async fn draft_contract(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/contracts", tag = "portal", params(("org" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
 pub async fn list_contracts(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -404,6 +410,7 @@ async fn load_contract(
     Ok((id, c, version))
 }
 
+#[utoipa::path(get, path = "/v1/contracts/{id}", tag = "portal", params(("id" = String, Path)), responses((status = 200, description = "the contract, its status, line items and current licences"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show_contract(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -429,6 +436,7 @@ pub struct ContractTransition {
     ends_at: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(post, path = "/v1/contracts/{id}/{action}", tag = "portal", params(("id" = String, Path), ("action" = String, Path, description = "revise, send, sign, activate, amend, terminate or expire"), ("If-Match" = Option<String>, Header)), request_body(content = serde_json::Value, description = "signed_by (sign), reason (amend, terminate), line_items and ends_at (amend, revise), starts_at (revise)"), responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem, description = "illegal transition"), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn contract_transition(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -528,6 +536,7 @@ async fn entitlements_of(state: &AppState, org: &str) -> Result<serde_json::Valu
     }))
 }
 
+#[utoipa::path(get, path = "/v1/entitlements", tag = "portal", params(("org" = String, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "features, quotas with usage this month, limits"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn entitlements(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -559,6 +568,7 @@ fn one() -> i64 {
 
 /// Allowed or denied, with the reason, from the read model (one indexed read each of the
 /// organization's contracts in force and of its usage this month).
+#[utoipa::path(post, path = "/v1/entitlements/check", tag = "portal", request_body(content = serde_json::Value, description = "{org, feature, amount (default 1)}"), responses((status = 200, description = "{allowed, reason, remaining}"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn check_entitlement(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -591,6 +601,7 @@ pub struct IssueInvoice {
     period: String,
 }
 
+#[utoipa::path(post, path = "/v1/invoices", tag = "portal", request_body(content = serde_json::Value, description = "{contract_id, period: YYYY-MM}"), responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn issue_invoice(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -613,6 +624,7 @@ pub async fn issue_invoice(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/invoices", tag = "portal", params(("org" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
 pub async fn list_invoices(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -644,6 +656,7 @@ async fn load_invoice(
     Ok((id, invoice, version))
 }
 
+#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "portal", params(("id" = String, Path)), responses((status = 200, description = "the invoice, its lines and payment"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show_invoice(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -665,6 +678,7 @@ pub struct InvoiceActionBody {
 
 /// `send` (to the billing provider), `refresh` (ask it for the payment status), `pay`
 /// (record a payment received outside the provider), `void`.
+#[utoipa::path(post, path = "/v1/invoices/{id}/{action}", tag = "portal", params(("id" = String, Path), ("action" = String, Path, description = "send, refresh, pay or void")), request_body(content = serde_json::Value, description = "reference (pay), reason (void)"), responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 502, body = Problem)), security(("bearer" = [])))]
 pub async fn invoice_action(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -720,6 +734,7 @@ pub async fn invoice_action(
 
 /// Stripe's events, authenticated by the `Stripe-Signature` HMAC (with a 5-minute tolerance
 /// against replays of old deliveries) and processed once per event id.
+#[utoipa::path(post, path = "/v1/billing/webhooks/stripe", tag = "portal", params(("Stripe-Signature" = String, Header)), request_body(content = serde_json::Value, description = "a Stripe event"), responses((status = 200, description = "{received, duplicate}"), (status = 400, body = Problem)))]
 pub async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -801,6 +816,7 @@ pub struct MeQuery {
     wait_ms: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/me/contracts", tag = "portal", responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
 pub async fn my_contracts(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -822,6 +838,7 @@ pub async fn my_contracts(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/me/invoices", tag = "portal", responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
 pub async fn my_invoices(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -843,6 +860,7 @@ pub async fn my_invoices(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/me/entitlements", tag = "portal", responses((status = 200, description = "the caller's organization's entitlements")), security(("bearer" = [])))]
 pub async fn my_entitlements(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -861,6 +879,7 @@ pub async fn my_entitlements(
 
 /// The organization's licences, as QuantumLock has them (asked with the Portal's own
 /// service-principal token).
+#[utoipa::path(get, path = "/v1/me/licenses", tag = "portal", responses((status = 200, description = "{items, next_after}"), (status = 502, body = Problem)), security(("bearer" = [])))]
 pub async fn my_licenses(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -883,6 +902,7 @@ pub async fn my_licenses(
     Ok(Json(page).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/me/evidence", tag = "portal", responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
 pub async fn my_evidence(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -651,6 +651,20 @@ async fn the_portal_runs_embedded() {
     let (_, secret) = crate::harness::bootstrap_credentials(&dir);
     let api = server.client();
     scenario(&api, &api, &secret).await;
+    // The routes are described in the OpenAPI document.
+    let spec = api.get("/openapi.json").await.body;
+    for path in [
+        "/v1/contracts/{id}/{action}",
+        "/v1/entitlements/check",
+        "/v1/billing/webhooks/stripe",
+        "/v1/me/licenses",
+        "/v1/licenses/{id}",
+    ] {
+        assert!(
+            spec["paths"].get(path).is_some(),
+            "{path} is not documented"
+        );
+    }
     let db = format!("sqlite://{}", dir.join("quantus.db").display());
     for aggregate in ["Customer", "Contract", "UsageMeter", "Invoice"] {
         wait_for_projection(&db, "commercial", aggregate).await;

@@ -791,6 +791,7 @@ async fn j_the_portal_runs_as_its_own_process_and_recovers_from_a_crash() {
     )
     .unwrap();
     let portal_dir = temp_dir("pg-portal");
+    let stripe = crate::stripe::stripe_api_base();
     let mut vars = env.vars();
     let (qsa, id, secret) = (
         api_server.url().to_owned(),
@@ -803,6 +804,9 @@ async fn j_the_portal_runs_as_its_own_process_and_recovers_from_a_crash() {
         ("QUANTUS_PORTAL_CLIENT_ID", id.as_str()),
         ("QUANTUS_PORTAL_CLIENT_SECRET", secret.as_str()),
         ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        // Invoices go to Stripe's API (its own double, stripe-mock).
+        ("STRIPE_SECRET_KEY", "sk_test_quantus"),
+        ("STRIPE_API_BASE", stripe.as_str()),
     ]);
     let start_portal = || {
         Server::start(
@@ -884,6 +888,7 @@ async fn j_the_portal_runs_as_its_own_process_and_recovers_from_a_crash() {
         }
     }
     let (seen, at_kill) = crashed_mid_way.expect("the process manager was never killed mid-way");
+    eprintln!("the process manager was killed after {seen} licences ({at_kill} when it died)");
     assert!(
         seen >= 1 && at_kill < 50,
         "killed after {seen}, {at_kill} issued"
