@@ -167,6 +167,7 @@ fn contract_view(id: &str, c: &Contract, version: u64) -> serde_json::Value {
         "amendments": c.amendments,
         "terminated_at": c.terminated_at,
         "licenses": c.licenses,
+        "license_failures": c.license_failures,
         "monthly_price": monthly,
         "monthly_price_display": money(&c.currency, monthly),
         "version": version,

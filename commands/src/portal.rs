@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use quantus_domain::contract::{
-    Contract, ContractCommand, ContractDrafted, ContractError, ContractStatus, LicenseAction,
-    LineItem, PlannedLicense,
+    Contract, ContractCommand, ContractDrafted, ContractError, ContractLicenseFailed,
+    ContractStatus, LicenseAction, LineItem, PlannedLicense,
 };
 use quantus_domain::customer::{Customer, CustomerCommand, CustomerError, CustomerRegistered};
 use quantus_domain::entitlement::Entitlements;
@@ -174,6 +174,7 @@ impl Portal {
         id: &str,
         new: NewContract,
     ) -> Result<CommandOutcome, CommandError> {
+        self.bus.active_organization(&new.organization_id).await?;
         let (customer, _) = self.customer(&new.organization_id).await.map_err(|_| {
             CommandError::Invalid(format!(
                 "organization {} has no customer record; register one first",
@@ -591,6 +592,36 @@ impl Portal {
     }
 }
 
+/// Why a plan step did not happen.
+enum StepFailure {
+    /// QuantumLock refused for good (a 4xx other than 401, 408 and 429): recorded, skipped.
+    /// (QSA refusing the Portal's own credentials is not a refusal of the step: retried.)
+    Refused(String),
+    /// Anything else: the event is retried.
+    Retry(CommandError),
+}
+
+impl From<CommandError> for StepFailure {
+    fn from(e: CommandError) -> Self {
+        StepFailure::Retry(e)
+    }
+}
+
+impl From<GatewayError> for StepFailure {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::Refused {
+                service: "QuantumLock",
+                status,
+                ..
+            } if (400..500).contains(&status) && ![401, 408, 429].contains(&status) => {
+                StepFailure::Refused(e.to_string())
+            }
+            e => StepFailure::Retry(e.into()),
+        }
+    }
+}
+
 /// The licence terms a line item implies under `contract` as it stands.
 pub fn license_terms(contract: &Contract, item: &LineItem) -> Option<LicenseIssued> {
     Some(LicenseIssued {
@@ -655,18 +686,56 @@ impl ContractLicensing {
             .load_until::<Contract>(&e.aggregate_id, e.sequence)
             .await?;
         for step in &plan {
+            match self.carry_out_step(&contract, step, &reason).await {
+                Ok(()) => {}
+                // A permanent refusal is recorded on the contract; the plan goes on. Anything
+                // else (QuantumLock or QSA unreachable, 5xx, 401) is retried from this event.
+                Err(StepFailure::Refused(detail)) => {
+                    let ctx = CommandContext {
+                        tenant_id: contract.organization_id.clone(),
+                        actor: quantus_domain::Actor {
+                            kind: quantus_domain::ActorKind::System,
+                            id: Self::NAME.into(),
+                        },
+                        occurred_at: quantus_domain::envelope::truncate_to_micros(Utc::now()),
+                        correlation_id: e.correlation_id,
+                        causation_id: e.event_id,
+                    };
+                    let failure = ContractCommand::RecordLicenseFailure(ContractLicenseFailed {
+                        line_item_id: step.line_item_id.clone(),
+                        license_id: step.license_id.clone(),
+                        action: step.action,
+                        reason: detail,
+                    });
+                    self.bus
+                        .execute::<Contract>(&ctx, &e.aggregate_id, failure, None, &())
+                        .await?;
+                }
+                Err(StepFailure::Retry(other)) => return Err(other),
+            }
+        }
+        Ok(plan.len())
+    }
+
+    async fn carry_out_step(
+        &self,
+        contract: &Contract,
+        step: &PlannedLicense,
+        reason: &str,
+    ) -> Result<(), StepFailure> {
+        {
             match step.action {
                 LicenseAction::Issue => {
                     let terms = contract
                         .line_items
                         .iter()
                         .find(|i| i.id == step.line_item_id)
-                        .and_then(|item| license_terms(&contract, item))
+                        .and_then(|item| license_terms(contract, item))
                         .ok_or_else(|| {
-                            CommandError::Storage(format!(
+                            StepFailure::Retry(CommandError::Storage(format!(
                                 "contract {} has no line item {}",
-                                e.aggregate_id, step.line_item_id
-                            ))
+                                contract.contract_id, step.line_item_id
+                            )))
                         })?;
                     self.quantumlock.issue(&step.license_id, &terms).await?;
                 }
@@ -677,11 +746,11 @@ impl ContractLicensing {
                     self.quantumlock.renew(&step.license_id, until).await?;
                 }
                 LicenseAction::Revoke => {
-                    self.quantumlock.revoke(&step.license_id, &reason).await?;
+                    self.quantumlock.revoke(&step.license_id, reason).await?;
                 }
             }
         }
-        Ok(plan.len())
+        Ok(())
     }
 
     /// Follows the log forever from the saved cursor. A failing step is retried (after a

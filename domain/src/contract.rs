@@ -166,6 +166,17 @@ pub struct ContractExpired {
     pub expired_at: DateTime<Utc>,
 }
 
+/// QuantumLock refused a step of the licence plan for good (for example: the organization is
+/// suspended); the plan goes on with its other steps and other contracts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContractLicenseFailed {
+    pub line_item_id: String,
+    pub license_id: String,
+    pub action: LicenseAction,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContractEvent {
     ContractDrafted(ContractDrafted),
@@ -176,6 +187,7 @@ pub enum ContractEvent {
     ContractAmended(ContractAmended),
     ContractTerminated(ContractTerminated),
     ContractExpired(ContractExpired),
+    ContractLicenseFailed(ContractLicenseFailed),
 }
 
 impl DomainEvent for ContractEvent {
@@ -189,6 +201,7 @@ impl DomainEvent for ContractEvent {
             Self::ContractAmended(_) => "ContractAmended",
             Self::ContractTerminated(_) => "ContractTerminated",
             Self::ContractExpired(_) => "ContractExpired",
+            Self::ContractLicenseFailed(_) => "ContractLicenseFailed",
         }
         .to_owned()
     }
@@ -221,6 +234,8 @@ pub enum ContractCommand {
     Expire {
         now: DateTime<Utc>,
     },
+    /// Records that QuantumLock refused a planned step (once per licence and action).
+    RecordLicenseFailure(ContractLicenseFailed),
 }
 
 impl ContractCommand {
@@ -235,6 +250,7 @@ impl ContractCommand {
             Self::Amend { .. } => "amend",
             Self::Terminate { .. } => "terminate",
             Self::Expire { .. } => "expire",
+            Self::RecordLicenseFailure(_) => "record a licence failure",
         }
     }
 }
@@ -310,6 +326,12 @@ pub struct Contract {
     pub terminated_at: Option<DateTime<Utc>>,
     /// The licence each line item has now (by line item id).
     pub licenses: BTreeMap<String, String>,
+    /// Plan steps QuantumLock refused: `<licence id>/<action>` -> reason.
+    pub license_failures: BTreeMap<String, String>,
+}
+
+fn failure_key(license_id: &str, action: LicenseAction) -> String {
+    format!("{license_id}/{action:?}")
 }
 
 /// The licence id of a line item at an amendment (0 = as activated).
@@ -423,6 +445,21 @@ pub fn check_line_items(items: Vec<LineItem>) -> Result<Vec<LineItem>, ContractE
                 "max_activations must be at least 1",
             )));
         }
+        // The licence this item implies must be one QuantumLock accepts: its own rules decide.
+        let t = chrono::DateTime::<Utc>::UNIX_EPOCH;
+        crate::license::validate_terms(crate::license::LicenseIssued {
+            organization_id: "contract".into(),
+            product: item.product.clone(),
+            edition: item.edition.clone(),
+            features: item.features.clone(),
+            limits: item.limits.clone(),
+            not_before: t,
+            expires_at: t + chrono::Duration::seconds(1),
+            grace_period_seconds: 0,
+            max_activations: item.max_activations,
+            machine_fingerprint: None,
+        })
+        .map_err(|e| ContractError::Invalid(at(&format!("as a licence: {e}"))))?;
         out.push(item);
     }
     Ok(out)
@@ -543,6 +580,18 @@ impl Contract {
                 ))),
                 None => Err(ContractError::NotFound),
             },
+            (S::Absent, C::RecordLicenseFailure(_)) => Err(ContractError::NotFound),
+            (_, C::RecordLicenseFailure(f)) => {
+                let key = failure_key(&f.license_id, f.action);
+                if self.license_failures.contains_key(&key) {
+                    return Ok(vec![]);
+                }
+                let reason: String = f.reason.chars().take(MAX_TEXT_CHARS * 5).collect();
+                Ok(vec![E::ContractLicenseFailed(ContractLicenseFailed {
+                    reason,
+                    ..f
+                })])
+            }
             _ => Err(self.illegal(action)),
         }
     }
@@ -698,6 +747,10 @@ impl Aggregate for Contract {
                 self.follow(&t.licenses);
             }
             E::ContractExpired(_) => self.status = S::Expired,
+            E::ContractLicenseFailed(f) => {
+                self.license_failures
+                    .insert(failure_key(&f.license_id, f.action), f.reason);
+            }
         }
     }
 }

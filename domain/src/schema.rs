@@ -180,6 +180,7 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<ContractAmended>("Contract", "ContractAmended", 1),
         entry::<ContractTerminated>("Contract", "ContractTerminated", 1),
         entry::<ContractExpired>("Contract", "ContractExpired", 1),
+        entry::<ContractLicenseFailed>("Contract", "ContractLicenseFailed", 1),
         entry::<UsageRecorded>("UsageMeter", "UsageRecorded", 1),
         entry::<QuotaExceeded>("UsageMeter", "QuotaExceeded", 1),
         entry::<InvoiceIssued>("Invoice", "InvoiceIssued", 1),

@@ -414,6 +414,7 @@ impl Projection for CommercialView {
             "ContractActivated" => Self::contract_update(conn, record, Some("active")).await?,
             "ContractTerminated" => Self::contract_update(conn, record, Some("terminated")).await?,
             "ContractExpired" => Self::contract_update(conn, record, Some("expired")).await?,
+            "ContractLicenseFailed" => Self::contract_update(conn, record, None).await?,
             "UsageRecorded" => {
                 let p: UsageRecorded = payload(record)?;
                 sqlx::query(

@@ -768,3 +768,67 @@ async fn contracts_expire_at_their_end() {
     assert_eq!(last["envelope"]["event_type"], "ContractExpired");
     assert_eq!(last["envelope"]["actor"]["id"], "contract-expiry");
 }
+
+/// QuantumLock refusing a planned licence for good (here: the organization was suspended
+/// before activation) is recorded on the contract, and the process manager goes on with the
+/// next contract instead of retrying forever.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_licence_is_recorded_and_the_plan_goes_on() {
+    let dir = temp_dir("portal-refused");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (org, _) = api.create_org("Suspended Ltd").await;
+    let (ok_org, _) = api.create_org("Fine Ltd").await;
+    register_customer(&api, &org, "CHF").await;
+    register_customer(&api, &ok_org, "CHF").await;
+    let r = api
+        .post(
+            "/v1/contracts",
+            json!({"organization_id": org, "line_items": line_items(),
+                   "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2030-01-01T00:00:00Z"}),
+        )
+        .await;
+    let contract = r.body["id"].as_str().unwrap().to_owned();
+    for (action, body) in [("send", json!({})), ("sign", json!({"signed_by": "Bo"}))] {
+        let r = api
+            .post(&format!("/v1/contracts/{contract}/{action}"), body)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = api
+        .post(
+            &format!("/v1/organizations/{org}/suspend"),
+            json!({"reason": "unpaid"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = api
+        .post(&format!("/v1/contracts/{contract}/activate"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A later contract of another organization is still carried out.
+    let other = active_contract(&api, &ok_org, line_items(), "2030-01-01T00:00:00Z").await;
+    let shown = api.get(&format!("/v1/contracts/{other}")).await;
+    licence(
+        &api,
+        shown.body["licenses"]["qpu"].as_str().unwrap(),
+        "active",
+    )
+    .await;
+    let failed = eventually("the refusals recorded", Duration::from_secs(30), || async {
+        let c = api.get(&format!("/v1/contracts/{contract}")).await;
+        (c.body["license_failures"].as_object().unwrap().len() == 2).then_some(c.body)
+    })
+    .await;
+    let reasons = failed["license_failures"].to_string();
+    assert!(reasons.contains("suspended"), "{reasons}");
+    // A suspended organization gets no new contract either.
+    let r = api
+        .post(
+            "/v1/contracts",
+            json!({"organization_id": org, "line_items": line_items(),
+                   "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2030-01-01T00:00:00Z"}),
+        )
+        .await;
+    is_problem(&r, 409);
+}
