@@ -1004,6 +1004,34 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_licence_is_recorded_once() {
+        let failure = ContractLicenseFailed {
+            line_item_id: "a".into(),
+            license_id: license_id("c1", "a", 0),
+            action: LicenseAction::Issue,
+            reason: "QuantumLock answered 409: organization org is suspended".into(),
+        };
+        Spec::with(())
+            .given(active())
+            .when(C::RecordLicenseFailure(failure.clone()))
+            .then_expect_events(vec![E::ContractLicenseFailed(failure.clone())]);
+        let mut history = active();
+        history.push(E::ContractLicenseFailed(failure.clone()));
+        Spec::with(())
+            .given(history)
+            .when(C::RecordLicenseFailure(failure))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_line_item_must_make_a_licence_quantumlock_accepts() {
+        let mut long = item("a", &[]);
+        long.product = "p".repeat(150);
+        let err = check_line_items(vec![long]).unwrap_err();
+        assert!(err.to_string().contains("as a licence"), "{err}");
+    }
+
+    #[test]
     fn licence_ids_are_deterministic_uuids() {
         assert_eq!(license_id("c1", "a", 0), license_id("c1", "a", 0));
         assert_ne!(license_id("c1", "a", 0), license_id("c1", "a", 1));
