@@ -4,6 +4,7 @@
 //! [`quantus_commands::CommandBus`]; every read goes to a read model, optionally waiting for a
 //! log position first (read-your-writes).
 
+mod access;
 mod audit;
 mod auth;
 mod consistency;
@@ -13,12 +14,16 @@ mod identity;
 mod jobs;
 mod licensing;
 mod metrics;
+mod mfa;
 mod oauth;
 mod openapi;
 mod organizations;
 mod paging;
+mod passkeys;
 mod portal;
 mod problem;
+mod saml;
+mod scim;
 mod state;
 mod write;
 
@@ -52,10 +57,15 @@ fn app(state: AppState, everything: bool) -> Router {
             .merge(events::routes())
             .merge(licensing::routes())
             .merge(identity::routes())
+            .merge(mfa::routes())
+            .merge(access::routes())
+            .merge(passkeys::routes())
             .merge(audit::routes())
             .merge(jobs::routes())
             .merge(jobs::retention_routes())
             .merge(evidence::routes())
+            .merge(scim::token_routes())
+            .merge(saml::api_routes())
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 auth::require_bearer,
@@ -69,7 +79,10 @@ fn app(state: AppState, everything: bool) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .nest("/v1", v1);
     if everything {
-        app = app.merge(oauth::routes());
+        app = app
+            .merge(oauth::routes())
+            .merge(saml::routes())
+            .nest("/scim/v2", scim::routes(state.clone()));
     }
     app.fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

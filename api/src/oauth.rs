@@ -21,6 +21,7 @@ use chrono::Utc;
 use quantus_commands::identity::{
     AuthorizationRequest, ClientAuth, LiveSession, OAuthError, SignInRefusal,
 };
+use quantus_domain::identity::access_policy::{Outcome, Strength};
 use quantus_domain::identity::client::{AuthMethod, ClientRegistered};
 use quantus_domain::identity::grant::Grant;
 use quantus_domain::identity::{parse_scope, RequestInfo};
@@ -48,6 +49,10 @@ pub fn routes() -> Router<AppState> {
         .route("/oauth2/userinfo", get(userinfo).post(userinfo))
         .route("/oauth2/authorize", get(authorize).post(authorize_form))
         .route("/oauth2/login", post(login))
+        .route("/oauth2/login/second-factor", post(login_second_factor))
+        .route("/oauth2/login/passkey", post(login_passkey))
+        .route("/oauth2/passkey/options", post(passkey_options))
+        .route("/oauth2/passkey.js", get(passkey_script))
         .route("/oauth2/consent", post(consent))
         .route("/oauth2/logout", get(logout).post(logout_form))
         .route("/device", get(device_page).post(device_decision))
@@ -288,7 +293,8 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "code_challenge_methods_supported": ["S256"],
         "scopes_supported": scopes,
-        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "at_hash", "sid", "email", "email_verified", "name", "org"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "acr", "at_hash", "sid", "email", "email_verified", "name", "org"],
+        "acr_values_supported": [quantus_domain::identity::access_policy::ACR_PASSWORD, quantus_domain::identity::access_policy::ACR_MFA, quantus_domain::identity::access_policy::ACR_PHISHING_RESISTANT],
         "prompt_values_supported": ["none", "login", "consent"],
         "authorization_response_iss_parameter_supported": true,
         "require_pushed_authorization_requests": false,
@@ -540,9 +546,16 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Resp
 
 /// Where a browser goes after signing in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-enum Continuation {
+pub(crate) enum Continuation {
     Authorize(AuthorizationRequest),
-    Device { user_code: String },
+    Device {
+        user_code: String,
+    },
+    /// A SAML sign-on (api/src/saml.rs): back to `resume`, a `/saml/` path whose query holds
+    /// the sealed, already checked request.
+    Saml {
+        resume: String,
+    },
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -574,7 +587,7 @@ fn set_cookie(response: &mut Response, state: &AppState, name: &str, value: &str
     }
 }
 
-async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<LiveSession> {
+pub(crate) async fn current_session(state: &AppState, headers: &HeaderMap) -> Option<LiveSession> {
     let c = cookie(headers, SESSION_COOKIE)?;
     state.identity.session(&c, Utc::now()).await.ok().flatten()
 }
@@ -608,7 +621,7 @@ fn html_with_csrf(
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'"),
+        HeaderValue::from_static("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'"),
     );
     response
 }
@@ -656,7 +669,7 @@ fn open_continuation(state: &AppState, sealed: &str) -> Option<Continuation> {
     serde_json::from_slice(&b).ok()
 }
 
-fn login_page(
+pub(crate) fn login_page(
     state: &AppState,
     continuation: &Continuation,
     error: Option<&str>,
@@ -672,8 +685,9 @@ fn login_page(
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"continue\" value=\"{c}\">\
 <label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required>\
 <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-<button type=\"submit\">Sign in</button></form>",
-            c = escape(&sealed)
+<button type=\"submit\">Sign in</button></form>{passkey}",
+            c = escape(&sealed),
+            passkey = passkey_form("/oauth2/login/passkey", csrf, &sealed, None),
         )
     })
 }
@@ -860,6 +874,88 @@ async fn continue_authorization(
         }
         Err(e) => return crate::Problem::from(e).into_response(),
     }
+    // Conditional access, and the authentication context the client asks for (acr_values):
+    // a session too weak for either steps up with a second factor, if the person has one.
+    let ctx_user = ctx(
+        &session.organization_id,
+        Actor {
+            kind: ActorKind::User,
+            id: session.user_id.clone(),
+        },
+    );
+    let decision = match state
+        .identity
+        .decide_authorization(
+            &ctx_user,
+            &session,
+            &req.client_id,
+            &request_info(headers, peer),
+        )
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => return crate::Problem::from(e).into_response(),
+    };
+    if decision.outcome == Outcome::Block {
+        return error_to_client(
+            state,
+            &req,
+            OAuthError::new(
+                "access_denied",
+                format!(
+                    "blocked by the organization's access policy ({})",
+                    decision.reason
+                ),
+            ),
+        );
+    }
+    let strength = Strength::of_amr(&session.amr);
+    let asked = req
+        .acr_values
+        .as_deref()
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(Strength::of_acr)
+        .min();
+    let by_policy = match decision.outcome {
+        Outcome::RequireMfa => Some(Strength::Mfa),
+        Outcome::RequirePasskey => Some(Strength::Passkey),
+        _ => None,
+    };
+    let needed = asked.max(by_policy);
+    if let Some(needed) = needed.filter(|n| strength < *n) {
+        let has_totp = state
+            .identity
+            .mfa()
+            .totp_enrolled(&session.user_id)
+            .await
+            .unwrap_or(false);
+        if needed == Strength::Mfa && has_totp && !prompt.contains("none") {
+            return match state.identity.step_up(&session, &req.client_id, Utc::now()) {
+                Ok(pending) => second_factor_page(
+                    state,
+                    &Continuation::Authorize(req),
+                    &pending,
+                    None,
+                    StatusCode::OK,
+                ),
+                Err(e) => crate::Problem::from(e).into_response(),
+            };
+        }
+        let description = if by_policy.is_some_and(|p| strength < p) {
+            format!(
+                "the organization's access policy needs a stronger sign-in ({})",
+                decision.reason
+            )
+        } else {
+            format!("the sign-in cannot reach {}", needed.acr())
+        };
+        return error_to_client(
+            state,
+            &req,
+            OAuthError::new("unmet_authentication_requirements", description),
+        );
+    }
     let consent = match state
         .identity
         .consent(&session.user_id, &req.client_id)
@@ -957,7 +1053,7 @@ pub async fn login(
     };
     let client_id = match &continuation {
         Continuation::Authorize(r) => Some(r.client_id.clone()),
-        Continuation::Device { .. } => None,
+        Continuation::Device { .. } | Continuation::Saml { .. } => None,
     };
     let ctx = ctx(PLATFORM_TENANT, anonymous());
     let outcome = state
@@ -990,8 +1086,252 @@ pub async fn login(
                 StatusCode::TOO_MANY_REQUESTS,
             )
         }
+        Ok(Err(SignInRefusal::SecondFactor(pending))) => {
+            return second_factor_page(&state, &continuation, &pending, None, StatusCode::OK)
+        }
+        Ok(Err(SignInRefusal::Blocked(reason))) => {
+            return login_page(&state, &continuation, Some(&reason), StatusCode::FORBIDDEN)
+        }
         Err(e) => return crate::Problem::from(e).into_response(),
     };
+    finish_sign_in(&state, peer, &headers, continuation, signed_in).await
+}
+
+/// The page asking for the code of the person's authenticator app (or a recovery code).
+fn second_factor_page(
+    state: &AppState,
+    continuation: &Continuation,
+    pending: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let sealed = seal_continuation(state, continuation);
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    html_with_csrf(state, status, "Two-step verification", |csrf| {
+        format!(
+            "{error}<form method=\"post\" action=\"/oauth2/login/second-factor\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"continue\" value=\"{c}\">\
+<input type=\"hidden\" name=\"pending\" value=\"{p}\">\
+<label for=\"code\">Code from your authenticator app, or a recovery code</label>\
+<input id=\"code\" name=\"code\" autocomplete=\"one-time-code\" required autofocus>\
+<button type=\"submit\">Verify</button></form>{passkey}",
+            c = escape(&sealed),
+            p = escape(pending),
+            passkey = passkey_form("/oauth2/login/second-factor", csrf, &sealed, Some(pending)),
+        )
+    })
+}
+
+/// A hidden form the passkey script fills with the authenticator's answer, and its button.
+fn passkey_form(action: &str, csrf: &str, continuation: &str, pending: Option<&str>) -> String {
+    let pending = pending
+        .map(|p| {
+            format!(
+                "<input type=\"hidden\" name=\"pending\" value=\"{}\">",
+                escape(p)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "<form id=\"passkey-form\" method=\"post\" action=\"{action}\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"continue\" value=\"{c}\">{pending}\
+<input type=\"hidden\" name=\"ceremony\" value=\"\"><input type=\"hidden\" name=\"credential\" value=\"\">\
+<button type=\"button\" data-passkey data-form=\"passkey-form\">Use a passkey</button></form>\
+<p id=\"passkey-status\" class=\"error\" role=\"status\"></p><script src=\"/oauth2/passkey.js\"></script>",
+        c = escape(continuation)
+    )
+}
+
+pub async fn passkey_script() -> Response {
+    let mut r = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("passkey.js"),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct PasskeyOptionsBody {
+    /// The sealed second-factor state, when the passkey is the second factor.
+    #[serde(default)]
+    pending: Option<String>,
+}
+
+/// WebAuthn options for the sign-in pages: discoverable credentials for a passkey-only
+/// sign-in, or the person's own passkeys as their second factor.
+pub async fn passkey_options(
+    State(state): State<AppState>,
+    crate::problem::ApiJson(body): crate::problem::ApiJson<PasskeyOptionsBody>,
+) -> Response {
+    let now = Utc::now();
+    let passkeys = state.identity.passkeys();
+    let result = match body.pending.filter(|p| !p.is_empty()) {
+        Some(pending) => match state.identity.second_factor_user(&pending, now) {
+            Some(user) => passkeys.second_factor_options(&user, now).await,
+            None => Err(quantus_commands::CommandError::Invalid(
+                "the sign-in expired; start again".into(),
+            )),
+        },
+        None => passkeys.sign_in_options(now),
+    };
+    match result {
+        Ok((options, ceremony)) => {
+            let mut r = Json(serde_json::json!({ "options": options, "ceremony": ceremony }))
+                .into_response();
+            r.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => crate::Problem::from(e).into_response(),
+    }
+}
+
+/// A passkey-only sign-in.
+pub async fn login_passkey(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(form) = parse_form(&body) else {
+        return error_page(StatusCode::BAD_REQUEST, "malformed form");
+    };
+    if !csrf_ok(&headers, &form) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "the form expired; go back and try again",
+        );
+    }
+    let Some(continuation) = form
+        .get("continue")
+        .and_then(|c| open_continuation(&state, c))
+    else {
+        return error_page(StatusCode::BAD_REQUEST, "the sign-in request is invalid");
+    };
+    let credential = form
+        .get("credential")
+        .and_then(|c| serde_json::from_str(c).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let ceremony = form.get("ceremony").cloned().unwrap_or_default();
+    let client_id = match &continuation {
+        Continuation::Authorize(r) => Some(r.client_id.clone()),
+        Continuation::Device { .. } => None,
+        #[allow(unreachable_patterns)]
+        _ => None,
+    };
+    let ctx = ctx(PLATFORM_TENANT, anonymous());
+    let outcome = state
+        .identity
+        .sign_in_passkey(
+            &ctx,
+            &ceremony,
+            credential,
+            client_id,
+            request_info(&headers, peer),
+        )
+        .await;
+    let signed_in = match outcome {
+        Ok(Ok(s)) => s,
+        Ok(Err(SignInRefusal::Blocked(reason))) => {
+            return login_page(&state, &continuation, Some(&reason), StatusCode::FORBIDDEN)
+        }
+        Ok(Err(_)) => {
+            return login_page(
+                &state,
+                &continuation,
+                Some("The passkey was not accepted."),
+                StatusCode::UNAUTHORIZED,
+            )
+        }
+        Err(e) => return crate::Problem::from(e).into_response(),
+    };
+    finish_sign_in(&state, peer, &headers, continuation, signed_in).await
+}
+
+pub async fn login_second_factor(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(form) = parse_form(&body) else {
+        return error_page(StatusCode::BAD_REQUEST, "malformed form");
+    };
+    if !csrf_ok(&headers, &form) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "the form expired; go back and try again",
+        );
+    }
+    let Some(continuation) = form
+        .get("continue")
+        .and_then(|c| open_continuation(&state, c))
+    else {
+        return error_page(StatusCode::BAD_REQUEST, "the sign-in request is invalid");
+    };
+    let pending = form.get("pending").cloned().unwrap_or_default();
+    // A passkey's answer, or a code typed in.
+    let proof = match form.get("credential").filter(|c| !c.is_empty()) {
+        Some(c) => quantus_commands::identity::SecondFactorProof::Passkey {
+            ceremony: form.get("ceremony").cloned().unwrap_or_default(),
+            credential: serde_json::from_str(c).unwrap_or(serde_json::Value::Null),
+        },
+        None => quantus_commands::identity::SecondFactorProof::Code(
+            form.get("code").cloned().unwrap_or_default(),
+        ),
+    };
+    let ctx = ctx(PLATFORM_TENANT, anonymous());
+    let outcome = state
+        .identity
+        .sign_in_second_factor(&ctx, &pending, proof, request_info(&headers, peer))
+        .await;
+    let signed_in = match outcome {
+        Ok(Ok(s)) => s,
+        Ok(Err(SignInRefusal::Locked(_))) => {
+            return login_page(
+                &state,
+                &continuation,
+                Some("Too many failed attempts. Try again later."),
+                StatusCode::TOO_MANY_REQUESTS,
+            )
+        }
+        Ok(Err(SignInRefusal::Blocked(reason))) => {
+            return login_page(&state, &continuation, Some(&reason), StatusCode::FORBIDDEN)
+        }
+        // A wrong or reused code: ask again (the sealed state stays valid until it expires).
+        Ok(Err(_)) => {
+            return second_factor_page(
+                &state,
+                &continuation,
+                &pending,
+                Some("That code is not valid. Try the next one."),
+                StatusCode::UNAUTHORIZED,
+            )
+        }
+        Err(e) => return crate::Problem::from(e).into_response(),
+    };
+    finish_sign_in(&state, peer, &headers, continuation, signed_in).await
+}
+
+/// After a complete sign-in: the session cookie, and on to where the person was going.
+async fn finish_sign_in(
+    state: &AppState,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    continuation: Continuation,
+    signed_in: quantus_commands::identity::SignedIn,
+) -> Response {
+    let state = state.clone();
     let mut headers_after = headers.clone();
     headers_after.insert(
         axum::http::header::COOKIE,
@@ -1006,6 +1346,11 @@ pub async fn login(
             "/device?user_code={}",
             url::form_urlencoded::byte_serialize(user_code.as_bytes()).collect::<String>()
         )),
+        // Sealed by us, so it is our own path; checked again anyway.
+        Continuation::Saml { resume } if resume.starts_with("/saml/") => redirect(&resume),
+        Continuation::Saml { .. } => {
+            error_page(StatusCode::BAD_REQUEST, "the sign-in request is invalid")
+        }
     };
     set_cookie(
         &mut response,

@@ -4,7 +4,10 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{audit, events, evidence, identity, jobs, licensing, organizations, portal, Problem};
+use crate::{
+    access, audit, events, evidence, identity, jobs, licensing, mfa, organizations, passkeys,
+    portal, scim, Problem,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +28,10 @@ use crate::{audit, events, evidence, identity, jobs, licensing, organizations, p
         jobs::retention, jobs::set_rule, jobs::place_hold, jobs::release_hold, jobs::sweep,
         evidence::create, evidence::show, evidence::export, evidence::dsse, evidence::verify,
         licensing::issue_with_id,
+        mfa::start, mfa::confirm, mfa::remove_own, mfa::reset,
+        access::show, access::set, access::remove, access::evaluate,
+        passkeys::options, passkeys::register, passkeys::list, passkeys::remove,
+        scim::issue_token, scim::revoke_token,
         portal::register_customer, portal::list_customers, portal::show_customer,
         portal::change_contact, portal::draft_contract, portal::list_contracts,
         portal::show_contract, portal::contract_transition, portal::entitlements,

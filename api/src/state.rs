@@ -58,6 +58,8 @@ pub struct AppState {
     pub stripe_webhook_secret: Option<Secret>,
     /// The public base URL: the OIDC issuer, and the issuer named in signed documents.
     pub issuer: String,
+    /// QSA as a SAML 2.0 identity provider.
+    pub saml: quantus_commands::saml::Saml,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -81,7 +83,14 @@ impl AppState {
             SignInThrottle::new(db.clone()),
             issuer.clone(),
         );
+        let saml = quantus_commands::saml::Saml::new(
+            bus.clone(),
+            quantus_infra::saml_keys::SamlKeys::new(db.clone(), master_key),
+            identity.clone(),
+            &issuer,
+        );
         Self {
+            saml,
             organizations: ProjectionRunner::new(
                 db.clone(),
                 Arc::new(quantus_projections::organizations::OrganizationsView),

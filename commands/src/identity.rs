@@ -15,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use quantus_crypto::keys::{Purpose, TrustedKey};
+use quantus_domain::identity::access_policy::Strength;
 use quantus_domain::identity::client::{
     AuthMethod, Client, ClientCommand, ClientKind, ClientRegistered, ClientStatus, GrantType,
 };
@@ -187,6 +188,9 @@ pub struct AccessClaims {
     pub auth_time: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amr: Option<Vec<String>>,
+    /// The authentication context class the person reached (people only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
 }
 
 impl AccessClaims {
@@ -308,6 +312,36 @@ pub struct SignedIn {
 pub enum SignInRefusal {
     Invalid,
     Locked(DateTime<Utc>),
+    /// The password was right and the person has a second factor: the sealed state to hand
+    /// back with the code (valid for [`SECOND_FACTOR_SECONDS`]).
+    SecondFactor(String),
+    /// The organization's conditional access refused it (the reason names the rule).
+    Blocked(String),
+}
+
+/// The proof offered as the second factor.
+#[derive(Debug, Clone)]
+pub enum SecondFactorProof {
+    /// A TOTP code or a recovery code.
+    Code(String),
+    /// A passkey assertion for a ceremony started with `Passkeys::second_factor_options`.
+    Passkey {
+        ceremony: String,
+        credential: serde_json::Value,
+    },
+}
+
+/// How long a person has to enter their second factor after their password.
+pub const SECOND_FACTOR_SECONDS: i64 = 300;
+
+/// What the password step proved, sealed while the second factor is asked for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SecondFactorPending {
+    user_id: String,
+    organization_id: String,
+    login: String,
+    client_id: Option<String>,
+    expires_at: DateTime<Utc>,
 }
 
 /// An authorization request that passed every check.
@@ -322,6 +356,9 @@ pub struct AuthorizationRequest {
     /// Seconds; a session older than this must sign in again (OIDC Core §3.1.2.1).
     pub max_age: Option<i64>,
     pub prompt: Option<String>,
+    /// Requested authentication context classes, in order of preference (OIDC Core §3.1.2.1).
+    #[serde(default)]
+    pub acr_values: Option<String>,
     /// Unix time after which a pushed request is void.
     #[serde(default)]
     pub expires_at: Option<i64>,
@@ -356,6 +393,9 @@ pub struct Identity {
     /// Device grants' last poll, for `slow_down` (RFC 8628 §3.5). Per process: a client that
     /// alternates between processes polls at most twice as often.
     polls: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    mfa: crate::mfa::Mfa,
+    access: crate::access::AccessControl,
+    passkeys: crate::passkeys::Passkeys,
 }
 
 fn storage(e: impl std::fmt::Display) -> CommandError {
@@ -480,14 +520,237 @@ impl Identity {
         throttle: SignInThrottle,
         issuer: impl Into<String>,
     ) -> Self {
+        let issuer: String = issuer.into();
         Self {
+            mfa: crate::mfa::Mfa::new(bus.clone(), keys.clone()),
+            access: crate::access::AccessControl::new(bus.clone(), throttle.clone()),
+            passkeys: crate::passkeys::Passkeys::new(bus.clone(), keys.clone(), &issuer),
             bus,
             licensing,
             keys,
             throttle,
-            issuer: issuer.into(),
+            issuer,
             polls: Arc::default(),
         }
+    }
+
+    /// Second factors (TOTP and recovery codes).
+    pub fn mfa(&self) -> &crate::mfa::Mfa {
+        &self.mfa
+    }
+
+    /// Conditional access.
+    pub fn access(&self) -> &crate::access::AccessControl {
+        &self.access
+    }
+
+    /// Passkeys (WebAuthn).
+    pub fn passkeys(&self) -> &crate::passkeys::Passkeys {
+        &self.passkeys
+    }
+
+    /// Whether a sign-in of `user_id` needs a second factor after the password.
+    pub async fn has_second_factor(&self, user_id: &str) -> Result<bool, CommandError> {
+        Ok(self.mfa.totp_enrolled(user_id).await? || self.passkeys.has_passkeys(user_id).await?)
+    }
+
+    /// The person a sealed second-factor state is for (to offer their passkeys).
+    pub fn second_factor_user(&self, pending: &str, now: DateTime<Utc>) -> Option<String> {
+        self.keys
+            .open_blob("second-factor", pending)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SecondFactorPending>(&b).ok())
+            .filter(|p| now < p.expires_at)
+            .map(|p| p.user_id)
+    }
+
+    /// A passkey-only sign-in (discoverable credential, user verification): the session's
+    /// `amr` is `hwk` and `mfa` (possession plus the authenticator's verification).
+    pub async fn sign_in_passkey(
+        &self,
+        ctx: &CommandContext,
+        ceremony: &str,
+        credential: serde_json::Value,
+        client_id: Option<String>,
+        request: RequestInfo,
+    ) -> Result<Result<SignedIn, SignInRefusal>, CommandError> {
+        let verdict = self
+            .passkeys
+            .verify_sign_in(ctx, ceremony, credential)
+            .await?;
+        let user_id = match verdict {
+            Ok(u) => u,
+            Err(refusal) => {
+                let reason = match refusal {
+                    crate::passkeys::PasskeyRefusal::Cloned => SignInFailure::ClonedPasskey,
+                    _ => SignInFailure::BadPasskey,
+                };
+                self.audit_sign_in(
+                    ctx,
+                    SignInEvent::SignInFailed(SignInFailed {
+                        user_id: None,
+                        client_id,
+                        reason,
+                        locked_until: None,
+                        request,
+                    }),
+                )
+                .await?;
+                return Ok(Err(SignInRefusal::Invalid));
+            }
+        };
+        let (user, _) = self.bus.load::<User>(&user_id).await?;
+        let audit_ctx = CommandContext {
+            tenant_id: user.organization_id.clone(),
+            ..ctx.clone()
+        };
+        if user.status != UserStatus::Active {
+            self.audit_sign_in(
+                &audit_ctx,
+                SignInEvent::SignInFailed(SignInFailed {
+                    user_id: Some(user_id),
+                    client_id,
+                    reason: SignInFailure::Disabled,
+                    locked_until: None,
+                    request,
+                }),
+            )
+            .await?;
+            return Ok(Err(SignInRefusal::Invalid));
+        }
+        let amr = vec!["hwk".to_owned(), "mfa".to_owned()];
+        let account = format!("user:{user_id}");
+        if let Err(refusal) = self
+            .admit_sign_in(
+                &audit_ctx, &user_id, &user, &amr, &client_id, &request, &account,
+            )
+            .await?
+        {
+            return Ok(Err(refusal));
+        }
+        self.access
+            .remember_address(&user_id, request.ip.as_deref())
+            .await?;
+        let signed_in = self
+            .start_session(
+                &audit_ctx,
+                &user_id,
+                &user.organization_id,
+                amr,
+                request.clone(),
+            )
+            .await?;
+        self.audit_sign_in(
+            &audit_ctx,
+            SignInEvent::SignInSucceeded(SignInSucceeded {
+                user_id,
+                client_id,
+                session_id: signed_in.session.id.clone(),
+                amr: signed_in.session.amr.clone(),
+                request,
+            }),
+        )
+        .await?;
+        Ok(Ok(signed_in))
+    }
+
+    /// A second-factor step for a person already signed in whose session is too weak for what
+    /// a client or a rule asks (step-up); the new session replaces it.
+    pub fn step_up(
+        &self,
+        session: &LiveSession,
+        client_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, CommandError> {
+        let pending = SecondFactorPending {
+            user_id: session.user_id.clone(),
+            organization_id: session.organization_id.clone(),
+            login: format!("user:{}", session.user_id),
+            client_id: Some(client_id.to_owned()),
+            expires_at: now + Duration::seconds(SECOND_FACTOR_SECONDS),
+        };
+        let b = serde_json::to_vec(&pending).map_err(storage)?;
+        self.keys.seal_blob("second-factor", &b).map_err(storage)
+    }
+
+    /// Conditional access for a person's session at the authorization endpoint.
+    pub async fn decide_authorization(
+        &self,
+        ctx: &CommandContext,
+        session: &LiveSession,
+        client_id: &str,
+        request: &RequestInfo,
+    ) -> Result<quantus_domain::identity::access_policy::AccessDecision, CommandError> {
+        let (user, _) = self.bus.load::<User>(&session.user_id).await?;
+        let requester = crate::access::Requester {
+            organization_id: session.organization_id.clone(),
+            subject: session.user_id.clone(),
+            is_person: true,
+            roles: user.roles_in(&session.organization_id),
+            client_id: Some(client_id.to_owned()),
+            ip: request.ip.clone(),
+            strength: Strength::of_amr(&session.amr),
+            throttle_account: None,
+        };
+        self.access
+            .decide(ctx, crate::access::Stage::Authorize, &requester)
+            .await
+    }
+
+    /// Conditional access at sign-in, once the person has authenticated with `amr`: Ok when the
+    /// organization's rules let the session start; otherwise the refusal is audited.
+    #[allow(clippy::too_many_arguments)]
+    async fn admit_sign_in(
+        &self,
+        ctx: &CommandContext,
+        user_id: &str,
+        user: &User,
+        amr: &[String],
+        client_id: &Option<String>,
+        request: &RequestInfo,
+        account: &str,
+    ) -> Result<Result<(), SignInRefusal>, CommandError> {
+        use quantus_domain::identity::access_policy::{Outcome, Strength};
+        let strength = Strength::of_amr(amr);
+        let requester = crate::access::Requester {
+            organization_id: user.organization_id.clone(),
+            subject: user_id.to_owned(),
+            is_person: true,
+            roles: user.roles_in(&user.organization_id),
+            client_id: client_id.clone(),
+            ip: request.ip.clone(),
+            strength,
+            throttle_account: Some(account.to_owned()),
+        };
+        let decision = self
+            .access
+            .decide(ctx, crate::access::Stage::SignIn, &requester)
+            .await?;
+        if decision.satisfied_by(strength) {
+            return Ok(Ok(()));
+        }
+        let why = match decision.outcome {
+            Outcome::RequireMfa => {
+                "your organization requires a second factor: enrol an authenticator app"
+            }
+            Outcome::RequirePasskey => "your organization requires a passkey for this sign-in",
+            _ => "your organization's access policy blocks this sign-in",
+        };
+        self.audit_sign_in(
+            ctx,
+            SignInEvent::SignInFailed(SignInFailed {
+                user_id: Some(user_id.to_owned()),
+                client_id: client_id.clone(),
+                reason: SignInFailure::BlockedByPolicy,
+                locked_until: None,
+                request: request.clone(),
+            }),
+        )
+        .await?;
+        Ok(Err(SignInRefusal::Blocked(format!(
+            "{why} ({})",
+            decision.reason
+        ))))
     }
 
     pub fn issuer(&self) -> &str {
@@ -808,14 +1071,41 @@ impl Identity {
                 None => SignInRefusal::Invalid,
             }));
         }
-        self.throttle.success(&account).await.map_err(storage)?;
         let user_id = user_id.unwrap_or_default();
+        if self.has_second_factor(&user_id).await? {
+            // The throttle is not reset yet: only a complete sign-in resets it, so the second
+            // factor cannot be guessed by signing in with the password again and again.
+            let pending = SecondFactorPending {
+                user_id,
+                organization_id: user.organization_id.clone(),
+                login: login.to_owned(),
+                client_id,
+                expires_at: now + Duration::seconds(SECOND_FACTOR_SECONDS),
+            };
+            let sealed = serde_json::to_vec(&pending)
+                .map_err(storage)
+                .and_then(|b| self.keys.seal_blob("second-factor", &b).map_err(storage))?;
+            return Ok(Err(SignInRefusal::SecondFactor(sealed)));
+        }
+        let amr = vec!["pwd".to_owned()];
+        if let Err(refusal) = self
+            .admit_sign_in(
+                &audit_ctx, &user_id, &user, &amr, &client_id, &request, &account,
+            )
+            .await?
+        {
+            return Ok(Err(refusal));
+        }
+        self.throttle.success(&account).await.map_err(storage)?;
+        self.access
+            .remember_address(&user_id, request.ip.as_deref())
+            .await?;
         let signed_in = self
             .start_session(
                 &audit_ctx,
                 &user_id,
                 &user.organization_id,
-                vec!["pwd".into()],
+                amr,
                 request.clone(),
             )
             .await?;
@@ -824,6 +1114,143 @@ impl Identity {
             SignInEvent::SignInSucceeded(SignInSucceeded {
                 user_id,
                 client_id,
+                session_id: signed_in.session.id.clone(),
+                amr: signed_in.session.amr.clone(),
+                request,
+            }),
+        )
+        .await?;
+        Ok(Ok(signed_in))
+    }
+
+    /// The second step of a sign-in: a TOTP code (accepted once) or a recovery code, for the
+    /// state [`SignInRefusal::SecondFactor`] handed out. Failures count towards the lockout of
+    /// the login name like wrong passwords do.
+    pub async fn sign_in_second_factor(
+        &self,
+        ctx: &CommandContext,
+        pending: &str,
+        proof: SecondFactorProof,
+        request: RequestInfo,
+    ) -> Result<Result<SignedIn, SignInRefusal>, CommandError> {
+        let now = ctx.occurred_at;
+        let Some(p) = self
+            .keys
+            .open_blob("second-factor", pending)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SecondFactorPending>(&b).ok())
+        else {
+            return Ok(Err(SignInRefusal::Invalid));
+        };
+        let audit_ctx = CommandContext {
+            tenant_id: p.organization_id.clone(),
+            ..ctx.clone()
+        };
+        let fail = |reason, locked_until| {
+            SignInEvent::SignInFailed(SignInFailed {
+                user_id: Some(p.user_id.clone()),
+                client_id: p.client_id.clone(),
+                reason,
+                locked_until,
+                request: request.clone(),
+            })
+        };
+        if now >= p.expires_at {
+            self.audit_sign_in(&audit_ctx, fail(SignInFailure::SecondFactorExpired, None))
+                .await?;
+            return Ok(Err(SignInRefusal::Invalid));
+        }
+        let account = throttle_account(&p.login);
+        if let Some(until) = self
+            .throttle
+            .locked_until(&account, now)
+            .await
+            .map_err(storage)?
+        {
+            self.audit_sign_in(&audit_ctx, fail(SignInFailure::LockedOut, None))
+                .await?;
+            return Ok(Err(SignInRefusal::Locked(until)));
+        }
+        let (user, _) = self.bus.load::<User>(&p.user_id).await?;
+        let verdict: Result<&'static str, SignInFailure> = if user.status != UserStatus::Active {
+            Err(SignInFailure::BadSecondFactor)
+        } else {
+            match proof {
+                SecondFactorProof::Code(code) => {
+                    match self.mfa.verify(&audit_ctx, &p.user_id, &code).await? {
+                        Ok(m) => Ok(m),
+                        Err(crate::mfa::SecondFactorRefusal::Replayed) => {
+                            Err(SignInFailure::ReplayedSecondFactor)
+                        }
+                        Err(crate::mfa::SecondFactorRefusal::Wrong) => {
+                            Err(SignInFailure::BadSecondFactor)
+                        }
+                    }
+                }
+                SecondFactorProof::Passkey {
+                    ceremony,
+                    credential,
+                } => match self
+                    .passkeys
+                    .verify_second_factor(&audit_ctx, &p.user_id, &ceremony, credential)
+                    .await?
+                {
+                    Ok(()) => Ok("hwk"),
+                    Err(crate::passkeys::PasskeyRefusal::Cloned) => {
+                        Err(SignInFailure::ClonedPasskey)
+                    }
+                    Err(_) => Err(SignInFailure::BadPasskey),
+                },
+            }
+        };
+        let method = match verdict {
+            Ok(method) => method,
+            Err(reason) => {
+                let locked = self
+                    .throttle
+                    .failure(&account, now)
+                    .await
+                    .map_err(storage)?;
+                self.audit_sign_in(&audit_ctx, fail(reason, locked)).await?;
+                return Ok(Err(match locked {
+                    Some(until) => SignInRefusal::Locked(until),
+                    None => SignInRefusal::Invalid,
+                }));
+            }
+        };
+        let amr = vec!["pwd".to_owned(), method.to_owned(), "mfa".to_owned()];
+        if let Err(refusal) = self
+            .admit_sign_in(
+                &audit_ctx,
+                &p.user_id,
+                &user,
+                &amr,
+                &p.client_id,
+                &request,
+                &account,
+            )
+            .await?
+        {
+            return Ok(Err(refusal));
+        }
+        self.throttle.success(&account).await.map_err(storage)?;
+        self.access
+            .remember_address(&p.user_id, request.ip.as_deref())
+            .await?;
+        let signed_in = self
+            .start_session(
+                &audit_ctx,
+                &p.user_id,
+                &p.organization_id,
+                amr,
+                request.clone(),
+            )
+            .await?;
+        self.audit_sign_in(
+            &audit_ctx,
+            SignInEvent::SignInSucceeded(SignInSucceeded {
+                user_id: p.user_id.clone(),
+                client_id: p.client_id.clone(),
                 session_id: signed_in.session.id.clone(),
                 amr: signed_in.session.amr.clone(),
                 request,
@@ -1389,6 +1816,7 @@ impl Identity {
             gid: grant_id.to_owned(),
             auth_time: grant.auth_time.filter(|_| is_user).map(|t| t.timestamp()),
             amr: is_user.then(|| grant.amr.clone()),
+            acr: is_user.then(|| Strength::of_amr(&grant.amr).acr().to_owned()),
         };
         let access_token = self.sign_jwt("at+jwt", &claims).await?;
         let id_token = if scope.contains("openid") && is_user {
@@ -1401,6 +1829,7 @@ impl Identity {
                 "iat": now.timestamp(),
                 "auth_time": grant.auth_time.map(|t| t.timestamp()),
                 "amr": grant.amr,
+                "acr": Strength::of_amr(&grant.amr).acr(),
                 "at_hash": at_hash(&access_token),
                 "sid": grant.session_id,
                 "org": grant.organization_id,
@@ -1468,6 +1897,27 @@ impl Identity {
             return Err(OAuthError::invalid_scope(
                 "the client may not have every scope asked for",
             ));
+        }
+        // Conditional access applies to service principals too (source ranges, roles).
+        let requester = crate::access::Requester {
+            organization_id: client.organization_id.clone(),
+            subject: client_id.to_owned(),
+            is_person: false,
+            roles: client.roles.clone(),
+            client_id: Some(client_id.to_owned()),
+            ip: request.ip.clone(),
+            strength: Strength::Password,
+            throttle_account: None,
+        };
+        let decision = self
+            .access
+            .decide(ctx, crate::access::Stage::Token, &requester)
+            .await?;
+        if !decision.satisfied_by(Strength::Password) {
+            return Err(OAuthError::unauthorized_client(format!(
+                "the organization's access policy refuses this client: {}",
+                decision.reason
+            )));
         }
         let grant_id = uuid::Uuid::now_v7().to_string();
         let (tokens, jti, _) = Self::new_tokens(&grant_id, now, false);
@@ -1627,6 +2077,7 @@ impl Identity {
                 code_challenge,
                 max_age,
                 prompt,
+                acr_values: get("acr_values"),
                 expires_at: None,
             },
             client,

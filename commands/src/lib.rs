@@ -4,11 +4,16 @@
 //! the pure aggregate decide, and commits the events (envelope, hash chain and log position
 //! are added by the store). It answers with the log position a client can wait for.
 
+pub mod access;
 pub mod checkpoints;
 pub mod evidence;
 pub mod identity;
 pub mod licensing;
+pub mod mfa;
+pub mod passkeys;
 pub mod portal;
+pub mod saml;
+pub mod scim;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;

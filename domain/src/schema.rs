@@ -11,11 +11,16 @@ use crate::crypto_policy::{AlgorithmRuleSet, PurposeSignerSet};
 use crate::customer::*;
 use crate::envelope::Envelope;
 use crate::evidence::EvidenceBundleCreated;
+use crate::identity::access_policy::*;
 use crate::identity::client::*;
 use crate::identity::grant::*;
 use crate::identity::group::*;
+use crate::identity::passkey::*;
+use crate::identity::saml::*;
+use crate::identity::scim_token::*;
 use crate::identity::session::*;
 use crate::identity::signin::*;
+use crate::identity::totp::*;
 use crate::identity::user::*;
 use crate::invoice::*;
 use crate::job::*;
@@ -57,10 +62,18 @@ impl BoundedContext {
     /// The context that owns an aggregate type; unknown types are refused, not guessed.
     pub fn of_aggregate(aggregate_type: &str) -> Option<Self> {
         match aggregate_type {
-            "Organization" | "User" | "Client" | "Group" => Some(Self::Identity),
-            "Grant" | "Session" | "SignInAttempt" | "Consent" | "LogCheckpoint" => {
-                Some(Self::Audit)
-            }
+            "Organization"
+            | "User"
+            | "Client"
+            | "Group"
+            | "ScimToken"
+            | "TotpAuthenticator"
+            | "AccessPolicy"
+            | "PasskeyCredentials"
+            | "SamlServiceProvider"
+            | "SamlSigningKeys" => Some(Self::Identity),
+            "Grant" | "Session" | "SignInAttempt" | "Consent" | "LogCheckpoint"
+            | "SamlExchange" | "AccessDecision" => Some(Self::Audit),
             "Keyring" | "CryptoPolicy" | "License" => Some(Self::Licensing),
             "Job" | "EvidenceBundle" | "RetentionPolicy" => Some(Self::Evidence),
             "Customer" | "Contract" | "UsageMeter" | "Invoice" => Some(Self::Commercial),
@@ -138,11 +151,15 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<UserDisabled>("User", "UserDisabled", 1),
         entry::<UserEnabled>("User", "UserEnabled", 1),
         entry::<UserErased>("User", "UserErased", 1),
+        entry::<UserProfileChanged>("User", "UserProfileChanged", 1),
+        entry::<ScimTokenIssued>("ScimToken", "ScimTokenIssued", 1),
+        entry::<ScimTokenRevoked>("ScimToken", "ScimTokenRevoked", 1),
         entry::<GroupCreated>("Group", "GroupCreated", 1),
         entry::<GroupRenamed>("Group", "GroupRenamed", 1),
         entry::<GroupMemberAdded>("Group", "GroupMemberAdded", 1),
         entry::<GroupMemberRemoved>("Group", "GroupMemberRemoved", 1),
         entry::<GroupDeleted>("Group", "GroupDeleted", 1),
+        entry::<GroupExternalIdChanged>("Group", "GroupExternalIdChanged", 1),
         entry::<ClientRegistered>("Client", "ClientRegistered", 1),
         entry::<ClientSecretRotated>("Client", "ClientSecretRotated", 1),
         entry::<ClientDisabled>("Client", "ClientDisabled", 1),
@@ -158,6 +175,28 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<SignInSucceeded>("SignInAttempt", "SignInSucceeded", 1),
         entry::<SignInFailed>("SignInAttempt", "SignInFailed", 1),
         entry::<ConsentGranted>("Consent", "ConsentGranted", 1),
+        entry::<TotpEnrollmentStarted>("TotpAuthenticator", "TotpEnrollmentStarted", 1),
+        entry::<TotpEnrolled>("TotpAuthenticator", "TotpEnrolled", 1),
+        entry::<TotpCodeAccepted>("TotpAuthenticator", "TotpCodeAccepted", 1),
+        entry::<TotpRecoveryCodeUsed>("TotpAuthenticator", "TotpRecoveryCodeUsed", 1),
+        entry::<TotpRemoved>("TotpAuthenticator", "TotpRemoved", 1),
+        entry::<AccessRuleSet>("AccessPolicy", "AccessRuleSet", 1),
+        entry::<AccessRuleRemoved>("AccessPolicy", "AccessRuleRemoved", 1),
+        entry::<AccessDecided>("AccessDecision", "AccessDecided", 1),
+        entry::<PasskeyRegistered>("PasskeyCredentials", "PasskeyRegistered", 1),
+        entry::<PasskeyUsed>("PasskeyCredentials", "PasskeyUsed", 1),
+        entry::<PasskeyRemoved>("PasskeyCredentials", "PasskeyRemoved", 1),
+        entry::<SamlServiceProviderRegistered>(
+            "SamlServiceProvider",
+            "SamlServiceProviderRegistered",
+            1,
+        ),
+        entry::<SamlServiceProviderChanged>("SamlServiceProvider", "SamlServiceProviderChanged", 1),
+        entry::<SamlServiceProviderRemoved>("SamlServiceProvider", "SamlServiceProviderRemoved", 1),
+        entry::<SamlSigningKeyAdded>("SamlSigningKeys", "SamlSigningKeyAdded", 1),
+        entry::<SamlSigningKeyRetired>("SamlSigningKeys", "SamlSigningKeyRetired", 1),
+        entry::<SamlAssertionIssued>("SamlExchange", "SamlAssertionIssued", 1),
+        entry::<SamlLogoutCompleted>("SamlExchange", "SamlLogoutCompleted", 1),
         entry::<LogCheckpointSigned>("LogCheckpoint", "LogCheckpointSigned", 1),
         entry::<JobSubmitted>("Job", "JobSubmitted", 1),
         entry::<JobStarted>("Job", "JobStarted", 1),

@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod keystore;
 pub mod objects;
 pub mod relay;
+pub mod saml_keys;
 pub mod subject_keys;
 
 pub use config::{Config, Role};

@@ -264,6 +264,64 @@ impl SubjectKeys {
         Ok(Some(Zeroizing::new(plain)))
     }
 
+    /// As [`open_text`](Self::open_text), reading the data key through `conn` (a read model's
+    /// own transaction): a projection that holds SQLite's write lock must not wait for a
+    /// second pooled connection, which the writers queued behind that lock may all hold.
+    pub async fn open_text_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        sealed: &Sealed,
+        field: &str,
+    ) -> Result<Option<String>, InfraError> {
+        let row = sqlx::query("SELECT wrapped FROM subject_keys WHERE subject = $1")
+            .bind(&sealed.subject)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let wrapped: String = row.try_get("wrapped")?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(wrapped)
+            .map_err(|_| corrupt("wrapped subject key is not base64url"))?;
+        if bytes.len() < 24 {
+            return Err(corrupt("wrapped subject key is too short"));
+        }
+        let (n, ct) = bytes.split_at(24);
+        let aad = [WRAP_AAD, sealed.subject.as_bytes()].concat();
+        let key = Zeroizing::new(
+            self.master
+                .decrypt(XNonce::from_slice(n), Payload { msg: ct, aad: &aad })
+                .map_err(|_| corrupt("a data key does not open with this master key"))?,
+        );
+        let n = URL_SAFE_NO_PAD
+            .decode(&sealed.nonce)
+            .map_err(|_| corrupt("sealed nonce is not base64url"))?;
+        let ct = URL_SAFE_NO_PAD
+            .decode(&sealed.ciphertext)
+            .map_err(|_| corrupt("sealed ciphertext is not base64url"))?;
+        if n.len() != 24 {
+            return Err(corrupt("sealed nonce has the wrong length"));
+        }
+        let plain = Zeroizing::new(
+            XChaCha20Poly1305::new(key.as_slice().into())
+                .decrypt(
+                    XNonce::from_slice(&n),
+                    Payload {
+                        msg: &ct,
+                        aad: &field_aad(&sealed.subject, field),
+                    },
+                )
+                .map_err(|_| {
+                    corrupt(format!(
+                        "sealed {field} of {} does not open",
+                        sealed.subject
+                    ))
+                })?,
+        );
+        String::from_utf8(plain.to_vec())
+            .map(Some)
+            .map_err(|_| corrupt(format!("sealed {field} is not UTF-8")))
+    }
+
     /// As [`open`](Self::open), as UTF-8 text.
     pub async fn open_text(
         &self,
@@ -366,6 +424,27 @@ impl SignInThrottle {
         .await?;
         tx.commit().await?;
         Ok(locked)
+    }
+
+    /// Failed sign-ins of `account` in the current window (0 once it locked or succeeded).
+    pub async fn recent_failures(
+        &self,
+        account: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<i64, InfraError> {
+        let row =
+            sqlx::query("SELECT failures, first_failure FROM sign_in_throttle WHERE account = $1")
+                .bind(account)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        let Some(r) = row else { return Ok(0) };
+        let first: String = r.try_get("first_failure")?;
+        let recent = chrono::DateTime::parse_from_rfc3339(&first)
+            .map(|f| {
+                now - f.with_timezone(&chrono::Utc) <= chrono::Duration::seconds(LOCKOUT_SECONDS)
+            })
+            .unwrap_or(false);
+        Ok(if recent { r.try_get("failures")? } else { 0 })
     }
 
     /// A success clears the count.

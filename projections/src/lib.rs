@@ -6,6 +6,7 @@
 //! written in the same transaction as the read-model change.
 
 pub mod commercial;
+pub mod groups;
 pub mod jobs;
 pub mod licenses;
 pub mod organizations;
@@ -44,6 +45,7 @@ pub fn all(keys: &quantus_infra::subject_keys::SubjectKeys) -> Vec<std::sync::Ar
         std::sync::Arc::new(organizations::OrganizationsView),
         std::sync::Arc::new(licenses::LicensesView),
         std::sync::Arc::new(users::UsersView::new(keys.clone())),
+        std::sync::Arc::new(groups::GroupsView),
         std::sync::Arc::new(jobs::JobsView),
         std::sync::Arc::new(commercial::CommercialView),
     ]

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
-use quantus_domain::identity::user::{UserRegistered, UserRoleGranted, UserRoleRevoked};
+use quantus_domain::identity::user::{
+    UserProfileChanged, UserRegistered, UserRoleGranted, UserRoleRevoked,
+};
 use quantus_domain::identity::Role;
 use quantus_infra::subject_keys::SubjectKeys;
 use quantus_infra::{InfraError, LogRecord};
@@ -85,6 +87,100 @@ impl UsersView {
         rows.iter().map(row_to_user).collect()
     }
 
+    /// An organization's users (home organization; erased users left out) with their opened
+    /// provisioning profiles, for SCIM's filters, sorting and paging, by id. With
+    /// `user_name_prefix` (lower-case) only users whose userName (or, without a profile, whose
+    /// email) starts with it: a range over `(organization_id, user_name_lc)` compared bytewise
+    /// (`postgres` adds `COLLATE "C"`, so that no locale's collation can drop a match).
+    pub async fn with_profiles(
+        pool: &AnyPool,
+        organization_id: &str,
+        user_name_prefix: Option<&str>,
+        postgres: bool,
+    ) -> Result<Vec<(UserRow, Option<serde_json::Value>)>, InfraError> {
+        const COLS: &str = "u.id, u.organization_id, u.status, u.email, u.name, u.memberships, u.created_at, u.updated_at, u.version";
+        let rows = match user_name_prefix {
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {COLS}, p.profile FROM users_view u LEFT JOIN user_profiles p ON p.id = u.id \
+                     WHERE u.organization_id = $1 AND u.status <> 'erased' ORDER BY u.id"
+                ))
+                .bind(organization_id)
+                .fetch_all(pool)
+                .await?
+            }
+            Some(prefix) => {
+                let c = if postgres { " COLLATE \"C\"" } else { "" };
+                // Every string that starts with `prefix` sorts below prefix + U+10FFFF.
+                let high = format!("{prefix}\u{10FFFF}");
+                let mut rows = sqlx::query(&format!(
+                    "SELECT {COLS}, p.profile FROM user_profiles p JOIN users_view u ON u.id = p.id \
+                     WHERE p.organization_id = $1 AND p.user_name_lc{c} >= $2 AND p.user_name_lc{c} < $3 \
+                     AND u.status <> 'erased'"
+                ))
+                .bind(organization_id)
+                .bind(prefix.to_owned())
+                .bind(high.clone())
+                .fetch_all(pool)
+                .await?;
+                // Users SCIM never described: their userName is their (normalised) email.
+                rows.extend(
+                    sqlx::query(&format!(
+                        "SELECT {COLS}, CAST(NULL AS TEXT) AS profile FROM users_view u \
+                         WHERE u.organization_id = $1 AND u.email{c} >= $2 AND u.email{c} < $3 \
+                         AND u.status <> 'erased' \
+                         AND NOT EXISTS (SELECT 1 FROM user_profiles p WHERE p.id = u.id)"
+                    ))
+                    .bind(organization_id)
+                    .bind(prefix.to_owned())
+                    .bind(high)
+                    .fetch_all(pool)
+                    .await?,
+                );
+                rows
+            }
+        };
+        let mut out =
+            rows.iter()
+                .map(|r| {
+                    let profile: Option<String> = r.try_get("profile")?;
+                    let profile = match profile {
+                        Some(p) => Some(serde_json::from_str(&p).map_err(|e| {
+                            InfraError::Corrupt(format!("user_profiles profile: {e}"))
+                        })?),
+                        None => None,
+                    };
+                    Ok((row_to_user(r)?, profile))
+                })
+                .collect::<Result<Vec<_>, InfraError>>()?;
+        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        Ok(out)
+    }
+
+    /// One user of the model with its opened profile.
+    pub async fn one_with_profile(
+        pool: &AnyPool,
+        id: &str,
+    ) -> Result<Option<(UserRow, Option<serde_json::Value>)>, InfraError> {
+        let row = sqlx::query(
+            "SELECT u.id, u.organization_id, u.status, u.email, u.name, u.memberships, u.created_at, u.updated_at, u.version, p.profile \
+             FROM users_view u LEFT JOIN user_profiles p ON p.id = u.id WHERE u.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let profile: Option<String> = r.try_get("profile")?;
+        let profile = match profile {
+            Some(p) => Some(
+                serde_json::from_str(&p)
+                    .map_err(|e| InfraError::Corrupt(format!("user_profiles profile: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Some((row_to_user(&r)?, profile)))
+    }
+
     async fn memberships(
         conn: &mut AnyConnection,
         id: &str,
@@ -126,11 +222,27 @@ impl Projection for UsersView {
             )",
         )
         .await?;
+        // Provisioning profiles (SCIM), opened; its own table so that existing databases
+        // need no ALTER. `user_name_lc` serves prefix filters.
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS user_profiles (
+                id TEXT PRIMARY KEY,
+                organization_id TEXT NOT NULL,
+                user_name_lc TEXT,
+                profile TEXT NOT NULL
+            )",
+        )
+        .await?;
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS user_profiles_org_name ON user_profiles (organization_id, user_name_lc)",
+        )
+        .await?;
         Ok(())
     }
 
     async fn clear(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
         conn.execute("DELETE FROM users_view").await?;
+        conn.execute("DELETE FROM user_profiles").await?;
         Ok(())
     }
 
@@ -154,8 +266,8 @@ impl Projection for UsersView {
                 let p: UserRegistered =
                     serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
                 // Unreadable once erased: a replay then shows the user without personal data.
-                let email = self.keys.open_text(&p.email, "email").await?;
-                let name = self.keys.open_text(&p.name, "name").await?;
+                let email = self.keys.open_text_on(conn, &p.email, "email").await?;
+                let name = self.keys.open_text_on(conn, &p.name, "name").await?;
                 let memberships: BTreeMap<String, BTreeSet<Role>> =
                     [(p.organization_id.clone(), p.roles)].into();
                 let status = if email.is_none() { "erased" } else { "active" };
@@ -207,7 +319,55 @@ impl Projection for UsersView {
             "UserEnabled" => {
                 touch("active").execute(&mut *conn).await?;
             }
+            "UserProfileChanged" => {
+                let p: UserProfileChanged =
+                    serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
+                // Opened before this transaction writes: opening may need another connection,
+                // and SQLite's write lock must not wait on it.
+                let opened = self.keys.open_text_on(conn, &p.profile, "profile").await?;
+                touch("").execute(&mut *conn).await?;
+                // Unreadable once erased: then there is no profile to keep.
+                match opened {
+                    Some(text) => {
+                        let doc: serde_json::Value = serde_json::from_str(&text).map_err(|x| {
+                            InfraError::Corrupt(format!("profile of user {id}: {x}"))
+                        })?;
+                        let user_name = doc
+                            .get("userName")
+                            .and_then(|v| v.as_str())
+                            .map(str::to_lowercase);
+                        let org: String =
+                            sqlx::query("SELECT organization_id FROM users_view WHERE id = $1")
+                                .bind(id.clone())
+                                .fetch_optional(&mut *conn)
+                                .await?
+                                .map(|r| r.try_get("organization_id"))
+                                .transpose()?
+                                .unwrap_or_default();
+                        sqlx::query(
+                            "INSERT INTO user_profiles (id, organization_id, user_name_lc, profile) VALUES ($1, $2, $3, $4)
+                             ON CONFLICT (id) DO UPDATE SET user_name_lc = excluded.user_name_lc, profile = excluded.profile",
+                        )
+                        .bind(id.clone())
+                        .bind(org)
+                        .bind(user_name)
+                        .bind(text)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM user_profiles WHERE id = $1")
+                            .bind(id.clone())
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                }
+            }
             "UserErased" => {
+                sqlx::query("DELETE FROM user_profiles WHERE id = $1")
+                    .bind(id.clone())
+                    .execute(&mut *conn)
+                    .await?;
                 sqlx::query(
                     "UPDATE users_view SET status = 'erased', email = NULL, name = NULL, memberships = '{}', updated_at = $1, version = $2 WHERE id = $3",
                 )
@@ -229,10 +389,25 @@ impl Projection for UsersView {
 
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
         let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
-            .fetch_all(conn)
+            .fetch_all(&mut *conn)
             .await?;
-        rows.iter()
+        let mut out: Vec<serde_json::Value> = rows
+            .iter()
             .map(|r| row_to_user(r).map(|u| serde_json::to_value(u).unwrap_or_default()))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        let profiles = sqlx::query(
+            "SELECT id, organization_id, user_name_lc, profile FROM user_profiles ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in profiles {
+            out.push(serde_json::json!({
+                "profile_of": r.try_get::<String, _>("id")?,
+                "organization_id": r.try_get::<String, _>("organization_id")?,
+                "user_name_lc": r.try_get::<Option<String>, _>("user_name_lc")?,
+                "profile": r.try_get::<String, _>("profile")?,
+            }));
+        }
+        Ok(out)
     }
 }

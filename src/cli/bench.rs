@@ -32,12 +32,24 @@ pub struct BenchArgs {
     /// Size of the artifact to upload, in MiB (evidence).
     #[arg(long, default_value_t = 256)]
     megabytes: u64,
+    /// Contracts to activate, each timed until its licence file is available (portal).
+    #[arg(long, default_value_t = 50)]
+    contracts: u64,
     /// Evidence bundles to create (evidence).
     #[arg(long, default_value_t = 100)]
     bundles: u64,
     /// Commands to run (each records one event; evidence: events for the audit measurement).
     #[arg(long, default_value_t = 5000)]
     commands: u64,
+    /// Users to load into one organization (scim).
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+    /// Requests per measured filter (scim).
+    #[arg(long, default_value_t = 50)]
+    requests: u64,
+    /// Signed SAML responses to make (saml).
+    #[arg(long, default_value_t = 500)]
+    responses: u64,
     /// Concurrent command senders.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: u64,
@@ -66,6 +78,10 @@ pub enum BenchTarget {
     Crypto,
     Identity,
     Evidence,
+    Portal,
+    Scim,
+    Mfa,
+    Saml,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -81,6 +97,36 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             args.commands,
         )
         .await;
+    }
+    if let BenchTarget::Portal = args.what {
+        return super::bench_portal::run(
+            args.database_url.as_deref(),
+            args.kafka.as_deref(),
+            args.commands,
+            args.concurrency,
+            args.contracts,
+        )
+        .await;
+    }
+    if let BenchTarget::Saml = args.what {
+        return super::bench_saml::run(
+            args.database_url.as_deref(),
+            args.responses,
+            args.concurrency,
+        )
+        .await;
+    }
+    if let BenchTarget::Scim = args.what {
+        return super::bench_scim::run(
+            args.database_url.as_deref(),
+            args.users,
+            args.concurrency,
+            args.requests,
+        )
+        .await;
+    }
+    if let BenchTarget::Mfa = args.what {
+        return super::bench_mfa::run(args.database_url.as_deref(), args.commands.min(2000)).await;
     }
     if let BenchTarget::Identity = args.what {
         return super::bench_identity::run(

@@ -230,3 +230,96 @@ test("a device is connected through the user-code page", async () => {
   assert.equal(status, 200, JSON.stringify(body));
   assert.ok(body.access_token);
 });
+
+test("a person registers a passkey and then signs in with it alone", async () => {
+  const { email, client } = await world();
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  // Chromium's virtual authenticator: a platform authenticator with resident keys and
+  // user verification, as a phone or laptop would have.
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  const { authenticatorId } = await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: {
+      protocol: "ctap2",
+      transport: "internal",
+      hasResidentKey: true,
+      hasUserVerification: true,
+      isUserVerified: true,
+    },
+  });
+
+  // Password first, to get the person's own token.
+  const verifier = b64url(randomBytes(32));
+  await page.goto(authorizeUrl(client, verifier, "pk"));
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("button", { name: "Allow" }).click();
+  await page.waitForURL(`${appUrl}/callback**`);
+  const first = await tokenRequest(client, {
+    grant_type: "authorization_code",
+    code: new URL(page.url()).searchParams.get("code"),
+    redirect_uri: `${appUrl}/callback`,
+    code_verifier: verifier,
+  });
+  assert.equal(first.status, 200, JSON.stringify(first.body));
+  const token = first.body.access_token;
+
+  // Registration: the server's options, the browser's authenticator, the server's check.
+  const r = await fetch(`${BASE}/v1/me/passkeys/options`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: "{}",
+  });
+  const { options, ceremony } = await r.json();
+  assert.equal(r.status, 200);
+  // Any page of Quantus's origin will do for the browser's WebAuthn call.
+  await page.goto(`${BASE}/healthz`);
+  const credential = await page.evaluate(async (options) => {
+    const bytes = (s) => Uint8Array.from(atob(s.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - (s.length % 4)) % 4)), (c) => c.charCodeAt(0)).buffer;
+    const b64 = (buf) => btoa(String.fromCharCode(...new Uint8Array(buf))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    const pk = options.publicKey;
+    pk.challenge = bytes(pk.challenge);
+    pk.user.id = bytes(pk.user.id);
+    (pk.excludeCredentials || []).forEach((c) => (c.id = bytes(c.id)));
+    const c = await navigator.credentials.create({ publicKey: pk });
+    return {
+      id: c.id,
+      rawId: b64(c.rawId),
+      type: c.type,
+      response: {
+        attestationObject: b64(c.response.attestationObject),
+        clientDataJSON: b64(c.response.clientDataJSON),
+      },
+    };
+  }, options);
+  const reg = await fetch(`${BASE}/v1/me/passkeys`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify({ ceremony, credential, name: "virtual" }),
+  });
+  assert.equal(reg.status, 201, await reg.text());
+  const { credentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
+  assert.equal(credentials.length, 1);
+  assert.equal(credentials[0].isResidentCredential, true);
+
+  // Signed out; the sign-in page's passkey button signs in with no email and no password.
+  await page.goto(`${BASE}/oauth2/logout`);
+  await page.waitForSelector("text=You are signed out.");
+  const verifier2 = b64url(randomBytes(32));
+  await page.goto(authorizeUrl(client, verifier2, "passkey-only"));
+  assert.equal(await page.title(), "Sign in · Quantus");
+  await page.getByRole("button", { name: "Use a passkey" }).click();
+  await page.waitForURL(`${appUrl}/callback**`);
+  const second = await tokenRequest(client, {
+    grant_type: "authorization_code",
+    code: new URL(page.url()).searchParams.get("code"),
+    redirect_uri: `${appUrl}/callback`,
+    code_verifier: verifier2,
+  });
+  assert.equal(second.status, 200, JSON.stringify(second.body));
+  const claims = JSON.parse(Buffer.from(second.body.id_token.split(".")[1], "base64url"));
+  assert.deepEqual(claims.amr, ["hwk", "mfa"]);
+  assert.equal(claims.acr, "urn:quantus:acr:phishing-resistant");
+});

@@ -1,6 +1,7 @@
 //! The login, consent and device pages used as a person would: headless Chromium driven by
 //! Playwright (`tests/browser`), against a real embedded server. `scripts/browser.sh`
-//! installs Chromium and Playwright; the test fails when they cannot be had.
+//! installs Chromium and Playwright; the test fails when they cannot be had. Passkeys are
+//! used with Chromium's virtual authenticator (DevTools protocol `WebAuthn` domain).
 
 use std::process::Command;
 
@@ -20,13 +21,13 @@ fn people_use_the_pages_in_a_real_browser() {
         .lines()
         .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
         .expect("scripts/browser.sh names Chromium");
-    let dir = temp_dir("browser");
-    let server = Server::embedded(&dir);
-    let (id, secret) = bootstrap_credentials(&dir);
+    // A localhost public URL: browsers allow WebAuthn (passkeys) on it.
+    let (server, public) = crate::passkeys::localhost_server("browser", &[]);
+    let (id, secret) = bootstrap_credentials(&server.data_dir);
     let out = Command::new("node")
         .arg("--test")
         .current_dir(repo_root().join("tests/browser"))
-        .env("QUANTUS_URL", server.url())
+        .env("QUANTUS_URL", &public)
         .env("QUANTUS_CLIENT_ID", id)
         .env("QUANTUS_CLIENT_SECRET", secret)
         .env("CHROMIUM", chromium)
@@ -39,7 +40,7 @@ fn people_use_the_pages_in_a_real_browser() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 4"),
+        stdout.contains("# fail 0") && stdout.contains("# pass 5"),
         "{stdout}"
     );
 }

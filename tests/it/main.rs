@@ -3,6 +3,7 @@
 //! Tests that need Postgres or Kafka start them through `scripts/postgres.sh` and
 //! `scripts/kafka.sh` (idempotent) and fail loudly when that is impossible.
 
+pub mod access;
 mod api;
 mod browser_pages;
 mod checkpoints;
@@ -12,10 +13,14 @@ pub mod evidence;
 mod harness;
 mod independent_auditor;
 mod license_cli;
+pub mod mfa;
 pub mod oidc_conformance;
+pub mod passkeys;
 mod portal;
 mod postgres_kafka;
 pub mod qsa;
 mod quantumlock;
+mod saml;
 mod schemas;
+pub mod scim;
 mod stripe;

@@ -916,3 +916,62 @@ async fn j_the_portal_runs_as_its_own_process_and_recovers_from_a_crash() {
     store.extend(["--data-dir", dir.to_str().unwrap()]);
     assert_model_equals_replay("commercial", &store);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn k_scim_on_postgres_and_kafka() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-scim");
+    let server = env.serve(&dir, &["--listen", "127.0.0.1:0"]);
+    crate::scim::scenario(&server).await;
+    wait_for_projection(&env.database_url, "users", "User").await;
+    wait_for_projection(&env.database_url, "groups", "Group").await;
+    drop(server);
+    let mut store = env.store().to_vec();
+    store.extend(["--data-dir", dir.to_str().unwrap()]);
+    assert_model_equals_replay("users", &store);
+}
+
+/// TOTP, conditional access and passkeys on Postgres + Kafka (one server, public at
+/// localhost so that WebAuthn accepts its origin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m_second_factors_and_conditional_access_on_postgres_and_kafka() {
+    let env = Env::new().await;
+    let (server, public) = crate::passkeys::localhost_server("pg-mfa", &env.vars());
+    let f = crate::qsa::fixture_on(server).await;
+    crate::mfa::enrolment_scenario(&f).await;
+    crate::access::scenario(&f).await;
+    crate::passkeys::scenario(&f.server, &public).await;
+}
+
+/// The SAML identity provider on Postgres + Kafka: the whole pysaml2 scenario, then its
+/// events on their topics and an audit of the topics.
+#[tokio::test(flavor = "multi_thread")]
+async fn l_saml_on_postgres_and_kafka() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-saml");
+    let f = crate::qsa::fixture_on(env.serve(&dir, &["--listen", "127.0.0.1:0"])).await;
+    crate::saml::scenario(&f).await;
+    let head = f.admin.all_events().await.len() as u64;
+    eventually(
+        "the SAML events on Kafka",
+        Duration::from_secs(60),
+        || async { (env.kafka_records().await.len() as u64 >= head).then_some(()) },
+    )
+    .await;
+    let records = env.kafka_records().await;
+    for (aggregate, topic) in [
+        ("SamlServiceProvider", "quantus.identity.v1"),
+        ("SamlSigningKeys", "quantus.identity.v1"),
+        ("SamlExchange", "quantus.audit.v1"),
+    ] {
+        assert!(env.kafka.topic_for(aggregate).unwrap().ends_with(topic));
+        assert!(
+            records
+                .iter()
+                .any(|r| r.envelope.aggregate_type == aggregate),
+            "no {aggregate} event on Kafka"
+        );
+    }
+    let (ok, out) = env.audit_kafka();
+    assert!(ok, "{out}");
+}

@@ -43,10 +43,10 @@ pub struct Browser {
     cookies: HashMap<String, String>,
 }
 
-struct Page {
-    status: u16,
-    location: Option<String>,
-    body: String,
+pub struct Page {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: String,
 }
 
 impl Browser {
@@ -59,6 +59,15 @@ impl Browser {
             base: base.to_owned(),
             cookies: HashMap::new(),
         }
+    }
+
+    /// The `Cookie` header this browser sends.
+    pub fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
@@ -89,7 +98,7 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub async fn get(&mut self, path: &str) -> Page {
         let url = if path.starts_with("http") {
             path.to_owned()
         } else {
@@ -100,9 +109,15 @@ impl Browser {
     }
 
     /// Submits the page's form with its hidden fields plus `fields`.
-    async fn submit(&mut self, page: &Page, fields: &[(&str, &str)]) -> Page {
+    pub async fn submit(&mut self, page: &Page, fields: &[(&str, &str)]) -> Page {
         let action = attr_after(&page.body, "<form", "action").expect("a form");
-        let mut form: Vec<(String, String)> = hidden_fields(&page.body);
+        // The first form only, as a browser submits the form whose button was pressed.
+        let start = page.body.find("<form").expect("a form");
+        let end = start
+            + page.body[start..]
+                .find("</form>")
+                .unwrap_or(page.body.len() - start);
+        let mut form: Vec<(String, String)> = hidden_fields(&page.body[start..end]);
         for (k, v) in fields {
             form.push(((*k).to_owned(), (*v).to_owned()));
         }
@@ -139,7 +154,7 @@ fn hidden_fields(html: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn query_param(url: &str, name: &str) -> Option<String> {
+pub fn query_param(url: &str, name: &str) -> Option<String> {
     let parsed = url::Url::parse(url).ok()?;
     parsed
         .query_pairs()
@@ -148,7 +163,7 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 }
 
 pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 pub const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 pub struct Fixture {
@@ -162,7 +177,7 @@ pub struct Fixture {
     pub client_secret: String,
 }
 
-async fn fixture(name: &str) -> Fixture {
+pub async fn fixture(name: &str) -> Fixture {
     fixture_on(Server::embedded(&temp_dir(name))).await
 }
 
@@ -202,7 +217,7 @@ pub async fn fixture_on(server: Server) -> Fixture {
     }
 }
 
-fn authorize_path(client_id: &str, scope: &str, challenge: Option<&str>) -> String {
+pub fn authorize_path(client_id: &str, scope: &str, challenge: Option<&str>) -> String {
     let mut url = url::Url::parse("http://x/oauth2/authorize").unwrap();
     url.query_pairs_mut()
         .append_pair("response_type", "code")
@@ -268,7 +283,7 @@ async fn introspect(f: &Fixture, token: &str) -> Value {
         .unwrap()
 }
 
-fn claims(jwt: &str) -> Value {
+pub fn claims(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
 }

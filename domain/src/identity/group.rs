@@ -36,6 +36,13 @@ pub struct GroupMemberRemoved {
 #[serde(deny_unknown_fields)]
 pub struct GroupDeleted {}
 
+/// The identifier the provisioning client (SCIM `externalId`) gives the group; not personal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupExternalIdChanged {
+    pub external_id: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupEvent {
     GroupCreated(GroupCreated),
@@ -43,6 +50,7 @@ pub enum GroupEvent {
     GroupMemberAdded(GroupMemberAdded),
     GroupMemberRemoved(GroupMemberRemoved),
     GroupDeleted(GroupDeleted),
+    GroupExternalIdChanged(GroupExternalIdChanged),
 }
 
 impl DomainEvent for GroupEvent {
@@ -53,6 +61,7 @@ impl DomainEvent for GroupEvent {
             Self::GroupMemberAdded(_) => "GroupMemberAdded",
             Self::GroupMemberRemoved(_) => "GroupMemberRemoved",
             Self::GroupDeleted(_) => "GroupDeleted",
+            Self::GroupExternalIdChanged(_) => "GroupExternalIdChanged",
         }
         .to_owned()
     }
@@ -80,6 +89,9 @@ pub enum GroupCommand {
         user_id: String,
     },
     Delete,
+    SetExternalId {
+        external_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,11 +104,16 @@ pub enum GroupError {
     BadName,
     #[error("the user is not a member of the group's organization")]
     NotInOrganization,
+    #[error("externalId must be 1 to 256 characters without control characters")]
+    BadExternalId,
 }
 
 impl GroupError {
     pub fn is_validation(&self) -> bool {
-        matches!(self, Self::BadName | Self::NotInOrganization)
+        matches!(
+            self,
+            Self::BadName | Self::NotInOrganization | Self::BadExternalId
+        )
     }
 }
 
@@ -107,6 +124,8 @@ pub struct Group {
     pub organization_id: String,
     pub name: String,
     pub members: BTreeSet<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
 }
 
 fn check_name(raw: &str) -> Result<String, GroupError> {
@@ -165,6 +184,20 @@ impl Group {
                 }
             }
             C::Delete => vec![E::GroupDeleted(GroupDeleted {})],
+            C::SetExternalId { external_id } => {
+                if external_id.as_ref().is_some_and(|x| {
+                    x.is_empty() || x.chars().count() > 256 || x.chars().any(char::is_control)
+                }) {
+                    return Err(GroupError::BadExternalId);
+                }
+                if external_id == self.external_id {
+                    vec![]
+                } else {
+                    vec![E::GroupExternalIdChanged(GroupExternalIdChanged {
+                        external_id,
+                    })]
+                }
+            }
         })
     }
 }
@@ -206,6 +239,7 @@ impl Aggregate for Group {
                 self.deleted = true;
                 self.members.clear();
             }
+            GroupEvent::GroupExternalIdChanged(e) => self.external_id = e.external_id,
         }
     }
 }

@@ -6,11 +6,16 @@
 //! destroying the key erases them across the whole log (crypto-shredding). High-entropy bearer
 //! values (client secrets, codes, refresh tokens: 256 random bits) appear only as SHA-256 digests.
 
+pub mod access_policy;
 pub mod client;
 pub mod grant;
 pub mod group;
+pub mod passkey;
+pub mod saml;
+pub mod scim_token;
 pub mod session;
 pub mod signin;
+pub mod totp;
 pub mod user;
 
 use std::collections::BTreeSet;

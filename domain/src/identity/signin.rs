@@ -21,6 +21,18 @@ pub enum SignInFailure {
     LockedOut,
     Disabled,
     NoPassword,
+    /// The password was right; the second factor (TOTP or recovery code) was not.
+    BadSecondFactor,
+    /// A TOTP code that was already used (RFC 6238 §5.2).
+    ReplayedSecondFactor,
+    /// The second-factor step took too long or its state was forged.
+    SecondFactorExpired,
+    /// A conditional-access rule blocked it, or asked for a factor the person lacks.
+    BlockedByPolicy,
+    /// A passkey assertion that did not verify (or an expired or reused ceremony).
+    BadPasskey,
+    /// A passkey whose signature counter did not grow: possibly a cloned authenticator.
+    ClonedPasskey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -36,6 +36,10 @@ pub enum UserCommand {
     Enable,
     /// Crypto-shredding: the application destroys the data key; the event says it happened.
     Erase,
+    /// Replaces the provisioning profile (SCIM attributes beyond email and name), sealed.
+    SetProfile {
+        profile: Sealed,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -82,6 +86,14 @@ pub struct UserEnabled {}
 #[serde(deny_unknown_fields)]
 pub struct UserErased {}
 
+/// The user's provisioning profile (SCIM: userName, name parts, emails, phone numbers,
+/// title, enterprise attributes...) as one JSON document sealed with the user's data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserProfileChanged {
+    pub profile: Sealed,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UserEvent {
     UserRegistered(UserRegistered),
@@ -91,6 +103,7 @@ pub enum UserEvent {
     UserDisabled(UserDisabled),
     UserEnabled(UserEnabled),
     UserErased(UserErased),
+    UserProfileChanged(UserProfileChanged),
 }
 
 impl DomainEvent for UserEvent {
@@ -103,6 +116,7 @@ impl DomainEvent for UserEvent {
             Self::UserDisabled(_) => "UserDisabled",
             Self::UserEnabled(_) => "UserEnabled",
             Self::UserErased(_) => "UserErased",
+            Self::UserProfileChanged(_) => "UserProfileChanged",
         }
         .to_owned()
     }
@@ -159,6 +173,8 @@ pub struct User {
     pub email: Option<Sealed>,
     pub name: Option<Sealed>,
     pub password_hash: Option<Sealed>,
+    #[serde(default)]
+    pub profile: Option<Sealed>,
 }
 
 impl User {
@@ -209,6 +225,12 @@ impl User {
             (S::Erased, _) => Err(UserError::Erased),
             (_, C::Register { .. }) => Err(UserError::AlreadyExists),
             (_, C::Erase) => Ok(vec![E::UserErased(UserErased {})]),
+            (_, C::SetProfile { profile }) => {
+                if self.profile.as_ref() == Some(&profile) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![E::UserProfileChanged(UserProfileChanged { profile })])
+            }
             (_, C::SetPassword { password_hash }) => {
                 Ok(vec![E::UserPasswordSet(UserPasswordSet { password_hash })])
             }
@@ -308,6 +330,7 @@ impl Aggregate for User {
             }
             UserEvent::UserDisabled(_) => self.status = UserStatus::Disabled,
             UserEvent::UserEnabled(_) => self.status = UserStatus::Active,
+            UserEvent::UserProfileChanged(e) => self.profile = Some(e.profile),
             UserEvent::UserErased(_) => {
                 *self = User {
                     status: UserStatus::Erased,
@@ -383,7 +406,13 @@ mod tests {
         let mut u = User::default();
         u.apply(registered(&[Role::Member]));
         u.apply(E::UserErased(UserErased {}));
+        u.apply(E::UserProfileChanged(UserProfileChanged {
+            profile: sealed("p"),
+        }));
+        assert!(u.profile.is_some());
+        u.apply(E::UserErased(UserErased {}));
         assert!(u.email.is_none() && u.name.is_none() && u.memberships.is_empty());
+        assert!(u.profile.is_none());
     }
 
     #[test]

@@ -1,0 +1,163 @@
+//! Conditional-access rules of an organization, and the what-if explanation of a decision.
+
+use std::collections::BTreeSet;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Json, Router};
+use chrono::{DateTime, Utc};
+use quantus_domain::identity::access_policy::{
+    AccessFacts, AccessRule, Conditions, Outcome, Strength,
+};
+use quantus_domain::identity::Role;
+use serde::Deserialize;
+
+use crate::auth::Principal;
+use crate::problem::ApiJson;
+use crate::write::{accepted, context};
+use crate::{AppState, Problem};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/access-policies/evaluate", post(evaluate))
+        .route("/access-policies/{org}", get(show))
+        .route(
+            "/access-policies/{org}/rules/{name}",
+            put(set).delete(remove),
+        )
+}
+
+#[utoipa::path(get, path = "/v1/access-policies/{org}", tag = "qsa", params(("org" = String, Path)), responses((status = 200, description = "{organization_id, rules, version}"), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn show(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(org): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require("identity:read")?;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let (policy, version) = state.identity.access().policy(&org).await?;
+    let mut rules: Vec<&AccessRule> = policy.rules.values().collect();
+    rules.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+    Ok(Json(serde_json::json!({
+        "organization_id": org, "rules": rules, "version": version,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    priority: u32,
+    #[serde(default)]
+    conditions: Conditions,
+    outcome: Outcome,
+}
+
+/// Creates or replaces rule `name` (lower priority numbers decide first).
+#[utoipa::path(put, path = "/v1/access-policies/{org}/rules/{name}", tag = "qsa", params(("org" = String, Path), ("name" = String, Path)), request_body(content = serde_json::Value, description = "{priority, conditions: {ip_in, ip_not_in, roles, groups, clients, within, outside, strength_below, new_ip, recent_failures_at_least}, outcome: allow|require_mfa|require_passkey|block}"), responses((status = 200, body = crate::write::CommandAccepted), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn set(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((org, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RuleBody>,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let ctx = context(&principal, &headers, &org);
+    let rule = AccessRule {
+        name: name.clone(),
+        priority: body.priority,
+        conditions: body.conditions,
+        outcome: body.outcome,
+    };
+    let outcome = state.identity.access().set_rule(&ctx, &org, rule).await?;
+    Ok(accepted(StatusCode::OK, &name, outcome, None))
+}
+
+#[utoipa::path(delete, path = "/v1/access-policies/{org}/rules/{name}", tag = "qsa", params(("org" = String, Path), ("name" = String, Path)), responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn remove(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((org, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let ctx = context(&principal, &headers, &org);
+    let outcome = state
+        .identity
+        .access()
+        .remove_rule(&ctx, &org, &name)
+        .await?;
+    Ok(accepted(StatusCode::OK, &name, outcome, None))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatIf {
+    organization_id: String,
+    /// A person of the organization (their roles are used), or none.
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    roles: BTreeSet<Role>,
+    #[serde(default)]
+    groups: BTreeSet<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    ip: Option<std::net::IpAddr>,
+    /// When (default: now).
+    #[serde(default)]
+    at: Option<DateTime<Utc>>,
+    /// `password`, `mfa` or `passkey` (default: password).
+    #[serde(default)]
+    authentication: Option<Strength>,
+    #[serde(default)]
+    new_ip: bool,
+    #[serde(default)]
+    recent_failures: u32,
+}
+
+/// Explains the decision for a hypothetical sign-in, without signing anyone in or recording
+/// anything.
+#[utoipa::path(post, path = "/v1/access-policies/evaluate", tag = "qsa", request_body(content = serde_json::Value, description = "{organization_id, user_id?, roles?, groups?, client_id?, ip?, at?, authentication?, new_ip?, recent_failures?}"), responses((status = 200, description = "{outcome, policy, reason, granted}"), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn evaluate(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(body): ApiJson<WhatIf>,
+) -> Result<Response, Problem> {
+    principal.require("identity:read")?;
+    let org = body.organization_id;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let mut roles = body.roles;
+    if let Some(user_id) = &body.user_id {
+        let (user, _) = state.identity.user(user_id).await?;
+        if user.organization_id != org {
+            return Err(Problem::not_found(format!("no user {user_id}")));
+        }
+        roles.extend(user.roles_in(&org));
+    }
+    let strength = body.authentication.unwrap_or(Strength::Password);
+    let facts = AccessFacts {
+        ip: body.ip,
+        roles,
+        groups: body.groups,
+        client_id: body.client_id,
+        at: body.at.unwrap_or_else(Utc::now),
+        strength,
+        new_ip: body.new_ip,
+        recent_failures: body.recent_failures,
+    };
+    let decision = state.identity.access().explain(&org, &facts).await?;
+    Ok(Json(serde_json::json!({
+        "outcome": decision.outcome,
+        "policy": decision.policy,
+        "reason": decision.reason,
+        "granted": decision.satisfied_by(strength),
+    }))
+    .into_response())
+}

@@ -1,0 +1,142 @@
+//! Second factors of a person: enrol an authenticator app (TOTP), confirm it, remove it; an
+//! administrator may reset a person's second factor.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+use quantus_domain::ActorKind;
+use serde::Deserialize;
+
+use crate::auth::Principal;
+use crate::problem::ApiJson;
+use crate::write::{accepted, context};
+use crate::{AppState, Problem};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/me/totp", post(start).delete(remove_own))
+        .route("/me/totp/confirm", post(confirm))
+        .route("/users/{id}/totp", delete(reset))
+}
+
+/// The signed-in person (a user's token, not a service principal's).
+fn person(principal: &Principal) -> Result<String, Problem> {
+    if principal.actor.kind != ActorKind::User {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "not-a-person",
+            "Not a person",
+            "second factors belong to people; sign in as one",
+        ));
+    }
+    Ok(principal.actor.id.clone())
+}
+
+/// Starts an enrolment: the `otpauth://` URI and the QR code to scan (a new call replaces an
+/// unconfirmed enrolment; an enrolled app must be removed first).
+#[utoipa::path(post, path = "/v1/me/totp", tag = "qsa", responses((status = 200, description = "{otpauth_uri, qr_code (data: URI of an SVG)}"), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn start(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let user = person(&principal)?;
+    let profile = state.identity.user_profile(&user).await?;
+    let account = profile.email.clone().unwrap_or_else(|| user.clone());
+    let ctx = context(&principal, &headers, &principal.organization);
+    let e = state
+        .identity
+        .mfa()
+        .start_totp(&ctx, &user, &account)
+        .await?;
+    let qr = base64::engine::general_purpose::STANDARD.encode(e.qr_svg.as_bytes());
+    let mut response = Json(serde_json::json!({
+        "otpauth_uri": e.uri,
+        "qr_code": format!("data:image/svg+xml;base64,{qr}"),
+    }))
+    .into_response();
+    // The seed is in this answer: no cache may keep it.
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirm {
+    code: String,
+}
+
+/// Confirms the enrolment with a first code; answers ten single-use recovery codes, once.
+#[utoipa::path(post, path = "/v1/me/totp/confirm", tag = "qsa", request_body(content = serde_json::Value, description = "{code}"), responses((status = 200, description = "{recovery_codes}"), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn confirm(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Confirm>,
+) -> Result<Response, Problem> {
+    let user = person(&principal)?;
+    let ctx = context(&principal, &headers, &principal.organization);
+    let codes = state
+        .identity
+        .mfa()
+        .confirm_totp(&ctx, &user, &body.code)
+        .await?;
+    let mut response = Json(serde_json::json!({ "recovery_codes": codes })).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+/// Removes one's own authenticator app; only from a session that used it.
+#[utoipa::path(delete, path = "/v1/me/totp", tag = "qsa", responses((status = 200, body = crate::write::CommandAccepted), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn remove_own(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let user = person(&principal)?;
+    let amr = principal.claims.amr.clone().unwrap_or_default();
+    if !amr.iter().any(|m| m == "mfa") {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "step-up-required",
+            "Step-up required",
+            "sign in with your second factor to remove it",
+        ));
+    }
+    let ctx = context(&principal, &headers, &principal.organization);
+    let outcome = state
+        .identity
+        .mfa()
+        .remove_totp(&ctx, &user, "removed by the person")
+        .await?;
+    Ok(accepted(StatusCode::OK, &user, outcome, None))
+}
+
+/// An administrator resets a person's second factor (a lost phone).
+#[utoipa::path(delete, path = "/v1/users/{id}/totp", tag = "qsa", params(("id" = String, Path)), responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn reset(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    let (user, _) = state.identity.user(&id).await?;
+    principal.tenant(&user.organization_id, &format!("user {id}"))?;
+    let ctx = context(&principal, &headers, &user.organization_id);
+    let outcome = state
+        .identity
+        .mfa()
+        .remove_totp(&ctx, &id, "reset by an administrator")
+        .await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}

@@ -1,0 +1,123 @@
+//! A person's passkeys: register one (WebAuthn `create()` options, then the authenticator's
+//! answer), list them, remove one.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use axum::{Extension, Json, Router};
+use chrono::Utc;
+use quantus_domain::ActorKind;
+use serde::Deserialize;
+
+use crate::auth::Principal;
+use crate::problem::ApiJson;
+use crate::write::{accepted, context};
+use crate::{AppState, Problem};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/me/passkeys/options", post(options))
+        .route("/me/passkeys", post(register).get(list))
+        .route("/me/passkeys/{id}", delete(remove))
+}
+
+fn person(principal: &Principal) -> Result<String, Problem> {
+    if principal.actor.kind != ActorKind::User {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "not-a-person",
+            "Not a person",
+            "passkeys belong to people; sign in as one",
+        ));
+    }
+    Ok(principal.actor.id.clone())
+}
+
+/// Options for `navigator.credentials.create()` and the sealed ceremony to send back.
+#[utoipa::path(post, path = "/v1/me/passkeys/options", tag = "qsa", responses((status = 200, description = "{options, ceremony}")), security(("bearer" = [])))]
+pub async fn options(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Problem> {
+    let user = person(&principal)?;
+    let profile = state.identity.user_profile(&user).await?;
+    let login = profile.email.clone().unwrap_or_else(|| user.clone());
+    let display = profile.name.clone().unwrap_or_else(|| login.clone());
+    let (options, ceremony) = state
+        .identity
+        .passkeys()
+        .registration_options(&user, &login, &display, Utc::now())
+        .await?;
+    let mut r =
+        Json(serde_json::json!({ "options": options, "ceremony": ceremony })).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(r)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    ceremony: String,
+    /// The `PublicKeyCredential` from `create()`, base64url fields (WebAuthn JSON).
+    credential: serde_json::Value,
+    name: String,
+}
+
+#[utoipa::path(post, path = "/v1/me/passkeys", tag = "qsa", request_body(content = serde_json::Value, description = "{ceremony, credential, name}"), responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn register(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Register>,
+) -> Result<Response, Problem> {
+    let user = person(&principal)?;
+    let ctx = context(&principal, &headers, &principal.organization);
+    let (id, outcome) = state
+        .identity
+        .passkeys()
+        .register(&ctx, &user, &body.ceremony, body.credential, &body.name)
+        .await?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        &id,
+        outcome,
+        Some(format!("/v1/me/passkeys/{id}")),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/me/passkeys", tag = "qsa", responses((status = 200, description = "{items: [{id, name, attestation_format, counter}]}")), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Problem> {
+    let user = person(&principal)?;
+    let creds = state.identity.passkeys().credentials(&user).await?;
+    let items: Vec<serde_json::Value> = creds
+        .passkeys
+        .iter()
+        .map(|(id, p)| {
+            serde_json::json!({
+                "id": id, "name": p.name, "attestation_format": p.attestation_format,
+                "counter": p.counter,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })).into_response())
+}
+
+#[utoipa::path(delete, path = "/v1/me/passkeys/{id}", tag = "qsa", params(("id" = String, Path)), responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn remove(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let user = person(&principal)?;
+    let ctx = context(&principal, &headers, &principal.organization);
+    let outcome = state.identity.passkeys().remove(&ctx, &user, &id).await?;
+    Ok(accepted(StatusCode::OK, &id, outcome, None))
+}

@@ -1,0 +1,707 @@
+//! QSA as a SAML 2.0 identity provider (HTTP side): metadata, single sign-on (HTTP-Redirect
+//! and HTTP-POST bindings, and IdP-initiated), single logout, and the REST resources that
+//! register service providers and rotate the SAML signing key.
+//!
+//! A browser without a QSA session goes through the login page (`Continuation::Saml`) and
+//! comes back to `/saml/sso/continue` with the checked request sealed in the URL. Responses go
+//! to the registered ACS URL in an auto-submitting HTML form (HTTP-POST binding).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use quantus_commands::saml::{Binding, Outgoing, RedirectSignature, SsoRequest};
+use quantus_commands::CommandError;
+use quantus_domain::identity::saml::SamlServiceProviderSettings;
+use quantus_domain::identity::RequestInfo;
+use quantus_domain::schema::PLATFORM_TENANT;
+use quantus_domain::{Actor, ActorKind, CommandContext};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::oauth::{current_session, login_page, Continuation};
+use crate::write::context;
+use crate::{AppState, Principal, Problem};
+
+/// How long a checked sign-on request waits for the person to sign in.
+const PENDING_SECONDS: i64 = 600;
+
+/// The browser-facing routes (top level, no bearer token).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/saml/metadata", get(metadata))
+        .route("/saml/sso", get(sso_redirect).post(sso_post))
+        .route("/saml/sso/idp-initiated", get(idp_initiated))
+        .route("/saml/sso/continue", get(sso_continue))
+        .route("/saml/slo", get(slo_redirect).post(slo_post))
+}
+
+/// The REST resources (under `/v1`, behind the bearer middleware).
+pub fn api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/saml/service-providers", post(create_provider))
+        .route(
+            "/saml/service-providers/{id}",
+            get(get_provider).put(put_provider).delete(delete_provider),
+        )
+        .route("/saml/signing-keys", get(list_keys))
+        .route("/saml/signing-keys/rotate", post(rotate_key))
+        .route("/saml/signing-keys/{kid}/retire", post(retire_key))
+}
+
+/// The peer address when the server runs with connect info.
+pub struct Peer(Option<std::net::SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+fn request_info(headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> RequestInfo {
+    RequestInfo {
+        ip: peer.map(|p| p.ip().to_string()),
+        user_agent: headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect()),
+    }
+}
+
+fn system_ctx(tenant: &str, actor: Actor) -> CommandContext {
+    CommandContext {
+        tenant_id: tenant.to_owned(),
+        actor,
+        occurred_at: quantus_domain::envelope::truncate_to_micros(Utc::now()),
+        correlation_id: uuid::Uuid::now_v7(),
+        causation_id: uuid::Uuid::now_v7(),
+    }
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let t = html_escape::encode_text(title);
+    let mut r = (
+        status,
+        Html(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t} · Quantus</title></head>\
+<body><h1>{t}</h1>{body}</body></html>"
+        )),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A SAML error shown to the person (never sent to an SP that is not known to be registered).
+fn refuse(e: &CommandError) -> Response {
+    let status = match e {
+        CommandError::Invalid(_) | CommandError::NotFound(_) => StatusCode::BAD_REQUEST,
+        CommandError::Rejected(_) => StatusCode::FORBIDDEN,
+        _ => return Problem::from(CommandError::Storage(e.to_string())).into_response(),
+    };
+    page(
+        status,
+        "Cannot sign in",
+        &format!(
+            "<p class=\"error\" role=\"alert\" id=\"saml-error\">{}</p>",
+            html_escape::encode_text(&e.to_string())
+        ),
+    )
+}
+
+const AUTO_SUBMIT: &str = "document.forms[0].submit();";
+
+/// The HTTP-POST binding: a form that submits itself to the SP.
+fn post_to_sp(out: &Outgoing, field: &str) -> Response {
+    let relay = out
+        .relay_state
+        .as_deref()
+        .map(|r| {
+            format!(
+                "<input type=\"hidden\" name=\"RelayState\" value=\"{}\">",
+                html_escape::encode_double_quoted_attribute(r)
+            )
+        })
+        .unwrap_or_default();
+    let body = format!(
+        "<form method=\"post\" action=\"{url}\"><input type=\"hidden\" name=\"{field}\" value=\"{value}\">{relay}\
+<noscript><button type=\"submit\">Continue</button></noscript></form><script>{AUTO_SUBMIT}</script>",
+        url = html_escape::encode_double_quoted_attribute(&out.url),
+        value = html_escape::encode_double_quoted_attribute(&out.saml_response),
+    );
+    let mut r = page(StatusCode::OK, "Signing you in", &body);
+    let script_hash = STANDARD.encode(sha2::Sha256::digest(AUTO_SUBMIT.as_bytes()));
+    let origin = url::Url::parse(&out.url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|_| "'none'".into());
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "default-src 'none'; script-src 'sha256-{script_hash}'; form-action {origin}; frame-ancestors 'none'"
+    )) {
+        r.headers_mut().insert("content-security-policy", v);
+    }
+    r.headers_mut()
+        .insert("x-frame-options", HeaderValue::from_static("DENY"));
+    r
+}
+
+fn redirect(to: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+// ---- metadata ----
+
+pub async fn metadata(State(state): State<AppState>) -> Response {
+    match state.saml.metadata(Utc::now()).await {
+        Ok(xml) => {
+            let mut r = xml.into_response();
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/samlmetadata+xml"),
+            );
+            r.headers_mut().insert(
+                CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            r
+        }
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+// ---- single sign-on ----
+
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    req: SsoRequest,
+    expires_at: DateTime<Utc>,
+}
+
+fn seal(state: &AppState, req: &SsoRequest) -> String {
+    let pending = Pending {
+        req: req.clone(),
+        expires_at: Utc::now() + chrono::Duration::seconds(PENDING_SECONDS),
+    };
+    serde_json::to_vec(&pending)
+        .ok()
+        .and_then(|b| state.identity.subject_keys().seal_blob("saml-sso", &b).ok())
+        .unwrap_or_default()
+}
+
+fn open(state: &AppState, sealed: &str) -> Option<SsoRequest> {
+    let b = state
+        .identity
+        .subject_keys()
+        .open_blob("saml-sso", sealed)
+        .ok()?;
+    let p: Pending = serde_json::from_slice(&b).ok()?;
+    (p.expires_at > Utc::now()).then_some(p.req)
+}
+
+fn resume_path(state: &AppState, req: &SsoRequest) -> String {
+    format!(
+        "/saml/sso/continue?r={}",
+        url::form_urlencoded::byte_serialize(seal(state, req).as_bytes()).collect::<String>()
+    )
+}
+
+/// Raw (still URL-encoded) query pairs, and their decoded values.
+fn query_pairs(raw: &str) -> BTreeMap<String, String> {
+    url::form_urlencoded::parse(raw.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The HTTP-Redirect binding's signature, if the query carries one.
+fn redirect_signature(
+    raw: &str,
+    q: &BTreeMap<String, String>,
+    param: &str,
+) -> Result<Option<RedirectSignature>, CommandError> {
+    let Some(sig) = q.get("Signature") else {
+        return Ok(None);
+    };
+    let signature = STANDARD
+        .decode(sig.trim())
+        .map_err(|_| CommandError::Invalid("Signature is not base64".into()))?;
+    let sig_alg = q
+        .get("SigAlg")
+        .cloned()
+        .ok_or_else(|| CommandError::Invalid("Signature without SigAlg".into()))?;
+    let signed_octets = quantus_commands::saml::xml::redirect_signed_octets(raw, param)
+        .ok_or_else(|| CommandError::Invalid("malformed signed query".into()))?;
+    Ok(Some(RedirectSignature {
+        signed_octets,
+        sig_alg,
+        signature,
+    }))
+}
+
+pub async fn sso_redirect(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let raw = raw.unwrap_or_default();
+    let q = query_pairs(&raw);
+    let checked = async {
+        let request = q
+            .get("SAMLRequest")
+            .ok_or_else(|| CommandError::Invalid("SAMLRequest is missing".into()))?;
+        let xml = quantus_commands::saml::xml::inflate_redirect(request)
+            .map_err(CommandError::Invalid)?;
+        let binding = Binding::Redirect(redirect_signature(&raw, &q, "SAMLRequest")?);
+        state
+            .saml
+            .check_authn_request(&xml, &binding, q.get("RelayState").cloned())
+            .await
+    }
+    .await;
+    match checked {
+        Ok(req) => proceed(&state, peer, &headers, req).await,
+        Err(e) => refuse(&e),
+    }
+}
+
+pub async fn sso_post(
+    State(state): State<AppState>,
+    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+) -> Response {
+    let checked = async {
+        let request = form
+            .get("SAMLRequest")
+            .ok_or_else(|| CommandError::Invalid("SAMLRequest is missing".into()))?;
+        let xml =
+            quantus_commands::saml::xml::decode_post(request).map_err(CommandError::Invalid)?;
+        state
+            .saml
+            .check_authn_request(&xml, &Binding::Post, form.get("RelayState").cloned())
+            .await
+    }
+    .await;
+    match checked {
+        // A cross-site POST carries no SameSite=Lax session cookie: continue with a top-level
+        // GET, which does.
+        Ok(req) => redirect(&resume_path(&state, &req)),
+        Err(e) => refuse(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct IdpInitiated {
+    sp: String,
+    #[serde(rename = "RelayState")]
+    relay_state: Option<String>,
+}
+
+pub async fn idp_initiated(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Query(q): Query<IdpInitiated>,
+) -> Response {
+    match state.saml.idp_initiated(&q.sp, q.relay_state).await {
+        Ok(req) => proceed(&state, peer, &headers, req).await,
+        Err(e) => refuse(&e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Resume {
+    r: String,
+}
+
+pub async fn sso_continue(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    Query(q): Query<Resume>,
+) -> Response {
+    match open(&state, &q.r) {
+        Some(req) => proceed(&state, peer, &headers, req).await,
+        None => refuse(&CommandError::Invalid(
+            "the sign-on request is invalid or has expired; start again at the application".into(),
+        )),
+    }
+}
+
+/// With a session (fresh enough for ForceAuthn): the signed Response; without one, the login
+/// page, which comes back here.
+async fn proceed(
+    state: &AppState,
+    _peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    req: SsoRequest,
+) -> Response {
+    let session = current_session(state, headers).await.filter(|s| {
+        // ForceAuthn: only a sign-in of the last minute counts (the one just made for it).
+        !req.force_authn || (Utc::now() - s.auth_time).num_seconds() <= 60
+    });
+    let Some(session) = session else {
+        if req.is_passive {
+            return refuse(&CommandError::Rejected(
+                "you are not signed in, and the application asked not to be prompted".into(),
+            ));
+        }
+        let resume = resume_path(state, &req);
+        return login_page(state, &Continuation::Saml { resume }, None, StatusCode::OK);
+    };
+    let ctx = system_ctx(
+        &session.organization_id,
+        Actor {
+            kind: ActorKind::User,
+            id: session.user_id.clone(),
+        },
+    );
+    match state.saml.respond(&ctx, &req, &session).await {
+        Ok(out) => post_to_sp(&out, "SAMLResponse"),
+        Err(e) => refuse(&e),
+    }
+}
+
+// ---- single logout ----
+
+pub async fn slo_redirect(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let raw = raw.unwrap_or_default();
+    let q = query_pairs(&raw);
+    let parsed = (|| {
+        let request = q
+            .get("SAMLRequest")
+            .ok_or_else(|| CommandError::Invalid("SAMLRequest is missing".into()))?;
+        let xml = quantus_commands::saml::xml::inflate_redirect(request)
+            .map_err(CommandError::Invalid)?;
+        Ok::<_, CommandError>((
+            xml,
+            Binding::Redirect(redirect_signature(&raw, &q, "SAMLRequest")?),
+        ))
+    })();
+    match parsed {
+        Ok((xml, binding)) => {
+            logout(
+                &state,
+                peer,
+                &headers,
+                &xml,
+                binding,
+                q.get("RelayState").cloned(),
+            )
+            .await
+        }
+        Err(e) => refuse(&e),
+    }
+}
+
+pub async fn slo_post(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+) -> Response {
+    let xml = match form
+        .get("SAMLRequest")
+        .ok_or_else(|| "SAMLRequest is missing".to_owned())
+        .and_then(|r| quantus_commands::saml::xml::decode_post(r))
+    {
+        Ok(x) => x,
+        Err(e) => return refuse(&CommandError::Invalid(e)),
+    };
+    logout(
+        &state,
+        peer,
+        &headers,
+        &xml,
+        Binding::Post,
+        form.get("RelayState").cloned(),
+    )
+    .await
+}
+
+async fn logout(
+    state: &AppState,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    xml: &str,
+    binding: Binding,
+    relay_state: Option<String>,
+) -> Response {
+    let session = current_session(state, headers).await;
+    let ctx = system_ctx(
+        PLATFORM_TENANT,
+        Actor {
+            kind: ActorKind::System,
+            id: "qsa".into(),
+        },
+    );
+    let out = state
+        .saml
+        .logout(
+            &ctx,
+            xml,
+            &binding,
+            relay_state,
+            session,
+            request_info(headers, peer),
+        )
+        .await;
+    let mut response = match out {
+        Ok(Some(out)) => post_to_sp(&out, "SAMLResponse"),
+        Ok(None) => page(
+            StatusCode::OK,
+            "Signed out",
+            "<p role=\"status\">You are signed out.</p>",
+        ),
+        Err(e) => return refuse(&e),
+    };
+    let secure = if state.issuer.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "qsa_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"
+    )) {
+        response.headers_mut().append(SET_COOKIE, v);
+    }
+    response
+}
+
+// ---- REST: service providers and signing keys ----
+
+/// A service provider's registration as the API takes it (`POST` and `PUT`; `PUT` ignores
+/// `organization_id` and `entity_id`, which never change).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderBody {
+    #[serde(default)]
+    pub organization_id: String,
+    #[serde(default)]
+    pub entity_id: String,
+    pub name: String,
+    pub acs_urls: Vec<String>,
+    #[serde(default)]
+    pub slo_url: Option<String>,
+    #[serde(default)]
+    pub certificate: Option<String>,
+    pub name_id_format: quantus_domain::identity::saml::NameIdFormat,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, quantus_domain::identity::saml::UserAttribute>,
+}
+
+impl ProviderBody {
+    fn settings(&self) -> SamlServiceProviderSettings {
+        SamlServiceProviderSettings {
+            acs_urls: self.acs_urls.clone(),
+            slo_url: self.slo_url.clone(),
+            // PEM or bare base64 DER: keep the base64 only.
+            certificate: self.certificate.as_deref().map(|c| {
+                c.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .flat_map(|l| l.split_whitespace())
+                    .collect()
+            }),
+            name_id_format: self.name_id_format,
+            attributes: self.attributes.clone(),
+        }
+    }
+}
+
+fn created(id: String, outcome: quantus_commands::CommandOutcome) -> Response {
+    let mut r = (
+        StatusCode::CREATED,
+        Json(
+            serde_json::json!({"id": id, "version": outcome.version, "position": outcome.position}),
+        ),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/saml/service-providers/{id}")) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    serde_json::from_slice(body).map_err(|e| Problem::unprocessable(e.to_string()))
+}
+
+pub async fn create_provider(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    let body: ProviderBody = json_body(&body)?;
+    principal.tenant(
+        &body.organization_id,
+        &format!("organization {}", body.organization_id),
+    )?;
+    state.bus.active_organization(&body.organization_id).await?;
+    let ctx = context(&principal, &headers, &body.organization_id);
+    let (id, outcome) = state
+        .saml
+        .register(
+            &ctx,
+            &body.organization_id,
+            &body.entity_id,
+            &body.name,
+            body.settings(),
+        )
+        .await?;
+    Ok(created(id, outcome))
+}
+
+async fn provider_in_tenant(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<quantus_commands::saml::ProviderView, Problem> {
+    let sp = state.saml.provider(id).await?;
+    principal.tenant(&sp.organization_id, &format!("SAML service provider {id}"))?;
+    Ok(sp)
+}
+
+pub async fn get_provider(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require("identity:read")?;
+    let sp = provider_in_tenant(&state, &principal, &id).await?;
+    let mut r = Json(&sp).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", sp.version)) {
+        r.headers_mut().insert(axum::http::header::ETAG, v);
+    }
+    Ok(r)
+}
+
+fn if_match(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim_matches('"').parse().ok())
+}
+
+pub async fn put_provider(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    let sp = provider_in_tenant(&state, &principal, &id).await?;
+    let body: ProviderBody = json_body(&body)?;
+    let ctx = context(&principal, &headers, &sp.organization_id);
+    let outcome = state
+        .saml
+        .change(&ctx, &id, &body.name, body.settings(), if_match(&headers))
+        .await?;
+    Ok(Json(
+        serde_json::json!({"id": id, "version": outcome.version, "position": outcome.position}),
+    )
+    .into_response())
+}
+
+pub async fn delete_provider(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    let sp = provider_in_tenant(&state, &principal, &id).await?;
+    let ctx = context(&principal, &headers, &sp.organization_id);
+    let outcome = state.saml.remove(&ctx, &id).await?;
+    Ok(Json(
+        serde_json::json!({"id": id, "version": outcome.version, "position": outcome.position}),
+    )
+    .into_response())
+}
+
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Problem> {
+    principal.require("keys:manage")?;
+    let (keys, version) = state.saml.signing_keys().await?;
+    let active = keys.active().map(|k| k.kid.clone());
+    Ok(Json(serde_json::json!({
+        "active": active,
+        "version": version,
+        "keys": keys.keys.iter().map(|k| serde_json::json!({
+            "kid": k.kid, "alg": k.alg, "certificate": k.certificate, "not_before": k.not_before,
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+fn require_platform_keys(principal: &Principal) -> Result<(), Problem> {
+    principal.require("keys:manage")?;
+    if !principal.is_platform() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "only platform administrators manage the SAML signing key",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    require_platform_keys(&principal)?;
+    let ctx = context(&principal, &headers, PLATFORM_TENANT);
+    let key = state.saml.rotate(&ctx).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"kid": key.kid, "certificate": key.certificate})),
+    )
+        .into_response())
+}
+
+pub async fn retire_key(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    Path(kid): Path<String>,
+) -> Result<Response, Problem> {
+    require_platform_keys(&principal)?;
+    let ctx = context(&principal, &headers, PLATFORM_TENANT);
+    let outcome = state.saml.retire(&ctx, &kid).await?;
+    Ok(Json(
+        serde_json::json!({"kid": kid, "version": outcome.version, "position": outcome.position}),
+    )
+    .into_response())
+}

@@ -1,0 +1,1414 @@
+//! SCIM 2.0 (RFC 7643/7644) at `/scim/v2`, one organization per bearer token, and the
+//! `/v1/organizations/{org}/scim-tokens` routes that issue and revoke those tokens.
+//!
+//! Writes go through [`quantus_commands::scim::Scim`] (the Identity service, the same events
+//! as the REST API); reads come from the users and groups read models, filtered, sorted and
+//! paged in memory (a `userName` prefix or equality narrows the rows in SQL first).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
+use quantus_commands::scim::filter::{
+    compare_keys, sort_key, AttrPath, CompareOp, Filter, CORE_GROUP, CORE_USER, ENTERPRISE_USER,
+};
+use quantus_commands::scim::{
+    fallback_profile, group_resource, user_resource, Scim, ScimCaller, ScimError,
+};
+use quantus_commands::CommandOutcome;
+use quantus_domain::{Actor, ActorKind, CommandContext};
+use quantus_projections::groups::GroupsView;
+use quantus_projections::runner::ProjectionRunner;
+use quantus_projections::users::UsersView;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::auth::Principal;
+use crate::write::{accepted_with, context};
+use crate::{AppState, Problem};
+
+const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+const LIST_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
+const SCIM_JSON: &str = "application/scim+json";
+/// The most resources one list answer holds (ServiceProviderConfig `filter.maxResults`).
+pub const MAX_RESULTS: usize = 1000;
+
+// ---- token management (under /v1, with an access token) ----
+
+pub fn token_routes() -> Router<AppState> {
+    Router::new()
+        .route("/organizations/{org}/scim-tokens", post(issue_token))
+        .route(
+            "/organizations/{org}/scim-tokens/{id}",
+            delete(revoke_token),
+        )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueToken {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn scim_service(state: &AppState) -> Scim {
+    Scim::new(state.identity.clone(), state.bus.clone())
+}
+
+/// 201 with the bearer value, shown this once (`Cache-Control: no-store`).
+#[utoipa::path(post, path = "/v1/organizations/{org}/scim-tokens", tag = "identity",
+    params(("org" = String, Path)),
+    request_body(content = Object, description = "{\"name\": \"Okta\"} (optional)"),
+    responses((status = 201, description = "{id, token (shown once), organization_id, scim_base_url, version, position}"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn issue_token(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let body: IssueToken = crate::write::optional_json(&headers, &body)?;
+    let ctx = context(&principal, &headers, &org);
+    let name = body.name.unwrap_or_else(|| "SCIM".into());
+    let (id, token, outcome) = scim_service(&state).issue_token(&ctx, &org, &name).await?;
+    let body = json!({
+        "id": id, "token": token, "organization_id": org,
+        "scim_base_url": format!("{}/scim/v2", state.issuer),
+        "version": outcome.version, "position": outcome.position,
+    });
+    let mut response = accepted_with(
+        StatusCode::CREATED,
+        body,
+        outcome,
+        Some(format!("/v1/organizations/{org}/scim-tokens/{id}")),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[utoipa::path(delete, path = "/v1/organizations/{org}/scim-tokens/{id}", tag = "identity",
+    params(("org" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((org, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    principal.require("identity:write")?;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let scim = scim_service(&state);
+    let token = scim.token(&id).await?;
+    if token.organization_id != org {
+        return Err(Problem::not_found(format!("no SCIM token {id}")));
+    }
+    let ctx = context(&principal, &headers, &org);
+    let id = uuid::Uuid::parse_str(&id)
+        .map(|u| u.to_string())
+        .map_err(|_| Problem::not_found("no such SCIM token"))?;
+    let outcome = scim.revoke_token(&ctx, &id).await?;
+    Ok(crate::write::accepted(StatusCode::OK, &id, outcome, None))
+}
+
+// ---- the SCIM service provider ----
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    let protected = Router::new()
+        .route("/Users", get(list_users).post(create_user))
+        .route("/Users/.search", post(search_users))
+        .route(
+            "/Users/{id}",
+            get(show_user)
+                .put(replace_user)
+                .patch(patch_user)
+                .delete(delete_user),
+        )
+        .route("/Groups", get(list_groups).post(create_group))
+        .route("/Groups/.search", post(search_groups))
+        .route(
+            "/Groups/{id}",
+            get(show_group)
+                .put(replace_group)
+                .patch(patch_group)
+                .delete(delete_group),
+        )
+        .route("/.search", post(search_all))
+        .route("/ServiceProviderConfig", get(service_provider_config))
+        .route("/ResourceTypes", get(resource_types))
+        .route("/ResourceTypes/{name}", get(resource_type))
+        .route("/Schemas", get(schemas))
+        .route("/Schemas/{id}", get(schema))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            require_scim_token,
+        ));
+    protected.fallback(|| async { scim_error(ScimError::not_found("no such SCIM endpoint")) })
+}
+
+/// Every SCIM route needs a live SCIM token of an active organization.
+async fn require_scim_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match crate::auth::bearer_token(request.headers()) {
+        Some(token) => scim_service(&state).authenticate(token).await,
+        None => None,
+    };
+    match caller {
+        Some(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        None => {
+            let mut r = scim_error(ScimError::new(
+                401,
+                None,
+                "a valid SCIM bearer token is required",
+            ));
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+    }
+}
+
+/// An RFC 7644 §3.12 error answer.
+pub fn scim_error(e: ScimError) -> Response {
+    let mut body = json!({
+        "schemas": [ERROR_SCHEMA],
+        "status": e.status.to_string(),
+        "detail": e.detail,
+    });
+    if let Some(t) = e.scim_type {
+        body["scimType"] = t.into();
+    }
+    scim_json(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    )
+}
+
+fn scim_json(status: StatusCode, body: &Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));
+    r
+}
+
+/// A SCIM handler's result.
+struct Scimmed(Result<Response, ScimError>);
+
+impl IntoResponse for Scimmed {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Ok(r) => r,
+            Err(e) => scim_error(e),
+        }
+    }
+}
+
+fn problem_to_scim(p: Problem) -> ScimError {
+    ScimError::new(p.status, None, p.detail)
+}
+
+fn ctx_for(caller: &ScimCaller, headers: &HeaderMap) -> CommandContext {
+    let principal_like = Actor {
+        kind: ActorKind::Service,
+        id: format!("scim-token:{}", caller.token_id),
+    };
+    let correlation_id = headers
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| uuid::Uuid::parse_str(v).ok())
+        .unwrap_or_else(uuid::Uuid::now_v7);
+    CommandContext {
+        tenant_id: caller.organization_id.clone(),
+        actor: principal_like,
+        occurred_at: quantus_domain::envelope::truncate_to_micros(chrono::Utc::now()),
+        correlation_id,
+        causation_id: uuid::Uuid::now_v7(),
+    }
+}
+
+fn body_json(body: &Bytes) -> Result<Value, ScimError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ScimError::new(400, Some("invalidSyntax"), format!("not JSON: {e}")))
+}
+
+/// `If-Match` as an aggregate version (`W/"3"`, `"3"`; `*` means any).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ScimError> {
+    crate::write::expected_version(headers).map_err(problem_to_scim)
+}
+
+fn base_url(state: &AppState) -> String {
+    format!("{}/scim/v2", state.issuer)
+}
+
+fn with_etag(mut r: Response, resource: &Value) -> Response {
+    if let Some(v) = resource
+        .pointer("/meta/version")
+        .and_then(Value::as_str)
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+async fn wait_for(runner: &ProjectionRunner, outcome: &CommandOutcome) -> Result<(), ScimError> {
+    crate::consistency::Consistency {
+        min_position: Some(outcome.position),
+        wait_ms: None,
+    }
+    .wait(runner)
+    .await
+    .map_err(problem_to_scim)
+}
+
+fn groups_runner(state: &AppState) -> ProjectionRunner {
+    ProjectionRunner::new(state.db.clone(), Arc::new(GroupsView))
+}
+
+fn storage(e: impl std::fmt::Display) -> ScimError {
+    tracing::error!(error = %e, "SCIM read failed");
+    ScimError::new(500, None, "the request could not be completed")
+}
+
+// ---- users ----
+
+fn row_resource(
+    base: &str,
+    row: &quantus_projections::users::UserRow,
+    profile: Option<Value>,
+) -> Value {
+    let profile = match profile {
+        Some(Value::Object(o)) => o,
+        _ => fallback_profile(row.email.as_deref(), row.name.as_deref()),
+    };
+    user_resource(
+        base,
+        &row.id,
+        &profile,
+        row.status == "active",
+        &row.created_at,
+        &row.updated_at,
+        row.version,
+    )
+}
+
+async fn user_from_model(
+    state: &AppState,
+    caller: &ScimCaller,
+    id: &str,
+) -> Result<Value, ScimError> {
+    let not_found = || ScimError::not_found(format!("no User {id}"));
+    let id = uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| not_found())?;
+    let (row, profile) = UsersView::one_with_profile(&state.db.pool, &id)
+        .await
+        .map_err(storage)?
+        .ok_or_else(not_found)?;
+    if row.organization_id != caller.organization_id || row.status == "erased" {
+        return Err(not_found());
+    }
+    Ok(row_resource(&base_url(state), &row, profile))
+}
+
+async fn created_or_updated_user(
+    state: &AppState,
+    caller: &ScimCaller,
+    id: &str,
+    outcome: &CommandOutcome,
+    status: StatusCode,
+) -> Result<Response, ScimError> {
+    wait_for(&state.users, outcome).await?;
+    let resource = user_from_model(state, caller, id).await?;
+    let mut r = with_etag(scim_json(status, &resource), &resource);
+    if status == StatusCode::CREATED {
+        if let Some(loc) = resource
+            .pointer("/meta/location")
+            .and_then(Value::as_str)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            r.headers_mut().insert(header::LOCATION, loc);
+        }
+    }
+    Ok(r)
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let input = body_json(&body)?;
+            let ctx = ctx_for(&caller, &headers);
+            let (id, outcome) = scim_service(&state)
+                .create_user(&ctx, &caller.organization_id, &input)
+                .await?;
+            created_or_updated_user(&state, &caller, &id, &outcome, StatusCode::CREATED).await
+        }
+        .await,
+    )
+}
+
+async fn show_user(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let resource = user_from_model(&state, &caller, &id).await?;
+            let projection = Projection::from_query(&q)?;
+            let shown = projection.apply(&resource);
+            Ok(with_etag(scim_json(StatusCode::OK, &shown), &resource))
+        }
+        .await,
+    )
+}
+
+async fn replace_user(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let input = body_json(&body)?;
+            let ctx = ctx_for(&caller, &headers);
+            let outcome = scim_service(&state)
+                .replace_user(
+                    &ctx,
+                    &caller.organization_id,
+                    &id,
+                    &input,
+                    if_match(&headers)?,
+                )
+                .await?;
+            created_or_updated_user(&state, &caller, &id, &outcome, StatusCode::OK).await
+        }
+        .await,
+    )
+}
+
+async fn patch_user(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let input = body_json(&body)?;
+            let ctx = ctx_for(&caller, &headers);
+            let outcome = scim_service(&state)
+                .patch_user(
+                    &ctx,
+                    &caller.organization_id,
+                    &id,
+                    &input,
+                    if_match(&headers)?,
+                )
+                .await?;
+            created_or_updated_user(&state, &caller, &id, &outcome, StatusCode::OK).await
+        }
+        .await,
+    )
+}
+
+async fn delete_user(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let ctx = ctx_for(&caller, &headers);
+            let scim = scim_service(&state);
+            if let Some(expected) = if_match(&headers)? {
+                let (_, version, _) = scim.user_doc(&caller.organization_id, &id).await?;
+                if version != expected {
+                    return Err(ScimError::new(
+                        412,
+                        None,
+                        format!("the User is at version {version}, not {expected}"),
+                    ));
+                }
+            }
+            let outcome = scim.delete_user(&ctx, &caller.organization_id, &id).await?;
+            wait_for(&state.users, &outcome).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
+/// A `userName eq|sw "x"` conjunct lets SQL narrow the rows by prefix first.
+fn user_name_prefix(f: &Filter) -> Option<String> {
+    match f {
+        Filter::Compare(p, CompareOp::Eq | CompareOp::Sw, Value::String(s))
+            if p.extension().is_none()
+                && p.sub.is_none()
+                && p.name.eq_ignore_ascii_case("userName") =>
+        {
+            Some(s.to_lowercase())
+        }
+        Filter::And(a, b) => user_name_prefix(a).or_else(|| user_name_prefix(b)),
+        _ => None,
+    }
+}
+
+async fn list_users_with(
+    state: &AppState,
+    caller: &ScimCaller,
+    q: ListQuery,
+) -> Result<Response, ScimError> {
+    let prefix = q.filter.as_ref().and_then(user_name_prefix);
+    let rows = UsersView::with_profiles(
+        &state.db.pool,
+        &caller.organization_id,
+        prefix.as_deref(),
+        state.db.dialect == quantus_infra::db::Dialect::Postgres,
+    )
+    .await
+    .map_err(storage)?;
+    let base = base_url(state);
+    let resources: Vec<Value> = rows
+        .into_iter()
+        .map(|(row, profile)| row_resource(&base, &row, profile))
+        .collect();
+    Ok(q.answer(resources))
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let q = ListQuery::from_query(&q)?;
+            list_users_with(&state, &caller, q).await
+        }
+        .await,
+    )
+}
+
+async fn search_users(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    body: Bytes,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let q = ListQuery::from_search(&body_json(&body)?)?;
+            list_users_with(&state, &caller, q).await
+        }
+        .await,
+    )
+}
+
+/// `POST /.search` at the root: users and groups together (RFC 7644 §3.4.3).
+async fn search_all(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    body: Bytes,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let q = ListQuery::from_search(&body_json(&body)?)?;
+            let base = base_url(&state);
+            let users =
+                UsersView::with_profiles(&state.db.pool, &caller.organization_id, None, false)
+                    .await
+                    .map_err(storage)?;
+            let groups = GroupsView::by_organization(&state.db.pool, &caller.organization_id)
+                .await
+                .map_err(storage)?;
+            let mut all: Vec<Value> = users
+                .into_iter()
+                .map(|(row, profile)| row_resource(&base, &row, profile))
+                .collect();
+            all.extend(groups.iter().map(|g| group_row_resource(&base, g)));
+            Ok(q.answer(all))
+        }
+        .await,
+    )
+}
+
+// ---- groups ----
+
+fn group_row_resource(base: &str, g: &quantus_projections::groups::GroupRow) -> Value {
+    group_resource(
+        base,
+        &g.id,
+        &g.name,
+        g.external_id.as_deref(),
+        &g.members,
+        &g.created_at,
+        &g.updated_at,
+        g.version,
+    )
+}
+
+async fn group_from_model(
+    state: &AppState,
+    caller: &ScimCaller,
+    id: &str,
+) -> Result<Value, ScimError> {
+    let not_found = || ScimError::not_found(format!("no Group {id}"));
+    let id = uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| not_found())?;
+    let g = GroupsView::one(&state.db.pool, &id)
+        .await
+        .map_err(storage)?
+        .ok_or_else(not_found)?;
+    if g.organization_id != caller.organization_id {
+        return Err(not_found());
+    }
+    Ok(group_row_resource(&base_url(state), &g))
+}
+
+async fn created_or_updated_group(
+    state: &AppState,
+    caller: &ScimCaller,
+    id: &str,
+    outcome: &CommandOutcome,
+    status: StatusCode,
+) -> Result<Response, ScimError> {
+    wait_for(&groups_runner(state), outcome).await?;
+    let resource = group_from_model(state, caller, id).await?;
+    let mut r = with_etag(scim_json(status, &resource), &resource);
+    if status == StatusCode::CREATED {
+        if let Some(loc) = resource
+            .pointer("/meta/location")
+            .and_then(Value::as_str)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            r.headers_mut().insert(header::LOCATION, loc);
+        }
+    }
+    Ok(r)
+}
+
+async fn create_group(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let input = body_json(&body)?;
+            let ctx = ctx_for(&caller, &headers);
+            let (id, outcome) = scim_service(&state)
+                .create_group(&ctx, &caller.organization_id, &input)
+                .await?;
+            created_or_updated_group(&state, &caller, &id, &outcome, StatusCode::CREATED).await
+        }
+        .await,
+    )
+}
+
+async fn show_group(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let resource = group_from_model(&state, &caller, &id).await?;
+            let projection = Projection::from_query(&q)?;
+            let shown = projection.apply(&resource);
+            Ok(with_etag(scim_json(StatusCode::OK, &shown), &resource))
+        }
+        .await,
+    )
+}
+
+async fn replace_group(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let input = body_json(&body)?;
+            let ctx = ctx_for(&caller, &headers);
+            let outcome = scim_service(&state)
+                .replace_group(
+                    &ctx,
+                    &caller.organization_id,
+                    &id,
+                    &input,
+                    if_match(&headers)?,
+                )
+                .await?;
+            created_or_updated_group(&state, &caller, &id, &outcome, StatusCode::OK).await
+        }
+        .await,
+    )
+}
+
+async fn patch_group(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let input = body_json(&body)?;
+            let ctx = ctx_for(&caller, &headers);
+            let outcome = scim_service(&state)
+                .patch_group(
+                    &ctx,
+                    &caller.organization_id,
+                    &id,
+                    &input,
+                    if_match(&headers)?,
+                )
+                .await?;
+            created_or_updated_group(&state, &caller, &id, &outcome, StatusCode::OK).await
+        }
+        .await,
+    )
+}
+
+async fn delete_group(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let ctx = ctx_for(&caller, &headers);
+            let outcome = scim_service(&state)
+                .delete_group(&ctx, &caller.organization_id, &id, if_match(&headers)?)
+                .await?;
+            wait_for(&groups_runner(&state), &outcome).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
+async fn list_groups_with(
+    state: &AppState,
+    caller: &ScimCaller,
+    q: ListQuery,
+) -> Result<Response, ScimError> {
+    let rows = GroupsView::by_organization(&state.db.pool, &caller.organization_id)
+        .await
+        .map_err(storage)?;
+    let base = base_url(state);
+    Ok(q.answer(rows.iter().map(|g| group_row_resource(&base, g)).collect()))
+}
+
+async fn list_groups(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let q = ListQuery::from_query(&q)?;
+            list_groups_with(&state, &caller, q).await
+        }
+        .await,
+    )
+}
+
+async fn search_groups(
+    State(state): State<AppState>,
+    Extension(caller): Extension<ScimCaller>,
+    body: Bytes,
+) -> Scimmed {
+    Scimmed(
+        async {
+            let q = ListQuery::from_search(&body_json(&body)?)?;
+            list_groups_with(&state, &caller, q).await
+        }
+        .await,
+    )
+}
+
+// ---- list queries: filter, sort, page, attributes ----
+
+/// `attributes` / `excludedAttributes` (RFC 7644 §3.4.2.5).
+#[derive(Debug, Default)]
+struct Projection {
+    attributes: Option<Vec<AttrPath>>,
+    excluded: Vec<AttrPath>,
+}
+
+fn parse_attr_list(raw: &str) -> Result<Vec<AttrPath>, ScimError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| AttrPath::parse(s).map_err(|e| ScimError::new(400, Some("invalidValue"), e.0)))
+        .collect()
+}
+
+/// Always returned, whatever `attributes` says.
+fn always_returned(key: &str) -> bool {
+    ["schemas", "id", "meta"]
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(key))
+}
+
+impl Projection {
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, ScimError> {
+        let get = |name: &str| {
+            q.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        Self::from_parts(
+            get("attributes").as_deref(),
+            get("excludedAttributes").as_deref(),
+        )
+    }
+
+    fn from_parts(attributes: Option<&str>, excluded: Option<&str>) -> Result<Self, ScimError> {
+        Ok(Self {
+            attributes: attributes.map(parse_attr_list).transpose()?,
+            excluded: excluded
+                .map(parse_attr_list)
+                .transpose()?
+                .unwrap_or_default(),
+        })
+    }
+
+    fn apply(&self, resource: &Value) -> Value {
+        let Some(obj) = resource.as_object() else {
+            return resource.clone();
+        };
+        let mut out: Map<String, Value> = match &self.attributes {
+            None => obj.clone(),
+            Some(paths) => {
+                let mut out = Map::new();
+                for (k, v) in obj {
+                    if always_returned(k) {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+                for p in paths {
+                    copy_path(obj, &mut out, p);
+                }
+                out
+            }
+        };
+        for p in &self.excluded {
+            remove_path(&mut out, p);
+        }
+        Value::Object(out)
+    }
+}
+
+fn key_of(obj: &Map<String, Value>, name: &str) -> Option<String> {
+    obj.keys().find(|k| k.eq_ignore_ascii_case(name)).cloned()
+}
+
+fn copy_path(from: &Map<String, Value>, to: &mut Map<String, Value>, p: &AttrPath) {
+    let (src, dst) = match p.extension() {
+        Some(urn) => {
+            let Some(k) = key_of(from, urn) else { return };
+            let Some(src) = from.get(&k).and_then(Value::as_object) else {
+                return;
+            };
+            let dst = to
+                .entry(k)
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut();
+            match dst {
+                Some(d) => (src, d),
+                None => return,
+            }
+        }
+        None => (from, to),
+    };
+    let Some(k) = key_of(src, &p.name) else {
+        return;
+    };
+    let value = &src[&k];
+    match &p.sub {
+        None => {
+            dst.insert(k, value.clone());
+        }
+        Some(sub) => {
+            let pick = |v: &Value| -> Option<Value> {
+                let o = v.as_object()?;
+                let sk = key_of(o, sub)?;
+                let mut m = Map::new();
+                m.insert(sk.clone(), o[&sk].clone());
+                Some(Value::Object(m))
+            };
+            let picked = match value {
+                Value::Array(items) => Some(Value::Array(items.iter().filter_map(pick).collect())),
+                v => pick(v),
+            };
+            if let Some(v) = picked {
+                match (dst.get_mut(&k), v) {
+                    (Some(Value::Object(d)), Value::Object(n)) => d.extend(n),
+                    (_, v) => {
+                        dst.insert(k, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn remove_path(obj: &mut Map<String, Value>, p: &AttrPath) {
+    let target = match p.extension() {
+        Some(urn) => match key_of(obj, urn).and_then(|k| obj.get_mut(&k)) {
+            Some(Value::Object(o)) => o,
+            _ => return,
+        },
+        None => obj,
+    };
+    let Some(k) = key_of(target, &p.name) else {
+        return;
+    };
+    if p.extension().is_none() && p.sub.is_none() && always_returned(&k) {
+        return;
+    }
+    match &p.sub {
+        None => {
+            target.remove(&k);
+        }
+        Some(sub) => match target.get_mut(&k) {
+            Some(Value::Object(o)) => {
+                if let Some(sk) = key_of(o, sub) {
+                    o.remove(&sk);
+                }
+            }
+            Some(Value::Array(items)) => {
+                for i in items.iter_mut().filter_map(Value::as_object_mut) {
+                    if let Some(sk) = key_of(i, sub) {
+                        i.remove(&sk);
+                    }
+                }
+            }
+            _ => {}
+        },
+    }
+}
+
+struct ListQuery {
+    filter: Option<Filter>,
+    sort_by: Option<AttrPath>,
+    descending: bool,
+    start_index: usize,
+    count: usize,
+    projection: Projection,
+}
+
+fn invalid_filter(e: impl std::fmt::Display) -> ScimError {
+    ScimError::new(400, Some("invalidFilter"), e.to_string())
+}
+
+impl ListQuery {
+    fn build(
+        filter: Option<&str>,
+        sort_by: Option<&str>,
+        sort_order: Option<&str>,
+        start_index: Option<i64>,
+        count: Option<i64>,
+        projection: Projection,
+    ) -> Result<Self, ScimError> {
+        let filter = filter
+            .filter(|f| !f.trim().is_empty())
+            .map(Filter::parse)
+            .transpose()
+            .map_err(invalid_filter)?;
+        let sort_by = sort_by
+            .map(AttrPath::parse)
+            .transpose()
+            .map_err(|e| ScimError::new(400, Some("invalidValue"), e.0))?;
+        let descending = match sort_order.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("ascending") => false,
+            Some("descending") => true,
+            Some(_) => {
+                return Err(ScimError::invalid_value(
+                    "sortOrder must be ascending or descending",
+                ))
+            }
+        };
+        Ok(Self {
+            filter,
+            sort_by,
+            descending,
+            // RFC 7644 §3.4.2.4: a startIndex below 1 means 1; a negative count means 0.
+            start_index: start_index.unwrap_or(1).max(1) as usize,
+            count: count
+                .unwrap_or(MAX_RESULTS as i64)
+                .clamp(0, MAX_RESULTS as i64) as usize,
+            projection,
+        })
+    }
+
+    fn from_query(q: &HashMap<String, String>) -> Result<Self, ScimError> {
+        let get = |name: &str| {
+            q.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        let int = |name: &str| -> Result<Option<i64>, ScimError> {
+            get(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<i64>()
+                        .map_err(|_| ScimError::invalid_value(format!("{name} must be an integer")))
+                })
+                .transpose()
+        };
+        Self::build(
+            get("filter"),
+            get("sortBy"),
+            get("sortOrder"),
+            int("startIndex")?,
+            int("count")?,
+            Projection::from_query(q)?,
+        )
+    }
+
+    /// A `POST .search` body (RFC 7644 §3.4.3).
+    fn from_search(body: &Value) -> Result<Self, ScimError> {
+        let o = body
+            .as_object()
+            .ok_or_else(|| ScimError::new(400, Some("invalidSyntax"), "a SearchRequest"))?;
+        let s = |k: &str| {
+            quantus_commands::scim::filter::get_ci(o, k)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let list = |k: &str| {
+            quantus_commands::scim::filter::get_ci(o, k).map(|v| match v {
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Value::String(s) => s.clone(),
+                _ => String::new(),
+            })
+        };
+        let n = |k: &str| quantus_commands::scim::filter::get_ci(o, k).and_then(Value::as_i64);
+        Self::build(
+            s("filter").as_deref(),
+            s("sortBy").as_deref(),
+            s("sortOrder").as_deref(),
+            n("startIndex"),
+            n("count"),
+            Projection::from_parts(
+                list("attributes").as_deref(),
+                list("excludedAttributes").as_deref(),
+            )?,
+        )
+    }
+
+    fn answer(&self, mut resources: Vec<Value>) -> Response {
+        if let Some(f) = &self.filter {
+            resources.retain(|r| f.matches(r));
+        }
+        if let Some(by) = &self.sort_by {
+            let mut keyed: Vec<(Option<Value>, Value)> = resources
+                .into_iter()
+                .map(|r| (sort_key(&r, by), r))
+                .collect();
+            keyed.sort_by(|a, b| {
+                let o = compare_keys(&a.0, &b.0);
+                if self.descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            });
+            resources = keyed.into_iter().map(|(_, r)| r).collect();
+        }
+        let total = resources.len();
+        let page: Vec<Value> = resources
+            .iter()
+            .skip(self.start_index - 1)
+            .take(self.count)
+            .map(|r| self.projection.apply(r))
+            .collect();
+        let body = json!({
+            "schemas": [LIST_SCHEMA],
+            "totalResults": total,
+            "startIndex": self.start_index,
+            "itemsPerPage": page.len(),
+            "Resources": page,
+        });
+        scim_json(StatusCode::OK, &body)
+    }
+}
+
+// ---- discovery (RFC 7643 §5-7, RFC 7644 §4) ----
+
+fn attr(name: &str, kind: &str, multi: bool, description: &str) -> Map<String, Value> {
+    let mut a = Map::new();
+    a.insert("name".into(), name.into());
+    a.insert("type".into(), kind.into());
+    a.insert("multiValued".into(), multi.into());
+    a.insert("description".into(), description.into());
+    a.insert("required".into(), false.into());
+    if kind == "string" || kind == "reference" {
+        a.insert("caseExact".into(), false.into());
+    }
+    a.insert("mutability".into(), "readWrite".into());
+    a.insert("returned".into(), "default".into());
+    a.insert("uniqueness".into(), "none".into());
+    a
+}
+
+fn with(mut a: Map<String, Value>, key: &str, value: Value) -> Map<String, Value> {
+    a.insert(key.into(), value);
+    a
+}
+
+fn complex(name: &str, multi: bool, description: &str, subs: Vec<Map<String, Value>>) -> Value {
+    Value::Object(with(
+        attr(name, "complex", multi, description),
+        "subAttributes",
+        Value::Array(subs.into_iter().map(Value::Object).collect()),
+    ))
+}
+
+fn s(name: &str, description: &str) -> Map<String, Value> {
+    attr(name, "string", false, description)
+}
+
+fn multi_subs(types: &[&str]) -> Vec<Map<String, Value>> {
+    vec![
+        s("value", "The value."),
+        s("display", "A human-readable name."),
+        with(
+            s("type", "A label for the value's function."),
+            "canonicalValues",
+            json!(types),
+        ),
+        attr("primary", "boolean", false, "The primary value."),
+    ]
+}
+
+fn meta(resource_type: &str, id: &str, base: &str) -> Value {
+    json!({"resourceType": resource_type, "location": format!("{base}/{resource_type}s/{id}")})
+}
+
+fn user_schema(base: &str) -> Value {
+    let attributes = vec![
+        Value::Object(with(
+            with(
+                with(
+                    s("userName", "Unique identifier for the User."),
+                    "required",
+                    true.into(),
+                ),
+                "uniqueness",
+                "server".into(),
+            ),
+            "caseExact",
+            false.into(),
+        )),
+        complex(
+            "name",
+            false,
+            "The components of the user's real name.",
+            vec![
+                s("formatted", "The full name."),
+                s("familyName", "The family name."),
+                s("givenName", "The given name."),
+                s("middleName", "The middle name."),
+                s("honorificPrefix", "The honorific prefix."),
+                s("honorificSuffix", "The honorific suffix."),
+            ],
+        ),
+        Value::Object(s("displayName", "The name displayed to end users.")),
+        Value::Object(s("nickName", "The casual name.")),
+        Value::Object(attr(
+            "profileUrl",
+            "reference",
+            false,
+            "A URI of the profile.",
+        )),
+        Value::Object(s("title", "The user's title.")),
+        Value::Object(s("userType", "The relationship to the organization.")),
+        Value::Object(s("preferredLanguage", "The preferred language.")),
+        Value::Object(s("locale", "The default location.")),
+        Value::Object(s("timezone", "The time zone (IANA).")),
+        Value::Object(with(
+            attr("active", "boolean", false, "Whether the user may sign in."),
+            "required",
+            true.into(),
+        )),
+        Value::Object(with(
+            with(
+                s("password", "The user's password (never returned)."),
+                "mutability",
+                "writeOnly".into(),
+            ),
+            "returned",
+            "never".into(),
+        )),
+        complex(
+            "emails",
+            true,
+            "Email addresses.",
+            multi_subs(&["work", "home", "other"]),
+        ),
+        complex(
+            "phoneNumbers",
+            true,
+            "Phone numbers.",
+            multi_subs(&["work", "home", "mobile", "fax", "pager", "other"]),
+        ),
+        complex(
+            "addresses",
+            true,
+            "Physical mailing addresses.",
+            vec![
+                s("formatted", "The full address."),
+                s("streetAddress", "The street address."),
+                s("locality", "The city."),
+                s("region", "The state or region."),
+                s("postalCode", "The postal code."),
+                s("country", "The country (ISO 3166-1 alpha-2)."),
+                with(
+                    s("type", "A label for the address."),
+                    "canonicalValues",
+                    json!(["work", "home", "other"]),
+                ),
+                attr("primary", "boolean", false, "The primary address."),
+            ],
+        ),
+    ];
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": CORE_USER, "name": "User", "description": "User Account",
+        "attributes": attributes,
+        "meta": meta("Schema", CORE_USER, base),
+    })
+}
+
+fn enterprise_schema(base: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": ENTERPRISE_USER, "name": "EnterpriseUser", "description": "Enterprise User",
+        "attributes": [
+            s("employeeNumber", "The organization's identifier of the user."),
+            s("costCenter", "The cost center."),
+            s("organization", "The organization."),
+            s("division", "The division."),
+            s("department", "The department."),
+            complex("manager", false, "The user's manager.", vec![
+                s("value", "The id of the manager's User."),
+                with(attr("$ref", "reference", false, "The URI of the manager's User."), "referenceTypes", json!(["User"])),
+                with(s("displayName", "The manager's name."), "mutability", "readOnly".into()),
+            ]),
+        ],
+        "meta": meta("Schema", ENTERPRISE_USER, base),
+    })
+}
+
+fn group_schema(base: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": CORE_GROUP, "name": "Group", "description": "Group",
+        "attributes": [
+            with(s("displayName", "A human-readable name for the group."), "required", true.into()),
+            complex("members", true, "The members of the group.", vec![
+                with(with(s("value", "The id of a member User."), "mutability", "immutable".into()), "caseExact", true.into()),
+                with(with(attr("$ref", "reference", false, "The URI of the member."), "referenceTypes", json!(["User"])), "mutability", "immutable".into()),
+                with(with(s("type", "The member's resource type."), "canonicalValues", json!(["User"])), "mutability", "immutable".into()),
+            ]),
+        ],
+        "meta": meta("Schema", CORE_GROUP, base),
+    })
+}
+
+fn all_schemas(base: &str) -> Vec<Value> {
+    vec![
+        user_schema(base),
+        enterprise_schema(base),
+        group_schema(base),
+    ]
+}
+
+fn all_resource_types(base: &str) -> Vec<Value> {
+    vec![
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
+            "id": "User", "name": "User", "endpoint": "/Users",
+            "description": "User Account", "schema": CORE_USER,
+            "schemaExtensions": [{"schema": ENTERPRISE_USER, "required": false}],
+            "meta": {"resourceType": "ResourceType", "location": format!("{base}/ResourceTypes/User")},
+        }),
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
+            "id": "Group", "name": "Group", "endpoint": "/Groups",
+            "description": "Group", "schema": CORE_GROUP,
+            "meta": {"resourceType": "ResourceType", "location": format!("{base}/ResourceTypes/Group")},
+        }),
+    ]
+}
+
+fn list_of(items: Vec<Value>) -> Response {
+    scim_json(
+        StatusCode::OK,
+        &json!({
+            "schemas": [LIST_SCHEMA],
+            "totalResults": items.len(),
+            "startIndex": 1,
+            "itemsPerPage": items.len(),
+            "Resources": items,
+        }),
+    )
+}
+
+async fn service_provider_config(State(state): State<AppState>) -> Response {
+    let base = base_url(&state);
+    scim_json(
+        StatusCode::OK,
+        &json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+            "documentationUri": format!("{}/openapi.json", state.issuer),
+            "patch": {"supported": true},
+            "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
+            "filter": {"supported": true, "maxResults": MAX_RESULTS},
+            "changePassword": {"supported": true},
+            "sort": {"supported": true},
+            "etag": {"supported": true},
+            "authenticationSchemes": [{
+                "type": "oauthbearertoken",
+                "name": "SCIM bearer token",
+                "description": "A per-organization token from POST /v1/organizations/{org}/scim-tokens",
+                "primary": true,
+            }],
+            "meta": {"resourceType": "ServiceProviderConfig", "location": format!("{base}/ServiceProviderConfig")},
+        }),
+    )
+}
+
+async fn resource_types(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if q.keys().any(|k| k.eq_ignore_ascii_case("filter")) {
+        return scim_error(ScimError::new(
+            403,
+            None,
+            "filtering is not supported on /ResourceTypes",
+        ));
+    }
+    list_of(all_resource_types(&base_url(&state)))
+}
+
+async fn resource_type(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    match all_resource_types(&base_url(&state))
+        .into_iter()
+        .find(|r| r["id"] == name.as_str())
+    {
+        Some(r) => scim_json(StatusCode::OK, &r),
+        None => scim_error(ScimError::not_found(format!("no ResourceType {name}"))),
+    }
+}
+
+async fn schemas(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if q.keys().any(|k| k.eq_ignore_ascii_case("filter")) {
+        return scim_error(ScimError::new(
+            403,
+            None,
+            "filtering is not supported on /Schemas",
+        ));
+    }
+    list_of(all_schemas(&base_url(&state)))
+}
+
+async fn schema(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match all_schemas(&base_url(&state))
+        .into_iter()
+        .find(|s| s["id"] == id.as_str())
+    {
+        Some(s) => scim_json(StatusCode::OK, &s),
+        None => scim_error(ScimError::not_found(format!("no Schema {id}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_and_excluded_attributes_shape_the_answer() {
+        let r = json!({
+            "schemas": [CORE_USER], "id": "1", "meta": {"version": "W/\"1\""},
+            "userName": "a", "title": "t",
+            "name": {"givenName": "G", "familyName": "F"},
+            "emails": [{"value": "a@x.io", "type": "work"}],
+            ENTERPRISE_USER: {"department": "D", "costCenter": "C"},
+        });
+        let p = Projection::from_parts(
+            Some(&format!(
+                "userName,name.givenName,emails.value,{ENTERPRISE_USER}:department"
+            )),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            p.apply(&r),
+            json!({
+                "schemas": [CORE_USER], "id": "1", "meta": {"version": "W/\"1\""},
+                "userName": "a", "name": {"givenName": "G"}, "emails": [{"value": "a@x.io"}],
+                ENTERPRISE_USER: {"department": "D"},
+            })
+        );
+        let p = Projection::from_parts(None, Some("title,id,name.familyName")).unwrap();
+        let shown = p.apply(&r);
+        assert!(shown.get("title").is_none());
+        assert_eq!(shown["id"], "1");
+        assert_eq!(shown["name"], json!({"givenName": "G"}));
+    }
+
+    #[test]
+    fn a_user_name_conjunct_narrows_the_rows() {
+        let f = Filter::parse(r#"userName sw "User12" and emails[type eq "work"]"#).unwrap();
+        assert_eq!(user_name_prefix(&f).as_deref(), Some("user12"));
+        let f = Filter::parse(r#"userName sw "a" or title pr"#).unwrap();
+        assert_eq!(user_name_prefix(&f), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! TotpAuthenticator: a person's time-based one-time password second factor (RFC 6238), with
+//! single-use recovery codes. One per user (aggregate id = the user's id).
+//!
+//! The seed is sealed with the user's data key (erasing the user shreds it). Each accepted
+//! code records its time step, and a code is accepted only for a step later than the last one
+//! accepted: the same code (or an older one) is never accepted twice. Recovery codes are
+//! 128-bit random values, kept only as SHA-256 digests, each usable once.
+
+use std::collections::BTreeSet;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Sealed;
+
+/// How many recovery codes an enrolment yields.
+pub const RECOVERY_CODES: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpEnrollmentStarted {
+    pub user_id: String,
+    /// The base32 seed, sealed with the user's data key.
+    pub seed: Sealed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpEnrolled {
+    /// The time step of the code that confirmed the enrolment.
+    pub step: u64,
+    /// SHA-256 (hex) of each recovery code.
+    pub recovery_code_digests: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpCodeAccepted {
+    pub step: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpRecoveryCodeUsed {
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpRemoved {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TotpEvent {
+    TotpEnrollmentStarted(TotpEnrollmentStarted),
+    TotpEnrolled(TotpEnrolled),
+    TotpCodeAccepted(TotpCodeAccepted),
+    TotpRecoveryCodeUsed(TotpRecoveryCodeUsed),
+    TotpRemoved(TotpRemoved),
+}
+
+impl DomainEvent for TotpEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::TotpEnrollmentStarted(_) => "TotpEnrollmentStarted",
+            Self::TotpEnrolled(_) => "TotpEnrolled",
+            Self::TotpCodeAccepted(_) => "TotpCodeAccepted",
+            Self::TotpRecoveryCodeUsed(_) => "TotpRecoveryCodeUsed",
+            Self::TotpRemoved(_) => "TotpRemoved",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TotpCommand {
+    /// A new seed (replaces an unconfirmed one; refused while one is enrolled).
+    Start {
+        user_id: String,
+        seed: Sealed,
+    },
+    /// The first valid code confirms the seed; the application has checked the code against
+    /// the seed and passes the step it matched.
+    Confirm {
+        step: u64,
+        recovery_code_digests: Vec<String>,
+    },
+    /// A valid code at `step` (checked by the application against the seed).
+    Accept {
+        step: u64,
+    },
+    UseRecoveryCode {
+        digest: String,
+    },
+    Remove {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TotpError {
+    #[error("no authenticator app is enrolled")]
+    NotEnrolled,
+    #[error("an authenticator app is already enrolled; remove it first")]
+    AlreadyEnrolled,
+    #[error("no enrolment was started")]
+    NotStarted,
+    #[error("this code was already used")]
+    Replayed,
+    #[error("this recovery code is not valid")]
+    UnknownRecoveryCode,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TotpStatus {
+    #[default]
+    Absent,
+    Pending,
+    Enrolled,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotpAuthenticator {
+    pub status: TotpStatus,
+    pub user_id: String,
+    pub seed: Option<Sealed>,
+    /// The latest step accepted; only later steps are accepted.
+    pub last_step: u64,
+    pub unused_recovery_codes: BTreeSet<String>,
+}
+
+impl TotpAuthenticator {
+    fn decide(&self, command: TotpCommand) -> Result<Vec<TotpEvent>, TotpError> {
+        use TotpCommand as C;
+        use TotpEvent as E;
+        use TotpStatus as S;
+        match (self.status, command) {
+            (S::Enrolled, C::Start { .. }) => Err(TotpError::AlreadyEnrolled),
+            (_, C::Start { user_id, seed }) => {
+                Ok(vec![E::TotpEnrollmentStarted(TotpEnrollmentStarted {
+                    user_id,
+                    seed,
+                })])
+            }
+            (S::Absent, C::Confirm { .. }) => Err(TotpError::NotStarted),
+            (S::Enrolled, C::Confirm { .. }) => Err(TotpError::AlreadyEnrolled),
+            (
+                S::Pending,
+                C::Confirm {
+                    step,
+                    recovery_code_digests,
+                },
+            ) => {
+                let unique: BTreeSet<&String> = recovery_code_digests.iter().collect();
+                if recovery_code_digests.len() != RECOVERY_CODES
+                    || unique.len() != RECOVERY_CODES
+                    || recovery_code_digests
+                        .iter()
+                        .any(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    return Err(TotpError::Invalid(format!(
+                        "an enrolment needs {RECOVERY_CODES} distinct SHA-256 digests"
+                    )));
+                }
+                Ok(vec![E::TotpEnrolled(TotpEnrolled {
+                    step,
+                    recovery_code_digests,
+                })])
+            }
+            (S::Enrolled, C::Accept { step }) => {
+                if step <= self.last_step {
+                    return Err(TotpError::Replayed);
+                }
+                Ok(vec![E::TotpCodeAccepted(TotpCodeAccepted { step })])
+            }
+            (S::Enrolled, C::UseRecoveryCode { digest }) => {
+                if !self.unused_recovery_codes.contains(&digest) {
+                    return Err(TotpError::UnknownRecoveryCode);
+                }
+                Ok(vec![E::TotpRecoveryCodeUsed(TotpRecoveryCodeUsed {
+                    digest,
+                })])
+            }
+            (S::Absent | S::Pending, C::Accept { .. } | C::UseRecoveryCode { .. }) => {
+                Err(TotpError::NotEnrolled)
+            }
+            (S::Absent, C::Remove { .. }) => Err(TotpError::NotEnrolled),
+            (_, C::Remove { reason }) => Ok(vec![E::TotpRemoved(TotpRemoved {
+                reason: reason.chars().take(500).collect(),
+            })]),
+        }
+    }
+}
+
+impl Aggregate for TotpAuthenticator {
+    const TYPE: &'static str = "TotpAuthenticator";
+    type Command = TotpCommand;
+    type Event = TotpEvent;
+    type Error = TotpError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            TotpEvent::TotpEnrollmentStarted(e) => {
+                self.status = TotpStatus::Pending;
+                self.user_id = e.user_id;
+                self.seed = Some(e.seed);
+                self.last_step = 0;
+                self.unused_recovery_codes.clear();
+            }
+            TotpEvent::TotpEnrolled(e) => {
+                self.status = TotpStatus::Enrolled;
+                self.last_step = e.step;
+                self.unused_recovery_codes = e.recovery_code_digests.into_iter().collect();
+            }
+            TotpEvent::TotpCodeAccepted(e) => self.last_step = e.step,
+            TotpEvent::TotpRecoveryCodeUsed(e) => {
+                self.unused_recovery_codes.remove(&e.digest);
+            }
+            TotpEvent::TotpRemoved(_) => {
+                *self = TotpAuthenticator {
+                    user_id: std::mem::take(&mut self.user_id),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_es::test::TestFramework;
+    use TotpCommand as C;
+    use TotpEvent as E;
+
+    type Spec = TestFramework<TotpAuthenticator>;
+
+    fn seed() -> Sealed {
+        Sealed {
+            subject: "u1".into(),
+            nonce: "n".into(),
+            ciphertext: "c".into(),
+        }
+    }
+
+    fn digests() -> Vec<String> {
+        (0..RECOVERY_CODES).map(|i| format!("{i:064x}")).collect()
+    }
+
+    fn enrolled() -> Vec<E> {
+        vec![
+            E::TotpEnrollmentStarted(TotpEnrollmentStarted {
+                user_id: "u1".into(),
+                seed: seed(),
+            }),
+            E::TotpEnrolled(TotpEnrolled {
+                step: 100,
+                recovery_code_digests: digests(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn a_code_is_accepted_once_and_never_an_older_one() {
+        Spec::with(())
+            .given(enrolled())
+            .when(C::Accept { step: 101 })
+            .then_expect_events(vec![E::TotpCodeAccepted(TotpCodeAccepted { step: 101 })]);
+        for replay in [100, 99] {
+            Spec::with(())
+                .given(enrolled())
+                .when(C::Accept { step: replay })
+                .then_expect_error(TotpError::Replayed);
+        }
+    }
+
+    #[test]
+    fn recovery_codes_are_single_use() {
+        let d = digests()[3].clone();
+        let mut used = enrolled();
+        used.push(E::TotpRecoveryCodeUsed(TotpRecoveryCodeUsed {
+            digest: d.clone(),
+        }));
+        Spec::with(())
+            .given(enrolled())
+            .when(C::UseRecoveryCode { digest: d.clone() })
+            .then_expect_events(vec![E::TotpRecoveryCodeUsed(TotpRecoveryCodeUsed {
+                digest: d.clone(),
+            })]);
+        Spec::with(())
+            .given(used)
+            .when(C::UseRecoveryCode { digest: d })
+            .then_expect_error(TotpError::UnknownRecoveryCode);
+    }
+
+    #[test]
+    fn enrolment_needs_a_started_seed_and_cannot_be_replaced_silently() {
+        Spec::with(())
+            .given_no_previous_events()
+            .when(C::Confirm {
+                step: 1,
+                recovery_code_digests: digests(),
+            })
+            .then_expect_error(TotpError::NotStarted);
+        Spec::with(())
+            .given(enrolled())
+            .when(C::Start {
+                user_id: "u1".into(),
+                seed: seed(),
+            })
+            .then_expect_error(TotpError::AlreadyEnrolled);
+        Spec::with(())
+            .given(enrolled()[..1].to_vec())
+            .when(C::Accept { step: 5 })
+            .then_expect_error(TotpError::NotEnrolled);
+    }
+}

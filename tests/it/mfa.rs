@@ -1,0 +1,266 @@
+//! TOTP second factor (RFC 6238): enrolment with an `otpauth://` URI and a QR code, codes from
+//! an independent generator (Python `pyotp`), each code accepted once, single-use recovery
+//! codes, lockout, the sealed seed, and `amr` in the tokens.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::harness::Api;
+use crate::qsa::{
+    authorize_path, claims, fixture, query_param, token_request, Browser, Fixture, Page, CHALLENGE,
+    REDIRECT, VERIFIER,
+};
+
+/// A TOTP code for `uri` at `offset` seconds from now, computed by pyotp.
+fn pyotp(uri: &str, offset: i64) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import pyotp, sys, time; print(pyotp.parse_uri(sys.argv[1]).at(time.time() + int(sys.argv[2])))",
+            uri,
+            &offset.to_string(),
+        ])
+        .output()
+        .expect("python3 must be installed (scripts/test.sh installs pyotp)");
+    assert!(
+        out.status.success(),
+        "pyotp failed (pip install -r tests/mfa/requirements.txt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The person's own access token (authorization code flow with PKCE, password only).
+async fn person_token(f: &Fixture) -> String {
+    let mut browser = Browser::new(f.server.url());
+    let code = crate::qsa::sign_in_for_code(f, &mut browser, "openid").await;
+    let (status, body) = token_request(
+        f,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Password first; answers the page that follows it.
+async fn password_step(f: &Fixture, browser: &mut Browser) -> Page {
+    let login = browser
+        .get(&authorize_path(&f.client_id, "openid", Some(CHALLENGE)))
+        .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    browser
+        .submit(&login, &[("email", &f.email), ("password", &f.password)])
+        .await
+}
+
+/// From the page after a complete sign-in (consent, or straight back to the client when the
+/// person consented before) to tokens.
+async fn consent_to_tokens(f: &Fixture, browser: &mut Browser, page: Page) -> Value {
+    let done = if page.status == 303 {
+        page
+    } else {
+        assert!(page.body.contains("Allow access?"), "{}", page.body);
+        browser.submit(&page, &[("decision", "allow")]).await
+    };
+    assert_eq!(done.status, 303, "{}", done.body);
+    let code = query_param(&done.location.unwrap(), "code").expect("a code");
+    let (status, body) = token_request(
+        f,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn sign_in_failures(admin: &Api, reason: &str) -> usize {
+    admin
+        .events_of("SignInAttempt")
+        .await
+        .iter()
+        .filter(|e| e["envelope"]["payload"]["reason"] == reason)
+        .count()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_person_enrols_an_authenticator_app_and_each_code_works_once() {
+    enrolment_scenario(&fixture("mfa").await).await;
+}
+
+/// Enrolment, codes, replays, recovery codes and removal on `f`'s server.
+pub async fn enrolment_scenario(f: &Fixture) {
+    let token = person_token(f).await;
+    let me = Api {
+        base: f.server.url().to_owned(),
+        token,
+        http: reqwest::Client::new(),
+    };
+    // Service principals have no second factor.
+    let r = f.admin.post("/v1/me/totp", json!({})).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    let r = me.post("/v1/me/totp", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let uri = r.body["otpauth_uri"].as_str().unwrap().to_owned();
+    assert!(uri.starts_with("otpauth://totp/Quantus:"), "{uri}");
+    assert!(uri.contains("issuer=Quantus"), "{uri}");
+    assert!(r.body["qr_code"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/svg+xml;base64,"));
+    let secret = query_param(&uri, "secret").unwrap();
+
+    // A wrong code does not confirm; a code from pyotp does, and yields ten recovery codes.
+    let r = me
+        .post("/v1/me/totp/confirm", json!({"code": "000000"}))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let first = pyotp(&uri, 0);
+    let r = me.post("/v1/me/totp/confirm", json!({"code": first})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let recovery: Vec<String> = r.body["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+
+    // The seed is in no event in clear; it is sealed with the person's own data key.
+    let events = f.admin.all_events().await;
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains(&secret), "the TOTP seed is in the log");
+    let started = events
+        .iter()
+        .find(|e| e["envelope"]["event_type"] == "TotpEnrollmentStarted")
+        .unwrap();
+    assert_eq!(started["envelope"]["payload"]["seed"]["subject"], f.user_id);
+    assert!(
+        !text.contains(&recovery[0]),
+        "a recovery code is in the log"
+    );
+
+    // Signing in now asks for a code after the password. The code that confirmed the
+    // enrolment is refused (used once already); the next one is accepted.
+    let mut browser = Browser::new(f.server.url());
+    let second = password_step(f, &mut browser).await;
+    assert_eq!(second.status, 200, "{}", second.body);
+    assert!(
+        second.body.contains("Two-step verification"),
+        "{}",
+        second.body
+    );
+    let again = browser.submit(&second, &[("code", &first)]).await;
+    assert_eq!(again.status, 401, "{}", again.body);
+    assert!(again.body.contains("not valid"));
+    let next = pyotp(&uri, 30);
+    let signed_in = browser.submit(&again, &[("code", &next)]).await;
+    let tokens = consent_to_tokens(f, &mut browser, signed_in).await;
+    let id = claims(tokens["id_token"].as_str().unwrap());
+    let amr: Vec<&str> = id["amr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(amr, ["pwd", "otp", "mfa"], "{id}");
+    assert_eq!(
+        sign_in_failures(&f.admin, "replayed_second_factor").await,
+        1
+    );
+
+    // The same code in another sign-in: refused as a replay.
+    let mut other = Browser::new(f.server.url());
+    let second = password_step(f, &mut other).await;
+    let replay = other.submit(&second, &[("code", &next)]).await;
+    assert_eq!(replay.status, 401, "{}", replay.body);
+    assert_eq!(
+        sign_in_failures(&f.admin, "replayed_second_factor").await,
+        2
+    );
+    // A recovery code works once, typed loosely.
+    let loose = recovery[3].to_lowercase().replace('-', " ");
+    let signed_in = other.submit(&replay, &[("code", &loose)]).await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    let mut third = Browser::new(f.server.url());
+    let second = password_step(f, &mut third).await;
+    let used = third.submit(&second, &[("code", &recovery[3])]).await;
+    assert_eq!(used.status, 401, "{}", used.body);
+
+    // With the second factor in the session, the person may remove it; then the password
+    // alone signs in again.
+    let mfa_token = tokens["access_token"].as_str().unwrap().to_owned();
+    let password_only = me.clone();
+    let r = password_only
+        .send(password_only.request(reqwest::Method::DELETE, "/v1/me/totp"))
+        .await;
+    assert_eq!(
+        r.status, 403,
+        "a password-only session removed the factor: {}",
+        r.body
+    );
+    let me2 = Api {
+        token: mfa_token,
+        ..me.clone()
+    };
+    let r = me2
+        .send(me2.request(reqwest::Method::DELETE, "/v1/me/totp"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut fourth = Browser::new(f.server.url());
+    let signed_in = password_step(f, &mut fourth).await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wrong_codes_lock_the_account_like_wrong_passwords() {
+    let f = fixture("mfa-lock").await;
+    let token = person_token(&f).await;
+    let me = Api {
+        base: f.server.url().to_owned(),
+        token,
+        http: reqwest::Client::new(),
+    };
+    let uri = me.post("/v1/me/totp", json!({})).await.body["otpauth_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = me
+        .post("/v1/me/totp/confirm", json!({"code": pyotp(&uri, 0)}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut browser = Browser::new(f.server.url());
+    let mut page = password_step(&f, &mut browser).await;
+    for _ in 0..4 {
+        page = browser.submit(&page, &[("code", "123456")]).await;
+        assert_eq!(page.status, 401, "{}", page.body);
+    }
+    let locked = browser.submit(&page, &[("code", "654321")]).await;
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    // Locked: even the right password and code do not get in now.
+    let mut other = Browser::new(f.server.url());
+    let page = password_step(&f, &mut other).await;
+    assert_eq!(page.status, 429, "{}", page.body);
+    // An administrator can reset a lost authenticator.
+    let r = f
+        .admin
+        .send(f.admin.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/users/{}/totp", f.user_id),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
