@@ -19,6 +19,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use quantus_commands::saml::{Binding, Outgoing, RedirectSignature, SsoRequest};
 use quantus_commands::CommandError;
+use quantus_domain::identity::access_policy::Strength;
 use quantus_domain::identity::saml::SamlServiceProviderSettings;
 use quantus_domain::identity::RequestInfo;
 use quantus_domain::schema::PLATFORM_TENANT;
@@ -352,7 +353,7 @@ pub async fn sso_continue(
 /// page, which comes back here.
 async fn proceed(
     state: &AppState,
-    _peer: Option<std::net::SocketAddr>,
+    peer: Option<std::net::SocketAddr>,
     headers: &HeaderMap,
     req: SsoRequest,
 ) -> Response {
@@ -376,6 +377,23 @@ async fn proceed(
             id: session.user_id.clone(),
         },
     );
+    // The organization's conditional access applies to SAML sign-ons as to OIDC ones (the SP's
+    // entity id stands for the client application). A session too weak for a rule is refused
+    // with the reason; signing in again with the second factor satisfies it.
+    let decision = match state
+        .identity
+        .decide_authorization(&ctx, &session, &req.entity_id, &request_info(headers, peer))
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => return refuse(&e),
+    };
+    if !decision.satisfied_by(Strength::of_amr(&session.amr)) {
+        return refuse(&CommandError::Rejected(format!(
+            "your organization's access policy does not allow this sign-on with this session ({})",
+            decision.reason
+        )));
+    }
     match state.saml.respond(&ctx, &req, &session).await {
         Ok(out) => post_to_sp(&out, "SAMLResponse"),
         Err(e) => refuse(&e),

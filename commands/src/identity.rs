@@ -2278,6 +2278,33 @@ impl Identity {
             .ok_or_else(|| OAuthError::invalid_grant("the refresh token is invalid"))?
             .to_owned();
         let now = ctx.occurred_at;
+        // A rule added since the sign-in applies to refreshes too: a session too weak for it
+        // must sign in again (the refresh token is not spent by the refusal).
+        let (grant, _) = self.bus.load::<Grant>(&grant_id).await?;
+        if !grant.subject.is_empty() && grant.grant_type != Some(GrantType::ClientCredentials) {
+            let (user, _) = self.bus.load::<User>(&grant.subject).await?;
+            let strength = Strength::of_amr(&grant.amr);
+            let requester = crate::access::Requester {
+                organization_id: grant.organization_id.clone(),
+                subject: grant.subject.clone(),
+                is_person: true,
+                roles: user.roles_in(&grant.organization_id),
+                client_id: Some(client_id.to_owned()),
+                ip: request.ip.clone(),
+                strength,
+                throttle_account: None,
+            };
+            let decision = self
+                .access
+                .decide(ctx, crate::access::Stage::Token, &requester)
+                .await?;
+            if !decision.satisfied_by(strength) {
+                return Err(OAuthError::invalid_grant(format!(
+                    "the organization's access policy needs a new sign-in: {}",
+                    decision.reason
+                )));
+            }
+        }
         let (tokens, jti, refresh) = Self::new_tokens(&grant_id, now, true);
         let command = GrantCommand::Refresh {
             refresh_sha256: digest(refresh_token),

@@ -539,6 +539,35 @@ pub async fn run(
     .await?;
     report("GET /healthz (HTTP floor)", checks, elapsed, &mut lat);
 
+    // HTTP and authentication without the read model: the token is verified (signature, then
+    // the grant and the client are loaded to see they are still live), then the body is
+    // refused (no `feature`).
+    let a = api.clone();
+    let (elapsed, mut lat) = load(checks, concurrency, move |_| {
+        let api = a.clone();
+        async move {
+            let (status, body) = api
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/entitlements/check",
+                    Some(json!({"org": "bench"})),
+                )
+                .await?;
+            anyhow::ensure!(
+                matches!(status.as_u16(), 400 | 422),
+                "an authenticated bad request: {status} {body}"
+            );
+            Ok(())
+        }
+    })
+    .await?;
+    report(
+        "authenticated, refused body (HTTP + auth)",
+        checks,
+        elapsed,
+        &mut lat,
+    );
+
     // 3. The same decision straight from the read model (no HTTP, no token).
     let (o, u, pool) = (orgs.clone(), unexpected.clone(), db.pool.clone());
     let (elapsed, mut lat) = load(checks, concurrency, move |i| {

@@ -48,12 +48,9 @@ async fn decisions(f: &Fixture) -> Vec<Value> {
         .collect()
 }
 
-async fn login(f: &Fixture, browser: &mut Browser, extra: &str) -> Page {
+async fn login(f: &Fixture, browser: &mut Browser, scope: &str) -> Page {
     let page = browser
-        .get(&format!(
-            "{}{extra}",
-            authorize_path(&f.client_id, "openid", Some(CHALLENGE))
-        ))
+        .get(&authorize_path(&f.client_id, scope, Some(CHALLENGE)))
         .await;
     assert_eq!(page.status, 200, "{}", page.body);
     browser
@@ -111,7 +108,7 @@ async fn rules_step_up_block_and_explain_and_every_decision_is_audited() {
 pub async fn scenario(f: &Fixture) {
     // Without rules: a password session, acr password, and no decision records.
     let mut browser = Browser::new(f.server.url());
-    let page = login(f, &mut browser, "").await;
+    let page = login(f, &mut browser, "openid offline_access").await;
     let t = tokens(f, &mut browser, page).await;
     let id = claims(t["id_token"].as_str().unwrap());
     assert_eq!(id["acr"], "urn:quantus:acr:password");
@@ -120,6 +117,10 @@ pub async fn scenario(f: &Fixture) {
         "urn:quantus:acr:password"
     );
     assert!(decisions(f).await.is_empty());
+    let password_refresh = t["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
     let me = Api {
         base: f.server.url().to_owned(),
         token: t["access_token"].as_str().unwrap().to_owned(),
@@ -210,10 +211,26 @@ pub async fn scenario(f: &Fixture) {
         before,
         "a what-if recorded a decision"
     );
+    // The password-only session's refresh token no longer gets tokens: the rule applies at
+    // the token endpoint too.
+    let (status, body) = token_request(
+        f,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", password_refresh.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("members-need-mfa"));
 
     // The person signs in with password and code; the decision names the rule.
     let mut fresh = Browser::new(f.server.url());
-    let second = login(f, &mut fresh, "").await;
+    let second = login(f, &mut fresh, "openid").await;
     assert!(
         second.body.contains("Two-step verification"),
         "{}",
@@ -239,7 +256,7 @@ pub async fn scenario(f: &Fixture) {
     )
     .await;
     let mut blocked = Browser::new(f.server.url());
-    let page = login(f, &mut blocked, "").await;
+    let page = login(f, &mut blocked, "openid").await;
     let page = if page.body.contains("Two-step verification") {
         blocked.submit(&page, &[("code", &recovery[1])]).await
     } else {

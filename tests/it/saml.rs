@@ -298,6 +298,33 @@ pub async fn scenario(f: &Fixture) {
         "recipient",
     );
 
+    // SP-initiated over HTTP-POST: QSA continues with a top-level GET (where the SameSite=Lax
+    // session cookie is sent) and answers the same way.
+    let (ok, authn) = sp_py(
+        &[
+            &["authn"][..],
+            &sp_args(&metadata, SP, ACS),
+            &["--binding", "post"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{authn}");
+    let form = Page {
+        status: 200,
+        location: None,
+        body: authn["form"].as_str().unwrap().replace(&base, ""),
+    };
+    assert!(form.body.contains("action=\"/saml/sso\""), "{}", form.body);
+    let back = browser.submit(&form, &[]).await;
+    assert_eq!(back.status, 303, "{}", back.body);
+    let page = browser.get(&back.location.unwrap()).await;
+    let (action, response, relay) = auto_post(&page);
+    assert_eq!((action.as_str(), relay.as_deref()), (ACS, Some("rs-1")));
+    let rid = authn["request_id"].as_str().unwrap();
+    let (ok, accepted) = acs(&metadata, state, Some(rid), &response, &[]);
+    assert!(ok, "{accepted}");
+    assert_eq!(accepted["in_response_to"], rid);
+
     // Signature wrapping: an evil unsigned assertion next to (or around) the signed one.
     let (rid, response) = sso(&mut browser, &metadata, &[]).await;
     let xml = String::from_utf8(STANDARD.decode(&response).unwrap()).unwrap();
@@ -598,6 +625,29 @@ async fn saml_signed_authn_requests_are_verified_with_the_registered_certificate
     let page = browser.get(authn["url"].as_str().unwrap()).await;
     assert_eq!(page.status, 400, "{}", page.body);
     assert!(page.body.contains("does not verify"), "{}", page.body);
+
+    // Conditional access applies to SAML sign-ons: a rule blocking this address refuses the
+    // next one, naming the rule's reason.
+    let r = f
+        .admin
+        .send(
+            f.admin
+                .request(
+                    reqwest::Method::PUT,
+                    &format!("/v1/access-policies/{}/rules/no-loopback", f.org),
+                )
+                .json(&json!({"priority": 1, "conditions": {"ip_in": ["127.0.0.0/8"]}, "outcome": "block"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let page = browser
+        .get(&format!(
+            "/saml/sso/idp-initiated?sp={}",
+            url::form_urlencoded::byte_serialize(SP.as_bytes()).collect::<String>()
+        ))
+        .await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("access policy"), "{}", page.body);
 }
 
 #[tokio::test]

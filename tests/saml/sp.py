@@ -20,18 +20,16 @@ detection to its caller). --offset checks "as if" that many seconds later.
 """
 
 import argparse
-import base64
 import json
 import os
 import sys
 import time
 import urllib.request
 
-import saml2
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT
 from saml2.client import Saml2Client
 from saml2.config import SPConfig
-from saml2.saml import NAMEID_FORMAT_EMAILADDRESS, NAMEID_FORMAT_PERSISTENT
+from saml2.saml import NAMEID_FORMAT_EMAILADDRESS
 from saml2.xmldsig import SIG_RSA_SHA256, DIGEST_SHA256
 
 
@@ -80,7 +78,6 @@ def fetch(url):
 
 
 def idp_entity(metadata_xml):
-    from saml2.mdstore import MetadataStore
     start = metadata_xml.index('entityID="') + len('entityID="')
     return metadata_xml[start:metadata_xml.index('"', start)]
 
@@ -167,9 +164,6 @@ def logout(args):
     from saml2.saml import NameID
     name_id = NameID(format=NAMEID_FORMAT_EMAILADDRESS, text=args.name_id)
     dest = c.metadata.single_logout_service(idp_entity(md), BINDING_HTTP_REDIRECT, "idpsso")[0]["location"]
-    kwargs = {}
-    if args.key:
-        kwargs = {"sign": True, "sigalg": SIG_RSA_SHA256, "digest_alg": DIGEST_SHA256}
     req_id, req = c.create_logout_request(dest, idp_entity(md), name_id=name_id,
                                           session_indexes=[args.session_index], sign=False)
     info = c.apply_binding(BINDING_HTTP_REDIRECT, str(req), dest, relay_state="bye",
