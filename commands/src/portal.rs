@@ -764,12 +764,23 @@ impl ContractLicensing {
                 let this = this.clone();
                 async move {
                     for record in &records {
-                        this.carry_out(record)
+                        let steps = this
+                            .carry_out(record)
                             .await
                             .map_err(|e| InfraError::Corrupt(e.to_string()))?;
+                        // After each plan carried out; other records move the cursor once
+                        // per batch (re-reading them after a crash changes nothing).
+                        if steps > 0 {
+                            this.bus
+                                .repository()
+                                .advance_process_cursor(Self::NAME, record.position)
+                                .await?;
+                        }
+                    }
+                    if let Some(last) = records.last() {
                         this.bus
                             .repository()
-                            .advance_process_cursor(Self::NAME, record.position)
+                            .advance_process_cursor(Self::NAME, last.position)
                             .await?;
                     }
                     Ok(true)
@@ -832,10 +843,14 @@ impl UsageMetering {
                         this.carry_out(record)
                             .await
                             .map_err(|e| InfraError::Corrupt(e.to_string()))?;
+                    }
+                    // Once per batch: metering is idempotent per job and metric, so a crash
+                    // before this repeats the batch without counting anything twice.
+                    if let Some(last) = records.last() {
                         this.portal
                             .bus
                             .repository()
-                            .advance_process_cursor(Self::NAME, record.position)
+                            .advance_process_cursor(Self::NAME, last.position)
                             .await?;
                     }
                     Ok(true)

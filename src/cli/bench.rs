@@ -22,8 +22,10 @@ use uuid::Uuid;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// What to measure: the event-sourcing spine, QuantumLock's cryptography, or QSA's token
-    /// endpoint, introspection and password sign-in.
+    /// What to measure: the event-sourcing spine, QuantumLock's cryptography, QSA's token
+    /// endpoint, introspection and password sign-in, the evidence plane, the Portal
+    /// (entitlement checks, activation to licence), SCIM lists, SAML responses, or second
+    /// factors (TOTP, passkeys).
     #[arg(value_enum, default_value = "spine")]
     what: BenchTarget,
     /// Licences to issue and sign (crypto).

@@ -607,7 +607,11 @@ pub async fn run(
     if !stopped.is_empty() {
         println!("  stopped during the run: {stopped:?}");
     }
+    // Stop every piece and close the pool before removing the folder, or a task still
+    // writing can recreate files in it.
     tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    db.pool.close().await;
     if let Some(kafka) = &kafka {
         quantus_infra::kafka::delete_topics(kafka).await?;
     }
