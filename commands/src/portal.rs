@@ -434,6 +434,29 @@ impl Portal {
         Ok((id, outcome))
     }
 
+    /// The billing run for one contract and a month that is over: issues its invoice (unless
+    /// there is one) and hands it to the billing provider. `None` when there was nothing to
+    /// bill (not in force that month, or billed already).
+    pub async fn bill(
+        &self,
+        ctx: &CommandContext,
+        contract_id: &str,
+        period: Period,
+    ) -> Result<Option<String>, CommandError> {
+        let id = invoice_id(contract_id, period);
+        if self.invoice(&id).await.is_ok() {
+            return Ok(None);
+        }
+        match self.issue_invoice(ctx, contract_id, period).await {
+            Ok((id, _)) => {
+                self.send_invoice(ctx, &id).await?;
+                Ok(Some(id))
+            }
+            Err(CommandError::Rejected(_)) | Err(CommandError::Concurrency(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn invoice(&self, id: &str) -> Result<(Invoice, u64), CommandError> {
         let (i, version) = self.bus.load::<Invoice>(id).await?;
         if i.status == InvoiceStatus::Absent {

@@ -70,6 +70,20 @@ impl Period {
         }
     }
 
+    pub fn previous(self) -> Self {
+        if self.month == 1 {
+            Self {
+                year: self.year - 1,
+                month: 12,
+            }
+        } else {
+            Self {
+                year: self.year,
+                month: self.month - 1,
+            }
+        }
+    }
+
     pub fn ends_at(self) -> DateTime<Utc> {
         self.next().starts_at()
     }
@@ -418,6 +432,10 @@ mod tests {
         assert_eq!(p.to_string(), "2026-12");
         assert_eq!(p.starts_at().to_rfc3339(), "2026-12-01T00:00:00+00:00");
         assert_eq!(p.ends_at().to_rfc3339(), "2027-01-01T00:00:00+00:00");
+        assert_eq!(
+            Period::parse("2026-01").unwrap().previous().to_string(),
+            "2025-12"
+        );
         for bad in ["2026-13", "2026-1", "26-01", "2026/01", "x"] {
             assert!(Period::parse(bad).is_err(), "{bad}");
         }

@@ -151,6 +151,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let metering = quantus_commands::portal::UsageMetering::new(state.portal.clone());
             tasks.spawn(async move { Ok(metering.run().await?) });
             spawn_expiry(&mut tasks, &state);
+            spawn_billing_run(&mut tasks, &state);
         }
         println!(
             "quantus listening on http://{} ({store}{})",
@@ -465,6 +466,61 @@ fn spawn_expiry(tasks: &mut JoinSet<anyhow::Result<()>>, state: &AppState) {
                 Err(e) => tracing::warn!(error = %e, "finding contracts to expire failed"),
             }
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
+    });
+}
+
+/// The monthly billing run: at start and every hour, every contract that was in force last
+/// month and has no invoice for it gets one, handed to the billing provider.
+fn spawn_billing_run(tasks: &mut JoinSet<anyhow::Result<()>>, state: &AppState) {
+    let (portal, pool) = (state.portal.clone(), state.db.pool.clone());
+    tasks.spawn(async move {
+        loop {
+            let period = quantus_domain::usage::Period::of(chrono::Utc::now()).previous();
+            let mut after: Option<String> = None;
+            loop {
+                let page = match quantus_projections::commercial::CommercialView::contracts(
+                    &pool,
+                    None,
+                    after.as_deref(),
+                    200,
+                )
+                .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listing contracts to bill failed");
+                        break;
+                    }
+                };
+                for c in &page {
+                    if matches!(c.status.as_str(), "draft" | "sent" | "signed") {
+                        continue;
+                    }
+                    let ctx = quantus_domain::CommandContext {
+                        tenant_id: c.organization_id.clone(),
+                        actor: quantus_domain::Actor {
+                            kind: quantus_domain::ActorKind::System,
+                            id: "billing-run".into(),
+                        },
+                        ..system_context()
+                    };
+                    match portal.bill(&ctx, &c.id, period).await {
+                        Ok(Some(invoice)) => {
+                            tracing::info!(contract = %c.id, %invoice, %period, "invoice issued")
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(contract = %c.id, error = %e, "billing a contract failed")
+                        }
+                    }
+                }
+                match page.last() {
+                    Some(last) if page.len() == 200 => after = Some(last.id.clone()),
+                    _ => break,
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
     });
 }

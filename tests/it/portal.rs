@@ -542,7 +542,13 @@ async fn webhooks(platform: &Api, api: &Api, invoice: &str) {
     tampered.extend_from_slice(b" ");
     let r = post_webhook(&anonymous, &tampered, Some(signature.clone())).await;
     is_problem(&r, 400);
-    let before = platform.events_of("Invoice").await.len();
+    let of_this = |events: Vec<Value>| -> Vec<Value> {
+        events
+            .into_iter()
+            .filter(|e| e["envelope"]["aggregate_id"] == invoice)
+            .collect()
+    };
+    let before = of_this(platform.events_of("Invoice").await).len();
     assert_eq!(
         api.get(&format!("/v1/invoices/{invoice}")).await.body["status"],
         "open",
@@ -560,7 +566,7 @@ async fn webhooks(platform: &Api, api: &Api, invoice: &str) {
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["duplicate"], true);
-    let after = platform.events_of("Invoice").await;
+    let after = of_this(platform.events_of("Invoice").await);
     assert_eq!(after.len(), before + 1, "one InvoicePaid, not two");
     let paid = after.last().unwrap();
     assert_eq!(paid["envelope"]["event_type"], "InvoicePaid");
@@ -767,6 +773,26 @@ async fn contracts_expire_at_their_end() {
     let last = expired.last().unwrap();
     assert_eq!(last["envelope"]["event_type"], "ContractExpired");
     assert_eq!(last["envelope"]["actor"]["id"], "contract-expiry");
+    // The billing run (at start, then hourly) invoiced last month, which the contract's term
+    // covers, and handed the invoice to the (built-in) provider.
+    let previous = {
+        let now = chrono::Utc::now();
+        quantus_domain::usage::Period::of(now)
+            .previous()
+            .to_string()
+    };
+    let invoices = eventually("last month's invoice", Duration::from_secs(30), || async {
+        let r = api.get(&format!("/v1/invoices?org={org}")).await;
+        let items = r.body["items"].as_array().cloned().unwrap_or_default();
+        (items.iter().any(|i| i["status"] == "open")).then_some(items)
+    })
+    .await;
+    assert_eq!(invoices.len(), 1, "{invoices:?}");
+    assert_eq!(invoices[0]["period"], previous.as_str());
+    assert_eq!(invoices[0]["contract_id"], contract.as_str());
+    assert_eq!(invoices[0]["total"], 309_999); // 2 × 1500.00 + 99.99 EUR-cents, no usage
+    let issued = api.events_of("Invoice").await;
+    assert_eq!(issued[0]["envelope"]["actor"]["id"], "billing-run");
 }
 
 /// QuantumLock refusing a planned licence for good (here: the organization was suspended
