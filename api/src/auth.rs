@@ -62,6 +62,20 @@ impl Principal {
         ))
     }
 
+    /// The signed-in person's user id: 403 for a service principal (second factors and
+    /// passkeys belong to people).
+    pub fn person(&self) -> Result<String, Problem> {
+        if self.actor.kind != ActorKind::User {
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "not-a-person",
+                "Not a person",
+                "this belongs to people; sign in as one",
+            ));
+        }
+        Ok(self.actor.id.clone())
+    }
+
     /// Whether the caller may see or change data of organization `org`.
     pub fn may_access(&self, org: &str) -> bool {
         self.is_platform()

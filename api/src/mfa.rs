@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
-use quantus_domain::ActorKind;
 use serde::Deserialize;
 
 use crate::auth::Principal;
@@ -22,19 +21,6 @@ pub fn routes() -> Router<AppState> {
         .route("/users/{id}/totp", delete(reset))
 }
 
-/// The signed-in person (a user's token, not a service principal's).
-fn person(principal: &Principal) -> Result<String, Problem> {
-    if principal.actor.kind != ActorKind::User {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "not-a-person",
-            "Not a person",
-            "second factors belong to people; sign in as one",
-        ));
-    }
-    Ok(principal.actor.id.clone())
-}
-
 /// Starts an enrolment: the `otpauth://` URI and the QR code to scan (a new call replaces an
 /// unconfirmed enrolment; an enrolled app must be removed first).
 #[utoipa::path(post, path = "/v1/me/totp", tag = "qsa", responses((status = 200, description = "{otpauth_uri, qr_code (data: URI of an SVG)}"), (status = 409, body = Problem)), security(("bearer" = [])))]
@@ -43,7 +29,7 @@ pub async fn start(
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let user = person(&principal)?;
+    let user = principal.person()?;
     let profile = state.identity.user_profile(&user).await?;
     let account = profile.email.clone().unwrap_or_else(|| user.clone());
     let ctx = context(&principal, &headers, &principal.organization);
@@ -80,7 +66,7 @@ pub async fn confirm(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Confirm>,
 ) -> Result<Response, Problem> {
-    let user = person(&principal)?;
+    let user = principal.person()?;
     let ctx = context(&principal, &headers, &principal.organization);
     let codes = state
         .identity
@@ -102,7 +88,7 @@ pub async fn remove_own(
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let user = person(&principal)?;
+    let user = principal.person()?;
     let amr = principal.claims.amr.clone().unwrap_or_default();
     if !amr.iter().any(|m| m == "mfa") {
         return Err(Problem::new(

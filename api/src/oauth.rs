@@ -647,6 +647,42 @@ fn csrf_ok(headers: &HeaderMap, form: &BTreeMap<String, String>) -> bool {
     }
 }
 
+/// A form posted by one of the pages: parsed, with its CSRF double submit checked. The error
+/// is the page to answer with.
+#[allow(clippy::result_large_err)]
+fn page_form(headers: &HeaderMap, body: &[u8]) -> Result<BTreeMap<String, String>, Response> {
+    let Ok(form) = parse_form(body) else {
+        return Err(error_page(StatusCode::BAD_REQUEST, "malformed form"));
+    };
+    if !csrf_ok(headers, &form) {
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            "the form expired; go back and try again",
+        ));
+    }
+    Ok(form)
+}
+
+/// A sign-in step's form and where the browser goes after it.
+#[allow(clippy::result_large_err)]
+fn sign_in_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(BTreeMap<String, String>, Continuation), Response> {
+    let form = page_form(headers, body)?;
+    let Some(continuation) = form
+        .get("continue")
+        .and_then(|c| open_continuation(state, c))
+    else {
+        return Err(error_page(
+            StatusCode::BAD_REQUEST,
+            "the sign-in request is invalid",
+        ));
+    };
+    Ok((form, continuation))
+}
+
 fn seal_continuation(state: &AppState, c: &Continuation) -> String {
     serde_json::to_vec(c)
         .ok()
@@ -1029,20 +1065,9 @@ pub async fn login(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(form) = parse_form(&body) else {
-        return error_page(StatusCode::BAD_REQUEST, "malformed form");
-    };
-    if !csrf_ok(&headers, &form) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "the form expired; go back and try again",
-        );
-    }
-    let Some(continuation) = form
-        .get("continue")
-        .and_then(|c| open_continuation(&state, c))
-    else {
-        return error_page(StatusCode::BAD_REQUEST, "the sign-in request is invalid");
+    let (form, continuation) = match sign_in_form(&state, &headers, &body) {
+        Ok(f) => f,
+        Err(response) => return response,
     };
     let email = form.get("email").cloned().unwrap_or_default();
     let password = form.get("password").cloned().unwrap_or_default();
@@ -1203,20 +1228,9 @@ pub async fn login_passkey(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(form) = parse_form(&body) else {
-        return error_page(StatusCode::BAD_REQUEST, "malformed form");
-    };
-    if !csrf_ok(&headers, &form) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "the form expired; go back and try again",
-        );
-    }
-    let Some(continuation) = form
-        .get("continue")
-        .and_then(|c| open_continuation(&state, c))
-    else {
-        return error_page(StatusCode::BAD_REQUEST, "the sign-in request is invalid");
+    let (form, continuation) = match sign_in_form(&state, &headers, &body) {
+        Ok(f) => f,
+        Err(response) => return response,
     };
     let credential = form
         .get("credential")
@@ -1264,20 +1278,9 @@ pub async fn login_second_factor(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(form) = parse_form(&body) else {
-        return error_page(StatusCode::BAD_REQUEST, "malformed form");
-    };
-    if !csrf_ok(&headers, &form) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "the form expired; go back and try again",
-        );
-    }
-    let Some(continuation) = form
-        .get("continue")
-        .and_then(|c| open_continuation(&state, c))
-    else {
-        return error_page(StatusCode::BAD_REQUEST, "the sign-in request is invalid");
+    let (form, continuation) = match sign_in_form(&state, &headers, &body) {
+        Ok(f) => f,
+        Err(response) => return response,
     };
     let pending = form.get("pending").cloned().unwrap_or_default();
     // A passkey's answer, or a code typed in.
@@ -1368,15 +1371,10 @@ pub async fn consent(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(form) = parse_form(&body) else {
-        return error_page(StatusCode::BAD_REQUEST, "malformed form");
+    let form = match page_form(&headers, &body) {
+        Ok(f) => f,
+        Err(response) => return response,
     };
-    if !csrf_ok(&headers, &form) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "the form expired; go back and try again",
-        );
-    }
     let Some(Continuation::Authorize(req)) = form
         .get("continue")
         .and_then(|c| open_continuation(&state, c))
@@ -1508,15 +1506,10 @@ pub async fn device_decision(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Ok(form) = parse_form(&body) else {
-        return error_page(StatusCode::BAD_REQUEST, "malformed form");
+    let form = match page_form(&headers, &body) {
+        Ok(f) => f,
+        Err(response) => return response,
     };
-    if !csrf_ok(&headers, &form) {
-        return error_page(
-            StatusCode::FORBIDDEN,
-            "the form expired; go back and try again",
-        );
-    }
     let code = form.get("user_code").cloned().unwrap_or_default();
     let Some(session) = current_session(&state, &headers).await else {
         return login_page(

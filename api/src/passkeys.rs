@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Extension, Json, Router};
 use chrono::Utc;
-use quantus_domain::ActorKind;
 use serde::Deserialize;
 
 use crate::auth::Principal;
@@ -22,25 +21,13 @@ pub fn routes() -> Router<AppState> {
         .route("/me/passkeys/{id}", delete(remove))
 }
 
-fn person(principal: &Principal) -> Result<String, Problem> {
-    if principal.actor.kind != ActorKind::User {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "not-a-person",
-            "Not a person",
-            "passkeys belong to people; sign in as one",
-        ));
-    }
-    Ok(principal.actor.id.clone())
-}
-
 /// Options for `navigator.credentials.create()` and the sealed ceremony to send back.
 #[utoipa::path(post, path = "/v1/me/passkeys/options", tag = "qsa", responses((status = 200, description = "{options, ceremony}")), security(("bearer" = [])))]
 pub async fn options(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, Problem> {
-    let user = person(&principal)?;
+    let user = principal.person()?;
     let profile = state.identity.user_profile(&user).await?;
     let login = profile.email.clone().unwrap_or_else(|| user.clone());
     let display = profile.name.clone().unwrap_or_else(|| login.clone());
@@ -74,7 +61,7 @@ pub async fn register(
     headers: HeaderMap,
     ApiJson(body): ApiJson<Register>,
 ) -> Result<Response, Problem> {
-    let user = person(&principal)?;
+    let user = principal.person()?;
     let ctx = context(&principal, &headers, &principal.organization);
     let (id, outcome) = state
         .identity
@@ -94,7 +81,7 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, Problem> {
-    let user = person(&principal)?;
+    let user = principal.person()?;
     let creds = state.identity.passkeys().credentials(&user).await?;
     let items: Vec<serde_json::Value> = creds
         .passkeys
@@ -116,7 +103,7 @@ pub async fn remove(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let user = person(&principal)?;
+    let user = principal.person()?;
     let ctx = context(&principal, &headers, &principal.organization);
     let outcome = state.identity.passkeys().remove(&ctx, &user, &id).await?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))

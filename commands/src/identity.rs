@@ -628,30 +628,16 @@ impl Identity {
         {
             return Ok(Err(refusal));
         }
-        self.access
-            .remember_address(&user_id, request.ip.as_deref())
-            .await?;
-        let signed_in = self
-            .start_session(
-                &audit_ctx,
-                &user_id,
-                &user.organization_id,
-                amr,
-                request.clone(),
-            )
-            .await?;
-        self.audit_sign_in(
+        self.complete_sign_in(
             &audit_ctx,
-            SignInEvent::SignInSucceeded(SignInSucceeded {
-                user_id,
-                client_id,
-                session_id: signed_in.session.id.clone(),
-                amr: signed_in.session.amr.clone(),
-                request,
-            }),
+            &user_id,
+            &user.organization_id,
+            amr,
+            client_id,
+            request,
         )
-        .await?;
-        Ok(Ok(signed_in))
+        .await
+        .map(Ok)
     }
 
     /// A second-factor step for a person already signed in whose session is too weak for what
@@ -1097,30 +1083,16 @@ impl Identity {
             return Ok(Err(refusal));
         }
         self.throttle.success(&account).await.map_err(storage)?;
-        self.access
-            .remember_address(&user_id, request.ip.as_deref())
-            .await?;
-        let signed_in = self
-            .start_session(
-                &audit_ctx,
-                &user_id,
-                &user.organization_id,
-                amr,
-                request.clone(),
-            )
-            .await?;
-        self.audit_sign_in(
+        self.complete_sign_in(
             &audit_ctx,
-            SignInEvent::SignInSucceeded(SignInSucceeded {
-                user_id,
-                client_id,
-                session_id: signed_in.session.id.clone(),
-                amr: signed_in.session.amr.clone(),
-                request,
-            }),
+            &user_id,
+            &user.organization_id,
+            amr,
+            client_id,
+            request,
         )
-        .await?;
-        Ok(Ok(signed_in))
+        .await
+        .map(Ok)
     }
 
     /// The second step of a sign-in: a TOTP code (accepted once) or a recovery code, for the
@@ -1234,30 +1206,47 @@ impl Identity {
             return Ok(Err(refusal));
         }
         self.throttle.success(&account).await.map_err(storage)?;
+        self.complete_sign_in(
+            &audit_ctx,
+            &p.user_id,
+            &p.organization_id,
+            amr,
+            p.client_id,
+            request,
+        )
+        .await
+        .map(Ok)
+    }
+
+    /// The end of every successful sign-in: remember the address (for the new-address
+    /// signal), start the session, audit the success.
+    async fn complete_sign_in(
+        &self,
+        ctx: &CommandContext,
+        user_id: &str,
+        organization_id: &str,
+        amr: Vec<String>,
+        client_id: Option<String>,
+        request: RequestInfo,
+    ) -> Result<SignedIn, CommandError> {
         self.access
-            .remember_address(&p.user_id, request.ip.as_deref())
+            .remember_address(user_id, request.ip.as_deref())
             .await?;
         let signed_in = self
-            .start_session(
-                &audit_ctx,
-                &p.user_id,
-                &p.organization_id,
-                amr,
-                request.clone(),
-            )
+            .start_session(ctx, user_id, organization_id, amr, request.clone())
             .await?;
         self.audit_sign_in(
-            &audit_ctx,
+            ctx,
             SignInEvent::SignInSucceeded(SignInSucceeded {
-                user_id: p.user_id.clone(),
-                client_id: p.client_id.clone(),
+                user_id: user_id.to_owned(),
+                client_id,
                 session_id: signed_in.session.id.clone(),
                 amr: signed_in.session.amr.clone(),
                 request,
             }),
         )
         .await?;
-        Ok(Ok(signed_in))
+        Ok(signed_in)
     }
 
     async fn start_session(

@@ -776,44 +776,69 @@ impl ContractLicensing {
         Ok(())
     }
 
-    /// Follows the log forever from the saved cursor. A failing step is retried (after a
-    /// pause) from the event it belongs to.
+    /// Follows the log forever from the saved cursor (see [`follow`]).
     pub async fn run(self) -> Result<(), InfraError> {
-        let repo = self.bus.repository().clone();
-        loop {
-            let after = repo.process_cursor(Self::NAME).await?;
-            let this = self.clone();
-            let result = tail_log(repo.database(), after, 100, |records| {
-                let this = this.clone();
-                async move {
-                    for record in &records {
-                        let steps = this
-                            .carry_out(record)
-                            .await
-                            .map_err(|e| InfraError::Corrupt(e.to_string()))?;
-                        // After each plan carried out; other records move the cursor once
-                        // per batch (re-reading them after a crash changes nothing).
-                        if steps > 0 {
-                            this.bus
-                                .repository()
-                                .advance_process_cursor(Self::NAME, record.position)
-                                .await?;
-                        }
-                    }
-                    if let Some(last) = records.last() {
-                        this.bus
-                            .repository()
-                            .advance_process_cursor(Self::NAME, last.position)
+        follow(self).await
+    }
+}
+
+impl LogProcess for ContractLicensing {
+    const NAME: &'static str = Self::NAME;
+    const DOING: &'static str = "carrying out a licence plan";
+
+    fn repository(&self) -> &quantus_infra::SqlEventRepository {
+        self.bus.repository()
+    }
+
+    async fn act(&self, record: &LogRecord) -> Result<bool, CommandError> {
+        Ok(self.carry_out(record).await? > 0)
+    }
+}
+
+/// A process manager: acts on log records in order, remembering how far it got.
+trait LogProcess: Clone + Send + Sync + 'static {
+    const NAME: &'static str;
+    /// What it does, for the log line when it fails.
+    const DOING: &'static str;
+    fn repository(&self) -> &quantus_infra::SqlEventRepository;
+    /// Acts on one record. `true` when it changed something elsewhere: the cursor then moves
+    /// past it at once; other records move it once per batch (acting on them again after a
+    /// crash changes nothing, as every act is idempotent).
+    fn act(
+        &self,
+        record: &LogRecord,
+    ) -> impl std::future::Future<Output = Result<bool, CommandError>> + Send;
+}
+
+/// Follows the log forever from the process's cursor; a failing record is retried (after a
+/// pause) from where the cursor stands.
+async fn follow<P: LogProcess>(process: P) -> Result<(), InfraError> {
+    let repo = process.repository().clone();
+    loop {
+        let after = repo.process_cursor(P::NAME).await?;
+        let result = tail_log(repo.database(), after, 100, |records| {
+            let (process, repo) = (process.clone(), repo.clone());
+            async move {
+                for record in &records {
+                    let acted = process
+                        .act(record)
+                        .await
+                        .map_err(|e| InfraError::Corrupt(e.to_string()))?;
+                    if acted {
+                        repo.advance_process_cursor(P::NAME, record.position)
                             .await?;
                     }
-                    Ok(true)
                 }
-            })
-            .await;
-            if let Err(error) = result {
-                tracing::warn!(process = Self::NAME, %error, "carrying out a licence plan failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Some(last) = records.last() {
+                    repo.advance_process_cursor(P::NAME, last.position).await?;
+                }
+                Ok(true)
             }
+        })
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(process = P::NAME, %error, "{} failed; retrying", P::DOING);
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
@@ -855,35 +880,20 @@ impl UsageMetering {
     }
 
     pub async fn run(self) -> Result<(), InfraError> {
-        let repo = self.portal.bus.repository().clone();
-        loop {
-            let after = repo.process_cursor(Self::NAME).await?;
-            let this = self.clone();
-            let result = tail_log(repo.database(), after, 100, |records| {
-                let this = this.clone();
-                async move {
-                    for record in &records {
-                        this.carry_out(record)
-                            .await
-                            .map_err(|e| InfraError::Corrupt(e.to_string()))?;
-                    }
-                    // Once per batch: metering is idempotent per job and metric, so a crash
-                    // before this repeats the batch without counting anything twice.
-                    if let Some(last) = records.last() {
-                        this.portal
-                            .bus
-                            .repository()
-                            .advance_process_cursor(Self::NAME, last.position)
-                            .await?;
-                    }
-                    Ok(true)
-                }
-            })
-            .await;
-            if let Err(error) = result {
-                tracing::warn!(process = Self::NAME, %error, "metering job usage failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+        follow(self).await
+    }
+}
+
+impl LogProcess for UsageMetering {
+    const NAME: &'static str = Self::NAME;
+    const DOING: &'static str = "metering job usage";
+
+    fn repository(&self) -> &quantus_infra::SqlEventRepository {
+        self.portal.bus.repository()
+    }
+
+    /// Metering is idempotent per job and metric: the cursor moves once per batch.
+    async fn act(&self, record: &LogRecord) -> Result<bool, CommandError> {
+        self.carry_out(record).await.map(|()| false)
     }
 }
