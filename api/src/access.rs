@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
+use quantus_crypto::instant;
 use quantus_domain::identity::access_policy::{
     AccessFacts, AccessRule, Conditions, Outcome, Strength,
 };
@@ -111,7 +112,7 @@ pub struct WhatIf {
     #[serde(default)]
     ip: Option<std::net::IpAddr>,
     /// When (default: now).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "instant::deserialize_option")]
     at: Option<DateTime<Utc>>,
     /// `password`, `mfa` or `passkey` (default: password).
     #[serde(default)]

@@ -98,5 +98,62 @@ fn app(state: AppState, everything: bool) -> Router {
             metrics::track,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(contain_panics())
         .with_state(state)
+}
+
+/// A bug that panics in one request answers that request with a 500 problem and leaves
+/// every other request (and tenant) served; the panic itself is logged.
+fn contain_panics() -> tower_http::catch_panic::CatchPanicLayer<
+    fn(Box<dyn std::any::Any + Send>) -> axum::response::Response,
+> {
+    tower_http::catch_panic::CatchPanicLayer::custom(panicked as fn(_) -> _)
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "a request handler panicked");
+    Problem::internal().into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use axum::Router;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    async fn boom() -> &'static str {
+        panic!("a bug")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_problem_and_the_router_keeps_serving() {
+        let app: Router = Router::new()
+            .route("/boom", get(boom))
+            .route("/fine", get(|| async { "ok" }))
+            .layer(super::contain_panics());
+        let boom = app
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(boom.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(boom.headers()["content-type"], "application/problem+json");
+        let body = boom.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("a bug"), "the panic message leaked: {text}");
+        let fine = app
+            .oneshot(Request::get("/fine").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(fine.status(), StatusCode::OK);
+    }
 }

@@ -11,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use quantus_crypto::document::SignedDocument;
+use quantus_crypto::instant;
 use quantus_crypto::keys::Purpose;
 use quantus_crypto::license::{Crl, CrlEntry, CRL_CONTEXT, CRL_FORMAT};
 use quantus_crypto::{Algorithm, PublicKey};
@@ -102,7 +103,7 @@ pub async fn policy(
 pub struct SetRule {
     may_sign: bool,
     may_verify: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "instant::deserialize_option")]
     verify_until: Option<DateTime<Utc>>,
 }
 
@@ -172,7 +173,7 @@ pub async fn rotate(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retire {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "instant::deserialize_option")]
     at: Option<DateTime<Utc>>,
 }
 
@@ -195,6 +196,7 @@ pub async fn retire(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Compromise {
+    #[serde(deserialize_with = "instant::deserialize")]
     compromised_at: DateTime<Utc>,
     reason: String,
 }
@@ -226,8 +228,9 @@ pub struct IssueLicense {
     features: Vec<String>,
     #[serde(default)]
     limits: std::collections::BTreeMap<String, i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "instant::deserialize_option")]
     not_before: Option<DateTime<Utc>>,
+    #[serde(deserialize_with = "instant::deserialize")]
     expires_at: DateTime<Utc>,
     #[serde(default)]
     grace_period_seconds: u64,
@@ -390,7 +393,7 @@ pub struct TransitionBody {
     fingerprint: Option<String>,
     #[serde(default)]
     reason: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "instant::deserialize_option")]
     expires_at: Option<DateTime<Utc>>,
 }
 
@@ -697,7 +700,7 @@ pub struct VerifyDigest {
     kid: String,
     signature: String,
     /// When the signature was made (default: now); compromised keys void later signatures.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "instant::deserialize_option")]
     signed_at: Option<DateTime<Utc>>,
 }
 

@@ -286,7 +286,6 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", "urn:ietf:params:oauth:grant-type:device_code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["EdDSA"],
-        "userinfo_signing_alg_values_supported": ["none"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
@@ -1590,7 +1589,7 @@ pub async fn logout(
     headers: HeaderMap,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
-    end_session(state, peer, headers, q).await
+    end_session(state, peer, headers, q, false).await
 }
 
 pub async fn logout_form(
@@ -1599,19 +1598,67 @@ pub async fn logout_form(
     headers: HeaderMap,
     Form(q): Form<BTreeMap<String, String>>,
 ) -> Response {
-    end_session(state, peer, headers, q).await
+    // The confirmation page's own form: its CSRF token shows the person pressed "Sign out".
+    let confirmed = q.get("confirm").is_some_and(|v| v == "yes") && csrf_ok(&headers, &q);
+    end_session(state, peer, headers, q, confirmed).await
 }
 
 /// RP-initiated logout (OIDC RP-Initiated Logout 1.0): ends the session, revokes its grants,
 /// and returns to a registered post-logout URI only.
+///
+/// Without a valid `id_token_hint` for the signed-in person, any site could sign people out
+/// with a link (the session cookie is SameSite=Lax), so the person is asked first (§2).
 async fn end_session(
     state: AppState,
     peer: Option<SocketAddr>,
     headers: HeaderMap,
     q: BTreeMap<String, String>,
+    confirmed: bool,
 ) -> Response {
+    let hint =
+        match q.get("id_token_hint") {
+            Some(token) => match state.identity.verify_id_token_hint(token, Utc::now()).await {
+                Ok(hint) => Some(hint),
+                Err(_) => return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "The sign-out request's id_token_hint is not an ID token this server issued.",
+                ),
+            },
+            None => None,
+        };
+    // §2: when both are given, client_id must be the hint's audience.
+    if let (Some(hint), Some(client_id)) = (&hint, q.get("client_id")) {
+        if *client_id != hint.client_id {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "client_id does not match the id_token_hint's audience.",
+            );
+        }
+    }
+    let client_id = hint
+        .as_ref()
+        .map(|h| h.client_id.clone())
+        .or_else(|| q.get("client_id").cloned());
+    let target = match (q.get("post_logout_redirect_uri"), &client_id) {
+        (Some(uri), Some(id)) => match state.identity.client(id).await {
+            Ok((c, _))
+                if c.registration
+                    .as_ref()
+                    .is_some_and(|r| r.post_logout_redirect_uris.contains(uri)) =>
+            {
+                Some(uri.clone())
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+
     let info = request_info(&headers, peer);
     if let Some(session) = current_session(&state, &headers).await {
+        let hinted = hint.as_ref().is_some_and(|h| h.subject == session.user_id);
+        if !hinted && !confirmed {
+            return confirm_sign_out(&state, &q, client_id.as_deref());
+        }
         let ctx = ctx(
             &session.organization_id,
             Actor {
@@ -1630,39 +1677,6 @@ async fn end_session(
             return crate::Problem::from(e).into_response();
         }
     }
-    let target = match (
-        q.get("post_logout_redirect_uri"),
-        q.get("client_id").or(q.get("id_token_hint_client")),
-    ) {
-        (Some(uri), client_id) => {
-            let client_id = client_id.cloned().or_else(|| {
-                q.get("id_token_hint")
-                    .and_then(|t| {
-                        jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(t).ok()
-                    })
-                    .and_then(|d| {
-                        d.claims
-                            .get("aud")
-                            .and_then(|a| a.as_str())
-                            .map(str::to_owned)
-                    })
-            });
-            match client_id {
-                Some(id) => match state.identity.client(&id).await {
-                    Ok((c, _))
-                        if c.registration
-                            .as_ref()
-                            .is_some_and(|r| r.post_logout_redirect_uris.contains(uri)) =>
-                    {
-                        Some(uri.clone())
-                    }
-                    _ => None,
-                },
-                None => None,
-            }
-        }
-        _ => None,
-    };
     let mut response = match target {
         Some(uri) => {
             let mut url = url::Url::parse(&uri)
@@ -1683,4 +1697,36 @@ async fn end_session(
     };
     set_cookie(&mut response, &state, SESSION_COOKIE, "", 0);
     response
+}
+
+/// "Sign out of Quantus?": the request's own parameters carried through one form.
+fn confirm_sign_out(
+    state: &AppState,
+    q: &BTreeMap<String, String>,
+    client_id: Option<&str>,
+) -> Response {
+    let mut hidden = String::new();
+    for (name, value) in [
+        (
+            "post_logout_redirect_uri",
+            q.get("post_logout_redirect_uri").map(String::as_str),
+        ),
+        ("client_id", client_id),
+        ("state", q.get("state").map(String::as_str)),
+    ] {
+        if let Some(v) = value {
+            hidden.push_str(&format!(
+                "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+                escape(v)
+            ));
+        }
+    }
+    html_with_csrf(state, StatusCode::OK, "Sign out?", |csrf| {
+        format!(
+            "<p>Do you want to sign out of Quantus?</p>\
+<form method=\"post\" action=\"/oauth2/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<input type=\"hidden\" name=\"confirm\" value=\"yes\">{hidden}\
+<button type=\"submit\">Sign out</button></form>"
+        )
+    })
 }

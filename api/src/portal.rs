@@ -17,6 +17,7 @@ use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use quantus_commands::identity::AccessClaims;
 use quantus_commands::portal::{NewContract, PaymentNotice};
+use quantus_crypto::instant;
 use quantus_domain::contract::{Contract, ContractCommand, ContractRevised, LineItem};
 use quantus_domain::customer::CustomerRegistered;
 use quantus_domain::invoice::Invoice;
@@ -346,7 +347,9 @@ pub async fn change_contact(
 pub struct DraftContract {
     organization_id: String,
     line_items: Vec<LineItem>,
+    #[serde(deserialize_with = "instant::deserialize")]
     starts_at: DateTime<Utc>,
+    #[serde(deserialize_with = "instant::deserialize")]
     ends_at: DateTime<Utc>,
 }
 
@@ -431,9 +434,9 @@ pub struct ContractTransition {
     reason: Option<String>,
     #[serde(default)]
     line_items: Option<Vec<LineItem>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "instant::deserialize_option")]
     starts_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "instant::deserialize_option")]
     ends_at: Option<DateTime<Utc>>,
 }
 

@@ -476,7 +476,7 @@ fn user_name_prefix(f: &Filter) -> Option<String> {
         {
             Some(s.to_lowercase())
         }
-        Filter::And(a, b) => user_name_prefix(a).or_else(|| user_name_prefix(b)),
+        Filter::And(terms) => terms.iter().find_map(user_name_prefix),
         _ => None,
     }
 }

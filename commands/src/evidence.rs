@@ -699,3 +699,68 @@ pub fn unpack(archive: &[u8]) -> Result<Unpacked, String> {
         files,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A tar archive holding `files` under `evidence-x/`.
+    fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, bytes) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, format!("evidence-x/{name}"), *bytes)
+                .unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    #[test]
+    fn an_archive_without_a_valid_manifest_is_refused_with_a_reason() {
+        assert!(unpack(b"")
+            .err()
+            .expect("refused")
+            .contains("no manifest.json"));
+        let no_manifest = archive(&[("config.json", b"{}")]);
+        assert!(unpack(&no_manifest)
+            .err()
+            .expect("refused")
+            .contains("no manifest.json"));
+        let bad = archive(&[("manifest.json", b"{\"payload\":")]);
+        assert!(unpack(&bad)
+            .err()
+            .expect("refused")
+            .starts_with("manifest.json:"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_bytes_are_unpacked_or_refused_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = unpack(&bytes);
+        }
+
+        #[test]
+        fn any_corruption_of_an_archive_is_unpacked_or_refused(
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = archive(&[
+                ("manifest.json", br#"{"payload":{"a":1},"signatures":[]}"#),
+                ("keys.json", br#"{"keys":[]}"#),
+                ("artifacts/counts.json", br#"{"00":512}"#),
+            ]);
+            for (at, value) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let _ = unpack(&bytes);
+        }
+    }
+}

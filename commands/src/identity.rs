@@ -454,6 +454,36 @@ pub async fn hash_password(password: String) -> Result<String, CommandError> {
 
 /// Verifies a password against a PHC string; with no hash it does the same work against a
 /// dummy one, so that timing does not tell whether the account exists.
+/// Why a JWT was refused, in words of the protocol: the library's own messages name its
+/// internals (`unknown variant none, expected one of HS256, ...`) and must not reach clients.
+fn jwt_refusal(e: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::InvalidSignature => "the signature does not verify".into(),
+        K::ExpiredSignature => "the token has expired".into(),
+        K::ImmatureSignature => "the token is not valid yet".into(),
+        K::InvalidIssuer => "the token has another issuer".into(),
+        K::InvalidAudience => "the token is meant for another audience".into(),
+        K::InvalidSubject => "the token has another subject".into(),
+        K::MissingRequiredClaim(claim) => format!("the token has no {claim} claim"),
+        K::InvalidAlgorithm | K::InvalidAlgorithmName | K::MissingAlgorithm => {
+            "the token's algorithm is not accepted".into()
+        }
+        K::InvalidKeyFormat | K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) => {
+            "the key is unusable".into()
+        }
+        _ => "not a well-formed JWT".into(),
+    }
+}
+
+/// What a verified `id_token_hint` says: who signed in, to which client, in which session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdTokenHint {
+    pub client_id: String,
+    pub subject: String,
+    pub session_id: Option<String>,
+}
+
 pub async fn verify_password(hash: Option<String>, password: String) -> bool {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     tokio::task::spawn_blocking(move || {
@@ -1565,7 +1595,7 @@ impl Identity {
         v.validate_nbf = true;
         v.leeway = 5;
         let data = jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &v)
-            .map_err(|e| bad(&e.to_string()))?;
+            .map_err(|e| bad(&jwt_refusal(&e)))?;
         let exp = data.claims.get("exp").and_then(|e| e.as_i64()).unwrap_or(0);
         if exp - now.timestamp() > 600 {
             return Err(bad("the assertion lives longer than ten minutes"));
@@ -1650,7 +1680,7 @@ impl Identity {
     ) -> Result<serde_json::Value, TokenRejection> {
         use jsonwebtoken::{Algorithm as Alg, DecodingKey, Validation};
         let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| TokenRejection::Malformed(e.to_string()))?;
+            .map_err(|e| TokenRejection::Malformed(jwt_refusal(&e)))?;
         if header.alg != Alg::EdDSA {
             return Err(TokenRejection::Invalid(format!(
                 "algorithm {:?} is not accepted",
@@ -1682,7 +1712,7 @@ impl Identity {
         v.validate_nbf = true;
         v.leeway = 5;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &decoding, &v)
-            .map_err(|e| TokenRejection::Invalid(e.to_string()))?;
+            .map_err(|e| TokenRejection::Invalid(jwt_refusal(&e)))?;
         let iat = data.claims.get("iat").and_then(|i| i.as_i64()).unwrap_or(0);
         if iat < key.not_before.timestamp() - 5 {
             return Err(TokenRejection::KeyRefused(
@@ -1690,6 +1720,33 @@ impl Identity {
             ));
         }
         Ok(data.claims)
+    }
+
+    /// Verifies an `id_token_hint` (OIDC RP-Initiated Logout 1.0 §2): an ID token this
+    /// issuer signed for the client it names. An expired one is still a valid hint.
+    pub async fn verify_id_token_hint(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<IdTokenHint, TokenRejection> {
+        // The audience names the client; the signature check below then covers it.
+        let unverified = jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(token)
+            .map_err(|_| TokenRejection::Malformed("not a JWT".into()))?;
+        let client_id = unverified
+            .claims
+            .get("aud")
+            .and_then(|a| a.as_str())
+            .ok_or_else(|| TokenRejection::Malformed("the ID token names no client".into()))?
+            .to_owned();
+        let claims = self
+            .verify_jwt(token, "jwt", &client_id, now, false)
+            .await?;
+        let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        Ok(IdTokenHint {
+            client_id,
+            subject: text("sub").unwrap_or_default(),
+            session_id: text("sid"),
+        })
     }
 
     /// Verifies an access token: signature by a live token key, `typ` at+jwt, issuer,
@@ -1878,9 +1935,11 @@ impl Identity {
             ));
         }
         let now = ctx.occurred_at;
+        // Without a `scope`, the client gets what it may have (RFC 6749 §3.3): for a client
+        // that also signs people in, its registered API scopes belong to their tokens.
         let asked = scope
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| client.scopes.clone());
+            .unwrap_or_else(|| Self::effective_scope(&client.scopes, client, &client.roles));
         let scope = Self::effective_scope(&asked, client, &client.roles);
         if scope.len() < asked.len() {
             return Err(OAuthError::invalid_scope(
@@ -1972,7 +2031,10 @@ impl Identity {
         let Some(redirect_uri) = get("redirect_uri") else {
             return Ok(Err(OAuthError::invalid_request("redirect_uri is missing")));
         };
-        if !client.redirect_uris.contains(&redirect_uri) {
+        if !quantus_domain::identity::client::redirect_uri_registered(
+            &client.redirect_uris,
+            &redirect_uri,
+        ) {
             return Ok(Err(OAuthError::invalid_request(
                 "redirect_uri is not registered for this client",
             )));

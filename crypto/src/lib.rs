@@ -8,6 +8,7 @@
 //!   ML-DSA-65 + Ed25519 of draft-ietf-lamps-pq-composite-sigs-19.
 //! - [`document`]: a canonical JSON payload (RFC 8785) with a list of signatures.
 //! - [`evidence`]: evidence bundles (signed manifests with inclusion proofs), DSSE, in-toto.
+//! - [`instant`]: the range of instants accepted, and overflow-free arithmetic on them.
 //! - [`keys`]: the published key set and crypto policy a verifier trusts.
 //! - [`license`]: licence files and CRLs, and [`license::verify`].
 //! - [`checkpoint`]: signed log checkpoints (C2SP signed-note format).
@@ -17,6 +18,7 @@ pub mod algorithm;
 pub mod checkpoint;
 pub mod document;
 pub mod evidence;
+pub mod instant;
 pub mod keys;
 pub mod license;
 pub mod merkle;

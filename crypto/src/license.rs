@@ -32,8 +32,11 @@ pub struct License {
     pub max_activations: u32,
     /// When set, the licence is valid only on the machine with this fingerprint.
     pub machine_fingerprint: Option<String>,
+    #[serde(deserialize_with = "crate::instant::deserialize")]
     pub issued_at: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::instant::deserialize")]
     pub not_before: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::instant::deserialize")]
     pub expires_at: DateTime<Utc>,
     /// How long after `expires_at` the licence still works (with a warning).
     pub grace_period_seconds: u64,
@@ -45,6 +48,7 @@ pub struct License {
 pub struct CrlEntry {
     pub license_id: String,
     pub reason: String,
+    #[serde(deserialize_with = "crate::instant::deserialize")]
     pub revoked_at: DateTime<Utc>,
 }
 
@@ -56,7 +60,9 @@ pub struct Crl {
     pub issuer: String,
     /// Grows by one with every list issued.
     pub serial: u64,
+    #[serde(deserialize_with = "crate::instant::deserialize")]
     pub issued_at: DateTime<Utc>,
+    #[serde(deserialize_with = "crate::instant::deserialize")]
     pub next_update: DateTime<Utc>,
     pub entries: Vec<CrlEntry>,
 }
@@ -133,7 +139,18 @@ impl License {
                 license.format
             )));
         }
+        if license.grace_ends().is_none() {
+            return Err(LicenseError::Malformed(
+                "the grace period ends past 9999-12-31T23:59:59Z".into(),
+            ));
+        }
         Ok(license)
+    }
+
+    /// The end of the grace period; `None` when it would pass the last instant accepted
+    /// ([`License::parse`] refuses such files).
+    pub fn grace_ends(&self) -> Option<DateTime<Utc>> {
+        crate::instant::add_seconds(self.expires_at, self.grace_period_seconds)
     }
 }
 
@@ -216,9 +233,9 @@ pub fn verify(
     if now < license.not_before {
         return Err(LicenseError::NotYetValid(license.not_before));
     }
-    let grace =
-        Duration::seconds(i64::try_from(license.grace_period_seconds).unwrap_or(i64::MAX / 2));
-    let grace_ends = license.expires_at + grace;
+    let grace_ends = license
+        .grace_ends()
+        .ok_or_else(|| LicenseError::Malformed("the grace period ends past 9999".into()))?;
     let standing = if now < license.expires_at {
         Standing::Valid
     } else if now < grace_ends {
@@ -586,5 +603,117 @@ mod tests {
             verify(&file, &keys, t(NOW), None, None),
             Err(LicenseError::MachineFingerprintRequired)
         );
+    }
+
+    /// A licence signed with `expires_at` and `grace` set to raw values, as an attacker (or a
+    /// buggy issuer) could: the payload bypasses the `License` type's own checks.
+    fn signed_raw(expires_at: &str, grace: u64, sk: &SecretKey) -> SignedDocument {
+        let mut payload = serde_json::to_value(license(None)).unwrap();
+        payload["expires_at"] = expires_at.into();
+        payload["grace_period_seconds"] = grace.into();
+        SignedDocument::sign(payload, LICENSE_CONTEXT, &[(sk, [9; 32])]).unwrap()
+    }
+
+    #[test]
+    fn instants_past_the_range_are_refused_offline_instead_of_overflowing() {
+        let sk = key(Algorithm::MlDsa65Ed25519, 1);
+        let keys = key_set(vec![trusted(&sk)]);
+        let far = signed_raw("+262142-12-31T23:59:59Z", 14 * 86400, &sk);
+        let err = verify(&far, &keys, t(NOW), None, None).unwrap_err();
+        assert!(
+            matches!(&err, LicenseError::Malformed(m) if m.contains("out of range")),
+            "{err}"
+        );
+        let edge = signed_raw("9999-12-31T23:59:59Z", 1, &sk);
+        assert_eq!(
+            verify(&edge, &keys, t(NOW), None, None).unwrap_err(),
+            LicenseError::Malformed("the grace period ends past 9999-12-31T23:59:59Z".into())
+        );
+        let huge_grace = signed_raw("2027-01-01T00:00:00Z", u64::MAX, &sk);
+        assert!(verify(&huge_grace, &keys, t(NOW), None, None).is_err());
+        // The last second itself, with no grace period, is a valid licence.
+        let last = signed_raw("9999-12-31T23:59:59Z", 0, &sk);
+        assert_eq!(
+            verify(&last, &keys, t(NOW), None, None).unwrap().standing,
+            Standing::Valid
+        );
+        // A CRL from beyond the range is refused as invalid.
+        let mut list = serde_json::to_value(Crl {
+            format: CRL_FORMAT.into(),
+            issuer: "https://quantus.example".into(),
+            serial: 1,
+            issued_at: t(NOW),
+            next_update: t(NOW),
+            entries: vec![],
+        })
+        .unwrap();
+        list["next_update"] = "+262142-12-31T23:59:59Z".into();
+        let document = SignedDocument::sign(list, CRL_CONTEXT, &[(&sk, [3; 32])]).unwrap();
+        let check = CrlCheck {
+            document: &document,
+            max_age: Duration::days(7),
+            min_serial: None,
+        };
+        assert!(matches!(
+            Crl::verify(&check, &keys, t(NOW)),
+            Err(LicenseError::CrlInvalid(m)) if m.contains("out of range")
+        ));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn instant_text() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![Just(""), Just("+"), Just("-")],
+                0u32..300_000,
+                1u32..13,
+                1u32..29,
+                0u32..24,
+            )
+                .prop_map(|(sign, y, mo, d, h)| {
+                    format!("{sign}{y:04}-{mo:02}-{d:02}T{h:02}:00:00Z")
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_bytes_as_a_licence_file_or_crl_are_refused_never_a_panic(
+                bytes in prop::collection::vec(any::<u8>(), 0..600)
+            ) {
+                let keys = key_set(vec![]);
+                if let Ok(document) = SignedDocument::from_canonical_json(&bytes) {
+                    let _ = verify(&document, &keys, t(NOW), None, Some("m"));
+                    let check = CrlCheck { document: &document, max_age: Duration::days(7), min_serial: Some(1) };
+                    let _ = Crl::verify(&check, &keys, t(NOW));
+                }
+            }
+        }
+
+        proptest! {
+            // Each case signs with ML-DSA: fewer cases, still every path past the signature.
+            #![proptest_config(ProptestConfig::with_cases(150))]
+
+            #[test]
+            fn any_instants_and_grace_verify_or_are_refused_never_a_panic(
+                expires_at in instant_text(),
+                not_before in instant_text(),
+                grace in any::<u64>(),
+                now in instant_text(),
+            ) {
+                let sk = key(Algorithm::MlDsa65Ed25519, 1);
+                let keys = key_set(vec![trusted(&sk)]);
+                let mut payload = serde_json::to_value(license(None)).unwrap();
+                payload["expires_at"] = expires_at.into();
+                payload["not_before"] = not_before.into();
+                payload["grace_period_seconds"] = grace.into();
+                let file = SignedDocument::sign(payload, LICENSE_CONTEXT, &[(&sk, [9; 32])]).unwrap();
+                let now = now.parse::<DateTime<Utc>>().unwrap_or(t(NOW));
+                let _ = verify(&file, &keys, now, None, None);
+            }
+        }
     }
 }

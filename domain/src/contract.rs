@@ -466,6 +466,10 @@ pub fn check_line_items(items: Vec<LineItem>) -> Result<Vec<LineItem>, ContractE
 }
 
 fn check_term(starts_at: DateTime<Utc>, ends_at: DateTime<Utc>) -> Result<(), ContractError> {
+    for (field, at) in [("starts_at", starts_at), ("ends_at", ends_at)] {
+        quantus_crypto::instant::check(at)
+            .map_err(|e| ContractError::Invalid(format!("{field}: {e}")))?;
+    }
     if ends_at <= starts_at {
         return Err(ContractError::Invalid(
             "ends_at must be later than starts_at".into(),

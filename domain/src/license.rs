@@ -2,9 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
+use quantus_crypto::instant;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -196,6 +197,9 @@ pub fn validate_terms(t: LicenseIssued) -> Result<LicenseIssued, LicenseError> {
         }
         limits.insert(text("limit name", name, 100)?, *value);
     }
+    for (field, at) in [("not_before", t.not_before), ("expires_at", t.expires_at)] {
+        instant::check(at).map_err(|e| LicenseError::Invalid(format!("{field}: {e}")))?;
+    }
     if t.expires_at <= t.not_before {
         return Err(LicenseError::Invalid(
             "expires_at must be after not_before".into(),
@@ -204,6 +208,11 @@ pub fn validate_terms(t: LicenseIssued) -> Result<LicenseIssued, LicenseError> {
     if t.grace_period_seconds > MAX_GRACE_SECONDS {
         return Err(LicenseError::Invalid(
             "grace period must be at most 365 days".into(),
+        ));
+    }
+    if instant::add_seconds(t.expires_at, t.grace_period_seconds).is_none() {
+        return Err(LicenseError::Invalid(
+            "the grace period must end by 9999-12-31T23:59:59Z".into(),
         ));
     }
     if !(1..=10_000).contains(&t.max_activations) {
@@ -235,7 +244,12 @@ impl License {
     pub fn usable_until(&self) -> Option<DateTime<Utc>> {
         self.terms
             .as_ref()
-            .map(|t| t.expires_at + Duration::seconds(t.grace_period_seconds as i64))
+            // Terms are checked when issued, but a log written before that check may hold a
+            // sum past the range: such a licence simply never ends its grace period.
+            .map(|t| {
+                instant::add_seconds(t.expires_at, t.grace_period_seconds)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            })
     }
 
     fn decide(&self, command: LicenseCommand) -> Result<Vec<LicenseEvent>, LicenseError> {
@@ -301,6 +315,13 @@ impl License {
                 _ => Err(LicenseError::NotSuspended),
             },
             C::Renew { expires_at } => {
+                instant::check(expires_at)
+                    .map_err(|e| LicenseError::Invalid(format!("expires_at: {e}")))?;
+                if instant::add_seconds(expires_at, terms.grace_period_seconds).is_none() {
+                    return Err(LicenseError::Invalid(
+                        "the grace period must end by 9999-12-31T23:59:59Z".into(),
+                    ));
+                }
                 if expires_at <= terms.expires_at {
                     return Err(LicenseError::RenewalNotLater(terms.expires_at));
                 }
@@ -399,6 +420,60 @@ mod tests {
             fingerprint: fp.into(),
             now: t(now),
         }
+    }
+
+    #[test]
+    fn instants_past_the_accepted_range_are_refused_at_issue_and_renewal() {
+        let mut far = terms(2, None);
+        far.expires_at = t("+262142-12-31T23:59:59Z");
+        Spec::with(())
+            .given_no_previous_events()
+            .when(C::Issue(far))
+            .then_expect_error_message("expires_at: +262142-12-31T23:59:59+00:00 is out of range: instants must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z");
+        // The last second is fine on its own, but not with a grace period that ends later.
+        let mut edge = terms(2, None);
+        edge.expires_at = t("9999-12-31T23:59:59Z");
+        Spec::with(())
+            .given_no_previous_events()
+            .when(C::Issue(edge.clone()))
+            .then_expect_error(LicenseError::Invalid(
+                "the grace period must end by 9999-12-31T23:59:59Z".into(),
+            ));
+        edge.grace_period_seconds = 0;
+        let mut expected = edge.clone();
+        expected.features.sort();
+        Spec::with(())
+            .given_no_previous_events()
+            .when(C::Issue(edge))
+            .then_expect_events(vec![E::LicenseIssued(expected)]);
+        Spec::with(())
+            .given(vec![issued(1)])
+            .when(C::Renew {
+                expires_at: t("+262142-12-31T23:59:59Z"),
+            })
+            .then_expect_error_message("expires_at: +262142-12-31T23:59:59+00:00 is out of range: instants must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn a_licence_stored_with_an_overflowing_grace_period_still_answers() {
+        // Written before issue-time checks existed: loading and activating must not panic.
+        let mut far = terms(2, None);
+        far.expires_at = t("+262142-12-31T23:59:59Z");
+        far.grace_period_seconds = 365 * 86400;
+        let mut license = License::default();
+        license.apply(E::LicenseIssued(far));
+        assert_eq!(license.usable_until(), Some(DateTime::<Utc>::MAX_UTC));
+        Spec::with(())
+            .given(vec![E::LicenseIssued({
+                let mut t = terms(2, None);
+                t.expires_at = "+262142-12-31T23:59:59Z".parse().unwrap();
+                t.grace_period_seconds = 365 * 86400;
+                t
+            })])
+            .when(activate("m1", "2026-06-01T00:00:00Z"))
+            .then_expect_events(vec![E::LicenseActivated(LicenseActivated {
+                fingerprint: "m1".into(),
+            })]);
     }
 
     #[test]

@@ -128,7 +128,8 @@ impl ServiceToken {
             return Err(refused("QSA", response).await);
         }
         let token: TokenResponse = response.json().await.map_err(unavailable("QSA"))?;
-        let until = Instant::now() + Duration::from_secs(token.expires_in);
+        // A day at most: an absurd `expires_in` must neither overflow nor pin a token forever.
+        let until = Instant::now() + Duration::from_secs(token.expires_in.min(86_400));
         *cached = Some((token.access_token.clone(), until));
         Ok(token.access_token)
     }

@@ -152,11 +152,30 @@ test("a person signs in, consents, and the application gets a code it can redeem
   await page.waitForURL(`${appUrl}/callback**`);
   assert.ok(new URL(page.url()).searchParams.get("code"));
 
+  // A sign-out link without an id_token_hint (any site could send one) only asks: the
+  // session lives on until the person confirms.
+  await page.goto(`${BASE}/oauth2/logout`);
+  assert.equal(await page.title(), "Sign out? · Quantus");
+  await page.goto(authorizeUrl(client, b64url(randomBytes(32)), "still-signed-in"));
+  await page.waitForURL(`${appUrl}/callback**`);
+  // A forged hint is refused outright.
+  const forged = await page.goto(`${BASE}/oauth2/logout?id_token_hint=${body.access_token}`);
+  assert.equal(forged.status(), 400);
+
   // Logout ends the session: the next authorization asks for the password again.
   await page.goto(`${BASE}/oauth2/logout`);
+  await page.getByRole("button", { name: "Sign out" }).click();
   await page.waitForSelector("text=You are signed out.");
   await page.goto(authorizeUrl(client, b64url(randomBytes(32)), "after-logout"));
   assert.equal(await page.title(), "Sign in · Quantus");
+
+  // With the application's id_token_hint, sign-out needs no question (RP-Initiated Logout §2).
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForURL(`${appUrl}/callback**`);
+  await page.goto(`${BASE}/oauth2/logout?id_token_hint=${body.id_token}`);
+  await page.waitForSelector("text=You are signed out.");
 });
 
 test("a wrong password shows one message and keeps the person on the sign-in page", async () => {
@@ -306,6 +325,7 @@ test("a person registers a passkey and then signs in with it alone", async () =>
 
   // Signed out; the sign-in page's passkey button signs in with no email and no password.
   await page.goto(`${BASE}/oauth2/logout`);
+  await page.getByRole("button", { name: "Sign out" }).click();
   await page.waitForSelector("text=You are signed out.");
   const verifier2 = b64url(randomBytes(32));
   await page.goto(authorizeUrl(client, verifier2, "passkey-only"));

@@ -196,6 +196,11 @@ impl Server {
         }
     }
 
+    /// Whether the process is still alive (it has not exited or aborted).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

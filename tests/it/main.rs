@@ -11,6 +11,7 @@ mod crypto_crosscheck;
 mod embedded_log;
 pub mod evidence;
 mod harness;
+mod hostile_input;
 mod independent_auditor;
 mod license_cli;
 pub mod mfa;

@@ -1985,3 +1985,119 @@ def test_token_responses_are_never_cached(admin, discovery):
     )
     assert r.status_code == 200
     assert r.headers.get("cache-control") == "no-store" and r.headers.get("pragma") == "no-cache"
+
+
+# ======================================================================================
+# hardening findings (issue 14 item 5)
+
+
+def test_loopback_redirect_uris_accept_any_port(admin, issuer, discovery, jwks_client):
+    """RFC 8252 7.3: a native app listens on whatever port it gets; nothing else loosens."""
+    org = admin.org()
+    user = admin.user(org)
+    client = admin.client(org, redirect_uris=["http://127.0.0.1/callback"])
+    sess = oauth_session(client, discovery, scope="openid")
+    sess.redirect_uri = "http://127.0.0.1:49152/callback"
+    location, state, verifier, _ = authorize_code(Browser(), sess, discovery, user)
+    assert location.startswith("http://127.0.0.1:49152/callback?"), location
+    token = sess.fetch_token(
+        discovery["token_endpoint"], authorization_response=location, code_verifier=verifier, state=state
+    )
+    validate_access_token(token["access_token"], jwks_client, issuer)
+    for other in ("http://127.0.0.1:49152/elsewhere", "http://localhost:49152/callback"):
+        sess.redirect_uri = other
+        url, _ = sess.create_authorization_url(discovery["authorization_endpoint"], code_verifier=generate_token(64))
+        r = requests.get(url, allow_redirects=False, timeout=TIMEOUT)
+        assert not r.is_redirect, f"{other} was accepted: {r.headers.get('Location')}"
+        assert r.status_code == 400, r.status_code
+
+
+def test_client_credentials_client_cannot_register_scopes_it_can_never_receive(admin, issuer):
+    """A client that only uses client_credentials gets its roles' scopes: more must be refused
+    at registration, not accepted and then refused at every token request."""
+    org = admin.org()
+    r = requests.post(
+        f"{issuer}/v1/clients",
+        json={
+            "organization_id": org,
+            "name": "batch job",
+            "kind": "confidential",
+            "redirect_uris": [],
+            "grant_types": ["client_credentials"],
+            "scopes": ["licenses:read"],
+            "token_endpoint_auth_method": "client_secret_basic",
+        },
+        headers=admin._headers(),
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 422, r.text
+    assert "can never be granted" in r.json()["detail"]
+    # A client that also signs people in keeps the scope for them; its own
+    # client_credentials token without `scope` gets what it may have instead of an error.
+    both = admin.client(org, grant_types=["authorization_code", "client_credentials"])
+    sess = OAuth2Session(both["client_id"], both["client_secret"], default_timeout=TIMEOUT)
+    token = sess.fetch_token(f"{issuer}/oauth2/token", grant_type="client_credentials")
+    assert "licenses:read" not in token.get("scope", "").split()
+
+
+def test_errors_do_not_expose_library_internals(admin, issuer, discovery):
+    """error_description speaks the protocol, not the JWT library's enum names."""
+    org = admin.org()
+    sp = admin.service_principal(org)
+    sess = OAuth2Session(sp["client_id"], sp["client_secret"], default_timeout=TIMEOUT)
+    real = sess.fetch_token(discovery["token_endpoint"], grant_type="client_credentials")["access_token"]
+    claims = pyjwt.decode(real, options={"verify_signature": False})
+    header = pyjwt.get_unverified_header(real)
+    forged = _forge({"alg": "none", "typ": "at+jwt", "kid": header["kid"]}, claims, None)
+    for r in (
+        requests.get(discovery["userinfo_endpoint"], headers={"Authorization": f"Bearer {forged}"}, timeout=TIMEOUT),
+        requests.get(f"{issuer}/v1/organizations", headers={"Authorization": f"Bearer {forged}"}, timeout=TIMEOUT),
+        requests.post(
+            discovery["introspection_endpoint"], data={"token": forged}, auth=(sp["client_id"], sp["client_secret"]),
+            timeout=TIMEOUT,
+        ),
+    ):
+        text = r.text + r.headers.get("WWW-Authenticate", "")
+        for internal in ("variant", "HS256", "expected one of", "ErrorKind"):
+            assert internal not in text, f"{r.url}: {text}"
+
+
+def test_discovery_advertises_only_what_userinfo_does(discovery, admin, issuer, jwks_client):
+    """userinfo answers plain JSON; discovery must not promise unsigned JWT responses."""
+    assert "none" not in discovery.get("userinfo_signing_alg_values_supported", [])
+    org = admin.org()
+    user = admin.user(org)
+    client = admin.client(org)
+    _, token, _, _ = code_flow(admin, discovery, issuer, jwks_client, client, user, "openid email")
+    r = requests.get(
+        discovery["userinfo_endpoint"], headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=TIMEOUT
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+
+
+def test_logout_without_a_valid_hint_asks_first(admin, issuer, discovery, jwks_client):
+    """RP-Initiated Logout 1.0 section 2: without an id_token_hint for the signed-in person the
+    OP asks; a forged hint is refused; the person's confirmation (with CSRF) ends the session."""
+    org = admin.org()
+    user = admin.user(org)
+    client = admin.client(org)
+    sess, token, _, browser = code_flow(admin, discovery, issuer, jwks_client, client, user, "openid")
+    page = browser.get(discovery["end_session_endpoint"])
+    assert page.status_code == 200
+    form = find_form(page, "/oauth2/logout")
+    assert form and "csrf" in form["inputs"], page.text[:500]
+    # Still signed in: a new authorization needs no password.
+    browser.pages.clear()
+    authorize_code(browser, oauth_session(client, discovery, scope="openid"), discovery, None)
+    assert "login" not in browser.pages
+    # A hint this server never issued.
+    bad = browser.get(f"{discovery['end_session_endpoint']}?" + urlencode({"id_token_hint": token["access_token"]}))
+    assert bad.status_code == 400
+    # The form without its CSRF token asks again; with it, the session ends.
+    no_csrf = {k: v for k, v in form["inputs"].items() if k != "csrf"}
+    again = browser.s.post(urljoin(page.url, form["action"]), data=no_csrf, allow_redirects=False)
+    assert find_form(again, "/oauth2/logout"), "signed out without the CSRF token"
+    page = browser.get(discovery["end_session_endpoint"])
+    done = browser.submit(page, find_form(page, "/oauth2/logout"), {})
+    assert "You are signed out." in done.text
+    assert introspect(sess, discovery, token["access_token"])["active"] is False

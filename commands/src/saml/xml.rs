@@ -318,6 +318,8 @@ pub struct Request {
 
 /// Largest request QSA reads (inflated).
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// Deepest element nesting QSA reads: real requests nest four or five levels.
+pub const MAX_REQUEST_DEPTH: usize = 32;
 
 /// HTTP-Redirect binding: base64, then raw DEFLATE (SAML Bindings §3.4.4.1).
 pub fn inflate_redirect(b64: &str) -> Result<String, String> {
@@ -352,6 +354,9 @@ pub fn decode_post(b64: &str) -> Result<String, String> {
 /// outside the protocol namespace, and missing IDs.
 pub fn parse_request(xml: &str) -> Result<Request, String> {
     use quick_xml::name::ResolveResult;
+    if xml.len() as u64 > MAX_REQUEST_BYTES {
+        return Err("SAMLRequest is too large".into());
+    }
     let mut reader = quick_xml::NsReader::from_str(xml);
     let mut req = Request::default();
     let mut path: Vec<String> = Vec::new();
@@ -445,6 +450,11 @@ pub fn parse_request(xml: &str) -> Result<Request, String> {
             req.has_xml_signature = true;
         }
         if is_start {
+            if path.len() == MAX_REQUEST_DEPTH {
+                return Err(format!(
+                    "the request nests elements deeper than {MAX_REQUEST_DEPTH} levels"
+                ));
+            }
             path.push(format!("{ns}|{local}"));
         }
     }
@@ -541,5 +551,84 @@ AssertionConsumerServiceURL=\"https://sp/acs\"><saml:Issuer> https://sp </saml:I
         assert!(u
             .to_sign()
             .starts_with(&format!("<ds:SignedInfo xmlns:ds=\"{NS_DS}\">")));
+    }
+
+    #[test]
+    fn deep_or_large_requests_are_refused() {
+        let nested = |n: usize| {
+            format!(
+                "<samlp:AuthnRequest xmlns:samlp=\"{NS_SAMLP}\" ID=\"_a\" Version=\"2.0\">{}{}</samlp:AuthnRequest>",
+                "<x>".repeat(n),
+                "</x>".repeat(n)
+            )
+        };
+        // Past the size limit first; within it, past the depth limit.
+        assert!(parse_request(&nested(20_000))
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_request(&nested(40))
+            .unwrap_err()
+            .contains("deeper than 32"));
+        assert!(parse_request(&nested(30)).is_ok());
+        // A DEFLATE bomb inflates no further than the limit.
+        use std::io::Write as _;
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(&vec![b'<'; 10 << 20]).unwrap();
+        let bomb = STANDARD.encode(z.finish().unwrap());
+        assert!(inflate_redirect(&bomb).unwrap_err().contains("too large"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn xml_like() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just(format!(
+                    "<samlp:AuthnRequest xmlns:samlp=\"{NS_SAMLP}\" ID=\"_a\" Version=\"2.0\">"
+                )),
+                Just("</samlp:AuthnRequest>".to_owned()),
+                Just(format!("<saml:Issuer xmlns:saml=\"{NS_SAML}\">")),
+                Just("</saml:Issuer>".to_owned()),
+                Just("<x>".to_owned()),
+                Just("</x>".to_owned()),
+                Just("<y/>".to_owned()),
+                Just("&amp;".to_owned()),
+                Just("&#x0;".to_owned()),
+                Just("&#xFFFFFFFF;".to_owned()),
+                Just("&bogus;".to_owned()),
+                Just("<![CDATA[".to_owned()),
+                Just("]]>".to_owned()),
+                Just("<!DOCTYPE".to_owned()),
+                Just("<?xml version=\"1.0\"?>".to_owned()),
+                Just(" a=\"".to_owned()),
+                Just("text".to_owned()),
+                Just("<".to_owned()),
+                Just(">".to_owned()),
+            ];
+            prop::collection::vec(piece, 0..60).prop_map(|v| v.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn any_request_is_parsed_or_refused_never_a_panic(s in any::<String>()) {
+                let _ = parse_request(&s);
+                let _ = inflate_redirect(&s);
+                let _ = decode_post(&s);
+            }
+
+            #[test]
+            fn xml_shaped_requests_are_parsed_or_refused(s in xml_like()) {
+                let _ = parse_request(&s);
+                let _ = decode_post(&STANDARD.encode(&s));
+            }
+
+            #[test]
+            fn any_deflated_bytes_are_inflated_or_refused(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = inflate_redirect(&STANDARD.encode(&bytes));
+            }
+        }
     }
 }

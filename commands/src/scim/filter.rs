@@ -34,15 +34,16 @@ pub struct AttrPath {
 impl AttrPath {
     pub fn parse(raw: &str) -> Result<AttrPath, FilterError> {
         let raw = raw.trim();
-        let (urn, rest) = if raw.len() > 4 && raw[..4].eq_ignore_ascii_case("urn:") {
-            // The attribute follows the schema URN's last colon (URNs contain dots: "2.0").
-            match raw.rfind(':') {
-                Some(i) => (Some(raw[..i].to_owned()), &raw[i + 1..]),
-                None => return err(format!("bad attribute path {raw:?}")),
-            }
-        } else {
-            (None, raw)
-        };
+        let (urn, rest) =
+            if raw.len() > 4 && raw.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")) {
+                // The attribute follows the schema URN's last colon (URNs contain dots: "2.0").
+                match raw.rfind(':') {
+                    Some(i) => (Some(raw[..i].to_owned()), &raw[i + 1..]),
+                    None => return err(format!("bad attribute path {raw:?}")),
+                }
+            } else {
+                (None, raw)
+            };
         let mut parts = rest.splitn(2, '.');
         let name = parts.next().unwrap_or_default().to_owned();
         let sub = parts.next().map(str::to_owned);
@@ -97,9 +98,19 @@ pub enum Filter {
     /// `attr[filter]`, the inner filter evaluated over each value of `attr`.
     ValuePath(AttrPath, Box<Filter>),
     Not(Box<Filter>),
-    And(Box<Filter>, Box<Filter>),
-    Or(Box<Filter>, Box<Filter>),
+    /// Two or more terms. Kept flat (not a left-deep binary tree) so that evaluating and
+    /// dropping a long chain of `and`s never recurses once per term.
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
 }
+
+/// The longest filter accepted, in bytes. Real clients send a few hundred at most.
+pub const MAX_FILTER_LEN: usize = 8 * 1024;
+/// The deepest nesting of `(`, `not(` and `attr[...]` accepted: parsing, evaluating and
+/// dropping a filter recurse once per level, so this bounds the stack a request can use.
+pub const MAX_FILTER_DEPTH: usize = 16;
+/// The most comparisons (`attr op value`, `attr pr`) one filter may hold.
+pub const MAX_FILTER_TERMS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
@@ -174,9 +185,20 @@ fn tokenize(input: &str) -> Result<Vec<Token>, FilterError> {
     Ok(out)
 }
 
+/// One term stays itself; several become `join(terms)`.
+fn flat(mut terms: Vec<Filter>, join: fn(Vec<Filter>) -> Filter) -> Filter {
+    if terms.len() == 1 {
+        terms.remove(0)
+    } else {
+        join(terms)
+    }
+}
+
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    depth: usize,
+    terms: usize,
 }
 
 impl Parser {
@@ -193,23 +215,47 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Filter, FilterError> {
-        let mut left = self.and()?;
+        let mut terms = vec![self.and()?];
         while self.peek_keyword("or") {
             self.at += 1;
-            let right = self.and()?;
-            left = Filter::Or(Box::new(left), Box::new(right));
+            terms.push(self.and()?);
         }
-        Ok(left)
+        Ok(flat(terms, Filter::Or))
     }
 
     fn and(&mut self) -> Result<Filter, FilterError> {
-        let mut left = self.unary()?;
+        let mut terms = vec![self.unary()?];
         while self.peek_keyword("and") {
             self.at += 1;
-            let right = self.unary()?;
-            left = Filter::And(Box::new(left), Box::new(right));
+            terms.push(self.unary()?);
         }
-        Ok(left)
+        Ok(flat(terms, Filter::And))
+    }
+
+    /// Parses `inner` one nesting level down, refusing to go past [`MAX_FILTER_DEPTH`].
+    fn nested(
+        &mut self,
+        inner: impl FnOnce(&mut Self) -> Result<Filter, FilterError>,
+    ) -> Result<Filter, FilterError> {
+        if self.depth == MAX_FILTER_DEPTH {
+            return err(format!(
+                "the filter nests deeper than {MAX_FILTER_DEPTH} levels"
+            ));
+        }
+        self.depth += 1;
+        let f = inner(self);
+        self.depth -= 1;
+        f
+    }
+
+    fn count_term(&mut self) -> Result<(), FilterError> {
+        self.terms += 1;
+        if self.terms > MAX_FILTER_TERMS {
+            return err(format!(
+                "the filter has more than {MAX_FILTER_TERMS} comparisons"
+            ));
+        }
+        Ok(())
     }
 
     fn unary(&mut self) -> Result<Filter, FilterError> {
@@ -218,7 +264,7 @@ impl Parser {
             if self.next() != Some(Token::Open) {
                 return err("\"not\" must be followed by \"(\"");
             }
-            let inner = self.or()?;
+            let inner = self.nested(Self::or)?;
             if self.next() != Some(Token::Close) {
                 return err("missing \")\"");
             }
@@ -226,7 +272,7 @@ impl Parser {
         }
         match self.next() {
             Some(Token::Open) => {
-                let inner = self.or()?;
+                let inner = self.nested(Self::or)?;
                 if self.next() != Some(Token::Close) {
                     return err("missing \")\"");
                 }
@@ -239,12 +285,13 @@ impl Parser {
                     if path.sub.is_some() {
                         return err("a value filter applies to an attribute, not a sub-attribute");
                     }
-                    let inner = self.or()?;
+                    let inner = self.nested(Self::or)?;
                     if self.next() != Some(Token::RBracket) {
                         return err("missing \"]\"");
                     }
                     return Ok(Filter::ValuePath(path, Box::new(inner)));
                 }
+                self.count_term()?;
                 let op = match self.next() {
                     Some(Token::Word(op)) => op.to_ascii_lowercase(),
                     _ => return err(format!("an operator must follow {w:?}")),
@@ -284,11 +331,19 @@ impl Parser {
 
 impl Filter {
     pub fn parse(input: &str) -> Result<Filter, FilterError> {
+        if input.len() > MAX_FILTER_LEN {
+            return err(format!("the filter is longer than {MAX_FILTER_LEN} bytes"));
+        }
         let tokens = tokenize(input)?;
         if tokens.is_empty() {
             return err("empty filter");
         }
-        let mut p = Parser { tokens, at: 0 };
+        let mut p = Parser {
+            tokens,
+            at: 0,
+            depth: 0,
+            terms: 0,
+        };
         let f = p.or()?;
         if p.at != p.tokens.len() {
             return err("unexpected text after the filter");
@@ -304,8 +359,8 @@ impl Filter {
     /// `scope`: inside `attr[...]`, the parent attribute's name (for caseExact rules).
     fn eval(&self, node: &Value, scope: Option<&str>) -> bool {
         match self {
-            Filter::And(a, b) => a.eval(node, scope) && b.eval(node, scope),
-            Filter::Or(a, b) => a.eval(node, scope) || b.eval(node, scope),
+            Filter::And(terms) => terms.iter().all(|t| t.eval(node, scope)),
+            Filter::Or(terms) => terms.iter().any(|t| t.eval(node, scope)),
             Filter::Not(a) => !a.eval(node, scope),
             Filter::Present(path) => values(node, path).iter().any(|v| present(v)),
             Filter::Compare(path, op, value) => {
@@ -470,6 +525,7 @@ impl PatchPath {
         };
         let close = raw
             .rfind(']')
+            .filter(|&close| close > open)
             .ok_or_else(|| FilterError("missing \"]\" in path".into()))?;
         let attr = AttrPath::parse(&raw[..open])?;
         if attr.sub.is_some() {
@@ -645,6 +701,116 @@ mod tests {
             r#"1abc eq "a""#,
         ] {
             assert!(Filter::parse(f).is_err(), "{f:?} parsed");
+        }
+    }
+
+    #[test]
+    fn nesting_length_and_term_count_are_bounded_so_no_filter_can_exhaust_the_stack() {
+        let refused = |f: &str, why: &str| {
+            let e = Filter::parse(f).expect_err("refused");
+            assert!(e.0.contains(why), "{:?}: {}", &f[..f.len().min(40)], e.0);
+        };
+        let nest =
+            |open: &str, n: usize| format!("{}userName eq \"a\"{}", open.repeat(n), ")".repeat(n));
+        // What crashed the server: 1,300 parentheses, 3,000 `not(`, 40,000 `and`s.
+        refused(&nest("(", 1300), "nests deeper than 16");
+        refused(&nest("not(", 3000), "longer than 8192 bytes");
+        refused(
+            &vec![r#"userName eq "a""#; 40_000].join(" and "),
+            "longer than",
+        );
+        // The limits themselves: 16 levels and 256 comparisons pass, one more does not.
+        assert!(m(&nest("(", 16).replace("eq \"a\"", "sw \"b\"")));
+        refused(&nest("(", 17), "nests deeper than 16");
+        refused(&nest("not(", 17), "nests deeper than 16");
+        let terms = |n: usize| vec![r#"title eq "x""#; n].join(" or ");
+        assert!(!m(&terms(256)));
+        refused(&terms(257), "more than 256 comparisons");
+        let brackets = format!("{}type eq \"work\"{}", "emails[".repeat(17), "]".repeat(17));
+        refused(&brackets, "nests deeper than 16");
+        // The same bounds hold inside a PATCH path.
+        let path = format!(
+            "emails[{}type eq \"work\"{}]",
+            "(".repeat(1300),
+            ")".repeat(1300)
+        );
+        assert!(PatchPath::parse(&path).is_err());
+    }
+
+    #[test]
+    fn malformed_paths_are_refused_not_sliced_out_of_bounds() {
+        for raw in [
+            "a]b[",
+            "emails]x[",
+            "é[",
+            "abcé",
+            "urn:é",
+            "]",
+            "[",
+            "emails[]",
+            "ab€c",
+        ] {
+            assert!(PatchPath::parse(raw).is_err(), "{raw:?} parsed");
+        }
+        assert!(AttrPath::parse("abcé").is_err());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text built from the filter grammar's own pieces, so that generated inputs reach
+        /// deep into the parser rather than failing at the first character.
+        fn filter_like() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("("),
+                Just(")"),
+                Just("["),
+                Just("]"),
+                Just("not"),
+                Just("and"),
+                Just("or"),
+                Just("eq"),
+                Just("co"),
+                Just("gt"),
+                Just("pr"),
+                Just("\"x\""),
+                Just("\"\\\""),
+                Just("emails"),
+                Just("type"),
+                Just("userName"),
+                Just("name.givenName"),
+                Just("urn:ietf:params:scim:schemas:core:2.0:User:userName"),
+                Just("true"),
+                Just("null"),
+                Just("1.5e3"),
+                Just("."),
+                Just("é"),
+                Just("\\"),
+            ];
+            (prop::collection::vec(piece, 0..80), any::<bool>())
+                .prop_map(|(v, spaced)| v.join(if spaced { " " } else { "" }))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn any_text_is_parsed_or_refused_never_a_panic(s in any::<String>()) {
+                let _ = Filter::parse(&s);
+                let _ = PatchPath::parse(&s);
+                let _ = AttrPath::parse(&s);
+            }
+
+            #[test]
+            fn filter_shaped_text_is_parsed_and_evaluated_or_refused(s in filter_like()) {
+                if let Ok(f) = Filter::parse(&s) {
+                    let _ = f.matches(&user());
+                }
+                if let Ok(p) = PatchPath::parse(&format!("emails[{s}]")) {
+                    let _ = p.selects(&json!({"type": "work", "value": "x"}));
+                }
+            }
         }
     }
 

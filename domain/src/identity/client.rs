@@ -8,7 +8,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{is_known_scope, role_allowed_in, Role};
+use super::{is_known_scope, role_allowed_in, scopes_of_roles, Role, OIDC_SCOPES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -134,6 +134,8 @@ pub enum ClientError {
     UnknownScope(String),
     #[error("role {0:?} exists only in the platform organization")]
     RoleNotAllowed(Role),
+    #[error("scope {0:?} can never be granted: a client that only uses client_credentials gets no more than its own roles allow")]
+    ScopeUnreachable(String),
     #[error("{0}")]
     Inconsistent(&'static str),
 }
@@ -180,6 +182,35 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), ClientError> {
     }
 }
 
+/// Whether `given` (an authorization request's `redirect_uri`) is one of `registered`:
+/// character for character (RFC 9700 §4.1), except that an `http` loopback IP address may
+/// name any port, because a native app listens on whatever port it gets (RFC 8252 §7.3).
+pub fn redirect_uri_registered(registered: &[String], given: &str) -> bool {
+    if registered.iter().any(|r| r == given) {
+        return true;
+    }
+    let Ok(given) = url::Url::parse(given) else {
+        return false;
+    };
+    let loopback = |u: &url::Url| {
+        u.scheme() == "http" && matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+            || u.scheme() == "http"
+                && matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+    };
+    if !loopback(&given) || given.fragment().is_some() {
+        return false;
+    }
+    registered
+        .iter()
+        .filter_map(|r| url::Url::parse(r).ok())
+        .any(|mut r| {
+            loopback(&r)
+                && r.host() == given.host()
+                && r.set_port(given.port()).is_ok()
+                && r.as_str() == given.as_str()
+        })
+}
+
 fn validate(r: &ClientRegistered) -> Result<(), ClientError> {
     use ClientError::Inconsistent as I;
     let name = r.name.trim();
@@ -198,6 +229,21 @@ fn validate(r: &ClientRegistered) -> Result<(), ClientError> {
         .find(|x| !role_allowed_in(**x, &r.organization_id))
     {
         return Err(ClientError::RoleNotAllowed(*role));
+    }
+    // A client whose only grant is client_credentials receives the scopes of its own roles
+    // and nothing else: registering more would succeed and then fail every token request.
+    if r.grant_types
+        .iter()
+        .all(|g| *g == GrantType::ClientCredentials)
+    {
+        let by_roles = scopes_of_roles(&r.roles);
+        if let Some(s) = r
+            .scopes
+            .iter()
+            .find(|s| !OIDC_SCOPES.contains(&s.as_str()) && !by_roles.contains(*s))
+        {
+            return Err(ClientError::ScopeUnreachable(s.clone()));
+        }
     }
     let redirects = r.grant_types.contains(&GrantType::AuthorizationCode);
     if redirects && r.redirect_uris.is_empty() {
@@ -344,6 +390,33 @@ mod tests {
     }
 
     #[test]
+    fn loopback_redirect_uris_match_on_any_port_and_nothing_else_loosens() {
+        let registered = vec![
+            "http://127.0.0.1/cb".to_owned(),
+            "http://[::1]:8000/cb".to_owned(),
+            "https://app.example/cb".to_owned(),
+            "http://localhost/cb".to_owned(),
+        ];
+        let ok = |u: &str| redirect_uri_registered(&registered, u);
+        assert!(ok("http://127.0.0.1/cb"));
+        assert!(ok("http://127.0.0.1:51004/cb"));
+        assert!(ok("http://[::1]:9/cb"));
+        assert!(ok("http://[::1]/cb"));
+        assert!(ok("https://app.example/cb"));
+        assert!(!ok("https://app.example:8443/cb"), "only loopback IPs");
+        assert!(
+            !ok("http://localhost:8080/cb"),
+            "localhost is a name, not an IP (§8.3)"
+        );
+        assert!(!ok("http://127.0.0.1:51004/other"));
+        assert!(!ok("http://127.0.0.1:51004/cb?x=1"));
+        assert!(!ok("http://127.0.0.1:51004/cb#frag"));
+        assert!(!ok("http://127.0.0.2:51004/cb"), "another address");
+        assert!(!ok("https://127.0.0.1:51004/cb"), "another scheme");
+        assert!(!ok("not a uri"));
+    }
+
+    #[test]
     fn registration_rules() {
         TestFramework::<Client>::with(())
             .given_no_previous_events()
@@ -366,5 +439,32 @@ mod tests {
             .given_no_previous_events()
             .when(ClientCommand::Register(sp))
             .then_expect_error(ClientError::RoleNotAllowed(Role::PlatformAdmin));
+    }
+
+    #[test]
+    fn a_client_credentials_only_client_may_ask_only_for_what_its_roles_grant() {
+        let mut machine = web();
+        machine.redirect_uris.clear();
+        machine.grant_types = [GrantType::ClientCredentials].into();
+        machine.scopes = ["licenses:read".to_owned()].into();
+        TestFramework::<Client>::with(())
+            .given_no_previous_events()
+            .when(ClientCommand::Register(machine.clone()))
+            .then_expect_error(ClientError::ScopeUnreachable("licenses:read".into()));
+        // A service principal whose role grants the scope registers.
+        machine.kind = ClientKind::Service;
+        machine.roles = [Role::Owner].into();
+        TestFramework::<Client>::with(())
+            .given_no_previous_events()
+            .when(ClientCommand::Register(machine.clone()))
+            .then_expect_events(vec![ClientEvent::ClientRegistered(machine.clone())]);
+        // A client that also signs people in may hold the scope for their tokens.
+        let mut both = web();
+        both.grant_types.insert(GrantType::ClientCredentials);
+        both.scopes = ["openid".to_owned(), "licenses:read".to_owned()].into();
+        TestFramework::<Client>::with(())
+            .given_no_previous_events()
+            .when(ClientCommand::Register(both.clone()))
+            .then_expect_events(vec![ClientEvent::ClientRegistered(both)]);
     }
 }
