@@ -606,3 +606,58 @@ async fn the_openapi_document_names_the_idempotency_key_and_the_body_bounds() {
     let upload = &spec["paths"]["/v1/jobs/{id}/artifacts/{name}"]["put"];
     assert!(upload["responses"]["413"].is_object());
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_cut_off() {
+    use crate::evidence::{submit_job, upload};
+    let dir = temp_dir("idle-reader");
+    let server = Server::start(
+        &dir,
+        &["--listen", "127.0.0.1:0"],
+        &[("QUANTUS_IDLE_TIMEOUT_SECONDS", "2")],
+    );
+    let api = server.client();
+    let (org, _) = api.create_org("Acme").await;
+    let job = submit_job(&api, &org).await;
+    // Far more than socket buffers hold, so the server must wait for the reader.
+    let size = 48 * 1024 * 1024;
+    let r = upload(&api, &job, "big.bin", vec![7u8; size]).await;
+    assert_eq!(r.status(), 201);
+
+    // A reader with a tiny window that then reads nothing for a while.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = server.url().trim_start_matches("http://").parse().unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /v1/jobs/{job}/artifacts/big.bin HTTP/1.1\r\nHost: quantus\r\n\
+                 Authorization: Bearer {}\r\n\r\n",
+                api.token
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // What was in flight still arrives; then the connection ends, well short of the body.
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read_all)
+        .await
+        .expect("the server closed the connection");
+    assert!(
+        received > 0 && received < size,
+        "received {received} of {size} bytes: the stalled response was not cut off"
+    );
+    assert_eq!(api.get("/healthz").await.status, 200);
+}
