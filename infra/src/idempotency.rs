@@ -71,49 +71,50 @@ impl IdempotencyKeys {
         .bind(millis(now - lease))
         .execute(&self.db.pool)
         .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, claimed_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, idem_key) DO NOTHING",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(fingerprint)
-        .bind(millis(now))
-        .bind(millis(now + keep))
-        .execute(&self.db.pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(Claim::New);
+        // A record released between our insert and our read (its request failed) frees the
+        // key: claim again. Three rounds only happen under a storm of failing duplicates.
+        for _ in 0..3 {
+            let inserted = sqlx::query(
+                "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, claimed_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope, idem_key) DO NOTHING",
+            )
+            .bind(scope)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(millis(now))
+            .bind(millis(now + keep))
+            .execute(&self.db.pool)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(Claim::New);
+            }
+            let row = sqlx::query(
+                "SELECT fingerprint, status, headers, body FROM idempotency_keys WHERE scope = $1 AND idem_key = $2",
+            )
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.db.pool)
+            .await?;
+            let Some(row) = row else { continue };
+            let theirs: String = row.try_get("fingerprint")?;
+            if theirs != fingerprint {
+                return Ok(Claim::OtherRequest);
+            }
+            let status: Option<i64> = row.try_get("status")?;
+            return Ok(match status {
+                None => Claim::InFlight,
+                Some(status) => Claim::Answered(StoredAnswer {
+                    status: u16::try_from(status).unwrap_or(500),
+                    headers: row
+                        .try_get::<Option<String>, _>("headers")?
+                        .unwrap_or_default(),
+                    body: row
+                        .try_get::<Option<String>, _>("body")?
+                        .unwrap_or_default(),
+                }),
+            });
         }
-        let row = sqlx::query(
-            "SELECT fingerprint, status, headers, body FROM idempotency_keys WHERE scope = $1 AND idem_key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        let Some(row) = row else {
-            // Released between the insert and the read: the holder's request failed. The
-            // caller retries; this one is told it is in flight, which is true a moment ago.
-            return Ok(Claim::InFlight);
-        };
-        let theirs: String = row.try_get("fingerprint")?;
-        if theirs != fingerprint {
-            return Ok(Claim::OtherRequest);
-        }
-        let status: Option<i64> = row.try_get("status")?;
-        Ok(match status {
-            None => Claim::InFlight,
-            Some(status) => Claim::Answered(StoredAnswer {
-                status: u16::try_from(status).unwrap_or(500),
-                headers: row
-                    .try_get::<Option<String>, _>("headers")?
-                    .unwrap_or_default(),
-                body: row
-                    .try_get::<Option<String>, _>("body")?
-                    .unwrap_or_default(),
-            }),
-        })
+        Ok(Claim::InFlight)
     }
 
     /// Records the answer to the request that holds the key.
