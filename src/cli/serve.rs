@@ -83,12 +83,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let objects = quantus_infra::objects::ObjectStorage::open(&config)
             .context("opening object storage")?;
-        // Uploads cut short by a crash (kill -9) leave staging files nobody will finish.
-        let swept = objects
-            .sweep_staging()
-            .context("sweeping unfinished uploads")?;
-        if swept > 0 {
-            tracing::info!(swept, "removed staging files of unfinished uploads");
+        // Uploads cut short by a crash (kill -9) leave staging files nobody will finish. The
+        // Portal alone takes no uploads: it leaves the folder to the process that does.
+        if config.role != quantus_infra::Role::Portal {
+            let swept = objects
+                .sweep_staging()
+                .context("sweeping unfinished uploads")?;
+            if swept > 0 {
+                tracing::info!(swept, "removed staging files of unfinished uploads");
+            }
         }
         let qsa = config.qsa_url.clone().unwrap_or_else(|| issuer.clone());
         let billing: std::sync::Arc<dyn quantus_infra::billing::BillingProvider> =
