@@ -38,6 +38,18 @@ impl Consistency {
             Some(ms) => Duration::from_millis(ms),
             None => DEFAULT_WAIT,
         };
+        // Positions are stored as signed 64-bit integers; a larger one can never exist, and
+        // waiting for it would only end in a misleading 504.
+        if i64::try_from(position).is_err() {
+            return Err(Problem::bad_request(format!(
+                "min_position must be at most {}",
+                i64::MAX
+            )));
+        }
+        // Position 0 precedes the first event: every model has always applied it.
+        if position == 0 {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if runner.has_applied(position).await? == Some(true) {

@@ -17,18 +17,13 @@ use crate::{AppState, Problem};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/jobs/{id}/evidence", post(create))
-        // Archives with artifacts are large; they are checked in memory, so bounded.
-        .route(
-            "/evidence/verify",
-            post(verify).layer(axum::extract::DefaultBodyLimit::max(MAX_ARCHIVE_BYTES)),
-        )
+        // Archives with artifacts are large; they are checked in memory, so bounded by their
+        // own limit (`crate::bodies`, `QUANTUS_MAX_ARCHIVE_BYTES`).
+        .route("/evidence/verify", post(verify))
         .route("/evidence/{id}", get(show))
         .route("/evidence/{id}/export", get(export))
         .route("/evidence/{id}/dsse", get(dsse))
 }
-
-/// Largest archive `POST /v1/evidence/verify` takes (the CLI has no limit).
-pub const MAX_ARCHIVE_BYTES: usize = 256 * 1024 * 1024;
 
 fn uuid(id: &str, what: &str) -> Result<String, Problem> {
     Uuid::parse_str(id)

@@ -7,9 +7,11 @@
 mod access;
 mod audit;
 mod auth;
+mod bodies;
 mod consistency;
 mod events;
 mod evidence;
+mod idempotency;
 mod identity;
 mod jobs;
 mod licensing;
@@ -24,6 +26,7 @@ mod portal;
 mod problem;
 mod saml;
 mod scim;
+mod server;
 mod state;
 mod write;
 
@@ -33,6 +36,7 @@ use axum::Router;
 pub use auth::Principal;
 pub use openapi::ApiDoc;
 pub use problem::Problem;
+pub use server::serve;
 pub use state::AppState;
 
 /// The whole HTTP surface (every service in one process).
@@ -46,10 +50,17 @@ pub fn portal_router(state: AppState) -> Router {
 }
 
 fn app(state: AppState, everything: bool) -> Router {
-    let portal = portal::routes().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        portal::require_qsa_token,
-    ));
+    // Inside authentication (route layers added later run first): it needs the caller.
+    let idempotent = axum::middleware::from_fn_with_state(
+        idempotency::Idempotency::new(state.db.clone(), &state.limits),
+        idempotency::idempotent,
+    );
+    let portal = portal::routes()
+        .route_layer(idempotent.clone())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            portal::require_qsa_token,
+        ));
     let mut v1 = Router::new();
     if everything {
         v1 = v1
@@ -66,6 +77,7 @@ fn app(state: AppState, everything: bool) -> Router {
             .merge(evidence::routes())
             .merge(scim::token_routes())
             .merge(saml::api_routes())
+            .route_layer(idempotent)
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 auth::require_bearer,
@@ -93,6 +105,12 @@ fn app(state: AppState, everything: bool) -> Router {
                 "this route does not accept that method",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            bodies::bound,
+        ))
+        // `bodies::bound` is the one size limit, for every extractor alike.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -311,6 +311,7 @@ pub async fn issue_with_id(
         &format!("organization {}", body.organization_id),
     )?;
     let ctx = context(&principal, &headers, &body.organization_id);
+    let not_before_given = body.not_before.is_some();
     let terms = LicenseIssued {
         organization_id: body.organization_id,
         product: body.product,
@@ -323,9 +324,17 @@ pub async fn issue_with_id(
         max_activations: body.max_activations,
         machine_fingerprint: body.machine_fingerprint,
     };
-    let same = |existing: &quantus_domain::license::License| {
+    // An omitted `not_before` means "valid from the moment of issue". For a retry that moment
+    // is when the licence was first issued, not now: so the default is taken from the log.
+    let same = |existing: &quantus_domain::license::License, issued_at: Option<DateTime<Utc>>| {
         existing.terms.as_ref().is_some_and(|t| {
             let mut mine = terms.clone();
+            if !not_before_given {
+                match issued_at {
+                    Some(at) => mine.not_before = at,
+                    None => return false,
+                }
+            }
             // Normalised like the aggregate does (trimmed, sorted), then compared.
             mine.features.sort();
             mine.features.dedup();
@@ -358,7 +367,18 @@ pub async fn issue_with_id(
                     .unwrap_or_default(),
                 &format!("licence {id}"),
             )?;
-            if !same(&existing) {
+            let issued_at = if not_before_given {
+                None
+            } else {
+                state
+                    .bus
+                    .repository()
+                    .aggregate_records("License", &id)
+                    .await?
+                    .first()
+                    .map(|r| r.envelope.occurred_at)
+            };
+            if !same(&existing, issued_at) {
                 return Err(Problem::new(
                     StatusCode::CONFLICT,
                     "conflict",

@@ -41,7 +41,7 @@ use crate::{
         portal::my_evidence,
     ),
     components(schemas(Problem)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &RequestBounds),
 )]
 pub struct ApiDoc;
 
@@ -54,6 +54,73 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// What every route shares and no handler declares: the body limits and timeouts
+/// (`crate::bodies`) and `Idempotency-Key` on authenticated POSTs (`crate::idempotency`).
+struct RequestBounds;
+
+impl Modify for RequestBounds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        let add = |op: &mut Operation, status: &str, description: &str| {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| problem(description).into());
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.put, &mut item.patch].into_iter().flatten() {
+                add(op, "413", "the request body is larger than the limit");
+                add(op, "408", "the request body stalled or arrived too slowly");
+            }
+            let Some(op) = item.post.as_mut() else {
+                continue;
+            };
+            add(op, "413", "the request body is larger than the limit");
+            add(op, "408", "the request body stalled or arrived too slowly");
+            if op.security.is_none() {
+                continue;
+            }
+            op.parameters.get_or_insert_with(Vec::new).push(
+                ParameterBuilder::new()
+                    .name("Idempotency-Key")
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some(
+                        "IETF httpapi Idempotency-Key (a quoted string): the request is carried out once per caller and key; a retry with the same body gets the first answer again (header Idempotent-Replayed: true), another body 422, a retry while the first runs 409. Kept one day (QUANTUS_IDEMPOTENCY_KEY_SECONDS).",
+                    ))
+                    .schema(Some(
+                        utoipa::openapi::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::String)
+                            .max_length(Some(257)),
+                    ))
+                    .build(),
+            );
+            add(
+                op,
+                "409",
+                "a request with this Idempotency-Key is still in progress",
+            );
+            add(
+                op,
+                "422",
+                "this Idempotency-Key was used for a different request",
+            );
+        }
     }
 }
 

@@ -145,6 +145,12 @@ impl From<JsonRejection> for Problem {
                 "Unsupported media type",
                 "send the body as application/json",
             ),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request body too large",
+                other.body_text(),
+            ),
             other => Problem::bad_request(other.body_text()),
         }
     }

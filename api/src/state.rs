@@ -61,6 +61,8 @@ pub struct AppState {
     /// QSA as a SAML 2.0 identity provider.
     pub saml: quantus_commands::saml::Saml,
     pub(crate) metrics: Arc<Metrics>,
+    /// Bounds on request bodies (sizes, read timeouts); the defaults unless configured.
+    pub limits: quantus_infra::HttpLimits,
 }
 
 impl AppState {
@@ -124,6 +126,7 @@ impl AppState {
             bus,
             db,
             metrics: Arc::new(Metrics::default()),
+            limits: quantus_infra::HttpLimits::default(),
         }
     }
 

@@ -110,6 +110,62 @@ pub struct Config {
     /// The Stripe webhook endpoint's signing secret (`STRIPE_WEBHOOK_SECRET`); without it the
     /// webhook route refuses every call.
     pub stripe_webhook_secret: Option<Secret>,
+    /// Bounds on HTTP clients (slow, idle, too many, too large).
+    pub http: HttpLimits,
+}
+
+/// Bounds on what one HTTP client may hold, send or have remembered. Each has an environment variable and a
+/// default sized for real clients on slow links, not for attackers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// From when the server waits for a request (a new connection, or the next request on a
+    /// kept-alive one) until its whole head has arrived (`QUANTUS_HEADER_READ_TIMEOUT_SECONDS`,
+    /// default 10). Partial headers and idle kept-alive connections end here.
+    pub header_read_timeout_seconds: u64,
+    /// The longest a request body may keep the server waiting for its next bytes, and the
+    /// grace period before `min_body_bytes_per_second` applies
+    /// (`QUANTUS_BODY_READ_TIMEOUT_SECONDS`, default 10).
+    pub body_read_timeout_seconds: u64,
+    /// The slowest average a body may arrive at, over the time the server waited for it
+    /// (`QUANTUS_MIN_BODY_BYTES_PER_SECOND`, default 256): a trickle is cut off.
+    pub min_body_bytes_per_second: u64,
+    /// The longest a client may leave a response unread (no byte accepted while the server
+    /// has bytes to send) (`QUANTUS_IDLE_TIMEOUT_SECONDS`, default 60).
+    pub idle_timeout_seconds: u64,
+    /// Connections served at once; more wait in the listen backlog
+    /// (`QUANTUS_MAX_CONNECTIONS`, default 1024).
+    pub max_connections: u64,
+    /// Largest request body but for artifact uploads (`QUANTUS_MAX_BODY_BYTES`, default 2 MiB).
+    pub max_body_bytes: u64,
+    /// Largest artifact upload (`QUANTUS_MAX_ARTIFACT_BYTES`, default and ceiling 10 GiB).
+    pub max_artifact_bytes: u64,
+    /// Largest evidence archive `POST /v1/evidence/verify` takes; it is checked in memory
+    /// (`QUANTUS_MAX_ARCHIVE_BYTES`, default 256 MiB; the CLI has no limit).
+    pub max_archive_bytes: u64,
+    /// How long an `Idempotency-Key` and its answer are kept
+    /// (`QUANTUS_IDEMPOTENCY_KEY_SECONDS`, default one day).
+    pub idempotency_key_seconds: u64,
+}
+
+impl HttpLimits {
+    /// The ceiling of `max_artifact_bytes`: what the evidence service accepts at most.
+    pub const ARTIFACT_CEILING: u64 = 10 * 1024 * 1024 * 1024;
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 10,
+            min_body_bytes_per_second: 256,
+            idle_timeout_seconds: 60,
+            max_connections: 1024,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_artifact_bytes: Self::ARTIFACT_CEILING,
+            max_archive_bytes: 256 * 1024 * 1024,
+            idempotency_key_seconds: 86400,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +237,45 @@ impl Config {
         let checkpoint_events = number("QUANTUS_CHECKPOINT_EVENTS", 1000)?;
         let checkpoint_seconds = number("QUANTUS_CHECKPOINT_SECONDS", 60)?;
         let retention_seconds = number("QUANTUS_RETENTION_SECONDS", 3600)?;
+        let defaults = HttpLimits::default();
+        let http = HttpLimits {
+            header_read_timeout_seconds: number(
+                "QUANTUS_HEADER_READ_TIMEOUT_SECONDS",
+                defaults.header_read_timeout_seconds,
+            )?,
+            body_read_timeout_seconds: number(
+                "QUANTUS_BODY_READ_TIMEOUT_SECONDS",
+                defaults.body_read_timeout_seconds,
+            )?,
+            min_body_bytes_per_second: number(
+                "QUANTUS_MIN_BODY_BYTES_PER_SECOND",
+                defaults.min_body_bytes_per_second,
+            )?,
+            idle_timeout_seconds: number(
+                "QUANTUS_IDLE_TIMEOUT_SECONDS",
+                defaults.idle_timeout_seconds,
+            )?,
+            max_connections: number("QUANTUS_MAX_CONNECTIONS", defaults.max_connections)?,
+            max_body_bytes: number("QUANTUS_MAX_BODY_BYTES", defaults.max_body_bytes)?,
+            max_artifact_bytes: number("QUANTUS_MAX_ARTIFACT_BYTES", defaults.max_artifact_bytes)?,
+            max_archive_bytes: number("QUANTUS_MAX_ARCHIVE_BYTES", defaults.max_archive_bytes)?,
+            idempotency_key_seconds: number(
+                "QUANTUS_IDEMPOTENCY_KEY_SECONDS",
+                defaults.idempotency_key_seconds,
+            )?,
+        };
+        if http.max_artifact_bytes > HttpLimits::ARTIFACT_CEILING {
+            return Err(InfraError::Config(format!(
+                "QUANTUS_MAX_ARTIFACT_BYTES must be at most {}",
+                HttpLimits::ARTIFACT_CEILING
+            )));
+        }
+        // Tokio's semaphore holds at most usize::MAX >> 3 permits; no server needs more.
+        if http.max_connections > 1 << 20 {
+            return Err(InfraError::Config(
+                "QUANTUS_MAX_CONNECTIONS must be at most 1048576".into(),
+            ));
+        }
         let listen = overrides
             .listen
             .clone()
@@ -235,6 +330,7 @@ impl Config {
             stripe_api_base: env("STRIPE_API_BASE")
                 .unwrap_or_else(|| "https://api.stripe.com".to_owned()),
             stripe_webhook_secret: env("STRIPE_WEBHOOK_SECRET").map(Secret),
+            http,
         })
     }
 
@@ -295,6 +391,52 @@ mod tests {
         assert_eq!(c.database_url.as_deref(), Some("postgres://file"));
         assert_eq!(c.kafka_brokers.as_deref(), Some("env:9092"));
         assert_eq!(c.listen, "127.0.0.1:9");
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_come_from_the_environment() {
+        let c = Config::load_from(Overrides::default(), |_| None).unwrap();
+        assert_eq!(c.http, HttpLimits::default());
+        assert_eq!(c.http.max_body_bytes, 2 * 1024 * 1024);
+        let env: HashMap<&str, &str> = [
+            ("QUANTUS_HEADER_READ_TIMEOUT_SECONDS", "3"),
+            ("QUANTUS_BODY_READ_TIMEOUT_SECONDS", "4"),
+            ("QUANTUS_MIN_BODY_BYTES_PER_SECOND", "1000"),
+            ("QUANTUS_IDLE_TIMEOUT_SECONDS", "5"),
+            ("QUANTUS_MAX_CONNECTIONS", "6"),
+            ("QUANTUS_MAX_BODY_BYTES", "7"),
+            ("QUANTUS_MAX_ARTIFACT_BYTES", "8"),
+            ("QUANTUS_MAX_ARCHIVE_BYTES", "10"),
+            ("QUANTUS_IDEMPOTENCY_KEY_SECONDS", "9"),
+        ]
+        .into();
+        let c =
+            Config::load_from(Overrides::default(), |k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(
+            c.http,
+            HttpLimits {
+                header_read_timeout_seconds: 3,
+                body_read_timeout_seconds: 4,
+                min_body_bytes_per_second: 1000,
+                idle_timeout_seconds: 5,
+                max_connections: 6,
+                max_body_bytes: 7,
+                max_artifact_bytes: 8,
+                max_archive_bytes: 10,
+                idempotency_key_seconds: 9,
+            }
+        );
+        for (name, value) in [
+            ("QUANTUS_MAX_CONNECTIONS", "0"),
+            ("QUANTUS_HEADER_READ_TIMEOUT_SECONDS", "soon"),
+            ("QUANTUS_MAX_ARTIFACT_BYTES", "10737418241"),
+        ] {
+            let err = Config::load_from(Overrides::default(), |k| {
+                (k == name).then(|| value.to_owned())
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
     }
 
     #[test]

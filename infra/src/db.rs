@@ -98,6 +98,20 @@ const SCHEMA: &[&str] = &[
         grant_id TEXT NOT NULL,
         PRIMARY KEY (kind, lookup, grant_id)
     )",
+    // Idempotency keys of creating requests, per caller (tenant and principal), with the
+    // answer to replay; `status` is NULL while the request is in flight. Times are Unix ms.
+    "CREATE TABLE IF NOT EXISTS idempotency_keys (
+        scope TEXT NOT NULL,
+        idem_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        claimed_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        status BIGINT,
+        headers TEXT,
+        body TEXT,
+        PRIMARY KEY (scope, idem_key)
+    )",
+    "CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_at)",
     // Consecutive failed sign-ins per account: operational rate-limit state, like a counter in
     // a cache; the outcomes themselves are audit events.
     "CREATE TABLE IF NOT EXISTS sign_in_throttle (

@@ -492,10 +492,15 @@ pub fn record_from_row(row: &AnyRow) -> Result<LogRecord, InfraError> {
 
 /// Events after `after`, in log order, at most `limit`.
 pub async fn read_log(db: &Database, after: u64, limit: u32) -> Result<Vec<LogRecord>, InfraError> {
+    // Positions are signed 64-bit in the store: nothing can follow a larger one (and a
+    // wrapping cast would turn it into -1, i.e. the whole log).
+    let Ok(after) = i64::try_from(after) else {
+        return Ok(Vec::new());
+    };
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
     ))
-    .bind(after as i64)
+    .bind(after)
     .bind(i64::from(limit))
     .fetch_all(&db.pool)
     .await?;

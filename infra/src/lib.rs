@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod event_store;
 pub mod gateway;
+pub mod idempotency;
 pub mod kafka;
 pub mod keystore;
 pub mod objects;
@@ -17,7 +18,7 @@ pub mod relay;
 pub mod saml_keys;
 pub mod subject_keys;
 
-pub use config::{Config, Role};
+pub use config::{Config, HttpLimits, Role};
 pub use db::{Database, Dialect};
 pub use error::InfraError;
 pub use event_store::{LogRecord, SqlEventRepository};

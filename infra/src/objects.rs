@@ -25,6 +25,15 @@ pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     /// `local <folder>` or `s3 <url>`, for logs and answers.
     pub description: String,
+    /// The folder, for a local store.
+    local_root: Option<std::path::PathBuf>,
+}
+
+/// `name#<digits>`: where `LocalFileSystem` stages a multipart upload of `name`.
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(object, suffix)| {
+        !object.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 fn storage(e: object_store::Error) -> InfraError {
@@ -59,6 +68,7 @@ impl ObjectStorage {
                 Ok(Self {
                     store: Arc::new(store),
                     description: format!("s3 {url}"),
+                    local_root: None,
                 })
             }
             Some(url) if url.contains("://") && !url.starts_with("file://") => {
@@ -79,7 +89,35 @@ impl ObjectStorage {
         Ok(Self {
             store: Arc::new(store),
             description: format!("local {}", folder.display()),
+            local_root: Some(folder.to_owned()),
         })
+    }
+
+    /// Removes the staging files of uploads that never finished (the process was killed
+    /// mid-upload); returns how many. Call it at start, before this process uploads anything:
+    /// a local folder belongs to one process. Local uploads stage in `<object>#<n>` beside
+    /// their object (object_store's `LocalFileSystem`), which no object name can be (they
+    /// are never listed). S3 keeps unfinished multipart uploads out of sight; a bucket
+    /// lifecycle rule (`AbortIncompleteMultipartUpload`) removes them.
+    pub fn sweep_staging(&self) -> Result<usize, InfraError> {
+        let Some(root) = &self.local_root else {
+            return Ok(0);
+        };
+        let mut swept = 0;
+        let mut folders = vec![root.clone()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    folders.push(entry.path());
+                } else if kind.is_file() && is_staging_name(&entry.file_name().to_string_lossy()) {
+                    std::fs::remove_file(entry.path())?;
+                    swept += 1;
+                }
+            }
+        }
+        Ok(swept)
     }
 
     /// Streams `body` to `path`, at most `max` bytes; returns (SHA-256 hex, size).
@@ -169,5 +207,47 @@ impl ObjectStorage {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(storage(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_names_are_object_names_with_a_numbered_suffix() {
+        assert!(is_staging_name("0190aa#1"));
+        assert!(is_staging_name("counts.json#12"));
+        assert!(!is_staging_name("counts.json"));
+        assert!(!is_staging_name("a#b"));
+        assert!(!is_staging_name("a#"));
+        assert!(!is_staging_name("#1"));
+    }
+
+    #[tokio::test]
+    async fn the_sweep_removes_staging_files_and_keeps_objects() {
+        let dir = std::env::temp_dir().join(format!("quantus-sweep-{}", uuid::Uuid::now_v7()));
+        let storage = ObjectStorage::local(&dir).unwrap();
+        storage
+            .put_bytes("jobs/j/artifacts/a/1", b"kept".to_vec())
+            .await
+            .unwrap();
+        std::fs::write(dir.join("jobs/j/artifacts/a/2#1"), b"half an upload").unwrap();
+        std::fs::write(dir.join("jobs/j/artifacts/a/1#3"), b"another").unwrap();
+        assert_eq!(storage.sweep_staging().unwrap(), 2);
+        assert_eq!(storage.sweep_staging().unwrap(), 0);
+        assert_eq!(
+            storage
+                .get_bytes("jobs/j/artifacts/a/1")
+                .await
+                .unwrap()
+                .as_ref(),
+            b"kept"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.join("jobs/j/artifacts/a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("1")]);
     }
 }

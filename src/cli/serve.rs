@@ -83,6 +83,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let objects = quantus_infra::objects::ObjectStorage::open(&config)
             .context("opening object storage")?;
+        // Uploads cut short by a crash (kill -9) leave staging files nobody will finish. The
+        // Portal alone takes no uploads: it leaves the folder to the process that does.
+        if config.role != quantus_infra::Role::Portal {
+            let swept = objects
+                .sweep_staging()
+                .context("sweeping unfinished uploads")?;
+            if swept > 0 {
+                tracing::info!(swept, "removed staging files of unfinished uploads");
+            }
+        }
         let qsa = config.qsa_url.clone().unwrap_or_else(|| issuer.clone());
         let billing: std::sync::Arc<dyn quantus_infra::billing::BillingProvider> =
             match &config.stripe_secret_key {
@@ -106,6 +116,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_qsa(&qsa)
         .with_billing(billing);
         state.stripe_webhook_secret = config.stripe_webhook_secret.clone();
+        state.limits = config.http;
         let portal_only = config.role == quantus_infra::Role::Portal;
         if !portal_only {
             bootstrap_licensing(&state).await?;
@@ -170,13 +181,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         } else {
             quantus_api::router(state)
         };
-        tasks.spawn(async move {
-            Ok(axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await?)
-        });
+        let limits = config.http;
+        tasks.spawn(async move { Ok(quantus_api::serve(listener, app, limits).await?) });
     } else {
         println!("quantus {:?} role running ({store})", config.role);
     }

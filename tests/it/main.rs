@@ -10,6 +10,7 @@ mod checkpoints;
 mod crypto_crosscheck;
 mod embedded_log;
 pub mod evidence;
+mod hardening;
 mod harness;
 mod hostile_input;
 mod independent_auditor;
