@@ -34,6 +34,7 @@ log "installing the independent checkers' dependencies (PyPI rfc8785, cryptograp
 python3 -m pip install --quiet --disable-pip-version-check rfc8785 -r tests/crosscheck/requirements.txt -r tests/oidc/requirements.txt -r tests/mfa/requirements.txt >&2
 python3 -m pip install --quiet --disable-pip-version-check -r tests/scim/requirements.txt >&2
 python3 -m pip install --quiet --disable-pip-version-check -r tests/saml/requirements.txt >&2
+python3 -m pip install --quiet --disable-pip-version-check -r tests/openapi/requirements.txt >&2
 
 log "installing headless Chromium and Playwright for the browser tests"
 scripts/browser.sh >/dev/null

@@ -15,6 +15,7 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 pub const MAX_WAIT_MS: u64 = 30_000;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Consistency {
     /// Wait until the read model has applied the event at this log position (from a command

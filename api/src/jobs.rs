@@ -143,7 +143,7 @@ fn view(id: &str, job: &quantus_domain::job::Job, version: u64) -> serde_json::V
     })
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "evidence", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "evidence", operation_id = "show_job", params(("id" = String, Path)),
     responses((status = 200, description = "the job, its result and artifacts"), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn show(

@@ -41,7 +41,7 @@ use crate::{
         portal::my_evidence,
     ),
     components(schemas(Problem)),
-    modifiers(&BearerAuth, &RequestBounds),
+    modifiers(&BearerAuth, &RequestBounds, &AuthResponses, &UniqueOperationIds),
 )]
 pub struct ApiDoc;
 
@@ -120,6 +120,93 @@ impl Modify for RequestBounds {
                 "422",
                 "this Idempotency-Key was used for a different request",
             );
+        }
+    }
+}
+
+fn problem_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+/// Every operation with a security requirement answers 401 without a valid token and 403
+/// when the token lacks the scope or the tenant; every operation that waits for a log
+/// position (`min_position`) answers 504 when the read model does not reach it in time.
+struct AuthResponses;
+
+impl Modify for AuthResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let waits = op
+                    .parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name == "min_position");
+                let responses = &mut op.responses.responses;
+                if op.security.is_some() {
+                    responses
+                        .entry("401".into())
+                        .or_insert_with(|| problem_response("no valid access token"));
+                    responses.entry("403".into()).or_insert_with(|| {
+                        problem_response("the token lacks the scope, role or tenant for this")
+                    });
+                }
+                if waits {
+                    responses.entry("504".into()).or_insert_with(|| {
+                        problem_response("the read model did not reach min_position in time")
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// utoipa names an operation after its handler, and handlers in different modules share
+/// names (`show`, `list`): prefix each with its first tag, which names the service.
+struct UniqueOperationIds;
+
+impl Modify for UniqueOperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let tag = op
+                    .tags
+                    .as_ref()
+                    .and_then(|t| t.first())
+                    .cloned()
+                    .unwrap_or_else(|| "quantus".into());
+                if let Some(id) = op.operation_id.as_mut() {
+                    *id = format!("{tag}_{id}");
+                }
+            }
         }
     }
 }

@@ -81,6 +81,7 @@ pub struct OrganizationPage {
 }
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Return organizations after this id.

@@ -96,7 +96,7 @@ pub async fn list(
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/me/passkeys/{id}", tag = "qsa", params(("id" = String, Path)), responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/me/passkeys/{id}", tag = "qsa", operation_id = "remove_passkey", params(("id" = String, Path)), responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn remove(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -17,6 +17,7 @@ mod independent_auditor;
 mod license_cli;
 pub mod mfa;
 pub mod oidc_conformance;
+mod openapi;
 pub mod passkeys;
 mod portal;
 mod postgres_kafka;

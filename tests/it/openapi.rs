@@ -1,0 +1,93 @@
+//! `/openapi.json` as tools read it: valid OpenAPI 3.1 by a validator not written here
+//! (openapi-spec-validator, `tests/openapi`), unique operation ids, and the statuses every
+//! authenticated or waiting route can answer.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
+
+fn operations(spec: &Value) -> Vec<(String, String, Value)> {
+    let mut out = vec![];
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for m in METHODS {
+            if let Some(op) = item.get(m) {
+                out.push((m.to_owned(), path.clone(), op.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_is_valid_and_complete_in_what_it_declares() {
+    let dir = temp_dir("openapi");
+    let server = Server::embedded(&dir);
+    let spec: Value = reqwest::get(format!("{}/openapi.json", server.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file = dir.join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/openapi/validate.py"))
+        .arg(&file)
+        .output()
+        .expect("python3 (tests/openapi/requirements.txt installed?)");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused /openapi.json:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ops = operations(&spec);
+    assert!(ops.len() > 90, "only {} operations", ops.len());
+    let mut ids = BTreeSet::new();
+    for (method, path, op) in &ops {
+        let id = op["operationId"].as_str().unwrap_or_default();
+        assert!(
+            ids.insert(id.to_owned()),
+            "operationId {id} twice ({method} {path})"
+        );
+        // Query parameters are in the query, path parameters name a template segment.
+        for p in op["parameters"].as_array().into_iter().flatten() {
+            let name = p["name"].as_str().unwrap();
+            match p["in"].as_str().unwrap() {
+                "path" => assert!(
+                    path.contains(&format!("{{{name}}}")),
+                    "{method} {path}: {name} is declared in the path but is not in it"
+                ),
+                "query" | "header" | "cookie" => {}
+                other => panic!("{method} {path}: {name} in {other}"),
+            }
+        }
+        let responses = &op["responses"];
+        if op["security"].is_array() {
+            for status in ["401", "403"] {
+                assert!(
+                    responses[status].is_object(),
+                    "{method} {path} declares no {status}"
+                );
+            }
+        }
+        let waits = op["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["name"] == "min_position");
+        if waits {
+            assert!(
+                responses["504"].is_object(),
+                "{method} {path} declares no 504"
+            );
+        }
+    }
+}
