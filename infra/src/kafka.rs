@@ -149,12 +149,6 @@ fn group_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
     config
 }
 
-/// A consumer in `group` that commits nothing by itself (for benchmarks and tools that read
-/// with plain group semantics).
-pub fn consumer(kafka: &KafkaSettings, group: &str) -> Result<StreamConsumer, InfraError> {
-    Ok(group_config(kafka, group).create()?)
-}
-
 /// The name of a partition as a checkpoint source: `topic/partition`.
 pub fn partition_source(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
