@@ -5,6 +5,9 @@
 #   scripts/kafka.sh start   # start (or reuse) the broker, print KAFKA_BROKERS=...
 #   scripts/kafka.sh env     # print KAFKA_BROKERS=... if running, else exit 1
 #   scripts/kafka.sh stop    # stop the broker and delete its files
+#   scripts/kafka.sh halt    # stop the broker process but keep its data, port and config
+#   scripts/kafka.sh resume  # start a halted broker again (same port, same data); prints
+#                            # KAFKA_BROKERS=... like start (tests of broker outages)
 #   scripts/kafka.sh tool CLASS ARGS...   # run a Kafka CLI class with the same jars,
 #                                         # e.g. tool org.apache.kafka.tools.TopicCommand --list ...
 #
@@ -54,7 +57,7 @@ die() {
 }
 
 usage() {
-    echo "usage: $0 start|stop|env|tool CLASS [ARGS...]" >&2
+    echo "usage: $0 start|stop|halt|resume|env|tool CLASS [ARGS...]" >&2
     exit 2
 }
 
@@ -253,7 +256,8 @@ is_running() {
     broker_pid >/dev/null && [[ -f "$PORT_FILE" ]] && port_open "$(cat "$PORT_FILE")"
 }
 
-stop_broker() {
+# Ends the broker process (SIGTERM to its group, SIGKILL after STOP_TIMEOUT); keeps its files.
+halt_broker() {
     local pid
     if pid="$(broker_pid)"; then
         log "stopping broker (pid/pgid $pid)"
@@ -270,6 +274,10 @@ stop_broker() {
             sleep 0.5
         done
     fi
+}
+
+stop_broker() {
+    halt_broker
     rm -rf "$KAFKA_DIR"
     rm -f "$ENV_FILE"
 }
@@ -352,7 +360,7 @@ PORT_TAKEN=0
 API_CLASS=""
 try_start() {
     PORT_TAKEN=0
-    local ports port controller_port cluster_id pid
+    local ports port controller_port cluster_id
     ports="$(free_ports)"
     read -r port controller_port <<<"$ports"
 
@@ -370,6 +378,13 @@ try_start() {
     }
 
     log "starting broker on 127.0.0.1:$port (controller 127.0.0.1:$controller_port)"
+    launch_broker "$port"
+}
+
+# Launches the broker from $PROPS_FILE and waits until it serves on $1. Sets PORT_TAKEN=1
+# when the port was taken meanwhile (caller decides); dies on any other failure.
+launch_broker() {
+    local port="$1" pid
     # setsid: own session + process group, so `stop` can kill the whole group and
     # the broker survives the caller's terminal/CI step. No job control here, so
     # setsid does not fork and $! is the java pid (== pgid). 9>&-: do not leak
@@ -455,6 +470,32 @@ cmd_stop() {
     log "stopped"
 }
 
+cmd_halt() {
+    lock_state
+    [[ -f "$PROPS_FILE" ]] || die "no broker state in $KAFKA_DIR; start one first"
+    halt_broker
+    log "halted (state kept in $KAFKA_DIR)"
+}
+
+cmd_resume() {
+    ensure_java
+    lock_state
+    [[ -f "$PROPS_FILE" && -f "$PORT_FILE" ]] || die "no halted broker in $KAFKA_DIR"
+    if is_running; then
+        log "already running (pid $(cat "$PID_FILE"))"
+        env_line
+        return
+    fi
+    API_CLASS="$(first_class org.apache.kafka.tools.BrokerApiVersionsCommand kafka.admin.BrokerApiVersionsCommand)"
+    trap 'kill_unready_broker' EXIT
+    PORT_TAKEN=0
+    launch_broker "$(cat "$PORT_FILE")"
+    ((PORT_TAKEN == 0)) || die "port $(cat "$PORT_FILE") was taken while the broker was halted"
+    trap - EXIT
+    log "resumed on 127.0.0.1:$(cat "$PORT_FILE")"
+    env_line
+}
+
 cmd_env() {
     if is_running; then
         env_line
@@ -474,6 +515,8 @@ cmd_tool() {
 case "${1:-}" in
 start) cmd_start ;;
 stop) cmd_stop ;;
+halt) cmd_halt ;;
+resume) cmd_resume ;;
 env) cmd_env ;;
 tool)
     shift

@@ -1,5 +1,6 @@
 //! Read-your-writes: a query may name a log position and wait (bounded) until the read model
-//! it reads has applied it.
+//! it reads has seen it and every position before it (its high-water mark; see
+//! `docs/event-log.md`, "Consuming the log").
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Consistency {
-    /// Wait until the read model has applied the event at this log position (from a command
+    /// Wait until the read model has seen every event up to this log position (from a command
     /// response).
     pub min_position: Option<u64>,
     /// How long to wait, in milliseconds (default 5000, at most 30000); past it: 504.
@@ -53,7 +54,7 @@ impl Consistency {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if runner.has_applied(position).await? == Some(true) {
+            if runner.has_applied(position).await? {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {

@@ -34,6 +34,7 @@ use axum::routing::get;
 use axum::Router;
 
 pub use auth::Principal;
+pub use metrics::Readiness;
 pub use openapi::ApiDoc;
 pub use problem::Problem;
 pub use server::serve;

@@ -11,7 +11,7 @@ use quantus_infra::subject_keys::{SignInThrottle, SubjectKeys};
 use quantus_infra::{Database, SqlEventRepository};
 use quantus_projections::runner::ProjectionRunner;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Readiness};
 use quantus_commands::portal::Portal;
 use quantus_infra::billing::{BillingProvider, BuiltInBilling};
 use quantus_infra::config::Secret;
@@ -60,6 +60,8 @@ pub struct AppState {
     pub issuer: String,
     /// QSA as a SAML 2.0 identity provider.
     pub saml: quantus_commands::saml::Saml,
+    /// When `/readyz` calls a read model stalled or lagging.
+    pub readiness: Readiness,
     pub(crate) metrics: Arc<Metrics>,
     /// Bounds on request bodies (sizes, read timeouts); the defaults unless configured.
     pub limits: quantus_infra::HttpLimits,
@@ -125,6 +127,7 @@ impl AppState {
             issuer,
             bus,
             db,
+            readiness: Readiness::default(),
             metrics: Arc::new(Metrics::default()),
             limits: quantus_infra::HttpLimits::default(),
         }
@@ -134,6 +137,21 @@ impl AppState {
     pub fn with_billing(mut self, billing: Arc<dyn BillingProvider>) -> Self {
         self.portal = Portal::new(self.bus.clone(), billing);
         self
+    }
+
+    /// Every read model's name (readiness and metrics report each).
+    pub fn read_model_names(&self) -> Vec<&'static str> {
+        [
+            &self.organizations,
+            &self.licenses,
+            &self.users,
+            &self.jobs,
+            &self.commercial,
+        ]
+        .iter()
+        .map(|runner| runner.projection().name())
+        .chain([quantus_projections::groups::GroupsView::NAME])
+        .collect()
     }
 
     /// Trusts tokens of the QSA at `qsa_issuer` (this process's own by default).

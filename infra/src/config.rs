@@ -82,6 +82,17 @@ pub struct Config {
     pub kafka_partitions: i32,
     /// Prefix of every topic name (for environments sharing a cluster).
     pub kafka_topic_prefix: String,
+    /// This process's stable member name in the projector's consumer groups
+    /// (`QUANTUS_KAFKA_INSTANCE_ID`, static membership): a restarted projector gets its
+    /// partitions back at once. One per process (a StatefulSet's pod name, say); `None`:
+    /// dynamic membership, where a crashed member's partitions move after the 10 s session.
+    pub kafka_instance_id: Option<String>,
+    /// `/readyz` fails when a read model is behind the log and has not advanced for this many
+    /// seconds (`QUANTUS_READY_STALL_SECONDS`, default 30)...
+    pub ready_stall_seconds: u64,
+    /// ...or is more than this many positions behind (`QUANTUS_READY_MAX_LAG`, default
+    /// 100000).
+    pub ready_max_lag: u64,
     pub listen: String,
     pub role: Role,
     /// Where artifacts go: `s3://bucket[/prefix]` (credentials and endpoint from the usual
@@ -176,6 +187,7 @@ struct FileConfig {
     kafka_brokers: Option<String>,
     kafka_partitions: Option<i32>,
     kafka_topic_prefix: Option<String>,
+    kafka_instance_id: Option<String>,
     listen: Option<String>,
     public_url: Option<String>,
 }
@@ -276,6 +288,8 @@ impl Config {
                 "QUANTUS_MAX_CONNECTIONS must be at most 1048576".into(),
             ));
         }
+        let ready_stall_seconds = number("QUANTUS_READY_STALL_SECONDS", 30)?;
+        let ready_max_lag = number("QUANTUS_READY_MAX_LAG", 100_000)?;
         let listen = overrides
             .listen
             .clone()
@@ -304,6 +318,9 @@ impl Config {
             kafka_topic_prefix: env("QUANTUS_KAFKA_TOPIC_PREFIX")
                 .or(file.kafka_topic_prefix)
                 .unwrap_or_default(),
+            kafka_instance_id: env("QUANTUS_KAFKA_INSTANCE_ID").or(file.kafka_instance_id),
+            ready_stall_seconds,
+            ready_max_lag,
             listen,
             role: overrides.role.unwrap_or_default(),
             checkpoint_events,
@@ -342,6 +359,7 @@ impl Config {
                 brokers: brokers.clone(),
                 partitions: self.kafka_partitions,
                 topic_prefix: self.kafka_topic_prefix.clone(),
+                instance_id: self.kafka_instance_id.clone(),
             })
     }
 

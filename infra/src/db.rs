@@ -77,6 +77,19 @@ const SCHEMA: &[&str] = &[
         position BIGINT NOT NULL,
         PRIMARY KEY (projection, aggregate_type, aggregate_id)
     )",
+    // Each projection's high-water mark: every log position up to it is in the model
+    // (applied, or read and not for this model). Read-your-writes waits on it.
+    "CREATE TABLE IF NOT EXISTS projection_watermarks (
+        projection TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )",
+    // Positions a projection has read above its high-water mark while a lower one is still on
+    // its way (Kafka partitions deliver independently); folded into the mark when the gap fills.
+    "CREATE TABLE IF NOT EXISTS projection_positions_ahead (
+        projection TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        PRIMARY KEY (projection, position)
+    )",
     // Per-subject data keys, wrapped with the master key. Deleting a row crypto-shreds every
     // field sealed with it, across the whole log (see docs/identity.md). Not in the log itself.
     "CREATE TABLE IF NOT EXISTS subject_keys (

@@ -1,16 +1,24 @@
 //! Kafka: topics, the producer the relay uses, and the CloudEvents binary-mode mapping.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quantus_domain::envelope::rfc3339_micros;
 use quantus_domain::schema::BoundedContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{InfraError, LogRecord};
 
@@ -25,6 +33,10 @@ pub struct KafkaSettings {
     pub partitions: i32,
     /// Put before every topic name, so several environments can share one cluster.
     pub topic_prefix: String,
+    /// This process's stable name in its consumer groups (`group.instance.id`, static
+    /// membership): a restarted member with the same name gets its partitions back at once
+    /// instead of after the session timeout. Must differ between processes of one deployment.
+    pub instance_id: Option<String>,
 }
 
 impl KafkaSettings {
@@ -33,6 +45,7 @@ impl KafkaSettings {
             brokers: brokers.into(),
             partitions: 3,
             topic_prefix: String::new(),
+            instance_id: None,
         }
     }
 
@@ -110,16 +123,256 @@ pub fn producer(kafka: &KafkaSettings) -> Result<FutureProducer, InfraError> {
         .create()?)
 }
 
-/// A consumer in `group` that commits nothing by itself: positions live with the read models.
-pub fn consumer(kafka: &KafkaSettings, group: &str) -> Result<StreamConsumer, InfraError> {
-    Ok(ClientConfig::new()
+/// How long a group member may stay silent before the broker gives its partitions to others.
+/// Short, so that a crashed member's partitions move within seconds; heartbeats run on
+/// librdkafka's own thread, so a busy process still sends them.
+const SESSION_TIMEOUT_MS: &str = "10000";
+
+/// The settings of a group member that commits nothing by itself: positions live with the read
+/// models, and Kafka's committed offsets are only a hint.
+fn group_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .create()?)
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .set("heartbeat.interval.ms", "1000")
+        // Reconnect to a broker that came back within a second, not up to 10 s later.
+        .set("reconnect.backoff.max.ms", "1000");
+    if let Some(id) = &kafka.instance_id {
+        config.set("group.instance.id", id);
+    }
+    config
+}
+
+/// The name of a partition as a checkpoint source: `topic/partition`.
+pub fn partition_source(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// The next offset to read per partition (`topic/partition`), as the caller's own store
+/// recorded it. A group member starts every partition it is given here, so the store decides
+/// where reading resumes, whatever Kafka's committed offsets say; a partition the store has
+/// never read starts at the beginning. Stale (lower) values only cause re-reads, which the
+/// caller drops as duplicates.
+#[derive(Debug, Clone, Default)]
+pub struct StartOffsets(Arc<Mutex<HashMap<String, i64>>>);
+
+impl StartOffsets {
+    pub fn set(&self, source: &str, next: u64) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(source.to_owned(), next as i64);
+    }
+
+    fn get(&self, source: &str) -> Option<i64> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(source).copied()
+    }
+}
+
+/// Answers rebalances itself: assigned partitions start at the store's offsets, revoked ones
+/// are released at once (librdkafka waits for this answer; a member that never gives it stays
+/// in `wait-unassign-call` for ever).
+struct GroupContext {
+    group: String,
+    start: StartOffsets,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut assigned = TopicPartitionList::new();
+                for p in tpl.elements() {
+                    let offset = self
+                        .start
+                        .get(&partition_source(p.topic(), p.partition()))
+                        .map_or(Offset::Beginning, Offset::Offset);
+                    if let Err(e) = assigned.add_partition_offset(p.topic(), p.partition(), offset)
+                    {
+                        tracing::error!(group = %self.group, error = %e, "cannot set a start offset");
+                    }
+                }
+                tracing::info!(group = %self.group, partitions = assigned.count(), "partitions assigned");
+                if cooperative {
+                    consumer.incremental_assign(&assigned)
+                } else {
+                    consumer.assign(&assigned)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                let code: RDKafkaErrorCode = other.into();
+                tracing::warn!(group = %self.group, error = %code, "rebalance failed; releasing partitions");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(group = %self.group, error = %e, "answering a rebalance failed");
+        }
+    }
+}
+
+/// One record as a group member received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub record: LogRecord,
+}
+
+/// A member of a consumer group reading every platform topic, starting each partition where
+/// the caller's store says ([`StartOffsets`]).
+pub struct GroupConsumer {
+    group: String,
+    /// Whether the last poll failed (errors are logged once per run).
+    failing: AtomicBool,
+    // An `Option` so that dropping can hand the consumer to a thread of its own.
+    inner: Option<Arc<StreamConsumer<GroupContext>>>,
+}
+
+impl GroupConsumer {
+    /// Joins `group` and subscribes to every platform topic.
+    pub fn join(
+        kafka: &KafkaSettings,
+        group: &str,
+        start: StartOffsets,
+    ) -> Result<Self, InfraError> {
+        let consumer: StreamConsumer<GroupContext> = group_config(kafka, group)
+            .create_with_context(GroupContext {
+                group: group.to_owned(),
+                start,
+            })?;
+        let topics = kafka.topics();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(Self {
+            group: group.to_owned(),
+            failing: AtomicBool::new(false),
+            inner: Some(Arc::new(consumer)),
+        })
+    }
+
+    fn consumer(&self) -> Result<&StreamConsumer<GroupContext>, InfraError> {
+        self.inner
+            .as_deref()
+            .ok_or_else(|| InfraError::Config(format!("consumer of {} is closed", self.group)))
+    }
+
+    /// The next record, or `None` when none came within `wait`. Returning regularly matters:
+    /// each call polls the consumer, which is also when rebalances are answered. A record
+    /// that is not a platform envelope is an error; Kafka's own errors are logged and read
+    /// as "nothing yet" (the client retries by itself; a member that stays silent is the
+    /// caller's watchdog's business).
+    pub async fn next(&self, wait: Duration) -> Result<Option<Received>, InfraError> {
+        let consumer = self.consumer()?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let error = match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(message)) => {
+                self.failing.store(false, Ordering::Relaxed);
+                return Ok(Some(Received {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    record: record_from_message(&message)?,
+                }));
+            }
+            Ok(Err(error)) => error,
+        };
+        // Once per run of errors: while the broker is away the client reports it on every
+        // poll.
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            if let KafkaError::MessageConsumption(RDKafkaErrorCode::FencedInstanceId) = error {
+                tracing::error!(group = %self.group, "another process joined with this process's instance id (group.instance.id); give each process its own QUANTUS_KAFKA_INSTANCE_ID");
+            } else {
+                tracing::warn!(group = %self.group, %error, "Kafka consumer error (further ones are logged at debug level until a record arrives)");
+            }
+        } else {
+            tracing::debug!(group = %self.group, %error, "Kafka consumer error");
+        }
+        tokio::time::sleep_until(deadline).await;
+        Ok(None)
+    }
+
+    /// Commits `offsets` (topic, partition, next offset) to Kafka as a hint for tools that
+    /// look at group lag; failures only matter to them.
+    pub fn commit_hint(&self, offsets: &[(String, i32, i64)]) {
+        let Ok(consumer) = self.consumer() else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, next) in offsets {
+            if tpl
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(group = %self.group, %error, "offset hint not committed");
+        }
+    }
+
+    /// Leaves the group, waiting at most `within` (a broker that is away cannot be told; the
+    /// session timeout then does it).
+    pub async fn close(mut self, within: Duration) {
+        if let Some(done) = self.release() {
+            if tokio::time::timeout(within, done).await.is_err() {
+                tracing::info!(group = %self.group, "consumer still closing; not waiting for it");
+            }
+        }
+    }
+
+    /// Closes the consumer on a thread of its own: librdkafka's close blocks (for as long as
+    /// the group does not answer), and must hold up neither the runtime nor a shutdown.
+    fn release(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let consumer = self.inner.take()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                let _ = tx.send(());
+            });
+        match spawned {
+            Ok(_) => Some(rx),
+            Err(error) => {
+                tracing::warn!(group = %self.group, %error, "no thread to close the consumer on");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// CloudEvents 1.0 binary-mode headers for one record.
@@ -198,9 +451,6 @@ pub async fn read_all_topics(
     kafka: &KafkaSettings,
     mut on_record: impl FnMut(LogRecord) -> Result<(), InfraError>,
 ) -> Result<u64, InfraError> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Offset, TopicPartitionList};
-
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set(

@@ -48,9 +48,14 @@ impl Relay {
 
     /// The position up to which everything is acknowledged by Kafka.
     pub async fn cursor(&self) -> Result<u64, InfraError> {
+        Self::published(&self.db, &self.name).await
+    }
+
+    /// The position up to which the relay `name` has everything acknowledged by Kafka.
+    pub async fn published(db: &Database, name: &str) -> Result<u64, InfraError> {
         let row = sqlx::query("SELECT position FROM relay_cursors WHERE relay = $1")
-            .bind(&self.name)
-            .fetch_optional(&self.db.pool)
+            .bind(name)
+            .fetch_optional(&db.pool)
             .await?;
         Ok(match row {
             Some(row) => row.try_get::<i64, _>("position")? as u64,

@@ -237,11 +237,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             quantus_projections::by_name("organizations", &bench_keys).context("projection")?,
         );
         runner.reset().await?;
-        let mut consumer = tokio::spawn(
-            runner
-                .clone()
-                .run_from_kafka_group(kafka.clone(), format!("bench.{}", Uuid::now_v7())),
-        );
+        let mut consumer = tokio::spawn(runner.clone().run_from_kafka_group(
+            kafka.clone(),
+            format!("bench.{}", Uuid::now_v7()),
+            tokio::sync::watch::channel(false).1,
+        ));
         let target: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE aggregate_type = 'Organization'")
                 .fetch_one(&db.pool)

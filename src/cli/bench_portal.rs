@@ -316,9 +316,16 @@ pub async fn run(
         match &kafka {
             Some(kafka) => {
                 let (kafka, group) = (kafka.clone(), format!("bench.{}", Uuid::now_v7()));
-                tasks.spawn(async move { Ok(runner.run_from_kafka_group(kafka, group).await?) })
+                let never = tokio::sync::watch::channel(false).1;
+                tasks.spawn(
+                    async move { Ok(runner.run_from_kafka_group(kafka, group, never).await?) },
+                )
             }
-            None => tasks.spawn(async move { Ok(runner.run_from_store().await?) }),
+            None => tasks.spawn(async move {
+                Ok(runner
+                    .run_from_store(tokio::sync::watch::channel(false).1)
+                    .await?)
+            }),
         };
     }
     let token = Arc::new(ServiceToken::new(

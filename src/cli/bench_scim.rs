@@ -88,7 +88,9 @@ pub async fn run(
     users_runner.prepare().await?;
     let background = users_runner.clone();
     tokio::spawn(async move {
-        let _ = background.run_from_store().await;
+        let _ = background
+            .run_from_store(tokio::sync::watch::channel(false).1)
+            .await;
     });
 
     println!("loading {users} users into one organization ({concurrency} writers)...");
@@ -129,7 +131,7 @@ pub async fn run(
     );
     let head = db.head_position().await?;
     let wait = Instant::now();
-    while users_runner.has_applied(head).await? != Some(true) {
+    while !users_runner.has_applied(head).await? {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(

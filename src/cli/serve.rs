@@ -42,11 +42,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    // Projectors get a stop signal rather than an abort, so that they end between batches and
+    // leave their consumer groups (bounded below: the broker may be away).
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let mut projectors: JoinSet<anyhow::Result<()>> = JoinSet::new();
     if config.role.runs_projector() {
         for runner in projections {
+            let shutdown = shutdown.clone();
             match config.kafka() {
-                Some(kafka) => tasks.spawn(async move { Ok(runner.run_from_kafka(kafka).await?) }),
-                None => tasks.spawn(async move { Ok(runner.run_from_store().await?) }),
+                Some(kafka) => projectors
+                    .spawn(async move { Ok(runner.run_from_kafka(kafka, shutdown).await?) }),
+                None => projectors.spawn(async move { Ok(runner.run_from_store(shutdown).await?) }),
             };
         }
     }
@@ -117,6 +123,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_billing(billing);
         state.stripe_webhook_secret = config.stripe_webhook_secret.clone();
         state.limits = config.http;
+        state.readiness = quantus_api::Readiness {
+            stall_after: std::time::Duration::from_secs(config.ready_stall_seconds),
+            max_lag: config.ready_max_lag,
+        };
         let portal_only = config.role == quantus_infra::Role::Portal;
         if !portal_only {
             bootstrap_licensing(&state).await?;
@@ -187,21 +197,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         println!("quantus {:?} role running ({store})", config.role);
     }
 
-    tokio::select! {
-        _ = shutdown_signal() => {
-            tracing::info!("shutting down");
-            tasks.abort_all();
+    let ended = tokio::select! {
+        _ = shutdown_signal() => None,
+        Some(result) = tasks.join_next() => Some(result),
+        Some(result) = projectors.join_next() => Some(result),
+    };
+    tasks.abort_all();
+    let _ = stop.send(true);
+    // Bounded: a shutdown must not wait for a broker that is away.
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while projectors.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("projectors did not stop within 5 s; exiting anyway");
+        projectors.abort_all();
+    }
+    match ended {
+        None => {
+            tracing::info!("shut down");
             Ok(ExitCode::SUCCESS)
         }
-        Some(result) = tasks.join_next() => {
-            // A piece ended on its own: that is a failure of the whole process.
-            tasks.abort_all();
-            match result {
-                Ok(Ok(())) => anyhow::bail!("a service task stopped unexpectedly"),
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e.into()),
-            }
-        }
+        // A piece ended on its own: that is a failure of the whole process.
+        Some(Ok(Ok(()))) => anyhow::bail!("a service task stopped unexpectedly"),
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(e.into()),
     }
 }
 

@@ -52,6 +52,64 @@ pub fn kafka_brokers() -> &'static str {
     BROKERS.get_or_init(|| start_service("kafka.sh", "KAFKA_BROKERS"))
 }
 
+/// A Kafka broker of one test's own (its own state folder and ports) that the test may halt
+/// and resume; the shared broker stays up for every other test. Stopped and deleted on drop.
+pub struct OwnKafka {
+    dir: PathBuf,
+    pub brokers: String,
+}
+
+impl OwnKafka {
+    pub fn start(label: &str) -> OwnKafka {
+        let dir = temp_dir(&format!("kafka-{label}"));
+        let brokers = Self::run(&dir, "start")
+            .unwrap_or_else(|e| panic!("scripts/kafka.sh start failed: the test needs it.\n{e}"));
+        OwnKafka { dir, brokers }
+    }
+
+    fn run(dir: &Path, action: &str) -> Result<String, String> {
+        let output = Command::new("bash")
+            .arg(repo_root().join("scripts/kafka.sh"))
+            .arg(action)
+            .env("QUANTUS_SERVICES_DIR", dir)
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot run scripts/kafka.sh: {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            return Err(format!(
+                "scripts/kafka.sh {action}: {}\nstdout:\n{stdout}\nstderr:\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("KAFKA_BROKERS=").map(str::to_owned))
+            .unwrap_or_default())
+    }
+
+    /// Stops the broker process; its data stays.
+    pub fn halt(&self) {
+        Self::run(&self.dir, "halt").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts the halted broker again, on the same port with the same data.
+    pub fn resume(&self) {
+        let brokers = Self::run(&self.dir, "resume").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(brokers, self.brokers, "the broker came back elsewhere");
+    }
+}
+
+impl Drop for OwnKafka {
+    fn drop(&mut self) {
+        if let Err(e) = Self::run(&self.dir, "stop") {
+            eprintln!("{e}");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The S3-protocol server for this test run (started once): `AWS_*` variables for
 /// `object_store`, and the bucket.
 pub fn s3() -> &'static (Vec<(String, String)>, String) {
@@ -199,6 +257,27 @@ impl Server {
     /// Whether the process is still alive (it has not exited or aborted).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, as an orchestrator stopping it would; waits at most `within` for the exit
+    /// (then kills it) and returns how long it took and whether it exited successfully.
+    pub fn terminate(&mut self, within: Duration) -> (Duration, bool) {
+        let started = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (started.elapsed(), status.success());
+            }
+            if started.elapsed() > within {
+                self.kill();
+                return (started.elapsed(), false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL, as a crash would.
@@ -530,4 +609,51 @@ pub async fn wait_for_projection(url: &str, projection: &str, aggregate_type: &s
     )
     .await;
     db.close().await;
+}
+
+/// Every read model of the platform (each one's high-water mark covers the whole log).
+pub const READ_MODELS: [&str; 6] = [
+    "organizations",
+    "licenses",
+    "users",
+    "groups",
+    "jobs",
+    "commercial",
+];
+
+/// The read models whose high-water mark is below `position`, with their marks.
+pub async fn models_behind(db: &sqlx::AnyPool, position: u64) -> Vec<(String, u64)> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT projection, position FROM projection_watermarks")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    READ_MODELS
+        .iter()
+        .map(|name| {
+            let mark = rows
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, p)| *p as u64);
+            ((*name).to_owned(), mark)
+        })
+        .filter(|(_, mark)| *mark < position)
+        .collect()
+}
+
+/// Waits until every read model has seen every position up to `position`; panics after
+/// `timeout` naming the models still behind. Returns how long it took.
+pub async fn all_models_reach(db: &sqlx::AnyPool, position: u64, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let behind = models_behind(db, position).await;
+        if behind.is_empty() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "read models still behind position {position} after {timeout:?}: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

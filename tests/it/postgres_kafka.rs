@@ -975,3 +975,249 @@ async fn l_saml_on_postgres_and_kafka() {
     let (ok, out) = env.audit_kafka();
     assert!(ok, "{out}");
 }
+
+/// Issue 17, item 1: the real broker is stopped and started again three times, with writes
+/// during and after each outage. Without restarting any process, every read model catches up
+/// within 60 s of each restart, `/readyz` reports the stalled models while the broker is away
+/// (and is ready again after), and a projector stops promptly on SIGTERM during an outage.
+#[tokio::test(flavor = "multi_thread")]
+async fn n_projectors_recover_from_broker_outages_by_themselves() {
+    let broker = OwnKafka::start("outage");
+    let mut kafka = KafkaSettings::new(broker.brokers.clone());
+    kafka.topic_prefix = format!("it-{}.", Uuid::now_v7().simple());
+    let env = Env {
+        database_url: fresh_database().await,
+        kafka,
+    };
+    let dir = temp_dir("pg-outage");
+    let mut vars = env.vars();
+    vars.push(("QUANTUS_READY_STALL_SECONDS", "5"));
+    let api_server = Server::start(&dir, &["--role", "api", "--listen", "127.0.0.1:0"], &vars);
+    let mut relay = Server::start(&dir, &["--role", "relay"], &vars);
+    let mut projector = Server::start(&dir, &["--role", "projector"], &vars);
+    let ready = || async {
+        let r = reqwest::get(format!("{}/readyz", api_server.url()))
+            .await
+            .expect("GET /readyz");
+        let status = r.status().as_u16();
+        (
+            status,
+            r.json::<serde_json::Value>().await.unwrap_or_default(),
+        )
+    };
+    let db = pool(&env.database_url).await;
+    let head = write_organizations(&env.database_url, 100, 4).await;
+    all_models_reach(&db, head, Duration::from_secs(60)).await;
+
+    // Outages of various lengths, all past the consumers' 10 s session timeout.
+    for (round, outage) in [20u64, 45, 30].into_iter().enumerate() {
+        broker.halt();
+        let halted = std::time::Instant::now();
+        let head = write_organizations(&env.database_url, 100, 4).await;
+        let (status, body) = eventually(
+            "/readyz to report stalled read models",
+            Duration::from_secs(60),
+            || async {
+                let (status, body) = ready().await;
+                (status == 503).then_some((status, body))
+            },
+        )
+        .await;
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("stalled"),
+            "{status} {body}"
+        );
+        let rest = Duration::from_secs(outage).saturating_sub(halted.elapsed());
+        tokio::time::sleep(rest).await;
+        broker.resume();
+        let resumed = std::time::Instant::now();
+        all_models_reach(&db, head, Duration::from_secs(60)).await;
+        let head = write_organizations(&env.database_url, 100, 4).await;
+        all_models_reach(&db, head, Duration::from_secs(60)).await;
+        eprintln!(
+            "outage {round}: {outage} s; every read model caught up {:.1} s after the broker came back",
+            resumed.elapsed().as_secs_f64()
+        );
+        eventually(
+            "/readyz to be ready again",
+            Duration::from_secs(30),
+            || async { (ready().await.0 == 200).then_some(()) },
+        )
+        .await;
+    }
+    assert!(projector.is_running(), "the projector died");
+    assert!(relay.is_running(), "the relay died");
+
+    // SIGTERM while the broker is away and the consumers cannot leave their groups.
+    broker.halt();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (took, clean) = projector.terminate(Duration::from_secs(30));
+    assert!(clean, "the projector did not exit cleanly on SIGTERM");
+    assert!(
+        took < Duration::from_secs(8),
+        "the projector took {took:?} to stop on SIGTERM"
+    );
+    drop(api_server);
+    assert_model_equals_replay("organizations", &env.store());
+}
+
+/// Issue 17, item 2: a projector killed with SIGKILL and started again (same
+/// `QUANTUS_KAFKA_INSTANCE_ID`: static group membership) gets its partitions back at once,
+/// rather than after the dead member's session times out.
+#[tokio::test(flavor = "multi_thread")]
+async fn o_a_projector_killed_with_sigkill_resumes_within_seconds() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-takeover");
+    let mut vars = env.vars();
+    vars.push(("QUANTUS_KAFKA_INSTANCE_ID", "projector-0"));
+    let _relay = env.serve(&dir, &["--role", "relay"]);
+    let mut projector = Server::start(&dir, &["--role", "projector"], &vars);
+    let db = pool(&env.database_url).await;
+    let head = write_organizations(&env.database_url, 200, 4).await;
+    all_models_reach(&db, head, Duration::from_secs(60)).await;
+
+    projector.kill();
+    let killed = std::time::Instant::now();
+    let _projector = Server::start(&dir, &["--role", "projector"], &vars);
+    let head = write_organizations(&env.database_url, 50, 4).await;
+    eventually(
+        "the relay to publish the new events",
+        Duration::from_secs(30),
+        || async { (scalar(&db, RELAY_CURSOR).await as u64 >= head).then_some(()) },
+    )
+    .await;
+    all_models_reach(&db, head, Duration::from_secs(60)).await;
+    let took = killed.elapsed();
+    eprintln!(
+        "every read model had the new events {:.1} s after the kill",
+        took.as_secs_f64()
+    );
+    // The dead member's session lasts 10 s: well under that means the restarted member did not
+    // wait for it (dynamic membership takes just over 10 s here).
+    assert!(
+        took < Duration::from_secs(6),
+        "the restarted projector took {took:?} to apply the new events"
+    );
+}
+
+/// Issue 17, item 3: `min_position` waits for the model's high-water mark, which covers every
+/// earlier position, including events the model does not handle and events on other topics.
+/// The organizations model is held back on purpose (its batches need a lock the test holds).
+#[tokio::test(flavor = "multi_thread")]
+async fn p_read_your_writes_waits_for_every_earlier_position() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-ryw");
+    let api_server = env.serve(&dir, &["--role", "api", "--listen", "127.0.0.1:0"]);
+    let _relay = env.serve(&dir, &["--role", "relay"]);
+    let _projector = env.serve(&dir, &["--role", "projector"]);
+    let api = api_server.client();
+    let (org, position) = api.create_org("Acme").await;
+    let r = api
+        .get(&format!(
+            "/v1/organizations/{org}?min_position={position}&wait_ms=30000"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Hold the organizations model back: each of its batches takes this lock first
+    // (`Database::begin_update`).
+    let db = pool(&env.database_url).await;
+    let mut holder = db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtext('organizations'))")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (held, created) = api.create_org("Held back").await;
+    // A later event the organizations model does not handle, on another topic.
+    let r = api
+        .post(
+            "/v1/licenses",
+            json!({"organization_id": org, "product": "qpu", "edition": "pro", "expires_at": "2030-01-01T00:00:00Z", "max_activations": 1}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let later = r.body["position"].as_u64().unwrap();
+    assert!(later > created);
+    // The licenses model goes on and passes it...
+    let r = api
+        .get(&format!(
+            "/v1/licenses?org={org}&min_position={later}&wait_ms=30000"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // ...while the organizations model has not seen `created`, so it has not seen `later`.
+    for position in [later, created] {
+        let r = api
+            .get(&format!(
+                "/v1/organizations/{held}?min_position={position}&wait_ms=1500"
+            ))
+            .await;
+        assert_eq!(r.status, 504, "min_position={position}: {}", r.body);
+    }
+
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('organizations'))")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let r = api
+        .get(&format!(
+            "/v1/organizations/{held}?min_position={later}&wait_ms=30000"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["name"], "Held back");
+}
+
+/// The high-water mark moves over positions only when none below is missing: Kafka
+/// partitions deliver independently, so a later position can arrive first.
+#[tokio::test(flavor = "multi_thread")]
+async fn q_the_high_water_mark_waits_for_positions_still_on_their_way() {
+    use quantus_projections::runner::{Delivery, ProjectionRunner};
+    let url = fresh_database().await;
+    write_organizations(&url, 6, 1).await;
+    let db = quantus_infra::Database::open(Some(&url), &temp_dir("hwm"))
+        .await
+        .unwrap();
+    let runner = ProjectionRunner::new(
+        db.clone(),
+        std::sync::Arc::new(quantus_projections::organizations::OrganizationsView),
+    );
+    runner.prepare().await.unwrap();
+    let records = quantus_infra::event_store::read_log(&db, 0, 100)
+        .await
+        .unwrap();
+    let head = records.last().unwrap().position;
+    assert!(head >= 6);
+    // Two "partitions": even and odd positions, at offsets of their own.
+    let on = |position: u64| {
+        let record = records.iter().find(|r| r.position == position).unwrap();
+        Delivery {
+            source: format!("t/{}", position % 2),
+            offset: position / 2,
+            record: record.clone(),
+        }
+    };
+    let apply = |positions: Vec<u64>| {
+        let runner = runner.clone();
+        let deliveries: Vec<Delivery> = positions.into_iter().map(on).collect();
+        async move { runner.apply_batch(&deliveries).await.unwrap() }
+    };
+    apply(vec![1, 3, 5]).await;
+    assert_eq!(runner.watermark().await.unwrap(), 1);
+    assert!(!runner.has_applied(3).await.unwrap());
+    apply(vec![2]).await;
+    assert_eq!(runner.watermark().await.unwrap(), 3);
+    // Delivered again (a rebalance): changes nothing.
+    apply(vec![1, 2, 3, 5]).await;
+    assert_eq!(runner.watermark().await.unwrap(), 3);
+    apply(vec![4, 6]).await;
+    assert_eq!(runner.watermark().await.unwrap(), 6);
+    let rest: Vec<u64> = (7..=head).collect();
+    apply(rest).await;
+    assert_eq!(runner.watermark().await.unwrap(), head);
+    assert!(runner.has_applied(head).await.unwrap());
+    assert!(!runner.has_applied(head + 1).await.unwrap());
+}
