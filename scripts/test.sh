@@ -36,6 +36,8 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/scim/require
 python3 -m pip install --quiet --disable-pip-version-check -r tests/saml/requirements.txt >&2
 python3 -m pip install --quiet --disable-pip-version-check -r tests/openapi/requirements.txt >&2
 
+command -v jq >/dev/null || { log "installing jq (the README's walkthrough uses it)"; apt-get install -y -q jq >&2 || { apt-get update -q >&2 && apt-get install -y -q jq >&2; }; }
+
 log "installing headless Chromium and Playwright for the browser tests"
 scripts/browser.sh >/dev/null
 

@@ -40,6 +40,8 @@ pub use problem::Problem;
 pub use server::serve;
 pub use state::AppState;
 
+const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+
 /// The whole HTTP surface (every service in one process).
 pub fn router(state: AppState) -> Router {
     app(state, true)
@@ -116,7 +118,24 @@ fn app(state: AppState, everything: bool) -> Router {
             state.clone(),
             metrics::track,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                // Every line logged while serving a request carries its id.
+                let id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+            }),
+        )
+        // A caller's own `x-request-id` is kept; otherwise one is made. Either way it is sent
+        // back, so a client can quote it when reporting a problem.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(tower_http::request_id::SetRequestIdLayer::new(
+            REQUEST_ID,
+            tower_http::request_id::MakeRequestUuid,
+        ))
         .layer(contain_panics())
         .with_state(state)
 }

@@ -26,8 +26,17 @@ use quantus_infra::{Config, Database, Role};
     about = "Identity, licences, evidence and contracts on one event-sourced log"
 )]
 pub struct Cli {
+    /// How log lines look on stderr: `text` (coloured on a terminal) or `json` (one object a line).
+    #[arg(long, global = true, env = "QUANTUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -104,13 +113,14 @@ impl StoreArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = SERVE_HELP)]
 pub struct ServeArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Address to listen on.
     #[arg(long)]
     listen: Option<String>,
-    /// Which pieces to run in this process.
+    /// Which pieces to run in this process: all, api, relay, projector or portal.
     #[arg(long, default_value = "all", value_parser = clap::value_parser!(Role))]
     role: Role,
 }
@@ -262,3 +272,25 @@ pub fn stale_schema_files(dir: &std::path::Path) -> Vec<String> {
     stale.sort();
     stale
 }
+
+const SERVE_HELP: &str = "\
+Roles:
+  all        everything in one process (the default; embedded with no configuration)
+  api        commands and queries over HTTP, and the consoles
+  relay      publishes the log to Kafka (one active per name; a standby waits)
+  projector  builds read models from Kafka
+  portal     the Portal's routes and process managers, calling QSA and QuantumLock
+
+Environment (docs/configuration.md has every setting and its default):
+  DATABASE_URL, KAFKA_BROKERS, OBJECT_STORE_URL (+ AWS_*), QUANTUS_DATA_DIR, QUANTUS_LISTEN,
+  QUANTUS_PUBLIC_URL, QUANTUS_MASTER_KEY, QUANTUS_CONFIG, QUANTUS_KAFKA_PARTITIONS,
+  QUANTUS_KAFKA_TOPIC_PREFIX, QUANTUS_KAFKA_INSTANCE_ID, QUANTUS_READY_STALL_SECONDS,
+  QUANTUS_READY_MAX_LAG, QUANTUS_CHECKPOINT_EVENTS, QUANTUS_CHECKPOINT_SECONDS,
+  QUANTUS_RETENTION_SECONDS, QUANTUS_QSA_URL, QUANTUS_QUANTUMLOCK_URL,
+  QUANTUS_PORTAL_CLIENT_ID, QUANTUS_PORTAL_CLIENT_SECRET, STRIPE_SECRET_KEY,
+  STRIPE_WEBHOOK_SECRET, STRIPE_API_BASE, QUANTUS_HEADER_READ_TIMEOUT_SECONDS,
+  QUANTUS_BODY_READ_TIMEOUT_SECONDS, QUANTUS_MIN_BODY_BYTES_PER_SECOND,
+  QUANTUS_IDLE_TIMEOUT_SECONDS, QUANTUS_MAX_CONNECTIONS, QUANTUS_MAX_BODY_BYTES,
+  QUANTUS_MAX_ARTIFACT_BYTES, QUANTUS_MAX_ARCHIVE_BYTES, QUANTUS_IDEMPOTENCY_KEY_SECONDS,
+  RUST_LOG, QUANTUS_LOG_FORMAT";
+

@@ -442,3 +442,49 @@ async fn operations_endpoints_answer_without_credentials() {
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_honour_rust_log_and_json_and_carry_the_request_id() {
+    let dir = temp_dir("logs");
+    let server = Server::start(
+        &dir,
+        &["--listen", "127.0.0.1:0", "--log-format", "json"],
+        &[("RUST_LOG", "info,tower_http=debug")],
+    );
+    let http = reqwest::Client::new();
+    let mine = http
+        .get(format!("{}/healthz", server.url()))
+        .header("x-request-id", "support-ticket-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine.headers()["x-request-id"], "support-ticket-42");
+    let made = http
+        .get(format!("{}/v1/organizations", server.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 401);
+    let made_id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(made_id.len(), 36, "{made_id}");
+
+    // The log file (not a terminal): one JSON object a line, no colour codes, and the lines
+    // of each request name its id.
+    let log = eventually("the request lines are logged", std::time::Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        async move { (log.contains(&made_id) && log.contains("support-ticket-42")).then_some(log) }
+    })
+    .await;
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a file");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of_request: Vec<_> = lines
+        .iter()
+        .filter(|l| l["span"]["request_id"] == made_id.as_str())
+        .collect();
+    assert!(of_request.len() >= 2, "{log}");
+    assert!(of_request.iter().all(|l| l["span"]["uri"] == "/v1/organizations"));
+}

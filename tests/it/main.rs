@@ -23,6 +23,7 @@ mod portal;
 mod postgres_kafka;
 pub mod qsa;
 mod quantumlock;
+mod readme;
 mod saml;
 mod schemas;
 pub mod scim;
