@@ -8,6 +8,7 @@ mod access;
 mod audit;
 mod auth;
 mod consistency;
+pub mod console;
 mod events;
 mod evidence;
 mod identity;
@@ -46,6 +47,17 @@ pub fn portal_router(state: AppState) -> Router {
 }
 
 fn app(state: AppState, everything: bool) -> Router {
+    let routes = routes(&state, everything);
+    let api = finish(routes.clone(), &state);
+    // The consoles call the API above in-process; they are served where every /v1 route is.
+    if everything {
+        finish(routes.merge(console::routes(&state, api)), &state)
+    } else {
+        api
+    }
+}
+
+fn routes(state: &AppState, everything: bool) -> Router<AppState> {
     let portal = portal::routes().route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
         portal::require_qsa_token,
@@ -84,7 +96,13 @@ fn app(state: AppState, everything: bool) -> Router {
             .merge(saml::routes())
             .nest("/scim/v2", scim::routes(state.clone()));
     }
-    app.fallback(|| async { Problem::not_found("no such route") })
+    app
+}
+
+/// The fallbacks and the middleware every route gets.
+fn finish(routes: Router<AppState>, state: &AppState) -> Router {
+    routes
+        .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -98,5 +116,5 @@ fn app(state: AppState, everything: bool) -> Router {
             metrics::track,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state.clone())
 }

@@ -60,6 +60,8 @@ pub struct AppState {
     pub issuer: String,
     /// QSA as a SAML 2.0 identity provider.
     pub saml: quantus_commands::saml::Saml,
+    /// The web consoles' client credentials at QSA (a console is served once its are known).
+    pub consoles: crate::console::ConsoleClients,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -118,6 +120,7 @@ impl AppState {
             gateway: Arc::new(Gateway::new(&issuer)),
             quantumlock: None,
             stripe_webhook_secret: None,
+            consoles: Default::default(),
             licensing,
             identity,
             issuer,
