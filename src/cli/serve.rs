@@ -353,15 +353,10 @@ async fn bootstrap_consoles(
             );
             continue;
         };
-        let credentials = quantus_api::console::ConsoleClient {
+        clients.insert(quantus_api::console::ConsoleClient {
             client_id,
             client_secret,
-        };
-        match console.client_id {
-            quantus_api::console::PORTAL_CLIENT_ID => clients.portal = Some(credentials),
-            quantus_api::console::ACCOUNT_CLIENT_ID => clients.account = Some(credentials),
-            other => anyhow::bail!("no console uses the client {other}"),
-        }
+        });
     }
     Ok(clients)
 }

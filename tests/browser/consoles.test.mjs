@@ -140,6 +140,7 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
   await signIn(page, acme.email);
   assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "Acme Quantum");
   assert.match(await page.locator("main").textContent(), /Acme Quantum GmbH/);
+  assert.ok(await page.getByRole("link", { name: `review and sign contract ${contract}` }).isVisible());
 
   // The session is an HttpOnly, SameSite=Lax cookie holding no token; pages forbid framing
   // and inline script.
@@ -318,4 +319,41 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
   assert.equal(r.status(), 404);
   await other.goto(`${BASE}/portal/licenses`);
   assert.equal(await other.locator("tbody tr").count(), 0);
+
+  // A member of Acme (no contract or billing scopes): those pages are not offered, and the
+  // API's refusal is shown as the API gave it.
+  const memberEmail = `member-${randomUUID()}@example.com`;
+  await api(operator, "POST", "/users", {
+    organization_id: acme.org, email: memberEmail, name: "Grace Hopper", password: PASSWORD, roles: ["member"],
+  }, 201);
+  const member = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await signIn(member, memberEmail);
+  const links = await member.getByRole("navigation", { name: "Customer Portal" }).getByRole("link").allTextContents();
+  assert.deepEqual(links, ["Overview", "Usage", "Licences", "Jobs", "Evidence"]);
+  r = await member.goto(`${BASE}/portal/contracts/${contract}`);
+  assert.equal(r.status(), 403);
+  assert.equal(await member.getByRole("alert").textContent(), "this needs the contracts:read scope");
+  await check(member, "portal-forbidden");
+});
+
+test("a person who denies the Portal access is told so and may sign in again", async () => {
+  const operator = await adminToken();
+  const { email } = await customerOrg(operator, "Initech");
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await page.goto(`${BASE}/portal/contracts`);
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForSelector("text=Allow access?");
+  await page.getByRole("button", { name: "Deny" }).click();
+  await page.waitForURL(`${BASE}/portal/callback**`);
+  assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "Sign-in did not complete");
+  assert.equal(await page.getByRole("alert").textContent(), "the user denied the request");
+  await check(page, "portal-sign-in-denied");
+  // No session was made: the Portal still sends the person to QSA (signed in there already).
+  await page.getByRole("link", { name: "Sign in again" }).click();
+  await page.waitForSelector("text=Allow access?");
+  await page.getByRole("button", { name: "Allow" }).click();
+  await page.waitForURL(`${BASE}/portal/`);
+  assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "Initech");
 });

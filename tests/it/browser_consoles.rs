@@ -41,7 +41,13 @@ fn customers_use_the_portal_in_a_real_browser() {
         std::fs::read_to_string(server.data_dir.join("server.log")).unwrap_or_default()
     );
     assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 1"),
+        stdout.contains("# fail 0") && stdout.contains("# pass 2"),
         "{stdout}"
+    );
+    // Tokens stay in the session rows: none reached the server's log (JWTs start with eyJ).
+    let log = std::fs::read_to_string(server.data_dir.join("server.log")).unwrap_or_default();
+    assert!(
+        !log.contains("eyJ"),
+        "a token reached the server log:\n{log}"
     );
 }

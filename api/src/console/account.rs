@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::api::segment;
 use super::session::redirect;
-use super::{render, Console, ConsoleClient, ConsoleClients, ConsoleInfo, Layout};
+use super::{render, Console, ConsoleInfo, Layout};
 use super::{PageError, SignedIn, ACCOUNT_CLIENT_ID};
 use crate::AppState;
 
@@ -30,12 +30,12 @@ impl Console for Account {
     }
     const CLIENT_ID: &'static str = ACCOUNT_CLIENT_ID;
     const SCOPES: &'static str = "openid profile email organizations:read";
-    fn client(clients: &ConsoleClients) -> Option<&ConsoleClient> {
-        clients.account.as_ref()
+    fn pages() -> Router<AppState> {
+        routes()
     }
 }
 
-pub fn routes() -> Router<AppState> {
+fn routes() -> Router<AppState> {
     Router::new()
         .route("/account", get(|| async { redirect("/account/") }))
         .route("/account/", get(overview))

@@ -41,9 +41,16 @@ pub struct ConsoleClient {
 
 /// The consoles this process serves: each one whose client credentials are known.
 #[derive(Clone, Debug, Default)]
-pub struct ConsoleClients {
-    pub portal: Option<ConsoleClient>,
-    pub account: Option<ConsoleClient>,
+pub struct ConsoleClients(std::collections::BTreeMap<String, ConsoleClient>);
+
+impl ConsoleClients {
+    pub fn insert(&mut self, client: ConsoleClient) {
+        self.0.insert(client.client_id.clone(), client);
+    }
+
+    pub fn get(&self, client_id: &str) -> Option<&ConsoleClient> {
+        self.0.get(client_id)
+    }
 }
 
 /// What bootstrap registers at QSA for a console.
@@ -93,7 +100,21 @@ pub trait Console: Send + Sync + 'static {
     const CLIENT_ID: &'static str;
     /// The scopes it asks for (a token gets those the person's roles allow).
     const SCOPES: &'static str;
-    fn client(clients: &ConsoleClients) -> Option<&ConsoleClient>;
+    /// Its pages (sign-in, callback and sign-out are added to them).
+    fn pages() -> Router<AppState>;
+
+    fn client(clients: &ConsoleClients) -> Option<&ConsoleClient> {
+        clients.get(Self::CLIENT_ID)
+    }
+}
+
+/// A console's sign-in routes and pages, when its client is configured.
+fn mount<C: Console>(router: Router<AppState>, kit: &Kit) -> Router<AppState> {
+    if C::client(&kit.clients).is_some() {
+        router.merge(session::routes::<C>()).merge(C::pages())
+    } else {
+        router
+    }
 }
 
 /// What every console handler reaches besides [`AppState`]: the `/v1` router to call
@@ -125,17 +146,9 @@ pub fn routes(state: &AppState, api: Router) -> Router<AppState> {
         issuer: state.issuer.clone(),
         clients: state.consoles.clone(),
     };
-    let mut router = Router::new().route("/console/assets/{name}", get(asset));
-    if kit.clients.portal.is_some() {
-        router = router
-            .merge(session::routes::<portal::Portal>())
-            .merge(portal::routes());
-    }
-    if kit.clients.account.is_some() {
-        router = router
-            .merge(session::routes::<account::Account>())
-            .merge(account::routes());
-    }
+    let router = Router::new().route("/console/assets/{name}", get(asset));
+    let router = mount::<portal::Portal>(router, &kit);
+    let router = mount::<account::Account>(router, &kit);
     router
         .layer(axum::middleware::from_fn_with_state(
             kit.issuer.clone(),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::api::{query, segment, Page};
 use super::session::{redirect, Posted};
-use super::{day, money, render, Console, ConsoleClient, ConsoleClients, ConsoleInfo, Layout};
+use super::{day, money, render, Console, ConsoleInfo, Layout};
 use super::{PageError, SignedIn, PORTAL_CLIENT_ID};
 use crate::AppState;
 
@@ -41,8 +41,8 @@ impl Console for Portal {
     }
     const CLIENT_ID: &'static str = PORTAL_CLIENT_ID;
     const SCOPES: &'static str = "openid profile email organizations:read contracts:read contracts:sign entitlements:read licenses:read jobs:read evidence:read billing:read";
-    fn client(clients: &ConsoleClients) -> Option<&ConsoleClient> {
-        clients.portal.as_ref()
+    fn pages() -> Router<AppState> {
+        routes()
     }
 }
 
@@ -51,7 +51,7 @@ type Me = SignedIn<Portal>;
 /// Rows per list page.
 const PAGE: &str = "20";
 
-pub fn routes() -> Router<AppState> {
+fn routes() -> Router<AppState> {
     Router::new()
         .route("/portal", get(|| async { redirect("/portal/") }))
         .route("/portal/", get(overview))

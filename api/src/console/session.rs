@@ -733,6 +733,10 @@ async fn sign_out<C: Console>(
     };
     let posted = match Posted::<C, NoFields>::from_request(request, &state).await {
         Ok(p) => p,
+        // No live session (the extractor sends people to sign in): nothing to end here.
+        Err(r) if r.status() == StatusCode::SEE_OTHER => {
+            return redirect(&format!("{}/signed-out", info.base))
+        }
         Err(r) => return r,
     };
     let session = posted.signed_in.session;
