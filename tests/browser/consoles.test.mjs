@@ -132,7 +132,9 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
       quantity: 1, unit_price: 150000, usage_prices: { jobs: 250 }, max_activations: 2,
     }],
   }, 201)).id;
-  await api(operator, "POST", `/contracts/${contract}/send`, undefined, 200);
+  const sent = await api(operator, "POST", `/contracts/${contract}/send`, undefined, 200);
+  // Lists are read models: the setup waits until they show its changes (read-your-writes).
+  await api(operator, "GET", `/contracts?org=${acme.org}&min_position=${sent.position}&wait_ms=5000`, undefined, 200);
 
   // The customer's owner signs in through QSA and finds the contract waiting.
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
@@ -189,6 +191,11 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
     if (!license) await new Promise((ok) => setTimeout(ok, 100));
   }
   assert.ok(license, "the licence was issued");
+  for (let i = 0; i < 100; i++) {
+    const listed = await api(operator, "GET", `/licenses?org=${acme.org}`, undefined, 200);
+    if (listed.items.length === 1) break;
+    await new Promise((ok) => setTimeout(ok, 100));
+  }
 
   await page.goto(`${BASE}/portal/contracts/${contract}`);
   assert.equal(await page.locator(".facts .badge").first().textContent(), "active");
@@ -219,7 +226,8 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
     method: "PUT", headers: { authorization: `Bearer ${operator}`, "content-type": "application/json" }, body: counts,
   });
   assert.equal(put.status, 201, await put.text());
-  await api(operator, "POST", `/jobs/${job}/complete`, { result_summary: { ghz_fidelity: "0.91" }, metrics: { shots: 4096 } }, 200);
+  const completed = await api(operator, "POST", `/jobs/${job}/complete`, { result_summary: { ghz_fidelity: "0.91" }, metrics: { shots: 4096 } }, 200);
+  await api(operator, "GET", `/entitlements?org=${acme.org}&min_position=${completed.position}&wait_ms=5000`, undefined, 200);
   const made = await api(operator, "POST", `/jobs/${job}/evidence`, {}, 201);
   const bundle = made.id;
   const listed = await api(operator, "GET", `/jobs/${job}/evidence?wait_ms=5000&min_position=${made.position}`, undefined, 200);
@@ -257,7 +265,9 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
   await check(page, "portal-usage");
 
   // Last month's invoice, listed and printable.
-  const invoice = (await api(operator, "POST", "/invoices", { contract_id: contract, period: "2026-11" }, 201)).id;
+  const issued = await api(operator, "POST", "/invoices", { contract_id: contract, period: "2026-11" }, 201);
+  const invoice = issued.id;
+  await api(operator, "GET", `/invoices?org=${acme.org}&min_position=${issued.position}&wait_ms=5000`, undefined, 200);
   await nav(page, "Invoices").click();
   await page.waitForURL(`${BASE}/portal/invoices`);
   await check(page, "portal-invoices");
@@ -338,7 +348,7 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
 
 test("a person who denies the Portal access is told so and may sign in again", async () => {
   const operator = await adminToken();
-  const { email } = await customerOrg(operator, "Initech");
+  const { org, email } = await customerOrg(operator, "Initech");
   const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
   await page.goto(`${BASE}/portal/contracts`);
   await page.getByLabel("Email").fill(email);
@@ -356,4 +366,31 @@ test("a person who denies the Portal access is told so and may sign in again", a
   await page.getByRole("button", { name: "Allow" }).click();
   await page.waitForURL(`${BASE}/portal/`);
   assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "Initech");
+
+  // Lists come in pages of 20, in the API's order.
+  await api(operator, "POST", "/customers", {
+    organization_id: org, name: "Initech LLC", billing_email: "ap@initech.example", currency: "USD",
+  }, 201);
+  const ids = [];
+  let last = 0;
+  for (let i = 0; i < 21; i++) {
+    const id = (await api(operator, "POST", "/contracts", {
+      organization_id: org, starts_at: "2027-01-01T00:00:00Z", ends_at: "2028-01-01T00:00:00Z",
+      line_items: [{ id: "seat", product: "tps-reports", edition: "basic", quantity: i + 1, unit_price: 1000, max_activations: 1 }],
+    }, 201)).id;
+    last = (await api(operator, "POST", `/contracts/${id}/send`, undefined, 200)).position;
+    ids.push(id);
+  }
+  // The list is a read model: wait until it has the last change (read-your-writes).
+  await api(operator, "GET", `/contracts?org=${org}&min_position=${last}&wait_ms=5000`, undefined, 200);
+  await page.goto(`${BASE}/portal/contracts`);
+  assert.equal(await page.locator("tbody tr").count(), 20);
+  await page.getByRole("link", { name: "Next page" }).click();
+  await page.waitForURL(/after=/);
+  assert.deepEqual(await page.locator("tbody tr a").allTextContents(), [ids[20]]);
+  assert.equal(await page.getByRole("link", { name: "Next page" }).count(), 0);
+  await check(page, "portal-contracts-page-2");
+  await page.getByRole("link", { name: "First page" }).click();
+  await page.waitForURL(`${BASE}/portal/contracts`);
+  assert.equal(await page.locator("tbody tr").count(), 20);
 });
