@@ -105,6 +105,21 @@ impl ConsoleSessions {
         }))
     }
 
+    /// Claims the session's next refresh: moves it from `version` to `version + 1` without
+    /// changing its contents. Only the request that claims it asks QSA for new tokens (a
+    /// refresh token works once; a second use would revoke the grant); the others wait for
+    /// [`ConsoleSessions::replace`] at `version + 1`.
+    pub async fn claim(&self, id: &str, version: i64) -> Result<bool, InfraError> {
+        let done = sqlx::query(
+            "UPDATE console_sessions SET version = version + 1 WHERE id = $1 AND version = $2",
+        )
+        .bind(id)
+        .bind(version)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Replaces the session's contents if it is still at `version`; `false` when another
     /// request replaced it first (the caller then reads the winner's contents).
     pub async fn replace(&self, id: &str, version: i64, plain: &[u8]) -> Result<bool, InfraError> {
@@ -229,7 +244,14 @@ mod tests {
             .unwrap();
         let first = s.find("portal", &cookie, now).await.unwrap().unwrap();
         let second = s.find("portal", &cookie, now).await.unwrap().unwrap();
-        assert!(s.replace(&first.id, first.version, b"new-a").await.unwrap());
+        // Both saw the same version; one claims the refresh, the other cannot.
+        assert!(s.claim(&first.id, first.version).await.unwrap());
+        assert!(!s.claim(&second.id, second.version).await.unwrap());
+        assert_eq!(s.reload(&first.id).await.unwrap().unwrap().plain, b"old");
+        assert!(s
+            .replace(&first.id, first.version + 1, b"new-a")
+            .await
+            .unwrap());
         // The second request read the same version: it loses and reads the winner's tokens.
         assert!(!s
             .replace(&second.id, second.version, b"new-b")
@@ -237,7 +259,7 @@ mod tests {
             .unwrap());
         let now_stored = s.reload(&second.id).await.unwrap().unwrap();
         assert_eq!(now_stored.plain, b"new-a");
-        assert_eq!(now_stored.version, first.version + 1);
+        assert_eq!(now_stored.version, first.version + 2);
         s.delete(&first.id).await.unwrap();
         assert!(s.find("portal", &cookie, now).await.unwrap().is_none());
     }

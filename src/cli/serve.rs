@@ -118,7 +118,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             if config.portal_client.is_none() {
                 bootstrap_portal(&state, &config.data_dir).await?;
             }
-            state.consoles = bootstrap_consoles(&state, &config.data_dir).await?;
+            state.consoles = bootstrap_consoles(&state, &config).await?;
         }
         // The Portal reaches QuantumLock with its own service principal, by HTTP, whether
         // QuantumLock is this process or another one.
@@ -309,11 +309,14 @@ async fn bootstrap_service_principal(
 /// `DATA_DIR/console-<name>-client.json` the same way. Answers the credentials to serve with.
 async fn bootstrap_consoles(
     state: &AppState,
-    data_dir: &std::path::Path,
+    config: &quantus_infra::Config,
 ) -> anyhow::Result<quantus_api::console::ConsoleClients> {
     use quantus_commands::identity::NewClient;
+    let data_dir = config.data_dir.as_path();
     use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
     let mut clients = quantus_api::console::ConsoleClients::default();
+    clients.refresh_early_seconds =
+        i64::try_from(config.console_refresh_seconds).unwrap_or(i64::MAX);
     for console in quantus_api::console::registrations(&state.issuer) {
         let new = NewClient {
             organization_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),

@@ -20,7 +20,12 @@ fn customers_use_the_portal_in_a_real_browser() {
         .lines()
         .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
         .expect("scripts/browser.sh names Chromium");
-    let (server, public) = crate::passkeys::localhost_server("consoles", &[]);
+    // Every page refreshes the session's access token (tokens live 10 minutes; the journey
+    // takes seconds), so rotation and the session's compare-and-swap are used throughout.
+    let (server, public) = crate::passkeys::localhost_server(
+        "consoles",
+        &[("QUANTUS_CONSOLE_REFRESH_SECONDS", "100000")],
+    );
     let (id, secret) = bootstrap_credentials(&server.data_dir);
     let out = Command::new("node")
         .args(["--test", "consoles.test.mjs"])
@@ -44,6 +49,13 @@ fn customers_use_the_portal_in_a_real_browser() {
         stdout.contains("# fail 0") && stdout.contains("# pass 2"),
         "{stdout}"
     );
+    // The sessions really refreshed (with rotation, never presenting a spent refresh token,
+    // which would have revoked the grant and failed the journey).
+    let refreshes = tail_log(&server)
+        .iter()
+        .filter(|e| e["envelope"]["event_type"] == "TokensRefreshed")
+        .count();
+    assert!(refreshes >= 10, "only {refreshes} refreshes");
     // Tokens stay in the session rows: none reached the server's log (JWTs start with eyJ).
     let log = std::fs::read_to_string(server.data_dir.join("server.log")).unwrap_or_default();
     assert!(

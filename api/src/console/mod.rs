@@ -39,17 +39,31 @@ pub struct ConsoleClient {
     pub client_secret: Secret,
 }
 
-/// The consoles this process serves: each one whose client credentials are known.
-#[derive(Clone, Debug, Default)]
-pub struct ConsoleClients(std::collections::BTreeMap<String, ConsoleClient>);
+/// The consoles this process serves (each one whose client credentials are known), and how
+/// they keep their tokens fresh.
+#[derive(Clone, Debug)]
+pub struct ConsoleClients {
+    clients: std::collections::BTreeMap<String, ConsoleClient>,
+    /// Refresh an access token this many seconds before it expires.
+    pub refresh_early_seconds: i64,
+}
+
+impl Default for ConsoleClients {
+    fn default() -> Self {
+        Self {
+            clients: Default::default(),
+            refresh_early_seconds: 30,
+        }
+    }
+}
 
 impl ConsoleClients {
     pub fn insert(&mut self, client: ConsoleClient) {
-        self.0.insert(client.client_id.clone(), client);
+        self.clients.insert(client.client_id.clone(), client);
     }
 
     pub fn get(&self, client_id: &str) -> Option<&ConsoleClient> {
-        self.0.get(client_id)
+        self.clients.get(client_id)
     }
 }
 

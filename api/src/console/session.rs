@@ -35,8 +35,6 @@ use crate::AppState;
 /// How long a console session lasts at most, whatever the refresh token would allow: a
 /// working day, then QSA is asked again (which may need no typing if its session lives).
 const SESSION_HOURS: i64 = 12;
-/// Refresh the access token this long before it expires.
-const REFRESH_EARLY_SECONDS: i64 = 30;
 /// How long a started sign-in may take.
 const FLOW_SECONDS: i64 = 600;
 
@@ -264,7 +262,7 @@ impl<C: Console> FromRequestParts<AppState> for SignedIn<C> {
         let Ok(mut session) = serde_json::from_slice::<SessionData>(&stored.plain) else {
             return Err(to_sign_in());
         };
-        if session.access_expires_at - REFRESH_EARLY_SECONDS <= now.timestamp() {
+        if session.access_expires_at - kit.clients.refresh_early_seconds <= now.timestamp() {
             let origin = Origin::of(&parts.headers, &parts.extensions);
             session = match refresh::<C>(&kit, &stored, session, &origin).await {
                 Some(s) => s,
@@ -284,14 +282,23 @@ impl<C: Console> FromRequestParts<AppState> for SignedIn<C> {
     }
 }
 
-/// New tokens from the refresh token. Only one request wins the row's compare-and-swap;
-/// the others take the winner's tokens, so a rotated refresh token is never sent twice.
+/// New tokens from the refresh token. Only the request that claims the row's next version
+/// asks QSA (a refresh token works once; presenting it twice would revoke the grant); others
+/// wait for its tokens.
 async fn refresh<C: Console>(
     kit: &Kit,
     stored: &quantus_infra::console_sessions::StoredSession,
     session: SessionData,
     origin: &Origin,
 ) -> Option<SessionData> {
+    match kit.sessions.claim(&stored.id, stored.version).await {
+        Ok(true) => {}
+        Ok(false) => return refreshed_by_another(kit, stored, session).await,
+        Err(e) => {
+            tracing::error!(error = %e, "claiming a console session's refresh failed");
+            return None;
+        }
+    }
     let client = C::client(&kit.clients)?;
     let refresh_token = session.refresh_token.clone()?;
     let tokens = token_request(
@@ -306,11 +313,10 @@ async fn refresh<C: Console>(
     .await;
     let tokens = match tokens {
         Ok(t) => t,
-        Err(_) => {
-            // Another request may have refreshed first (and spent this refresh token).
-            let again = kit.sessions.reload(&stored.id).await.ok()??;
-            let theirs: SessionData = serde_json::from_slice(&again.plain).ok()?;
-            return (theirs.access_expires_at > Utc::now().timestamp()).then_some(theirs);
+        Err(e) => {
+            // The grant is gone (revoked, expired, signed out elsewhere).
+            tracing::info!(error = %e, "a console session's refresh was refused");
+            return None;
         }
     };
     let updated = SessionData {
@@ -324,19 +330,33 @@ async fn refresh<C: Console>(
     let plain = serde_json::to_vec(&updated).ok()?;
     match kit
         .sessions
-        .replace(&stored.id, stored.version, &plain)
+        .replace(&stored.id, stored.version + 1, &plain)
         .await
     {
         Ok(true) => Some(updated),
-        Ok(false) => {
-            let again = kit.sessions.reload(&stored.id).await.ok()??;
-            serde_json::from_slice(&again.plain).ok()
-        }
+        Ok(false) => None,
         Err(e) => {
             tracing::error!(error = %e, "storing refreshed console tokens failed");
             None
         }
     }
+}
+
+/// Another request claimed the refresh: its tokens, once stored (a few seconds at most), or
+/// this request's own while they still work.
+async fn refreshed_by_another(
+    kit: &Kit,
+    stored: &quantus_infra::console_sessions::StoredSession,
+    session: SessionData,
+) -> Option<SessionData> {
+    for _ in 0..100 {
+        let again = kit.sessions.reload(&stored.id).await.ok()??;
+        if again.version >= stored.version + 2 {
+            return serde_json::from_slice(&again.plain).ok();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (session.access_expires_at > Utc::now().timestamp()).then_some(session)
 }
 
 #[derive(Debug, Deserialize)]
