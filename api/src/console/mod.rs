@@ -214,7 +214,7 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
             "text/javascript; charset=utf-8",
         ),
         "icon.svg" => (include_bytes!("../../assets/icon.svg"), "image/svg+xml"),
-        _ => return PageError::not_found(&NO_CONSOLE, "no such file").into_response(),
+        _ => return (StatusCode::NOT_FOUND, "no such file").into_response(),
     };
     let mut r = body.into_response();
     r.headers_mut()
@@ -302,13 +302,6 @@ pub struct Chrome {
     pub user: UserBox,
     pub scopes: std::collections::BTreeSet<String>,
 }
-
-/// For responses outside any console (assets).
-static NO_CONSOLE: ConsoleInfo = ConsoleInfo {
-    name: "Quantus",
-    base: "",
-    nav: &[],
-};
 
 impl PageError {
     pub fn new(
