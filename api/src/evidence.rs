@@ -16,7 +16,7 @@ use crate::{AppState, Problem};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/jobs/{id}/evidence", post(create))
+        .route("/jobs/{id}/evidence", post(create).get(of_job))
         // Archives with artifacts are large; they are checked in memory, so bounded by their
         // own limit (`crate::bodies`, `QUANTUS_MAX_ARCHIVE_BYTES`).
         .route("/evidence/verify", post(verify))
@@ -29,6 +29,49 @@ fn uuid(id: &str, what: &str) -> Result<String, Problem> {
     Uuid::parse_str(id)
         .map(|u| u.to_string())
         .map_err(|_| Problem::not_found(format!("no {what} {id:?}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlesQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// The evidence bundles made for one job (so a job links to its proof).
+#[utoipa::path(get, path = "/v1/jobs/{id}/evidence", tag = "evidence",
+    params(("id" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
+    responses((status = 200, description = "{items: [{id, job_id, organization_id, manifest_sha256, created_at}], next_after}"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn of_job(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    crate::problem::ApiQuery(q): crate::problem::ApiQuery<BundlesQuery>,
+) -> Result<Response, Problem> {
+    principal.require("evidence:read")?;
+    let job_id = uuid(&id, "job")?;
+    let (job, _) = state.evidence.job(&job_id).await?;
+    let org = job.submitted.map(|s| s.organization_id).unwrap_or_default();
+    principal.tenant(&org, &format!("job {job_id}"))?;
+    let limit = crate::paging::limit(q.limit)?;
+    crate::consistency::Consistency {
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    }
+    .wait(&state.jobs)
+    .await?;
+    let rows = quantus_projections::jobs::JobsView::bundles_of_job(
+        &state.db.pool,
+        &job_id,
+        q.after.as_deref(),
+        limit,
+    )
+    .await?;
+    let next_after = crate::paging::next_after(&rows, limit, |r| r.id.as_str());
+    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/jobs/{id}/evidence", tag = "evidence", params(("id" = String, Path)),

@@ -9,6 +9,7 @@ mod audit;
 mod auth;
 mod bodies;
 mod consistency;
+pub mod console;
 mod events;
 mod evidence;
 mod idempotency;
@@ -53,6 +54,17 @@ pub fn portal_router(state: AppState) -> Router {
 }
 
 fn app(state: AppState, everything: bool) -> Router {
+    let routes = routes(&state, everything);
+    let api = finish(routes.clone(), &state);
+    // The consoles call the API above in-process; they are served where every /v1 route is.
+    if everything {
+        finish(routes.merge(console::routes(&state, api)), &state)
+    } else {
+        api
+    }
+}
+
+fn routes(state: &AppState, everything: bool) -> Router<AppState> {
     // Inside authentication (route layers added later run first): it needs the caller.
     let idempotent = axum::middleware::from_fn_with_state(
         idempotency::Idempotency::new(state.db.clone(), &state.limits),
@@ -99,7 +111,13 @@ fn app(state: AppState, everything: bool) -> Router {
             .merge(saml::routes())
             .nest("/scim/v2", scim::routes(state.clone()));
     }
-    app.fallback(|| async { Problem::not_found("no such route") })
+    app
+}
+
+/// The fallbacks and the middleware every route gets.
+fn finish(routes: Router<AppState>, state: &AppState) -> Router {
+    routes
+        .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
                 axum::http::StatusCode::METHOD_NOT_ALLOWED,
@@ -120,7 +138,8 @@ fn app(state: AppState, everything: bool) -> Router {
         ))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                // Every line logged while serving a request carries its id.
+                // Every line logged while serving a request carries its id; the path only,
+                // never the query (an authorization code travels there).
                 let id = req
                     .headers()
                     .get(REQUEST_ID)
@@ -137,7 +156,7 @@ fn app(state: AppState, everything: bool) -> Router {
             tower_http::request_id::MakeRequestUuid,
         ))
         .layer(contain_panics())
-        .with_state(state)
+        .with_state(state.clone())
 }
 
 /// A bug that panics in one request answers that request with a 500 problem and leaves

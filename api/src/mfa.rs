@@ -16,9 +16,20 @@ use crate::{AppState, Problem};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/me/totp", post(start).delete(remove_own))
+        .route("/me/totp", post(start).get(status).delete(remove_own))
         .route("/me/totp/confirm", post(confirm))
         .route("/users/{id}/totp", delete(reset))
+}
+
+/// Whether the person has an enrolled authenticator app.
+#[utoipa::path(get, path = "/v1/me/totp", tag = "qsa", responses((status = 200, description = "{enrolled}")), security(("bearer" = [])))]
+pub async fn status(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Problem> {
+    let user = principal.person()?;
+    let enrolled = state.identity.mfa().totp_enrolled(&user).await?;
+    Ok(Json(serde_json::json!({ "enrolled": enrolled })).into_response())
 }
 
 /// Starts an enrolment: the `otpauth://` URI and the QR code to scan (a new call replaces an

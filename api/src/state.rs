@@ -62,6 +62,8 @@ pub struct AppState {
     pub saml: quantus_commands::saml::Saml,
     /// When `/readyz` calls a read model stalled or lagging.
     pub readiness: Readiness,
+    /// The web consoles' client credentials at QSA (a console is served once its are known).
+    pub consoles: crate::console::ConsoleClients,
     pub(crate) metrics: Arc<Metrics>,
     /// Bounds on request bodies (sizes, read timeouts); the defaults unless configured.
     pub limits: quantus_infra::HttpLimits,
@@ -122,6 +124,7 @@ impl AppState {
             gateway: Arc::new(Gateway::new(&issuer)),
             quantumlock: None,
             stripe_webhook_secret: None,
+            consoles: Default::default(),
             licensing,
             identity,
             issuer,

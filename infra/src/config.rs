@@ -105,6 +105,10 @@ pub struct Config {
     pub checkpoint_seconds: u64,
     /// How often the retention sweep runs (`QUANTUS_RETENTION_SECONDS`).
     pub retention_seconds: u64,
+    /// How long before its access token expires a console session refreshes it
+    /// (`QUANTUS_CONSOLE_REFRESH_SECONDS`, default 30; a value at least the token's lifetime
+    /// refreshes on every page, which the browser tests use to exercise rotation).
+    pub console_refresh_seconds: u64,
     /// QSA's issuer URL, whose JWKS the Portal trusts (`QUANTUS_QSA_URL`); `None`: this
     /// process's own public URL.
     pub qsa_url: Option<String>,
@@ -290,6 +294,7 @@ impl Config {
         }
         let ready_stall_seconds = number("QUANTUS_READY_STALL_SECONDS", 30)?;
         let ready_max_lag = number("QUANTUS_READY_MAX_LAG", 100_000)?;
+        let console_refresh_seconds = number("QUANTUS_CONSOLE_REFRESH_SECONDS", 30)?;
         let listen = overrides
             .listen
             .clone()
@@ -326,6 +331,7 @@ impl Config {
             checkpoint_events,
             checkpoint_seconds,
             retention_seconds,
+            console_refresh_seconds,
             object_store_url: env("OBJECT_STORE_URL"),
             qsa_url: env("QUANTUS_QSA_URL").map(|u| u.trim_end_matches('/').to_owned()),
             quantumlock_url: env("QUANTUS_QUANTUMLOCK_URL")

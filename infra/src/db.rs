@@ -127,6 +127,17 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_at)",
     // Consecutive failed sign-ins per account: operational rate-limit state, like a counter in
     // a cache; the outcomes themselves are audit events.
+    // The web consoles' sessions (backend-for-frontend): the browser holds `<id>.<secret>` in
+    // an HttpOnly cookie; the row holds the secret's digest and the person's tokens, sealed
+    // with the master key (bound to the row id). Operational state, not part of the log.
+    "CREATE TABLE IF NOT EXISTS console_sessions (
+        id TEXT PRIMARY KEY,
+        console TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL,
+        sealed TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        expires_at TEXT NOT NULL
+    )",
     "CREATE TABLE IF NOT EXISTS sign_in_throttle (
         account TEXT PRIMARY KEY,
         failures BIGINT NOT NULL,

@@ -5,6 +5,7 @@
 
 pub mod billing;
 pub mod config;
+pub mod console_sessions;
 pub mod credentials;
 pub mod db;
 pub mod error;

@@ -83,6 +83,25 @@ impl JobsView {
         rows.iter().map(row_to_bundle).collect()
     }
 
+    /// One job's evidence bundles, by id (oldest first).
+    pub async fn bundles_of_job(
+        pool: &AnyPool,
+        job_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<BundleRow>, InfraError> {
+        let rows = sqlx::query(
+            "SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view
+             WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(job_id)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?;
+        rows.iter().map(row_to_bundle).collect()
+    }
+
     pub async fn by_organization(
         pool: &AnyPool,
         organization_id: &str,
@@ -139,6 +158,8 @@ impl Projection for JobsView {
             "CREATE INDEX IF NOT EXISTS evidence_view_org ON evidence_view (organization_id, id)",
         )
         .await?;
+        conn.execute("CREATE INDEX IF NOT EXISTS evidence_view_job ON evidence_view (job_id, id)")
+            .await?;
         Ok(())
     }
 

@@ -139,6 +139,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             if config.portal_client.is_none() {
                 bootstrap_portal(&state, &config.data_dir).await?;
             }
+            state.consoles = bootstrap_consoles(&state, &config).await?;
         }
         // The Portal reaches QuantumLock with its own service principal, by HTTP, whether
         // QuantumLock is this process or another one.
@@ -308,9 +309,99 @@ async fn bootstrap_service_principal(
 ) -> anyhow::Result<Option<std::path::PathBuf>> {
     use quantus_commands::identity::NewClient;
     use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
-    let id = principal.id;
-    let done = data_dir.join(principal.file);
-    let pending = data_dir.join(format!("{}.pending", principal.file));
+    let new = NewClient {
+        organization_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
+        kind: ClientKind::Service,
+        name: principal.name.into(),
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        grant_types: [GrantType::ClientCredentials].into(),
+        scopes: principal
+            .role
+            .scopes()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        roles: [principal.role].into(),
+        auth_method: AuthMethod::ClientSecretBasic,
+        require_par: false,
+        jwks: None,
+    };
+    bootstrap_client(state, data_dir, principal.id, principal.file, new).await
+}
+
+/// Each web console's OAuth client at QSA (confidential, authorization code + PKCE and
+/// refresh, exact redirect URIs under the public URL), its secret kept in
+/// `DATA_DIR/console-<name>-client.json` the same way. Answers the credentials to serve with.
+async fn bootstrap_consoles(
+    state: &AppState,
+    config: &quantus_infra::Config,
+) -> anyhow::Result<quantus_api::console::ConsoleClients> {
+    use quantus_commands::identity::NewClient;
+    let data_dir = config.data_dir.as_path();
+    use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
+    let mut clients = quantus_api::console::ConsoleClients::default();
+    clients.refresh_early_seconds =
+        i64::try_from(config.console_refresh_seconds).unwrap_or(i64::MAX);
+    for console in quantus_api::console::registrations(&state.issuer) {
+        let new = NewClient {
+            organization_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
+            kind: ClientKind::Confidential,
+            name: console.name.into(),
+            redirect_uris: vec![console.redirect_uri.clone()],
+            post_logout_redirect_uris: vec![console.post_logout_redirect_uri.clone()],
+            grant_types: [GrantType::AuthorizationCode, GrantType::RefreshToken].into(),
+            scopes: console.scopes.iter().cloned().collect(),
+            roles: Default::default(),
+            auth_method: AuthMethod::ClientSecretBasic,
+            require_par: false,
+            jwks: None,
+        };
+        bootstrap_client(state, data_dir, console.client_id, console.file, new).await?;
+        let (client, _) = state.identity.client(console.client_id).await?;
+        if !client
+            .registration
+            .as_ref()
+            .is_some_and(|r| r.redirect_uris.contains(&console.redirect_uri))
+        {
+            // Registered under another public URL: QSA would refuse its redirects.
+            tracing::warn!(
+                client = console.client_id,
+                expected = %console.redirect_uri,
+                "the console's client was registered for another public URL; sign-in will fail until it is registered again"
+            );
+        }
+        let Some((client_id, client_secret)) = read_client_file(&data_dir.join(console.file))?
+        else {
+            // Another process registered it (its data folder has the secret): this one
+            // serves the console once the file is copied here.
+            tracing::warn!(
+                client = console.client_id,
+                "{} is not in this data folder: the console is not served by this process",
+                console.file
+            );
+            continue;
+        };
+        clients.insert(quantus_api::console::ConsoleClient {
+            client_id,
+            client_secret,
+        });
+    }
+    Ok(clients)
+}
+
+/// Registers client `id` once, its secret written first to `<file>.pending` (mode 0600),
+/// renamed to `<file>` after the registration, so a crash in between is finished on the
+/// next start.
+async fn bootstrap_client(
+    state: &AppState,
+    data_dir: &std::path::Path,
+    id: &str,
+    file_name: &str,
+    new: quantus_commands::identity::NewClient,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let done = data_dir.join(file_name);
+    let pending = data_dir.join(format!("{file_name}.pending"));
     match state.identity.client(id).await {
         Ok((client, _)) => {
             if !done.exists() && pending.exists() {
@@ -341,24 +432,6 @@ async fn bootstrap_service_principal(
         "token_endpoint": format!("{}/oauth2/token", state.issuer),
     });
     write_secret(&pending, &serde_json::to_string_pretty(&file)?)?;
-    let new = NewClient {
-        organization_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
-        kind: ClientKind::Service,
-        name: principal.name.into(),
-        redirect_uris: vec![],
-        post_logout_redirect_uris: vec![],
-        grant_types: [GrantType::ClientCredentials].into(),
-        scopes: principal
-            .role
-            .scopes()
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect(),
-        roles: [principal.role].into(),
-        auth_method: AuthMethod::ClientSecretBasic,
-        require_par: false,
-        jwks: None,
-    };
     match state
         .identity
         .register_client_with_id(&ctx, id, new, Some(secret))
@@ -438,12 +511,18 @@ fn portal_credentials(
     if let Some((id, secret)) = &config.portal_client {
         return Ok(Some((id.clone(), secret.clone())));
     }
-    let path = config.data_dir.join(PORTAL_CLIENT_FILE);
+    read_client_file(&config.data_dir.join(PORTAL_CLIENT_FILE))
+}
+
+/// Client credentials from a file bootstrap wrote (`None` if there is none).
+fn read_client_file(
+    path: &std::path::Path,
+) -> anyhow::Result<Option<(String, quantus_infra::config::Secret)>> {
     if !path.exists() {
         return Ok(None);
     }
     let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     match (v["client_id"].as_str(), v["client_secret"].as_str()) {

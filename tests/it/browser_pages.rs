@@ -25,7 +25,7 @@ fn people_use_the_pages_in_a_real_browser() {
     let (server, public) = crate::passkeys::localhost_server("browser", &[]);
     let (id, secret) = bootstrap_credentials(&server.data_dir);
     let out = Command::new("node")
-        .arg("--test")
+        .args(["--test", "pages.test.mjs"])
         .current_dir(repo_root().join("tests/browser"))
         .env("QUANTUS_URL", &public)
         .env("QUANTUS_CLIENT_ID", id)

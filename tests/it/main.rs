@@ -5,6 +5,7 @@
 
 pub mod access;
 mod api;
+mod browser_consoles;
 mod browser_pages;
 mod checkpoints;
 mod crypto_crosscheck;

@@ -1,0 +1,379 @@
+//! The web consoles: server-rendered pages for people, each an OAuth client of QSA
+//! (authorization code + PKCE, confidential), backend-for-frontend style: the browser holds an
+//! HttpOnly session cookie, the tokens stay on the server ([`session`]), and every page calls
+//! the same `/v1` API outside clients use, in-process, with the signed-in person's token
+//! ([`api::Api`]). Pages never read the database: authorization, tenant isolation and
+//! validation are exactly the API's.
+//!
+//! A console is a marker type implementing [`Console`]; [`routes`] mounts its sign-in,
+//! callback and sign-out routes ([`session`]) next to its pages (e.g. [`portal`]).
+
+mod account;
+mod api;
+mod portal;
+mod session;
+
+use askama::Template;
+use axum::extract::Request;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use quantus_infra::config::Secret;
+
+pub use session::SignedIn;
+
+use crate::AppState;
+
+/// The Portal console's OAuth client at QSA (registered at bootstrap).
+pub const PORTAL_CLIENT_ID: &str = "quantus-console-portal";
+/// The account console's OAuth client at QSA.
+pub const ACCOUNT_CLIENT_ID: &str = "quantus-console-account";
+
+/// A console's confidential client credentials.
+#[derive(Clone, Debug)]
+pub struct ConsoleClient {
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+/// The consoles this process serves (each one whose client credentials are known), and how
+/// they keep their tokens fresh.
+#[derive(Clone, Debug)]
+pub struct ConsoleClients {
+    clients: std::collections::BTreeMap<String, ConsoleClient>,
+    /// Refresh an access token this many seconds before it expires.
+    pub refresh_early_seconds: i64,
+}
+
+impl Default for ConsoleClients {
+    fn default() -> Self {
+        Self {
+            clients: Default::default(),
+            refresh_early_seconds: 30,
+        }
+    }
+}
+
+impl ConsoleClients {
+    pub fn insert(&mut self, client: ConsoleClient) {
+        self.clients.insert(client.client_id.clone(), client);
+    }
+
+    pub fn get(&self, client_id: &str) -> Option<&ConsoleClient> {
+        self.clients.get(client_id)
+    }
+}
+
+/// What bootstrap registers at QSA for a console.
+pub struct ConsoleRegistration {
+    pub client_id: &'static str,
+    pub name: &'static str,
+    /// File under the data folder that keeps the client's secret (mode 0600).
+    pub file: &'static str,
+    pub redirect_uri: String,
+    pub post_logout_redirect_uri: String,
+    pub scopes: Vec<String>,
+}
+
+/// The registrations of every console, with exact redirect URIs under the public URL.
+pub fn registrations(issuer: &str) -> Vec<ConsoleRegistration> {
+    vec![
+        registration::<portal::Portal>(issuer, "console-portal-client.json"),
+        registration::<account::Account>(issuer, "console-account-client.json"),
+    ]
+}
+
+fn registration<C: Console>(issuer: &str, file: &'static str) -> ConsoleRegistration {
+    let issuer = issuer.trim_end_matches('/');
+    ConsoleRegistration {
+        client_id: C::CLIENT_ID,
+        name: C::info().name,
+        file,
+        redirect_uri: format!("{issuer}{}/callback", C::info().base),
+        post_logout_redirect_uri: format!("{issuer}{}/signed-out", C::info().base),
+        scopes: C::SCOPES.split(' ').map(str::to_owned).collect(),
+    }
+}
+
+/// Name and mount point of a console, for layouts and error pages.
+#[derive(Debug)]
+pub struct ConsoleInfo {
+    pub name: &'static str,
+    /// The path prefix (`/portal`); the home page is `<base>/`.
+    pub base: &'static str,
+    /// Navigation: (path under base, label, the scope the page needs).
+    pub nav: &'static [(&'static str, &'static str, &'static str)],
+}
+
+/// A console: its client at QSA and what it asks for.
+pub trait Console: Send + Sync + 'static {
+    fn info() -> &'static ConsoleInfo;
+    const CLIENT_ID: &'static str;
+    /// The scopes it asks for (a token gets those the person's roles allow).
+    const SCOPES: &'static str;
+    /// Its pages (sign-in, callback and sign-out are added to them).
+    fn pages() -> Router<AppState>;
+
+    fn client(clients: &ConsoleClients) -> Option<&ConsoleClient> {
+        clients.get(Self::CLIENT_ID)
+    }
+}
+
+/// A console's sign-in routes and pages, when its client is configured.
+fn mount<C: Console>(router: Router<AppState>, kit: &Kit) -> Router<AppState> {
+    if C::client(&kit.clients).is_some() {
+        router.merge(session::routes::<C>()).merge(C::pages())
+    } else {
+        router
+    }
+}
+
+/// What every console handler reaches besides [`AppState`]: the `/v1` router to call
+/// in-process and the session store.
+#[derive(Clone)]
+pub struct Kit {
+    /// The whole API (with its own middleware), called with the person's bearer token.
+    pub api: Router,
+    pub sessions: quantus_infra::console_sessions::ConsoleSessions,
+    pub issuer: String,
+    pub clients: ConsoleClients,
+}
+
+impl Kit {
+    /// `; Secure` when served over TLS (the public URL is https).
+    fn secure(&self) -> bool {
+        self.issuer.starts_with("https://")
+    }
+}
+
+/// The consoles' routes (each console whose client is configured), calling `api`.
+pub fn routes(state: &AppState, api: Router) -> Router<AppState> {
+    let kit = Kit {
+        api,
+        sessions: quantus_infra::console_sessions::ConsoleSessions::new(
+            state.db.clone(),
+            state.identity.subject_keys().clone(),
+        ),
+        issuer: state.issuer.clone(),
+        clients: state.consoles.clone(),
+    };
+    let router = Router::new().route("/console/assets/{name}", get(asset));
+    let router = mount::<portal::Portal>(router, &kit);
+    let router = mount::<account::Account>(router, &kit);
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            kit.issuer.clone(),
+            security_headers,
+        ))
+        .layer(Extension(kit))
+}
+
+/// Every console response: a CSP without inline script, no framing, no sniffing, and no
+/// caching of pages (they show one person's data).
+async fn security_headers(
+    axum::extract::State(issuer): axum::extract::State<String>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let is_asset = request.uri().path().starts_with("/console/assets/");
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    // Forms post to the console itself; sign-in and sign-out continue at QSA (the issuer).
+    let csp = format!(
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; \
+         form-action 'self' {issuer}; frame-ancestors 'none'; base-uri 'none'"
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert("content-security-policy", v);
+    }
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    if !is_asset {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// The embedded assets: one stylesheet, one small script, the icon. Nothing is fetched
+/// from anywhere else.
+async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
+    let (body, kind): (&'static [u8], &'static str) = match name.as_str() {
+        "console.css" => (
+            include_bytes!("../../assets/console.css"),
+            "text/css; charset=utf-8",
+        ),
+        "console.js" => (
+            include_bytes!("../../assets/console.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "icon.svg" => (include_bytes!("../../assets/icon.svg"), "image/svg+xml"),
+        _ => return (StatusCode::NOT_FOUND, "no such file").into_response(),
+    };
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    r.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
+/// The chrome of every page: the console, its navigation, who is signed in.
+pub struct Layout {
+    pub title: String,
+    pub console: &'static ConsoleInfo,
+    /// The navigation entry of this page (its path under the base).
+    pub current: &'static str,
+    pub user: Option<UserBox>,
+    /// A status message after an action (shown once, announced to screen readers).
+    pub notice: Option<String>,
+    /// The signed-in person's scopes: navigation shows the pages they may use.
+    pub scopes: std::collections::BTreeSet<String>,
+}
+
+/// The signed-in person, as the header shows them, and the sign-out form's CSRF token.
+#[derive(Debug, Clone)]
+pub struct UserBox {
+    pub name: String,
+    pub organization: String,
+    pub csrf: String,
+}
+
+impl Layout {
+    pub fn nav(&self) -> Vec<NavLink> {
+        self.console
+            .nav
+            .iter()
+            .filter(|(_, _, scope)| self.scopes.contains(*scope))
+            .map(|(path, label, _)| NavLink {
+                href: format!("{}{}", self.console.base, path),
+                label,
+                current: *path == self.current,
+            })
+            .collect()
+    }
+}
+
+pub struct NavLink {
+    pub href: String,
+    pub label: &'static str,
+    pub current: bool,
+}
+
+/// Renders a page template (a failure to render is a 500 page, never a panic).
+pub fn render(page: &impl Template) -> Response {
+    match page.render() {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering a console page failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be shown",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A page that could not be shown: its status, and the API's `detail` (or ours).
+#[derive(Debug)]
+pub struct PageError {
+    pub status: StatusCode,
+    pub title: String,
+    pub detail: String,
+    pub console: &'static ConsoleInfo,
+    /// Offer to sign in again (the session ended).
+    pub sign_in: bool,
+    /// The signed-in person's header and navigation, when the error happened on their page.
+    pub chrome: Option<Box<Chrome>>,
+}
+
+/// What an error page needs to keep the signed-in header and navigation.
+#[derive(Debug, Clone)]
+pub struct Chrome {
+    pub user: UserBox,
+    pub scopes: std::collections::BTreeSet<String>,
+}
+
+impl PageError {
+    pub fn new(
+        console: &'static ConsoleInfo,
+        status: StatusCode,
+        title: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            title: title.into(),
+            detail: detail.into(),
+            console,
+            sign_in: false,
+            chrome: None,
+        }
+    }
+
+    pub fn not_found(console: &'static ConsoleInfo, detail: impl Into<String>) -> Self {
+        Self::new(console, StatusCode::NOT_FOUND, "Not found", detail)
+    }
+
+    pub fn internal(console: &'static ConsoleInfo) -> Self {
+        Self::new(
+            console,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "the page could not be shown; it was logged",
+        )
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    layout: Layout,
+    error: &'a PageError,
+}
+
+impl IntoResponse for PageError {
+    fn into_response(mut self) -> Response {
+        if self.status == StatusCode::UNAUTHORIZED && self.sign_in {
+            // The API refused the session's token (revoked by a sign-out elsewhere, or the
+            // person was disabled): sign in again, which asks QSA afresh.
+            return session::redirect(&format!("{}/sign-in", self.console.base));
+        }
+        let chrome = self.chrome.take();
+        let page = ErrorPage {
+            layout: Layout {
+                title: self.title.clone(),
+                console: self.console,
+                current: "",
+                user: chrome.as_ref().map(|c| c.user.clone()),
+                notice: None,
+                scopes: chrome.map(|c| c.scopes).unwrap_or_default(),
+            },
+            error: &self,
+        };
+        let mut response = render(&page);
+        *response.status_mut() = self.status;
+        response
+    }
+}
+
+/// Formats an amount of minor units in its currency (`1 500.00 EUR`), as the API does.
+pub fn money(currency: &str, minor: i64) -> String {
+    quantus_domain::money::Currency::parse(currency)
+        .map(|c| c.format(minor))
+        .unwrap_or_else(|_| format!("{minor} {currency} (minor units)"))
+}
+
+/// The date part of an RFC 3339 timestamp, for tables.
+pub fn day(timestamp: &str) -> String {
+    timestamp.get(..10).unwrap_or(timestamp).to_owned()
+}

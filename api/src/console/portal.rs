@@ -1,0 +1,877 @@
+//! The customer Portal: an organization's people see their contracts (and sign a sent one),
+//! usage against quotas, licences (with the files to verify them offline) and invoices.
+//! Every page is a few `/v1` calls with the person's token.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::extract::{Path, Query};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use quantus_domain::contract::LineItem;
+use serde::Deserialize;
+
+use super::api::{query, segment, Page};
+use super::session::{redirect, Posted};
+use super::{day, money, render, Console, ConsoleInfo, Layout};
+use super::{PageError, SignedIn, PORTAL_CLIENT_ID};
+use crate::AppState;
+
+/// The Portal console.
+pub struct Portal;
+
+static INFO: ConsoleInfo = ConsoleInfo {
+    name: "Customer Portal",
+    base: "/portal",
+    nav: &[
+        ("/", "Overview", "organizations:read"),
+        ("/contracts", "Contracts", "contracts:read"),
+        ("/usage", "Usage", "entitlements:read"),
+        ("/licenses", "Licences", "licenses:read"),
+        ("/jobs", "Jobs", "jobs:read"),
+        ("/evidence", "Evidence", "evidence:read"),
+        ("/invoices", "Invoices", "billing:read"),
+    ],
+};
+
+impl Console for Portal {
+    fn info() -> &'static ConsoleInfo {
+        &INFO
+    }
+    const CLIENT_ID: &'static str = PORTAL_CLIENT_ID;
+    const SCOPES: &'static str = "openid profile email organizations:read contracts:read contracts:sign entitlements:read licenses:read jobs:read evidence:read billing:read";
+    fn pages() -> Router<AppState> {
+        routes()
+    }
+}
+
+type Me = SignedIn<Portal>;
+
+/// Rows per list page.
+const PAGE: &str = "20";
+
+fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/portal", get(|| async { redirect("/portal/") }))
+        .route("/portal/", get(overview))
+        .route("/portal/contracts", get(contracts))
+        .route("/portal/contracts/{id}", get(contract))
+        .route("/portal/contracts/{id}/sign", post(sign))
+        .route("/portal/usage", get(usage))
+        .route("/portal/licenses", get(licenses))
+        .route("/portal/licenses/{id}", get(license))
+        .route("/portal/licenses/{id}/file", get(license_file))
+        .route("/portal/keys.json", get(keys_file))
+        .route("/portal/crl.json", get(crl_file))
+        .route("/portal/jobs", get(jobs))
+        .route("/portal/jobs/{id}", get(job))
+        .route("/portal/jobs/{id}/artifacts/{name}", get(artifact))
+        .route("/portal/evidence", get(evidence))
+        .route("/portal/evidence/{id}/bundle.tar", get(bundle_file))
+        .route("/portal/invoices", get(invoices))
+        .route("/portal/invoices/{id}", get(invoice))
+        .route("/portal/{*rest}", get(not_found))
+}
+
+async fn not_found(_me: Me) -> PageError {
+    PageError::not_found(&INFO, "there is no such page in the Portal")
+}
+
+// ---- what the API answers (the fields the pages show) ----
+
+#[derive(Debug, Deserialize)]
+struct Organization {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Customer {
+    name: String,
+    billing_email: String,
+    currency: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContractRow {
+    id: String,
+    status: String,
+    currency: String,
+    starts_at: String,
+    ends_at: String,
+    line_items: Vec<LineItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContractDetail {
+    id: String,
+    status: String,
+    currency: String,
+    line_items: Vec<LineItem>,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    signed_by: Option<String>,
+    amendments: u32,
+    terminated_at: Option<String>,
+    /// Line item id -> its current licence.
+    licenses: BTreeMap<String, String>,
+    monthly_price_display: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct QuotaUse {
+    amount: i64,
+    enforcement: String,
+    used: i64,
+    remaining: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Entitlements {
+    period: String,
+    contracts: Vec<String>,
+    features: Vec<String>,
+    quotas: BTreeMap<String, QuotaUse>,
+    limits: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LicenseRow {
+    id: String,
+    product: String,
+    edition: String,
+    status: String,
+    expires_at: String,
+    activations: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct LicenseTerms {
+    product: String,
+    edition: String,
+    features: Vec<String>,
+    limits: BTreeMap<String, i64>,
+    not_before: String,
+    expires_at: String,
+    max_activations: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct LicenseDetail {
+    id: String,
+    status: String,
+    terms: Option<LicenseTerms>,
+    activations: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LicenseStanding {
+    standing: String,
+    usable_until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InvoiceRow {
+    id: String,
+    period: String,
+    currency: String,
+    total: i64,
+    status: String,
+    due_at: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct InvoiceLine {
+    description: String,
+    quantity: i64,
+    unit_amount: i64,
+    amount: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Paid {
+    paid_at: String,
+    reference: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct InvoiceDetail {
+    id: String,
+    status: String,
+    contract_id: Option<String>,
+    period: Option<String>,
+    currency: String,
+    lines: Option<Vec<InvoiceLine>>,
+    total_display: Option<String>,
+    due_at: Option<String>,
+    hosted_url: Option<String>,
+    paid: Option<Paid>,
+}
+
+// ---- what the pages show ----
+
+/// A list's "next page" link, when there is one.
+struct Pager {
+    next: Option<String>,
+    /// Whether this is not the first page (offer "first page").
+    later: bool,
+    first: String,
+}
+
+fn pager(path: &str, next_after: Option<String>, after: &Option<String>) -> Pager {
+    Pager {
+        next: next_after.map(|n| format!("{path}{}", query(&[("after", Some(&n))]))),
+        later: after.is_some(),
+        first: path.to_owned(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListParams {
+    after: Option<String>,
+    /// A status message after an action.
+    done: Option<String>,
+}
+
+struct ContractLine {
+    id: String,
+    status: String,
+    term: String,
+    products: String,
+    monthly: String,
+}
+
+fn contract_line(c: &ContractRow) -> ContractLine {
+    let monthly: i64 = c
+        .line_items
+        .iter()
+        .map(|i| i.quantity.saturating_mul(i.unit_price))
+        .sum();
+    ContractLine {
+        id: c.id.clone(),
+        status: c.status.to_lowercase(),
+        term: format!("{} – {}", day(&c.starts_at), day(&c.ends_at)),
+        products: c
+            .line_items
+            .iter()
+            .map(|i| format!("{} {}", i.product, i.edition))
+            .collect::<Vec<_>>()
+            .join(", "),
+        monthly: money(&c.currency, monthly),
+    }
+}
+
+struct InvoiceLineView {
+    id: String,
+    period: String,
+    status: String,
+    total: String,
+    due: String,
+}
+
+fn invoice_line(i: &InvoiceRow) -> InvoiceLineView {
+    InvoiceLineView {
+        id: i.id.clone(),
+        period: i.period.clone(),
+        // The list's read model names statuses as the enum does (`Issued`); the detail
+        // route in lower case: shown one way.
+        status: i.status.to_lowercase(),
+        total: money(&i.currency, i.total),
+        due: day(&i.due_at),
+    }
+}
+
+struct QuotaView {
+    metric: String,
+    amount: i64,
+    used: i64,
+    remaining: i64,
+    hard: bool,
+    /// Used up (or over): shown as a warning.
+    exhausted: bool,
+}
+
+fn quota_views(e: &Entitlements) -> Vec<QuotaView> {
+    e.quotas
+        .iter()
+        .map(|(metric, q)| QuotaView {
+            metric: metric.clone(),
+            amount: q.amount,
+            used: q.used,
+            remaining: q.remaining,
+            hard: q.enforcement == "hard",
+            exhausted: q.used >= q.amount,
+        })
+        .collect()
+}
+
+// ---- overview ----
+
+#[derive(Template)]
+#[template(path = "portal/overview.html")]
+struct OverviewPage {
+    layout: Layout,
+    organization: String,
+    customer: Option<Customer>,
+    contracts: Option<Vec<ContractLine>>,
+    /// Contracts the vendor sent that this person may sign.
+    to_sign: Vec<String>,
+    quotas: Option<Vec<QuotaView>>,
+    period: String,
+    invoices: Option<Vec<InvoiceLineView>>,
+}
+
+async fn overview(me: Me) -> Result<Response, PageError> {
+    let api = me.api();
+    let org = segment(&INFO, &me.session.organization)?;
+    let organization: Organization = api.get(&format!("/organizations/{org}")).await?;
+    let customer = if me.may("contracts:read") {
+        api.find(&format!("/customers/{org}")).await?
+    } else {
+        None
+    };
+    let contracts: Option<Vec<ContractLine>> = if me.may("contracts:read") {
+        let page: Page<ContractRow> = api.get("/me/contracts?limit=5").await?;
+        Some(page.items.iter().map(contract_line).collect())
+    } else {
+        None
+    };
+    let to_sign = match &contracts {
+        Some(list) if me.may("contracts:sign") => list
+            .iter()
+            .filter(|c| c.status == "sent")
+            .map(|c| c.id.clone())
+            .collect(),
+        _ => vec![],
+    };
+    let (quotas, period) = if me.may("entitlements:read") {
+        let e: Entitlements = api.get("/me/entitlements").await?;
+        (Some(quota_views(&e)), e.period)
+    } else {
+        (None, String::new())
+    };
+    let invoices = if me.may("billing:read") {
+        let page: Page<InvoiceRow> = api.get("/me/invoices?limit=5").await?;
+        Some(page.items.iter().map(invoice_line).collect())
+    } else {
+        None
+    };
+    Ok(render(&OverviewPage {
+        layout: me.layout(organization.name.clone(), "/"),
+        organization: organization.name,
+        customer,
+        contracts,
+        to_sign,
+        quotas,
+        period,
+        invoices,
+    }))
+}
+
+// ---- contracts ----
+
+#[derive(Template)]
+#[template(path = "portal/contracts.html")]
+struct ContractsPage {
+    layout: Layout,
+    contracts: Vec<ContractLine>,
+    pager: Pager,
+}
+
+async fn contracts(me: Me, Query(p): Query<ListParams>) -> Result<Response, PageError> {
+    let page: Page<ContractRow> = me
+        .api()
+        .get(&format!(
+            "/me/contracts{}",
+            query(&[("limit", Some(PAGE)), ("after", p.after.as_deref())])
+        ))
+        .await?;
+    Ok(render(&ContractsPage {
+        layout: me.layout("Contracts", "/contracts"),
+        contracts: page.items.iter().map(contract_line).collect(),
+        pager: pager("/portal/contracts", page.next_after, &p.after),
+    }))
+}
+
+struct ItemView {
+    id: String,
+    product: String,
+    edition: String,
+    features: String,
+    quotas: String,
+    limits: String,
+    quantity: i64,
+    unit_price: String,
+    license: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "portal/contract.html")]
+struct ContractPage {
+    layout: Layout,
+    c: ContractDetail,
+    term: String,
+    items: Vec<ItemView>,
+    /// The person may sign, and the contract waits for a signature.
+    can_sign: bool,
+    signer: String,
+    csrf: String,
+}
+
+fn joined<K: std::fmt::Display, V: std::fmt::Display>(m: &BTreeMap<K, V>, sep: &str) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}{sep}{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn contract(
+    me: Me,
+    Path(id): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    let c: ContractDetail = me.api().get(&format!("/contracts/{id}")).await?;
+    let items = c
+        .line_items
+        .iter()
+        .map(|i| ItemView {
+            id: i.id.clone(),
+            product: i.product.clone(),
+            edition: i.edition.clone(),
+            features: i.features.join(", "),
+            quotas: i
+                .quotas
+                .iter()
+                .map(|(m, q)| {
+                    format!(
+                        "{} {m}/month ({})",
+                        q.amount,
+                        serde_json::to_value(q.enforcement)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            limits: joined(&i.limits, ": "),
+            quantity: i.quantity,
+            unit_price: money(&c.currency, i.unit_price),
+            license: c.licenses.get(&i.id).cloned(),
+        })
+        .collect();
+    let term = format!(
+        "{} – {}",
+        c.starts_at.as_deref().map(day).unwrap_or_default(),
+        c.ends_at.as_deref().map(day).unwrap_or_default()
+    );
+    let mut layout = me.layout(format!("Contract {}", short(&c.id)), "/contracts");
+    layout.notice = match p.done.as_deref() {
+        Some("signed") => Some("You signed the contract. The vendor activates it next.".into()),
+        _ => None,
+    };
+    Ok(render(&ContractPage {
+        layout,
+        can_sign: c.status == "sent" && me.may("contracts:sign"),
+        signer: me.session.name.clone(),
+        csrf: me.session.csrf.clone(),
+        term,
+        items,
+        c,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct SignForm {
+    signed_by: String,
+    /// The "I have read and accept" box: a signature needs an explicit yes.
+    #[serde(default)]
+    accept: Option<String>,
+}
+
+async fn sign(
+    Path(id): Path<String>,
+    posted: Posted<Portal, SignForm>,
+) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    let Posted { signed_in, form } = posted;
+    if form.accept.as_deref() != Some("yes") {
+        return Err(PageError::new(
+            &INFO,
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "Not signed",
+            "tick the box to confirm that you accept the contract, then sign again",
+        ));
+    }
+    signed_in
+        .api()
+        .post(
+            &format!("/contracts/{id}/sign"),
+            &serde_json::json!({ "signed_by": form.signed_by.trim() }),
+        )
+        .await?;
+    Ok(redirect(&format!("/portal/contracts/{id}?done=signed")))
+}
+
+/// The first block of an id, for titles (the full id is on the page).
+fn short(id: &str) -> &str {
+    id.split('-').next().unwrap_or(id)
+}
+
+// ---- usage ----
+
+#[derive(Template)]
+#[template(path = "portal/usage.html")]
+struct UsagePage {
+    layout: Layout,
+    e: Entitlements,
+    quotas: Vec<QuotaView>,
+}
+
+async fn usage(me: Me) -> Result<Response, PageError> {
+    let e: Entitlements = me.api().get("/me/entitlements").await?;
+    Ok(render(&UsagePage {
+        layout: me.layout("Usage and entitlements", "/usage"),
+        quotas: quota_views(&e),
+        e,
+    }))
+}
+
+// ---- licences ----
+
+#[derive(Template)]
+#[template(path = "portal/licenses.html")]
+struct LicensesPage {
+    layout: Layout,
+    licenses: Vec<LicenseRow>,
+    pager: Pager,
+}
+
+async fn licenses(me: Me, Query(p): Query<ListParams>) -> Result<Response, PageError> {
+    let page: Page<LicenseRow> = me
+        .api()
+        .get(&format!(
+            "/me/licenses{}",
+            query(&[("after", p.after.as_deref())])
+        ))
+        .await?;
+    Ok(render(&LicensesPage {
+        layout: me.layout("Licences", "/licenses"),
+        licenses: page.items,
+        pager: pager("/portal/licenses", page.next_after, &p.after),
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "portal/license.html")]
+struct LicensePage {
+    layout: Layout,
+    l: LicenseDetail,
+    terms: LicenseTerms,
+    standing: LicenseStanding,
+    limits: String,
+}
+
+async fn license(me: Me, Path(id): Path<String>) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    let api = me.api();
+    let mut l: LicenseDetail = api.get(&format!("/licenses/{id}")).await?;
+    let standing: LicenseStanding = api.get(&format!("/licenses/{id}/status")).await?;
+    let terms = l
+        .terms
+        .take()
+        .ok_or_else(|| PageError::not_found(&INFO, format!("no licence {id}")))?;
+    Ok(render(&LicensePage {
+        layout: me.layout(
+            format!("{} {} licence", terms.product, terms.edition),
+            "/licenses",
+        ),
+        limits: joined(&terms.limits, ": "),
+        terms,
+        standing,
+        l,
+    }))
+}
+
+async fn license_file(me: Me, Path(id): Path<String>) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    me.api()
+        .download(
+            &format!("/licenses/{id}/file"),
+            &format!("license-{id}.json"),
+        )
+        .await
+}
+
+/// The public keys that verify licence files offline.
+async fn keys_file(me: Me) -> Result<Response, PageError> {
+    me.api().download("/keys", "keys.json").await
+}
+
+/// The signed revocation list.
+async fn crl_file(me: Me) -> Result<Response, PageError> {
+    me.api().download("/crl", "crl.json").await
+}
+
+// ---- invoices ----
+
+#[derive(Template)]
+#[template(path = "portal/invoices.html")]
+struct InvoicesPage {
+    layout: Layout,
+    invoices: Vec<InvoiceLineView>,
+    pager: Pager,
+}
+
+async fn invoices(me: Me, Query(p): Query<ListParams>) -> Result<Response, PageError> {
+    let page: Page<InvoiceRow> = me
+        .api()
+        .get(&format!(
+            "/me/invoices{}",
+            query(&[("limit", Some(PAGE)), ("after", p.after.as_deref())])
+        ))
+        .await?;
+    Ok(render(&InvoicesPage {
+        layout: me.layout("Invoices", "/invoices"),
+        invoices: page.items.iter().map(invoice_line).collect(),
+        pager: pager("/portal/invoices", page.next_after, &p.after),
+    }))
+}
+
+struct InvoiceLineRow {
+    description: String,
+    quantity: i64,
+    unit: String,
+    amount: String,
+}
+
+#[derive(Template)]
+#[template(path = "portal/invoice.html")]
+struct InvoicePage {
+    layout: Layout,
+    i: InvoiceDetail,
+    organization: String,
+    lines: Vec<InvoiceLineRow>,
+}
+
+async fn invoice(me: Me, Path(id): Path<String>) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    let api = me.api();
+    let i: InvoiceDetail = api.get(&format!("/invoices/{id}")).await?;
+    let org = segment(&INFO, &me.session.organization)?;
+    // The bill-to name: the customer record (the person may read contracts) or the
+    // organization's name.
+    let organization = match api.find::<Customer>(&format!("/customers/{org}")).await {
+        Ok(Some(c)) => c.name,
+        _ => {
+            api.get::<Organization>(&format!("/organizations/{org}"))
+                .await?
+                .name
+        }
+    };
+    let lines = i
+        .lines
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|l| InvoiceLineRow {
+            description: l.description.clone(),
+            quantity: l.quantity,
+            unit: money(&i.currency, l.unit_amount),
+            amount: money(&i.currency, l.amount),
+        })
+        .collect();
+    Ok(render(&InvoicePage {
+        layout: me.layout(format!("Invoice {}", short(&i.id)), "/invoices"),
+        organization,
+        lines,
+        i,
+    })
+    .into_response())
+}
+
+// ---- jobs and evidence ----
+
+#[derive(Debug, Deserialize)]
+struct JobRow {
+    id: String,
+    backend: String,
+    status: String,
+    artifacts: i64,
+    submitted_at: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Artifact {
+    name: String,
+    sha256: String,
+    size: u64,
+    media_type: Option<String>,
+    /// The retention purge that deleted the bytes (the record stays).
+    purged_by: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JobDetail {
+    id: String,
+    status: String,
+    backend: Option<String>,
+    class: Option<String>,
+    config_digest: Option<String>,
+    requested_by: Option<String>,
+    result: Option<serde_json::Value>,
+    error: Option<serde_json::Value>,
+    artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BundleRow {
+    id: String,
+    job_id: String,
+    manifest_sha256: String,
+    created_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "portal/jobs.html")]
+struct JobsPage {
+    layout: Layout,
+    jobs: Vec<JobRow>,
+    pager: Pager,
+}
+
+async fn jobs(me: Me, Query(p): Query<ListParams>) -> Result<Response, PageError> {
+    let org = segment(&INFO, &me.session.organization)?;
+    let page: Page<JobRow> = me
+        .api()
+        .get(&format!(
+            "/jobs{}",
+            query(&[
+                ("org", Some(org)),
+                ("limit", Some(PAGE)),
+                ("after", p.after.as_deref())
+            ])
+        ))
+        .await?;
+    Ok(render(&JobsPage {
+        layout: me.layout("Jobs", "/jobs"),
+        jobs: page.items,
+        pager: pager("/portal/jobs", page.next_after, &p.after),
+    }))
+}
+
+struct ArtifactView {
+    name: String,
+    sha256: String,
+    size: String,
+    media_type: String,
+    purged: bool,
+}
+
+/// A byte count for people (`1.5 MiB`).
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[derive(Template)]
+#[template(path = "portal/job.html")]
+struct JobPage {
+    layout: Layout,
+    j: JobDetail,
+    artifacts: Vec<ArtifactView>,
+    /// Pretty JSON of the result and of the error, when there are.
+    result: Option<String>,
+    failure: Option<String>,
+    /// `None` when the person may not read evidence.
+    bundles: Option<Vec<BundleRow>>,
+}
+
+async fn job(me: Me, Path(id): Path<String>) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    let api = me.api();
+    let j: JobDetail = api.get(&format!("/jobs/{id}")).await?;
+    let bundles = if me.may("evidence:read") {
+        let page: Page<BundleRow> = api.get(&format!("/jobs/{id}/evidence")).await?;
+        Some(page.items)
+    } else {
+        None
+    };
+    let pretty = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .filter(|v| !v.is_null())
+            .and_then(|v| serde_json::to_string_pretty(v).ok())
+    };
+    Ok(render(&JobPage {
+        layout: me.layout(format!("Job {}", short(&j.id)), "/jobs"),
+        artifacts: j
+            .artifacts
+            .iter()
+            .map(|a| ArtifactView {
+                name: a.name.clone(),
+                sha256: a.sha256.clone(),
+                size: size(a.size),
+                media_type: a.media_type.clone().unwrap_or_default(),
+                purged: a.purged_by.as_ref().is_some_and(|p| !p.is_null()),
+            })
+            .collect(),
+        result: pretty(&j.result),
+        failure: pretty(&j.error),
+        bundles,
+        j,
+    }))
+}
+
+async fn artifact(me: Me, Path((id, name)): Path<(String, String)>) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    let name = segment(&INFO, &name)?;
+    me.api()
+        .download(&format!("/jobs/{id}/artifacts/{name}"), name)
+        .await
+}
+
+#[derive(Template)]
+#[template(path = "portal/evidence.html")]
+struct EvidencePage {
+    layout: Layout,
+    bundles: Vec<BundleRow>,
+    pager: Pager,
+}
+
+async fn evidence(me: Me, Query(p): Query<ListParams>) -> Result<Response, PageError> {
+    let page: Page<BundleRow> = me
+        .api()
+        .get(&format!(
+            "/me/evidence{}",
+            query(&[("limit", Some(PAGE)), ("after", p.after.as_deref())])
+        ))
+        .await?;
+    Ok(render(&EvidencePage {
+        layout: me.layout("Evidence bundles", "/evidence"),
+        bundles: page.items,
+        pager: pager("/portal/evidence", page.next_after, &p.after),
+    }))
+}
+
+/// The bundle as one archive with the artifacts' bytes: `quantus evidence verify` checks it
+/// offline with the public keys.
+async fn bundle_file(me: Me, Path(id): Path<String>) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    me.api()
+        .download(
+            &format!("/evidence/{id}/export?artifacts=true"),
+            &format!("evidence-{id}.tar"),
+        )
+        .await
+}

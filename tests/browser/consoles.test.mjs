@@ -1,0 +1,396 @@
+// The web consoles used as people would: headless Chromium, driven by Playwright, against a
+// running Quantus (QUANTUS_URL, with the bootstrap admin's QUANTUS_CLIENT_ID / _SECRET acting
+// as the vendor's operator through the API). Every console page is checked with axe-core
+// (no serious or critical violation) and saved as a screenshot to SCREENSHOTS.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const BASE = process.env.QUANTUS_URL;
+const ADMIN_ID = process.env.QUANTUS_CLIENT_ID;
+const ADMIN_SECRET = process.env.QUANTUS_CLIENT_SECRET;
+const QUANTUS_BIN = process.env.QUANTUS_BIN;
+const SCREENSHOTS = process.env.SCREENSHOTS;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const PASSWORD = "correct horse battery staple";
+const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+
+let browser;
+
+async function adminToken() {
+  const r = await fetch(`${BASE}/oauth2/token`, {
+    method: "POST",
+    headers: {
+      authorization: "Basic " + Buffer.from(`${ADMIN_ID}:${ADMIN_SECRET}`).toString("base64"),
+      "content-type": "application/x-www-form-urlencoded",
+    },
+    body: "grant_type=client_credentials",
+  });
+  assert.equal(r.status, 200, await r.clone().text());
+  return (await r.json()).access_token;
+}
+
+/** The operator's API calls (the setup a vendor does with curl today). */
+async function api(token, method, path, body, expected) {
+  const r = await fetch(`${BASE}/v1${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = await r.json();
+  if (expected !== undefined) assert.equal(r.status, expected, `${method} ${path}: ${JSON.stringify(json)}`);
+  return json;
+}
+
+/** An organization and its owner (who may sign contracts). */
+async function customerOrg(token, name) {
+  const org = (await api(token, "POST", "/organizations", { name }, 201)).id;
+  const email = `owner-${randomUUID()}@example.com`;
+  await api(token, "POST", "/users", {
+    organization_id: org, email, name: "Ada Lovelace", password: PASSWORD, roles: ["owner"],
+  }, 201);
+  return { org, email };
+}
+
+/** Fails on any serious or critical accessibility violation; saves a screenshot. */
+async function check(page, name) {
+  await page.evaluate(AXE);
+  const result = await page.evaluate(async () =>
+    // eslint-disable-next-line no-undef
+    axe.run(document, { resultTypes: ["violations"] }),
+  );
+  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  assert.deepEqual(
+    bad.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join("; ")})`),
+    [],
+    `accessibility violations on ${name} (${page.url()})`,
+  );
+  await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
+}
+
+/** Signs in to the Portal through QSA's own sign-in and consent pages. */
+async function signIn(page, email) {
+  await page.goto(`${BASE}/portal/`);
+  // No session: the Portal sends the browser to QSA.
+  assert.equal(await page.title(), "Sign in · Quantus");
+  assert.ok(page.url().startsWith(`${BASE}/oauth2/authorize?`), page.url());
+  const authorize = new URL(page.url()).searchParams;
+  assert.equal(authorize.get("client_id"), "quantus-console-portal");
+  assert.equal(authorize.get("code_challenge_method"), "S256");
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForSelector("text=Allow access?");
+  await page.getByRole("button", { name: "Allow" }).click();
+  await page.waitForURL(`${BASE}/portal/`);
+}
+
+/** A link of the console's navigation. */
+function nav(page, name) {
+  return page.getByRole("navigation", { name: "Customer Portal" }).getByRole("link", { name, exact: true });
+}
+
+async function download(page, link, dir) {
+  const [file] = await Promise.all([page.waitForEvent("download"), link.click()]);
+  const path = join(dir, file.suggestedFilename());
+  await file.saveAs(path);
+  return path;
+}
+
+before(async () => {
+  assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && QUANTUS_BIN && SCREENSHOTS,
+    "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET, QUANTUS_BIN and SCREENSHOTS");
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+test("a customer signs a contract in the Portal, gets its licence, and another organization sees none of it", async () => {
+  const operator = await adminToken();
+  const acme = await customerOrg(operator, "Acme Quantum");
+  const globex = await customerOrg(operator, "Globex Research");
+  await api(operator, "POST", "/customers", {
+    organization_id: acme.org, name: "Acme Quantum GmbH", billing_email: "billing@acme.example", currency: "EUR",
+  }, 201);
+  const contract = (await api(operator, "POST", "/contracts", {
+    organization_id: acme.org,
+    starts_at: "2026-01-01T00:00:00Z",
+    ends_at: "2027-12-31T00:00:00Z",
+    line_items: [{
+      id: "qpu", product: "qpu-access", edition: "pro", features: ["qpu", "priority-queue"],
+      quotas: { jobs: { amount: 100, enforcement: "hard" } }, limits: { qubits: 64 },
+      quantity: 1, unit_price: 150000, usage_prices: { jobs: 250 }, max_activations: 2,
+    }],
+  }, 201)).id;
+  const sent = await api(operator, "POST", `/contracts/${contract}/send`, undefined, 200);
+  // Lists are read models: the setup waits until they show its changes (read-your-writes).
+  await api(operator, "GET", `/contracts?org=${acme.org}&min_position=${sent.position}&wait_ms=5000`, undefined, 200);
+
+  // The customer's owner signs in through QSA and finds the contract waiting.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
+  const page = await context.newPage();
+  await signIn(page, acme.email);
+  assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "Acme Quantum");
+  assert.match(await page.locator("main").textContent(), /Acme Quantum GmbH/);
+  assert.ok(await page.getByRole("link", { name: `review and sign contract ${contract}` }).isVisible());
+
+  // The session is an HttpOnly, SameSite=Lax cookie holding no token; pages forbid framing
+  // and inline script.
+  const cookie = (await context.cookies()).find((c) => c.name === "quantus_portal");
+  assert.ok(cookie && cookie.httpOnly && cookie.sameSite === "Lax", JSON.stringify(cookie));
+  assert.ok(!cookie.value.includes("eyJ"), "the cookie holds no JWT");
+  const headers = (await page.request.get(`${BASE}/portal/`)).headers();
+  assert.match(headers["content-security-policy"], /frame-ancestors 'none'/);
+  assert.doesNotMatch(headers["content-security-policy"], /unsafe-inline/);
+  assert.equal(headers["x-frame-options"], "DENY");
+  await check(page, "portal-overview");
+
+  await nav(page, "Contracts").click();
+  await page.waitForURL(`${BASE}/portal/contracts`);
+  await check(page, "portal-contracts");
+  await page.getByRole("link", { name: contract }).click();
+  await page.waitForURL(`${BASE}/portal/contracts/${contract}`);
+  assert.equal(await page.locator(".facts .badge").first().textContent(), "sent");
+  await check(page, "portal-contract-to-sign");
+
+  // A form posted without the session's CSRF token is refused.
+  const forged = await page.request.post(`${BASE}/portal/contracts/${contract}/sign`, {
+    form: { signed_by: "Mallory", accept: "yes" },
+  });
+  assert.equal(forged.status(), 403);
+
+  await page.getByLabel("Your full name").fill("Ada Lovelace");
+  await page.getByLabel(/I have read the contract/).check();
+  await page.getByRole("button", { name: "Sign contract" }).click();
+  await page.waitForURL(`${BASE}/portal/contracts/${contract}?done=signed`);
+  assert.match(await page.getByRole("status").textContent(), /You signed the contract/);
+  assert.equal(await page.locator(".facts .badge").first().textContent(), "signed");
+  const signed = await api(operator, "GET", `/contracts/${contract}`, undefined, 200);
+  assert.equal(signed.signed_by, "Ada Lovelace");
+
+  // The vendor activates it; QuantumLock issues the licence.
+  await api(operator, "POST", `/contracts/${contract}/activate`, undefined, 200);
+  let license;
+  for (let i = 0; i < 100 && !license; i++) {
+    const c = await api(operator, "GET", `/contracts/${contract}`, undefined, 200);
+    const id = c.licenses?.qpu;
+    if (id) {
+      const r = await fetch(`${BASE}/v1/licenses/${id}`, { headers: { authorization: `Bearer ${operator}` } });
+      if (r.status === 200) license = id;
+    }
+    if (!license) await new Promise((ok) => setTimeout(ok, 100));
+  }
+  assert.ok(license, "the licence was issued");
+  for (let i = 0; i < 100; i++) {
+    const listed = await api(operator, "GET", `/licenses?org=${acme.org}`, undefined, 200);
+    if (listed.items.length === 1) break;
+    await new Promise((ok) => setTimeout(ok, 100));
+  }
+
+  await page.goto(`${BASE}/portal/contracts/${contract}`);
+  assert.equal(await page.locator(".facts .badge").first().textContent(), "active");
+  await check(page, "portal-contract-active");
+  await page.getByRole("link", { name: "View licence" }).click();
+  await page.waitForURL(`${BASE}/portal/licenses/${license}`);
+  assert.match(await page.locator("main").textContent(), /valid/);
+  await check(page, "portal-license");
+
+  // The licence file, the public keys and the CRL verify offline with the CLI.
+  const dir = mkdtempSync(join(tmpdir(), "portal-"));
+  const licenseFile = await download(page, page.getByRole("link", { name: "Download licence file" }), dir);
+  const keysFile = await download(page, page.getByRole("link", { name: "Public keys" }), dir);
+  const crlFile = await download(page, page.getByRole("link", { name: "Revocation list" }), dir);
+  const verdict = execFileSync(QUANTUS_BIN, ["license", "verify", licenseFile, "--keys", keysFile, "--crl", crlFile], {
+    encoding: "utf8",
+  });
+  assert.match(verdict, new RegExp(license));
+
+  // A job the organization ran, its artifact and its evidence bundle.
+  const job = (await api(operator, "POST", "/jobs", {
+    organization_id: acme.org, backend: "ibm_kyiv",
+    workload: { circuit: "ghz", qubits: 27, shots: 4096 }, config: { optimization_level: 3, seed: 7 },
+  }, 201)).id;
+  await api(operator, "POST", `/jobs/${job}/start`, {}, 200);
+  const counts = JSON.stringify({ "000000000000000000000000000": 2011, "111111111111111111111111111": 2085 });
+  const put = await fetch(`${BASE}/v1/jobs/${job}/artifacts/counts.json`, {
+    method: "PUT", headers: { authorization: `Bearer ${operator}`, "content-type": "application/json" }, body: counts,
+  });
+  assert.equal(put.status, 201, await put.text());
+  const completed = await api(operator, "POST", `/jobs/${job}/complete`, { result_summary: { ghz_fidelity: "0.91" }, metrics: { shots: 4096 } }, 200);
+  await api(operator, "GET", `/entitlements?org=${acme.org}&min_position=${completed.position}&wait_ms=5000`, undefined, 200);
+  const made = await api(operator, "POST", `/jobs/${job}/evidence`, {}, 201);
+  const bundle = made.id;
+  const listed = await api(operator, "GET", `/jobs/${job}/evidence?wait_ms=5000&min_position=${made.position}`, undefined, 200);
+  assert.deepEqual(listed.items.map((b) => b.id), [bundle]);
+
+  await nav(page, "Jobs").click();
+  await page.waitForURL(`${BASE}/portal/jobs`);
+  await check(page, "portal-jobs");
+  await page.getByRole("link", { name: job }).click();
+  await page.waitForURL(`${BASE}/portal/jobs/${job}`);
+  assert.match(await page.locator("main").textContent(), /ghz_fidelity/);
+  await check(page, "portal-job");
+  const artifact = await download(page, page.getByRole("link", { name: "counts.json" }), dir);
+  assert.equal(readFileSync(artifact, "utf8"), counts);
+  const archive = await download(page, page.getByRole("link", { name: `Download bundle ${bundle}` }), dir);
+  execFileSync(QUANTUS_BIN, ["evidence", "verify", archive, "--keys", keysFile], { encoding: "utf8" });
+  await nav(page, "Evidence").click();
+  await page.waitForURL(`${BASE}/portal/evidence`);
+  await page.getByRole("link", { name: job }).first().waitFor();
+  await check(page, "portal-evidence");
+
+  await nav(page, "Licences").click();
+  await page.waitForURL(`${BASE}/portal/licenses`);
+  assert.equal(await page.locator("tbody tr").count(), 1);
+  await check(page, "portal-licenses");
+
+  await nav(page, "Usage").click();
+  await page.waitForURL(`${BASE}/portal/usage`);
+  assert.match(await page.locator("main").textContent(), /qubits\s*64/);
+  // The job above was admitted on the hard jobs quota.
+  const jobsQuota = page.locator("tbody tr").first();
+  assert.equal(await jobsQuota.locator("th").textContent(), "jobs");
+  assert.equal(await jobsQuota.locator("meter").getAttribute("value"), "1");
+  assert.deepEqual(await jobsQuota.locator("td.num").allTextContents(), ["100", "99"]);
+  await check(page, "portal-usage");
+
+  // Last month's invoice, listed and printable.
+  const issued = await api(operator, "POST", "/invoices", { contract_id: contract, period: "2026-11" }, 201);
+  const invoice = issued.id;
+  await api(operator, "GET", `/invoices?org=${acme.org}&min_position=${issued.position}&wait_ms=5000`, undefined, 200);
+  await nav(page, "Invoices").click();
+  await page.waitForURL(`${BASE}/portal/invoices`);
+  await check(page, "portal-invoices");
+  await page.getByRole("link", { name: invoice }).click();
+  await page.waitForURL(`${BASE}/portal/invoices/${invoice}`);
+  assert.match(await page.locator("tfoot").textContent(), /1500\.00 EUR/);
+  await check(page, "portal-invoice");
+
+  // Narrow screens get the same pages, reflowed.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto(`${BASE}/portal/contracts/${contract}`);
+  await check(page, "portal-contract-narrow");
+  await page.setViewportSize({ width: 1280, height: 800 });
+
+  // The account page, another console signing in through QSA (no password: QSA's session
+  // is still there; its own consent).
+  await page.getByRole("link", { name: "Ada Lovelace" }).click();
+  await page.waitForSelector("text=Allow access?");
+  await page.getByRole("button", { name: "Allow" }).click();
+  await page.waitForURL(`${BASE}/account/`);
+  const account = await page.locator("main").textContent();
+  assert.match(account, new RegExp(acme.email.replace(/[.+]/g, "\\$&")));
+  assert.match(account, /Signed in with\s*password/);
+  assert.match(account, /Authenticator app\s*not set up/);
+  assert.match(account, /Acme Quantum\s*owner/);
+  await check(page, "account");
+  await page.goto(`${BASE}/portal/contracts/${contract}`);
+
+  // Signing out ends the QSA session too: the Portal asks for the password again.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.waitForURL(`${BASE}/portal/signed-out`);
+  await check(page, "portal-signed-out");
+  await page.goto(`${BASE}/portal/`);
+  assert.equal(await page.title(), "Sign in · Quantus");
+  // ...and the QSA session's grants: the account console's token stops working too.
+  await page.goto(`${BASE}/account/`);
+  assert.equal(await page.title(), "Sign in · Quantus");
+
+  // Another organization's owner sees none of Acme's data.
+  const other = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await signIn(other, globex.email);
+  assert.equal(await other.getByRole("heading", { level: 1 }).textContent(), "Globex Research");
+  assert.doesNotMatch(await other.locator("main").textContent(), /Acme/);
+  await other.goto(`${BASE}/portal/contracts`);
+  assert.match(await other.locator("main").textContent(), /No contracts/);
+  await check(other, "portal-contracts-empty");
+  let r = await other.goto(`${BASE}/portal/contracts/${contract}`);
+  assert.equal(r.status(), 404);
+  assert.doesNotMatch(await other.locator("main").textContent(), /qpu-access/);
+  await check(other, "portal-not-found");
+  r = await other.goto(`${BASE}/portal/licenses/${license}`);
+  assert.equal(r.status(), 404);
+  assert.equal((await other.request.get(`${BASE}/portal/licenses/${license}/file`)).status(), 404);
+  r = await other.goto(`${BASE}/portal/jobs/${job}`);
+  assert.equal(r.status(), 404);
+  assert.equal((await other.request.get(`${BASE}/portal/evidence/${bundle}/bundle.tar`)).status(), 404);
+  assert.equal((await other.request.get(`${BASE}/portal/jobs/${job}/artifacts/counts.json`)).status(), 404);
+  r = await other.goto(`${BASE}/portal/invoices/${invoice}`);
+  assert.equal(r.status(), 404);
+  await other.goto(`${BASE}/portal/licenses`);
+  assert.equal(await other.locator("tbody tr").count(), 0);
+
+  // A member of Acme (no contract or billing scopes): those pages are not offered, and the
+  // API's refusal is shown as the API gave it.
+  const memberEmail = `member-${randomUUID()}@example.com`;
+  await api(operator, "POST", "/users", {
+    organization_id: acme.org, email: memberEmail, name: "Grace Hopper", password: PASSWORD, roles: ["member"],
+  }, 201);
+  const member = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await signIn(member, memberEmail);
+  const links = await member.getByRole("navigation", { name: "Customer Portal" }).getByRole("link").allTextContents();
+  assert.deepEqual(links, ["Overview", "Usage", "Licences", "Jobs", "Evidence"]);
+  r = await member.goto(`${BASE}/portal/contracts/${contract}`);
+  assert.equal(r.status(), 403);
+  assert.equal(await member.getByRole("alert").textContent(), "this needs the contracts:read scope");
+  await check(member, "portal-forbidden");
+});
+
+test("a person who denies the Portal access is told so and may sign in again", async () => {
+  const operator = await adminToken();
+  const { org, email } = await customerOrg(operator, "Initech");
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await page.goto(`${BASE}/portal/contracts`);
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.waitForSelector("text=Allow access?");
+  await page.getByRole("button", { name: "Deny" }).click();
+  await page.waitForURL(`${BASE}/portal/callback**`);
+  assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "Sign-in did not complete");
+  assert.equal(await page.getByRole("alert").textContent(), "the user denied the request");
+  await check(page, "portal-sign-in-denied");
+  // No session was made: the Portal still sends the person to QSA (signed in there already).
+  await page.getByRole("link", { name: "Sign in again" }).click();
+  await page.waitForSelector("text=Allow access?");
+  await page.getByRole("button", { name: "Allow" }).click();
+  await page.waitForURL(`${BASE}/portal/`);
+  assert.equal(await page.getByRole("heading", { level: 1 }).textContent(), "Initech");
+
+  // Lists come in pages of 20, in the API's order.
+  await api(operator, "POST", "/customers", {
+    organization_id: org, name: "Initech LLC", billing_email: "ap@initech.example", currency: "USD",
+  }, 201);
+  const ids = [];
+  let last = 0;
+  for (let i = 0; i < 21; i++) {
+    const id = (await api(operator, "POST", "/contracts", {
+      organization_id: org, starts_at: "2027-01-01T00:00:00Z", ends_at: "2028-01-01T00:00:00Z",
+      line_items: [{ id: "seat", product: "tps-reports", edition: "basic", quantity: i + 1, unit_price: 1000, max_activations: 1 }],
+    }, 201)).id;
+    last = (await api(operator, "POST", `/contracts/${id}/send`, undefined, 200)).position;
+    ids.push(id);
+  }
+  // The list is a read model: wait until it has the last change (read-your-writes).
+  await api(operator, "GET", `/contracts?org=${org}&min_position=${last}&wait_ms=5000`, undefined, 200);
+  await page.goto(`${BASE}/portal/contracts`);
+  assert.equal(await page.locator("tbody tr").count(), 20);
+  await page.getByRole("link", { name: "Next page" }).click();
+  await page.waitForURL(/after=/);
+  assert.deepEqual(await page.locator("tbody tr a").allTextContents(), [ids[20]]);
+  assert.equal(await page.getByRole("link", { name: "Next page" }).count(), 0);
+  await check(page, "portal-contracts-page-2");
+  await page.getByRole("link", { name: "First page" }).click();
+  await page.waitForURL(`${BASE}/portal/contracts`);
+  assert.equal(await page.locator("tbody tr").count(), 20);
+});

@@ -1,0 +1,65 @@
+//! The web consoles used as people would: headless Chromium driven by Playwright
+//! (`tests/browser/consoles.test.mjs`) against a real embedded server, signing in through
+//! QSA's own pages. Every page is checked with axe-core and saved to `docs/screenshots/`.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+#[test]
+fn customers_use_the_portal_in_a_real_browser() {
+    let setup = Command::new(repo_root().join("scripts/browser.sh"))
+        .output()
+        .expect("run scripts/browser.sh");
+    assert!(
+        setup.status.success(),
+        "Chromium or Playwright could not be installed:\n{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let chromium = String::from_utf8_lossy(&setup.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
+        .expect("scripts/browser.sh names Chromium");
+    // Every page refreshes the session's access token (tokens live 10 minutes; the journey
+    // takes seconds), so rotation and the session's compare-and-swap are used throughout.
+    let (server, public) = crate::passkeys::localhost_server(
+        "consoles",
+        &[("QUANTUS_CONSOLE_REFRESH_SECONDS", "100000")],
+    );
+    let (id, secret) = bootstrap_credentials(&server.data_dir);
+    let out = Command::new("node")
+        .args(["--test", "consoles.test.mjs"])
+        .current_dir(repo_root().join("tests/browser"))
+        .env("QUANTUS_URL", &public)
+        .env("QUANTUS_CLIENT_ID", id)
+        .env("QUANTUS_CLIENT_SECRET", secret)
+        .env("QUANTUS_BIN", bin())
+        .env("SCREENSHOTS", repo_root().join("docs/screenshots"))
+        .env("CHROMIUM", chromium)
+        .output()
+        .expect("node is needed for the browser tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(server.data_dir.join("server.log")).unwrap_or_default()
+    );
+    assert!(
+        stdout.contains("# fail 0") && stdout.contains("# pass 2"),
+        "{stdout}"
+    );
+    // The sessions really refreshed (with rotation, never presenting a spent refresh token,
+    // which would have revoked the grant and failed the journey).
+    let refreshes = tail_log(&server)
+        .iter()
+        .filter(|e| e["envelope"]["event_type"] == "TokensRefreshed")
+        .count();
+    assert!(refreshes >= 10, "only {refreshes} refreshes");
+    // Tokens stay in the session rows: none reached the server's log (JWTs start with eyJ).
+    let log = std::fs::read_to_string(server.data_dir.join("server.log")).unwrap_or_default();
+    assert!(
+        !log.contains("eyJ"),
+        "a token reached the server log:\n{log}"
+    );
+}
