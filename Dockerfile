@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Production image for the `quantus` binary (all roles: api, relay, projector).
+# Production image for the `quantus` binary (all roles: api, relay, projector, portal).
 
 # ---- build ----
 FROM rust:1-bookworm AS builder
@@ -19,7 +19,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- runtime ----
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/*
 # Unprivileged user owning the data dir (embedded store, projections, blobs).
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin quantus \
@@ -29,5 +29,8 @@ USER quantus
 ENV QUANTUS_DATA_DIR=/data
 VOLUME ["/data"]
 EXPOSE 8080
+# For the roles that serve HTTP (all, api, portal); compose disables it for relay and projector.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=6 \
+    CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
 ENTRYPOINT ["/usr/local/bin/quantus"]
 CMD ["serve", "--role", "all", "--listen", "0.0.0.0:8080"]

@@ -36,7 +36,11 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/scim/require
 python3 -m pip install --quiet --disable-pip-version-check -r tests/saml/requirements.txt >&2
 python3 -m pip install --quiet --disable-pip-version-check -r tests/openapi/requirements.txt >&2
 
-command -v jq >/dev/null || { log "installing jq (the README's walkthrough uses it)"; apt-get install -y -q jq >&2 || { apt-get update -q >&2 && apt-get install -y -q jq >&2; }; }
+# jq: the README's walkthrough uses it; docker-compose (Debian's): validates docker-compose.yml
+# without a Docker engine.
+apt_get() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2 || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2; }; }
+command -v jq >/dev/null || { log "installing jq"; apt_get jq; }
+command -v docker-compose >/dev/null || { log "installing docker-compose"; apt_get docker-compose; }
 
 log "installing headless Chromium and Playwright for the browser tests"
 scripts/browser.sh >/dev/null

@@ -117,3 +117,48 @@ fn serve_help_and_the_configuration_table_name_the_same_variables() {
         assert!(documented.contains(var), "docs/configuration.md does not document {var}");
     }
 }
+
+/// `docker-compose.yml` runs every role the README's production section names, with a
+/// healthcheck on each that serves HTTP, and Docker Compose itself accepts the file
+/// (`docker-compose config`, Debian's package: no Docker engine needed to validate).
+#[test]
+fn the_compose_file_runs_every_role_the_readme_names_and_is_valid() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let roles: std::collections::BTreeSet<&str> = readme
+        .split("--role ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|r| r.trim_matches(|c: char| !c.is_ascii_alphanumeric()))
+        .collect();
+    for role in ["api", "relay", "projector", "portal"] {
+        assert!(roles.contains(role), "the README names no {role} role: {roles:?}");
+    }
+    let compose_file = repo_root().join("docker-compose.yml");
+    let out = Command::new("docker-compose")
+        .arg("-f")
+        .arg(&compose_file)
+        .arg("config")
+        .output()
+        .expect("docker-compose (Debian's package; scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "docker-compose refuses the file: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = String::from_utf8_lossy(&out.stdout);
+    for role in &roles {
+        assert!(
+            config.contains(&format!("- --role\n    - {role}\n"))
+                || config.contains(&format!("--role\n      - {role}\n")),
+            "no compose service runs --role {role}:\n{config}"
+        );
+    }
+    let compose = std::fs::read_to_string(&compose_file).unwrap();
+    for service in ["quantus-api", "quantus-portal"] {
+        let block = compose.split(&format!("  {service}:\n")).nth(1).unwrap();
+        let block = block.split("\n\n").next().unwrap();
+        assert!(block.contains("healthcheck:") && block.contains("curl"), "{service} has no healthcheck");
+    }
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("HEALTHCHECK"), "the Dockerfile has no HEALTHCHECK");
+}
