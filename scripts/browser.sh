@@ -36,9 +36,15 @@ if [ -z "$CHROMIUM" ]; then
     exit 1
 fi
 
-if [ ! -d "$REPO_DIR/tests/browser/node_modules/playwright-core" ]; then
-    echo "installing playwright-core (npm ci)" >&2
-    (cd "$REPO_DIR/tests/browser" && npm ci --no-audit --no-fund >&2)
+# Installed again whenever the lockfile changed since the last install (a stamp of its digest),
+# so a dependency added later (axe-core) is never missing from an older checkout's modules.
+BROWSER_DIR="$REPO_DIR/tests/browser"
+STAMP="$BROWSER_DIR/node_modules/.quantus-lock-sha256"
+WANT="$(sha256sum "$BROWSER_DIR/package-lock.json" | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+    echo "installing the browser tests' packages (npm ci: playwright-core, axe-core)" >&2
+    (cd "$BROWSER_DIR" && npm ci --no-audit --no-fund >&2)
+    echo "$WANT" >"$STAMP"
 fi
 
 echo "CHROMIUM=$CHROMIUM"

@@ -64,23 +64,12 @@ struct RequestBounds;
 impl Modify for RequestBounds {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
-        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
-        let problem = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
-                        .build(),
-                )
-                .build()
-        };
+        use utoipa::openapi::Required;
         let add = |op: &mut Operation, status: &str, description: &str| {
             op.responses
                 .responses
                 .entry(status.to_owned())
-                .or_insert_with(|| problem(description).into());
+                .or_insert_with(|| problem_response(description));
         };
         for item in openapi.paths.paths.values_mut() {
             for op in [&mut item.put, &mut item.patch].into_iter().flatten() {
@@ -138,6 +127,23 @@ fn problem_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi
         .into()
 }
 
+/// Every operation of the document, whatever its method.
+fn operations(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+    })
+}
+
 /// Every operation with a security requirement answers 401 without a valid token and 403
 /// when the token lacks the scope or the tenant; every operation that waits for a log
 /// position (`min_position`) answers 504 when the read model does not reach it in time.
@@ -145,36 +151,25 @@ struct AuthResponses;
 
 impl Modify for AuthResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let waits = op
-                    .parameters
-                    .iter()
-                    .flatten()
-                    .any(|p| p.name == "min_position");
-                let responses = &mut op.responses.responses;
-                if op.security.is_some() {
-                    responses
-                        .entry("401".into())
-                        .or_insert_with(|| problem_response("no valid access token"));
-                    responses.entry("403".into()).or_insert_with(|| {
-                        problem_response("the token lacks the scope, role or tenant for this")
-                    });
-                }
-                if waits {
-                    responses.entry("504".into()).or_insert_with(|| {
-                        problem_response("the read model did not reach min_position in time")
-                    });
-                }
+        for op in operations(openapi) {
+            let waits = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| p.name == "min_position");
+            let responses = &mut op.responses.responses;
+            if op.security.is_some() {
+                responses
+                    .entry("401".into())
+                    .or_insert_with(|| problem_response("no valid access token"));
+                responses.entry("403".into()).or_insert_with(|| {
+                    problem_response("the token lacks the scope, role or tenant for this")
+                });
+            }
+            if waits {
+                responses.entry("504".into()).or_insert_with(|| {
+                    problem_response("the read model did not reach min_position in time")
+                });
             }
         }
     }
@@ -186,26 +181,15 @@ struct UniqueOperationIds;
 
 impl Modify for UniqueOperationIds {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                let tag = op
-                    .tags
-                    .as_ref()
-                    .and_then(|t| t.first())
-                    .cloned()
-                    .unwrap_or_else(|| "quantus".into());
-                if let Some(id) = op.operation_id.as_mut() {
-                    *id = format!("{tag}_{id}");
-                }
+        for op in operations(openapi) {
+            let tag = op
+                .tags
+                .as_ref()
+                .and_then(|t| t.first())
+                .cloned()
+                .unwrap_or_else(|| "quantus".into());
+            if let Some(id) = op.operation_id.as_mut() {
+                *id = format!("{tag}_{id}");
             }
         }
     }

@@ -104,17 +104,29 @@ fn serve_help_and_the_configuration_table_name_the_same_variables() {
         if var == "QUANTUS_URL" || var == "QUANTUS_TOKEN" || var == "QUANTUS_LOG" {
             continue; // read by `events tail` and as a fallback of RUST_LOG, not by `serve`
         }
-        assert!(help.contains(var.as_str()), "serve --help does not name {var}");
+        assert!(
+            help.contains(var.as_str()),
+            "serve --help does not name {var}"
+        );
     }
     for role in ["all", "api", "relay", "projector", "portal"] {
-        assert!(help.contains(&format!("  {role} ")), "serve --help does not name role {role}");
+        assert!(
+            help.contains(&format!("  {role} ")),
+            "serve --help does not name role {role}"
+        );
     }
     let loader = std::fs::read_to_string(repo_root().join("infra/src/config.rs")).unwrap();
-    for var in loader
-        .split('"')
-        .filter(|s| (s.starts_with("QUANTUS_") || *s == "DATABASE_URL" || *s == "KAFKA_BROKERS" || *s == "OBJECT_STORE_URL") && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-    {
-        assert!(documented.contains(var), "docs/configuration.md does not document {var}");
+    for var in loader.split('"').filter(|s| {
+        (s.starts_with("QUANTUS_")
+            || *s == "DATABASE_URL"
+            || *s == "KAFKA_BROKERS"
+            || *s == "OBJECT_STORE_URL")
+            && s.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+    }) {
+        assert!(
+            documented.contains(var),
+            "docs/configuration.md does not document {var}"
+        );
     }
 }
 
@@ -131,7 +143,10 @@ fn the_compose_file_runs_every_role_the_readme_names_and_is_valid() {
         .map(|r| r.trim_matches(|c: char| !c.is_ascii_alphanumeric()))
         .collect();
     for role in ["api", "relay", "projector", "portal"] {
-        assert!(roles.contains(role), "the README names no {role} role: {roles:?}");
+        assert!(
+            roles.contains(role),
+            "the README names no {role} role: {roles:?}"
+        );
     }
     let compose_file = repo_root().join("docker-compose.yml");
     let out = Command::new("docker-compose")
@@ -157,8 +172,14 @@ fn the_compose_file_runs_every_role_the_readme_names_and_is_valid() {
     for service in ["quantus-api", "quantus-portal"] {
         let block = compose.split(&format!("  {service}:\n")).nth(1).unwrap();
         let block = block.split("\n\n").next().unwrap();
-        assert!(block.contains("healthcheck:") && block.contains("curl"), "{service} has no healthcheck");
+        assert!(
+            block.contains("healthcheck:") && block.contains("curl"),
+            "{service} has no healthcheck"
+        );
     }
     let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
-    assert!(dockerfile.contains("HEALTHCHECK"), "the Dockerfile has no HEALTHCHECK");
+    assert!(
+        dockerfile.contains("HEALTHCHECK"),
+        "the Dockerfile has no HEALTHCHECK"
+    );
 }
