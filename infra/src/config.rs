@@ -94,6 +94,9 @@ pub struct Config {
     pub checkpoint_seconds: u64,
     /// How often the retention sweep runs (`QUANTUS_RETENTION_SECONDS`).
     pub retention_seconds: u64,
+    /// How long a set-password invite link works (`QUANTUS_INVITE_SECONDS`, default three
+    /// days).
+    pub invite_seconds: u64,
     /// QSA's issuer URL, whose JWKS the Portal trusts (`QUANTUS_QSA_URL`); `None`: this
     /// process's own public URL.
     pub qsa_url: Option<String>,
@@ -237,6 +240,7 @@ impl Config {
         let checkpoint_events = number("QUANTUS_CHECKPOINT_EVENTS", 1000)?;
         let checkpoint_seconds = number("QUANTUS_CHECKPOINT_SECONDS", 60)?;
         let retention_seconds = number("QUANTUS_RETENTION_SECONDS", 3600)?;
+        let invite_seconds = number("QUANTUS_INVITE_SECONDS", 3 * 86400)?;
         let defaults = HttpLimits::default();
         let http = HttpLimits {
             header_read_timeout_seconds: number(
@@ -309,6 +313,7 @@ impl Config {
             checkpoint_events,
             checkpoint_seconds,
             retention_seconds,
+            invite_seconds,
             object_store_url: env("OBJECT_STORE_URL"),
             qsa_url: env("QUANTUS_QSA_URL").map(|u| u.trim_end_matches('/').to_owned()),
             quantumlock_url: env("QUANTUS_QUANTUMLOCK_URL")
