@@ -53,6 +53,8 @@ pub fn routes() -> Router<AppState> {
         .route("/oauth2/login/passkey", post(login_passkey))
         .route("/oauth2/passkey/options", post(passkey_options))
         .route("/oauth2/passkey.js", get(passkey_script))
+        .route("/oauth2/invite", get(invite_page).post(invite_form))
+        .route("/oauth2/invite.js", get(invite_script))
         .route("/oauth2/consent", post(consent))
         .route("/oauth2/logout", get(logout).post(logout_form))
         .route("/device", get(device_page).post(device_decision))
@@ -1729,4 +1731,95 @@ fn confirm_sign_out(
 <button type=\"submit\">Sign out</button></form>"
         )
     })
+}
+
+// ---- set-password invites ----
+
+fn invite_form_page(
+    state: &AppState,
+    status: StatusCode,
+    token: &str,
+    error: Option<&str>,
+) -> Response {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    let token = escape(token);
+    html_with_csrf(state, status, "Set your password", |csrf| {
+        format!(
+            "{error}<form method=\"post\" action=\"/oauth2/invite\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<label for=\"token\">Invitation code</label><input id=\"token\" name=\"token\" value=\"{token}\" autocomplete=\"off\" required>\
+<label for=\"password\">New password (12 characters or more)</label>\
+<input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"new-password\" minlength=\"12\" required>\
+<button type=\"submit\">Set password</button></form><script src=\"/oauth2/invite.js\"></script>"
+        )
+    })
+}
+
+/// The page an invite link opens (`/oauth2/invite#<code>`; the script fills the code in).
+pub async fn invite_page(State(state): State<AppState>) -> Response {
+    invite_form_page(&state, StatusCode::OK, "", None)
+}
+
+/// Sets the password through an invite: once, before it expires.
+pub async fn invite_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form = match page_form(&headers, &body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Some(invites) = &state.invites else {
+        return error_page(StatusCode::NOT_FOUND, "invites are not enabled here");
+    };
+    let token = form.get("token").cloned().unwrap_or_default();
+    let password = form.get("password").cloned().unwrap_or_default();
+    let ctx = ctx(PLATFORM_TENANT, anonymous());
+    match invites.accept(&ctx, &token, password).await {
+        Ok(Ok(_)) => {
+            let mut r = (
+                StatusCode::OK,
+                Html(page(
+                    "Password set",
+                    "<p>Your password is set. You can now sign in with your email address and it.</p>",
+                )),
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Ok(Err(quantus_commands::invites::InviteRefusal::Password(m))) => {
+            invite_form_page(&state, StatusCode::BAD_REQUEST, &token, Some(&m))
+        }
+        Ok(Err(quantus_commands::invites::InviteRefusal::InvalidLink)) => error_page(
+            StatusCode::BAD_REQUEST,
+            "This invitation is not valid: it was used, replaced by a newer one, or has expired. Ask your administrator for a new one.",
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "invite acceptance failed");
+            error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request could not be completed",
+            )
+        }
+    }
+}
+
+pub async fn invite_script() -> Response {
+    let mut r = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("invite.js"),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
 }

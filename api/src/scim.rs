@@ -58,7 +58,11 @@ pub struct IssueToken {
 }
 
 fn scim_service(state: &AppState) -> Scim {
-    Scim::new(state.identity.clone(), state.bus.clone())
+    let scim = Scim::new(state.identity.clone(), state.bus.clone());
+    match &state.invites {
+        Some(invites) => scim.with_invites(invites.clone()),
+        None => scim,
+    }
 }
 
 /// 201 with the bearer value, shown this once (`Cache-Control: no-store`).
@@ -289,16 +293,48 @@ fn storage(e: impl std::fmt::Display) -> ScimError {
 
 // ---- users ----
 
+/// Each user's groups (RFC 7643 §4.1.2 `groups`: value, `$ref`, display), from the groups read
+/// model of the organization, by user id.
+struct Memberships(HashMap<String, Vec<Value>>);
+
+impl Memberships {
+    async fn of(state: &AppState, organization_id: &str) -> Result<Self, ScimError> {
+        let groups = GroupsView::by_organization(&state.db.pool, organization_id)
+            .await
+            .map_err(storage)?;
+        Ok(Self::from_rows(&base_url(state), &groups))
+    }
+
+    fn from_rows(base: &str, groups: &[quantus_projections::groups::GroupRow]) -> Self {
+        let mut by_user: HashMap<String, Vec<Value>> = HashMap::new();
+        for g in groups {
+            for m in &g.members {
+                by_user.entry(m.clone()).or_default().push(json!({
+                    "value": g.id,
+                    "$ref": format!("{base}/Groups/{}", g.id),
+                    "display": g.name,
+                }));
+            }
+        }
+        Self(by_user)
+    }
+
+    fn of_user(&self, id: &str) -> &[Value] {
+        self.0.get(id).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
 fn row_resource(
     base: &str,
     row: &quantus_projections::users::UserRow,
     profile: Option<Value>,
+    memberships: &Memberships,
 ) -> Value {
     let profile = match profile {
         Some(Value::Object(o)) => o,
         _ => fallback_profile(row.email.as_deref(), row.name.as_deref()),
     };
-    user_resource(
+    let mut resource = user_resource(
         base,
         &row.id,
         &profile,
@@ -306,7 +342,33 @@ fn row_resource(
         &row.created_at,
         &row.updated_at,
         row.version,
-    )
+    );
+    let groups = memberships.of_user(&row.id);
+    if !groups.is_empty() {
+        resource["groups"] = Value::Array(groups.to_vec());
+    }
+    resource
+}
+
+/// `If-None-Match` naming the resource's current ETag (or `*`): 304 with the ETag, no body
+/// (RFC 7644 §3.14, RFC 9110 §13.1.2, weak comparison).
+fn not_modified(headers: &HeaderMap, resource: &Value) -> Option<Response> {
+    let current = resource.pointer("/meta/version").and_then(Value::as_str)?;
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    let matches = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| tag.trim() == "*" || opaque(tag) == opaque(current));
+    if !matches {
+        return None;
+    }
+    let mut r = StatusCode::NOT_MODIFIED.into_response();
+    if let Ok(v) = HeaderValue::from_str(current) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Some(r)
 }
 
 async fn user_from_model(
@@ -325,7 +387,8 @@ async fn user_from_model(
     if row.organization_id != caller.organization_id || row.status == "erased" {
         return Err(not_found());
     }
-    Ok(row_resource(&base_url(state), &row, profile))
+    let memberships = Memberships::of(state, &caller.organization_id).await?;
+    Ok(row_resource(&base_url(state), &row, profile, &memberships))
 }
 
 async fn created_or_updated_user(
@@ -374,10 +437,14 @@ async fn show_user(
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Scimmed {
     Scimmed(
         async {
             let resource = user_from_model(&state, &caller, &id).await?;
+            if let Some(r) = not_modified(&headers, &resource) {
+                return Ok(r);
+            }
             let projection = Projection::from_query(&q)?;
             let shown = projection.apply(&resource);
             Ok(with_etag(scim_json(StatusCode::OK, &shown), &resource))
@@ -460,6 +527,8 @@ async fn delete_user(
             }
             let outcome = scim.delete_user(&ctx, &caller.organization_id, &id).await?;
             wait_for(&state.users, &outcome).await?;
+            // The erased user has left their groups (`GroupMemberRemoved`) by then.
+            wait_for(&groups_runner(&state), &outcome).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,
@@ -496,9 +565,10 @@ async fn list_users_with(
     .await
     .map_err(storage)?;
     let base = base_url(state);
+    let memberships = Memberships::of(state, &caller.organization_id).await?;
     let resources: Vec<Value> = rows
         .into_iter()
-        .map(|(row, profile)| row_resource(&base, &row, profile))
+        .map(|(row, profile)| row_resource(&base, &row, profile, &memberships))
         .collect();
     Ok(q.answer(resources))
 }
@@ -548,9 +618,10 @@ async fn search_all(
             let groups = GroupsView::by_organization(&state.db.pool, &caller.organization_id)
                 .await
                 .map_err(storage)?;
+            let memberships = Memberships::from_rows(&base, &groups);
             let mut all: Vec<Value> = users
                 .into_iter()
-                .map(|(row, profile)| row_resource(&base, &row, profile))
+                .map(|(row, profile)| row_resource(&base, &row, profile, &memberships))
                 .collect();
             all.extend(groups.iter().map(|g| group_row_resource(&base, g)));
             Ok(q.answer(all))
@@ -639,10 +710,14 @@ async fn show_group(
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Scimmed {
     Scimmed(
         async {
             let resource = group_from_model(&state, &caller, &id).await?;
+            if let Some(r) = not_modified(&headers, &resource) {
+                return Ok(r);
+            }
             let projection = Projection::from_query(&q)?;
             let shown = projection.apply(&resource);
             Ok(with_etag(scim_json(StatusCode::OK, &shown), &resource))
@@ -1213,6 +1288,28 @@ fn user_schema(base: &str) -> Value {
                 attr("primary", "boolean", false, "The primary address."),
             ],
         ),
+        {
+            let ro = |a: Map<String, Value>| with(a, "mutability", "readOnly".into());
+            let mut g = ro(attr(
+                "groups",
+                "complex",
+                true,
+                "The groups the user belongs to (changed through the Group resource).",
+            ));
+            g.insert(
+                "subAttributes".into(),
+                json!([
+                    ro(s("value", "The group's id.")),
+                    ro(with(
+                        attr("$ref", "reference", false, "The group's URI."),
+                        "referenceTypes",
+                        json!(["Group"]),
+                    )),
+                    ro(s("display", "The group's displayName.")),
+                ]),
+            );
+            Value::Object(g)
+        },
     ];
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],

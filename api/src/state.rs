@@ -67,6 +67,9 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     /// Bounds on request bodies (sizes, read timeouts); the defaults unless configured.
     pub limits: quantus_infra::HttpLimits,
+    /// Set-password invites for people provisioned without a password; `None`: no invites
+    /// (`serve` always sets them, with the outbox sender under `DATA_DIR/outbox`).
+    pub invites: Option<quantus_commands::invites::Invites>,
 }
 
 impl AppState {
@@ -133,6 +136,7 @@ impl AppState {
             readiness: Readiness::default(),
             metrics: Arc::new(Metrics::default()),
             limits: quantus_infra::HttpLimits::default(),
+            invites: None,
         }
     }
 

@@ -839,6 +839,20 @@ impl Identity {
         self.bus.execute::<User>(ctx, id, command, None, &()).await
     }
 
+    /// A password checked against the rules, hashed (argon2id) and sealed with the user's key.
+    pub async fn sealed_password(
+        &self,
+        id: &str,
+        password: String,
+    ) -> Result<quantus_domain::identity::Sealed, CommandError> {
+        check_password(&password)?;
+        let phc = hash_password(password).await?;
+        self.keys
+            .seal(id, "password_hash", phc.as_bytes())
+            .await
+            .map_err(storage)
+    }
+
     pub async fn set_password(
         &self,
         ctx: &CommandContext,
@@ -940,7 +954,55 @@ impl Identity {
                 .await?
         };
         self.keys.erase(id).await.map_err(storage)?;
-        Ok(outcome)
+        let left = self.leave_every_group(ctx, id).await?;
+        Ok(CommandOutcome {
+            position: outcome.position.max(left),
+            ..outcome
+        })
+    }
+
+    /// Takes an erased user out of every group that still lists them (`GroupMemberRemoved`,
+    /// one per group): the groups are found in the log itself, not a read model that may lag.
+    /// Adding an erased user is refused, so after this no group gains them again. Answers the
+    /// log position of the last removal (0 when there was none).
+    async fn leave_every_group(&self, ctx: &CommandContext, id: &str) -> Result<u64, CommandError> {
+        use quantus_domain::identity::group::{Group, GroupCommand};
+        let added = self
+            .bus
+            .repository()
+            .events_of_type("Group", "GroupMemberAdded")
+            .await
+            .map_err(storage)?;
+        let groups: BTreeSet<String> = added
+            .into_iter()
+            .filter(|r| r.envelope.payload.get("user_id").and_then(|v| v.as_str()) == Some(id))
+            .map(|r| r.envelope.aggregate_id)
+            .collect();
+        let mut last = 0;
+        for group_id in groups {
+            let (group, _) = self.bus.load::<Group>(&group_id).await?;
+            if !group.exists || group.deleted || !group.members.contains(id) {
+                continue;
+            }
+            let ctx = CommandContext {
+                tenant_id: group.organization_id.clone(),
+                ..ctx.clone()
+            };
+            let outcome = self
+                .bus
+                .execute::<Group>(
+                    &ctx,
+                    &group_id,
+                    GroupCommand::RemoveMember {
+                        user_id: id.to_owned(),
+                    },
+                    None,
+                    &(),
+                )
+                .await?;
+            last = last.max(outcome.position);
+        }
+        Ok(last)
     }
 
     // ---- groups ----

@@ -8,6 +8,7 @@ pub mod access;
 pub mod checkpoints;
 pub mod evidence;
 pub mod identity;
+pub mod invites;
 pub mod licensing;
 pub mod mfa;
 pub mod passkeys;

@@ -109,6 +109,9 @@ pub struct Config {
     /// (`QUANTUS_CONSOLE_REFRESH_SECONDS`, default 30; a value at least the token's lifetime
     /// refreshes on every page, which the browser tests use to exercise rotation).
     pub console_refresh_seconds: u64,
+    /// How long a set-password invite link works (`QUANTUS_INVITE_SECONDS`, default three
+    /// days).
+    pub invite_seconds: u64,
     /// QSA's issuer URL, whose JWKS the Portal trusts (`QUANTUS_QSA_URL`); `None`: this
     /// process's own public URL.
     pub qsa_url: Option<String>,
@@ -253,6 +256,7 @@ impl Config {
         let checkpoint_events = number("QUANTUS_CHECKPOINT_EVENTS", 1000)?;
         let checkpoint_seconds = number("QUANTUS_CHECKPOINT_SECONDS", 60)?;
         let retention_seconds = number("QUANTUS_RETENTION_SECONDS", 3600)?;
+        let invite_seconds = number("QUANTUS_INVITE_SECONDS", 3 * 86400)?;
         let defaults = HttpLimits::default();
         let http = HttpLimits {
             header_read_timeout_seconds: number(
@@ -332,6 +336,7 @@ impl Config {
             checkpoint_seconds,
             retention_seconds,
             console_refresh_seconds,
+            invite_seconds,
             object_store_url: env("OBJECT_STORE_URL"),
             qsa_url: env("QUANTUS_QSA_URL").map(|u| u.trim_end_matches('/').to_owned()),
             quantumlock_url: env("QUANTUS_QUANTUMLOCK_URL")

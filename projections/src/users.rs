@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
 use quantus_domain::identity::user::{
-    UserProfileChanged, UserRegistered, UserRoleGranted, UserRoleRevoked,
+    UserEmailChanged, UserProfileChanged, UserRegistered, UserRoleGranted, UserRoleRevoked,
 };
 use quantus_domain::identity::Role;
 use quantus_infra::subject_keys::SubjectKeys;
@@ -310,7 +310,7 @@ impl Projection for UsersView {
                     .execute(&mut *conn)
                     .await?;
             }
-            "UserPasswordSet" => {
+            "UserPasswordSet" | "UserInvited" | "UserInviteAccepted" => {
                 touch("").execute(&mut *conn).await?;
             }
             "UserDisabled" => {
@@ -362,6 +362,21 @@ impl Projection for UsersView {
                             .await?;
                     }
                 }
+            }
+            "UserEmailChanged" => {
+                let p: UserEmailChanged =
+                    serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
+                // Unreadable once erased: the erasure (later in the log) clears it anyway.
+                let email = self.keys.open_text_on(conn, &p.email, "email").await?;
+                sqlx::query(
+                    "UPDATE users_view SET email = $1, updated_at = $2, version = $3 WHERE id = $4",
+                )
+                .bind(email)
+                .bind(at.clone())
+                .bind(version)
+                .bind(id.clone())
+                .execute(&mut *conn)
+                .await?;
             }
             "UserErased" => {
                 sqlx::query("DELETE FROM user_profiles WHERE id = $1")

@@ -127,6 +127,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             stall_after: std::time::Duration::from_secs(config.ready_stall_seconds),
             max_lag: config.ready_max_lag,
         };
+        state.invites = Some(quantus_commands::invites::Invites::new(
+            state.identity.clone(),
+            std::sync::Arc::new(quantus_commands::invites::OutboxSender::new(
+                config.data_dir.join("outbox"),
+            )),
+            i64::try_from(config.invite_seconds).unwrap_or(i64::MAX),
+        ));
         let portal_only = config.role == quantus_infra::Role::Portal;
         if !portal_only {
             bootstrap_licensing(&state).await?;

@@ -498,6 +498,8 @@ pub async fn scenario(server: &Server) {
         grace_types.ends_with(&[
             "UserDisabled".to_owned(),
             "UserProfileChanged".to_owned(),
+            // The work email changed: the login follows it.
+            "UserEmailChanged".to_owned(),
             "UserEnabled".to_owned()
         ]),
         "{grace_types:?}"
@@ -700,4 +702,438 @@ async fn scim_passes_the_scim2_tester_checker() {
     let store = ["--data-dir", dir.to_str().unwrap()];
     assert_model_equals_replay("users", &store);
     assert_model_equals_replay("groups", &store);
+}
+
+/// A GET with `If-None-Match`: (status, ETag header, body text).
+async fn get_if_none_match(scim: &Scim, path: &str, tag: &str) -> (u16, String, String) {
+    let r = scim
+        .http
+        .get(format!("{}/scim/v2{path}", scim.base))
+        .bearer_auth(&scim.token)
+        .header("if-none-match", tag)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let etag = r
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, etag, r.text().await.unwrap())
+}
+
+/// Signs in on the login page with `email` and `password`: the next page's body.
+async fn sign_in_page(f: &crate::qsa::Fixture, email: &str, password: &str) -> String {
+    let mut browser = crate::qsa::Browser::new(f.server.url());
+    let login = browser
+        .get(&crate::qsa::authorize_path(
+            &f.client_id,
+            "openid email",
+            Some(crate::qsa::CHALLENGE),
+        ))
+        .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    browser
+        .submit(&login, &[("email", email), ("password", password)])
+        .await
+        .body
+}
+
+/// The invitation code of the one invite to `to` in the server's outbox (`DATA_DIR/outbox`).
+fn invite_code(server: &Server, user: &str, to: &str) -> String {
+    let messages: Vec<Value> = std::fs::read_dir(server.data_dir.join("outbox"))
+        .expect("an outbox")
+        .map(|e| {
+            serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
+        })
+        .filter(|m: &Value| m["user_id"] == user)
+        .collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m = &messages[0];
+    assert_eq!(m["to"], to);
+    let link = m["link"].as_str().unwrap();
+    assert!(m["text"].as_str().unwrap().contains(link));
+    let (page, code) = link.split_once('#').unwrap();
+    assert_eq!(page, format!("{}/oauth2/invite", server.url()));
+    code.to_owned()
+}
+
+/// Issue 14 item 7, found by Okta- and Entra-shaped clients; runs on SQLite and Postgres.
+pub async fn findings(server: Server) {
+    let mut f = crate::qsa::fixture_on(server).await;
+    let (_, token) = scim_token(&f.admin, &f.org).await;
+    let a = scim_client(&f.server, &token);
+    let ada = f.user_id.clone();
+    let old_email = f.email.clone();
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+
+    // 1. A rename through PATCH (userName and work email) moves the login.
+    let new_email = format!("ada.king+{tag}@example.com");
+    let r = a
+        .patch(
+            &format!("/Users/{ada}"),
+            json!([{"op": "replace", "path": "userName", "value": new_email},
+                   {"op": "replace", "path": "emails", "value": [{"value": new_email, "type": "work", "primary": true}]}]),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["userName"], new_email.as_str());
+    let rest = f.admin.get(&format!("/v1/users/{ada}")).await;
+    assert_eq!(rest.body["email"], new_email.as_str(), "{}", rest.body);
+    let old = sign_in_page(&f, &old_email, &f.password).await;
+    assert!(old.contains("Wrong email or password."), "{old}");
+    let new = sign_in_page(&f, &new_email, &f.password).await;
+    assert!(new.contains("Allow access?"), "{new}");
+    // The tokens' userinfo names the new address.
+    f.email = new_email.clone();
+    let mut browser = crate::qsa::Browser::new(f.server.url());
+    let code = crate::qsa::sign_in_for_code(&f, &mut browser, "openid email").await;
+    let (status, tokens) = crate::qsa::token_request(
+        &f,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", crate::qsa::REDIRECT),
+            ("code_verifier", crate::qsa::VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let person = Api {
+        base: f.server.url().to_owned(),
+        token: tokens["access_token"].as_str().unwrap().to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let info = person.get("/oauth2/userinfo").await;
+    assert_eq!(info.body["email"], new_email.as_str(), "{}", info.body);
+    // The log holds the move sealed, never the address in clear.
+    let moved: Vec<Value> = f
+        .admin
+        .events_of("User")
+        .await
+        .into_iter()
+        .filter(|e| {
+            e["envelope"]["aggregate_id"] == ada.as_str()
+                && e["envelope"]["event_type"] == "UserEmailChanged"
+        })
+        .collect();
+    assert_eq!(moved.len(), 1);
+    assert!(!serde_json::to_string(&moved).unwrap().contains("ada.king"));
+
+    // A rename through PUT moves it too; onto an address someone else holds is a bare 409.
+    let bob_email = format!("bob+{tag}@example.com");
+    let r = a
+        .post(
+            "/Users",
+            json!({"schemas": [USER], "userName": bob_email, "active": true,
+                   "emails": [{"value": bob_email, "type": "work", "primary": true}],
+                   "password": "bob's long enough password"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let bob = r.body["id"].as_str().unwrap().to_owned();
+    let taken = a
+        .put(
+            &format!("/Users/{bob}"),
+            json!({"schemas": [USER], "userName": format!("robert+{tag}"), "active": true,
+                   "emails": [{"value": new_email.to_uppercase(), "type": "work", "primary": true}]}),
+        )
+        .await;
+    assert_eq!(taken.status, 409, "{}", taken.body);
+    assert_eq!(taken.body["scimType"], "uniqueness");
+    let detail = taken.body["detail"].as_str().unwrap();
+    assert!(
+        !detail.contains(&ada) && !detail.contains("ada"),
+        "{detail}"
+    );
+    // Nothing moved: bob keeps his userName and login, and the refused userName is free.
+    assert_eq!(
+        a.get(&format!("/Users/{bob}")).await.body["userName"],
+        bob_email.as_str()
+    );
+    assert!(sign_in_page(&f, &bob_email, "bob's long enough password")
+        .await
+        .contains("Allow access?"));
+    let bob_new = format!("robert+{tag}@example.com");
+    let r = a
+        .put(
+            &format!("/Users/{bob}"),
+            json!({"schemas": [USER], "userName": bob_new, "active": true}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        f.admin.get(&format!("/v1/users/{bob}")).await.body["email"],
+        bob_new.as_str()
+    );
+    assert!(sign_in_page(&f, &bob_email, "bob's long enough password")
+        .await
+        .contains("Wrong email or password."));
+    assert!(sign_in_page(&f, &bob_new, "bob's long enough password")
+        .await
+        .contains("Allow access?"));
+    // Ada's old address is free again.
+    let r = a
+        .post(
+            "/Users",
+            json!({"userName": old_email, "emails": [{"value": old_email, "primary": true}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let carol = r.body["id"].as_str().unwrap().to_owned();
+
+    // 5. Users carry their groups (read-only: value, $ref, display).
+    let g = a
+        .post(
+            "/Groups",
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                   "displayName": "Physicists", "members": [{"value": ada}, {"value": bob}]}),
+        )
+        .await;
+    assert_eq!(g.status, 201, "{}", g.body);
+    let group = g.body["id"].as_str().unwrap().to_owned();
+    let expected = json!([{"value": group, "$ref": format!("{}/scim/v2/Groups/{group}", f.server.url()), "display": "Physicists"}]);
+    assert_eq!(
+        a.get(&format!("/Users/{ada}")).await.body["groups"],
+        expected
+    );
+    let listed = a.get("/Users?sortBy=userName").await;
+    let groups_of = |id: &str| {
+        listed.body["Resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == id)
+            .map(|u| u.get("groups").cloned())
+            .unwrap()
+    };
+    assert_eq!(groups_of(&bob), Some(expected.clone()));
+    assert_eq!(groups_of(&carol), None, "no groups, no attribute");
+    assert_eq!(
+        a.find(&format!(r#"groups[value eq "{group}"]"#))
+            .await
+            .len(),
+        2
+    );
+    // Read-only: a PUT that names groups changes no membership.
+    let r = a
+        .put(
+            &format!("/Users/{carol}"),
+            json!({"userName": old_email, "active": true, "groups": [{"value": group}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.get("groups").is_none(), "{}", r.body);
+
+    // 3. If-None-Match with the current ETag: 304 without a body; another: the resource.
+    for path in [format!("/Users/{ada}"), format!("/Groups/{group}")] {
+        let current = a.get(&path).await;
+        let etag = current.headers["etag"].to_str().unwrap().to_owned();
+        let (status, tag, body) = get_if_none_match(&a, &path, &etag).await;
+        assert_eq!(
+            (status, tag.as_str(), body.as_str()),
+            (304, etag.as_str(), "")
+        );
+        let strong = etag.trim_start_matches("W/");
+        assert_eq!(get_if_none_match(&a, &path, strong).await.0, 304);
+        assert_eq!(get_if_none_match(&a, &path, "*").await.0, 304);
+        let (status, _, body) = get_if_none_match(&a, &path, "W/\"0\", W/\"999\"").await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // 4. Unknown extension schemas are refused, not dropped.
+    const ACME: &str = "urn:acme:params:scim:schemas:extension:badge:2.0:User";
+    for body in [
+        json!({"schemas": [USER, ACME], "userName": format!("x1+{tag}")}),
+        json!({"schemas": [USER], "userName": format!("x2+{tag}"), ACME: {"badge": "7"}}),
+    ] {
+        let r = a.post("/Users", body).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.body["scimType"], "invalidValue");
+    }
+    let r = a
+        .patch(
+            &format!("/Users/{carol}"),
+            json!([{"op": "add", "path": format!("{ACME}:badge"), "value": "7"}]),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["scimType"], "invalidValue");
+    let r = a
+        .post(
+            "/Groups",
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group", "urn:acme:Group"], "displayName": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.body["scimType"], "invalidValue");
+    assert!(a
+        .find(&format!(r#"userName sw "x1+{tag}""#))
+        .await
+        .is_empty());
+
+    // 6. Provisioned without a password: a one-time set-password link goes to the outbox.
+    let dora_email = format!("dora+{tag}@example.com");
+    let r = a
+        .post(
+            "/Users",
+            json!({"schemas": [USER], "userName": dora_email, "active": true,
+                   "emails": [{"value": dora_email, "type": "work", "primary": true}]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let dora = r.body["id"].as_str().unwrap().to_owned();
+    let code = invite_code(&f.server, &dora, &dora_email);
+    let secret = code.split_once('.').unwrap().1.to_owned();
+    let events = serde_json::to_string(&f.admin.events_of("User").await).unwrap();
+    assert!(events.contains("UserInvited") && !events.contains(&secret));
+    let password = "dora's own long password";
+    assert!(sign_in_page(&f, &dora_email, password)
+        .await
+        .contains("Wrong email or password."));
+    let mut browser = crate::qsa::Browser::new(f.server.url());
+    let page = browser.get("/oauth2/invite").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("/oauth2/invite.js"), "{}", page.body);
+    let short = browser
+        .submit(&page, &[("token", &code), ("password", "too short")])
+        .await;
+    assert_eq!(short.status, 400, "{}", short.body);
+    assert!(
+        short.body.contains("password must be 12 to"),
+        "{}",
+        short.body
+    );
+    let wrong = browser
+        .submit(
+            &short,
+            &[
+                ("token", &format!("{dora}.{}", "A".repeat(43))),
+                ("password", password),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, 400, "{}", wrong.body);
+    assert!(wrong.body.contains("not valid"), "{}", wrong.body);
+    let page = browser.get("/oauth2/invite").await;
+    let done = browser
+        .submit(&page, &[("token", &code), ("password", password)])
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("Password set"), "{}", done.body);
+    assert!(sign_in_page(&f, &dora_email, password)
+        .await
+        .contains("Allow access?"));
+    // The link works once.
+    let page = browser.get("/oauth2/invite").await;
+    let again = browser
+        .submit(
+            &page,
+            &[("token", &code), ("password", "another long password")],
+        )
+        .await;
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.body.contains("not valid"), "{}", again.body);
+    assert!(sign_in_page(&f, &dora_email, password)
+        .await
+        .contains("Allow access?"));
+    // No code in the server's log.
+    let log = std::fs::read_to_string(f.server.data_dir.join("server.log")).unwrap();
+    assert!(!log.contains(&secret));
+
+    // 2. A deleted (erased) user leaves every group: membership events, read model, SCIM.
+    assert_eq!(a.delete(&format!("/Users/{bob}")).await.status, 204);
+    let shown = a.get(&format!("/Groups/{group}")).await;
+    let members: Vec<&str> = shown.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, [ada.as_str()], "{}", shown.body);
+    let removed = |user: &str| {
+        let user = user.to_owned();
+        let group = group.clone();
+        move |events: &Vec<Value>| {
+            events.iter().any(|e| {
+                e["envelope"]["aggregate_id"] == group.as_str()
+                    && e["envelope"]["event_type"] == "GroupMemberRemoved"
+                    && e["envelope"]["payload"]["user_id"] == user.as_str()
+            })
+        }
+    };
+    assert!(removed(&bob)(&f.admin.events_of("Group").await));
+    // Erasure over the REST API does the same.
+    let r = f
+        .admin
+        .send(f.admin.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/users/{ada}?erase=true"),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(removed(&ada)(&f.admin.events_of("Group").await));
+    let rest = f.admin.get(&format!("/v1/groups/{group}")).await;
+    assert_eq!(rest.body["members"], json!([]), "{}", rest.body);
+    let shown = eventually(
+        "the group's members without Ada",
+        std::time::Duration::from_secs(10),
+        || async {
+            let g = a.get(&format!("/Groups/{group}")).await;
+            (g.body["members"] == json!([])).then_some(g)
+        },
+    )
+    .await;
+    assert_eq!(shown.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scim_findings_of_issue_14_hold_on_sqlite_and_postgres() {
+    findings(Server::embedded(&temp_dir("scim-findings"))).await;
+    let url = fresh_database().await;
+    let postgres = Server::start(
+        &temp_dir("scim-findings-pg"),
+        &["--listen", "127.0.0.1:0", "--database-url", &url],
+        &[],
+    );
+    findings(postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_invite_sets_no_password() {
+    let server = Server::start(
+        &temp_dir("scim-invite-expiry"),
+        &["--listen", "127.0.0.1:0"],
+        &[("QUANTUS_INVITE_SECONDS", "1")],
+    );
+    let admin = server.client();
+    let (org, _) = admin.create_org("Invites").await;
+    let (_, token) = scim_token(&admin, &org).await;
+    let a = scim_client(&server, &token);
+    let r = a
+        .post("/Users", json!({"userName": "late@example.com"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let code = invite_code(&server, r.body["id"].as_str().unwrap(), "late@example.com");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut browser = crate::qsa::Browser::new(server.url());
+    let page = browser.get("/oauth2/invite").await;
+    let late = browser
+        .submit(
+            &page,
+            &[("token", &code), ("password", "a long enough password")],
+        )
+        .await;
+    assert_eq!(late.status, 400, "{}", late.body);
+    assert!(late.body.contains("not valid"), "{}", late.body);
+    let types: Vec<String> = admin
+        .events_of("User")
+        .await
+        .iter()
+        .map(|e| e["envelope"]["event_type"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!types.contains(&"UserPasswordSet".to_owned()), "{types:?}");
 }

@@ -210,12 +210,45 @@ impl UserDoc {
     }
 }
 
-/// Checks and canonicalises a User document. Unknown attributes are ignored (clients such as
-/// Entra send attributes of their own); read-only ones (`id`, `meta`, `groups`) too.
+/// Refuses schemas this service does not implement, named in `schemas` or as a URN-keyed
+/// attribute (RFC 7643 §3: extensions are URN-keyed objects): dropping them silently would let
+/// a client believe they were stored.
+fn check_schemas(obj: &Map<String, Value>, known: &[&str]) -> Result<(), ScimError> {
+    let is_known = |urn: &str| known.iter().any(|k| k.eq_ignore_ascii_case(urn.trim()));
+    if let Some(v) = get_ci(obj, "schemas") {
+        let items = v
+            .as_array()
+            .ok_or_else(|| ScimError::invalid_value("schemas must be an array of URIs"))?;
+        for item in items {
+            let urn = item
+                .as_str()
+                .ok_or_else(|| ScimError::invalid_value("schemas must be an array of URIs"))?;
+            if !is_known(urn) {
+                return Err(ScimError::invalid_value(format!(
+                    "schema {urn:?} is not supported"
+                )));
+            }
+        }
+    }
+    for key in obj.keys() {
+        let urn_keyed = key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:"));
+        if urn_keyed && !is_known(key) {
+            return Err(ScimError::invalid_value(format!(
+                "schema {key:?} is not supported"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks and canonicalises a User document. Unknown attributes of the core schema are ignored
+/// (clients such as Entra send attributes of their own); read-only ones (`id`, `meta`,
+/// `groups`) too. Unknown schemas (extensions) are refused with `invalidValue`.
 pub fn normalize_user(input: &Value) -> Result<UserDoc, ScimError> {
     let obj = input
         .as_object()
         .ok_or_else(|| ScimError::new(400, Some("invalidSyntax"), "a User must be an object"))?;
+    check_schemas(obj, &[CORE_USER, ENTERPRISE_USER])?;
     let mut profile = Map::new();
     let mut active = None;
     let mut password = None;
@@ -430,6 +463,7 @@ pub fn normalize_group(input: &Value) -> Result<GroupDoc, ScimError> {
     let obj = input
         .as_object()
         .ok_or_else(|| ScimError::new(400, Some("invalidSyntax"), "a Group must be an object"))?;
+    check_schemas(obj, &[CORE_GROUP])?;
     let display_name = get_ci(obj, "displayName")
         .and_then(Value::as_str)
         .map(str::trim)
@@ -468,10 +502,21 @@ pub fn normalize_group(input: &Value) -> Result<GroupDoc, ScimError> {
 pub struct Scim {
     identity: Identity,
     bus: CommandBus,
+    invites: Option<crate::invites::Invites>,
 }
 
 fn user_name_login(organization_id: &str, user_name: &str) -> String {
     format!("scim-user-name\0{organization_id}\0{}", user_name.trim())
+}
+
+/// The address a user without a usable email gets: it cannot receive mail (RFC 2606
+/// `.invalid`) and is never claimed as a login.
+fn unusable_email(id: &str) -> String {
+    format!("{id}@scim.invalid")
+}
+
+fn is_unusable(id: &str, email: &str) -> bool {
+    email == unusable_email(id)
 }
 
 fn parse_id(id: &str) -> Option<String> {
@@ -480,7 +525,17 @@ fn parse_id(id: &str) -> Option<String> {
 
 impl Scim {
     pub fn new(identity: Identity, bus: CommandBus) -> Self {
-        Self { identity, bus }
+        Self {
+            identity,
+            bus,
+            invites: None,
+        }
+    }
+
+    /// Users created without a password get a set-password invite (when they have an email).
+    pub fn with_invites(mut self, invites: crate::invites::Invites) -> Self {
+        self.invites = Some(invites);
+        self
     }
 
     // ---- tokens ----
@@ -660,7 +715,7 @@ impl Scim {
             // (RFC 2606 `.invalid`) and is not claimed as a login.
             email: email
                 .map(str::to_owned)
-                .unwrap_or_else(|| format!("{id}@scim.invalid")),
+                .unwrap_or_else(|| unusable_email(id)),
             name: display_name(doc),
             password: doc.password.clone(),
             roles: [Role::Member].into(),
@@ -681,6 +736,12 @@ impl Scim {
                     },
                     Some(outcome.version),
                 )
+                .await?;
+        }
+        // Without a password the person needs a way in: a one-time set-password link.
+        if let (None, Some(invites), Some(email)) = (&doc.password, &self.invites, email) {
+            outcome = invites
+                .invite(ctx, id, organization_id, email, Some(outcome.version))
                 .await?;
         }
         Ok(outcome)
@@ -781,6 +842,28 @@ impl Scim {
                 doc.user_name()
             )));
         }
+        // The login email follows the userName / work email: the new address is claimed in the
+        // login index first, the old one released only once the change is recorded.
+        let old_email = match &user.email {
+            Some(s) => keys.open_text(s, "email").await.map_err(storage)?,
+            None => None,
+        };
+        let new_email = login_email(&doc).unwrap_or_else(|| unusable_email(&id));
+        let email_moves = old_email.as_deref() != Some(new_email.as_str());
+        let mut email_claim = None;
+        if email_moves && !is_unusable(&id, &new_email) {
+            let claim = keys.login_digest(&new_email);
+            let claimed = keys.claim_login(&claim, &id).await.map_err(storage)?;
+            if claimed {
+                email_claim = Some(claim);
+            } else if keys.find_login(&claim).await.map_err(storage)? != Some(id.clone()) {
+                if renamed {
+                    keys.release_login(&new_claim).await.map_err(storage)?;
+                }
+                // Says no more than that: not who holds it, nor in which organization.
+                return Err(ScimError::uniqueness("the email is already in use"));
+            }
+        }
         let result = async {
             let mut outcome = CommandOutcome {
                 position: self
@@ -799,6 +882,21 @@ impl Scim {
                 {
                     outcome = o;
                 }
+            }
+            if email_moves {
+                let sealed = keys
+                    .seal(&id, "email", new_email.as_bytes())
+                    .await
+                    .map_err(storage)?;
+                outcome = self
+                    .identity
+                    .user_command(
+                        ctx,
+                        &id,
+                        UserCommand::ChangeEmail { email: sealed },
+                        Some(outcome.version),
+                    )
+                    .await?;
             }
             if let Some(p) = doc.password.clone() {
                 outcome = self
@@ -824,10 +922,18 @@ impl Scim {
         .await;
         match result {
             Ok(outcome) => {
+                let mut released = vec![];
                 if renamed {
-                    let old_claim = keys.login_digest(&user_name_login(organization_id, &old_name));
-                    if keys.find_login(&old_claim).await.map_err(storage)? == Some(id.clone()) {
-                        keys.release_login(&old_claim).await.map_err(storage)?;
+                    released.push(keys.login_digest(&user_name_login(organization_id, &old_name)));
+                }
+                if email_moves {
+                    if let Some(old) = old_email.as_deref().filter(|e| !is_unusable(&id, e)) {
+                        released.push(keys.login_digest(old));
+                    }
+                }
+                for claim in released {
+                    if keys.find_login(&claim).await.map_err(storage)? == Some(id.clone()) {
+                        keys.release_login(&claim).await.map_err(storage)?;
                     }
                 }
                 Ok(outcome)
@@ -835,6 +941,9 @@ impl Scim {
             Err(e) => {
                 if renamed {
                     keys.release_login(&new_claim).await.map_err(storage)?;
+                }
+                if let Some(c) = email_claim {
+                    keys.release_login(&c).await.map_err(storage)?;
                 }
                 Err(e)
             }
@@ -1156,6 +1265,36 @@ mod tests {
         assert!(normalize_user(&json!({"userName": "a", "emails": [
             {"value": "a@x.io", "primary": true}, {"value": "b@x.io", "primary": true}]}))
         .is_err());
+    }
+
+    #[test]
+    fn unknown_schemas_are_refused_not_dropped() {
+        let refused = |doc: Value| {
+            let e = normalize_user(&doc).unwrap_err();
+            assert_eq!(
+                (e.status, e.scim_type),
+                (400, Some("invalidValue")),
+                "{doc}"
+            );
+        };
+        refused(
+            json!({"schemas": [CORE_USER, "urn:acme:params:scim:schemas:extension:acme:2.0:User"],
+                       "userName": "a"}),
+        );
+        refused(json!({"schemas": [CORE_USER], "userName": "a",
+                       "urn:acme:params:scim:schemas:extension:acme:2.0:User": {"badge": "7"}}));
+        refused(json!({"schemas": "not an array", "userName": "a"}));
+        let ok = normalize_user(&json!({
+            "schemas": [CORE_USER.to_uppercase(), ENTERPRISE_USER],
+            "userName": "a",
+            ENTERPRISE_USER: {"department": "R&D"},
+        }))
+        .unwrap();
+        assert_eq!(ok.profile[ENTERPRISE_USER]["department"], "R&D");
+        let e =
+            normalize_group(&json!({"schemas": [CORE_USER], "displayName": "Eng"})).unwrap_err();
+        assert_eq!(e.scim_type, Some("invalidValue"));
+        assert!(normalize_group(&json!({"schemas": [CORE_GROUP], "displayName": "Eng"})).is_ok());
     }
 
     #[test]

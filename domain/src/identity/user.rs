@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
+
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use schemars::JsonSchema;
@@ -40,6 +42,30 @@ pub enum UserCommand {
     SetProfile {
         profile: Sealed,
     },
+    /// Moves the login email (sealed). The application claims the new address in the login
+    /// index before and releases the old one after.
+    ChangeEmail {
+        email: Sealed,
+    },
+    /// Records a set-password invite (the SHA-256 of its secret); replaces any earlier one.
+    Invite {
+        secret_sha256: String,
+        expires_at: DateTime<Utc>,
+    },
+    /// Sets the password through the pending invite (the application checked the secret):
+    /// once, and only before it expires.
+    AcceptInvite {
+        secret_sha256: String,
+        now: DateTime<Utc>,
+        password_hash: Sealed,
+    },
+}
+
+/// A pending set-password invite: only the digest of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingInvite {
+    pub secret_sha256: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -94,6 +120,27 @@ pub struct UserProfileChanged {
     pub profile: Sealed,
 }
 
+/// A one-time set-password link was made; only the SHA-256 of its secret is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserInvited {
+    pub secret_sha256: String,
+    #[schemars(with = "String")]
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The pending invite was used (followed by `UserPasswordSet`); it works no more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserInviteAccepted {}
+
+/// The login email moved (a rename by the provisioning client); sealed like the first one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserEmailChanged {
+    pub email: Sealed,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UserEvent {
     UserRegistered(UserRegistered),
@@ -104,6 +151,9 @@ pub enum UserEvent {
     UserEnabled(UserEnabled),
     UserErased(UserErased),
     UserProfileChanged(UserProfileChanged),
+    UserEmailChanged(UserEmailChanged),
+    UserInvited(UserInvited),
+    UserInviteAccepted(UserInviteAccepted),
 }
 
 impl DomainEvent for UserEvent {
@@ -117,6 +167,9 @@ impl DomainEvent for UserEvent {
             Self::UserEnabled(_) => "UserEnabled",
             Self::UserErased(_) => "UserErased",
             Self::UserProfileChanged(_) => "UserProfileChanged",
+            Self::UserEmailChanged(_) => "UserEmailChanged",
+            Self::UserInvited(_) => "UserInvited",
+            Self::UserInviteAccepted(_) => "UserInviteAccepted",
         }
         .to_owned()
     }
@@ -145,6 +198,8 @@ pub enum UserError {
     NotDisabled,
     #[error("reason must be at most 500 characters")]
     ReasonTooLong,
+    #[error("the invite is not valid (used, replaced or expired)")]
+    InviteInvalid,
 }
 
 impl UserError {
@@ -175,6 +230,8 @@ pub struct User {
     pub password_hash: Option<Sealed>,
     #[serde(default)]
     pub profile: Option<Sealed>,
+    #[serde(default)]
+    pub invite: Option<PendingInvite>,
 }
 
 impl User {
@@ -231,6 +288,36 @@ impl User {
                 }
                 Ok(vec![E::UserProfileChanged(UserProfileChanged { profile })])
             }
+            (_, C::ChangeEmail { email }) => {
+                if self.email.as_ref() == Some(&email) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![E::UserEmailChanged(UserEmailChanged { email })])
+            }
+            (
+                _,
+                C::Invite {
+                    secret_sha256,
+                    expires_at,
+                },
+            ) => Ok(vec![E::UserInvited(UserInvited {
+                secret_sha256,
+                expires_at,
+            })]),
+            (
+                _,
+                C::AcceptInvite {
+                    secret_sha256,
+                    now,
+                    password_hash,
+                },
+            ) => match &self.invite {
+                Some(i) if i.secret_sha256 == secret_sha256 && now < i.expires_at => Ok(vec![
+                    E::UserInviteAccepted(UserInviteAccepted {}),
+                    E::UserPasswordSet(UserPasswordSet { password_hash }),
+                ]),
+                _ => Err(UserError::InviteInvalid),
+            },
             (_, C::SetPassword { password_hash }) => {
                 Ok(vec![E::UserPasswordSet(UserPasswordSet { password_hash })])
             }
@@ -331,6 +418,14 @@ impl Aggregate for User {
             UserEvent::UserDisabled(_) => self.status = UserStatus::Disabled,
             UserEvent::UserEnabled(_) => self.status = UserStatus::Active,
             UserEvent::UserProfileChanged(e) => self.profile = Some(e.profile),
+            UserEvent::UserEmailChanged(e) => self.email = Some(e.email),
+            UserEvent::UserInvited(e) => {
+                self.invite = Some(PendingInvite {
+                    secret_sha256: e.secret_sha256,
+                    expires_at: e.expires_at,
+                })
+            }
+            UserEvent::UserInviteAccepted(_) => self.invite = None,
             UserEvent::UserErased(_) => {
                 *self = User {
                     status: UserStatus::Erased,
@@ -413,6 +508,95 @@ mod tests {
         u.apply(E::UserErased(UserErased {}));
         assert!(u.email.is_none() && u.name.is_none() && u.memberships.is_empty());
         assert!(u.profile.is_none());
+    }
+
+    #[test]
+    fn the_login_email_moves_while_the_user_lives() {
+        let changed = E::UserEmailChanged(UserEmailChanged {
+            email: sealed("e2"),
+        });
+        Spec::with(())
+            .given(vec![registered(&[Role::Member])])
+            .when(C::ChangeEmail {
+                email: sealed("e2"),
+            })
+            .then_expect_events(vec![changed.clone()]);
+        Spec::with(())
+            .given(vec![registered(&[Role::Member]), changed.clone()])
+            .when(C::ChangeEmail {
+                email: sealed("e2"),
+            })
+            .then_expect_events(vec![]);
+        Spec::with(())
+            .given(vec![
+                registered(&[Role::Member]),
+                E::UserErased(UserErased {}),
+            ])
+            .when(C::ChangeEmail {
+                email: sealed("e2"),
+            })
+            .then_expect_error(UserError::Erased);
+        Spec::with(())
+            .given_no_previous_events()
+            .when(C::ChangeEmail {
+                email: sealed("e2"),
+            })
+            .then_expect_error(UserError::NotFound);
+        let mut u = User::default();
+        u.apply(registered(&[Role::Member]));
+        u.apply(changed);
+        assert_eq!(u.email, Some(sealed("e2")));
+    }
+
+    #[test]
+    fn an_invite_sets_the_password_once_and_only_before_it_expires() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let invited = E::UserInvited(UserInvited {
+            secret_sha256: "d1".into(),
+            expires_at: at("2026-01-04T00:00:00Z"),
+        });
+        let accept = |digest: &str, now: &str| C::AcceptInvite {
+            secret_sha256: digest.into(),
+            now: at(now),
+            password_hash: sealed("h"),
+        };
+        Spec::with(())
+            .given(vec![registered(&[Role::Member]), invited.clone()])
+            .when(accept("d1", "2026-01-03T23:59:59Z"))
+            .then_expect_events(vec![
+                E::UserInviteAccepted(UserInviteAccepted {}),
+                E::UserPasswordSet(UserPasswordSet {
+                    password_hash: sealed("h"),
+                }),
+            ]);
+        // Expired, used, replaced, or never made.
+        Spec::with(())
+            .given(vec![registered(&[Role::Member]), invited.clone()])
+            .when(accept("d1", "2026-01-04T00:00:00Z"))
+            .then_expect_error(UserError::InviteInvalid);
+        Spec::with(())
+            .given(vec![
+                registered(&[Role::Member]),
+                invited.clone(),
+                E::UserInviteAccepted(UserInviteAccepted {}),
+            ])
+            .when(accept("d1", "2026-01-02T00:00:00Z"))
+            .then_expect_error(UserError::InviteInvalid);
+        Spec::with(())
+            .given(vec![
+                registered(&[Role::Member]),
+                invited,
+                E::UserInvited(UserInvited {
+                    secret_sha256: "d2".into(),
+                    expires_at: at("2026-01-05T00:00:00Z"),
+                }),
+            ])
+            .when(accept("d1", "2026-01-02T00:00:00Z"))
+            .then_expect_error(UserError::InviteInvalid);
+        Spec::with(())
+            .given(vec![registered(&[Role::Member])])
+            .when(accept("d1", "2026-01-02T00:00:00Z"))
+            .then_expect_error(UserError::InviteInvalid);
     }
 
     #[test]
