@@ -893,7 +893,7 @@ pub async fn suspended_then_reactivated(platform: &Api, portal: &Api) {
     assert_eq!(r.status, 404, "no licence yet: {}", r.body);
     listed_licences_stand(portal, &org, &contract, "pending").await;
     // Pending is recorded as events on the contract.
-    let events = portal.events_of("Contract").await;
+    let events = platform.events_of("Contract").await;
     assert!(
         events
             .iter()
@@ -927,7 +927,7 @@ pub async fn suspended_then_reactivated(platform: &Api, portal: &Api) {
                 && e["envelope"]["aggregate_id"] == org.as_str()
         })
         .expect("OrganizationReactivated");
-    let events = portal.events_of("Contract").await;
+    let events = platform.events_of("Contract").await;
     let carried_out: Vec<&Value> = events
         .iter()
         .filter(|e| {
@@ -985,7 +985,7 @@ pub async fn refused_for_good(platform: &Api, portal: &Api) {
     // Long enough for several retries (when the Portal retries every 2 s at most) had it been
     // taken for transient: still one failure each and nothing pending.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let events = portal.events_of("Contract").await;
+    let events = platform.events_of("Contract").await;
     let of = |kind: &str| {
         events
             .iter()
