@@ -1112,3 +1112,31 @@ async fn a_quantumlock_that_is_down_is_retried_until_it_answers() {
     // Timed retries run every 2 s at most here: a permanent refusal is still recorded once.
     refused_for_good(&api, &api).await;
 }
+
+/// A pending licence survives a restart: the restarted Portal, whose cursor is past the
+/// activation, finds the pending step in the store and retries it until QuantumLock answers.
+#[tokio::test(flavor = "current_thread")]
+async fn a_pending_licence_is_retried_after_a_restart() {
+    let dir = temp_dir("portal-pending-restart");
+    let port = free_port();
+    let quantumlock = format!("http://127.0.0.1:{port}");
+    let vars = [
+        ("QUANTUS_QUANTUMLOCK_URL", quantumlock.as_str()),
+        ("QUANTUS_LICENSE_RETRY_MAX_SECONDS", "2"),
+    ];
+    let server = Server::start(&dir, &["--listen", "127.0.0.1:0"], &vars);
+    let api = server.client();
+    let (org, _) = api.create_org("Restarted Ltd").await;
+    register_customer(&api, &org, "NOK").await;
+    let contract = active_contract(&api, &org, line_items(), "2030-01-01T00:00:00Z").await;
+    licences_stand(&api, &contract, "pending").await;
+    drop(server);
+    let server = Server::start(&dir, &["--listen", "127.0.0.1:0"], &vars);
+    let api = server.client();
+    let c = api_contract(&api, &contract).await;
+    assert_eq!(c["license_steps"]["qpu"]["standing"], "pending", "{c}");
+    let target = api.base.trim_start_matches("http://").trim_end_matches('/');
+    let proxy = forward(port, target.to_owned()).await;
+    licences_stand(&api, &contract, "issued").await;
+    proxy.abort();
+}
