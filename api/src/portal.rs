@@ -169,6 +169,11 @@ fn contract_view(id: &str, c: &Contract, version: u64) -> serde_json::Value {
         "terminated_at": c.terminated_at,
         "licenses": c.licenses,
         "license_failures": c.license_failures,
+        "license_steps": c
+            .license_steps
+            .iter()
+            .map(|(item, step)| (item.clone(), step.view()))
+            .collect::<serde_json::Map<_, _>>(),
         "monthly_price": monthly,
         "monthly_price_display": money(&c.currency, monthly),
         "version": version,

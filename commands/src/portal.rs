@@ -4,13 +4,15 @@
 //! The Portal never decides licensing: the contract's events carry the licence plan and
 //! [`ContractLicensing`] asks QuantumLock to carry it out.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use quantus_domain::contract::{
-    Contract, ContractCommand, ContractDrafted, ContractError, ContractLicenseFailed,
-    ContractStatus, LicenseAction, LineItem, PlannedLicense,
+    Contract, ContractCommand, ContractDrafted, ContractError, ContractLicenseCarriedOut,
+    ContractLicenseFailed, ContractLicensePending, ContractStatus, LicenseAction, LicenseHold,
+    LicenseStep, LicenseStepState, LineItem, PlannedLicense, RetryPolicy,
 };
 use quantus_domain::customer::{Customer, CustomerCommand, CustomerError, CustomerRegistered};
 use quantus_domain::entitlement::Entitlements;
@@ -28,6 +30,7 @@ use quantus_infra::billing::{
 use quantus_infra::event_store::tail_log;
 use quantus_infra::gateway::{GatewayError, QuantumLockClient};
 use quantus_infra::{InfraError, LogRecord};
+use uuid::Uuid;
 
 use crate::{ClassifyError, CommandBus, CommandError, CommandOutcome};
 
@@ -617,10 +620,12 @@ impl Portal {
 
 /// Why a plan step did not happen.
 enum StepFailure {
-    /// QuantumLock refused for good (a 4xx other than 401, 408 and 429): recorded, skipped.
-    /// (QSA refusing the Portal's own credentials is not a refusal of the step: retried.)
+    /// QuantumLock refused for good (see [`GatewayError::hold`]): recorded, skipped.
     Refused(String),
-    /// Anything else: the event is retried.
+    /// A cause that can pass (a suspended organization, QuantumLock or QSA unavailable):
+    /// recorded as pending and tried again later.
+    Pending(LicenseHold, String),
+    /// The Portal's own store failed: the event is retried.
     Retry(CommandError),
 }
 
@@ -632,15 +637,9 @@ impl From<CommandError> for StepFailure {
 
 impl From<GatewayError> for StepFailure {
     fn from(e: GatewayError) -> Self {
-        match e {
-            GatewayError::Refused {
-                service: "QuantumLock",
-                status,
-                ..
-            } if (400..500).contains(&status) && ![401, 408, 429].contains(&status) => {
-                StepFailure::Refused(e.to_string())
-            }
-            e => StepFailure::Retry(e.into()),
+        match e.hold() {
+            Some(hold) => StepFailure::Pending(hold, e.to_string()),
+            None => StepFailure::Refused(e.to_string()),
         }
     }
 }
@@ -661,26 +660,103 @@ pub fn license_terms(contract: &Contract, item: &LineItem) -> Option<LicenseIssu
     })
 }
 
+/// Index kind of contracts that ever had a pending licence step (lookup `""`): where the
+/// retry schedule is rebuilt from at start.
+const PENDING_LICENSES: &str = "contract-license-pending";
+
+/// The current time, passed in (tests drive it).
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+/// A uniformly random number in `[0, 1]`, passed in (the retry jitter).
+pub type Jitter = Arc<dyn Fn() -> f64 + Send + Sync>;
+
 /// The process manager that turns contract events into licences at QuantumLock. Driven from
 /// the log with a cursor advanced after each event is carried out; every step is idempotent
 /// (deterministic licence ids; renew and revoke look first), so a crash mid-way repeats at
 /// most the steps of one event and never issues twice.
+///
+/// Each step's outcome is recorded on the contract: `ContractLicenseCarriedOut`,
+/// `ContractLicenseFailed` (refused for good) or `ContractLicensePending` (a cause that can
+/// pass, with the next attempt's time from [`RetryPolicy`]). Pending steps are tried again
+/// when due, and at once when the log says their organization was reactivated.
 #[derive(Clone)]
 pub struct ContractLicensing {
     bus: CommandBus,
     quantumlock: QuantumLockClient,
+    policy: RetryPolicy,
+    clock: Clock,
+    jitter: Jitter,
+    /// Contract id -> its earliest pending step's `retry_at`.
+    schedule: Arc<std::sync::Mutex<BTreeMap<String, DateTime<Utc>>>>,
 }
 
 impl ContractLicensing {
     pub const NAME: &'static str = "contract-licenses";
 
+    /// With the default retry policy, the system clock and a random jitter.
     pub fn new(bus: CommandBus, quantumlock: QuantumLockClient) -> Self {
-        Self { bus, quantumlock }
+        Self::with(
+            bus,
+            quantumlock,
+            RetryPolicy::default(),
+            Arc::new(Utc::now),
+            Arc::new(rand::random::<f64>),
+        )
     }
 
-    /// Carries out one log record's licence plan (records of other kinds are ignored).
+    /// The same with another retry policy.
+    pub fn with_policy(self, policy: RetryPolicy) -> Self {
+        Self { policy, ..self }
+    }
+
+    pub fn with(
+        bus: CommandBus,
+        quantumlock: QuantumLockClient,
+        policy: RetryPolicy,
+        clock: Clock,
+        jitter: Jitter,
+    ) -> Self {
+        Self {
+            bus,
+            quantumlock,
+            policy,
+            clock,
+            jitter,
+            schedule: Arc::default(),
+        }
+    }
+
+    fn context(&self, tenant: &str, correlation_id: Uuid, causation_id: Uuid) -> CommandContext {
+        CommandContext {
+            tenant_id: tenant.to_owned(),
+            actor: quantus_domain::Actor {
+                kind: quantus_domain::ActorKind::System,
+                id: Self::NAME.into(),
+            },
+            occurred_at: quantus_domain::envelope::truncate_to_micros((self.clock)()),
+            correlation_id,
+            causation_id,
+        }
+    }
+
+    /// Carries out one log record's licence plan, or retries the pending steps of an
+    /// organization that was reactivated (records of other kinds are ignored). Returns how
+    /// many steps it tried.
     pub async fn carry_out(&self, record: &LogRecord) -> Result<usize, CommandError> {
         let e = &record.envelope;
+        if e.aggregate_type == "Organization" && e.event_type == "OrganizationReactivated" {
+            let mut tried = 0;
+            for id in self
+                .bus
+                .repository()
+                .indexed_grants(ORG_CONTRACTS, &e.aggregate_id)
+                .await?
+            {
+                // Caused by the reactivation: the log shows why the licence came now.
+                let cause = (e.correlation_id, e.event_id);
+                tried += self.retry_pending(&id, Some(cause)).await?;
+            }
+            return Ok(tried);
+        }
         if e.aggregate_type != "Contract" {
             return Ok(0);
         }
@@ -708,36 +784,190 @@ impl ContractLicensing {
             .bus
             .load_until::<Contract>(&e.aggregate_id, e.sequence)
             .await?;
+        let ctx = self.context(&contract.organization_id, e.correlation_id, e.event_id);
         for step in &plan {
-            match self.carry_out_step(&contract, step, &reason).await {
-                Ok(()) => {}
-                // A permanent refusal is recorded on the contract; the plan goes on. Anything
-                // else (QuantumLock or QSA unreachable, 5xx, 401) is retried from this event.
-                Err(StepFailure::Refused(detail)) => {
-                    let ctx = CommandContext {
-                        tenant_id: contract.organization_id.clone(),
-                        actor: quantus_domain::Actor {
-                            kind: quantus_domain::ActorKind::System,
-                            id: Self::NAME.into(),
-                        },
-                        occurred_at: quantus_domain::envelope::truncate_to_micros(Utc::now()),
-                        correlation_id: e.correlation_id,
-                        causation_id: e.event_id,
-                    };
-                    let failure = ContractCommand::RecordLicenseFailure(ContractLicenseFailed {
-                        line_item_id: step.line_item_id.clone(),
-                        license_id: step.license_id.clone(),
-                        action: step.action,
-                        reason: detail,
-                    });
-                    self.bus
-                        .execute::<Contract>(&ctx, &e.aggregate_id, failure, None, &())
-                        .await?;
-                }
-                Err(StepFailure::Retry(other)) => return Err(other),
-            }
+            self.attempt(&ctx, &e.aggregate_id, &contract, step, &reason)
+                .await?;
         }
         Ok(plan.len())
+    }
+
+    /// Tries one step and records its outcome on the contract. Only a failure of the Portal's
+    /// own store is returned (the caller tries again).
+    async fn attempt(
+        &self,
+        ctx: &CommandContext,
+        contract_id: &str,
+        contract: &Contract,
+        step: &PlannedLicense,
+        reason: &str,
+    ) -> Result<(), CommandError> {
+        let command = match self.carry_out_step(contract, step, reason).await {
+            Ok(()) => ContractCommand::RecordLicenseCarriedOut(ContractLicenseCarriedOut {
+                line_item_id: step.line_item_id.clone(),
+                license_id: step.license_id.clone(),
+                action: step.action,
+            }),
+            Err(StepFailure::Refused(detail)) => {
+                ContractCommand::RecordLicenseFailure(ContractLicenseFailed {
+                    line_item_id: step.line_item_id.clone(),
+                    license_id: step.license_id.clone(),
+                    action: step.action,
+                    reason: detail,
+                })
+            }
+            Err(StepFailure::Pending(hold, detail)) => {
+                let (now, _) = self.bus.load::<Contract>(contract_id).await?;
+                let attempt = match now.license_steps.get(&step.line_item_id) {
+                    Some(LicenseStep {
+                        state: LicenseStepState::Pending { attempt, .. },
+                        ..
+                    }) => attempt.saturating_add(1),
+                    _ => 1,
+                };
+                let retry_at = self
+                    .policy
+                    .retry_at(attempt, ctx.occurred_at, (self.jitter)());
+                tracing::info!(
+                    process = Self::NAME,
+                    contract = contract_id,
+                    line_item = step.line_item_id,
+                    attempt,
+                    %retry_at,
+                    reason = %detail,
+                    "licence step pending"
+                );
+                // Indexed before it is recorded: a restart finds every pending step.
+                self.bus
+                    .repository()
+                    .index_grant(PENDING_LICENSES, "", contract_id)
+                    .await?;
+                self.schedule(contract_id, retry_at);
+                ContractCommand::RecordLicensePending(ContractLicensePending {
+                    line_item_id: step.line_item_id.clone(),
+                    license_id: step.license_id.clone(),
+                    action: step.action,
+                    hold,
+                    reason: detail,
+                    attempt,
+                    retry_at,
+                })
+            }
+            Err(StepFailure::Retry(e)) => return Err(e),
+        };
+        self.bus
+            .execute::<Contract>(ctx, contract_id, command, None, &())
+            .await?;
+        Ok(())
+    }
+
+    fn schedule(&self, contract_id: &str, at: DateTime<Utc>) {
+        let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = schedule.entry(contract_id.to_owned()).or_insert(at);
+        *entry = (*entry).min(at);
+    }
+
+    /// Tries the contract's pending steps again: all of them when an event cleared their cause
+    /// (`cleared`: its correlation and event ids), else those due. Then schedules what is
+    /// still pending. Returns how many it tried.
+    async fn retry_pending(
+        &self,
+        contract_id: &str,
+        cleared: Option<(Uuid, Uuid)>,
+    ) -> Result<usize, CommandError> {
+        let all = cleared.is_some();
+        let (contract, version) = self.bus.load::<Contract>(contract_id).await?;
+        let now = (self.clock)();
+        let due: Vec<PlannedLicense> = contract
+            .license_steps
+            .iter()
+            .filter(|(_, s)| {
+                matches!(s.state, LicenseStepState::Pending { retry_at, .. } if all || retry_at <= now)
+            })
+            .map(|(item, s)| PlannedLicense {
+                line_item_id: item.clone(),
+                license_id: s.license_id.clone(),
+                action: s.action,
+            })
+            .collect();
+        if !due.is_empty() {
+            let reason = format!("contract {contract_id} {}", contract.status.name());
+            let (correlation, causation) = cleared.unwrap_or_else(|| {
+                let id = Uuid::new_v5(
+                    &quantus_domain::contract::LICENSE_NAMESPACE,
+                    format!("retry/{contract_id}/{version}").as_bytes(),
+                );
+                (id, id)
+            });
+            let ctx = self.context(&contract.organization_id, correlation, causation);
+            for step in &due {
+                self.attempt(&ctx, contract_id, &contract, step, &reason)
+                    .await?;
+            }
+        }
+        let (contract, _) = self.bus.load::<Contract>(contract_id).await?;
+        let next = contract
+            .license_steps
+            .values()
+            .filter_map(|s| match s.state {
+                LicenseStepState::Pending { retry_at, .. } => Some(retry_at),
+                _ => None,
+            })
+            .min();
+        let mut schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+        match next {
+            Some(at) => schedule.insert(contract_id.to_owned(), at),
+            None => schedule.remove(contract_id),
+        };
+        Ok(due.len())
+    }
+
+    /// Tries pending steps when they are due, forever. The schedule is rebuilt from the
+    /// store first (so pending steps survive a restart), then kept by [`Self::attempt`].
+    async fn retry_due(self) -> Result<(), InfraError> {
+        let mut rebuilt = false;
+        loop {
+            if !rebuilt {
+                match self.reschedule_all().await {
+                    Ok(()) => rebuilt = true,
+                    Err(error) => {
+                        tracing::warn!(process = Self::NAME, %error, "rebuilding the licence retry schedule failed; retrying");
+                    }
+                }
+            }
+            let now = (self.clock)();
+            let due: Vec<String> = {
+                let schedule = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+                schedule
+                    .iter()
+                    .filter(|(_, at)| **at <= now)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
+            for id in due {
+                if let Err(error) = self.retry_pending(&id, None).await {
+                    tracing::warn!(process = Self::NAME, contract = id, %error, "retrying a pending licence failed; retrying");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn reschedule_all(&self) -> Result<(), CommandError> {
+        for id in self
+            .bus
+            .repository()
+            .indexed_grants(PENDING_LICENSES, "")
+            .await?
+        {
+            let (contract, _) = self.bus.load::<Contract>(&id).await?;
+            for step in contract.license_steps.values() {
+                if let LicenseStepState::Pending { retry_at, .. } = step.state {
+                    self.schedule(&id, retry_at);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn carry_out_step(
@@ -746,39 +976,49 @@ impl ContractLicensing {
         step: &PlannedLicense,
         reason: &str,
     ) -> Result<(), StepFailure> {
-        {
-            match step.action {
-                LicenseAction::Issue => {
-                    let terms = contract
-                        .line_items
-                        .iter()
-                        .find(|i| i.id == step.line_item_id)
-                        .and_then(|item| license_terms(contract, item))
-                        .ok_or_else(|| {
-                            StepFailure::Retry(CommandError::Storage(format!(
-                                "contract {} has no line item {}",
-                                contract.contract_id, step.line_item_id
-                            )))
-                        })?;
-                    self.quantumlock.issue(&step.license_id, &terms).await?;
-                }
-                LicenseAction::Renew => {
-                    let until = contract
-                        .ends_at
-                        .ok_or_else(|| CommandError::Storage("a contract without an end".into()))?;
+        let terms = || {
+            contract
+                .line_items
+                .iter()
+                .find(|i| i.id == step.line_item_id)
+                .and_then(|item| license_terms(contract, item))
+                .ok_or_else(|| {
+                    StepFailure::Retry(CommandError::Storage(format!(
+                        "contract {} has no line item {}",
+                        contract.contract_id, step.line_item_id
+                    )))
+                })
+        };
+        match step.action {
+            LicenseAction::Issue => {
+                self.quantumlock.issue(&step.license_id, &terms()?).await?;
+            }
+            LicenseAction::Renew => {
+                let until = contract
+                    .ends_at
+                    .ok_or_else(|| CommandError::Storage("a contract without an end".into()))?;
+                // A licence whose issue was still pending when the amendment renewed it is
+                // issued with the renewed terms.
+                if self.quantumlock.license(&step.license_id).await?.is_none() {
+                    self.quantumlock.issue(&step.license_id, &terms()?).await?;
+                } else {
                     self.quantumlock.renew(&step.license_id, until).await?;
                 }
-                LicenseAction::Revoke => {
-                    self.quantumlock.revoke(&step.license_id, reason).await?;
-                }
+            }
+            LicenseAction::Revoke => {
+                self.quantumlock.revoke(&step.license_id, reason).await?;
             }
         }
         Ok(())
     }
 
-    /// Follows the log forever from the saved cursor (see [`follow`]).
+    /// Follows the log forever from the saved cursor (see [`follow`]), and tries pending
+    /// steps again when they are due.
     pub async fn run(self) -> Result<(), InfraError> {
-        follow(self).await
+        tokio::select! {
+            r = follow(self.clone()) => r,
+            r = self.retry_due() => r,
+        }
     }
 }
 

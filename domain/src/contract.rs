@@ -166,8 +166,8 @@ pub struct ContractExpired {
     pub expired_at: DateTime<Utc>,
 }
 
-/// QuantumLock refused a step of the licence plan for good (for example: the organization is
-/// suspended); the plan goes on with its other steps and other contracts.
+/// QuantumLock refused a step of the licence plan for good (for example: the licence terms are
+/// invalid); the plan goes on with its other steps and other contracts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContractLicenseFailed {
@@ -175,6 +175,44 @@ pub struct ContractLicenseFailed {
     pub license_id: String,
     pub action: LicenseAction,
     pub reason: String,
+}
+
+/// What a pending licence step waits for: a cause that can pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LicenseHold {
+    /// QuantumLock refuses licences for the organization while it is suspended; its
+    /// reactivation retries the step at once.
+    OrganizationSuspended,
+    /// QuantumLock (or QSA, for the Portal's token) could not be reached, timed out, or
+    /// answered 5xx, 408 or 429.
+    Unavailable,
+}
+
+/// A step of the licence plan did not happen for a reason that can pass; it is tried again
+/// at `retry_at` (exponential backoff, see [`RetryPolicy`]) or at once when its cause clears.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContractLicensePending {
+    pub line_item_id: String,
+    pub license_id: String,
+    pub action: LicenseAction,
+    pub hold: LicenseHold,
+    pub reason: String,
+    /// 1 for the first failed attempt.
+    pub attempt: u32,
+    #[schemars(with = "String")]
+    pub retry_at: DateTime<Utc>,
+}
+
+/// QuantumLock carried out a step of the licence plan (the licence is issued, renewed or
+/// revoked as planned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContractLicenseCarriedOut {
+    pub line_item_id: String,
+    pub license_id: String,
+    pub action: LicenseAction,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +226,8 @@ pub enum ContractEvent {
     ContractTerminated(ContractTerminated),
     ContractExpired(ContractExpired),
     ContractLicenseFailed(ContractLicenseFailed),
+    ContractLicensePending(ContractLicensePending),
+    ContractLicenseCarriedOut(ContractLicenseCarriedOut),
 }
 
 impl DomainEvent for ContractEvent {
@@ -202,6 +242,8 @@ impl DomainEvent for ContractEvent {
             Self::ContractTerminated(_) => "ContractTerminated",
             Self::ContractExpired(_) => "ContractExpired",
             Self::ContractLicenseFailed(_) => "ContractLicenseFailed",
+            Self::ContractLicensePending(_) => "ContractLicensePending",
+            Self::ContractLicenseCarriedOut(_) => "ContractLicenseCarriedOut",
         }
         .to_owned()
     }
@@ -236,6 +278,11 @@ pub enum ContractCommand {
     },
     /// Records that QuantumLock refused a planned step (once per licence and action).
     RecordLicenseFailure(ContractLicenseFailed),
+    /// Records that a planned step failed for a reason that can pass (once per attempt; an
+    /// attempt already recorded, or a step no longer current, records nothing).
+    RecordLicensePending(ContractLicensePending),
+    /// Records that QuantumLock carried out a planned step (once).
+    RecordLicenseCarriedOut(ContractLicenseCarriedOut),
 }
 
 impl ContractCommand {
@@ -251,6 +298,8 @@ impl ContractCommand {
             Self::Terminate { .. } => "terminate",
             Self::Expire { .. } => "expire",
             Self::RecordLicenseFailure(_) => "record a licence failure",
+            Self::RecordLicensePending(_) => "record a pending licence",
+            Self::RecordLicenseCarriedOut(_) => "record a licence carried out",
         }
     }
 }
@@ -328,6 +377,126 @@ pub struct Contract {
     pub licenses: BTreeMap<String, String>,
     /// Plan steps QuantumLock refused: `<licence id>/<action>` -> reason.
     pub license_failures: BTreeMap<String, String>,
+    /// The latest planned licence step of each line item and how far it got.
+    #[serde(default)]
+    pub license_steps: BTreeMap<String, LicenseStep>,
+}
+
+/// A line item's latest licence step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenseStep {
+    pub license_id: String,
+    pub action: LicenseAction,
+    pub state: LicenseStepState,
+}
+
+/// How far a licence step got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum LicenseStepState {
+    /// Planned; the process manager has not reported on it yet.
+    Planned,
+    /// Failed for a reason that can pass; tried again at `retry_at` or when `hold` clears.
+    Pending {
+        hold: LicenseHold,
+        reason: String,
+        attempt: u32,
+        retry_at: DateTime<Utc>,
+    },
+    /// QuantumLock carried it out.
+    Done,
+    /// QuantumLock refused it for good.
+    Failed { reason: String },
+}
+
+/// A line item's licence as the contract knows it: `issued`, `renewed`, `revoked`,
+/// `pending`, `failed`, or `planned` (not reported on yet).
+pub fn license_standing(action: LicenseAction, state: &LicenseStepState) -> &'static str {
+    match (state, action) {
+        (LicenseStepState::Planned, _) => "planned",
+        (LicenseStepState::Pending { .. }, _) => "pending",
+        (LicenseStepState::Failed { .. }, _) => "failed",
+        (LicenseStepState::Done, LicenseAction::Issue) => "issued",
+        (LicenseStepState::Done, LicenseAction::Renew) => "renewed",
+        (LicenseStepState::Done, LicenseAction::Revoke) => "revoked",
+    }
+}
+
+impl LicenseStep {
+    /// The step as the API shows it: `{license_id, action, standing}`, with `hold`, `reason`,
+    /// `attempt` and `retry_at` when pending and `reason` when failed.
+    pub fn view(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "license_id": self.license_id,
+            "action": self.action,
+            "standing": license_standing(self.action, &self.state),
+        });
+        match &self.state {
+            LicenseStepState::Pending {
+                hold,
+                reason,
+                attempt,
+                retry_at,
+            } => {
+                v["hold"] = serde_json::json!(hold);
+                v["reason"] = serde_json::json!(reason);
+                v["attempt"] = serde_json::json!(attempt);
+                v["retry_at"] = serde_json::json!(retry_at);
+            }
+            LicenseStepState::Failed { reason } => v["reason"] = serde_json::json!(reason),
+            _ => {}
+        }
+        v
+    }
+
+    fn is(&self, license_id: &str, action: LicenseAction) -> bool {
+        self.license_id == license_id && self.action == action
+    }
+}
+
+/// Bounded exponential backoff with jitter for licence steps that can pass. The clock and the
+/// randomness are the caller's: [`RetryPolicy::retry_at`] is a pure function of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The delay after the first failed attempt.
+    pub first: std::time::Duration,
+    /// The largest delay.
+    pub max: std::time::Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            first: std::time::Duration::from_secs(2),
+            max: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after failed attempt `attempt` (1 for the first): `first * 2^(attempt-1)`,
+    /// at most `max`, then scaled into `[1/2, 1]` of itself by `jitter` (in `[0, 1]`; values
+    /// outside are clamped) so that many steps failing together do not retry together.
+    pub fn delay(&self, attempt: u32, jitter: f64) -> std::time::Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        let full = self.first.saturating_mul(factor).min(self.max);
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        full.mul_f64(0.5 + 0.5 * jitter)
+    }
+
+    /// When to try again after failed attempt `attempt` at `now`.
+    pub fn retry_at(&self, attempt: u32, now: DateTime<Utc>, jitter: f64) -> DateTime<Utc> {
+        chrono::TimeDelta::from_std(self.delay(attempt, jitter))
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(now)
+    }
 }
 
 fn failure_key(license_id: &str, action: LicenseAction) -> String {
@@ -584,7 +753,39 @@ impl Contract {
                 ))),
                 None => Err(ContractError::NotFound),
             },
-            (S::Absent, C::RecordLicenseFailure(_)) => Err(ContractError::NotFound),
+            (
+                S::Absent,
+                C::RecordLicenseFailure(_)
+                | C::RecordLicensePending(_)
+                | C::RecordLicenseCarriedOut(_),
+            ) => Err(ContractError::NotFound),
+            (_, C::RecordLicensePending(p)) => {
+                let recordable = match self.license_steps.get(&p.line_item_id) {
+                    Some(step) if step.is(&p.license_id, p.action) => match &step.state {
+                        LicenseStepState::Planned => true,
+                        LicenseStepState::Pending { attempt, .. } => p.attempt > *attempt,
+                        LicenseStepState::Done | LicenseStepState::Failed { .. } => false,
+                    },
+                    // Superseded by a later plan, or never planned.
+                    _ => false,
+                };
+                if !recordable {
+                    return Ok(vec![]);
+                }
+                let reason: String = p.reason.chars().take(MAX_TEXT_CHARS * 5).collect();
+                Ok(vec![E::ContractLicensePending(ContractLicensePending {
+                    reason,
+                    ..p
+                })])
+            }
+            (_, C::RecordLicenseCarriedOut(c)) => match self.license_steps.get(&c.line_item_id) {
+                Some(step)
+                    if step.is(&c.license_id, c.action) && step.state != LicenseStepState::Done =>
+                {
+                    Ok(vec![E::ContractLicenseCarriedOut(c)])
+                }
+                _ => Ok(vec![]),
+            },
             (_, C::RecordLicenseFailure(f)) => {
                 let key = failure_key(&f.license_id, f.action);
                 if self.license_failures.contains_key(&key) {
@@ -652,6 +853,14 @@ impl Contract {
 
     fn follow(&mut self, plan: &[PlannedLicense]) {
         for step in plan {
+            self.license_steps.insert(
+                step.line_item_id.clone(),
+                LicenseStep {
+                    license_id: step.license_id.clone(),
+                    action: step.action,
+                    state: LicenseStepState::Planned,
+                },
+            );
             match step.action {
                 LicenseAction::Issue | LicenseAction::Renew => {
                     self.licenses
@@ -752,8 +961,34 @@ impl Aggregate for Contract {
             }
             E::ContractExpired(_) => self.status = S::Expired,
             E::ContractLicenseFailed(f) => {
+                if let Some(step) = self.license_steps.get_mut(&f.line_item_id) {
+                    if step.is(&f.license_id, f.action) {
+                        step.state = LicenseStepState::Failed {
+                            reason: f.reason.clone(),
+                        };
+                    }
+                }
                 self.license_failures
                     .insert(failure_key(&f.license_id, f.action), f.reason);
+            }
+            E::ContractLicensePending(p) => {
+                if let Some(step) = self.license_steps.get_mut(&p.line_item_id) {
+                    if step.is(&p.license_id, p.action) {
+                        step.state = LicenseStepState::Pending {
+                            hold: p.hold,
+                            reason: p.reason,
+                            attempt: p.attempt,
+                            retry_at: p.retry_at,
+                        };
+                    }
+                }
+            }
+            E::ContractLicenseCarriedOut(c) => {
+                if let Some(step) = self.license_steps.get_mut(&c.line_item_id) {
+                    if step.is(&c.license_id, c.action) {
+                        step.state = LicenseStepState::Done;
+                    }
+                }
             }
         }
     }
@@ -1025,6 +1260,152 @@ mod tests {
             .given(history)
             .when(C::RecordLicenseFailure(failure))
             .then_expect_events(vec![]);
+    }
+
+    fn pending(attempt: u32) -> ContractLicensePending {
+        ContractLicensePending {
+            line_item_id: "a".into(),
+            license_id: license_id("c1", "a", 0),
+            action: LicenseAction::Issue,
+            hold: LicenseHold::OrganizationSuspended,
+            reason: "QuantumLock answered 409: organization org is suspended".into(),
+            attempt,
+            retry_at: t("2026-01-01T00:00:02Z"),
+        }
+    }
+
+    fn carried_out(item: &str) -> ContractLicenseCarriedOut {
+        ContractLicenseCarriedOut {
+            line_item_id: item.into(),
+            license_id: license_id("c1", item, 0),
+            action: LicenseAction::Issue,
+        }
+    }
+
+    #[test]
+    fn a_licence_step_that_can_pass_is_pending_once_per_attempt() {
+        Spec::with(())
+            .given(active())
+            .when(C::RecordLicensePending(pending(1)))
+            .then_expect_events(vec![E::ContractLicensePending(pending(1))]);
+        let mut history = active();
+        history.push(E::ContractLicensePending(pending(1)));
+        // The same attempt again (a crash, or two retries racing) records nothing.
+        Spec::with(())
+            .given(history.clone())
+            .when(C::RecordLicensePending(pending(1)))
+            .then_expect_events(vec![]);
+        Spec::with(())
+            .given(history)
+            .when(C::RecordLicensePending(pending(2)))
+            .then_expect_events(vec![E::ContractLicensePending(pending(2))]);
+    }
+
+    #[test]
+    fn a_pending_licence_carried_out_is_done_and_stays_done() {
+        let mut history = active();
+        history.push(E::ContractLicensePending(pending(1)));
+        Spec::with(())
+            .given(history.clone())
+            .when(C::RecordLicenseCarriedOut(carried_out("a")))
+            .then_expect_events(vec![E::ContractLicenseCarriedOut(carried_out("a"))]);
+        history.push(E::ContractLicenseCarriedOut(carried_out("a")));
+        Spec::with(())
+            .given(history.clone())
+            .when(C::RecordLicenseCarriedOut(carried_out("a")))
+            .then_expect_events(vec![]);
+        // A late report of a failed attempt does not make a done step pending again.
+        Spec::with(())
+            .given(history.clone())
+            .when(C::RecordLicensePending(pending(2)))
+            .then_expect_events(vec![]);
+
+        let mut contract = Contract::default();
+        for e in history {
+            contract.apply(e);
+        }
+        assert_eq!(contract.license_steps["a"].state, LicenseStepState::Done);
+        assert_eq!(contract.license_steps["b"].state, LicenseStepState::Planned);
+    }
+
+    #[test]
+    fn a_pending_step_superseded_by_a_later_plan_records_nothing() {
+        let mut history = active();
+        history.push(E::ContractLicensePending(pending(1)));
+        history.push(E::ContractTerminated(ContractTerminated {
+            reason: "ended".into(),
+            terminated_at: t("2026-02-01T00:00:00Z"),
+            licenses: vec![PlannedLicense {
+                line_item_id: "a".into(),
+                license_id: license_id("c1", "a", 0),
+                action: LicenseAction::Revoke,
+            }],
+        }));
+        Spec::with(())
+            .given(history.clone())
+            .when(C::RecordLicensePending(pending(2)))
+            .then_expect_events(vec![]);
+        Spec::with(())
+            .given(history)
+            .when(C::RecordLicenseCarriedOut(carried_out("a")))
+            .then_expect_events(vec![]);
+        Spec::with(())
+            .given(vec![])
+            .when(C::RecordLicensePending(pending(1)))
+            .then_expect_error(ContractError::NotFound);
+    }
+
+    #[test]
+    fn a_pending_contract_shows_why_and_when_and_a_refusal_shows_failed() {
+        let mut contract = Contract::default();
+        for e in active() {
+            contract.apply(e);
+        }
+        contract.apply(E::ContractLicensePending(pending(3)));
+        assert_eq!(
+            contract.license_steps["a"].state,
+            LicenseStepState::Pending {
+                hold: LicenseHold::OrganizationSuspended,
+                reason: pending(3).reason,
+                attempt: 3,
+                retry_at: t("2026-01-01T00:00:02Z"),
+            }
+        );
+        contract.apply(E::ContractLicenseFailed(ContractLicenseFailed {
+            line_item_id: "b".into(),
+            license_id: license_id("c1", "b", 0),
+            action: LicenseAction::Issue,
+            reason: "QuantumLock answered 422: bad terms".into(),
+        }));
+        assert_eq!(
+            contract.license_steps["b"].state,
+            LicenseStepState::Failed {
+                reason: "QuantumLock answered 422: bad terms".into()
+            }
+        );
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_within_bounds_and_jitter() {
+        use std::time::Duration;
+        let policy = RetryPolicy {
+            first: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+        };
+        assert_eq!(policy.delay(1, 1.0), Duration::from_secs(2));
+        assert_eq!(policy.delay(2, 1.0), Duration::from_secs(4));
+        assert_eq!(policy.delay(3, 1.0), Duration::from_secs(8));
+        assert_eq!(policy.delay(3, 0.0), Duration::from_secs(4));
+        assert_eq!(policy.delay(6, 1.0), Duration::from_secs(60));
+        assert_eq!(policy.delay(u32::MAX, 1.0), Duration::from_secs(60));
+        assert_eq!(policy.delay(u32::MAX, f64::NAN), Duration::from_secs(30));
+        assert_eq!(policy.delay(1, 7.0), Duration::from_secs(2));
+        let now = t("2026-01-01T00:00:00Z");
+        assert_eq!(policy.retry_at(2, now, 0.5), t("2026-01-01T00:00:03Z"));
+        assert_eq!(
+            policy.retry_at(1, DateTime::<Utc>::MAX_UTC, 1.0),
+            DateTime::<Utc>::MAX_UTC
+        );
     }
 
     #[test]

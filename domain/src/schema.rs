@@ -223,6 +223,8 @@ pub fn catalogue() -> Vec<EventSchema> {
         entry::<ContractTerminated>("Contract", "ContractTerminated", 1),
         entry::<ContractExpired>("Contract", "ContractExpired", 1),
         entry::<ContractLicenseFailed>("Contract", "ContractLicenseFailed", 1),
+        entry::<ContractLicensePending>("Contract", "ContractLicensePending", 1),
+        entry::<ContractLicenseCarriedOut>("Contract", "ContractLicenseCarriedOut", 1),
         entry::<UsageRecorded>("UsageMeter", "UsageRecorded", 1),
         entry::<QuotaExceeded>("UsageMeter", "QuotaExceeded", 1),
         entry::<InvoiceIssued>("Invoice", "InvoiceIssued", 1),

@@ -130,6 +130,12 @@ pub struct Config {
     pub stripe_webhook_secret: Option<Secret>,
     /// Bounds on HTTP clients (slow, idle, too many, too large).
     pub http: HttpLimits,
+    /// The pause after a licence step's first failed attempt
+    /// (`QUANTUS_LICENSE_RETRY_FIRST_SECONDS`, default 2); it doubles with each attempt.
+    pub license_retry_first_seconds: u64,
+    /// The longest pause between attempts at a pending licence step
+    /// (`QUANTUS_LICENSE_RETRY_MAX_SECONDS`, default 300).
+    pub license_retry_max_seconds: u64,
 }
 
 /// Bounds on what one HTTP client may hold, send or have remembered. Each has an environment variable and a
@@ -297,6 +303,8 @@ impl Config {
             ));
         }
         let ready_stall_seconds = number("QUANTUS_READY_STALL_SECONDS", 30)?;
+        let license_retry_first_seconds = number("QUANTUS_LICENSE_RETRY_FIRST_SECONDS", 2)?;
+        let license_retry_max_seconds = number("QUANTUS_LICENSE_RETRY_MAX_SECONDS", 300)?;
         let ready_max_lag = number("QUANTUS_READY_MAX_LAG", 100_000)?;
         let console_refresh_seconds = number("QUANTUS_CONSOLE_REFRESH_SECONDS", 30)?;
         let listen = overrides
@@ -359,6 +367,8 @@ impl Config {
                 .unwrap_or_else(|| "https://api.stripe.com".to_owned()),
             stripe_webhook_secret: env("STRIPE_WEBHOOK_SECRET").map(Secret),
             http,
+            license_retry_first_seconds,
+            license_retry_max_seconds,
         })
     }
 

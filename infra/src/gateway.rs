@@ -29,6 +29,36 @@ pub enum GatewayError {
     },
 }
 
+impl GatewayError {
+    /// What a failed licence request waits for when the failure can pass, or `None` when
+    /// QuantumLock refused the request itself for good (a 4xx other than 401, 408 and 429,
+    /// and other than the 409 of a suspended organization). Anything QSA answers (the
+    /// Portal's own token), anything unreachable, and every 5xx can pass.
+    pub fn hold(&self) -> Option<quantus_domain::contract::LicenseHold> {
+        use quantus_domain::contract::LicenseHold;
+        match self {
+            GatewayError::Unavailable { .. } => Some(LicenseHold::Unavailable),
+            GatewayError::Refused {
+                service: "QuantumLock",
+                status: 409,
+                detail,
+            } if suspended_organization(detail) => Some(LicenseHold::OrganizationSuspended),
+            GatewayError::Refused {
+                service: "QuantumLock",
+                status,
+                ..
+            } if (400..500).contains(status) && ![401, 408, 429].contains(status) => None,
+            GatewayError::Refused { .. } => Some(LicenseHold::Unavailable),
+        }
+    }
+}
+
+/// QuantumLock's refusal of anything new inside a suspended organization ("organization <id>
+/// is suspended", the precondition every creating command checks).
+fn suspended_organization(detail: &str) -> bool {
+    detail.starts_with("organization ") && detail.ends_with(" is suspended")
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
@@ -345,5 +375,54 @@ impl QuantumLockClient {
             return response.json().await.map_err(unavailable("QuantumLock"));
         }
         Err(refused("QuantumLock", response).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quantus_domain::contract::LicenseHold;
+
+    fn refused(service: &'static str, status: u16, detail: &str) -> GatewayError {
+        GatewayError::Refused {
+            service,
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn failures_that_can_pass_are_told_from_permanent_ones() {
+        let suspended = refused("QuantumLock", 409, "organization o1 is suspended");
+        assert_eq!(suspended.hold(), Some(LicenseHold::OrganizationSuspended));
+        for transient in [
+            refused("QuantumLock", 503, "down"),
+            refused("QuantumLock", 500, "internal"),
+            refused("QuantumLock", 429, "slow down"),
+            refused("QuantumLock", 408, "timeout"),
+            refused("QuantumLock", 401, "expired"),
+            refused("QSA", 400, "invalid_client"),
+            GatewayError::Unavailable {
+                service: "QuantumLock",
+                detail: "connection refused".into(),
+            },
+        ] {
+            assert_eq!(
+                transient.hold(),
+                Some(LicenseHold::Unavailable),
+                "{transient}"
+            );
+        }
+        for permanent in [
+            refused("QuantumLock", 422, "max_activations must be positive"),
+            refused(
+                "QuantumLock",
+                409,
+                "licence already exists with other terms",
+            ),
+            refused("QuantumLock", 403, "forbidden"),
+        ] {
+            assert_eq!(permanent.hold(), None, "{permanent}");
+        }
     }
 }

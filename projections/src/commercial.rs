@@ -5,7 +5,11 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use quantus_domain::contract::{ContractAmended, ContractDrafted, ContractRevised, LineItem};
+use quantus_domain::contract::{
+    ContractAmended, ContractDrafted, ContractLicenseCarriedOut, ContractLicenseFailed,
+    ContractLicensePending, ContractRevised, LicenseAction, LicenseStep, LicenseStepState,
+    LineItem, PlannedLicense,
+};
 use quantus_domain::customer::{CustomerContactChanged, CustomerRegistered};
 use quantus_domain::entitlement::Entitlements;
 use quantus_domain::envelope::rfc3339_micros;
@@ -42,6 +46,10 @@ pub struct ContractRow {
     pub amendments: i64,
     pub version: u64,
     pub updated_at: String,
+    /// Each line item's latest licence step and how far it got (see
+    /// `quantus_domain::contract::LicenseStep::view`).
+    #[serde(default)]
+    pub license_steps: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +108,40 @@ fn row_to_contract(row: &AnyRow) -> Result<ContractRow, InfraError> {
         amendments: row.try_get("amendments")?,
         version: quantus_infra::db::get_u64(row, "version")?,
         updated_at: row.try_get("updated_at")?,
+        license_steps: BTreeMap::new(),
     })
+}
+
+/// Fills in each contract's licence steps.
+async fn with_licenses(
+    conn: &mut AnyConnection,
+    mut rows: Vec<ContractRow>,
+) -> Result<Vec<ContractRow>, InfraError> {
+    for row in &mut rows {
+        for r in sqlx::query(
+            "SELECT line_item_id, view FROM commercial_contract_licenses WHERE contract_id = $1 ORDER BY line_item_id",
+        )
+        .bind(row.id.clone())
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            let view: String = r.try_get("view")?;
+            row.license_steps.insert(
+                r.try_get("line_item_id")?,
+                serde_json::from_str(&view).map_err(|e| {
+                    InfraError::Corrupt(format!("commercial_contract_licenses.view: {e}"))
+                })?,
+            );
+        }
+    }
+    Ok(rows)
+}
+
+fn action_name(action: LicenseAction) -> String {
+    serde_json::to_value(action)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn row_to_invoice(row: &AnyRow) -> Result<InvoiceRow, InfraError> {
@@ -168,7 +209,8 @@ impl CommercialView {
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?;
-        rows.iter().map(row_to_contract).collect()
+        let rows = rows.iter().map(row_to_contract).collect::<Result<_, _>>()?;
+        with_licenses(&mut *pool.acquire().await?, rows).await
     }
 
     pub async fn invoices(
@@ -248,6 +290,61 @@ impl CommercialView {
         })
     }
 
+    /// A new licence plan: each step's line item now stands at that step, planned.
+    async fn plan(
+        conn: &mut AnyConnection,
+        record: &LogRecord,
+        plan: &serde_json::Value,
+    ) -> Result<(), InfraError> {
+        let plan: Vec<PlannedLicense> =
+            serde_json::from_value(plan.clone()).map_err(|x| corrupt(record, x))?;
+        for step in plan {
+            let view = LicenseStep {
+                license_id: step.license_id.clone(),
+                action: step.action,
+                state: LicenseStepState::Planned,
+            }
+            .view()
+            .to_string();
+            sqlx::query("DELETE FROM commercial_contract_licenses WHERE contract_id = $1 AND line_item_id = $2")
+                .bind(record.envelope.aggregate_id.clone())
+                .bind(step.line_item_id.clone())
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO commercial_contract_licenses (contract_id, line_item_id, license_id, action, view) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(record.envelope.aggregate_id.clone())
+            .bind(step.line_item_id)
+            .bind(step.license_id)
+            .bind(action_name(step.action))
+            .bind(view)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// How far a line item's current step got (a report on a superseded step changes nothing).
+    async fn license_state(
+        conn: &mut AnyConnection,
+        record: &LogRecord,
+        line_item_id: String,
+        step: LicenseStep,
+    ) -> Result<(), InfraError> {
+        sqlx::query(
+            "UPDATE commercial_contract_licenses SET view = $1 WHERE contract_id = $2 AND line_item_id = $3 AND license_id = $4 AND action = $5",
+        )
+        .bind(step.view().to_string())
+        .bind(record.envelope.aggregate_id.clone())
+        .bind(line_item_id)
+        .bind(step.license_id.clone())
+        .bind(action_name(step.action))
+        .execute(&mut *conn)
+        .await?;
+        Self::contract_update(conn, record, None).await
+    }
+
     async fn contract_update(
         conn: &mut AnyConnection,
         record: &LogRecord,
@@ -306,6 +403,14 @@ impl Projection for CommercialView {
                 updated_at TEXT NOT NULL
             )",
             "CREATE INDEX IF NOT EXISTS commercial_contracts_org ON commercial_contracts (organization_id, status)",
+            "CREATE TABLE IF NOT EXISTS commercial_contract_licenses (
+                contract_id TEXT NOT NULL,
+                line_item_id TEXT NOT NULL,
+                license_id TEXT NOT NULL,
+                action TEXT NOT NULL,
+                view TEXT NOT NULL,
+                PRIMARY KEY (contract_id, line_item_id)
+            )",
             "CREATE TABLE IF NOT EXISTS commercial_usage (
                 organization_id TEXT NOT NULL,
                 period TEXT NOT NULL,
@@ -339,6 +444,7 @@ impl Projection for CommercialView {
         for table in [
             "commercial_customers",
             "commercial_contracts",
+            "commercial_contract_licenses",
             "commercial_usage",
             "commercial_invoices",
         ] {
@@ -407,14 +513,52 @@ impl Projection for CommercialView {
                     .bind(id)
                     .execute(&mut *conn)
                     .await?;
+                Self::plan(&mut *conn, record, &e.payload["licenses"]).await?;
                 Self::contract_update(conn, record, Some("amended")).await?;
             }
             "ContractSent" => Self::contract_update(conn, record, Some("sent")).await?,
             "ContractSigned" => Self::contract_update(conn, record, Some("signed")).await?,
-            "ContractActivated" => Self::contract_update(conn, record, Some("active")).await?,
-            "ContractTerminated" => Self::contract_update(conn, record, Some("terminated")).await?,
+            "ContractActivated" => {
+                Self::plan(&mut *conn, record, &e.payload["licenses"]).await?;
+                Self::contract_update(conn, record, Some("active")).await?
+            }
+            "ContractTerminated" => {
+                Self::plan(&mut *conn, record, &e.payload["licenses"]).await?;
+                Self::contract_update(conn, record, Some("terminated")).await?
+            }
             "ContractExpired" => Self::contract_update(conn, record, Some("expired")).await?,
-            "ContractLicenseFailed" => Self::contract_update(conn, record, None).await?,
+            "ContractLicenseFailed" => {
+                let p: ContractLicenseFailed = payload(record)?;
+                let step = LicenseStep {
+                    license_id: p.license_id,
+                    action: p.action,
+                    state: LicenseStepState::Failed { reason: p.reason },
+                };
+                Self::license_state(conn, record, p.line_item_id, step).await?
+            }
+            "ContractLicensePending" => {
+                let p: ContractLicensePending = payload(record)?;
+                let step = LicenseStep {
+                    license_id: p.license_id,
+                    action: p.action,
+                    state: LicenseStepState::Pending {
+                        hold: p.hold,
+                        reason: p.reason,
+                        attempt: p.attempt,
+                        retry_at: p.retry_at,
+                    },
+                };
+                Self::license_state(conn, record, p.line_item_id, step).await?
+            }
+            "ContractLicenseCarriedOut" => {
+                let p: ContractLicenseCarriedOut = payload(record)?;
+                let step = LicenseStep {
+                    license_id: p.license_id,
+                    action: p.action,
+                    state: LicenseStepState::Done,
+                };
+                Self::license_state(conn, record, p.line_item_id, step).await?
+            }
             "UsageRecorded" => {
                 let p: UsageRecorded = payload(record)?;
                 sqlx::query(
@@ -484,11 +628,14 @@ impl Projection for CommercialView {
                 "version": r.try_get::<i64, _>("version")?,
             }));
         }
-        for r in sqlx::query(&format!("{CONTRACT_SELECT} ORDER BY id"))
+        let contracts = sqlx::query(&format!("{CONTRACT_SELECT} ORDER BY id"))
             .fetch_all(&mut *conn)
             .await?
-        {
-            out.push(serde_json::to_value(row_to_contract(&r)?).unwrap_or_default());
+            .iter()
+            .map(row_to_contract)
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in with_licenses(conn, contracts).await? {
+            out.push(serde_json::to_value(row).unwrap_or_default());
         }
         for r in sqlx::query("SELECT organization_id, period, metric, used FROM commercial_usage ORDER BY organization_id, period, metric")
             .fetch_all(&mut *conn)

@@ -164,10 +164,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     quantus_infra::gateway::QuantumLockClient::new(&quantumlock_url, token);
                 state.quantumlock = Some(quantumlock.clone());
                 if config.role.runs_portal_processes() {
+                    let max = std::time::Duration::from_secs(config.license_retry_max_seconds);
+                    let policy = quantus_domain::contract::RetryPolicy {
+                        first: std::time::Duration::from_secs(config.license_retry_first_seconds)
+                            .min(max),
+                        max,
+                    };
                     let process = quantus_commands::portal::ContractLicensing::new(
                         state.bus.clone(),
                         quantumlock,
-                    );
+                    )
+                    .with_policy(policy);
                     tasks.spawn(async move { Ok(process.run().await?) });
                 }
             }

@@ -388,6 +388,11 @@ impl Api {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.send(self.request(reqwest::Method::PUT, path).json(&body))
+            .await
+    }
+
     pub async fn patch(&self, path: &str, body: Value, if_match: Option<u64>) -> Reply {
         let mut b = self.request(reqwest::Method::PATCH, path).json(&body);
         if let Some(v) = if_match {

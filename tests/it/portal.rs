@@ -795,18 +795,8 @@ async fn contracts_expire_at_their_end() {
     assert_eq!(issued[0]["envelope"]["actor"]["id"], "billing-run");
 }
 
-/// QuantumLock refusing a planned licence for good (here: the organization was suspended
-/// before activation) is recorded on the contract, and the process manager goes on with the
-/// next contract instead of retrying forever.
-#[tokio::test(flavor = "current_thread")]
-async fn a_refused_licence_is_recorded_and_the_plan_goes_on() {
-    let dir = temp_dir("portal-refused");
-    let server = Server::embedded(&dir);
-    let api = server.client();
-    let (org, _) = api.create_org("Suspended Ltd").await;
-    let (ok_org, _) = api.create_org("Fine Ltd").await;
-    register_customer(&api, &org, "CHF").await;
-    register_customer(&api, &ok_org, "CHF").await;
+/// Drafts, sends and signs a contract of `org`; returns its id.
+async fn signed_contract(api: &Api, org: &str) -> String {
     let r = api
         .post(
             "/v1/contracts",
@@ -814,6 +804,7 @@ async fn a_refused_licence_is_recorded_and_the_plan_goes_on() {
                    "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2030-01-01T00:00:00Z"}),
         )
         .await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let contract = r.body["id"].as_str().unwrap().to_owned();
     for (action, body) in [("send", json!({})), ("sign", json!({"signed_by": "Bo"}))] {
         let r = api
@@ -821,35 +812,97 @@ async fn a_refused_licence_is_recorded_and_the_plan_goes_on() {
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let r = api
+    contract
+}
+
+/// Waits until every line item of `contract` stands at `standing` (GET /v1/contracts/{id});
+/// returns the contract.
+pub async fn licences_stand(api: &Api, contract: &str, standing: &str) -> Value {
+    eventually(
+        &format!("contract {contract}'s licences {standing}"),
+        Duration::from_secs(60),
+        || async {
+            let c = api.get(&format!("/v1/contracts/{contract}")).await;
+            let steps = c.body["license_steps"].as_object()?;
+            (steps.len() == 2 && steps.values().all(|s| s["standing"] == standing))
+                .then_some(c.body)
+        },
+    )
+    .await
+}
+
+/// Waits until the commercial read model (GET /v1/contracts?org=) shows every line item of
+/// `contract` at `standing`.
+pub async fn listed_licences_stand(api: &Api, org: &str, contract: &str, standing: &str) {
+    eventually(
+        &format!("the listed contract {contract}'s licences {standing}"),
+        Duration::from_secs(60),
+        || async {
+            let r = api.get(&format!("/v1/contracts?org={org}")).await;
+            let items = r.body["items"].as_array()?;
+            let c = items.iter().find(|c| c["id"] == contract)?;
+            let steps = c["license_steps"].as_object()?;
+            (steps.len() == 2 && steps.values().all(|s| s["standing"] == standing)).then_some(())
+        },
+    )
+    .await
+}
+
+/// A contract activated while its organization is suspended shows its licences pending
+/// (QuantumLock's refusal can pass), the process manager goes on with other contracts, and
+/// the organization's reactivation has the licences issued at once, without a restart.
+pub async fn suspended_then_reactivated(platform: &Api, portal: &Api) {
+    let (org, _) = platform.create_org("Suspended Ltd").await;
+    let (ok_org, _) = platform.create_org("Fine Ltd").await;
+    register_customer(portal, &org, "CHF").await;
+    register_customer(portal, &ok_org, "CHF").await;
+    let contract = signed_contract(portal, &org).await;
+    let r = platform
         .post(
             &format!("/v1/organizations/{org}/suspend"),
             json!({"reason": "unpaid"}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = api
+    let r = portal
         .post(&format!("/v1/contracts/{contract}/activate"), json!({}))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     // A later contract of another organization is still carried out.
-    let other = active_contract(&api, &ok_org, line_items(), "2030-01-01T00:00:00Z").await;
-    let shown = api.get(&format!("/v1/contracts/{other}")).await;
+    let other = active_contract(portal, &ok_org, line_items(), "2030-01-01T00:00:00Z").await;
+    let shown = licences_stand(portal, &other, "issued").await;
     licence(
-        &api,
-        shown.body["licenses"]["qpu"].as_str().unwrap(),
+        platform,
+        shown["license_steps"]["qpu"]["license_id"]
+            .as_str()
+            .unwrap(),
         "active",
     )
     .await;
-    let failed = eventually("the refusals recorded", Duration::from_secs(30), || async {
-        let c = api.get(&format!("/v1/contracts/{contract}")).await;
-        (c.body["license_failures"].as_object().unwrap().len() == 2).then_some(c.body)
-    })
-    .await;
-    let reasons = failed["license_failures"].to_string();
-    assert!(reasons.contains("suspended"), "{reasons}");
+    let pending = licences_stand(portal, &contract, "pending").await;
+    let qpu = &pending["license_steps"]["qpu"];
+    assert_eq!(qpu["hold"], "organization_suspended", "{pending}");
+    assert!(
+        qpu["reason"].as_str().unwrap().contains("suspended"),
+        "{pending}"
+    );
+    assert!(qpu["retry_at"].as_str().is_some(), "{pending}");
+    assert_eq!(pending["license_failures"], json!({}), "{pending}");
+    let id = qpu["license_id"].as_str().unwrap().to_owned();
+    let r = platform.get(&format!("/v1/licenses/{id}")).await;
+    assert_eq!(r.status, 404, "no licence yet: {}", r.body);
+    listed_licences_stand(portal, &org, &contract, "pending").await;
+    // Pending is recorded as events on the contract.
+    let events = platform.events_of("Contract").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["envelope"]["event_type"] == "ContractLicensePending"
+                && e["envelope"]["aggregate_id"] == contract.as_str()),
+        "no ContractLicensePending"
+    );
     // A suspended organization gets no new contract either.
-    let r = api
+    let r = portal
         .post(
             "/v1/contracts",
             json!({"organization_id": org, "line_items": line_items(),
@@ -857,4 +910,233 @@ async fn a_refused_licence_is_recorded_and_the_plan_goes_on() {
         )
         .await;
     is_problem(&r, 409);
+
+    let r = platform
+        .post(&format!("/v1/organizations/{org}/reactivate"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let issued = licences_stand(portal, &contract, "issued").await;
+    assert_eq!(issued["status"], "active");
+    // Issued because of the reactivation (not a timer that happened to fire): the recorded
+    // outcome names the reactivation as its cause.
+    let reactivated = platform.events_of("Organization").await;
+    let reactivated = reactivated
+        .iter()
+        .find(|e| {
+            e["envelope"]["event_type"] == "OrganizationReactivated"
+                && e["envelope"]["aggregate_id"] == org.as_str()
+        })
+        .expect("OrganizationReactivated");
+    let events = platform.events_of("Contract").await;
+    let carried_out: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["envelope"]["event_type"] == "ContractLicenseCarriedOut"
+                && e["envelope"]["aggregate_id"] == contract.as_str()
+        })
+        .collect();
+    assert_eq!(carried_out.len(), 2, "{carried_out:?}");
+    for e in carried_out {
+        assert_eq!(
+            e["envelope"]["causation_id"], reactivated["envelope"]["event_id"],
+            "{e}"
+        );
+    }
+    assert_eq!(issued["license_failures"], json!({}), "{issued}");
+    licence(platform, &id, "active").await;
+    listed_licences_stand(portal, &org, &contract, "issued").await;
+}
+
+/// A licence QuantumLock refuses for good (here: its id already holds other terms) is
+/// recorded as failed, once, and never retried.
+pub async fn refused_for_good(platform: &Api, portal: &Api) {
+    let (org, _) = platform.create_org("Clash Ltd").await;
+    register_customer(portal, &org, "CHF").await;
+    let contract = signed_contract(portal, &org).await;
+    // Someone issued licences under the ids the contract will plan, with other terms.
+    for item in ["qpu", "sim"] {
+        let id = quantus_domain::contract::license_id(&contract, item, 0);
+        let r = platform
+            .put(
+                &format!("/v1/licenses/{id}"),
+                json!({"organization_id": org, "product": "other", "edition": "x",
+                       "expires_at": "2031-01-01T00:00:00Z", "max_activations": 1}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let r = portal
+        .post(&format!("/v1/contracts/{contract}/activate"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let failed = licences_stand(portal, &contract, "failed").await;
+    assert_eq!(
+        failed["license_failures"].as_object().unwrap().len(),
+        2,
+        "{failed}"
+    );
+    assert!(
+        failed["license_steps"]["qpu"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("other terms"),
+        "{failed}"
+    );
+    // Long enough for several retries (when the Portal retries every 2 s at most) had it been
+    // taken for transient: still one failure each and nothing pending.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let events = platform.events_of("Contract").await;
+    let of = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["envelope"]["event_type"] == kind
+                    && e["envelope"]["aggregate_id"] == contract.as_str()
+            })
+            .count()
+    };
+    assert_eq!(of("ContractLicenseFailed"), 2);
+    assert_eq!(of("ContractLicensePending"), 0);
+    assert_eq!(of("ContractLicenseCarriedOut"), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_licence_refused_while_suspended_is_pending_then_issued_on_reactivation() {
+    let dir = temp_dir("portal-suspended");
+    // No timed retry within the test: only the reactivation can have the licences issued.
+    let server = Server::start(
+        &dir,
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("QUANTUS_LICENSE_RETRY_FIRST_SECONDS", "3600"),
+            ("QUANTUS_LICENSE_RETRY_MAX_SECONDS", "3600"),
+        ],
+    );
+    let api = server.client();
+    suspended_then_reactivated(&api, &api).await;
+    let db = format!("sqlite://{}", dir.join("quantus.db").display());
+    wait_for_projection(&db, "commercial", "Contract").await;
+    drop(server);
+    assert_model_equals_replay("commercial", &["--data-dir", dir.to_str().unwrap()]);
+}
+
+/// A port nothing listens on (yet).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts forwarding TCP connections from `127.0.0.1:port` to `target` (`host:port`): the
+/// moment QuantumLock "comes up" at the address the Portal was given.
+pub async fn forward(port: u16, target: String) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port is still free");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+/// The Portal (`portal`) is pointed at a QuantumLock address nothing listens on
+/// (`quantumlock_port`): an activated contract's licences are pending (unavailable) and
+/// retried with backoff; once QuantumLock answers there (forwarded to `platform`), they are
+/// issued.
+pub async fn quantumlock_down_then_up(platform: &Api, portal: &Api, quantumlock_port: u16) {
+    let (org, _) = platform.create_org("Patient Ltd").await;
+    register_customer(portal, &org, "SEK").await;
+    let contract = active_contract(portal, &org, line_items(), "2030-01-01T00:00:00Z").await;
+    let pending = licences_stand(portal, &contract, "pending").await;
+    assert_eq!(
+        pending["license_steps"]["qpu"]["hold"], "unavailable",
+        "{pending}"
+    );
+    // Retried: later attempts are recorded, each with its next time.
+    let retried = eventually("a second attempt", Duration::from_secs(60), || async {
+        let c = api_contract(portal, &contract).await;
+        (c["license_steps"]["qpu"]["attempt"].as_u64()? >= 2).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        retried["license_steps"]["qpu"]["standing"], "pending",
+        "{retried}"
+    );
+    let target = platform
+        .base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = forward(quantumlock_port, target).await;
+    let issued = licences_stand(portal, &contract, "issued").await;
+    assert_eq!(issued["license_failures"], json!({}), "{issued}");
+    licence(
+        platform,
+        issued["license_steps"]["sim"]["license_id"]
+            .as_str()
+            .unwrap(),
+        "active",
+    )
+    .await;
+    listed_licences_stand(portal, &org, &contract, "issued").await;
+    proxy.abort();
+}
+
+async fn api_contract(api: &Api, contract: &str) -> Value {
+    api.get(&format!("/v1/contracts/{contract}")).await.body
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_quantumlock_that_is_down_is_retried_until_it_answers() {
+    let dir = temp_dir("portal-ql-down");
+    let port = free_port();
+    let quantumlock = format!("http://127.0.0.1:{port}");
+    let server = Server::start(
+        &dir,
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("QUANTUS_QUANTUMLOCK_URL", quantumlock.as_str()),
+            ("QUANTUS_LICENSE_RETRY_MAX_SECONDS", "2"),
+        ],
+    );
+    let api = server.client();
+    quantumlock_down_then_up(&api, &api, port).await;
+    // Timed retries run every 2 s at most here: a permanent refusal is still recorded once.
+    refused_for_good(&api, &api).await;
+}
+
+/// A pending licence survives a restart: the restarted Portal, whose cursor is past the
+/// activation, finds the pending step in the store and retries it until QuantumLock answers.
+#[tokio::test(flavor = "current_thread")]
+async fn a_pending_licence_is_retried_after_a_restart() {
+    let dir = temp_dir("portal-pending-restart");
+    let port = free_port();
+    let quantumlock = format!("http://127.0.0.1:{port}");
+    let vars = [
+        ("QUANTUS_QUANTUMLOCK_URL", quantumlock.as_str()),
+        ("QUANTUS_LICENSE_RETRY_MAX_SECONDS", "2"),
+    ];
+    let server = Server::start(&dir, &["--listen", "127.0.0.1:0"], &vars);
+    let api = server.client();
+    let (org, _) = api.create_org("Restarted Ltd").await;
+    register_customer(&api, &org, "NOK").await;
+    let contract = active_contract(&api, &org, line_items(), "2030-01-01T00:00:00Z").await;
+    licences_stand(&api, &contract, "pending").await;
+    drop(server);
+    let server = Server::start(&dir, &["--listen", "127.0.0.1:0"], &vars);
+    let api = server.client();
+    let c = api_contract(&api, &contract).await;
+    assert_eq!(c["license_steps"]["qpu"]["standing"], "pending", "{c}");
+    let target = api.base.trim_start_matches("http://").trim_end_matches('/');
+    let proxy = forward(port, target.to_owned()).await;
+    licences_stand(&api, &contract, "issued").await;
+    proxy.abort();
 }

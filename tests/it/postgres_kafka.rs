@@ -917,6 +917,77 @@ async fn j_the_portal_runs_as_its_own_process_and_recovers_from_a_crash() {
     assert_model_equals_replay("commercial", &store);
 }
 
+/// Licences that can wait, with the Portal as its own process on Postgres + Kafka: pointed at
+/// a QuantumLock address nothing listens on, its licences are pending and retried until
+/// QuantumLock answers there; restarted (with timed retries out of the test's reach), a
+/// contract activated while its organization is suspended is pending and issued on the
+/// organization's reactivation, without another restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn j_the_portal_process_retries_licences_that_can_wait() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-portal-retry-api");
+    let api_server = env.serve(&dir, &["--role", "api", "--listen", "127.0.0.1:0"]);
+    let _relay = env.serve(&dir, &["--role", "relay"]);
+    let _projector = env.serve(&dir, &["--role", "projector"]);
+    let platform = api_server.client();
+    let portal_file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("portal-client.json")).expect("portal-client.json"),
+    )
+    .unwrap();
+    let portal_dir = temp_dir("pg-portal-retry");
+    let port = crate::portal::free_port();
+    let down = format!("http://127.0.0.1:{port}");
+    let (qsa, id, secret) = (
+        api_server.url().to_owned(),
+        portal_file["client_id"].as_str().unwrap().to_owned(),
+        portal_file["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let portal_vars = |quantumlock: &str, first: &str, max: &str| {
+        let mut vars: Vec<(String, String)> = env
+            .vars()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        for (k, v) in [
+            ("QUANTUS_QSA_URL", qsa.as_str()),
+            ("QUANTUS_QUANTUMLOCK_URL", quantumlock),
+            ("QUANTUS_PORTAL_CLIENT_ID", id.as_str()),
+            ("QUANTUS_PORTAL_CLIENT_SECRET", secret.as_str()),
+            ("QUANTUS_LICENSE_RETRY_FIRST_SECONDS", first),
+            ("QUANTUS_LICENSE_RETRY_MAX_SECONDS", max),
+        ] {
+            vars.push((k.to_owned(), v.to_owned()));
+        }
+        vars
+    };
+    let start_portal = |vars: Vec<(String, String)>| {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Server::start(
+            &portal_dir,
+            &["--role", "portal", "--listen", "127.0.0.1:0"],
+            &vars,
+        )
+    };
+    let portal_api = |portal: &Server| Api {
+        base: portal.url().to_owned(),
+        token: platform.token.clone(),
+        http: reqwest::Client::new(),
+    };
+
+    let portal = start_portal(portal_vars(&down, "2", "2"));
+    crate::portal::quantumlock_down_then_up(&platform, &portal_api(&portal), port).await;
+    drop(portal);
+
+    let portal = start_portal(portal_vars(&qsa, "3600", "3600"));
+    crate::portal::suspended_then_reactivated(&platform, &portal_api(&portal)).await;
+    wait_for_projection(&env.database_url, "commercial", "Contract").await;
+    drop(portal);
+    drop(api_server);
+    let mut store = env.store().to_vec();
+    store.extend(["--data-dir", dir.to_str().unwrap()]);
+    assert_model_equals_replay("commercial", &store);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn k_scim_on_postgres_and_kafka() {
     let env = Env::new().await;
