@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod event_store;
 pub mod gateway;
+pub mod group_commit;
 pub mod kafka;
 pub mod keystore;
 pub mod objects;

@@ -10,6 +10,7 @@ mod checkpoints;
 mod crypto_crosscheck;
 mod embedded_log;
 pub mod evidence;
+mod group_commit;
 mod harness;
 mod independent_auditor;
 mod license_cli;
