@@ -82,7 +82,8 @@ cpu_busy() {
 # cutime + cstime (children reaped by a live parent count, so short-lived compiler processes
 # under a running cargo are included).
 foreign_ticks() {
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v self="$$" '{
+    # A process may exit between the glob and the read: cat then fails, which is fine.
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v self="$$" '{
         pid = $1; line = $0; sub(/^[0-9]+ \(/, "", line);
         comm = line; sub(/\) .*/, "", comm); sub(/^.*\) /, "", line);
         split(line, f, " "); ppid[pid] = f[2];

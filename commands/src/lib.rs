@@ -17,8 +17,8 @@ pub mod saml;
 pub mod scim;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateError, EventStore};
+use cqrs_es::persist::{PersistedEventStore, PersistenceError, SerializedEvent};
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use quantus_domain::crypto_policy::CryptoPolicyError;
 use quantus_domain::keyring::KeyringError;
 use quantus_domain::license::LicenseError;
@@ -152,17 +152,33 @@ impl CommandBus {
             .map_err(|e| e.classify())?;
         let events = sink.collect().await;
         let count = events.len();
-        if count > 0 {
-            store
-                .commit(events, context, ctx.to_metadata())
+        let position = if count > 0 {
+            // The events go to the store's group-commit writer, which answers with the position
+            // of this command's own last event (read-your-writes) once its batch is committed.
+            let metadata = ctx.to_metadata();
+            let serialized = events
+                .into_iter()
+                .zip(current as usize + 1..)
+                .map(|(payload, sequence)| {
+                    SerializedEvent::try_from(&EventEnvelope::<A> {
+                        aggregate_id: id.to_owned(),
+                        sequence,
+                        payload,
+                        metadata: metadata.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| CommandError::Storage(e.to_string()))?;
+            self.repo
+                .append(serialized)
                 .await
-                .map_err(storage::<A>)?;
-        }
-        let position = self
-            .repo
-            .aggregate_head(A::TYPE, id)
-            .await
-            .map_err(|e| CommandError::Storage(e.to_string()))?;
+                .map_err(persistence::<A>)?
+        } else {
+            self.repo
+                .aggregate_head(A::TYPE, id)
+                .await
+                .map_err(|e| CommandError::Storage(e.to_string()))?
+        };
         Ok(CommandOutcome {
             position,
             version: current + count as u64,
@@ -243,6 +259,10 @@ fn storage<A: Aggregate>(e: AggregateError<A::Error>) -> CommandError {
         )),
         other => CommandError::Storage(other.to_string()),
     }
+}
+
+fn persistence<A: Aggregate>(e: PersistenceError) -> CommandError {
+    storage::<A>(e.into())
 }
 
 impl From<InfraError> for CommandError {

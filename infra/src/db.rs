@@ -7,11 +7,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::watch;
 
+use crate::group_commit::Appender;
 use crate::InfraError;
+
+/// The transaction-scoped lock every append to the log takes on Postgres (see
+/// docs/event-log.md, "Log positions").
+pub(crate) const POSTGRES_APPEND_LOCK: &str = "SELECT pg_advisory_xact_lock(7215130706)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -26,6 +32,8 @@ pub struct Database {
     pub dialect: Dialect,
     /// The last log position this process committed; wakes in-process log tailers at once.
     head: Arc<watch::Sender<u64>>,
+    /// The queue into this database's one group-commit writer (`group_commit.rs`).
+    appender: Appender,
 }
 
 /// Statements that differ between the dialects.
@@ -205,10 +213,12 @@ impl Database {
                 })
             });
         let pool = options.connect(&url).await?;
+        let head = Arc::new(watch::channel(0).0);
         let db = Self {
+            appender: Appender::new(pool.clone(), dialect, head.clone()),
             pool,
             dialect,
-            head: Arc::new(watch::channel(0).0),
+            head,
         };
         db.migrate().await?;
         let head = db.head_position().await?;
@@ -233,17 +243,26 @@ impl Database {
         Ok(())
     }
 
-    /// Starts the one kind of transaction that may append to the log: appends are serialised
-    /// (an advisory lock on Postgres, an immediate write lock on SQLite) so that positions are
-    /// gap-free and in commit order.
+    /// Appends one command's events to the log through this database's group-commit writer
+    /// (`group_commit.rs`): answers with the position of its last event once committed.
+    pub async fn append(&self, events: Vec<SerializedEvent>) -> Result<u64, PersistenceError> {
+        self.appender.append(events).await
+    }
+
+    /// How many batches this database's writer committed, and how many commands they held.
+    pub fn append_stats(&self) -> &crate::group_commit::AppendStats {
+        self.appender.stats()
+    }
+
+    /// Starts a transaction under the append lock (an advisory lock on Postgres, an immediate
+    /// write lock on SQLite), the lock every append takes so that positions are gap-free and in
+    /// commit order. Used for the schema; events are appended by [`Database::append`].
     pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, InfraError> {
         match self.dialect {
             Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
             Dialect::Postgres => {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock(7215130706)")
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(POSTGRES_APPEND_LOCK).execute(&mut *tx).await?;
                 Ok(tx)
             }
         }
@@ -279,13 +298,7 @@ impl Database {
 
     /// Tells in-process tailers that the log grew to `position`.
     pub fn announce(&self, position: u64) {
-        self.head.send_if_modified(|head| {
-            let grew = position > *head;
-            if grew {
-                *head = position;
-            }
-            grew
-        });
+        announce(&self.head, position);
     }
 
     /// Waits until this process announces a position past `position`, or `timeout` passes.
@@ -294,6 +307,17 @@ impl Database {
         let mut rx = self.head.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|head| *head > position)).await;
     }
+}
+
+/// Moves the in-process head signal to `position` if that is further.
+pub(crate) fn announce(head: &watch::Sender<u64>, position: u64) {
+    head.send_if_modified(|head| {
+        let grew = position > *head;
+        if grew {
+            *head = position;
+        }
+        grew
+    });
 }
 
 /// Reads an i64 column that holds a non-negative number.

@@ -8,10 +8,10 @@ use cqrs_es::persist::{
 };
 use cqrs_es::Aggregate;
 use quantus_domain::envelope::{tag_payload, untag_payload};
-use quantus_domain::{Actor, ActorKind, CommandContext, Envelope, GENESIS_HASH};
+use quantus_domain::{Actor, ActorKind, CommandContext, Envelope};
 use serde_json::Value;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 use uuid::Uuid;
 
 use crate::db::{get_u64, Database};
@@ -24,7 +24,8 @@ pub struct LogRecord {
     pub envelope: Envelope,
 }
 
-const COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, sequence, event_type, \
+pub(crate) const COLUMNS: &str =
+    "position, event_id, aggregate_type, aggregate_id, sequence, event_type, \
     schema_version, occurred_at, tenant_id, actor_kind, actor_id, correlation_id, causation_id, \
     payload, prev_hash, hash";
 
@@ -303,34 +304,16 @@ impl SqlEventRepository {
             .collect()
     }
 
-    async fn append(&self, events: &[SerializedEvent]) -> Result<u64, PersistenceError> {
-        let Some(first) = events.first() else {
-            return Ok(0);
-        };
-        let mut tx = self.db.begin_write().await.map_err(connection)?;
-        let head = sqlx::query("SELECT COALESCE(MAX(position), 0) AS head FROM events")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(sql)?;
-        let mut position = get_u64(&head, "head").map_err(connection)?;
-        let (last_sequence, mut prev_hash) =
-            last_link(&mut tx, &first.aggregate_type, &first.aggregate_id).await?;
-        if first.sequence as u64 != last_sequence + 1 {
-            return Err(PersistenceError::OptimisticLockError);
-        }
-        for event in events {
-            position += 1;
-            let envelope = envelope_from_serialized(event, &prev_hash)?;
-            insert(&mut tx, position, &envelope).await?;
-            prev_hash = envelope.hash;
-        }
-        tx.commit().await.map_err(sql)?;
-        self.db.announce(position);
-        Ok(position)
+    /// Appends one command's events (all of one aggregate, in consecutive sequence) through
+    /// this process's group-commit writer (`group_commit.rs`) and answers with the log position
+    /// of the last one once it is committed; `OptimisticLockError` when the aggregate's next
+    /// sequence was taken first, in which case nothing of the command was written.
+    pub async fn append(&self, events: Vec<SerializedEvent>) -> Result<u64, PersistenceError> {
+        self.db.append(events).await
     }
 }
 
-fn sql(e: sqlx::Error) -> PersistenceError {
+pub(crate) fn sql(e: sqlx::Error) -> PersistenceError {
     if e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
     {
@@ -340,69 +323,16 @@ fn sql(e: sqlx::Error) -> PersistenceError {
     }
 }
 
-fn connection(e: InfraError) -> PersistenceError {
+pub(crate) fn connection(e: InfraError) -> PersistenceError {
     PersistenceError::ConnectionError(Box::new(e))
 }
 
-async fn last_link(
-    tx: &mut AnyConnection,
-    aggregate_type: &str,
-    aggregate_id: &str,
-) -> Result<(u64, String), PersistenceError> {
-    let row = sqlx::query(
-        "SELECT sequence, hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence DESC LIMIT 1",
-    )
-    .bind(aggregate_type)
-    .bind(aggregate_id)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(sql)?;
-    match row {
-        Some(row) => Ok((
-            get_u64(&row, "sequence").map_err(connection)?,
-            row.try_get("hash").map_err(sql)?,
-        )),
-        None => Ok((0, GENESIS_HASH.to_owned())),
-    }
-}
-
-async fn insert(
-    tx: &mut AnyConnection,
-    position: u64,
-    e: &Envelope,
-) -> Result<(), PersistenceError> {
-    let payload = payload_text(&e.payload)?;
-    sqlx::query(&format!(
-        "INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-    ))
-    .bind(position as i64)
-    .bind(e.event_id.to_string())
-    .bind(&e.aggregate_type)
-    .bind(&e.aggregate_id)
-    .bind(e.sequence as i64)
-    .bind(&e.event_type)
-    .bind(i64::from(e.schema_version))
-    .bind(quantus_domain::envelope::rfc3339_micros::format(&e.occurred_at))
-    .bind(&e.tenant_id)
-    .bind(e.actor.kind.as_str())
-    .bind(&e.actor.id)
-    .bind(e.correlation_id.to_string())
-    .bind(e.causation_id.to_string())
-    .bind(payload)
-    .bind(&e.prev_hash)
-    .bind(&e.hash)
-    .execute(&mut *tx)
-    .await
-    .map_err(sql)?;
-    Ok(())
-}
-
-fn payload_text(v: &Value) -> Result<String, PersistenceError> {
+pub(crate) fn payload_text(v: &Value) -> Result<String, PersistenceError> {
     serde_json::to_string(v).map_err(PersistenceError::from)
 }
 
 /// Builds and seals the envelope of a new event from what cqrs-es hands the repository.
-fn envelope_from_serialized(
+pub(crate) fn envelope_from_serialized(
     event: &SerializedEvent,
     prev_hash: &str,
 ) -> Result<Envelope, PersistenceError> {
@@ -566,7 +496,7 @@ impl PersistedEventRepository for SqlEventRepository {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        self.append(events).await.map(|_| ())
+        self.append(events.to_vec()).await.map(|_| ())
     }
 
     async fn stream_events<A: Aggregate>(

@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod event_store;
 pub mod gateway;
+pub mod group_commit;
 pub mod idempotency;
 pub mod kafka;
 pub mod keystore;

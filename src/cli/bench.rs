@@ -199,6 +199,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "commands -> store:        {}",
         rate(args.commands, started.elapsed())
     );
+    let (batches, batched) = db.append_stats().get();
+    println!(
+        "  group commit: {batched} commands in {batches} transactions ({:.1} per transaction)",
+        batched as f64 / batches.max(1) as f64
+    );
     let head = db.head_position().await?;
 
     // 2. The store's log into a projection (the embedded path).

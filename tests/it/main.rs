@@ -11,6 +11,7 @@ mod checkpoints;
 mod crypto_crosscheck;
 mod embedded_log;
 pub mod evidence;
+mod group_commit;
 mod hardening;
 mod harness;
 mod hostile_input;
