@@ -394,6 +394,11 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
+    /// Year 262,142: chrono holds it, RFC 3339 cannot write it.
+    fn beyond_rfc3339() -> DateTime<Utc> {
+        "+262142-12-31T23:59:59Z".parse().unwrap()
+    }
+
     fn terms(max: u32, machine: Option<&str>) -> LicenseIssued {
         LicenseIssued {
             organization_id: "org-1".into(),
@@ -425,7 +430,7 @@ mod tests {
     #[test]
     fn instants_past_the_accepted_range_are_refused_at_issue_and_renewal() {
         let mut far = terms(2, None);
-        far.expires_at = t("+262142-12-31T23:59:59Z");
+        far.expires_at = beyond_rfc3339();
         Spec::with(())
             .given_no_previous_events()
             .when(C::Issue(far))
@@ -449,7 +454,7 @@ mod tests {
         Spec::with(())
             .given(vec![issued(1)])
             .when(C::Renew {
-                expires_at: t("+262142-12-31T23:59:59Z"),
+                expires_at: beyond_rfc3339(),
             })
             .then_expect_error_message("expires_at: +262142-12-31T23:59:59+00:00 is out of range: instants must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z");
     }
@@ -458,7 +463,7 @@ mod tests {
     fn a_licence_stored_with_an_overflowing_grace_period_still_answers() {
         // Written before issue-time checks existed: loading and activating must not panic.
         let mut far = terms(2, None);
-        far.expires_at = t("+262142-12-31T23:59:59Z");
+        far.expires_at = beyond_rfc3339();
         far.grace_period_seconds = 365 * 86400;
         let mut license = License::default();
         license.apply(E::LicenseIssued(far));
@@ -466,7 +471,7 @@ mod tests {
         Spec::with(())
             .given(vec![E::LicenseIssued({
                 let mut t = terms(2, None);
-                t.expires_at = "+262142-12-31T23:59:59Z".parse().unwrap();
+                t.expires_at = beyond_rfc3339();
                 t.grace_period_seconds = 365 * 86400;
                 t
             })])
