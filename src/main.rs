@@ -38,4 +38,3 @@ fn init_logging(format: cli::LogFormat) {
         cli::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
-

@@ -587,6 +587,7 @@ fn spawn_billing_run(tasks: &mut JoinSet<anyhow::Result<()>>, state: &AppState) 
                 let page = match quantus_projections::commercial::CommercialView::contracts(
                     &pool,
                     None,
+                    None,
                     after.as_deref(),
                     200,
                 )

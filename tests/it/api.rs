@@ -470,11 +470,19 @@ async fn logs_honour_rust_log_and_json_and_carry_the_request_id() {
 
     // The log file (not a terminal): one JSON object a line, no colour codes, and the lines
     // of each request name its id.
-    let log = eventually("the request lines are logged", std::time::Duration::from_secs(10), || {
-        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-        async move { (log.contains(&made_id) && log.contains("support-ticket-42")).then_some(log) }
-    })
-    .await;
+    let made_id = made_id.as_str();
+    let log =
+        eventually(
+            "the request lines are logged",
+            std::time::Duration::from_secs(10),
+            || {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                async move {
+                    (log.contains(made_id) && log.contains("support-ticket-42")).then_some(log)
+                }
+            },
+        )
+        .await;
     assert!(!log.contains('\u{1b}'), "ANSI escapes in a file");
     let lines: Vec<serde_json::Value> = log
         .lines()
@@ -483,8 +491,10 @@ async fn logs_honour_rust_log_and_json_and_carry_the_request_id() {
         .collect();
     let of_request: Vec<_> = lines
         .iter()
-        .filter(|l| l["span"]["request_id"] == made_id.as_str())
+        .filter(|l| l["span"]["request_id"] == made_id)
         .collect();
     assert!(of_request.len() >= 2, "{log}");
-    assert!(of_request.iter().all(|l| l["span"]["uri"] == "/v1/organizations"));
+    assert!(of_request
+        .iter()
+        .all(|l| l["span"]["uri"] == "/v1/organizations"));
 }

@@ -356,6 +356,26 @@ pub async fn scenario(platform: &Api, portal: &Api, bootstrap_secret: &str) {
     )
     .await;
 
+    // The operator lists contracts by status (across customers without `org`).
+    eventually(
+        "the contract listed as amended",
+        Duration::from_secs(30),
+        || async {
+            let r = platform
+                .get(&format!("/v1/contracts?org={org}&status=amended"))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            (r.body["items"][0]["id"] == contract.as_str()).then_some(())
+        },
+    )
+    .await;
+    let drafts = platform.get("/v1/contracts?status=draft&limit=200").await;
+    assert_eq!(drafts.status, 200, "{}", drafts.body);
+    let drafts = drafts.body["items"].as_array().unwrap().clone();
+    assert!(drafts.iter().all(|c| c["status"] == "draft"), "{drafts:?}");
+    assert!(drafts.iter().all(|c| c["id"] != contract.as_str()));
+    is_problem(&platform.get("/v1/contracts?status=signed-ish").await, 400);
+
     // Tenant isolation: another organization sees none of it.
     let globex = org_client_at(platform, &portal.base, &other, &["owner"]).await;
     for path in [

@@ -104,16 +104,28 @@ fn serve_help_and_the_configuration_table_name_the_same_variables() {
         if var == "QUANTUS_URL" || var == "QUANTUS_TOKEN" || var == "QUANTUS_LOG" {
             continue; // read by `events tail` and as a fallback of RUST_LOG, not by `serve`
         }
-        assert!(help.contains(var.as_str()), "serve --help does not name {var}");
+        assert!(
+            help.contains(var.as_str()),
+            "serve --help does not name {var}"
+        );
     }
     for role in ["all", "api", "relay", "projector", "portal"] {
-        assert!(help.contains(&format!("  {role} ")), "serve --help does not name role {role}");
+        assert!(
+            help.contains(&format!("  {role} ")),
+            "serve --help does not name role {role}"
+        );
     }
     let loader = std::fs::read_to_string(repo_root().join("infra/src/config.rs")).unwrap();
-    for var in loader
-        .split('"')
-        .filter(|s| (s.starts_with("QUANTUS_") || *s == "DATABASE_URL" || *s == "KAFKA_BROKERS" || *s == "OBJECT_STORE_URL") && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-    {
-        assert!(documented.contains(var), "docs/configuration.md does not document {var}");
+    for var in loader.split('"').filter(|s| {
+        (s.starts_with("QUANTUS_")
+            || *s == "DATABASE_URL"
+            || *s == "KAFKA_BROKERS"
+            || *s == "OBJECT_STORE_URL")
+            && s.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+    }) {
+        assert!(
+            documented.contains(var),
+            "docs/configuration.md does not document {var}"
+        );
     }
 }

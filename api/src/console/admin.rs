@@ -1,0 +1,774 @@
+//! The vendor's Admin console, for the platform organization's operators: customers, their
+//! contracts (draft with line items, send, activate, terminate) and the licences contracts
+//! produced. Every page is `/v1` calls with the operator's token; people of a customer
+//! organization are refused here whatever their scopes (their own pages are the Portal).
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use quantus_domain::contract::LineItem;
+use quantus_domain::money::Currency;
+use quantus_domain::schema::PLATFORM_TENANT;
+use serde::Deserialize;
+
+use super::api::{query, segment, Page};
+use super::session::{redirect, Posted};
+use super::{day, money, pager, render, Chrome, Console, ConsoleInfo, Layout, Pager};
+use super::{PageError, SignedIn, ADMIN_CLIENT_ID};
+use crate::AppState;
+
+/// The Admin console.
+pub struct Admin;
+
+static INFO: ConsoleInfo = ConsoleInfo {
+    name: "Admin",
+    base: "/admin",
+    nav: &[
+        ("/", "Customers", "contracts:read"),
+        ("/contracts", "Contracts", "contracts:read"),
+    ],
+};
+
+impl Console for Admin {
+    fn info() -> &'static ConsoleInfo {
+        &INFO
+    }
+    const CLIENT_ID: &'static str = ADMIN_CLIENT_ID;
+    const SCOPES: &'static str =
+        "openid profile email organizations:read contracts:read contracts:write licenses:read";
+    fn pages() -> Router<AppState> {
+        routes()
+    }
+}
+
+/// Rows per list page.
+const PAGE: &str = "20";
+
+fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/admin", get(|| async { redirect("/admin/") }))
+        .route("/admin/", get(customers))
+        .route("/admin/customers/new", get(new_customer))
+        .route("/admin/customers", post(register_customer))
+        .route("/admin/customers/{id}", get(customer))
+        .route("/admin/customers/{id}/contracts", post(draft_contract))
+        .route("/admin/contracts", get(contracts))
+        .route("/admin/contracts/{id}", get(contract))
+        .route(
+            "/admin/contracts/{id}/terminate",
+            get(confirm_terminate).post(terminate),
+        )
+        .route("/admin/contracts/{id}/{action}", post(transition))
+        .route("/admin/{*rest}", get(not_found))
+}
+
+/// An operator of the vendor: a signed-in person of the platform organization. Anyone else
+/// gets a 403 page that shows nothing of the platform (not even its navigation).
+struct Operator(SignedIn<Admin>);
+
+fn operator(me: SignedIn<Admin>) -> Result<Operator, PageError> {
+    if me.session.organization == PLATFORM_TENANT {
+        return Ok(Operator(me));
+    }
+    let layout = me.layout("", "");
+    let mut refused = PageError::new(
+        &INFO,
+        StatusCode::FORBIDDEN,
+        "Not for your organization",
+        "the Admin console is for the vendor's operators; your organization's pages are in the Customer Portal",
+    );
+    refused.elsewhere = Some(("/portal/", "Go to the Customer Portal"));
+    refused.chrome = layout.user.map(|user| {
+        Box::new(Chrome {
+            user,
+            scopes: Default::default(),
+        })
+    });
+    Err(refused)
+}
+
+async fn not_found(me: SignedIn<Admin>) -> Result<PageError, PageError> {
+    operator(me)?;
+    Ok(PageError::not_found(
+        &INFO,
+        "there is no such page in the Admin console",
+    ))
+}
+
+// ---- what the API answers ----
+
+#[derive(Debug, Deserialize)]
+struct CustomerRow {
+    id: String,
+    name: String,
+    billing_email: String,
+    currency: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct OrganizationRow {
+    id: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContractRow {
+    id: String,
+    organization_id: String,
+    status: String,
+    currency: String,
+    starts_at: String,
+    ends_at: String,
+    line_items: Vec<LineItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContractDetail {
+    id: String,
+    status: String,
+    organization_id: String,
+    currency: String,
+    line_items: Vec<LineItem>,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    signed_by: Option<String>,
+    amendments: u32,
+    terminated_at: Option<String>,
+    /// Line item id -> its current licence.
+    licenses: BTreeMap<String, String>,
+    /// `<licence id>/<action>` -> why QuantumLock refused it.
+    license_failures: BTreeMap<String, String>,
+    monthly_price_display: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct LicenseStanding {
+    standing: String,
+}
+
+// ---- what the pages show ----
+
+struct ContractLine {
+    id: String,
+    customer: String,
+    status: String,
+    term: String,
+    products: String,
+    monthly: String,
+}
+
+fn contract_line(c: &ContractRow, names: &BTreeMap<String, String>) -> ContractLine {
+    let monthly: i64 = c
+        .line_items
+        .iter()
+        .map(|i| i.quantity.saturating_mul(i.unit_price))
+        .sum();
+    ContractLine {
+        id: c.id.clone(),
+        customer: names
+            .get(&c.organization_id)
+            .cloned()
+            .unwrap_or_else(|| c.organization_id.clone()),
+        status: c.status.to_lowercase(),
+        term: format!("{} – {}", day(&c.starts_at), day(&c.ends_at)),
+        products: c
+            .line_items
+            .iter()
+            .map(|i| format!("{} {}", i.product, i.edition))
+            .collect::<Vec<_>>()
+            .join(", "),
+        monthly: money(&c.currency, monthly),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListParams {
+    after: Option<String>,
+    status: Option<String>,
+    done: Option<String>,
+}
+
+/// The customers' names by organization id (for lists across customers).
+async fn customer_names(op: &Operator) -> Result<BTreeMap<String, String>, PageError> {
+    let mut names = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page: Page<CustomerRow> =
+            op.0.api()
+                .get(&format!(
+                    "/customers{}",
+                    query(&[("limit", Some("200")), ("after", after.as_deref())])
+                ))
+                .await?;
+        names.extend(page.items.into_iter().map(|c| (c.id, c.name)));
+        match page.next_after {
+            Some(n) => after = Some(n),
+            None => return Ok(names),
+        }
+    }
+}
+
+// ---- customers ----
+
+#[derive(Template)]
+#[template(path = "admin/customers.html")]
+struct CustomersPage {
+    layout: Layout,
+    customers: Vec<CustomerRow>,
+    pager: Pager,
+}
+
+async fn customers(
+    me: SignedIn<Admin>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let page: Page<CustomerRow> =
+        op.0.api()
+            .get(&format!(
+                "/customers{}",
+                query(&[("limit", Some(PAGE)), ("after", p.after.as_deref())])
+            ))
+            .await?;
+    Ok(render(&CustomersPage {
+        layout: op.0.layout("Customers", "/"),
+        customers: page.items,
+        pager: pager("/admin/", page.next_after, &p.after),
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "admin/customer_new.html")]
+struct NewCustomerPage {
+    layout: Layout,
+    /// Organizations that are not customers yet.
+    organizations: Vec<OrganizationRow>,
+    csrf: String,
+}
+
+async fn new_customer(me: SignedIn<Admin>) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let api = op.0.api();
+    let customers = customer_names(&op).await?;
+    let mut organizations = vec![];
+    let mut after: Option<String> = None;
+    loop {
+        let page: Page<OrganizationRow> = api
+            .get(&format!(
+                "/organizations{}",
+                query(&[("limit", Some("200")), ("after", after.as_deref())])
+            ))
+            .await?;
+        organizations.extend(
+            page.items
+                .into_iter()
+                .filter(|o| !customers.contains_key(&o.id)),
+        );
+        match page.next_after {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    organizations.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(render(&NewCustomerPage {
+        layout: op.0.layout("Register a customer", "/"),
+        organizations,
+        csrf: op.0.session.csrf.clone(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct CustomerForm {
+    organization_id: String,
+    name: String,
+    billing_email: String,
+    currency: String,
+}
+
+async fn register_customer(posted: Posted<Admin, CustomerForm>) -> Result<Response, PageError> {
+    let Posted { signed_in, form } = posted;
+    let op = operator(signed_in)?;
+    let org = segment(&INFO, form.organization_id.trim())?.to_owned();
+    op.0.api()
+        .post(
+            "/customers",
+            &serde_json::json!({
+                "organization_id": org,
+                "name": form.name.trim(),
+                "billing_email": form.billing_email.trim(),
+                "currency": form.currency.trim().to_uppercase(),
+            }),
+        )
+        .await?;
+    Ok(redirect(&format!("/admin/customers/{org}?done=registered")))
+}
+
+#[derive(Debug, Deserialize)]
+struct Customer {
+    id: String,
+    name: String,
+    billing_email: String,
+    currency: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/customer.html")]
+struct CustomerPage {
+    layout: Layout,
+    c: Customer,
+    contracts: Vec<ContractLine>,
+    pager: Pager,
+    csrf: String,
+}
+
+async fn customer(
+    me: SignedIn<Admin>,
+    Path(id): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let id = segment(&INFO, &id)?;
+    let api = op.0.api();
+    let c: Customer = api.get(&format!("/customers/{id}")).await?;
+    let page: Page<ContractRow> = api
+        .get(&format!(
+            "/contracts{}",
+            query(&[
+                ("org", Some(id)),
+                ("limit", Some(PAGE)),
+                ("after", p.after.as_deref())
+            ])
+        ))
+        .await?;
+    let names = BTreeMap::from([(c.id.clone(), c.name.clone())]);
+    let mut layout = op.0.layout(c.name.clone(), "/");
+    layout.notice = match p.done.as_deref() {
+        Some("registered") => Some("The customer was registered.".into()),
+        _ => None,
+    };
+    Ok(render(&CustomerPage {
+        layout,
+        contracts: page
+            .items
+            .iter()
+            .map(|r| contract_line(r, &names))
+            .collect(),
+        pager: pager(&format!("/admin/customers/{id}"), page.next_after, &p.after),
+        csrf: op.0.session.csrf.clone(),
+        c,
+    }))
+}
+
+/// A contract with its first line item, as the form sends it.
+#[derive(Debug, Deserialize)]
+struct DraftForm {
+    starts_at: String,
+    ends_at: String,
+    item_id: String,
+    product: String,
+    edition: String,
+    #[serde(default)]
+    features: String,
+    quantity: String,
+    unit_price: String,
+    max_activations: String,
+    /// One monthly quota (optional): metric, amount and `hard` or `soft`.
+    #[serde(default)]
+    quota_metric: String,
+    #[serde(default)]
+    quota_amount: String,
+    #[serde(default)]
+    quota_enforcement: String,
+    /// One limit written into the licence (optional): name and value.
+    #[serde(default)]
+    limit_name: String,
+    #[serde(default)]
+    limit_value: String,
+}
+
+/// An amount typed in the currency's major units (`1500`, `1500.5`, `1500.00`) as minor units.
+fn minor_units(currency: &str, typed: &str) -> Result<i64, String> {
+    let c = Currency::parse(currency)?;
+    let typed = typed.trim();
+    let (whole, fraction) = typed.split_once('.').unwrap_or((typed, ""));
+    let digits = c.exponent() as usize;
+    if whole.is_empty()
+        || !whole.chars().all(|ch| ch.is_ascii_digit())
+        || !fraction.chars().all(|ch| ch.is_ascii_digit())
+        || fraction.len() > digits
+    {
+        return Err(format!(
+            "the unit price must be an amount in {} with at most {digits} decimals",
+            c.code()
+        ));
+    }
+    let scaled = format!("{whole}{fraction:0<digits$}");
+    scaled
+        .parse::<i64>()
+        .map_err(|_| "the unit price is too large".to_owned())
+}
+
+fn number<T: std::str::FromStr>(typed: &str, what: &str) -> Result<T, PageError> {
+    typed.trim().parse().map_err(|_| {
+        PageError::new(
+            &INFO,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The contract was not drafted",
+            format!("{what} must be a whole number"),
+        )
+    })
+}
+
+async fn draft_contract(
+    Path(id): Path<String>,
+    posted: Posted<Admin, DraftForm>,
+) -> Result<Response, PageError> {
+    let Posted { signed_in, form } = posted;
+    let op = operator(signed_in)?;
+    let org = segment(&INFO, &id)?;
+    let api = op.0.api();
+    let c: Customer = api.get(&format!("/customers/{org}")).await?;
+    let unit_price = minor_units(&c.currency, &form.unit_price).map_err(|detail| {
+        PageError::new(
+            &INFO,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The contract was not drafted",
+            detail,
+        )
+    })?;
+    let features: Vec<&str> = form
+        .features
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .collect();
+    let mut quotas = serde_json::Map::new();
+    if !form.quota_metric.trim().is_empty() {
+        quotas.insert(
+            form.quota_metric.trim().to_owned(),
+            serde_json::json!({
+                "amount": number::<i64>(&form.quota_amount, "the quota")?,
+                "enforcement": form.quota_enforcement.trim(),
+            }),
+        );
+    }
+    let mut limits = serde_json::Map::new();
+    if !form.limit_name.trim().is_empty() {
+        limits.insert(
+            form.limit_name.trim().to_owned(),
+            number::<i64>(&form.limit_value, "the limit")?.into(),
+        );
+    }
+    let made = api
+        .post(
+            "/contracts",
+            &serde_json::json!({
+                "organization_id": org,
+                "starts_at": format!("{}T00:00:00Z", form.starts_at.trim()),
+                "ends_at": format!("{}T00:00:00Z", form.ends_at.trim()),
+                "line_items": [{
+                    "id": form.item_id.trim(),
+                    "product": form.product.trim(),
+                    "edition": form.edition.trim(),
+                    "features": features,
+                    "quotas": quotas,
+                    "limits": limits,
+                    "quantity": number::<i64>(&form.quantity, "the quantity")?,
+                    "unit_price": unit_price,
+                    "max_activations": number::<u32>(&form.max_activations, "the activations")?,
+                }],
+            }),
+        )
+        .await?;
+    let id = made["id"].as_str().unwrap_or_default();
+    let id = segment(&INFO, id)?;
+    Ok(redirect(&format!("/admin/contracts/{id}?done=drafted")))
+}
+
+// ---- contracts ----
+
+/// The statuses the contracts list filters by.
+const STATUSES: [&str; 7] = [
+    "draft",
+    "sent",
+    "signed",
+    "active",
+    "amended",
+    "terminated",
+    "expired",
+];
+
+#[derive(Template)]
+#[template(path = "admin/contracts.html")]
+struct ContractsPage {
+    layout: Layout,
+    contracts: Vec<ContractLine>,
+    statuses: &'static [&'static str],
+    status: String,
+    pager: Pager,
+}
+
+async fn contracts(
+    me: SignedIn<Admin>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let status = p
+        .status
+        .as_deref()
+        .filter(|s| STATUSES.contains(s))
+        .map(str::to_owned);
+    let page: Page<ContractRow> =
+        op.0.api()
+            .get(&format!(
+                "/contracts{}",
+                query(&[
+                    ("status", status.as_deref()),
+                    ("limit", Some(PAGE)),
+                    ("after", p.after.as_deref())
+                ])
+            ))
+            .await?;
+    let names = customer_names(&op).await?;
+    let path = format!(
+        "/admin/contracts{}",
+        query(&[("status", status.as_deref())])
+    );
+    Ok(render(&ContractsPage {
+        layout: op.0.layout("Contracts", "/contracts"),
+        contracts: page
+            .items
+            .iter()
+            .map(|r| contract_line(r, &names))
+            .collect(),
+        statuses: &STATUSES,
+        status: status.unwrap_or_default(),
+        pager: pager(&path, page.next_after, &p.after),
+    }))
+}
+
+struct ItemView {
+    id: String,
+    product: String,
+    edition: String,
+    features: String,
+    quantity: i64,
+    unit_price: String,
+    max_activations: u32,
+    license: Option<String>,
+    /// The licence's standing (`valid`, `revoked`, ...), when there is a licence.
+    standing: String,
+}
+
+struct FailureView {
+    license: String,
+    action: String,
+    reason: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/contract.html")]
+struct ContractPage {
+    layout: Layout,
+    c: ContractDetail,
+    customer: String,
+    term: String,
+    items: Vec<ItemView>,
+    failures: Vec<FailureView>,
+    csrf: String,
+}
+
+async fn contract(
+    me: SignedIn<Admin>,
+    Path(id): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let id = segment(&INFO, &id)?;
+    let api = op.0.api();
+    let c: ContractDetail = api.get(&format!("/contracts/{id}")).await?;
+    let org = segment(&INFO, &c.organization_id)?;
+    let customer = api
+        .find::<Customer>(&format!("/customers/{org}"))
+        .await?
+        .map(|c| c.name)
+        .unwrap_or_else(|| c.organization_id.clone());
+    let mut items = vec![];
+    for i in &c.line_items {
+        let license = c.licenses.get(&i.id).cloned();
+        let standing = match &license {
+            Some(l) => api
+                .find::<LicenseStanding>(&format!("/licenses/{}/status", segment(&INFO, l)?))
+                .await?
+                .map(|s| s.standing)
+                .unwrap_or_else(|| "being issued".into()),
+            None => String::new(),
+        };
+        items.push(ItemView {
+            id: i.id.clone(),
+            product: i.product.clone(),
+            edition: i.edition.clone(),
+            features: i.features.join(", "),
+            quantity: i.quantity,
+            unit_price: money(&c.currency, i.unit_price),
+            max_activations: i.max_activations,
+            license,
+            standing,
+        });
+    }
+    let failures = c
+        .license_failures
+        .iter()
+        .map(|(key, reason)| {
+            let (license, action) = key.rsplit_once('/').unwrap_or((key.as_str(), ""));
+            FailureView {
+                license: license.to_owned(),
+                action: action.to_owned(),
+                reason: reason.clone(),
+            }
+        })
+        .collect();
+    let term = format!(
+        "{} – {}",
+        c.starts_at.as_deref().map(day).unwrap_or_default(),
+        c.ends_at.as_deref().map(day).unwrap_or_default()
+    );
+    let mut layout =
+        op.0.layout(format!("Contract {}", short(&c.id)), "/contracts");
+    layout.notice = match p.done.as_deref() {
+        Some("drafted") => Some("The contract was drafted. Send it when it is ready.".into()),
+        Some("sent") => Some("The contract was sent to the customer for signature.".into()),
+        Some("activated") => {
+            Some("The contract is active; QuantumLock issues its licences.".into())
+        }
+        Some("terminated") => Some("The contract was terminated.".into()),
+        _ => None,
+    };
+    Ok(render(&ContractPage {
+        layout,
+        customer,
+        term,
+        items,
+        failures,
+        csrf: op.0.session.csrf.clone(),
+        c,
+    }))
+}
+
+/// The first block of an id, for titles (the full id is on the page).
+fn short(id: &str) -> &str {
+    id.split('-').next().unwrap_or(id)
+}
+
+#[derive(Debug, Deserialize)]
+struct NoFields {}
+
+/// Send (to the customer for signature) or activate (after the customer signed).
+async fn transition(
+    Path((id, action)): Path<(String, String)>,
+    posted: Posted<Admin, NoFields>,
+) -> Result<Response, PageError> {
+    let op = operator(posted.signed_in)?;
+    let id = segment(&INFO, &id)?;
+    let done = match action.as_str() {
+        "send" => "sent",
+        "activate" => "activated",
+        _ => {
+            return Err(PageError::not_found(
+                &INFO,
+                format!("no contract action {action:?}"),
+            ))
+        }
+    };
+    op.0.api()
+        .post(&format!("/contracts/{id}/{action}"), &serde_json::json!({}))
+        .await?;
+    Ok(redirect(&format!("/admin/contracts/{id}?done={done}")))
+}
+
+#[derive(Template)]
+#[template(path = "admin/terminate.html")]
+struct TerminatePage {
+    layout: Layout,
+    c: ContractDetail,
+    customer: String,
+    csrf: String,
+}
+
+/// Termination ends the contract and revokes its licences: a page of its own to confirm.
+async fn confirm_terminate(
+    me: SignedIn<Admin>,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let id = segment(&INFO, &id)?;
+    let api = op.0.api();
+    let c: ContractDetail = api.get(&format!("/contracts/{id}")).await?;
+    let org = segment(&INFO, &c.organization_id)?;
+    let customer = api
+        .find::<Customer>(&format!("/customers/{org}"))
+        .await?
+        .map(|c| c.name)
+        .unwrap_or_else(|| c.organization_id.clone());
+    Ok(render(&TerminatePage {
+        layout: op
+            .0
+            .layout(format!("Terminate contract {}", short(&c.id)), "/contracts"),
+        customer,
+        csrf: op.0.session.csrf.clone(),
+        c,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct TerminateForm {
+    reason: String,
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+async fn terminate(
+    Path(id): Path<String>,
+    posted: Posted<Admin, TerminateForm>,
+) -> Result<Response, PageError> {
+    let Posted { signed_in, form } = posted;
+    let op = operator(signed_in)?;
+    let id = segment(&INFO, &id)?;
+    if form.confirm.as_deref() != Some("yes") {
+        return Err(PageError::new(
+            &INFO,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Not terminated",
+            "tick the box to confirm that the contract ends and its licences are revoked",
+        ));
+    }
+    op.0.api()
+        .post(
+            &format!("/contracts/{id}/terminate"),
+            &serde_json::json!({ "reason": form.reason.trim() }),
+        )
+        .await?;
+    Ok(redirect(&format!("/admin/contracts/{id}?done=terminated")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::minor_units;
+
+    #[test]
+    fn prices_are_typed_in_major_units() {
+        assert_eq!(minor_units("EUR", "1500"), Ok(150_000));
+        assert_eq!(minor_units("EUR", "1500.5"), Ok(150_050));
+        assert_eq!(minor_units("EUR", "0.01"), Ok(1));
+        assert_eq!(minor_units("JPY", "1500"), Ok(1500));
+        assert!(minor_units("EUR", "1500.001").is_err());
+        assert!(minor_units("EUR", "-5").is_err());
+        assert!(minor_units("EUR", "").is_err());
+        assert!(minor_units("EUR", "1e3").is_err());
+    }
+}
