@@ -283,6 +283,31 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   assert.match(await admin.locator("main").textContent(), /QuantumLock refused none/);
   await check(admin, "admin-contract-active");
 
+  // The licence, among every customer's: suspended after a confirmation, then reinstated.
+  await nav(admin, "Licences", "Admin").click();
+  await admin.waitForURL(`${BASE}/admin/licenses`);
+  assert.match(await admin.locator("tbody").textContent(), /Acme Quantum GmbH/);
+  await check(admin, "admin-licenses");
+  await admin.getByRole("link", { name: license }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}`);
+  assert.match(await admin.locator(".facts").textContent(), /Standing now\s*valid/);
+  await check(admin, "admin-license");
+  await admin.getByRole("link", { name: "Suspend…" }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}/suspend`);
+  await admin.getByLabel(/Reason/).fill("Invoice overdue");
+  await admin.getByLabel(/I confirm/).check();
+  await check(admin, "admin-license-suspend");
+  await admin.getByRole("button", { name: "Suspend licence" }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}?done=suspend`);
+  assert.match(await admin.getByRole("status").textContent(), /The licence was suspended/);
+  assert.match(await admin.locator(".facts").textContent(), /Standing now\s*suspended/);
+  await admin.getByRole("link", { name: "Reinstate…" }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}/reinstate`);
+  await admin.getByLabel(/I confirm/).check();
+  await admin.getByRole("button", { name: "Reinstate licence" }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}?done=reinstate`);
+  assert.match(await admin.locator(".facts").textContent(), /Standing now\s*valid/);
+
   await page.goto(`${BASE}/portal/contracts/${contract}`);
   assert.equal(await page.locator(".facts .badge").first().textContent(), "active");
   await check(page, "portal-contract-active");

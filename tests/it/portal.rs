@@ -375,6 +375,29 @@ pub async fn scenario(platform: &Api, portal: &Api, bootstrap_secret: &str) {
     assert!(drafts.iter().all(|c| c["status"] == "draft"), "{drafts:?}");
     assert!(drafts.iter().all(|c| c["id"] != contract.as_str()));
     is_problem(&platform.get("/v1/contracts?status=signed-ish").await, 400);
+    // Licences across organizations for the platform; a tenant without `org`: its own.
+    eventually(
+        "the new licence listed",
+        Duration::from_secs(30),
+        || async {
+            let all = platform.get("/v1/licenses?limit=200").await;
+            assert_eq!(all.status, 200, "{}", all.body);
+            let items = all.body["items"].as_array().unwrap().clone();
+            items
+                .iter()
+                .any(|l| l["id"] == new_qpu.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+    eventually("the owner's licences", Duration::from_secs(30), || async {
+        let r = owner.get("/v1/licenses").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let items = r.body["items"].as_array().unwrap().clone();
+        assert!(items.iter().all(|l| l["organization_id"] == org.as_str()));
+        (items.len() == 3).then_some(())
+    })
+    .await;
 
     // Tenant isolation: another organization sees none of it.
     let globex = org_client_at(platform, &portal.base, &other, &["owner"]).await;

@@ -1,6 +1,6 @@
 //! The vendor's Admin console, for the platform organization's operators: customers, their
 //! contracts (draft with line items, send, activate, terminate) and the licences contracts
-//! produced. Every page is `/v1` calls with the operator's token; people of a customer
+//! produced (suspend, reinstate, revoke). Every page is `/v1` calls with the operator's token; people of a customer
 //! organization are refused here whatever their scopes (their own pages are the Portal).
 
 use std::collections::BTreeMap;
@@ -31,6 +31,7 @@ static INFO: ConsoleInfo = ConsoleInfo {
     nav: &[
         ("/", "Customers", "contracts:read"),
         ("/contracts", "Contracts", "contracts:read"),
+        ("/licenses", "Licences", "licenses:read"),
     ],
 };
 
@@ -40,7 +41,7 @@ impl Console for Admin {
     }
     const CLIENT_ID: &'static str = ADMIN_CLIENT_ID;
     const SCOPES: &'static str =
-        "openid profile email organizations:read contracts:read contracts:write licenses:read";
+        "openid profile email organizations:read contracts:read contracts:write licenses:read licenses:write";
     fn pages() -> Router<AppState> {
         routes()
     }
@@ -64,6 +65,12 @@ fn routes() -> Router<AppState> {
             get(confirm_terminate).post(terminate),
         )
         .route("/admin/contracts/{id}/{action}", post(transition))
+        .route("/admin/licenses", get(licenses))
+        .route("/admin/licenses/{id}", get(license))
+        .route(
+            "/admin/licenses/{id}/{action}",
+            get(confirm_license_action).post(license_action),
+        )
         .route("/admin/{*rest}", get(not_found))
 }
 
@@ -578,6 +585,7 @@ struct ContractPage {
     c: ContractDetail,
     customer: String,
     term: String,
+    terminated: Option<String>,
     items: Vec<ItemView>,
     failures: Vec<FailureView>,
     csrf: String,
@@ -653,11 +661,23 @@ async fn contract(
         layout,
         customer,
         term,
+        terminated: c.terminated_at.as_deref().map(moment),
         items,
         failures,
         csrf: op.0.session.csrf.clone(),
         c,
     }))
+}
+
+/// An RFC 3339 instant for people (`2026-01-01 00:00 UTC`); as given when it does not parse.
+fn moment(ts: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(ts)
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M UTC")
+                .to_string()
+        })
+        .unwrap_or_else(|_| ts.to_owned())
 }
 
 /// The first block of an id, for titles (the full id is on the page).
@@ -754,6 +774,269 @@ async fn terminate(
         )
         .await?;
     Ok(redirect(&format!("/admin/contracts/{id}?done=terminated")))
+}
+
+// ---- licences ----
+
+#[derive(Debug, Deserialize)]
+struct LicenseRow {
+    id: String,
+    organization_id: String,
+    product: String,
+    edition: String,
+    status: String,
+    status_reason: Option<String>,
+    expires_at: String,
+    activations: i64,
+}
+
+#[derive(Template)]
+#[template(path = "admin/licenses.html")]
+struct LicensesPage {
+    layout: Layout,
+    licenses: Vec<LicenseLine>,
+    pager: Pager,
+}
+
+struct LicenseLine {
+    row: LicenseRow,
+    customer: String,
+    expires: String,
+}
+
+async fn licenses(me: SignedIn<Admin>, Query(p): Query<ListParams>) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let page: Page<LicenseRow> =
+        op.0.api()
+            .get(&format!(
+                "/licenses{}",
+                query(&[("limit", Some(PAGE)), ("after", p.after.as_deref())])
+            ))
+            .await?;
+    let names = customer_names(&op).await?;
+    Ok(render(&LicensesPage {
+        layout: op.0.layout("Licences", "/licenses"),
+        licenses: page
+            .items
+            .into_iter()
+            .map(|row| LicenseLine {
+                customer: names
+                    .get(&row.organization_id)
+                    .cloned()
+                    .unwrap_or_else(|| row.organization_id.clone()),
+                expires: day(&row.expires_at),
+                row,
+            })
+            .collect(),
+        pager: pager("/admin/licenses", page.next_after, &p.after),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct LicenseTerms {
+    organization_id: String,
+    product: String,
+    edition: String,
+    features: Vec<String>,
+    limits: BTreeMap<String, i64>,
+    not_before: String,
+    expires_at: String,
+    max_activations: u32,
+}
+
+#[derive(Debug, Deserialize)]
+struct LicenseDetail {
+    id: String,
+    status: String,
+    terms: Option<LicenseTerms>,
+    activations: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Standing {
+    standing: String,
+    usable_until: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "admin/license.html")]
+struct LicensePage {
+    layout: Layout,
+    l: LicenseDetail,
+    terms: LicenseTerms,
+    standing: Standing,
+    customer: String,
+    limits: String,
+    valid: String,
+    usable_until: Option<String>,
+}
+
+async fn load_license(
+    op: &Operator,
+    id: &str,
+) -> Result<(LicenseDetail, LicenseTerms, String), PageError> {
+    let api = op.0.api();
+    let mut l: LicenseDetail = api.get(&format!("/licenses/{id}")).await?;
+    let terms = l
+        .terms
+        .take()
+        .ok_or_else(|| PageError::not_found(&INFO, format!("no licence {id}")))?;
+    let org = segment(&INFO, &terms.organization_id)?;
+    let customer = api
+        .find::<Customer>(&format!("/customers/{org}"))
+        .await?
+        .map(|c| c.name)
+        .unwrap_or_else(|| terms.organization_id.clone());
+    Ok((l, terms, customer))
+}
+
+async fn license(
+    me: SignedIn<Admin>,
+    Path(id): Path<String>,
+    Query(p): Query<ListParams>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let id = segment(&INFO, &id)?;
+    let (l, terms, customer) = load_license(&op, id).await?;
+    let standing: Standing = op.0.api().get(&format!("/licenses/{id}/status")).await?;
+    let mut layout = op.0.layout(
+        format!("{} {} licence", terms.product, terms.edition),
+        "/licenses",
+    );
+    layout.notice = match p.done.as_deref() {
+        Some("suspend") => Some("The licence was suspended.".into()),
+        Some("reinstate") => Some("The licence was reinstated.".into()),
+        Some("revoke") => {
+            Some("The licence was revoked; the next revocation list names it.".into())
+        }
+        _ => None,
+    };
+    Ok(render(&LicensePage {
+        layout,
+        limits: terms
+            .limits
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        valid: format!(
+            "{} – {}",
+            moment(&terms.not_before),
+            moment(&terms.expires_at)
+        ),
+        usable_until: standing.usable_until.as_deref().map(moment),
+        customer,
+        terms,
+        standing,
+        l,
+    }))
+}
+
+/// What each licence action asks and says.
+struct LicenseAction {
+    name: &'static str,
+    title: &'static str,
+    explain: &'static str,
+    button: &'static str,
+    needs_reason: bool,
+}
+
+fn license_action_of(action: &str) -> Result<LicenseAction, PageError> {
+    match action {
+        "suspend" => Ok(LicenseAction {
+            name: "suspend",
+            title: "Suspend this licence?",
+            explain: "A suspended licence stops verifying until it is reinstated; its machines keep their activations.",
+            button: "Suspend licence",
+            needs_reason: true,
+        }),
+        "reinstate" => Ok(LicenseAction {
+            name: "reinstate",
+            title: "Reinstate this licence?",
+            explain: "The licence verifies again under its terms.",
+            button: "Reinstate licence",
+            needs_reason: false,
+        }),
+        "revoke" => Ok(LicenseAction {
+            name: "revoke",
+            title: "Revoke this licence?",
+            explain: "A revoked licence is listed in the signed revocation list and never verifies again; this cannot be undone.",
+            button: "Revoke licence",
+            needs_reason: true,
+        }),
+        _ => Err(PageError::not_found(
+            &INFO,
+            format!("no licence action {action:?}"),
+        )),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "admin/license_action.html")]
+struct LicenseActionPage {
+    layout: Layout,
+    l: LicenseDetail,
+    terms: LicenseTerms,
+    customer: String,
+    action: LicenseAction,
+    csrf: String,
+}
+
+/// Suspend, reinstate and revoke are each confirmed on a page of their own.
+async fn confirm_license_action(
+    me: SignedIn<Admin>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let id = segment(&INFO, &id)?;
+    let action = license_action_of(&action)?;
+    let (l, terms, customer) = load_license(&op, id).await?;
+    Ok(render(&LicenseActionPage {
+        layout: op.0.layout(action.title, "/licenses"),
+        csrf: op.0.session.csrf.clone(),
+        l,
+        terms,
+        customer,
+        action,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct LicenseActionForm {
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+async fn license_action(
+    Path((id, action)): Path<(String, String)>,
+    posted: Posted<Admin, LicenseActionForm>,
+) -> Result<Response, PageError> {
+    let Posted { signed_in, form } = posted;
+    let op = operator(signed_in)?;
+    let id = segment(&INFO, &id)?;
+    let action = license_action_of(&action)?;
+    if form.confirm.as_deref() != Some("yes") {
+        return Err(PageError::new(
+            &INFO,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Nothing changed",
+            "tick the box to confirm, then send the form again",
+        ));
+    }
+    let body = if action.needs_reason {
+        serde_json::json!({ "reason": form.reason.trim() })
+    } else {
+        serde_json::json!({})
+    };
+    op.0.api()
+        .post(&format!("/licenses/{id}/{}", action.name), &body)
+        .await?;
+    Ok(redirect(&format!(
+        "/admin/licenses/{id}?done={}",
+        action.name
+    )))
 }
 
 #[cfg(test)]
