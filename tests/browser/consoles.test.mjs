@@ -493,6 +493,44 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   await check(admin, "admin-contract-narrow");
   await admin.goto(`${BASE}/admin/customers/${acme.org}`);
   await check(admin, "admin-customer-narrow");
+  await admin.setViewportSize({ width: 1280, height: 800 });
+
+  // The event log, filtered to Acme's sent contracts, read page by page.
+  await api(operator, "POST", "/audit/checkpoints", undefined);
+  await nav(admin, "Event log", "Admin").click();
+  await admin.waitForURL(`${BASE}/admin/events`);
+  await check(admin, "admin-events");
+  await admin.getByLabel("Tenant").fill(acme.org);
+  await admin.getByLabel("Aggregate type").fill("Contract");
+  await admin.getByLabel("Event type").fill("ContractSent");
+  await admin.getByRole("button", { name: "Filter" }).click();
+  await admin.waitForURL(/\/admin\/events\?/);
+  const sentEvent = admin.getByRole("link", { name: `Contract ${contract}` });
+  for (let i = 0; i < 50 && (await sentEvent.count()) === 0; i++) {
+    await admin.getByRole("link", { name: "Next page" }).click();
+    await admin.waitForLoadState();
+  }
+  assert.equal(await sentEvent.count(), 1);
+  assert.deepEqual([...new Set(await admin.locator("tbody td[data-label=Event]").allTextContents())], ["ContractSent"]);
+  await check(admin, "admin-events-filtered");
+
+  // The contract's history: a hash chain, and one event's inclusion in the signed log.
+  await sentEvent.click();
+  await admin.waitForURL(`${BASE}/admin/events/Contract/${contract}`);
+  assert.match(await admin.locator("main").textContent(), /Hash chain intact/);
+  assert.deepEqual(
+    (await admin.locator("ol.chain strong").allTextContents()).slice(0, 3),
+    ["1. ContractDrafted", "2. ContractSent", "3. ContractSigned"],
+  );
+  await check(admin, "admin-event-history");
+  await admin.getByRole("link", { name: "Verify inclusion of event 2" }).click();
+  await admin.waitForURL(/verify=/);
+  assert.match(await admin.locator("#proof-h + dl").textContent(), /included\s*in the signed log/);
+  await check(admin, "admin-event-inclusion");
+  await nav(admin, "Checkpoints", "Admin").click();
+  await admin.waitForURL(`${BASE}/admin/checkpoints`);
+  assert.ok((await admin.locator("tbody tr").count()) >= 1);
+  await check(admin, "admin-checkpoints");
 });
 
 test("a person who denies the Portal access is told so and may sign in again", async () => {

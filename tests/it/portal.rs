@@ -399,6 +399,33 @@ pub async fn scenario(platform: &Api, portal: &Api, bootstrap_secret: &str) {
     })
     .await;
 
+    // The log, filtered; and the contract's own history, a hash chain.
+    let sent = platform
+        .get(&format!(
+            "/v1/events?tenant={org}&aggregate_type=Contract&event_type=ContractSent&limit=1000"
+        ))
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let sent = sent.body["events"].as_array().unwrap().clone();
+    assert!(!sent.is_empty());
+    assert!(sent
+        .iter()
+        .all(|e| e["envelope"]["event_type"] == "ContractSent"
+            && e["envelope"]["tenant_id"] == org.as_str()));
+    let history = platform
+        .get(&format!("/v1/aggregates/Contract/{contract}/events"))
+        .await;
+    assert_eq!(history.status, 200, "{}", history.body);
+    let chain = history.body["events"].as_array().unwrap().clone();
+    assert_eq!(chain[0]["envelope"]["event_type"], "ContractDrafted");
+    for (i, pair) in chain.windows(2).enumerate() {
+        assert_eq!(pair[1]["envelope"]["sequence"], (i + 2) as u64);
+        assert_eq!(
+            pair[1]["envelope"]["prev_hash"],
+            pair[0]["envelope"]["hash"]
+        );
+    }
+
     // Tenant isolation: another organization sees none of it.
     let globex = org_client_at(platform, &portal.base, &other, &["owner"]).await;
     for path in [
@@ -407,6 +434,7 @@ pub async fn scenario(platform: &Api, portal: &Api, bootstrap_secret: &str) {
         format!("/v1/customers/{org}"),
         format!("/v1/contracts?org={org}"),
         format!("/v1/invoices?org={org}"),
+        format!("/v1/aggregates/Contract/{contract}/events"),
     ] {
         let r = globex.get(&path).await;
         is_problem(&r, 404);

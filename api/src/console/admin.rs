@@ -1,6 +1,7 @@
 //! The vendor's Admin console, for the platform organization's operators: customers, their
 //! contracts (draft with line items, send, activate, terminate) and the licences contracts
-//! produced (suspend, reinstate, revoke). Every page is `/v1` calls with the operator's token; people of a customer
+//! produced (suspend, reinstate, revoke), and the event log: filtered, one aggregate's hash
+//! chain, the signed checkpoints and an event's inclusion proof checked against them. Every page is `/v1` calls with the operator's token; people of a customer
 //! organization are refused here whatever their scopes (their own pages are the Portal).
 
 use std::collections::BTreeMap;
@@ -32,6 +33,8 @@ static INFO: ConsoleInfo = ConsoleInfo {
         ("/", "Customers", "contracts:read"),
         ("/contracts", "Contracts", "contracts:read"),
         ("/licenses", "Licences", "licenses:read"),
+        ("/events", "Event log", "events:read"),
+        ("/checkpoints", "Checkpoints", "events:read"),
     ],
 };
 
@@ -41,7 +44,7 @@ impl Console for Admin {
     }
     const CLIENT_ID: &'static str = ADMIN_CLIENT_ID;
     const SCOPES: &'static str =
-        "openid profile email organizations:read contracts:read contracts:write licenses:read licenses:write";
+        "openid profile email organizations:read contracts:read contracts:write licenses:read licenses:write events:read";
     fn pages() -> Router<AppState> {
         routes()
     }
@@ -71,6 +74,9 @@ fn routes() -> Router<AppState> {
             "/admin/licenses/{id}/{action}",
             get(confirm_license_action).post(license_action),
         )
+        .route("/admin/events", get(events))
+        .route("/admin/events/{aggregate_type}/{id}", get(history))
+        .route("/admin/checkpoints", get(checkpoints))
         .route("/admin/{*rest}", get(not_found))
 }
 
@@ -1037,6 +1043,330 @@ async fn license_action(
         "/admin/licenses/{id}?done={}",
         action.name
     )))
+}
+
+// ---- the event log ----
+
+#[derive(Debug, Deserialize)]
+struct LogEntry {
+    position: u64,
+    envelope: EnvelopeView,
+}
+
+#[derive(Debug, Deserialize)]
+struct EnvelopeView {
+    event_id: String,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: u64,
+    event_type: String,
+    occurred_at: String,
+    tenant_id: String,
+    actor: serde_json::Value,
+    prev_hash: String,
+    hash: String,
+}
+
+impl EnvelopeView {
+    fn when(&self) -> String {
+        moment(&self.occurred_at)
+    }
+
+    /// The hash's first 12 hex digits, for tables.
+    fn short_hash(&self) -> &str {
+        self.hash.get(..12).unwrap_or(&self.hash)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct EventPage {
+    events: Vec<LogEntry>,
+    next_after: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct EventParams {
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    aggregate_type: String,
+    #[serde(default)]
+    event_type: String,
+    after: Option<u64>,
+}
+
+/// Events scanned per page of the explorer (filters keep what matches among them).
+const EVENTS_PAGE: &str = "200";
+
+#[derive(Template)]
+#[template(path = "admin/events.html")]
+struct EventsPage {
+    layout: Layout,
+    f: EventParams,
+    events: Vec<LogEntry>,
+    /// The window of positions this page scanned.
+    from: u64,
+    to: u64,
+    next: Option<String>,
+    first: Option<String>,
+}
+
+/// A filter value from a URL: what an API query may carry (the API checks it again).
+fn filter_value(v: &str) -> Option<&str> {
+    let v = v.trim();
+    (!v.is_empty()).then_some(v)
+}
+
+async fn events(me: SignedIn<Admin>, Query(f): Query<EventParams>) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let after = f.after.unwrap_or(0).to_string();
+    let filters = [
+        ("tenant", filter_value(&f.tenant)),
+        ("aggregate_type", filter_value(&f.aggregate_type)),
+        ("event_type", filter_value(&f.event_type)),
+    ];
+    let mut pairs = filters.to_vec();
+    pairs.extend([
+        ("after", Some(after.as_str())),
+        ("limit", Some(EVENTS_PAGE)),
+    ]);
+    let page: EventPage = op.0.api().get(&format!("/events{}", query(&pairs))).await?;
+    let start = f.after.unwrap_or(0);
+    let link = |after: Option<u64>| {
+        let a = after.map(|a| a.to_string());
+        let mut p = filters.to_vec();
+        p.push(("after", a.as_deref()));
+        format!("/admin/events{}", query(&p))
+    };
+    // Fewer positions than asked for: the log ended there (a gap in positions at worst
+    // offers one empty page that says so).
+    let window: u64 = EVENTS_PAGE.parse().unwrap_or(200);
+    let next = (page.next_after >= start + window).then(|| link(Some(page.next_after)));
+    Ok(render(&EventsPage {
+        layout: op.0.layout("Event log", "/events"),
+        from: start + 1,
+        to: page.next_after,
+        next,
+        first: (start > 0).then(|| link(None)),
+        events: page.events,
+        f,
+    }))
+}
+
+struct ChainLink {
+    position: u64,
+    e: EnvelopeView,
+    actor: String,
+    /// `prev_hash` is the previous event's `hash` (the first's is the zero hash).
+    linked: bool,
+}
+
+struct Inclusion {
+    event_id: String,
+    position: u64,
+    tree_size: u64,
+    root_hash: String,
+    path_len: usize,
+    /// The path leads from the leaf to the root.
+    path_ok: bool,
+    /// The root is a signed checkpoint's.
+    signed: bool,
+}
+
+#[derive(Template)]
+#[template(path = "admin/history.html")]
+struct HistoryPage {
+    layout: Layout,
+    aggregate_type: String,
+    id: String,
+    chain: Vec<ChainLink>,
+    intact: bool,
+    inclusion: Option<Inclusion>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HistoryParams {
+    verify: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AggregateHistory {
+    events: Vec<LogEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InclusionProof {
+    position: u64,
+    leaf_index: u64,
+    tree_size: u64,
+    leaf_hash: String,
+    root_hash: String,
+    inclusion_path: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Checkpoint {
+    tree_size: u64,
+    root_hash: String,
+    kid: String,
+    position: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Checkpoints {
+    items: Vec<Checkpoint>,
+    next_after_size: Option<u64>,
+}
+
+fn hash32(b64: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+/// Whether `proof` leads from its leaf to its root (checked here, not taken from the API).
+fn path_leads_to_root(proof: &InclusionProof) -> bool {
+    let (Some(leaf), Some(root)) = (hash32(&proof.leaf_hash), hash32(&proof.root_hash)) else {
+        return false;
+    };
+    let path: Option<Vec<[u8; 32]>> = proof.inclusion_path.iter().map(|h| hash32(h)).collect();
+    path.is_some_and(|path| {
+        quantus_crypto::merkle::verify_inclusion(
+            &leaf,
+            proof.leaf_index,
+            proof.tree_size,
+            &path,
+            &root,
+        )
+    })
+}
+
+/// The signed checkpoint of a tree of `size` events, if there is one.
+async fn checkpoint_of(op: &Operator, size: u64) -> Result<Option<Checkpoint>, PageError> {
+    let after = size.saturating_sub(1).to_string();
+    let page: Checkpoints =
+        op.0.api()
+            .get(&format!(
+                "/audit/checkpoints{}",
+                query(&[("after_size", Some(&after)), ("limit", Some("1"))])
+            ))
+            .await?;
+    Ok(page.items.into_iter().find(|c| c.tree_size == size))
+}
+
+async fn history(
+    me: SignedIn<Admin>,
+    Path((aggregate_type, id)): Path<(String, String)>,
+    Query(p): Query<HistoryParams>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let aggregate_type = segment(&INFO, &aggregate_type)?.to_owned();
+    let id = segment(&INFO, &id)?.to_owned();
+    let h: AggregateHistory =
+        op.0.api()
+            .get(&format!("/aggregates/{aggregate_type}/{id}/events"))
+            .await?;
+    let mut previous: Option<String> = None;
+    let mut chain = vec![];
+    for entry in h.events {
+        let linked = match &previous {
+            Some(prev) => *prev == entry.envelope.prev_hash,
+            None => entry.envelope.prev_hash == quantus_domain::envelope::GENESIS_HASH,
+        };
+        previous = Some(entry.envelope.hash.clone());
+        chain.push(ChainLink {
+            position: entry.position,
+            actor: entry.envelope.actor["id"]
+                .as_str()
+                .map(|a| {
+                    format!(
+                        "{} {a}",
+                        entry.envelope.actor["kind"].as_str().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default(),
+            e: entry.envelope,
+            linked,
+        });
+    }
+    let inclusion = match p.verify.as_deref() {
+        Some(event) if chain.iter().any(|c| c.e.event_id == event) => {
+            let proof: InclusionProof =
+                op.0.api()
+                    .get(&format!(
+                        "/audit/proofs/inclusion{}",
+                        query(&[("event_id", Some(event))])
+                    ))
+                    .await?;
+            // Checkpoints name their root in hex, proofs in base64: compared as bytes.
+            let root_hex = hash32(&proof.root_hash)
+                .map(|r| r.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                .unwrap_or_default();
+            let signed = checkpoint_of(&op, proof.tree_size)
+                .await?
+                .is_some_and(|c| c.root_hash.eq_ignore_ascii_case(&root_hex));
+            Some(Inclusion {
+                event_id: event.to_owned(),
+                path_ok: path_leads_to_root(&proof),
+                position: proof.position,
+                tree_size: proof.tree_size,
+                root_hash: root_hex,
+                path_len: proof.inclusion_path.len(),
+                signed,
+            })
+        }
+        _ => None,
+    };
+    Ok(render(&HistoryPage {
+        layout: op
+            .0
+            .layout(format!("{aggregate_type} {}", short(&id)), "/events"),
+        intact: chain.iter().all(|c| c.linked),
+        aggregate_type,
+        id,
+        chain,
+        inclusion,
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "admin/checkpoints.html")]
+struct CheckpointsPage {
+    layout: Layout,
+    checkpoints: Vec<Checkpoint>,
+    next: Option<String>,
+    later: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CheckpointParams {
+    after_size: Option<u64>,
+}
+
+async fn checkpoints(
+    me: SignedIn<Admin>,
+    Query(p): Query<CheckpointParams>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let after = p.after_size.map(|a| a.to_string());
+    let page: Checkpoints =
+        op.0.api()
+            .get(&format!(
+                "/audit/checkpoints{}",
+                query(&[("after_size", after.as_deref()), ("limit", Some(PAGE))])
+            ))
+            .await?;
+    Ok(render(&CheckpointsPage {
+        layout: op.0.layout("Signed checkpoints", "/checkpoints"),
+        next: page
+            .next_after_size
+            .map(|n| format!("/admin/checkpoints?after_size={n}")),
+        later: p.after_size.is_some(),
+        checkpoints: page.items,
+    }))
 }
 
 #[cfg(test)]
