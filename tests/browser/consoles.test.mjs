@@ -531,6 +531,43 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   await admin.waitForURL(`${BASE}/admin/checkpoints`);
   assert.ok((await admin.locator("tbody tr").count()) >= 1);
   await check(admin, "admin-checkpoints");
+
+  // The evidence keyring is rotated, then its previous key marked compromised after typing
+  // its id; the crypto policy is shown beside them.
+  const evidenceKeys = async () =>
+    (await api(operator, "GET", "/keys", undefined, 200)).keys.filter((k) => k.purpose === "evidence");
+  const [old] = await evidenceKeys();
+  await nav(admin, "Keys", "Admin").click();
+  await admin.waitForURL(`${BASE}/admin/keys`);
+  assert.match(await admin.locator("main").textContent(), /Crypto policy/);
+  await check(admin, "admin-keys");
+  await admin.getByLabel("Keyring", { exact: true }).selectOption("evidence");
+  await admin.getByRole("button", { name: "Rotate" }).click();
+  await admin.waitForURL(/\/admin\/keys\?rotated=/);
+  const fresh = new URL(admin.url()).searchParams.get("rotated");
+  assert.notEqual(fresh, old.kid);
+  assert.ok((await evidenceKeys()).some((k) => k.kid === fresh), "the new key is in the evidence keyring");
+  assert.match(await admin.getByRole("status").textContent(), new RegExp(`A new key ${fresh} signs`));
+  await admin.getByRole("link", { name: `Mark compromised… key ${old.kid}` }).click();
+  await admin.waitForURL(`${BASE}/admin/keys/${old.kid}/compromise`);
+  await admin.getByLabel(/Reason/).fill("Backup tape lost");
+  await admin.getByLabel("Type the key id to confirm").fill("not-the-key");
+  await check(admin, "admin-key-compromise");
+  let mistyped;
+  [mistyped] = await Promise.all([
+    admin.waitForResponse((res) => res.request().method() === "POST"),
+    admin.getByRole("button", { name: "Mark compromised" }).click(),
+  ]);
+  assert.equal(mistyped.status(), 422);
+  assert.ok(!(await evidenceKeys()).find((k) => k.kid === old.kid).compromised_at, "nothing changed");
+  await admin.goBack();
+  await admin.getByLabel("Type the key id to confirm").fill(old.kid);
+  await admin.getByLabel(/Reason/).fill("Backup tape lost");
+  await admin.getByRole("button", { name: "Mark compromised" }).click();
+  await admin.waitForURL(/\/admin\/keys\?compromised=/);
+  assert.ok((await evidenceKeys()).find((k) => k.kid === old.kid).compromised_at);
+  assert.match(await admin.locator("tbody tr", { hasText: old.kid }).textContent(), /compromised/);
+  await check(admin, "admin-keys-after");
 });
 
 test("a person who denies the Portal access is told so and may sign in again", async () => {

@@ -1,7 +1,8 @@
 //! The vendor's Admin console, for the platform organization's operators: customers, their
 //! contracts (draft with line items, send, activate, terminate) and the licences contracts
 //! produced (suspend, reinstate, revoke), and the event log: filtered, one aggregate's hash
-//! chain, the signed checkpoints and an event's inclusion proof checked against them. Every page is `/v1` calls with the operator's token; people of a customer
+//! chain, the signed checkpoints and an event's inclusion proof checked against them; the
+//! signing keys (rotate, mark compromised) and the crypto policy. Every page is `/v1` calls with the operator's token; people of a customer
 //! organization are refused here whatever their scopes (their own pages are the Portal).
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ static INFO: ConsoleInfo = ConsoleInfo {
         ("/licenses", "Licences", "licenses:read"),
         ("/events", "Event log", "events:read"),
         ("/checkpoints", "Checkpoints", "events:read"),
+        ("/keys", "Keys", "keys:manage"),
     ],
 };
 
@@ -44,7 +46,7 @@ impl Console for Admin {
     }
     const CLIENT_ID: &'static str = ADMIN_CLIENT_ID;
     const SCOPES: &'static str =
-        "openid profile email organizations:read contracts:read contracts:write licenses:read licenses:write events:read";
+        "openid profile email organizations:read contracts:read contracts:write licenses:read licenses:write events:read keys:manage";
     fn pages() -> Router<AppState> {
         routes()
     }
@@ -77,6 +79,12 @@ fn routes() -> Router<AppState> {
         .route("/admin/events", get(events))
         .route("/admin/events/{aggregate_type}/{id}", get(history))
         .route("/admin/checkpoints", get(checkpoints))
+        .route("/admin/keys", get(keys))
+        .route("/admin/keys/rotate", post(rotate_key))
+        .route(
+            "/admin/keys/{kid}/compromise",
+            get(confirm_compromise).post(compromise_key),
+        )
         .route("/admin/{*rest}", get(not_found))
 }
 
@@ -1367,6 +1375,206 @@ async fn checkpoints(
         later: p.after_size.is_some(),
         checkpoints: page.items,
     }))
+}
+
+// ---- keys and the crypto policy ----
+
+#[derive(Debug, Deserialize)]
+struct TrustedKey {
+    kid: String,
+    alg: String,
+    purpose: String,
+    not_before: String,
+    retired_at: Option<String>,
+    compromised_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct KeySet {
+    keys: Vec<TrustedKey>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Rule {
+    algorithm: String,
+    may_sign: bool,
+    may_verify: bool,
+    verify_until: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Policy {
+    rules: Vec<Rule>,
+}
+
+struct KeyLine {
+    kid: String,
+    alg: String,
+    purpose: String,
+    since: String,
+    /// `compromised`, `retired` or `trusted`.
+    state: &'static str,
+    detail: String,
+}
+
+/// The keyrings' purposes, as the API names them.
+const PURPOSES: [&str; 4] = ["license", "evidence", "token", "checkpoint"];
+
+#[derive(Template)]
+#[template(path = "admin/keys.html")]
+struct KeysPage {
+    layout: Layout,
+    keys: Vec<KeyLine>,
+    rules: Vec<Rule>,
+    purposes: &'static [&'static str],
+    csrf: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct KeysParams {
+    rotated: Option<String>,
+    compromised: Option<String>,
+}
+
+async fn keys(me: SignedIn<Admin>, Query(p): Query<KeysParams>) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let api = op.0.api();
+    let set: KeySet = api.get("/keys").await?;
+    let policy: Policy = api.get("/crypto/policy").await?;
+    let mut keys: Vec<KeyLine> = set
+        .keys
+        .into_iter()
+        .map(|k| {
+            let (state, detail) = match (&k.compromised_at, &k.retired_at) {
+                (Some(at), _) => (
+                    "compromised",
+                    format!("signatures from {} are void", moment(at)),
+                ),
+                (None, Some(at)) => ("retired", format!("verifies nothing after {}", moment(at))),
+                (None, None) => ("trusted", String::new()),
+            };
+            KeyLine {
+                since: moment(&k.not_before),
+                kid: k.kid,
+                alg: k.alg,
+                purpose: k.purpose,
+                state,
+                detail,
+            }
+        })
+        .collect();
+    keys.sort_by(|a, b| a.purpose.cmp(&b.purpose).then(b.since.cmp(&a.since)));
+    let mut layout = op.0.layout("Signing keys", "/keys");
+    layout.notice = match (p.rotated, p.compromised) {
+        (Some(kid), _) => Some(format!(
+            "A new key {kid} signs from now on; the previous one keeps verifying."
+        )),
+        (None, Some(kid)) => Some(format!("Key {kid} is marked compromised.")),
+        _ => None,
+    };
+    Ok(render(&KeysPage {
+        layout,
+        keys,
+        rules: policy.rules,
+        purposes: &PURPOSES,
+        csrf: op.0.session.csrf.clone(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct RotateForm {
+    purpose: String,
+}
+
+async fn rotate_key(posted: Posted<Admin, RotateForm>) -> Result<Response, PageError> {
+    let Posted { signed_in, form } = posted;
+    let op = operator(signed_in)?;
+    let rotated =
+        op.0.api()
+            .post(
+                "/keys/rotate",
+                &serde_json::json!({ "purpose": form.purpose }),
+            )
+            .await?;
+    let kid = rotated["kid"].as_str().unwrap_or_default();
+    Ok(redirect(&format!(
+        "/admin/keys{}",
+        query(&[("rotated", Some(kid))])
+    )))
+}
+
+#[derive(Template)]
+#[template(path = "admin/compromise.html")]
+struct CompromisePage {
+    layout: Layout,
+    key: KeyLine,
+    csrf: String,
+}
+
+async fn find_key(op: &Operator, kid: &str) -> Result<TrustedKey, PageError> {
+    let set: KeySet = op.0.api().get("/keys").await?;
+    set.keys
+        .into_iter()
+        .find(|k| k.kid == kid)
+        .ok_or_else(|| PageError::not_found(&INFO, format!("no key {kid}")))
+}
+
+/// Marking a key compromised voids what it signed from then on: the operator types its id.
+async fn confirm_compromise(
+    me: SignedIn<Admin>,
+    Path(kid): Path<String>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let kid = segment(&INFO, &kid)?;
+    let k = find_key(&op, kid).await?;
+    Ok(render(&CompromisePage {
+        layout: op.0.layout("Mark a key compromised", "/keys"),
+        key: KeyLine {
+            since: moment(&k.not_before),
+            kid: k.kid,
+            alg: k.alg,
+            purpose: k.purpose,
+            state: "trusted",
+            detail: String::new(),
+        },
+        csrf: op.0.session.csrf.clone(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct CompromiseForm {
+    typed: String,
+    reason: String,
+}
+
+async fn compromise_key(
+    Path(kid): Path<String>,
+    posted: Posted<Admin, CompromiseForm>,
+) -> Result<Response, PageError> {
+    let Posted { signed_in, form } = posted;
+    let op = operator(signed_in)?;
+    let kid = segment(&INFO, &kid)?;
+    if form.typed.trim() != kid {
+        return Err(PageError::new(
+            &INFO,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Nothing changed",
+            "the key id typed does not match the key; type it exactly to confirm",
+        ));
+    }
+    op.0.api()
+        .post(
+            &format!("/keys/{kid}/compromise"),
+            &serde_json::json!({
+                "compromised_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "reason": form.reason.trim(),
+            }),
+        )
+        .await?;
+    Ok(redirect(&format!(
+        "/admin/keys{}",
+        query(&[("compromised", Some(kid))])
+    )))
 }
 
 #[cfg(test)]
