@@ -577,21 +577,29 @@ pub async fn file(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    org: String,
+    /// The organization; without it, the caller's own (a platform principal: every one's).
+    org: Option<String>,
     after: Option<String>,
     limit: Option<u32>,
     min_position: Option<u64>,
     wait_ms: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 504, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = Option<String>, Query, description = "the organization; without it the caller's own, or every organization's for the platform's principals"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 504, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, Problem> {
     principal.require("licenses:read")?;
-    principal.tenant(&q.org, &format!("organization {}", q.org))?;
+    let org = match &q.org {
+        Some(org) => {
+            principal.tenant(org, &format!("organization {org}"))?;
+            Some(org.clone())
+        }
+        None if principal.is_platform() => None,
+        None => Some(principal.organization.clone()),
+    };
     let limit = paging::limit(q.limit)?;
     Consistency {
         min_position: q.min_position,
@@ -600,7 +608,8 @@ pub async fn list(
     .wait(&state.licenses)
     .await?;
     let rows: Vec<LicenseRow> =
-        LicensesView::by_organization(&state.db.pool, &q.org, q.after.as_deref(), limit).await?;
+        LicensesView::by_organization(&state.db.pool, org.as_deref(), q.after.as_deref(), limit)
+            .await?;
     let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
     Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
 }

@@ -14,7 +14,7 @@ use crate::{
     info(title = "Quantus API", description = "Identity, licences, evidence and contracts on one event-sourced log. Access tokens come from the OpenID provider described at /.well-known/openid-configuration."),
     paths(
         organizations::create, organizations::list, organizations::show, organizations::rename,
-        organizations::suspend, organizations::reactivate, events::list,
+        organizations::suspend, organizations::reactivate, events::list, events::history,
         licensing::policy, licensing::set_rule, licensing::keys, licensing::rotate, licensing::retire,
         licensing::compromise, licensing::issue, licensing::list, licensing::show, licensing::status,
         licensing::file, licensing::transition, licensing::crl, licensing::sign_digest,

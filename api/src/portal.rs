@@ -392,18 +392,63 @@ pub async fn draft_contract(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/contracts", tag = "portal", params(("org" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
+/// The contracts list's query: [`ListQuery`] and a status.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractListQuery {
+    org: Option<String>,
+    /// Only contracts in this status.
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// The statuses a contract may be listed by.
+const CONTRACT_STATUSES: [&str; 7] = [
+    "draft",
+    "sent",
+    "signed",
+    "active",
+    "amended",
+    "terminated",
+    "expired",
+];
+
+#[utoipa::path(get, path = "/v1/contracts", tag = "portal", params(("org" = Option<String>, Query), ("status" = Option<String>, Query, description = "only contracts in this status: draft, sent, signed, active, amended, terminated or expired"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 400, body = Problem, description = "an unknown status")), security(("bearer" = [])))]
 pub async fn list_contracts(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(c): ApiQuery<ContractListQuery>,
 ) -> Result<Response, Problem> {
     principal.require("contracts:read")?;
+    if let Some(status) = c.status.as_deref() {
+        if !CONTRACT_STATUSES.contains(&status) {
+            return Err(Problem::bad_request(format!(
+                "status must be one of {}",
+                CONTRACT_STATUSES.join(", ")
+            )));
+        }
+    }
+    let q = ListQuery {
+        org: c.org,
+        after: c.after,
+        limit: c.limit,
+        min_position: c.min_position,
+        wait_ms: c.wait_ms,
+    };
     let limit = paging::limit(q.limit)?;
     q.wait(&state).await?;
     let org = q.scope(&principal)?;
-    let rows = CommercialView::contracts(&state.db.pool, org.as_deref(), q.after.as_deref(), limit)
-        .await?;
+    let rows = CommercialView::contracts(
+        &state.db.pool,
+        org.as_deref(),
+        c.status.as_deref(),
+        q.after.as_deref(),
+        limit,
+    )
+    .await?;
     let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
     Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
 }
@@ -845,7 +890,16 @@ pub async fn my_contracts(
     ApiQuery(q): ApiQuery<MeQuery>,
 ) -> Result<Response, Problem> {
     let org = my_org(&principal)?;
-    list_contracts(State(state), Extension(principal), ApiQuery(q.of(org))).await
+    let q = q.of(org);
+    let q = ContractListQuery {
+        org: q.org,
+        status: None,
+        after: q.after,
+        limit: q.limit,
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    };
+    list_contracts(State(state), Extension(principal), ApiQuery(q)).await
 }
 
 #[utoipa::path(get, path = "/v1/me/invoices", tag = "portal", responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]

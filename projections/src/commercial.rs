@@ -194,17 +194,20 @@ impl CommercialView {
             .collect()
     }
 
-    /// An organization's contracts (all of them with `organization_id` = None), by id.
+    /// An organization's contracts (all of them with `organization_id` = None), by id; only
+    /// those in `status` (`draft`, `sent`, ...) when it is given.
     pub async fn contracts(
         pool: &AnyPool,
         organization_id: Option<&str>,
+        status: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<ContractRow>, InfraError> {
         let rows = sqlx::query(&format!(
-            "{CONTRACT_SELECT} WHERE ($1 = '' OR organization_id = $1) AND id > $2 ORDER BY id LIMIT $3"
+            "{CONTRACT_SELECT} WHERE ($1 = '' OR organization_id = $1) AND ($2 = '' OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
         ))
         .bind(organization_id.unwrap_or(""))
+        .bind(status.unwrap_or(""))
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
         .fetch_all(pool)

@@ -58,16 +58,17 @@ impl LicensesView {
     pub const NAME: &'static str = "licenses";
 
     /// An organization's licences, oldest first, after the id `after`.
+    /// An organization's licences (every organization's with `org` = None), by id.
     pub async fn by_organization(
         pool: &AnyPool,
-        org: &str,
+        org: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<LicenseRow>, InfraError> {
         let rows = sqlx::query(&format!(
-            "{SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            "{SELECT} WHERE ($1 = '' OR organization_id = $1) AND id > $2 ORDER BY id LIMIT $3"
         ))
-        .bind(org)
+        .bind(org.unwrap_or(""))
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
         .fetch_all(pool)

@@ -601,6 +601,7 @@ fn spawn_billing_run(tasks: &mut JoinSet<anyhow::Result<()>>, state: &AppState) 
                 let page = match quantus_projections::commercial::CommercialView::contracts(
                     &pool,
                     None,
+                    None,
                     after.as_deref(),
                     200,
                 )

@@ -75,26 +75,45 @@ async function check(page, name) {
   await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
 }
 
-/** Signs in to the Portal through QSA's own sign-in and consent pages. */
-async function signIn(page, email) {
-  await page.goto(`${BASE}/portal/`);
-  // No session: the Portal sends the browser to QSA.
+/** Signs in to a console (the Portal unless named) through QSA's own sign-in and consent pages. */
+async function signIn(page, email, console = "portal") {
+  await page.goto(`${BASE}/${console}/`);
+  // No session: the console sends the browser to QSA.
   assert.equal(await page.title(), "Sign in · Quantus");
   assert.ok(page.url().startsWith(`${BASE}/oauth2/authorize?`), page.url());
   const authorize = new URL(page.url()).searchParams;
-  assert.equal(authorize.get("client_id"), "quantus-console-portal");
+  assert.equal(authorize.get("client_id"), `quantus-console-${console}`);
   assert.equal(authorize.get("code_challenge_method"), "S256");
   await page.getByLabel("Email").fill(email);
   await page.getByLabel("Password").fill(PASSWORD);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.waitForSelector("text=Allow access?");
   await page.getByRole("button", { name: "Allow" }).click();
-  await page.waitForURL(`${BASE}/portal/`);
+  await page.waitForURL(`${BASE}/${console}/`);
+}
+
+/** A person of the vendor (the platform organization) with the platform admin role. */
+async function platformOperator(token) {
+  const email = `operator-${randomUUID()}@example.com`;
+  await api(token, "POST", "/users", {
+    organization_id: "platform", email, name: "Olga Operator", password: PASSWORD, roles: ["platform_admin"],
+  }, 201);
+  return email;
 }
 
 /** A link of the console's navigation. */
-function nav(page, name) {
-  return page.getByRole("navigation", { name: "Customer Portal" }).getByRole("link", { name, exact: true });
+function nav(page, name, console = "Customer Portal") {
+  return page.getByRole("navigation", { name: console }).getByRole("link", { name, exact: true });
+}
+
+/** Polls the API until `ready` holds for its answer (read models follow the log). */
+async function until(token, path, ready, what) {
+  for (let i = 0; i < 100; i++) {
+    const r = await api(token, "GET", path, undefined, 200);
+    if (ready(r)) return r;
+    await new Promise((ok) => setTimeout(ok, 100));
+  }
+  assert.fail(`timed out waiting for ${what}`);
 }
 
 async function download(page, link, dir) {
@@ -115,26 +134,72 @@ after(async () => {
   await browser?.close();
 });
 
-test("a customer signs a contract in the Portal, gets its licence, and another organization sees none of it", async () => {
+test("the vendor's operator drafts and sends a contract in the Admin console, the customer signs it in the Portal, the operator activates it and the customer gets its licence; another organization sees none of it", async () => {
   const operator = await adminToken();
   const acme = await customerOrg(operator, "Acme Quantum");
   const globex = await customerOrg(operator, "Globex Research");
-  await api(operator, "POST", "/customers", {
-    organization_id: acme.org, name: "Acme Quantum GmbH", billing_email: "billing@acme.example", currency: "EUR",
-  }, 201);
-  const contract = (await api(operator, "POST", "/contracts", {
-    organization_id: acme.org,
-    starts_at: "2026-01-01T00:00:00Z",
-    ends_at: "2027-12-31T00:00:00Z",
-    line_items: [{
-      id: "qpu", product: "qpu-access", edition: "pro", features: ["qpu", "priority-queue"],
-      quotas: { jobs: { amount: 100, enforcement: "hard" } }, limits: { qubits: 64 },
-      quantity: 1, unit_price: 150000, usage_prices: { jobs: 250 }, max_activations: 2,
-    }],
-  }, 201)).id;
-  const sent = await api(operator, "POST", `/contracts/${contract}/send`, undefined, 200);
-  // Lists are read models: the setup waits until they show its changes (read-your-writes).
-  await api(operator, "GET", `/contracts?org=${acme.org}&min_position=${sent.position}&wait_ms=5000`, undefined, 200);
+
+  // The vendor's operator signs in to the Admin console through QSA.
+  const operatorEmail = await platformOperator(operator);
+  const admin = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await signIn(admin, operatorEmail, "admin");
+  assert.equal(await admin.getByRole("heading", { level: 1 }).textContent(), "Customers");
+  await check(admin, "admin-customers");
+
+  // Registers Acme's organization as a customer...
+  await admin.getByRole("link", { name: "Register a customer" }).click();
+  await admin.waitForURL(`${BASE}/admin/customers/new`);
+  await admin.getByLabel("Organization").selectOption({ label: "Acme Quantum" });
+  await admin.getByLabel("Legal name").fill("Acme Quantum GmbH");
+  await admin.getByLabel("Billing email").fill("billing@acme.example");
+  await admin.getByLabel("Currency").fill("EUR");
+  await check(admin, "admin-customer-new");
+  await admin.getByRole("button", { name: "Register customer" }).click();
+  await admin.waitForURL(`${BASE}/admin/customers/${acme.org}?done=registered`);
+  assert.match(await admin.getByRole("status").textContent(), /The customer was registered/);
+  assert.equal(await admin.getByRole("heading", { level: 1 }).textContent(), "Acme Quantum GmbH");
+  assert.match(await admin.locator("main").textContent(), /No contracts/);
+  await check(admin, "admin-customer");
+
+  // ...drafts its contract with one line item (the price typed in euros)...
+  await admin.getByLabel("Starts").fill("2026-01-01");
+  await admin.getByLabel("Ends").fill("2027-12-31");
+  await admin.getByLabel("Item id").fill("qpu");
+  await admin.getByLabel("Product").fill("qpu-access");
+  await admin.getByLabel("Edition").fill("pro");
+  await admin.getByLabel("Features").fill("qpu, priority-queue");
+  await admin.getByLabel("Quantity").fill("1");
+  await admin.getByLabel(/Unit price per month/).fill("1500.00");
+  await admin.getByLabel("Machines per licence").fill("2");
+  await admin.getByLabel("Monthly quota: metric").fill("jobs");
+  await admin.getByLabel("Quota amount").fill("100");
+  await admin.getByLabel("Quota enforcement").selectOption("hard");
+  await admin.getByLabel("Licence limit: name").fill("qubits");
+  await admin.getByLabel("Limit value").fill("64");
+  await admin.getByRole("button", { name: "Draft contract" }).click();
+  await admin.waitForURL(/\/admin\/contracts\/[0-9a-f-]+\?done=drafted$/);
+  const contract = new URL(admin.url()).pathname.split("/").pop();
+  assert.equal(await admin.locator(".facts .badge").first().textContent(), "draft");
+  assert.match(await admin.locator(".facts").textContent(), /1500\.00 EUR/);
+  await check(admin, "admin-contract-draft");
+
+  // A form posted without the session's CSRF token is refused.
+  const forgedSend = await admin.request.post(`${BASE}/admin/contracts/${contract}/send`, { form: {} });
+  assert.equal(forgedSend.status(), 403);
+
+  // ...and sends it for signature.
+  await admin.getByRole("button", { name: "Send to customer" }).click();
+  await admin.waitForURL(`${BASE}/admin/contracts/${contract}?done=sent`);
+  assert.equal(await admin.locator(".facts .badge").first().textContent(), "sent");
+  assert.match(await admin.locator("main").textContent(), /Waiting for the customer's signature/);
+  // The API's refusal is shown as the API gave it (a sent contract cannot be activated).
+  const early = await admin.request.post(`${BASE}/admin/contracts/${contract}/activate`, {
+    form: { csrf: await admin.locator("input[name=csrf]").first().inputValue() },
+  });
+  assert.equal(early.status(), 409);
+  assert.match(await early.text(), /class="detail" role="alert">[^<]*sent/);
+  // Lists are read models: wait until they show the change (read-your-writes).
+  await until(operator, `/contracts?org=${acme.org}`, (r) => r.items[0]?.status === "sent", "the sent contract");
 
   // The customer's owner signs in through QSA and finds the contract waiting.
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
@@ -178,8 +243,22 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
   const signed = await api(operator, "GET", `/contracts/${contract}`, undefined, 200);
   assert.equal(signed.signed_by, "Ada Lovelace");
 
-  // The vendor activates it; QuantumLock issues the licence.
-  await api(operator, "POST", `/contracts/${contract}/activate`, undefined, 200);
+  // The operator sees the signature and activates the contract; QuantumLock issues the licence.
+  await until(operator, `/contracts?org=${acme.org}&status=signed`, (r) => r.items.length === 1, "the signed contract");
+  await nav(admin, "Contracts", "Admin").click();
+  await admin.waitForURL(`${BASE}/admin/contracts`);
+  await admin.getByLabel("Status").selectOption("signed");
+  await admin.getByRole("button", { name: "Filter" }).click();
+  await admin.waitForURL(`${BASE}/admin/contracts?status=signed`);
+  assert.deepEqual(await admin.locator("tbody tr a").allTextContents(), [contract]);
+  assert.match(await admin.locator("tbody").textContent(), /Acme Quantum GmbH/);
+  await check(admin, "admin-contracts-signed");
+  await admin.getByRole("link", { name: contract }).click();
+  await admin.waitForURL(`${BASE}/admin/contracts/${contract}`);
+  assert.match(await admin.locator(".facts").textContent(), /Signed by\s*Ada Lovelace/);
+  await admin.getByRole("button", { name: "Activate" }).click();
+  await admin.waitForURL(`${BASE}/admin/contracts/${contract}?done=activated`);
+  assert.equal(await admin.locator(".facts .badge").first().textContent(), "active");
   let license;
   for (let i = 0; i < 100 && !license; i++) {
     const c = await api(operator, "GET", `/contracts/${contract}`, undefined, 200);
@@ -196,6 +275,38 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
     if (listed.items.length === 1) break;
     await new Promise((ok) => setTimeout(ok, 100));
   }
+
+  // The operator sees the licence the contract produced, valid, and no refused step.
+  await admin.goto(`${BASE}/admin/contracts/${contract}`);
+  const item = admin.locator("tbody tr").first();
+  assert.match(await item.textContent(), new RegExp(`${license}\\s*valid`));
+  assert.match(await admin.locator("main").textContent(), /QuantumLock refused none/);
+  await check(admin, "admin-contract-active");
+
+  // The licence, among every customer's: suspended after a confirmation, then reinstated.
+  await nav(admin, "Licences", "Admin").click();
+  await admin.waitForURL(`${BASE}/admin/licenses`);
+  assert.match(await admin.locator("tbody").textContent(), /Acme Quantum GmbH/);
+  await check(admin, "admin-licenses");
+  await admin.getByRole("link", { name: license }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}`);
+  assert.match(await admin.locator(".facts").textContent(), /Standing now\s*valid/);
+  await check(admin, "admin-license");
+  await admin.getByRole("link", { name: "Suspend…" }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}/suspend`);
+  await admin.getByLabel(/Reason/).fill("Invoice overdue");
+  await admin.getByLabel(/I confirm/).check();
+  await check(admin, "admin-license-suspend");
+  await admin.getByRole("button", { name: "Suspend licence" }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}?done=suspend`);
+  assert.match(await admin.getByRole("status").textContent(), /The licence was suspended/);
+  assert.match(await admin.locator(".facts").textContent(), /Standing now\s*suspended/);
+  await admin.getByRole("link", { name: "Reinstate…" }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}/reinstate`);
+  await admin.getByLabel(/I confirm/).check();
+  await admin.getByRole("button", { name: "Reinstate licence" }).click();
+  await admin.waitForURL(`${BASE}/admin/licenses/${license}?done=reinstate`);
+  assert.match(await admin.locator(".facts").textContent(), /Standing now\s*valid/);
 
   await page.goto(`${BASE}/portal/contracts/${contract}`);
   assert.equal(await page.locator(".facts .badge").first().textContent(), "active");
@@ -344,6 +455,119 @@ test("a customer signs a contract in the Portal, gets its licence, and another o
   assert.equal(r.status(), 403);
   assert.equal(await member.getByRole("alert").textContent(), "this needs the contracts:read scope");
   await check(member, "portal-forbidden");
+
+  // A customer's person is refused at the Admin console, whatever their scopes: no data, no
+  // navigation.
+  let refused = await other.goto(`${BASE}/admin/`);
+  if (refused.url().startsWith(`${BASE}/oauth2/`)) {
+    await other.waitForSelector("text=Allow access?");
+    [refused] = await Promise.all([
+      other.waitForResponse((res) => new URL(res.url()).pathname === "/admin/"),
+      other.getByRole("button", { name: "Allow" }).click(),
+    ]);
+  }
+  assert.equal(refused.status(), 403);
+  assert.equal(await other.getByRole("heading", { level: 1 }).textContent(), "Not for your organization");
+  assert.equal(await other.getByRole("navigation", { name: "Admin" }).count(), 0);
+  assert.doesNotMatch(await other.locator("main").textContent(), /Acme|Customers/);
+  assert.equal(await other.getByRole("link", { name: "Go to the Customer Portal" }).getAttribute("href"), "/portal/");
+  r = await other.goto(`${BASE}/admin/contracts/${contract}`);
+  assert.equal(r.status(), 403);
+  assert.doesNotMatch(await other.locator("main").textContent(), /qpu-access|Acme/);
+  await check(other, "admin-forbidden");
+
+  // The operator terminates the contract, after a confirmation; its licence is revoked.
+  await admin.goto(`${BASE}/admin/contracts/${contract}`);
+  await admin.getByRole("link", { name: "Terminate…" }).click();
+  await admin.waitForURL(`${BASE}/admin/contracts/${contract}/terminate`);
+  await check(admin, "admin-contract-terminate");
+  await admin.getByLabel(/Reason/).fill("The customer moved to another plan");
+  await admin.getByLabel(/I understand/).check();
+  await admin.getByRole("button", { name: "Terminate contract" }).click();
+  await admin.waitForURL(`${BASE}/admin/contracts/${contract}?done=terminated`);
+  assert.equal(await admin.locator(".facts .badge").first().textContent(), "terminated");
+  assert.match(await admin.locator("tbody tr").first().textContent(), /revoked with the contract/);
+  await until(operator, `/licenses/${license}/status`, (r) => r.standing === "revoked", "the licence revoked");
+  await check(admin, "admin-contract-terminated");
+  await admin.setViewportSize({ width: 390, height: 844 });
+  await check(admin, "admin-contract-narrow");
+  await admin.goto(`${BASE}/admin/customers/${acme.org}`);
+  await check(admin, "admin-customer-narrow");
+  await admin.setViewportSize({ width: 1280, height: 800 });
+
+  // The event log, filtered to Acme's sent contracts, read page by page.
+  await api(operator, "POST", "/audit/checkpoints", undefined);
+  await nav(admin, "Event log", "Admin").click();
+  await admin.waitForURL(`${BASE}/admin/events`);
+  await check(admin, "admin-events");
+  await admin.getByLabel("Tenant").fill(acme.org);
+  await admin.getByLabel("Aggregate type").fill("Contract");
+  await admin.getByLabel("Event type").fill("ContractSent");
+  await admin.getByRole("button", { name: "Filter" }).click();
+  await admin.waitForURL(/\/admin\/events\?/);
+  const sentEvent = admin.getByRole("link", { name: `Contract ${contract}` });
+  for (let i = 0; i < 50 && (await sentEvent.count()) === 0; i++) {
+    await admin.getByRole("link", { name: "Next page" }).click();
+    await admin.waitForLoadState();
+  }
+  assert.equal(await sentEvent.count(), 1);
+  assert.deepEqual([...new Set(await admin.locator("tbody td[data-label=Event]").allTextContents())], ["ContractSent"]);
+  await check(admin, "admin-events-filtered");
+
+  // The contract's history: a hash chain, and one event's inclusion in the signed log.
+  await sentEvent.click();
+  await admin.waitForURL(`${BASE}/admin/events/Contract/${contract}`);
+  assert.match(await admin.locator("main").textContent(), /Hash chain intact/);
+  assert.deepEqual(
+    (await admin.locator("ol.chain strong").allTextContents()).slice(0, 3),
+    ["1. ContractDrafted", "2. ContractSent", "3. ContractSigned"],
+  );
+  await check(admin, "admin-event-history");
+  await admin.getByRole("link", { name: "Verify inclusion of event 2" }).click();
+  await admin.waitForURL(/verify=/);
+  assert.match(await admin.locator("#proof-h + dl").textContent(), /included\s*in the signed log/);
+  await check(admin, "admin-event-inclusion");
+  await nav(admin, "Checkpoints", "Admin").click();
+  await admin.waitForURL(`${BASE}/admin/checkpoints`);
+  assert.ok((await admin.locator("tbody tr").count()) >= 1);
+  await check(admin, "admin-checkpoints");
+
+  // The evidence keyring is rotated, then its previous key marked compromised after typing
+  // its id; the crypto policy is shown beside them.
+  const evidenceKeys = async () =>
+    (await api(operator, "GET", "/keys", undefined, 200)).keys.filter((k) => k.purpose === "evidence");
+  const [old] = await evidenceKeys();
+  await nav(admin, "Keys", "Admin").click();
+  await admin.waitForURL(`${BASE}/admin/keys`);
+  assert.match(await admin.locator("main").textContent(), /Crypto policy/);
+  await check(admin, "admin-keys");
+  await admin.getByLabel("Keyring", { exact: true }).selectOption("evidence");
+  await admin.getByRole("button", { name: "Rotate" }).click();
+  await admin.waitForURL(/\/admin\/keys\?rotated=/);
+  const fresh = new URL(admin.url()).searchParams.get("rotated");
+  assert.notEqual(fresh, old.kid);
+  assert.ok((await evidenceKeys()).some((k) => k.kid === fresh), "the new key is in the evidence keyring");
+  assert.match(await admin.getByRole("status").textContent(), new RegExp(`A new key ${fresh} signs`));
+  await admin.getByRole("link", { name: `Mark compromised… key ${old.kid}` }).click();
+  await admin.waitForURL(`${BASE}/admin/keys/${old.kid}/compromise`);
+  await admin.getByLabel(/Reason/).fill("Backup tape lost");
+  await admin.getByLabel("Type the key id to confirm").fill("not-the-key");
+  await check(admin, "admin-key-compromise");
+  let mistyped;
+  [mistyped] = await Promise.all([
+    admin.waitForResponse((res) => res.request().method() === "POST"),
+    admin.getByRole("button", { name: "Mark compromised" }).click(),
+  ]);
+  assert.equal(mistyped.status(), 422);
+  assert.ok(!(await evidenceKeys()).find((k) => k.kid === old.kid).compromised_at, "nothing changed");
+  await admin.goBack();
+  await admin.getByLabel("Type the key id to confirm").fill(old.kid);
+  await admin.getByLabel(/Reason/).fill("Backup tape lost");
+  await admin.getByRole("button", { name: "Mark compromised" }).click();
+  await admin.waitForURL(/\/admin\/keys\?compromised=/);
+  assert.ok((await evidenceKeys()).find((k) => k.kid === old.kid).compromised_at);
+  assert.match(await admin.locator("tbody tr", { hasText: old.kid }).textContent(), /compromised/);
+  await check(admin, "admin-keys-after");
 });
 
 test("a person who denies the Portal access is told so and may sign in again", async () => {

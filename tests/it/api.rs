@@ -488,7 +488,7 @@ async fn logs_honour_rust_log_and_json_and_carry_the_request_id() {
         .collect();
     let of_request: Vec<_> = lines
         .iter()
-        .filter(|l| l["span"]["request_id"] == made_id.as_str())
+        .filter(|l| l["span"]["request_id"] == made_id)
         .collect();
     assert!(of_request.len() >= 2, "{log}");
     assert!(of_request

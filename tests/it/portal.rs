@@ -356,6 +356,76 @@ pub async fn scenario(platform: &Api, portal: &Api, bootstrap_secret: &str) {
     )
     .await;
 
+    // The operator lists contracts by status (across customers without `org`).
+    eventually(
+        "the contract listed as amended",
+        Duration::from_secs(30),
+        || async {
+            let r = platform
+                .get(&format!("/v1/contracts?org={org}&status=amended"))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            (r.body["items"][0]["id"] == contract.as_str()).then_some(())
+        },
+    )
+    .await;
+    let drafts = platform.get("/v1/contracts?status=draft&limit=200").await;
+    assert_eq!(drafts.status, 200, "{}", drafts.body);
+    let drafts = drafts.body["items"].as_array().unwrap().clone();
+    assert!(drafts.iter().all(|c| c["status"] == "draft"), "{drafts:?}");
+    assert!(drafts.iter().all(|c| c["id"] != contract.as_str()));
+    is_problem(&platform.get("/v1/contracts?status=signed-ish").await, 400);
+    // Licences across organizations for the platform; a tenant without `org`: its own.
+    eventually(
+        "the new licence listed",
+        Duration::from_secs(30),
+        || async {
+            let all = platform.get("/v1/licenses?limit=200").await;
+            assert_eq!(all.status, 200, "{}", all.body);
+            let items = all.body["items"].as_array().unwrap().clone();
+            items
+                .iter()
+                .any(|l| l["id"] == new_qpu.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+    eventually("the owner's licences", Duration::from_secs(30), || async {
+        let r = owner.get("/v1/licenses").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let items = r.body["items"].as_array().unwrap().clone();
+        assert!(items.iter().all(|l| l["organization_id"] == org.as_str()));
+        (items.len() == 3).then_some(())
+    })
+    .await;
+
+    // The log, filtered; and the contract's own history, a hash chain.
+    let sent = platform
+        .get(&format!(
+            "/v1/events?tenant={org}&aggregate_type=Contract&event_type=ContractSent&limit=1000"
+        ))
+        .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let sent = sent.body["events"].as_array().unwrap().clone();
+    assert!(!sent.is_empty());
+    assert!(sent
+        .iter()
+        .all(|e| e["envelope"]["event_type"] == "ContractSent"
+            && e["envelope"]["tenant_id"] == org.as_str()));
+    let history = platform
+        .get(&format!("/v1/aggregates/Contract/{contract}/events"))
+        .await;
+    assert_eq!(history.status, 200, "{}", history.body);
+    let chain = history.body["events"].as_array().unwrap().clone();
+    assert_eq!(chain[0]["envelope"]["event_type"], "ContractDrafted");
+    for (i, pair) in chain.windows(2).enumerate() {
+        assert_eq!(pair[1]["envelope"]["sequence"], (i + 2) as u64);
+        assert_eq!(
+            pair[1]["envelope"]["prev_hash"],
+            pair[0]["envelope"]["hash"]
+        );
+    }
+
     // Tenant isolation: another organization sees none of it.
     let globex = org_client_at(platform, &portal.base, &other, &["owner"]).await;
     for path in [
@@ -364,6 +434,7 @@ pub async fn scenario(platform: &Api, portal: &Api, bootstrap_secret: &str) {
         format!("/v1/customers/{org}"),
         format!("/v1/contracts?org={org}"),
         format!("/v1/invoices?org={org}"),
+        format!("/v1/aggregates/Contract/{contract}/events"),
     ] {
         let r = globex.get(&path).await;
         is_problem(&r, 404);

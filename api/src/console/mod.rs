@@ -9,6 +9,7 @@
 //! callback and sign-out routes ([`session`]) next to its pages (e.g. [`portal`]).
 
 mod account;
+mod admin;
 mod api;
 mod portal;
 mod session;
@@ -29,6 +30,8 @@ use crate::AppState;
 
 /// The Portal console's OAuth client at QSA (registered at bootstrap).
 pub const PORTAL_CLIENT_ID: &str = "quantus-console-portal";
+/// The vendor's Admin console's OAuth client at QSA.
+pub const ADMIN_CLIENT_ID: &str = "quantus-console-admin";
 /// The account console's OAuth client at QSA.
 pub const ACCOUNT_CLIENT_ID: &str = "quantus-console-account";
 
@@ -83,6 +86,7 @@ pub fn registrations(issuer: &str) -> Vec<ConsoleRegistration> {
     vec![
         registration::<portal::Portal>(issuer, "console-portal-client.json"),
         registration::<account::Account>(issuer, "console-account-client.json"),
+        registration::<admin::Admin>(issuer, "console-admin-client.json"),
     ]
 }
 
@@ -163,6 +167,7 @@ pub fn routes(state: &AppState, api: Router) -> Router<AppState> {
     let router = Router::new().route("/console/assets/{name}", get(asset));
     let router = mount::<portal::Portal>(router, &kit);
     let router = mount::<account::Account>(router, &kit);
+    let router = mount::<admin::Admin>(router, &kit);
     router
         .layer(axum::middleware::from_fn_with_state(
             kit.issuer.clone(),
@@ -294,6 +299,9 @@ pub struct PageError {
     pub sign_in: bool,
     /// The signed-in person's header and navigation, when the error happened on their page.
     pub chrome: Option<Box<Chrome>>,
+    /// Where to go instead of the console's home (href, label), e.g. when the whole console
+    /// is not for this person.
+    pub elsewhere: Option<(&'static str, &'static str)>,
 }
 
 /// What an error page needs to keep the signed-in header and navigation.
@@ -317,6 +325,7 @@ impl PageError {
             console,
             sign_in: false,
             chrome: None,
+            elsewhere: None,
         }
     }
 
@@ -371,6 +380,27 @@ pub fn money(currency: &str, minor: i64) -> String {
     quantus_domain::money::Currency::parse(currency)
         .map(|c| c.format(minor))
         .unwrap_or_else(|_| format!("{minor} {currency} (minor units)"))
+}
+
+/// A list's "next page" link, when there is one.
+pub struct Pager {
+    pub next: Option<String>,
+    /// Whether this is not the first page (offer "first page").
+    pub later: bool,
+    pub first: String,
+}
+
+/// The pager of a list at `path` (which may carry a query of its own, e.g. a filter).
+pub fn pager(path: &str, next_after: Option<String>, after: &Option<String>) -> Pager {
+    let joiner = if path.contains('?') { '&' } else { '?' };
+    Pager {
+        next: next_after.map(|n| {
+            let q = api::query(&[("after", Some(&n))]);
+            format!("{path}{joiner}{}", q.trim_start_matches('?'))
+        }),
+        later: after.is_some(),
+        first: path.to_owned(),
+    }
 }
 
 /// The date part of an RFC 3339 timestamp, for tables.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::api::{query, segment, Page};
 use super::session::{redirect, Posted};
-use super::{day, money, render, Console, ConsoleInfo, Layout};
+use super::{day, money, pager, render, Console, ConsoleInfo, Layout, Pager};
 use super::{PageError, SignedIn, PORTAL_CLIENT_ID};
 use crate::AppState;
 
@@ -209,22 +209,6 @@ struct InvoiceDetail {
 }
 
 // ---- what the pages show ----
-
-/// A list's "next page" link, when there is one.
-struct Pager {
-    next: Option<String>,
-    /// Whether this is not the first page (offer "first page").
-    later: bool,
-    first: String,
-}
-
-fn pager(path: &str, next_after: Option<String>, after: &Option<String>) -> Pager {
-    Pager {
-        next: next_after.map(|n| format!("{path}{}", query(&[("after", Some(&n))]))),
-        later: after.is_some(),
-        first: path.to_owned(),
-    }
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct ListParams {
