@@ -8,18 +8,7 @@ use crate::harness::*;
 
 #[test]
 fn customers_use_the_portal_in_a_real_browser() {
-    let setup = Command::new(repo_root().join("scripts/browser.sh"))
-        .output()
-        .expect("run scripts/browser.sh");
-    assert!(
-        setup.status.success(),
-        "Chromium or Playwright could not be installed:\n{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let chromium = String::from_utf8_lossy(&setup.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
-        .expect("scripts/browser.sh names Chromium");
+    let chromium = chromium();
     // Every page refreshes the session's access token (tokens live 10 minutes; the journey
     // takes seconds), so rotation and the session's compare-and-swap are used throughout.
     let (server, public) = crate::passkeys::localhost_server(

@@ -9,18 +9,7 @@ use crate::harness::*;
 
 #[test]
 fn people_use_the_pages_in_a_real_browser() {
-    let setup = Command::new(repo_root().join("scripts/browser.sh"))
-        .output()
-        .expect("run scripts/browser.sh");
-    assert!(
-        setup.status.success(),
-        "Chromium or Playwright could not be installed:\n{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let chromium = String::from_utf8_lossy(&setup.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
-        .expect("scripts/browser.sh names Chromium");
+    let chromium = chromium();
     // A localhost public URL: browsers allow WebAuthn (passkeys) on it.
     let (server, public) = crate::passkeys::localhost_server("browser", &[]);
     let (id, secret) = bootstrap_credentials(&server.data_dir);

@@ -40,6 +40,23 @@ fn start_service(script: &str, key: &str) -> String {
     }
 }
 
+/// Headless Chromium and Playwright for the browser tests, installed by `scripts/browser.sh`
+/// (fails loudly when they cannot be had); returns Chromium's path.
+pub fn chromium() -> String {
+    let setup = Command::new(repo_root().join("scripts/browser.sh"))
+        .output()
+        .expect("run scripts/browser.sh");
+    assert!(
+        setup.status.success(),
+        "Chromium or Playwright could not be installed:\n{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    String::from_utf8_lossy(&setup.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
+        .expect("scripts/browser.sh names Chromium")
+}
+
 /// The Postgres server for this test run (started once).
 pub fn postgres_server() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
