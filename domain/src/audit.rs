@@ -26,6 +26,58 @@ pub struct AuditBreak {
     pub reason: String,
 }
 
+impl AuditBreak {
+    fn at(position: u64, e: &Envelope, reason: String) -> Self {
+        Self {
+            position,
+            event_id: e.event_id,
+            aggregate_type: e.aggregate_type.clone(),
+            aggregate_id: e.aggregate_id.clone(),
+            sequence: e.sequence,
+            reason,
+        }
+    }
+}
+
+/// The checks one event passes on its own: its hash recomputed from its canonical form, the
+/// form rules (a forger who recomputes the hash of an aggregate's last event breaks no link,
+/// so what an event may contain is checked too), its payload against its type's schema, and
+/// its tenant. They need no other event, so an auditor may run them in parallel and then
+/// [`Audit::link`] the results in log order. Returns the event's Merkle leaf.
+pub fn check_event(position: u64, e: &Envelope) -> Result<[u8; 32], AuditBreak> {
+    let fail = |reason: String| AuditBreak::at(position, e, reason);
+    let computed = e.compute_hash().map_err(|x| fail(x.to_string()))?;
+    if computed != e.hash {
+        return Err(fail(format!(
+            "hash mismatch: stored {}, recomputed {computed}",
+            e.hash
+        )));
+    }
+    if position == 0 {
+        return Err(fail("position 0 is not a log position".into()));
+    }
+    if e.event_id.get_version_num() != 7 {
+        return Err(fail(format!("event_id {} is not a UUIDv7", e.event_id)));
+    }
+    crate::schema::check_payload(
+        &e.aggregate_type,
+        &e.event_type,
+        e.schema_version,
+        &e.payload,
+    )
+    .map_err(fail)?;
+    if !crate::schema::tenant_is_valid(&e.aggregate_type, &e.aggregate_id, &e.tenant_id) {
+        return Err(fail(format!(
+            "tenant_id {:?} cannot own this aggregate",
+            e.tenant_id
+        )));
+    }
+    let mut leaf = [0u8; 32];
+    hex::decode_to_slice(&e.hash, &mut leaf)
+        .map_err(|_| fail("the event hash is not 32 bytes of hex".into()))?;
+    Ok(leaf)
+}
+
 /// What a clean log contained.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditSummary {
@@ -67,45 +119,17 @@ impl Audit {
         Self::default()
     }
 
-    /// Checks one event: its own hash, its link to its aggregate's previous event, and that
-    /// its position holds no other event.
+    /// Checks one event: its own hash, its form, its link to its aggregate's previous event,
+    /// and that its position holds no other event.
     pub fn observe(&mut self, position: u64, e: &Envelope) -> Result<(), AuditBreak> {
-        let fail = |reason: String| AuditBreak {
-            position,
-            event_id: e.event_id,
-            aggregate_type: e.aggregate_type.clone(),
-            aggregate_id: e.aggregate_id.clone(),
-            sequence: e.sequence,
-            reason,
-        };
-        let computed = e.compute_hash().map_err(|x| fail(x.to_string()))?;
-        if computed != e.hash {
-            return Err(fail(format!(
-                "hash mismatch: stored {}, recomputed {computed}",
-                e.hash
-            )));
-        }
-        if position == 0 {
-            return Err(fail("position 0 is not a log position".into()));
-        }
-        // Form rules: a forger who recomputes the hash of an aggregate's last event breaks no
-        // link, so what an event may contain is checked too.
-        if e.event_id.get_version_num() != 7 {
-            return Err(fail(format!("event_id {} is not a UUIDv7", e.event_id)));
-        }
-        crate::schema::check_payload(
-            &e.aggregate_type,
-            &e.event_type,
-            e.schema_version,
-            &e.payload,
-        )
-        .map_err(fail)?;
-        if !crate::schema::tenant_is_valid(&e.aggregate_type, &e.aggregate_id, &e.tenant_id) {
-            return Err(fail(format!(
-                "tenant_id {:?} cannot own this aggregate",
-                e.tenant_id
-            )));
-        }
+        let leaf = check_event(position, e)?;
+        self.link(position, e, leaf)
+    }
+
+    /// The checks that depend on the events before this one: its aggregate's chain and its
+    /// position. `leaf` is what [`check_event`] returned for it; call in log order.
+    pub fn link(&mut self, position: u64, e: &Envelope, leaf: [u8; 32]) -> Result<(), AuditBreak> {
+        let fail = |reason: String| AuditBreak::at(position, e, reason);
         match self.positions.get(&position) {
             Some(id) if *id == e.event_id => {
                 self.duplicates += 1;
@@ -137,9 +161,6 @@ impl Audit {
         self.positions.insert(position, e.event_id);
         self.chains
             .insert(key, (e.sequence, e.hash.clone(), position));
-        let mut leaf = [0u8; 32];
-        hex::decode_to_slice(&e.hash, &mut leaf)
-            .map_err(|_| fail("the event hash is not 32 bytes of hex".into()))?;
         self.hashes.insert(position, leaf);
         self.remember(e);
         Ok(())

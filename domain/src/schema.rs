@@ -3,6 +3,9 @@
 //! `schemas/` at the repository root is generated from [`catalogue`] (`quantus schemas write`);
 //! a test fails when the two disagree.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use schemars::{JsonSchema, Schema};
 
 use crate::checkpoint::LogCheckpointSigned;
@@ -115,8 +118,9 @@ fn entry<T: JsonSchema + serde::de::DeserializeOwned>(
         event_type,
         version,
         schema,
+        // Deserializing from a borrowed value: no copy of the payload per check.
         validate: |payload| {
-            serde_json::from_value::<T>(payload.clone())
+            T::deserialize(payload)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         },
@@ -235,6 +239,20 @@ pub fn catalogue() -> Vec<EventSchema> {
     ]
 }
 
+/// The catalogue, built once: generating the ~100 JSON Schemas costs far more than a check,
+/// and the auditor checks every event of the log.
+static CATALOGUE: LazyLock<Vec<EventSchema>> = LazyLock::new(catalogue);
+
+/// The catalogue's entries by event type (names are unique; versions share a name).
+static CATALOGUE_BY_TYPE: LazyLock<HashMap<&'static str, Vec<&'static EventSchema>>> =
+    LazyLock::new(|| {
+        let mut index: HashMap<&'static str, Vec<&'static EventSchema>> = HashMap::new();
+        for e in CATALOGUE.iter() {
+            index.entry(e.event_type).or_default().push(e);
+        }
+        index
+    });
+
 /// The tenant of platform-wide aggregates (keys, crypto policy).
 pub const PLATFORM_TENANT: &str = "platform";
 
@@ -246,11 +264,11 @@ pub fn check_payload(
     version: u32,
     payload: &serde_json::Value,
 ) -> Result<(), String> {
-    let entry = catalogue()
+    let entry = CATALOGUE_BY_TYPE
+        .get(event_type)
         .into_iter()
-        .find(|e| {
-            e.aggregate_type == aggregate_type && e.event_type == event_type && e.version == version
-        })
+        .flatten()
+        .find(|e| e.aggregate_type == aggregate_type && e.version == version)
         .ok_or_else(|| format!("unknown event type {aggregate_type}/{event_type} v{version}"))?;
     (entry.validate)(payload)
         .map_err(|e| format!("payload does not match {}: {e}", entry.file_name()))

@@ -1,13 +1,17 @@
 //! `quantus audit verify`: replay the log and check every hash, chain link and position.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use quantus_domain::audit::{Audit, AuditBreak};
-use quantus_infra::event_store::read_log;
-use quantus_infra::InfraError;
+use quantus_domain::audit::{check_event, Audit, AuditBreak};
+use quantus_infra::event_store::{read_log, LogRecord};
+use quantus_infra::kafka::KafkaSettings;
+use quantus_infra::{Database, InfraError};
+use rayon::prelude::*;
 
 use super::StoreArgs;
 
@@ -33,33 +37,14 @@ pub struct VerifyArgs {
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut audit = Audit::new();
-    let mut broken: Option<AuditBreak> = None;
-    // Data that cannot even be read as an envelope is a break too, not a tool failure.
-    let mut unreadable: Option<String> = None;
+    let started = Instant::now();
     let source;
-    match &args.kafka {
+    let outcome = match &args.kafka {
         Some(brokers) => {
             source = format!("Kafka topics at {brokers}");
             let mut kafka = quantus_infra::kafka::KafkaSettings::new(brokers.clone());
             kafka.topic_prefix = args.topic_prefix.clone();
-            let progress = bar(None);
-            let result = quantus_infra::kafka::read_all_topics(&kafka, |record| {
-                progress.inc(1);
-                audit
-                    .observe(record.position, &record.envelope)
-                    .map_err(|b| {
-                        let error = InfraError::Corrupt(b.to_string());
-                        broken = Some(b);
-                        error
-                    })
-            })
-            .await;
-            progress.finish_and_clear();
-            match result {
-                Err(InfraError::Corrupt(reason)) if broken.is_none() => unreadable = Some(reason),
-                Err(e) if broken.is_none() => return Err(e.into()),
-                _ => {}
-            }
+            audit_kafka(&kafka, &mut audit).await?
         }
         None => {
             let (config, db) = args.store.open().await?;
@@ -67,44 +52,24 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 Some(_) => "Postgres store".to_owned(),
                 None => format!("embedded store in {}", config.data_dir.display()),
             };
-            let head = db.head_position().await?;
-            let progress = bar(Some(head));
-            let mut after = 0;
-            'read: loop {
-                let records = match read_log(&db, after, 5000).await {
-                    Ok(records) => records,
-                    Err(InfraError::Corrupt(reason)) => {
-                        unreadable = Some(reason);
-                        break;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                let Some(last) = records.last().map(|r| r.position) else {
-                    break;
-                };
-                for record in &records {
-                    if let Err(b) = audit.observe(record.position, &record.envelope) {
-                        broken = Some(b);
-                        break 'read;
-                    }
-                }
-                progress.set_position(last);
-                after = last;
-            }
-            progress.finish_and_clear();
+            audit_store(&db, &mut audit).await?
         }
-    }
+    };
+    let elapsed = started.elapsed();
     println!("source: {source}");
-    if let Some(reason) = unreadable {
-        println!("BROKEN: stored data is unreadable: {reason}");
-        return Ok(ExitCode::FAILURE);
-    }
-    if let Some(b) = broken {
-        println!(
-            "BROKEN at position {}: event {} ({} {} #{}): {}",
-            b.position, b.event_id, b.aggregate_type, b.aggregate_id, b.sequence, b.reason
-        );
-        return Ok(ExitCode::FAILURE);
+    match outcome {
+        Outcome::Clean => {}
+        Outcome::Unreadable(reason) => {
+            println!("BROKEN: stored data is unreadable: {reason}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Outcome::Broken(b) => {
+            println!(
+                "BROKEN at position {}: event {} ({} {} #{}): {}",
+                b.position, b.event_id, b.aggregate_type, b.aggregate_id, b.sequence, b.reason
+            );
+            return Ok(ExitCode::FAILURE);
+        }
     }
     let summary = match audit.finish() {
         Ok(summary) => summary,
@@ -119,6 +84,11 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         (Some(first), Some(last)) => println!("positions: {first}..{last}"),
         _ => println!("positions: none (empty log)"),
     }
+    println!(
+        "speed: {:.0} events/s ({:.2} s)",
+        summary.events as f64 / elapsed.as_secs_f64().max(1e-9),
+        elapsed.as_secs_f64()
+    );
     if summary.duplicates > 0 {
         println!("duplicate deliveries ignored: {}", summary.duplicates);
     }
@@ -163,15 +133,167 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn bar(len: Option<u64>) -> ProgressBar {
-    // Drawn on stderr, and only when it is a terminal.
-    let bar = match len {
-        Some(len) => ProgressBar::new(len),
-        None => ProgressBar::new_spinner(),
+/// How reading the log ended: a break is a finding, not a failure of the tool.
+pub(crate) enum Outcome {
+    Clean,
+    /// The first problem, in log order.
+    Broken(AuditBreak),
+    /// Data that cannot even be read as an envelope.
+    Unreadable(String),
+}
+
+impl Outcome {
+    /// For callers (benchmarks) that expect a clean log.
+    pub(crate) fn clean(self) -> anyhow::Result<()> {
+        match self {
+            Self::Clean => Ok(()),
+            Self::Broken(b) => Err(anyhow::anyhow!("{b}")),
+            Self::Unreadable(reason) => Err(anyhow::anyhow!("stored data is unreadable: {reason}")),
+        }
+    }
+}
+
+/// Records per read, and per parallel batch.
+const BATCH: u32 = 5000;
+
+/// Feeds the whole store to `audit`, reading the next batch while the current one is checked.
+pub(crate) async fn audit_store(db: &Database, audit: &mut Audit) -> anyhow::Result<Outcome> {
+    let mut progress = Progress::new(Some(db.head_position().await?));
+    let read = |after: u64| {
+        let db = db.clone();
+        tokio::spawn(async move { read_log(&db, after, BATCH).await })
     };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {pos}/{len} events {per_sec} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
+    let mut next = read(0);
+    loop {
+        let records = match next.await? {
+            Ok(records) => records,
+            Err(InfraError::Corrupt(reason)) => return Ok(Outcome::Unreadable(reason)),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(last) = records.last().map(|r| r.position) else {
+            break;
+        };
+        next = read(last);
+        if let Err(b) = tokio::task::block_in_place(|| observe_batch(audit, &records)) {
+            next.abort();
+            progress.finish();
+            return Ok(Outcome::Broken(b));
+        }
+        progress.advance(records.len() as u64);
+    }
+    progress.finish();
+    Ok(Outcome::Clean)
+}
+
+/// Feeds every record of the platform's Kafka topics to `audit`.
+async fn audit_kafka(kafka: &KafkaSettings, audit: &mut Audit) -> anyhow::Result<Outcome> {
+    let mut progress = Progress::new(None);
+    let mut batch = Vec::with_capacity(BATCH as usize);
+    let mut broken = None;
+    let mut flush = |batch: &mut Vec<LogRecord>, broken: &mut Option<AuditBreak>| {
+        let result = observe_batch(audit, batch);
+        progress.advance(batch.len() as u64);
+        batch.clear();
+        result.map_err(|b| {
+            let error = InfraError::Corrupt(b.to_string());
+            *broken = Some(b);
+            error
+        })
+    };
+    let result = quantus_infra::kafka::read_all_topics(kafka, |record| {
+        batch.push(record);
+        if batch.len() < BATCH as usize {
+            return Ok(());
+        }
+        flush(&mut batch, &mut broken)
+    })
+    .await
+    .and_then(|_| flush(&mut batch, &mut broken));
+    progress.finish();
+    match (result, broken) {
+        (_, Some(b)) => Ok(Outcome::Broken(b)),
+        (Err(InfraError::Corrupt(reason)), None) => Ok(Outcome::Unreadable(reason)),
+        (Err(e), None) => Err(e.into()),
+        (Ok(()), None) => Ok(Outcome::Clean),
+    }
+}
+
+/// Checks a batch: each event's own checks in parallel across the cores, then the chain links
+/// in log order, so the break reported is the earliest one.
+pub(crate) fn observe_batch(audit: &mut Audit, records: &[LogRecord]) -> Result<(), AuditBreak> {
+    let leaves: Vec<_> = records
+        .par_iter()
+        .map(|r| check_event(r.position, &r.envelope))
+        .collect();
+    for (r, leaf) in records.iter().zip(leaves) {
+        audit.link(r.position, &r.envelope, leaf?)?;
+    }
+    Ok(())
+}
+
+/// Progress on stderr: a bar with an ETA on a terminal, otherwise a plain line every few
+/// seconds (a CI log or a file gets no control characters).
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: Option<u64>,
+    done: u64,
+    started: Instant,
+    printed: Instant,
+}
+
+impl Progress {
+    const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+    fn new(total: Option<u64>) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = match total {
+                Some(len) => ProgressBar::new(len),
+                None => ProgressBar::new_spinner(),
+            };
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {pos}/{len} events {per_sec} {elapsed}, about {eta} left",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Self {
+            bar,
+            total,
+            done: 0,
+            started: Instant::now(),
+            printed: Instant::now(),
+        }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+            return;
+        }
+        if self.printed.elapsed() < Self::PLAIN_EVERY {
+            return;
+        }
+        self.printed = Instant::now();
+        let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        match self.total {
+            Some(total) if total > 0 => {
+                let left = total.saturating_sub(self.done) as f64 / rate.max(1.0);
+                eprintln!(
+                    "audit: {} of {total} events ({:.0} %), {rate:.0} events/s, about {left:.0} s left",
+                    self.done,
+                    100.0 * self.done as f64 / total as f64
+                );
+            }
+            _ => eprintln!("audit: {} events, {rate:.0} events/s", self.done),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }

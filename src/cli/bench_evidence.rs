@@ -214,19 +214,7 @@ pub async fn run(
     checkpoints.sign_now(&ctx(PLATFORM_TENANT)).await?;
     let started = Instant::now();
     let mut audit = quantus_domain::audit::Audit::new();
-    let mut after = 0;
-    loop {
-        let records = quantus_infra::event_store::read_log(&db, after, 5000).await?;
-        let Some(l) = records.last().map(|r| r.position) else {
-            break;
-        };
-        for r in &records {
-            audit
-                .observe(r.position, &r.envelope)
-                .map_err(|b| anyhow::anyhow!("{b}"))?;
-        }
-        after = l;
-    }
+    super::audit::audit_store(&db, &mut audit).await?.clean()?;
     let summary = audit.finish().map_err(anyhow::Error::msg)?;
     let cps = audit
         .check_checkpoints(&state.licensing.key_set().await?, None, Utc::now())
