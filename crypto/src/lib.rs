@@ -22,5 +22,6 @@ pub mod instant;
 pub mod keys;
 pub mod license;
 pub mod merkle;
+pub mod tiles;
 
 pub use algorithm::{Algorithm, PublicKey, SecretKey, SignatureError};
