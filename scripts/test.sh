@@ -42,6 +42,12 @@ apt_get() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2 || { a
 command -v jq >/dev/null || { log "installing jq"; apt_get jq; }
 command -v docker-compose >/dev/null || { log "installing docker-compose"; apt_get docker-compose; }
 
+# Go: the independent tlog-tiles client (tests/tlog: torchwood, x/mod/sumdb/tlog) the
+# checkpoint tests run; its modules come from the Go module proxy.
+command -v go >/dev/null || { log "Go is missing: the tiles cross-check needs the go command on PATH"; exit 1; }
+log "fetching the Go tiles client's modules"
+(cd tests/tlog && go mod download) >&2
+
 log "installing headless Chromium and Playwright for the browser tests"
 scripts/browser.sh >/dev/null
 

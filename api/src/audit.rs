@@ -1,13 +1,18 @@
 //! Log checkpoints and Merkle proofs: `/v1/audit/checkpoints`, `/v1/audit/proofs/inclusion`,
 //! `/v1/audit/proofs/consistency`. Hashes are base64, as in the checkpoint notes.
+//!
+//! The same tree for tiles clients (C2SP tlog-tiles, prefix `/v1/audit/log`): `checkpoint`
+//! (the latest signed note) and `tile/<L>/<N>[.p/<W>]`, `tile/entries/<N>[.p/<W>]`, so an
+//! auditor's own tlog client can compute and check any proof itself.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use quantus_crypto::tiles::{self, TilePath};
 use quantus_domain::schema::PLATFORM_TENANT;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -22,6 +27,8 @@ pub fn routes() -> Router<AppState> {
         .route("/audit/checkpoints", get(list).post(sign))
         .route("/audit/proofs/inclusion", get(inclusion))
         .route("/audit/proofs/consistency", get(consistency))
+        .route("/audit/log/checkpoint", get(log_checkpoint))
+        .route("/audit/log/tile/{*path}", get(log_tile))
 }
 
 fn b64(h: &[u8; 32]) -> String {
@@ -159,4 +166,100 @@ pub async fn consistency(
         "new_root": b64(&new_root),
         "consistency_path": path.iter().map(b64).collect::<Vec<_>>(),
     })))
+}
+
+/// The latest signed checkpoint as a C2SP signed note (tlog-tiles `<prefix>/checkpoint`).
+#[utoipa::path(get, path = "/v1/audit/log/checkpoint", tag = "audit",
+    responses((status = 200, description = "the signed note (text/plain)", content_type = "text/plain", body = String),
+        (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn log_checkpoint(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, Problem> {
+    principal.require("events:read")?;
+    let latest = state
+        .checkpoints
+        .latest()
+        .await?
+        .ok_or_else(|| Problem::not_found("no checkpoint yet"))?;
+    // Checkpoints signed before the tiles existed: their tiles are grown on first request.
+    state
+        .checkpoints
+        .tiles()
+        .grow_to(latest.checkpoint.tree_size)
+        .await
+        .map_err(quantus_commands::CommandError::from)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        latest.checkpoint.note,
+    )
+        .into_response())
+}
+
+/// One tile of the log's Merkle tree, or one bundle of its entries (each entry is the 32 bytes
+/// of an event's chained hash, after a big-endian 2-byte length, as tlog-tiles frames them).
+#[utoipa::path(get, path = "/v1/audit/log/tile/{path}", tag = "audit",
+    params(("path" = String, Path, description = "`<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`, N in x-prefixed groups of three digits")),
+    responses((status = 200, description = "the tile's hashes, 32 bytes each", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn log_tile(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(path): Path<String>,
+) -> Result<Response, Problem> {
+    principal.require("events:read")?;
+    let absent = || Problem::not_found(format!("no tile {path}"));
+    let tiles = state.checkpoints.tiles();
+    let body = match tiles::parse_path(&path).ok_or_else(absent)? {
+        TilePath::Hashes(tile) => {
+            let hashes = tiles
+                .tile(tile.level, tile.index)
+                .await
+                .map_err(quantus_commands::CommandError::from)?
+                .ok_or_else(absent)?;
+            // A full tile only once it is full; a partial one as a prefix of what is stored.
+            let hashes = hashes.get(..tile.width as usize).ok_or_else(absent)?;
+            hashes.concat()
+        }
+        TilePath::Entries { index, width } => {
+            let first = index.checked_mul(tiles::WIDTH).ok_or_else(absent)?;
+            let last = first + width;
+            let size = tiles
+                .size()
+                .await
+                .map_err(quantus_commands::CommandError::from)?;
+            if last > size {
+                return Err(absent());
+            }
+            let hashes = state
+                .bus
+                .repository()
+                .event_hashes_between(first, last)
+                .await
+                .map_err(quantus_commands::CommandError::from)?;
+            let mut body = Vec::with_capacity(hashes.len() * 34);
+            for h in hashes {
+                body.extend_from_slice(&(h.len() as u16).to_be_bytes());
+                body.extend_from_slice(&h);
+            }
+            body
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            // Tiles never change once served at a width (they only grow, as other paths).
+            (
+                header::CACHE_CONTROL,
+                "private, max-age=31536000, immutable",
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }

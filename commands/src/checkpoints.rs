@@ -5,11 +5,14 @@
 use chrono::{DateTime, Utc};
 use quantus_crypto::checkpoint::{note, Checkpoint, CHECKPOINT_CONTEXT};
 use quantus_crypto::keys::Purpose;
-use quantus_crypto::merkle::{self, Hash};
+use quantus_crypto::merkle::Hash;
+use quantus_crypto::tiles;
 use quantus_domain::checkpoint::{
     checkpoint_id, LogCheckpoint, LogCheckpointError, LogCheckpointSigned,
 };
 use quantus_domain::CommandContext;
+use quantus_infra::log_tiles::LogTiles;
+use quantus_infra::InfraError;
 
 use crate::licensing::Licensing;
 use crate::{ClassifyError, CommandError};
@@ -96,23 +99,26 @@ impl Checkpoints {
             .collect()
     }
 
-    /// Leaf hashes of events 1..=`size`: `H(0x00 || event hash)`.
-    async fn leaves(&self, size: u64) -> Result<Vec<Hash>, CommandError> {
-        let hashes = self
-            .licensing
-            .bus()
-            .repository()
-            .event_hashes(size)
-            .await
-            .map_err(storage)?;
-        let leaves: Vec<Hash> = hashes.iter().map(|h| merkle::leaf_hash(h)).collect();
-        if (leaves.len() as u64) < size {
-            return Err(CommandError::NotFound(format!(
-                "the log has only {} events, not {size}",
-                leaves.len()
-            )));
-        }
-        Ok(leaves)
+    /// The log's Merkle tree as stored tiles.
+    pub fn tiles(&self) -> LogTiles {
+        LogTiles::new(self.licensing.bus().repository().database().clone())
+    }
+
+    /// Computes over the tree of the first `size` events from its stored tiles (O(log n) of
+    /// them), growing the tiles first if the log has grown past them.
+    async fn over_tree<T>(
+        &self,
+        size: u64,
+        compute: impl Fn(&mut dyn FnMut(u32, u64) -> Hash) -> T,
+    ) -> Result<T, CommandError> {
+        let tiles = self.tiles();
+        tiles.grow_to(size).await.map_err(|e| match e {
+            InfraError::NotFound(reason) => CommandError::NotFound(reason),
+            e => storage(e),
+        })?;
+        let needed = tiles::tiles_needed(size, &compute);
+        let set = tiles.load(size, &needed).await.map_err(storage)?;
+        set.run(compute).map_err(storage)
     }
 
     /// Signs a checkpoint over the whole log now, unless nothing but the previous checkpoint
@@ -127,11 +133,10 @@ impl Checkpoints {
         if head == 0 || latest.as_ref().is_some_and(|l| head <= l.position) {
             return Ok(None);
         }
-        let leaves = self.leaves(head).await?;
         let checkpoint = Checkpoint {
             origin: self.origin.clone(),
             size: head,
-            root: merkle::root(&leaves),
+            root: self.over_tree(head, |n| tiles::tree_root(head, n)).await?,
         };
         let body = checkpoint.body();
         let signature = self
@@ -198,11 +203,15 @@ impl Checkpoints {
                 "position {position} is not in a tree of {size} events"
             )));
         }
-        let leaves = self.leaves(size).await?;
-        let leaves = &leaves[..size as usize];
-        let path = merkle::inclusion_proof(leaves, (position - 1) as usize)
-            .ok_or_else(|| CommandError::Invalid("no such leaf".into()))?;
-        Ok((leaves[(position - 1) as usize], path, merkle::root(leaves)))
+        let index = position - 1;
+        self.over_tree(size, |n| {
+            (
+                n(0, index),
+                tiles::inclusion_path(index, size, n),
+                tiles::tree_root(size, n),
+            )
+        })
+        .await
     }
 
     /// Audit paths of several events in the tree of `size` events (one read of the log).
@@ -211,20 +220,18 @@ impl Checkpoints {
         positions: &[u64],
         size: u64,
     ) -> Result<Vec<Vec<Hash>>, CommandError> {
-        let leaves = self.leaves(size).await?;
-        let leaves = &leaves[..size as usize];
-        positions
-            .iter()
-            .map(|p| {
-                if *p == 0 || *p > size {
-                    return Err(CommandError::Invalid(format!(
-                        "position {p} is not in a tree of {size} events"
-                    )));
-                }
-                merkle::inclusion_proof(leaves, (*p - 1) as usize)
-                    .ok_or_else(|| CommandError::Invalid("no such leaf".into()))
-            })
-            .collect()
+        if let Some(p) = positions.iter().find(|p| **p == 0 || **p > size) {
+            return Err(CommandError::Invalid(format!(
+                "position {p} is not in a tree of {size} events"
+            )));
+        }
+        self.over_tree(size, |n| {
+            positions
+                .iter()
+                .map(|p| tiles::inclusion_path(p - 1, size, n))
+                .collect()
+        })
+        .await
     }
 
     /// The proof that the tree of `from` events is a prefix of the tree of `to` events.
@@ -238,14 +245,13 @@ impl Checkpoints {
                 "need 0 < from <= to, got from={from} to={to}"
             )));
         }
-        let leaves = self.leaves(to).await?;
-        let leaves = &leaves[..to as usize];
-        let path = merkle::consistency_proof(leaves, from as usize)
-            .ok_or_else(|| CommandError::Invalid("bad sizes".into()))?;
-        Ok((
-            merkle::root(&leaves[..from as usize]),
-            merkle::root(leaves),
-            path,
-        ))
+        self.over_tree(to, |n| {
+            (
+                tiles::tree_root(from, n),
+                tiles::tree_root(to, n),
+                tiles::consistency_path(from, to, n),
+            )
+        })
+        .await
     }
 }

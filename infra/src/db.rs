@@ -146,6 +146,20 @@ const SCHEMA: &[&str] = &[
         version BIGINT NOT NULL,
         expires_at TEXT NOT NULL
     )",
+    // The log's Merkle tree as C2SP tlog-tiles (`log_tiles.rs`): derived from the events'
+    // hashes, hex, up to 256 per tile; `log_tree` holds how many leaves they cover.
+    "CREATE TABLE IF NOT EXISTS log_tiles (
+        level BIGINT NOT NULL,
+        idx BIGINT NOT NULL,
+        width BIGINT NOT NULL,
+        hashes TEXT NOT NULL,
+        PRIMARY KEY (level, idx)
+    )",
+    "CREATE TABLE IF NOT EXISTS log_tree (
+        id BIGINT PRIMARY KEY,
+        size BIGINT NOT NULL
+    )",
+    "INSERT INTO log_tree (id, size) VALUES (1, 0) ON CONFLICT DO NOTHING",
     "CREATE TABLE IF NOT EXISTS sign_in_throttle (
         account TEXT PRIMARY KEY,
         failures BIGINT NOT NULL,

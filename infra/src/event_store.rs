@@ -84,26 +84,32 @@ impl SqlEventRepository {
         Ok(())
     }
 
-    /// The chained hashes of the events at positions 1..=`up_to`, in order: the leaves of the
-    /// log's Merkle tree.
-    pub async fn event_hashes(&self, up_to: u64) -> Result<Vec<[u8; 32]>, InfraError> {
-        let rows =
-            sqlx::query("SELECT position, hash FROM events WHERE position <= $1 ORDER BY position")
-                .bind(up_to as i64)
-                .fetch_all(&self.db.pool)
-                .await?;
+    /// The chained hashes of the events at positions `after + 1..=up_to`, in order: leaves of
+    /// the log's Merkle tree.
+    pub async fn event_hashes_between(
+        &self,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<[u8; 32]>, InfraError> {
+        let rows = sqlx::query(
+            "SELECT position, hash FROM events WHERE position > $1 AND position <= $2 ORDER BY position",
+        )
+        .bind(after as i64)
+        .bind(up_to as i64)
+        .fetch_all(&self.db.pool)
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
-            if get_u64(row, "position")? != i as u64 + 1 {
+            let expected = after + i as u64 + 1;
+            if get_u64(row, "position")? != expected {
                 return Err(InfraError::Corrupt(format!(
-                    "the log has a gap before position {}",
-                    i + 1
+                    "the log has a gap before position {expected}"
                 )));
             }
             let hash: String = row.try_get("hash")?;
             let mut leaf = [0u8; 32];
             hex::decode_to_slice(&hash, &mut leaf).map_err(|_| {
-                InfraError::Corrupt(format!("event {} has a malformed hash", i + 1))
+                InfraError::Corrupt(format!("event {expected} has a malformed hash"))
             })?;
             out.push(leaf);
         }

@@ -15,6 +15,7 @@ pub mod group_commit;
 pub mod idempotency;
 pub mod kafka;
 pub mod keystore;
+pub mod log_tiles;
 pub mod objects;
 pub mod relay;
 pub mod saml_keys;

@@ -317,6 +317,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rate(canonical.len() as u64, started.elapsed()),
         canonical.iter().map(Vec::len).sum::<usize>() / canonical.len().max(1)
     );
+    proofs(&db, head).await?;
     println!(
         "log: positions {}..{head} (this run appended {})",
         start_position + 1,
@@ -327,4 +328,64 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Inclusion proofs over the whole log: from the stored tiles (O(log n) tiles each) beside the
+/// whole-tree computation they replaced (every leaf read and hashed), at this log's size.
+async fn proofs(db: &Database, head: u64) -> anyhow::Result<()> {
+    use quantus_crypto::tiles;
+    let store = quantus_infra::log_tiles::LogTiles::new(db.clone());
+    let started = Instant::now();
+    let before = store.size().await?;
+    store.grow_to(head).await?;
+    println!(
+        "tiles grown:              {}",
+        rate(head - before, started.elapsed())
+    );
+    let repo = SqlEventRepository::new(db.clone());
+    let rounds = 200u64;
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for i in 0..rounds {
+        let t = Instant::now();
+        let index = i * 7919 % head;
+        let compute = |n: &mut dyn FnMut(u32, u64) -> quantus_crypto::merkle::Hash| {
+            tiles::inclusion_path(index, head, n)
+        };
+        let set = store
+            .load(head, &tiles::tiles_needed(head, compute))
+            .await?;
+        std::hint::black_box(set.run(compute)?);
+        latencies.push(t.elapsed());
+    }
+    super::bench_portal::report(
+        "inclusion proof from tiles",
+        rounds,
+        started.elapsed(),
+        &mut latencies,
+    );
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    let rounds = 5u64;
+    for i in 0..rounds {
+        let t = Instant::now();
+        let leaves: Vec<_> = repo
+            .event_hashes_between(0, head)
+            .await?
+            .iter()
+            .map(|h| quantus_crypto::merkle::leaf_hash(h))
+            .collect();
+        std::hint::black_box(quantus_crypto::merkle::inclusion_proof(
+            &leaves,
+            (i * 7919 % head) as usize,
+        ));
+        latencies.push(t.elapsed());
+    }
+    super::bench_portal::report(
+        "inclusion proof from every leaf (before)",
+        rounds,
+        started.elapsed(),
+        &mut latencies,
+    );
+    Ok(())
 }

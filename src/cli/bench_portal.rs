@@ -63,7 +63,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * q) as usize]
 }
 
-fn report(what: &str, n: u64, elapsed: Duration, latencies: &mut [Duration]) {
+pub(crate) fn report(what: &str, n: u64, elapsed: Duration, latencies: &mut [Duration]) {
     latencies.sort();
     println!(
         "{what:<48} {:>8.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({n} in {:.2} s)",

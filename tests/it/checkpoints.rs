@@ -421,3 +421,109 @@ async fn bytes_of_keys(api: &Api) -> Vec<u8> {
         .unwrap()
         .to_vec()
 }
+
+/// Runs the Go tiles client in `tests/tlog` (torchwood + x/mod/sumdb/tlog, not written here).
+fn go_tlog_client(args: &[&str]) -> String {
+    let out = std::process::Command::new("go")
+        .args(["run", "."])
+        .args(args)
+        .current_dir(repo_root().join("tests/tlog"))
+        .output()
+        .expect("the Go toolchain (go on PATH) runs the independent tiles client");
+    assert!(
+        out.status.success(),
+        "the Go tiles client refused the log:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tiles_client_not_written_here_checks_the_log_from_its_tiles() {
+    let dir = temp_dir("checkpoint-tiles");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    // More than two full tiles of leaves, so level-1 tiles and a partial edge exist.
+    for chunk in 0..20 {
+        let names: Vec<String> = (0..30).map(|i| format!("Org {chunk}-{i}")).collect();
+        futures::future::join_all(names.iter().map(|n| api.create_org(n))).await;
+    }
+    let old = sign_checkpoint(&api).await;
+    for i in 0..40 {
+        api.create_org(&format!("Late {i}")).await;
+    }
+    let new = sign_checkpoint(&api).await;
+    let size = new["tree_size"].as_u64().unwrap();
+    assert!(size > 2 * 256 + 1, "only {size} events");
+
+    let old_root = STANDARD.encode(hex::decode(old["root_hash"].as_str().unwrap()).unwrap());
+    let prefix = format!("{}/v1/audit/log", server.url());
+    let out = go_tlog_client(&[
+        "-prefix",
+        &prefix,
+        "-token",
+        &api.token,
+        "-every",
+        "41",
+        "-old-size",
+        &old["tree_size"].to_string(),
+        "-old-root",
+        &old_root,
+    ]);
+    assert!(out.ends_with(&format!("OK {size}\n")), "{out}");
+    assert!(out.contains(&format!("consistent {} {size}\n", old["tree_size"])));
+
+    // Each entry it proved is that position's event hash, and its proof is the one the
+    // platform's own proof endpoint gives.
+    let events = api.all_events().await;
+    let mut checked = 0;
+    for line in out.lines().filter_map(|l| l.strip_prefix("entry ")) {
+        let mut parts = line.split(' ');
+        let index: usize = parts.next().unwrap().parse().unwrap();
+        let entry = parts.next().unwrap();
+        let proof: Vec<&str> = parts
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .collect();
+        let event = &events[index];
+        assert_eq!(event["position"].as_u64(), Some(index as u64 + 1));
+        assert_eq!(entry, event["envelope"]["hash"].as_str().unwrap());
+        let ours = api
+            .get(&format!(
+                "/v1/audit/proofs/inclusion?event_id={}&size={size}",
+                event["envelope"]["event_id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(ours.status, 200, "{}", ours.body);
+        let ours: Vec<&str> = ours.body["inclusion_path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect();
+        assert_eq!(ours, proof, "entry {index}");
+        checked += 1;
+    }
+    assert!(checked as u64 >= size / 41, "{checked} entries checked");
+
+    // Paths outside the tree or not in canonical form are 404 problems; tiles need a token.
+    for bad in [
+        "tile/0/999",
+        "tile/0/000.p/256",
+        "tile/0/0",
+        "tile/9/000",
+        "tile/entries/x001/000",
+    ] {
+        let r = api.get(&format!("/v1/audit/log/{bad}")).await;
+        assert_eq!(r.status, 404, "{bad}: {}", r.body);
+        assert_eq!(
+            r.headers["content-type"], "application/problem+json",
+            "{bad}"
+        );
+    }
+    let anonymous = reqwest::get(format!("{prefix}/tile/0/000")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
