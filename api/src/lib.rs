@@ -25,6 +25,7 @@ mod paging;
 mod passkeys;
 mod portal;
 mod problem;
+mod reference;
 mod saml;
 mod scim;
 mod server;
@@ -104,6 +105,7 @@ fn routes(state: &AppState, everything: bool) -> Router<AppState> {
         .route("/readyz", get(metrics::readyz))
         .route("/metrics", get(metrics::scrape))
         .route("/openapi.json", get(openapi::serve))
+        .merge(reference::routes())
         .nest("/v1", v1);
     if everything {
         app = app

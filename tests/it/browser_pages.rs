@@ -33,3 +33,28 @@ fn people_use_the_pages_in_a_real_browser() {
         "{stdout}"
     );
 }
+
+#[test]
+fn developers_browse_the_api_reference_served_by_the_binary() {
+    let chromium = chromium();
+    let dir = temp_dir("api-reference");
+    let server = Server::embedded(&dir);
+    let out = Command::new("node")
+        .args(["--test", "reference.test.mjs"])
+        .current_dir(repo_root().join("tests/browser"))
+        .env("QUANTUS_URL", server.url())
+        .env("SCREENSHOTS", repo_root().join("docs/screenshots"))
+        .env("CHROMIUM", chromium)
+        .output()
+        .expect("node is needed for the browser tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("# fail 0") && stdout.contains("# pass 1"),
+        "{stdout}"
+    );
+}
