@@ -390,6 +390,11 @@ impl ProjectionRunner {
     /// Empties the model and replays the whole log into it, in one transaction: readers see
     /// either the old model or the rebuilt one.
     pub async fn rebuild(&self) -> Result<u64, InfraError> {
+        self.rebuild_reporting(|_| {}).await
+    }
+
+    /// [`Self::rebuild`], telling `applied` how many events each batch read.
+    pub async fn rebuild_reporting(&self, mut applied: impl FnMut(u64)) -> Result<u64, InfraError> {
         self.prepare().await?;
         let name = self.projection.name();
         let mut tx = self.db.begin_update(name).await?;
@@ -403,6 +408,7 @@ impl ProjectionRunner {
             for record in &records {
                 self.apply_once(&mut tx, record).await?;
             }
+            applied(records.len() as u64);
             after = last;
         }
         sqlx::query(

@@ -1,18 +1,17 @@
 //! `quantus audit verify`: replay the log and check every hash, chain link and position.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use quantus_domain::audit::{check_event, Audit, AuditBreak};
 use quantus_infra::event_store::{read_log, LogRecord};
 use quantus_infra::kafka::KafkaSettings;
 use quantus_infra::{Database, InfraError};
 use rayon::prelude::*;
 
+use super::progress::Progress;
 use super::StoreArgs;
 
 #[derive(Args)]
@@ -33,6 +32,9 @@ pub struct VerifyArgs {
     /// that tree, so cutting the log short or rewriting it is caught.
     #[arg(long, value_name = "NOTE")]
     checkpoint: Option<std::path::PathBuf>,
+    /// Print the verdict as one JSON object (for scripts) instead of lines of text.
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -55,43 +57,110 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             audit_store(&db, &mut audit).await?
         }
     };
-    let elapsed = started.elapsed();
-    println!("source: {source}");
+    let mut report = Report {
+        source,
+        seconds: started.elapsed().as_secs_f64(),
+        ..Report::default()
+    };
+    let exit = check(&args, &audit, outcome, &mut report)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        report.print();
+    }
+    Ok(exit)
+}
+
+/// What `audit verify` found, printed as text or, with `--json`, as one JSON object.
+#[derive(Default, serde::Serialize)]
+struct Report {
+    source: String,
+    ok: bool,
+    /// The first problem; `position` and the event are there when one event is to blame.
+    broken: Option<Broken>,
+    events: Option<u64>,
+    aggregates: Option<u64>,
+    first_position: Option<u64>,
+    last_position: Option<u64>,
+    duplicates: u64,
+    seconds: f64,
+    events_per_second: Option<f64>,
+    checkpoints: Option<CheckpointReport>,
+}
+
+#[derive(serde::Serialize)]
+struct Broken {
+    reason: String,
+    position: Option<u64>,
+    event_id: Option<String>,
+    aggregate_type: Option<String>,
+    aggregate_id: Option<String>,
+    sequence: Option<u64>,
+}
+
+impl Broken {
+    fn reason(reason: String) -> Self {
+        Self {
+            reason,
+            position: None,
+            event_id: None,
+            aggregate_type: None,
+            aggregate_id: None,
+            sequence: None,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct CheckpointReport {
+    verified: u64,
+    largest: Option<u64>,
+    /// `given key set` or `keys recorded in the log`.
+    keys_from: &'static str,
+    /// The size of the checkpoint given with `--checkpoint`, found intact.
+    given: Option<u64>,
+}
+
+/// Fills `report` from the reading's outcome and the checkpoint checks; the exit code.
+fn check(
+    args: &VerifyArgs,
+    audit: &Audit,
+    outcome: Outcome,
+    report: &mut Report,
+) -> anyhow::Result<ExitCode> {
     match outcome {
         Outcome::Clean => {}
         Outcome::Unreadable(reason) => {
-            println!("BROKEN: stored data is unreadable: {reason}");
+            report.broken = Some(Broken::reason(format!(
+                "stored data is unreadable: {reason}"
+            )));
             return Ok(ExitCode::FAILURE);
         }
         Outcome::Broken(b) => {
-            println!(
-                "BROKEN at position {}: event {} ({} {} #{}): {}",
-                b.position, b.event_id, b.aggregate_type, b.aggregate_id, b.sequence, b.reason
-            );
+            report.broken = Some(Broken {
+                reason: b.reason,
+                position: Some(b.position),
+                event_id: Some(b.event_id.to_string()),
+                aggregate_type: Some(b.aggregate_type),
+                aggregate_id: Some(b.aggregate_id),
+                sequence: Some(b.sequence),
+            });
             return Ok(ExitCode::FAILURE);
         }
     }
     let summary = match audit.finish() {
         Ok(summary) => summary,
         Err(reason) => {
-            println!("BROKEN: {reason}");
+            report.broken = Some(Broken::reason(reason));
             return Ok(ExitCode::FAILURE);
         }
     };
-    println!("events: {}", summary.events);
-    println!("aggregates: {}", summary.aggregates);
-    match (summary.first_position, summary.last_position) {
-        (Some(first), Some(last)) => println!("positions: {first}..{last}"),
-        _ => println!("positions: none (empty log)"),
-    }
-    println!(
-        "speed: {:.0} events/s ({:.2} s)",
-        summary.events as f64 / elapsed.as_secs_f64().max(1e-9),
-        elapsed.as_secs_f64()
-    );
-    if summary.duplicates > 0 {
-        println!("duplicate deliveries ignored: {}", summary.duplicates);
-    }
+    report.events = Some(summary.events);
+    report.aggregates = Some(summary.aggregates);
+    report.first_position = summary.first_position;
+    report.last_position = summary.last_position;
+    report.duplicates = summary.duplicates;
+    report.events_per_second = Some(summary.events as f64 / report.seconds.max(1e-9));
     let keys = match &args.keys {
         Some(path) => {
             let text =
@@ -108,29 +177,77 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     };
     match audit.check_checkpoints(&keys, witness.as_deref(), chrono::Utc::now()) {
         Ok(c) => {
-            let from = if args.keys.is_some() {
-                "the given key set"
-            } else {
-                "keys recorded in the log"
-            };
-            match c.largest {
-                Some(largest) => println!(
-                    "checkpoints: {} signed tree heads match the log (largest: {largest} events; signatures checked with {from})",
-                    c.verified
-                ),
-                None => println!("checkpoints: none in the log"),
-            }
-            if let Some(size) = c.witness {
-                println!("given checkpoint: the log still holds its {size} events unchanged");
-            }
+            report.checkpoints = Some(CheckpointReport {
+                verified: c.verified,
+                largest: c.largest,
+                keys_from: if args.keys.is_some() {
+                    "the given key set"
+                } else {
+                    "keys recorded in the log"
+                },
+                given: c.witness,
+            });
         }
         Err(reason) => {
-            println!("BROKEN: {reason}");
+            report.broken = Some(Broken::reason(reason));
             return Ok(ExitCode::FAILURE);
         }
     }
-    println!("OK");
+    report.ok = true;
     Ok(ExitCode::SUCCESS)
+}
+
+impl Report {
+    fn print(&self) {
+        println!("source: {}", self.source);
+        if let Some(b) = &self.broken {
+            if let (Some(position), Some(event_id), Some(t), Some(id), Some(sequence)) = (
+                b.position,
+                &b.event_id,
+                &b.aggregate_type,
+                &b.aggregate_id,
+                b.sequence,
+            ) {
+                println!(
+                    "BROKEN at position {position}: event {event_id} ({t} {id} #{sequence}): {}",
+                    b.reason
+                );
+                return;
+            }
+        }
+        if let Some(events) = self.events {
+            println!("events: {events}");
+            println!("aggregates: {}", self.aggregates.unwrap_or_default());
+            match (self.first_position, self.last_position) {
+                (Some(first), Some(last)) => println!("positions: {first}..{last}"),
+                _ => println!("positions: none (empty log)"),
+            }
+            println!(
+                "speed: {:.0} events/s ({:.2} s)",
+                self.events_per_second.unwrap_or_default(),
+                self.seconds
+            );
+            if self.duplicates > 0 {
+                println!("duplicate deliveries ignored: {}", self.duplicates);
+            }
+        }
+        if let Some(c) = &self.checkpoints {
+            match c.largest {
+                Some(largest) => println!(
+                    "checkpoints: {} signed tree heads match the log (largest: {largest} events; signatures checked with {})",
+                    c.verified, c.keys_from
+                ),
+                None => println!("checkpoints: none in the log"),
+            }
+            if let Some(size) = c.given {
+                println!("given checkpoint: the log still holds its {size} events unchanged");
+            }
+        }
+        match &self.broken {
+            Some(b) => println!("BROKEN: {}", b.reason),
+            None => println!("OK"),
+        }
+    }
 }
 
 /// How reading the log ended: a break is a finding, not a failure of the tool.
@@ -158,7 +275,7 @@ const BATCH: u32 = 5000;
 
 /// Feeds the whole store to `audit`, reading the next batch while the current one is checked.
 pub(crate) async fn audit_store(db: &Database, audit: &mut Audit) -> anyhow::Result<Outcome> {
-    let mut progress = Progress::new(Some(db.head_position().await?));
+    let mut progress = Progress::new("audit", Some(db.head_position().await?));
     let read = |after: u64| {
         let db = db.clone();
         tokio::spawn(async move { read_log(&db, after, BATCH).await })
@@ -187,7 +304,7 @@ pub(crate) async fn audit_store(db: &Database, audit: &mut Audit) -> anyhow::Res
 
 /// Feeds every record of the platform's Kafka topics to `audit`.
 async fn audit_kafka(kafka: &KafkaSettings, audit: &mut Audit) -> anyhow::Result<Outcome> {
-    let mut progress = Progress::new(None);
+    let mut progress = Progress::new("audit", None);
     let mut batch = Vec::with_capacity(BATCH as usize);
     let mut broken = None;
     let mut flush = |batch: &mut Vec<LogRecord>, broken: &mut Option<AuditBreak>| {
@@ -229,71 +346,4 @@ pub(crate) fn observe_batch(audit: &mut Audit, records: &[LogRecord]) -> Result<
         audit.link(r.position, &r.envelope, leaf?)?;
     }
     Ok(())
-}
-
-/// Progress on stderr: a bar with an ETA on a terminal, otherwise a plain line every few
-/// seconds (a CI log or a file gets no control characters).
-struct Progress {
-    bar: Option<ProgressBar>,
-    total: Option<u64>,
-    done: u64,
-    started: Instant,
-    printed: Instant,
-}
-
-impl Progress {
-    const PLAIN_EVERY: Duration = Duration::from_secs(5);
-
-    fn new(total: Option<u64>) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = match total {
-                Some(len) => ProgressBar::new(len),
-                None => ProgressBar::new_spinner(),
-            };
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {pos}/{len} events {per_sec} {elapsed}, about {eta} left",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar
-        });
-        Self {
-            bar,
-            total,
-            done: 0,
-            started: Instant::now(),
-            printed: Instant::now(),
-        }
-    }
-
-    fn advance(&mut self, n: u64) {
-        self.done += n;
-        if let Some(bar) = &self.bar {
-            bar.inc(n);
-            return;
-        }
-        if self.printed.elapsed() < Self::PLAIN_EVERY {
-            return;
-        }
-        self.printed = Instant::now();
-        let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        match self.total {
-            Some(total) if total > 0 => {
-                let left = total.saturating_sub(self.done) as f64 / rate.max(1.0);
-                eprintln!(
-                    "audit: {} of {total} events ({:.0} %), {rate:.0} events/s, about {left:.0} s left",
-                    self.done,
-                    100.0 * self.done as f64 / total as f64
-                );
-            }
-            _ => eprintln!("audit: {} events, {rate:.0} events/s", self.done),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }

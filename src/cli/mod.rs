@@ -10,6 +10,7 @@ mod bench_scim;
 mod events;
 mod evidence;
 mod license;
+mod progress;
 mod serve;
 
 use std::path::PathBuf;
@@ -145,6 +146,9 @@ enum ProjectionsCommand {
         name: String,
         #[command(flatten)]
         store: StoreArgs,
+        /// Print the result as one JSON object (for scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// Print a read model's rows as JSON lines (for comparisons).
     Dump {
@@ -173,11 +177,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(args).await,
         Command::Events(EventsCommand::Tail(args)) => events::tail(args).await,
-        Command::Projections(ProjectionsCommand::Rebuild { name, store }) => {
+        Command::Projections(ProjectionsCommand::Rebuild { name, store, json }) => {
             let (config, db) = store.open().await?;
             let runner = runner(&config, &db, &name)?;
-            let head = runner.rebuild().await?;
-            println!("rebuilt {name} from the log up to position {head}");
+            let started = std::time::Instant::now();
+            let mut progress = progress::Progress::new("rebuild", Some(db.head_position().await?));
+            let head = runner.rebuild_reporting(|n| progress.advance(n)).await?;
+            progress.finish();
+            if json {
+                let report = serde_json::json!({
+                    "projection": name,
+                    "position": head,
+                    "seconds": started.elapsed().as_secs_f64(),
+                });
+                println!("{report}");
+            } else {
+                println!("rebuilt {name} from the log up to position {head}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Projections(ProjectionsCommand::Dump { name, store }) => {

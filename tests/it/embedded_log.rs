@@ -132,6 +132,20 @@ async fn changing_one_stored_event_is_named_by_the_auditor() {
         }
     }
     assert!(audit_verify(&store).0);
+    // For scripts: the same verdict as one JSON object, and `projections rebuild` likewise.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = quantus(&[args, &store[..], &["--json"]].concat(), &[]);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let clean = json(&["audit", "verify"]);
+    assert_eq!(clean["ok"], true, "{clean}");
+    assert_eq!(clean["first_position"], 1, "{clean}");
+    assert_eq!(clean["events"], clean["last_position"], "{clean}");
+    assert!(clean["broken"].is_null(), "{clean}");
+    let rebuilt = json(&["projections", "rebuild", "organizations"]);
+    assert_eq!(rebuilt["projection"], "organizations", "{rebuilt}");
+    assert_eq!(rebuilt["position"], clean["last_position"], "{rebuilt}");
     sqlx::any::install_default_drivers();
     let url = format!("sqlite://{}", dir.join("quantus.db").display());
     let db = sqlx::AnyPool::connect(&url).await.unwrap();
@@ -163,6 +177,10 @@ async fn changing_one_stored_event_is_named_by_the_auditor() {
             && out.contains("hash mismatch"),
         "{out}"
     );
+    let broken = json(&["audit", "verify"]);
+    assert_eq!(broken["ok"], false, "{broken}");
+    assert_eq!(broken["broken"]["position"], 3, "{broken}");
+    assert_eq!(broken["broken"]["event_id"], event_id.as_str(), "{broken}");
 }
 
 #[tokio::test]
