@@ -5,6 +5,7 @@
 //! are added by the store). It answers with the log position a client can wait for.
 
 pub mod access;
+pub mod aggregate_cache;
 pub mod checkpoints;
 pub mod evidence;
 pub mod identity;
@@ -16,15 +17,19 @@ pub mod portal;
 pub mod saml;
 pub mod scim;
 
+use std::sync::Arc;
+
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{PersistedEventStore, PersistenceError, SerializedEvent};
-use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope};
 use quantus_domain::crypto_policy::CryptoPolicyError;
 use quantus_domain::keyring::KeyringError;
 use quantus_domain::license::LicenseError;
 use quantus_domain::organization::{Organization, OrganizationCommand, OrganizationError};
 use quantus_domain::CommandContext;
 use quantus_infra::{InfraError, SqlEventRepository};
+
+use crate::aggregate_cache::AggregateCache;
 
 /// What a successful command tells its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,11 +112,50 @@ impl ClassifyError for LicenseError {
 #[derive(Clone)]
 pub struct CommandBus {
     repo: SqlEventRepository,
+    cache: Arc<AggregateCache>,
 }
 
 impl CommandBus {
     pub fn new(repo: SqlEventRepository) -> Self {
-        Self { repo }
+        Self::with_cache(repo, AggregateCache::default())
+    }
+
+    /// A bus keeping up to `cache`'s capacity of aggregate states in memory.
+    pub fn with_cache(repo: SqlEventRepository, cache: AggregateCache) -> Self {
+        Self {
+            repo,
+            cache: Arc::new(cache),
+        }
+    }
+
+    /// The in-memory aggregate states (for their count in metrics).
+    pub fn cache(&self) -> &AggregateCache {
+        &self.cache
+    }
+
+    /// An aggregate's current state and sequence: its cached state, if any, plus the events
+    /// stored after it (appended by this process or any other).
+    async fn current<A>(&self, id: &str) -> Result<(A, u64), CommandError>
+    where
+        A: Aggregate + Clone + 'static,
+    {
+        let (mut aggregate, mut sequence) = self.cache.get::<A>(id).unwrap_or_default();
+        let events = self
+            .repo
+            .get_last_events::<A>(id, sequence as usize)
+            .await
+            .map_err(|e| CommandError::Storage(e.to_string()))?;
+        let read = !events.is_empty();
+        for serialized in events {
+            let envelope = EventEnvelope::<A>::try_from(serialized)
+                .map_err(|e| CommandError::Storage(e.to_string()))?;
+            sequence = envelope.sequence as u64;
+            aggregate.apply(envelope.payload);
+        }
+        if read {
+            self.cache.put(id, &aggregate, sequence);
+        }
+        Ok((aggregate, sequence))
     }
 
     pub fn repository(&self) -> &SqlEventRepository {
@@ -129,13 +173,10 @@ impl CommandBus {
         services: &A::Services,
     ) -> Result<CommandOutcome, CommandError>
     where
-        A: Aggregate,
+        A: Aggregate + Clone + 'static,
         A::Error: ClassifyError,
     {
-        let store =
-            PersistedEventStore::<SqlEventRepository, A>::new_event_store(self.repo.clone());
-        let mut context = store.load_aggregate(id).await.map_err(storage::<A>)?;
-        let current = context.current_sequence as u64;
+        let (mut aggregate, current) = self.current::<A>(id).await?;
         if let Some(expected) = expected_version {
             if expected != current {
                 return Err(CommandError::Concurrency(format!(
@@ -145,13 +186,13 @@ impl CommandBus {
             }
         }
         let sink = EventSink::default();
-        context
-            .aggregate
+        aggregate
             .handle(command, services, &sink)
             .await
             .map_err(|e| e.classify())?;
         let events = sink.collect().await;
         let count = events.len();
+        let recorded = events.clone();
         let position = if count > 0 {
             // The events go to the store's group-commit writer, which answers with the position
             // of this command's own last event (read-your-writes) once its batch is committed.
@@ -169,10 +210,18 @@ impl CommandBus {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| CommandError::Storage(e.to_string()))?;
-            self.repo
+            let position = self
+                .repo
                 .append(serialized)
                 .await
-                .map_err(persistence::<A>)?
+                .map_err(persistence::<A>)?;
+            // Committed: the state after them is the aggregate's, so the next command on it
+            // reads no events at all.
+            for event in recorded {
+                aggregate.apply(event);
+            }
+            self.cache.put(id, &aggregate, current + count as u64);
+            position
         } else {
             self.repo
                 .aggregate_head(A::TYPE, id)
@@ -188,14 +237,11 @@ impl CommandBus {
 
     /// The current state and version of an aggregate (for decisions that span aggregates, and
     /// for small write-side reads such as the key set).
-    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<(A, u64), CommandError> {
-        let store =
-            PersistedEventStore::<SqlEventRepository, A>::new_event_store(self.repo.clone());
-        let context = store
-            .load_aggregate(id)
-            .await
-            .map_err(|e| CommandError::Storage(e.to_string()))?;
-        Ok((context.aggregate, context.current_sequence as u64))
+    pub async fn load<A>(&self, id: &str) -> Result<(A, u64), CommandError>
+    where
+        A: Aggregate + Clone + 'static,
+    {
+        self.current::<A>(id).await
     }
 
     /// An aggregate as it stood right after its event `sequence` (what an old event meant).

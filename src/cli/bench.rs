@@ -54,6 +54,9 @@ pub struct BenchArgs {
     /// Concurrent command senders.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: u64,
+    /// Events in the one long aggregate stream whose loading is measured (spine).
+    #[arg(long, default_value_t = 10_000)]
+    stream: u64,
     /// Postgres URL; without it, a fresh embedded store in a temporary folder.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
@@ -323,6 +326,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         start_position + 1,
         head - start_position
     );
+    // Appends its own stream, after the log figures above.
+    aggregate_loads(&db, args.stream).await?;
     if args.data_dir.is_none() {
         // The temporary folder this run made for itself.
         let _ = std::fs::remove_dir_all(&data_dir);
@@ -386,6 +391,64 @@ async fn proofs(db: &Database, head: u64) -> anyhow::Result<()> {
         rounds,
         started.elapsed(),
         &mut latencies,
+    );
+    Ok(())
+}
+
+/// Loading one aggregate with a long stream (`events` events): cold, replaying the whole
+/// stream, and warm, from this process's cached state plus the events after it.
+async fn aggregate_loads(db: &Database, events: u64) -> anyhow::Result<()> {
+    use quantus_commands::aggregate_cache::AggregateCache;
+    use quantus_domain::organization::Organization;
+    let bus = CommandBus::new(SqlEventRepository::new(db.clone()));
+    let id = Uuid::now_v7().to_string();
+    let ctx = CommandContext {
+        tenant_id: id.clone(),
+        actor: Actor {
+            kind: ActorKind::System,
+            id: "bench".into(),
+        },
+        occurred_at: Utc::now(),
+        correlation_id: Uuid::now_v7(),
+        causation_id: Uuid::now_v7(),
+    };
+    let create = OrganizationCommand::Create {
+        name: "Long stream".into(),
+    };
+    bus.organization(&ctx, &id, create, Some(0)).await?;
+    for i in 1..events {
+        let rename = OrganizationCommand::Rename {
+            name: format!("Long stream {i}"),
+        };
+        bus.organization(&ctx, &id, rename, None).await?;
+    }
+    let mut cold = Vec::new();
+    let started = Instant::now();
+    for _ in 0..5 {
+        let fresh =
+            CommandBus::with_cache(SqlEventRepository::new(db.clone()), AggregateCache::new(1));
+        let t = Instant::now();
+        std::hint::black_box(fresh.load::<Organization>(&id).await?);
+        cold.push(t.elapsed());
+    }
+    super::bench_portal::report(
+        &format!("aggregate load, {events} events, cold"),
+        5,
+        started.elapsed(),
+        &mut cold,
+    );
+    let mut warm = Vec::new();
+    let started = Instant::now();
+    for _ in 0..1000 {
+        let t = Instant::now();
+        std::hint::black_box(bus.load::<Organization>(&id).await?);
+        warm.push(t.elapsed());
+    }
+    super::bench_portal::report(
+        &format!("aggregate load, {events} events, warm"),
+        1000,
+        started.elapsed(),
+        &mut warm,
     );
     Ok(())
 }

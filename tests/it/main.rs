@@ -4,6 +4,7 @@
 //! `scripts/kafka.sh` (idempotent) and fail loudly when that is impossible.
 
 pub mod access;
+mod aggregate_cache;
 mod api;
 mod browser_consoles;
 mod browser_pages;
