@@ -41,6 +41,8 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/openapi/requ
 apt_get() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2 || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2; }; }
 command -v jq >/dev/null || { log "installing jq"; apt_get jq; }
 command -v docker-compose >/dev/null || { log "installing docker-compose"; apt_get docker-compose; }
+# promtool (Debian's prometheus package): lints /metrics and the alert rules in deploy/.
+command -v promtool >/dev/null || { log "installing promtool"; apt_get --no-install-recommends prometheus; }
 
 # Go: the independent tlog-tiles client (tests/tlog: torchwood, x/mod/sumdb/tlog) the
 # checkpoint tests run; its modules come from the Go module proxy.

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,6 +14,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use quantus_commands::observe::{Observer, Outcome};
+use quantus_domain::schema::BoundedContext;
 
 use crate::{AppState, Problem};
 
@@ -26,7 +29,20 @@ struct HttpLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CommandLabels {
-    command: String,
+    context: &'static str,
+    aggregate: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AggregateLabels {
+    context: &'static str,
+    aggregate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,8 +92,14 @@ pub struct Metrics {
     requests: Family<HttpLabels, Counter>,
     latency: Family<HttpLabels, Histogram>,
     commands: Family<CommandLabels, Counter>,
+    command_latency: Family<AggregateLabels, Histogram>,
+    events_appended: Family<AggregateLabels, Counter>,
     head: Gauge,
     projection_position: Family<ProjectionLabels, Gauge>,
+    projection_lag: Family<ProjectionLabels, Gauge>,
+    checkpoint_lag: Gauge,
+    aggregate_cache: Gauge,
+    pool: Family<PoolLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -88,8 +110,16 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
         let commands = Family::<CommandLabels, Counter>::default();
+        let command_latency = Family::<AggregateLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let events_appended = Family::<AggregateLabels, Counter>::default();
         let head = Gauge::default();
         let projection_position = Family::<ProjectionLabels, Gauge>::default();
+        let projection_lag = Family::<ProjectionLabels, Gauge>::default();
+        let checkpoint_lag = Gauge::default();
+        let aggregate_cache = Gauge::default();
+        let pool = Family::<PoolLabels, Gauge>::default();
         registry.register("http_requests", "HTTP requests served", requests.clone());
         registry.register(
             "http_request_duration_seconds",
@@ -98,8 +128,38 @@ impl Default for Metrics {
         );
         registry.register(
             "commands",
-            "Commands that recorded events",
+            "Commands by bounded context, aggregate type and how they ended (conflict: another command changed the aggregate first)",
             commands.clone(),
+        );
+        registry.register(
+            "command_duration_seconds",
+            "Time from loading the aggregate to the events' commit (or the refusal)",
+            command_latency.clone(),
+        );
+        registry.register(
+            "events_appended",
+            "Events appended to the log by this process's commands",
+            events_appended.clone(),
+        );
+        registry.register(
+            "projection_lag_events",
+            "Log positions a read model has still to see (head minus its high-water mark)",
+            projection_lag.clone(),
+        );
+        registry.register(
+            "checkpoint_lag_events",
+            "Events appended since the latest signed checkpoint's tree",
+            checkpoint_lag.clone(),
+        );
+        registry.register(
+            "aggregate_cache_entries",
+            "Aggregate states this process keeps in memory",
+            aggregate_cache.clone(),
+        );
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections by state",
+            pool.clone(),
         );
         registry.register(
             "log_head_position",
@@ -117,19 +177,47 @@ impl Default for Metrics {
             requests,
             latency,
             commands,
+            command_latency,
+            events_appended,
             head,
             projection_position,
+            projection_lag,
+            checkpoint_lag,
+            aggregate_cache,
+            pool,
         }
     }
 }
 
-impl Metrics {
-    pub fn command(&self, name: &str) {
+impl Observer for Metrics {
+    fn finished(&self, aggregate: &'static str, outcome: Outcome, events: usize, took: Duration) {
+        let context = BoundedContext::of_aggregate(aggregate).map_or("unknown", context_name);
         self.commands
             .get_or_create(&CommandLabels {
-                command: name.to_owned(),
+                context,
+                aggregate,
+                outcome: outcome.as_str(),
             })
             .inc();
+        let labels = AggregateLabels { context, aggregate };
+        self.command_latency
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if events > 0 {
+            self.events_appended
+                .get_or_create(&labels)
+                .inc_by(events as u64);
+        }
+    }
+}
+
+fn context_name(context: BoundedContext) -> &'static str {
+    match context {
+        BoundedContext::Identity => "identity",
+        BoundedContext::Licensing => "licensing",
+        BoundedContext::Evidence => "evidence",
+        BoundedContext::Commercial => "commercial",
+        BoundedContext::Audit => "audit",
     }
 }
 
@@ -155,29 +243,93 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     response
 }
 
-pub async fn scrape(State(state): State<AppState>) -> Result<Response, Problem> {
+/// OpenMetrics when the scraper asks for it (Prometheus does), otherwise the classic
+/// Prometheus text format (what `curl` and older tools get).
+pub async fn scrape(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let m = &state.metrics;
     let head = state.db.head_position().await?;
-    state.metrics.head.set(head as i64);
+    m.head.set(head as i64);
     for model in read_models(&state, head, Instant::now()).await? {
-        state
-            .metrics
-            .projection_position
-            .get_or_create(&ProjectionLabels {
-                projection: model.name.to_owned(),
-            })
+        let labels = ProjectionLabels {
+            projection: model.name.to_owned(),
+        };
+        m.projection_position
+            .get_or_create(&labels)
             .set(model.mark as i64);
+        m.projection_lag
+            .get_or_create(&labels)
+            .set(model.lag as i64);
     }
+    let checkpointed = state
+        .checkpoints
+        .latest()
+        .await?
+        .map_or(0, |c| c.checkpoint.tree_size);
+    m.checkpoint_lag
+        .set(head.saturating_sub(checkpointed) as i64);
+    m.aggregate_cache.set(state.bus.cache().len() as i64);
+    let idle = state.db.pool.num_idle() as i64;
+    m.pool
+        .get_or_create(&PoolLabels { state: "idle" })
+        .set(idle);
+    m.pool
+        .get_or_create(&PoolLabels { state: "in_use" })
+        .set(i64::from(state.db.pool.size()) - idle);
     let mut body = String::new();
-    prometheus_client::encoding::text::encode(&mut body, &state.metrics.registry)
+    prometheus_client::encoding::text::encode(&mut body, &m.registry)
         .map_err(|_| Problem::internal())?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response())
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    Ok(if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            classic_text(&body),
+        )
+            .into_response()
+    })
+}
+
+/// OpenMetrics text as the classic Prometheus format: counters' HELP and TYPE lines name the
+/// `_total` series, no UNIT lines, no `# EOF`.
+fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// One read model as readiness sees it.

@@ -122,7 +122,6 @@ pub async fn create(
             Some(0),
         )
         .await?;
-    state.metrics.command("Organization.Create");
     Ok(accepted(
         StatusCode::CREATED,
         &id,
@@ -157,7 +156,6 @@ pub async fn rename(
             expected,
         )
         .await?;
-    state.metrics.command("Organization.Rename");
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
@@ -189,7 +187,6 @@ pub async fn suspend(
             expected,
         )
         .await?;
-    state.metrics.command("Organization.Suspend");
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
@@ -211,7 +208,6 @@ pub async fn reactivate(
         .bus
         .organization(&ctx, &id, OrganizationCommand::Reactivate, expected)
         .await?;
-    state.metrics.command("Organization.Reactivate");
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 

@@ -83,6 +83,8 @@ impl AppState {
     ) -> Self {
         let repo = SqlEventRepository::new(db.clone());
         let bus = CommandBus::new(repo);
+        let metrics = Arc::new(Metrics::default());
+        bus.observe(metrics.clone());
         let licensing = Licensing::new(bus.clone(), keystore, issuer.clone());
         let keys = SubjectKeys::new(db.clone(), master_key);
         let identity = Identity::new(
@@ -134,7 +136,7 @@ impl AppState {
             bus,
             db,
             readiness: Readiness::default(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             limits: quantus_infra::HttpLimits::default(),
             invites: None,
         }

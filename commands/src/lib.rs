@@ -12,12 +12,14 @@ pub mod identity;
 pub mod invites;
 pub mod licensing;
 pub mod mfa;
+pub mod observe;
 pub mod passkeys;
 pub mod portal;
 pub mod saml;
 pub mod scim;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
@@ -30,6 +32,7 @@ use quantus_domain::CommandContext;
 use quantus_infra::{InfraError, SqlEventRepository};
 
 use crate::aggregate_cache::AggregateCache;
+use crate::observe::{Observer, Outcome};
 
 /// What a successful command tells its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +116,8 @@ impl ClassifyError for LicenseError {
 pub struct CommandBus {
     repo: SqlEventRepository,
     cache: Arc<AggregateCache>,
+    /// Told how each command ended (set once, by the API for its metrics).
+    observer: Arc<OnceLock<Arc<dyn Observer>>>,
 }
 
 impl CommandBus {
@@ -125,7 +130,14 @@ impl CommandBus {
         Self {
             repo,
             cache: Arc::new(cache),
+            observer: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Tells `observer` how every later command ends (on this bus and its clones); the first
+    /// observer set stays.
+    pub fn observe(&self, observer: Arc<dyn Observer>) {
+        let _ = self.observer.set(observer);
     }
 
     /// The in-memory aggregate states (for their count in metrics).
@@ -165,6 +177,29 @@ impl CommandBus {
     /// Executes `command` on aggregate `id`. With `expected_version`, the command is refused
     /// unless the aggregate is exactly at that version (optimistic concurrency for clients).
     pub async fn execute<A>(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+        command: A::Command,
+        expected_version: Option<u64>,
+        services: &A::Services,
+    ) -> Result<CommandOutcome, CommandError>
+    where
+        A: Aggregate + Clone + 'static,
+        A::Error: ClassifyError,
+    {
+        let started = Instant::now();
+        let result = self
+            .run::<A>(ctx, id, command, expected_version, services)
+            .await;
+        if let Some(observer) = self.observer.get() {
+            let events = result.as_ref().map_or(0, |o| o.events);
+            observer.finished(A::TYPE, Outcome::of(&result), events, started.elapsed());
+        }
+        result
+    }
+
+    async fn run<A>(
         &self,
         ctx: &CommandContext,
         id: &str,

@@ -413,9 +413,34 @@ async fn operations_endpoints_answer_without_credentials() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("quantus_commands_total{command=\"Organization.Create\"} 1"),
+        metrics.contains(
+            "quantus_commands_total{context=\"identity\",aggregate=\"Organization\",outcome=\"recorded\"} 1\n"
+        ),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("# TYPE quantus_commands_total counter\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("# EOF"),
+        "classic text unless OpenMetrics is asked for"
+    );
+    let openmetrics = http
+        .get(format!("{}/metrics", server.url()))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(openmetrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    assert!(openmetrics.text().await.unwrap().ends_with("# EOF\n"));
+    metrics_pass_promtool_and_feed_the_shipped_rules(&metrics);
     let spec: serde_json::Value = get("/openapi.json").await.unwrap().json().await.unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
@@ -494,4 +519,68 @@ async fn logs_honour_rust_log_and_json_and_carry_the_request_id() {
     assert!(of_request
         .iter()
         .all(|l| l["span"]["uri"] == "/v1/organizations"));
+}
+
+/// `promtool` (Prometheus's own linter, Debian's `prometheus` package) accepts the scrape and
+/// the shipped alert rules, and every `quantus_*` series the rules and the Grafana dashboard
+/// use is one the server really exposes.
+fn metrics_pass_promtool_and_feed_the_shipped_rules(scrape: &str) {
+    use std::io::Write as _;
+    let promtool = |args: &[&str], stdin: Option<&str>| {
+        let mut child = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(repo_root())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+        let mut input = child.stdin.take().unwrap();
+        input
+            .write_all(stdin.unwrap_or_default().as_bytes())
+            .unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    promtool(&["check", "metrics"], Some(scrape));
+    promtool(&["check", "rules", "deploy/prometheus/alerts.yml"], None);
+
+    let exposed: std::collections::HashSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let rules = std::fs::read_to_string(repo_root().join("deploy/prometheus/alerts.yml")).unwrap();
+    let dashboard =
+        std::fs::read_to_string(repo_root().join("deploy/grafana/quantus-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .chain(std::iter::once(rules))
+        .collect();
+    let mut used = 0;
+    for text in &exprs {
+        for (at, _) in text.match_indices("quantus_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                exposed.contains(name.as_str()),
+                "{name} is used by deploy/ but not exposed; exposed: {exposed:?}"
+            );
+            used += 1;
+        }
+    }
+    assert!(used > 15, "only {used} series references found");
 }
