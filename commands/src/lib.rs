@@ -227,7 +227,6 @@ impl CommandBus {
             .map_err(|e| e.classify())?;
         let events = sink.collect().await;
         let count = events.len();
-        let recorded = events.clone();
         let position = if count > 0 {
             // The events go to the store's group-commit writer, which answers with the position
             // of this command's own last event (read-your-writes) once its batch is committed.
@@ -250,11 +249,8 @@ impl CommandBus {
                 .append(serialized)
                 .await
                 .map_err(persistence::<A>)?;
-            // Committed: the state after them is the aggregate's, so the next command on it
-            // reads no events at all.
-            for event in recorded {
-                aggregate.apply(event);
-            }
+            // Committed: the aggregate as `handle` left it (the event sink applies each event
+            // it records) is its state now, so the next command on it reads no event at all.
             self.cache.put(id, &aggregate, current + count as u64);
             position
         } else {

@@ -114,3 +114,37 @@ fn the_cache_keeps_at_most_its_capacity_and_never_goes_back_in_time() {
         "the least recently used went"
     );
 }
+
+/// A meter counts: the state kept after each command must count each event once (the event
+/// sink already applied the command's events to the aggregate it decided on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_meter_counts_each_event_once() {
+    use quantus_domain::usage::{meter_id, Period, UsageCommand, UsageMeter};
+    let dir = temp_dir("cache-meter");
+    let db = Database::open(None, &dir).await.unwrap();
+    let bus = CommandBus::new(SqlEventRepository::new(db.clone()));
+    let org = Uuid::now_v7().to_string();
+    let period = Period {
+        year: 2026,
+        month: 12,
+    };
+    let id = meter_id(&org, period);
+    for i in 0..25 {
+        let command = UsageCommand::Record {
+            organization_id: org.clone(),
+            period,
+            metric: "shots".into(),
+            amount: 4,
+            source: format!("job-{i}"),
+            quota: None,
+        };
+        bus.execute::<UsageMeter>(&ctx(&org), &id, command, None, &())
+            .await
+            .unwrap();
+    }
+    let cold = CommandBus::with_cache(SqlEventRepository::new(db.clone()), AggregateCache::new(1));
+    let replayed = cold.load::<UsageMeter>(&id).await.unwrap();
+    assert_eq!(replayed.0.used["shots"], 100);
+    assert_eq!(bus.cache().get::<UsageMeter>(&id), Some(replayed.clone()));
+    assert_eq!(bus.load::<UsageMeter>(&id).await.unwrap(), replayed);
+}
