@@ -30,3 +30,4 @@ mod saml;
 mod schemas;
 pub mod scim;
 mod stripe;
+mod tenancy;
