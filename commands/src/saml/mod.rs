@@ -819,6 +819,7 @@ impl Saml {
     /// SP-initiated single logout: checks the LogoutRequest, ends the browser's QSA session
     /// (or, for a signed request, the session its SessionIndex names) and its grants, records
     /// `SamlLogoutCompleted`, and answers a signed LogoutResponse when the SP registered where.
+    #[allow(clippy::too_many_arguments)]
     pub async fn logout(
         &self,
         ctx: &CommandContext,

@@ -256,6 +256,7 @@ pub fn response(
 
 /// The unsigned canonical Response that carries only a status (no assertion): what the IdP
 /// answers when it cannot or will not sign the person in (SAML Core §3.2.2.2).
+#[allow(clippy::too_many_arguments)]
 pub fn status_response(
     id: &str,
     idp_entity_id: &str,
@@ -844,6 +845,76 @@ AssertionConsumerServiceURL=\"https://sp/acs\"><saml:Issuer> https://sp </saml:I
         assert!(inflate_redirect(&bomb).unwrap_err().contains("too large"));
     }
 
+    #[test]
+    fn sp_metadata_gives_entity_acs_slo_and_certificate() {
+        let md = format!(
+            "<md:EntityDescriptor xmlns:md=\"{NS_MD}\" xmlns:ds=\"{NS_DS}\" entityID=\"https://sp\">\
+<md:SPSSODescriptor protocolSupportEnumeration=\"{NS_SAMLP}\" WantAssertionsSigned=\"true\">\
+<md:KeyDescriptor use=\"encryption\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>ENC</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\
+<md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>\n SIG\n NED </ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\
+<md:SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:SOAP\" Location=\"https://sp/soap\"/>\
+<md:SingleLogoutService Binding=\"{BINDING_REDIRECT}\" Location=\"https://sp/slo\"/>\
+<md:NameIDFormat>urn:oasis:names:tc:SAML:2.0:nameid-format:persistent</md:NameIDFormat>\
+<md:AssertionConsumerService Binding=\"{BINDING_REDIRECT}\" Location=\"https://sp/no\" index=\"0\"/>\
+<md:AssertionConsumerService Binding=\"{BINDING_POST}\" Location=\"https://sp/b\" index=\"2\"/>\
+<md:AssertionConsumerService Binding=\"{BINDING_POST}\" Location=\"https://sp/a\" index=\"1\"/>\
+<md:AssertionConsumerService Binding=\"{BINDING_POST}\" Location=\"https://sp/default\" index=\"3\" isDefault=\"true\"/>\
+</md:SPSSODescriptor></md:EntityDescriptor>"
+        );
+        let m = parse_sp_metadata(&md).unwrap();
+        assert_eq!(m.entity_id, "https://sp");
+        assert_eq!(
+            m.acs_urls,
+            ["https://sp/default", "https://sp/a", "https://sp/b"]
+        );
+        assert_eq!(
+            m.slo,
+            Some(("https://sp/slo".to_owned(), BINDING_REDIRECT.to_owned()))
+        );
+        assert_eq!(m.certificate.as_deref(), Some("SIGNED"));
+        assert!(m.want_assertions_signed);
+        let no_post = md.replace(BINDING_POST, "urn:x");
+        assert!(parse_sp_metadata(&no_post)
+            .unwrap_err()
+            .contains("HTTP-POST"));
+        let many =
+            format!("<md:EntitiesDescriptor xmlns:md=\"{NS_MD}\">{md}</md:EntitiesDescriptor>");
+        assert!(parse_sp_metadata(&many).is_err());
+    }
+
+    #[test]
+    fn status_responses_carry_both_codes_and_no_assertion() {
+        let u = status_response(
+            "_r",
+            "https://idp",
+            "https://sp/acs",
+            Some("_q"),
+            Utc::now(),
+            STATUS_RESPONDER,
+            Some(STATUS_NO_PASSIVE),
+            "not <signed> in",
+        );
+        let x = u.unsigned();
+        assert!(x.contains(&format!(
+            "<samlp:StatusCode Value=\"{STATUS_RESPONDER}\"><samlp:StatusCode Value=\"{STATUS_NO_PASSIVE}\">"
+        )));
+        assert!(x.contains("InResponseTo=\"_q\""));
+        assert!(x.contains("not &lt;signed&gt; in"));
+        assert!(!x.contains("Assertion"));
+    }
+
+    #[test]
+    fn redirect_queries_encode_like_url_encoders_do() {
+        let q = redirect_query("SAMLResponse", "a+b/c=", Some("r s&t"));
+        assert_eq!(
+            q,
+            "SAMLResponse=a%2Bb%2Fc%3D&RelayState=r%20s%26t&SigAlg=http%3A%2F%2Fwww.w3.org%2F2001%2F04%2Fxmldsig-more%23rsa-sha256"
+        );
+        let xml = "<samlp:LogoutResponse/>";
+        let back = inflate_redirect(&deflate_redirect(xml)).unwrap();
+        assert_eq!(back, xml);
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -889,6 +960,13 @@ AssertionConsumerServiceURL=\"https://sp/acs\"><saml:Issuer> https://sp </saml:I
             fn xml_shaped_requests_are_parsed_or_refused(s in xml_like()) {
                 let _ = parse_request(&s);
                 let _ = decode_post(&STANDARD.encode(&s));
+            }
+
+            #[test]
+            fn any_metadata_is_parsed_or_refused_never_a_panic(s in xml_like(), t in any::<String>()) {
+                let _ = parse_sp_metadata(&s);
+                let _ = parse_sp_metadata(&t);
+                let _ = parse_sp_metadata(&s.replace("samlp:AuthnRequest", "md:EntityDescriptor").replace(NS_SAMLP, NS_MD));
             }
 
             #[test]

@@ -579,6 +579,14 @@ mod tests {
     }
 
     #[test]
+    fn an_entity_id_has_one_provider_id_per_organization() {
+        let a = provider_id_in("org-a", "https://sp");
+        assert_eq!(a, provider_id_in("org-a", "https://sp"));
+        assert_ne!(a, provider_id_in("org-b", "https://sp"));
+        assert_ne!(a, provider_id("https://sp"));
+    }
+
+    #[test]
     fn plain_http_acs_urls_and_empty_entity_ids_are_refused() {
         let mut s = settings();
         s.acs_urls = vec!["http://sp.example.com/acs".into()];
