@@ -339,3 +339,93 @@ async fn emails_and_saml_entity_ids_are_unique_per_organization_on_sqlite_and_po
     ))
     .await;
 }
+
+/// The login-index row an older version wrote for `email`: the keyed digest of the address
+/// alone (the key derives from the master key in the data folder).
+fn legacy_login(data_dir: &std::path::Path, email: &str) -> String {
+    use sha2::Digest as _;
+    let master = hex::decode(
+        std::fs::read_to_string(data_dir.join("master.key"))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let login_key =
+        sha2::Sha256::digest([b"quantus-login-key/v1\0".as_slice(), master.as_slice()].concat());
+    hex::encode(sha2::Sha256::digest(
+        [
+            login_key.as_slice(),
+            b"\0login\0",
+            email.trim().to_lowercase().as_bytes(),
+        ]
+        .concat(),
+    ))
+}
+
+/// Data of a version where emails were unique across the platform: the login row keyed by
+/// the address alone. The next start moves it; the person signs in as before.
+async fn old_login_rows_are_moved(dir: &std::path::Path, database_url: Option<&str>) {
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
+    let mut server = Server::start(dir, &args, &[]);
+    let admin = server.client();
+    let org = org_with_client(&admin, "Legacy").await;
+    let email = format!("old+{}@example.com", uuid::Uuid::now_v7().simple());
+    let password = "an old and long password";
+    let r = create_user(&admin, &org.id, &email, password).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let user = r.body["id"].as_str().unwrap().to_owned();
+    server.terminate(std::time::Duration::from_secs(20));
+
+    let url = database_url
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.join("quantus.db").display()));
+    let db = pool(&url).await;
+    for q in [
+        "DELETE FROM user_logins WHERE user_id = $1",
+        "DELETE FROM login_directory WHERE user_id = $1",
+    ] {
+        sqlx::query(q).bind(&user).execute(&db).await.unwrap();
+    }
+    sqlx::query("DELETE FROM user_logins WHERE login = 'moved:emails-per-organization'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let old = legacy_login(dir, &email);
+    sqlx::query("INSERT INTO user_logins (login, user_id) VALUES ($1, $2)")
+        .bind(&old)
+        .bind(&user)
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+
+    let server = Server::start(dir, &args, &[]);
+    let (status, body) = sign_in(
+        server.url(),
+        &org.client_id,
+        &[("email", &email), ("password", password)],
+    )
+    .await;
+    assert_eq!(status, 200, "the moved login must sign in: {body}");
+    let db = pool(&url).await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_logins WHERE login = $1")
+        .bind(&old)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the platform-wide row is gone");
+    // Another organization may now register the address.
+    let other = org_with_client(&server.client(), "Other").await;
+    let r = create_user(&server.client(), &other.id, &email, password).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_rows_of_the_platform_wide_index_are_moved_at_start_on_sqlite_and_postgres() {
+    old_login_rows_are_moved(&temp_dir("tenancy-move"), None).await;
+    let url = fresh_database().await;
+    old_login_rows_are_moved(&temp_dir("tenancy-move-pg"), Some(&url)).await;
+}
