@@ -796,7 +796,24 @@ impl Identity {
             return Ok(None);
         };
         match organization {
-            Some(org) => self.keys.find_email(org, &email).await.map_err(storage),
+            Some(org) => {
+                if let Some(user) = self.keys.find_email(org, &email).await.map_err(storage)? {
+                    return Ok(Some(user));
+                }
+                // A person of another organization holding a role in this one (`grant-role`)
+                // signs in with their own account, when exactly one such account exists.
+                let mut members = Vec::new();
+                for (_, user_id) in self.keys.discover_email(&email).await.map_err(storage)? {
+                    let (user, _) = self.bus.load::<User>(&user_id).await?;
+                    if user.memberships.contains_key(org) {
+                        members.push(user_id);
+                    }
+                }
+                Ok(match members.len() {
+                    1 => members.pop(),
+                    _ => None,
+                })
+            }
             None => {
                 let mut found = self.keys.discover_email(&email).await.map_err(storage)?;
                 Ok(match found.len() {

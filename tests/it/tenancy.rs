@@ -208,6 +208,33 @@ async fn scenario(server: Server) {
         page.body
     );
 
+    // A person of A holding a role in B (grant-role) signs in to B's client with A's account.
+    let guest = format!("guest+{}@example.com", uuid::Uuid::now_v7().simple());
+    let r = create_user(&admin, &a.id, &guest, pw_a).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let guest_id = r.body["id"].as_str().unwrap().to_owned();
+    let (status, _) = sign_in(
+        &base,
+        &b.client_id,
+        &[("email", &guest), ("password", pw_a)],
+    )
+    .await;
+    assert_eq!(status, 401, "no account and no role in B yet");
+    let r = admin
+        .post(
+            &format!("/v1/users/{guest_id}/grant-role"),
+            json!({"organization_id": b.id, "role": "member"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, body) = sign_in(
+        &base,
+        &b.client_id,
+        &[("email", &guest), ("password", pw_a)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
     // Erasing B's user frees the address in B only; A's account still signs in.
     let r = admin
         .send(admin.request(
