@@ -79,9 +79,10 @@ pub async fn create_user(
     let id = Uuid::now_v7().to_string();
     let email = quantus_commands::identity::normalize_email(&body.email)?;
     let keys = state.identity.subject_keys();
-    let login = keys.login_digest(&email);
-    // The login index enforces unique emails at once (a read model would only eventually).
-    if !keys.claim_login(&login, &id).await? {
+    // The login index enforces unique emails at once (a read model would only eventually),
+    // within the organization: another organization's user with the same address neither
+    // blocks this one nor changes the answer.
+    if !keys.claim_email(&body.organization_id, &email, &id).await? {
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -90,9 +91,10 @@ pub async fn create_user(
         ));
     }
     let ctx = context(&principal, &headers, &body.organization_id);
+    let organization_id = body.organization_id.clone();
     let new = NewUser {
         organization_id: body.organization_id,
-        email,
+        email: email.clone(),
         name: body.name,
         password: body.password,
         roles: body.roles.unwrap_or_else(|| [Role::Member].into()),
@@ -105,7 +107,7 @@ pub async fn create_user(
             Some(format!("/v1/users/{id}")),
         )),
         Err(e) => {
-            keys.release_login(&login).await?;
+            keys.release_email(&organization_id, &email, &id).await?;
             let _ = keys.erase(&id).await;
             Err(e.into())
         }
@@ -203,7 +205,8 @@ pub async fn delete_user(
     let outcome = if q.erase {
         let keys = state.identity.subject_keys();
         if let Some(email) = &profile.email {
-            keys.release_login(&keys.login_digest(email)).await?;
+            keys.release_email(&profile.organization_id, email, &id)
+                .await?;
         }
         state.identity.erase_user(&ctx, &id).await?
     } else {

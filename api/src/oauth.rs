@@ -556,6 +556,9 @@ pub(crate) enum Continuation {
     /// the sealed, already checked request.
     Saml {
         resume: String,
+        /// The service provider's organization: whose account the person signs in with.
+        #[serde(default)]
+        organization: Option<String>,
     },
 }
 
@@ -722,6 +725,9 @@ pub(crate) fn login_page(
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"continue\" value=\"{c}\">\
 <label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required>\
 <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+<details><summary>Your address is in more than one organization?</summary>\
+<label for=\"organization\">Organization id (for applications of the whole platform)</label>\
+<input id=\"organization\" name=\"organization\" autocomplete=\"off\"></details>\
 <button type=\"submit\">Sign in</button></form>{passkey}",
             c = escape(&sealed),
             passkey = passkey_form("/oauth2/login/passkey", csrf, &sealed, None),
@@ -1072,11 +1078,13 @@ pub async fn login(
     };
     let email = form.get("email").cloned().unwrap_or_default();
     let password = form.get("password").cloned().unwrap_or_default();
-    let keys = state.identity.subject_keys();
-    let user_id = match quantus_commands::identity::normalize_email(&email) {
-        Ok(e) => keys.find_login(&keys.login_digest(&e)).await.ok().flatten(),
-        Err(_) => None,
-    };
+    let organization = sign_in_organization(&state, &continuation, &form).await;
+    let user_id = state
+        .identity
+        .find_sign_in(organization.as_deref(), &email)
+        .await
+        .ok()
+        .flatten();
     let client_id = match &continuation {
         Continuation::Authorize(r) => Some(r.client_id.clone()),
         Continuation::Device { .. } | Continuation::Saml { .. } => None,
@@ -1121,6 +1129,47 @@ pub async fn login(
         Err(e) => return crate::Problem::from(e).into_response(),
     };
     finish_sign_in(&state, peer, &headers, continuation, signed_in).await
+}
+
+/// Which organization's account a password sign-in uses (emails are unique per
+/// organization): the organization of the client the person signs in to (the OAuth client,
+/// the device grant's client, the SAML service provider). A platform-wide client (the
+/// consoles) takes the organization the person typed, or none: then the address must belong
+/// to one account on the platform (see docs/identity.md, "Which account signs in").
+async fn sign_in_organization(
+    state: &AppState,
+    continuation: &Continuation,
+    form: &BTreeMap<String, String>,
+) -> Option<String> {
+    let client_org = |client_id: String| async move {
+        state
+            .identity
+            .client(&client_id)
+            .await
+            .ok()
+            .and_then(|(c, _)| c.registration.map(|r| r.organization_id))
+    };
+    let of_client = match continuation {
+        Continuation::Authorize(r) => client_org(r.client_id.clone()).await,
+        Continuation::Device { user_code } => {
+            match state
+                .identity
+                .device_by_user_code(user_code, Utc::now())
+                .await
+            {
+                Ok(Some((_, grant))) => client_org(grant.client_id).await,
+                _ => None,
+            }
+        }
+        Continuation::Saml { organization, .. } => organization.clone(),
+    };
+    match of_client {
+        Some(org) if org != PLATFORM_TENANT => Some(org),
+        _ => form
+            .get("organization")
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty()),
+    }
 }
 
 /// The page asking for the code of the person's authenticator app (or a recovery code).
@@ -1351,7 +1400,7 @@ async fn finish_sign_in(
             url::form_urlencoded::byte_serialize(user_code.as_bytes()).collect::<String>()
         )),
         // Sealed by us, so it is our own path; checked again anyway.
-        Continuation::Saml { resume } if resume.starts_with("/saml/") => redirect(&resume),
+        Continuation::Saml { resume, .. } if resume.starts_with("/saml/") => redirect(&resume),
         Continuation::Saml { .. } => {
             error_page(StatusCode::BAD_REQUEST, "the sign-in request is invalid")
         }

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::{
     access, audit, events, evidence, identity, jobs, licensing, mfa, organizations, passkeys,
-    portal, scim, Problem,
+    portal, saml, scim, Problem,
 };
 
 #[derive(OpenApi)]
@@ -33,6 +33,7 @@ use crate::{
         access::show, access::set, access::remove, access::evaluate,
         passkeys::options, passkeys::register, passkeys::list, passkeys::remove,
         scim::issue_token, scim::revoke_token,
+        saml::register_from_metadata,
         portal::register_customer, portal::list_customers, portal::show_customer,
         portal::change_contact, portal::draft_contract, portal::list_contracts,
         portal::show_contract, portal::contract_transition, portal::entitlements,

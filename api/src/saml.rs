@@ -17,7 +17,9 @@ use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use quantus_commands::saml::{Binding, Outgoing, RedirectSignature, SsoRequest};
+use quantus_commands::saml::{
+    xml as saml_xml, Binding, Outgoing, RedirectSignature, SsoRefusal, SsoRequest,
+};
 use quantus_commands::CommandError;
 use quantus_domain::identity::access_policy::Strength;
 use quantus_domain::identity::saml::SamlServiceProviderSettings;
@@ -42,12 +44,27 @@ pub fn routes() -> Router<AppState> {
         .route("/saml/sso/idp-initiated", get(idp_initiated))
         .route("/saml/sso/continue", get(sso_continue))
         .route("/saml/slo", get(slo_redirect).post(slo_post))
+        // An organization's own endpoints: needed when more than one organization registered
+        // the same service provider (entity ids are unique per organization only).
+        .route("/saml/o/{org}/metadata", get(org_metadata))
+        .route(
+            "/saml/o/{org}/sso",
+            get(org_sso_redirect).post(org_sso_post),
+        )
+        .route(
+            "/saml/o/{org}/slo",
+            get(org_slo_redirect).post(org_slo_post),
+        )
 }
 
 /// The REST resources (under `/v1`, behind the bearer middleware).
 pub fn api_routes() -> Router<AppState> {
     Router::new()
         .route("/saml/service-providers", post(create_provider))
+        .route(
+            "/saml/service-providers/metadata",
+            post(register_from_metadata),
+        )
         .route(
             "/saml/service-providers/{id}",
             get(get_provider).put(put_provider).delete(delete_provider),
@@ -175,7 +192,22 @@ fn redirect(to: &str) -> Response {
 // ---- metadata ----
 
 pub async fn metadata(State(state): State<AppState>) -> Response {
-    match state.saml.metadata(Utc::now()).await {
+    metadata_of(&state, None).await
+}
+
+pub async fn org_metadata(State(state): State<AppState>, Path(org): Path<String>) -> Response {
+    match state.bus.active_organization(&org).await {
+        Ok(()) => {}
+        Err(CommandError::Invalid(d)) => {
+            return Problem::from(CommandError::NotFound(d)).into_response()
+        }
+        Err(e) => return Problem::from(e).into_response(),
+    }
+    metadata_of(&state, Some(&org)).await
+}
+
+async fn metadata_of(state: &AppState, org: Option<&str>) -> Response {
+    match state.saml.metadata(Utc::now(), org).await {
         Ok(xml) => {
             let mut r = xml.into_response();
             r.headers_mut().insert(
@@ -266,6 +298,37 @@ pub async fn sso_redirect(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
+    sso_redirect_in(&state, peer, &headers, raw, None).await
+}
+
+pub async fn org_sso_redirect(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    sso_redirect_in(&state, peer, &headers, raw, Some(&org)).await
+}
+
+/// A refusal: a page for the person, or a SAML status Response posted to the SP.
+async fn refused(state: &AppState, r: SsoRefusal) -> Response {
+    match r {
+        SsoRefusal::Page(e) => refuse(&e),
+        SsoRefusal::Status(answer) => match state.saml.status_response(&answer, Utc::now()).await {
+            Ok(out) => post_to_sp(&out, "SAMLResponse"),
+            Err(e) => refuse(&e),
+        },
+    }
+}
+
+async fn sso_redirect_in(
+    state: &AppState,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    raw: Option<String>,
+    org: Option<&str>,
+) -> Response {
     let raw = raw.unwrap_or_default();
     let q = query_pairs(&raw);
     let checked = async {
@@ -277,19 +340,41 @@ pub async fn sso_redirect(
         let binding = Binding::Redirect(redirect_signature(&raw, &q, "SAMLRequest")?);
         state
             .saml
-            .check_authn_request(&xml, &binding, q.get("RelayState").cloned())
+            .check_authn_request(
+                &xml,
+                &binding,
+                q.get("RelayState").cloned(),
+                org,
+                Utc::now(),
+            )
             .await
     }
     .await;
     match checked {
-        Ok(req) => proceed(&state, peer, &headers, req).await,
-        Err(e) => refuse(&e),
+        Ok(req) => proceed(state, peer, headers, req).await,
+        Err(r) => refused(state, r).await,
     }
 }
 
 pub async fn sso_post(
     State(state): State<AppState>,
     axum::Form(form): axum::Form<BTreeMap<String, String>>,
+) -> Response {
+    sso_post_in(&state, form, None).await
+}
+
+pub async fn org_sso_post(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+) -> Response {
+    sso_post_in(&state, form, Some(&org)).await
+}
+
+async fn sso_post_in(
+    state: &AppState,
+    form: BTreeMap<String, String>,
+    org: Option<&str>,
 ) -> Response {
     let checked = async {
         let request = form
@@ -299,21 +384,30 @@ pub async fn sso_post(
             quantus_commands::saml::xml::decode_post(request).map_err(CommandError::Invalid)?;
         state
             .saml
-            .check_authn_request(&xml, &Binding::Post, form.get("RelayState").cloned())
+            .check_authn_request(
+                &xml,
+                &Binding::Post,
+                form.get("RelayState").cloned(),
+                org,
+                Utc::now(),
+            )
             .await
     }
     .await;
     match checked {
         // A cross-site POST carries no SameSite=Lax session cookie: continue with a top-level
         // GET, which does.
-        Ok(req) => redirect(&resume_path(&state, &req)),
-        Err(e) => refuse(&e),
+        Ok(req) => redirect(&resume_path(state, &req)),
+        Err(r) => refused(state, r).await,
     }
 }
 
 #[derive(Deserialize)]
 pub struct IdpInitiated {
     sp: String,
+    /// The organization whose registration of `sp` to use (needed when several registered it).
+    #[serde(default)]
+    org: Option<String>,
     #[serde(rename = "RelayState")]
     relay_state: Option<String>,
 }
@@ -324,7 +418,11 @@ pub async fn idp_initiated(
     headers: HeaderMap,
     Query(q): Query<IdpInitiated>,
 ) -> Response {
-    match state.saml.idp_initiated(&q.sp, q.relay_state).await {
+    match state
+        .saml
+        .idp_initiated(&q.sp, q.relay_state, q.org.as_deref())
+        .await
+    {
         Ok(req) => proceed(&state, peer, &headers, req).await,
         Err(e) => refuse(&e),
     }
@@ -349,26 +447,56 @@ pub async fn sso_continue(
     }
 }
 
-/// With a session (fresh enough for ForceAuthn): the signed Response; without one, the login
-/// page, which comes back here.
+/// With a session (one made after the request when it says ForceAuthn): the signed Response;
+/// without one, the login page, which comes back here, or, for IsPassive, a `NoPassive`
+/// status. Refusals after the request was checked go to the SP as SAML statuses.
 async fn proceed(
     state: &AppState,
     peer: Option<std::net::SocketAddr>,
     headers: &HeaderMap,
     req: SsoRequest,
 ) -> Response {
+    let sp = match state.saml.provider(&req.provider_id).await {
+        Ok(sp) => sp,
+        Err(e) => return refuse(&e),
+    };
     let session = current_session(state, headers).await.filter(|s| {
-        // ForceAuthn: only a sign-in of the last minute counts (the one just made for it).
-        !req.force_authn || (Utc::now() - s.auth_time).num_seconds() <= 60
+        // ForceAuthn: the person authenticates anew for this request, whatever their
+        // session: only a sign-in after QSA accepted the request counts.
+        // (A request sealed by an older version carries no instant: a sign-in of the last
+        // minute, as it had.)
+        !req.force_authn
+            || match req.requested_at {
+                Some(at) => s.auth_time > at,
+                None => (Utc::now() - s.auth_time).num_seconds() <= 60,
+            }
     });
     let Some(session) = session else {
         if req.is_passive {
-            return refuse(&CommandError::Rejected(
-                "you are not signed in, and the application asked not to be prompted".into(),
-            ));
+            return refused(
+                state,
+                req.refuse(
+                    saml_xml::STATUS_RESPONDER,
+                    Some(saml_xml::STATUS_NO_PASSIVE),
+                    if req.force_authn {
+                        "IsPassive and ForceAuthn together cannot be met without asking the person"
+                    } else {
+                        "the person is not signed in, and the request asked not to prompt them"
+                    },
+                ),
+            )
+            .await;
         }
         let resume = resume_path(state, &req);
-        return login_page(state, &Continuation::Saml { resume }, None, StatusCode::OK);
+        return login_page(
+            state,
+            &Continuation::Saml {
+                resume,
+                organization: Some(sp.organization_id.clone()),
+            },
+            None,
+            StatusCode::OK,
+        );
     };
     let ctx = system_ctx(
         &session.organization_id,
@@ -389,13 +517,58 @@ async fn proceed(
         Err(e) => return refuse(&e),
     };
     if !decision.satisfied_by(Strength::of_amr(&session.amr)) {
-        return refuse(&CommandError::Rejected(format!(
-            "your organization's access policy does not allow this sign-on with this session ({})",
-            decision.reason
-        )));
+        return refused(
+            state,
+            req.refuse(
+                saml_xml::STATUS_RESPONDER,
+                Some(saml_xml::STATUS_REQUEST_DENIED),
+                format!(
+                    "the organization's access policy does not allow this sign-on with this session ({})",
+                    decision.reason
+                ),
+            ),
+        )
+        .await;
     }
-    match state.saml.respond(&ctx, &req, &session).await {
+    let groups = if sp
+        .settings
+        .attributes
+        .values()
+        .any(|a| *a == quantus_domain::identity::saml::UserAttribute::Groups)
+    {
+        match quantus_projections::groups::GroupsView::by_organization(
+            &state.db.pool,
+            &sp.organization_id,
+        )
+        .await
+        {
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|g| g.members.contains(&session.user_id))
+                .map(|g| g.name)
+                .collect(),
+            Err(e) => {
+                return Problem::from(quantus_commands::CommandError::Storage(e.to_string()))
+                    .into_response()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    match state.saml.respond(&ctx, &req, &session, &groups).await {
         Ok(out) => post_to_sp(&out, "SAMLResponse"),
+        // The person may not use this SP (another organization's): the SP hears AuthnFailed.
+        Err(CommandError::Rejected(reason)) => {
+            refused(
+                state,
+                req.refuse(
+                    saml_xml::STATUS_RESPONDER,
+                    Some(saml_xml::STATUS_AUTHN_FAILED),
+                    reason,
+                ),
+            )
+            .await
+        }
         Err(e) => refuse(&e),
     }
 }
@@ -407,6 +580,26 @@ pub async fn slo_redirect(
     Peer(peer): Peer,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
+) -> Response {
+    slo_redirect_in(&state, peer, &headers, raw, None).await
+}
+
+pub async fn org_slo_redirect(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    slo_redirect_in(&state, peer, &headers, raw, Some(&org)).await
+}
+
+async fn slo_redirect_in(
+    state: &AppState,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    raw: Option<String>,
+    org: Option<&str>,
 ) -> Response {
     let raw = raw.unwrap_or_default();
     let q = query_pairs(&raw);
@@ -424,12 +617,13 @@ pub async fn slo_redirect(
     match parsed {
         Ok((xml, binding)) => {
             logout(
-                &state,
+                state,
                 peer,
-                &headers,
+                headers,
                 &xml,
                 binding,
                 q.get("RelayState").cloned(),
+                org,
             )
             .await
         }
@@ -443,6 +637,26 @@ pub async fn slo_post(
     headers: HeaderMap,
     axum::Form(form): axum::Form<BTreeMap<String, String>>,
 ) -> Response {
+    slo_post_in(&state, peer, &headers, form, None).await
+}
+
+pub async fn org_slo_post(
+    State(state): State<AppState>,
+    Path(org): Path<String>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+) -> Response {
+    slo_post_in(&state, peer, &headers, form, Some(&org)).await
+}
+
+async fn slo_post_in(
+    state: &AppState,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    form: BTreeMap<String, String>,
+    org: Option<&str>,
+) -> Response {
     let xml = match form
         .get("SAMLRequest")
         .ok_or_else(|| "SAMLRequest is missing".to_owned())
@@ -452,12 +666,13 @@ pub async fn slo_post(
         Err(e) => return refuse(&CommandError::Invalid(e)),
     };
     logout(
-        &state,
+        state,
         peer,
-        &headers,
+        headers,
         &xml,
         Binding::Post,
         form.get("RelayState").cloned(),
+        org,
     )
     .await
 }
@@ -469,6 +684,7 @@ async fn logout(
     xml: &str,
     binding: Binding,
     relay_state: Option<String>,
+    org: Option<&str>,
 ) -> Response {
     let session = current_session(state, headers).await;
     let ctx = system_ctx(
@@ -487,9 +703,15 @@ async fn logout(
             relay_state,
             session,
             request_info(headers, peer),
+            org,
         )
         .await;
     let mut response = match out {
+        // HTTP-Redirect binding: the signed query string.
+        Ok(Some(Outgoing {
+            redirect_url: Some(url),
+            ..
+        })) => redirect(&url),
         Ok(Some(out)) => post_to_sp(&out, "SAMLResponse"),
         Ok(None) => page(
             StatusCode::OK,
@@ -526,6 +748,9 @@ pub struct ProviderBody {
     pub acs_urls: Vec<String>,
     #[serde(default)]
     pub slo_url: Option<String>,
+    /// `http_redirect` or `http_post`; none: the binding of each LogoutRequest.
+    #[serde(default)]
+    pub slo_binding: Option<quantus_domain::identity::saml::SloBinding>,
     #[serde(default)]
     pub certificate: Option<String>,
     pub name_id_format: quantus_domain::identity::saml::NameIdFormat,
@@ -538,6 +763,7 @@ impl ProviderBody {
         SamlServiceProviderSettings {
             acs_urls: self.acs_urls.clone(),
             slo_url: self.slo_url.clone(),
+            slo_binding: self.slo_binding,
             // PEM or bare base64 DER: keep the base64 only.
             certificate: self.certificate.as_deref().map(|c| {
                 c.lines()
@@ -592,6 +818,82 @@ pub async fn create_provider(
             &body.name,
             body.settings(),
         )
+        .await?;
+    Ok(created(id, outcome))
+}
+
+/// A service provider's registration from its metadata (SAML Metadata §2.4.4), pasted.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataBody {
+    pub organization_id: String,
+    /// The SP's metadata: one `md:EntityDescriptor` with an `SPSSODescriptor` (at most
+    /// 256 KiB, nested at most 32 levels, no DTD). QSA takes the entity id, the HTTP-POST
+    /// AssertionConsumerService URLs (default first), the first SingleLogoutService of the
+    /// HTTP-Redirect or HTTP-POST binding, and the signing certificate.
+    pub metadata_xml: String,
+    /// Defaults to the entity id.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `email_address`, `persistent` or `unspecified`; defaults to the first NameIDFormat of
+    /// the metadata QSA supports, else `email_address`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub name_id_format: Option<quantus_domain::identity::saml::NameIdFormat>,
+    /// SAML attribute name → `email`, `name`, `user_id`, `organization_id`, `roles` or
+    /// `groups`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub attributes: BTreeMap<String, quantus_domain::identity::saml::UserAttribute>,
+}
+
+/// Registers a SAML service provider from its metadata XML.
+#[utoipa::path(post, path = "/v1/saml/service-providers/metadata", tag = "saml",
+    request_body = MetadataBody,
+    responses((status = 201, body = crate::write::CommandAccepted, description = "registered; `Location` names it"),
+        (status = 409, body = Problem), (status = 422, body = Problem, description = "the metadata cannot be read or holds no usable SP")),
+    security(("bearer" = [])))]
+pub async fn register_from_metadata(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    use quantus_domain::identity::saml::{NameIdFormat, SloBinding};
+    principal.require("identity:write")?;
+    let body: MetadataBody = json_body(&body)?;
+    principal.tenant(
+        &body.organization_id,
+        &format!("organization {}", body.organization_id),
+    )?;
+    state.bus.active_organization(&body.organization_id).await?;
+    let md = saml_xml::parse_sp_metadata(&body.metadata_xml)
+        .map_err(|e| Problem::unprocessable(format!("metadata_xml: {e}")))?;
+    let name_id_format = body.name_id_format.unwrap_or_else(|| {
+        md.name_id_formats
+            .iter()
+            .find_map(|f| NameIdFormat::ALL.into_iter().find(|n| n.urn() == f))
+            .unwrap_or(NameIdFormat::EmailAddress)
+    });
+    let settings = SamlServiceProviderSettings {
+        acs_urls: md.acs_urls.clone(),
+        slo_binding: md.slo.as_ref().map(|(_, b)| {
+            if b == saml_xml::BINDING_REDIRECT {
+                SloBinding::HttpRedirect
+            } else {
+                SloBinding::HttpPost
+            }
+        }),
+        slo_url: md.slo.map(|(l, _)| l),
+        certificate: md.certificate,
+        name_id_format,
+        attributes: body.attributes,
+    };
+    let ctx = context(&principal, &headers, &body.organization_id);
+    let name = body.name.unwrap_or_else(|| md.entity_id.clone());
+    let (id, outcome) = state
+        .saml
+        .register(&ctx, &body.organization_id, &md.entity_id, &name, settings)
         .await?;
     Ok(created(id, outcome))
 }

@@ -9,7 +9,9 @@ use quantus_domain::identity::access_policy::{
     evaluate, AccessDecided, AccessDecision, AccessDecisionRecord, AccessFacts, AccessPolicy,
     AccessPolicyCommand, AccessPolicyError, AccessRule, AlreadyRecorded, Outcome, Strength,
 };
+use quantus_domain::identity::client::Client;
 use quantus_domain::identity::group::Group;
+use quantus_domain::identity::saml::{provider_id, provider_id_in, SamlServiceProvider};
 use quantus_domain::identity::Role;
 use quantus_domain::CommandContext;
 use quantus_infra::subject_keys::SignInThrottle;
@@ -89,6 +91,7 @@ impl AccessControl {
         rule: AccessRule,
     ) -> Result<CommandOutcome, CommandError> {
         self.bus.active_organization(organization_id).await?;
+        self.check_own_ids(organization_id, &rule).await?;
         self.bus
             .execute::<AccessPolicy>(
                 ctx,
@@ -98,6 +101,48 @@ impl AccessControl {
                 &(),
             )
             .await
+    }
+
+    /// A rule may name only its own organization's groups and client applications (OAuth
+    /// clients, or the entity ids of its SAML service providers). Another organization's id
+    /// gets the same answer as an id that does not exist, so a rule cannot probe for them.
+    async fn check_own_ids(
+        &self,
+        organization_id: &str,
+        rule: &AccessRule,
+    ) -> Result<(), CommandError> {
+        for id in rule.conditions.groups.iter().flatten() {
+            let (g, _) = self.bus.load::<Group>(id).await?;
+            if !g.exists || g.deleted || g.organization_id != organization_id {
+                return Err(CommandError::Invalid(format!(
+                    "groups: {id:?} is not a group of organization {organization_id}"
+                )));
+            }
+        }
+        for id in rule.conditions.clients.iter().flatten() {
+            let (c, _) = self.bus.load::<Client>(id).await?;
+            let own_client = c
+                .registration
+                .as_ref()
+                .is_some_and(|r| r.organization_id == organization_id);
+            let own_sp = !own_client && {
+                let mut found = false;
+                for pid in [provider_id_in(organization_id, id), provider_id(id)] {
+                    let (sp, _) = self.bus.load::<SamlServiceProvider>(&pid).await?;
+                    if sp.is_live() && sp.organization_id == organization_id {
+                        found = true;
+                        break;
+                    }
+                }
+                found
+            };
+            if !own_client && !own_sp {
+                return Err(CommandError::Invalid(format!(
+                    "clients: {id:?} is not a client or SAML service provider of organization {organization_id}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub async fn remove_rule(

@@ -782,6 +782,80 @@ impl Identity {
         &self.keys
     }
 
+    /// The user a password sign-in names: the email in `organization` (an OAuth client's or a
+    /// SAML service provider's, or the one the person typed), or, with none (a platform-wide
+    /// client such as the consoles), the one account holding the address on the platform.
+    /// None when there is no such account, or several and no organization was named: the
+    /// sign-in then fails with the one message every failure gets.
+    pub async fn find_sign_in(
+        &self,
+        organization: Option<&str>,
+        email: &str,
+    ) -> Result<Option<String>, CommandError> {
+        let Ok(email) = normalize_email(email) else {
+            return Ok(None);
+        };
+        match organization {
+            Some(org) => {
+                if let Some(user) = self.keys.find_email(org, &email).await.map_err(storage)? {
+                    return Ok(Some(user));
+                }
+                // A person of another organization holding a role in this one (`grant-role`)
+                // signs in with their own account, when exactly one such account exists.
+                let mut members = Vec::new();
+                for (_, user_id) in self.keys.discover_email(&email).await.map_err(storage)? {
+                    let (user, _) = self.bus.load::<User>(&user_id).await?;
+                    if user.memberships.contains_key(org) {
+                        members.push(user_id);
+                    }
+                }
+                Ok(match members.len() {
+                    1 => members.pop(),
+                    _ => None,
+                })
+            }
+            None => {
+                let mut found = self.keys.discover_email(&email).await.map_err(storage)?;
+                Ok(match found.len() {
+                    1 => found.pop().map(|(_, user)| user),
+                    _ => None,
+                })
+            }
+        }
+    }
+
+    /// Moves the login-index rows written when emails were unique across the whole platform
+    /// (keyed by the address alone) to per-organization rows, once; run at start.
+    pub async fn move_platform_wide_logins(&self) -> Result<usize, CommandError> {
+        let Some(rows) = self.keys.unmoved_logins().await.map_err(storage)? else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        for (login, user_id) in rows {
+            if user_id.is_empty() {
+                continue;
+            }
+            let Ok(profile) = self.user_profile(&user_id).await else {
+                continue;
+            };
+            let Some(email) = profile.email else {
+                continue;
+            };
+            // SCIM userName rows and rows already per organization do not match this digest.
+            if self.keys.login_digest(&email) != login {
+                continue;
+            }
+            self.keys
+                .claim_email(&profile.organization_id, &email, &user_id)
+                .await
+                .map_err(storage)?;
+            self.keys.release_login(&login).await.map_err(storage)?;
+            moved += 1;
+        }
+        self.keys.logins_moved().await.map_err(storage)?;
+        Ok(moved)
+    }
+
     async fn organization_is_active(&self, organization_id: &str) -> Result<(), CommandError> {
         // The platform's own principals belong to no Organization aggregate.
         if organization_id == PLATFORM_TENANT {

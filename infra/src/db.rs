@@ -111,6 +111,31 @@ const SCHEMA: &[&str] = &[
         login TEXT PRIMARY KEY,
         user_id TEXT NOT NULL
     )",
+    // Which organizations hold an email (the keyed digest of the address): the discovery
+    // step of a sign-in whose client is platform-wide. Emails are unique per organization
+    // (the `user_logins` row), never across the platform.
+    "CREATE TABLE IF NOT EXISTS login_directory (
+        email TEXT NOT NULL,
+        organization_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (email, organization_id)
+    )",
+    // Service providers' entity ids, unique per organization; finds the SP of a request that
+    // arrives at the shared SSO endpoint.
+    "CREATE TABLE IF NOT EXISTS saml_entity_ids (
+        entity_id TEXT NOT NULL,
+        organization_id TEXT NOT NULL,
+        provider_id TEXT NOT NULL,
+        PRIMARY KEY (entity_id, organization_id)
+    )",
+    // SAML request ids seen within the IssueInstant window, per service provider: a second
+    // request with the same id is a replay. Times are Unix seconds.
+    "CREATE TABLE IF NOT EXISTS saml_request_ids (
+        provider_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (provider_id, request_id)
+    )",
     // Lookups the log cannot answer by id: device user codes (by digest) and the grants of a
     // session. Written before the grant's first event; a row without a grant finds nothing.
     "CREATE TABLE IF NOT EXISTS grant_index (

@@ -154,6 +154,80 @@ impl SamlKeys {
         RsaPrivateKey::from_pkcs8_der(&der).map_err(|e| corrupt(e.to_string()))
     }
 
+    /// Indexes a service provider's entity id in its organization (entity ids are unique per
+    /// organization, so the same SP may be registered by several).
+    pub async fn index_entity(
+        &self,
+        entity_id: &str,
+        organization_id: &str,
+        provider_id: &str,
+    ) -> Result<(), InfraError> {
+        sqlx::query(
+            "INSERT INTO saml_entity_ids (entity_id, organization_id, provider_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (entity_id, organization_id) DO UPDATE SET provider_id = excluded.provider_id",
+        )
+        .bind(entity_id)
+        .bind(organization_id)
+        .bind(provider_id)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The (organization, provider id) pairs that registered `entity_id`.
+    pub async fn entity_providers(
+        &self,
+        entity_id: &str,
+    ) -> Result<Vec<(String, String)>, InfraError> {
+        let rows = sqlx::query(
+            "SELECT organization_id, provider_id FROM saml_entity_ids WHERE entity_id = $1 ORDER BY organization_id",
+        )
+        .bind(entity_id)
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("organization_id")?, r.try_get("provider_id")?)))
+            .collect()
+    }
+
+    pub async fn unindex_entity(
+        &self,
+        entity_id: &str,
+        organization_id: &str,
+    ) -> Result<(), InfraError> {
+        sqlx::query("DELETE FROM saml_entity_ids WHERE entity_id = $1 AND organization_id = $2")
+            .bind(entity_id)
+            .bind(organization_id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Remembers a request id of a service provider until `expires_at` (Unix seconds); false
+    /// when it was already seen, i.e. a replay. Forgets the expired ones first.
+    pub async fn remember_request_id(
+        &self,
+        provider_id: &str,
+        request_id: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, InfraError> {
+        sqlx::query("DELETE FROM saml_request_ids WHERE expires_at < $1")
+            .bind(now)
+            .execute(&self.db.pool)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO saml_request_ids (provider_id, request_id, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider_id, request_id) DO NOTHING",
+        )
+        .bind(provider_id)
+        .bind(request_id)
+        .bind(expires_at)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// RSASSA-PKCS1-v1_5 with SHA-256 over `message` with key `kid`.
     pub async fn sign(&self, kid: &str, message: &[u8]) -> Result<Vec<u8>, InfraError> {
         let key = self.open(kid).await?;
@@ -203,8 +277,22 @@ fn self_signed(
     };
     let spki = SubjectPublicKeyInfoOwned::from_key(key.to_public_key()).map_err(|x| e(&x))?;
     let signer = rsa::pkcs1v15::SigningKey::<Sha256>::new(key.clone());
-    let builder = CertificateBuilder::new(Profile::Root, serial, validity, subject, spki, &signer)
-        .map_err(|x| e(&x))?;
+    // An end-entity signing certificate, self-issued: not a CA, key usage digitalSignature
+    // and nonRepudiation (what XML Signature needs; `Profile::Root` would give only
+    // keyCertSign and cRLSign, which strict SPs refuse for signing).
+    let builder = CertificateBuilder::new(
+        Profile::Leaf {
+            issuer: subject.clone(),
+            enable_key_agreement: false,
+            enable_key_encipherment: false,
+        },
+        serial,
+        validity,
+        subject,
+        spki,
+        &signer,
+    )
+    .map_err(|x| e(&x))?;
     let cert = builder
         .build::<rsa::pkcs1v15::Signature>()
         .map_err(|x| e(&x))?;

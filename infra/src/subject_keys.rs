@@ -19,6 +19,8 @@ use crate::{Database, InfraError};
 
 const WRAP_AAD: &[u8] = b"quantus-subject-key/v1\0";
 const SEAL_AAD: &[u8] = b"quantus-sealed-field/v1\0";
+/// The marker row of the login index saying its platform-wide email rows were moved.
+const LOGINS_MOVED: &str = "moved:emails-per-organization";
 
 #[derive(Clone)]
 pub struct SubjectKeys {
@@ -104,6 +106,106 @@ impl SubjectKeys {
             .execute(&self.db.pool)
             .await?;
         Ok(())
+    }
+
+    /// The login-index key of an email address in one organization: addresses are unique per
+    /// organization, so the same address may sign in to several (issue 14 item 4).
+    pub fn email_login(&self, organization_id: &str, email: &str) -> String {
+        self.login_digest(&format!("email\0{organization_id}\0{}", email.trim()))
+    }
+
+    /// Claims `email` in `organization_id` for `user_id`, and lists it in the directory that
+    /// sign-in discovery reads (platform-wide clients). False when the organization has it.
+    pub async fn claim_email(
+        &self,
+        organization_id: &str,
+        email: &str,
+        user_id: &str,
+    ) -> Result<bool, InfraError> {
+        if !self
+            .claim_login(&self.email_login(organization_id, email), user_id)
+            .await?
+        {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO login_directory (email, organization_id, user_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (email, organization_id) DO UPDATE SET user_id = excluded.user_id",
+        )
+        .bind(self.login_digest(email))
+        .bind(organization_id)
+        .bind(user_id)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(true)
+    }
+
+    /// Who holds `email` in `organization_id`.
+    pub async fn find_email(
+        &self,
+        organization_id: &str,
+        email: &str,
+    ) -> Result<Option<String>, InfraError> {
+        self.find_login(&self.email_login(organization_id, email))
+            .await
+    }
+
+    /// Releases `email` in `organization_id` if `user_id` holds it (and its directory entry).
+    pub async fn release_email(
+        &self,
+        organization_id: &str,
+        email: &str,
+        user_id: &str,
+    ) -> Result<(), InfraError> {
+        sqlx::query("DELETE FROM user_logins WHERE login = $1 AND user_id = $2")
+            .bind(self.email_login(organization_id, email))
+            .bind(user_id)
+            .execute(&self.db.pool)
+            .await?;
+        sqlx::query(
+            "DELETE FROM login_directory WHERE email = $1 AND organization_id = $2 AND user_id = $3",
+        )
+        .bind(self.login_digest(email))
+        .bind(organization_id)
+        .bind(user_id)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every (organization, user) holding `email`: the discovery step of a sign-in whose
+    /// client is platform-wide. Sorted by organization.
+    pub async fn discover_email(&self, email: &str) -> Result<Vec<(String, String)>, InfraError> {
+        let rows = sqlx::query(
+            "SELECT organization_id, user_id FROM login_directory WHERE email = $1 ORDER BY organization_id",
+        )
+        .bind(self.login_digest(email))
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("organization_id")?, r.try_get("user_id")?)))
+            .collect()
+    }
+
+    /// Rows of the login index written before emails were per organization (keyed by the
+    /// digest of the address alone), unless they were already moved. See
+    /// `Identity::move_platform_wide_logins`.
+    pub async fn unmoved_logins(&self) -> Result<Option<Vec<(String, String)>>, InfraError> {
+        if self.find_login(LOGINS_MOVED).await?.is_some() {
+            return Ok(None);
+        }
+        let rows = sqlx::query("SELECT login, user_id FROM user_logins")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("login")?, r.try_get("user_id")?)))
+            .collect::<Result<Vec<_>, InfraError>>()
+            .map(Some)
+    }
+
+    /// Records that the old login rows were moved.
+    pub async fn logins_moved(&self) -> Result<(), InfraError> {
+        self.claim_login(LOGINS_MOVED, "").await.map(|_| ())
     }
 
     /// Encrypts and authenticates a blob under `label`; base64url.

@@ -147,6 +147,7 @@ pub async fn run(
             SamlServiceProviderSettings {
                 acs_urls: vec!["https://sp.example.com/acs".into()],
                 slo_url: None,
+                slo_binding: None,
                 certificate: None,
                 name_id_format: NameIdFormat::EmailAddress,
                 attributes: BTreeMap::from([
@@ -156,7 +157,7 @@ pub async fn run(
             },
         )
         .await?;
-    let request = state.saml.idp_initiated(entity_id, None).await?;
+    let request = state.saml.idp_initiated(entity_id, None, None).await?;
     let started = Instant::now();
     let mut set = JoinSet::new();
     for w in 0..concurrency {
@@ -167,7 +168,7 @@ pub async fn run(
         let n = responses / concurrency + u64::from(w < responses % concurrency);
         set.spawn(async move {
             for _ in 0..n {
-                saml.respond(&ctx(&org), &request, &session).await?;
+                saml.respond(&ctx(&org), &request, &session, &[]).await?;
             }
             anyhow::Ok(())
         });

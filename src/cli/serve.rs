@@ -137,6 +137,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let portal_only = config.role == quantus_infra::Role::Portal;
         if !portal_only {
             bootstrap_licensing(&state).await?;
+            // Emails became unique per organization (issue 14 item 4): move the login rows
+            // an older version keyed by the address alone, once.
+            let moved = state.identity.move_platform_wide_logins().await?;
+            if moved > 0 {
+                tracing::info!(moved, "login index: emails are now unique per organization");
+            }
             if let Some(path) = bootstrap_admin(&state, &config.data_dir).await? {
                 println!(
                     "created the bootstrap admin service principal; its client credentials are in {}",

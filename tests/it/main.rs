@@ -31,3 +31,4 @@ mod saml;
 mod schemas;
 pub mod scim;
 mod stripe;
+mod tenancy;

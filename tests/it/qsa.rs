@@ -54,6 +54,10 @@ impl Browser {
         Self {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // The server ends kept-alive connections idle for 10 s (its header-read
+                // timeout); like browsers, drop them sooner rather than race its close
+                // (on a loaded machine the SP steps between two requests can take that long).
+                .pool_idle_timeout(std::time::Duration::from_secs(4))
                 .build()
                 .unwrap(),
             base: base.to_owned(),

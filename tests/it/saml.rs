@@ -468,14 +468,18 @@ pub async fn scenario(f: &Fixture) {
     ]);
     let (ok, logout) = sp_py(&args);
     assert!(ok, "{logout}");
+    // Over the binding of the request (HTTP-Redirect, issue 14 item 6): a signed query.
     let page = browser.get(logout["url"].as_str().unwrap()).await;
-    let (action, response, _) = auto_post(&page);
-    assert_eq!(action, SLO);
+    assert_eq!(page.status, 303, "{}", page.body);
+    let to = page.location.clone().unwrap();
+    assert!(to.starts_with(&format!("{SLO}?SAMLResponse=")), "{to}");
+    assert!(to.contains("&Signature="), "{to}");
     let mut args = vec!["logout-response"];
     args.extend(sp_args(&metadata, SP, ACS));
-    args.extend(["--slo", SLO, "--response", &response]);
+    args.extend(["--slo", SLO, "--redirect-url", &to]);
     let (ok, answer) = sp_py(&args);
     assert!(ok, "the SP refused our LogoutResponse: {answer}");
+    assert_eq!(answer["binding"], "redirect");
     assert_eq!(
         answer["status"],
         "urn:oasis:names:tc:SAML:2.0:status:Success"
@@ -646,8 +650,25 @@ async fn saml_signed_authn_requests_are_verified_with_the_registered_certificate
             url::form_urlencoded::byte_serialize(SP.as_bytes()).collect::<String>()
         ))
         .await;
-    assert_eq!(page.status, 403, "{}", page.body);
-    assert!(page.body.contains("access policy"), "{}", page.body);
+    // (Issue 14 item 6: the SP hears it as a signed SAML status, not an HTML page.)
+    let (action, response, _) = auto_post(&page);
+    assert_eq!(action, ACS);
+    let xml = String::from_utf8(STANDARD.decode(&response).unwrap()).unwrap();
+    assert!(
+        xml.contains("status:Responder") && xml.contains("status:RequestDenied"),
+        "{xml}"
+    );
+    assert!(xml.contains("access policy"), "{xml}");
+    assert!(!xml.contains("<saml:Assertion"), "{xml}");
+    let state_file = temp_dir("saml-blocked-state").join("state.json");
+    let (ok, refused) = acs(
+        &metadata,
+        state_file.to_str().unwrap(),
+        None,
+        &response,
+        &["--unsolicited"],
+    );
+    expect_refusal(ok, &refused, "a RequestDenied status", "RequestDenied");
 }
 
 #[tokio::test]
@@ -707,4 +728,340 @@ async fn saml_signing_key_rotation_keeps_the_old_certificate_published_until_ret
         let text = e.to_string();
         assert!(!text.contains("PRIVATE"), "{text}");
     }
+}
+
+/// `<start>…<end>` in `s`.
+fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
+    let at = s.find(start).unwrap_or_else(|| panic!("no {start} in {s}")) + start.len();
+    let to = s[at..].find(end).unwrap() + at;
+    &s[at..to]
+}
+
+/// The XML of the Response QSA auto-posts.
+fn posted_xml(page: &Page) -> (String, String) {
+    let (action, response, _) = auto_post(page);
+    assert_eq!(action, ACS);
+    let xml = String::from_utf8(STANDARD.decode(&response).unwrap()).unwrap();
+    (response, xml)
+}
+
+/// An AuthnRequest as an SP without a certificate may send it over HTTP-POST.
+fn post_request_form(base: &str, endpoint: &str, entity: &str, id: &str, instant: &str) -> Page {
+    let xml = format!(
+        "<samlp:AuthnRequest xmlns:samlp=\"urn:oasis:names:tc:SAML:2.0:protocol\" \
+xmlns:saml=\"urn:oasis:names:tc:SAML:2.0:assertion\" ID=\"{id}\" Version=\"2.0\" IssueInstant=\"{instant}\" \
+Destination=\"{base}{endpoint}\" AssertionConsumerServiceURL=\"{ACS}\"><saml:Issuer>{entity}</saml:Issuer></samlp:AuthnRequest>"
+    );
+    Page {
+        status: 200,
+        location: None,
+        body: format!(
+            "<form method=\"post\" action=\"{endpoint}\"><input type=\"hidden\" name=\"SAMLRequest\" value=\"{}\"></form>",
+            STANDARD.encode(xml)
+        ),
+    }
+}
+
+/// Issue 14 item 6 (and the SAML side of item 4), on a running server.
+async fn findings(f: &Fixture) {
+    let base = f.server.url().to_owned();
+    let metadata = format!("{base}/saml/metadata");
+    let state_file = temp_dir("saml-findings-state").join("state.json");
+    let state = state_file.to_str().unwrap();
+
+    // The signing certificate's key usage includes digitalSignature (read by Python's
+    // `cryptography`), and it is not a CA.
+    let md = reqwest::get(&metadata).await.unwrap().text().await.unwrap();
+    let cert = between(&md, "<ds:X509Certificate>", "</ds:X509Certificate>");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, base64\nfrom cryptography import x509\n\
+c = x509.load_der_x509_certificate(base64.b64decode(sys.argv[1]))\n\
+ku = c.extensions.get_extension_for_class(x509.KeyUsage).value\n\
+bc = c.extensions.get_extension_for_class(x509.BasicConstraints).value\n\
+print(ku.digital_signature, ku.key_cert_sign, bc.ca)",
+            cert,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "True False False",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An SP that asks for group memberships.
+    let r = f
+        .admin
+        .post(
+            "/v1/groups",
+            json!({"organization_id": f.org, "name": "Engineers"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let group = r.body["id"].as_str().unwrap().to_owned();
+    let r = f
+        .admin
+        .post(
+            &format!("/v1/groups/{group}/members"),
+            json!({"user_id": f.user_id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = f
+        .admin
+        .post(
+            "/v1/saml/service-providers",
+            json!({
+                "organization_id": f.org, "entity_id": SP, "name": "Example SP",
+                "acs_urls": [ACS], "slo_url": SLO, "name_id_format": "email_address",
+                "attributes": {"mail": "email", "memberOf": "groups"},
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // IsPassive without a session: a signed Response with NoPassive, not a page.
+    let mut browser = Browser::new(&base);
+    let (ok, authn) = sp_py(
+        &[
+            &["authn"][..],
+            &sp_args(&metadata, SP, ACS),
+            &["--is-passive"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{authn}");
+    let rid = authn["request_id"].as_str().unwrap().to_owned();
+    let (response, xml) = posted_xml(&browser.get(authn["url"].as_str().unwrap()).await);
+    assert!(xml.contains("status:NoPassive"), "{xml}");
+    let (ok, refused) = acs(&metadata, state, Some(&rid), &response, &[]);
+    expect_refusal(ok, &refused, "a NoPassive status", "NoPassive");
+
+    // Sign in; the group goes out as an attribute.
+    let (ok, authn) = sp_py(&[&["authn"][..], &sp_args(&metadata, SP, ACS)].concat());
+    assert!(ok, "{authn}");
+    let url = authn["url"].as_str().unwrap().to_owned();
+    let rid = authn["request_id"].as_str().unwrap().to_owned();
+    let login = browser.get(&url).await;
+    let back = browser
+        .submit(&login, &[("email", &f.email), ("password", &f.password)])
+        .await;
+    assert_eq!(back.status, 303, "{}", back.body);
+    let (response, _) = posted_xml(&browser.get(&back.location.unwrap()).await);
+    let (ok, accepted) = acs(&metadata, state, Some(&rid), &response, &[]);
+    assert!(ok, "{accepted}");
+    assert_eq!(accepted["attributes"]["memberOf"], json!(["Engineers"]));
+    assert_eq!(accepted["attributes"]["mail"], json!([f.email]));
+
+    // The same AuthnRequest again (within the IssueInstant window): a replay, refused with a
+    // Requester/RequestDenied status.
+    let (response, xml) = posted_xml(&browser.get(&url).await);
+    assert!(
+        xml.contains("status:Requester")
+            && xml.contains("status:RequestDenied")
+            && xml.contains("replay"),
+        "{xml}"
+    );
+    assert!(!xml.contains("<saml:Assertion"), "{xml}");
+    let (ok, refused) = acs(&metadata, state, Some(&rid), &response, &[]);
+    expect_refusal(ok, &refused, "a replayed request's status", "RequestDenied");
+
+    // IssueInstant outside the window (ten minutes old, or ahead): refused as a status; a
+    // current one goes on.
+    let ago = (chrono::Utc::now() - chrono::Duration::minutes(10))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ahead = (chrono::Utc::now() + chrono::Duration::minutes(10))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for (id, instant) in [("_old1", &ago), ("_ahead1", &ahead)] {
+        let form = post_request_form(&base, "/saml/sso", SP, id, instant);
+        let (_, xml) = posted_xml(&browser.submit(&form, &[]).await);
+        assert!(
+            xml.contains("status:Requester") && xml.contains("IssueInstant"),
+            "{xml}"
+        );
+        assert!(xml.contains(&format!("InResponseTo=\"{id}\"")), "{xml}");
+    }
+    let form = post_request_form(&base, "/saml/sso", SP, "_now1", &now);
+    let page = browser.submit(&form, &[]).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let (_, xml) = posted_xml(&browser.get(&page.location.unwrap()).await);
+    assert!(xml.contains("status:Success"), "{xml}");
+    let page = browser.submit(&form, &[]).await;
+    let (_, xml) = posted_xml(&page);
+    assert!(xml.contains("replay"), "a replayed POST request: {xml}");
+
+    // ForceAuthn: the session is seconds old, and still the person signs in again.
+    let (ok, authn) = sp_py(
+        &[
+            &["authn"][..],
+            &sp_args(&metadata, SP, ACS),
+            &["--force-authn"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{authn}");
+    let rid = authn["request_id"].as_str().unwrap().to_owned();
+    let login = browser.get(authn["url"].as_str().unwrap()).await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    assert!(
+        login.body.contains("name=\"password\""),
+        "ForceAuthn must ask again: {}",
+        login.body
+    );
+    let back = browser
+        .submit(&login, &[("email", &f.email), ("password", &f.password)])
+        .await;
+    assert_eq!(back.status, 303, "{}", back.body);
+    let (response, _) = posted_xml(&browser.get(&back.location.unwrap()).await);
+    let (ok, accepted) = acs(&metadata, state, Some(&rid), &response, &[]);
+    assert!(ok, "{accepted}");
+
+    // Registration from metadata: pysaml2 writes its SP's metadata (SLO over HTTP-Redirect).
+    let other = "https://md-sp.example.test/metadata";
+    let (ok, spmd) = sp_py(&[
+        "sp-metadata",
+        "--metadata",
+        &metadata,
+        "--sp",
+        other,
+        "--acs",
+        "https://md-sp.example.test/acs",
+        "--slo",
+        "https://md-sp.example.test/slo",
+        "--slo-binding",
+        "redirect",
+    ]);
+    assert!(ok, "{spmd}");
+    let r = f
+        .admin
+        .post(
+            "/v1/saml/service-providers/metadata",
+            json!({"organization_id": f.org, "metadata_xml": spmd["xml"], "attributes": {"groups": "groups"}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = f
+        .admin
+        .get(&format!("/v1/saml/service-providers/{id}"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["entity_id"], other);
+    assert_eq!(
+        r.body["acs_urls"],
+        json!(["https://md-sp.example.test/acs"])
+    );
+    assert_eq!(r.body["slo_url"], "https://md-sp.example.test/slo");
+    assert_eq!(r.body["slo_binding"], "http_redirect");
+    let big = format!(
+        "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" entityID=\"x\"><!--{}--></md:EntityDescriptor>",
+        "x".repeat(300 * 1024)
+    );
+    let deep = format!(
+        "<md:EntityDescriptor xmlns:md=\"urn:oasis:names:tc:SAML:2.0:metadata\" entityID=\"x\">{}{}</md:EntityDescriptor>",
+        "<a>".repeat(100),
+        "</a>".repeat(100)
+    );
+    let dtd = format!(
+        "<!DOCTYPE x [<!ENTITY e \"e\">]>{}",
+        spmd["xml"].as_str().unwrap()
+    );
+    for (what, xml, reason) in [
+        ("too large", big, "larger than"),
+        ("too deep", deep, "deeper than"),
+        ("a DTD", dtd, "DTD"),
+        ("not metadata", "<x/>".to_owned(), "EntityDescriptor"),
+    ] {
+        let r = f
+            .admin
+            .post(
+                "/v1/saml/service-providers/metadata",
+                json!({"organization_id": f.org, "metadata_xml": xml}),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{what}: {}", r.body);
+        assert!(
+            r.body["detail"].as_str().unwrap().contains(reason),
+            "{what}: {}",
+            r.body
+        );
+    }
+    let doc: Value = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["paths"]["/v1/saml/service-providers/metadata"]["post"].is_object());
+
+    // Another organization registers the same SP (item 4): the shared endpoint can no longer
+    // tell them apart and says so; each organization's endpoints serve its own registration.
+    let (org_b, _) = f.admin.create_org("Beta").await;
+    let r = f
+        .admin
+        .post(
+            "/v1/saml/service-providers",
+            json!({"organization_id": org_b, "entity_id": SP, "name": "Beta's copy",
+                   "acs_urls": [ACS], "name_id_format": "persistent"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (ok, authn) = sp_py(&[&["authn"][..], &sp_args(&metadata, SP, ACS)].concat());
+    assert!(ok, "{authn}");
+    let page = browser.get(authn["url"].as_str().unwrap()).await;
+    assert_eq!(page.status, 400, "{}", page.body);
+    assert!(
+        page.body.contains("more than one organization"),
+        "{}",
+        page.body
+    );
+    let org_metadata = format!("{base}/saml/o/{}/metadata", f.org);
+    let (ok, authn) = sp_py(&[&["authn"][..], &sp_args(&org_metadata, SP, ACS)].concat());
+    assert!(ok, "{authn}");
+    assert!(
+        authn["url"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/saml/o/{}/sso?", f.org)),
+        "{authn}"
+    );
+    let rid = authn["request_id"].as_str().unwrap().to_owned();
+    let (response, _) = posted_xml(&browser.get(authn["url"].as_str().unwrap()).await);
+    let (ok, accepted) = acs(&org_metadata, state, Some(&rid), &response, &[]);
+    assert!(ok, "{accepted}");
+    assert_eq!(accepted["name_id"], f.email.as_str());
+    // Through Beta's endpoint, Ada (of Acme) is not let in: AuthnFailed, as a status.
+    let beta_metadata = format!("{base}/saml/o/{org_b}/metadata");
+    let (ok, authn) = sp_py(
+        &[
+            &["authn"][..],
+            &sp_args(&beta_metadata, SP, ACS),
+            &[
+                "--name-id-format",
+                "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{authn}");
+    let (_, xml) = posted_xml(&browser.get(authn["url"].as_str().unwrap()).await);
+    assert!(xml.contains("status:AuthnFailed"), "{xml}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn saml_findings_of_issue_14_hold_on_sqlite_and_postgres() {
+    let f = fixture("saml-findings").await;
+    findings(&f).await;
+    let url = fresh_database().await;
+    let f = crate::qsa::fixture_on(Server::start(
+        &temp_dir("saml-findings-pg"),
+        &["--listen", "127.0.0.1:0", "--database-url", &url],
+        &[],
+    ))
+    .await;
+    findings(&f).await;
 }

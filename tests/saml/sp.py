@@ -11,8 +11,14 @@ tests/it/saml.rs against QSA's identity provider.
     sp.py logout --metadata URL --sp ENTITY --acs URL --slo URL --name-id X --session-index S
               [--key PEM --cert PEM]
         -> {"request_id", "url"}
-    sp.py logout-response --metadata URL --sp ENTITY --acs URL --slo URL --response B64
-        -> {"ok": true, "status", "in_response_to"}
+    sp.py logout-response --metadata URL --sp ENTITY --acs URL --slo URL
+              (--response B64 | --redirect-url URL)
+        -> {"ok": true, "status", "in_response_to", "signed", "binding"}
+           (--redirect-url: the HTTP-Redirect binding, its query signature verified with the
+           IdP's certificate from the metadata)
+    sp.py sp-metadata --metadata URL --sp ENTITY --acs URL --slo URL [--cert PEM]
+              [--slo-binding redirect|post]
+        -> {"xml"}: this SP's own metadata, as pysaml2 writes it
 
 The SP keeps its own replay cache in --state: an assertion or response ID it has accepted once,
 or an InResponseTo it has already consumed, is refused the second time (pysaml2 leaves replay
@@ -45,7 +51,9 @@ def client(args, metadata_xml):
     sp = {
         "endpoints": {
             "assertion_consumer_service": [(args.acs, BINDING_HTTP_POST)],
-            "single_logout_service": [(getattr(args, "slo", None) or args.acs + "/slo", BINDING_HTTP_POST)],
+            "single_logout_service": [(getattr(args, "slo", None) or args.acs + "/slo",
+                                       BINDING_HTTP_REDIRECT if getattr(args, "slo_binding", "post") == "redirect"
+                                       else BINDING_HTTP_POST)],
         },
         "want_response_signed": True,
         "want_assertions_signed": True,
@@ -91,6 +99,10 @@ def authn(args):
         kwargs["sign"] = True
         kwargs["sigalg"] = SIG_RSA_SHA256
         kwargs["digest_alg"] = DIGEST_SHA256
+    if args.force_authn:
+        kwargs["force_authn"] = "true"
+    if args.is_passive:
+        kwargs["is_passive"] = "true"
     req_id, info = c.prepare_for_authenticate(
         entityid=idp_entity(md), relay_state=args.relay_state, binding=binding,
         nameid_format=args.name_id_format, **kwargs)
@@ -175,24 +187,46 @@ def logout_response(args):
     md = fetch(args.metadata)
     c = client(args, md)
     try:
-        resp = c.parse_logout_request_response(args.response, BINDING_HTTP_POST)
+        if args.redirect_url:
+            from urllib.parse import parse_qs, urlsplit
+            from saml2.sigver import RSACrypto, verify_redirect_signature
+            query = {k: v[0] for k, v in parse_qs(urlsplit(args.redirect_url).query).items()}
+            certs = c.metadata.certs(idp_entity(md), "idpsso", "signing")
+            if not certs or "Signature" not in query:
+                raise Exception("the redirect carries no signature")
+            if not any(verify_redirect_signature(query, RSACrypto(None), cert=cert[1]) for cert in certs):
+                raise Exception("the redirect's Signature does not verify")
+            resp = c.parse_logout_request_response(query["SAMLResponse"], BINDING_HTTP_REDIRECT)
+            signed, binding = True, "redirect"
+        else:
+            resp = c.parse_logout_request_response(args.response, BINDING_HTTP_POST)
+            signed, binding = None, "post"
         if resp is None:
             raise Exception("no response")
         print(json.dumps({
             "ok": True,
             "status": resp.response.status.status_code.value,
             "in_response_to": resp.response.in_response_to,
-            "signed": bool(resp.response.signature),
+            "signed": signed if signed is not None else bool(resp.response.signature),
+            "binding": binding,
         }))
     except Exception as e:  # noqa: BLE001
         print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
         sys.exit(3)
 
 
+def sp_metadata(args):
+    from saml2.metadata import create_metadata_string
+    md = fetch(args.metadata)
+    c = client(args, md)
+    xml = create_metadata_string(None, c.config, 4, None, None, None, None, None)
+    print(json.dumps({"xml": xml.decode() if isinstance(xml, bytes) else xml}))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("authn", "acs", "logout", "logout-response"):
+    for name in ("authn", "acs", "logout", "logout-response", "sp-metadata"):
         s = sub.add_parser(name)
         s.add_argument("--metadata", required=True)
         s.add_argument("--sp", required=True)
@@ -204,6 +238,8 @@ def main():
     a.add_argument("--binding", default="redirect")
     a.add_argument("--relay-state", default="rs-1")
     a.add_argument("--name-id-format", default=NAMEID_FORMAT_EMAILADDRESS)
+    a.add_argument("--force-authn", action="store_true")
+    a.add_argument("--is-passive", action="store_true")
     a = sub.choices["acs"]
     a.add_argument("--response", required=True)
     a.add_argument("--state", required=True)
@@ -213,9 +249,13 @@ def main():
     a = sub.choices["logout"]
     a.add_argument("--name-id", required=True)
     a.add_argument("--session-index", required=True)
-    sub.choices["logout-response"].add_argument("--response", required=True)
+    a = sub.choices["logout-response"]
+    a.add_argument("--response")
+    a.add_argument("--redirect-url")
+    sub.choices["sp-metadata"].add_argument("--slo-binding", default="post")
     args = p.parse_args()
-    {"authn": authn, "acs": acs, "logout": logout, "logout-response": logout_response}[args.cmd](args)
+    {"authn": authn, "acs": acs, "logout": logout, "logout-response": logout_response,
+     "sp-metadata": sp_metadata}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use quantus_domain::identity::access_policy::Strength;
 use quantus_domain::identity::saml::{
-    provider_id, NameIdFormat, SamlAssertionIssued, SamlError, SamlExchange, SamlExchangeCommand,
-    SamlLogoutCompleted, SamlServiceProvider, SamlServiceProviderCommand,
+    provider_id, provider_id_in, NameIdFormat, SamlAssertionIssued, SamlError, SamlExchange,
+    SamlExchangeCommand, SamlLogoutCompleted, SamlServiceProvider, SamlServiceProviderCommand,
     SamlServiceProviderSettings, SamlSigningKeyAdded, SamlSigningKeys, SamlSigningKeysCommand,
-    UserAttribute, SIGNING_KEYS_ID,
+    SloBinding, UserAttribute, SIGNING_KEYS_ID,
 };
 use quantus_domain::identity::session::Session;
 use quantus_domain::identity::RequestInfo;
@@ -27,6 +27,11 @@ use crate::{ClassifyError, CommandBus, CommandError, CommandOutcome};
 
 /// How long an assertion may be presented (SubjectConfirmationData and Conditions).
 pub const ASSERTION_SECONDS: i64 = 300;
+
+/// How far a request's `IssueInstant` may be from QSA's clock, either way: the clock skew
+/// most SAML stacks allow. Request ids are remembered for this long past their instant, so a
+/// replay within the window is refused and one after it fails the instant check.
+pub const ISSUE_INSTANT_SKEW_SECONDS: i64 = 180;
 
 impl ClassifyError for SamlError {
     fn classify(&self) -> CommandError {
@@ -56,6 +61,50 @@ pub struct SsoRequest {
     pub force_authn: bool,
     #[serde(default)]
     pub is_passive: bool,
+    /// When QSA accepted the request: with `force_authn`, only a sign-in after it counts.
+    #[serde(default)]
+    pub requested_at: Option<DateTime<Utc>>,
+}
+
+/// Why a sign-on request is not answered with an assertion.
+#[derive(Debug)]
+pub enum SsoRefusal {
+    /// Before the SP and its ACS URL are trusted: shown to the person, never sent anywhere.
+    Page(CommandError),
+    /// A SAML Response with this status, to the SP's registered ACS URL.
+    Status(StatusAnswer),
+}
+
+/// A status-only Response to send (SAML Core §3.2.2.2).
+#[derive(Debug, Clone)]
+pub struct StatusAnswer {
+    pub request: SsoRequest,
+    pub top: &'static str,
+    pub sub: Option<&'static str>,
+    pub message: String,
+}
+
+impl SsoRequest {
+    /// A status answer to this request.
+    pub fn refuse(
+        &self,
+        top: &'static str,
+        sub: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> SsoRefusal {
+        SsoRefusal::Status(StatusAnswer {
+            request: self.clone(),
+            top,
+            sub,
+            message: message.into(),
+        })
+    }
+}
+
+impl From<CommandError> for SsoRefusal {
+    fn from(e: CommandError) -> Self {
+        SsoRefusal::Page(e)
+    }
 }
 
 /// The signature of an HTTP-Redirect binding message, as received.
@@ -83,6 +132,9 @@ pub struct Outgoing {
     pub relay_state: Option<String>,
     /// The signed XML itself.
     pub xml: String,
+    /// HTTP-Redirect binding: the whole signed URL to send the browser to (then
+    /// `saml_response` is unused).
+    pub redirect_url: Option<String>,
 }
 
 /// A service provider as the API shows it.
@@ -133,13 +185,20 @@ impl Saml {
         format!("{}/saml/metadata", self.issuer)
     }
 
-    /// Where SPs send AuthnRequests.
-    pub fn sso_url(&self) -> String {
-        format!("{}/saml/sso", self.issuer)
+    /// Where SPs send AuthnRequests: the shared endpoint, or an organization's own (needed
+    /// when several organizations registered the same entity id).
+    pub fn sso_url(&self, organization: Option<&str>) -> String {
+        match organization {
+            Some(org) => format!("{}/saml/o/{org}/sso", self.issuer),
+            None => format!("{}/saml/sso", self.issuer),
+        }
     }
 
-    pub fn slo_url(&self) -> String {
-        format!("{}/saml/slo", self.issuer)
+    pub fn slo_url(&self, organization: Option<&str>) -> String {
+        match organization {
+            Some(org) => format!("{}/saml/o/{org}/slo", self.issuer),
+            None => format!("{}/saml/slo", self.issuer),
+        }
     }
 
     // ---- keys ----
@@ -228,8 +287,13 @@ impl Saml {
             .await
     }
 
-    /// The IdP metadata (EntityDescriptor), active key first.
-    pub async fn metadata(&self, now: DateTime<Utc>) -> Result<String, CommandError> {
+    /// The IdP metadata (EntityDescriptor), active key first; with an organization, its own
+    /// endpoints.
+    pub async fn metadata(
+        &self,
+        now: DateTime<Utc>,
+        organization: Option<&str>,
+    ) -> Result<String, CommandError> {
         let active = self.active_key(now).await?;
         let (keys, _) = self.signing_keys().await?;
         let mut certs = vec![active.certificate.clone()];
@@ -240,7 +304,12 @@ impl Saml {
                 .filter(|k| k.kid != active.kid)
                 .map(|k| k.certificate.clone()),
         );
-        Ok(xml::metadata(&self.entity_id(), &self.issuer, &certs))
+        Ok(xml::metadata(
+            &self.entity_id(),
+            &self.sso_url(organization),
+            &self.slo_url(organization),
+            &certs,
+        ))
     }
 
     /// Signs an element with the active key.
@@ -267,7 +336,19 @@ impl Saml {
         name: &str,
         settings: SamlServiceProviderSettings,
     ) -> Result<(String, CommandOutcome), CommandError> {
-        let id = provider_id(entity_id);
+        // Entity ids are unique per organization: another organization's registration of the
+        // same SP neither blocks this one nor shows through its answer.
+        let id = provider_id_in(organization_id, entity_id);
+        // A registration made before entity ids were per organization has the old id.
+        if let Ok(old) = self.provider(&provider_id(entity_id)).await {
+            if old.organization_id == organization_id {
+                return Err(SamlError::AlreadyRegistered.classify());
+            }
+        }
+        self.keys
+            .index_entity(entity_id, organization_id, &id)
+            .await
+            .map_err(storage)?;
         let outcome = self
             .bus
             .execute::<SamlServiceProvider>(
@@ -313,9 +394,18 @@ impl Saml {
         ctx: &CommandContext,
         id: &str,
     ) -> Result<CommandOutcome, CommandError> {
-        self.bus
+        let sp = self.provider(id).await.ok();
+        let outcome = self
+            .bus
             .execute::<SamlServiceProvider>(ctx, id, SamlServiceProviderCommand::Remove, None, &())
-            .await
+            .await?;
+        if let Some(sp) = sp {
+            self.keys
+                .unindex_entity(&sp.entity_id, &sp.organization_id)
+                .await
+                .map_err(storage)?;
+        }
+        Ok(outcome)
     }
 
     /// A registered (not removed) service provider.
@@ -336,18 +426,47 @@ impl Saml {
         }
     }
 
+    /// The live service provider `entity_id` of `organization` (any organization when none:
+    /// the shared endpoints, which need the entity id to be registered by one organization).
     pub async fn provider_by_entity_id(
         &self,
         entity_id: &str,
+        organization: Option<&str>,
     ) -> Result<ProviderView, CommandError> {
-        self.provider(&provider_id(entity_id))
+        let mut ids: Vec<String> = self
+            .keys
+            .entity_providers(entity_id)
             .await
-            .map_err(|e| match e {
-                CommandError::NotFound(_) => CommandError::Invalid(format!(
-                    "{entity_id:?} is not a registered SAML service provider"
-                )),
-                e => e,
-            })
+            .map_err(storage)?
+            .into_iter()
+            .filter(|(org, _)| organization.is_none_or(|o| o == org))
+            .map(|(_, id)| id)
+            .collect();
+        ids.push(provider_id(entity_id));
+        ids.dedup();
+        let mut found = Vec::new();
+        for id in ids {
+            match self.provider(&id).await {
+                Ok(sp) if organization.is_none_or(|o| o == sp.organization_id) => {
+                    if !found.iter().any(|f: &ProviderView| f.id == sp.id) {
+                        found.push(sp)
+                    }
+                }
+                Ok(_) | Err(CommandError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match found.len() {
+            0 => Err(CommandError::Invalid(format!(
+                "{entity_id:?} is not a registered SAML service provider"
+            ))),
+            1 => Ok(found.remove(0)),
+            _ => Err(CommandError::Invalid(format!(
+                "{entity_id:?} is registered by more than one organization: send its requests to \
+                 the organization's own endpoints (<issuer>/saml/o/<organization id>/sso and /slo, \
+                 listed in <issuer>/saml/o/<organization id>/metadata)"
+            ))),
+        }
     }
 
     fn check_signature(
@@ -385,39 +504,39 @@ impl Saml {
     }
 
     /// Checks an AuthnRequest: a registered issuer, a registered ACS URL, this IdP as
-    /// destination, and a valid signature when the SP registered a certificate.
+    /// destination, and a valid signature when the SP registered a certificate (failures are
+    /// shown to the person); then, answered to the SP as a SAML status, an `IssueInstant`
+    /// within [`ISSUE_INSTANT_SKEW_SECONDS`], an id not seen in that window (a replay is
+    /// `Requester`/`RequestDenied`), the binding and the NameID format.
     pub async fn check_authn_request(
         &self,
         request_xml: &str,
         binding: &Binding,
         relay_state: Option<String>,
-    ) -> Result<SsoRequest, CommandError> {
+        organization: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<SsoRequest, SsoRefusal> {
         let req = xml::parse_request(request_xml).map_err(CommandError::Invalid)?;
         if req.kind != "AuthnRequest" {
             return Err(CommandError::Invalid(format!(
                 "expected an AuthnRequest, got {}",
                 req.kind
-            )));
+            ))
+            .into());
         }
         let issuer = req
             .issuer
             .as_deref()
             .ok_or_else(|| CommandError::Invalid("the AuthnRequest has no Issuer".into()))?;
-        let sp = self.provider_by_entity_id(issuer).await?;
+        let sp = self.provider_by_entity_id(issuer, organization).await?;
         Self::check_signature(&sp, binding, req.has_xml_signature, "AuthnRequest")?;
+        let endpoint = self.sso_url(organization);
         if let Some(d) = &req.destination {
-            if d != &self.sso_url() {
+            if d != &endpoint {
                 return Err(CommandError::Invalid(format!(
-                    "the AuthnRequest's Destination {d:?} is not {}",
-                    self.sso_url()
-                )));
-            }
-        }
-        if let Some(b) = &req.protocol_binding {
-            if b != xml::BINDING_POST {
-                return Err(CommandError::Invalid(format!(
-                    "only the HTTP-POST binding is supported for responses, not {b}"
-                )));
+                    "the AuthnRequest's Destination {d:?} is not {endpoint}"
+                ))
+                .into());
             }
         }
         let acs_url = match &req.acs_url {
@@ -426,28 +545,98 @@ impl Saml {
                 return Err(CommandError::Invalid(format!(
                     "the ACS URL {u:?} is not registered for {}",
                     sp.entity_id
-                )))
+                ))
+                .into())
             }
             None => sp.settings.acs_urls[0].clone(),
         };
-        if let Some(f) = &req.name_id_format {
-            if f != sp.settings.name_id_format.urn() && f != NameIdFormat::Unspecified.urn() {
-                return Err(CommandError::Invalid(format!(
-                    "NameID format {f} is not the one registered for {} ({})",
-                    sp.entity_id,
-                    sp.settings.name_id_format.urn()
-                )));
-            }
-        }
-        Ok(SsoRequest {
-            provider_id: sp.id,
-            entity_id: sp.entity_id,
+        let checked = SsoRequest {
+            provider_id: sp.id.clone(),
+            entity_id: sp.entity_id.clone(),
             acs_url,
-            in_response_to: Some(req.id),
+            in_response_to: Some(req.id.clone()),
             relay_state,
             force_authn: req.force_authn,
             is_passive: req.is_passive,
-        })
+            requested_at: Some(now),
+        };
+        // From here on the SP and its ACS URL are known: errors go back to it as a status.
+        let issued = match req
+            .issue_instant
+            .as_deref()
+            .map(DateTime::parse_from_rfc3339)
+        {
+            Some(Ok(t)) => t.with_timezone(&Utc),
+            Some(Err(_)) => {
+                return Err(checked.refuse(
+                    xml::STATUS_REQUESTER,
+                    None,
+                    "the AuthnRequest's IssueInstant is not an xs:dateTime",
+                ))
+            }
+            None => {
+                return Err(checked.refuse(
+                    xml::STATUS_REQUESTER,
+                    None,
+                    "the AuthnRequest has no IssueInstant",
+                ))
+            }
+        };
+        let skew = Duration::seconds(ISSUE_INSTANT_SKEW_SECONDS);
+        if issued > now + skew || issued < now - skew {
+            return Err(checked.refuse(
+                xml::STATUS_REQUESTER,
+                Some(xml::STATUS_REQUEST_DENIED),
+                format!(
+                    "the AuthnRequest's IssueInstant {} is more than {ISSUE_INSTANT_SKEW_SECONDS} s from the IdP's clock ({})",
+                    xml::instant(issued),
+                    xml::instant(now)
+                ),
+            ));
+        }
+        let fresh = self
+            .keys
+            .remember_request_id(
+                &sp.id,
+                &req.id,
+                (issued + skew + Duration::seconds(1)).timestamp(),
+                now.timestamp(),
+            )
+            .await
+            .map_err(storage)?;
+        if !fresh {
+            return Err(checked.refuse(
+                xml::STATUS_REQUESTER,
+                Some(xml::STATUS_REQUEST_DENIED),
+                format!(
+                    "the AuthnRequest {} was already received (a replay)",
+                    req.id
+                ),
+            ));
+        }
+        if let Some(b) = &req.protocol_binding {
+            if b != xml::BINDING_POST {
+                return Err(checked.refuse(
+                    xml::STATUS_REQUESTER,
+                    Some(xml::STATUS_UNSUPPORTED_BINDING),
+                    format!("only the HTTP-POST binding is supported for responses, not {b}"),
+                ));
+            }
+        }
+        if let Some(f) = &req.name_id_format {
+            if f != sp.settings.name_id_format.urn() && f != NameIdFormat::Unspecified.urn() {
+                return Err(checked.refuse(
+                    xml::STATUS_REQUESTER,
+                    Some(xml::STATUS_INVALID_NAMEID_POLICY),
+                    format!(
+                        "NameID format {f} is not the one registered for {} ({})",
+                        sp.entity_id,
+                        sp.settings.name_id_format.urn()
+                    ),
+                ));
+            }
+        }
+        Ok(checked)
     }
 
     /// An IdP-initiated sign-on to a registered SP (its first ACS URL).
@@ -455,8 +644,9 @@ impl Saml {
         &self,
         entity_id: &str,
         relay_state: Option<String>,
+        organization: Option<&str>,
     ) -> Result<SsoRequest, CommandError> {
-        let sp = self.provider_by_entity_id(entity_id).await?;
+        let sp = self.provider_by_entity_id(entity_id, organization).await?;
         Ok(SsoRequest {
             provider_id: sp.id,
             entity_id: sp.entity_id,
@@ -465,6 +655,43 @@ impl Saml {
             relay_state,
             force_authn: false,
             is_passive: false,
+            requested_at: None,
+        })
+    }
+
+    /// A signed status-only Response to the SP's (registered) ACS URL.
+    pub async fn status_response(
+        &self,
+        answer: &StatusAnswer,
+        now: DateTime<Utc>,
+    ) -> Result<Outgoing, CommandError> {
+        let req = &answer.request;
+        // The registration may have changed since the request was checked.
+        let sp = self.provider(&req.provider_id).await?;
+        if !sp.settings.acs_urls.contains(&req.acs_url) {
+            return Err(CommandError::Invalid(format!(
+                "the ACS URL {:?} is no longer registered",
+                req.acs_url
+            )));
+        }
+        let key = self.active_key(now).await?;
+        let response = xml::status_response(
+            &xml::new_id(),
+            &self.entity_id(),
+            &req.acs_url,
+            req.in_response_to.as_deref(),
+            now,
+            answer.top,
+            answer.sub,
+            &answer.message,
+        );
+        let signed = self.sign(&response, &key).await?;
+        Ok(Outgoing {
+            url: req.acs_url.clone(),
+            saml_response: STANDARD.encode(signed.as_bytes()),
+            relay_state: req.relay_state.clone(),
+            xml: signed,
+            redirect_url: None,
         })
     }
 
@@ -474,6 +701,7 @@ impl Saml {
         ctx: &CommandContext,
         req: &SsoRequest,
         session: &LiveSession,
+        groups: &[String],
     ) -> Result<Outgoing, CommandError> {
         let now = ctx.occurred_at;
         // The registration may have changed since the request was checked.
@@ -522,6 +750,7 @@ impl Saml {
                             .collect()
                     })
                     .unwrap_or_default(),
+                UserAttribute::Groups => groups.to_vec(),
             };
             attributes.push((name.clone(), values));
         }
@@ -583,12 +812,14 @@ impl Saml {
             saml_response: STANDARD.encode(signed.as_bytes()),
             relay_state: req.relay_state.clone(),
             xml: signed,
+            redirect_url: None,
         })
     }
 
     /// SP-initiated single logout: checks the LogoutRequest, ends the browser's QSA session
     /// (or, for a signed request, the session its SessionIndex names) and its grants, records
     /// `SamlLogoutCompleted`, and answers a signed LogoutResponse when the SP registered where.
+    #[allow(clippy::too_many_arguments)]
     pub async fn logout(
         &self,
         ctx: &CommandContext,
@@ -597,6 +828,7 @@ impl Saml {
         relay_state: Option<String>,
         browser_session: Option<LiveSession>,
         request: RequestInfo,
+        organization: Option<&str>,
     ) -> Result<Option<Outgoing>, CommandError> {
         let now = ctx.occurred_at;
         let req = xml::parse_request(request_xml).map_err(CommandError::Invalid)?;
@@ -610,7 +842,7 @@ impl Saml {
             .issuer
             .as_deref()
             .ok_or_else(|| CommandError::Invalid("the LogoutRequest has no Issuer".into()))?;
-        let sp = self.provider_by_entity_id(issuer).await?;
+        let sp = self.provider_by_entity_id(issuer, organization).await?;
         Self::check_signature(&sp, binding, req.has_xml_signature, "LogoutRequest")?;
         let signed = sp.settings.certificate.is_some();
         let target = match browser_session {
@@ -663,12 +895,46 @@ impl Saml {
         };
         let key = self.active_key(now).await?;
         let response = xml::logout_response(&response_id, &self.entity_id(), &slo, &req.id, now);
+        // The binding the SP registered for its SLO URL, else the one its request used
+        // (python3-saml, for one, takes logout responses over HTTP-Redirect only).
+        let redirect = match sp.settings.slo_binding {
+            Some(SloBinding::HttpRedirect) => true,
+            Some(SloBinding::HttpPost) => false,
+            None => matches!(binding, Binding::Redirect(_)),
+        };
+        if redirect {
+            let plain = response.unsigned();
+            let message = xml::deflate_redirect(&plain);
+            let query = xml::redirect_query("SAMLResponse", &message, relay_state.as_deref());
+            let sig = self
+                .keys
+                .sign(&key.kid, query.as_bytes())
+                .await
+                .map_err(storage)?;
+            let sig: String = STANDARD
+                .encode(sig)
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+                    b => format!("%{b:02X}"),
+                })
+                .collect();
+            let sep = if slo.contains('?') { '&' } else { '?' };
+            return Ok(Some(Outgoing {
+                redirect_url: Some(format!("{slo}{sep}{query}&Signature={sig}")),
+                url: slo,
+                saml_response: message,
+                relay_state,
+                xml: plain,
+            }));
+        }
         let signed = self.sign(&response, &key).await?;
         Ok(Some(Outgoing {
             url: slo,
             saml_response: STANDARD.encode(signed.as_bytes()),
             relay_state,
             xml: signed,
+            redirect_url: None,
         }))
     }
 

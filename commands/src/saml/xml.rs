@@ -28,6 +28,17 @@ pub const SHA256: &str = "http://www.w3.org/2001/04/xmlenc#sha256";
 pub const BINDING_REDIRECT: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect";
 pub const BINDING_POST: &str = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST";
 pub const STATUS_SUCCESS: &str = "urn:oasis:names:tc:SAML:2.0:status:Success";
+/// Top-level status: the request could not be performed due to an error on the SP's part.
+pub const STATUS_REQUESTER: &str = "urn:oasis:names:tc:SAML:2.0:status:Requester";
+/// Top-level status: an error on the IdP's part (or its decision about the person).
+pub const STATUS_RESPONDER: &str = "urn:oasis:names:tc:SAML:2.0:status:Responder";
+pub const STATUS_NO_PASSIVE: &str = "urn:oasis:names:tc:SAML:2.0:status:NoPassive";
+pub const STATUS_AUTHN_FAILED: &str = "urn:oasis:names:tc:SAML:2.0:status:AuthnFailed";
+pub const STATUS_REQUEST_DENIED: &str = "urn:oasis:names:tc:SAML:2.0:status:RequestDenied";
+pub const STATUS_UNSUPPORTED_BINDING: &str =
+    "urn:oasis:names:tc:SAML:2.0:status:UnsupportedBinding";
+pub const STATUS_INVALID_NAMEID_POLICY: &str =
+    "urn:oasis:names:tc:SAML:2.0:status:InvalidNameIDPolicy";
 pub const BEARER: &str = "urn:oasis:names:tc:SAML:2.0:cm:bearer";
 pub const ATTRNAME_BASIC: &str = "urn:oasis:names:tc:SAML:2.0:attrname-format:basic";
 pub const AC_PASSWORD_PROTECTED: &str =
@@ -243,6 +254,87 @@ pub fn response(
     }
 }
 
+/// The unsigned canonical Response that carries only a status (no assertion): what the IdP
+/// answers when it cannot or will not sign the person in (SAML Core §3.2.2.2).
+#[allow(clippy::too_many_arguments)]
+pub fn status_response(
+    id: &str,
+    idp_entity_id: &str,
+    destination: &str,
+    in_response_to: Option<&str>,
+    now: DateTime<Utc>,
+    top: &str,
+    sub: Option<&str>,
+    message: &str,
+) -> Unsigned {
+    let irt = in_response_to
+        .map(|i| format!(" InResponseTo=\"{}\"", attr(i)))
+        .unwrap_or_default();
+    let code = match sub {
+        Some(sub) => format!(
+            "<samlp:StatusCode Value=\"{}\"><samlp:StatusCode Value=\"{}\"></samlp:StatusCode></samlp:StatusCode>",
+            attr(top),
+            attr(sub)
+        ),
+        None => format!(
+            "<samlp:StatusCode Value=\"{}\"></samlp:StatusCode>",
+            attr(top)
+        ),
+    };
+    Unsigned {
+        id: id.to_owned(),
+        head: format!(
+            "<samlp:Response xmlns:samlp=\"{NS_SAMLP}\" Destination=\"{dest}\" ID=\"{id}\"{irt} IssueInstant=\"{now}\" Version=\"2.0\">{iss}",
+            dest = attr(destination),
+            id = attr(id),
+            now = instant(now),
+            iss = issuer(idp_entity_id),
+        ),
+        tail: format!(
+            "<samlp:Status>{code}<samlp:StatusMessage>{msg}</samlp:StatusMessage></samlp:Status></samlp:Response>",
+            msg = text(message)
+        ),
+    }
+}
+
+impl Unsigned {
+    /// The element without a signature (for the HTTP-Redirect binding, whose signature is
+    /// over the query string).
+    pub fn unsigned(&self) -> String {
+        format!("{}{}", self.head, self.tail)
+    }
+}
+
+/// HTTP-Redirect binding: raw DEFLATE, then base64 (SAML Bindings §3.4.4.1).
+pub fn deflate_redirect(xml: &str) -> String {
+    use std::io::Write as _;
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = z.write_all(xml.as_bytes());
+    STANDARD.encode(z.finish().unwrap_or_default())
+}
+
+/// The query an HTTP-Redirect message is signed over: `<param>=…[&RelayState=…]&SigAlg=…`,
+/// each value URL-encoded (SAML Bindings §3.4.4.1).
+pub fn redirect_query(param: &str, message_b64: &str, relay_state: Option<&str>) -> String {
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                b => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let mut q = format!("{param}={}", enc(message_b64));
+    if let Some(rs) = relay_state {
+        q.push_str(&format!("&RelayState={}", enc(rs)));
+    }
+    q.push_str(&format!("&SigAlg={}", enc(RSA_SHA256)));
+    q
+}
+
 /// The unsigned canonical LogoutResponse.
 pub fn logout_response(
     id: &str,
@@ -268,7 +360,7 @@ pub fn logout_response(
 }
 
 /// The IdP's metadata (not signed: it is fetched over TLS from the issuer).
-pub fn metadata(entity_id: &str, base: &str, certificates_b64: &[String]) -> String {
+pub fn metadata(entity_id: &str, sso: &str, slo: &str, certificates_b64: &[String]) -> String {
     let keys: String = certificates_b64
         .iter()
         .map(|c| {
@@ -290,8 +382,8 @@ pub fn metadata(entity_id: &str, base: &str, certificates_b64: &[String]) -> Str
 <md:SingleSignOnService Binding=\"{BINDING_POST}\" Location=\"{sso}\"/>\
 </md:IDPSSODescriptor></md:EntityDescriptor>\n",
         eid = attr(entity_id),
-        slo = attr(&format!("{base}/saml/slo")),
-        sso = attr(&format!("{base}/saml/sso")),
+        slo = attr(slo),
+        sso = attr(sso),
     )
 }
 
@@ -312,6 +404,8 @@ pub struct Request {
     pub name_id_format: Option<String>,
     pub name_id: Option<String>,
     pub session_index: Option<String>,
+    /// The request's `IssueInstant`, as written.
+    pub issue_instant: Option<String>,
     /// Whether the XML carries an enveloped `ds:Signature`.
     pub has_xml_signature: bool,
 }
@@ -437,6 +531,7 @@ pub fn parse_request(xml: &str) -> Result<Request, String> {
             req.kind = local.clone();
             req.id = get("ID").ok_or("the request has no ID")?;
             req.destination = get("Destination");
+            req.issue_instant = get("IssueInstant");
             req.acs_url = get("AssertionConsumerServiceURL");
             req.protocol_binding = get("ProtocolBinding");
             req.force_authn = get("ForceAuthn").is_some_and(|v| v == "true" || v == "1");
@@ -462,6 +557,178 @@ pub fn parse_request(xml: &str) -> Result<Request, String> {
         return Err("the request is empty".into());
     }
     Ok(req)
+}
+
+/// What QSA takes from a service provider's metadata (SAML Metadata §2.4.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpMetadata {
+    pub entity_id: String,
+    /// AssertionConsumerService locations of the HTTP-POST binding, the default one first.
+    pub acs_urls: Vec<String>,
+    /// The first SingleLogoutService of a binding QSA speaks: (location, binding URN).
+    pub slo: Option<(String, String)>,
+    /// The signing certificate (DER, base64) of a KeyDescriptor for signing (or for any use).
+    pub certificate: Option<String>,
+    pub name_id_formats: Vec<String>,
+    /// Whether the SP asks for signed assertions (informational).
+    pub want_assertions_signed: bool,
+}
+
+/// Largest metadata document QSA reads.
+pub const MAX_METADATA_BYTES: usize = 256 * 1024;
+/// Deepest element nesting QSA reads in metadata (real documents nest about eight levels).
+pub const MAX_METADATA_DEPTH: usize = 32;
+
+/// Reads one SP's `EntityDescriptor`. Refuses DTDs, other roots, documents over
+/// [`MAX_METADATA_BYTES`] or nested deeper than [`MAX_METADATA_DEPTH`], and SPs without an
+/// HTTP-POST assertion consumer service.
+pub fn parse_sp_metadata(xml: &str) -> Result<SpMetadata, String> {
+    use quick_xml::name::ResolveResult;
+    if xml.len() > MAX_METADATA_BYTES {
+        return Err(format!(
+            "the metadata is larger than {MAX_METADATA_BYTES} bytes"
+        ));
+    }
+    let mut reader = quick_xml::NsReader::from_str(xml);
+    let mut md = SpMetadata::default();
+    let mut path: Vec<String> = Vec::new();
+    let mut buf = String::new();
+    let mut seen_root = false;
+    let mut in_sp = false;
+    let mut in_signing_key = false;
+    // (is_default, index, location)
+    let mut acs: Vec<(bool, u32, usize, String)> = Vec::new();
+    loop {
+        let (ns, ev) = reader
+            .read_resolved_event()
+            .map_err(|e| format!("the metadata is not well-formed XML: {e}"))?;
+        let ns = match ns {
+            ResolveResult::Bound(n) => String::from_utf8_lossy(n.as_ref()).into_owned(),
+            _ => String::new(),
+        };
+        let (e, is_start) = match ev {
+            Event::DocType(_) => return Err("DTDs are not allowed in metadata".into()),
+            Event::Start(e) => (e, true),
+            Event::Empty(e) => (e, false),
+            Event::Text(t) => {
+                buf.push_str(&t.decode().map_err(|e| format!("bad text: {e}"))?);
+                continue;
+            }
+            Event::CData(t) => {
+                buf.push_str(&t.decode().map_err(|e| format!("bad text: {e}"))?);
+                continue;
+            }
+            Event::GeneralRef(r) => {
+                let name = r.decode().map_err(|e| format!("bad reference: {e}"))?;
+                if let Some(c) = r
+                    .resolve_char_ref()
+                    .map_err(|e| format!("bad reference: {e}"))?
+                {
+                    buf.push(c);
+                } else if let Some(v) = quick_xml::escape::resolve_predefined_entity(&name) {
+                    buf.push_str(v);
+                } else {
+                    return Err(format!("unknown entity &{name};"));
+                }
+                continue;
+            }
+            Event::End(_) => {
+                let ended = path.pop().unwrap_or_default();
+                if ended == format!("{NS_DS}|X509Certificate")
+                    && in_sp
+                    && in_signing_key
+                    && md.certificate.is_none()
+                {
+                    let c: String = buf.split_whitespace().collect();
+                    if !c.is_empty() {
+                        md.certificate = Some(c);
+                    }
+                } else if ended == format!("{NS_MD}|NameIDFormat") && in_sp {
+                    let f = buf.trim().to_owned();
+                    if !f.is_empty() {
+                        md.name_id_formats.push(f);
+                    }
+                } else if ended == format!("{NS_MD}|KeyDescriptor") {
+                    in_signing_key = false;
+                } else if ended == format!("{NS_MD}|SPSSODescriptor") {
+                    in_sp = false;
+                }
+                buf.clear();
+                continue;
+            }
+            Event::Eof => break,
+            _ => continue,
+        };
+        buf.clear();
+        let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+        let attrs: Vec<(String, String)> = e
+            .attributes()
+            .filter_map(Result::ok)
+            .filter_map(|a| {
+                let k = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
+                let v = a.unescape_value().ok()?.into_owned();
+                Some((k, v))
+            })
+            .collect();
+        let get = |k: &str| attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        if path.is_empty() {
+            if seen_root {
+                return Err("more than one root element".into());
+            }
+            seen_root = true;
+            if ns != NS_MD || local != "EntityDescriptor" {
+                return Err(
+                    "the metadata's root must be one md:EntityDescriptor (not an EntitiesDescriptor)"
+                        .into(),
+                );
+            }
+            md.entity_id = get("entityID").ok_or("the EntityDescriptor has no entityID")?;
+        } else if ns == NS_MD && local == "SPSSODescriptor" && path.len() == 1 {
+            in_sp = true;
+            md.want_assertions_signed =
+                get("WantAssertionsSigned").is_some_and(|v| v == "true" || v == "1");
+        } else if in_sp && ns == NS_MD && local == "KeyDescriptor" {
+            in_signing_key = get("use").is_none_or(|u| u == "signing");
+        } else if in_sp && ns == NS_MD && local == "AssertionConsumerService" {
+            if get("Binding").as_deref() == Some(BINDING_POST) {
+                let location =
+                    get("Location").ok_or("an AssertionConsumerService has no Location")?;
+                let index = get("index")
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or(u32::MAX);
+                let default = get("isDefault").is_some_and(|v| v == "true" || v == "1");
+                acs.push((default, index, acs.len(), location));
+            }
+        } else if in_sp && ns == NS_MD && local == "SingleLogoutService" && md.slo.is_none() {
+            let binding = get("Binding").unwrap_or_default();
+            if binding == BINDING_REDIRECT || binding == BINDING_POST {
+                let location = get("ResponseLocation")
+                    .or_else(|| get("Location"))
+                    .ok_or("a SingleLogoutService has no Location")?;
+                md.slo = Some((location, binding));
+            }
+        }
+        if is_start {
+            if path.len() == MAX_METADATA_DEPTH {
+                return Err(format!(
+                    "the metadata nests elements deeper than {MAX_METADATA_DEPTH} levels"
+                ));
+            }
+            path.push(format!("{ns}|{local}"));
+        }
+    }
+    if !seen_root {
+        return Err("the metadata is empty".into());
+    }
+    // The default first, then by index, then in document order.
+    acs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    md.acs_urls = acs.into_iter().map(|a| a.3).collect();
+    if md.acs_urls.is_empty() {
+        return Err(
+            "the metadata has no SPSSODescriptor with an HTTP-POST AssertionConsumerService".into(),
+        );
+    }
+    Ok(md)
 }
 
 /// The signed octets of the HTTP-Redirect binding (SAML Bindings §3.4.4.1): the raw,
@@ -578,6 +845,76 @@ AssertionConsumerServiceURL=\"https://sp/acs\"><saml:Issuer> https://sp </saml:I
         assert!(inflate_redirect(&bomb).unwrap_err().contains("too large"));
     }
 
+    #[test]
+    fn sp_metadata_gives_entity_acs_slo_and_certificate() {
+        let md = format!(
+            "<md:EntityDescriptor xmlns:md=\"{NS_MD}\" xmlns:ds=\"{NS_DS}\" entityID=\"https://sp\">\
+<md:SPSSODescriptor protocolSupportEnumeration=\"{NS_SAMLP}\" WantAssertionsSigned=\"true\">\
+<md:KeyDescriptor use=\"encryption\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>ENC</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\
+<md:KeyDescriptor use=\"signing\"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>\n SIG\n NED </ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>\
+<md:SingleLogoutService Binding=\"urn:oasis:names:tc:SAML:2.0:bindings:SOAP\" Location=\"https://sp/soap\"/>\
+<md:SingleLogoutService Binding=\"{BINDING_REDIRECT}\" Location=\"https://sp/slo\"/>\
+<md:NameIDFormat>urn:oasis:names:tc:SAML:2.0:nameid-format:persistent</md:NameIDFormat>\
+<md:AssertionConsumerService Binding=\"{BINDING_REDIRECT}\" Location=\"https://sp/no\" index=\"0\"/>\
+<md:AssertionConsumerService Binding=\"{BINDING_POST}\" Location=\"https://sp/b\" index=\"2\"/>\
+<md:AssertionConsumerService Binding=\"{BINDING_POST}\" Location=\"https://sp/a\" index=\"1\"/>\
+<md:AssertionConsumerService Binding=\"{BINDING_POST}\" Location=\"https://sp/default\" index=\"3\" isDefault=\"true\"/>\
+</md:SPSSODescriptor></md:EntityDescriptor>"
+        );
+        let m = parse_sp_metadata(&md).unwrap();
+        assert_eq!(m.entity_id, "https://sp");
+        assert_eq!(
+            m.acs_urls,
+            ["https://sp/default", "https://sp/a", "https://sp/b"]
+        );
+        assert_eq!(
+            m.slo,
+            Some(("https://sp/slo".to_owned(), BINDING_REDIRECT.to_owned()))
+        );
+        assert_eq!(m.certificate.as_deref(), Some("SIGNED"));
+        assert!(m.want_assertions_signed);
+        let no_post = md.replace(BINDING_POST, "urn:x");
+        assert!(parse_sp_metadata(&no_post)
+            .unwrap_err()
+            .contains("HTTP-POST"));
+        let many =
+            format!("<md:EntitiesDescriptor xmlns:md=\"{NS_MD}\">{md}</md:EntitiesDescriptor>");
+        assert!(parse_sp_metadata(&many).is_err());
+    }
+
+    #[test]
+    fn status_responses_carry_both_codes_and_no_assertion() {
+        let u = status_response(
+            "_r",
+            "https://idp",
+            "https://sp/acs",
+            Some("_q"),
+            Utc::now(),
+            STATUS_RESPONDER,
+            Some(STATUS_NO_PASSIVE),
+            "not <signed> in",
+        );
+        let x = u.unsigned();
+        assert!(x.contains(&format!(
+            "<samlp:StatusCode Value=\"{STATUS_RESPONDER}\"><samlp:StatusCode Value=\"{STATUS_NO_PASSIVE}\">"
+        )));
+        assert!(x.contains("InResponseTo=\"_q\""));
+        assert!(x.contains("not &lt;signed&gt; in"));
+        assert!(!x.contains("Assertion"));
+    }
+
+    #[test]
+    fn redirect_queries_encode_like_url_encoders_do() {
+        let q = redirect_query("SAMLResponse", "a+b/c=", Some("r s&t"));
+        assert_eq!(
+            q,
+            "SAMLResponse=a%2Bb%2Fc%3D&RelayState=r%20s%26t&SigAlg=http%3A%2F%2Fwww.w3.org%2F2001%2F04%2Fxmldsig-more%23rsa-sha256"
+        );
+        let xml = "<samlp:LogoutResponse/>";
+        let back = inflate_redirect(&deflate_redirect(xml)).unwrap();
+        assert_eq!(back, xml);
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -623,6 +960,13 @@ AssertionConsumerServiceURL=\"https://sp/acs\"><saml:Issuer> https://sp </saml:I
             fn xml_shaped_requests_are_parsed_or_refused(s in xml_like()) {
                 let _ = parse_request(&s);
                 let _ = decode_post(&STANDARD.encode(&s));
+            }
+
+            #[test]
+            fn any_metadata_is_parsed_or_refused_never_a_panic(s in xml_like(), t in any::<String>()) {
+                let _ = parse_sp_metadata(&s);
+                let _ = parse_sp_metadata(&t);
+                let _ = parse_sp_metadata(&s.replace("samlp:AuthnRequest", "md:EntityDescriptor").replace(NS_SAMLP, NS_MD));
             }
 
             #[test]

@@ -674,14 +674,19 @@ impl Scim {
         let email = login_email(&doc);
         let email_claim = match &email {
             Some(e) => {
-                let claim = keys.login_digest(e);
-                if !keys.claim_login(&claim, &id).await.map_err(storage)? {
+                // Unique in the organization only: another organization's user with the same
+                // address neither blocks this one nor shows through the answer.
+                if !keys
+                    .claim_email(organization_id, e, &id)
+                    .await
+                    .map_err(storage)?
+                {
                     keys.release_login(&name_claim).await.map_err(storage)?;
                     return Err(ScimError::uniqueness(format!(
                         "a user with the email {e:?} already exists"
                     )));
                 }
-                Some(claim)
+                Some(e.clone())
             }
             None => None,
         };
@@ -692,8 +697,10 @@ impl Scim {
             Ok(outcome) => Ok((id, outcome)),
             Err(e) => {
                 keys.release_login(&name_claim).await.map_err(storage)?;
-                if let Some(c) = email_claim {
-                    keys.release_login(&c).await.map_err(storage)?;
+                if let Some(e) = email_claim {
+                    keys.release_email(organization_id, &e, &id)
+                        .await
+                        .map_err(storage)?;
                 }
                 let _ = keys.erase(&id).await;
                 Err(e)
@@ -852,11 +859,18 @@ impl Scim {
         let email_moves = old_email.as_deref() != Some(new_email.as_str());
         let mut email_claim = None;
         if email_moves && !is_unusable(&id, &new_email) {
-            let claim = keys.login_digest(&new_email);
-            let claimed = keys.claim_login(&claim, &id).await.map_err(storage)?;
+            let claimed = keys
+                .claim_email(organization_id, &new_email, &id)
+                .await
+                .map_err(storage)?;
             if claimed {
-                email_claim = Some(claim);
-            } else if keys.find_login(&claim).await.map_err(storage)? != Some(id.clone()) {
+                email_claim = Some(new_email.clone());
+            } else if keys
+                .find_email(organization_id, &new_email)
+                .await
+                .map_err(storage)?
+                != Some(id.clone())
+            {
                 if renamed {
                     keys.release_login(&new_claim).await.map_err(storage)?;
                 }
@@ -928,7 +942,9 @@ impl Scim {
                 }
                 if email_moves {
                     if let Some(old) = old_email.as_deref().filter(|e| !is_unusable(&id, e)) {
-                        released.push(keys.login_digest(old));
+                        keys.release_email(organization_id, old, &id)
+                            .await
+                            .map_err(storage)?;
                     }
                 }
                 for claim in released {
@@ -942,8 +958,10 @@ impl Scim {
                 if renamed {
                     keys.release_login(&new_claim).await.map_err(storage)?;
                 }
-                if let Some(c) = email_claim {
-                    keys.release_login(&c).await.map_err(storage)?;
+                if let Some(e) = email_claim {
+                    keys.release_email(organization_id, &e, &id)
+                        .await
+                        .map_err(storage)?;
                 }
                 Err(e)
             }
@@ -963,10 +981,9 @@ impl Scim {
         let keys = self.identity.subject_keys();
         if let Some(s) = &user.email {
             if let Some(email) = keys.open_text(s, "email").await.map_err(storage)? {
-                let claim = keys.login_digest(&email);
-                if keys.find_login(&claim).await.map_err(storage)? == Some(id.clone()) {
-                    keys.release_login(&claim).await.map_err(storage)?;
-                }
+                keys.release_email(organization_id, &email, &id)
+                    .await
+                    .map_err(storage)?;
             }
         }
         if let Some(name) = profile.get("userName").and_then(Value::as_str) {

@@ -52,6 +52,18 @@ pub enum UserAttribute {
     OrganizationId,
     /// One value per role in the organization.
     Roles,
+    /// One value per group of the organization the user is a member of (the group's name).
+    Groups,
+}
+
+/// How a service provider receives logout responses (SAML Bindings §3.4, §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SloBinding {
+    /// `urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect`: a signed query string.
+    HttpRedirect,
+    /// `urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST`: an auto-submitting form.
+    HttpPost,
 }
 
 /// What an organization registers for a service provider.
@@ -60,9 +72,12 @@ pub enum UserAttribute {
 pub struct SamlServiceProviderSettings {
     /// Assertion consumer service URLs; the first is the default.
     pub acs_urls: Vec<String>,
-    /// Where logout responses go (HTTP-POST); none: logout ends on QSA's own page.
+    /// Where logout responses go; none: logout ends on QSA's own page.
     #[serde(default)]
     pub slo_url: Option<String>,
+    /// The binding the SP registered for its SLO URL; none: the binding of its request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_binding: Option<SloBinding>,
     /// The SP's signing certificate (DER, base64); when set, AuthnRequests and LogoutRequests
     /// must be signed with it.
     #[serde(default)]
@@ -145,8 +160,9 @@ impl SamlError {
     }
 }
 
-/// A service provider; the aggregate id derives from its entity id (see [`provider_id`]), so an
-/// entity id is registered at most once on the platform.
+/// A service provider; the aggregate id derives from its organization and entity id (see
+/// [`provider_id_in`]), so an entity id is registered at most once per organization, and
+/// several organizations may each register the same SP.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SamlServiceProvider {
     pub organization_id: String,
@@ -162,10 +178,17 @@ impl SamlServiceProvider {
     }
 }
 
-/// The aggregate id of the service provider with `entity_id` (UUID v5 in a fixed namespace).
+/// The aggregate id a service provider registered before entity ids were per organization
+/// had (UUID v5 in a fixed namespace); still found by [`provider_id_in`]'s lookups.
 pub fn provider_id(entity_id: &str) -> String {
     const NS: uuid::Uuid = uuid::Uuid::from_u128(0x7a3c_51e2_0c4b_4f0e_9d7e_5a1b_2c3d_4e5f);
     uuid::Uuid::new_v5(&NS, entity_id.as_bytes()).to_string()
+}
+
+/// The aggregate id of the service provider `entity_id` registered by `organization_id`.
+pub fn provider_id_in(organization_id: &str, entity_id: &str) -> String {
+    const NS: uuid::Uuid = uuid::Uuid::from_u128(0x7a3c_51e2_0c4b_4f0e_9d7e_5a1b_2c3d_4e60);
+    uuid::Uuid::new_v5(&NS, format!("{organization_id}\0{entity_id}").as_bytes()).to_string()
 }
 
 fn check_url(what: &str, url: &str) -> Result<(), SamlError> {
@@ -518,6 +541,7 @@ mod tests {
         SamlServiceProviderSettings {
             acs_urls: vec!["https://sp.example.com/acs".into()],
             slo_url: None,
+            slo_binding: None,
             certificate: None,
             name_id_format: NameIdFormat::EmailAddress,
             attributes: BTreeMap::from([("mail".into(), UserAttribute::Email)]),
@@ -552,6 +576,14 @@ mod tests {
             .given(vec![registered()])
             .when(register())
             .then_expect_error(SamlError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn an_entity_id_has_one_provider_id_per_organization() {
+        let a = provider_id_in("org-a", "https://sp");
+        assert_eq!(a, provider_id_in("org-a", "https://sp"));
+        assert_ne!(a, provider_id_in("org-b", "https://sp"));
+        assert_ne!(a, provider_id("https://sp"));
     }
 
     #[test]
