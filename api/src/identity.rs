@@ -27,7 +27,7 @@ pub fn routes() -> Router<AppState> {
         .route("/users", post(create_user).get(list_users))
         .route("/users/{id}", get(show_user).delete(delete_user))
         .route("/users/{id}/{action}", post(user_action))
-        .route("/groups", post(create_group))
+        .route("/groups", post(create_group).get(list_groups))
         .route("/groups/{id}", get(show_group).delete(delete_group))
         .route("/groups/{id}/members", post(add_member))
         .route(
@@ -596,6 +596,43 @@ async fn group_in_tenant(
     let (group, version) = state.identity.group(&id).await?;
     principal.tenant(&group.organization_id, &format!("group {id}"))?;
     Ok((group, version))
+}
+
+/// An organization's groups (the groups read model), by id, paged.
+#[utoipa::path(get, path = "/v1/groups", tag = "identity",
+    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
+    responses((status = 200, description = "{items: [{id, organization_id, name, members, external_id, created_at, ...}], next_after}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 504, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_groups(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    crate::problem::ApiQuery(q): crate::problem::ApiQuery<UserListQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    use quantus_projections::groups::GroupsView;
+    principal.require("identity:read")?;
+    principal.tenant(&q.org, &format!("organization {}", q.org))?;
+    let limit = crate::paging::limit(q.limit)?;
+    let runner = quantus_projections::runner::ProjectionRunner::new(
+        state.db.clone(),
+        std::sync::Arc::new(GroupsView),
+    );
+    crate::consistency::Consistency {
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    }
+    .wait(&runner)
+    .await?;
+    // Ordered by id: the page after `after` is the next `limit` of them.
+    let rows: Vec<_> = GroupsView::by_organization(&state.db.pool, &q.org)
+        .await?
+        .into_iter()
+        .filter(|g| q.after.as_deref().is_none_or(|a| g.id.as_str() > a))
+        .take(limit as usize)
+        .collect();
+    let next_after = crate::paging::next_after(&rows, limit, |r| r.id.as_str());
+    Ok(Json(
+        serde_json::json!({ "items": rows, "next_after": next_after }),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/groups/{id}", tag = "identity", params(("id" = String, Path)),

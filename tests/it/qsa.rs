@@ -1065,3 +1065,82 @@ async fn an_authorization_code_expires_after_a_minute() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_organizations_groups_are_listed_in_pages_to_its_own_administrators() {
+    let f = fixture("qsa-group-list").await;
+    let mut made = vec![];
+    let mut position = 0;
+    for name in ["Alpha", "Beta", "Gamma"] {
+        let r = f
+            .admin
+            .post(
+                "/v1/groups",
+                json!({"organization_id": f.org, "name": name}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        made.push(r.body["id"].as_str().unwrap().to_owned());
+        position = r.body["position"].as_u64().unwrap();
+    }
+    made.sort();
+    // Read after the last write; two per page, by id.
+    let first = f
+        .admin
+        .get(&format!(
+            "/v1/groups?org={}&limit=2&min_position={position}&wait_ms=5000",
+            f.org
+        ))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let ids: Vec<&str> = first.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        made[..2].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let next = first.body["next_after"].as_str().unwrap();
+    assert_eq!(next, made[1]);
+    let second = f
+        .admin
+        .get(&format!("/v1/groups?org={}&limit=2&after={next}", f.org))
+        .await;
+    assert_eq!(second.body["items"][0]["id"], json!(made[2]));
+    assert_eq!(second.body["items"][0]["name"], json!("Gamma"));
+    assert!(second.body["next_after"].is_null(), "{}", second.body);
+    assert_eq!(
+        f.admin
+            .get(&format!("/v1/groups?org={}&limit=0", f.org))
+            .await
+            .status,
+        400
+    );
+    // Another organization's administrator: 404 for these, an empty list of their own.
+    let (other, _) = f.admin.create_org("Globex").await;
+    let (id, secret) = service_principal(&f.admin, &other, json!(["admin"])).await;
+    let globex = api_with(&f.server, &client_token(f.server.url(), &id, &secret, None));
+    assert_eq!(
+        globex
+            .get(&format!("/v1/groups?org={}", f.org))
+            .await
+            .status,
+        404
+    );
+    let own = globex.get(&format!("/v1/groups?org={other}")).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.body["items"], json!([]));
+    // A member (no identity:read) may not list them.
+    let (id, secret) = service_principal(&f.admin, &f.org, json!(["member"])).await;
+    let member = api_with(&f.server, &client_token(f.server.url(), &id, &secret, None));
+    assert_eq!(
+        member
+            .get(&format!("/v1/groups?org={}", f.org))
+            .await
+            .status,
+        403
+    );
+}
