@@ -73,6 +73,7 @@ fn routes() -> Router<AppState> {
         .route("/qsa/people", post(create_person))
         .route("/qsa/people/{id}", get(person))
         .route("/qsa/people/{id}/erase", get(confirm_erase).post(erase))
+        .route("/qsa/people/{id}/roles", post(change_role))
         .route("/qsa/people/{id}/{action}", post(person_action))
         .route("/qsa/groups", get(groups).post(create_group))
         .route("/qsa/groups/{id}", get(group))
@@ -122,7 +123,7 @@ fn refused(detail: impl Into<String>) -> PageError {
 /// A list typed in a form: one item per line or comma, blanks dropped.
 fn items(typed: &str) -> Vec<String> {
     typed
-        .split(|c| c == ',' || c == '\n')
+        .split([',', '\n'])
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
@@ -367,6 +368,9 @@ struct PersonPage {
     id: String,
     p: Profile,
     roles: String,
+    /// The roles held in the organization, and those that may be granted.
+    held: Vec<String>,
+    grantable: Vec<&'static str>,
     groups: Vec<GroupRow>,
     csrf: String,
     may_write: bool,
@@ -400,10 +404,23 @@ async fn person(
             "Their authenticator app was removed; they enrol a new one at their account page."
                 .into(),
         ),
+        Some("grant-role") => Some("The role was granted; it is in their next tokens.".into()),
+        Some("revoke-role") => Some("The role was revoked; their next tokens lack it.".into()),
         _ => None,
     };
+    let held: Vec<String> = p
+        .memberships
+        .get(&org)
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default();
     Ok(render(&PersonPage {
         layout,
+        grantable: ROLES
+            .iter()
+            .copied()
+            .filter(|r| !held.iter().any(|h| h == r))
+            .collect(),
+        held,
         roles: p
             .memberships
             .get(&org)
@@ -446,6 +463,37 @@ async fn person_action(
         "reset-factors" => api.delete(&format!("/users/{id}/totp")).await?,
         _ => return Err(PageError::not_found(&INFO, format!("no action {action:?}"))),
     };
+    Ok(redirect(&format!("/qsa/people/{id}?done={action}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct RoleForm {
+    role: String,
+    /// `grant` or `revoke`.
+    change: String,
+}
+
+async fn change_role(
+    Path(id): Path<String>,
+    posted: Posted<Qsa, RoleForm>,
+) -> Result<Response, PageError> {
+    let Posted {
+        signed_in: me,
+        form,
+    } = posted;
+    let org = org(&me)?;
+    let id = segment(&INFO, &id)?;
+    let action = match form.change.as_str() {
+        "grant" => "grant-role",
+        "revoke" => "revoke-role",
+        other => return Err(refused(format!("no change {other:?}"))),
+    };
+    me.api()
+        .post(
+            &format!("/users/{id}/{action}"),
+            &serde_json::json!({ "organization_id": org, "role": form.role.trim() }),
+        )
+        .await?;
     Ok(redirect(&format!("/qsa/people/{id}?done={action}")))
 }
 
@@ -1307,7 +1355,8 @@ struct EventPage {
 
 #[derive(Debug, Default, Deserialize)]
 struct AuditParams {
-    /// `sign-ins`, `decisions` or empty (both).
+    /// `sign-ins`, `decisions` (every access decision, token requests too) or empty
+    /// (sign-ins and the decisions at sign-in and authorization).
     #[serde(default)]
     kind: String,
     /// `failed`, `refused` or empty.
@@ -1395,7 +1444,11 @@ async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageErr
                 p["reason"].as_str().unwrap_or_default().replace('_', " "),
                 true,
             ),
-            "AccessDecided" if f.kind != "sign-ins" => {
+            // Token requests (every refresh) are decided too: listed when decisions are
+            // asked for, left out of the default view of sign-ins.
+            "AccessDecided"
+                if f.kind == "decisions" || (f.kind.is_empty() && p["stage"] != "token") =>
+            {
                 let granted = p["granted"].as_bool().unwrap_or(false);
                 (
                     format!(
