@@ -36,7 +36,7 @@ async function freshPage(width = 1280) {
 
 const h1 = (page) => page.getByRole("heading", { level: 1 }).textContent();
 const main = (page) => page.locator("main").textContent();
-const SECURITY = "Security";
+const SECURITY = "Security console";
 
 /** A client credentials token, or the token endpoint's status when it refuses. */
 async function clientToken(id, secret) {

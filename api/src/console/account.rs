@@ -332,3 +332,19 @@ async fn remove_passkey(
         .await?;
     Ok(redirect("/account/?done=passkey-removed"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::otpauth_secret;
+
+    #[test]
+    fn the_key_to_type_is_the_otpauth_uris_secret() {
+        assert_eq!(
+            otpauth_secret(
+                "otpauth://totp/Quantus:bob%40example.com?secret=JBSWY3DPEHPK3PXP&issuer=Quantus"
+            ),
+            "JBSWY3DPEHPK3PXP"
+        );
+        assert_eq!(otpauth_secret("not a uri"), "");
+    }
+}

@@ -25,7 +25,7 @@ use crate::AppState;
 pub struct Qsa;
 
 static INFO: ConsoleInfo = ConsoleInfo {
-    name: "Security",
+    name: "Security console",
     base: "/qsa",
     nav: &[
         ("/", "People", "identity:read"),
