@@ -5,7 +5,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
+import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { chromium } from "playwright-core";
 
@@ -378,4 +378,76 @@ test("a security admin adds a person and an access rule needing a second factor;
   const erased = await api(operator, "GET", `/users/${person}`, undefined, 200);
   assert.equal(erased.status, "erased");
   assert.equal(erased.email, null);
+});
+
+test("a person removes a passkey on the account page", async () => {
+  const operator = await adminToken();
+  const hooli = await customerOrg(operator, "Hooli");
+  // An application of the organization, for a token of the person's own (passkeys are
+  // registered with the person's token; the consoles keep theirs on the server).
+  const client = await api(operator, "POST", "/clients", {
+    organization_id: hooli.org, name: "Passkey setup", kind: "confidential",
+    redirect_uris: [`${BASE}/healthz`], grant_types: ["authorization_code"], scopes: ["openid"],
+  }, 201);
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  page.on("dialog", (dialog) => dialog.accept());
+  // Chromium's virtual authenticator, as a laptop would have.
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: { protocol: "ctap2", transport: "internal", hasResidentKey: true, hasUserVerification: true, isUserVerified: true },
+  });
+  const verifier = randomBytes(32).toString("base64url");
+  await page.goto(`${BASE}/oauth2/authorize?${new URLSearchParams({
+    response_type: "code", client_id: client.client_id, redirect_uri: `${BASE}/healthz`, scope: "openid",
+    state: "passkey", nonce: randomUUID(), code_challenge_method: "S256",
+    code_challenge: createHash("sha256").update(verifier).digest("base64url"),
+  })}`);
+  await page.getByLabel("Email").fill(hooli.email);
+  await page.getByLabel("Password").fill(PASSWORD);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("button", { name: "Allow" }).click();
+  await page.waitForURL(`${BASE}/healthz?**`);
+  const r = await fetch(`${BASE}/oauth2/token`, {
+    method: "POST",
+    headers: {
+      authorization: "Basic " + Buffer.from(`${client.client_id}:${client.client_secret}`).toString("base64"),
+      "content-type": "application/x-www-form-urlencoded",
+    },
+    body: new URLSearchParams({
+      grant_type: "authorization_code", code: new URL(page.url()).searchParams.get("code"),
+      redirect_uri: `${BASE}/healthz`, code_verifier: verifier,
+    }).toString(),
+  });
+  assert.equal(r.status, 200);
+  const token = (await r.json()).access_token;
+  const { options, ceremony } = await api(token, "POST", "/me/passkeys/options", {}, 200);
+  const credential = await page.evaluate(async (options) => {
+    const bytes = (s) => Uint8Array.from(atob(s.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - (s.length % 4)) % 4)), (c) => c.charCodeAt(0)).buffer;
+    const b64 = (buf) => btoa(String.fromCharCode(...new Uint8Array(buf))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    const pk = options.publicKey;
+    pk.challenge = bytes(pk.challenge);
+    pk.user.id = bytes(pk.user.id);
+    (pk.excludeCredentials || []).forEach((c) => (c.id = bytes(c.id)));
+    const c = await navigator.credentials.create({ publicKey: pk });
+    return {
+      id: c.id, rawId: b64(c.rawId), type: c.type,
+      response: { attestationObject: b64(c.response.attestationObject), clientDataJSON: b64(c.response.clientDataJSON) },
+    };
+  }, options);
+  await api(token, "POST", "/me/passkeys", { ceremony, credential, name: "Laptop" }, 201);
+
+  // The account page lists it; removing it asks once, then it is gone at the API too.
+  await page.goto(`${BASE}/account/`);
+  await page.getByRole("button", { name: "Allow" }).click();
+  await page.waitForURL(`${BASE}/account/`);
+  assert.match(await main(page), /Passkeys\s*1/);
+  assert.match(await page.locator("tbody").first().textContent(), /Laptop/);
+  await check(page, "account-passkeys");
+  await page.getByRole("button", { name: "Remove passkey Laptop" }).click();
+  await page.waitForURL(`${BASE}/account/?done=passkey-removed`);
+  assert.match(await page.getByRole("status").textContent(), /The passkey was removed/);
+  assert.match(await main(page), /Passkeys\s*0/);
+  assert.deepEqual((await api(token, "GET", "/me/passkeys", undefined, 200)).items, []);
 });

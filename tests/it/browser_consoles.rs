@@ -64,7 +64,7 @@ fn customers_use_the_portal_in_a_real_browser() {
 
 #[test]
 fn security_admins_use_the_qsa_console_in_a_real_browser() {
-    let server = run_suite("qsa-console", "qsa.test.mjs", 1);
+    let server = run_suite("qsa-console", "qsa.test.mjs", 2);
     // The journey's step-up is in the log: a sign-in with the second factor.
     let stepped_up = tail_log(&server).iter().any(|e| {
         e["envelope"]["event_type"] == "SignInSucceeded"
