@@ -1351,6 +1351,8 @@ struct Envelope {
 struct EventPage {
     events: Vec<LogEntry>,
     next_after: u64,
+    #[serde(default)]
+    head: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1387,8 +1389,10 @@ struct AuditPage {
     lines: Vec<AuditLine>,
     from: u64,
     to: u64,
-    next: Option<String>,
-    first: Option<String>,
+    /// The window before this one, the one after it, and the latest (when this is not it).
+    earlier: Option<String>,
+    later: Option<String>,
+    latest: Option<String>,
 }
 
 /// Positions of the log read per page of the audit trail (the organization's sign-ins and
@@ -1397,7 +1401,14 @@ const AUDIT_WINDOW: u64 = 1000;
 
 async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageError> {
     let org = org(&me)?;
-    let start = f.after.unwrap_or(0);
+    // Without a position, the latest window of the log (where today's sign-ins are).
+    let start = match f.after {
+        Some(after) => after,
+        None => {
+            let probe: EventPage = me.api().get("/events?limit=1").await?;
+            probe.head.saturating_sub(AUDIT_WINDOW)
+        }
+    };
     let after = start.to_string();
     let window = AUDIT_WINDOW.to_string();
     let page: EventPage = me
@@ -1507,7 +1518,11 @@ async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageErr
         q.push(("after", a.as_deref()));
         format!("/qsa/audit{}", query(&q))
     };
-    let next = (page.next_after >= start + AUDIT_WINDOW).then(|| link(Some(page.next_after)));
+    // Newest first, as an audit trail is read.
+    lines.reverse();
+    let later = (page.next_after < page.head).then(|| link(Some(page.next_after)));
+    let earlier = (start > 0).then(|| link(Some(start.saturating_sub(AUDIT_WINDOW))));
+    let latest = later.as_ref().map(|_| link(None));
     let people = people
         .into_iter()
         .map(|u| Member {
@@ -1519,8 +1534,9 @@ async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageErr
         layout: me.layout("Sign-in audit", "/audit"),
         from: start + 1,
         to: page.next_after,
-        next,
-        first: (start > 0).then(|| link(None)),
+        earlier,
+        later,
+        latest,
         people,
         lines,
         f,
