@@ -290,6 +290,16 @@ test("a security admin adds a person and an access rule needing a second factor;
   await bob.getByRole("button", { name: "Remove authenticator app" }).click();
   await bob.waitForURL(`${BASE}/account/?done=totp-removed`);
   assert.match(await main(bob), /Authenticator app\s*not set up/);
+  // His sessions: this browser's, and the one his step-up left behind (a second factor
+  // starts a session of its own; the one signed out of is gone).
+  assert.equal(await bob.locator("#sessions-h + .table-wrap tbody tr").count(), 2);
+  assert.equal(await bob.getByText("this browser").count(), 1);
+  await check(bob, "account-sessions");
+  // He ends the one left behind.
+  await bob.getByRole("button", { name: /^End the session signed in/ }).click();
+  await bob.waitForURL(`${BASE}/account/?done=session-ended`);
+  assert.equal(await bob.locator("#sessions-h + .table-wrap tbody tr").count(), 1);
+  assert.equal(await bob.getByText("this browser").count(), 1);
 
   // The audit trail shows the step-up: the decision, then the sign-in with two factors.
   await nav(admin, "Sign-in audit", SECURITY).click();
@@ -323,6 +333,17 @@ test("a security admin adds a person and an access rule needing a second factor;
   await admin.getByRole("button", { name: "Revoke role auditor" }).click();
   await admin.waitForURL(`${BASE}/qsa/people/${person}?done=revoke-role`);
   assert.match(await admin.locator(".facts").first().textContent(), /Roles\s*member\s/);
+  // His live session, ended by the administrator: his pages ask him to sign in again.
+  assert.match(await admin.locator("#sessions-h + .table-wrap").textContent(), /password \+ authenticator app code/);
+  await check(admin, "qsa-person-sessions");
+  for (const left of [0]) {
+    await admin.getByRole("button", { name: /^End the session signed in/ }).first().click();
+    await admin.waitForURL(`${BASE}/qsa/people/${person}?done=session-ended`);
+    assert.equal(await admin.locator("#sessions-h + .table-wrap tbody tr").count(), left);
+  }
+  assert.match(await main(admin), /No live session/);
+  await bob.goto(`${BASE}/account/`);
+  assert.equal(await bob.title(), "Sign in · Quantus");
 
   // Umbrella's owner, in their own security console, sees none of Initech's.
   const other = await freshPage();

@@ -51,6 +51,7 @@ fn routes() -> Router<AppState> {
         .route("/account/totp/confirm", post(confirm_totp))
         .route("/account/totp/remove", post(remove_totp))
         .route("/account/passkeys/{id}/remove", post(remove_passkey))
+        .route("/account/sessions/{id}/end", post(end_session))
         .route("/account/{*rest}", get(not_found))
 }
 
@@ -85,6 +86,41 @@ struct Passkeys {
     items: Vec<Passkey>,
 }
 
+/// A live session at QSA (a browser signed in), as the API lists them.
+#[derive(Debug, Deserialize)]
+pub(super) struct SessionRow {
+    pub id: String,
+    pub amr: Vec<String>,
+    pub auth_time: String,
+    pub expires_at: String,
+    /// The session this page was signed in through.
+    #[serde(default)]
+    pub current: bool,
+}
+
+impl SessionRow {
+    pub fn methods(&self) -> String {
+        self.amr
+            .iter()
+            .map(|m| method(m))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+
+    pub fn since(&self) -> String {
+        super::qsa::moment(&self.auth_time)
+    }
+
+    pub fn until(&self) -> String {
+        super::qsa::moment(&self.expires_at)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Sessions {
+    pub items: Vec<SessionRow>,
+}
+
 #[derive(Debug, Deserialize)]
 struct Organization {
     name: String,
@@ -103,6 +139,7 @@ struct OverviewPage {
     memberships: Vec<Membership>,
     totp: bool,
     passkeys: Vec<Passkey>,
+    sessions: Vec<SessionRow>,
     /// How this session was signed in (`amr` of the ID token, in words) and when.
     methods: String,
     signed_in_at: String,
@@ -112,7 +149,7 @@ struct OverviewPage {
 }
 
 /// RFC 8176 method references, as people say them.
-fn method(amr: &str) -> &str {
+pub(super) fn method(amr: &str) -> &str {
     match amr {
         "pwd" => "password",
         "otp" => "authenticator app code",
@@ -134,6 +171,7 @@ async fn overview(me: SignedIn<Account>, Query(d): Query<Done>) -> Result<Respon
     let profile: Profile = api.get(&format!("/users/{user}")).await?;
     let totp: Totp = api.get("/me/totp").await?;
     let passkeys: Passkeys = api.get("/me/passkeys").await?;
+    let sessions: Sessions = api.get("/me/sessions").await?;
     let mut memberships = vec![];
     for (org, roles) in &profile.memberships {
         // An organization's name where the person may read it; its id otherwise.
@@ -175,6 +213,9 @@ async fn overview(me: SignedIn<Account>, Query(d): Query<Done>) -> Result<Respon
         Some("password") => Some("Your password was changed.".into()),
         Some("totp-removed") => Some("Your authenticator app was removed.".into()),
         Some("passkey-removed") => Some("The passkey was removed.".into()),
+        Some("session-ended") => Some(
+            "That session was ended; the applications it signed in to lost their tokens.".into(),
+        ),
         _ => None,
     };
     Ok(render(&OverviewPage {
@@ -183,6 +224,7 @@ async fn overview(me: SignedIn<Account>, Query(d): Query<Done>) -> Result<Respon
         memberships,
         totp: totp.enrolled,
         passkeys: passkeys.items,
+        sessions: sessions.items,
         methods,
         signed_in_at,
         stepped_up,
@@ -318,6 +360,19 @@ async fn confirm_totp(posted: Posted<Account, CodeForm>) -> Result<Response, Pag
 async fn remove_totp(posted: Posted<Account, NoFields>) -> Result<Response, PageError> {
     posted.signed_in.api().delete("/me/totp").await?;
     Ok(redirect("/account/?done=totp-removed"))
+}
+
+async fn end_session(
+    Path(id): Path<String>,
+    posted: Posted<Account, NoFields>,
+) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    posted
+        .signed_in
+        .api()
+        .delete(&format!("/me/sessions/{id}"))
+        .await?;
+    Ok(redirect("/account/?done=session-ended"))
 }
 
 async fn remove_passkey(

@@ -74,6 +74,7 @@ fn routes() -> Router<AppState> {
         .route("/qsa/people/{id}", get(person))
         .route("/qsa/people/{id}/erase", get(confirm_erase).post(erase))
         .route("/qsa/people/{id}/roles", post(change_role))
+        .route("/qsa/people/{id}/sessions/{session}/end", post(end_session))
         .route("/qsa/people/{id}/{action}", post(person_action))
         .route("/qsa/groups", get(groups).post(create_group))
         .route("/qsa/groups/{id}", get(group))
@@ -372,6 +373,7 @@ struct PersonPage {
     held: Vec<String>,
     grantable: Vec<&'static str>,
     groups: Vec<GroupRow>,
+    sessions: Vec<super::account::SessionRow>,
     csrf: String,
     may_write: bool,
 }
@@ -404,9 +406,17 @@ async fn person(
             "Their authenticator app was removed; they enrol a new one at their account page."
                 .into(),
         ),
+        Some("session-ended") => Some(
+            "The session was ended; the applications it signed in to lost their tokens.".into(),
+        ),
         Some("grant-role") => Some("The role was granted; it is in their next tokens.".into()),
         Some("revoke-role") => Some("The role was revoked; their next tokens lack it.".into()),
         _ => None,
+    };
+    let sessions: super::account::Sessions = if p.status == "erased" {
+        super::account::Sessions { items: vec![] }
+    } else {
+        api.get(&format!("/users/{id}/sessions")).await?
     };
     let held: Vec<String> = p
         .memberships
@@ -421,6 +431,7 @@ async fn person(
             .filter(|r| !held.iter().any(|h| h == r))
             .collect(),
         held,
+        sessions: sessions.items,
         roles: p
             .memberships
             .get(&org)
@@ -464,6 +475,19 @@ async fn person_action(
         _ => return Err(PageError::not_found(&INFO, format!("no action {action:?}"))),
     };
     Ok(redirect(&format!("/qsa/people/{id}?done={action}")))
+}
+
+async fn end_session(
+    Path((id, session)): Path<(String, String)>,
+    posted: Posted<Qsa, NoFields>,
+) -> Result<Response, PageError> {
+    let me = posted.signed_in;
+    let id = segment(&INFO, &id)?;
+    let session = segment(&INFO, &session)?;
+    me.api()
+        .delete(&format!("/users/{id}/sessions/{session}"))
+        .await?;
+    Ok(redirect(&format!("/qsa/people/{id}?done=session-ended")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -1543,8 +1567,8 @@ async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageErr
     }))
 }
 
-/// An RFC 3339 timestamp to the minute, for tables.
-fn moment(timestamp: &str) -> String {
+/// An RFC 3339 timestamp to the second, for tables.
+pub(super) fn moment(timestamp: &str) -> String {
     match chrono::DateTime::parse_from_rfc3339(timestamp) {
         Ok(t) => t
             .with_timezone(&chrono::Utc)
