@@ -1452,7 +1452,7 @@ impl Identity {
                 });
             }
         }
-        out.sort_by(|a, b| b.auth_time.cmp(&a.auth_time));
+        out.sort_by_key(|s| std::cmp::Reverse(s.auth_time));
         Ok(out)
     }
 
