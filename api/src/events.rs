@@ -63,6 +63,9 @@ pub struct EventPage {
     pub events: Vec<LogEntry>,
     /// Pass as `after` to continue.
     pub next_after: u64,
+    /// The log's last position when this page was read (readers start near the end with
+    /// `after = head - n`, e.g. an audit trail showing the latest first).
+    pub head: u64,
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsQuery),
@@ -106,7 +109,13 @@ pub async fn list(
             envelope: serde_json::to_value(r.envelope).unwrap_or_default(),
         })
         .collect();
-    Ok(Json(EventPage { events, next_after }))
+    // Read after the page: the head is never behind `next_after`.
+    let head = state.db.head_position().await?.max(next_after);
+    Ok(Json(EventPage {
+        events,
+        next_after,
+        head,
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -27,7 +27,17 @@ pub fn routes() -> Router<AppState> {
         .route("/users", post(create_user).get(list_users))
         .route("/users/{id}", get(show_user).delete(delete_user))
         .route("/users/{id}/{action}", post(user_action))
-        .route("/groups", post(create_group))
+        .route("/users/{id}/sessions", get(user_sessions))
+        .route(
+            "/users/{id}/sessions/{session}",
+            axum::routing::delete(revoke_user_session),
+        )
+        .route("/me/sessions", get(my_sessions))
+        .route(
+            "/me/sessions/{session}",
+            axum::routing::delete(revoke_my_session),
+        )
+        .route("/groups", post(create_group).get(list_groups))
         .route("/groups/{id}", get(show_group).delete(delete_group))
         .route("/groups/{id}/members", post(add_member))
         .route(
@@ -599,6 +609,157 @@ async fn group_in_tenant(
     let (group, version) = state.identity.group(&id).await?;
     principal.tenant(&group.organization_id, &format!("group {id}"))?;
     Ok((group, version))
+}
+
+/// The sessions of `user` as the API lists them; `current` marks the one the caller's token
+/// was issued in.
+async fn sessions_answer(
+    state: &AppState,
+    principal: &Principal,
+    user: &str,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let now = chrono::Utc::now();
+    let current = state
+        .identity
+        .session_of_grant(&principal.claims.gid)
+        .await
+        .ok()
+        .flatten();
+    let items: Vec<serde_json::Value> = state
+        .identity
+        .sessions_of(user, now)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(&s).unwrap_or_default();
+            v["current"] = (current.as_deref() == Some(s.id.as_str())).into();
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+/// The caller's own live sessions at QSA (each a browser signed in), newest first.
+#[utoipa::path(get, path = "/v1/me/sessions", tag = "qsa",
+    responses((status = 200, description = "{items: [{id, amr, auth_time, expires_at, current}]}"), (status = 403, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn my_sessions(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let user = principal.person()?;
+    sessions_answer(&state, &principal, &user).await
+}
+
+/// Ends one of the caller's own sessions and revokes the grants issued in it.
+#[utoipa::path(delete, path = "/v1/me/sessions/{session}", tag = "qsa", operation_id = "revoke_my_session",
+    params(("session" = String, Path)),
+    responses((status = 200, description = "{id, ended: true}"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn revoke_my_session(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(session): Path<String>,
+    headers: HeaderMap,
+    peer: crate::oauth::Peer,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let user = principal.person()?;
+    let ctx = context(&principal, &headers, &principal.organization);
+    state
+        .identity
+        .revoke_session_of(
+            &ctx,
+            &user,
+            &session,
+            "logout",
+            crate::oauth::request_info(&headers, peer.0),
+        )
+        .await?;
+    Ok(Json(serde_json::json!({ "id": session, "ended": true })))
+}
+
+/// A person's live sessions, for their organization's administrators.
+#[utoipa::path(get, path = "/v1/users/{id}/sessions", tag = "identity",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "{items: [{id, amr, auth_time, expires_at, current}]}"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn user_sessions(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    principal.require("identity:read")?;
+    let id = parse_uuid(&id, "user")?;
+    let (user, _) = state.identity.user(&id).await?;
+    principal.tenant(&user.organization_id, &format!("user {id}"))?;
+    sessions_answer(&state, &principal, &id).await
+}
+
+/// An administrator ends a person's session (and the grants issued in it).
+#[utoipa::path(delete, path = "/v1/users/{id}/sessions/{session}", tag = "identity",
+    params(("id" = String, Path), ("session" = String, Path)),
+    responses((status = 200, description = "{id, ended: true}"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn revoke_user_session(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((id, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    peer: crate::oauth::Peer,
+) -> Result<Json<serde_json::Value>, Problem> {
+    principal.require("identity:write")?;
+    let id = parse_uuid(&id, "user")?;
+    let (user, _) = state.identity.user(&id).await?;
+    principal.tenant(&user.organization_id, &format!("user {id}"))?;
+    let ctx = context(&principal, &headers, &user.organization_id);
+    state
+        .identity
+        .revoke_session_of(
+            &ctx,
+            &id,
+            &session,
+            "administrative",
+            crate::oauth::request_info(&headers, peer.0),
+        )
+        .await?;
+    Ok(Json(serde_json::json!({ "id": session, "ended": true })))
+}
+
+/// An organization's groups (the groups read model), by id, paged.
+#[utoipa::path(get, path = "/v1/groups", tag = "identity",
+    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
+    responses((status = 200, description = "{items: [{id, organization_id, name, members, external_id, created_at, ...}], next_after}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 504, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_groups(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    crate::problem::ApiQuery(q): crate::problem::ApiQuery<UserListQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    use quantus_projections::groups::GroupsView;
+    principal.require("identity:read")?;
+    principal.tenant(&q.org, &format!("organization {}", q.org))?;
+    let limit = crate::paging::limit(q.limit)?;
+    let runner = quantus_projections::runner::ProjectionRunner::new(
+        state.db.clone(),
+        std::sync::Arc::new(GroupsView),
+    );
+    crate::consistency::Consistency {
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    }
+    .wait(&runner)
+    .await?;
+    // Ordered by id: the page after `after` is the next `limit` of them.
+    let rows: Vec<_> = GroupsView::by_organization(&state.db.pool, &q.org)
+        .await?
+        .into_iter()
+        .filter(|g| q.after.as_deref().is_none_or(|a| g.id.as_str() > a))
+        .take(limit as usize)
+        .collect();
+    let next_after = crate::paging::next_after(&rows, limit, |r| r.id.as_str());
+    Ok(Json(
+        serde_json::json!({ "items": rows, "next_after": next_after }),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/groups/{id}", tag = "identity", params(("id" = String, Path)),

@@ -62,7 +62,7 @@ pub fn routes() -> Router<AppState> {
 
 // ---- request plumbing ----
 
-fn request_info(headers: &HeaderMap, peer: Option<SocketAddr>) -> RequestInfo {
+pub(crate) fn request_info(headers: &HeaderMap, peer: Option<SocketAddr>) -> RequestInfo {
     RequestInfo {
         ip: peer.map(|p| p.ip().to_string()),
         user_agent: headers
@@ -73,7 +73,7 @@ fn request_info(headers: &HeaderMap, peer: Option<SocketAddr>) -> RequestInfo {
 }
 
 /// The peer address when the server runs with connect info (the real server does).
-pub struct Peer(Option<SocketAddr>);
+pub struct Peer(pub(crate) Option<SocketAddr>);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;

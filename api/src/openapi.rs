@@ -21,7 +21,7 @@ use crate::{
         licensing::verify_digest,
         identity::create_user, identity::list_users, identity::show_user, identity::delete_user, identity::user_action,
         identity::create_service_principal, identity::create_client, identity::show_client,
-        identity::rotate_secret, identity::disable_client, identity::create_group, identity::show_group,
+        identity::rotate_secret, identity::disable_client, identity::create_group, identity::list_groups, identity::my_sessions, identity::revoke_my_session, identity::user_sessions, identity::revoke_user_session, identity::show_group,
         identity::add_member, identity::remove_member, identity::delete_group,
         audit::list, audit::sign, audit::inclusion, audit::consistency,
         audit::log_checkpoint, audit::log_tile,

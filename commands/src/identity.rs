@@ -398,6 +398,19 @@ pub struct Identity {
     passkeys: crate::passkeys::Passkeys,
 }
 
+/// The index kind listing a person's sessions (in the grant index: kind, lookup, id).
+const USER_SESSIONS: &str = "user-session";
+
+/// One live session of a person at QSA, as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub id: String,
+    /// How it was signed in (RFC 8176 method references).
+    pub amr: Vec<String>,
+    pub auth_time: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 fn storage(e: impl std::fmt::Display) -> CommandError {
     CommandError::Storage(e.to_string())
 }
@@ -1434,6 +1447,12 @@ impl Identity {
             secret_sha256: digest(&cookie),
             request,
         };
+        // The person's sessions, for listing and ending them (same index as grants').
+        self.bus
+            .repository()
+            .index_grant(USER_SESSIONS, user_id, &id)
+            .await
+            .map_err(storage)?;
         self.bus
             .execute::<Session>(ctx, &id, SessionCommand::Start(started), None, &())
             .await?;
@@ -1476,6 +1495,76 @@ impl Identity {
             amr: s.amr.clone(),
             auth_time: s.auth_time,
         }))
+    }
+
+    /// A person's live sessions at QSA, newest first (those started since sessions were
+    /// indexed by person).
+    pub async fn sessions_of(
+        &self,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionView>, CommandError> {
+        let mut out = vec![];
+        for id in self
+            .bus
+            .repository()
+            .indexed_grants(USER_SESSIONS, user_id)
+            .await
+            .map_err(storage)?
+        {
+            let (session, _) = self.bus.load::<Session>(&id).await?;
+            if let Some(s) = session
+                .started
+                .as_ref()
+                .filter(|s| session.is_live(now) && s.user_id == user_id)
+            {
+                out.push(SessionView {
+                    id,
+                    amr: s.amr.clone(),
+                    auth_time: s.auth_time,
+                    expires_at: s.expires_at,
+                });
+            }
+        }
+        out.sort_by_key(|s| std::cmp::Reverse(s.auth_time));
+        Ok(out)
+    }
+
+    /// The session a grant was issued in (for "this session" among a person's).
+    pub async fn session_of_grant(&self, grant_id: &str) -> Result<Option<String>, CommandError> {
+        Ok(self.bus.load::<Grant>(grant_id).await?.0.session_id)
+    }
+
+    /// Ends one of a person's live sessions and revokes every grant issued in it, so the
+    /// applications it signed in to lose their tokens too. Another person's session, or one
+    /// already over, is not found.
+    pub async fn revoke_session_of(
+        &self,
+        ctx: &CommandContext,
+        user_id: &str,
+        session_id: &str,
+        reason: &str,
+        request: RequestInfo,
+    ) -> Result<(), CommandError> {
+        let now = ctx.occurred_at;
+        if !self
+            .sessions_of(user_id, now)
+            .await?
+            .iter()
+            .any(|s| s.id == session_id)
+        {
+            return Err(CommandError::NotFound(format!("no session {session_id}")));
+        }
+        self.revoke_session_grants(ctx, session_id, request.clone())
+            .await?;
+        let command = SessionCommand::End {
+            reason: reason.into(),
+            request,
+        };
+        self.bus
+            .execute::<Session>(ctx, session_id, command, None, &())
+            .await?;
+        Ok(())
     }
 
     pub async fn end_session(

@@ -8,120 +8,16 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
-import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const BASE = process.env.QUANTUS_URL;
-const ADMIN_ID = process.env.QUANTUS_CLIENT_ID;
-const ADMIN_SECRET = process.env.QUANTUS_CLIENT_SECRET;
-const QUANTUS_BIN = process.env.QUANTUS_BIN;
-const SCREENSHOTS = process.env.SCREENSHOTS;
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const PASSWORD = "correct horse battery staple";
-const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+import {
+  BASE, ADMIN_ID, ADMIN_SECRET, QUANTUS_BIN, SCREENSHOTS, CHROMIUM, PASSWORD,
+  adminToken, api, customerOrg, check, signIn, platformOperator, nav, until, download,
+} from "./kit.mjs";
 
 let browser;
-
-async function adminToken() {
-  const r = await fetch(`${BASE}/oauth2/token`, {
-    method: "POST",
-    headers: {
-      authorization: "Basic " + Buffer.from(`${ADMIN_ID}:${ADMIN_SECRET}`).toString("base64"),
-      "content-type": "application/x-www-form-urlencoded",
-    },
-    body: "grant_type=client_credentials",
-  });
-  assert.equal(r.status, 200, await r.clone().text());
-  return (await r.json()).access_token;
-}
-
-/** The operator's API calls (the setup a vendor does with curl today). */
-async function api(token, method, path, body, expected) {
-  const r = await fetch(`${BASE}/v1${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const json = await r.json();
-  if (expected !== undefined) assert.equal(r.status, expected, `${method} ${path}: ${JSON.stringify(json)}`);
-  return json;
-}
-
-/** An organization and its owner (who may sign contracts). */
-async function customerOrg(token, name) {
-  const org = (await api(token, "POST", "/organizations", { name }, 201)).id;
-  const email = `owner-${randomUUID()}@example.com`;
-  await api(token, "POST", "/users", {
-    organization_id: org, email, name: "Ada Lovelace", password: PASSWORD, roles: ["owner"],
-  }, 201);
-  return { org, email };
-}
-
-/** Fails on any serious or critical accessibility violation; saves a screenshot. */
-async function check(page, name) {
-  await page.evaluate(AXE);
-  const result = await page.evaluate(async () =>
-    // eslint-disable-next-line no-undef
-    axe.run(document, { resultTypes: ["violations"] }),
-  );
-  const bad = result.violations.filter((v) => v.impact === "serious" || v.impact === "critical");
-  assert.deepEqual(
-    bad.map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join("; ")})`),
-    [],
-    `accessibility violations on ${name} (${page.url()})`,
-  );
-  await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`), fullPage: true });
-}
-
-/** Signs in to a console (the Portal unless named) through QSA's own sign-in and consent pages. */
-async function signIn(page, email, console = "portal") {
-  await page.goto(`${BASE}/${console}/`);
-  // No session: the console sends the browser to QSA.
-  assert.equal(await page.title(), "Sign in · Quantus");
-  assert.ok(page.url().startsWith(`${BASE}/oauth2/authorize?`), page.url());
-  const authorize = new URL(page.url()).searchParams;
-  assert.equal(authorize.get("client_id"), `quantus-console-${console}`);
-  assert.equal(authorize.get("code_challenge_method"), "S256");
-  await page.getByLabel("Email").fill(email);
-  await page.getByLabel("Password").fill(PASSWORD);
-  await page.getByRole("button", { name: "Sign in" }).click();
-  await page.waitForSelector("text=Allow access?");
-  await page.getByRole("button", { name: "Allow" }).click();
-  await page.waitForURL(`${BASE}/${console}/`);
-}
-
-/** A person of the vendor (the platform organization) with the platform admin role. */
-async function platformOperator(token) {
-  const email = `operator-${randomUUID()}@example.com`;
-  await api(token, "POST", "/users", {
-    organization_id: "platform", email, name: "Olga Operator", password: PASSWORD, roles: ["platform_admin"],
-  }, 201);
-  return email;
-}
-
-/** A link of the console's navigation. */
-function nav(page, name, console = "Customer Portal") {
-  return page.getByRole("navigation", { name: console }).getByRole("link", { name, exact: true });
-}
-
-/** Polls the API until `ready` holds for its answer (read models follow the log). */
-async function until(token, path, ready, what) {
-  for (let i = 0; i < 100; i++) {
-    const r = await api(token, "GET", path, undefined, 200);
-    if (ready(r)) return r;
-    await new Promise((ok) => setTimeout(ok, 100));
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
-
-async function download(page, link, dir) {
-  const [file] = await Promise.all([page.waitForEvent("download"), link.click()]);
-  const path = join(dir, file.suggestedFilename());
-  await file.saveAs(path);
-  return path;
-}
 
 before(async () => {
   assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && QUANTUS_BIN && SCREENSHOTS,

@@ -355,6 +355,8 @@ async fn subscribers_page_and_long_poll_the_log() {
     let r = api.get(&format!("/v1/events?after={base}&limit=1")).await;
     assert_eq!(r.body["events"][0]["position"], base + 1);
     assert_eq!(r.body["next_after"], base + 1);
+    // The head: where a reader of the latest events starts from.
+    assert!(r.body["head"].as_u64().unwrap() >= base + 2, "{}", r.body);
     let envelope = &r.body["events"][0]["envelope"];
     assert_eq!(envelope["event_type"], "OrganizationCreated");
     assert_eq!(envelope["prev_hash"], "0".repeat(64));

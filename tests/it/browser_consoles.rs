@@ -6,18 +6,17 @@ use std::process::Command;
 
 use crate::harness::*;
 
-#[test]
-fn customers_use_the_portal_in_a_real_browser() {
+/// Runs one browser suite of `tests/browser` against a fresh embedded server; answers the
+/// server (for checks of its log) once every test of the suite passed.
+fn run_suite(name: &str, file: &str, tests: usize) -> Server {
     let chromium = chromium();
     // Every page refreshes the session's access token (tokens live 10 minutes; the journey
     // takes seconds), so rotation and the session's compare-and-swap are used throughout.
-    let (server, public) = crate::passkeys::localhost_server(
-        "consoles",
-        &[("QUANTUS_CONSOLE_REFRESH_SECONDS", "100000")],
-    );
+    let (server, public) =
+        crate::passkeys::localhost_server(name, &[("QUANTUS_CONSOLE_REFRESH_SECONDS", "100000")]);
     let (id, secret) = bootstrap_credentials(&server.data_dir);
     let out = Command::new("node")
-        .args(["--test", "consoles.test.mjs"])
+        .args(["--test", file])
         .current_dir(repo_root().join("tests/browser"))
         .env("QUANTUS_URL", &public)
         .env("QUANTUS_CLIENT_ID", id)
@@ -35,9 +34,24 @@ fn customers_use_the_portal_in_a_real_browser() {
         std::fs::read_to_string(server.data_dir.join("server.log")).unwrap_or_default()
     );
     assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 2"),
+        stdout.contains("# fail 0") && stdout.contains(&format!("# pass {tests}")),
         "{stdout}"
     );
+    server
+}
+
+/// Tokens stay in the session rows: none reached the server's log (JWTs start with eyJ).
+fn no_token_in_the_log(server: &Server) {
+    let log = std::fs::read_to_string(server.data_dir.join("server.log")).unwrap_or_default();
+    assert!(
+        !log.contains("eyJ"),
+        "a token reached the server log:\n{log}"
+    );
+}
+
+#[test]
+fn customers_use_the_portal_in_a_real_browser() {
+    let server = run_suite("consoles", "consoles.test.mjs", 2);
     // The sessions really refreshed (with rotation, never presenting a spent refresh token,
     // which would have revoked the grant and failed the journey).
     let refreshes = tail_log(&server)
@@ -45,10 +59,19 @@ fn customers_use_the_portal_in_a_real_browser() {
         .filter(|e| e["envelope"]["event_type"] == "TokensRefreshed")
         .count();
     assert!(refreshes >= 10, "only {refreshes} refreshes");
-    // Tokens stay in the session rows: none reached the server's log (JWTs start with eyJ).
-    let log = std::fs::read_to_string(server.data_dir.join("server.log")).unwrap_or_default();
-    assert!(
-        !log.contains("eyJ"),
-        "a token reached the server log:\n{log}"
-    );
+    no_token_in_the_log(&server);
+}
+
+#[test]
+fn security_admins_use_the_qsa_console_in_a_real_browser() {
+    let server = run_suite("qsa-console", "qsa.test.mjs", 2);
+    // The journey's step-up is in the log: a sign-in with the second factor.
+    let stepped_up = tail_log(&server).iter().any(|e| {
+        e["envelope"]["event_type"] == "SignInSucceeded"
+            && e["envelope"]["payload"]["amr"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|m| m == "mfa"))
+    });
+    assert!(stepped_up, "no sign-in with a second factor was recorded");
+    no_token_in_the_log(&server);
 }

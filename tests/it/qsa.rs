@@ -1069,3 +1069,195 @@ async fn an_authorization_code_expires_after_a_minute() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn an_organizations_groups_are_listed_in_pages_to_its_own_administrators() {
+    let f = fixture("qsa-group-list").await;
+    let mut made = vec![];
+    let mut position = 0;
+    for name in ["Alpha", "Beta", "Gamma"] {
+        let r = f
+            .admin
+            .post(
+                "/v1/groups",
+                json!({"organization_id": f.org, "name": name}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        made.push(r.body["id"].as_str().unwrap().to_owned());
+        position = r.body["position"].as_u64().unwrap();
+    }
+    made.sort();
+    // Read after the last write; two per page, by id.
+    let first = f
+        .admin
+        .get(&format!(
+            "/v1/groups?org={}&limit=2&min_position={position}&wait_ms=5000",
+            f.org
+        ))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let ids: Vec<&str> = first.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        made[..2].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    let next = first.body["next_after"].as_str().unwrap();
+    assert_eq!(next, made[1]);
+    let second = f
+        .admin
+        .get(&format!("/v1/groups?org={}&limit=2&after={next}", f.org))
+        .await;
+    assert_eq!(second.body["items"][0]["id"], json!(made[2]));
+    assert_eq!(second.body["items"][0]["name"], json!("Gamma"));
+    assert!(second.body["next_after"].is_null(), "{}", second.body);
+    assert_eq!(
+        f.admin
+            .get(&format!("/v1/groups?org={}&limit=0", f.org))
+            .await
+            .status,
+        400
+    );
+    // Another organization's administrator: 404 for these, an empty list of their own.
+    let (other, _) = f.admin.create_org("Globex").await;
+    let (id, secret) = service_principal(&f.admin, &other, json!(["admin"])).await;
+    let globex = api_with(&f.server, &client_token(f.server.url(), &id, &secret, None));
+    assert_eq!(
+        globex
+            .get(&format!("/v1/groups?org={}", f.org))
+            .await
+            .status,
+        404
+    );
+    let own = globex.get(&format!("/v1/groups?org={other}")).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.body["items"], json!([]));
+    // A member (no identity:read) may not list them.
+    let (id, secret) = service_principal(&f.admin, &f.org, json!(["member"])).await;
+    let member = api_with(&f.server, &client_token(f.server.url(), &id, &secret, None));
+    assert_eq!(
+        member
+            .get(&format!("/v1/groups?org={}", f.org))
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn people_end_their_own_sessions_and_administrators_end_their_peoples() {
+    let f = fixture("qsa-sessions").await;
+    // Two browsers, two sessions at QSA, each with its grant.
+    let mut tokens = vec![];
+    for i in 0..2 {
+        let mut browser = Browser::new(f.server.url());
+        let code = if i == 0 {
+            sign_in_for_code(&f, &mut browser, "openid offline_access").await
+        } else {
+            // Consent was given in the first browser: the login answers the code at once.
+            let login = browser
+                .get(&authorize_path(
+                    &f.client_id,
+                    "openid offline_access",
+                    Some(CHALLENGE),
+                ))
+                .await;
+            let done = browser
+                .submit(&login, &[("email", &f.email), ("password", &f.password)])
+                .await;
+            assert_eq!(done.status, 303, "{}", done.body);
+            query_param(&done.location.unwrap(), "code").expect("a code")
+        };
+        let (status, t) = token_request(
+            &f,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", VERIFIER),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200, "{t}");
+        tokens.push(t);
+    }
+    let refresh = |i: usize| tokens[i]["refresh_token"].as_str().unwrap().to_owned();
+    let person = api_with(&f.server, tokens[0]["access_token"].as_str().unwrap());
+    let mine = person.get("/v1/me/sessions").await;
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    let items = mine.body["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 2, "{}", mine.body);
+    let here = items.iter().find(|s| s["current"] == true).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let there = items.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(items.iter().all(|s| s["amr"] == json!(["pwd"])));
+    // The person ends the other browser's session: its grant (and refresh token) dies too.
+    let r = person
+        .send(person.request(reqwest::Method::DELETE, &format!("/v1/me/sessions/{there}")))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, body) = token_request(
+        &f,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh(1)),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let again = person
+        .send(person.request(reqwest::Method::DELETE, &format!("/v1/me/sessions/{there}")))
+        .await;
+    assert_eq!(again.status, 404, "{}", again.body);
+    // A member may not list other people's sessions (nor their own through that route).
+    assert_eq!(
+        person
+            .get(&format!("/v1/users/{}/sessions", f.user_id))
+            .await
+            .status,
+        403
+    );
+    // Another organization's administrator: 404, nothing ended.
+    let (other, _) = f.admin.create_org("Globex").await;
+    let (id, secret) = service_principal(&f.admin, &other, json!(["admin"])).await;
+    let globex = api_with(&f.server, &client_token(f.server.url(), &id, &secret, None));
+    let path = format!("/v1/users/{}/sessions", f.user_id);
+    assert_eq!(globex.get(&path).await.status, 404);
+    let r = globex
+        .send(globex.request(reqwest::Method::DELETE, &format!("{path}/{here}")))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    // Their own organization's administrator sees the one left and ends it.
+    let listed = f.admin.get(&path).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["items"][0]["id"], json!(here));
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
+    let r = f
+        .admin
+        .send(
+            f.admin
+                .request(reqwest::Method::DELETE, &format!("{path}/{here}")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (status, body) = token_request(
+        &f,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh(0)),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(f.admin.get(&path).await.body["items"], json!([]));
+}

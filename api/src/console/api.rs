@@ -116,6 +116,22 @@ impl Api {
         self.parse(&bytes)
     }
 
+    /// PUT a JSON body; answers the API's JSON.
+    pub async fn put(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, PageError> {
+        let (_, bytes) = self.call(Method::PUT, path, Some(body)).await?;
+        self.parse(&bytes)
+    }
+
+    /// DELETE a resource; answers the API's JSON.
+    pub async fn delete(&self, path: &str) -> Result<serde_json::Value, PageError> {
+        let (_, bytes) = self.call(Method::DELETE, path, None).await?;
+        self.parse(&bytes)
+    }
+
     /// GET a file and hand it to the browser as a download named `filename`, streamed
     /// through (artifacts and evidence archives may be large).
     pub async fn download(&self, path: &str, filename: &str) -> Result<Response, PageError> {

@@ -12,6 +12,7 @@ mod account;
 mod admin;
 mod api;
 mod portal;
+mod qsa;
 mod session;
 
 use askama::Template;
@@ -34,6 +35,9 @@ pub const PORTAL_CLIENT_ID: &str = "quantus-console-portal";
 pub const ADMIN_CLIENT_ID: &str = "quantus-console-admin";
 /// The account console's OAuth client at QSA.
 pub const ACCOUNT_CLIENT_ID: &str = "quantus-console-account";
+
+/// The QSA console's OAuth client (an organization's security administrators).
+pub const QSA_CLIENT_ID: &str = "quantus-console-qsa";
 
 /// A console's confidential client credentials.
 #[derive(Clone, Debug)]
@@ -87,6 +91,7 @@ pub fn registrations(issuer: &str) -> Vec<ConsoleRegistration> {
         registration::<portal::Portal>(issuer, "console-portal-client.json"),
         registration::<account::Account>(issuer, "console-account-client.json"),
         registration::<admin::Admin>(issuer, "console-admin-client.json"),
+        registration::<qsa::Qsa>(issuer, "console-qsa-client.json"),
     ]
 }
 
@@ -168,6 +173,7 @@ pub fn routes(state: &AppState, api: Router) -> Router<AppState> {
     let router = mount::<portal::Portal>(router, &kit);
     let router = mount::<account::Account>(router, &kit);
     let router = mount::<admin::Admin>(router, &kit);
+    let router = mount::<qsa::Qsa>(router, &kit);
     router
         .layer(axum::middleware::from_fn_with_state(
             kit.issuer.clone(),
@@ -250,6 +256,18 @@ pub struct UserBox {
     pub name: String,
     pub organization: String,
     pub csrf: String,
+    /// The person administers their organization's identity: the header links the QSA
+    /// console.
+    pub security_admin: bool,
+}
+
+/// Whether these roles (the access token's) manage people, clients and access rules: the
+/// QSA console is theirs.
+pub fn is_security_admin(roles: &std::collections::BTreeSet<String>) -> bool {
+    roles.iter().any(|r| {
+        quantus_domain::identity::Role::parse(r)
+            .is_some_and(|r| r.scopes().contains(&"identity:write"))
+    })
 }
 
 impl Layout {

@@ -64,6 +64,10 @@ pub struct SessionData {
     pub scopes: BTreeSet<String>,
     /// The synchronizer token every form of this session must echo.
     pub csrf: String,
+    /// The person's roles in that organization (the access token's `roles`), so every
+    /// console can offer the QSA console to its security administrators.
+    #[serde(default)]
+    pub roles: BTreeSet<String>,
 }
 
 /// A signed-in person of console `C`: the extractor redirects to sign-in when there is no
@@ -99,6 +103,11 @@ impl<C: Console> SignedIn<C> {
             .unwrap_or_default()
     }
 
+    /// QSA's public URL (the issuer).
+    pub fn issuer(&self) -> &str {
+        &self.kit.issuer
+    }
+
     pub fn may(&self, scope: &str) -> bool {
         self.session.scopes.contains(scope)
     }
@@ -117,6 +126,7 @@ impl<C: Console> SignedIn<C> {
                 },
                 organization: self.session.organization.clone(),
                 csrf: self.session.csrf.clone(),
+                security_admin: super::is_security_admin(&self.session.roles),
             }),
             notice: None,
             scopes: self.session.scopes.clone(),
@@ -322,6 +332,7 @@ async fn refresh<C: Console>(
     let updated = SessionData {
         access_expires_at: Utc::now().timestamp() + tokens.expires_in,
         scopes: scopes_of(&tokens.access_token).unwrap_or(session.scopes.clone()),
+        roles: roles_of(&tokens.access_token).unwrap_or(session.roles.clone()),
         access_token: tokens.access_token,
         refresh_token: tokens.refresh_token.or(session.refresh_token),
         id_token: tokens.id_token.or(session.id_token),
@@ -453,6 +464,17 @@ fn scopes_of(access_token: &str) -> Option<BTreeSet<String>> {
             .split(' ')
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
+            .collect(),
+    )
+}
+
+fn roles_of(access_token: &str) -> Option<BTreeSet<String>> {
+    let claims = claims_of(access_token)?;
+    Some(
+        claims["roles"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
             .collect(),
     )
 }
@@ -640,6 +662,7 @@ async fn callback<C: Console>(
         email: text(&who, "email"),
         organization: text(&access, "org"),
         scopes: scopes_of(&tokens.access_token).unwrap_or_default(),
+        roles: roles_of(&tokens.access_token).unwrap_or_default(),
         csrf: quantus_infra::credentials::random_secret(),
         access_expires_at: Utc::now().timestamp() + tokens.expires_in,
         access_token: tokens.access_token,
