@@ -4,6 +4,7 @@ mod bench_crypto;
 mod bench_evidence;
 mod bench_identity;
 mod bench_mfa;
+mod bench_overload;
 mod bench_portal;
 mod bench_saml;
 mod bench_scim;

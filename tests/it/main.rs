@@ -29,4 +29,5 @@ mod readme;
 mod saml;
 mod schemas;
 pub mod scim;
+mod shedding;
 mod stripe;
