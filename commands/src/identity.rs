@@ -553,7 +553,7 @@ impl Identity {
         let issuer: String = issuer.into();
         Self {
             mfa: crate::mfa::Mfa::new(bus.clone(), keys.clone()),
-            access: crate::access::AccessControl::new(bus.clone(), throttle.clone()),
+            access: crate::access::AccessControl::new(bus.clone(), throttle.clone(), keys.clone()),
             passkeys: crate::passkeys::Passkeys::new(bus.clone(), keys.clone(), &issuer),
             bus,
             licensing,

@@ -523,7 +523,10 @@ async fn a_person_signs_in_with_code_and_pkce_and_refresh_tokens_rotate() {
     );
     let signins = f.admin.events_of("SignInAttempt").await;
     assert_eq!(signins[0]["envelope"]["event_type"], "SignInSucceeded");
-    assert!(signins[0]["envelope"]["payload"]["request"]["ip"].is_string());
+    // The address is recorded sealed for the person (issue 17), never in clear.
+    let request = &signins[0]["envelope"]["payload"]["request"];
+    assert!(request["ip"].is_null(), "{request}");
+    assert_eq!(request["sealed"]["subject"], f.user_id.as_str());
 }
 
 #[tokio::test]
