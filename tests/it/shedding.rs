@@ -171,3 +171,64 @@ async fn shedding_writes_get_503_while_reads_are_served_on_sqlite() {
 async fn shedding_writes_get_503_while_reads_are_served_on_postgres() {
     writes_are_shed_while_reads_and_introspection_are_served(Some(fresh_database().await)).await;
 }
+
+/// The store's own admission, without HTTP: a full queue refuses at once, and a write the busy
+/// writer has not taken within the queueing time is withdrawn, never written, while the one the
+/// writer had taken is committed when the lock goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn shedding_a_full_queue_refuses_and_a_write_queued_too_long_is_withdrawn_unwritten() {
+    use quantus_infra::group_commit::{Overloaded, WriteLimits};
+    let dir = temp_dir("shedding-store");
+    let db = Database::open(None, &dir)
+        .await
+        .unwrap()
+        .with_write_limits(WriteLimits {
+            queue_depth: 2,
+            queue_timeout: Duration::from_millis(300),
+            retry_after: Duration::from_secs(3),
+        });
+    let first = db.admit_write().expect("a free slot");
+    let second = db.admit_write().expect("a free slot");
+    let refused = db.admit_write().err().expect("the queue is full");
+    assert_eq!(refused.retry_after, Duration::from_secs(3));
+    assert_eq!(db.write_queue().in_flight, 2);
+    assert_eq!(db.write_queue().shed, 1);
+    drop((first, second));
+    assert_eq!(db.write_queue().in_flight, 0);
+
+    // Hold SQLite's write lock from another connection: the writer's first batch waits for it.
+    let outside = Database::open(None, &dir).await.unwrap();
+    let lock = outside.begin_write().await.unwrap();
+    let (batches_before, _) = db.append_stats().get();
+    let taken = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.append(crate::group_commit::command("taken", 1, &["Taken"]))
+                .await
+        })
+    };
+    eventually(
+        "the writer to take the first write into a batch",
+        Duration::from_secs(30),
+        || {
+            let db = db.clone();
+            async move { (db.append_stats().get().0 > batches_before).then_some(()) }
+        },
+    )
+    .await;
+    let withdrawn = db
+        .append(crate::group_commit::command("withdrawn", 1, &["Withdrawn"]))
+        .await
+        .expect_err("waited longer than the queueing time");
+    assert!(Overloaded::of(&withdrawn).is_some(), "{withdrawn}");
+    lock.rollback().await.unwrap();
+    let position = taken.await.unwrap().expect("the taken write commits");
+    assert!(position > 0);
+    let log = quantus_infra::event_store::read_log(&db, 0, 1000)
+        .await
+        .unwrap();
+    assert!(log.iter().any(|r| r.envelope.aggregate_id == "taken"));
+    assert!(!log.iter().any(|r| r.envelope.aggregate_id == "withdrawn"));
+    assert_eq!(db.write_queue().in_flight, 0);
+    assert_eq!(db.write_queue().shed, 2);
+}
