@@ -87,8 +87,14 @@ async fn writes_are_shed_while_reads_and_introspection_are_served(database_url: 
     .await;
 
     // The queue is full: the next write is shed at once, with Retry-After, as problem+json.
+    // (A bound on the client, so that a server that queues instead fails the test rather than
+    // hanging it: the lock is held until the test lets go.)
     let shed = api
-        .post("/v1/organizations", json!({"name": "One too many"}))
+        .send(
+            api.request(reqwest::Method::POST, "/v1/organizations")
+                .json(&json!({"name": "One too many"}))
+                .timeout(Duration::from_secs(60)),
+        )
         .await;
     assert_eq!(shed.status, 503, "{}", shed.body);
     assert_eq!(
