@@ -302,6 +302,10 @@ pub async fn run(
     spread("reads during the overload", &mut reads);
     spread("introspections during the overload", &mut introspections);
     println!("  probes that failed: {probes_failed}");
+    // Stop the server, then remove the temporary folder this run made for it.
+    let dir = served.dir.clone();
     drop(served);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(ExitCode::SUCCESS)
 }
