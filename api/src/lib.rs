@@ -148,7 +148,26 @@ fn finish(routes: Router<AppState>, state: &AppState) -> Router {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
                 tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
-            }),
+            })
+            // A shed write (503) is the overload working as designed: one error line per shed
+            // request would cost the CPU shedding is meant to save. The rest stay errors.
+            .on_failure(
+                |class: tower_http::classify::ServerErrorsFailureClass,
+                 latency: std::time::Duration,
+                 _: &tracing::Span| {
+                    let ms = latency.as_millis();
+                    match class {
+                        tower_http::classify::ServerErrorsFailureClass::StatusCode(code)
+                            if code == axum::http::StatusCode::SERVICE_UNAVAILABLE =>
+                        {
+                            tracing::debug!(latency_ms = ms, "request shed (503)")
+                        }
+                        other => {
+                            tracing::error!(classification = %other, latency_ms = ms, "response failed")
+                        }
+                    }
+                },
+            ),
         )
         // A caller's own `x-request-id` is kept; otherwise one is made. Either way it is sent
         // back, so a client can quote it when reporting a problem.

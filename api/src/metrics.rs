@@ -100,6 +100,9 @@ pub struct Metrics {
     checkpoint_lag: Gauge,
     aggregate_cache: Gauge,
     pool: Family<PoolLabels, Gauge>,
+    write_queue: Gauge,
+    write_queue_depth: Gauge,
+    writes_shed: Counter,
 }
 
 impl Default for Metrics {
@@ -171,7 +174,28 @@ impl Default for Metrics {
             "Log position up to which a read model has seen every event (its high-water mark)",
             projection_position.clone(),
         );
+        let write_queue = Gauge::default();
+        let write_queue_depth = Gauge::default();
+        let writes_shed = Counter::default();
+        registry.register(
+            "write_queue",
+            "Writes admitted to the event writer's queue and not yet answered",
+            write_queue.clone(),
+        );
+        registry.register(
+            "write_queue_depth",
+            "The write queue's bound (QUANTUS_WRITE_QUEUE_DEPTH)",
+            write_queue_depth.clone(),
+        );
+        registry.register(
+            "writes_shed",
+            "Writes refused with 503 because the write queue was full or they waited too long",
+            writes_shed.clone(),
+        );
         Self {
+            write_queue,
+            write_queue_depth,
+            writes_shed,
             progress: Progress::default(),
             registry,
             requests,
@@ -250,6 +274,11 @@ pub async fn scrape(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let m = &state.metrics;
+    let queue = state.db.write_queue();
+    m.write_queue.set(queue.in_flight as i64);
+    m.write_queue_depth.set(queue.depth as i64);
+    let counted = m.writes_shed.get();
+    m.writes_shed.inc_by(queue.shed.saturating_sub(counted));
     let head = state.db.head_position().await?;
     m.head.set(head as i64);
     for model in read_models(&state, head, Instant::now()).await? {

@@ -63,13 +63,14 @@ pub fn routes() -> Router<AppState> {
 // ---- request plumbing ----
 
 pub(crate) fn request_info(headers: &HeaderMap, peer: Option<SocketAddr>) -> RequestInfo {
-    RequestInfo {
-        ip: peer.map(|p| p.ip().to_string()),
-        user_agent: headers
+    // In clear only until the identity service seals it for the person concerned.
+    RequestInfo::clear(
+        peer.map(|p| p.ip().to_string()),
+        headers
             .get(axum::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(256).collect()),
-    }
+    )
 }
 
 /// The peer address when the server runs with connect info (the real server does).

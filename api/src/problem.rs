@@ -17,6 +17,10 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// Seconds for a `Retry-After` header (503 while writes are shed); not in the body.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -26,6 +30,20 @@ impl Problem {
             title: title.to_owned(),
             status: status.as_u16(),
             detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 503 with `Retry-After`: the service sheds this request; nothing of it was done.
+    pub fn unavailable(detail: impl Into<String>, retry_after_seconds: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_seconds.max(1)),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Service overloaded",
+                detail,
+            )
         }
     }
 
@@ -79,6 +97,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -119,6 +142,10 @@ impl From<CommandError> for Problem {
                 tracing::error!(error = %d, "command failed in storage");
                 Problem::internal()
             }
+            CommandError::Unavailable {
+                detail,
+                retry_after_seconds,
+            } => Problem::unavailable(detail, retry_after_seconds),
         }
     }
 }

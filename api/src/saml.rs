@@ -93,13 +93,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
 }
 
 fn request_info(headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> RequestInfo {
-    RequestInfo {
-        ip: peer.map(|p| p.ip().to_string()),
-        user_agent: headers
+    // In clear only until the identity service seals it for the person concerned.
+    RequestInfo::clear(
+        peer.map(|p| p.ip().to_string()),
+        headers
             .get(axum::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(256).collect()),
-    }
+    )
 }
 
 fn system_ctx(tenant: &str, actor: Actor) -> CommandContext {

@@ -14,7 +14,7 @@ use quantus_domain::identity::group::Group;
 use quantus_domain::identity::saml::{provider_id, provider_id_in, SamlServiceProvider};
 use quantus_domain::identity::Role;
 use quantus_domain::CommandContext;
-use quantus_infra::subject_keys::SignInThrottle;
+use quantus_infra::subject_keys::{SignInThrottle, SubjectKeys};
 
 use crate::{ClassifyError, CommandBus, CommandError, CommandOutcome};
 
@@ -73,11 +73,16 @@ pub struct Requester {
 pub struct AccessControl {
     bus: CommandBus,
     throttle: SignInThrottle,
+    keys: SubjectKeys,
 }
 
 impl AccessControl {
-    pub fn new(bus: CommandBus, throttle: SignInThrottle) -> Self {
-        Self { bus, throttle }
+    pub fn new(bus: CommandBus, throttle: SignInThrottle, keys: SubjectKeys) -> Self {
+        Self {
+            bus,
+            throttle,
+            keys,
+        }
     }
 
     pub async fn policy(&self, organization_id: &str) -> Result<(AccessPolicy, u64), CommandError> {
@@ -249,7 +254,17 @@ impl AccessControl {
             reason: decision.reason.clone(),
             strength: r.strength,
             granted: decision.satisfied_by(r.strength),
-            ip: r.ip.clone(),
+            ip: None,
+            // Personal data enters the log only sealed for the person (or service principal).
+            sealed_ip: match &r.ip {
+                Some(ip) => Some(
+                    self.keys
+                        .seal(&r.subject, "ip", ip.as_bytes())
+                        .await
+                        .map_err(|e| CommandError::Storage(e.to_string()))?,
+                ),
+                None => None,
+            },
         };
         let ctx = CommandContext {
             tenant_id: r.organization_id.clone(),

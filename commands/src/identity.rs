@@ -29,7 +29,7 @@ use quantus_domain::identity::signin::{
     SignInSucceeded,
 };
 use quantus_domain::identity::user::{User, UserCommand, UserStatus};
-use quantus_domain::identity::{scopes_of_roles, RequestInfo, Role};
+use quantus_domain::identity::{scopes_of_roles, RequestDetails, RequestInfo, Role};
 use quantus_domain::schema::PLATFORM_TENANT;
 use quantus_domain::CommandContext;
 use quantus_infra::credentials::{random_secret, secret_digest, secret_matches};
@@ -566,7 +566,7 @@ impl Identity {
         let issuer: String = issuer.into();
         Self {
             mfa: crate::mfa::Mfa::new(bus.clone(), keys.clone()),
-            access: crate::access::AccessControl::new(bus.clone(), throttle.clone()),
+            access: crate::access::AccessControl::new(bus.clone(), throttle.clone(), keys.clone()),
             passkeys: crate::passkeys::Passkeys::new(bus.clone(), keys.clone(), &issuer),
             bus,
             licensing,
@@ -1147,12 +1147,142 @@ impl Identity {
 
     // ---- sign-in and sessions ----
 
+    /// Seals the peer address and user agent a command carries with the data key of
+    /// `subject` (the person the event is about), so that erasing the person shreds them; the
+    /// event then holds neither in clear (docs/identity.md, "Personal data").
+    async fn seal_request(
+        &self,
+        subject: &str,
+        request: &mut RequestInfo,
+    ) -> Result<(), CommandError> {
+        if !request.has_clear() {
+            return Ok(());
+        }
+        let details = RequestDetails {
+            ip: request.ip.take(),
+            user_agent: request.user_agent.take(),
+        };
+        let plain =
+            serde_json::to_vec(&details).map_err(|e| CommandError::Storage(e.to_string()))?;
+        request.sealed = Some(
+            self.keys
+                .seal(subject, RequestInfo::SEALED_FIELD, &plain)
+                .await
+                .map_err(storage)?,
+        );
+        Ok(())
+    }
+
+    /// Where a recorded request came from, opened: the clear form of events recorded before
+    /// issue 17 as it is, the sealed form with its subject's data key; `None` once that subject
+    /// was erased (its key is gone).
+    pub async fn open_request(
+        &self,
+        request: &RequestInfo,
+    ) -> Result<Option<RequestDetails>, CommandError> {
+        let Some(sealed) = &request.sealed else {
+            return Ok(Some(RequestDetails {
+                ip: request.ip.clone(),
+                user_agent: request.user_agent.clone(),
+            }));
+        };
+        match self
+            .keys
+            .open(sealed, RequestInfo::SEALED_FIELD)
+            .await
+            .map_err(storage)?
+        {
+            None => Ok(None),
+            Some(plain) => serde_json::from_slice(&plain)
+                .map(Some)
+                .map_err(|e| CommandError::Storage(format!("a sealed request: {e}"))),
+        }
+    }
+
+    /// A Grant command, its request sealed for the grant's person (or service principal).
+    async fn execute_grant(
+        &self,
+        ctx: &CommandContext,
+        grant_id: &str,
+        mut command: GrantCommand,
+        expected_version: Option<u64>,
+        services: &(),
+    ) -> Result<crate::CommandOutcome, CommandError> {
+        let named = command.request_and_subject().1;
+        let subject = match named {
+            Some(subject) => subject,
+            None => {
+                let (grant, _) = self.bus.load::<Grant>(grant_id).await?;
+                if grant.subject.is_empty() {
+                    grant.client_id
+                } else {
+                    grant.subject
+                }
+            }
+        };
+        self.seal_request(&subject, command.request_and_subject().0)
+            .await?;
+        self.bus
+            .execute::<Grant>(ctx, grant_id, command, expected_version, services)
+            .await
+    }
+
+    /// A Session command, its request sealed for the session's person.
+    async fn execute_session(
+        &self,
+        ctx: &CommandContext,
+        session_id: &str,
+        mut command: SessionCommand,
+        expected_version: Option<u64>,
+        services: &(),
+    ) -> Result<crate::CommandOutcome, CommandError> {
+        let user_id = match &command {
+            SessionCommand::Start(started) => started.user_id.clone(),
+            SessionCommand::End { .. } => self
+                .bus
+                .load::<Session>(session_id)
+                .await?
+                .0
+                .started
+                .map(|s| s.user_id)
+                .unwrap_or_default(),
+        };
+        if !user_id.is_empty() {
+            self.seal_request(&user_id, command.request_mut()).await?;
+        }
+        self.bus
+            .execute::<Session>(ctx, session_id, command, expected_version, services)
+            .await
+    }
+
+    /// A consent, its request sealed for the person who gave it.
+    async fn execute_consent(
+        &self,
+        ctx: &CommandContext,
+        id: &str,
+        mut command: ConsentGranted,
+        expected_version: Option<u64>,
+        services: &(),
+    ) -> Result<crate::CommandOutcome, CommandError> {
+        let user_id = command.user_id.clone();
+        self.seal_request(&user_id, &mut command.request).await?;
+        self.bus
+            .execute::<Consent>(ctx, id, command, expected_version, services)
+            .await
+    }
+
+    /// Records a sign-in attempt, its request sealed for the person whose account it named;
+    /// an attempt naming no known account has no person, and its request is sealed under the
+    /// attempt's own id (docs/identity.md).
     async fn audit_sign_in(
         &self,
         ctx: &CommandContext,
-        event: SignInEvent,
+        mut event: SignInEvent,
     ) -> Result<(), CommandError> {
         let id = uuid::Uuid::now_v7().to_string();
+        let (request, user) = event.request_and_user();
+        let subject = user.unwrap_or_else(|| format!("sign-in-attempt:{id}"));
+        self.seal_request(&subject, request).await?;
         self.bus
             .execute::<SignInAttempt>(ctx, &id, event, None, &())
             .await?;
@@ -1453,8 +1583,7 @@ impl Identity {
             .index_grant(USER_SESSIONS, user_id, &id)
             .await
             .map_err(storage)?;
-        self.bus
-            .execute::<Session>(ctx, &id, SessionCommand::Start(started), None, &())
+        self.execute_session(ctx, &id, SessionCommand::Start(started), None, &())
             .await?;
         Ok(SignedIn {
             session: LiveSession {
@@ -1561,8 +1690,7 @@ impl Identity {
             reason: reason.into(),
             request,
         };
-        self.bus
-            .execute::<Session>(ctx, session_id, command, None, &())
+        self.execute_session(ctx, session_id, command, None, &())
             .await?;
         Ok(())
     }
@@ -1577,8 +1705,7 @@ impl Identity {
             reason: "logout".into(),
             request,
         };
-        self.bus
-            .execute::<Session>(ctx, session_id, command, None, &())
+        self.execute_session(ctx, session_id, command, None, &())
             .await?;
         Ok(())
     }
@@ -1605,8 +1732,7 @@ impl Identity {
             scope,
             request,
         };
-        self.bus
-            .execute::<Consent>(ctx, &format!("{user_id}:{client_id}"), command, None, &())
+        self.execute_consent(ctx, &format!("{user_id}:{client_id}"), command, None, &())
             .await?;
         Ok(())
     }
@@ -2210,15 +2336,14 @@ impl Identity {
             tenant_id: client.organization_id.clone(),
             ..ctx.clone()
         };
-        self.bus
-            .execute::<Grant>(
-                &ctx,
-                &grant_id,
-                GrantCommand::IssueClientCredentials(issued),
-                None,
-                &(),
-            )
-            .await?;
+        self.execute_grant(
+            &ctx,
+            &grant_id,
+            GrantCommand::IssueClientCredentials(issued),
+            None,
+            &(),
+        )
+        .await?;
         let (grant, _) = self.bus.load::<Grant>(&grant_id).await?;
         self.mint(
             &grant_id,
@@ -2409,8 +2534,7 @@ impl Identity {
             .index_grant("session", &session.id, &grant_id)
             .await
             .map_err(storage)?;
-        self.bus
-            .execute::<Grant>(&ctx, &grant_id, GrantCommand::IssueCode(issued), None, &())
+        self.execute_grant(&ctx, &grant_id, GrantCommand::IssueCode(issued), None, &())
             .await?;
         Ok(code)
     }
@@ -2447,15 +2571,13 @@ impl Identity {
                     },
                     request: request.clone(),
                 };
-                self.bus
-                    .execute::<Grant>(&ctx, grant_id, revoke, None, &())
+                self.execute_grant(&ctx, grant_id, revoke, None, &())
                     .await?;
             }
             return Err(grant_error(&e));
         }
         match self
-            .bus
-            .execute::<Grant>(&ctx, grant_id, command, Some(version), &())
+            .execute_grant(&ctx, grant_id, command, Some(version), &())
             .await
         {
             Ok(_) => Ok(grant),
@@ -2639,15 +2761,14 @@ impl Identity {
             tenant_id: client.organization_id.clone(),
             ..ctx.clone()
         };
-        self.bus
-            .execute::<Grant>(
-                &ctx,
-                &grant_id,
-                GrantCommand::StartDevice(started),
-                None,
-                &(),
-            )
-            .await?;
+        self.execute_grant(
+            &ctx,
+            &grant_id,
+            GrantCommand::StartDevice(started),
+            None,
+            &(),
+        )
+        .await?;
         let verification_uri = format!("{}/device", self.issuer);
         Ok(DeviceStart {
             verification_uri_complete: format!("{verification_uri}?user_code={code}"),
@@ -2707,8 +2828,7 @@ impl Identity {
                 request,
             }
         };
-        self.bus
-            .execute::<Grant>(ctx, grant_id, command, None, &())
+        self.execute_grant(ctx, grant_id, command, None, &())
             .await?;
         Ok(())
     }
@@ -2811,9 +2931,7 @@ impl Identity {
                     reason: RevocationReason::ClientRequest,
                     request,
                 };
-                self.bus
-                    .execute::<Grant>(&ctx, &gid, command, None, &())
-                    .await?;
+                self.execute_grant(&ctx, &gid, command, None, &()).await?;
             }
         }
         Ok(())
@@ -2843,9 +2961,7 @@ impl Identity {
                     reason: RevocationReason::Logout,
                     request: request.clone(),
                 };
-                self.bus
-                    .execute::<Grant>(&ctx, &gid, command, None, &())
-                    .await?;
+                self.execute_grant(&ctx, &gid, command, None, &()).await?;
             }
         }
         Ok(())

@@ -29,6 +29,7 @@ use quantus_domain::keyring::KeyringError;
 use quantus_domain::license::LicenseError;
 use quantus_domain::organization::{Organization, OrganizationCommand, OrganizationError};
 use quantus_domain::CommandContext;
+use quantus_infra::group_commit::Overloaded;
 use quantus_infra::{InfraError, SqlEventRepository};
 
 use crate::aggregate_cache::AggregateCache;
@@ -68,6 +69,22 @@ pub enum CommandError {
     Upstream(String),
     #[error("storage: {0}")]
     Storage(String),
+    /// The write queue is full (or the write waited in it too long): nothing was written; try
+    /// again after `retry_after_seconds` (503 with `Retry-After`).
+    #[error("{detail}")]
+    Unavailable {
+        detail: String,
+        retry_after_seconds: u64,
+    },
+}
+
+impl From<Overloaded> for CommandError {
+    fn from(o: Overloaded) -> Self {
+        CommandError::Unavailable {
+            detail: o.to_string(),
+            retry_after_seconds: o.retry_after.as_secs().max(1),
+        }
+    }
 }
 
 /// Aggregates whose errors the pipeline can sort into the categories above.
@@ -211,6 +228,9 @@ impl CommandBus {
         A: Aggregate + Clone + 'static,
         A::Error: ClassifyError,
     {
+        // Load shedding: a slot in the bounded write queue before any work, held until the
+        // events are committed (or the command turns out to change nothing).
+        let permit = self.repo.admit()?;
         let (mut aggregate, current) = self.current::<A>(id).await?;
         if let Some(expected) = expected_version {
             if expected != current {
@@ -246,7 +266,7 @@ impl CommandBus {
                 .map_err(|e| CommandError::Storage(e.to_string()))?;
             let position = self
                 .repo
-                .append(serialized)
+                .append_admitted(permit, serialized)
                 .await
                 .map_err(persistence::<A>)?;
             // Committed: the aggregate as `handle` left it (the event sink applies each event
@@ -254,6 +274,7 @@ impl CommandBus {
             self.cache.put(id, &aggregate, current + count as u64);
             position
         } else {
+            drop(permit);
             self.repo
                 .aggregate_head(A::TYPE, id)
                 .await
@@ -339,6 +360,9 @@ fn storage<A: Aggregate>(e: AggregateError<A::Error>) -> CommandError {
 }
 
 fn persistence<A: Aggregate>(e: PersistenceError) -> CommandError {
+    if let Some(overloaded) = Overloaded::of(&e) {
+        return overloaded.into();
+    }
     storage::<A>(e.into())
 }
 

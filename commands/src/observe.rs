@@ -22,6 +22,8 @@ pub enum Outcome {
     QuotaExceeded,
     Upstream,
     Storage,
+    /// Shed: the write queue was full or the write waited in it too long; nothing written.
+    Shed,
 }
 
 impl Outcome {
@@ -36,6 +38,7 @@ impl Outcome {
             Err(CommandError::QuotaExceeded(_)) => Self::QuotaExceeded,
             Err(CommandError::Upstream(_)) => Self::Upstream,
             Err(CommandError::Storage(_)) => Self::Storage,
+            Err(CommandError::Unavailable { .. }) => Self::Shed,
         }
     }
 
@@ -51,6 +54,7 @@ impl Outcome {
             Self::QuotaExceeded => "quota_exceeded",
             Self::Upstream => "upstream",
             Self::Storage => "storage",
+            Self::Shed => "shed",
         }
     }
 }

@@ -130,6 +130,10 @@ pub struct Config {
     pub stripe_webhook_secret: Option<Secret>,
     /// Bounds on HTTP clients (slow, idle, too many, too large).
     pub http: HttpLimits,
+    /// Bounds on the queue in front of the event writer (load shedding):
+    /// `QUANTUS_WRITE_QUEUE_DEPTH` (default 256), `QUANTUS_WRITE_QUEUE_TIMEOUT_MS` (2000),
+    /// `QUANTUS_WRITE_RETRY_AFTER_SECONDS` (1).
+    pub write: crate::group_commit::WriteLimits,
     /// The pause after a licence step's first failed attempt
     /// (`QUANTUS_LICENSE_RETRY_FIRST_SECONDS`, default 2); it doubles with each attempt.
     pub license_retry_first_seconds: u64,
@@ -302,6 +306,28 @@ impl Config {
                 "QUANTUS_MAX_CONNECTIONS must be at most 1048576".into(),
             ));
         }
+        let write_defaults = crate::group_commit::WriteLimits::default();
+        let write = crate::group_commit::WriteLimits {
+            queue_depth: usize::try_from(number(
+                "QUANTUS_WRITE_QUEUE_DEPTH",
+                write_defaults.queue_depth as u64,
+            )?)
+            .unwrap_or(usize::MAX),
+            queue_timeout: std::time::Duration::from_millis(number(
+                "QUANTUS_WRITE_QUEUE_TIMEOUT_MS",
+                write_defaults.queue_timeout.as_millis() as u64,
+            )?),
+            retry_after: std::time::Duration::from_secs(number(
+                "QUANTUS_WRITE_RETRY_AFTER_SECONDS",
+                write_defaults.retry_after.as_secs(),
+            )?),
+        };
+        if write.queue_depth > crate::group_commit::WriteLimits::MAX_DEPTH {
+            return Err(InfraError::Config(format!(
+                "QUANTUS_WRITE_QUEUE_DEPTH must be at most {}",
+                crate::group_commit::WriteLimits::MAX_DEPTH
+            )));
+        }
         let ready_stall_seconds = number("QUANTUS_READY_STALL_SECONDS", 30)?;
         let license_retry_first_seconds = number("QUANTUS_LICENSE_RETRY_FIRST_SECONDS", 2)?;
         let license_retry_max_seconds = number("QUANTUS_LICENSE_RETRY_MAX_SECONDS", 300)?;
@@ -367,6 +393,7 @@ impl Config {
                 .unwrap_or_else(|| "https://api.stripe.com".to_owned()),
             stripe_webhook_secret: env("STRIPE_WEBHOOK_SECRET").map(Secret),
             http,
+            write,
             license_retry_first_seconds,
             license_retry_max_seconds,
         })
@@ -469,6 +496,41 @@ mod tests {
             ("QUANTUS_MAX_CONNECTIONS", "0"),
             ("QUANTUS_HEADER_READ_TIMEOUT_SECONDS", "soon"),
             ("QUANTUS_MAX_ARTIFACT_BYTES", "10737418241"),
+        ] {
+            let err = Config::load_from(Overrides::default(), |k| {
+                (k == name).then(|| value.to_owned())
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn write_queue_limits_have_defaults_and_come_from_the_environment() {
+        use crate::group_commit::WriteLimits;
+        use std::time::Duration;
+        let c = Config::load_from(Overrides::default(), |_| None).unwrap();
+        assert_eq!(c.write, WriteLimits::default());
+        let env: HashMap<&str, &str> = [
+            ("QUANTUS_WRITE_QUEUE_DEPTH", "12"),
+            ("QUANTUS_WRITE_QUEUE_TIMEOUT_MS", "345"),
+            ("QUANTUS_WRITE_RETRY_AFTER_SECONDS", "6"),
+        ]
+        .into();
+        let c =
+            Config::load_from(Overrides::default(), |k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(
+            c.write,
+            WriteLimits {
+                queue_depth: 12,
+                queue_timeout: Duration::from_millis(345),
+                retry_after: Duration::from_secs(6),
+            }
+        );
+        for (name, value) in [
+            ("QUANTUS_WRITE_QUEUE_DEPTH", "0"),
+            ("QUANTUS_WRITE_QUEUE_DEPTH", "1048577"),
+            ("QUANTUS_WRITE_QUEUE_TIMEOUT_MS", "soon"),
         ] {
             let err = Config::load_from(Overrides::default(), |k| {
                 (k == name).then(|| value.to_owned())

@@ -288,6 +288,39 @@ impl Database {
         self.appender.append(events).await
     }
 
+    /// Bounds this database's write queue (see `group_commit.rs`, "Admission"). Call it on the
+    /// handle just opened, before it is cloned: clones made earlier keep the default bounds.
+    pub fn with_write_limits(mut self, limits: crate::group_commit::WriteLimits) -> Self {
+        self.appender.set_limits(limits);
+        self
+    }
+
+    /// The write queue's bounds.
+    pub fn write_limits(&self) -> crate::group_commit::WriteLimits {
+        self.appender.limits()
+    }
+
+    /// A slot in the write queue for one command, or `Overloaded` at once when it is full.
+    pub fn admit_write(
+        &self,
+    ) -> Result<crate::group_commit::WritePermit, crate::group_commit::Overloaded> {
+        self.appender.admit()
+    }
+
+    /// As [`Database::append`], for a command already admitted with [`Database::admit_write`].
+    pub async fn append_admitted(
+        &self,
+        permit: crate::group_commit::WritePermit,
+        events: Vec<SerializedEvent>,
+    ) -> Result<u64, PersistenceError> {
+        self.appender.append_admitted(permit, events).await
+    }
+
+    /// What the write queue holds now and what it has shed.
+    pub fn write_queue(&self) -> crate::group_commit::QueueStats {
+        self.appender.queue_stats()
+    }
+
     /// How many batches this database's writer committed, and how many commands they held.
     pub fn append_stats(&self) -> &crate::group_commit::AppendStats {
         self.appender.stats()

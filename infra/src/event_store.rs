@@ -317,6 +317,23 @@ impl SqlEventRepository {
     pub async fn append(&self, events: Vec<SerializedEvent>) -> Result<u64, PersistenceError> {
         self.db.append(events).await
     }
+
+    /// A slot in the bounded write queue, taken before a command does any work; `Overloaded`
+    /// at once when the queue is full (load shedding).
+    pub fn admit(
+        &self,
+    ) -> Result<crate::group_commit::WritePermit, crate::group_commit::Overloaded> {
+        self.db.admit_write()
+    }
+
+    /// As [`SqlEventRepository::append`], in the slot `permit` holds.
+    pub async fn append_admitted(
+        &self,
+        permit: crate::group_commit::WritePermit,
+        events: Vec<SerializedEvent>,
+    ) -> Result<u64, PersistenceError> {
+        self.db.append_admitted(permit, events).await
+    }
 }
 
 pub(crate) fn sql(e: sqlx::Error) -> PersistenceError {

@@ -30,24 +30,33 @@
 //!
 //! A caller that gave up waiting (its request was dropped) before its batch formed is left out of
 //! the batch; once the batch is formed its events commit with the others.
+//!
+//! Admission (load shedding, issue 17): the queue is bounded by [`WriteLimits`]. A write takes
+//! one of `queue_depth` slots before it does any work (the command bus takes it before loading
+//! the aggregate) and holds it until it is answered; with every slot taken it is refused at once
+//! with [`Overloaded`] (the API's 503 with `Retry-After`), so overload never turns into a
+//! queue that grows without bound. A write admitted but not yet taken into a batch within
+//! `queue_timeout` of its admission is withdrawn (nothing of it is written) and refused the same
+//! way, so an accepted write waits at most that long plus one batch. Once the writer has taken
+//! a command into a batch it always waits for the batch's answer: a 503 means "not written".
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use quantus_domain::{Envelope, GENESIS_HASH};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Row};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::db::{announce, get_u64, Dialect, POSTGRES_APPEND_LOCK};
 use crate::event_store::{connection, envelope_from_serialized, payload_text, sql, COLUMNS};
 
-/// Commands that may wait for the writer; senders beyond it wait for room (back-pressure).
-pub const QUEUE: usize = 1024;
 /// Most commands in one batch.
 pub const MAX_BATCH_COMMANDS: usize = 256;
 /// A batch stops taking commands once it holds this many events.
@@ -59,10 +68,123 @@ const LINKS_PER_QUERY: usize = 200;
 
 type Answer = Result<u64, PersistenceError>;
 
+/// Bounds on the queue in front of the writer (`QUANTUS_WRITE_QUEUE_DEPTH`,
+/// `QUANTUS_WRITE_QUEUE_TIMEOUT_MS`, `QUANTUS_WRITE_RETRY_AFTER_SECONDS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// Writes admitted at once (loading, deciding, queued or being committed); more are shed.
+    pub queue_depth: usize,
+    /// The longest an admitted write may wait before the writer takes it into a batch.
+    pub queue_timeout: Duration,
+    /// What a shed write is told to wait before it tries again (`Retry-After`).
+    pub retry_after: Duration,
+}
+
+impl WriteLimits {
+    /// The largest accepted `queue_depth` (far below Tokio's semaphore limit).
+    pub const MAX_DEPTH: usize = 1 << 20;
+}
+
+impl Default for WriteLimits {
+    fn default() -> Self {
+        Self {
+            queue_depth: 256,
+            queue_timeout: Duration::from_millis(2000),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A write refused because the write queue is full, or because it waited in it too long.
+/// Nothing of it was written; the caller may try again after `retry_after`.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the event store is overloaded: the write was not accepted; try again in {} s", retry_after.as_secs().max(1))]
+pub struct Overloaded {
+    pub retry_after: Duration,
+}
+
+impl Overloaded {
+    /// The `Overloaded` inside a store error, if that is what it is.
+    pub fn of(e: &PersistenceError) -> Option<Self> {
+        match e {
+            PersistenceError::ConnectionError(inner) => inner.downcast_ref::<Overloaded>().copied(),
+            _ => None,
+        }
+    }
+}
+
+impl From<Overloaded> for PersistenceError {
+    fn from(o: Overloaded) -> Self {
+        PersistenceError::ConnectionError(Box::new(o))
+    }
+}
+
+/// One admitted write's slot in the queue, held until it is answered (or dropped unused).
+pub struct WritePermit {
+    _slot: OwnedSemaphorePermit,
+    deadline: Instant,
+}
+
+/// The bounded admission every write passes, shared by every clone of a `Database`.
+struct Admission {
+    slots: Arc<Semaphore>,
+    limits: WriteLimits,
+    shed: AtomicU64,
+}
+
+impl Admission {
+    fn new(limits: WriteLimits) -> Self {
+        let depth = limits.queue_depth.clamp(1, WriteLimits::MAX_DEPTH);
+        Self {
+            slots: Arc::new(Semaphore::new(depth)),
+            limits: WriteLimits {
+                queue_depth: depth,
+                ..limits
+            },
+            shed: AtomicU64::new(0),
+        }
+    }
+
+    fn overloaded(&self) -> Overloaded {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        Overloaded {
+            retry_after: self.limits.retry_after,
+        }
+    }
+}
+
+/// What the write queue holds now, and what it has shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Writes admitted and not yet answered.
+    pub in_flight: usize,
+    /// The configured bound.
+    pub depth: usize,
+    /// Writes refused since the start (queue full, or waited too long).
+    pub shed: u64,
+}
+
+/// A queued request: waiting for the writer, taken into a batch, or withdrawn by its caller.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
 /// One command's events, and where its answer goes.
 struct Request {
     events: Vec<SerializedEvent>,
     reply: oneshot::Sender<Answer>,
+    state: Arc<AtomicU8>,
+}
+
+impl Request {
+    /// The writer takes the request into its batch unless its caller withdrew it (or left).
+    fn take(&self) -> bool {
+        !self.reply.is_closed()
+            && self
+                .state
+                .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
 }
 
 /// What the writer has done so far: transactions and the commands in them.
@@ -88,7 +210,8 @@ impl AppendStats {
 /// started on the first append (on the runtime of that append) and again if it ever stopped.
 #[derive(Clone)]
 pub(crate) struct Appender {
-    queue: Arc<Mutex<Option<mpsc::Sender<Request>>>>,
+    queue: Arc<Mutex<Option<mpsc::UnboundedSender<Request>>>>,
+    admission: Arc<Admission>,
     pool: AnyPool,
     dialect: Dialect,
     head: Arc<watch::Sender<u64>>,
@@ -99,6 +222,7 @@ impl Appender {
     pub(crate) fn new(pool: AnyPool, dialect: Dialect, head: Arc<watch::Sender<u64>>) -> Self {
         Self {
             queue: Arc::new(Mutex::new(None)),
+            admission: Arc::new(Admission::new(WriteLimits::default())),
             pool,
             dialect,
             head,
@@ -110,26 +234,90 @@ impl Appender {
         &self.stats
     }
 
+    /// Replaces the queue's bounds (before the handle is shared: clones made earlier keep the
+    /// old admission).
+    pub(crate) fn set_limits(&mut self, limits: WriteLimits) {
+        self.admission = Arc::new(Admission::new(limits));
+    }
+
+    pub(crate) fn limits(&self) -> WriteLimits {
+        self.admission.limits
+    }
+
+    pub(crate) fn queue_stats(&self) -> QueueStats {
+        let a = &self.admission;
+        QueueStats {
+            in_flight: a
+                .limits
+                .queue_depth
+                .saturating_sub(a.slots.available_permits()),
+            depth: a.limits.queue_depth,
+            shed: a.shed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A slot in the write queue, or [`Overloaded`] at once when every slot is taken.
+    pub(crate) fn admit(&self) -> Result<WritePermit, Overloaded> {
+        let a = &self.admission;
+        match a.slots.clone().try_acquire_owned() {
+            Ok(slot) => Ok(WritePermit {
+                _slot: slot,
+                deadline: Instant::now() + a.limits.queue_timeout,
+            }),
+            Err(_) => Err(a.overloaded()),
+        }
+    }
+
     /// Appends one command's events (all of one aggregate, sequences consecutive) and answers
     /// with the log position of the last one, once it is committed.
     pub(crate) async fn append(&self, events: Vec<SerializedEvent>) -> Answer {
+        let permit = self.admit()?;
+        self.append_admitted(permit, events).await
+    }
+
+    /// As [`Appender::append`], in the slot `permit` holds (released when this returns).
+    pub(crate) async fn append_admitted(
+        &self,
+        permit: WritePermit,
+        events: Vec<SerializedEvent>,
+    ) -> Answer {
         if events.is_empty() {
             return Ok(0);
         }
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
         self.sender()
-            .send(Request { events, reply })
-            .await
+            .send(Request {
+                events,
+                reply,
+                state: state.clone(),
+            })
             .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        match tokio::time::timeout_at(permit.deadline, &mut answer).await {
+            Ok(answered) => answered.map_err(|_| stopped())?,
+            Err(_) => {
+                if state
+                    .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    // Not taken into a batch: it will never be written.
+                    Err(self.admission.overloaded().into())
+                } else {
+                    // Already in a batch being committed: its answer is the truth.
+                    answer.await.map_err(|_| stopped())?
+                }
+            }
+        }
     }
 
-    fn sender(&self) -> mpsc::Sender<Request> {
+    fn sender(&self) -> mpsc::UnboundedSender<Request> {
         let mut slot = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
             return sender.clone();
         }
-        let (sender, receiver) = mpsc::channel(QUEUE);
+        // Unbounded as a channel, bounded by admission: every request in it holds a slot, but for
+        // those withdrawn by their callers, which the writer drops when it reaches them.
+        let (sender, receiver) = mpsc::unbounded_channel();
         // The writer holds the pool and the head signal, never this handle: when the last
         // `Database` clone goes, the queue closes and the writer ends.
         let writer = Writer {
@@ -168,16 +356,20 @@ struct Failure {
 }
 
 impl Writer {
-    async fn run(mut self, mut queue: mpsc::Receiver<Request>) {
+    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Request>) {
         while let Some(first) = queue.recv().await {
+            if !first.take() {
+                continue;
+            }
             let mut events = first.events.len();
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH_COMMANDS && events < MAX_BATCH_EVENTS {
                 match queue.try_recv() {
-                    Ok(next) => {
+                    Ok(next) if next.take() => {
                         events += next.events.len();
                         batch.push(next);
                     }
+                    Ok(_) => {}
                     Err(_) => break,
                 }
             }
@@ -185,8 +377,7 @@ impl Writer {
         }
     }
 
-    async fn commit(&mut self, mut batch: Vec<Request>) {
-        batch.retain(|r| !r.reply.is_closed());
+    async fn commit(&mut self, batch: Vec<Request>) {
         if batch.is_empty() {
             return;
         }

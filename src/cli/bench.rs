@@ -24,7 +24,7 @@ pub struct BenchArgs {
     /// What to measure: the event-sourcing spine, QuantumLock's cryptography, QSA's token
     /// endpoint, introspection and password sign-in, the evidence plane, the Portal
     /// (entitlement checks, activation to licence), SCIM lists, SAML responses, or second
-    /// factors (TOTP, passkeys).
+    /// factors (TOTP, passkeys), or the API under twice its write capacity (overload).
     #[arg(value_enum, default_value = "spine")]
     what: BenchTarget,
     /// Licences to issue and sign (crypto).
@@ -66,6 +66,12 @@ pub struct BenchArgs {
     /// Folder for the embedded store (default: a new temporary folder).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Writes per second to offer (overload; default: twice the capacity measured first).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// How long to offer them, in seconds (overload).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
 }
 
 fn rate(n: u64, elapsed: Duration) -> String {
@@ -86,9 +92,20 @@ pub enum BenchTarget {
     Scim,
     Mfa,
     Saml,
+    /// The API past its capacity: goodput, shed writes, latency of accepted ones.
+    Overload,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let BenchTarget::Overload = args.what {
+        return super::bench_overload::run(
+            args.database_url.as_deref(),
+            args.seconds,
+            args.rate,
+            args.concurrency,
+        )
+        .await;
+    }
     if let BenchTarget::Crypto = args.what {
         return super::bench_crypto::run(args.licences).await;
     }

@@ -21,7 +21,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = quantus_infra::Config::load(overrides)?;
     let db = Database::open(config.database_url.as_deref(), &config.data_dir)
         .await
-        .context("opening the event store")?;
+        .context("opening the event store")?
+        .with_write_limits(config.write);
     let store = if config.is_embedded() {
         format!(
             "embedded store in {}",

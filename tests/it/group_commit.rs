@@ -22,7 +22,7 @@ use crate::harness::*;
 
 /// One command's events: organization `id`, one event per name from sequence `from` (a
 /// creation at sequence 1, renames after it).
-fn command(id: &str, from: usize, names: &[&str]) -> Vec<SerializedEvent> {
+pub fn command(id: &str, from: usize, names: &[&str]) -> Vec<SerializedEvent> {
     let metadata = CommandContext {
         tenant_id: id.to_owned(),
         actor: Actor {

@@ -30,5 +30,6 @@ mod readme;
 mod saml;
 mod schemas;
 pub mod scim;
+mod shedding;
 mod stripe;
 mod tenancy;

@@ -49,6 +49,9 @@ pub struct Page {
     pub body: String,
 }
 
+/// The user agent the test browser sends (personal data the log must hold only sealed).
+pub const BROWSER_AGENT: &str = "QuantusTestBrowser/1.0 (Ada's laptop)";
+
 impl Browser {
     pub fn new(base: &str) -> Self {
         Self {
@@ -58,6 +61,7 @@ impl Browser {
                 // timeout); like browsers, drop them sooner rather than race its close
                 // (on a loaded machine the SP steps between two requests can take that long).
                 .pool_idle_timeout(std::time::Duration::from_secs(4))
+                .user_agent(BROWSER_AGENT)
                 .build()
                 .unwrap(),
             base: base.to_owned(),
@@ -523,7 +527,10 @@ async fn a_person_signs_in_with_code_and_pkce_and_refresh_tokens_rotate() {
     );
     let signins = f.admin.events_of("SignInAttempt").await;
     assert_eq!(signins[0]["envelope"]["event_type"], "SignInSucceeded");
-    assert!(signins[0]["envelope"]["payload"]["request"]["ip"].is_string());
+    // The address is recorded sealed for the person (issue 17), never in clear.
+    let request = &signins[0]["envelope"]["payload"]["request"];
+    assert!(request["ip"].is_null(), "{request}");
+    assert_eq!(request["sealed"]["subject"], f.user_id.as_str());
 }
 
 #[tokio::test]
@@ -845,6 +852,105 @@ async fn erasing_a_user_shreds_their_data_across_the_log_which_still_verifies() 
         .iter()
         .any(|r| r["status"] == "erased" && r["email"].is_null()));
     assert!(rows.iter().any(|r| r["name"] == "New Ada"));
+}
+
+#[tokio::test]
+async fn sign_in_token_consent_and_session_events_hold_address_and_agent_sealed_and_erasure_shreds_them(
+) {
+    let f = fixture("qsa-sealed-request").await;
+    let mut browser = Browser::new(f.server.url());
+    let code = sign_in_for_code(&f, &mut browser, "openid organizations:read").await;
+    let (status, tokens) = token_request(
+        &f,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let recorded = [
+        "SignInSucceeded",
+        "SessionStarted",
+        "ConsentGranted",
+        "AuthorizationCodeIssued",
+        "TokensIssued",
+    ];
+    let events: Vec<Value> = f
+        .admin
+        .all_events()
+        .await
+        .into_iter()
+        .filter(|e| {
+            recorded.contains(&e["envelope"]["event_type"].as_str().unwrap_or_default())
+                && e["envelope"]["payload"]["request"]["sealed"]["subject"] == f.user_id.as_str()
+        })
+        .collect();
+    let kinds: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["envelope"]["event_type"].as_str())
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        recorded.len(),
+        "sealed for the person: {kinds:?}"
+    );
+    for e in &events {
+        let request = &e["envelope"]["payload"]["request"];
+        let keys: Vec<&String> = request.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["sealed"], "{e}");
+        assert!(request["sealed"]["ciphertext"].is_string(), "{e}");
+        // (The redirect URI names 127.0.0.1 too: look at everything but it.)
+        let mut payload = e["envelope"]["payload"].clone();
+        payload.as_object_mut().unwrap().remove("redirect_uri");
+        let text = payload.to_string();
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains("QuantusTestBrowser"),
+            "in clear: {text}"
+        );
+    }
+
+    // With the person's data key (as the service holds it), each opens to the real request.
+    let dir = f.server.data_dir.clone();
+    let db = quantus_infra::Database::open(None, &dir).await.unwrap();
+    let master = quantus_infra::keystore::master_key(&dir, None).unwrap();
+    let keys = quantus_infra::subject_keys::SubjectKeys::new(db, &master);
+    let open = |e: &Value| {
+        let sealed: quantus_domain::identity::Sealed =
+            serde_json::from_value(e["envelope"]["payload"]["request"]["sealed"].clone()).unwrap();
+        let keys = keys.clone();
+        async move {
+            keys.open(&sealed, quantus_domain::identity::RequestInfo::SEALED_FIELD)
+                .await
+                .unwrap()
+                .map(|plain| serde_json::from_slice::<Value>(&plain).unwrap())
+        }
+    };
+    for e in &events {
+        let opened = open(e).await.expect("opens while the person exists");
+        assert_eq!(opened["ip"], "127.0.0.1", "{opened}");
+        // The token request came from the client's back end, not the browser.
+        if e["envelope"]["event_type"] != "TokensIssued" {
+            assert_eq!(opened["user_agent"], BROWSER_AGENT, "{opened}");
+        }
+    }
+
+    // Erasure destroys the key: none of them opens any more, and the log still verifies.
+    let r = f
+        .admin
+        .send(f.admin.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/users/{}?erase=true", f.user_id),
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for e in &events {
+        assert_eq!(open(e).await, None, "still opens after erasure: {e}");
+    }
+    let (ok, out) = audit_verify(&["--data-dir", dir.to_str().unwrap()]);
+    assert!(ok, "{out}");
 }
 
 /// Signs `claims` as a JWS with the server's real token key, read from its keystore, as an

@@ -616,7 +616,13 @@ pub struct AccessDecided {
     pub strength: Strength,
     /// Whether the request went on (the outcome was satisfied by the strength it had).
     pub granted: bool,
+    /// The peer address in clear: only in decisions recorded before issue 17.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The peer address sealed with the data key of `subject` (field `ip`): erasing the
+    /// person shreds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_ip: Option<super::Sealed>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -212,6 +212,28 @@ pub enum GrantCommand {
     },
 }
 
+impl GrantCommand {
+    /// The request this command records, and the subject (user, or client of a service
+    /// principal) the command itself names, if it does; otherwise the grant's.
+    pub fn request_and_subject(&mut self) -> (&mut RequestInfo, Option<String>) {
+        match self {
+            GrantCommand::IssueCode(c) => (&mut c.request, Some(c.user_id.clone())),
+            GrantCommand::StartDevice(c) => (&mut c.request, Some(c.client_id.clone())),
+            GrantCommand::ApproveDevice {
+                user_id, request, ..
+            }
+            | GrantCommand::DenyDevice {
+                user_id, request, ..
+            } => (request, Some(user_id.clone())),
+            GrantCommand::IssueClientCredentials(t) => (&mut t.request, Some(t.subject.clone())),
+            GrantCommand::RedeemCode { request, .. }
+            | GrantCommand::RedeemDevice { request, .. }
+            | GrantCommand::Refresh { request, .. }
+            | GrantCommand::Revoke { request, .. } => (request, None),
+        }
+    }
+}
+
 /// Each maps to an OAuth error code at the token endpoint (mostly `invalid_grant`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantError {

@@ -38,11 +38,50 @@ pub struct Sealed {
 }
 
 /// Where a request came from, recorded with authentication outcomes (never a secret).
+///
+/// The peer address and user agent are personal data: the application layer seals them
+/// ([`RequestInfo::sealed`], the JSON of [`RequestDetails`] under the data key of the person
+/// the event is about, field `request`) before they enter an event, so erasing the person
+/// shreds them. Events recorded before issue 17 hold `ip` and `user_agent` in clear; both forms
+/// decode. A command carries the clear form until it is sealed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestInfo {
+    /// In clear only in events recorded before issue 17.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// In clear only in events recorded before issue 17.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// `ip` and `user_agent` sealed together ([`RequestDetails`] as JSON, field `request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
+}
+
+/// The clear contents of a sealed [`RequestInfo`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestDetails {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+}
+
+impl RequestInfo {
+    /// The sealed field's name (authenticated with the subject).
+    pub const SEALED_FIELD: &'static str = "request";
+
+    /// A request as the HTTP layer sees it, not yet sealed.
+    pub fn clear(ip: Option<String>, user_agent: Option<String>) -> Self {
+        Self {
+            ip,
+            user_agent,
+            sealed: None,
+        }
+    }
+
+    /// Whether it holds anything in clear.
+    pub fn has_clear(&self) -> bool {
+        self.ip.is_some() || self.user_agent.is_some()
+    }
 }
 
 /// A role in an organization. `platform_admin` exists only in the platform tenant.
@@ -234,5 +273,32 @@ mod tests {
         assert!(parse_scope("openid admin:everything").is_err());
         assert_eq!(Role::parse("platform_admin"), Some(Role::PlatformAdmin));
         assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn requests_recorded_in_clear_before_and_sealed_now_both_decode() {
+        // As events written before issue 17 hold it.
+        let old: RequestInfo =
+            serde_json::from_str(r#"{"ip":"198.51.100.7","user_agent":"curl/8"}"#).unwrap();
+        assert_eq!(old.ip.as_deref(), Some("198.51.100.7"));
+        assert!(old.has_clear() && old.sealed.is_none());
+        let none: RequestInfo = serde_json::from_str(r#"{"ip":null,"user_agent":null}"#).unwrap();
+        assert_eq!(none, RequestInfo::default());
+        // As they are written now: sealed only, nothing in clear.
+        let sealed = RequestInfo {
+            sealed: Some(Sealed {
+                subject: "u-1".into(),
+                nonce: "bm9uY2U".into(),
+                ciphertext: "Y2lwaGVy".into(),
+            }),
+            ..RequestInfo::default()
+        };
+        let text = serde_json::to_string(&sealed).unwrap();
+        assert_eq!(
+            text,
+            r#"{"sealed":{"subject":"u-1","nonce":"bm9uY2U","ciphertext":"Y2lwaGVy"}}"#
+        );
+        assert_eq!(serde_json::from_str::<RequestInfo>(&text).unwrap(), sealed);
+        assert!(serde_json::from_str::<RequestInfo>(r#"{"address":"x"}"#).is_err());
     }
 }

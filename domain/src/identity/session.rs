@@ -59,6 +59,16 @@ pub enum SessionCommand {
     },
 }
 
+impl SessionCommand {
+    /// The request this command records.
+    pub fn request_mut(&mut self) -> &mut RequestInfo {
+        match self {
+            SessionCommand::Start(s) => &mut s.request,
+            SessionCommand::End { request, .. } => request,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
     #[error("session already exists")]

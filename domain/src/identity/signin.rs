@@ -63,6 +63,16 @@ pub enum SignInEvent {
     SignInFailed(SignInFailed),
 }
 
+impl SignInEvent {
+    /// The request this attempt records, and the person it names (if the account is known).
+    pub fn request_and_user(&mut self) -> (&mut RequestInfo, Option<String>) {
+        match self {
+            SignInEvent::SignInSucceeded(e) => (&mut e.request, Some(e.user_id.clone())),
+            SignInEvent::SignInFailed(e) => (&mut e.request, e.user_id.clone()),
+        }
+    }
+}
+
 impl DomainEvent for SignInEvent {
     fn event_type(&self) -> String {
         match self {
