@@ -13,6 +13,7 @@ use quantus_domain::identity::client::Client;
 use quantus_domain::identity::group::Group;
 use quantus_domain::identity::saml::{provider_id, provider_id_in, SamlServiceProvider};
 use quantus_domain::identity::Role;
+use quantus_domain::schema::PLATFORM_TENANT;
 use quantus_domain::CommandContext;
 use quantus_infra::subject_keys::{SignInThrottle, SubjectKeys};
 
@@ -109,8 +110,10 @@ impl AccessControl {
     }
 
     /// A rule may name only its own organization's groups and client applications (OAuth
-    /// clients, or the entity ids of its SAML service providers). Another organization's id
-    /// gets the same answer as an id that does not exist, so a rule cannot probe for them.
+    /// clients, or the entity ids of its SAML service providers), and the platform's own
+    /// clients (the consoles), which every organization's people sign in to. Another
+    /// organization's id gets the same answer as an id that does not exist, so a rule cannot
+    /// probe for them.
     async fn check_own_ids(
         &self,
         organization_id: &str,
@@ -126,10 +129,9 @@ impl AccessControl {
         }
         for id in rule.conditions.clients.iter().flatten() {
             let (c, _) = self.bus.load::<Client>(id).await?;
-            let own_client = c
-                .registration
-                .as_ref()
-                .is_some_and(|r| r.organization_id == organization_id);
+            let own_client = c.registration.as_ref().is_some_and(|r| {
+                r.organization_id == organization_id || r.organization_id == PLATFORM_TENANT
+            });
             let own_sp = !own_client && {
                 let mut found = false;
                 for pid in [provider_id_in(organization_id, id), provider_id(id)] {

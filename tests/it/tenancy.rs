@@ -347,10 +347,13 @@ async fn scenario(server: Server) {
     let missing_client = admin.send(rule(json!({"clients": [missing]}))).await;
     assert_eq!(foreign_client.status, 422, "{}", foreign_client.body);
     assert_eq!(missing_client.status, 422, "{}", missing_client.body);
+    // The platform's own clients (the consoles) serve every organization's people: a rule
+    // may name them.
     let own = admin
-        .send(rule(
-            json!({"groups": [group_b], "clients": [b.client_id, entity]}),
-        ))
+        .send(rule(json!({
+            "groups": [group_b],
+            "clients": [b.client_id, entity, "quantus-console-portal"]
+        })))
         .await;
     assert_eq!(own.status, 200, "{}", own.body);
 }

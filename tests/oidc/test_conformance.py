@@ -1946,17 +1946,25 @@ def test_par_ignores_query_parameters_outside_the_pushed_request(admin, issuer, 
 
 
 def test_a_client_serves_its_own_organizations_people_only(admin, discovery):
+    # Accounts belong to an organization and a client signs in its own organization's people:
+    # a person of another organization is unknown there, told exactly what a wrong password is
+    # told, and the client gets no code.
     org, other = admin.org(), admin.org()
     stranger = admin.user(other)
     client = admin.client(org)
     sess = oauth_session(client, discovery, scope="openid")
-    url, state = sess.create_authorization_url(
+    url, _ = sess.create_authorization_url(
         discovery["authorization_endpoint"], code_verifier=generate_token(64), nonce="n"
     )
-    resp = Browser().drive(url, stranger, REDIRECT_URI)
-    p = callback_params(resp)
-    assert p.get("error") == "access_denied" and "code" not in p, p
-    assert p.get("state") == state
+    browser = Browser()
+    page = browser.get(url)
+    while page.is_redirect:
+        page = browser.get(urljoin(page.url, page.headers["Location"]))
+    assert find_form(page, "/oauth2/login"), page.text[:300]
+    resp = browser.login(page, stranger["email"], stranger["password"])
+    assert resp.status_code == 401, resp.status_code
+    assert "Wrong email or password." in resp.text
+    assert "code=" not in resp.headers.get("Location", "")
 
 
 def test_request_objects_and_other_response_modes_are_refused_not_ignored(admin, discovery):
