@@ -58,6 +58,12 @@ impl AggregateCache {
         entries.put(key, (sequence, Box::new(state.clone())));
     }
 
+    /// Keeps at most `capacity` states from now on (the least recently used go first).
+    pub fn resize(&self, capacity: usize) {
+        self.lock()
+            .resize(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN));
+    }
+
     /// How many aggregates are kept.
     pub fn len(&self) -> usize {
         self.lock().len()

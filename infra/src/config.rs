@@ -105,6 +105,8 @@ pub struct Config {
     pub checkpoint_seconds: u64,
     /// How often the retention sweep runs (`QUANTUS_RETENTION_SECONDS`).
     pub retention_seconds: u64,
+    /// Aggregate states kept in memory per process (`QUANTUS_AGGREGATE_CACHE`, default 10000).
+    pub aggregate_cache: u64,
     /// How long before its access token expires a console session refreshes it
     /// (`QUANTUS_CONSOLE_REFRESH_SECONDS`, default 30; a value at least the token's lifetime
     /// refreshes on every page, which the browser tests use to exercise rotation).
@@ -266,6 +268,12 @@ impl Config {
         let checkpoint_events = number("QUANTUS_CHECKPOINT_EVENTS", 1000)?;
         let checkpoint_seconds = number("QUANTUS_CHECKPOINT_SECONDS", 60)?;
         let retention_seconds = number("QUANTUS_RETENTION_SECONDS", 3600)?;
+        let aggregate_cache = number("QUANTUS_AGGREGATE_CACHE", 10_000)?;
+        if aggregate_cache > 10_000_000 {
+            return Err(InfraError::Config(
+                "QUANTUS_AGGREGATE_CACHE must be at most 10000000".into(),
+            ));
+        }
         let invite_seconds = number("QUANTUS_INVITE_SECONDS", 3 * 86400)?;
         let defaults = HttpLimits::default();
         let http = HttpLimits {
@@ -369,6 +377,7 @@ impl Config {
             checkpoint_events,
             checkpoint_seconds,
             retention_seconds,
+            aggregate_cache,
             console_refresh_seconds,
             invite_seconds,
             object_store_url: env("OBJECT_STORE_URL"),

@@ -122,6 +122,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         )
         .with_qsa(&qsa)
         .with_billing(billing);
+        state
+            .bus
+            .cache()
+            .resize(usize::try_from(config.aggregate_cache).unwrap_or(usize::MAX));
         state.stripe_webhook_secret = config.stripe_webhook_secret.clone();
         state.limits = config.http;
         state.readiness = quantus_api::Readiness {

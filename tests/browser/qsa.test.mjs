@@ -217,6 +217,25 @@ test("a security admin adds a person and an access rule needing a second factor;
   const sp = new URL(admin.url()).pathname.split("/").pop();
   assert.match(await admin.locator(".facts").textContent(), /Entity id\s*https:\/\/expenses\.initech\.example\/saml/);
   await check(admin, "qsa-saml");
+  // Another from its pasted metadata document.
+  await admin.goto(`${BASE}/qsa/provisioning`);
+  await admin.getByLabel("Metadata XML").fill(
+    `<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" entityID="https://travel.initech.example/saml">` +
+      `<md:SPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">` +
+      `<md:AssertionConsumerService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST" Location="https://travel.initech.example/saml/acs" index="0"/>` +
+      `</md:SPSSODescriptor></md:EntityDescriptor>`,
+  );
+  await admin.getByRole("button", { name: "Register from metadata" }).click();
+  await admin.waitForURL(/\/qsa\/saml\/[^/?]+\?done=registered$/);
+  const facts = await admin.locator(".facts").textContent();
+  assert.match(facts, /Entity id\s*https:\/\/travel\.initech\.example\/saml/);
+  assert.match(facts, /https:\/\/travel\.initech\.example\/saml\/acs/);
+  await check(admin, "qsa-saml-from-metadata");
+  // A document that is not SP metadata: the API's detail, shown as given.
+  await admin.goto(`${BASE}/qsa/provisioning`);
+  await admin.getByLabel("Metadata XML").fill("<not-metadata/>");
+  await admin.getByRole("button", { name: "Register from metadata" }).click();
+  assert.match(await main(admin), /metadata_xml/);
 
   // Bob signs in to his account (the rule names the Portal only) and sets up an app.
   const bob = await freshPage();

@@ -96,6 +96,7 @@ fn routes() -> Router<AppState> {
         .route("/qsa/scim-tokens", post(issue_scim_token))
         .route("/qsa/scim-tokens/revoke", post(revoke_scim_token))
         .route("/qsa/saml", post(register_saml))
+        .route("/qsa/saml/metadata", post(register_saml_metadata))
         .route("/qsa/saml/open", get(open_saml))
         .route("/qsa/saml/{id}", get(saml_provider))
         .route("/qsa/saml/{id}/delete", post(delete_saml))
@@ -1284,6 +1285,38 @@ async fn register_saml(posted: Posted<Qsa, SamlForm>) -> Result<Response, PageEr
                 "slo_url": opt(&form.slo_url),
                 "certificate": opt(&form.certificate),
                 "name_id_format": form.name_id_format.trim(),
+            }),
+        )
+        .await?;
+    let id = segment(&INFO, created["id"].as_str().unwrap_or_default())?;
+    Ok(redirect(&format!("/qsa/saml/{id}?done=registered")))
+}
+
+#[derive(Debug, Deserialize)]
+struct SamlMetadataForm {
+    #[serde(default)]
+    name: String,
+    metadata_xml: String,
+}
+
+/// Registers a provider from its pasted metadata document (the API reads and bounds it).
+async fn register_saml_metadata(
+    posted: Posted<Qsa, SamlMetadataForm>,
+) -> Result<Response, PageError> {
+    let Posted {
+        signed_in: me,
+        form,
+    } = posted;
+    let org = org(&me)?;
+    let name = form.name.trim();
+    let created = me
+        .api()
+        .post(
+            "/saml/service-providers/metadata",
+            &serde_json::json!({
+                "organization_id": org,
+                "metadata_xml": form.metadata_xml,
+                "name": (!name.is_empty()).then_some(name),
             }),
         )
         .await?;
