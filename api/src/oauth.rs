@@ -269,6 +269,10 @@ async fn client_request(
 
 // ---- metadata ----
 
+/// OpenID Provider metadata (OpenID Connect Discovery 1.0, also served as RFC 8414
+/// authorization-server metadata).
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "oauth",
+    responses((status = 200, description = "the provider's metadata: endpoints, supported grants, scopes, algorithms", content_type = "application/json", body = Object)))]
 pub async fn discovery(State(state): State<AppState>) -> Response {
     let i = &state.issuer;
     let mut scopes: Vec<&str> = quantus_domain::identity::OIDC_SCOPES.to_vec();
@@ -306,6 +310,9 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
+/// The ID-token and access-token verification keys (RFC 7517 JWK Set).
+#[utoipa::path(get, path = "/oauth2/jwks", tag = "oauth",
+    responses((status = 200, description = "JWK Set; cached up to 60 s", content_type = "application/json", body = Object)))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
     match state.identity.jwks(Utc::now()).await {
         Ok(set) => {
@@ -323,6 +330,14 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
 
 // ---- token endpoint ----
 
+/// The token endpoint (RFC 6749 §3.2): authorization code with PKCE, refresh token (rotated),
+/// client credentials, device code (RFC 8628). Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
+#[utoipa::path(post, path = "/oauth2/token", tag = "oauth",
+    request_body(content = wire::TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = wire::TokenResponse, description = "tokens (never cached)"),
+        (status = 400, body = wire::OAuthError, description = "RFC 6749 §5.2: invalid_request, invalid_grant, unsupported_grant_type, invalid_scope, authorization_pending, slow_down, expired_token"),
+        (status = 401, body = wire::OAuthError, description = "invalid_client"),
+        (status = 415, body = wire::OAuthError, description = "the body is not a form")))]
 pub async fn token(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -398,6 +413,11 @@ pub async fn token(
     }
 }
 
+/// Token introspection (RFC 7662). Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
+#[utoipa::path(post, path = "/oauth2/introspect", tag = "oauth",
+    request_body(content = wire::TokenOnlyRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = wire::IntrospectionResponse, description = "`active` false for any token this client may not learn about"),
+        (status = 400, body = wire::OAuthError), (status = 401, body = wire::OAuthError, description = "invalid_client")))]
 pub async fn introspect(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -423,6 +443,11 @@ pub async fn introspect(
     }
 }
 
+/// Token revocation (RFC 7009): revokes the token's whole grant. Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
+#[utoipa::path(post, path = "/oauth2/revoke", tag = "oauth",
+    request_body(content = wire::TokenOnlyRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "revoked, or the token was unknown (RFC 7009 §2.2)"),
+        (status = 400, body = wire::OAuthError), (status = 401, body = wire::OAuthError, description = "invalid_client")))]
 pub async fn revoke(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -450,6 +475,12 @@ pub async fn revoke(
 }
 
 /// Pushed authorization requests (RFC 9126).
+/// Pushed authorization requests (RFC 9126): the authorization request's parameters, sent
+/// back-channel; answered with a `request_uri` for `/oauth2/authorize`. Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
+#[utoipa::path(post, path = "/oauth2/par", tag = "oauth",
+    request_body(content = wire::AuthorizationRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 201, body = wire::ParResponse),
+        (status = 400, body = wire::OAuthError), (status = 401, body = wire::OAuthError, description = "invalid_client")))]
 pub async fn par(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -483,6 +514,11 @@ pub async fn par(
     }
 }
 
+/// Device authorization (RFC 8628 §3.1). Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
+#[utoipa::path(post, path = "/oauth2/device_authorization", tag = "oauth",
+    request_body(content = wire::DeviceAuthorizationRequest, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, body = wire::DeviceAuthorizationResponse),
+        (status = 400, body = wire::OAuthError), (status = 401, body = wire::OAuthError, description = "invalid_client")))]
 pub async fn device_authorization(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -515,6 +551,10 @@ pub async fn device_authorization(
     }
 }
 
+/// The UserInfo endpoint (OpenID Connect Core §5.3), for a person's access token with `openid`.
+#[utoipa::path(method(get, post), path = "/oauth2/userinfo", tag = "oauth",
+    responses((status = 200, description = "the person's claims, as the token's scopes allow", content_type = "application/json", body = Object)),
+    security(("bearer" = [])))]
 pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let Some(token) = bearer_token(&headers) else {
         return crate::auth::unauthorized(None);
@@ -779,6 +819,14 @@ fn error_to_client(state: &AppState, req: &AuthorizationRequest, e: OAuthError) 
     )
 }
 
+/// The authorization endpoint (RFC 6749 §3.1, OpenID Connect Core §3.1.2) for a person's
+/// browser: answers the sign-in, second-factor and consent pages, then redirects to the
+/// client's `redirect_uri` with `code`, `state` and `iss` (RFC 9207), or an error.
+#[utoipa::path(get, path = "/oauth2/authorize", tag = "oauth",
+    params(wire::AuthorizationRequest),
+    responses((status = 200, description = "a page for the person (sign-in, second factor, consent)", content_type = "text/html"),
+        (status = 303, description = "back to the client's redirect_uri with the code or the error"),
+        (status = 400, description = "an error page when the client or redirect_uri cannot be trusted (never redirected)", content_type = "text/html")))]
 pub async fn authorize(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -1635,6 +1683,14 @@ pub async fn device_decision(
     r
 }
 
+/// RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0): ends the QSA session after a
+/// confirmation, unless a valid `id_token_hint` names the person signed in.
+#[utoipa::path(get, path = "/oauth2/logout", tag = "oauth",
+    params(("id_token_hint" = Option<String>, Query, description = "an ID token QSA issued to the client"),
+        ("post_logout_redirect_uri" = Option<String>, Query, description = "registered for the client"),
+        ("state" = Option<String>, Query), ("client_id" = Option<String>, Query)),
+    responses((status = 200, description = "the confirmation or signed-out page", content_type = "text/html"),
+        (status = 303, description = "to the post-logout redirect URI")))]
 pub async fn logout(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -1872,4 +1928,128 @@ pub async fn invite_script() -> Response {
         HeaderValue::from_static("public, max-age=300"),
     );
     r
+}
+
+// ---- wire formats of the endpoints above, as the OpenAPI document describes them ----
+
+/// Documentation types only: the handlers read their forms as RFC 6749 and its extensions say,
+/// into the command layer's own types.
+pub mod wire {
+
+    /// A token request (RFC 6749 §4.1.3, §4.4.2, §6; RFC 8628 §3.4); which members apply depends
+    /// on `grant_type`.
+    #[derive(utoipa::ToSchema)]
+    #[allow(dead_code)]
+    pub struct TokenRequest {
+        /// `authorization_code`, `refresh_token`, `client_credentials` or
+        /// `urn:ietf:params:oauth:grant-type:device_code`.
+        grant_type: String,
+        code: Option<String>,
+        redirect_uri: Option<String>,
+        /// PKCE (RFC 7636), required with a code.
+        code_verifier: Option<String>,
+        refresh_token: Option<String>,
+        device_code: Option<String>,
+        scope: Option<String>,
+        client_id: Option<String>,
+        client_secret: Option<String>,
+        client_assertion_type: Option<String>,
+        client_assertion: Option<String>,
+    }
+
+    /// RFC 6749 §5.1.
+    #[derive(utoipa::ToSchema)]
+    #[allow(dead_code)]
+    pub struct TokenResponse {
+        access_token: String,
+        /// `Bearer`.
+        token_type: String,
+        expires_in: u64,
+        refresh_token: Option<String>,
+        /// With the `openid` scope.
+        id_token: Option<String>,
+        scope: String,
+    }
+
+    /// RFC 6749 §5.2 (also RFC 8628 §3.5's codes).
+    #[derive(utoipa::ToSchema)]
+    #[allow(dead_code)]
+    pub struct OAuthError {
+        error: String,
+        error_description: Option<String>,
+    }
+
+    /// Introspection and revocation requests (RFC 7662 §2.1, RFC 7009 §2.1).
+    #[derive(utoipa::ToSchema)]
+    #[allow(dead_code)]
+    pub struct TokenOnlyRequest {
+        token: String,
+        /// `access_token` or `refresh_token`; a hint only.
+        token_type_hint: Option<String>,
+    }
+
+    /// RFC 7662 §2.2.
+    #[derive(utoipa::ToSchema)]
+    #[allow(dead_code)]
+    pub struct IntrospectionResponse {
+        active: bool,
+        scope: Option<String>,
+        client_id: Option<String>,
+        sub: Option<String>,
+        exp: Option<u64>,
+        iat: Option<u64>,
+        iss: Option<String>,
+        token_type: Option<String>,
+    }
+
+    /// An authorization request's parameters (RFC 6749 §4.1.1, OpenID Connect Core §3.1.2.1).
+    #[derive(utoipa::ToSchema, utoipa::IntoParams)]
+    #[into_params(parameter_in = Query)]
+    #[allow(dead_code)]
+    pub struct AuthorizationRequest {
+        /// `code`.
+        response_type: Option<String>,
+        client_id: String,
+        redirect_uri: Option<String>,
+        scope: Option<String>,
+        state: Option<String>,
+        nonce: Option<String>,
+        /// PKCE S256 challenge, required.
+        code_challenge: Option<String>,
+        code_challenge_method: Option<String>,
+        prompt: Option<String>,
+        max_age: Option<u64>,
+        acr_values: Option<String>,
+        login_hint: Option<String>,
+        /// From `/oauth2/par`.
+        request_uri: Option<String>,
+    }
+
+    /// RFC 9126 §2.2.
+    #[derive(utoipa::ToSchema)]
+    #[allow(dead_code)]
+    pub struct ParResponse {
+        request_uri: String,
+        expires_in: u64,
+    }
+
+    /// RFC 8628 §3.1.
+    #[derive(utoipa::ToSchema)]
+    #[allow(dead_code)]
+    pub struct DeviceAuthorizationRequest {
+        client_id: Option<String>,
+        scope: Option<String>,
+    }
+
+    /// RFC 8628 §3.2.
+    #[derive(utoipa::ToSchema)]
+    #[allow(dead_code)]
+    pub struct DeviceAuthorizationResponse {
+        device_code: String,
+        user_code: String,
+        verification_uri: String,
+        verification_uri_complete: String,
+        expires_in: u64,
+        interval: u64,
+    }
 }

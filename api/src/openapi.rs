@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    access, audit, events, evidence, identity, jobs, licensing, mfa, organizations, passkeys,
-    portal, saml, scim, Problem,
+    access, audit, events, evidence, identity, jobs, licensing, mfa, oauth, organizations,
+    passkeys, portal, saml, scim, Problem,
 };
 
 #[derive(OpenApi)]
@@ -33,7 +33,13 @@ use crate::{
         access::show, access::set, access::remove, access::evaluate,
         passkeys::options, passkeys::register, passkeys::list, passkeys::remove,
         scim::issue_token, scim::revoke_token,
-        saml::register_from_metadata,
+        saml::register_from_metadata, saml::create_provider, saml::get_provider,
+        saml::put_provider, saml::delete_provider, saml::list_keys, saml::rotate_key,
+        saml::retire_key, saml::metadata, saml::sso_redirect, saml::sso_post, saml::slo_redirect,
+        saml::slo_post,
+        oauth::discovery, oauth::jwks, oauth::token, oauth::introspect, oauth::revoke,
+        oauth::par, oauth::device_authorization, oauth::userinfo, oauth::authorize,
+        oauth::logout,
         portal::register_customer, portal::list_customers, portal::show_customer,
         portal::change_contact, portal::draft_contract, portal::list_contracts,
         portal::show_contract, portal::contract_transition, portal::entitlements,
@@ -178,20 +184,36 @@ impl Modify for AuthResponses {
 }
 
 /// utoipa names an operation after its handler, and handlers in different modules share
-/// names (`show`, `list`): prefix each with its first tag, which names the service.
+/// names (`show`, `list`): prefix each with its first tag, which names the service. A handler
+/// serving two methods (`/oauth2/userinfo`) gets the method after its name on the second.
 struct UniqueOperationIds;
 
 impl Modify for UniqueOperationIds {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for op in operations(openapi) {
-            let tag = op
-                .tags
-                .as_ref()
-                .and_then(|t| t.first())
-                .cloned()
-                .unwrap_or_else(|| "quantus".into());
-            if let Some(id) = op.operation_id.as_mut() {
-                *id = format!("{tag}_{id}");
+        let mut seen = std::collections::HashSet::new();
+        for item in openapi.paths.paths.values_mut() {
+            for (method, op) in [
+                ("get", &mut item.get),
+                ("put", &mut item.put),
+                ("post", &mut item.post),
+                ("delete", &mut item.delete),
+                ("patch", &mut item.patch),
+            ] {
+                let Some(op) = op.as_mut() else { continue };
+                let tag = op
+                    .tags
+                    .as_ref()
+                    .and_then(|t| t.first())
+                    .cloned()
+                    .unwrap_or_else(|| "quantus".into());
+                if let Some(id) = op.operation_id.as_mut() {
+                    *id = format!("{tag}_{id}");
+                    if !seen.insert(id.clone()) {
+                        id.push('_');
+                        id.push_str(method);
+                        seen.insert(id.clone());
+                    }
+                }
             }
         }
     }

@@ -192,6 +192,10 @@ fn redirect(to: &str) -> Response {
 
 // ---- metadata ----
 
+/// QSA's SAML 2.0 IdP metadata (SAML Metadata §2.4.3): entity id, SSO and SLO endpoints
+/// for both bindings, signing certificates.
+#[utoipa::path(get, path = "/saml/metadata", tag = "saml",
+    responses((status = 200, description = "an EntityDescriptor", content_type = "application/samlmetadata+xml", body = String)))]
 pub async fn metadata(State(state): State<AppState>) -> Response {
     metadata_of(&state, None).await
 }
@@ -293,6 +297,13 @@ fn redirect_signature(
     }))
 }
 
+/// Single sign-on, HTTP-Redirect binding (SAML Bindings §3.4): signs the person in, then
+/// posts a signed Response to the SP's registered ACS, or a status Response where the spec
+/// says so (NoPassive, RequestDenied, AuthnFailed...).
+#[utoipa::path(get, path = "/saml/sso", tag = "saml", params(("SAMLRequest" = String, Query, description = "the DEFLATE-compressed, base64 AuthnRequest (HTTP-Redirect binding)"),
+        ("RelayState" = Option<String>, Query), ("SigAlg" = Option<String>, Query), ("Signature" = Option<String>, Query)),
+    responses((status = 200, description = "the sign-in page, or the auto-submitting form carrying the Response to the ACS", content_type = "text/html"),
+        (status = 400, description = "an error page when the request or its SP cannot be trusted (nothing is sent to an unverified URL)", content_type = "text/html")))]
 pub async fn sso_redirect(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -357,6 +368,12 @@ async fn sso_redirect_in(
     }
 }
 
+/// Single sign-on, HTTP-POST binding (SAML Bindings §3.5): `SAMLRequest` (base64) and
+/// `RelayState` as a form.
+#[utoipa::path(post, path = "/saml/sso", tag = "saml",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "SAMLRequest, RelayState"),
+    responses((status = 200, description = "the sign-in page, or the form carrying the Response", content_type = "text/html"),
+        (status = 400, description = "an error page when the request or its SP cannot be trusted", content_type = "text/html")))]
 pub async fn sso_post(
     State(state): State<AppState>,
     axum::Form(form): axum::Form<BTreeMap<String, String>>,
@@ -576,6 +593,14 @@ async fn proceed(
 
 // ---- single logout ----
 
+/// Single logout, HTTP-Redirect binding: a LogoutRequest from an SP ends the person's
+/// session; the LogoutResponse goes back over the binding the SP registered or used.
+#[utoipa::path(get, path = "/saml/slo", tag = "saml",
+    params(("SAMLRequest" = Option<String>, Query), ("SAMLResponse" = Option<String>, Query),
+        ("RelayState" = Option<String>, Query), ("SigAlg" = Option<String>, Query), ("Signature" = Option<String>, Query)),
+    responses((status = 200, description = "a form carrying the LogoutResponse, or the signed-out page", content_type = "text/html"),
+        (status = 303, description = "the LogoutResponse over HTTP-Redirect"),
+        (status = 400, description = "an error page", content_type = "text/html")))]
 pub async fn slo_redirect(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -632,6 +657,12 @@ async fn slo_redirect_in(
     }
 }
 
+/// Single logout, HTTP-POST binding.
+#[utoipa::path(post, path = "/saml/slo", tag = "saml",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "SAMLRequest or SAMLResponse, RelayState"),
+    responses((status = 200, description = "a form carrying the LogoutResponse, or the signed-out page", content_type = "text/html"),
+        (status = 303, description = "the LogoutResponse over HTTP-Redirect"),
+        (status = 400, description = "an error page", content_type = "text/html")))]
 pub async fn slo_post(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -738,7 +769,7 @@ async fn logout(
 
 /// A service provider's registration as the API takes it (`POST` and `PUT`; `PUT` ignores
 /// `organization_id` and `entity_id`, which never change).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderBody {
     #[serde(default)]
@@ -751,11 +782,18 @@ pub struct ProviderBody {
     pub slo_url: Option<String>,
     /// `http_redirect` or `http_post`; none: the binding of each LogoutRequest.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub slo_binding: Option<quantus_domain::identity::saml::SloBinding>,
+    /// PEM or bare base64 DER; with it, requests must be signed.
     #[serde(default)]
     pub certificate: Option<String>,
+    /// `email_address`, `persistent` or `unspecified`.
+    #[schema(value_type = String)]
     pub name_id_format: quantus_domain::identity::saml::NameIdFormat,
+    /// SAML attribute name → `email`, `name`, `user_id`, `organization_id`, `roles` or
+    /// `groups`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub attributes: BTreeMap<String, quantus_domain::identity::saml::UserAttribute>,
 }
 
@@ -796,6 +834,12 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Problem> 
     serde_json::from_slice(body).map_err(|e| Problem::unprocessable(e.to_string()))
 }
 
+/// Registers a SAML service provider from its fields.
+#[utoipa::path(post, path = "/v1/saml/service-providers", tag = "saml",
+    request_body = ProviderBody,
+    responses((status = 201, body = crate::write::CommandAccepted, description = "registered; `Location` names it"),
+        (status = 409, body = Problem, description = "the organization already has this entity id"), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
 pub async fn create_provider(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -909,6 +953,11 @@ async fn provider_in_tenant(
     Ok(sp)
 }
 
+/// One service provider of the caller's organization (`ETag`: its version).
+#[utoipa::path(get, path = "/v1/saml/service-providers/{id}", tag = "saml",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "the provider", content_type = "application/json", body = Object), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
 pub async fn get_provider(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -930,6 +979,12 @@ fn if_match(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim_matches('"').parse().ok())
 }
 
+/// Changes a provider's settings (`If-Match` with its version, optional).
+#[utoipa::path(put, path = "/v1/saml/service-providers/{id}", tag = "saml",
+    params(("id" = String, Path)), request_body = ProviderBody,
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem),
+        (status = 412, body = Problem, description = "If-Match names another version"), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
 pub async fn put_provider(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -951,6 +1006,11 @@ pub async fn put_provider(
     .into_response())
 }
 
+/// Removes a provider: its requests are refused from then on.
+#[utoipa::path(delete, path = "/v1/saml/service-providers/{id}", tag = "saml",
+    params(("id" = String, Path)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
 pub async fn delete_provider(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -967,6 +1027,10 @@ pub async fn delete_provider(
     .into_response())
 }
 
+/// QSA's SAML signing keys (certificates), current and retired.
+#[utoipa::path(get, path = "/v1/saml/signing-keys", tag = "saml",
+    responses((status = 200, description = "{keys: [{kid, certificate, active, ...}]}", content_type = "application/json", body = Object)),
+    security(("bearer" = [])))]
 pub async fn list_keys(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -997,6 +1061,10 @@ fn require_platform_keys(principal: &Principal) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Adds a new signing key; it signs from now on (the previous stays in metadata until retired).
+#[utoipa::path(post, path = "/v1/saml/signing-keys/rotate", tag = "saml",
+    responses((status = 201, description = "{kid, certificate}", content_type = "application/json", body = Object)),
+    security(("bearer" = [])))]
 pub async fn rotate_key(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -1012,6 +1080,11 @@ pub async fn rotate_key(
         .into_response())
 }
 
+/// Retires a signing key (it leaves the metadata).
+#[utoipa::path(post, path = "/v1/saml/signing-keys/{kid}/retire", tag = "saml",
+    params(("kid" = String, Path)),
+    responses((status = 200, description = "retired", content_type = "application/json", body = Object), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
 pub async fn retire_key(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

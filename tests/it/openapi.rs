@@ -50,6 +50,44 @@ async fn the_openapi_document_is_valid_and_complete_in_what_it_declares() {
 
     let ops = operations(&spec);
     assert!(ops.len() > 90, "only {} operations", ops.len());
+    // The protocol endpoints are described as such: OAuth forms, SAML bindings, and the
+    // REST resources of SAML.
+    for (method, path) in [
+        ("get", "/.well-known/openid-configuration"),
+        ("get", "/oauth2/jwks"),
+        ("get", "/oauth2/authorize"),
+        ("post", "/oauth2/token"),
+        ("post", "/oauth2/introspect"),
+        ("post", "/oauth2/revoke"),
+        ("post", "/oauth2/par"),
+        ("post", "/oauth2/device_authorization"),
+        ("get", "/oauth2/userinfo"),
+        ("post", "/oauth2/userinfo"),
+        ("get", "/oauth2/logout"),
+        ("get", "/saml/metadata"),
+        ("get", "/saml/sso"),
+        ("post", "/saml/sso"),
+        ("get", "/saml/slo"),
+        ("post", "/saml/slo"),
+        ("post", "/v1/saml/service-providers"),
+        ("get", "/v1/saml/service-providers/{id}"),
+        ("put", "/v1/saml/service-providers/{id}"),
+        ("delete", "/v1/saml/service-providers/{id}"),
+        ("get", "/v1/saml/signing-keys"),
+        ("post", "/v1/saml/signing-keys/rotate"),
+        ("post", "/v1/saml/signing-keys/{kid}/retire"),
+    ] {
+        assert!(
+            spec["paths"][path][method].is_object(),
+            "{method} {path} is not described"
+        );
+    }
+    let token = &spec["paths"]["/oauth2/token"]["post"];
+    assert!(
+        token["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"].is_object(),
+        "{token}"
+    );
+    assert!(token["responses"]["400"].is_object() && token["responses"]["401"].is_object());
     let mut ids = BTreeSet::new();
     for (method, path, op) in &ops {
         let id = op["operationId"].as_str().unwrap_or_default();
