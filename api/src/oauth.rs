@@ -474,7 +474,6 @@ pub async fn revoke(
     }
 }
 
-/// Pushed authorization requests (RFC 9126).
 /// Pushed authorization requests (RFC 9126): the authorization request's parameters, sent
 /// back-channel; answered with a `request_uri` for `/oauth2/authorize`. Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
 #[utoipa::path(post, path = "/oauth2/par", tag = "oauth",
