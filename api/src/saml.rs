@@ -848,21 +848,45 @@ pub async fn create_provider(
 ) -> Result<Response, Problem> {
     principal.require("identity:write")?;
     let body: ProviderBody = json_body(&body)?;
-    principal.tenant(
+    writable_organization(&state, &principal, &body.organization_id).await?;
+    let settings = body.settings();
+    register(
+        &state,
+        &principal,
+        &headers,
         &body.organization_id,
-        &format!("organization {}", body.organization_id),
-    )?;
-    state.bus.active_organization(&body.organization_id).await?;
-    let ctx = context(&principal, &headers, &body.organization_id);
+        &body.entity_id,
+        &body.name,
+        settings,
+    )
+    .await
+}
+
+/// The caller may register providers in `organization`, and it is active.
+async fn writable_organization(
+    state: &AppState,
+    principal: &Principal,
+    organization: &str,
+) -> Result<(), Problem> {
+    principal.tenant(organization, &format!("organization {organization}"))?;
+    state.bus.active_organization(organization).await?;
+    Ok(())
+}
+
+/// Records a provider's registration; 201 with its `Location`.
+async fn register(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    organization: &str,
+    entity_id: &str,
+    name: &str,
+    settings: SamlServiceProviderSettings,
+) -> Result<Response, Problem> {
+    let ctx = context(principal, headers, organization);
     let (id, outcome) = state
         .saml
-        .register(
-            &ctx,
-            &body.organization_id,
-            &body.entity_id,
-            &body.name,
-            body.settings(),
-        )
+        .register(&ctx, organization, entity_id, name, settings)
         .await?;
     Ok(created(id, outcome))
 }
@@ -907,11 +931,7 @@ pub async fn register_from_metadata(
     use quantus_domain::identity::saml::{NameIdFormat, SloBinding};
     principal.require("identity:write")?;
     let body: MetadataBody = json_body(&body)?;
-    principal.tenant(
-        &body.organization_id,
-        &format!("organization {}", body.organization_id),
-    )?;
-    state.bus.active_organization(&body.organization_id).await?;
+    writable_organization(&state, &principal, &body.organization_id).await?;
     let md = saml_xml::parse_sp_metadata(&body.metadata_xml)
         .map_err(|e| Problem::unprocessable(format!("metadata_xml: {e}")))?;
     let name_id_format = body.name_id_format.unwrap_or_else(|| {
@@ -934,13 +954,17 @@ pub async fn register_from_metadata(
         name_id_format,
         attributes: body.attributes,
     };
-    let ctx = context(&principal, &headers, &body.organization_id);
     let name = body.name.unwrap_or_else(|| md.entity_id.clone());
-    let (id, outcome) = state
-        .saml
-        .register(&ctx, &body.organization_id, &md.entity_id, &name, settings)
-        .await?;
-    Ok(created(id, outcome))
+    register(
+        &state,
+        &principal,
+        &headers,
+        &body.organization_id,
+        &md.entity_id,
+        &name,
+        settings,
+    )
+    .await
 }
 
 async fn provider_in_tenant(
