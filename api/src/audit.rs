@@ -45,7 +45,7 @@ pub struct CheckpointQuery {
 }
 
 #[utoipa::path(get, path = "/v1/audit/checkpoints", tag = "audit", params(CheckpointQuery),
-    responses((status = 200, description = "{items: [{tree_size, root_hash, note, kid, position}], next_after_size}")),
+    responses((status = 200, description = "{items: [{tree_size, root_hash, note, kid, position, cosignatures: [{witness, cosigned_at, line}]}], next_after_size}; `cosignatures` are the witnesses' (C2SP tlog-cosignature) signature lines for that note")),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -61,11 +61,30 @@ pub async fn list(
     let next = (items.len() as u32 == limit)
         .then(|| items.last().map(|c| c.checkpoint.tree_size))
         .flatten();
+    let sizes = items.iter().map(|c| c.checkpoint.tree_size);
+    let (from, to) = (sizes.clone().min().unwrap_or(0), sizes.max().unwrap_or(0));
+    let cosignatures = state
+        .checkpoints
+        .cosignatures()
+        .between(from, to)
+        .await
+        .map_err(quantus_commands::CommandError::from)?;
     let items: Vec<serde_json::Value> = items
         .into_iter()
         .map(|c| {
             let mut v = serde_json::to_value(&c.checkpoint).unwrap_or_default();
             v["position"] = c.position.into();
+            v["cosignatures"] = cosignatures
+                .iter()
+                .filter(|s| s.tree_size == c.checkpoint.tree_size)
+                .map(|s| {
+                    serde_json::json!({
+                        "witness": s.witness,
+                        "cosigned_at": s.cosigned_at,
+                        "line": s.line,
+                    })
+                })
+                .collect();
             v
         })
         .collect();
@@ -168,7 +187,8 @@ pub async fn consistency(
     })))
 }
 
-/// The latest signed checkpoint as a C2SP signed note (tlog-tiles `<prefix>/checkpoint`).
+/// The latest signed checkpoint as a C2SP signed note (tlog-tiles `<prefix>/checkpoint`), with
+/// the cosignatures witnesses gave it appended as further signature lines.
 #[utoipa::path(get, path = "/v1/audit/log/checkpoint", tag = "audit",
     responses((status = 200, description = "the signed note (text/plain)", content_type = "text/plain", body = String),
         (status = 404, body = Problem)),
@@ -190,12 +210,22 @@ pub async fn log_checkpoint(
         .grow_to(latest.checkpoint.tree_size)
         .await
         .map_err(quantus_commands::CommandError::from)?;
+    let mut note = latest.checkpoint.note;
+    for c in state
+        .checkpoints
+        .cosignatures()
+        .of(latest.checkpoint.tree_size)
+        .await
+        .map_err(quantus_commands::CommandError::from)?
+    {
+        note.push_str(&c.line);
+    }
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        latest.checkpoint.note,
+        note,
     )
         .into_response())
 }

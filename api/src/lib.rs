@@ -30,6 +30,7 @@ mod saml;
 mod scim;
 mod server;
 mod state;
+mod witness;
 mod write;
 
 use axum::routing::get;
@@ -41,6 +42,7 @@ pub use openapi::ApiDoc;
 pub use problem::Problem;
 pub use server::serve;
 pub use state::AppState;
+pub use witness::witness_router;
 
 const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 

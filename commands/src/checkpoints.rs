@@ -4,14 +4,19 @@
 
 use chrono::{DateTime, Utc};
 use quantus_crypto::checkpoint::{note, Checkpoint, CHECKPOINT_CONTEXT};
+use quantus_crypto::cosignature::cosigners;
 use quantus_crypto::keys::Purpose;
 use quantus_crypto::merkle::Hash;
 use quantus_crypto::tiles;
+use quantus_crypto::witness::AddCheckpoint;
 use quantus_domain::checkpoint::{
     checkpoint_id, LogCheckpoint, LogCheckpointError, LogCheckpointSigned,
 };
 use quantus_domain::CommandContext;
 use quantus_infra::log_tiles::LogTiles;
+use quantus_infra::witness::{
+    Cosignatures, StoredCosignature, Submitted, WitnessClient, WitnessEndpoint,
+};
 use quantus_infra::InfraError;
 
 use crate::licensing::Licensing;
@@ -35,6 +40,19 @@ fn storage(e: impl std::fmt::Display) -> CommandError {
 pub struct RecordedCheckpoint {
     pub position: u64,
     pub checkpoint: LogCheckpointSigned,
+}
+
+/// What a witness did with the latest checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Witnessed {
+    /// It cosigned the tree of this size.
+    Cosigned(u64),
+    /// Its cosignature of the latest checkpoint is recent enough: not asked.
+    Fresh,
+    /// It refused, and why (an inconsistent or shorter log, an unknown log, a bad signature).
+    Refused(String),
+    /// It did not answer.
+    Unreachable(String),
 }
 
 #[derive(Clone)]
@@ -97,6 +115,114 @@ impl Checkpoints {
             .into_iter()
             .map(|(p, v)| parse(p, v))
             .collect()
+    }
+
+    /// The witnesses' cosignatures gathered so far.
+    pub fn cosignatures(&self) -> Cosignatures {
+        Cosignatures::new(self.licensing.bus().repository().database().clone())
+    }
+
+    /// Submits the latest checkpoint to each witness that has not cosigned it, or whose
+    /// cosignature of it is older than `refresh` (a fresh cosignature is what tells an auditor
+    /// the log was not cut short since), and keeps what they sign.
+    pub async fn witness_latest(
+        &self,
+        witnesses: &[WitnessEndpoint],
+        client: &WitnessClient,
+        refresh: chrono::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, Witnessed)>, CommandError> {
+        let Some(latest) = self.latest().await? else {
+            return Ok(Vec::new());
+        };
+        let stored = self
+            .cosignatures()
+            .latest_by_witness()
+            .await
+            .map_err(storage)?;
+        let mut outcomes = Vec::new();
+        for witness in witnesses {
+            let last = stored.get(&witness.key.name);
+            let outcome = match last {
+                Some(c)
+                    if c.tree_size == latest.checkpoint.tree_size
+                        && now - c.cosigned_at < refresh =>
+                {
+                    Witnessed::Fresh
+                }
+                _ => {
+                    self.submit(
+                        witness,
+                        client,
+                        &latest.checkpoint,
+                        last.map_or(0, |c| c.tree_size),
+                    )
+                    .await?
+                }
+            };
+            outcomes.push((witness.key.name.clone(), outcome));
+        }
+        Ok(outcomes)
+    }
+
+    async fn submit(
+        &self,
+        witness: &WitnessEndpoint,
+        client: &WitnessClient,
+        checkpoint: &LogCheckpointSigned,
+        mut old: u64,
+    ) -> Result<Witnessed, CommandError> {
+        let size = checkpoint.tree_size;
+        // A second try when the witness says it saw another size than our records (a lost
+        // answer, or a witness that was reset).
+        for _ in 0..2 {
+            if old > size {
+                return Ok(Witnessed::Refused(format!(
+                    "it cosigned a tree of {old} entries, more than the latest checkpoint's {size}: the log was cut short or forked"
+                )));
+            }
+            let proof = if old == 0 || old == size {
+                Vec::new()
+            } else {
+                self.consistency(old, size).await?.2
+            };
+            let request = AddCheckpoint {
+                old_size: old,
+                proof,
+                note: checkpoint.note.clone(),
+            };
+            match client.submit(&witness.url, &request).await {
+                Err(e) => return Ok(Witnessed::Unreachable(e.to_string())),
+                Ok(Submitted::Conflict(known)) => old = known,
+                Ok(Submitted::Refused(status, body)) => {
+                    return Ok(Witnessed::Refused(format!("{status}: {}", body.trim())))
+                }
+                Ok(Submitted::Cosigned(lines)) => {
+                    let cosigned = format!("{}{lines}", checkpoint.note);
+                    let found = cosigners(&cosigned, std::slice::from_ref(&witness.key))
+                        .map_err(|e| CommandError::Invalid(e.to_string()))?;
+                    let Some(c) = found.into_iter().next() else {
+                        return Ok(Witnessed::Refused(
+                            "its answer carries no valid cosignature by its key".into(),
+                        ));
+                    };
+                    self.cosignatures()
+                        .record(&StoredCosignature {
+                            tree_size: size,
+                            checkpoint: checkpoint.note.clone(),
+                            witness: c.witness,
+                            line: lines,
+                            cosigned_at: c.at,
+                        })
+                        .await
+                        .map_err(storage)?;
+                    return Ok(Witnessed::Cosigned(size));
+                }
+            }
+        }
+        Ok(Witnessed::Refused(format!(
+            "it keeps answering that it saw another size (last: {old})"
+        )))
     }
 
     /// The log's Merkle tree as stored tiles.

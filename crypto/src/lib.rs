@@ -12,10 +12,13 @@
 //! - [`keys`]: the published key set and crypto policy a verifier trusts.
 //! - [`license`]: licence files and CRLs, and [`license::verify`].
 //! - [`checkpoint`]: signed log checkpoints (C2SP signed-note format).
+//! - [`cosignature`]: witness cosignatures on checkpoints (C2SP tlog-cosignature).
+//! - [`witness`]: the witness's `add-checkpoint` request and rule (C2SP tlog-witness).
 //! - [`merkle`]: RFC 9162 Merkle trees, inclusion and consistency proofs (log checkpoints).
 
 pub mod algorithm;
 pub mod checkpoint;
+pub mod cosignature;
 pub mod document;
 pub mod evidence;
 pub mod instant;
@@ -23,5 +26,6 @@ pub mod keys;
 pub mod license;
 pub mod merkle;
 pub mod tiles;
+pub mod witness;
 
 pub use algorithm::{Algorithm, PublicKey, SecretKey, SignatureError};

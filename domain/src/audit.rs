@@ -110,7 +110,7 @@ pub struct CheckpointSummary {
     pub verified: u64,
     /// The largest tree size vouched for.
     pub largest: Option<u64>,
-    /// Whether an outside checkpoint (a witness's) was checked against the log.
+    /// The largest outside checkpoint (a witness's) found intact in the log.
     pub witness: Option<u64>,
 }
 
@@ -228,13 +228,13 @@ impl Audit {
 
     /// Checks every checkpoint in the log against the log (its root is the Merkle tree head
     /// of the events up to its size) and its signature (by a checkpoint key of `keys`); and,
-    /// if given, a checkpoint obtained outside the log (`witness`, a signed note), so that a
-    /// log rewritten or cut short after that checkpoint is caught even if the attacker
-    /// recomputed every hash. Call after the last `observe`.
+    /// checkpoints obtained outside the log (`outside`: a label for messages and a signed note
+    /// each, e.g. a witness's copy), so that a log rewritten or cut short after one of them is
+    /// caught even if the attacker recomputed every hash. Call after the last `observe`.
     pub fn check_checkpoints(
         &self,
         keys: &TrustedKeys,
-        witness: Option<&str>,
+        outside: &[(&str, &str)],
         now: DateTime<Utc>,
     ) -> Result<CheckpointSummary, String> {
         let mut wanted: Vec<(u64, String, Option<String>)> = Vec::new();
@@ -255,14 +255,13 @@ impl Audit {
             verified: self.checkpoints.len() as u64,
             ..Default::default()
         };
-        if let Some(note) = witness {
-            let opened = checkpoint::open(note, keys, now)
-                .map_err(|e| format!("the given checkpoint: {e}"))?;
-            summary.witness = Some(opened.size);
+        for (label, note) in outside {
+            let opened = checkpoint::open(note, keys, now).map_err(|e| format!("{label}: {e}"))?;
+            summary.witness = summary.witness.max(Some(opened.size));
             wanted.push((
                 opened.size,
                 hex::encode(opened.root),
-                Some("the given checkpoint".into()),
+                Some((*label).to_owned()),
             ));
         }
         wanted.sort_by_key(|w| w.0);
@@ -300,6 +299,19 @@ impl Audit {
         }
         summary.largest = self.checkpoints.iter().map(|c| c.tree_size).max();
         Ok(summary)
+    }
+
+    /// The signed checkpoints found in the log, in log order.
+    pub fn checkpoints(&self) -> &[LogCheckpointSigned] {
+        &self.checkpoints
+    }
+
+    /// The Merkle leaves of the first `size` events (`None` if one is missing): what a
+    /// consistency proof for a witness is computed from.
+    pub fn leaves(&self, size: u64) -> Option<Vec<[u8; 32]>> {
+        (1..=size)
+            .map(|p| self.hashes.get(&p).map(|h| leaf_hash(h)))
+            .collect()
     }
 
     /// Checks that positions run 1..=N with no gap, and summarises.

@@ -103,6 +103,12 @@ pub struct Config {
     /// ...or this many seconds after the last one, if anything happened
     /// (`QUANTUS_CHECKPOINT_SECONDS`).
     pub checkpoint_seconds: u64,
+    /// Witnesses each new checkpoint goes to (`QUANTUS_WITNESSES`: comma-separated
+    /// `<vkey>@<url>`); their cosignatures are kept beside the checkpoints.
+    pub witnesses: Vec<crate::witness::WitnessEndpoint>,
+    /// How long a witness's newest cosignature stays fresh before the latest checkpoint is
+    /// submitted again (`QUANTUS_WITNESS_REFRESH_SECONDS`, default 3600).
+    pub witness_refresh_seconds: u64,
     /// How often the retention sweep runs (`QUANTUS_RETENTION_SECONDS`).
     pub retention_seconds: u64,
     /// Aggregate states kept in memory per process (`QUANTUS_AGGREGATE_CACHE`, default 10000).
@@ -268,6 +274,13 @@ impl Config {
         let checkpoint_events = number("QUANTUS_CHECKPOINT_EVENTS", 1000)?;
         let checkpoint_seconds = number("QUANTUS_CHECKPOINT_SECONDS", 60)?;
         let retention_seconds = number("QUANTUS_RETENTION_SECONDS", 3600)?;
+        let witness_refresh_seconds = number("QUANTUS_WITNESS_REFRESH_SECONDS", 3600)?;
+        let witnesses = env("QUANTUS_WITNESSES")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|w| !w.trim().is_empty())
+            .map(crate::witness::WitnessEndpoint::parse)
+            .collect::<Result<Vec<_>, _>>()?;
         let aggregate_cache = number("QUANTUS_AGGREGATE_CACHE", 10_000)?;
         if aggregate_cache > 10_000_000 {
             return Err(InfraError::Config(
@@ -376,6 +389,8 @@ impl Config {
             role: overrides.role.unwrap_or_default(),
             checkpoint_events,
             checkpoint_seconds,
+            witnesses,
+            witness_refresh_seconds,
             retention_seconds,
             aggregate_cache,
             console_refresh_seconds,

@@ -185,6 +185,15 @@ const SCHEMA: &[&str] = &[
         size BIGINT NOT NULL
     )",
     "INSERT INTO log_tree (id, size) VALUES (1, 0) ON CONFLICT DO NOTHING",
+    // Witness cosignatures of checkpoints (`witness.rs`): each witness's newest per size.
+    "CREATE TABLE IF NOT EXISTS checkpoint_cosignatures (
+        tree_size BIGINT NOT NULL,
+        checkpoint TEXT NOT NULL,
+        witness TEXT NOT NULL,
+        line TEXT NOT NULL,
+        cosigned_at TEXT NOT NULL,
+        PRIMARY KEY (tree_size, witness)
+    )",
     "CREATE TABLE IF NOT EXISTS sign_in_throttle (
         account TEXT PRIMARY KEY,
         failures BIGINT NOT NULL,

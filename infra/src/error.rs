@@ -15,4 +15,7 @@ pub enum InfraError {
     NotFound(String),
     #[error("object storage: {0}")]
     Storage(String),
+    /// A peer service (a witness) did not answer.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
 }

@@ -20,6 +20,7 @@ pub mod objects;
 pub mod relay;
 pub mod saml_keys;
 pub mod subject_keys;
+pub mod witness;
 
 pub use config::{Config, HttpLimits, Role};
 pub use db::{Database, Dialect};

@@ -5,9 +5,17 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Args;
+use std::collections::BTreeMap;
+
+use quantus_crypto::checkpoint;
+use quantus_crypto::cosignature::{cosigners, split_note, WitnessKey};
+use quantus_crypto::keys::TrustedKeys;
+use quantus_crypto::merkle::consistency_proof;
+use quantus_crypto::witness::AddCheckpoint;
 use quantus_domain::audit::{check_event, Audit, AuditBreak};
 use quantus_infra::event_store::{read_log, LogRecord};
 use quantus_infra::kafka::KafkaSettings;
+use quantus_infra::witness::{Cosignatures, StoredCosignature, Submitted, WitnessClient};
 use quantus_infra::{Database, InfraError};
 use rayon::prelude::*;
 
@@ -32,6 +40,18 @@ pub struct VerifyArgs {
     /// that tree, so cutting the log short or rewriting it is caught.
     #[arg(long, value_name = "NOTE")]
     checkpoint: Option<std::path::PathBuf>,
+    /// A witness trusted to cosign checkpoints: its verifier key (`<name>+<id>+<key>`, as
+    /// `quantus witness key` prints it), and, after `@`, its URL to ask it now whether the
+    /// log's newest checkpoint is consistent with everything it cosigned (repeatable).
+    #[arg(long = "witness", value_name = "VKEY[@URL]")]
+    witnesses: Vec<String>,
+    /// How many of the given witnesses must have cosigned the checkpoint the log is held to.
+    #[arg(long, default_value_t = 1)]
+    quorum: usize,
+    /// The quorum's cosignatures must be at most this many seconds old: a witness that has
+    /// cosigned recently has not seen a longer or different log since.
+    #[arg(long, value_name = "SECONDS")]
+    max_age: Option<u64>,
     /// Print the verdict as one JSON object (for scripts) instead of lines of text.
     #[arg(long)]
     json: bool,
@@ -41,6 +61,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut audit = Audit::new();
     let started = Instant::now();
     let source;
+    let mut stored = Vec::new();
     let outcome = match &args.kafka {
         Some(brokers) => {
             source = format!("Kafka topics at {brokers}");
@@ -54,7 +75,11 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 Some(_) => "Postgres store".to_owned(),
                 None => format!("embedded store in {}", config.data_dir.display()),
             };
-            audit_store(&db, &mut audit).await?
+            let outcome = audit_store(&db, &mut audit).await?;
+            if !args.witnesses.is_empty() {
+                stored = Cosignatures::new(db.clone()).all().await?;
+            }
+            outcome
         }
     };
     let mut report = Report {
@@ -62,7 +87,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         seconds: started.elapsed().as_secs_f64(),
         ..Report::default()
     };
-    let exit = check(&args, &audit, outcome, &mut report)?;
+    let exit = check(&args, &audit, outcome, &stored, &mut report).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -86,6 +111,26 @@ struct Report {
     seconds: f64,
     events_per_second: Option<f64>,
     checkpoints: Option<CheckpointReport>,
+    witnessed: Option<WitnessedReport>,
+    /// What the witnesses given with a URL answered when asked now.
+    witnesses_asked: Vec<WitnessAnswer>,
+}
+
+#[derive(serde::Serialize)]
+struct WitnessedReport {
+    /// The largest checkpoint cosigned by a quorum of the given witnesses: the log holds it.
+    tree_size: u64,
+    cosigners: Vec<String>,
+    quorum: usize,
+    of: usize,
+    /// The quorum's oldest cosignature among its newest ones: the log was whole then.
+    cosigned_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(serde::Serialize)]
+struct WitnessAnswer {
+    witness: String,
+    answer: String,
 }
 
 #[derive(serde::Serialize)]
@@ -122,10 +167,11 @@ struct CheckpointReport {
 }
 
 /// Fills `report` from the reading's outcome and the checkpoint checks; the exit code.
-fn check(
+async fn check(
     args: &VerifyArgs,
     audit: &Audit,
     outcome: Outcome,
+    stored: &[StoredCosignature],
     report: &mut Report,
 ) -> anyhow::Result<ExitCode> {
     match outcome {
@@ -175,7 +221,30 @@ fn check(
         ),
         None => None,
     };
-    match audit.check_checkpoints(&keys, witness.as_deref(), chrono::Utc::now()) {
+    let mut outside: Vec<(String, String)> = Vec::new();
+    if let Some(note) = &witness {
+        outside.push(("the given checkpoint".into(), note.clone()));
+    }
+    if !args.witnesses.is_empty() {
+        match witnessed(args, audit, &keys, stored, witness.as_deref(), report).await {
+            Ok((note, w)) => {
+                outside.push((
+                    format!("the checkpoint cosigned by {}", w.cosigners.join(", ")),
+                    note,
+                ));
+                report.witnessed = Some(w);
+            }
+            Err(reason) => {
+                report.broken = Some(Broken::reason(reason));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    let outside: Vec<(&str, &str)> = outside
+        .iter()
+        .map(|(l, n)| (l.as_str(), n.as_str()))
+        .collect();
+    match audit.check_checkpoints(&keys, &outside, chrono::Utc::now()) {
         Ok(c) => {
             report.checkpoints = Some(CheckpointReport {
                 verified: c.verified,
@@ -195,6 +264,137 @@ fn check(
     }
     report.ok = true;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The largest checkpoint a quorum of the given witnesses cosigned (from the cosignatures
+/// stored beside the log, the given checkpoint's lines, and the answers of witnesses asked
+/// now), or why there is none. Asking a witness now is what proves the log was not cut short
+/// or rewritten with no earlier copy kept: it answers with the larger tree it cosigned, or
+/// refuses an inconsistent one.
+async fn witnessed(
+    args: &VerifyArgs,
+    audit: &Audit,
+    keys: &TrustedKeys,
+    stored: &[StoredCosignature],
+    given: Option<&str>,
+    report: &mut Report,
+) -> Result<(String, WitnessedReport), String> {
+    let now = chrono::Utc::now();
+    let mut witnesses = Vec::new();
+    for w in &args.witnesses {
+        let (vkey, url) = match w.split_once('@') {
+            Some((vkey, url)) => (vkey, Some(url.to_owned())),
+            None => (w.as_str(), None),
+        };
+        let key = WitnessKey::from_vkey(vkey).map_err(|e| format!("--witness {vkey}: {e}"))?;
+        witnesses.push((key, url));
+    }
+    if args.quorum == 0 || args.quorum > witnesses.len() {
+        return Err(format!(
+            "--quorum {} needs between 1 and the {} witnesses given",
+            args.quorum,
+            witnesses.len()
+        ));
+    }
+    // Tree size -> the checkpoint note with every cosignature line known for it.
+    let mut notes: BTreeMap<u64, String> = BTreeMap::new();
+    for c in stored {
+        notes
+            .entry(c.tree_size)
+            .or_insert_with(|| c.checkpoint.clone())
+            .push_str(&c.line);
+    }
+    if let Some(note) = given {
+        let opened =
+            checkpoint::open(note, keys, now).map_err(|e| format!("the given checkpoint: {e}"))?;
+        let (_, lines) = split_note(note).map_err(|e| e.to_string())?;
+        let entry = notes.entry(opened.size).or_insert_with(|| note.to_owned());
+        for line in lines {
+            entry.push_str(line);
+            entry.push('\n');
+        }
+    }
+    let newest = audit.checkpoints().iter().max_by_key(|c| c.tree_size);
+    let client = WitnessClient::default();
+    for (key, url) in &witnesses {
+        let Some(url) = url else { continue };
+        let Some(newest) = newest else {
+            return Err("no checkpoint in the log to ask the witnesses about".into());
+        };
+        let size = newest.tree_size;
+        let mut request = AddCheckpoint {
+            old_size: size,
+            proof: Vec::new(),
+            note: newest.note.clone(),
+        };
+        let mut answer = client.submit(url, &request).await;
+        if let Ok(Submitted::Conflict(known)) = answer {
+            if known > size {
+                return Err(format!(
+                    "witness {} has cosigned a tree of {known} events, but the log's newest checkpoint covers {size}: the log was cut short",
+                    key.name
+                ));
+            }
+            let leaves = audit.leaves(size).ok_or("the log is missing events")?;
+            request.old_size = known;
+            request.proof = match known {
+                0 => Vec::new(),
+                k => consistency_proof(&leaves, k as usize).ok_or("no consistency proof")?,
+            };
+            answer = client.submit(url, &request).await;
+        }
+        let said = match answer {
+            Ok(Submitted::Cosigned(lines)) => {
+                notes.entry(size).or_insert_with(|| newest.note.clone()).push_str(&lines);
+                format!("cosigned the log's newest checkpoint ({size} events) now")
+            }
+            Ok(Submitted::Refused(422, _)) => {
+                return Err(format!(
+                    "witness {} refuses the log's newest checkpoint ({size} events) as inconsistent with what it cosigned before: the log was rewritten",
+                    key.name
+                ))
+            }
+            Ok(Submitted::Refused(status, body)) => format!("refused ({status}): {}", body.trim()),
+            Ok(Submitted::Conflict(known)) => format!("still says it saw {known} events"),
+            Err(e) => format!("did not answer: {e}"),
+        };
+        report.witnesses_asked.push(WitnessAnswer {
+            witness: key.name.clone(),
+            answer: said,
+        });
+    }
+    let trusted: Vec<WitnessKey> = witnesses.into_iter().map(|(k, _)| k).collect();
+    for (size, note) in notes.iter().rev() {
+        let mut found = cosigners(note, &trusted).map_err(|e| e.to_string())?;
+        if found.len() < args.quorum {
+            continue;
+        }
+        found.sort_by_key(|c| std::cmp::Reverse(c.at));
+        let at = found[args.quorum - 1].at;
+        if let Some(max_age) = args.max_age {
+            if (now - at).num_seconds() > max_age as i64 {
+                return Err(format!(
+                    "the newest checkpoint cosigned by {} witnesses ({size} events) was cosigned at {at}, more than {max_age} s ago: a witness may have seen a longer or different log since",
+                    args.quorum
+                ));
+            }
+        }
+        return Ok((
+            note.clone(),
+            WitnessedReport {
+                tree_size: *size,
+                cosigners: found.into_iter().map(|c| c.witness).collect(),
+                quorum: args.quorum,
+                of: trusted.len(),
+                cosigned_at: at,
+            },
+        ));
+    }
+    Err(format!(
+        "no checkpoint carries valid cosignatures of {} of the {} given witnesses",
+        args.quorum,
+        trusted.len()
+    ))
 }
 
 impl Report {
@@ -242,6 +442,20 @@ impl Report {
             if let Some(size) = c.given {
                 println!("given checkpoint: the log still holds its {size} events unchanged");
             }
+        }
+        for a in &self.witnesses_asked {
+            println!("witness {}: {}", a.witness, a.answer);
+        }
+        if let Some(w) = &self.witnessed {
+            println!(
+                "witnessed: the log holds the {} events cosigned by {} ({} of {} witnesses, quorum {}), as of {}",
+                w.tree_size,
+                w.cosigners.join(", "),
+                w.cosigners.len(),
+                w.of,
+                w.quorum,
+                w.cosigned_at
+            );
         }
         match &self.broken {
             Some(b) => println!("BROKEN: {}", b.reason),

@@ -217,7 +217,7 @@ pub async fn run(
     super::audit::audit_store(&db, &mut audit).await?.clean()?;
     let summary = audit.finish().map_err(anyhow::Error::msg)?;
     let cps = audit
-        .check_checkpoints(&state.licensing.key_set().await?, None, Utc::now())
+        .check_checkpoints(&state.licensing.key_set().await?, &[], Utc::now())
         .map_err(anyhow::Error::msg)?;
     let elapsed = started.elapsed().as_secs_f64();
     println!(

@@ -13,6 +13,7 @@ mod evidence;
 mod license;
 mod progress;
 mod serve;
+mod witness;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,9 @@ enum Command {
     /// Evidence archives, offline.
     #[command(subcommand)]
     Evidence(EvidenceCommand),
+    /// A transparency-log witness (C2SP tlog-witness) for Quantus logs.
+    #[command(subcommand)]
+    Witness(witness::WitnessCommand),
 }
 
 #[derive(Subcommand)]
@@ -231,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::License(LicenseCommand::Verify(args)) => Ok(license::verify(args)),
         Command::Evidence(EvidenceCommand::Verify(args)) => Ok(evidence::verify(args)),
+        Command::Witness(command) => witness::run(command).await,
     }
 }
 
@@ -303,7 +308,8 @@ Environment (docs/configuration.md has every setting and its default):
   QUANTUS_PUBLIC_URL, QUANTUS_MASTER_KEY, QUANTUS_CONFIG, QUANTUS_KAFKA_PARTITIONS,
   QUANTUS_KAFKA_TOPIC_PREFIX, QUANTUS_KAFKA_INSTANCE_ID, QUANTUS_READY_STALL_SECONDS,
   QUANTUS_READY_MAX_LAG, QUANTUS_CHECKPOINT_EVENTS, QUANTUS_CHECKPOINT_SECONDS,
-  QUANTUS_RETENTION_SECONDS, QUANTUS_AGGREGATE_CACHE, QUANTUS_QSA_URL, QUANTUS_QUANTUMLOCK_URL,
+  QUANTUS_RETENTION_SECONDS, QUANTUS_WITNESSES, QUANTUS_WITNESS_REFRESH_SECONDS,
+  QUANTUS_AGGREGATE_CACHE, QUANTUS_QSA_URL, QUANTUS_QUANTUMLOCK_URL,
   QUANTUS_PORTAL_CLIENT_ID, QUANTUS_PORTAL_CLIENT_SECRET, STRIPE_SECRET_KEY,
   STRIPE_WEBHOOK_SECRET, STRIPE_API_BASE, QUANTUS_HEADER_READ_TIMEOUT_SECONDS,
   QUANTUS_BODY_READ_TIMEOUT_SECONDS, QUANTUS_MIN_BODY_BYTES_PER_SECOND,

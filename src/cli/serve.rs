@@ -488,6 +488,71 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Submits each new checkpoint (and, once its cosignature ages past `refresh`, the latest again)
+/// to the configured witnesses. A witness that does not answer or refuses is asked again
+/// later, backing off up to five minutes; a refusal is worth a warning, since a witness refuses
+/// only a log that is not consistent with what it saw.
+async fn witness_checkpoints(
+    checkpoints: quantus_commands::checkpoints::Checkpoints,
+    witnesses: Vec<quantus_infra::witness::WitnessEndpoint>,
+    refresh: chrono::Duration,
+) -> anyhow::Result<()> {
+    use quantus_commands::checkpoints::Witnessed;
+    use std::time::{Duration, Instant};
+    let client = quantus_infra::witness::WitnessClient::default();
+    let mut backoff: std::collections::HashMap<String, (Instant, Duration)> = Default::default();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let due: Vec<_> = witnesses
+            .iter()
+            .filter(|w| {
+                backoff
+                    .get(&w.key.name)
+                    .is_none_or(|(at, _)| Instant::now() >= *at)
+            })
+            .cloned()
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let outcomes = match checkpoints
+            .witness_latest(&due, &client, refresh, chrono::Utc::now())
+            .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::warn!(error = %e, "submitting the checkpoint to witnesses failed");
+                continue;
+            }
+        };
+        for (name, outcome) in outcomes {
+            let failed = match &outcome {
+                Witnessed::Cosigned(size) => {
+                    tracing::info!(witness = %name, tree_size = size, "witness cosigned the checkpoint");
+                    false
+                }
+                Witnessed::Fresh => false,
+                Witnessed::Refused(why) => {
+                    tracing::warn!(witness = %name, reason = %why, "witness refused the checkpoint");
+                    true
+                }
+                Witnessed::Unreachable(why) => {
+                    tracing::warn!(witness = %name, reason = %why, "witness unreachable");
+                    true
+                }
+            };
+            if failed {
+                let wait = backoff.get(&name).map_or(Duration::from_secs(2), |(_, d)| {
+                    (*d * 2).min(Duration::from_secs(300))
+                });
+                backoff.insert(name, (Instant::now() + wait, wait));
+            } else {
+                backoff.remove(&name);
+            }
+        }
+    }
+}
+
 /// Signed checkpoints every N events or T seconds (docs/event-log.md, "Checkpoints"), and the
 /// retention sweep (delete artifacts whose time is up, record each purge).
 fn spawn_schedulers(
@@ -515,6 +580,13 @@ fn spawn_schedulers(
             }
         }
     });
+    if !config.witnesses.is_empty() {
+        tasks.spawn(witness_checkpoints(
+            state.checkpoints.clone(),
+            config.witnesses.clone(),
+            chrono::Duration::seconds(config.witness_refresh_seconds as i64),
+        ));
+    }
     let evidence = state.evidence.clone();
     let every = std::time::Duration::from_secs(config.retention_seconds);
     tasks.spawn(async move {

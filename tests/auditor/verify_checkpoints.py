@@ -2,11 +2,14 @@
 """Independent check of Quantus's signed log checkpoints, written from docs/event-log.md
 ("Checkpoints") and RFC 9162 section 2.1, sharing no code with the Rust implementation.
 
-  verify_checkpoints.py LOG.jsonl KEYS.json [NOTE]
+  verify_checkpoints.py LOG.jsonl KEYS.json [NOTE [--witness VKEY]... [--quorum N]]
 
 LOG.jsonl: `quantus events tail --no-follow` output (one {"position", "envelope"} per line).
 KEYS.json: the published key set (GET /v1/keys). NOTE: a signed checkpoint kept outside the
-log (a witness's copy); the log must still hold that tree.
+log (a witness's copy); the log must still hold that tree. With --witness (a C2SP signed-note
+verifier key of a witness, `<name>+<key id>+base64(0x04 || Ed25519 key)`), NOTE must also
+carry valid C2SP tlog-cosignature (cosignature/v1) lines of at least N of those witnesses
+(default 1), written from the C2SP text and checked with PyCA `cryptography`.
 
 For every LogCheckpointSigned event: the note's signature verifies with a checkpoint key of
 KEYS.json (signatures are checked with PyCA `cryptography` via ../crosscheck), the note's size
@@ -101,7 +104,52 @@ def open_note(note: str, keys: list[dict]) -> tuple[str, int, bytes]:
     raise Broken(f"no trusted checkpoint key signed the checkpoint of size {size_text}")
 
 
-def check(log_path: str, keys_path: str, witness: str | None) -> list[str]:
+def parse_vkey(vkey: str) -> tuple[str, bytes, bytes]:
+    """(name, key id, Ed25519 public key) of a cosignature/v1 verifier key."""
+    try:
+        name, key_hash, blob_text = vkey.split("+", 2)
+        blob = base64.b64decode(blob_text, validate=True)
+    except ValueError as err:
+        raise ValueError(f"--witness {vkey!r} is not <name>+<id>+<base64 key>") from err
+    if len(blob) != 33 or blob[0] != 0x04:
+        raise ValueError(f"--witness {vkey!r} is not a cosignature/v1 (type 0x04) Ed25519 key")
+    kid = hashlib.sha256(name.encode() + b"\n" + blob).digest()[:4]
+    if kid.hex() != key_hash.lower():
+        raise ValueError(f"--witness {vkey!r}: the key id does not match the name and key")
+    return name, kid, blob[1:]
+
+
+def cosigners(note: str, witnesses: list[tuple[str, bytes, bytes]]) -> list[str]:
+    """Names of the witnesses with a valid cosignature/v1 line on the note."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    body, sigs = note.split("\n\n", 1)
+    body += "\n"
+    found: list[str] = []
+    for line in sigs.splitlines():
+        name, blob_text = line[len(DASH):].split(" ", 1)
+        blob = base64.b64decode(blob_text, validate=True)
+        for w_name, kid, public in witnesses:
+            if w_name != name or blob[:4] != kid or len(blob) != 4 + 8 + 64 or name in found:
+                continue
+            timestamp = int.from_bytes(blob[4:12], "big")
+            message = f"cosignature/v1\ntime {timestamp}\n".encode() + body.encode()
+            try:
+                Ed25519PublicKey.from_public_bytes(public).verify(blob[12:], message)
+                found.append(name)
+            except InvalidSignature:
+                pass
+    return found
+
+
+def check(
+    log_path: str,
+    keys_path: str,
+    witness: str | None,
+    witnesses: list[str] | None = None,
+    quorum: int = 1,
+) -> list[str]:
     with open(keys_path, "rb") as f:
         keys = json.load(f)["keys"]
     events: dict[int, dict] = {}
@@ -126,10 +174,20 @@ def check(log_path: str, keys_path: str, witness: str | None) -> list[str]:
             raise Broken(f"the checkpoint event at position {p} differs from its signed note")
         wanted.append((n, root, f"checkpoint of size {n}"))
         count += 1
+    witnessed = None
     if witness is not None:
         with open(witness, encoding="utf-8") as f:
-            _, n, root = open_note(f.read(), keys)
+            note = f.read()
+        _, n, root = open_note(note, keys)
         wanted.append((n, root, "the given checkpoint"))
+        if witnesses:
+            names = cosigners(note, [parse_vkey(v) for v in witnesses])
+            if len(names) < quorum:
+                raise Broken(
+                    f"the given checkpoint carries valid cosignatures of {len(names)} of the "
+                    f"{len(witnesses)} given witnesses, fewer than {quorum}"
+                )
+            witnessed = f"witnessed: {n} events cosigned by {', '.join(names)}"
     for n, root, what in wanted:
         if n > size:
             raise Broken(f"{what} covers {n} events but the log has {size}: the log was cut short")
@@ -138,20 +196,31 @@ def check(log_path: str, keys_path: str, witness: str | None) -> list[str]:
     out = [f"checkpoints: {count} signed tree heads match the log of {size} events"]
     if witness is not None:
         out.append("given checkpoint: consistent with the log")
+    if witnessed:
+        out.append(witnessed)
     out.append("OK")
     return out
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (3, 4):
-        sys.stderr.write("usage: verify_checkpoints.py LOG.jsonl KEYS.json [NOTE]\n")
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="verify_checkpoints.py")
+    parser.add_argument("log")
+    parser.add_argument("keys")
+    parser.add_argument("note", nargs="?")
+    parser.add_argument("--witness", action="append", default=[])
+    parser.add_argument("--quorum", type=int, default=1)
+    args = parser.parse_args(argv[1:])
+    if args.witness and args.note is None:
+        sys.stderr.write("verify_checkpoints.py: --witness needs a NOTE to check\n")
         return 2
     try:
         crosscheck.require_mldsa()
     except SystemExit as e:
         return int(e.code or 2)
     try:
-        print("\n".join(check(argv[1], argv[2], argv[3] if len(argv) == 4 else None)))
+        print("\n".join(check(args.log, args.keys, args.note, args.witness, args.quorum)))
         return 0
     except Broken as broken:
         print(f"BROKEN: {broken}")

@@ -33,3 +33,4 @@ pub mod scim;
 mod shedding;
 mod stripe;
 mod tenancy;
+mod witness;
