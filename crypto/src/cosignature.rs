@@ -269,7 +269,9 @@ mod tests {
         );
         assert!(cosigners(&note, &[w2]).unwrap().is_empty());
         let grown = note.replacen("\n7\n", "\n8\n", 1);
-        assert!(cosigners(&grown, std::slice::from_ref(&w1)).unwrap().is_empty());
+        assert!(cosigners(&grown, std::slice::from_ref(&w1))
+            .unwrap()
+            .is_empty());
         // The timestamp is signed: moving it forward breaks the signature.
         let line = cosign("witness.example/w1", &k1, &cp, at(1_700_000_000));
         let mut blob = STANDARD

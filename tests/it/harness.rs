@@ -164,9 +164,30 @@ pub async fn fresh_database() -> String {
     format!("{base}/{name}")
 }
 
+/// This run's folder for temporary data, `TMP/quantus-it/<pid>`. The folders of earlier runs
+/// whose process is gone are removed the first time: a run leaves its data for a look after a
+/// failure, until the next run, instead of filling the disk.
+fn run_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = std::env::temp_dir().join("quantus-it");
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let pid = entry.file_name().to_string_lossy().into_owned();
+                if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(&pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = root.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
 /// A fresh temporary folder.
 pub fn temp_dir(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("quantus-it-{label}-{}", Uuid::now_v7()));
+    let dir = run_dir().join(format!("{label}-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
