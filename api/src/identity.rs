@@ -195,10 +195,26 @@ pub struct DeleteQuery {
     erase: bool,
 }
 
+/// 409 when a principal would lock itself out (disable or erase the account, or the client, its
+/// token was issued to; give up its own roles): another administrator does that, so a platform
+/// is never left with no one able to sign in. A fuzzer holding the bootstrap admin's token
+/// found the hole by disabling that client.
+fn refuse_self(principal: &Principal, subject: &str, what: &str) -> Result<(), Problem> {
+    if principal.actor.id == subject || principal.claims.client_id == subject {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "self-lockout",
+            "Cannot lock yourself out",
+            format!("a principal cannot {what} itself; another administrator can"),
+        ));
+    }
+    Ok(())
+}
+
 /// Without `erase=true` the user is disabled; with it, crypto-shredded for good.
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "identity",
     params(("id" = String, Path), ("erase" = Option<bool>, Query, description = "destroy the user's data key: personal data becomes unreadable across the whole log")),
-    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem, description = "the caller's own account")),
     security(("bearer" = [])))]
 pub async fn delete_user(
     State(state): State<AppState>,
@@ -211,6 +227,7 @@ pub async fn delete_user(
     let id = parse_uuid(&id, "user")?;
     let profile = state.identity.user_profile(&id).await?;
     principal.tenant(&profile.organization_id, &format!("user {id}"))?;
+    refuse_self(&principal, &id, "delete")?;
     let ctx = context(&principal, &headers, &profile.organization_id);
     let outcome = if q.erase {
         let keys = state.identity.subject_keys();
@@ -264,6 +281,9 @@ pub async fn user_action(
     // A person may change their own password; everything else is an administrator's.
     if !(action == "password" && principal.actor.id == id) {
         principal.require("identity:write")?;
+    }
+    if matches!(action.as_str(), "disable" | "revoke-role") {
+        refuse_self(&principal, &id, &action.replace('-', " "))?;
     }
     let ctx = context(&principal, &headers, &user.organization_id);
     let expected = expected_version(&headers)?;
@@ -536,7 +556,7 @@ pub struct DisableBody {
 }
 
 #[utoipa::path(post, path = "/v1/clients/{id}/disable", tag = "identity", request_body = DisableBody, params(("id" = String, Path)),
-    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem, description = "the client the caller's token was issued to")),
     security(("bearer" = [])))]
 pub async fn disable_client(
     State(state): State<AppState>,
@@ -548,6 +568,7 @@ pub async fn disable_client(
     principal.require("identity:write")?;
     let body: DisableBody = optional_json(&headers, &body)?;
     let client = client_in_tenant(&state, &principal, &id).await?;
+    refuse_self(&principal, &id, "disable")?;
     let org = client
         .registration
         .map(|r| r.organization_id)

@@ -788,7 +788,7 @@ pub async fn invoice_action(
 
 /// Stripe's events, authenticated by the `Stripe-Signature` HMAC (with a 5-minute tolerance
 /// against replays of old deliveries) and processed once per event id.
-#[utoipa::path(post, path = "/v1/billing/webhooks/stripe", tag = "portal", params(("Stripe-Signature" = String, Header)), request_body(content = serde_json::Value, description = "a Stripe event"), responses((status = 200, description = "{received, duplicate}"), (status = 400, body = Problem)))]
+#[utoipa::path(post, path = "/v1/billing/webhooks/stripe", tag = "portal", params(("Stripe-Signature" = String, Header)), request_body(content = serde_json::Value, description = "a Stripe event"), responses((status = 200, description = "{received, duplicate}"), (status = 400, body = Problem), (status = 503, body = Problem, description = "this deployment receives no Stripe events (STRIPE_WEBHOOK_SECRET is not set)")))]
 pub async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,

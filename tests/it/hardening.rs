@@ -661,3 +661,42 @@ async fn a_client_that_stops_reading_its_response_is_cut_off() {
     );
     assert_eq!(api.get("/healthz").await.status, 200);
 }
+
+/// A schemathesis run holding the bootstrap admin's token disabled that very client and spent
+/// the rest of its time on 401s: a principal may not lock itself out.
+#[tokio::test]
+async fn a_principal_cannot_disable_the_client_its_token_came_from() {
+    let server = Server::embedded(&temp_dir("self-lockout"));
+    let admin = server.client();
+    let r = admin
+        .post(
+            "/v1/clients/quantus-bootstrap-admin/disable",
+            json!({"reason": "oops"}),
+        )
+        .await;
+    assert_problem(&r, 409, "disabling one's own client");
+    assert!(
+        r.body["type"].as_str().unwrap().ends_with("/self-lockout"),
+        "{}",
+        r.body
+    );
+    // Still signed in, and still an administrator of other clients.
+    let (org, _) = admin.create_org("Acme").await;
+    let r = admin
+        .post(
+            "/v1/clients",
+            json!({"organization_id": org, "name": "Acme app", "kind": "confidential",
+                   "redirect_uris": ["https://app.example/cb"], "grant_types": ["authorization_code"],
+                   "scopes": ["openid"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let other = r.body["client_id"].as_str().unwrap();
+    let r = admin
+        .post(
+            &format!("/v1/clients/{other}/disable"),
+            json!({"reason": "gone"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
