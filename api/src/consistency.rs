@@ -22,7 +22,8 @@ pub struct Consistency {
     /// Wait until the read model has seen every event up to this log position (from a command
     /// response).
     pub min_position: Option<u64>,
-    /// How long to wait, in milliseconds (default 5000, at most 30000); past it: 504.
+    /// How long to wait, in milliseconds (default 5000, at most 30000); past it: 503 with
+    /// `Retry-After`.
     pub wait_ms: Option<u64>,
 }
 
@@ -41,7 +42,7 @@ impl Consistency {
             None => DEFAULT_WAIT,
         };
         // Positions are stored as signed 64-bit integers; a larger one can never exist, and
-        // waiting for it would only end in a misleading 504.
+        // waiting for it would only end in a misleading 503.
         if i64::try_from(position).is_err() {
             return Err(Problem::bad_request(format!(
                 "min_position must be at most {}",
@@ -52,22 +53,37 @@ impl Consistency {
         if position == 0 {
             return Ok(());
         }
+        if runner.has_applied(position).await? {
+            return Ok(());
+        }
+        // A position no write has reached yet came from no command response: waiting for it
+        // is a client's mistake, not the service's delay.
+        let head = runner.log_head().await?;
+        if position > head {
+            return Err(Problem::bad_request(format!(
+                "min_position {position} is past the end of the log (position {head})"
+            )));
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if runner.has_applied(position).await? {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Problem::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "consistency-timeout",
-                    "Read model not caught up",
-                    format!(
-                        "the {} read model had not applied log position {position} after {} ms; retry later",
-                        runner.projection().name(),
-                        wait.as_millis()
-                    ),
-                ));
+                // The write happened; the model will show it shortly: retry, as after any 503.
+                return Err(Problem {
+                    retry_after: Some(1),
+                    ..Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "consistency-timeout",
+                        "Read model not caught up",
+                        format!(
+                            "the {} read model had not applied log position {position} after {} ms; retry later",
+                            runner.projection().name(),
+                            wait.as_millis()
+                        ),
+                    )
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

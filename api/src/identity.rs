@@ -137,7 +137,7 @@ pub struct UserListQuery {
 /// The users read model: erased users are listed without personal data.
 #[utoipa::path(get, path = "/v1/users", tag = "identity",
     params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
-    responses((status = 200, description = "{items, next_after}"), (status = 504, body = Problem)),
+    responses((status = 200, description = "{items, next_after}"), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_users(
     State(state): State<AppState>,
@@ -749,7 +749,7 @@ pub async fn revoke_user_session(
 /// An organization's groups (the groups read model), by id, paged.
 #[utoipa::path(get, path = "/v1/groups", tag = "identity",
     params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
-    responses((status = 200, description = "{items: [{id, organization_id, name, members, external_id, created_at, ...}], next_after}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 504, body = Problem)),
+    responses((status = 200, description = "{items: [{id, organization_id, name, members, external_id, created_at, ...}], next_after}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_groups(
     State(state): State<AppState>,

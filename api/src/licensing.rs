@@ -585,7 +585,7 @@ pub struct ListQuery {
     wait_ms: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = Option<String>, Query, description = "the organization; without it the caller's own, or every organization's for the platform's principals"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 504, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = Option<String>, Query, description = "the organization; without it the caller's own, or every organization's for the platform's principals"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 503, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -616,7 +616,7 @@ pub async fn list(
 
 /// The signed revocation list, made now from the licences read model. Its serial is the
 /// model's highest applied log position, so it never decreases.
-#[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, description = "the signed revocation list, canonical JSON"), (status = 504, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, description = "the signed revocation list, canonical JSON"), (status = 503, body = Problem)), security(("bearer" = [])))]
 pub async fn crl(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -154,7 +154,8 @@ fn operations(
 
 /// Every operation with a security requirement answers 401 without a valid token and 403
 /// when the token lacks the scope or the tenant; every operation that waits for a log
-/// position (`min_position`) answers 504 when the read model does not reach it in time.
+/// position (`min_position`) answers 400 for a position past the log and 503 (with
+/// `Retry-After`) when the read model does not reach it in time.
 struct AuthResponses;
 
 impl Modify for AuthResponses {
@@ -175,8 +176,13 @@ impl Modify for AuthResponses {
                 });
             }
             if waits {
-                responses.entry("504".into()).or_insert_with(|| {
-                    problem_response("the read model did not reach min_position in time")
+                responses.entry("503".into()).or_insert_with(|| {
+                    problem_response(
+                        "the read model did not reach min_position in time; retry after Retry-After",
+                    )
+                });
+                responses.entry("400".into()).or_insert_with(|| {
+                    problem_response("min_position is past the end of the log, or malformed")
                 });
             }
         }

@@ -213,7 +213,7 @@ pub async fn reactivate(
 
 #[utoipa::path(get, path = "/v1/organizations/{id}", tag = "organizations",
     params(("id" = String, Path), Consistency),
-    responses((status = 200, body = OrganizationView), (status = 404, body = Problem), (status = 504, body = Problem)),
+    responses((status = 200, body = OrganizationView), (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
@@ -238,7 +238,7 @@ pub async fn show(
 
 #[utoipa::path(get, path = "/v1/organizations", tag = "organizations",
     params(ListQuery),
-    responses((status = 200, body = OrganizationPage), (status = 400, body = Problem), (status = 504, body = Problem)),
+    responses((status = 200, body = OrganizationPage), (status = 400, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,

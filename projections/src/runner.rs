@@ -465,6 +465,11 @@ impl ProjectionRunner {
             .unwrap_or(0))
     }
 
+    /// The log's last position (what `min_position` can name at most).
+    pub async fn log_head(&self) -> Result<u64, InfraError> {
+        self.db.head_position().await
+    }
+
     /// Whether the model reflects the event at `position` and every event before it
     /// (read-your-writes: seeing `p` implies seeing everything before `p`).
     pub async fn has_applied(&self, position: u64) -> Result<bool, InfraError> {

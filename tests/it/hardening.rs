@@ -45,7 +45,7 @@ async fn min_position_zero_is_always_applied_and_positions_past_the_store_range_
         let api = server.client();
         let (org, _) = api.create_org("Acme").await;
         for route in list_routes(&org) {
-            // A short wait: before the fix position 0 was never "applied" and ended in 504.
+            // A short wait: before the fix position 0 was never "applied" and ended in a timeout.
             let r = api.get(&format!("{route}min_position=0&wait_ms=200")).await;
             assert_eq!(r.status, 200, "{store} {route}min_position=0: {}", r.body);
             for past in [

@@ -1226,7 +1226,8 @@ async fn p_read_your_writes_waits_for_every_earlier_position() {
                 "/v1/organizations/{held}?min_position={position}&wait_ms=1500"
             ))
             .await;
-        assert_eq!(r.status, 504, "min_position={position}: {}", r.body);
+        assert_eq!(r.status, 503, "min_position={position}: {}", r.body);
+        assert_eq!(r.headers["retry-after"], "1", "min_position={position}");
     }
 
     sqlx::query("SELECT pg_advisory_unlock(hashtext('organizations'))")
