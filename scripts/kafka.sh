@@ -22,6 +22,7 @@
 set -euo pipefail
 
 SERVICE=kafka
+SERVER=broker
 # shellcheck source-path=SCRIPTDIR source=lib/service.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/service.sh"
 

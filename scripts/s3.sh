@@ -37,6 +37,7 @@
 set -euo pipefail
 
 SERVICE=s3
+SERVER=s3s-fs
 # shellcheck source-path=SCRIPTDIR source=lib/service.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/service.sh"
 

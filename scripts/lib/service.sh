@@ -7,7 +7,8 @@
 # retries, stopping, and the env file. Sourced, never run; each script keeps only what is
 # its service's own.
 #
-# Before sourcing, a script sets SERVICE (its name, e.g. kafka: messages say "kafka.sh:").
+# Before sourcing, a script sets SERVICE (its name, e.g. kafka: messages say "kafka.sh:");
+# SERVER may name the process in messages (default: SERVICE).
 # The helpers below then read these, which the script sets after sourcing:
 #   LOCK_FILE      the state lock (serialises start/stop/env of parallel callers)
 #   ENV_FILE       where start writes the KEY=VALUE lines env_lines prints
@@ -198,12 +199,12 @@ stop_running() {
 # every STOP_POLL seconds (default 0.2).
 stop_group() {
     local pid="$1" poll="${STOP_POLL:-0.2}"
-    log "stopping $SERVICE (pid/pgid $pid)"
+    log "stopping ${SERVER:-$SERVICE} (pid/pgid $pid)"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + STOP_TIMEOUT))
     while kill -0 "$pid" 2>/dev/null; do
         if ((SECONDS >= deadline)); then
-            log "$SERVICE did not exit within ${STOP_TIMEOUT}s; sending SIGKILL"
+            log "${SERVER:-$SERVICE} did not exit within ${STOP_TIMEOUT}s; sending SIGKILL"
             kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
             sleep "$poll"
             sleep "$poll"
@@ -241,7 +242,7 @@ wait_serving() {
                 PORT_TAKEN=1
                 return 0
             fi
-            fail_start "$SERVICE exited during startup"
+            fail_start "${SERVER:-$SERVICE} exited during startup"
         fi
         if "$probe" "$port"; then
             return 0
@@ -265,7 +266,7 @@ retry_start() {
         fi
         log "start attempt $attempt failed"
     done
-    die "$SERVICE could not be started after 3 attempts (see $LOG_FILE)"
+    die "${SERVER:-$SERVICE} could not be started after 3 attempts (see $LOG_FILE)"
 }
 
 # Runs the function NAME if the script defines it.
