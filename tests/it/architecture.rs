@@ -39,7 +39,12 @@ struct Rule {
     tokens: Vec<(&'static str, &'static str)>,
     /// Whether a path starting with `http::` is refused too.
     no_http_paths: bool,
+    /// Whether clock and randomness calls (`Utc::now`, `Uuid::now_v7`, `Uuid::new_v4`) are.
+    pure: bool,
 }
+
+/// Calls that read a clock or a random source, refused in `pure` crates after a `::`.
+const CLOCK_AND_RANDOM_CALLS: &[&str] = &["now", "now_v7", "new_v4"];
 
 fn rules() -> Vec<Rule> {
     let kafka = ("rdkafka", "Kafka is infra's: use quantus_infra::kafka");
@@ -58,13 +63,17 @@ fn rules() -> Vec<Rule> {
         .map(io)
         .collect();
     domain_tokens.extend(HTTP_TOKENS.iter().copied().map(io));
-    let mut crypto_tokens = domain_tokens.clone();
-    crypto_tokens.extend([
-        ("rand", "crypto/ takes its randomness from the caller"),
-        ("getrandom", "crypto/ takes its randomness from the caller"),
-        ("SystemTime", "crypto/ takes the time from the caller"),
-        ("Instant", "crypto/ takes the time from the caller"),
+    let randomness = "the core takes randomness from the caller";
+    let clock = "the core takes the time from the caller";
+    domain_tokens.extend([
+        ("rand", randomness),
+        ("getrandom", randomness),
+        ("thread_rng", randomness),
+        ("OsRng", randomness),
+        ("SystemTime", clock),
+        ("Instant", clock),
     ]);
+    let crypto_tokens = domain_tokens.clone();
     let with_http = |mut v: Vec<(&'static str, &'static str)>| {
         v.extend(HTTP_TOKENS.iter().copied().map(http));
         v
@@ -72,15 +81,17 @@ fn rules() -> Vec<Rule> {
     vec![
         Rule {
             krate: "domain",
-            deps: IO_CRATES.to_vec(),
+            deps: [IO_CRATES, &["rand", "getrandom"]].concat(),
             tokens: domain_tokens,
             no_http_paths: true,
+            pure: true,
         },
         Rule {
             krate: "crypto",
             deps: [IO_CRATES, &["rand", "getrandom"]].concat(),
             tokens: crypto_tokens,
             no_http_paths: true,
+            pure: true,
         },
         Rule {
             krate: "commands",
@@ -95,6 +106,7 @@ fn rules() -> Vec<Rule> {
             ],
             tokens: with_http(vec![kafka, sql]),
             no_http_paths: true,
+            pure: false,
         },
         Rule {
             krate: "projections",
@@ -108,6 +120,7 @@ fn rules() -> Vec<Rule> {
             ],
             tokens: with_http(vec![kafka]),
             no_http_paths: true,
+            pure: false,
         },
         Rule {
             krate: "infra",
@@ -115,12 +128,14 @@ fn rules() -> Vec<Rule> {
             deps: vec!["axum", "hyper-util", "tower-http"],
             tokens: vec![http("axum"), http("hyper_util"), http("tower_http")],
             no_http_paths: false,
+            pure: false,
         },
         Rule {
             krate: "api",
             deps: vec!["rdkafka", "sqlx"],
             tokens: vec![kafka, sql],
             no_http_paths: false,
+            pure: false,
         },
     ]
 }
@@ -404,6 +419,11 @@ pub fn violations(root: &Path) -> Vec<String> {
             for (ident, line, path_follows, path_precedes) in identifiers(&code) {
                 if let Some((_, why)) = rule.tokens.iter().find(|(t, _)| *t == ident) {
                     broken.push(format!("{shown}:{line}: names `{ident}`: {why}"));
+                } else if rule.pure && path_precedes && CLOCK_AND_RANDOM_CALLS.contains(&ident) {
+                    broken.push(format!(
+                        "{shown}:{line}: calls `::{ident}`: the core takes time and randomness \
+                         from the caller"
+                    ));
                 } else if rule.no_http_paths && ident == "http" && path_follows && !path_precedes {
                     broken.push(format!(
                         "{shown}:{line}: names `http::`: HTTP types belong to api/"
@@ -460,6 +480,11 @@ fn the_checks_can_fail() {
         !names.contains(&("StatusCode", 3)),
         "raw strings are blanked"
     );
+    assert!(
+        names.contains(&("tokio", 9)),
+        "only the test items are blanked"
+    );
+    assert!(identifiers("let t = chrono::Utc::now();").contains(&("now", 1, false, true)));
     assert_eq!(
         scim_status_numbers("ScimError::new(412, None, d)\nlet n = 256;\nx.take(400)\n"),
         vec![1]
