@@ -21,10 +21,11 @@
 #   JAVA_HOME              JDK/JRE to use (default: java on PATH; must be >= 17)
 set -euo pipefail
 
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_DIR="$(dirname "$SCRIPT_DIR")"
-SERVICES_DIR="${QUANTUS_SERVICES_DIR:-$REPO_DIR/.services}"
-CACHE_DIR="${QUANTUS_CACHE_DIR:-${HOME:-/root}/.cache/quantus}"
+SERVICE=kafka
+SERVER=broker
+# shellcheck source-path=SCRIPTDIR source=lib/service.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/service.sh"
+
 KAFKA_VERSION="${QUANTUS_KAFKA_VERSION:-4.1.1}"
 SCALA_VERSION=2.13
 # log4j2 + its slf4j 1.x binding: Kafka 4.x logs through slf4j-api 1.7.x.
@@ -37,6 +38,7 @@ LIBS_MARKER="$DIST_DIR/.libs-complete"
 TOOLS_LOG4J_FILE="$DIST_DIR/tools-log4j2.properties"
 
 KAFKA_DIR="$SERVICES_DIR/kafka"
+STATE_DIR="$KAFKA_DIR"
 DATA_DIR="$KAFKA_DIR/data"
 PROPS_FILE="$KAFKA_DIR/server.properties"
 LOG4J_FILE="$KAFKA_DIR/log4j2.properties"
@@ -45,31 +47,15 @@ PID_FILE="$KAFKA_DIR/kafka.pid"
 PORT_FILE="$KAFKA_DIR/port"
 ENV_FILE="$SERVICES_DIR/kafka.env"
 LOCK_FILE="$SERVICES_DIR/.kafka.lock"
+STATE_LOCK_TIMEOUT=300
+FAIL_LOG_LINES=80
 
 READY_TIMEOUT=90
 STOP_TIMEOUT=30
+STOP_POLL=0.5
 BROKER_HEAP="${QUANTUS_KAFKA_HEAP:-512m}"
 
-log() { printf 'kafka.sh: %s\n' "$*" >&2; }
-die() {
-    printf 'kafka.sh: ERROR: %s\n' "$*" >&2
-    exit 1
-}
-
-usage() {
-    echo "usage: $0 start|stop|halt|resume|env|tool CLASS [ARGS...]" >&2
-    exit 2
-}
-
-apt_install() {
-    if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
-        die "$* is required but missing, and cannot be installed automatically (need root + apt-get)"
-    fi
-    log "installing $* with apt-get"
-    # apt output to stderr: stdout is reserved for the env line.
-    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"; } >&2 ||
-        die "apt-get install $* failed; install it manually"
-}
+USAGE="start|stop|halt|resume|env|tool CLASS [ARGS...]"
 
 java_major() {
     # `java -version` prints e.g. 'openjdk version "17.0.15" 2025-04-15' (or "1.8.0_x").
@@ -99,16 +85,9 @@ ensure_mvn() {
 
 # Resolve the broker, its runtime deps, the CLI tools and a log4j2 backend from
 # Maven Central into $LIBS_DIR (flat folder of jars, like the binary tarball).
-ensure_libs() {
-    [[ -f "$LIBS_MARKER" ]] && return
+# Under install_once's lock: another process may be downloading the same version.
+fetch_libs() {
     mkdir -p "$DIST_DIR"
-    exec 8>"$DIST_DIR.lock"
-    # Another process may be downloading the same version right now.
-    flock -w 900 8 || die "timed out waiting for $DIST_DIR.lock"
-    if [[ -f "$LIBS_MARKER" ]]; then
-        exec 8>&-
-        return
-    fi
     ensure_mvn
     log "fetching Kafka $KAFKA_VERSION jars from Maven Central into $LIBS_DIR (one-off, takes a few minutes)"
     cat >"$DIST_DIR/pom.xml" <<EOF
@@ -155,7 +134,14 @@ EOF
     # Marker last: a half-finished download is never mistaken for a complete one.
     date -u +%FT%TZ >"$LIBS_MARKER"
     log "fetched $(find "$LIBS_DIR" -name '*.jar' | wc -l) jars"
-    exec 8>&-
+}
+
+libs_fetched() {
+    [[ -f "$LIBS_MARKER" ]]
+}
+
+ensure_libs() {
+    install_once libs_fetched "$DIST_DIR.lock" 900 fetch_libs
 }
 
 # Is CLASS (dotted name) in any jar in $LIBS_DIR? Used to pick CLI class names,
@@ -210,73 +196,25 @@ run_tool() {
     "${TOOL_CMD[@]}" "$@"
 }
 
-# Two distinct free ports from the kernel (both bound at once, so they differ);
-# fallback: scan from 59092 with bash's /dev/tcp.
-free_ports() {
-    if command -v python3 >/dev/null &&
-        python3 - 2>/dev/null <<'EOF'; then
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-        return
-    fi
-    local port found=()
-    for ((port = 59092; port < 60092 && ${#found[@]} < 2; port++)); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            found+=("$port")
-        fi
-    done
-    ((${#found[@]} == 2)) || die "no free TCP ports found in 59092-60091"
-    echo "${found[*]}"
+# Is the pid in $PID_FILE alive and really our broker?
+running_pid() {
+    server_pid "$PROPS_FILE"
 }
 
-# Is the pid in $PID_FILE alive and really our broker (guards against pid reuse)?
-broker_pid() {
-    local pid
-    [[ -f "$PID_FILE" ]] || return 1
-    pid="$(cat "$PID_FILE")"
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -F "$PROPS_FILE" >/dev/null || return 1
-    echo "$pid"
-}
-
-port_open() {
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-env_line() {
+env_lines() {
     echo "KAFKA_BROKERS=127.0.0.1:$(cat "$PORT_FILE")"
 }
 
 is_running() {
-    broker_pid >/dev/null && [[ -f "$PORT_FILE" ]] && port_open "$(cat "$PORT_FILE")"
+    running_pid >/dev/null && [[ -f "$PORT_FILE" ]] && port_open "$(cat "$PORT_FILE")"
 }
 
 # Ends the broker process (SIGTERM to its group, SIGKILL after STOP_TIMEOUT); keeps its files.
 halt_broker() {
-    local pid
-    if pid="$(broker_pid)"; then
-        log "stopping broker (pid/pgid $pid)"
-        # The broker runs in its own session/process group (setsid): signal the group.
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-        local deadline=$((SECONDS + STOP_TIMEOUT))
-        while kill -0 "$pid" 2>/dev/null; do
-            if ((SECONDS >= deadline)); then
-                log "broker did not exit within ${STOP_TIMEOUT}s; sending SIGKILL"
-                kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-                sleep 1
-                break
-            fi
-            sleep 0.5
-        done
-    fi
+    stop_running
 }
 
-stop_broker() {
+stop_service() {
     halt_broker
     rm -rf "$KAFKA_DIR"
     rm -f "$ENV_FILE"
@@ -337,31 +275,11 @@ logger.appinfo.level = WARN
 EOF
 }
 
-kill_unready_broker() {
-    local pid
-    if pid="$(broker_pid)"; then
-        kill -KILL -- "-$pid" 2>/dev/null || true
-    fi
-}
-
-fail_start() {
-    log "---- last 80 lines of $LOG_FILE ----"
-    tail -n 80 "$LOG_FILE" >&2 2>/dev/null || true
-    log "---- end of log ----"
-    kill_unready_broker
-    die "$1 (state kept in $KAFKA_DIR for inspection; '$0 stop' removes it)"
-}
-
-# One attempt at configure + format + launch + wait on fresh ports. Sets
-# PORT_TAKEN=1 when a port was grabbed by someone else between choosing and
-# binding (caller retries); dies on any other failure. Deliberately not
-# signalled via the return code: calling it in `if` would disable `set -e`.
-PORT_TAKEN=0
+# One attempt at configure + format + launch + wait on fresh ports (see retry_start).
 API_CLASS=""
 try_start() {
-    PORT_TAKEN=0
     local ports port controller_port cluster_id
-    ports="$(free_ports)"
+    ports="$(free_ports 2 59092)"
     read -r port controller_port <<<"$ports"
 
     rm -rf "$KAFKA_DIR"
@@ -381,97 +299,42 @@ try_start() {
     launch_broker "$port"
 }
 
+# Serving: the port is open (cheap) and a JVM that speaks the protocol gets an answer.
+serves() {
+    port_open "$1" &&
+        timeout 30 "${TOOL_CMD[@]}" "$API_CLASS" --bootstrap-server "127.0.0.1:$1" >"$KAFKA_DIR/ready-check.log" 2>&1
+}
+
 # Launches the broker from $PROPS_FILE and waits until it serves on $1. Sets PORT_TAKEN=1
 # when the port was taken meanwhile (caller decides); dies on any other failure.
 launch_broker() {
-    local port="$1" pid
-    # setsid: own session + process group, so `stop` can kill the whole group and
-    # the broker survives the caller's terminal/CI step. No job control here, so
-    # setsid does not fork and $! is the java pid (== pgid). 9>&-: do not leak
-    # our flock descriptor into the long-running broker.
-    (
-        cd "$KAFKA_DIR"
-        exec setsid nohup "$JAVA" -Xms256m "-Xmx$BROKER_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
-            -Djava.awt.headless=true -Dkafka.logs.dir="$KAFKA_DIR" \
-            -Dlog4j2.configurationFile="$LOG4J_FILE" \
-            -cp "$LIBS_DIR/*" kafka.Kafka "$PROPS_FILE" </dev/null >>"$LOG_FILE" 2>&1 9>&-
-    ) &
-    pid=$!
-    echo "$pid" >"$PID_FILE"
-
-    local deadline=$((SECONDS + READY_TIMEOUT))
+    local port="$1"
+    spawn_detached "$KAFKA_DIR" "$JAVA" -Xms256m "-Xmx$BROKER_HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+        -Djava.awt.headless=true -Dkafka.logs.dir="$KAFKA_DIR" \
+        -Dlog4j2.configurationFile="$LOG4J_FILE" \
+        -cp "$LIBS_DIR/*" kafka.Kafka "$PROPS_FILE"
     tool_cmd
-    while :; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            if grep -q 'Address already in use' "$LOG_FILE" 2>/dev/null; then
-                log "a port was taken meanwhile; retrying with other ports"
-                PORT_TAKEN=1
-                return 0
-            fi
-            fail_start "broker process exited during startup"
-        fi
-        # Cheap TCP probe first; only then pay for a JVM that speaks the protocol.
-        if port_open "$port" &&
-            timeout 30 "${TOOL_CMD[@]}" "$API_CLASS" --bootstrap-server "127.0.0.1:$port" >"$KAFKA_DIR/ready-check.log" 2>&1; then
-            return 0
-        fi
-        ((SECONDS < deadline)) || fail_start "broker not serving on 127.0.0.1:$port within ${READY_TIMEOUT}s"
-        sleep 1
-    done
+    wait_serving "$SPAWNED_PID" "$port" 1 'Address already in use' serves \
+        "broker not serving on 127.0.0.1:$port within ${READY_TIMEOUT}s"
 }
 
-lock_state() {
-    mkdir -p "$SERVICES_DIR"
-    exec 9>"$LOCK_FILE"
-    # Serialise concurrent start/stop (e.g. parallel test runners).
-    flock -w 300 9 || die "timed out waiting for $LOCK_FILE"
+# The CLI class moved from core (Scala) to kafka-tools over the 3.x/4.x releases.
+api_class() {
+    API_CLASS="$(first_class org.apache.kafka.tools.BrokerApiVersionsCommand kafka.admin.BrokerApiVersionsCommand)"
+}
+
+before_start() {
+    ensure_libs
+    api_class
 }
 
 cmd_start() {
     ensure_java
-    lock_state
-    if is_running; then
-        log "already running (pid $(cat "$PID_FILE"))"
-        env_line | tee "$ENV_FILE"
-        return
-    fi
-    if [[ -d "$KAFKA_DIR" ]]; then
-        log "removing stale broker state in $KAFKA_DIR"
-        stop_broker
-    fi
-    ensure_libs
-    # The CLI class moved from core (Scala) to kafka-tools over the 3.x/4.x releases.
-    API_CLASS="$(first_class org.apache.kafka.tools.BrokerApiVersionsCommand kafka.admin.BrokerApiVersionsCommand)"
-
-    # If anything below dies unexpectedly, do not leave a half-started broker behind.
-    trap 'kill_unready_broker' EXIT
-    local attempt started=$SECONDS
-    for attempt in 1 2 3; do
-        try_start
-        if ((PORT_TAKEN == 0)); then
-            trap - EXIT
-            log "ready after $((SECONDS - started))s (Kafka $KAFKA_VERSION, log: $LOG_FILE)"
-            env_line | tee "$ENV_FILE"
-            return
-        fi
-        log "start attempt $attempt failed"
-    done
-    die "Kafka could not be started after 3 attempts (see $LOG_FILE)"
-}
-
-cmd_stop() {
-    lock_state
-    if [[ ! -d "$KAFKA_DIR" ]]; then
-        log "not running"
-        rm -f "$ENV_FILE"
-        return
-    fi
-    stop_broker
-    log "stopped"
+    start_server "Kafka $KAFKA_VERSION"
 }
 
 cmd_halt() {
-    lock_state
+    lock_state "$STATE_LOCK_TIMEOUT"
     [[ -f "$PROPS_FILE" ]] || die "no broker state in $KAFKA_DIR; start one first"
     halt_broker
     log "halted (state kept in $KAFKA_DIR)"
@@ -479,30 +342,21 @@ cmd_halt() {
 
 cmd_resume() {
     ensure_java
-    lock_state
+    lock_state "$STATE_LOCK_TIMEOUT"
     [[ -f "$PROPS_FILE" && -f "$PORT_FILE" ]] || die "no halted broker in $KAFKA_DIR"
     if is_running; then
         log "already running (pid $(cat "$PID_FILE"))"
-        env_line
+        env_lines
         return
     fi
-    API_CLASS="$(first_class org.apache.kafka.tools.BrokerApiVersionsCommand kafka.admin.BrokerApiVersionsCommand)"
-    trap 'kill_unready_broker' EXIT
+    api_class
+    trap 'kill_unready' EXIT
     PORT_TAKEN=0
     launch_broker "$(cat "$PORT_FILE")"
     ((PORT_TAKEN == 0)) || die "port $(cat "$PORT_FILE") was taken while the broker was halted"
     trap - EXIT
     log "resumed on 127.0.0.1:$(cat "$PORT_FILE")"
-    env_line
-}
-
-cmd_env() {
-    if is_running; then
-        env_line
-    else
-        log "not running"
-        exit 1
-    fi
+    env_lines
 }
 
 cmd_tool() {
@@ -512,15 +366,4 @@ cmd_tool() {
     run_tool "$@"
 }
 
-case "${1:-}" in
-start) cmd_start ;;
-stop) cmd_stop ;;
-halt) cmd_halt ;;
-resume) cmd_resume ;;
-env) cmd_env ;;
-tool)
-    shift
-    cmd_tool "$@"
-    ;;
-*) usage ;;
-esac
+service_main "$@"

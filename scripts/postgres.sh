@@ -13,10 +13,12 @@
 #   QUANTUS_PG_BIN        PostgreSQL bin dir (default: /usr/lib/postgresql/15/bin)
 set -euo pipefail
 
-SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_DIR="$(dirname "$SCRIPT_DIR")"
-SERVICES_DIR="${QUANTUS_SERVICES_DIR:-$REPO_DIR/.services}"
+SERVICE=postgres
+# shellcheck source-path=SCRIPTDIR source=lib/service.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/service.sh"
+
 PG_DIR="$SERVICES_DIR/postgres"
+STATE_DIR="$PG_DIR"
 DATA_DIR="$PG_DIR/data"
 SOCK_DIR="$PG_DIR/sock"
 LOG_FILE="$PG_DIR/postgres.log"
@@ -29,17 +31,6 @@ DB_NAME=quantus
 DB_USER=quantus
 DB_PASSWORD=quantus
 READY_TIMEOUT=60
-
-log() { printf 'postgres.sh: %s\n' "$*" >&2; }
-die() {
-    printf 'postgres.sh: ERROR: %s\n' "$*" >&2
-    exit 1
-}
-
-usage() {
-    echo "usage: $0 start|stop|env" >&2
-    exit 2
-}
 
 # PostgreSQL refuses to run as root, so as root we run its binaries as the
 # `postgres` OS user; as any other user we simply run them directly.
@@ -66,27 +57,8 @@ ensure_binaries() {
     [[ -x "$PG_BIN/initdb" ]] || die "postgresql-15 installed but $PG_BIN/initdb is still missing"
 }
 
-# Ask the kernel for a free port (bind to port 0); fall back to scanning from
-# 55432 with bash's /dev/tcp when python3 is unavailable.
-free_port() {
-    local port
-    if command -v python3 >/dev/null &&
-        port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null)" &&
-        [[ -n "$port" ]]; then
-        echo "$port"
-        return
-    fi
-    for ((port = 55432; port < 56432; port++)); do
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-    die "no free TCP port found in 55432-56431"
-}
-
-url_for_port() {
-    echo "DATABASE_URL=postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$1/$DB_NAME"
+env_lines() {
+    echo "DATABASE_URL=postgres://$DB_USER:$DB_PASSWORD@127.0.0.1:$(cat "$PORT_FILE")/$DB_NAME"
 }
 
 is_running() {
@@ -95,14 +67,7 @@ is_running() {
     "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$(cat "$PORT_FILE")" -t 5 >/dev/null 2>&1
 }
 
-write_env() {
-    local line
-    line="$(url_for_port "$(cat "$PORT_FILE")")"
-    printf '%s\n' "$line" >"$ENV_FILE"
-    printf '%s\n' "$line"
-}
-
-stop_cluster() {
+stop_service() {
     if [[ -f "$DATA_DIR/PG_VERSION" ]]; then
         if as_pg "$PG_BIN/pg_ctl" status -D "$DATA_DIR" >/dev/null 2>&1; then
             log "stopping cluster in $DATA_DIR"
@@ -117,22 +82,15 @@ stop_cluster() {
 
 # Dump the server log, kill the half-started server and abort.
 fail_start() {
-    log "---- $LOG_FILE ----"
-    cat "$LOG_FILE" >&2 2>/dev/null || true
-    log "---- end of log ----"
+    show_log "$LOG_FILE" all
     as_pg "$PG_BIN/pg_ctl" stop -D "$DATA_DIR" -m immediate >/dev/null 2>&1 || true
     die "$1 (server log above)"
 }
 
-# One attempt at init + start on a freshly chosen port. Sets PORT_TAKEN=1 when
-# the port was grabbed by someone else between choosing and binding (caller
-# retries); dies on any other failure. Deliberately not signalled via the
-# return code: calling it in `if` would disable `set -e` inside it.
-PORT_TAKEN=0
+# One attempt at init + start on a freshly chosen port (see retry_start).
 try_start() {
-    PORT_TAKEN=0
     local port
-    port="$(free_port)"
+    port="$(free_ports 1 55432)"
 
     rm -rf "$PG_DIR"
     mkdir -p "$DATA_DIR" "$SOCK_DIR"
@@ -213,11 +171,7 @@ EOF
 
 cmd_start() {
     ensure_binaries
-    mkdir -p "$SERVICES_DIR"
-    # Serialise concurrent `start`/`stop` calls (e.g. parallel test runners).
-    exec 9>"$LOCK_FILE"
-    flock -w 120 9 || die "timed out waiting for $LOCK_FILE"
-
+    lock_state
     if is_running; then
         log "already running (data dir $DATA_DIR)"
         write_env
@@ -225,50 +179,24 @@ cmd_start() {
     fi
     if [[ -d "$PG_DIR" ]]; then
         log "removing stale cluster state in $PG_DIR"
-        stop_cluster
+        stop_service
     fi
-
-    local attempt
-    for attempt in 1 2 3; do
-        try_start
-        if ((PORT_TAKEN == 0)); then
-            provision
-            log "ready (log: $LOG_FILE)"
-            write_env
-            return
-        fi
-        log "start attempt $attempt failed"
-    done
-    die "PostgreSQL could not be started after 3 attempts (see $LOG_FILE)"
+    retry_start
+    provision
+    log "ready (log: $LOG_FILE)"
+    write_env
 }
 
 cmd_stop() {
-    mkdir -p "$SERVICES_DIR"
-    exec 9>"$LOCK_FILE"
-    flock -w 120 9 || die "timed out waiting for $LOCK_FILE"
-    if [[ ! -d "$PG_DIR" ]]; then
-        log "not running"
-        rm -f "$ENV_FILE"
-        return
+    if [[ -d "$PG_DIR" && ! -x "$PG_BIN/pg_ctl" ]]; then
+        die "$PG_BIN/pg_ctl missing; cannot stop cluster in $PG_DIR"
     fi
-    [[ -x "$PG_BIN/pg_ctl" ]] || die "$PG_BIN/pg_ctl missing; cannot stop cluster in $PG_DIR"
-    stop_cluster
-    log "stopped"
+    service_stop
 }
 
 cmd_env() {
     [[ -x "$PG_BIN/pg_ctl" ]] || exit 1
-    if is_running; then
-        url_for_port "$(cat "$PORT_FILE")"
-    else
-        log "not running"
-        exit 1
-    fi
+    service_env
 }
 
-case "${1:-}" in
-start) cmd_start ;;
-stop) cmd_stop ;;
-env) cmd_env ;;
-*) usage ;;
-esac
+service_main "$@"

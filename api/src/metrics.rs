@@ -374,14 +374,7 @@ async fn read_models(
     head: u64,
     now: Instant,
 ) -> Result<Vec<ReadModel>, quantus_infra::InfraError> {
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT projection, position FROM projection_watermarks")
-            .fetch_all(&state.db.pool)
-            .await?;
-    let marks: HashMap<String, u64> = rows
-        .into_iter()
-        .map(|(name, p)| (name, u64::try_from(p).unwrap_or_default()))
-        .collect();
+    let marks = quantus_projections::runner::watermarks(&state.db).await?;
     let readiness = state.readiness;
     Ok(state
         .read_model_names()

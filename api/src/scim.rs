@@ -19,7 +19,7 @@ use quantus_commands::scim::filter::{
     compare_keys, sort_key, AttrPath, CompareOp, Filter, CORE_GROUP, CORE_USER, ENTERPRISE_USER,
 };
 use quantus_commands::scim::{
-    fallback_profile, group_resource, user_resource, Scim, ScimCaller, ScimError,
+    fallback_profile, group_resource, user_resource, Scim, ScimCaller, ScimError, ScimErrorKind,
 };
 use quantus_commands::CommandOutcome;
 use quantus_domain::{Actor, ActorKind, CommandContext};
@@ -178,7 +178,7 @@ async fn require_scim_token(
         }
         None => {
             let mut r = scim_error(ScimError::new(
-                401,
+                ScimErrorKind::Unauthenticated,
                 None,
                 "a valid SCIM bearer token is required",
             ));
@@ -189,20 +189,39 @@ async fn require_scim_token(
     }
 }
 
+/// The HTTP status of each kind of SCIM error: the one place SCIM errors meet HTTP.
+pub fn scim_status(kind: ScimErrorKind) -> StatusCode {
+    match kind {
+        ScimErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ScimErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ScimErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ScimErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ScimErrorKind::Conflict => StatusCode::CONFLICT,
+        ScimErrorKind::VersionMismatch => StatusCode::PRECONDITION_FAILED,
+        ScimErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ScimErrorKind::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 /// An RFC 7644 §3.12 error answer.
 pub fn scim_error(e: ScimError) -> Response {
+    let status = scim_status(e.kind);
     let mut body = json!({
         "schemas": [ERROR_SCHEMA],
-        "status": e.status.to_string(),
+        "status": status.as_u16().to_string(),
         "detail": e.detail,
     });
     if let Some(t) = e.scim_type {
         body["scimType"] = t.into();
     }
-    scim_json(
-        StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &body,
-    )
+    let mut response = scim_json(status, &body);
+    if e.kind == ScimErrorKind::TimedOut {
+        // The write happened; its read model shows it shortly.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 fn scim_json(status: StatusCode, body: &Value) -> Response {
@@ -224,8 +243,19 @@ impl IntoResponse for Scimmed {
     }
 }
 
+/// A problem from the shared HTTP helpers (`If-Match`, read-your-writes waits) as SCIM's error.
 fn problem_to_scim(p: Problem) -> ScimError {
-    ScimError::new(p.status, None, p.detail)
+    let kind = match StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR) {
+        StatusCode::BAD_REQUEST => ScimErrorKind::Invalid,
+        StatusCode::UNAUTHORIZED => ScimErrorKind::Unauthenticated,
+        StatusCode::FORBIDDEN => ScimErrorKind::Forbidden,
+        StatusCode::NOT_FOUND => ScimErrorKind::NotFound,
+        StatusCode::CONFLICT => ScimErrorKind::Conflict,
+        StatusCode::PRECONDITION_FAILED => ScimErrorKind::VersionMismatch,
+        StatusCode::SERVICE_UNAVAILABLE => ScimErrorKind::TimedOut,
+        _ => ScimErrorKind::Internal,
+    };
+    ScimError::new(kind, None, p.detail)
 }
 
 fn ctx_for(caller: &ScimCaller, headers: &HeaderMap) -> CommandContext {
@@ -249,7 +279,7 @@ fn ctx_for(caller: &ScimCaller, headers: &HeaderMap) -> CommandContext {
 
 fn body_json(body: &Bytes) -> Result<Value, ScimError> {
     serde_json::from_slice(body)
-        .map_err(|e| ScimError::new(400, Some("invalidSyntax"), format!("not JSON: {e}")))
+        .map_err(|e| ScimError::invalid("invalidSyntax", format!("not JSON: {e}")))
 }
 
 /// `If-Match` as an aggregate version (`W/"3"`, `"3"`; `*` means any).
@@ -288,7 +318,7 @@ fn groups_runner(state: &AppState) -> ProjectionRunner {
 
 fn storage(e: impl std::fmt::Display) -> ScimError {
     tracing::error!(error = %e, "SCIM read failed");
-    ScimError::new(500, None, "the request could not be completed")
+    ScimError::internal()
 }
 
 // ---- users ----
@@ -518,11 +548,9 @@ async fn delete_user(
             if let Some(expected) = if_match(&headers)? {
                 let (_, version, _) = scim.user_doc(&caller.organization_id, &id).await?;
                 if version != expected {
-                    return Err(ScimError::new(
-                        412,
-                        None,
-                        format!("the User is at version {version}, not {expected}"),
-                    ));
+                    return Err(ScimError::version_mismatch(format!(
+                        "the User is at version {version}, not {expected}"
+                    )));
                 }
             }
             let outcome = scim.delete_user(&ctx, &caller.organization_id, &id).await?;
@@ -850,7 +878,7 @@ fn parse_attr_list(raw: &str) -> Result<Vec<AttrPath>, ScimError> {
     raw.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| AttrPath::parse(s).map_err(|e| ScimError::new(400, Some("invalidValue"), e.0)))
+        .map(|s| AttrPath::parse(s).map_err(|e| ScimError::invalid_value(e.0)))
         .collect()
 }
 
@@ -1010,7 +1038,7 @@ struct ListQuery {
 }
 
 fn invalid_filter(e: impl std::fmt::Display) -> ScimError {
-    ScimError::new(400, Some("invalidFilter"), e.to_string())
+    ScimError::invalid("invalidFilter", e.to_string())
 }
 
 impl ListQuery {
@@ -1030,7 +1058,7 @@ impl ListQuery {
         let sort_by = sort_by
             .map(AttrPath::parse)
             .transpose()
-            .map_err(|e| ScimError::new(400, Some("invalidValue"), e.0))?;
+            .map_err(|e| ScimError::invalid_value(e.0))?;
         let descending = match sort_order.map(str::to_ascii_lowercase).as_deref() {
             None | Some("ascending") => false,
             Some("descending") => true,
@@ -1082,7 +1110,7 @@ impl ListQuery {
     fn from_search(body: &Value) -> Result<Self, ScimError> {
         let o = body
             .as_object()
-            .ok_or_else(|| ScimError::new(400, Some("invalidSyntax"), "a SearchRequest"))?;
+            .ok_or_else(|| ScimError::invalid("invalidSyntax", "a SearchRequest"))?;
         let s = |k: &str| {
             quantus_commands::scim::filter::get_ci(o, k)
                 .and_then(Value::as_str)
@@ -1424,7 +1452,7 @@ async fn resource_types(
 ) -> Response {
     if q.keys().any(|k| k.eq_ignore_ascii_case("filter")) {
         return scim_error(ScimError::new(
-            403,
+            ScimErrorKind::Forbidden,
             None,
             "filtering is not supported on /ResourceTypes",
         ));
@@ -1448,7 +1476,7 @@ async fn schemas(
 ) -> Response {
     if q.keys().any(|k| k.eq_ignore_ascii_case("filter")) {
         return scim_error(ScimError::new(
-            403,
+            ScimErrorKind::Forbidden,
             None,
             "filtering is not supported on /Schemas",
         ));

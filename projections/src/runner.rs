@@ -477,6 +477,19 @@ impl ProjectionRunner {
     }
 }
 
+/// Every read model's high-water mark, by projection name (a model that never ran has none):
+/// what `/metrics` and `/readyz` report.
+pub async fn watermarks(db: &Database) -> Result<BTreeMap<String, u64>, InfraError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT projection, position FROM projection_watermarks")
+            .fetch_all(&db.pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, p)| (name, u64::try_from(p).unwrap_or_default()))
+        .collect())
+}
+
 async fn read_watermark(
     conn: &mut AnyConnection,
     projection: &str,

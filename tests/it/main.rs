@@ -6,6 +6,7 @@
 pub mod access;
 mod aggregate_cache;
 mod api;
+mod architecture;
 mod browser_consoles;
 mod browser_pages;
 mod checkpoints;

@@ -33,31 +33,71 @@ impl ClassifyError for quantus_domain::identity::scim_token::ScimTokenError {
     }
 }
 
+/// What kind of failure a SCIM error is. `api/` maps each kind to its HTTP status, once
+/// (RFC 7644 §3.12); the command layer knows no status numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScimErrorKind {
+    /// The request is malformed or breaks a rule (400; `scim_type` says how).
+    Invalid,
+    /// No valid SCIM credential (401).
+    Unauthenticated,
+    /// Allowed to no one, or over the organization's quota (403).
+    Forbidden,
+    /// No such resource, or not the caller's (404).
+    NotFound,
+    /// A value that must be unique is taken (409).
+    Conflict,
+    /// `If-Match` names another version than the resource's (412).
+    VersionMismatch,
+    /// The service failed (500).
+    Internal,
+    /// The read model did not reach the write in time (503, retry).
+    TimedOut,
+}
+
 /// An error as SCIM reports it (RFC 7644 §3.12).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{status} {scim_type:?}: {detail}")]
+#[error("{kind:?} {scim_type:?}: {detail}")]
 pub struct ScimError {
-    pub status: u16,
+    pub kind: ScimErrorKind,
     pub scim_type: Option<&'static str>,
     pub detail: String,
 }
 
 impl ScimError {
-    pub fn new(status: u16, scim_type: Option<&'static str>, detail: impl Into<String>) -> Self {
+    pub fn new(
+        kind: ScimErrorKind,
+        scim_type: Option<&'static str>,
+        detail: impl Into<String>,
+    ) -> Self {
         Self {
-            status,
+            kind,
             scim_type,
             detail: detail.into(),
         }
     }
+    /// A request that breaks a rule, `scimType` `scim_type`.
+    pub fn invalid(scim_type: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(ScimErrorKind::Invalid, Some(scim_type), detail)
+    }
     pub fn invalid_value(detail: impl Into<String>) -> Self {
-        Self::new(400, Some("invalidValue"), detail)
+        Self::invalid("invalidValue", detail)
     }
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(404, None, detail)
+        Self::new(ScimErrorKind::NotFound, None, detail)
     }
     pub fn uniqueness(detail: impl Into<String>) -> Self {
-        Self::new(409, Some("uniqueness"), detail)
+        Self::new(ScimErrorKind::Conflict, Some("uniqueness"), detail)
+    }
+    pub fn version_mismatch(detail: impl Into<String>) -> Self {
+        Self::new(ScimErrorKind::VersionMismatch, None, detail)
+    }
+    pub fn internal() -> Self {
+        Self::new(
+            ScimErrorKind::Internal,
+            None,
+            "the request could not be completed",
+        )
     }
 }
 
@@ -66,12 +106,12 @@ impl From<CommandError> for ScimError {
         match e {
             CommandError::Invalid(d) => ScimError::invalid_value(d),
             CommandError::NotFound(d) => ScimError::not_found(d),
-            CommandError::Rejected(d) => ScimError::new(400, Some("invalidValue"), d),
-            CommandError::Concurrency(d) => ScimError::new(412, None, d),
-            CommandError::QuotaExceeded(d) => ScimError::new(403, None, d),
+            CommandError::Rejected(d) => ScimError::invalid_value(d),
+            CommandError::Concurrency(d) => ScimError::version_mismatch(d),
+            CommandError::QuotaExceeded(d) => ScimError::new(ScimErrorKind::Forbidden, None, d),
             other => {
                 tracing::error!(error = %other, "SCIM command failed");
-                ScimError::new(500, None, "the request could not be completed")
+                ScimError::internal()
             }
         }
     }
@@ -81,9 +121,9 @@ impl From<patch::PatchError> for ScimError {
     fn from(e: patch::PatchError) -> Self {
         use patch::PatchError as P;
         match e {
-            P::Syntax(d) => ScimError::new(400, Some("invalidSyntax"), d),
-            P::Path(d) => ScimError::new(400, Some("invalidPath"), d),
-            P::NoTarget(d) => ScimError::new(400, Some("noTarget"), d),
+            P::Syntax(d) => ScimError::invalid("invalidSyntax", d),
+            P::Path(d) => ScimError::invalid("invalidPath", d),
+            P::NoTarget(d) => ScimError::invalid("noTarget", d),
             P::Value(d) => ScimError::invalid_value(d),
         }
     }
@@ -247,7 +287,7 @@ fn check_schemas(obj: &Map<String, Value>, known: &[&str]) -> Result<(), ScimErr
 pub fn normalize_user(input: &Value) -> Result<UserDoc, ScimError> {
     let obj = input
         .as_object()
-        .ok_or_else(|| ScimError::new(400, Some("invalidSyntax"), "a User must be an object"))?;
+        .ok_or_else(|| ScimError::invalid("invalidSyntax", "a User must be an object"))?;
     check_schemas(obj, &[CORE_USER, ENTERPRISE_USER])?;
     let mut profile = Map::new();
     let mut active = None;
@@ -462,7 +502,7 @@ pub struct GroupDoc {
 pub fn normalize_group(input: &Value) -> Result<GroupDoc, ScimError> {
     let obj = input
         .as_object()
-        .ok_or_else(|| ScimError::new(400, Some("invalidSyntax"), "a Group must be an object"))?;
+        .ok_or_else(|| ScimError::invalid("invalidSyntax", "a Group must be an object"))?;
     check_schemas(obj, &[CORE_GROUP])?;
     let display_name = get_ci(obj, "displayName")
         .and_then(Value::as_str)
@@ -828,11 +868,9 @@ impl Scim {
         let id = parse_id(id).ok_or_else(|| ScimError::not_found(format!("no User {id}")))?;
         if let Some(e) = expected {
             if e != version {
-                return Err(ScimError::new(
-                    412,
-                    None,
-                    format!("the User is at version {version}, not {e}"),
-                ));
+                return Err(ScimError::version_mismatch(format!(
+                    "the User is at version {version}, not {e}"
+                )));
             }
         }
         let keys = self.identity.subject_keys();
@@ -1106,11 +1144,9 @@ impl Scim {
         let (group, version, id) = self.group(organization_id, id).await?;
         if let Some(e) = expected {
             if e != version {
-                return Err(ScimError::new(
-                    412,
-                    None,
-                    format!("the Group is at version {version}, not {e}"),
-                ));
+                return Err(ScimError::version_mismatch(format!(
+                    "the Group is at version {version}, not {e}"
+                )));
             }
         }
         let added: BTreeSet<String> = doc.members.difference(&group.members).cloned().collect();
@@ -1289,8 +1325,8 @@ mod tests {
         let refused = |doc: Value| {
             let e = normalize_user(&doc).unwrap_err();
             assert_eq!(
-                (e.status, e.scim_type),
-                (400, Some("invalidValue")),
+                (e.kind, e.scim_type),
+                (ScimErrorKind::Invalid, Some("invalidValue")),
                 "{doc}"
             );
         };
