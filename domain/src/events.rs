@@ -34,6 +34,19 @@ pub trait EventEnum: cqrs_es::DomainEvent + Serialize + DeserializeOwned {
     fn schemas() -> Vec<EventSchema>;
 }
 
+/// One event type: the payload of one variant of an event enum (implemented by
+/// [`events!`](crate::events!)), so that code asking for one event type names its type, not a
+/// string.
+pub trait EventPayload: Sized {
+    /// The enum this payload is a variant of.
+    type Enum: EventEnum;
+    /// The event type's wire name.
+    const NAME: &'static str;
+
+    /// The payload, if `event` is of this type.
+    fn from_event(event: Self::Enum) -> Option<Self>;
+}
+
 /// Why an envelope is not an event of the enum it was decoded as.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -58,6 +71,11 @@ pub enum DecodeError {
 }
 
 impl Envelope {
+    /// Whether this envelope holds an event of type `P` (without decoding it).
+    pub fn is<P: EventPayload>(&self) -> bool {
+        self.aggregate_type == <P::Enum as EventEnum>::AGGREGATE && self.event_type == P::NAME
+    }
+
     /// The event this envelope holds, as its aggregate's event enum. An event of another
     /// aggregate, an event type the enum does not declare, or a payload that does not have the
     /// type's shape is an error, never skipped.
@@ -147,6 +165,21 @@ macro_rules! events {
                 )+]
             }
         }
+
+        $(
+            impl $crate::events::EventPayload for $payload {
+                type Enum = $name;
+                const NAME: &'static str = stringify!($variant);
+
+                fn from_event(event: $name) -> Option<Self> {
+                    #[allow(unreachable_patterns)]
+                    match event {
+                        $name::$variant(payload) => Some(payload),
+                        _ => None,
+                    }
+                }
+            }
+        )+
     };
 }
 
@@ -196,6 +229,15 @@ mod tests {
             serde_json::json!({"name": "x", "previous_name": "w"}),
         );
         assert_eq!(e.decode::<OrganizationEvent>().unwrap(), event);
+        assert!(e.is::<OrganizationRenamed>());
+        assert!(!e.is::<crate::organization::OrganizationCreated>());
+        assert_eq!(
+            OrganizationRenamed::from_event(event),
+            Some(OrganizationRenamed {
+                name: "x".into(),
+                previous_name: "w".into(),
+            })
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use cqrs_es::persist::{
 };
 use cqrs_es::Aggregate;
 use quantus_domain::envelope::{tag_payload, untag_payload};
-use quantus_domain::events::EventEnum;
+use quantus_domain::events::{EventEnum, EventPayload};
 use quantus_domain::{Actor, ActorKind, CommandContext, Envelope};
 use serde_json::Value;
 use sqlx::any::AnyRow;
@@ -194,6 +194,26 @@ impl SqlEventRepository {
         .fetch_all(&self.db.pool)
         .await?;
         rows.iter().map(record_from_row).collect()
+    }
+
+    /// Every event of type `P`, decoded, in log order.
+    pub async fn events_of<P: EventPayload>(&self) -> Result<Vec<(LogRecord, P)>, InfraError> {
+        let records = self
+            .events_of_type(<P::Enum as EventEnum>::AGGREGATE, P::NAME)
+            .await?;
+        records
+            .into_iter()
+            .map(|record| {
+                let event = P::from_event(record.decode::<P::Enum>()?).ok_or_else(|| {
+                    InfraError::Corrupt(format!(
+                        "event at position {} is not a {}",
+                        record.position,
+                        P::NAME
+                    ))
+                })?;
+                Ok((record, event))
+            })
+            .collect()
     }
 
     /// One aggregate's events with their log positions, in sequence order.
