@@ -50,7 +50,7 @@ pub trait EventPayload: Sized {
 /// Why an envelope is not an event of the enum it was decoded as.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("{event_type} of a {found} is not an event of a {expected}")]
+    #[error("{event_type} is an event of {found}, not of {expected}")]
     OtherAggregate {
         expected: &'static str,
         found: String,
