@@ -80,32 +80,48 @@ impl Envelope {
     /// aggregate, an event type the enum does not declare, or a payload that does not have the
     /// type's shape is an error, never skipped.
     pub fn decode<E: EventEnum>(&self) -> Result<E, DecodeError> {
-        if self.aggregate_type != E::AGGREGATE {
-            return Err(DecodeError::OtherAggregate {
-                expected: E::AGGREGATE,
-                found: self.aggregate_type.clone(),
-                event_type: self.event_type.clone(),
-            });
-        }
-        if !E::NAMES.contains(&self.event_type.as_str()) {
-            return Err(DecodeError::UnknownType {
-                aggregate_type: self.aggregate_type.clone(),
-                event_type: self.event_type.clone(),
-            });
-        }
-        if self.schema_version != E::VERSION {
-            return Err(DecodeError::UnknownVersion {
-                event_type: self.event_type.clone(),
-                version: self.schema_version,
-            });
-        }
-        serde_json::from_value(tag_payload(&self.event_type, self.payload.clone())).map_err(
-            |source| DecodeError::Payload {
-                event_type: self.event_type.clone(),
-                source,
-            },
+        decode(
+            &self.aggregate_type,
+            &self.event_type,
+            self.schema_version,
+            &self.payload,
         )
     }
+}
+
+/// [`Envelope::decode`] from an envelope's parts, for readers that hold only those (an API
+/// client's view of the log).
+pub fn decode<E: EventEnum>(
+    aggregate_type: &str,
+    event_type: &str,
+    schema_version: u32,
+    payload: &serde_json::Value,
+) -> Result<E, DecodeError> {
+    if aggregate_type != E::AGGREGATE {
+        return Err(DecodeError::OtherAggregate {
+            expected: E::AGGREGATE,
+            found: aggregate_type.to_owned(),
+            event_type: event_type.to_owned(),
+        });
+    }
+    if !E::NAMES.contains(&event_type) {
+        return Err(DecodeError::UnknownType {
+            aggregate_type: aggregate_type.to_owned(),
+            event_type: event_type.to_owned(),
+        });
+    }
+    if schema_version != E::VERSION {
+        return Err(DecodeError::UnknownVersion {
+            event_type: event_type.to_owned(),
+            version: schema_version,
+        });
+    }
+    serde_json::from_value(tag_payload(event_type, payload.clone())).map_err(|source| {
+        DecodeError::Payload {
+            event_type: event_type.to_owned(),
+            source,
+        }
+    })
 }
 
 /// Declares an aggregate's event enum and derives from it its `DomainEvent` names, its
