@@ -317,7 +317,7 @@ impl Evidence {
         let records = self
             .bus
             .repository()
-            .aggregate_records("Job", job_id)
+            .aggregate_records(<Job as cqrs_es::Aggregate>::TYPE, job_id)
             .await
             .map_err(storage)?;
         let last = records.iter().map(|r| r.position).max().unwrap_or(0);
@@ -586,13 +586,13 @@ impl Evidence {
         let stored = self
             .bus
             .repository()
-            .events_of_type("Job", "ArtifactStored")
+            .events_of::<ArtifactStored>()
             .await
             .map_err(storage)?;
         let mut policies: HashMap<String, quantus_domain::retention::RetentionPolicy> =
             HashMap::new();
         let mut purged = 0;
-        for record in stored {
+        for (record, artifact) in stored {
             let e = &record.envelope;
             let policy = match policies.get(&e.tenant_id) {
                 Some(p) => p.clone(),
@@ -605,8 +605,6 @@ impl Evidence {
             if policy.legal_hold.is_some() {
                 continue;
             }
-            let artifact: ArtifactStored =
-                serde_json::from_value(e.payload.clone()).map_err(storage)?;
             let (job, _) = self.bus.load::<Job>(&e.aggregate_id).await?;
             let Some(submitted) = &job.submitted else {
                 continue;

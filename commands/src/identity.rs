@@ -1053,17 +1053,17 @@ impl Identity {
     /// Adding an erased user is refused, so after this no group gains them again. Answers the
     /// log position of the last removal (0 when there was none).
     async fn leave_every_group(&self, ctx: &CommandContext, id: &str) -> Result<u64, CommandError> {
-        use quantus_domain::identity::group::{Group, GroupCommand};
+        use quantus_domain::identity::group::{Group, GroupCommand, GroupMemberAdded};
         let added = self
             .bus
             .repository()
-            .events_of_type("Group", "GroupMemberAdded")
+            .events_of::<GroupMemberAdded>()
             .await
             .map_err(storage)?;
         let groups: BTreeSet<String> = added
             .into_iter()
-            .filter(|r| r.envelope.payload.get("user_id").and_then(|v| v.as_str()) == Some(id))
-            .map(|r| r.envelope.aggregate_id)
+            .filter(|(_, added)| added.user_id == id)
+            .map(|(r, _)| r.envelope.aggregate_id)
             .collect();
         let mut last = 0;
         for group_id in groups {

@@ -297,26 +297,18 @@ impl CommandBus {
     }
 
     /// An aggregate as it stood right after its event `sequence` (what an old event meant).
-    pub async fn load_until<A: Aggregate>(
-        &self,
-        id: &str,
-        sequence: u64,
-    ) -> Result<A, CommandError> {
+    pub async fn load_until<A>(&self, id: &str, sequence: u64) -> Result<A, CommandError>
+    where
+        A: Aggregate,
+        A::Event: quantus_domain::events::EventEnum,
+    {
         let mut aggregate = A::default();
         for record in self
             .repo
             .aggregate_records_until(A::TYPE, id, sequence)
             .await?
         {
-            let e = record.envelope;
-            let event: A::Event = serde_json::from_value(quantus_domain::envelope::tag_payload(
-                &e.event_type,
-                e.payload,
-            ))
-            .map_err(|x| {
-                CommandError::Storage(format!("event at position {}: {x}", record.position))
-            })?;
-            aggregate.apply(event);
+            aggregate.apply(record.decode::<A::Event>()?);
         }
         Ok(aggregate)
     }

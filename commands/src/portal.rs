@@ -10,18 +10,21 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use quantus_domain::contract::{
-    Contract, ContractCommand, ContractDrafted, ContractError, ContractLicenseCarriedOut,
-    ContractLicenseFailed, ContractLicensePending, ContractStatus, LicenseAction, LicenseHold,
-    LicenseStep, LicenseStepState, LineItem, PlannedLicense, RetryPolicy,
+    Contract, ContractCommand, ContractDrafted, ContractError, ContractEvent,
+    ContractLicenseCarriedOut, ContractLicenseFailed, ContractLicensePending, ContractStatus,
+    LicenseAction, LicenseHold, LicenseStep, LicenseStepState, LineItem, PlannedLicense,
+    RetryPolicy,
 };
 use quantus_domain::customer::{Customer, CustomerCommand, CustomerError, CustomerRegistered};
 use quantus_domain::entitlement::Entitlements;
+use quantus_domain::events::EventEnum;
 use quantus_domain::invoice::{
     invoice_id, invoice_lines, Invoice, InvoiceCommand, InvoiceError, InvoiceIssued, InvoicePaid,
     InvoicePaymentFailed, InvoiceSent, InvoiceStatus,
 };
-use quantus_domain::job::{Job, JobCompleted};
+use quantus_domain::job::{Job, JobCompleted, JobEvent};
 use quantus_domain::license::LicenseIssued;
+use quantus_domain::organization::OrganizationEvent;
 use quantus_domain::usage::{meter_id, Period, UsageCommand, UsageError, UsageMeter};
 use quantus_domain::CommandContext;
 use quantus_infra::billing::{
@@ -743,7 +746,10 @@ impl ContractLicensing {
     /// many steps it tried.
     pub async fn carry_out(&self, record: &LogRecord) -> Result<usize, CommandError> {
         let e = &record.envelope;
-        if e.aggregate_type == "Organization" && e.event_type == "OrganizationReactivated" {
+        if e.aggregate_type == OrganizationEvent::AGGREGATE {
+            let OrganizationEvent::OrganizationReactivated(_) = record.decode()? else {
+                return Ok(0);
+            };
             let mut tried = 0;
             for id in self
                 .bus
@@ -757,27 +763,22 @@ impl ContractLicensing {
             }
             return Ok(tried);
         }
-        if e.aggregate_type != "Contract" {
+        if e.aggregate_type != ContractEvent::AGGREGATE {
             return Ok(0);
         }
-        let (plan, reason): (Vec<PlannedLicense>, String) = match e.event_type.as_str() {
-            "ContractActivated" | "ContractAmended" | "ContractTerminated" => {
-                let plan = serde_json::from_value(e.payload["licenses"].clone())
-                    .map_err(|x| CommandError::Storage(format!("licence plan: {x}")))?;
-                let reason = match e.event_type.as_str() {
-                    "ContractTerminated" => format!(
-                        "contract {} terminated: {}",
-                        e.aggregate_id,
-                        e.payload["reason"].as_str().unwrap_or_default()
-                    ),
-                    _ => format!(
-                        "superseded by amendment {} of contract {}",
-                        e.payload["amendment"].as_u64().unwrap_or_default(),
-                        e.aggregate_id
-                    ),
-                };
-                (plan, reason)
-            }
+        let superseded = |amendment: u32| {
+            format!(
+                "superseded by amendment {amendment} of contract {}",
+                e.aggregate_id
+            )
+        };
+        let (plan, reason): (Vec<PlannedLicense>, String) = match record.decode()? {
+            ContractEvent::ContractActivated(p) => (p.licenses, superseded(0)),
+            ContractEvent::ContractAmended(p) => (p.licenses, superseded(p.amendment)),
+            ContractEvent::ContractTerminated(p) => (
+                p.licenses,
+                format!("contract {} terminated: {}", e.aggregate_id, p.reason),
+            ),
             _ => return Ok(0),
         };
         let contract = self
@@ -1098,11 +1099,12 @@ impl UsageMetering {
 
     pub async fn carry_out(&self, record: &LogRecord) -> Result<(), CommandError> {
         let e = &record.envelope;
-        if e.aggregate_type != "Job" || e.event_type != "JobCompleted" {
+        if e.aggregate_type != JobEvent::AGGREGATE {
             return Ok(());
         }
-        let completed: JobCompleted = serde_json::from_value(e.payload.clone())
-            .map_err(|x| CommandError::Storage(format!("JobCompleted: {x}")))?;
+        let JobEvent::JobCompleted(completed) = record.decode()? else {
+            return Ok(());
+        };
         // The usage belongs to the month the job finished in, whenever this runs.
         let ctx = CommandContext {
             tenant_id: e.tenant_id.clone(),

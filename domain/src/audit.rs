@@ -10,9 +10,10 @@ use quantus_crypto::keys::{CryptoPolicy, Purpose, TrustedKey, TrustedKeys, Verif
 use quantus_crypto::merkle::{leaf_hash, Frontier};
 use uuid::Uuid;
 
-use crate::checkpoint::LogCheckpointSigned;
+use crate::checkpoint::{LogCheckpointEvent, LogCheckpointSigned};
 use crate::envelope::{Envelope, GENESIS_HASH};
-use crate::keyring::{KeyCompromised, KeyGenerated, KeyRetired};
+use crate::events::EventEnum;
+use crate::keyring::KeyringEvent;
 
 /// The first problem found, naming the event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,42 +169,37 @@ impl Audit {
 
     /// Keeps what the checkpoint checks need: checkpoints, and the checkpoint keys' lifecycle.
     fn remember(&mut self, e: &Envelope) {
-        let payload = e.payload.clone();
-        match e.event_type.as_str() {
-            "LogCheckpointSigned" => {
-                if let Ok(c) = serde_json::from_value(payload) {
+        // An event that does not decode is not remembered; `check_payload` reports it.
+        match e.aggregate_type.as_str() {
+            LogCheckpointEvent::AGGREGATE => {
+                if let Ok(LogCheckpointEvent::LogCheckpointSigned(c)) = e.decode() {
                     self.checkpoints.push(c);
                 }
             }
-            "KeyGenerated" => {
-                if let Ok(k) = serde_json::from_value::<KeyGenerated>(payload) {
-                    if k.purpose == Purpose::Checkpoint {
-                        self.log_keys.push(TrustedKey {
-                            kid: k.kid,
-                            alg: k.algorithm,
-                            purpose: k.purpose,
-                            public_key: k.public_key,
-                            not_before: k.not_before,
-                            retired_at: None,
-                            compromised_at: None,
-                        });
-                    }
+            KeyringEvent::AGGREGATE => match e.decode::<KeyringEvent>() {
+                Ok(KeyringEvent::KeyGenerated(k)) if k.purpose == Purpose::Checkpoint => {
+                    self.log_keys.push(TrustedKey {
+                        kid: k.kid,
+                        alg: k.algorithm,
+                        purpose: k.purpose,
+                        public_key: k.public_key,
+                        not_before: k.not_before,
+                        retired_at: None,
+                        compromised_at: None,
+                    });
                 }
-            }
-            "KeyRetired" => {
-                if let Ok(r) = serde_json::from_value::<KeyRetired>(payload) {
+                Ok(KeyringEvent::KeyRetired(r)) => {
                     if let Some(k) = self.log_keys.iter_mut().find(|k| k.kid == r.kid) {
                         k.retired_at = Some(r.retired_at);
                     }
                 }
-            }
-            "KeyCompromised" => {
-                if let Ok(c) = serde_json::from_value::<KeyCompromised>(payload) {
+                Ok(KeyringEvent::KeyCompromised(c)) => {
                     if let Some(k) = self.log_keys.iter_mut().find(|k| k.kid == c.kid) {
                         k.compromised_at = Some(c.compromised_at);
                     }
                 }
-            }
+                _ => {}
+            },
             _ => {}
         }
     }

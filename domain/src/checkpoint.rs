@@ -3,7 +3,7 @@
 //! however many processes try.
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,17 +20,10 @@ pub struct LogCheckpointSigned {
     pub kid: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogCheckpointEvent {
-    LogCheckpointSigned(LogCheckpointSigned),
-}
-
-impl DomainEvent for LogCheckpointEvent {
-    fn event_type(&self) -> String {
-        "LogCheckpointSigned".to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum LogCheckpointEvent for "LogCheckpoint" {
+        LogCheckpointSigned(LogCheckpointSigned),
     }
 }
 
@@ -53,7 +46,7 @@ pub struct LogCheckpoint {
 }
 
 impl Aggregate for LogCheckpoint {
-    const TYPE: &'static str = "LogCheckpoint";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = LogCheckpointSigned;
     type Event = LogCheckpointEvent;
     type Error = LogCheckpointError;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -215,40 +215,20 @@ pub struct ContractLicenseCarriedOut {
     pub action: LicenseAction,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ContractEvent {
-    ContractDrafted(ContractDrafted),
-    ContractRevised(ContractRevised),
-    ContractSent(ContractSent),
-    ContractSigned(ContractSigned),
-    ContractActivated(ContractActivated),
-    ContractAmended(ContractAmended),
-    ContractTerminated(ContractTerminated),
-    ContractExpired(ContractExpired),
-    ContractLicenseFailed(ContractLicenseFailed),
-    ContractLicensePending(ContractLicensePending),
-    ContractLicenseCarriedOut(ContractLicenseCarriedOut),
-}
-
-impl DomainEvent for ContractEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::ContractDrafted(_) => "ContractDrafted",
-            Self::ContractRevised(_) => "ContractRevised",
-            Self::ContractSent(_) => "ContractSent",
-            Self::ContractSigned(_) => "ContractSigned",
-            Self::ContractActivated(_) => "ContractActivated",
-            Self::ContractAmended(_) => "ContractAmended",
-            Self::ContractTerminated(_) => "ContractTerminated",
-            Self::ContractExpired(_) => "ContractExpired",
-            Self::ContractLicenseFailed(_) => "ContractLicenseFailed",
-            Self::ContractLicensePending(_) => "ContractLicensePending",
-            Self::ContractLicenseCarriedOut(_) => "ContractLicenseCarriedOut",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum ContractEvent for "Contract" {
+        ContractDrafted(ContractDrafted),
+        ContractRevised(ContractRevised),
+        ContractSent(ContractSent),
+        ContractSigned(ContractSigned),
+        ContractActivated(ContractActivated),
+        ContractAmended(ContractAmended),
+        ContractTerminated(ContractTerminated),
+        ContractExpired(ContractExpired),
+        ContractLicenseFailed(ContractLicenseFailed),
+        ContractLicensePending(ContractLicensePending),
+        ContractLicenseCarriedOut(ContractLicenseCarriedOut),
     }
 }
 
@@ -901,7 +881,7 @@ impl Contract {
 }
 
 impl Aggregate for Contract {
-    const TYPE: &'static str = "Contract";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = ContractCommand;
     type Event = ContractEvent;
     type Error = ContractError;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use quantus_crypto::keys::{CryptoPolicy as PublishedPolicy, Purpose, VerifyRule};
 use quantus_crypto::Algorithm;
 use schemars::JsonSchema;
@@ -54,22 +54,11 @@ pub struct PurposeSignerSet {
     pub algorithm: Algorithm,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CryptoPolicyEvent {
-    AlgorithmRuleSet(AlgorithmRuleSet),
-    PurposeSignerSet(PurposeSignerSet),
-}
-
-impl DomainEvent for CryptoPolicyEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::AlgorithmRuleSet(_) => "AlgorithmRuleSet",
-            Self::PurposeSignerSet(_) => "PurposeSignerSet",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum CryptoPolicyEvent for "CryptoPolicy" {
+        AlgorithmRuleSet(AlgorithmRuleSet),
+        PurposeSignerSet(PurposeSignerSet),
     }
 }
 
@@ -151,7 +140,7 @@ impl CryptoPolicy {
 }
 
 impl Aggregate for CryptoPolicy {
-    const TYPE: &'static str = "CryptoPolicy";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = CryptoPolicyCommand;
     type Event = CryptoPolicyEvent;
     type Error = CryptoPolicyError;

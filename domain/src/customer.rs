@@ -4,7 +4,7 @@
 //! store's optimistic concurrency then guarantees uniqueness without a lookup.
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -31,22 +31,11 @@ pub struct CustomerContactChanged {
     pub billing_email: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CustomerEvent {
-    CustomerRegistered(CustomerRegistered),
-    CustomerContactChanged(CustomerContactChanged),
-}
-
-impl DomainEvent for CustomerEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::CustomerRegistered(_) => "CustomerRegistered",
-            Self::CustomerContactChanged(_) => "CustomerContactChanged",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum CustomerEvent for "Customer" {
+        CustomerRegistered(CustomerRegistered),
+        CustomerContactChanged(CustomerContactChanged),
     }
 }
 
@@ -142,7 +131,7 @@ impl Customer {
 }
 
 impl Aggregate for Customer {
-    const TYPE: &'static str = "Customer";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = CustomerCommand;
     type Event = CustomerEvent;
     type Error = CustomerError;

@@ -2,7 +2,7 @@
 //! records its digest and signer.
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -19,17 +19,10 @@ pub struct EvidenceBundleCreated {
     pub checkpoint_size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EvidenceBundleEvent {
-    EvidenceBundleCreated(EvidenceBundleCreated),
-}
-
-impl DomainEvent for EvidenceBundleEvent {
-    fn event_type(&self) -> String {
-        "EvidenceBundleCreated".to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum EvidenceBundleEvent for "EvidenceBundle" {
+        EvidenceBundleCreated(EvidenceBundleCreated),
     }
 }
 
@@ -43,7 +36,7 @@ pub struct EvidenceBundle {
 }
 
 impl Aggregate for EvidenceBundle {
-    const TYPE: &'static str = "EvidenceBundle";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = EvidenceBundleCreated;
     type Event = EvidenceBundleEvent;
     type Error = BundleExists;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -99,28 +99,14 @@ pub struct InvoiceVoided {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InvoiceEvent {
-    InvoiceIssued(InvoiceIssued),
-    InvoiceSent(InvoiceSent),
-    InvoicePaid(InvoicePaid),
-    InvoicePaymentFailed(InvoicePaymentFailed),
-    InvoiceVoided(InvoiceVoided),
-}
-
-impl DomainEvent for InvoiceEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::InvoiceIssued(_) => "InvoiceIssued",
-            Self::InvoiceSent(_) => "InvoiceSent",
-            Self::InvoicePaid(_) => "InvoicePaid",
-            Self::InvoicePaymentFailed(_) => "InvoicePaymentFailed",
-            Self::InvoiceVoided(_) => "InvoiceVoided",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum InvoiceEvent for "Invoice" {
+        InvoiceIssued(InvoiceIssued),
+        InvoiceSent(InvoiceSent),
+        InvoicePaid(InvoicePaid),
+        InvoicePaymentFailed(InvoicePaymentFailed),
+        InvoiceVoided(InvoiceVoided),
     }
 }
 
@@ -291,7 +277,7 @@ impl Invoice {
 }
 
 impl Aggregate for Invoice {
-    const TYPE: &'static str = "Invoice";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = InvoiceCommand;
     type Event = InvoiceEvent;
     type Error = InvoiceError;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -70,32 +70,16 @@ pub struct ArtifactPurged {
     pub policy: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JobEvent {
-    JobSubmitted(JobSubmitted),
-    JobStarted(JobStarted),
-    JobCompleted(JobCompleted),
-    JobFailed(JobFailed),
-    JobCancelled(JobCancelled),
-    ArtifactStored(ArtifactStored),
-    ArtifactPurged(ArtifactPurged),
-}
-
-impl DomainEvent for JobEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::JobSubmitted(_) => "JobSubmitted",
-            Self::JobStarted(_) => "JobStarted",
-            Self::JobCompleted(_) => "JobCompleted",
-            Self::JobFailed(_) => "JobFailed",
-            Self::JobCancelled(_) => "JobCancelled",
-            Self::ArtifactStored(_) => "ArtifactStored",
-            Self::ArtifactPurged(_) => "ArtifactPurged",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum JobEvent for "Job" {
+        JobSubmitted(JobSubmitted),
+        JobStarted(JobStarted),
+        JobCompleted(JobCompleted),
+        JobFailed(JobFailed),
+        JobCancelled(JobCancelled),
+        ArtifactStored(ArtifactStored),
+        ArtifactPurged(ArtifactPurged),
     }
 }
 
@@ -289,7 +273,7 @@ impl Job {
 }
 
 impl Aggregate for Job {
-    const TYPE: &'static str = "Job";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = JobCommand;
     type Event = JobEvent;
     type Error = JobError;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use quantus_crypto::keys::Purpose;
 use quantus_crypto::{Algorithm, PublicKey};
 use schemars::JsonSchema;
@@ -79,29 +79,14 @@ pub struct KeyCompromised {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KeyringEvent {
-    KeyGenerated(KeyGenerated),
-    KeyActivated(KeyActivated),
-    KeyRotated(KeyRotated),
-    KeyRetired(KeyRetired),
-    KeyCompromised(KeyCompromised),
-}
-
-impl DomainEvent for KeyringEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::KeyGenerated(_) => "KeyGenerated",
-            Self::KeyActivated(_) => "KeyActivated",
-            Self::KeyRotated(_) => "KeyRotated",
-            Self::KeyRetired(_) => "KeyRetired",
-            Self::KeyCompromised(_) => "KeyCompromised",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum KeyringEvent for "Keyring" {
+        KeyGenerated(KeyGenerated),
+        KeyActivated(KeyActivated),
+        KeyRotated(KeyRotated),
+        KeyRetired(KeyRetired),
+        KeyCompromised(KeyCompromised),
     }
 }
 
@@ -281,7 +266,7 @@ impl Keyring {
 }
 
 impl Aggregate for Keyring {
-    const TYPE: &'static str = "Keyring";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = KeyringCommand;
     type Event = KeyringEvent;
     type Error = KeyringError;

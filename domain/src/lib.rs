@@ -10,6 +10,7 @@ pub mod crypto_policy;
 pub mod customer;
 pub mod entitlement;
 pub mod envelope;
+pub mod events;
 pub mod evidence;
 pub mod identity;
 pub mod invoice;

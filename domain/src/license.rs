@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use quantus_crypto::instant;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -93,32 +93,16 @@ pub struct LicenseRevoked {
     pub revoked_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LicenseEvent {
-    LicenseIssued(LicenseIssued),
-    LicenseActivated(LicenseActivated),
-    LicenseDeactivated(LicenseDeactivated),
-    LicenseSuspended(LicenseSuspended),
-    LicenseReinstated(LicenseReinstated),
-    LicenseRenewed(LicenseRenewed),
-    LicenseRevoked(LicenseRevoked),
-}
-
-impl DomainEvent for LicenseEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::LicenseIssued(_) => "LicenseIssued",
-            Self::LicenseActivated(_) => "LicenseActivated",
-            Self::LicenseDeactivated(_) => "LicenseDeactivated",
-            Self::LicenseSuspended(_) => "LicenseSuspended",
-            Self::LicenseReinstated(_) => "LicenseReinstated",
-            Self::LicenseRenewed(_) => "LicenseRenewed",
-            Self::LicenseRevoked(_) => "LicenseRevoked",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum LicenseEvent for "License" {
+        LicenseIssued(LicenseIssued),
+        LicenseActivated(LicenseActivated),
+        LicenseDeactivated(LicenseDeactivated),
+        LicenseSuspended(LicenseSuspended),
+        LicenseReinstated(LicenseReinstated),
+        LicenseRenewed(LicenseRenewed),
+        LicenseRevoked(LicenseRevoked),
     }
 }
 
@@ -339,7 +323,7 @@ impl License {
 }
 
 impl Aggregate for License {
-    const TYPE: &'static str = "License";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = LicenseCommand;
     type Event = LicenseEvent;
     type Error = LicenseError;

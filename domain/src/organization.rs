@@ -1,7 +1,7 @@
 //! Organization: the tenant every other aggregate belongs to.
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -41,28 +41,14 @@ pub struct OrganizationSuspended {
 #[serde(deny_unknown_fields)]
 pub struct OrganizationReactivated {}
 
-/// Externally tagged: the variant name is the `event_type`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OrganizationEvent {
-    OrganizationCreated(OrganizationCreated),
-    OrganizationRenamed(OrganizationRenamed),
-    OrganizationSuspended(OrganizationSuspended),
-    OrganizationReactivated(OrganizationReactivated),
-}
-
-impl DomainEvent for OrganizationEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::OrganizationCreated(_) => "OrganizationCreated",
-            Self::OrganizationRenamed(_) => "OrganizationRenamed",
-            Self::OrganizationSuspended(_) => "OrganizationSuspended",
-            Self::OrganizationReactivated(_) => "OrganizationReactivated",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    /// Externally tagged: the variant name is the `event_type`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum OrganizationEvent for "Organization" {
+        OrganizationCreated(OrganizationCreated),
+        OrganizationRenamed(OrganizationRenamed),
+        OrganizationSuspended(OrganizationSuspended),
+        OrganizationReactivated(OrganizationReactivated),
     }
 }
 
@@ -180,7 +166,7 @@ impl Organization {
 }
 
 impl Aggregate for Organization {
-    const TYPE: &'static str = "Organization";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = OrganizationCommand;
     type Event = OrganizationEvent;
     type Error = OrganizationError;
@@ -219,6 +205,7 @@ impl Aggregate for Organization {
 mod tests {
     use super::*;
     use cqrs_es::test::TestFramework;
+    use cqrs_es::DomainEvent;
     use OrganizationCommand as C;
     use OrganizationEvent as E;
 

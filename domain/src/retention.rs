@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -34,24 +34,12 @@ pub struct LegalHoldPlaced {
 #[serde(deny_unknown_fields)]
 pub struct LegalHoldReleased {}
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RetentionEvent {
-    RetentionRuleSet(RetentionRuleSet),
-    LegalHoldPlaced(LegalHoldPlaced),
-    LegalHoldReleased(LegalHoldReleased),
-}
-
-impl DomainEvent for RetentionEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::RetentionRuleSet(_) => "RetentionRuleSet",
-            Self::LegalHoldPlaced(_) => "LegalHoldPlaced",
-            Self::LegalHoldReleased(_) => "LegalHoldReleased",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum RetentionEvent for "RetentionPolicy" {
+        RetentionRuleSet(RetentionRuleSet),
+        LegalHoldPlaced(LegalHoldPlaced),
+        LegalHoldReleased(LegalHoldReleased),
     }
 }
 
@@ -113,7 +101,7 @@ impl RetentionPolicy {
 }
 
 impl Aggregate for RetentionPolicy {
-    const TYPE: &'static str = "RetentionPolicy";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = RetentionCommand;
     type Event = RetentionEvent;
     type Error = RetentionError;

@@ -8,30 +8,8 @@ use std::sync::LazyLock;
 
 use schemars::{JsonSchema, Schema};
 
-use crate::checkpoint::LogCheckpointSigned;
-use crate::contract::*;
-use crate::crypto_policy::{AlgorithmRuleSet, PurposeSignerSet};
-use crate::customer::*;
 use crate::envelope::Envelope;
-use crate::evidence::EvidenceBundleCreated;
-use crate::identity::access_policy::*;
-use crate::identity::client::*;
-use crate::identity::grant::*;
-use crate::identity::group::*;
-use crate::identity::passkey::*;
-use crate::identity::saml::*;
-use crate::identity::scim_token::*;
-use crate::identity::session::*;
-use crate::identity::signin::*;
-use crate::identity::totp::*;
-use crate::identity::user::*;
-use crate::invoice::*;
-use crate::job::*;
-use crate::keyring::*;
-use crate::license::*;
-use crate::organization::*;
-use crate::retention::*;
-use crate::usage::*;
+use crate::events::EventEnum;
 
 /// A bounded context owns aggregates and publishes to one topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,7 +80,9 @@ impl EventSchema {
     }
 }
 
-fn entry<T: JsonSchema + serde::de::DeserializeOwned>(
+/// The catalogue entry of event type `event_type` at `version`, whose payload is a `T`
+/// (called by [`crate::events!`]).
+pub fn entry<T: JsonSchema + serde::de::DeserializeOwned>(
     aggregate_type: &'static str,
     event_type: &'static str,
     version: u32,
@@ -127,116 +107,61 @@ fn entry<T: JsonSchema + serde::de::DeserializeOwned>(
     }
 }
 
-/// Every event type and version the code can write or read.
+/// Calls `$m!` with every event enum of the platform: the one list from which the catalogue
+/// (and the test that every enum is in it) is derived.
+macro_rules! for_every_event_enum {
+    ($m:ident) => {
+        $m!(
+            crate::organization::OrganizationEvent,
+            crate::keyring::KeyringEvent,
+            crate::crypto_policy::CryptoPolicyEvent,
+            crate::license::LicenseEvent,
+            crate::identity::user::UserEvent,
+            crate::identity::scim_token::ScimTokenEvent,
+            crate::identity::group::GroupEvent,
+            crate::identity::client::ClientEvent,
+            crate::identity::grant::GrantEvent,
+            crate::identity::session::SessionEvent,
+            crate::identity::signin::SignInEvent,
+            crate::identity::signin::ConsentEvent,
+            crate::identity::totp::TotpEvent,
+            crate::identity::access_policy::AccessPolicyEvent,
+            crate::identity::access_policy::AccessDecisionEvent,
+            crate::identity::passkey::PasskeyEvent,
+            crate::identity::saml::SamlServiceProviderEvent,
+            crate::identity::saml::SamlSigningKeysEvent,
+            crate::identity::saml::SamlExchangeEvent,
+            crate::checkpoint::LogCheckpointEvent,
+            crate::job::JobEvent,
+            crate::evidence::EvidenceBundleEvent,
+            crate::retention::RetentionEvent,
+            crate::customer::CustomerEvent,
+            crate::contract::ContractEvent,
+            crate::usage::UsageEvent,
+            crate::invoice::InvoiceEvent,
+        )
+    };
+}
+
+/// The aggregate type and event types of every event enum, in catalogue order.
+pub fn event_enums() -> Vec<(&'static str, &'static [&'static str])> {
+    macro_rules! names {
+        ($($e:ty),+ $(,)?) => {
+            vec![$((<$e as EventEnum>::AGGREGATE, <$e as EventEnum>::NAMES)),+]
+        };
+    }
+    for_every_event_enum!(names)
+}
+
+/// Every event type and version the code can write or read: each event enum's variants with
+/// their payload types (see [`crate::events!`]).
 pub fn catalogue() -> Vec<EventSchema> {
-    vec![
-        entry::<OrganizationCreated>("Organization", "OrganizationCreated", 1),
-        entry::<OrganizationRenamed>("Organization", "OrganizationRenamed", 1),
-        entry::<OrganizationSuspended>("Organization", "OrganizationSuspended", 1),
-        entry::<OrganizationReactivated>("Organization", "OrganizationReactivated", 1),
-        entry::<KeyGenerated>("Keyring", "KeyGenerated", 1),
-        entry::<KeyActivated>("Keyring", "KeyActivated", 1),
-        entry::<KeyRotated>("Keyring", "KeyRotated", 1),
-        entry::<KeyRetired>("Keyring", "KeyRetired", 1),
-        entry::<KeyCompromised>("Keyring", "KeyCompromised", 1),
-        entry::<AlgorithmRuleSet>("CryptoPolicy", "AlgorithmRuleSet", 1),
-        entry::<PurposeSignerSet>("CryptoPolicy", "PurposeSignerSet", 1),
-        entry::<LicenseIssued>("License", "LicenseIssued", 1),
-        entry::<LicenseActivated>("License", "LicenseActivated", 1),
-        entry::<LicenseDeactivated>("License", "LicenseDeactivated", 1),
-        entry::<LicenseSuspended>("License", "LicenseSuspended", 1),
-        entry::<LicenseReinstated>("License", "LicenseReinstated", 1),
-        entry::<LicenseRenewed>("License", "LicenseRenewed", 1),
-        entry::<LicenseRevoked>("License", "LicenseRevoked", 1),
-        entry::<UserRegistered>("User", "UserRegistered", 1),
-        entry::<UserPasswordSet>("User", "UserPasswordSet", 1),
-        entry::<UserRoleGranted>("User", "UserRoleGranted", 1),
-        entry::<UserRoleRevoked>("User", "UserRoleRevoked", 1),
-        entry::<UserDisabled>("User", "UserDisabled", 1),
-        entry::<UserEnabled>("User", "UserEnabled", 1),
-        entry::<UserErased>("User", "UserErased", 1),
-        entry::<UserProfileChanged>("User", "UserProfileChanged", 1),
-        entry::<UserEmailChanged>("User", "UserEmailChanged", 1),
-        entry::<UserInvited>("User", "UserInvited", 1),
-        entry::<UserInviteAccepted>("User", "UserInviteAccepted", 1),
-        entry::<ScimTokenIssued>("ScimToken", "ScimTokenIssued", 1),
-        entry::<ScimTokenRevoked>("ScimToken", "ScimTokenRevoked", 1),
-        entry::<GroupCreated>("Group", "GroupCreated", 1),
-        entry::<GroupRenamed>("Group", "GroupRenamed", 1),
-        entry::<GroupMemberAdded>("Group", "GroupMemberAdded", 1),
-        entry::<GroupMemberRemoved>("Group", "GroupMemberRemoved", 1),
-        entry::<GroupDeleted>("Group", "GroupDeleted", 1),
-        entry::<GroupExternalIdChanged>("Group", "GroupExternalIdChanged", 1),
-        entry::<ClientRegistered>("Client", "ClientRegistered", 1),
-        entry::<ClientSecretRotated>("Client", "ClientSecretRotated", 1),
-        entry::<ClientDisabled>("Client", "ClientDisabled", 1),
-        entry::<AuthorizationCodeIssued>("Grant", "AuthorizationCodeIssued", 1),
-        entry::<DeviceAuthorizationStarted>("Grant", "DeviceAuthorizationStarted", 1),
-        entry::<DeviceAuthorizationApproved>("Grant", "DeviceAuthorizationApproved", 1),
-        entry::<DeviceAuthorizationDenied>("Grant", "DeviceAuthorizationDenied", 1),
-        entry::<TokensIssued>("Grant", "TokensIssued", 1),
-        entry::<TokensRefreshed>("Grant", "TokensRefreshed", 1),
-        entry::<GrantRevoked>("Grant", "GrantRevoked", 1),
-        entry::<SessionStarted>("Session", "SessionStarted", 1),
-        entry::<SessionEnded>("Session", "SessionEnded", 1),
-        entry::<SignInSucceeded>("SignInAttempt", "SignInSucceeded", 1),
-        entry::<SignInFailed>("SignInAttempt", "SignInFailed", 1),
-        entry::<ConsentGranted>("Consent", "ConsentGranted", 1),
-        entry::<TotpEnrollmentStarted>("TotpAuthenticator", "TotpEnrollmentStarted", 1),
-        entry::<TotpEnrolled>("TotpAuthenticator", "TotpEnrolled", 1),
-        entry::<TotpCodeAccepted>("TotpAuthenticator", "TotpCodeAccepted", 1),
-        entry::<TotpRecoveryCodeUsed>("TotpAuthenticator", "TotpRecoveryCodeUsed", 1),
-        entry::<TotpRemoved>("TotpAuthenticator", "TotpRemoved", 1),
-        entry::<AccessRuleSet>("AccessPolicy", "AccessRuleSet", 1),
-        entry::<AccessRuleRemoved>("AccessPolicy", "AccessRuleRemoved", 1),
-        entry::<AccessDecided>("AccessDecision", "AccessDecided", 1),
-        entry::<PasskeyRegistered>("PasskeyCredentials", "PasskeyRegistered", 1),
-        entry::<PasskeyUsed>("PasskeyCredentials", "PasskeyUsed", 1),
-        entry::<PasskeyRemoved>("PasskeyCredentials", "PasskeyRemoved", 1),
-        entry::<SamlServiceProviderRegistered>(
-            "SamlServiceProvider",
-            "SamlServiceProviderRegistered",
-            1,
-        ),
-        entry::<SamlServiceProviderChanged>("SamlServiceProvider", "SamlServiceProviderChanged", 1),
-        entry::<SamlServiceProviderRemoved>("SamlServiceProvider", "SamlServiceProviderRemoved", 1),
-        entry::<SamlSigningKeyAdded>("SamlSigningKeys", "SamlSigningKeyAdded", 1),
-        entry::<SamlSigningKeyRetired>("SamlSigningKeys", "SamlSigningKeyRetired", 1),
-        entry::<SamlAssertionIssued>("SamlExchange", "SamlAssertionIssued", 1),
-        entry::<SamlLogoutCompleted>("SamlExchange", "SamlLogoutCompleted", 1),
-        entry::<LogCheckpointSigned>("LogCheckpoint", "LogCheckpointSigned", 1),
-        entry::<JobSubmitted>("Job", "JobSubmitted", 1),
-        entry::<JobStarted>("Job", "JobStarted", 1),
-        entry::<JobCompleted>("Job", "JobCompleted", 1),
-        entry::<JobFailed>("Job", "JobFailed", 1),
-        entry::<JobCancelled>("Job", "JobCancelled", 1),
-        entry::<ArtifactStored>("Job", "ArtifactStored", 1),
-        entry::<ArtifactPurged>("Job", "ArtifactPurged", 1),
-        entry::<EvidenceBundleCreated>("EvidenceBundle", "EvidenceBundleCreated", 1),
-        entry::<RetentionRuleSet>("RetentionPolicy", "RetentionRuleSet", 1),
-        entry::<LegalHoldPlaced>("RetentionPolicy", "LegalHoldPlaced", 1),
-        entry::<LegalHoldReleased>("RetentionPolicy", "LegalHoldReleased", 1),
-        entry::<CustomerRegistered>("Customer", "CustomerRegistered", 1),
-        entry::<CustomerContactChanged>("Customer", "CustomerContactChanged", 1),
-        entry::<ContractDrafted>("Contract", "ContractDrafted", 1),
-        entry::<ContractRevised>("Contract", "ContractRevised", 1),
-        entry::<ContractSent>("Contract", "ContractSent", 1),
-        entry::<ContractSigned>("Contract", "ContractSigned", 1),
-        entry::<ContractActivated>("Contract", "ContractActivated", 1),
-        entry::<ContractAmended>("Contract", "ContractAmended", 1),
-        entry::<ContractTerminated>("Contract", "ContractTerminated", 1),
-        entry::<ContractExpired>("Contract", "ContractExpired", 1),
-        entry::<ContractLicenseFailed>("Contract", "ContractLicenseFailed", 1),
-        entry::<ContractLicensePending>("Contract", "ContractLicensePending", 1),
-        entry::<ContractLicenseCarriedOut>("Contract", "ContractLicenseCarriedOut", 1),
-        entry::<UsageRecorded>("UsageMeter", "UsageRecorded", 1),
-        entry::<QuotaExceeded>("UsageMeter", "QuotaExceeded", 1),
-        entry::<InvoiceIssued>("Invoice", "InvoiceIssued", 1),
-        entry::<InvoiceSent>("Invoice", "InvoiceSent", 1),
-        entry::<InvoicePaid>("Invoice", "InvoicePaid", 1),
-        entry::<InvoicePaymentFailed>("Invoice", "InvoicePaymentFailed", 1),
-        entry::<InvoiceVoided>("Invoice", "InvoiceVoided", 1),
-    ]
+    macro_rules! schemas {
+        ($($e:ty),+ $(,)?) => {
+            [$(<$e as EventEnum>::schemas()),+].into_iter().flatten().collect()
+        };
+    }
+    for_every_event_enum!(schemas)
 }
 
 /// The catalogue, built once: generating the ~100 JSON Schemas costs far more than a check,
@@ -311,6 +236,38 @@ pub fn files() -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn the_catalogue_lists_exactly_the_event_enums_variants() {
+        let declared: BTreeSet<(&str, &str)> = event_enums()
+            .into_iter()
+            .flat_map(|(aggregate, names)| names.iter().map(move |n| (aggregate, *n)))
+            .collect();
+        let catalogue = catalogue();
+        let catalogued: BTreeSet<(&str, &str)> = catalogue
+            .iter()
+            .map(|e| (e.aggregate_type, e.event_type))
+            .collect();
+        assert_eq!(declared, catalogued);
+        assert_eq!(
+            catalogue.len(),
+            catalogued.len(),
+            "an event type is catalogued twice"
+        );
+        let names: BTreeSet<&str> = catalogue.iter().map(|e| e.event_type).collect();
+        assert_eq!(
+            names.len(),
+            catalogue.len(),
+            "two aggregates share an event type"
+        );
+        let aggregates: BTreeSet<&str> = event_enums().iter().map(|(a, _)| *a).collect();
+        assert_eq!(
+            aggregates.len(),
+            event_enums().len(),
+            "an aggregate has two enums"
+        );
+    }
 
     #[test]
     fn every_catalogued_aggregate_has_a_context_and_schemas_are_2020_12() {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -124,22 +124,11 @@ pub struct QuotaExceeded {
     pub used: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum UsageEvent {
-    UsageRecorded(UsageRecorded),
-    QuotaExceeded(QuotaExceeded),
-}
-
-impl DomainEvent for UsageEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::UsageRecorded(_) => "UsageRecorded",
-            Self::QuotaExceeded(_) => "QuotaExceeded",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum UsageEvent for "UsageMeter" {
+        UsageRecorded(UsageRecorded),
+        QuotaExceeded(QuotaExceeded),
     }
 }
 
@@ -285,7 +274,7 @@ impl UsageMeter {
 }
 
 impl Aggregate for UsageMeter {
-    const TYPE: &'static str = "UsageMeter";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = UsageCommand;
     type Event = UsageEvent;
     type Error = UsageError;

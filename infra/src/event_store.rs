@@ -8,6 +8,7 @@ use cqrs_es::persist::{
 };
 use cqrs_es::Aggregate;
 use quantus_domain::envelope::{tag_payload, untag_payload};
+use quantus_domain::events::{EventEnum, EventPayload};
 use quantus_domain::{Actor, ActorKind, CommandContext, Envelope};
 use serde_json::Value;
 use sqlx::any::AnyRow;
@@ -22,6 +23,17 @@ use crate::InfraError;
 pub struct LogRecord {
     pub position: u64,
     pub envelope: Envelope,
+}
+
+impl LogRecord {
+    /// The record's event as its aggregate's event enum (see `quantus_domain::events`): the
+    /// one way a consumer of the log reads an event. An event of another aggregate, of a type
+    /// the enum does not declare, or with a payload of the wrong shape is `Corrupt`.
+    pub fn decode<E: EventEnum>(&self) -> Result<E, InfraError> {
+        self.envelope
+            .decode::<E>()
+            .map_err(|e| InfraError::Corrupt(format!("event at position {}: {e}", self.position)))
+    }
 }
 
 pub(crate) const COLUMNS: &str =
@@ -182,6 +194,26 @@ impl SqlEventRepository {
         .fetch_all(&self.db.pool)
         .await?;
         rows.iter().map(record_from_row).collect()
+    }
+
+    /// Every event of type `P`, decoded, in log order.
+    pub async fn events_of<P: EventPayload>(&self) -> Result<Vec<(LogRecord, P)>, InfraError> {
+        let records = self
+            .events_of_type(<P::Enum as EventEnum>::AGGREGATE, P::NAME)
+            .await?;
+        records
+            .into_iter()
+            .map(|record| {
+                let event = P::from_event(record.decode::<P::Enum>()?).ok_or_else(|| {
+                    InfraError::Corrupt(format!(
+                        "event at position {} is not a {}",
+                        record.position,
+                        P::NAME
+                    ))
+                })?;
+                Ok((record, event))
+            })
+            .collect()
     }
 
     /// One aggregate's events with their log positions, in sequence order.

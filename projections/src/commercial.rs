@@ -6,15 +6,14 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use quantus_domain::contract::{
-    ContractAmended, ContractDrafted, ContractLicenseCarriedOut, ContractLicenseFailed,
-    ContractLicensePending, ContractRevised, LicenseAction, LicenseStep, LicenseStepState,
-    LineItem, PlannedLicense,
+    ContractEvent, LicenseAction, LicenseStep, LicenseStepState, LineItem, PlannedLicense,
 };
-use quantus_domain::customer::{CustomerContactChanged, CustomerRegistered};
+use quantus_domain::customer::CustomerEvent;
 use quantus_domain::entitlement::Entitlements;
 use quantus_domain::envelope::rfc3339_micros;
-use quantus_domain::invoice::{InvoiceIssued, InvoiceSent};
-use quantus_domain::usage::{Period, UsageRecorded};
+use quantus_domain::events::EventEnum;
+use quantus_domain::invoice::InvoiceEvent;
+use quantus_domain::usage::{Period, UsageEvent};
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -84,10 +83,6 @@ fn corrupt(record: &LogRecord, e: impl std::fmt::Display) -> InfraError {
         "commercial: event at position {}: {e}",
         record.position
     ))
-}
-
-fn payload<T: serde::de::DeserializeOwned>(record: &LogRecord) -> Result<T, InfraError> {
-    serde_json::from_value(record.envelope.payload.clone()).map_err(|e| corrupt(record, e))
 }
 
 const CONTRACT_SELECT: &str = "SELECT id, organization_id, customer_id, status, currency, starts_at, ends_at, line_items, amendments, version, updated_at FROM commercial_contracts";
@@ -297,10 +292,8 @@ impl CommercialView {
     async fn plan(
         conn: &mut AnyConnection,
         record: &LogRecord,
-        plan: &serde_json::Value,
+        plan: Vec<PlannedLicense>,
     ) -> Result<(), InfraError> {
-        let plan: Vec<PlannedLicense> =
-            serde_json::from_value(plan.clone()).map_err(|x| corrupt(record, x))?;
         for step in plan {
             let view = LicenseStep {
                 license_id: step.license_id.clone(),
@@ -379,7 +372,10 @@ impl Projection for CommercialView {
     fn handles(&self, aggregate_type: &str) -> bool {
         matches!(
             aggregate_type,
-            "Customer" | "Contract" | "UsageMeter" | "Invoice"
+            CustomerEvent::AGGREGATE
+                | ContractEvent::AGGREGATE
+                | UsageEvent::AGGREGATE
+                | InvoiceEvent::AGGREGATE
         )
     }
 
@@ -462,156 +458,161 @@ impl Projection for CommercialView {
         let at = rfc3339_micros::format(&e.occurred_at);
         let version = e.sequence as i64;
         let id = e.aggregate_id.clone();
-        match e.event_type.as_str() {
-            "CustomerRegistered" => {
-                let p: CustomerRegistered = payload(record)?;
-                sqlx::query("INSERT INTO commercial_customers (id, name, billing_email, currency, version) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(id).bind(p.name).bind(p.billing_email).bind(p.currency).bind(version)
-                    .execute(conn).await?;
-            }
-            "CustomerContactChanged" => {
-                let p: CustomerContactChanged = payload(record)?;
-                sqlx::query("UPDATE commercial_customers SET name = $1, billing_email = $2, version = $3 WHERE id = $4")
-                    .bind(p.name).bind(p.billing_email).bind(version).bind(id)
-                    .execute(conn).await?;
-            }
-            "ContractDrafted" => {
-                let p: ContractDrafted = payload(record)?;
-                let items = serde_json::to_string(&p.line_items).map_err(|x| corrupt(record, x))?;
-                sqlx::query(
-                    "INSERT INTO commercial_contracts (id, organization_id, customer_id, status, currency, starts_at, ends_at, line_items, amendments, version, updated_at)
-                     VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, 0, $8, $9)",
-                )
-                .bind(id)
-                .bind(p.organization_id)
-                .bind(p.customer_id)
-                .bind(p.currency)
-                .bind(rfc3339_micros::format(&p.starts_at))
-                .bind(rfc3339_micros::format(&p.ends_at))
-                .bind(items)
-                .bind(version)
-                .bind(at)
-                .execute(conn)
-                .await?;
-            }
-            "ContractRevised" => {
-                let p: ContractRevised = payload(record)?;
-                let items = serde_json::to_string(&p.line_items).map_err(|x| corrupt(record, x))?;
-                sqlx::query("UPDATE commercial_contracts SET line_items = $1, starts_at = $2, ends_at = $3 WHERE id = $4")
-                    .bind(items)
+        match e.aggregate_type.as_str() {
+            CustomerEvent::AGGREGATE => match record.decode::<CustomerEvent>()? {
+                CustomerEvent::CustomerRegistered(p) => {
+                    sqlx::query("INSERT INTO commercial_customers (id, name, billing_email, currency, version) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(id).bind(p.name).bind(p.billing_email).bind(p.currency).bind(version)
+                        .execute(conn).await?;
+                }
+                CustomerEvent::CustomerContactChanged(p) => {
+                    sqlx::query("UPDATE commercial_customers SET name = $1, billing_email = $2, version = $3 WHERE id = $4")
+                        .bind(p.name).bind(p.billing_email).bind(version).bind(id)
+                        .execute(conn).await?;
+                }
+            },
+            ContractEvent::AGGREGATE => match record.decode::<ContractEvent>()? {
+                ContractEvent::ContractDrafted(p) => {
+                    let items =
+                        serde_json::to_string(&p.line_items).map_err(|x| corrupt(record, x))?;
+                    sqlx::query(
+                        "INSERT INTO commercial_contracts (id, organization_id, customer_id, status, currency, starts_at, ends_at, line_items, amendments, version, updated_at)
+                         VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, 0, $8, $9)",
+                    )
+                    .bind(id)
+                    .bind(p.organization_id)
+                    .bind(p.customer_id)
+                    .bind(p.currency)
                     .bind(rfc3339_micros::format(&p.starts_at))
                     .bind(rfc3339_micros::format(&p.ends_at))
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                Self::contract_update(conn, record, None).await?;
-            }
-            "ContractAmended" => {
-                let p: ContractAmended = payload(record)?;
-                let items = serde_json::to_string(&p.line_items).map_err(|x| corrupt(record, x))?;
-                sqlx::query("UPDATE commercial_contracts SET line_items = $1, ends_at = $2, amendments = $3 WHERE id = $4")
                     .bind(items)
-                    .bind(rfc3339_micros::format(&p.ends_at))
-                    .bind(i64::from(p.amendment))
-                    .bind(id)
-                    .execute(&mut *conn)
+                    .bind(version)
+                    .bind(at)
+                    .execute(conn)
                     .await?;
-                Self::plan(&mut *conn, record, &e.payload["licenses"]).await?;
-                Self::contract_update(conn, record, Some("amended")).await?;
-            }
-            "ContractSent" => Self::contract_update(conn, record, Some("sent")).await?,
-            "ContractSigned" => Self::contract_update(conn, record, Some("signed")).await?,
-            "ContractActivated" => {
-                Self::plan(&mut *conn, record, &e.payload["licenses"]).await?;
-                Self::contract_update(conn, record, Some("active")).await?
-            }
-            "ContractTerminated" => {
-                Self::plan(&mut *conn, record, &e.payload["licenses"]).await?;
-                Self::contract_update(conn, record, Some("terminated")).await?
-            }
-            "ContractExpired" => Self::contract_update(conn, record, Some("expired")).await?,
-            "ContractLicenseFailed" => {
-                let p: ContractLicenseFailed = payload(record)?;
-                let step = LicenseStep {
-                    license_id: p.license_id,
-                    action: p.action,
-                    state: LicenseStepState::Failed { reason: p.reason },
-                };
-                Self::license_state(conn, record, p.line_item_id, step).await?
-            }
-            "ContractLicensePending" => {
-                let p: ContractLicensePending = payload(record)?;
-                let step = LicenseStep {
-                    license_id: p.license_id,
-                    action: p.action,
-                    state: LicenseStepState::Pending {
-                        hold: p.hold,
-                        reason: p.reason,
-                        attempt: p.attempt,
-                        retry_at: p.retry_at,
-                    },
-                };
-                Self::license_state(conn, record, p.line_item_id, step).await?
-            }
-            "ContractLicenseCarriedOut" => {
-                let p: ContractLicenseCarriedOut = payload(record)?;
-                let step = LicenseStep {
-                    license_id: p.license_id,
-                    action: p.action,
-                    state: LicenseStepState::Done,
-                };
-                Self::license_state(conn, record, p.line_item_id, step).await?
-            }
-            "UsageRecorded" => {
-                let p: UsageRecorded = payload(record)?;
-                sqlx::query(
-                    "INSERT INTO commercial_usage (organization_id, period, metric, used) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (organization_id, period, metric) DO UPDATE SET used = commercial_usage.used + excluded.used",
-                )
-                .bind(p.organization_id)
-                .bind(p.period)
-                .bind(p.metric)
-                .bind(p.amount)
-                .execute(conn)
-                .await?;
-            }
-            "QuotaExceeded" => {}
-            "InvoiceIssued" => {
-                let p: InvoiceIssued = payload(record)?;
-                sqlx::query(
-                    "INSERT INTO commercial_invoices (id, organization_id, contract_id, period, currency, total, status, due_at, version, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'issued', $7, $8, $9)",
-                )
-                .bind(id)
-                .bind(p.organization_id)
-                .bind(p.contract_id)
-                .bind(p.period)
-                .bind(p.currency)
-                .bind(p.total)
-                .bind(rfc3339_micros::format(&p.due_at))
-                .bind(version)
-                .bind(at)
-                .execute(conn)
-                .await?;
-            }
-            "InvoiceSent" => {
-                let p: InvoiceSent = payload(record)?;
-                sqlx::query("UPDATE commercial_invoices SET status = 'open', provider = $1, external_id = $2, hosted_url = $3, version = $4, updated_at = $5 WHERE id = $6")
-                    .bind(p.provider).bind(p.external_id).bind(p.hosted_url).bind(version).bind(at).bind(id)
-                    .execute(conn).await?;
-            }
-            "InvoicePaid" | "InvoiceVoided" | "InvoicePaymentFailed" => {
-                let status = match e.event_type.as_str() {
-                    "InvoicePaid" => Some("paid"),
-                    "InvoiceVoided" => Some("void"),
-                    _ => None,
+                }
+                ContractEvent::ContractRevised(p) => {
+                    let items =
+                        serde_json::to_string(&p.line_items).map_err(|x| corrupt(record, x))?;
+                    sqlx::query("UPDATE commercial_contracts SET line_items = $1, starts_at = $2, ends_at = $3 WHERE id = $4")
+                        .bind(items)
+                        .bind(rfc3339_micros::format(&p.starts_at))
+                        .bind(rfc3339_micros::format(&p.ends_at))
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await?;
+                    Self::contract_update(conn, record, None).await?;
+                }
+                ContractEvent::ContractAmended(p) => {
+                    let items =
+                        serde_json::to_string(&p.line_items).map_err(|x| corrupt(record, x))?;
+                    sqlx::query("UPDATE commercial_contracts SET line_items = $1, ends_at = $2, amendments = $3 WHERE id = $4")
+                        .bind(items)
+                        .bind(rfc3339_micros::format(&p.ends_at))
+                        .bind(i64::from(p.amendment))
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await?;
+                    Self::plan(&mut *conn, record, p.licenses).await?;
+                    Self::contract_update(conn, record, Some("amended")).await?;
+                }
+                ContractEvent::ContractSent(_) => {
+                    Self::contract_update(conn, record, Some("sent")).await?
+                }
+                ContractEvent::ContractSigned(_) => {
+                    Self::contract_update(conn, record, Some("signed")).await?
+                }
+                ContractEvent::ContractActivated(p) => {
+                    Self::plan(&mut *conn, record, p.licenses).await?;
+                    Self::contract_update(conn, record, Some("active")).await?
+                }
+                ContractEvent::ContractTerminated(p) => {
+                    Self::plan(&mut *conn, record, p.licenses).await?;
+                    Self::contract_update(conn, record, Some("terminated")).await?
+                }
+                ContractEvent::ContractExpired(_) => {
+                    Self::contract_update(conn, record, Some("expired")).await?
+                }
+                ContractEvent::ContractLicenseFailed(p) => {
+                    let step = LicenseStep {
+                        license_id: p.license_id,
+                        action: p.action,
+                        state: LicenseStepState::Failed { reason: p.reason },
+                    };
+                    Self::license_state(conn, record, p.line_item_id, step).await?
+                }
+                ContractEvent::ContractLicensePending(p) => {
+                    let step = LicenseStep {
+                        license_id: p.license_id,
+                        action: p.action,
+                        state: LicenseStepState::Pending {
+                            hold: p.hold,
+                            reason: p.reason,
+                            attempt: p.attempt,
+                            retry_at: p.retry_at,
+                        },
+                    };
+                    Self::license_state(conn, record, p.line_item_id, step).await?
+                }
+                ContractEvent::ContractLicenseCarriedOut(p) => {
+                    let step = LicenseStep {
+                        license_id: p.license_id,
+                        action: p.action,
+                        state: LicenseStepState::Done,
+                    };
+                    Self::license_state(conn, record, p.line_item_id, step).await?
+                }
+            },
+            UsageEvent::AGGREGATE => match record.decode::<UsageEvent>()? {
+                UsageEvent::UsageRecorded(p) => {
+                    sqlx::query(
+                        "INSERT INTO commercial_usage (organization_id, period, metric, used) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (organization_id, period, metric) DO UPDATE SET used = commercial_usage.used + excluded.used",
+                    )
+                    .bind(p.organization_id)
+                    .bind(p.period)
+                    .bind(p.metric)
+                    .bind(p.amount)
+                    .execute(conn)
+                    .await?;
+                }
+                UsageEvent::QuotaExceeded(_) => {}
+            },
+            // An invoice's event, or an event of an aggregate this model does not handle
+            // (which the decoding refuses).
+            _ => {
+                let status = match record.decode::<InvoiceEvent>()? {
+                    InvoiceEvent::InvoiceIssued(p) => {
+                        sqlx::query(
+                            "INSERT INTO commercial_invoices (id, organization_id, contract_id, period, currency, total, status, due_at, version, updated_at)
+                             VALUES ($1, $2, $3, $4, $5, $6, 'issued', $7, $8, $9)",
+                        )
+                        .bind(id)
+                        .bind(p.organization_id)
+                        .bind(p.contract_id)
+                        .bind(p.period)
+                        .bind(p.currency)
+                        .bind(p.total)
+                        .bind(rfc3339_micros::format(&p.due_at))
+                        .bind(version)
+                        .bind(at)
+                        .execute(conn)
+                        .await?;
+                        return Ok(());
+                    }
+                    InvoiceEvent::InvoiceSent(p) => {
+                        sqlx::query("UPDATE commercial_invoices SET status = 'open', provider = $1, external_id = $2, hosted_url = $3, version = $4, updated_at = $5 WHERE id = $6")
+                            .bind(p.provider).bind(p.external_id).bind(p.hosted_url).bind(version).bind(at).bind(id)
+                            .execute(conn).await?;
+                        return Ok(());
+                    }
+                    InvoiceEvent::InvoicePaid(_) => Some("paid"),
+                    InvoiceEvent::InvoiceVoided(_) => Some("void"),
+                    InvoiceEvent::InvoicePaymentFailed(_) => None,
                 };
                 sqlx::query("UPDATE commercial_invoices SET status = COALESCE($1, status), version = $2, updated_at = $3 WHERE id = $4")
                     .bind(status.map(str::to_owned)).bind(version).bind(at).bind(id)
                     .execute(conn).await?;
-            }
-            other => {
-                return Err(corrupt(record, format!("unknown event type {other:?}")));
             }
         }
         Ok(())

@@ -3,9 +3,8 @@
 
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
-use quantus_domain::identity::group::{
-    GroupCreated, GroupExternalIdChanged, GroupMemberAdded, GroupMemberRemoved, GroupRenamed,
-};
+use quantus_domain::events::EventEnum;
+use quantus_domain::identity::group::GroupEvent;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -43,13 +42,6 @@ fn row_to_group(row: &AnyRow) -> Result<GroupRow, InfraError> {
         updated_at: row.try_get("updated_at")?,
         version: row.try_get::<i64, _>("version")? as u64,
     })
-}
-
-fn corrupt(record: &LogRecord, e: serde_json::Error) -> InfraError {
-    InfraError::Corrupt(format!(
-        "event at position {} ({}) does not match its schema: {e}",
-        record.position, record.envelope.event_type
-    ))
 }
 
 impl GroupsView {
@@ -95,7 +87,7 @@ impl Projection for GroupsView {
     }
 
     fn handles(&self, aggregate_type: &str) -> bool {
-        aggregate_type == "Group"
+        aggregate_type == GroupEvent::AGGREGATE
     }
 
     async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
@@ -125,10 +117,8 @@ impl Projection for GroupsView {
         let at = rfc3339_micros::format(&e.occurred_at);
         let version = e.sequence as i64;
         let id = e.aggregate_id.clone();
-        match e.event_type.as_str() {
-            "GroupCreated" => {
-                let p: GroupCreated =
-                    serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
+        match record.decode::<GroupEvent>()? {
+            GroupEvent::GroupCreated(p) => {
                 sqlx::query(
                     "INSERT INTO groups_view (id, organization_id, name, members, created_at, updated_at, version)
                      VALUES ($1, $2, $3, '[]', $4, $4, $5)",
@@ -141,9 +131,7 @@ impl Projection for GroupsView {
                 .execute(&mut *conn)
                 .await?;
             }
-            "GroupRenamed" => {
-                let p: GroupRenamed =
-                    serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
+            GroupEvent::GroupRenamed(p) => {
                 sqlx::query(
                     "UPDATE groups_view SET name = $1, updated_at = $2, version = $3 WHERE id = $4",
                 )
@@ -154,18 +142,14 @@ impl Projection for GroupsView {
                 .execute(&mut *conn)
                 .await?;
             }
-            "GroupMemberAdded" | "GroupMemberRemoved" => {
+            event @ (GroupEvent::GroupMemberAdded(_) | GroupEvent::GroupMemberRemoved(_)) => {
                 let mut members = Self::members(conn, &id).await?;
-                if e.event_type == "GroupMemberAdded" {
-                    let p: GroupMemberAdded = serde_json::from_value(e.payload.clone())
-                        .map_err(|x| corrupt(record, x))?;
-                    if !members.contains(&p.user_id) {
+                match event {
+                    GroupEvent::GroupMemberAdded(p) if !members.contains(&p.user_id) => {
                         members.push(p.user_id);
                     }
-                } else {
-                    let p: GroupMemberRemoved = serde_json::from_value(e.payload.clone())
-                        .map_err(|x| corrupt(record, x))?;
-                    members.retain(|m| *m != p.user_id);
+                    GroupEvent::GroupMemberRemoved(p) => members.retain(|m| *m != p.user_id),
+                    _ => {}
                 }
                 sqlx::query(
                     "UPDATE groups_view SET members = $1, updated_at = $2, version = $3 WHERE id = $4",
@@ -177,9 +161,7 @@ impl Projection for GroupsView {
                 .execute(&mut *conn)
                 .await?;
             }
-            "GroupExternalIdChanged" => {
-                let p: GroupExternalIdChanged =
-                    serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
+            GroupEvent::GroupExternalIdChanged(p) => {
                 sqlx::query(
                     "UPDATE groups_view SET external_id = $1, updated_at = $2, version = $3 WHERE id = $4",
                 )
@@ -190,17 +172,11 @@ impl Projection for GroupsView {
                 .execute(&mut *conn)
                 .await?;
             }
-            "GroupDeleted" => {
+            GroupEvent::GroupDeleted(_) => {
                 sqlx::query("DELETE FROM groups_view WHERE id = $1")
                     .bind(id)
                     .execute(&mut *conn)
                     .await?;
-            }
-            other => {
-                return Err(InfraError::Corrupt(format!(
-                    "groups: unknown event type {other:?} at position {}",
-                    record.position
-                )))
             }
         }
         Ok(())

@@ -2,8 +2,9 @@
 
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
-use quantus_domain::evidence::EvidenceBundleCreated;
-use quantus_domain::job::JobSubmitted;
+use quantus_domain::events::EventEnum;
+use quantus_domain::evidence::EvidenceBundleEvent;
+use quantus_domain::job::JobEvent;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -127,7 +128,7 @@ impl Projection for JobsView {
     }
 
     fn handles(&self, aggregate_type: &str) -> bool {
-        aggregate_type == "Job" || aggregate_type == "EvidenceBundle"
+        aggregate_type == JobEvent::AGGREGATE || aggregate_type == EvidenceBundleEvent::AGGREGATE
     }
 
     async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
@@ -173,13 +174,9 @@ impl Projection for JobsView {
         let e = &record.envelope;
         let at = rfc3339_micros::format(&e.occurred_at);
         let version = e.sequence as i64;
-        let status = match e.event_type.as_str() {
-            "EvidenceBundleCreated" => {
-                let p: EvidenceBundleCreated =
-                    serde_json::from_value(e.payload.clone()).map_err(|x| {
-                        InfraError::Corrupt(format!("event at position {}: {x}", record.position))
-                    })?;
-                sqlx::query(
+        if e.aggregate_type == EvidenceBundleEvent::AGGREGATE {
+            let EvidenceBundleEvent::EvidenceBundleCreated(p) = record.decode()?;
+            sqlx::query(
                     "INSERT INTO evidence_view (id, job_id, organization_id, manifest_sha256, created_at)
                      VALUES ($1, $2, $3, $4, $5)",
                 )
@@ -190,12 +187,10 @@ impl Projection for JobsView {
                 .bind(at)
                 .execute(conn)
                 .await?;
-                return Ok(());
-            }
-            "JobSubmitted" => {
-                let p: JobSubmitted = serde_json::from_value(e.payload.clone()).map_err(|x| {
-                    InfraError::Corrupt(format!("event at position {}: {x}", record.position))
-                })?;
+            return Ok(());
+        }
+        let status = match record.decode::<JobEvent>()? {
+            JobEvent::JobSubmitted(p) => {
                 sqlx::query(
                     "INSERT INTO jobs_view (id, organization_id, backend, status, artifacts, submitted_at, updated_at, version)
                      VALUES ($1, $2, $3, 'submitted', 0, $4, $4, $5)",
@@ -209,11 +204,11 @@ impl Projection for JobsView {
                 .await?;
                 return Ok(());
             }
-            "JobStarted" => "running",
-            "JobCompleted" => "completed",
-            "JobFailed" => "failed",
-            "JobCancelled" => "cancelled",
-            "ArtifactStored" => {
+            JobEvent::JobStarted(_) => "running",
+            JobEvent::JobCompleted(_) => "completed",
+            JobEvent::JobFailed(_) => "failed",
+            JobEvent::JobCancelled(_) => "cancelled",
+            JobEvent::ArtifactStored(_) => {
                 sqlx::query("UPDATE jobs_view SET artifacts = artifacts + 1, updated_at = $1, version = $2 WHERE id = $3")
                     .bind(at)
                     .bind(version)
@@ -222,7 +217,7 @@ impl Projection for JobsView {
                     .await?;
                 return Ok(());
             }
-            "ArtifactPurged" => {
+            JobEvent::ArtifactPurged(_) => {
                 sqlx::query("UPDATE jobs_view SET updated_at = $1, version = $2 WHERE id = $3")
                     .bind(at)
                     .bind(version)
@@ -230,12 +225,6 @@ impl Projection for JobsView {
                     .execute(conn)
                     .await?;
                 return Ok(());
-            }
-            other => {
-                return Err(InfraError::Corrupt(format!(
-                    "jobs: unknown event type {other:?} at position {}",
-                    record.position
-                )))
             }
         };
         sqlx::query(

@@ -58,3 +58,95 @@ pub fn by_name(
 ) -> Option<std::sync::Arc<dyn Projection>> {
     all(keys).into_iter().find(|p| p.name() == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection;
+
+    fn record(
+        position: u64,
+        aggregate_type: &str,
+        event_type: &str,
+        payload: serde_json::Value,
+    ) -> LogRecord {
+        serde_json::from_value(serde_json::json!({
+            "position": position,
+            "envelope": {
+                "actor": {"id": "test", "kind": "system"},
+                "aggregate_id": "01a227af-1c27-7646-b9ec-b2cc682f182b",
+                "aggregate_type": aggregate_type,
+                "causation_id": "01a227af-1c27-7646-b9ec-b2cea2f3fff4",
+                "correlation_id": "01a227af-1c27-7646-b9ec-b2cd22b95080",
+                "event_id": "01a227af-1c28-769f-bdff-355a6d816c59",
+                "event_type": event_type,
+                "occurred_at": "2026-11-29T14:21:57.159736Z",
+                "payload": payload,
+                "prev_hash": "0000000000000000000000000000000000000000000000000000000000000000",
+                "schema_version": 1,
+                "sequence": 2,
+                "tenant_id": "01a227af-1c27-7646-b9ec-b2cc682f182b",
+                "hash": "",
+            },
+        }))
+        .unwrap()
+    }
+
+    /// Every read model decodes its records into the event enums: an event type an enum does
+    /// not declare, or another aggregate's event, is corrupt data, never skipped.
+    #[tokio::test]
+    async fn read_models_refuse_events_their_enums_do_not_declare() {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let empty = serde_json::json!({});
+        let models: Vec<(Box<dyn Projection>, &str, &str, serde_json::Value)> = vec![
+            (
+                Box::new(organizations::OrganizationsView),
+                "Organization",
+                "OrganizationReactivated",
+                empty.clone(),
+            ),
+            (
+                Box::new(licenses::LicensesView),
+                "License",
+                "LicenseReinstated",
+                empty.clone(),
+            ),
+            (
+                Box::new(groups::GroupsView),
+                "Group",
+                "GroupDeleted",
+                empty.clone(),
+            ),
+            (Box::new(jobs::JobsView), "Job", "JobStarted", empty.clone()),
+            (
+                Box::new(commercial::CommercialView),
+                "Customer",
+                "CustomerContactChanged",
+                serde_json::json!({"name": "n", "billing_email": "b@example.com"}),
+            ),
+        ];
+        for (model, aggregate, known, payload) in models {
+            model.create(&mut conn).await.unwrap();
+            assert!(model.handles(aggregate));
+            model
+                .apply(&mut conn, &record(6, aggregate, known, payload))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", model.name()));
+            for (aggregate, event_type) in [(aggregate, "SomethingElse"), ("Keyring", "KeyRetired")]
+            {
+                match model
+                    .apply(&mut conn, &record(7, aggregate, event_type, empty.clone()))
+                    .await
+                {
+                    Err(InfraError::Corrupt(m)) => {
+                        assert!(m.contains("position 7") && m.contains(event_type), "{m}")
+                    }
+                    other => panic!("{}: {event_type} gave {other:?}", model.name()),
+                }
+            }
+        }
+    }
+}

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
-use quantus_domain::license::{LicenseIssued, LicenseRenewed, LicenseRevoked, LicenseSuspended};
+use quantus_domain::events::EventEnum;
+use quantus_domain::license::LicenseEvent;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -45,13 +46,6 @@ fn row_to_license(row: &AnyRow) -> Result<LicenseRow, InfraError> {
         issued_at: row.try_get("issued_at")?,
         version: row.try_get::<i64, _>("version")? as u64,
     })
-}
-
-fn corrupt(record: &LogRecord, e: serde_json::Error) -> InfraError {
-    InfraError::Corrupt(format!(
-        "event at position {} does not match its schema: {e}",
-        record.position
-    ))
 }
 
 impl LicensesView {
@@ -104,7 +98,7 @@ impl Projection for LicensesView {
     }
 
     fn handles(&self, aggregate_type: &str) -> bool {
-        aggregate_type == "License"
+        aggregate_type == LicenseEvent::AGGREGATE
     }
 
     async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
@@ -140,13 +134,10 @@ impl Projection for LicensesView {
         let e = &record.envelope;
         let id = e.aggregate_id.clone();
         let version = e.sequence as i64;
-        let payload = e.payload.clone();
         let update =
             |set: &str| format!("UPDATE licenses_view SET {set}, version = $1 WHERE id = $2");
-        match e.event_type.as_str() {
-            "LicenseIssued" => {
-                let p: LicenseIssued =
-                    serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+        match record.decode::<LicenseEvent>()? {
+            LicenseEvent::LicenseIssued(p) => {
                 sqlx::query(
                     "INSERT INTO licenses_view (id, organization_id, product, edition, status, status_reason, expires_at,
                      activations, revoked_at, issued_at, version) VALUES ($1, $2, $3, $4, 'active', NULL, $5, 0, NULL, $6, $7)",
@@ -161,8 +152,8 @@ impl Projection for LicensesView {
                 .execute(conn)
                 .await?;
             }
-            "LicenseActivated" | "LicenseDeactivated" => {
-                let delta = if e.event_type == "LicenseActivated" {
+            event @ (LicenseEvent::LicenseActivated(_) | LicenseEvent::LicenseDeactivated(_)) => {
+                let delta = if matches!(event, LicenseEvent::LicenseActivated(_)) {
                     1
                 } else {
                     -1
@@ -173,9 +164,7 @@ impl Projection for LicensesView {
                     .execute(conn)
                     .await?;
             }
-            "LicenseSuspended" => {
-                let p: LicenseSuspended =
-                    serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+            LicenseEvent::LicenseSuspended(p) => {
                 sqlx::query("UPDATE licenses_view SET status = 'suspended', status_reason = $1, version = $2 WHERE id = $3")
                     .bind(p.reason)
                     .bind(version)
@@ -183,16 +172,14 @@ impl Projection for LicensesView {
                     .execute(conn)
                     .await?;
             }
-            "LicenseReinstated" => {
+            LicenseEvent::LicenseReinstated(_) => {
                 sqlx::query(&update("status = 'active', status_reason = NULL"))
                     .bind(version)
                     .bind(id)
                     .execute(conn)
                     .await?;
             }
-            "LicenseRenewed" => {
-                let p: LicenseRenewed =
-                    serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+            LicenseEvent::LicenseRenewed(p) => {
                 sqlx::query("UPDATE licenses_view SET expires_at = $1, version = $2 WHERE id = $3")
                     .bind(rfc3339_micros::format(&p.expires_at))
                     .bind(version)
@@ -200,9 +187,7 @@ impl Projection for LicensesView {
                     .execute(conn)
                     .await?;
             }
-            "LicenseRevoked" => {
-                let p: LicenseRevoked =
-                    serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
+            LicenseEvent::LicenseRevoked(p) => {
                 sqlx::query("UPDATE licenses_view SET status = 'revoked', status_reason = $1, revoked_at = $2, version = $3 WHERE id = $4")
                     .bind(p.reason)
                     .bind(rfc3339_micros::format(&p.revoked_at))
@@ -210,12 +195,6 @@ impl Projection for LicensesView {
                     .bind(id)
                     .execute(conn)
                     .await?;
-            }
-            other => {
-                return Err(InfraError::Corrupt(format!(
-                    "licenses: unknown event type {other:?} at position {}",
-                    record.position
-                )))
             }
         }
         Ok(())

@@ -2,9 +2,8 @@
 
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
-use quantus_domain::organization::{
-    OrganizationCreated, OrganizationRenamed, OrganizationSuspended,
-};
+use quantus_domain::events::EventEnum;
+use quantus_domain::organization::OrganizationEvent;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -26,13 +25,6 @@ pub struct OrganizationRow {
     pub updated_at: String,
     /// Sequence of the last event applied: the aggregate's version, used as the ETag.
     pub version: u64,
-}
-
-fn corrupt(record: &LogRecord, e: serde_json::Error) -> InfraError {
-    InfraError::Corrupt(format!(
-        "event at position {} ({}) does not match its schema: {e}",
-        record.position, record.envelope.event_type
-    ))
 }
 
 fn row_to_org(row: &AnyRow) -> Result<OrganizationRow, InfraError> {
@@ -83,7 +75,7 @@ impl Projection for OrganizationsView {
     }
 
     fn handles(&self, aggregate_type: &str) -> bool {
-        aggregate_type == "Organization"
+        aggregate_type == OrganizationEvent::AGGREGATE
     }
 
     async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
@@ -111,49 +103,35 @@ impl Projection for OrganizationsView {
         let e = &record.envelope;
         let at = rfc3339_micros::format(&e.occurred_at);
         let version = e.sequence as i64;
-        let payload = e.payload.clone();
-        let query = match e.event_type.as_str() {
-            "OrganizationCreated" => {
-                let p: OrganizationCreated = serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
-                sqlx::query(
-                    "INSERT INTO organizations_view (id, name, status, suspended_reason, created_at, updated_at, version)
-                     VALUES ($1, $2, 'active', NULL, $3, $3, $4)",
-                )
-                .bind(e.aggregate_id.clone())
-                .bind(p.name)
-                .bind(at)
-                .bind(version)
-            }
-            "OrganizationRenamed" => {
-                let p: OrganizationRenamed = serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
-                sqlx::query("UPDATE organizations_view SET name = $1, updated_at = $2, version = $3 WHERE id = $4")
-                    .bind(p.name)
-                    .bind(at)
-                    .bind(version)
-                    .bind(e.aggregate_id.clone())
-            }
-            "OrganizationSuspended" => {
-                let p: OrganizationSuspended = serde_json::from_value(payload).map_err(|x| corrupt(record, x))?;
-                sqlx::query(
-                    "UPDATE organizations_view SET status = 'suspended', suspended_reason = $1, updated_at = $2, version = $3 WHERE id = $4",
-                )
-                .bind((!p.reason.is_empty()).then_some(p.reason))
-                .bind(at)
-                .bind(version)
-                .bind(e.aggregate_id.clone())
-            }
-            "OrganizationReactivated" => sqlx::query(
+        let query = match record.decode::<OrganizationEvent>()? {
+            OrganizationEvent::OrganizationCreated(p) => sqlx::query(
+                "INSERT INTO organizations_view (id, name, status, suspended_reason, created_at, updated_at, version)
+                 VALUES ($1, $2, 'active', NULL, $3, $3, $4)",
+            )
+            .bind(e.aggregate_id.clone())
+            .bind(p.name)
+            .bind(at)
+            .bind(version),
+            OrganizationEvent::OrganizationRenamed(p) => sqlx::query(
+                "UPDATE organizations_view SET name = $1, updated_at = $2, version = $3 WHERE id = $4",
+            )
+            .bind(p.name)
+            .bind(at)
+            .bind(version)
+            .bind(e.aggregate_id.clone()),
+            OrganizationEvent::OrganizationSuspended(p) => sqlx::query(
+                "UPDATE organizations_view SET status = 'suspended', suspended_reason = $1, updated_at = $2, version = $3 WHERE id = $4",
+            )
+            .bind((!p.reason.is_empty()).then_some(p.reason))
+            .bind(at)
+            .bind(version)
+            .bind(e.aggregate_id.clone()),
+            OrganizationEvent::OrganizationReactivated(_) => sqlx::query(
                 "UPDATE organizations_view SET status = 'active', suspended_reason = NULL, updated_at = $1, version = $2 WHERE id = $3",
             )
             .bind(at)
             .bind(version)
             .bind(e.aggregate_id.clone()),
-            other => {
-                return Err(InfraError::Corrupt(format!(
-                    "organizations: unknown event type {other:?} at position {}",
-                    record.position
-                )))
-            }
         };
         query.execute(conn).await?;
         Ok(())

@@ -7,9 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
-use quantus_domain::identity::user::{
-    UserEmailChanged, UserProfileChanged, UserRegistered, UserRoleGranted, UserRoleRevoked,
-};
+use quantus_domain::events::EventEnum;
+use quantus_domain::identity::user::UserEvent;
 use quantus_domain::identity::Role;
 use quantus_infra::subject_keys::SubjectKeys;
 use quantus_infra::{InfraError, LogRecord};
@@ -53,13 +52,6 @@ fn row_to_user(row: &AnyRow) -> Result<UserRow, InfraError> {
         updated_at: row.try_get("updated_at")?,
         version: row.try_get::<i64, _>("version")? as u64,
     })
-}
-
-fn corrupt(record: &LogRecord, e: serde_json::Error) -> InfraError {
-    InfraError::Corrupt(format!(
-        "event at position {} ({}) does not match its schema: {e}",
-        record.position, record.envelope.event_type
-    ))
 }
 
 impl UsersView {
@@ -195,6 +187,25 @@ impl UsersView {
             None => Ok(BTreeMap::new()),
         }
     }
+
+    async fn set_memberships(
+        conn: &mut AnyConnection,
+        id: &str,
+        memberships: &BTreeMap<String, BTreeSet<Role>>,
+        at: &str,
+        version: i64,
+    ) -> Result<(), InfraError> {
+        sqlx::query(
+            "UPDATE users_view SET memberships = $1, updated_at = $2, version = $3 WHERE id = $4",
+        )
+        .bind(serde_json::to_string(memberships).unwrap_or_default())
+        .bind(at.to_owned())
+        .bind(version)
+        .bind(id.to_owned())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -204,7 +215,7 @@ impl Projection for UsersView {
     }
 
     fn handles(&self, aggregate_type: &str) -> bool {
-        aggregate_type == "User"
+        aggregate_type == UserEvent::AGGREGATE
     }
 
     async fn create(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
@@ -261,10 +272,8 @@ impl Projection for UsersView {
             .bind(version)
             .bind(id.clone())
         };
-        match e.event_type.as_str() {
-            "UserRegistered" => {
-                let p: UserRegistered =
-                    serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
+        match record.decode::<UserEvent>()? {
+            UserEvent::UserRegistered(p) => {
                 // Unreadable once erased: a replay then shows the user without personal data.
                 let email = self.keys.open_text_on(conn, &p.email, "email").await?;
                 let name = self.keys.open_text_on(conn, &p.name, "name").await?;
@@ -286,42 +295,33 @@ impl Projection for UsersView {
                 .execute(&mut *conn)
                 .await?;
             }
-            "UserRoleGranted" | "UserRoleRevoked" => {
+            UserEvent::UserRoleGranted(p) => {
                 let mut m = Self::memberships(conn, &id).await?;
-                if e.event_type == "UserRoleGranted" {
-                    let p: UserRoleGranted = serde_json::from_value(e.payload.clone())
-                        .map_err(|x| corrupt(record, x))?;
-                    m.entry(p.organization_id).or_default().insert(p.role);
-                } else {
-                    let p: UserRoleRevoked = serde_json::from_value(e.payload.clone())
-                        .map_err(|x| corrupt(record, x))?;
-                    if let Some(roles) = m.get_mut(&p.organization_id) {
-                        roles.remove(&p.role);
-                        if roles.is_empty() {
-                            m.remove(&p.organization_id);
-                        }
+                m.entry(p.organization_id).or_default().insert(p.role);
+                Self::set_memberships(conn, &id, &m, &at, version).await?;
+            }
+            UserEvent::UserRoleRevoked(p) => {
+                let mut m = Self::memberships(conn, &id).await?;
+                if let Some(roles) = m.get_mut(&p.organization_id) {
+                    roles.remove(&p.role);
+                    if roles.is_empty() {
+                        m.remove(&p.organization_id);
                     }
                 }
-                sqlx::query("UPDATE users_view SET memberships = $1, updated_at = $2, version = $3 WHERE id = $4")
-                    .bind(serde_json::to_string(&m).unwrap_or_default())
-                    .bind(at.clone())
-                    .bind(version)
-                    .bind(id.clone())
-                    .execute(&mut *conn)
-                    .await?;
+                Self::set_memberships(conn, &id, &m, &at, version).await?;
             }
-            "UserPasswordSet" | "UserInvited" | "UserInviteAccepted" => {
+            UserEvent::UserPasswordSet(_)
+            | UserEvent::UserInvited(_)
+            | UserEvent::UserInviteAccepted(_) => {
                 touch("").execute(&mut *conn).await?;
             }
-            "UserDisabled" => {
+            UserEvent::UserDisabled(_) => {
                 touch("disabled").execute(&mut *conn).await?;
             }
-            "UserEnabled" => {
+            UserEvent::UserEnabled(_) => {
                 touch("active").execute(&mut *conn).await?;
             }
-            "UserProfileChanged" => {
-                let p: UserProfileChanged =
-                    serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
+            UserEvent::UserProfileChanged(p) => {
                 // Opened before this transaction writes: opening may need another connection,
                 // and SQLite's write lock must not wait on it.
                 let opened = self.keys.open_text_on(conn, &p.profile, "profile").await?;
@@ -363,9 +363,7 @@ impl Projection for UsersView {
                     }
                 }
             }
-            "UserEmailChanged" => {
-                let p: UserEmailChanged =
-                    serde_json::from_value(e.payload.clone()).map_err(|x| corrupt(record, x))?;
+            UserEvent::UserEmailChanged(p) => {
                 // Unreadable once erased: the erasure (later in the log) clears it anyway.
                 let email = self.keys.open_text_on(conn, &p.email, "email").await?;
                 sqlx::query(
@@ -378,7 +376,7 @@ impl Projection for UsersView {
                 .execute(&mut *conn)
                 .await?;
             }
-            "UserErased" => {
+            UserEvent::UserErased(_) => {
                 sqlx::query("DELETE FROM user_profiles WHERE id = $1")
                     .bind(id.clone())
                     .execute(&mut *conn)
@@ -391,12 +389,6 @@ impl Projection for UsersView {
                 .bind(id.clone())
                 .execute(&mut *conn)
                 .await?;
-            }
-            other => {
-                return Err(InfraError::Corrupt(format!(
-                    "users: unknown event type {other:?} at position {}",
-                    record.position
-                )))
             }
         }
         Ok(())

@@ -14,8 +14,10 @@ use chrono::Utc;
 use quantus_api::AppState;
 use quantus_commands::identity::NewClient;
 use quantus_commands::portal::{ContractLicensing, UsageMetering};
+use quantus_domain::contract::ContractActivated;
 use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
 use quantus_domain::identity::Role;
+use quantus_domain::license::LicenseIssued;
 use quantus_domain::schema::PLATFORM_TENANT;
 use quantus_domain::{Actor, ActorKind, CommandContext};
 use quantus_infra::config::Secret;
@@ -450,11 +452,14 @@ pub async fn run(
         };
         for r in records {
             let e = r.envelope;
-            match e.event_type.as_str() {
-                "ContractActivated" => activated_at.insert(e.aggregate_id, e.occurred_at),
-                "LicenseIssued" => issued_at.insert(e.aggregate_id, e.occurred_at),
-                _ => None,
+            let times = if e.is::<ContractActivated>() {
+                &mut activated_at
+            } else if e.is::<LicenseIssued>() {
+                &mut issued_at
+            } else {
+                continue;
             };
+            times.insert(e.aggregate_id, e.occurred_at);
         }
         after = last;
     }

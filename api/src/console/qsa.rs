@@ -20,6 +20,9 @@ use super::session::{redirect, Posted};
 use super::{day, pager, render, Console, ConsoleInfo, Layout, Pager};
 use super::{PageError, SignedIn, QSA_CLIENT_ID};
 use crate::AppState;
+use quantus_domain::events::{self, EventEnum};
+use quantus_domain::identity::access_policy::AccessDecisionEvent;
+use quantus_domain::identity::signin::SignInEvent;
 
 /// The QSA console.
 pub struct Qsa;
@@ -1399,9 +1402,35 @@ struct LogEntry {
 
 #[derive(Debug, Deserialize)]
 struct Envelope {
+    aggregate_type: String,
     event_type: String,
+    schema_version: u32,
     occurred_at: String,
     payload: serde_json::Value,
+}
+
+impl Envelope {
+    /// The event as its aggregate's enum (see `quantus_domain::events`).
+    fn decode<E: EventEnum>(&self) -> Result<E, PageError> {
+        events::decode(
+            &self.aggregate_type,
+            &self.event_type,
+            self.schema_version,
+            &self.payload,
+        )
+        .map_err(|error| {
+            tracing::error!(%error, "an event of the log does not decode");
+            PageError::internal(&INFO)
+        })
+    }
+}
+
+/// A value's serde name (`bad_password`), shown with spaces.
+fn wire_words<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(|s| s.replace('_', " ")))
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Deserialize)]
@@ -1490,53 +1519,50 @@ async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageErr
     };
     let mut lines = vec![];
     for e in &page.events {
-        let p = &e.envelope.payload;
-        let (what, subject, detail, bad) = match e.envelope.event_type.as_str() {
-            "SignInSucceeded" if f.kind != "decisions" => (
-                "Signed in".to_owned(),
-                p["user_id"].as_str(),
-                p["amr"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|m| m.as_str())
-                            .collect::<Vec<_>>()
-                            .join(" + ")
-                    })
-                    .unwrap_or_default(),
-                false,
-            ),
-            "SignInFailed" if f.kind != "decisions" => (
-                "Sign-in failed".to_owned(),
-                p["user_id"].as_str(),
-                p["reason"].as_str().unwrap_or_default().replace('_', " "),
-                true,
-            ),
-            // Token requests (every refresh) are decided too: listed when decisions are
-            // asked for, left out of the default view of sign-ins.
-            "AccessDecided"
-                if f.kind == "decisions" || (f.kind.is_empty() && p["stage"] != "token") =>
-            {
-                let granted = p["granted"].as_bool().unwrap_or(false);
+        let (what, subject, client, detail, bad) = match e.envelope.aggregate_type.as_str() {
+            SignInEvent::AGGREGATE if f.kind != "decisions" => {
+                match e.envelope.decode::<SignInEvent>()? {
+                    SignInEvent::SignInSucceeded(p) => (
+                        "Signed in".to_owned(),
+                        Some(p.user_id),
+                        p.client_id,
+                        p.amr.join(" + "),
+                        false,
+                    ),
+                    SignInEvent::SignInFailed(p) => (
+                        "Sign-in failed".to_owned(),
+                        p.user_id,
+                        p.client_id,
+                        wire_words(&p.reason),
+                        true,
+                    ),
+                }
+            }
+            AccessDecisionEvent::AGGREGATE => {
+                let AccessDecisionEvent::AccessDecided(p) = e.envelope.decode()?;
+                // Token requests (every refresh) are decided too: listed when decisions are
+                // asked for, left out of the default view of sign-ins.
+                if !(f.kind == "decisions" || (f.kind.is_empty() && p.stage != "token")) {
+                    continue;
+                }
                 (
                     format!(
                         "Access {} at {}",
-                        p["outcome"].as_str().unwrap_or_default().replace('_', " "),
-                        p["stage"].as_str().unwrap_or_default().replace('_', " ")
+                        wire_words(&p.outcome),
+                        p.stage.replace('_', " ")
                     ),
-                    p["subject"].as_str(),
+                    Some(p.subject),
+                    p.client_id,
                     // The reason names the rule that decided (or says none matched).
                     format!(
                         "{} · {}",
-                        if granted { "granted" } else { "not granted" },
-                        p["reason"]
-                            .as_str()
+                        if p.granted { "granted" } else { "not granted" },
+                        Some(p.reason)
                             .filter(|r| !r.is_empty())
-                            .map(str::to_owned)
-                            .or_else(|| p["policy"].as_str().map(|r| format!("rule {r}")))
+                            .or_else(|| p.policy.map(|r| format!("rule {r}")))
                             .unwrap_or_else(|| "no rule matched".into())
                     ),
-                    !granted,
+                    !p.granted,
                 )
             }
             _ => continue,
@@ -1545,15 +1571,15 @@ async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageErr
             continue;
         }
         let uid = f.user_id.trim();
-        if !uid.is_empty() && subject != Some(uid) {
+        if !uid.is_empty() && subject.as_deref() != Some(uid) {
             continue;
         }
         lines.push(AuditLine {
             position: e.position,
             when: moment(&e.envelope.occurred_at),
             what,
-            who: subject.map(label),
-            client: p["client_id"].as_str().unwrap_or_default().to_owned(),
+            who: subject.as_deref().map(label),
+            client: client.unwrap_or_default(),
             detail,
             bad,
         });

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -312,23 +312,12 @@ pub struct AccessRuleRemoved {
 }
 
 // Rules are small and short-lived in memory; boxing would only add noise.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AccessPolicyEvent {
-    AccessRuleSet(AccessRuleSet),
-    AccessRuleRemoved(AccessRuleRemoved),
-}
-
-impl DomainEvent for AccessPolicyEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::AccessRuleSet(_) => "AccessRuleSet",
-            Self::AccessRuleRemoved(_) => "AccessRuleRemoved",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[allow(clippy::large_enum_variant)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum AccessPolicyEvent for "AccessPolicy" {
+        AccessRuleSet(AccessRuleSet),
+        AccessRuleRemoved(AccessRuleRemoved),
     }
 }
 
@@ -419,7 +408,7 @@ impl AccessPolicy {
 }
 
 impl Aggregate for AccessPolicy {
-    const TYPE: &'static str = "AccessPolicy";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = AccessPolicyCommand;
     type Event = AccessPolicyEvent;
     type Error = AccessPolicyError;
@@ -625,17 +614,10 @@ pub struct AccessDecided {
     pub sealed_ip: Option<super::Sealed>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AccessDecisionEvent {
-    AccessDecided(AccessDecided),
-}
-
-impl DomainEvent for AccessDecisionEvent {
-    fn event_type(&self) -> String {
-        "AccessDecided".to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum AccessDecisionEvent for "AccessDecision" {
+        AccessDecided(AccessDecided),
     }
 }
 
@@ -650,7 +632,7 @@ pub struct AccessDecisionRecord {
 pub struct AlreadyRecorded;
 
 impl Aggregate for AccessDecisionRecord {
-    const TYPE: &'static str = "AccessDecision";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = AccessDecided;
     type Event = AccessDecisionEvent;
     type Error = AlreadyRecorded;

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -88,25 +88,13 @@ pub struct ClientDisabled {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::large_enum_variant)] // Registered once per client; boxing buys nothing.
-pub enum ClientEvent {
-    ClientRegistered(ClientRegistered),
-    ClientSecretRotated(ClientSecretRotated),
-    ClientDisabled(ClientDisabled),
-}
-
-impl DomainEvent for ClientEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::ClientRegistered(_) => "ClientRegistered",
-            Self::ClientSecretRotated(_) => "ClientSecretRotated",
-            Self::ClientDisabled(_) => "ClientDisabled",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[allow(clippy::large_enum_variant)] // Registered once per client; boxing buys nothing.
+    pub enum ClientEvent for "Client" {
+        ClientRegistered(ClientRegistered),
+        ClientSecretRotated(ClientSecretRotated),
+        ClientDisabled(ClientDisabled),
     }
 }
 
@@ -298,7 +286,7 @@ fn validate(r: &ClientRegistered) -> Result<(), ClientError> {
 }
 
 impl Aggregate for Client {
-    const TYPE: &'static str = "Client";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = ClientCommand;
     type Event = ClientEvent;
     type Error = ClientError;

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -125,32 +125,16 @@ pub struct GrantRevoked {
     pub request: RequestInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum GrantEvent {
-    AuthorizationCodeIssued(AuthorizationCodeIssued),
-    DeviceAuthorizationStarted(DeviceAuthorizationStarted),
-    DeviceAuthorizationApproved(DeviceAuthorizationApproved),
-    DeviceAuthorizationDenied(DeviceAuthorizationDenied),
-    TokensIssued(TokensIssued),
-    TokensRefreshed(TokensRefreshed),
-    GrantRevoked(GrantRevoked),
-}
-
-impl DomainEvent for GrantEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::AuthorizationCodeIssued(_) => "AuthorizationCodeIssued",
-            Self::DeviceAuthorizationStarted(_) => "DeviceAuthorizationStarted",
-            Self::DeviceAuthorizationApproved(_) => "DeviceAuthorizationApproved",
-            Self::DeviceAuthorizationDenied(_) => "DeviceAuthorizationDenied",
-            Self::TokensIssued(_) => "TokensIssued",
-            Self::TokensRefreshed(_) => "TokensRefreshed",
-            Self::GrantRevoked(_) => "GrantRevoked",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum GrantEvent for "Grant" {
+        AuthorizationCodeIssued(AuthorizationCodeIssued),
+        DeviceAuthorizationStarted(DeviceAuthorizationStarted),
+        DeviceAuthorizationApproved(DeviceAuthorizationApproved),
+        DeviceAuthorizationDenied(DeviceAuthorizationDenied),
+        TokensIssued(TokensIssued),
+        TokensRefreshed(TokensRefreshed),
+        GrantRevoked(GrantRevoked),
     }
 }
 
@@ -542,7 +526,7 @@ impl Grant {
 }
 
 impl Aggregate for Grant {
-    const TYPE: &'static str = "Grant";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = GrantCommand;
     type Event = GrantEvent;
     type Error = GrantError;

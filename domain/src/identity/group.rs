@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -43,30 +43,15 @@ pub struct GroupExternalIdChanged {
     pub external_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum GroupEvent {
-    GroupCreated(GroupCreated),
-    GroupRenamed(GroupRenamed),
-    GroupMemberAdded(GroupMemberAdded),
-    GroupMemberRemoved(GroupMemberRemoved),
-    GroupDeleted(GroupDeleted),
-    GroupExternalIdChanged(GroupExternalIdChanged),
-}
-
-impl DomainEvent for GroupEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::GroupCreated(_) => "GroupCreated",
-            Self::GroupRenamed(_) => "GroupRenamed",
-            Self::GroupMemberAdded(_) => "GroupMemberAdded",
-            Self::GroupMemberRemoved(_) => "GroupMemberRemoved",
-            Self::GroupDeleted(_) => "GroupDeleted",
-            Self::GroupExternalIdChanged(_) => "GroupExternalIdChanged",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum GroupEvent for "Group" {
+        GroupCreated(GroupCreated),
+        GroupRenamed(GroupRenamed),
+        GroupMemberAdded(GroupMemberAdded),
+        GroupMemberRemoved(GroupMemberRemoved),
+        GroupDeleted(GroupDeleted),
+        GroupExternalIdChanged(GroupExternalIdChanged),
     }
 }
 
@@ -203,7 +188,7 @@ impl Group {
 }
 
 impl Aggregate for Group {
-    const TYPE: &'static str = "Group";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = GroupCommand;
     type Event = GroupEvent;
     type Error = GroupError;

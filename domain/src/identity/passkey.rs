@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -44,24 +44,12 @@ pub struct PasskeyRemoved {
     pub credential_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PasskeyEvent {
-    PasskeyRegistered(PasskeyRegistered),
-    PasskeyUsed(PasskeyUsed),
-    PasskeyRemoved(PasskeyRemoved),
-}
-
-impl DomainEvent for PasskeyEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::PasskeyRegistered(_) => "PasskeyRegistered",
-            Self::PasskeyUsed(_) => "PasskeyUsed",
-            Self::PasskeyRemoved(_) => "PasskeyRemoved",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum PasskeyEvent for "PasskeyCredentials" {
+        PasskeyRegistered(PasskeyRegistered),
+        PasskeyUsed(PasskeyUsed),
+        PasskeyRemoved(PasskeyRemoved),
     }
 }
 
@@ -153,7 +141,7 @@ impl PasskeyCredentials {
 }
 
 impl Aggregate for PasskeyCredentials {
-    const TYPE: &'static str = "PasskeyCredentials";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = PasskeyCommand;
     type Event = PasskeyEvent;
     type Error = PasskeyError;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -108,24 +108,12 @@ pub struct SamlServiceProviderChanged {
 #[serde(deny_unknown_fields)]
 pub struct SamlServiceProviderRemoved {}
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SamlServiceProviderEvent {
-    SamlServiceProviderRegistered(SamlServiceProviderRegistered),
-    SamlServiceProviderChanged(SamlServiceProviderChanged),
-    SamlServiceProviderRemoved(SamlServiceProviderRemoved),
-}
-
-impl DomainEvent for SamlServiceProviderEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::SamlServiceProviderRegistered(_) => "SamlServiceProviderRegistered",
-            Self::SamlServiceProviderChanged(_) => "SamlServiceProviderChanged",
-            Self::SamlServiceProviderRemoved(_) => "SamlServiceProviderRemoved",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum SamlServiceProviderEvent for "SamlServiceProvider" {
+        SamlServiceProviderRegistered(SamlServiceProviderRegistered),
+        SamlServiceProviderChanged(SamlServiceProviderChanged),
+        SamlServiceProviderRemoved(SamlServiceProviderRemoved),
     }
 }
 
@@ -253,7 +241,7 @@ pub fn validate(
 }
 
 impl Aggregate for SamlServiceProvider {
-    const TYPE: &'static str = "SamlServiceProvider";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = SamlServiceProviderCommand;
     type Event = SamlServiceProviderEvent;
     type Error = SamlError;
@@ -351,22 +339,11 @@ pub struct SamlSigningKeyRetired {
     pub kid: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SamlSigningKeysEvent {
-    SamlSigningKeyAdded(SamlSigningKeyAdded),
-    SamlSigningKeyRetired(SamlSigningKeyRetired),
-}
-
-impl DomainEvent for SamlSigningKeysEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::SamlSigningKeyAdded(_) => "SamlSigningKeyAdded",
-            Self::SamlSigningKeyRetired(_) => "SamlSigningKeyRetired",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum SamlSigningKeysEvent for "SamlSigningKeys" {
+        SamlSigningKeyAdded(SamlSigningKeyAdded),
+        SamlSigningKeyRetired(SamlSigningKeyRetired),
     }
 }
 
@@ -394,7 +371,7 @@ impl SamlSigningKeys {
 }
 
 impl Aggregate for SamlSigningKeys {
-    const TYPE: &'static str = "SamlSigningKeys";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = SamlSigningKeysCommand;
     type Event = SamlSigningKeysEvent;
     type Error = SamlError;
@@ -472,22 +449,11 @@ pub struct SamlLogoutCompleted {
     pub user_id: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SamlExchangeEvent {
-    SamlAssertionIssued(SamlAssertionIssued),
-    SamlLogoutCompleted(SamlLogoutCompleted),
-}
-
-impl DomainEvent for SamlExchangeEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::SamlAssertionIssued(_) => "SamlAssertionIssued",
-            Self::SamlLogoutCompleted(_) => "SamlLogoutCompleted",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum SamlExchangeEvent for "SamlExchange" {
+        SamlAssertionIssued(SamlAssertionIssued),
+        SamlLogoutCompleted(SamlLogoutCompleted),
     }
 }
 
@@ -504,7 +470,7 @@ pub struct SamlExchange {
 }
 
 impl Aggregate for SamlExchange {
-    const TYPE: &'static str = "SamlExchange";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = SamlExchangeCommand;
     type Event = SamlExchangeEvent;
     type Error = SamlError;

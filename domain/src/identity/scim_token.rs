@@ -3,7 +3,7 @@
 //! its secret is recorded; the bearer value is `<token id>.<secret>`.
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -21,22 +21,11 @@ pub struct ScimTokenIssued {
 #[serde(deny_unknown_fields)]
 pub struct ScimTokenRevoked {}
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ScimTokenEvent {
-    ScimTokenIssued(ScimTokenIssued),
-    ScimTokenRevoked(ScimTokenRevoked),
-}
-
-impl DomainEvent for ScimTokenEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::ScimTokenIssued(_) => "ScimTokenIssued",
-            Self::ScimTokenRevoked(_) => "ScimTokenRevoked",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum ScimTokenEvent for "ScimToken" {
+        ScimTokenIssued(ScimTokenIssued),
+        ScimTokenRevoked(ScimTokenRevoked),
     }
 }
 
@@ -117,7 +106,7 @@ impl ScimToken {
 }
 
 impl Aggregate for ScimToken {
-    const TYPE: &'static str = "ScimToken";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = ScimTokenCommand;
     type Event = ScimTokenEvent;
     type Error = ScimTokenError;

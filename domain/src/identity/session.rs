@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -31,22 +31,11 @@ pub struct SessionEnded {
     pub request: RequestInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SessionEvent {
-    SessionStarted(SessionStarted),
-    SessionEnded(SessionEnded),
-}
-
-impl DomainEvent for SessionEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::SessionStarted(_) => "SessionStarted",
-            Self::SessionEnded(_) => "SessionEnded",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum SessionEvent for "Session" {
+        SessionStarted(SessionStarted),
+        SessionEnded(SessionEnded),
     }
 }
 
@@ -91,7 +80,7 @@ impl Session {
 }
 
 impl Aggregate for Session {
-    const TYPE: &'static str = "Session";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = SessionCommand;
     type Event = SessionEvent;
     type Error = SessionError;

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -57,10 +57,12 @@ pub struct SignInFailed {
     pub request: RequestInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SignInEvent {
-    SignInSucceeded(SignInSucceeded),
-    SignInFailed(SignInFailed),
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum SignInEvent for "SignInAttempt" {
+        SignInSucceeded(SignInSucceeded),
+        SignInFailed(SignInFailed),
+    }
 }
 
 impl SignInEvent {
@@ -70,19 +72,6 @@ impl SignInEvent {
             SignInEvent::SignInSucceeded(e) => (&mut e.request, Some(e.user_id.clone())),
             SignInEvent::SignInFailed(e) => (&mut e.request, e.user_id.clone()),
         }
-    }
-}
-
-impl DomainEvent for SignInEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::SignInSucceeded(_) => "SignInSucceeded",
-            Self::SignInFailed(_) => "SignInFailed",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
     }
 }
 
@@ -97,7 +86,7 @@ pub struct SignInAttempt {
 }
 
 impl Aggregate for SignInAttempt {
-    const TYPE: &'static str = "SignInAttempt";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = SignInEvent;
     type Event = SignInEvent;
     type Error = AlreadyRecorded;
@@ -130,17 +119,10 @@ pub struct ConsentGranted {
     pub request: RequestInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ConsentEvent {
-    ConsentGranted(ConsentGranted),
-}
-
-impl DomainEvent for ConsentEvent {
-    fn event_type(&self) -> String {
-        "ConsentGranted".to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum ConsentEvent for "Consent" {
+        ConsentGranted(ConsentGranted),
     }
 }
 
@@ -157,7 +139,7 @@ impl Consent {
 }
 
 impl Aggregate for Consent {
-    const TYPE: &'static str = "Consent";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = ConsentGranted;
     type Event = ConsentEvent;
     type Error = AlreadyRecorded;

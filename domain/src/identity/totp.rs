@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -53,28 +53,14 @@ pub struct TotpRemoved {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TotpEvent {
-    TotpEnrollmentStarted(TotpEnrollmentStarted),
-    TotpEnrolled(TotpEnrolled),
-    TotpCodeAccepted(TotpCodeAccepted),
-    TotpRecoveryCodeUsed(TotpRecoveryCodeUsed),
-    TotpRemoved(TotpRemoved),
-}
-
-impl DomainEvent for TotpEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::TotpEnrollmentStarted(_) => "TotpEnrollmentStarted",
-            Self::TotpEnrolled(_) => "TotpEnrolled",
-            Self::TotpCodeAccepted(_) => "TotpCodeAccepted",
-            Self::TotpRecoveryCodeUsed(_) => "TotpRecoveryCodeUsed",
-            Self::TotpRemoved(_) => "TotpRemoved",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum TotpEvent for "TotpAuthenticator" {
+        TotpEnrollmentStarted(TotpEnrollmentStarted),
+        TotpEnrolled(TotpEnrolled),
+        TotpCodeAccepted(TotpCodeAccepted),
+        TotpRecoveryCodeUsed(TotpRecoveryCodeUsed),
+        TotpRemoved(TotpRemoved),
     }
 }
 
@@ -201,7 +187,7 @@ impl TotpAuthenticator {
 }
 
 impl Aggregate for TotpAuthenticator {
-    const TYPE: &'static str = "TotpAuthenticator";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = TotpCommand;
     type Event = TotpEvent;
     type Error = TotpError;

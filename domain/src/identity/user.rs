@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -141,40 +141,20 @@ pub struct UserEmailChanged {
     pub email: Sealed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum UserEvent {
-    UserRegistered(UserRegistered),
-    UserPasswordSet(UserPasswordSet),
-    UserRoleGranted(UserRoleGranted),
-    UserRoleRevoked(UserRoleRevoked),
-    UserDisabled(UserDisabled),
-    UserEnabled(UserEnabled),
-    UserErased(UserErased),
-    UserProfileChanged(UserProfileChanged),
-    UserEmailChanged(UserEmailChanged),
-    UserInvited(UserInvited),
-    UserInviteAccepted(UserInviteAccepted),
-}
-
-impl DomainEvent for UserEvent {
-    fn event_type(&self) -> String {
-        match self {
-            Self::UserRegistered(_) => "UserRegistered",
-            Self::UserPasswordSet(_) => "UserPasswordSet",
-            Self::UserRoleGranted(_) => "UserRoleGranted",
-            Self::UserRoleRevoked(_) => "UserRoleRevoked",
-            Self::UserDisabled(_) => "UserDisabled",
-            Self::UserEnabled(_) => "UserEnabled",
-            Self::UserErased(_) => "UserErased",
-            Self::UserProfileChanged(_) => "UserProfileChanged",
-            Self::UserEmailChanged(_) => "UserEmailChanged",
-            Self::UserInvited(_) => "UserInvited",
-            Self::UserInviteAccepted(_) => "UserInviteAccepted",
-        }
-        .to_owned()
-    }
-    fn event_version(&self) -> String {
-        "1".to_owned()
+crate::events! {
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum UserEvent for "User" {
+        UserRegistered(UserRegistered),
+        UserPasswordSet(UserPasswordSet),
+        UserRoleGranted(UserRoleGranted),
+        UserRoleRevoked(UserRoleRevoked),
+        UserDisabled(UserDisabled),
+        UserEnabled(UserEnabled),
+        UserErased(UserErased),
+        UserProfileChanged(UserProfileChanged),
+        UserEmailChanged(UserEmailChanged),
+        UserInvited(UserInvited),
+        UserInviteAccepted(UserInviteAccepted),
     }
 }
 
@@ -373,7 +353,7 @@ impl User {
 }
 
 impl Aggregate for User {
-    const TYPE: &'static str = "User";
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = UserCommand;
     type Event = UserEvent;
     type Error = UserError;
