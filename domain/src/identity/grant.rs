@@ -89,6 +89,11 @@ pub struct TokensIssued {
     #[schemars(with = "Option<String>")]
     pub refresh_expires_at: Option<DateTime<Utc>>,
     pub request: RequestInfo,
+    /// RFC 9449 §5: the JWK SHA-256 thumbprint (RFC 7638) of the DPoP key a public client's
+    /// refresh tokens are bound to; every refresh of this grant needs a proof by that key.
+    /// Absent for unbound grants and in events written before DPoP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_jkt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -160,6 +165,8 @@ pub struct NewTokens {
     pub access_token_id: String,
     pub access_expires_at: DateTime<Utc>,
     pub refresh: Option<(String, DateTime<Utc>)>,
+    /// The DPoP key the refresh token is bound to (public clients that sent a proof).
+    pub refresh_jkt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,6 +319,8 @@ pub struct Grant {
     pub spent_refresh: BTreeSet<String>,
     pub access_expires_at: Option<DateTime<Utc>>,
     pub revoked: Option<RevocationReason>,
+    /// The DPoP key (RFC 7638 thumbprint) the grant's refresh tokens are bound to.
+    pub refresh_jkt: Option<String>,
 }
 
 /// SHA-256 of a bearer value, lower-case hex.
@@ -353,6 +362,7 @@ impl Grant {
             refresh_sha256,
             refresh_expires_at,
             request,
+            refresh_jkt: tokens.refresh_jkt,
         })
     }
 
@@ -601,6 +611,7 @@ impl Aggregate for Grant {
                 self.refresh_expires_at = e.refresh_expires_at;
                 self.access_expires_at = Some(e.access_expires_at);
                 self.generation = 1;
+                self.refresh_jkt = e.refresh_jkt;
             }
             GrantEvent::TokensRefreshed(e) => {
                 if let Some(old) = self.refresh_sha256.replace(e.refresh_sha256) {
@@ -654,6 +665,7 @@ mod tests {
             access_token_id: "at1".into(),
             access_expires_at: t0() + Duration::minutes(5),
             refresh: Some((digest(refresh), t0() + Duration::days(30))),
+            refresh_jkt: None,
         }
     }
     fn redeem(verifier: Option<&str>, at: DateTime<Utc>) -> GrantCommand {
