@@ -2,7 +2,8 @@
 //! of proof ids, and stateless server nonces.
 //!
 //! A proof is a JWT the client signs with its own key pair for each request: header `typ`
-//! `dpop+jwt`, an asymmetric `alg` (ES256 or EdDSA here) and the public `jwk`; claims `htm`
+//! `dpop+jwt`, an asymmetric `alg` (ES256, or Ed25519 named `EdDSA` or, fully specified as
+//! RFC 9864 has it, `Ed25519`) and the public `jwk`; claims `htm`
 //! and `htu` (the request's method and URL), `iat`, a unique `jti`, `ath` (SHA-256 of the
 //! access token) at resources, and the server's `nonce` at the token endpoint. Tokens bound
 //! to the key carry its RFC 7638 thumbprint as `cnf.jkt`.
@@ -20,8 +21,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// The proof algorithms accepted, as `algs` in challenges and in discovery.
-pub const ALGS: [&str; 2] = ["ES256", "EdDSA"];
+/// The proof algorithms accepted, as `algs` in challenges and in discovery (`Ed25519` is
+/// RFC 9864's fully-specified name for what `EdDSA` means here; oauth4webapi signs with it).
+pub const ALGS: [&str; 3] = ["ES256", "EdDSA", "Ed25519"];
 /// The largest `DPoP` header accepted.
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;
 /// How old a proof may be (its `iat`); its `jti` is remembered this long plus the skew.
@@ -107,9 +109,18 @@ fn coordinate<'a>(jwk: &'a Value, name: &str, len: usize) -> Result<&'a str, Pro
     }
 }
 
+/// A proof's public key, ready to verify its signature.
+enum ProofKey {
+    /// Verified by `jsonwebtoken` with the algorithm pinned to ES256.
+    Es256(DecodingKey),
+    /// Verified by `ed25519-dalek` (strictly: no small-order keys, no malleable signatures);
+    /// `jsonwebtoken` does not know the `Ed25519` name.
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
 /// The key of a proof's `jwk` header and its RFC 7638 thumbprint (base64url SHA-256 of the
 /// required members in lexicographic order, no whitespace).
-fn public_key(alg: Algorithm, jwk: &Value) -> Result<(DecodingKey, String), ProofError> {
+fn public_key(alg: Algorithm, jwk: &Value) -> Result<(ProofKey, String), ProofError> {
     let jwk = jwk
         .as_object()
         .ok_or_else(|| invalid("the jwk header is not an object"))?;
@@ -132,7 +143,7 @@ fn public_key(alg: Algorithm, jwk: &Value) -> Result<(DecodingKey, String), Proo
             let key = DecodingKey::from_ec_components(x, y)
                 .map_err(|_| invalid("the jwk is not a P-256 key"))?;
             (
-                key,
+                ProofKey::Es256(key),
                 format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#),
             )
         }
@@ -141,9 +152,17 @@ fn public_key(alg: Algorithm, jwk: &Value) -> Result<(DecodingKey, String), Proo
                 return Err(invalid("EdDSA needs an OKP Ed25519 jwk"));
             }
             let x = coordinate(&jwk, "x", 32)?;
-            let key = DecodingKey::from_ed_components(x)
+            let bytes: [u8; 32] = URL_SAFE_NO_PAD
+                .decode(x)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| invalid("the jwk is not an Ed25519 key"))?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
                 .map_err(|_| invalid("the jwk is not an Ed25519 key"))?;
-            (key, format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#))
+            (
+                ProofKey::Ed25519(key),
+                format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#),
+            )
         }
         _ => return Err(invalid("unsupported alg")),
     };
@@ -208,31 +227,58 @@ impl Dpop {
             return Err(invalid("the proof is too large"));
         }
         let mut parts = proof.split('.');
-        let (Some(header), Some(_), Some(_), None) =
+        let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(invalid("the proof is not a JWT"));
         };
+        let header_len = header.len();
         let header = b64_json(header)?;
         if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
             return Err(invalid("the proof's typ is not dpop+jwt"));
         }
         let alg = match header.get("alg").and_then(Value::as_str) {
             Some("ES256") => Algorithm::ES256,
-            Some("EdDSA") => Algorithm::EdDSA,
-            _ => return Err(invalid("the proof's alg is not one of ES256, EdDSA")),
+            Some("EdDSA" | "Ed25519") => Algorithm::EdDSA,
+            _ => {
+                return Err(invalid(
+                    "the proof's alg is not one of ES256, EdDSA, Ed25519",
+                ))
+            }
         };
         let jwk = header
             .get("jwk")
             .ok_or_else(|| invalid("the proof has no jwk header"))?;
         let (key, jkt) = public_key(alg, jwk)?;
-        let mut validation = Validation::new(alg);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_aud = false;
-        let claims = jsonwebtoken::decode::<Value>(proof, &key, &validation)
-            .map_err(|_| invalid("the proof's signature does not verify"))?
-            .claims;
+        let bad_signature = || invalid("the proof's signature does not verify");
+        let claims = match key {
+            ProofKey::Es256(key) => {
+                let mut validation = Validation::new(Algorithm::ES256);
+                validation.required_spec_claims.clear();
+                validation.validate_exp = false;
+                validation.validate_aud = false;
+                jsonwebtoken::decode::<Value>(proof, &key, &validation)
+                    .map_err(|_| bad_signature())?
+                    .claims
+            }
+            ProofKey::Ed25519(key) => {
+                let signature: [u8; 64] = URL_SAFE_NO_PAD
+                    .decode(signature)
+                    .ok()
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(bad_signature)?;
+                let signed = &proof[..header_len + 1 + payload.len()];
+                key.verify_strict(
+                    signed.as_bytes(),
+                    &ed25519_dalek::Signature::from_bytes(&signature),
+                )
+                .map_err(|_| bad_signature())?;
+                b64_json(payload)?
+            }
+        };
+        if !claims.is_object() {
+            return Err(invalid("the proof's claims are not an object"));
+        }
         let text = |k: &str| claims.get(k).and_then(Value::as_str);
         let jti = text("jti")
             .filter(|j| !j.is_empty() && j.len() <= MAX_JTI)
@@ -338,6 +384,70 @@ mod tests {
         private["d"] = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A".into();
         assert!(public_key(Algorithm::EdDSA, &private).is_err());
         assert!(public_key(Algorithm::ES256, &jwk).is_err());
+    }
+
+    fn ed_proof(alg: &str, claims: Value) -> (String, String) {
+        use ed25519_dalek::Signer;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes())});
+        let (_, jkt) = public_key(Algorithm::EdDSA, &jwk).unwrap();
+        let enc = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+        let input = format!(
+            "{}.{}",
+            enc(&serde_json::json!({"typ": "dpop+jwt", "alg": alg, "jwk": jwk})),
+            enc(&claims)
+        );
+        let sig = URL_SAFE_NO_PAD.encode(key.sign(input.as_bytes()).to_bytes());
+        (format!("{input}.{sig}"), jkt)
+    }
+
+    #[test]
+    fn an_ed25519_proof_verifies_under_either_name_once_and_only_for_its_request() {
+        let d = Dpop::new([1; 32]);
+        let now = 1_800_000_000;
+        let url = "https://idp.example/v1/things";
+        let expected = Expected {
+            method: "GET",
+            url,
+            access_token: Some("tok"),
+            nonce: false,
+        };
+        for (alg, jti) in [("EdDSA", "a"), ("Ed25519", "b")] {
+            let claims = serde_json::json!({"jti": jti, "htm": "GET", "htu": format!("{url}?x=1"),
+                "iat": now, "ath": token_hash("tok")});
+            let (proof, jkt) = ed_proof(alg, claims);
+            assert_eq!(d.verify(&proof, &expected, now), Ok(jkt), "{alg}");
+            assert!(d.verify(&proof, &expected, now).is_err(), "{alg}: replayed");
+        }
+        let claims = serde_json::json!({"jti": "c", "htm": "GET", "htu": url, "iat": now,
+            "ath": token_hash("tok")});
+        let (proof, _) = ed_proof("EdDSA", claims);
+        let post = Expected {
+            method: "POST",
+            ..expected
+        };
+        assert!(d.verify(&proof, &post, now).is_err(), "another method");
+        let other = Expected {
+            access_token: Some("other"),
+            ..expected
+        };
+        assert!(d.verify(&proof, &other, now).is_err(), "another token");
+        let nonce = Expected {
+            nonce: true,
+            ..expected
+        };
+        assert_eq!(d.verify(&proof, &nonce, now), Err(ProofError::UseNonce));
+        // One signature byte changed (well inside the base64url, so it still decodes).
+        let at = proof.len() - 20;
+        let flip = if &proof[at..=at] == "A" { "B" } else { "A" };
+        let tampered = format!("{}{flip}{}", &proof[..at], &proof[at + 1..]);
+        assert!(
+            d.verify(&tampered, &expected, now).is_err(),
+            "a bad signature"
+        );
+        // The refusals above remembered nothing: the proof is still good once.
+        assert!(d.verify(&proof, &expected, now).is_ok());
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A QSA access token as `Authorization: Bearer <token>`. A DPoP-bound token (RFC 9449; `token_type` DPoP, `cnf.jkt`) goes as `Authorization: DPoP <token>` with a `DPoP` header: a proof JWT (typ dpop+jwt, ES256 or EdDSA, the client's public `jwk`) with `htm`, `htu` (this URL without query), `iat`, a unique `jti` and `ath` (base64url SHA-256 of the token); refusals are 401 with `WWW-Authenticate: DPoP error=\"invalid_dpop_proof\"` or `invalid_token`, `algs=\"ES256 EdDSA\"`.",
+                        "A QSA access token as `Authorization: Bearer <token>`. A DPoP-bound token (RFC 9449; `token_type` DPoP, `cnf.jkt`) goes as `Authorization: DPoP <token>` with a `DPoP` header: a proof JWT (typ dpop+jwt, ES256 or Ed25519 (`EdDSA` or `Ed25519`), the client's public `jwk`) with `htm`, `htu` (this URL without query), `iat`, a unique `jti` and `ath` (base64url SHA-256 of the token); refusals are 401 with `WWW-Authenticate: DPoP error=\"invalid_dpop_proof\"` or `invalid_token`, `algs=\"ES256 EdDSA Ed25519\"`.",
                     ))
                     .build(),
             ),

@@ -23,15 +23,20 @@ const as = await oauth.processDiscoveryResponse(
   issuer,
   await oauth.discoveryRequest(issuer, { ...insecure, algorithm: 'oidc' }),
 );
-if (!as.dpop_signing_alg_values_supported?.includes('ES256')) {
-  throw new Error('discovery does not advertise ES256 for DPoP');
+// oauth4webapi signs with an Ed25519 key as `alg: Ed25519` (RFC 9864's fully-specified name).
+if (!as.dpop_signing_alg_values_supported?.includes('Ed25519')) {
+  throw new Error('discovery does not advertise Ed25519 for DPoP');
 }
 const client = { client_id: env('CLIENT_ID'), id_token_signed_response_alg: 'EdDSA' };
 const clientAuth = oauth.None();
 
-const keyPair = await oauth.generateKeyPair('ES256');
+const keyPair = await oauth.generateKeyPair('Ed25519');
 const DPoP = oauth.DPoP(client, keyPair);
-const report = { jkt: await DPoP.calculateThumbprint(), nonce_challenges: 0 };
+const report = {
+  key: keyPair.privateKey.algorithm.name,
+  jkt: await DPoP.calculateThumbprint(),
+  nonce_challenges: 0,
+};
 
 // RFC 9449 §8: a request refused with use_dpop_nonce is repeated once with the nonce the
 // handle took from the DPoP-Nonce header.
@@ -83,8 +88,9 @@ const refreshed = await withNonceRetry(
 report.refreshed_token_type = refreshed.token_type;
 report.refreshed_cnf_jkt = claims(refreshed.access_token).cnf?.jkt;
 
-// The refresh token in the hands of a client with another key is refused.
-const thief = oauth.DPoP(client, await oauth.generateKeyPair('EdDSA'));
+// The refresh token in the hands of a client with another key (of another type too) is
+// refused.
+const thief = oauth.DPoP(client, await oauth.generateKeyPair('ES256'));
 try {
   await withNonceRetry(
     () => oauth.refreshTokenGrantRequest(as, client, clientAuth, refreshed.refresh_token, { ...insecure, DPoP: thief }),

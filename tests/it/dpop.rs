@@ -196,7 +196,7 @@ fn assert_dpop_refusal(reply: &(u16, String, Value), error: &str, what: &str) {
     assert!(
         reply.1.starts_with("DPoP ")
             && reply.1.contains(&format!("error=\"{error}\""))
-            && reply.1.contains("algs=\"ES256 EdDSA\""),
+            && reply.1.contains("algs=\"ES256 EdDSA Ed25519\""),
         "{what}: {}",
         reply.1
     );
@@ -227,7 +227,7 @@ async fn a_persons_dpop_bound_token_works_only_with_fresh_proofs_by_its_key() {
         .unwrap();
     assert_eq!(
         discovery["dpop_signing_alg_values_supported"],
-        json!(["ES256", "EdDSA"])
+        json!(["ES256", "EdDSA", "Ed25519"])
     );
 
     let mut browser = Browser::new(&base);
@@ -470,7 +470,7 @@ async fn a_persons_dpop_bound_token_works_only_with_fresh_proofs_by_its_key() {
         .map(|v| v.to_str().unwrap())
         .collect();
     assert!(
-        challenges.contains(&"Bearer") && challenges.contains(&"DPoP algs=\"ES256 EdDSA\""),
+        challenges.contains(&"Bearer") && challenges.contains(&"DPoP algs=\"ES256 EdDSA Ed25519\""),
         "{challenges:?}"
     );
 
@@ -738,6 +738,7 @@ async fn an_independent_client_oauth4webapi_uses_dpop_end_to_end() {
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(report["token_type"], "dpop", "{report}");
+    assert_eq!(report["key"], "Ed25519", "{report}");
     assert!(
         report["nonce_challenges"].as_u64().unwrap() >= 1,
         "{report}"
