@@ -357,7 +357,8 @@ pub async fn token(
             Err(response) => return response,
         };
     // RFC 9449 §5: a DPoP proof binds the tokens to the client's key.
-    let dpop_jkt = match dpop_proof(&state, &headers, &client) {
+    let required = client.dpop_bound_access_tokens;
+    let dpop_jkt = match dpop_proof(&state, &headers, "/oauth2/token", required) {
         Ok(j) => j,
         Err(response) => return response,
     };
@@ -433,20 +434,22 @@ fn with_nonce(state: &AppState, response: &mut Response) {
     }
 }
 
-/// The token request's DPoP proof (RFC 9449 §4.3, §8): its key's thumbprint, `None` without
-/// a proof (refused for a client registered with `dpop_bound_access_tokens`). The proof must
-/// carry the server's nonce; without a current one the answer is `use_dpop_nonce` with a
-/// fresh nonce in `DPoP-Nonce`.
+/// The DPoP proof of a request to the token or PAR endpoint (RFC 9449 §4.3, §8, §10.1): its
+/// key's thumbprint, `None` without a proof (refused when `required`: a client registered
+/// with `dpop_bound_access_tokens` at the token endpoint). The proof must carry the server's
+/// nonce; without a current one the answer is `use_dpop_nonce` with a fresh nonce in
+/// `DPoP-Nonce`.
 #[allow(clippy::result_large_err)] // the refusal is the response to send
 fn dpop_proof(
     state: &AppState,
     headers: &HeaderMap,
-    client: &ClientRegistered,
+    endpoint: &str,
+    required: bool,
 ) -> Result<Option<String>, Response> {
     let invalid = |why: &str| oauth_error(OAuthError::new("invalid_dpop_proof", why), false);
     let mut proofs = headers.get_all("dpop").iter();
     let proof = match (proofs.next(), proofs.next()) {
-        (None, _) if client.dpop_bound_access_tokens => {
+        (None, _) if required => {
             return Err(invalid(
                 "this client's tokens are DPoP-bound: send a DPoP proof",
             ))
@@ -455,7 +458,7 @@ fn dpop_proof(
         (Some(p), None) => p.to_str().map_err(|_| invalid("the proof is not a JWT"))?,
         (Some(_), Some(_)) => return Err(invalid("send exactly one DPoP proof")),
     };
-    let url = format!("{}/oauth2/token", state.issuer);
+    let url = format!("{}{endpoint}", state.issuer);
     let expected = crate::dpop::Expected {
         method: "POST",
         url: &url,
@@ -544,8 +547,9 @@ pub async fn revoke(
 /// back-channel; answered with a `request_uri` for `/oauth2/authorize`. Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
 #[utoipa::path(post, path = "/oauth2/par", tag = "oauth",
     request_body(content = wire::AuthorizationRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 201, body = wire::ParResponse),
-        (status = 400, body = wire::OAuthError), (status = 401, body = wire::OAuthError, description = "invalid_client")))]
+    params(("DPoP" = Option<String>, Header, description = "RFC 9449 §10.1 proof JWT (`htm` POST, `htu` this endpoint, the server's `nonce`): the code will be bound to its key")),
+    responses((status = 201, body = wire::ParResponse, description = "to a DPoP client with a fresh `DPoP-Nonce` header"),
+        (status = 400, body = wire::OAuthError, description = "RFC 6749 §5.2 and RFC 9449: invalid_dpop_proof, use_dpop_nonce"), (status = 401, body = wire::OAuthError, description = "invalid_client")))]
 pub async fn par(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -563,11 +567,29 @@ pub async fn par(
     }
     let mut params = form.clone();
     params.insert("client_id".into(), client_id);
-    let req = match state.identity.check_authorization_request(&params).await {
+    let mut req = match state.identity.check_authorization_request(&params).await {
         Ok(Ok((req, _))) => req,
         Ok(Err(e)) | Err((e, _)) => return oauth_error(e, false),
     };
-    match state.identity.par_uri(&req, Utc::now()) {
+    // RFC 9449 §10.1: a proof with the pushed request binds the code to its key (and must be
+    // by the key `dpop_jkt` names, when both are sent).
+    let proven = match dpop_proof(&state, &headers, "/oauth2/par", false) {
+        Ok(j) => j,
+        Err(response) => return response,
+    };
+    if let Some(jkt) = &proven {
+        if req.dpop_jkt.as_ref().is_some_and(|j| j != jkt) {
+            return oauth_error(
+                OAuthError::new(
+                    "invalid_dpop_proof",
+                    "dpop_jkt is not the thumbprint of the proof's key",
+                ),
+                false,
+            );
+        }
+        req.dpop_jkt = Some(jkt.clone());
+    }
+    let mut response = match state.identity.par_uri(&req, Utc::now()) {
         Ok(uri) => {
             let mut r = no_store_json(
                 serde_json::json!({ "request_uri": uri, "expires_in": quantus_commands::identity::PAR_SECONDS }),
@@ -576,7 +598,11 @@ pub async fn par(
             r
         }
         Err(e) => oauth_error(e.into(), false),
+    };
+    if proven.is_some() {
+        with_nonce(&state, &mut response);
     }
+    response
 }
 
 /// Device authorization (RFC 8628 §3.1). Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
@@ -2106,6 +2132,9 @@ pub mod wire {
         max_age: Option<u64>,
         acr_values: Option<String>,
         login_hint: Option<String>,
+        /// RFC 9449 §10: binds the code to the DPoP key with this JWK SHA-256 thumbprint; only
+        /// a token request with a proof by that key redeems it.
+        dpop_jkt: Option<String>,
         /// From `/oauth2/par`.
         request_uri: Option<String>,
     }

@@ -386,6 +386,9 @@ pub struct AuthorizationRequest {
     /// Unix time after which a pushed request is void.
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// RFC 9449 §10: the DPoP key (thumbprint) the code will be bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// The answer to a device authorization request (RFC 8628 §3.2).
@@ -2479,6 +2482,17 @@ impl Identity {
                 ))
             }
         }
+        // RFC 9449 §10: a JWK SHA-256 thumbprint, 32 bytes in base64url.
+        let dpop_jkt = get("dpop_jkt");
+        if dpop_jkt.as_ref().is_some_and(|j| {
+            URL_SAFE_NO_PAD
+                .decode(j)
+                .map_or(true, |bytes| bytes.len() != 32)
+        }) {
+            return fail(OAuthError::invalid_request(
+                "dpop_jkt must be a JWK SHA-256 thumbprint (base64url)",
+            ));
+        }
         let max_age = match get("max_age") {
             Some(m) => match m.parse::<i64>() {
                 Ok(v) if v >= 0 => Some(v),
@@ -2513,6 +2527,7 @@ impl Identity {
                 prompt,
                 acr_values: get("acr_values"),
                 expires_at: None,
+                dpop_jkt,
             },
             client,
         )))
@@ -2557,6 +2572,7 @@ impl Identity {
             code_sha256: digest(&code),
             expires_at: ctx.occurred_at + Duration::seconds(CODE_SECONDS),
             request,
+            dpop_jkt: req.dpop_jkt.clone(),
         };
         let ctx = CommandContext {
             tenant_id: session.organization_id.clone(),
@@ -2676,6 +2692,17 @@ impl Identity {
         let grant_id = id_of(code)
             .ok_or_else(|| OAuthError::invalid_grant("the code is invalid"))?
             .to_owned();
+        // RFC 9449 §10: a code bound to a DPoP key is redeemed only with a proof by that key
+        // (checked before the code is spent, so a thief cannot burn it).
+        let (grant, _) = self.bus.load::<Grant>(&grant_id).await?;
+        if let Some(bound) = grant.code.as_ref().and_then(|c| c.dpop_jkt.as_deref()) {
+            if dpop_jkt != Some(bound) {
+                return Err(OAuthError::new(
+                    "invalid_dpop_proof",
+                    "the code is bound to another DPoP key",
+                ));
+            }
+        }
         let now = ctx.occurred_at;
         let with_refresh = client.grant_types.contains(&GrantType::RefreshToken);
         let (tokens, jti, refresh) = Self::new_tokens(

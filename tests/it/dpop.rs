@@ -1,8 +1,8 @@
 //! Sender-constrained tokens, DPoP (RFC 9449), end to end over HTTP: proofs at the token
 //! endpoint with the server's nonce, `cnf.jkt` in the tokens and at introspection, the
 //! resource side (every `/v1` route and userinfo share one check) against replayed,
-//! mismatched and stolen proofs, a client that must use DPoP, and a public client's
-//! key-bound refresh token. The proofs are made here with `p256` and `ed25519-dalek`
+//! mismatched and stolen proofs, a client that must use DPoP, a public client's key-bound
+//! refresh token, and codes bound to a key (`dpop_jkt`, a proof at PAR). The proofs are made here with `p256` and `ed25519-dalek`
 //! directly (not with the server's code); `tests/dpop` runs an independent client.
 
 use std::process::Command;
@@ -131,15 +131,24 @@ pub async fn token_with(
     form: &[(&str, &str)],
     key: Option<&Key>,
 ) -> TokenReply {
-    let url = format!("{base}/oauth2/token");
+    post_with(&format!("{base}/oauth2/token"), basic, form, key).await
+}
+
+/// A form POST to a token-style endpoint (`url`) as [`token_with`] makes it.
+pub async fn post_with(
+    url: &str,
+    basic: Option<(&str, &str)>,
+    form: &[(&str, &str)],
+    key: Option<&Key>,
+) -> TokenReply {
     let mut nonce: Option<String> = None;
     for attempt in 0..2 {
-        let mut req = reqwest::Client::new().post(&url).form(form);
+        let mut req = reqwest::Client::new().post(url).form(form);
         if let Some((id, secret)) = basic {
             req = req.basic_auth(id, Some(secret));
         }
         if let Some(k) = key {
-            req = req.header("DPoP", k.proof("POST", &url, None, nonce.as_deref()));
+            req = req.header("DPoP", k.proof("POST", url, None, nonce.as_deref()));
         }
         let res = req.send().await.unwrap();
         let status = res.status().as_u16();
@@ -659,6 +668,140 @@ async fn a_client_registered_with_dpop_bound_access_tokens_must_send_proofs() {
         .is_none());
     let bound = token_with(&base, Some((id, secret)), &form, Some(&Key::es256())).await;
     assert_eq!(bound.body["token_type"], "DPoP", "{}", bound.body);
+}
+
+/// Signs in through the pages from `authorize` (a path with its query); answers the code.
+async fn code_from(f: &Fixture, browser: &mut Browser, authorize: &str) -> String {
+    let login = browser.get(authorize).await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    let consent = browser
+        .submit(&login, &[("email", &f.email), ("password", &f.password)])
+        .await;
+    // Consent once given is remembered: the second sign-in goes straight back to the client.
+    let done = if consent.status == 303 {
+        consent
+    } else {
+        assert_eq!(consent.status, 200, "{}", consent.body);
+        browser.submit(&consent, &[("decision", "allow")]).await
+    };
+    assert_eq!(done.status, 303, "{}", done.body);
+    crate::qsa::query_param(&done.location.unwrap(), "code").expect("a code")
+}
+
+#[tokio::test]
+async fn a_code_bound_to_a_dpop_key_is_redeemed_only_with_a_proof_by_that_key() {
+    let f = fixture("dpop-code").await;
+    let base = f.server.url().to_owned();
+    let basic = Some((f.client_id.as_str(), f.client_secret.as_str()));
+    let key = Key::es256();
+    let thief = Key::es256();
+    let scope = "openid organizations:read";
+    let redeem = |code: String| {
+        vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code),
+            ("redirect_uri", REDIRECT.to_owned()),
+            ("code_verifier", VERIFIER.to_owned()),
+        ]
+    };
+
+    // dpop_jkt at the authorization endpoint (RFC 9449 §10).
+    let mut browser = Browser::new(&base);
+    let path = format!(
+        "{}&dpop_jkt={}",
+        crate::qsa::authorize_path(&f.client_id, scope, Some(crate::qsa::CHALLENGE)),
+        key.jkt()
+    );
+    let code = code_from(&f, &mut browser, &path).await;
+    let form = redeem(code);
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (who, k) in [("another key", Some(&thief)), ("no proof", None)] {
+        let t = token_with(&base, basic, &form, k).await;
+        assert_eq!(t.status, 400, "{who}: {}", t.body);
+        assert_eq!(t.body["error"], "invalid_dpop_proof", "{who}: {}", t.body);
+    }
+    let t = token_with(&base, basic, &form, Some(&key)).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    assert_eq!(
+        claims(t.body["access_token"].as_str().unwrap())["cnf"]["jkt"],
+        key.jkt()
+    );
+    let issued = f.admin.events_of("Grant").await;
+    assert!(
+        issued
+            .iter()
+            .any(|e| e["envelope"]["event_type"] == "AuthorizationCodeIssued"
+                && e["envelope"]["payload"]["dpop_jkt"] == key.jkt()),
+        "the binding is in the code's event"
+    );
+
+    // A malformed dpop_jkt is refused at the authorization endpoint.
+    let page = browser
+        .get(&format!(
+            "{}&dpop_jkt=not-a-thumbprint",
+            crate::qsa::authorize_path(&f.client_id, scope, Some(crate::qsa::CHALLENGE))
+        ))
+        .await;
+    let location = page.location.unwrap_or_default();
+    assert_eq!(
+        crate::qsa::query_param(&location, "error").as_deref(),
+        Some("invalid_request"),
+        "{location}"
+    );
+
+    // A proof sent with a pushed authorization request binds the code to its key (§10.1).
+    let pushed = [
+        ("response_type", "code"),
+        ("redirect_uri", REDIRECT),
+        ("scope", scope),
+        ("state", "st-1"),
+        ("nonce", "n-1"),
+        ("code_challenge", crate::qsa::CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ];
+    let par = post_with(&format!("{base}/oauth2/par"), basic, &pushed, Some(&key)).await;
+    assert_eq!(par.status, 201, "{}", par.body);
+    let request_uri = par.body["request_uri"].as_str().unwrap().to_owned();
+    // dpop_jkt naming another key than the proof's is refused.
+    let mut mismatched = pushed.to_vec();
+    let thief_jkt = thief.jkt();
+    mismatched.push(("dpop_jkt", &thief_jkt));
+    let refused = post_with(
+        &format!("{base}/oauth2/par"),
+        basic,
+        &mismatched,
+        Some(&key),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(
+        refused.body["error"], "invalid_dpop_proof",
+        "{}",
+        refused.body
+    );
+
+    let mut browser = Browser::new(&base);
+    let mut url = url::Url::parse("http://x/oauth2/authorize").unwrap();
+    url.query_pairs_mut()
+        .append_pair("client_id", &f.client_id)
+        .append_pair("request_uri", &request_uri);
+    let code = code_from(
+        &f,
+        &mut browser,
+        &format!("{}?{}", url.path(), url.query().unwrap()),
+    )
+    .await;
+    let form = redeem(code);
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stolen = token_with(&base, basic, &form, Some(&thief)).await;
+    assert_eq!(
+        stolen.body["error"], "invalid_dpop_proof",
+        "{}",
+        stolen.body
+    );
+    let t = token_with(&base, basic, &form, Some(&key)).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    assert_eq!(t.body["token_type"], "DPoP");
 }
 
 /// `npm ci` of `tests/dpop` (oauth4webapi at its locked version); fails loudly without npm.

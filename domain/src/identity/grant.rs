@@ -40,6 +40,11 @@ pub struct AuthorizationCodeIssued {
     #[schemars(with = "String")]
     pub expires_at: DateTime<Utc>,
     pub request: RequestInfo,
+    /// RFC 9449 §10: the thumbprint of the DPoP key the code is bound to (`dpop_jkt` at the
+    /// authorization endpoint, or the key of the proof sent with the pushed request); only a
+    /// token request with a proof by that key may redeem it. Absent in events before DPoP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -658,6 +663,7 @@ mod tests {
             code_sha256: digest("g.code"),
             expires_at: t0() + Duration::seconds(60),
             request: RequestInfo::default(),
+            dpop_jkt: None,
         })
     }
     fn tokens(refresh: &str) -> NewTokens {
