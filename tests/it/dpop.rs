@@ -804,11 +804,20 @@ async fn a_code_bound_to_a_dpop_key_is_redeemed_only_with_a_proof_by_that_key() 
     assert_eq!(t.body["token_type"], "DPoP");
 }
 
-/// `npm ci` of `tests/dpop` (oauth4webapi at its locked version); fails loudly without npm.
+/// `npm ci` of `tests/dpop` (oauth4webapi at its locked version) whenever the lockfile changed
+/// since the last install (a stamp of its digest, as `scripts/browser.sh` does); fails loudly
+/// without npm.
 fn install_oauth4webapi() {
+    let dir = repo_root().join("tests/dpop");
+    let lock = std::fs::read(dir.join("package-lock.json")).expect("tests/dpop/package-lock.json");
+    let want = hex::encode(sha2::Sha256::digest(&lock));
+    let stamp = dir.join("node_modules/.quantus-lock-sha256");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
+        return;
+    }
     let out = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(repo_root().join("tests/dpop"))
+        .current_dir(&dir)
         .output()
         .expect("npm is needed for the DPoP client test (Node 20)");
     assert!(
@@ -816,6 +825,7 @@ fn install_oauth4webapi() {
         "npm ci in tests/dpop failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    std::fs::write(stamp, want).unwrap();
 }
 
 #[tokio::test]
