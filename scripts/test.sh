@@ -53,6 +53,12 @@ log "fetching the Go tiles client's modules"
 log "installing headless Chromium and Playwright for the browser tests"
 scripts/browser.sh >/dev/null
 
+# oauth4webapi: the independent DPoP client (tests/dpop) tests/it/dpop.rs runs with Node.
+log "installing the DPoP client's packages (npm ci: oauth4webapi)"
+(cd tests/dpop && npm ci --no-audit --no-fund) >&2
+# The stamp tests/it/dpop.rs checks before installing again.
+sha256sum tests/dpop/package-lock.json | cut -d' ' -f1 | tr -d '\n' >tests/dpop/node_modules/.quantus-lock-sha256
+
 results="$(mktemp)"
 log "running the independent auditor's own tests (pytest)"
 python3 -m pytest -q tests/auditor tests/crosscheck | tee -a "$results"

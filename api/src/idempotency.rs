@@ -252,6 +252,7 @@ mod tests {
             auth_time: None,
             amr: None,
             acr: None,
+            cnf: None,
         })
     }
 

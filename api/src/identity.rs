@@ -343,6 +343,10 @@ pub struct CreateServicePrincipal {
     /// Scopes it may ask for; default: every scope its roles allow.
     #[serde(default)]
     pub scopes: Option<BTreeSet<String>>,
+    /// RFC 9449 §5.2: the token endpoint refuses this client's requests without a DPoP proof,
+    /// so every access token it gets is sender-constrained.
+    #[serde(default)]
+    pub dpop_bound_access_tokens: bool,
 }
 
 /// The one answer that carries a client secret: it is not stored anywhere readable.
@@ -409,6 +413,7 @@ pub async fn create_service_principal(
         auth_method: AuthMethod::ClientSecretBasic,
         require_par: false,
         jwks: None,
+        dpop_bound_access_tokens: body.dpop_bound_access_tokens,
     };
     let (client_id, client_secret, outcome) = state.identity.register_client(&ctx, new).await?;
     Ok(client_created(client_id, client_secret, outcome))
@@ -438,6 +443,10 @@ pub struct CreateClient {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub jwks: Option<serde_json::Value>,
+    /// RFC 9449 §5.2: the token endpoint refuses this client's requests without a DPoP proof,
+    /// so every access token it gets is sender-constrained.
+    #[serde(default)]
+    pub dpop_bound_access_tokens: bool,
 }
 
 #[utoipa::path(post, path = "/v1/clients", tag = "identity", request_body = CreateClient,
@@ -476,6 +485,7 @@ pub async fn create_client(
         auth_method,
         require_par: body.require_pushed_authorization_requests,
         jwks: body.jwks,
+        dpop_bound_access_tokens: body.dpop_bound_access_tokens,
     };
     let (client_id, client_secret, outcome) = state.identity.register_client(&ctx, new).await?;
     Ok(client_created(client_id, client_secret, outcome))

@@ -10,6 +10,7 @@ mod auth;
 mod bodies;
 mod consistency;
 pub mod console;
+pub mod dpop;
 mod events;
 mod evidence;
 mod idempotency;

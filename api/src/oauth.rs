@@ -30,7 +30,6 @@ use quantus_domain::{Actor, ActorKind, CommandContext};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::auth::bearer_token;
 use crate::AppState;
 
 const SESSION_COOKIE: &str = "qsa_session";
@@ -298,6 +297,7 @@ pub async fn discovery(State(state): State<AppState>) -> Response {
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "code_challenge_methods_supported": ["S256"],
+        "dpop_signing_alg_values_supported": crate::dpop::ALGS,
         "scopes_supported": scopes,
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "amr", "acr", "at_hash", "sid", "email", "email_verified", "name", "org"],
         "acr_values_supported": [quantus_domain::identity::access_policy::ACR_PASSWORD, quantus_domain::identity::access_policy::ACR_MFA, quantus_domain::identity::access_policy::ACR_PHISHING_RESISTANT],
@@ -334,8 +334,9 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
 /// client credentials, device code (RFC 8628). Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
 #[utoipa::path(post, path = "/oauth2/token", tag = "oauth",
     request_body(content = wire::TokenRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, body = wire::TokenResponse, description = "tokens (never cached)"),
-        (status = 400, body = wire::OAuthError, description = "RFC 6749 §5.2: invalid_request, invalid_grant, unsupported_grant_type, invalid_scope, authorization_pending, slow_down, expired_token"),
+    params(("DPoP" = Option<String>, Header, description = "RFC 9449 proof JWT (typ dpop+jwt, ES256, EdDSA or Ed25519, public `jwk`; `htm` POST, `htu` this endpoint, `iat`, unique `jti`, and the server's `nonce`): the tokens are bound to its key (`token_type` DPoP, `cnf.jkt`); required for clients registered with `dpop_bound_access_tokens`, and for refreshing a public client's bound refresh token (same key)")),
+    responses((status = 200, body = wire::TokenResponse, description = "tokens (never cached); to a DPoP client with a fresh `DPoP-Nonce` header"),
+        (status = 400, body = wire::OAuthError, description = "RFC 6749 §5.2: invalid_request, invalid_grant, unsupported_grant_type, invalid_scope, authorization_pending, slow_down, expired_token; RFC 9449: invalid_dpop_proof, use_dpop_nonce (with the nonce to use in the `DPoP-Nonce` header)"),
         (status = 401, body = wire::OAuthError, description = "invalid_client"),
         (status = 415, body = wire::OAuthError, description = "the body is not a form")))]
 pub async fn token(
@@ -355,6 +356,13 @@ pub async fn token(
             Ok(c) => c,
             Err(response) => return response,
         };
+    // RFC 9449 §5: a DPoP proof binds the tokens to the client's key.
+    let required = client.dpop_bound_access_tokens;
+    let dpop_jkt = match dpop_proof(&state, &headers, "/oauth2/token", required) {
+        Ok(j) => j,
+        Err(response) => return response,
+    };
+    let dpop_jkt = dpop_jkt.as_deref();
     let request = request_info(&headers, peer);
     let ctx = ctx(&client.organization_id, client_actor(&client_id));
     let scope = match form.get("scope").map(|s| parse_scope(s)).transpose() {
@@ -369,7 +377,7 @@ pub async fn token(
     let id = &state.identity;
     let result = match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {
-            id.token_client_credentials(&ctx, &client_id, &client, scope, request)
+            id.token_client_credentials(&ctx, &client_id, &client, scope, request, dpop_jkt)
                 .await
         }
         Some("authorization_code") => match need("code") {
@@ -382,6 +390,7 @@ pub async fn token(
                     form.get("redirect_uri").cloned(),
                     form.get("code_verifier").cloned(),
                     request,
+                    dpop_jkt,
                 )
                 .await
             }
@@ -389,14 +398,14 @@ pub async fn token(
         },
         Some("refresh_token") => match need("refresh_token") {
             Ok(rt) => {
-                id.token_refresh(&ctx, &client_id, &client, &rt, scope, request)
+                id.token_refresh(&ctx, &client_id, &client, &rt, scope, request, dpop_jkt)
                     .await
             }
             Err(e) => Err(e),
         },
         Some("urn:ietf:params:oauth:grant-type:device_code") => match need("device_code") {
             Ok(dc) => {
-                id.token_device(&ctx, &client_id, &client, &dc, request)
+                id.token_device(&ctx, &client_id, &client, &dc, request, dpop_jkt)
                     .await
             }
             Err(e) => Err(e),
@@ -407,9 +416,69 @@ pub async fn token(
         )),
         None => Err(OAuthError::invalid_request("grant_type is required")),
     };
-    match result {
+    let mut response = match result {
         Ok(t) => no_store_json(t),
         Err(e) => oauth_error(e, false),
+    };
+    if dpop_jkt.is_some() {
+        // A fresh nonce with every answer to a DPoP client (RFC 9449 §8.2).
+        with_nonce(&state, &mut response);
+    }
+    response
+}
+
+fn with_nonce(state: &AppState, response: &mut Response) {
+    let nonce = state.dpop.nonce(Utc::now().timestamp());
+    if let Ok(v) = HeaderValue::from_str(&nonce) {
+        response.headers_mut().insert("dpop-nonce", v);
+    }
+}
+
+/// The DPoP proof of a request to the token or PAR endpoint (RFC 9449 §4.3, §8, §10.1): its
+/// key's thumbprint, `None` without a proof (refused when `required`: a client registered
+/// with `dpop_bound_access_tokens` at the token endpoint). The proof must carry the server's
+/// nonce; without a current one the answer is `use_dpop_nonce` with a fresh nonce in
+/// `DPoP-Nonce`.
+#[allow(clippy::result_large_err)] // the refusal is the response to send
+fn dpop_proof(
+    state: &AppState,
+    headers: &HeaderMap,
+    endpoint: &str,
+    required: bool,
+) -> Result<Option<String>, Response> {
+    let invalid = |why: &str| oauth_error(OAuthError::new("invalid_dpop_proof", why), false);
+    let mut proofs = headers.get_all("dpop").iter();
+    let proof = match (proofs.next(), proofs.next()) {
+        (None, _) if required => {
+            return Err(invalid(
+                "this client's tokens are DPoP-bound: send a DPoP proof",
+            ))
+        }
+        (None, _) => return Ok(None),
+        (Some(p), None) => p.to_str().map_err(|_| invalid("the proof is not a JWT"))?,
+        (Some(_), Some(_)) => return Err(invalid("send exactly one DPoP proof")),
+    };
+    let url = format!("{}{endpoint}", state.issuer);
+    let expected = crate::dpop::Expected {
+        method: "POST",
+        url: &url,
+        access_token: None,
+        nonce: true,
+    };
+    match state.dpop.verify(proof, &expected, Utc::now().timestamp()) {
+        Ok(jkt) => Ok(Some(jkt)),
+        Err(crate::dpop::ProofError::Invalid(why)) => Err(invalid(&why)),
+        Err(crate::dpop::ProofError::UseNonce) => {
+            let mut response = oauth_error(
+                OAuthError::new(
+                    "use_dpop_nonce",
+                    "the DPoP proof needs the nonce in the DPoP-Nonce header",
+                ),
+                false,
+            );
+            with_nonce(state, &mut response);
+            Err(response)
+        }
     }
 }
 
@@ -478,8 +547,9 @@ pub async fn revoke(
 /// back-channel; answered with a `request_uri` for `/oauth2/authorize`. Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
 #[utoipa::path(post, path = "/oauth2/par", tag = "oauth",
     request_body(content = wire::AuthorizationRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 201, body = wire::ParResponse),
-        (status = 400, body = wire::OAuthError), (status = 401, body = wire::OAuthError, description = "invalid_client")))]
+    params(("DPoP" = Option<String>, Header, description = "RFC 9449 §10.1 proof JWT (`htm` POST, `htu` this endpoint, the server's `nonce`): the code will be bound to its key")),
+    responses((status = 201, body = wire::ParResponse, description = "to a DPoP client with a fresh `DPoP-Nonce` header"),
+        (status = 400, body = wire::OAuthError, description = "RFC 6749 §5.2 and RFC 9449: invalid_dpop_proof, use_dpop_nonce"), (status = 401, body = wire::OAuthError, description = "invalid_client")))]
 pub async fn par(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -497,11 +567,29 @@ pub async fn par(
     }
     let mut params = form.clone();
     params.insert("client_id".into(), client_id);
-    let req = match state.identity.check_authorization_request(&params).await {
+    let mut req = match state.identity.check_authorization_request(&params).await {
         Ok(Ok((req, _))) => req,
         Ok(Err(e)) | Err((e, _)) => return oauth_error(e, false),
     };
-    match state.identity.par_uri(&req, Utc::now()) {
+    // RFC 9449 §10.1: a proof with the pushed request binds the code to its key (and must be
+    // by the key `dpop_jkt` names, when both are sent).
+    let proven = match dpop_proof(&state, &headers, "/oauth2/par", false) {
+        Ok(j) => j,
+        Err(response) => return response,
+    };
+    if let Some(jkt) = &proven {
+        if req.dpop_jkt.as_ref().is_some_and(|j| j != jkt) {
+            return oauth_error(
+                OAuthError::new(
+                    "invalid_dpop_proof",
+                    "dpop_jkt is not the thumbprint of the proof's key",
+                ),
+                false,
+            );
+        }
+        req.dpop_jkt = Some(jkt.clone());
+    }
+    let mut response = match state.identity.par_uri(&req, Utc::now()) {
         Ok(uri) => {
             let mut r = no_store_json(
                 serde_json::json!({ "request_uri": uri, "expires_in": quantus_commands::identity::PAR_SECONDS }),
@@ -510,7 +598,11 @@ pub async fn par(
             r
         }
         Err(e) => oauth_error(e.into(), false),
+    };
+    if proven.is_some() {
+        with_nonce(&state, &mut response);
     }
+    response
 }
 
 /// Device authorization (RFC 8628 §3.1). Client authentication: HTTP Basic (`client_secret_basic`), `client_id` and `client_secret` in the form (`client_secret_post`), or `private_key_jwt`, as the client was registered.
@@ -552,13 +644,29 @@ pub async fn device_authorization(
 
 /// The UserInfo endpoint (OpenID Connect Core §5.3), for a person's access token with `openid`.
 #[utoipa::path(method(get, post), path = "/oauth2/userinfo", tag = "oauth",
+    params(("DPoP" = Option<String>, Header, description = "RFC 9449 proof JWT for a DPoP-bound token (sent as `Authorization: DPoP <token>`): `htm` and `htu` of this request, `ath` the base64url SHA-256 of the token")),
     responses((status = 200, description = "the person's claims, as the token's scopes allow", content_type = "application/json", body = Object)),
     security(("bearer" = [])))]
-pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let Some(token) = bearer_token(&headers) else {
-        return crate::auth::unauthorized(None);
-    };
-    let claims = match state.identity.verify_access_token(token, Utc::now()).await {
+pub async fn userinfo(
+    State(state): State<AppState>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Response {
+    let identity = &state.identity;
+    let verified = crate::auth::authenticate(
+        &state,
+        &method,
+        "/oauth2/userinfo",
+        &headers,
+        |token| async move {
+            identity
+                .verify_access_token(&token, Utc::now())
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    let claims = match verified {
         Ok(c) if c.is_user() && c.scopes().contains("openid") => c,
         // RFC 6750 §3.1: a valid token without the needed scope is 403 insufficient_scope.
         Ok(_) => {
@@ -575,7 +683,7 @@ pub async fn userinfo(State(state): State<AppState>, headers: HeaderMap) -> Resp
             );
             return r;
         }
-        Err(e) => return crate::auth::unauthorized(Some(e.to_string())),
+        Err(response) => return response,
     };
     match state.identity.userinfo(&claims).await {
         Ok(v) => no_store_json(v),
@@ -1961,7 +2069,7 @@ pub mod wire {
     #[allow(dead_code)]
     pub struct TokenResponse {
         access_token: String,
-        /// `Bearer`.
+        /// `Bearer`, or `DPoP` when the request carried a DPoP proof (RFC 9449 §5).
         token_type: String,
         expires_in: u64,
         refresh_token: Option<String>,
@@ -1998,7 +2106,11 @@ pub mod wire {
         exp: Option<u64>,
         iat: Option<u64>,
         iss: Option<String>,
+        /// `Bearer`, `DPoP` (a DPoP-bound access token) or `refresh_token`.
         token_type: Option<String>,
+        /// RFC 9449 §6.2: `{"jkt": …}`, the thumbprint of the key a DPoP-bound token is bound to.
+        #[schema(value_type = Option<Object>)]
+        cnf: Option<serde_json::Value>,
     }
 
     /// An authorization request's parameters (RFC 6749 §4.1.1, OpenID Connect Core §3.1.2.1).
@@ -2020,6 +2132,9 @@ pub mod wire {
         max_age: Option<u64>,
         acr_values: Option<String>,
         login_hint: Option<String>,
+        /// RFC 9449 §10: binds the code to the DPoP key with this JWK SHA-256 thumbprint; only
+        /// a token request with a proof by that key redeems it.
+        dpop_jkt: Option<String>,
         /// From `/oauth2/par`.
         request_uri: Option<String>,
     }

@@ -60,7 +60,14 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A QSA access token as `Authorization: Bearer <token>`. A DPoP-bound token (RFC 9449; `token_type` DPoP, `cnf.jkt`) goes as `Authorization: DPoP <token>` with a `DPoP` header: a proof JWT (typ dpop+jwt, ES256 or Ed25519 (`EdDSA` or `Ed25519`), the client's public `jwk`) with `htm`, `htu` (this URL without query), `iat`, a unique `jti` and `ath` (base64url SHA-256 of the token); refusals are 401 with `WWW-Authenticate: DPoP error=\"invalid_dpop_proof\"` or `invalid_token`, `algs=\"ES256 EdDSA Ed25519\"`.",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

@@ -30,7 +30,7 @@ use quantus_projections::jobs::JobsView;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::auth::{bearer_token, unauthorized, Principal};
+use crate::auth::Principal;
 use crate::consistency::Consistency;
 use crate::paging;
 use crate::problem::{ApiJson, ApiQuery};
@@ -108,17 +108,27 @@ pub async fn require_qsa_token(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = bearer_token(request.headers()) else {
-        return unauthorized(None);
-    };
-    match verify(&state, token).await {
+    // Mounted under `/v1` (nesting strips the prefix from what this layer sees).
+    let path = format!("/v1{}", request.uri().path());
+    let verified = crate::auth::authenticate(
+        &state,
+        request.method(),
+        &path,
+        request.headers(),
+        |token| {
+            let state = &state;
+            async move { verify(state, &token).await }
+        },
+    )
+    .await;
+    match verified {
         Ok(claims) => {
             request
                 .extensions_mut()
                 .insert(Principal::from_claims(claims));
             next.run(request).await
         }
-        Err(detail) => unauthorized(Some(detail)),
+        Err(response) => response,
     }
 }
 

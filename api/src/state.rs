@@ -70,6 +70,8 @@ pub struct AppState {
     /// Set-password invites for people provisioned without a password; `None`: no invites
     /// (`serve` always sets them, with the outbox sender under `DATA_DIR/outbox`).
     pub invites: Option<quantus_commands::invites::Invites>,
+    /// DPoP proof checking (RFC 9449): the replay cache of this process and the nonce key.
+    pub dpop: Arc<crate::dpop::Dpop>,
 }
 
 impl AppState {
@@ -139,6 +141,17 @@ impl AppState {
             metrics,
             limits: quantus_infra::HttpLimits::default(),
             invites: None,
+            // Nonces are a MAC under a key derived from the master key: every process of
+            // the deployment issues and accepts the same ones, with nothing stored.
+            dpop: Arc::new(crate::dpop::Dpop::new(<[u8; 32]>::from(
+                <sha2::Sha256 as sha2::Digest>::digest(
+                    [
+                        b"quantus-dpop-nonce-key/v1\0".as_slice(),
+                        master_key.as_slice(),
+                    ]
+                    .concat(),
+                ),
+            ))),
         }
     }
 

@@ -155,6 +155,12 @@ impl From<CommandError> for OAuthError {
     }
 }
 
+/// RFC 9449 §5: refresh tokens of public clients that prove a DPoP key are bound to it (a
+/// confidential client's refresh tokens are already bound to its credentials).
+fn public_binding<'a>(client: &ClientRegistered, dpop_jkt: Option<&'a str>) -> Option<&'a str> {
+    dpop_jkt.filter(|_| client.auth_method == AuthMethod::None)
+}
+
 fn grant_error(e: &GrantError) -> OAuthError {
     match e {
         GrantError::AuthorizationPending => OAuthError::new("authorization_pending", e.to_string()),
@@ -191,6 +197,17 @@ pub struct AccessClaims {
     /// The authentication context class the person reached (people only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acr: Option<String>,
+    /// RFC 9449 §6.1: the token is bound to the DPoP key with this thumbprint; it is good
+    /// only with a proof signed by that key (`Authorization: DPoP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// Confirmation claim (RFC 7800) of a DPoP-bound token: `jkt`, the RFC 7638 JWK SHA-256
+/// thumbprint (base64url) of the client's DPoP public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    pub jkt: String,
 }
 
 impl AccessClaims {
@@ -204,6 +221,11 @@ impl AccessClaims {
 
     pub fn is_user(&self) -> bool {
         self.sub != self.client_id
+    }
+
+    /// The thumbprint of the DPoP key the token is bound to, if it is bound.
+    pub fn jkt(&self) -> Option<&str> {
+        self.cnf.as_ref().map(|c| c.jkt.as_str())
     }
 }
 
@@ -287,6 +309,8 @@ pub struct NewClient {
     pub auth_method: AuthMethod,
     pub require_par: bool,
     pub jwks: Option<serde_json::Value>,
+    /// RFC 9449 §5.2: every token request of this client must carry a DPoP proof.
+    pub dpop_bound_access_tokens: bool,
 }
 
 /// A live SSO session.
@@ -362,6 +386,9 @@ pub struct AuthorizationRequest {
     /// Unix time after which a pushed request is void.
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// RFC 9449 §10: the DPoP key (thumbprint) the code will be bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// The answer to a device authorization request (RFC 8628 §3.2).
@@ -1777,6 +1804,7 @@ impl Identity {
             require_par: new.require_par,
             jwks: new.jwks,
             secret_sha256: secret.as_deref().map(secret_digest),
+            dpop_bound_access_tokens: new.dpop_bound_access_tokens,
         };
         let outcome = self
             .bus
@@ -2197,6 +2225,7 @@ impl Identity {
         jti: &str,
         now: DateTime<Utc>,
         refresh: Option<String>,
+        jkt: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         let is_user = grant.grant_type != Some(GrantType::ClientCredentials);
         let claims = AccessClaims {
@@ -2214,6 +2243,7 @@ impl Identity {
             auth_time: grant.auth_time.filter(|_| is_user).map(|t| t.timestamp()),
             amr: is_user.then(|| grant.amr.clone()),
             acr: is_user.then(|| Strength::of_amr(&grant.amr).acr().to_owned()),
+            cnf: jkt.map(|j| Confirmation { jkt: j.to_owned() }),
         };
         let access_token = self.sign_jwt("at+jwt", &claims).await?;
         let id_token = if scope.contains("openid") && is_user {
@@ -2243,7 +2273,8 @@ impl Identity {
         };
         Ok(TokenResponse {
             access_token,
-            token_type: "Bearer",
+            // RFC 9449 §5: a DPoP-bound token is of type DPoP.
+            token_type: if jkt.is_some() { "DPoP" } else { "Bearer" },
             expires_in: ACCESS_TOKEN_SECONDS,
             refresh_token: refresh,
             id_token,
@@ -2255,6 +2286,7 @@ impl Identity {
         grant_id: &str,
         now: DateTime<Utc>,
         with_refresh: bool,
+        refresh_jkt: Option<&str>,
     ) -> (NewTokens, String, Option<String>) {
         let jti = uuid::Uuid::now_v7().to_string();
         let refresh = with_refresh.then(|| bearer(grant_id));
@@ -2265,6 +2297,7 @@ impl Identity {
                 refresh: refresh
                     .as_ref()
                     .map(|r| (digest(r), now + Duration::seconds(REFRESH_TOKEN_SECONDS))),
+                refresh_jkt: refresh.as_ref().and(refresh_jkt.map(str::to_owned)),
             },
             jti,
             refresh,
@@ -2279,6 +2312,7 @@ impl Identity {
         client: &ClientRegistered,
         scope: Option<BTreeSet<String>>,
         request: RequestInfo,
+        dpop_jkt: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         if !client.grant_types.contains(&GrantType::ClientCredentials) {
             return Err(OAuthError::unauthorized_client(
@@ -2319,7 +2353,7 @@ impl Identity {
             )));
         }
         let grant_id = uuid::Uuid::now_v7().to_string();
-        let (tokens, jti, _) = Self::new_tokens(&grant_id, now, false);
+        let (tokens, jti, _) = Self::new_tokens(&grant_id, now, false, None);
         let issued = TokensIssued {
             grant_type: GrantType::ClientCredentials,
             client_id: client_id.to_owned(),
@@ -2331,6 +2365,7 @@ impl Identity {
             refresh_sha256: None,
             refresh_expires_at: None,
             request,
+            refresh_jkt: None,
         };
         let ctx = CommandContext {
             tenant_id: client.organization_id.clone(),
@@ -2353,6 +2388,7 @@ impl Identity {
             &jti,
             now,
             None,
+            dpop_jkt,
         )
         .await
     }
@@ -2446,6 +2482,17 @@ impl Identity {
                 ))
             }
         }
+        // RFC 9449 §10: a JWK SHA-256 thumbprint, 32 bytes in base64url.
+        let dpop_jkt = get("dpop_jkt");
+        if dpop_jkt.as_ref().is_some_and(|j| {
+            URL_SAFE_NO_PAD
+                .decode(j)
+                .map_or(true, |bytes| bytes.len() != 32)
+        }) {
+            return fail(OAuthError::invalid_request(
+                "dpop_jkt must be a JWK SHA-256 thumbprint (base64url)",
+            ));
+        }
         let max_age = match get("max_age") {
             Some(m) => match m.parse::<i64>() {
                 Ok(v) if v >= 0 => Some(v),
@@ -2480,6 +2527,7 @@ impl Identity {
                 prompt,
                 acr_values: get("acr_values"),
                 expires_at: None,
+                dpop_jkt,
             },
             client,
         )))
@@ -2524,6 +2572,7 @@ impl Identity {
             code_sha256: digest(&code),
             expires_at: ctx.occurred_at + Duration::seconds(CODE_SECONDS),
             request,
+            dpop_jkt: req.dpop_jkt.clone(),
         };
         let ctx = CommandContext {
             tenant_id: session.organization_id.clone(),
@@ -2601,6 +2650,7 @@ impl Identity {
         client: &ClientRegistered,
         jti: &str,
         refresh: Option<String>,
+        dpop_jkt: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         let grant = self.run_grant(ctx, grant_id, command, request).await?;
         let grant_type = grant.grant_type.unwrap_or(GrantType::AuthorizationCode);
@@ -2616,6 +2666,7 @@ impl Identity {
             jti,
             ctx.occurred_at,
             refresh,
+            dpop_jkt,
         )
         .await
     }
@@ -2631,6 +2682,7 @@ impl Identity {
         redirect_uri: Option<String>,
         code_verifier: Option<String>,
         request: RequestInfo,
+        dpop_jkt: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         if !client.grant_types.contains(&GrantType::AuthorizationCode) {
             return Err(OAuthError::unauthorized_client(
@@ -2640,9 +2692,25 @@ impl Identity {
         let grant_id = id_of(code)
             .ok_or_else(|| OAuthError::invalid_grant("the code is invalid"))?
             .to_owned();
+        // RFC 9449 §10: a code bound to a DPoP key is redeemed only with a proof by that key
+        // (checked before the code is spent, so a thief cannot burn it).
+        let (grant, _) = self.bus.load::<Grant>(&grant_id).await?;
+        if let Some(bound) = grant.code.as_ref().and_then(|c| c.dpop_jkt.as_deref()) {
+            if dpop_jkt != Some(bound) {
+                return Err(OAuthError::new(
+                    "invalid_dpop_proof",
+                    "the code is bound to another DPoP key",
+                ));
+            }
+        }
         let now = ctx.occurred_at;
         let with_refresh = client.grant_types.contains(&GrantType::RefreshToken);
-        let (tokens, jti, refresh) = Self::new_tokens(&grant_id, now, with_refresh);
+        let (tokens, jti, refresh) = Self::new_tokens(
+            &grant_id,
+            now,
+            with_refresh,
+            public_binding(client, dpop_jkt),
+        );
         let command = GrantCommand::RedeemCode {
             code_sha256: digest(code),
             client_id: client_id.to_owned(),
@@ -2652,12 +2720,15 @@ impl Identity {
             tokens,
             request: request.clone(),
         };
-        self.redeem_and_mint(ctx, &grant_id, command, &request, client, &jti, refresh)
-            .await
+        self.redeem_and_mint(
+            ctx, &grant_id, command, &request, client, &jti, refresh, dpop_jkt,
+        )
+        .await
     }
 
     /// refresh_token (RFC 6749 §6) with rotation: each refresh token works once; presenting
     /// a spent one revokes the grant (RFC 9700 §4.14.2).
+    #[allow(clippy::too_many_arguments)]
     pub async fn token_refresh(
         &self,
         ctx: &CommandContext,
@@ -2666,6 +2737,7 @@ impl Identity {
         refresh_token: &str,
         scope: Option<BTreeSet<String>>,
         request: RequestInfo,
+        dpop_jkt: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         if !client.grant_types.contains(&GrantType::RefreshToken) {
             return Err(OAuthError::unauthorized_client(
@@ -2679,6 +2751,17 @@ impl Identity {
         // A rule added since the sign-in applies to refreshes too: a session too weak for it
         // must sign in again (the refresh token is not spent by the refusal).
         let (grant, _) = self.bus.load::<Grant>(&grant_id).await?;
+        // RFC 9449 §5: a public client's bound refresh token needs a proof by the same key
+        // (a stolen refresh token is useless without the private key). Checked before the
+        // token is spent, so a refusal does not cost the rightful holder their grant.
+        if let Some(bound) = &grant.refresh_jkt {
+            if dpop_jkt != Some(bound.as_str()) {
+                return Err(OAuthError::new(
+                    "invalid_dpop_proof",
+                    "the refresh token is bound to another DPoP key",
+                ));
+            }
+        }
         if !grant.subject.is_empty() && grant.grant_type != Some(GrantType::ClientCredentials) {
             let (user, _) = self.bus.load::<User>(&grant.subject).await?;
             let strength = Strength::of_amr(&grant.amr);
@@ -2703,7 +2786,7 @@ impl Identity {
                 )));
             }
         }
-        let (tokens, jti, refresh) = Self::new_tokens(&grant_id, now, true);
+        let (tokens, jti, refresh) = Self::new_tokens(&grant_id, now, true, None);
         let command = GrantCommand::Refresh {
             refresh_sha256: digest(refresh_token),
             client_id: client_id.to_owned(),
@@ -2712,8 +2795,10 @@ impl Identity {
             tokens,
             request: request.clone(),
         };
-        self.redeem_and_mint(ctx, &grant_id, command, &request, client, &jti, refresh)
-            .await
+        self.redeem_and_mint(
+            ctx, &grant_id, command, &request, client, &jti, refresh, dpop_jkt,
+        )
+        .await
     }
 
     /// Device authorization (RFC 8628 §3.1–3.2).
@@ -2842,6 +2927,7 @@ impl Identity {
         client: &ClientRegistered,
         device_code: &str,
         request: RequestInfo,
+        dpop_jkt: Option<&str>,
     ) -> Result<TokenResponse, OAuthError> {
         if !client.grant_types.contains(&GrantType::DeviceCode) {
             return Err(OAuthError::unauthorized_client(
@@ -2865,7 +2951,12 @@ impl Identity {
             }
         }
         let with_refresh = client.grant_types.contains(&GrantType::RefreshToken);
-        let (tokens, jti, refresh) = Self::new_tokens(&grant_id, now, with_refresh);
+        let (tokens, jti, refresh) = Self::new_tokens(
+            &grant_id,
+            now,
+            with_refresh,
+            public_binding(client, dpop_jkt),
+        );
         let command = GrantCommand::RedeemDevice {
             device_code_sha256: digest(device_code),
             client_id: client_id.to_owned(),
@@ -2873,8 +2964,10 @@ impl Identity {
             tokens,
             request: request.clone(),
         };
-        self.redeem_and_mint(ctx, &grant_id, command, &request, client, &jti, refresh)
-            .await
+        self.redeem_and_mint(
+            ctx, &grant_id, command, &request, client, &jti, refresh, dpop_jkt,
+        )
+        .await
     }
 
     /// Which grant a token belongs to, if it is one of ours and was issued to `client_id`.
@@ -2983,7 +3076,7 @@ impl Identity {
                 Ok(c) if visible(&c.org) => {
                     let mut v = serde_json::to_value(&c)
                         .map_err(|e| OAuthError::server_error(e.to_string()))?;
-                    v["token_type"] = "Bearer".into();
+                    v["token_type"] = if c.cnf.is_some() { "DPoP" } else { "Bearer" }.into();
                     Introspection {
                         active: true,
                         claims: Some(v),
@@ -3005,9 +3098,7 @@ impl Identity {
         if !(current && live && visible(&grant.organization_id)) {
             return Ok(inactive);
         }
-        Ok(Introspection {
-            active: true,
-            claims: Some(serde_json::json!({
+        let mut claims = serde_json::json!({
                 "token_type": "refresh_token",
                 "client_id": grant.client_id,
                 "sub": grant.subject,
@@ -3015,7 +3106,13 @@ impl Identity {
                 "scope": quantus_domain::identity::scope_string(&grant.scope),
                 "exp": grant.refresh_expires_at.map(|t| t.timestamp()),
                 "iss": self.issuer,
-            })),
+        });
+        if let Some(jkt) = &grant.refresh_jkt {
+            claims["cnf"] = serde_json::json!({ "jkt": jkt });
+        }
+        Ok(Introspection {
+            active: true,
+            claims: Some(claims),
         })
     }
 

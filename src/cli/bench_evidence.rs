@@ -124,6 +124,7 @@ pub async fn run(
             auth_method: quantus_domain::identity::client::AuthMethod::ClientSecretBasic,
             require_par: false,
             jwks: None,
+            dpop_bound_access_tokens: false,
         };
         let (client_id, secret, _) = state
             .identity

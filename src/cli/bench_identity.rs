@@ -116,6 +116,7 @@ pub async fn run(
         auth_method: AuthMethod::ClientSecretBasic,
         require_par: false,
         jwks: None,
+        dpop_bound_access_tokens: false,
     };
     let (client_id, secret, _) = identity.register_client(&ctx(&org), sp).await?;
     let secret = secret.unwrap_or_default();

@@ -140,6 +140,7 @@ async fn service_principal(
         auth_method: AuthMethod::ClientSecretBasic,
         require_par: false,
         jwks: None,
+        dpop_bound_access_tokens: false,
     };
     let (id, secret, _) = state
         .identity

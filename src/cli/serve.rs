@@ -351,6 +351,7 @@ async fn bootstrap_service_principal(
         auth_method: AuthMethod::ClientSecretBasic,
         require_par: false,
         jwks: None,
+        dpop_bound_access_tokens: false,
     };
     bootstrap_client(state, data_dir, principal.id, principal.file, new).await
 }
@@ -381,6 +382,7 @@ async fn bootstrap_consoles(
             auth_method: AuthMethod::ClientSecretBasic,
             require_par: false,
             jwks: None,
+            dpop_bound_access_tokens: false,
         };
         bootstrap_client(state, data_dir, console.client_id, console.file, new).await?;
         let (client, _) = state.identity.client(console.client_id).await?;

@@ -74,6 +74,10 @@ pub struct ClientRegistered {
     pub jwks: Option<serde_json::Value>,
     /// SHA-256 (hex) of the client secret: 256 random bits, so a fast digest is enough.
     pub secret_sha256: Option<String>,
+    /// RFC 9449 §5.2 `dpop_bound_access_tokens`: the token endpoint refuses this client's
+    /// requests without a DPoP proof. Absent in events written before DPoP: false.
+    #[serde(default)]
+    pub dpop_bound_access_tokens: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -354,6 +358,7 @@ mod tests {
             require_par: false,
             jwks: None,
             secret_sha256: Some("00".repeat(32)),
+            dpop_bound_access_tokens: false,
         }
     }
 

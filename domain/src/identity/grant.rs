@@ -40,6 +40,11 @@ pub struct AuthorizationCodeIssued {
     #[schemars(with = "String")]
     pub expires_at: DateTime<Utc>,
     pub request: RequestInfo,
+    /// RFC 9449 §10: the thumbprint of the DPoP key the code is bound to (`dpop_jkt` at the
+    /// authorization endpoint, or the key of the proof sent with the pushed request); only a
+    /// token request with a proof by that key may redeem it. Absent in events before DPoP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -89,6 +94,11 @@ pub struct TokensIssued {
     #[schemars(with = "Option<String>")]
     pub refresh_expires_at: Option<DateTime<Utc>>,
     pub request: RequestInfo,
+    /// RFC 9449 §5: the JWK SHA-256 thumbprint (RFC 7638) of the DPoP key a public client's
+    /// refresh tokens are bound to; every refresh of this grant needs a proof by that key.
+    /// Absent for unbound grants and in events written before DPoP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_jkt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -144,6 +154,8 @@ pub struct NewTokens {
     pub access_token_id: String,
     pub access_expires_at: DateTime<Utc>,
     pub refresh: Option<(String, DateTime<Utc>)>,
+    /// The DPoP key the refresh token is bound to (public clients that sent a proof).
+    pub refresh_jkt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +308,8 @@ pub struct Grant {
     pub spent_refresh: BTreeSet<String>,
     pub access_expires_at: Option<DateTime<Utc>>,
     pub revoked: Option<RevocationReason>,
+    /// The DPoP key (RFC 7638 thumbprint) the grant's refresh tokens are bound to.
+    pub refresh_jkt: Option<String>,
 }
 
 /// SHA-256 of a bearer value, lower-case hex.
@@ -337,6 +351,7 @@ impl Grant {
             refresh_sha256,
             refresh_expires_at,
             request,
+            refresh_jkt: tokens.refresh_jkt,
         })
     }
 
@@ -585,6 +600,7 @@ impl Aggregate for Grant {
                 self.refresh_expires_at = e.refresh_expires_at;
                 self.access_expires_at = Some(e.access_expires_at);
                 self.generation = 1;
+                self.refresh_jkt = e.refresh_jkt;
             }
             GrantEvent::TokensRefreshed(e) => {
                 if let Some(old) = self.refresh_sha256.replace(e.refresh_sha256) {
@@ -631,6 +647,7 @@ mod tests {
             code_sha256: digest("g.code"),
             expires_at: t0() + Duration::seconds(60),
             request: RequestInfo::default(),
+            dpop_jkt: None,
         })
     }
     fn tokens(refresh: &str) -> NewTokens {
@@ -638,6 +655,7 @@ mod tests {
             access_token_id: "at1".into(),
             access_expires_at: t0() + Duration::minutes(5),
             refresh: Some((digest(refresh), t0() + Duration::days(30))),
+            refresh_jkt: None,
         }
     }
     fn redeem(verifier: Option<&str>, at: DateTime<Utc>) -> GrantCommand {
