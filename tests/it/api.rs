@@ -234,7 +234,14 @@ async fn a_client_reads_its_own_writes_and_a_position_past_the_log_is_400() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(started.elapsed() < std::time::Duration::from_secs(4));
     assert_eq!(r.headers["content-type"], "application/problem+json");
-    assert!(r.body["detail"].as_str().unwrap().contains("past the end of the log"), "{}", r.body);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("past the end of the log"),
+        "{}",
+        r.body
+    );
     let r = api
         .get(&format!(
             "/v1/organizations/{id}?min_position=1&wait_ms=999999"

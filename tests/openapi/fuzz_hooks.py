@@ -1,0 +1,49 @@
+"""Schemathesis hooks for fuzzing a running Quantus.
+
+- An auth provider that takes an access token with the client credentials grant (RFC 6749
+  §4.4) for the client in QUANTUS_FUZZ_CLIENT_ID / QUANTUS_FUZZ_CLIENT_SECRET at
+  QUANTUS_FUZZ_URL, and a new one before it expires, so a run longer than a token's lifetime
+  keeps testing past authentication.
+- The check `no_undocumented_server_error`: any 5xx fails, except a 503 the operation documents
+  (read-your-writes waits, shed writes, an unconfigured webhook), which tells the client to
+  retry and is part of the contract.
+
+  PYTHONPATH=tests/openapi SCHEMATHESIS_HOOKS=fuzz_hooks schemathesis run URL/openapi.json \
+      --checks no_undocumented_server_error ...
+"""
+
+from __future__ import annotations
+
+import os
+
+import requests
+import schemathesis
+
+
+@schemathesis.auth(refresh_interval=240)
+class ClientCredentials:
+    def get(self, case, context):
+        base = os.environ["QUANTUS_FUZZ_URL"].rstrip("/")
+        r = requests.post(
+            f"{base}/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            auth=(os.environ["QUANTUS_FUZZ_CLIENT_ID"], os.environ["QUANTUS_FUZZ_CLIENT_SECRET"]),
+            timeout=30,
+        )
+        r.raise_for_status()
+        return r.json()["access_token"]
+
+    def set(self, case, data, context):
+        case.headers = case.headers or {}
+        case.headers["Authorization"] = f"Bearer {data}"
+
+
+@schemathesis.check
+def no_undocumented_server_error(ctx, response, case):
+    status = response.status_code
+    if status < 500:
+        return None
+    documented = case.operation.definition.raw.get("responses", {})
+    if status == 503 and "503" in documented:
+        return None
+    raise AssertionError(f"undocumented {status}: {response.text[:500]}")
