@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 use crate::harness::*;
-use crate::qsa::{claims, fixture, sign_in_for_code, Browser, Fixture, REDIRECT, VERIFIER};
+use crate::qsa::{
+    claims, fixture, fixture_on, sign_in_for_code, Browser, Fixture, REDIRECT, VERIFIER,
+};
 
 /// A client's DPoP key pair.
 pub enum Key {
@@ -488,9 +490,29 @@ async fn a_persons_dpop_bound_token_works_only_with_fresh_proofs_by_its_key() {
     assert!(!log.contains("eyJ"), "a token or proof reached the log");
 }
 
+/// Postgres-backed: what these tests record (`refresh_jkt` in `TokensIssued`,
+/// `dpop_bound_access_tokens` in `ClientRegistered`) is stored the same way on both stores.
+async fn fixture_on_postgres(label: &str) -> Fixture {
+    let url = fresh_database().await;
+    fixture_on(Server::start(
+        &temp_dir(label),
+        &["--listen", "127.0.0.1:0", "--database-url", &url],
+        &[],
+    ))
+    .await
+}
+
 #[tokio::test]
 async fn a_public_clients_refresh_token_is_bound_to_its_dpop_key() {
-    let mut f = fixture("dpop-public").await;
+    public_refresh_binding(fixture("dpop-public").await).await;
+}
+
+#[tokio::test]
+async fn a_public_clients_refresh_token_is_bound_to_its_dpop_key_on_postgres() {
+    public_refresh_binding(fixture_on_postgres("dpop-public-pg").await).await;
+}
+
+async fn public_refresh_binding(mut f: Fixture) {
     let base = f.server.url().to_owned();
     let r = f
         .admin
@@ -606,7 +628,15 @@ async fn a_public_clients_refresh_token_is_bound_to_its_dpop_key() {
 
 #[tokio::test]
 async fn a_client_registered_with_dpop_bound_access_tokens_must_send_proofs() {
-    let f = fixture("dpop-required").await;
+    client_requiring_dpop(fixture("dpop-required").await).await;
+}
+
+#[tokio::test]
+async fn a_client_registered_with_dpop_bound_access_tokens_must_send_proofs_on_postgres() {
+    client_requiring_dpop(fixture_on_postgres("dpop-required-pg").await).await;
+}
+
+async fn client_requiring_dpop(f: Fixture) {
     let base = f.server.url().to_owned();
     let mut made = vec![];
     for required in [true, false] {
