@@ -569,13 +569,28 @@ fn spawn_schedulers(
     );
     tasks.spawn(async move {
         let mut last = chrono::Utc::now();
+        // A failure that lasts (a policy that no longer lets the checkpoint key sign, until an
+        // operator rotates it) is logged when it starts and then once a minute, not every try.
+        let mut failing: Option<(String, std::time::Instant)> = None;
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             let now = chrono::Utc::now();
             match checkpoints.due(every_events, every, now, last).await {
                 Ok(true) => match checkpoints.sign_now(&system_context()).await {
-                    Ok(_) => last = now,
-                    Err(e) => tracing::warn!(error = %e, "signing a checkpoint failed"),
+                    Ok(_) => {
+                        last = now;
+                        failing = None;
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        let repeat = failing.as_ref().is_some_and(|(r, at)| {
+                            *r == reason && at.elapsed() < std::time::Duration::from_secs(60)
+                        });
+                        if !repeat {
+                            tracing::warn!(error = %reason, "signing a checkpoint failed");
+                            failing = Some((reason, std::time::Instant::now()));
+                        }
+                    }
                 },
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "checking for a due checkpoint failed"),
