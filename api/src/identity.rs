@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use quantus_commands::identity::{NewClient, NewUser};
+use quantus_commands::identity::{NewClient, NewUser, Registration};
 use quantus_commands::CommandError;
 use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
 use quantus_domain::identity::user::UserCommand;
@@ -87,41 +87,27 @@ pub async fn create_user(
         &format!("organization {}", body.organization_id),
     )?;
     let id = Uuid::now_v7().to_string();
-    let email = quantus_commands::identity::normalize_email(&body.email)?;
-    let keys = state.identity.subject_keys();
-    // The login index enforces unique emails at once (a read model would only eventually),
-    // within the organization: another organization's user with the same address neither
-    // blocks this one nor changes the answer.
-    if !keys.claim_email(&body.organization_id, &email, &id).await? {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "Conflict",
-            "a user with this email already exists",
-        ));
-    }
     let ctx = context(&principal, &headers, &body.organization_id);
-    let organization_id = body.organization_id.clone();
+    // The use case claims the email in the organization (unique at once, tenants isolated),
+    // registers the user and releases the claim if that fails.
     let new = NewUser {
         organization_id: body.organization_id,
-        email: email.clone(),
+        email: body.email,
         name: body.name,
         password: body.password,
         roles: body.roles.unwrap_or_else(|| [Role::Member].into()),
     };
-    match state.identity.register_user(&ctx, &id, new).await {
-        Ok(outcome) => Ok(accepted(
-            StatusCode::CREATED,
-            &id,
-            outcome,
-            Some(format!("/v1/users/{id}")),
-        )),
-        Err(e) => {
-            keys.release_email(&organization_id, &email, &id).await?;
-            let _ = keys.erase(&id).await;
-            Err(e.into())
-        }
-    }
+    let outcome = state
+        .identity
+        .register_person(&ctx, &id, Registration::with_email(new))
+        .await
+        .map_err(CommandError::from)?;
+    Ok(accepted(
+        StatusCode::CREATED,
+        &id,
+        outcome,
+        Some(format!("/v1/users/{id}")),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -40,6 +40,9 @@ use sha2::{Digest, Sha256, Sha512};
 use crate::licensing::Licensing;
 use crate::{ClassifyError, CommandBus, CommandError, CommandOutcome};
 
+mod register;
+pub use register::{Registration, RegistrationError};
+
 /// Lifetimes, in seconds. Access tokens are short so that a stolen one is worth little and a
 /// revoked grant stops working soon even where nobody introspects.
 pub const ACCESS_TOKEN_SECONDS: i64 = 600;

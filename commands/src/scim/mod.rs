@@ -18,7 +18,7 @@ use quantus_domain::CommandContext;
 use quantus_infra::credentials::{random_secret, secret_digest, secret_matches};
 use serde_json::{json, Map, Value};
 
-use crate::identity::{normalize_email, Identity, NewUser};
+use crate::identity::{normalize_email, Identity, NewUser, Registration, RegistrationError};
 use crate::{ClassifyError, CommandBus, CommandError, CommandOutcome};
 use filter::{get_ci, CORE_GROUP, CORE_USER, ENTERPRISE_USER};
 
@@ -692,8 +692,10 @@ impl Scim {
         Ok((user, version, profile))
     }
 
-    /// Creates a user: `UserRegistered` (email and name sealed as the REST API does), then
-    /// `UserProfileChanged`, then `UserDisabled` when `active` is false.
+    /// Creates a user through `Identity::register_person_then` (the userName and the login
+    /// email claimed, released if anything fails): `UserRegistered` (email and name sealed as
+    /// the REST API does), then `UserProfileChanged`, then `UserDisabled` when `active` is
+    /// false.
     pub async fn create_user(
         &self,
         ctx: &CommandContext,
@@ -702,76 +704,57 @@ impl Scim {
     ) -> Result<(String, CommandOutcome), ScimError> {
         let doc = normalize_user(input)?;
         let id = uuid::Uuid::now_v7().to_string();
-        let keys = self.identity.subject_keys();
-        let name_claim = keys.login_digest(&user_name_login(organization_id, doc.user_name()));
-        if !keys.claim_login(&name_claim, &id).await.map_err(storage)? {
-            return Err(ScimError::uniqueness(format!(
-                "userName {:?} is already taken",
-                doc.user_name()
-            )));
-        }
         // The login email: the primary (or first) email, else a userName that is one.
         let email = login_email(&doc);
-        let email_claim = match &email {
-            Some(e) => {
-                // Unique in the organization only: another organization's user with the same
-                // address neither blocks this one nor shows through the answer.
-                if !keys
-                    .claim_email(organization_id, e, &id)
-                    .await
-                    .map_err(storage)?
-                {
-                    keys.release_login(&name_claim).await.map_err(storage)?;
-                    return Err(ScimError::uniqueness(format!(
-                        "a user with the email {e:?} already exists"
-                    )));
-                }
-                Some(e.clone())
-            }
-            None => None,
+        let registration = Registration {
+            user: NewUser {
+                organization_id: organization_id.to_owned(),
+                // A user without a usable email gets an address that cannot receive mail
+                // (RFC 2606 `.invalid`) and is not claimed as a login.
+                email: email.clone().unwrap_or_else(|| unusable_email(&id)),
+                name: display_name(&doc),
+                password: doc.password.clone(),
+                roles: [Role::Member].into(),
+            },
+            // Unique in the organization only: another organization's user with the same
+            // address neither blocks this one nor shows through the answer.
+            claim_email: email.is_some(),
+            login: Some(user_name_login(organization_id, doc.user_name())),
         };
-        let result = self
-            .register(ctx, organization_id, &id, &doc, email.as_deref())
-            .await;
-        match result {
-            Ok(outcome) => Ok((id, outcome)),
-            Err(e) => {
-                keys.release_login(&name_claim).await.map_err(storage)?;
-                if let Some(e) = email_claim {
-                    keys.release_email(organization_id, &e, &id)
-                        .await
-                        .map_err(storage)?;
-                }
-                let _ = keys.erase(&id).await;
-                Err(e)
-            }
-        }
+        let outcome = self
+            .identity
+            .register_person_then(ctx, &id, registration, |outcome| {
+                self.after_register(ctx, organization_id, &id, &doc, email.as_deref(), outcome)
+            })
+            .await
+            .map_err(|e| match e {
+                RegistrationError::LoginTaken => ScimError::uniqueness(format!(
+                    "userName {:?} is already taken",
+                    doc.user_name()
+                )),
+                RegistrationError::EmailTaken => ScimError::uniqueness(format!(
+                    "a user with the email {:?} already exists",
+                    email.as_deref().unwrap_or_default()
+                )),
+                RegistrationError::Failed(e) => e,
+            })?;
+        Ok((id, outcome))
     }
 
-    async fn register(
+    /// What SCIM records after `UserRegistered`: the profile, `active`, a set-password invite.
+    async fn after_register(
         &self,
         ctx: &CommandContext,
         organization_id: &str,
         id: &str,
         doc: &UserDoc,
         email: Option<&str>,
+        registered: CommandOutcome,
     ) -> Result<CommandOutcome, ScimError> {
-        let new = NewUser {
-            organization_id: organization_id.to_owned(),
-            // A user without a usable email gets an address that cannot receive mail
-            // (RFC 2606 `.invalid`) and is not claimed as a login.
-            email: email
-                .map(str::to_owned)
-                .unwrap_or_else(|| unusable_email(id)),
-            name: display_name(doc),
-            password: doc.password.clone(),
-            roles: [Role::Member].into(),
-        };
-        let mut outcome = self.identity.register_user(ctx, id, new).await?;
-        outcome = self
-            .set_profile(ctx, id, &doc.profile, Some(outcome.version))
+        let mut outcome = self
+            .set_profile(ctx, id, &doc.profile, Some(registered.version))
             .await?
-            .unwrap_or(outcome);
+            .unwrap_or(registered);
         if doc.active == Some(false) {
             outcome = self
                 .identity
