@@ -154,6 +154,8 @@ async fn a_bounded_fuzz_run_finds_no_undocumented_server_error() {
         .env("QUANTUS_FUZZ_CLIENT_ID", &id)
         .env("QUANTUS_FUZZ_CLIENT_SECRET", &secret)
         .env("NO_COLOR", "1")
+        // Its cache of examples stays with the run, not in the checkout.
+        .current_dir(&dir)
         .output()
         .expect("schemathesis (tests/openapi/requirements.txt) is installed");
     let text = format!(
