@@ -201,6 +201,16 @@ mod tests {
         identity: Identity,
         bus: CommandBus,
         org: String,
+        _store: Scratch,
+    }
+
+    /// The store's folder, removed when the test ends.
+    struct Scratch(std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     fn ctx(tenant: &str) -> CommandContext {
@@ -238,6 +248,7 @@ mod tests {
             identity,
             bus,
             org: String::new(),
+            _store: Scratch(dir),
         };
         given.organization().await
     }
