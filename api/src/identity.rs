@@ -514,10 +514,11 @@ pub struct ClientListed {
 
 /// An organization's applications (OAuth clients and service principals), by client id, paged.
 ///
-/// Clients have no read model: this reads every `ClientRegistered` event in the log (all
-/// organizations', one indexed query by aggregate and event type), keeps the organization's,
-/// and loads each client of the page from its events to tell whether it is disabled. The
-/// cost grows with the number of clients registered in the whole log (`docs/STATUS.md`).
+/// Clients have no read model: this reads every `ClientRegistered` event in the log, all
+/// organizations' (the query walks the unique index over every `Client` event and keeps that
+/// one type), keeps the organization's, and loads each client of the page from its events to
+/// tell whether it is disabled. The cost grows with the clients of the whole log, not the
+/// organization's (`docs/STATUS.md`, Known limits (QSA)).
 /// Read from the log itself, the list already holds every write that was answered.
 #[utoipa::path(get, path = "/v1/clients", tag = "identity", operation_id = "list_clients",
     params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),

@@ -991,10 +991,11 @@ pub struct ProviderListQuery {
 /// An organization's registered (not removed) service providers, by id, paged.
 ///
 /// Providers have no read model: this reads every `SamlServiceProviderRegistered` event in the
-/// log (all organizations', one indexed query by aggregate and event type), keeps the
-/// organization's, and loads each provider of the page from its events (removed ones are left
-/// out, so a page can hold fewer than `limit`; `next_after` still goes on). The cost grows
-/// with the number of providers registered in the whole log (`docs/STATUS.md`).
+/// log, all organizations' (the query walks the unique index over every `SamlServiceProvider`
+/// event and keeps that one type), keeps the organization's, and loads each provider of the
+/// page from its events (removed ones are left out, so a page can hold fewer than `limit`;
+/// `next_after` still goes on). The cost grows with the providers of the whole log, not the
+/// organization's (`docs/STATUS.md`, Known limits (QSA)).
 #[utoipa::path(get, path = "/v1/saml/service-providers", tag = "saml", operation_id = "list_service_providers",
     params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),
     responses((status = 200, description = "{items: [{id, entity_id, name, acs_urls, name_id_format, version}], next_after}"), (status = 400, body = Problem), (status = 404, body = Problem)),

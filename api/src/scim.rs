@@ -113,10 +113,11 @@ pub struct TokenListQuery {
 
 /// An organization's SCIM tokens, by id, paged: never the token or its digest.
 ///
-/// SCIM tokens have no read model: this reads every `ScimTokenIssued` event in the log (all
-/// organizations', one indexed query by aggregate and event type), keeps the organization's,
-/// and loads each token of the page from its events to tell whether it was revoked. The cost
-/// grows with the number of tokens issued in the whole log (`docs/STATUS.md`).
+/// SCIM tokens have no read model: this reads every `ScimTokenIssued` event in the log, all
+/// organizations' (the query walks the unique index over every `ScimToken` event and keeps
+/// that one type), keeps the organization's, and loads each token of the page from its events
+/// to tell whether it was revoked. The cost grows with the tokens of the whole log, not the
+/// organization's (`docs/STATUS.md`, Known limits (QSA)).
 #[utoipa::path(get, path = "/v1/organizations/{org}/scim-tokens", tag = "identity", operation_id = "list_scim_tokens",
     params(("org" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),
     responses((status = 200, description = "{items: [{id, name, created_at, revoked}], next_after}; never a token"), (status = 400, body = Problem), (status = 404, body = Problem)),
