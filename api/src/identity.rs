@@ -45,7 +45,7 @@ pub fn routes() -> Router<AppState> {
             axum::routing::delete(remove_member),
         )
         .route("/service-principals", post(create_service_principal))
-        .route("/clients", post(create_client))
+        .route("/clients", post(create_client).get(list_clients))
         .route("/clients/{id}", get(show_client))
         .route("/clients/{id}/secret", post(rotate_secret))
         .route("/clients/{id}/disable", post(disable_client))
@@ -475,6 +475,78 @@ pub async fn create_client(
     };
     let (client_id, client_secret, outcome) = state.identity.register_client(&ctx, new).await?;
     Ok(client_created(client_id, client_secret, outcome))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientListQuery {
+    org: String,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// One application (OAuth client or service principal) in a list: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientListed {
+    pub client_id: String,
+    pub name: String,
+    /// `confidential`, `public` or `service`.
+    #[schema(value_type = String)]
+    pub kind: ClientKind,
+    #[schema(value_type = Vec<String>)]
+    pub grant_types: BTreeSet<GrantType>,
+    pub disabled: bool,
+}
+
+/// An organization's applications (OAuth clients and service principals), by client id, paged.
+///
+/// Clients have no read model: this reads every `ClientRegistered` event in the log, all
+/// organizations' (the query walks the unique index over every `Client` event and keeps that
+/// one type), keeps the organization's, and loads each client of the page from its events to
+/// tell whether it is disabled. The cost grows with the clients of the whole log, not the
+/// organization's (`docs/STATUS.md`, Known limits (QSA)).
+/// Read from the log itself, the list already holds every write that was answered.
+#[utoipa::path(get, path = "/v1/clients", tag = "identity", operation_id = "list_clients",
+    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, description = "{items: [{client_id, name, kind, grant_types, disabled}], next_after}; never a secret"), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_clients(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    crate::problem::ApiQuery(q): crate::problem::ApiQuery<ClientListQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    use quantus_domain::identity::client::{ClientRegistered, ClientStatus};
+    principal.require("identity:read")?;
+    principal.tenant(&q.org, &format!("organization {}", q.org))?;
+    let limit = crate::paging::limit(q.limit)?;
+    let log = quantus_infra::SqlEventRepository::new(state.db.clone());
+    let mut ids: Vec<String> = log
+        .events_of::<ClientRegistered>()
+        .await?
+        .into_iter()
+        .filter(|(_, e)| e.organization_id == q.org)
+        .map(|(r, _)| r.envelope.aggregate_id)
+        .filter(|id| q.after.as_deref().is_none_or(|a| id.as_str() > a))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let mut rows = Vec::new();
+    for id in ids.into_iter().take(limit as usize) {
+        let (client, _) = state.identity.client(&id).await?;
+        if let Some(r) = client.registration {
+            rows.push(ClientListed {
+                client_id: id,
+                name: r.name,
+                kind: r.kind,
+                grant_types: r.grant_types,
+                disabled: client.status == ClientStatus::Disabled,
+            });
+        }
+    }
+    let next_after = crate::paging::next_after(&rows, limit, |r| r.client_id.as_str());
+    Ok(Json(
+        serde_json::json!({ "items": rows, "next_after": next_after }),
+    ))
 }
 
 async fn client_in_tenant(

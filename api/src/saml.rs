@@ -60,7 +60,10 @@ pub fn routes() -> Router<AppState> {
 /// The REST resources (under `/v1`, behind the bearer middleware).
 pub fn api_routes() -> Router<AppState> {
     Router::new()
-        .route("/saml/service-providers", post(create_provider))
+        .route(
+            "/saml/service-providers",
+            post(create_provider).get(list_providers),
+        )
         .route(
             "/saml/service-providers/metadata",
             post(register_from_metadata),
@@ -975,6 +978,66 @@ async fn provider_in_tenant(
     let sp = state.saml.provider(id).await?;
     principal.tenant(&sp.organization_id, &format!("SAML service provider {id}"))?;
     Ok(sp)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderListQuery {
+    org: String,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// An organization's registered (not removed) service providers, by id, paged.
+///
+/// Providers have no read model: this reads every `SamlServiceProviderRegistered` event in the
+/// log, all organizations' (the query walks the unique index over every `SamlServiceProvider`
+/// event and keeps that one type), keeps the organization's, and loads each provider of the
+/// page from its events (removed ones are left out, so a page can hold fewer than `limit`;
+/// `next_after` still goes on). The cost grows with the providers of the whole log, not the
+/// organization's (`docs/STATUS.md`, Known limits (QSA)).
+#[utoipa::path(get, path = "/v1/saml/service-providers", tag = "saml", operation_id = "list_service_providers",
+    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, description = "{items: [{id, entity_id, name, acs_urls, name_id_format, version}], next_after}"), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_providers(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    crate::problem::ApiQuery(q): crate::problem::ApiQuery<ProviderListQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    use quantus_domain::identity::saml::SamlServiceProviderRegistered;
+    principal.require("identity:read")?;
+    principal.tenant(&q.org, &format!("organization {}", q.org))?;
+    let limit = crate::paging::limit(q.limit)?;
+    let log = quantus_infra::SqlEventRepository::new(state.db.clone());
+    let mut ids: Vec<String> = log
+        .events_of::<SamlServiceProviderRegistered>()
+        .await?
+        .into_iter()
+        .filter(|(_, e)| e.organization_id == q.org)
+        .map(|(r, _)| r.envelope.aggregate_id)
+        .filter(|id| q.after.as_deref().is_none_or(|a| id.as_str() > a))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids.truncate(limit as usize);
+    // The cursor is the page's last id looked at, removed or not.
+    let next_after = crate::paging::next_after(&ids, limit, |id| id.as_str());
+    let mut rows = Vec::new();
+    for id in &ids {
+        match state.saml.provider(id).await {
+            Ok(sp) if sp.organization_id == q.org => rows.push(serde_json::json!({
+                "id": sp.id, "entity_id": sp.entity_id, "name": sp.name,
+                "acs_urls": sp.settings.acs_urls, "name_id_format": sp.settings.name_id_format,
+                "version": sp.version,
+            })),
+            Ok(_) | Err(quantus_commands::CommandError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(
+        serde_json::json!({ "items": rows, "next_after": next_after }),
+    ))
 }
 
 /// One service provider of the caller's organization (`ETag`: its version).

@@ -43,7 +43,10 @@ pub const MAX_RESULTS: usize = 1000;
 
 pub fn token_routes() -> Router<AppState> {
     Router::new()
-        .route("/organizations/{org}/scim-tokens", post(issue_token))
+        .route(
+            "/organizations/{org}/scim-tokens",
+            post(issue_token).get(list_tokens),
+        )
         .route(
             "/organizations/{org}/scim-tokens/{id}",
             delete(revoke_token),
@@ -99,6 +102,65 @@ pub async fn issue_token(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenListQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// An organization's SCIM tokens, by id, paged: never the token or its digest.
+///
+/// SCIM tokens have no read model: this reads every `ScimTokenIssued` event in the log, all
+/// organizations' (the query walks the unique index over every `ScimToken` event and keeps
+/// that one type), keeps the organization's, and loads each token of the page from its events
+/// to tell whether it was revoked. The cost grows with the tokens of the whole log, not the
+/// organization's (`docs/STATUS.md`, Known limits (QSA)).
+#[utoipa::path(get, path = "/v1/organizations/{org}/scim-tokens", tag = "identity", operation_id = "list_scim_tokens",
+    params(("org" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, description = "{items: [{id, name, created_at, revoked}], next_after}; never a token"), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(org): Path<String>,
+    crate::problem::ApiQuery(q): crate::problem::ApiQuery<TokenListQuery>,
+) -> Result<axum::Json<Value>, Problem> {
+    use quantus_domain::identity::scim_token::ScimTokenIssued;
+    principal.require("identity:read")?;
+    principal.tenant(&org, &format!("organization {org}"))?;
+    let limit = crate::paging::limit(q.limit)?;
+    let log = quantus_infra::SqlEventRepository::new(state.db.clone());
+    let mut issued: Vec<(String, String, String)> = log
+        .events_of::<ScimTokenIssued>()
+        .await?
+        .into_iter()
+        .filter(|(_, e)| e.organization_id == org)
+        .map(|(r, e)| {
+            let created = r
+                .envelope
+                .occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            (r.envelope.aggregate_id, e.name, created)
+        })
+        .filter(|(id, _, _)| q.after.as_deref().is_none_or(|a| id.as_str() > a))
+        .collect();
+    issued.sort();
+    issued.dedup_by(|a, b| a.0 == b.0);
+    let scim = scim_service(&state);
+    let mut rows = Vec::new();
+    for (id, name, created_at) in issued.into_iter().take(limit as usize) {
+        let token = scim.token(&id).await?;
+        rows.push(json!({
+            "id": id, "name": name, "created_at": created_at, "revoked": token.revoked,
+        }));
+    }
+    let next_after = crate::paging::next_after(&rows, limit, |r| r["id"].as_str().unwrap_or(""));
+    Ok(axum::Json(
+        json!({ "items": rows, "next_after": next_after }),
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/organizations/{org}/scim-tokens/{id}", tag = "identity",

@@ -163,6 +163,7 @@ test("a security admin adds a person and an access rule needing a second factor;
   // A service principal: its secret is shown once, works, and a rotation replaces it.
   await nav(admin, "Applications", SECURITY).click();
   await admin.waitForURL(`${BASE}/qsa/clients`);
+  assert.match(await main(admin), /No applications yet/);
   await check(admin, "qsa-clients");
   await admin.getByLabel("Name").last().fill("CI pipeline");
   await admin.getByLabel("Role").selectOption("member");
@@ -189,10 +190,23 @@ test("a security admin adds a person and an access rule needing a second factor;
   await admin.getByRole("button", { name: "Register application" }).click();
   assert.equal(await h1(admin), "Application created");
   const webApp = (await admin.locator("#issued-id").textContent()).trim();
+  // Both are listed, each linking to its page; no secret is on the list.
+  await nav(admin, "Applications", SECURITY).click();
+  await admin.waitForURL(`${BASE}/qsa/clients`);
+  const apps = await admin.locator("table tbody").textContent();
+  assert.match(apps, /CI pipeline\s*service principal\s*client credentials\s*active/);
+  assert.match(apps, /Intranet\s*web application\s*authorization code, refresh token\s*active/);
+  assert.ok(apps.includes(spId) && apps.includes(webApp), apps);
+  assert.ok(!(await admin.content()).includes(rotated), "the secret is not on the list");
+  await check(admin, "qsa-clients-list");
+  await admin.getByRole("link", { name: "Intranet" }).click();
+  await admin.waitForURL(`${BASE}/qsa/clients/${webApp}`);
+  assert.equal(await h1(admin), "Intranet");
 
   // SCIM token (shown once) and a SAML service provider.
   await nav(admin, "SCIM and SAML", SECURITY).click();
   await admin.waitForURL(`${BASE}/qsa/provisioning`);
+  assert.match(await main(admin), /No SCIM tokens yet[\s\S]*No service providers yet/);
   await check(admin, "qsa-provisioning");
   await admin.getByLabel("Issue a token for").fill("Okta");
   await admin.getByRole("button", { name: "Issue SCIM token" }).click();
@@ -202,10 +216,15 @@ test("a security admin adds a person and an access rule needing a second factor;
   const scim = await fetch(`${BASE}/scim/v2/Users`, { headers: { authorization: `Bearer ${scimToken}` } });
   assert.equal(scim.status, 200);
   await check(admin, "qsa-scim-token");
+  // The token is listed (never its value) and revoked from its row.
   await admin.goto(`${BASE}/qsa/provisioning`);
-  await admin.getByLabel("Revoke the token with id").fill(scimId);
-  await admin.getByRole("button", { name: "Revoke token" }).click();
+  const scimRows = await admin.locator("#scim-h ~ .table-wrap tbody").textContent();
+  assert.match(scimRows, new RegExp(`Okta\\s*\\d{4}-\\d\\d-\\d\\d [\\d:]+ UTC\\s*active\\s*${scimId}`));
+  assert.ok(!(await admin.content()).includes(scimToken.split(".").pop()), "the token is not on the list");
+  await admin.getByRole("button", { name: `Revoke the token for Okta (${scimId})` }).click();
   await admin.waitForURL(`${BASE}/qsa/provisioning?done=revoked`);
+  assert.match(await admin.locator("#scim-h ~ .table-wrap tbody").textContent(), /Okta[\s\S]*revoked/);
+  assert.equal(await admin.getByRole("button", { name: /^Revoke the token for Okta/ }).count(), 0, "a revoked token has no revoke button");
   const revoked = await fetch(`${BASE}/scim/v2/Users`, { headers: { authorization: `Bearer ${scimToken}` } });
   assert.equal(revoked.status, 401);
   await admin.getByLabel("Name", { exact: true }).fill("Expenses");
@@ -236,6 +255,21 @@ test("a security admin adds a person and an access rule needing a second factor;
   await admin.getByLabel("Metadata XML").fill("<not-metadata/>");
   await admin.getByRole("button", { name: "Register from metadata" }).click();
   assert.match(await main(admin), /metadata_xml/);
+  // A second token, live: listed with its revoke button next to the revoked one.
+  await nav(admin, "SCIM and SAML", SECURITY).click();
+  await admin.getByLabel("Issue a token for").fill("Entra ID");
+  await admin.getByRole("button", { name: "Issue SCIM token" }).click();
+  const entraId = (await admin.locator("#issued-id").textContent()).trim();
+  // Both providers are listed with their entity id and ACS, each linking to its page.
+  await nav(admin, "SCIM and SAML", SECURITY).click();
+  await admin.waitForURL(`${BASE}/qsa/provisioning`);
+  assert.equal(await admin.getByRole("button", { name: `Revoke the token for Entra ID (${entraId})` }).count(), 1);
+  const sps = await admin.locator("#sp-list-h ~ .table-wrap tbody").textContent();
+  assert.match(sps, /Expenses\s*https:\/\/expenses\.initech\.example\/saml\s*https:\/\/expenses\.initech\.example\/saml\/acs/);
+  assert.match(sps, /https:\/\/travel\.initech\.example\/saml\s*https:\/\/travel\.initech\.example\/saml\/acs/);
+  await check(admin, "qsa-provisioning-lists");
+  await admin.getByRole("link", { name: "Expenses" }).click();
+  await admin.waitForURL(`${BASE}/qsa/saml/${sp}`);
 
   // Bob signs in to his account (the rule names the Portal only) and sets up an app.
   const bob = await freshPage();
@@ -379,6 +413,12 @@ test("a security admin adds a person and an access rule needing a second factor;
   assert.doesNotMatch(await main(other), /portal-needs-mfa/);
   await nav(other, "Groups", SECURITY).click();
   assert.match(await main(other), /No groups/);
+  await nav(other, "Applications", SECURITY).click();
+  assert.match(await main(other), /No applications yet/);
+  assert.doesNotMatch(await main(other), /CI pipeline|Intranet/);
+  await nav(other, "SCIM and SAML", SECURITY).click();
+  assert.match(await main(other), /No SCIM tokens yet[\s\S]*No service providers yet/);
+  assert.doesNotMatch(await main(other), /Okta|Expenses|initech/);
   await nav(other, "Sign-in audit", SECURITY).click();
   assert.doesNotMatch(await main(other), /Bob Builder|portal-needs-mfa/);
   // Initech's rule cannot be deleted from there either (the API's 404).

@@ -1367,3 +1367,222 @@ async fn people_end_their_own_sessions_and_administrators_end_their_peoples() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(f.admin.get(&path).await.body["items"], json!([]));
 }
+
+/// The ids in a list answer's `items`, under `key`.
+fn listed(body: &Value, key: &str) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {body}"))
+        .iter()
+        .map(|i| i[key].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_organizations_clients_scim_tokens_and_saml_providers_are_listed_to_its_own_administrators_without_secrets(
+) {
+    let f = fixture("qsa-lists").await;
+    // Acme: a web client (the fixture's), a service principal, a public client later disabled.
+    let (sp_id, sp_secret) = service_principal(&f.admin, &f.org, json!(["admin"])).await;
+    let r = f
+        .admin
+        .post(
+            "/v1/clients",
+            json!({"organization_id": f.org, "name": "Acme Mobile", "kind": "public",
+                   "redirect_uris": ["com.acme.app:/cb"], "grant_types": ["authorization_code"],
+                   "scopes": ["openid"]}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let mobile = r.body["client_id"].as_str().unwrap().to_owned();
+    let r = f
+        .admin
+        .post(&format!("/v1/clients/{mobile}/disable"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Two SCIM tokens, one revoked.
+    let mut tokens = vec![];
+    for name in ["Okta", "Entra"] {
+        let r = f
+            .admin
+            .post(
+                &format!("/v1/organizations/{}/scim-tokens", f.org),
+                json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        tokens.push((
+            r.body["id"].as_str().unwrap().to_owned(),
+            r.body["token"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let revoke = f
+        .admin
+        .send(f.admin.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/organizations/{}/scim-tokens/{}", f.org, tokens[1].0),
+        ))
+        .await;
+    assert_eq!(revoke.status, 200, "{}", revoke.body);
+    // Two SAML service providers, one removed afterwards.
+    let mut sps = vec![];
+    for host in ["expenses", "travel"] {
+        let r = f
+            .admin
+            .post(
+                "/v1/saml/service-providers",
+                json!({"organization_id": f.org, "entity_id": format!("https://{host}.acme.example/saml"),
+                       "name": host, "acs_urls": [format!("https://{host}.acme.example/acs")],
+                       "name_id_format": "email_address"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        sps.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let removed = f
+        .admin
+        .send(f.admin.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/saml/service-providers/{}", sps[1]),
+        ))
+        .await;
+    assert!(removed.status < 300, "{}", removed.body);
+
+    // Acme's admin (a service principal of Acme with the admin role) reads all three lists.
+    let acme = api_with(
+        &f.server,
+        &client_token(f.server.url(), &sp_id, &sp_secret, None),
+    );
+    let clients = acme.get(&format!("/v1/clients?org={}", f.org)).await;
+    assert_eq!(clients.status, 200, "{}", clients.body);
+    let mut want = vec![f.client_id.clone(), sp_id.clone(), mobile.clone()];
+    want.sort();
+    assert_eq!(listed(&clients.body, "client_id"), want, "by client id");
+    assert!(clients.body["next_after"].is_null());
+    let item = |id: &str| {
+        clients.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client_id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(item(&mobile)["kind"], "public");
+    assert_eq!(item(&mobile)["disabled"], true);
+    assert_eq!(item(&mobile)["grant_types"], json!(["authorization_code"]));
+    assert_eq!(item(&sp_id)["kind"], "service");
+    assert_eq!(item(&sp_id)["disabled"], false);
+    assert_eq!(item(&f.client_id)["name"], "Acme Console");
+    // Pages of two, by id.
+    let first = acme
+        .get(&format!("/v1/clients?org={}&limit=2", f.org))
+        .await;
+    assert_eq!(listed(&first.body, "client_id"), want[..2]);
+    let next = first.body["next_after"].as_str().unwrap();
+    assert_eq!(next, want[1]);
+    let second = acme
+        .get(&format!("/v1/clients?org={}&limit=2&after={next}", f.org))
+        .await;
+    assert_eq!(listed(&second.body, "client_id"), want[2..]);
+    assert!(second.body["next_after"].is_null());
+    assert_eq!(
+        acme.get(&format!("/v1/clients?org={}&limit=0", f.org))
+            .await
+            .status,
+        400
+    );
+
+    let scim = acme
+        .get(&format!("/v1/organizations/{}/scim-tokens", f.org))
+        .await;
+    assert_eq!(scim.status, 200, "{}", scim.body);
+    let mut want_tokens: Vec<String> = tokens.iter().map(|t| t.0.clone()).collect();
+    want_tokens.sort();
+    assert_eq!(listed(&scim.body, "id"), want_tokens);
+    for t in scim.body["items"].as_array().unwrap() {
+        let revoked = t["id"] == json!(tokens[1].0);
+        assert_eq!(t["revoked"], revoked, "{t}");
+        assert_eq!(t["name"], if revoked { "Entra" } else { "Okta" });
+        assert!(t["created_at"].as_str().unwrap().ends_with('Z'), "{t}");
+    }
+    let saml = acme
+        .get(&format!("/v1/saml/service-providers?org={}", f.org))
+        .await;
+    assert_eq!(saml.status, 200, "{}", saml.body);
+    assert_eq!(
+        listed(&saml.body, "id"),
+        vec![sps[0].clone()],
+        "the removed one is not listed"
+    );
+    assert_eq!(
+        saml.body["items"][0]["entity_id"],
+        "https://expenses.acme.example/saml"
+    );
+    assert_eq!(
+        saml.body["items"][0]["acs_urls"],
+        json!(["https://expenses.acme.example/acs"])
+    );
+
+    // No secret, token or digest appears in any list.
+    for body in [
+        &clients.body,
+        &first.body,
+        &second.body,
+        &scim.body,
+        &saml.body,
+    ] {
+        let text = body.to_string();
+        for secret in [&f.client_secret, &sp_secret, &tokens[0].1, &tokens[1].1] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret is listed: {text}"
+            );
+        }
+        let secret_part = tokens[0].1.split('.').next_back().unwrap();
+        assert!(!text.contains(secret_part), "{text}");
+        assert!(
+            !text.contains("secret") && !text.contains("sha256") && !text.contains("\"token\""),
+            "{text}"
+        );
+    }
+
+    // Globex's admin: 404 for Acme's lists; their own lists hold none of Acme's.
+    let (other, _) = f.admin.create_org("Globex").await;
+    let (id, secret) = service_principal(&f.admin, &other, json!(["admin"])).await;
+    let globex = api_with(&f.server, &client_token(f.server.url(), &id, &secret, None));
+    for path in [
+        format!("/v1/clients?org={}", f.org),
+        format!("/v1/organizations/{}/scim-tokens", f.org),
+        format!("/v1/saml/service-providers?org={}", f.org),
+    ] {
+        let r = globex.get(&path).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert!(!r.body.to_string().contains("Acme"), "{}", r.body);
+    }
+    let own = globex.get(&format!("/v1/clients?org={other}")).await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(
+        listed(&own.body, "client_id"),
+        vec![id.clone()],
+        "only their own"
+    );
+    let own = globex
+        .get(&format!("/v1/organizations/{other}/scim-tokens"))
+        .await;
+    assert_eq!(own.body["items"], json!([]), "{}", own.body);
+    let own = globex
+        .get(&format!("/v1/saml/service-providers?org={other}"))
+        .await;
+    assert_eq!(own.body["items"], json!([]), "{}", own.body);
+    // A member (no identity:read) may not list them.
+    let (id, secret) = service_principal(&f.admin, &f.org, json!(["member"])).await;
+    let member = api_with(&f.server, &client_token(f.server.url(), &id, &secret, None));
+    for path in [
+        format!("/v1/clients?org={}", f.org),
+        format!("/v1/organizations/{}/scim-tokens", f.org),
+        format!("/v1/saml/service-providers?org={}", f.org),
+    ] {
+        assert_eq!(member.get(&path).await.status, 403, "{path}");
+    }
+}

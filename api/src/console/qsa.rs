@@ -988,17 +988,59 @@ async fn delete_rule(
 
 // ---- applications: OAuth clients and service principals ----
 
+/// One application in the list (`GET /v1/clients`: never a secret).
+#[derive(Debug, Deserialize)]
+struct ClientRow {
+    client_id: String,
+    name: String,
+    kind: String,
+    #[serde(default)]
+    grant_types: Vec<String>,
+    disabled: bool,
+}
+
+impl ClientRow {
+    fn kind_words(&self) -> &str {
+        match self.kind.as_str() {
+            "confidential" => "web application",
+            "public" => "browser or native application",
+            "service" => "service principal",
+            other => other,
+        }
+    }
+
+    fn grants(&self) -> String {
+        self.grant_types.join(", ").replace('_', " ")
+    }
+}
+
 #[derive(Template)]
 #[template(path = "qsa/clients.html")]
 struct ClientsPage {
     layout: Layout,
+    clients: Vec<ClientRow>,
+    pager: Pager,
     roles: &'static [&'static str],
     csrf: String,
 }
 
-async fn clients(me: Me) -> Result<Response, PageError> {
+async fn clients(me: Me, Query(p): Query<AfterParams>) -> Result<Response, PageError> {
+    let org = org(&me)?;
+    let page: Page<ClientRow> = me
+        .api()
+        .get(&format!(
+            "/clients{}",
+            query(&[
+                ("org", Some(&org)),
+                ("limit", Some("20")),
+                ("after", p.after.as_deref())
+            ])
+        ))
+        .await?;
     Ok(render(&ClientsPage {
         layout: me.layout("Applications", "/clients"),
+        clients: page.items,
+        pager: pager("/qsa/clients", page.next_after, &p.after),
         roles: &ROLES,
         csrf: me.session.csrf.clone(),
     }))
@@ -1181,22 +1223,91 @@ async fn disable_client(
 
 // ---- provisioning: SCIM tokens and SAML service providers ----
 
+/// One SCIM token in the list (`GET /v1/organizations/{org}/scim-tokens`: never the token).
+#[derive(Debug, Deserialize)]
+struct ScimTokenRow {
+    id: String,
+    name: String,
+    created_at: String,
+    revoked: bool,
+}
+
+impl ScimTokenRow {
+    fn created(&self) -> String {
+        moment(&self.created_at)
+    }
+}
+
+/// One SAML service provider in the list (`GET /v1/saml/service-providers`).
+#[derive(Debug, Deserialize)]
+struct SamlRow {
+    id: String,
+    entity_id: String,
+    name: String,
+    #[serde(default)]
+    acs_urls: Vec<String>,
+}
+
 #[derive(Template)]
 #[template(path = "qsa/provisioning.html")]
 struct ProvisioningPage {
     layout: Layout,
+    tokens: Vec<ScimTokenRow>,
+    tokens_pager: Pager,
+    providers: Vec<SamlRow>,
+    providers_pager: Pager,
     csrf: String,
 }
 
-async fn provisioning(me: Me, Query(d): Query<Done>) -> Result<Response, PageError> {
+#[derive(Debug, Default, Deserialize)]
+struct ProvisioningParams {
+    done: Option<String>,
+    tokens_after: Option<String>,
+    providers_after: Option<String>,
+}
+
+/// A pager over one of the page's two lists, its cursor in its own query parameter.
+fn list_pager(param: &str, next_after: Option<String>, after: &Option<String>) -> Pager {
+    Pager {
+        next: next_after.map(|n| format!("/qsa/provisioning{}", query(&[(param, Some(&n))]))),
+        later: after.is_some(),
+        first: "/qsa/provisioning".into(),
+    }
+}
+
+async fn provisioning(me: Me, Query(p): Query<ProvisioningParams>) -> Result<Response, PageError> {
+    let org = org(&me)?;
+    let tokens: Page<ScimTokenRow> = me
+        .api()
+        .get(&format!(
+            "/organizations/{}/scim-tokens{}",
+            segment(&INFO, &org)?,
+            query(&[("limit", Some("20")), ("after", p.tokens_after.as_deref())])
+        ))
+        .await?;
+    let providers: Page<SamlRow> = me
+        .api()
+        .get(&format!(
+            "/saml/service-providers{}",
+            query(&[
+                ("org", Some(&org)),
+                ("limit", Some("20")),
+                ("after", p.providers_after.as_deref())
+            ])
+        ))
+        .await?;
     let mut layout = me.layout("SCIM and SAML", "/provisioning");
-    layout.notice = match d.done.as_deref() {
+    layout.notice = match p.done.as_deref() {
         Some("revoked") => Some("The SCIM token was revoked.".into()),
         Some("deleted") => Some("The service provider was deleted.".into()),
         _ => None,
     };
     Ok(render(&ProvisioningPage {
         layout,
+        tokens: tokens.items,
+        tokens_pager: list_pager("tokens_after", tokens.next_after, &p.tokens_after),
+        providers: providers.items,
+        providers_pager: list_pager("providers_after", providers.next_after, &p.providers_after),
         csrf: me.session.csrf.clone(),
     }))
 }
