@@ -177,19 +177,21 @@ pub fn open(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::keys::{CryptoPolicy, VerifyRule};
     use crate::SecretKey;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-    fn setup() -> (SecretKey, TrustedKeys) {
-        let key = SecretKey::from_seed(Algorithm::MlDsa65Ed25519, &[9u8; 64]).unwrap();
+    /// A key set trusting `key` alone, as a checkpoint key, under a policy that lets its
+    /// algorithm sign and verify.
+    pub(crate) fn trusting(key: &SecretKey) -> TrustedKeys {
         let public = key.public_key();
-        let keys = TrustedKeys {
+        let alg = key.algorithm();
+        TrustedKeys {
             keys: vec![TrustedKey {
                 kid: public.kid(),
-                alg: Algorithm::MlDsa65Ed25519,
+                alg,
                 purpose: Purpose::Checkpoint,
                 public_key: URL_SAFE_NO_PAD.encode(&public.bytes),
                 not_before: DateTime::from_timestamp(0, 0).unwrap(),
@@ -197,13 +199,15 @@ mod tests {
                 compromised_at: None,
             }],
             policy: CryptoPolicy {
-                sign: vec![Algorithm::MlDsa65Ed25519],
-                verify: vec![VerifyRule {
-                    alg: Algorithm::MlDsa65Ed25519,
-                    until: None,
-                }],
+                sign: vec![alg],
+                verify: vec![VerifyRule { alg, until: None }],
             },
-        };
+        }
+    }
+
+    fn setup() -> (SecretKey, TrustedKeys) {
+        let key = SecretKey::from_seed(Algorithm::MlDsa65Ed25519, &[9u8; 64]).unwrap();
+        let keys = trusting(&key);
         (key, keys)
     }
 

@@ -151,10 +151,8 @@ pub fn check(
 mod tests {
     use super::*;
     use crate::checkpoint::{note, CHECKPOINT_CONTEXT};
-    use crate::keys::{CryptoPolicy, Purpose, TrustedKey, VerifyRule};
     use crate::merkle::{consistency_proof, leaf_hash, root};
     use crate::{Algorithm, SecretKey};
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     /// A log of `n` leaves with its key, and the signed checkpoint of its first `size`.
     struct Log {
@@ -166,25 +164,7 @@ mod tests {
     impl Log {
         fn new(n: u8) -> Self {
             let key = SecretKey::from_seed(Algorithm::Ed25519, &[5u8; 32]).unwrap();
-            let public = key.public_key();
-            let keys = TrustedKeys {
-                keys: vec![TrustedKey {
-                    kid: public.kid(),
-                    alg: Algorithm::Ed25519,
-                    purpose: Purpose::Checkpoint,
-                    public_key: URL_SAFE_NO_PAD.encode(&public.bytes),
-                    not_before: DateTime::from_timestamp(0, 0).unwrap(),
-                    retired_at: None,
-                    compromised_at: None,
-                }],
-                policy: CryptoPolicy {
-                    sign: vec![Algorithm::Ed25519],
-                    verify: vec![VerifyRule {
-                        alg: Algorithm::Ed25519,
-                        until: None,
-                    }],
-                },
-            };
+            let keys = crate::checkpoint::tests::trusting(&key);
             let leaves = (0..n).map(|i| leaf_hash(&[i])).collect();
             Self { key, keys, leaves }
         }

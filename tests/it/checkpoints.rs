@@ -190,19 +190,45 @@ async fn inclusion_and_consistency_proofs_verify_against_signed_heads() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// Opens the embedded store for an attacker with file access.
-async fn attacker_db(dir: &std::path::Path) -> sqlx::AnyPool {
+/// Opens the embedded store for an attacker with file access (the append-only triggers go).
+pub(crate) async fn attacker_db(dir: &std::path::Path) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
     let db = sqlx::AnyPool::connect(&format!("sqlite://{}", dir.join("quantus.db").display()))
         .await
         .unwrap();
     for t in ["events_no_update", "events_no_delete"] {
-        sqlx::query(&format!("DROP TRIGGER {t}"))
+        sqlx::query(&format!("DROP TRIGGER IF EXISTS {t}"))
             .execute(&db)
             .await
             .unwrap();
     }
     db
+}
+
+/// Renames "Acme" to "Evil" in its only event of an embedded store and recomputes that
+/// event's hash: the chain and every form rule still hold, so only a checkpoint can tell.
+pub(crate) async fn rename_acme_to_evil(dir: &std::path::Path) {
+    let db = quantus_infra::Database::open(None, dir).await.unwrap();
+    let records = quantus_infra::event_store::read_log(&db, 0, 1000)
+        .await
+        .unwrap();
+    let target = records
+        .iter()
+        .find(|r| r.envelope.payload["name"] == "Acme")
+        .unwrap();
+    let mut forged = target.envelope.clone();
+    forged.payload = json!({"name": "Evil"});
+    forged.hash = forged.compute_hash().unwrap();
+    db.pool.close().await;
+    let attacker = attacker_db(dir).await;
+    sqlx::query("UPDATE events SET payload = $1, hash = $2 WHERE position = $3")
+        .bind(serde_json::to_string(&forged.payload).unwrap())
+        .bind(&forged.hash)
+        .bind(target.position as i64)
+        .execute(&attacker)
+        .await
+        .unwrap();
+    attacker.close().await;
 }
 
 #[tokio::test]
@@ -233,32 +259,7 @@ async fn a_rewritten_log_with_recomputed_hashes_is_caught_by_its_checkpoints() {
         "{out}"
     );
 
-    // Rename "Acme" to "Evil" in its only event and recompute that event's hash: the chain
-    // and every form rule still hold, so only the checkpoint can tell.
-    let config_dir = dir.clone();
-    let db = quantus_infra::Database::open(None, &config_dir)
-        .await
-        .unwrap();
-    let records = quantus_infra::event_store::read_log(&db, 0, 1000)
-        .await
-        .unwrap();
-    let target = records
-        .iter()
-        .find(|r| r.envelope.payload["name"] == "Acme")
-        .unwrap();
-    let mut forged = target.envelope.clone();
-    forged.payload = json!({"name": "Evil"});
-    forged.hash = forged.compute_hash().unwrap();
-    db.pool.close().await;
-    let attacker = attacker_db(&dir).await;
-    sqlx::query("UPDATE events SET payload = $1, hash = $2 WHERE position = $3")
-        .bind(serde_json::to_string(&forged.payload).unwrap())
-        .bind(&forged.hash)
-        .bind(target.position as i64)
-        .execute(&attacker)
-        .await
-        .unwrap();
-    attacker.close().await;
+    rename_acme_to_evil(&dir).await;
 
     let (ok, out) = audit_verify(&[&store[..], &keys_arg[..]].concat());
     assert!(!ok, "the rewrite went unnoticed: {out}");

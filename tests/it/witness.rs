@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::checkpoints::{attacker_db, rename_acme_to_evil};
 use crate::harness::*;
 
 /// A running `quantus witness serve`; killed when dropped.
@@ -372,21 +373,6 @@ async fn witnessed_checkpoints_on_postgres() {
     two_witnesses_one_offline(true).await;
 }
 
-/// Opens the embedded store as an attacker with file access (the append-only triggers go).
-async fn attacker_db(dir: &Path) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    let db = sqlx::AnyPool::connect(&format!("sqlite://{}", dir.join("quantus.db").display()))
-        .await
-        .unwrap();
-    for t in ["events_no_update", "events_no_delete"] {
-        sqlx::query(&format!("DROP TRIGGER {t}"))
-            .execute(&db)
-            .await
-            .unwrap();
-    }
-    db
-}
-
 /// A platform with witness A that has cosigned two checkpoints; returns what the attacks need.
 async fn witnessed_twice(label: &str) -> (Setup, String, Witness, u64, u64) {
     let s = setup(label, false).await;
@@ -471,26 +457,8 @@ async fn a_rewritten_log_is_refused_by_the_witness_and_caught() {
     let (s, vkey, witness, _, size2) = witnessed_twice("witness-rewrite").await;
     // Rename "Acme" to "Evil" in its only event with its hash recomputed, rebuild the derived
     // tiles, and let the platform (its keys are the operator's) sign the rewritten log.
-    let db = quantus_infra::Database::open(None, &s.dir).await.unwrap();
-    let records = quantus_infra::event_store::read_log(&db, 0, 1000)
-        .await
-        .unwrap();
-    let target = records
-        .iter()
-        .find(|r| r.envelope.payload["name"] == "Acme")
-        .unwrap();
-    let mut forged = target.envelope.clone();
-    forged.payload = json!({"name": "Evil"});
-    forged.hash = forged.compute_hash().unwrap();
-    db.pool.close().await;
+    rename_acme_to_evil(&s.dir).await;
     let attacker = attacker_db(&s.dir).await;
-    sqlx::query("UPDATE events SET payload = $1, hash = $2 WHERE position = $3")
-        .bind(serde_json::to_string(&forged.payload).unwrap())
-        .bind(&forged.hash)
-        .bind(target.position as i64)
-        .execute(&attacker)
-        .await
-        .unwrap();
     for sql in ["DELETE FROM log_tiles", "UPDATE log_tree SET size = 0"] {
         sqlx::query(sql).execute(&attacker).await.unwrap();
     }
