@@ -519,19 +519,17 @@ pub async fn list_clients(
     principal.require("identity:read")?;
     principal.tenant(&q.org, &format!("organization {}", q.org))?;
     let limit = crate::paging::limit(q.limit)?;
-    let log = quantus_infra::SqlEventRepository::new(state.db.clone());
-    let mut ids: Vec<String> = log
-        .events_of::<ClientRegistered>()
-        .await?
-        .into_iter()
-        .filter(|(_, e)| e.organization_id == q.org)
-        .map(|(r, _)| r.envelope.aggregate_id)
-        .filter(|id| q.after.as_deref().is_none_or(|a| id.as_str() > a))
-        .collect();
-    ids.sort();
-    ids.dedup();
+    let ids = crate::paging::registered::<ClientRegistered>(
+        &state.db,
+        |e| e.organization_id == q.org,
+        q.after.as_deref(),
+        limit,
+    )
+    .await?
+    .into_iter()
+    .map(|(r, _)| r.envelope.aggregate_id);
     let mut rows = Vec::new();
-    for id in ids.into_iter().take(limit as usize) {
+    for id in ids {
         let (client, _) = state.identity.client(&id).await?;
         if let Some(r) = client.registration {
             rows.push(ClientListed {

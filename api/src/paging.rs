@@ -23,3 +23,26 @@ pub fn next_after<T>(rows: &[T], limit: u32, id: impl Fn(&T) -> &str) -> Option<
         .then(|| rows.last().map(|r| id(r).to_owned()))
         .flatten()
 }
+
+/// One page of the aggregates a `P` event registered, for lists that have no read model yet:
+/// every `P` in the log is read (the cost grows with the whole log's, not the caller's), `keep`
+/// picks the caller's, and the page is their first registrations after `after`, in id order,
+/// at most `limit`. Read from the log itself, a page holds every write already answered.
+pub async fn registered<P: quantus_domain::events::EventPayload>(
+    db: &quantus_infra::Database,
+    keep: impl Fn(&P) -> bool,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<(quantus_infra::LogRecord, P)>, Problem> {
+    let mut page: Vec<_> = quantus_infra::SqlEventRepository::new(db.clone())
+        .events_of::<P>()
+        .await?
+        .into_iter()
+        .filter(|(r, e)| keep(e) && after.is_none_or(|a| r.envelope.aggregate_id.as_str() > a))
+        .collect();
+    // Stable: the first registration of an id stays first.
+    page.sort_by(|a, b| a.0.envelope.aggregate_id.cmp(&b.0.envelope.aggregate_id));
+    page.dedup_by(|a, b| a.0.envelope.aggregate_id == b.0.envelope.aggregate_id);
+    page.truncate(limit as usize);
+    Ok(page)
+}

@@ -1009,18 +1009,16 @@ pub async fn list_providers(
     principal.require("identity:read")?;
     principal.tenant(&q.org, &format!("organization {}", q.org))?;
     let limit = crate::paging::limit(q.limit)?;
-    let log = quantus_infra::SqlEventRepository::new(state.db.clone());
-    let mut ids: Vec<String> = log
-        .events_of::<SamlServiceProviderRegistered>()
-        .await?
-        .into_iter()
-        .filter(|(_, e)| e.organization_id == q.org)
-        .map(|(r, _)| r.envelope.aggregate_id)
-        .filter(|id| q.after.as_deref().is_none_or(|a| id.as_str() > a))
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids.truncate(limit as usize);
+    let ids: Vec<String> = crate::paging::registered::<SamlServiceProviderRegistered>(
+        &state.db,
+        |e| e.organization_id == q.org,
+        q.after.as_deref(),
+        limit,
+    )
+    .await?
+    .into_iter()
+    .map(|(r, _)| r.envelope.aggregate_id)
+    .collect();
     // The cursor is the page's last id looked at, removed or not.
     let next_after = crate::paging::next_after(&ids, limit, |id| id.as_str());
     let mut rows = Vec::new();

@@ -132,26 +132,24 @@ pub async fn list_tokens(
     principal.require("identity:read")?;
     principal.tenant(&org, &format!("organization {org}"))?;
     let limit = crate::paging::limit(q.limit)?;
-    let log = quantus_infra::SqlEventRepository::new(state.db.clone());
-    let mut issued: Vec<(String, String, String)> = log
-        .events_of::<ScimTokenIssued>()
-        .await?
-        .into_iter()
-        .filter(|(_, e)| e.organization_id == org)
-        .map(|(r, e)| {
-            let created = r
-                .envelope
-                .occurred_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            (r.envelope.aggregate_id, e.name, created)
-        })
-        .filter(|(id, _, _)| q.after.as_deref().is_none_or(|a| id.as_str() > a))
-        .collect();
-    issued.sort();
-    issued.dedup_by(|a, b| a.0 == b.0);
+    let issued = crate::paging::registered::<ScimTokenIssued>(
+        &state.db,
+        |e| e.organization_id == org,
+        q.after.as_deref(),
+        limit,
+    )
+    .await?
+    .into_iter()
+    .map(|(r, e)| {
+        let created = r
+            .envelope
+            .occurred_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        (r.envelope.aggregate_id, e.name, created)
+    });
     let scim = scim_service(&state);
     let mut rows = Vec::new();
-    for (id, name, created_at) in issued.into_iter().take(limit as usize) {
+    for (id, name, created_at) in issued {
         let token = scim.token(&id).await?;
         rows.push(json!({
             "id": id, "name": name, "created_at": created_at, "revoked": token.revoked,
