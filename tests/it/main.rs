@@ -11,6 +11,7 @@ mod browser_consoles;
 mod browser_pages;
 mod checkpoints;
 mod crypto_crosscheck;
+mod deploy;
 mod dpop;
 mod embedded_log;
 pub mod evidence;
