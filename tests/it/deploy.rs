@@ -374,7 +374,8 @@ fn the_relay_lease_and_the_consumer_groups_the_chart_describes_are_the_code_s() 
 }
 
 /// Several API replicas share DATA_DIR (the sealed signing keys among it): a volume only one
-/// node can mount is refused with the reason, rather than leaving replicas unschedulable.
+/// node can mount is refused with the reason, rather than leaving replicas unschedulable; so
+/// is a disruption budget that would block every drain.
 #[test]
 fn several_api_replicas_without_a_shared_volume_are_refused() {
     let chart = chart();
@@ -390,11 +391,26 @@ fn several_api_replicas_without_a_shared_volume_are_refused() {
         "rendered with a ReadWriteOnce volume for two API replicas"
     );
     assert!(stderr.contains("ReadWriteMany"), "{stderr}");
-    // One replica may use any volume.
-    render(&[
+    // One replica may use any volume (and gets no disruption budget, which would block
+    // every drain).
+    let single = documents(&render(&[
         "--set",
         "persistence.accessModes={ReadWriteOnce}",
         "--set",
         "api.replicas=1",
+    ]));
+    assert!(single.iter().all(|d| d["kind"] != "PodDisruptionBudget"));
+    // A budget that allows no disruption is refused too.
+    let (ok, _, stderr) = helm(&[
+        "template",
+        "quantus",
+        chart.to_str().unwrap(),
+        "--set",
+        "api.minAvailable=2",
     ]);
+    assert!(!ok, "rendered a budget of 2 for 2 API replicas");
+    assert!(
+        stderr.contains("api.minAvailable must be below"),
+        "{stderr}"
+    );
 }
