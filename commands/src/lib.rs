@@ -18,6 +18,7 @@ pub mod portal;
 pub mod saml;
 pub mod scim;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -128,11 +129,18 @@ impl ClassifyError for LicenseError {
     }
 }
 
+/// A stream's state is saved (a snapshot) each time it grows by this many events, and when a
+/// load had to replay at least this many: so a process that has not kept a stream's state
+/// reads at most this many of its events, however long the stream (issue 18, item 3).
+pub const SNAPSHOT_EVERY: u64 = 100;
+
 /// Runs commands against the event store.
 #[derive(Clone)]
 pub struct CommandBus {
     repo: SqlEventRepository,
     cache: Arc<AggregateCache>,
+    /// Events read from the store to rebuild states (the cost snapshots bound).
+    replayed: Arc<AtomicU64>,
     /// Told how each command ended (set once, by the API for its metrics).
     observer: Arc<OnceLock<Arc<dyn Observer>>>,
 }
@@ -147,6 +155,7 @@ impl CommandBus {
         Self {
             repo,
             cache: Arc::new(cache),
+            replayed: Arc::new(AtomicU64::new(0)),
             observer: Arc::new(OnceLock::new()),
         }
     }
@@ -162,29 +171,94 @@ impl CommandBus {
         &self.cache
     }
 
-    /// An aggregate's current state and sequence: its cached state, if any, plus the events
-    /// stored after it (appended by this process or any other).
+    /// How many events this bus (and its clones) has read from the store to rebuild states.
+    pub fn events_replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+
+    /// An aggregate's current state and sequence: its state kept in memory, else its saved
+    /// state (snapshot), else its first event; plus the events stored after it (appended by
+    /// this process or any other).
     async fn current<A>(&self, id: &str) -> Result<(A, u64), CommandError>
     where
         A: Aggregate + Clone + 'static,
     {
-        let (mut aggregate, mut sequence) = self.cache.get::<A>(id).unwrap_or_default();
+        let (mut aggregate, mut sequence) = match self.cache.get::<A>(id) {
+            Some(kept) => kept,
+            None => self.saved::<A>(id).await,
+        };
         let events = self
             .repo
             .get_last_events::<A>(id, sequence as usize)
             .await
             .map_err(|e| CommandError::Storage(e.to_string()))?;
-        let read = !events.is_empty();
+        let replayed = events.len() as u64;
+        self.replayed.fetch_add(replayed, Ordering::Relaxed);
         for serialized in events {
             let envelope = EventEnvelope::<A>::try_from(serialized)
                 .map_err(|e| CommandError::Storage(e.to_string()))?;
             sequence = envelope.sequence as u64;
             aggregate.apply(envelope.payload);
         }
-        if read {
+        if replayed > 0 {
             self.cache.put(id, &aggregate, sequence);
         }
+        if replayed >= SNAPSHOT_EVERY {
+            self.save(id, &aggregate, sequence);
+        }
         Ok((aggregate, sequence))
+    }
+
+    /// The state saved for aggregate `id` by a build with this one's state fingerprint, or
+    /// the empty state. A snapshot is only a cache of the log: when it cannot be read, the
+    /// stream is replayed from its first event.
+    async fn saved<A>(&self, id: &str) -> (A, u64)
+    where
+        A: Aggregate,
+    {
+        let fingerprint = quantus_domain::STATE_FINGERPRINT;
+        match self.repo.snapshot(A::TYPE, id, fingerprint).await {
+            Ok(Some((sequence, state))) => match serde_json::from_str::<A>(&state) {
+                Ok(state) => (state, sequence),
+                Err(e) => {
+                    // Removed, so that the replay's save (of a lower sequence, perhaps) lands.
+                    tracing::warn!(aggregate = A::TYPE, id, error = %e, "unreadable snapshot ignored");
+                    let _ = self.repo.forget_snapshot(A::TYPE, id).await;
+                    (A::default(), 0)
+                }
+            },
+            Ok(None) => (A::default(), 0),
+            Err(e) => {
+                tracing::warn!(aggregate = A::TYPE, id, error = %e, "snapshot not read");
+                (A::default(), 0)
+            }
+        }
+    }
+
+    /// Saves `state` (aggregate `id` right after its event `sequence`, committed) in the
+    /// background: the command that got there does not wait for it, and a failed save only
+    /// means a longer replay later.
+    fn save<A>(&self, id: &str, state: &A, sequence: u64)
+    where
+        A: Aggregate,
+    {
+        let Ok(state) = serde_json::to_string(state) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let repo = self.repo.clone();
+        let id = id.to_owned();
+        runtime.spawn(async move {
+            let fingerprint = quantus_domain::STATE_FINGERPRINT;
+            if let Err(e) = repo
+                .save_snapshot(A::TYPE, &id, sequence, fingerprint, &state)
+                .await
+            {
+                tracing::warn!(aggregate = A::TYPE, id, error = %e, "snapshot not saved");
+            }
+        });
     }
 
     pub fn repository(&self) -> &SqlEventRepository {
@@ -271,7 +345,11 @@ impl CommandBus {
                 .map_err(persistence::<A>)?;
             // Committed: the aggregate as `handle` left it (the event sink applies each event
             // it records) is its state now, so the next command on it reads no event at all.
-            self.cache.put(id, &aggregate, current + count as u64);
+            let now_at = current + count as u64;
+            self.cache.put(id, &aggregate, now_at);
+            if now_at / SNAPSHOT_EVERY > current / SNAPSHOT_EVERY {
+                self.save(id, &aggregate, now_at);
+            }
             position
         } else {
             drop(permit);

@@ -24,3 +24,8 @@ pub mod schema;
 pub mod usage;
 
 pub use envelope::{Actor, ActorKind, CommandContext, Envelope, EnvelopeError, GENESIS_HASH};
+
+/// Fingerprint of the sources that define aggregate states (computed by `build.rs`): a
+/// snapshot saved under another fingerprint was made by code whose states may differ in shape
+/// or meaning, and is not read.
+pub const STATE_FINGERPRINT: &str = env!("QUANTUS_STATE_FINGERPRINT");

@@ -194,6 +194,16 @@ const SCHEMA: &[&str] = &[
         cosigned_at TEXT NOT NULL,
         PRIMARY KEY (tree_size, witness)
     )",
+    // Saved aggregate states (`event_store.rs`, snapshots): a cache of the log, never the
+    // truth; keyed by the build that wrote it (`STATE_FINGERPRINT`).
+    "CREATE TABLE IF NOT EXISTS aggregate_snapshots (
+        aggregate_type TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        sequence BIGINT NOT NULL,
+        build TEXT NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (aggregate_type, aggregate_id)
+    )",
     "CREATE TABLE IF NOT EXISTS sign_in_throttle (
         account TEXT PRIMARY KEY,
         failures BIGINT NOT NULL,

@@ -107,7 +107,7 @@ impl SqlEventRepository {
             "SELECT position, hash FROM events WHERE position > $1 AND position <= $2 ORDER BY position",
         )
         .bind(after as i64)
-        .bind(up_to as i64)
+        .bind(i64::try_from(up_to).unwrap_or(i64::MAX))
         .fetch_all(&self.db.pool)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -289,6 +289,74 @@ impl SqlEventRepository {
         Ok(())
     }
 
+    /// The saved state of aggregate (`aggregate_type`, `aggregate_id`) and the sequence it
+    /// stands at, when one was saved by a build with fingerprint `build`.
+    pub async fn snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        build: &str,
+    ) -> Result<Option<(u64, String)>, InfraError> {
+        let row = sqlx::query(
+            "SELECT sequence, state FROM aggregate_snapshots
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND build = $3",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(build)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.map(|row| -> Result<(u64, String), InfraError> {
+            let sequence: i64 = row.try_get("sequence")?;
+            Ok((u64::try_from(sequence).unwrap_or(0), row.try_get("state")?))
+        })
+        .transpose()
+    }
+
+    /// Saves `state` as the aggregate at `sequence`, replacing an older one or one another
+    /// build wrote; a later state saved first stays (saves may arrive out of order).
+    pub async fn save_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+        build: &str,
+        state: &str,
+    ) -> Result<(), InfraError> {
+        sqlx::query(
+            "INSERT INTO aggregate_snapshots (aggregate_type, aggregate_id, sequence, build, state)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+             SET sequence = excluded.sequence, build = excluded.build, state = excluded.state
+             WHERE aggregate_snapshots.sequence < excluded.sequence
+                OR aggregate_snapshots.build <> excluded.build",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+        .bind(build)
+        .bind(state)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the saved state of an aggregate (one that could not be read).
+    pub async fn forget_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<(), InfraError> {
+        sqlx::query(
+            "DELETE FROM aggregate_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
     /// An aggregate's events up to sequence `up_to`, for deciding what an old event meant.
     pub async fn aggregate_records_until(
         &self,
@@ -301,7 +369,7 @@ impl SqlEventRepository {
         ))
         .bind(aggregate_type)
         .bind(aggregate_id)
-        .bind(up_to as i64)
+        .bind(i64::try_from(up_to).unwrap_or(i64::MAX))
         .fetch_all(&self.db.pool)
         .await?;
         rows.iter().map(record_from_row).collect()

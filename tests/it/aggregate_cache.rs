@@ -11,6 +11,9 @@ use uuid::Uuid;
 
 use crate::harness::*;
 
+/// The organization's aggregate type, as stored.
+const ORG: &str = <Organization as cqrs_es::Aggregate>::TYPE;
+
 fn ctx(id: &str) -> CommandContext {
     CommandContext {
         tenant_id: id.to_owned(),
@@ -29,10 +32,19 @@ async fn rename(bus: &CommandBus, id: &str, name: &str) -> Result<u64, CommandEr
     Ok(bus.organization(&ctx(id), id, command, None).await?.version)
 }
 
-/// A replay from the first event, with nothing cached.
+/// A replay from the first event, with nothing cached or saved.
 async fn replayed(db: &Database, id: &str) -> (Organization, u64) {
-    let cold = CommandBus::with_cache(SqlEventRepository::new(db.clone()), AggregateCache::new(1));
-    cold.load::<Organization>(id).await.unwrap()
+    let bus = CommandBus::new(SqlEventRepository::new(db.clone()));
+    let records = bus
+        .repository()
+        .aggregate_records_until(ORG, id, u64::MAX)
+        .await
+        .unwrap();
+    let sequence = records.last().map_or(0, |r| r.envelope.sequence);
+    (
+        bus.load_until::<Organization>(id, u64::MAX).await.unwrap(),
+        sequence,
+    )
 }
 
 async fn a_warm_aggregate_is_the_replayed_one(db: Database) {
@@ -147,4 +159,110 @@ async fn a_kept_meter_counts_each_event_once() {
     assert_eq!(replayed.0.used["shots"], 100);
     assert_eq!(bus.cache().get::<UsageMeter>(&id), Some(replayed.clone()));
     assert_eq!(bus.load::<UsageMeter>(&id).await.unwrap(), replayed);
+}
+
+/// Snapshots (issue 18, item 3): a process that has not kept a long stream's state (a restart,
+/// another replica) reads its saved state and at most `SNAPSHOT_EVERY` events after it, and
+/// gets exactly the state a full replay gives. A snapshot written by another build, or one
+/// that cannot be read, is ignored: the stream is replayed.
+async fn a_long_stream_loads_from_its_snapshot(db: Database) {
+    use quantus_commands::SNAPSHOT_EVERY;
+    let writer = CommandBus::new(SqlEventRepository::new(db.clone()));
+    let repo = SqlEventRepository::new(db.clone());
+    let id = Uuid::now_v7().to_string();
+    let create = OrganizationCommand::Create {
+        name: "Acme".into(),
+    };
+    writer
+        .organization(&ctx(&id), &id, create, Some(0))
+        .await
+        .unwrap();
+    let renames = 1_000;
+    for i in 0..renames {
+        rename(&writer, &id, &format!("Acme {i}")).await.unwrap();
+    }
+    let head = renames + 1;
+    // The writer saves in the background at each multiple of SNAPSHOT_EVERY.
+    let newest = head / SNAPSHOT_EVERY * SNAPSHOT_EVERY;
+    let fingerprint = quantus_domain::STATE_FINGERPRINT;
+    assert_eq!(saved_at(&repo, &id, newest).await, Some(newest));
+
+    let cold =
+        || CommandBus::with_cache(SqlEventRepository::new(db.clone()), AggregateCache::new(1));
+    let restarted = cold();
+    let loaded = restarted.load::<Organization>(&id).await.unwrap();
+    assert_eq!(loaded, replayed(&db, &id).await);
+    assert_eq!(loaded.0.name, format!("Acme {}", renames - 1));
+    assert_eq!(
+        restarted.events_replayed(),
+        head - newest,
+        "only the events after the snapshot are read"
+    );
+    // ... and a command from it is numbered after the head.
+    assert_eq!(rename(&restarted, &id, "Next").await.unwrap(), head + 1);
+
+    // Another build's snapshot (other fingerprint) is not read: a full replay, which saves
+    // this build's state again.
+    repo.save_snapshot(ORG, &id, head + 1, "another-build", "{}")
+        .await
+        .unwrap();
+    let after_upgrade = cold();
+    assert_eq!(
+        after_upgrade.load::<Organization>(&id).await.unwrap(),
+        replayed(&db, &id).await
+    );
+    assert_eq!(after_upgrade.events_replayed(), head + 1);
+
+    assert_eq!(saved_at(&repo, &id, head + 1).await, Some(head + 1));
+
+    // An unreadable snapshot of this build is ignored the same way, and replaced.
+    repo.save_snapshot(ORG, &id, head + 2, fingerprint, "not json")
+        .await
+        .unwrap();
+    let damaged = cold();
+    assert_eq!(
+        damaged.load::<Organization>(&id).await.unwrap(),
+        replayed(&db, &id).await
+    );
+    assert_eq!(damaged.events_replayed(), head + 1);
+    assert_eq!(saved_at(&repo, &id, head + 1).await, Some(head + 1));
+
+    // A save that arrives late (an older sequence) never replaces a newer one.
+    repo.save_snapshot(ORG, &id, 5, fingerprint, "{}")
+        .await
+        .unwrap();
+    let kept = repo.snapshot(ORG, &id, fingerprint).await.unwrap();
+    assert_eq!(kept.map(|(sequence, _)| sequence), Some(head + 1));
+}
+
+/// The sequence of the organization's saved state once it is `expected` (saves run in the
+/// background), or what it is after 5 s.
+async fn saved_at(repo: &SqlEventRepository, id: &str, expected: u64) -> Option<u64> {
+    let fingerprint = quantus_domain::STATE_FINGERPRINT;
+    let mut saved = None;
+    for _ in 0..100 {
+        saved = repo
+            .snapshot(ORG, id, fingerprint)
+            .await
+            .unwrap()
+            .map(|(sequence, _)| sequence);
+        if saved == Some(expected) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    saved
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_stream_loads_from_its_snapshot_on_sqlite() {
+    let dir = temp_dir("snapshot-sqlite");
+    a_long_stream_loads_from_its_snapshot(Database::open(None, &dir).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_stream_loads_from_its_snapshot_on_postgres() {
+    let url = fresh_database().await;
+    let dir = temp_dir("snapshot-postgres");
+    a_long_stream_loads_from_its_snapshot(Database::open(Some(&url), &dir).await.unwrap()).await;
 }
