@@ -442,6 +442,25 @@ async fn aggregate_loads(db: &Database, events: u64) -> anyhow::Result<()> {
     }
     // Background saves of the snapshot settle before the cold loads.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut cold = Vec::new();
+    let mut replayed = 0;
+    let started = Instant::now();
+    for _ in 0..50 {
+        let fresh =
+            CommandBus::with_cache(SqlEventRepository::new(db.clone()), AggregateCache::new(1));
+        let t = Instant::now();
+        std::hint::black_box(fresh.load::<Organization>(&id).await?);
+        cold.push(t.elapsed());
+        replayed = fresh.events_replayed();
+    }
+    super::bench_portal::report(
+        &format!(
+            "aggregate load, {events} events, cold from its snapshot ({replayed} events read)"
+        ),
+        50,
+        started.elapsed(),
+        &mut cold,
+    );
     let mut full = Vec::new();
     let started = Instant::now();
     for _ in 0..5 {
@@ -454,23 +473,6 @@ async fn aggregate_loads(db: &Database, events: u64) -> anyhow::Result<()> {
         5,
         started.elapsed(),
         &mut full,
-    );
-    let mut cold = Vec::new();
-    let mut replayed = 0;
-    let started = Instant::now();
-    for _ in 0..5 {
-        let fresh =
-            CommandBus::with_cache(SqlEventRepository::new(db.clone()), AggregateCache::new(1));
-        let t = Instant::now();
-        std::hint::black_box(fresh.load::<Organization>(&id).await?);
-        cold.push(t.elapsed());
-        replayed = fresh.events_replayed();
-    }
-    super::bench_portal::report(
-        &format!("aggregate load, {events} events, cold from its snapshot ({replayed} events read)"),
-        5,
-        started.elapsed(),
-        &mut cold,
     );
     let mut warm = Vec::new();
     let started = Instant::now();
