@@ -18,6 +18,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/me/totp", post(start).get(status).delete(remove_own))
         .route("/me/totp/confirm", post(confirm))
+        .route("/me/recovery-codes", post(regenerate_recovery_codes))
         .route("/users/{id}/totp", delete(reset))
 }
 
@@ -100,15 +101,7 @@ pub async fn remove_own(
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let user = principal.person()?;
-    let amr = principal.claims.amr.clone().unwrap_or_default();
-    if !amr.iter().any(|m| m == "mfa") {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "step-up-required",
-            "Step-up required",
-            "sign in with your second factor to remove it",
-        ));
-    }
+    second_factor_used(&principal, "sign in with your second factor to remove it")?;
     let ctx = context(&principal, &headers, &principal.organization);
     let outcome = state
         .identity
@@ -116,6 +109,48 @@ pub async fn remove_own(
         .remove_totp(&ctx, &user, "removed by the person")
         .await?;
     Ok(accepted(StatusCode::OK, &user, outcome, None))
+}
+
+/// Changing one's second factor needs a session that proved it (`amr` holds `mfa`): a
+/// stolen password alone must not replace or remove it.
+fn second_factor_used(principal: &Principal, detail: &str) -> Result<(), Problem> {
+    let amr = principal.claims.amr.as_deref().unwrap_or_default();
+    if amr.iter().any(|m| m == "mfa") {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "step-up-required",
+        "Step-up required",
+        detail,
+    ))
+}
+
+/// Replaces one's recovery codes with ten new ones, answered once (the old ones stop
+/// working); only from a session that used the second factor.
+#[utoipa::path(post, path = "/v1/me/recovery-codes", tag = "qsa", responses((status = 200, description = "{recovery_codes}: ten new single-use codes, shown once"), (status = 403, body = Problem, description = "this session did not use a second factor (step-up-required)"), (status = 404, body = Problem, description = "no authenticator app is enrolled")), security(("bearer" = [])))]
+pub async fn regenerate_recovery_codes(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let user = principal.person()?;
+    second_factor_used(
+        &principal,
+        "sign in with your second factor to replace your recovery codes",
+    )?;
+    let ctx = context(&principal, &headers, &principal.organization);
+    let codes = state
+        .identity
+        .mfa()
+        .regenerate_recovery_codes(&ctx, &user)
+        .await?;
+    let mut response = Json(serde_json::json!({ "recovery_codes": codes })).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 /// An administrator resets a person's second factor (a lost phone).

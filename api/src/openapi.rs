@@ -29,7 +29,7 @@ use crate::{
         jobs::retention, jobs::set_rule, jobs::place_hold, jobs::release_hold, jobs::sweep,
         evidence::create, evidence::of_job, evidence::show, evidence::export, evidence::dsse, evidence::verify,
         licensing::issue_with_id,
-        mfa::start, mfa::status, mfa::confirm, mfa::remove_own, mfa::reset,
+        mfa::start, mfa::status, mfa::confirm, mfa::remove_own, mfa::reset, mfa::regenerate_recovery_codes,
         access::show, access::set, access::remove, access::evaluate,
         passkeys::options, passkeys::register, passkeys::list, passkeys::remove,
         scim::issue_token, scim::list_tokens, scim::revoke_token,

@@ -224,6 +224,28 @@ impl Mfa {
         }
     }
 
+    /// Replaces the person's recovery codes with ten new ones, answered once; only digests
+    /// reach the log, and the old codes stop working.
+    pub async fn regenerate_recovery_codes(
+        &self,
+        ctx: &CommandContext,
+        user_id: &str,
+    ) -> Result<Vec<String>, CommandError> {
+        let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| recovery_code()).collect();
+        self.bus
+            .execute::<TotpAuthenticator>(
+                ctx,
+                user_id,
+                TotpCommand::RegenerateRecoveryCodes {
+                    recovery_code_digests: codes.iter().map(|c| recovery_digest(c)).collect(),
+                },
+                None,
+                &(),
+            )
+            .await?;
+        Ok(codes)
+    }
+
     pub async fn remove_totp(
         &self,
         ctx: &CommandContext,

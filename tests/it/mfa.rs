@@ -200,9 +200,15 @@ pub async fn enrolment_scenario(f: &Fixture) {
     let used = third.submit(&second, &[("code", &recovery[3])]).await;
     assert_eq!(used.status, 401, "{}", used.body);
 
+    let mfa_token = tokens["access_token"].as_str().unwrap().to_owned();
+    let me2 = Api {
+        token: mfa_token,
+        ..me.clone()
+    };
+    recovery_codes_are_replaced(f, &me, &me2, &recovery).await;
+
     // With the second factor in the session, the person may remove it; then the password
     // alone signs in again.
-    let mfa_token = tokens["access_token"].as_str().unwrap().to_owned();
     let password_only = me.clone();
     let r = password_only
         .send(password_only.request(reqwest::Method::DELETE, "/v1/me/totp"))
@@ -212,16 +218,83 @@ pub async fn enrolment_scenario(f: &Fixture) {
         "a password-only session removed the factor: {}",
         r.body
     );
-    let me2 = Api {
-        token: mfa_token,
-        ..me.clone()
-    };
     let r = me2
         .send(me2.request(reqwest::Method::DELETE, "/v1/me/totp"))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let mut fourth = Browser::new(f.server.url());
     let signed_in = password_step(f, &mut fourth).await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    // No app, no recovery codes to replace.
+    let r = me2.post("/v1/me/recovery-codes", json!({})).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
+/// `POST /v1/me/recovery-codes`: only a session that used the second factor replaces the
+/// codes; the new ten work, the old unused ones stop working, and the log holds digests only.
+async fn recovery_codes_are_replaced(
+    f: &Fixture,
+    password_only: &Api,
+    stepped_up: &Api,
+    old: &[String],
+) {
+    let r = f.admin.post("/v1/me/recovery-codes", json!({})).await;
+    assert_eq!(
+        r.status, 403,
+        "a service principal has no codes: {}",
+        r.body
+    );
+    let r = password_only.post("/v1/me/recovery-codes", json!({})).await;
+    assert_eq!(
+        r.status, 403,
+        "a password-only session replaced the codes: {}",
+        r.body
+    );
+    assert_eq!(
+        r.body["type"]
+            .as_str()
+            .map(|t| t.ends_with("step-up-required")),
+        Some(true),
+        "{}",
+        r.body
+    );
+    let r = stepped_up.post("/v1/me/recovery-codes", json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let fresh: Vec<String> = r.body["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(fresh.len(), 10);
+    assert!(fresh.iter().all(|c| !old.contains(c)));
+
+    let events = f.admin.all_events().await;
+    let regenerated = events
+        .iter()
+        .find(|e| e["envelope"]["event_type"] == "TotpRecoveryCodesRegenerated")
+        .expect("the replacement is an event");
+    let digests = regenerated["envelope"]["payload"]["recovery_code_digests"]
+        .as_array()
+        .unwrap();
+    assert_eq!(digests.len(), 10);
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(
+        fresh.iter().all(|c| !text.contains(c.as_str())),
+        "a new recovery code is in the log"
+    );
+
+    // An old code never used (recovery[3] was) no longer signs in; a new one does.
+    let mut browser = Browser::new(f.server.url());
+    let second = password_step(f, &mut browser).await;
+    let refused = browser.submit(&second, &[("code", &old[5])]).await;
+    assert_eq!(
+        refused.status, 401,
+        "an old recovery code still works: {}",
+        refused.body
+    );
+    let signed_in = browser.submit(&refused, &[("code", &fresh[0])]).await;
     assert_eq!(signed_in.status, 303, "{}", signed_in.body);
 }
 

@@ -1,8 +1,10 @@
 //! A person's own account at QSA: who they are, how they sign in (password, authenticator
 //! app, passkeys) and how this session was signed in; changing the password, enrolling an
 //! authenticator app (its QR code is the API's server-rendered SVG, an `img` under the CSP)
-//! with its recovery codes shown once, removing it, and removing passkeys. Registering a
-//! passkey needs a WebAuthn script of its own (QSA's sign-in script only asserts).
+//! with its recovery codes shown once, replacing those codes, removing it, and registering
+//! and removing passkeys. Registering runs `navigator.credentials.create` in the browser
+//! (`assets/passkey-register.js`, the only script that needs to run) with the options the
+//! console fetched for the person; the page posts the authenticator's answer back here.
 
 use askama::Template;
 use axum::extract::{Path, Query};
@@ -50,7 +52,10 @@ fn routes() -> Router<AppState> {
         .route("/account/totp", post(start_totp))
         .route("/account/totp/confirm", post(confirm_totp))
         .route("/account/totp/remove", post(remove_totp))
+        .route("/account/passkeys/new", get(new_passkey))
+        .route("/account/passkeys", post(register_passkey))
         .route("/account/passkeys/{id}/remove", post(remove_passkey))
+        .route("/account/recovery-codes", post(regenerate_recovery_codes))
         .route("/account/sessions/{id}/end", post(end_session))
         .route("/account/{*rest}", get(not_found))
 }
@@ -213,6 +218,7 @@ async fn overview(me: SignedIn<Account>, Query(d): Query<Done>) -> Result<Respon
         Some("password") => Some("Your password was changed.".into()),
         Some("totp-removed") => Some("Your authenticator app was removed.".into()),
         Some("passkey-removed") => Some("The passkey was removed.".into()),
+        Some("passkey-added") => Some("Your passkey was registered; it can sign you in.".into()),
         Some("session-ended") => Some(
             "That session was ended; the applications it signed in to lost their tokens.".into(),
         ),
@@ -386,6 +392,96 @@ async fn remove_passkey(
         .delete(&format!("/me/passkeys/{id}"))
         .await?;
     Ok(redirect("/account/?done=passkey-removed"))
+}
+
+#[derive(Template)]
+#[template(path = "account/passkey.html")]
+struct PasskeyPage {
+    layout: Layout,
+    /// `PublicKeyCredentialCreationOptions` (WebAuthn JSON, base64url binaries) for the script.
+    options: String,
+    /// QSA's sealed registration ceremony, posted back with the answer.
+    ceremony: String,
+    csrf: String,
+}
+
+async fn new_passkey(me: SignedIn<Account>) -> Result<Response, PageError> {
+    let answer = me
+        .api()
+        .post("/me/passkeys/options", &serde_json::json!({}))
+        .await?;
+    let (Some(options), Some(ceremony)) = (
+        answer.get("options").filter(|o| o.is_object()),
+        answer["ceremony"].as_str(),
+    ) else {
+        return Err(PageError::internal(&INFO));
+    };
+    Ok(render(&PasskeyPage {
+        layout: me.layout("Add a passkey", "/"),
+        options: options.to_string(),
+        ceremony: ceremony.to_owned(),
+        csrf: me.session.csrf.clone(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct PasskeyForm {
+    name: String,
+    ceremony: String,
+    /// The authenticator's answer as WebAuthn JSON, filled in by the page's script.
+    #[serde(default)]
+    credential: String,
+}
+
+async fn register_passkey(posted: Posted<Account, PasskeyForm>) -> Result<Response, PageError> {
+    let Posted {
+        signed_in: me,
+        form,
+    } = posted;
+    if form.credential.trim().is_empty() {
+        return Err(refused(
+            "your browser did not create a passkey; registering one needs JavaScript and a \
+             browser or device that supports passkeys",
+        ));
+    }
+    let credential: serde_json::Value = serde_json::from_str(&form.credential)
+        .map_err(|_| refused("the browser's answer is not a WebAuthn credential"))?;
+    me.api()
+        .post(
+            "/me/passkeys",
+            &serde_json::json!({
+                "ceremony": form.ceremony,
+                "credential": credential,
+                "name": form.name.trim(),
+            }),
+        )
+        .await?;
+    Ok(redirect("/account/?done=passkey-added"))
+}
+
+async fn regenerate_recovery_codes(
+    posted: Posted<Account, NoFields>,
+) -> Result<Response, PageError> {
+    let me = posted.signed_in;
+    let answer = me
+        .api()
+        .post("/me/recovery-codes", &serde_json::json!({}))
+        .await?;
+    let codes: Vec<String> = answer["recovery_codes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if codes.is_empty() {
+        return Err(PageError::internal(&INFO));
+    }
+    let mut layout = me.layout("Your recovery codes", "/");
+    layout.notice =
+        Some("Your new recovery codes replace the old ones, which no longer work.".into());
+    Ok(render(&RecoveryPage { layout, codes }))
 }
 
 #[cfg(test)]

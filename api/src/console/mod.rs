@@ -212,7 +212,7 @@ async fn security_headers(
     response
 }
 
-/// The embedded assets: one stylesheet, one small script, the icon. Nothing is fetched
+/// The embedded assets: one stylesheet, two small scripts, the icon. Nothing is fetched
 /// from anywhere else.
 async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
     let (body, kind): (&'static [u8], &'static str) = match name.as_str() {
@@ -222,6 +222,10 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
         ),
         "console.js" => (
             include_bytes!("../../assets/console.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "passkey-register.js" => (
+            include_bytes!("../../assets/passkey-register.js"),
             "text/javascript; charset=utf-8",
         ),
         "icon.svg" => (include_bytes!("../../assets/icon.svg"), "image/svg+xml"),

@@ -1,6 +1,7 @@
 //! The customer Portal: an organization's people see their contracts (and sign a sent one),
-//! usage against quotas, licences (with the files to verify them offline) and invoices.
-//! Every page is a few `/v1` calls with the person's token.
+//! usage against quotas, licences (with the files to verify them offline) and invoices, and
+//! the organization's API clients and service principals (those whose roles hold
+//! `identity:write`). Every page is a few `/v1` calls with the person's token.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +33,7 @@ static INFO: ConsoleInfo = ConsoleInfo {
         ("/jobs", "Jobs", "jobs:read"),
         ("/evidence", "Evidence", "evidence:read"),
         ("/invoices", "Invoices", "billing:read"),
+        ("/clients", "API clients", "identity:write"),
     ],
 };
 
@@ -40,7 +42,9 @@ impl Console for Portal {
         &INFO
     }
     const CLIENT_ID: &'static str = PORTAL_CLIENT_ID;
-    const SCOPES: &'static str = "openid profile email organizations:read contracts:read contracts:sign entitlements:read licenses:read jobs:read evidence:read billing:read";
+    // `identity:*` for the API clients page: a token gets them only where the person's roles
+    // do (owners and admins), so members' Portal sessions cannot manage clients.
+    const SCOPES: &'static str = "openid profile email organizations:read contracts:read contracts:sign entitlements:read licenses:read jobs:read evidence:read billing:read identity:read identity:write";
     fn pages() -> Router<AppState> {
         routes()
     }
@@ -71,11 +75,95 @@ fn routes() -> Router<AppState> {
         .route("/portal/evidence/{id}/bundle.tar", get(bundle_file))
         .route("/portal/invoices", get(invoices))
         .route("/portal/invoices/{id}", get(invoice))
+        .route("/portal/clients", get(clients).post(create_client))
+        .route("/portal/clients/{id}/secret", post(rotate_secret))
         .route("/portal/{*rest}", get(not_found))
 }
 
 async fn not_found(_me: Me) -> PageError {
     PageError::not_found(&INFO, "there is no such page in the Portal")
+}
+
+// ---- API clients and service principals (the QSA console's, for the organization) ----
+
+use super::qsa::{register_application, ClientForm, ClientRow, SecretPage, ROLES};
+
+#[derive(Template)]
+#[template(path = "portal/clients.html")]
+struct ClientsPage {
+    layout: Layout,
+    clients: Vec<ClientRow>,
+    pager: Pager,
+    roles: &'static [&'static str],
+    csrf: String,
+}
+
+async fn clients(me: Me, Query(p): Query<ListParams>) -> Result<Response, PageError> {
+    let org = segment(&INFO, &me.session.organization)?;
+    // People without `identity:read` get the API's 403 page here, as from any other list.
+    let page: Page<ClientRow> = me
+        .api()
+        .get(&format!(
+            "/clients{}",
+            query(&[
+                ("org", Some(org)),
+                ("limit", Some(PAGE)),
+                ("after", p.after.as_deref())
+            ])
+        ))
+        .await?;
+    Ok(render(&ClientsPage {
+        layout: me.layout("API clients", "/clients"),
+        clients: page.items,
+        pager: pager("/portal/clients", page.next_after, &p.after),
+        roles: &ROLES,
+        csrf: me.session.csrf.clone(),
+    }))
+}
+
+async fn create_client(posted: Posted<Portal, ClientForm>) -> Result<Response, PageError> {
+    let Posted {
+        signed_in: me,
+        form,
+    } = posted;
+    let org = segment(&INFO, &me.session.organization)?.to_owned();
+    let created = register_application(&me.api(), &INFO, &org, &form).await?;
+    let id = segment(&INFO, created["client_id"].as_str().unwrap_or_default())?.to_owned();
+    Ok(render(&SecretPage {
+        layout: me.layout("API client created", "/clients"),
+        what: "The API client was registered.".into(),
+        id_label: "Client id",
+        secret_label: "Client secret",
+        secret: created["client_secret"].as_str().map(str::to_owned),
+        next: ("/portal/clients".into(), "Back to the API clients"),
+        extra: None,
+        id,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct NoFields {}
+
+async fn rotate_secret(
+    Path(id): Path<String>,
+    posted: Posted<Portal, NoFields>,
+) -> Result<Response, PageError> {
+    let me = posted.signed_in;
+    let id = segment(&INFO, &id)?.to_owned();
+    let rotated = me
+        .api()
+        .post(&format!("/clients/{id}/secret"), &serde_json::json!({}))
+        .await?;
+    Ok(render(&SecretPage {
+        layout: me.layout("New secret", "/clients"),
+        what: "A new secret was made; the previous one no longer works.".into(),
+        id_label: "Client id",
+        secret_label: "Client secret",
+        secret: rotated["client_secret"].as_str().map(str::to_owned),
+        next: ("/portal/clients".into(), "Back to the API clients"),
+        extra: None,
+        id,
+    }))
 }
 
 // ---- what the API answers (the fields the pages show) ----

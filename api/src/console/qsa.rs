@@ -58,7 +58,7 @@ type Me = SignedIn<Qsa>;
 const PAGE: usize = 20;
 
 /// The roles an organization's people may hold (the platform's own are not offered).
-const ROLES: [&str; 5] = ["member", "admin", "owner", "auditor", "billing"];
+pub(super) const ROLES: [&str; 5] = ["member", "admin", "owner", "auditor", "billing"];
 
 /// What a conditional-access rule may decide.
 const OUTCOMES: [(&str, &str); 4] = [
@@ -990,17 +990,17 @@ async fn delete_rule(
 
 /// One application in the list (`GET /v1/clients`: never a secret).
 #[derive(Debug, Deserialize)]
-struct ClientRow {
-    client_id: String,
-    name: String,
-    kind: String,
+pub(super) struct ClientRow {
+    pub client_id: String,
+    pub name: String,
+    pub kind: String,
     #[serde(default)]
-    grant_types: Vec<String>,
-    disabled: bool,
+    pub grant_types: Vec<String>,
+    pub disabled: bool,
 }
 
 impl ClientRow {
-    fn kind_words(&self) -> &str {
+    pub fn kind_words(&self) -> &str {
         match self.kind.as_str() {
             "confidential" => "web application",
             "public" => "browser or native application",
@@ -1009,7 +1009,7 @@ impl ClientRow {
         }
     }
 
-    fn grants(&self) -> String {
+    pub fn grants(&self) -> String {
         self.grant_types.join(", ").replace('_', " ")
     }
 }
@@ -1047,7 +1047,7 @@ async fn clients(me: Me, Query(p): Query<AfterParams>) -> Result<Response, PageE
 }
 
 #[derive(Debug, Deserialize)]
-struct ClientForm {
+pub(super) struct ClientForm {
     /// `confidential`, `public` or `service`.
     kind: String,
     name: String,
@@ -1062,16 +1062,16 @@ struct ClientForm {
 /// A secret, shown on this page once (the answer to the POST that made it: never a URL).
 #[derive(Template)]
 #[template(path = "qsa/secret.html")]
-struct SecretPage {
-    layout: Layout,
-    what: String,
-    id_label: &'static str,
-    id: String,
-    secret_label: &'static str,
-    secret: Option<String>,
+pub(super) struct SecretPage {
+    pub layout: Layout,
+    pub what: String,
+    pub id_label: &'static str,
+    pub id: String,
+    pub secret_label: &'static str,
+    pub secret: Option<String>,
     /// Where to go next (href, label).
-    next: (String, &'static str),
-    extra: Option<(&'static str, String)>,
+    pub next: (String, &'static str),
+    pub extra: Option<(&'static str, String)>,
 }
 
 async fn create_client(posted: Posted<Qsa, ClientForm>) -> Result<Response, PageError> {
@@ -1080,42 +1080,8 @@ async fn create_client(posted: Posted<Qsa, ClientForm>) -> Result<Response, Page
         form,
     } = posted;
     let org = org(&me)?;
+    let created = register_application(&me.api(), &INFO, &org, &form).await?;
     let name = form.name.trim();
-    let created = match form.kind.as_str() {
-        "service" => {
-            if form.role.trim().is_empty() {
-                return Err(refused("a service principal needs a role"));
-            }
-            me.api()
-                .post(
-                    "/service-principals",
-                    &serde_json::json!({
-                        "organization_id": org, "name": name, "roles": [form.role.trim()],
-                    }),
-                )
-                .await?
-        }
-        kind @ ("confidential" | "public") => {
-            let redirect_uris = items(&form.redirect_uris);
-            let mut scopes: Vec<String> =
-                form.scopes.split_whitespace().map(str::to_owned).collect();
-            if scopes.is_empty() {
-                scopes = vec!["openid".into(), "profile".into(), "email".into()];
-            }
-            me.api()
-                .post(
-                    "/clients",
-                    &serde_json::json!({
-                        "organization_id": org, "name": name, "kind": kind,
-                        "redirect_uris": redirect_uris,
-                        "grant_types": ["authorization_code", "refresh_token"],
-                        "scopes": scopes,
-                    }),
-                )
-                .await?
-        }
-        other => return Err(refused(format!("no kind of application {other:?}"))),
-    };
     let id = created["client_id"].as_str().unwrap_or_default().to_owned();
     let id = segment(&INFO, &id)?.to_owned();
     Ok(render(&SecretPage {
@@ -1128,6 +1094,59 @@ async fn create_client(posted: Posted<Qsa, ClientForm>) -> Result<Response, Page
         extra: None,
         id,
     }))
+}
+
+/// Registers an application of `org` as the form says (an OAuth client or a service
+/// principal); answers the API's answer, with the secret to show once. The QSA console and
+/// the Portal both register through this.
+pub(super) async fn register_application(
+    api: &super::api::Api,
+    info: &'static ConsoleInfo,
+    org: &str,
+    form: &ClientForm,
+) -> Result<serde_json::Value, PageError> {
+    let refused = |detail: String| {
+        PageError::new(
+            info,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Nothing changed",
+            detail,
+        )
+    };
+    let name = form.name.trim();
+    Ok(match form.kind.as_str() {
+        "service" => {
+            if form.role.trim().is_empty() {
+                return Err(refused("a service principal needs a role".into()));
+            }
+            api.post(
+                "/service-principals",
+                &serde_json::json!({
+                    "organization_id": org, "name": name, "roles": [form.role.trim()],
+                }),
+            )
+            .await?
+        }
+        kind @ ("confidential" | "public") => {
+            let redirect_uris = items(&form.redirect_uris);
+            let mut scopes: Vec<String> =
+                form.scopes.split_whitespace().map(str::to_owned).collect();
+            if scopes.is_empty() {
+                scopes = vec!["openid".into(), "profile".into(), "email".into()];
+            }
+            api.post(
+                "/clients",
+                &serde_json::json!({
+                    "organization_id": org, "name": name, "kind": kind,
+                    "redirect_uris": redirect_uris,
+                    "grant_types": ["authorization_code", "refresh_token"],
+                    "scopes": scopes,
+                }),
+            )
+            .await?
+        }
+        other => return Err(refused(format!("no kind of application {other:?}"))),
+    })
 }
 
 #[derive(Debug, Deserialize)]

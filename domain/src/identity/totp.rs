@@ -47,6 +47,14 @@ pub struct TotpRecoveryCodeUsed {
     pub digest: String,
 }
 
+/// A new set of recovery codes replaces the unused ones (the old codes stop working).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpRecoveryCodesRegenerated {
+    /// SHA-256 (hex) of each new recovery code.
+    pub recovery_code_digests: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpRemoved {
@@ -60,6 +68,7 @@ crate::events! {
         TotpEnrolled(TotpEnrolled),
         TotpCodeAccepted(TotpCodeAccepted),
         TotpRecoveryCodeUsed(TotpRecoveryCodeUsed),
+        TotpRecoveryCodesRegenerated(TotpRecoveryCodesRegenerated),
         TotpRemoved(TotpRemoved),
     }
 }
@@ -83,6 +92,10 @@ pub enum TotpCommand {
     },
     UseRecoveryCode {
         digest: String,
+    },
+    /// Replaces every recovery code (only of an enrolled app).
+    RegenerateRecoveryCodes {
+        recovery_code_digests: Vec<String>,
     },
     Remove {
         reason: String,
@@ -145,17 +158,7 @@ impl TotpAuthenticator {
                     recovery_code_digests,
                 },
             ) => {
-                let unique: BTreeSet<&String> = recovery_code_digests.iter().collect();
-                if recovery_code_digests.len() != RECOVERY_CODES
-                    || unique.len() != RECOVERY_CODES
-                    || recovery_code_digests
-                        .iter()
-                        .any(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()))
-                {
-                    return Err(TotpError::Invalid(format!(
-                        "an enrolment needs {RECOVERY_CODES} distinct SHA-256 digests"
-                    )));
-                }
+                check_digests(&recovery_code_digests)?;
                 Ok(vec![E::TotpEnrolled(TotpEnrolled {
                     step,
                     recovery_code_digests,
@@ -175,15 +178,45 @@ impl TotpAuthenticator {
                     digest,
                 })])
             }
-            (S::Absent | S::Pending, C::Accept { .. } | C::UseRecoveryCode { .. }) => {
-                Err(TotpError::NotEnrolled)
+            (
+                S::Enrolled,
+                C::RegenerateRecoveryCodes {
+                    recovery_code_digests,
+                },
+            ) => {
+                check_digests(&recovery_code_digests)?;
+                Ok(vec![E::TotpRecoveryCodesRegenerated(
+                    TotpRecoveryCodesRegenerated {
+                        recovery_code_digests,
+                    },
+                )])
             }
+            (
+                S::Absent | S::Pending,
+                C::Accept { .. } | C::UseRecoveryCode { .. } | C::RegenerateRecoveryCodes { .. },
+            ) => Err(TotpError::NotEnrolled),
             (S::Absent, C::Remove { .. }) => Err(TotpError::NotEnrolled),
             (_, C::Remove { reason }) => Ok(vec![E::TotpRemoved(TotpRemoved {
                 reason: reason.chars().take(500).collect(),
             })]),
         }
     }
+}
+
+/// A set of recovery codes is exactly [`RECOVERY_CODES`] distinct SHA-256 digests.
+fn check_digests(recovery_code_digests: &[String]) -> Result<(), TotpError> {
+    let unique: BTreeSet<&String> = recovery_code_digests.iter().collect();
+    if recovery_code_digests.len() != RECOVERY_CODES
+        || unique.len() != RECOVERY_CODES
+        || recovery_code_digests
+            .iter()
+            .any(|d| d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(TotpError::Invalid(format!(
+            "a set of recovery codes is {RECOVERY_CODES} distinct SHA-256 digests"
+        )));
+    }
+    Ok(())
 }
 
 impl Aggregate for TotpAuthenticator {
@@ -222,6 +255,9 @@ impl Aggregate for TotpAuthenticator {
             TotpEvent::TotpCodeAccepted(e) => self.last_step = e.step,
             TotpEvent::TotpRecoveryCodeUsed(e) => {
                 self.unused_recovery_codes.remove(&e.digest);
+            }
+            TotpEvent::TotpRecoveryCodesRegenerated(e) => {
+                self.unused_recovery_codes = e.recovery_code_digests.into_iter().collect();
             }
             TotpEvent::TotpRemoved(_) => {
                 *self = TotpAuthenticator {
@@ -320,5 +356,51 @@ mod tests {
             .given(enrolled()[..1].to_vec())
             .when(C::Accept { step: 5 })
             .then_expect_error(TotpError::NotEnrolled);
+    }
+
+    #[test]
+    fn regenerated_recovery_codes_replace_the_old_ones() {
+        let fresh: Vec<String> = (0..RECOVERY_CODES)
+            .map(|i| format!("{:064x}", i + 100))
+            .collect();
+        let regenerated = E::TotpRecoveryCodesRegenerated(TotpRecoveryCodesRegenerated {
+            recovery_code_digests: fresh.clone(),
+        });
+        Spec::with(())
+            .given(enrolled())
+            .when(C::RegenerateRecoveryCodes {
+                recovery_code_digests: fresh.clone(),
+            })
+            .then_expect_events(vec![regenerated.clone()]);
+        let mut after = enrolled();
+        after.push(regenerated);
+        Spec::with(())
+            .given(after.clone())
+            .when(C::UseRecoveryCode {
+                digest: digests()[0].clone(),
+            })
+            .then_expect_error(TotpError::UnknownRecoveryCode);
+        Spec::with(())
+            .given(after)
+            .when(C::UseRecoveryCode {
+                digest: fresh[0].clone(),
+            })
+            .then_expect_events(vec![E::TotpRecoveryCodeUsed(TotpRecoveryCodeUsed {
+                digest: fresh[0].clone(),
+            })]);
+        Spec::with(())
+            .given(enrolled()[..1].to_vec())
+            .when(C::RegenerateRecoveryCodes {
+                recovery_code_digests: fresh,
+            })
+            .then_expect_error(TotpError::NotEnrolled);
+        Spec::with(())
+            .given(enrolled())
+            .when(C::RegenerateRecoveryCodes {
+                recovery_code_digests: vec!["00".into()],
+            })
+            .then_expect_error(TotpError::Invalid(format!(
+                "a set of recovery codes is {RECOVERY_CODES} distinct SHA-256 digests"
+            )));
     }
 }
