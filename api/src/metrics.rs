@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 use quantus_commands::observe::{Observer, Outcome};
 use quantus_domain::schema::BoundedContext;
@@ -48,6 +49,169 @@ struct PoolLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProjectionLabels {
     projection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RelayLabels {
+    relay: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    grant_type: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignInLabels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScimLabels {
+    resource: &'static str,
+    method: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SamlLabels {
+    endpoint: &'static str,
+    outcome: &'static str,
+}
+
+/// The grant a token request asked for (RFC 6749 §4, RFC 8628); anything else is `other`,
+/// so a client cannot grow the label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    AuthorizationCode,
+    RefreshToken,
+    ClientCredentials,
+    DeviceCode,
+    Other,
+}
+
+impl Grant {
+    const ALL: [Self; 5] = [
+        Self::AuthorizationCode,
+        Self::RefreshToken,
+        Self::ClientCredentials,
+        Self::DeviceCode,
+        Self::Other,
+    ];
+
+    pub fn of(grant_type: Option<&str>) -> Self {
+        match grant_type {
+            Some("authorization_code") => Self::AuthorizationCode,
+            Some("refresh_token") => Self::RefreshToken,
+            Some("client_credentials") => Self::ClientCredentials,
+            Some("urn:ietf:params:oauth:grant-type:device_code") => Self::DeviceCode,
+            _ => Self::Other,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::RefreshToken => "refresh_token",
+            Self::ClientCredentials => "client_credentials",
+            Self::DeviceCode => "device_code",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// How a person proved who they are on the sign-in pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInMethod {
+    Password,
+    Passkey,
+    SecondFactor,
+}
+
+impl SignInMethod {
+    const ALL: [Self; 3] = [Self::Password, Self::Passkey, Self::SecondFactor];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Password => "password",
+            Self::Passkey => "passkey",
+            Self::SecondFactor => "second_factor",
+        }
+    }
+}
+
+const SIGN_IN_OUTCOMES: [&str; 6] = [
+    "success",
+    "invalid_credentials",
+    "locked",
+    "second_factor_required",
+    "blocked_by_policy",
+    "error",
+];
+
+/// How one sign-in step ended (one of [`SIGN_IN_OUTCOMES`]).
+fn sign_in_outcome<T, E>(
+    outcome: &Result<Result<T, quantus_commands::identity::SignInRefusal>, E>,
+) -> &'static str {
+    use quantus_commands::identity::SignInRefusal;
+    match outcome {
+        Ok(Ok(_)) => "success",
+        Ok(Err(SignInRefusal::Invalid)) => "invalid_credentials",
+        Ok(Err(SignInRefusal::Locked(_))) => "locked",
+        Ok(Err(SignInRefusal::SecondFactor(_))) => "second_factor_required",
+        Ok(Err(SignInRefusal::Blocked(_))) => "blocked_by_policy",
+        Err(_) => "error",
+    }
+}
+
+/// The SCIM resource a route serves (RFC 7644 §3.2), from the route's template.
+fn scim_resource(route: &str) -> &'static str {
+    let rest = route.trim_start_matches("/scim/v2");
+    match rest.trim_start_matches('/').split('/').next() {
+        Some("Users") => "Users",
+        Some("Groups") => "Groups",
+        Some(".search") => "search",
+        Some("ServiceProviderConfig") => "ServiceProviderConfig",
+        Some("ResourceTypes") => "ResourceTypes",
+        Some("Schemas") => "Schemas",
+        Some("Bulk") => "Bulk",
+        Some("Me") => "Me",
+        _ => "other",
+    }
+}
+
+/// The SAML endpoint a route is (SSO, SLO, metadata), from the route's template.
+fn saml_endpoint(route: &str) -> &'static str {
+    if route.contains("/sso") {
+        "sso"
+    } else if route.contains("/slo") {
+        "slo"
+    } else {
+        "metadata"
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+fn method_name(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        _ => "other",
+    }
 }
 
 /// How `/readyz` judges the read models: not ready when one is behind the log and its
@@ -103,6 +267,13 @@ pub struct Metrics {
     write_queue: Gauge,
     write_queue_depth: Gauge,
     writes_shed: Counter,
+    projection_lag_seconds: Family<ProjectionLabels, Gauge<f64, AtomicU64>>,
+    relay_lag: Family<RelayLabels, Gauge>,
+    relay_publish_errors: Counter,
+    token_requests: Family<TokenLabels, Counter>,
+    sign_ins: Family<SignInLabels, Counter>,
+    scim_requests: Family<ScimLabels, Counter>,
+    saml_requests: Family<SamlLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -192,7 +363,74 @@ impl Default for Metrics {
             "Writes refused with 503 because the write queue was full or they waited too long",
             writes_shed.clone(),
         );
+        let projection_lag_seconds = Family::<ProjectionLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "projection_lag_seconds",
+            "Age of the oldest event a read model has still to see (0 when caught up)",
+            projection_lag_seconds.clone(),
+        );
+        let relay_lag = Family::<RelayLabels, Gauge>::default();
+        registry.register(
+            "relay_lag_events",
+            "Events stored but not yet acknowledged by Kafka, per relay (head minus its cursor)",
+            relay_lag.clone(),
+        );
+        let relay_publish_errors = Counter::default();
+        registry.register(
+            "relay_publish_errors",
+            "Failed publication attempts of this process's relay (each is retried)",
+            relay_publish_errors.clone(),
+        );
+        let token_requests = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "oauth_token_requests",
+            "Token endpoint requests by grant type and outcome (issued or refused)",
+            token_requests.clone(),
+        );
+        let sign_ins = Family::<SignInLabels, Counter>::default();
+        registry.register(
+            "sign_ins",
+            "Sign-in steps on the sign-in pages by method and outcome",
+            sign_ins.clone(),
+        );
+        let scim_requests = Family::<ScimLabels, Counter>::default();
+        registry.register(
+            "scim_requests",
+            "SCIM requests by resource, method and status class",
+            scim_requests.clone(),
+        );
+        let saml_requests = Family::<SamlLabels, Counter>::default();
+        registry.register(
+            "saml_requests",
+            "SAML requests by endpoint (sso, slo, metadata) and outcome (answered, refused, failed)",
+            saml_requests.clone(),
+        );
+        // Every pair of these small label sets starts at 0, so that an alert's rate() sees the
+        // first failure rather than a series appearing.
+        for grant in Grant::ALL {
+            for outcome in ["issued", "refused"] {
+                drop(token_requests.get_or_create(&TokenLabels {
+                    grant_type: grant.as_str(),
+                    outcome,
+                }));
+            }
+        }
+        for method in SignInMethod::ALL {
+            for outcome in SIGN_IN_OUTCOMES {
+                drop(sign_ins.get_or_create(&SignInLabels {
+                    method: method.as_str(),
+                    outcome,
+                }));
+            }
+        }
         Self {
+            projection_lag_seconds,
+            relay_lag,
+            relay_publish_errors,
+            token_requests,
+            sign_ins,
+            scim_requests,
+            saml_requests,
             write_queue,
             write_queue_depth,
             writes_shed,
@@ -235,6 +473,64 @@ impl Observer for Metrics {
     }
 }
 
+impl Metrics {
+    /// One answer of the token endpoint: issued when it is a 200.
+    pub(crate) fn token_answered(&self, grant: Grant, status: StatusCode) {
+        let outcome = if status.is_success() {
+            "issued"
+        } else {
+            "refused"
+        };
+        self.token_requests
+            .get_or_create(&TokenLabels {
+                grant_type: grant.as_str(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// One sign-in step as the identity commands decided it.
+    pub(crate) fn signed_in<T, E>(
+        &self,
+        method: SignInMethod,
+        outcome: &Result<Result<T, quantus_commands::identity::SignInRefusal>, E>,
+    ) {
+        self.sign_ins
+            .get_or_create(&SignInLabels {
+                method: method.as_str(),
+                outcome: sign_in_outcome(outcome),
+            })
+            .inc();
+    }
+
+    /// The protocol-level series of SCIM and SAML requests, from the route they matched.
+    fn protocol_answered(&self, method: &axum::http::Method, route: &str, status: StatusCode) {
+        if route.starts_with("/scim/v2") {
+            self.scim_requests
+                .get_or_create(&ScimLabels {
+                    resource: scim_resource(route),
+                    method: method_name(method),
+                    status: status_class(status),
+                })
+                .inc();
+        } else if route.starts_with("/saml/") {
+            let outcome = if status.is_server_error() {
+                "failed"
+            } else if status.is_client_error() {
+                "refused"
+            } else {
+                "answered"
+            };
+            self.saml_requests
+                .get_or_create(&SamlLabels {
+                    endpoint: saml_endpoint(route),
+                    outcome,
+                })
+                .inc();
+        }
+    }
+}
+
 fn context_name(context: BoundedContext) -> &'static str {
     match context {
         BoundedContext::Identity => "identity",
@@ -246,13 +542,17 @@ fn context_name(context: BoundedContext) -> &'static str {
 }
 
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
+    let http_method = request.method().clone();
+    let method = http_method.to_string();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let start = Instant::now();
     let response = next.run(request).await;
+    state
+        .metrics
+        .protocol_answered(&http_method, &route, response.status());
     let labels = HttpLabels {
         method,
         route,
@@ -281,10 +581,23 @@ pub async fn scrape(
     m.writes_shed.inc_by(queue.shed.saturating_sub(counted));
     let head = state.db.head_position().await?;
     m.head.set(head as i64);
+    let now = chrono::Utc::now();
     for model in read_models(&state, head, Instant::now()).await? {
         let labels = ProjectionLabels {
             projection: model.name.to_owned(),
         };
+        // The oldest event the model has still to see: how long it has been waiting.
+        let waiting = if model.lag == 0 {
+            0.0
+        } else {
+            quantus_infra::event_store::read_log(&state.db, model.mark, 1)
+                .await?
+                .first()
+                .map_or(0.0, |r| {
+                    (now - r.envelope.occurred_at).num_milliseconds().max(0) as f64 / 1000.0
+                })
+        };
+        m.projection_lag_seconds.get_or_create(&labels).set(waiting);
         m.projection_position
             .get_or_create(&labels)
             .set(model.mark as i64);
@@ -300,6 +613,15 @@ pub async fn scrape(
     m.checkpoint_lag
         .set(head.saturating_sub(checkpointed) as i64);
     m.aggregate_cache.set(state.bus.cache().len() as i64);
+    for (relay, cursor) in quantus_infra::relay::Relay::cursors(&state.db).await? {
+        m.relay_lag
+            .get_or_create(&RelayLabels { relay })
+            .set(head.saturating_sub(cursor) as i64);
+    }
+    let failed = m.relay_publish_errors.get();
+    m.relay_publish_errors
+        .inc_by(quantus_infra::relay::publish_errors().saturating_sub(failed));
+
     let idle = state.db.pool.num_idle() as i64;
     m.pool
         .get_or_create(&PoolLabels { state: "idle" })

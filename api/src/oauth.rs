@@ -341,10 +341,29 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
         (status = 415, body = wire::OAuthError, description = "the body is not a form")))]
 pub async fn token(
     State(state): State<AppState>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    // Read from the raw form: a refusal before the form is parsed still counts.
+    let grant = crate::metrics::Grant::of(
+        url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "grant_type")
+            .as_ref()
+            .map(|(_, v)| v.as_ref()),
+    );
+    let response = token_answer(&state, peer, headers, body).await;
+    state.metrics.token_answered(grant, response.status());
+    response
+}
+
+async fn token_answer(
+    state: &AppState,
     Peer(peer): Peer,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let state = state.clone();
     if !is_form(&headers) {
         return oauth_error(
             OAuthError::invalid_request("send application/x-www-form-urlencoded"),
@@ -1257,6 +1276,9 @@ pub async fn login(
             request_info(&headers, peer),
         )
         .await;
+    state
+        .metrics
+        .signed_in(crate::metrics::SignInMethod::Password, &outcome);
     let signed_in = match outcome {
         Ok(Ok(s)) => s,
         // One message for every failure: it must not tell whether the account exists.
@@ -1460,6 +1482,9 @@ pub async fn login_passkey(
             request_info(&headers, peer),
         )
         .await;
+    state
+        .metrics
+        .signed_in(crate::metrics::SignInMethod::Passkey, &outcome);
     let signed_in = match outcome {
         Ok(Ok(s)) => s,
         Ok(Err(SignInRefusal::Blocked(reason))) => {
@@ -1504,6 +1529,9 @@ pub async fn login_second_factor(
         .identity
         .sign_in_second_factor(&ctx, &pending, proof, request_info(&headers, peer))
         .await;
+    state
+        .metrics
+        .signed_in(crate::metrics::SignInMethod::SecondFactor, &outcome);
     let signed_in = match outcome {
         Ok(Ok(s)) => s,
         Ok(Err(SignInRefusal::Locked(_))) => {

@@ -6,6 +6,7 @@
 //! whole batch; a crash before that re-publishes the batch (consumers skip duplicates by
 //! aggregate sequence). One relay per name publishes at a time (see [`Relay::run`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::try_join_all;
@@ -17,6 +18,16 @@ use crate::db::{Database, Dialect};
 use crate::event_store::read_log;
 use crate::kafka::{cloudevent_headers, producer, KafkaSettings};
 use crate::InfraError;
+
+/// Failed publication attempts of every relay in this process (a batch Kafka or the store
+/// refused; each is retried). Process-wide because `/metrics` reports it, whichever task runs
+/// the relay.
+static PUBLISH_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// How many publication attempts failed in this process so far.
+pub fn publish_errors() -> u64 {
+    PUBLISH_ERRORS.load(Ordering::Relaxed)
+}
 
 pub struct Relay {
     db: Database,
@@ -61,6 +72,22 @@ impl Relay {
             Some(row) => row.try_get::<i64, _>("position")? as u64,
             None => 0,
         })
+    }
+
+    /// Every relay's cursor (name, position acknowledged by Kafka), by name: the relay lag
+    /// any process can report, as the cursors live in the store.
+    pub async fn cursors(db: &Database) -> Result<Vec<(String, u64)>, InfraError> {
+        let rows = sqlx::query("SELECT relay, position FROM relay_cursors ORDER BY relay")
+            .fetch_all(&db.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<String, _>("relay")?,
+                    row.try_get::<i64, _>("position")? as u64,
+                ))
+            })
+            .collect()
     }
 
     /// Publishes the next batch; returns how many events it published.
@@ -157,6 +184,7 @@ impl Relay {
                     backoff = Duration::from_millis(100);
                 }
                 Err(error) => {
+                    PUBLISH_ERRORS.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, "relay failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));

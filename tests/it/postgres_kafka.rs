@@ -1293,3 +1293,80 @@ async fn q_the_high_water_mark_waits_for_positions_still_on_their_way() {
     assert!(runner.has_applied(head).await.unwrap());
     assert!(!runner.has_applied(head + 1).await.unwrap());
 }
+
+/// The value of one series in a scrape (`name{labels}`), if exposed.
+fn series(scrape: &str, name_and_labels: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .parse()
+            .ok()
+    })
+}
+
+/// Issue 15, item 4: relay lag and projection lag in seconds, read from one process that runs
+/// everything on Postgres and Kafka, rise while the relay is held back and fall back to 0 when
+/// it goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn r_relay_and_projection_lag_are_exposed_and_move() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-lag");
+    let db = pool(&env.database_url).await;
+    // Hold the relay back: it stands by while another session has its lease.
+    let mut relay_lease = db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtext('quantus-relay:kafka'))")
+        .execute(&mut *relay_lease)
+        .await
+        .unwrap();
+    let server = env.serve(&dir, &["--listen", "127.0.0.1:0"]);
+    let api = server.client();
+    sqlx::query(
+        "INSERT INTO relay_cursors (relay, position) VALUES ('kafka', 0) ON CONFLICT DO NOTHING",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let (_, position) = api.create_org("Acme").await;
+    let http = reqwest::Client::new();
+    let scrape = || async {
+        http.get(format!("{}/metrics", server.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let relay = "quantus_relay_lag_events{relay=\"kafka\"}";
+    let organizations = "quantus_projection_lag_seconds{projection=\"organizations\"}";
+    let metrics = scrape().await;
+    assert!(
+        series(&metrics, relay).is_some_and(|lag| lag >= position as f64),
+        "{metrics}"
+    );
+    assert!(
+        series(&metrics, organizations).is_some_and(|s| s > 0.0),
+        "{metrics}"
+    );
+    for name in crate::api::KAFKA_ONLY {
+        assert!(
+            metrics.contains(&format!("\n{name}{{")),
+            "{name}: {metrics}"
+        );
+    }
+
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('quantus-relay:kafka'))")
+        .execute(&mut *relay_lease)
+        .await
+        .unwrap();
+    write_organizations(&env.database_url, 200, 4).await;
+    eventually(
+        "the relay and the model to catch up",
+        Duration::from_secs(60),
+        || async {
+            let m = scrape().await;
+            (series(&m, relay) == Some(0.0) && series(&m, organizations) == Some(0.0)).then_some(())
+        },
+    )
+    .await;
+}

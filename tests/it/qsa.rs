@@ -717,6 +717,21 @@ async fn wrong_passwords_get_one_message_and_five_lock_the_account() {
         .submit(&page, &[("email", &f.email), ("password", &f.password)])
         .await;
     assert_eq!(r.status, 403);
+    // The sign-in outcomes operators watch: five wrong passwords (the unknown address among
+    // them; the fifth locks), two refusals of the locked account; the CSRF refusal is no
+    // sign-in step.
+    let metrics = reqwest::get(format!("{}/metrics", f.server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (outcome, count) in [("invalid_credentials", 5), ("locked", 2)] {
+        let line = format!(
+            "quantus_sign_ins_total{{method=\"password\",outcome=\"{outcome}\"}} {count}\n"
+        );
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
 
     let failures = f.admin.events_of("SignInAttempt").await;
     let reasons: Vec<&str> = failures
