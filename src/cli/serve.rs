@@ -386,6 +386,25 @@ async fn bootstrap_consoles(
         };
         bootstrap_client(state, data_dir, console.client_id, console.file, new).await?;
         let (client, _) = state.identity.client(console.client_id).await?;
+        let registered = client
+            .registration
+            .as_ref()
+            .map(|r| r.scopes.clone())
+            .unwrap_or_default();
+        let (granted, missing): (Vec<String>, Vec<String>) = console
+            .scopes
+            .iter()
+            .cloned()
+            .partition(|s| registered.contains(s));
+        if !missing.is_empty() {
+            // Registered by an older version: its pages needing these scopes are not offered
+            // (navigation follows the token's scopes) instead of every sign-in failing.
+            tracing::warn!(
+                client = console.client_id,
+                missing = %missing.join(" "),
+                "the console's client was registered without scopes this version's pages use; those pages are not offered"
+            );
+        }
         if !client
             .registration
             .as_ref()
@@ -412,6 +431,7 @@ async fn bootstrap_consoles(
         clients.insert(quantus_api::console::ConsoleClient {
             client_id,
             client_secret,
+            scope: granted.join(" "),
         });
     }
     Ok(clients)

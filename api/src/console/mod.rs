@@ -44,6 +44,10 @@ pub const QSA_CLIENT_ID: &str = "quantus-console-qsa";
 pub struct ConsoleClient {
     pub client_id: String,
     pub client_secret: Secret,
+    /// The scopes its sign-in asks for: the console's own that its client is registered
+    /// with (a client registered by an older version may lack newer ones; asking for them
+    /// would make QSA refuse every sign-in).
+    pub scope: String,
 }
 
 /// The consoles this process serves (each one whose client credentials are known), and how

@@ -532,7 +532,7 @@ async fn sign_in<C: Console>(
             ("response_type", "code"),
             ("client_id", client.client_id.as_str()),
             ("redirect_uri", redirect_uri.as_str()),
-            ("scope", C::SCOPES),
+            ("scope", client.scope.as_str()),
             ("state", flow.state.as_str()),
             ("nonce", flow.nonce.as_str()),
             ("code_challenge", challenge.as_str()),
