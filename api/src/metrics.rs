@@ -578,7 +578,8 @@ pub async fn scrape(
     m.write_queue.set(queue.in_flight as i64);
     m.write_queue_depth.set(queue.depth as i64);
     let counted = m.writes_shed.get();
-    m.writes_shed.inc_by(queue.shed.saturating_sub(counted));
+    let shed = queue.shed + crate::server::writes_shed();
+    m.writes_shed.inc_by(shed.saturating_sub(counted));
     let head = state.db.head_position().await?;
     m.head.set(head as i64);
     let now = chrono::Utc::now();

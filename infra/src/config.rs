@@ -139,7 +139,7 @@ pub struct Config {
     /// Bounds on HTTP clients (slow, idle, too many, too large).
     pub http: HttpLimits,
     /// Bounds on the queue in front of the event writer (load shedding):
-    /// `QUANTUS_WRITE_QUEUE_DEPTH` (default 256), `QUANTUS_WRITE_QUEUE_TIMEOUT_MS` (2000),
+    /// `QUANTUS_WRITE_QUEUE_DEPTH` (default 64), `QUANTUS_WRITE_QUEUE_TIMEOUT_MS` (2000),
     /// `QUANTUS_WRITE_RETRY_AFTER_SECONDS` (1).
     pub write: crate::group_commit::WriteLimits,
     /// The pause after a licence step's first failed attempt
@@ -168,9 +168,19 @@ pub struct HttpLimits {
     /// The longest a client may leave a response unread (no byte accepted while the server
     /// has bytes to send) (`QUANTUS_IDLE_TIMEOUT_SECONDS`, default 60).
     pub idle_timeout_seconds: u64,
-    /// Connections served at once; more wait in the listen backlog
-    /// (`QUANTUS_MAX_CONNECTIONS`, default 1024).
+    /// Connections served at once; more are shed (`QUANTUS_MAX_CONNECTIONS`, default 1024).
     pub max_connections: u64,
+    /// Connections past `max_connections` accepted at once only to be answered 503 with
+    /// `Retry-After` and closed; past both caps connections wait in the listen backlog
+    /// (`QUANTUS_SHED_CONNECTIONS`, default 1024; 0 leaves every one past the cap waiting).
+    pub shed_connections: u64,
+    /// The `Retry-After` of a shed connection: the one a shed write gets
+    /// (`QUANTUS_WRITE_RETRY_AFTER_SECONDS`, default 1).
+    pub retry_after_seconds: u64,
+    /// Write requests (an unsafe method, but for `/oauth2/`) served at once; one more is
+    /// answered 503 with `Retry-After` before any work, not even authentication
+    /// (`QUANTUS_WRITE_QUEUE_DEPTH`, default 64: the write queue's depth).
+    pub write_requests: u64,
     /// Largest request body but for artifact uploads (`QUANTUS_MAX_BODY_BYTES`, default 2 MiB).
     pub max_body_bytes: u64,
     /// Largest artifact upload (`QUANTUS_MAX_ARTIFACT_BYTES`, default and ceiling 10 GiB).
@@ -196,6 +206,9 @@ impl Default for HttpLimits {
             min_body_bytes_per_second: 256,
             idle_timeout_seconds: 60,
             max_connections: 1024,
+            shed_connections: 1024,
+            retry_after_seconds: 1,
+            write_requests: 64,
             max_body_bytes: 2 * 1024 * 1024,
             max_artifact_bytes: Self::ARTIFACT_CEILING,
             max_archive_bytes: 256 * 1024 * 1024,
@@ -271,6 +284,15 @@ impl Config {
                 None => Ok(default),
             }
         };
+        // For a limit where 0 means "none of this".
+        let number_or_zero = |name: &str, default: u64| -> Result<u64, InfraError> {
+            match env(name) {
+                Some(v) => v.parse::<u64>().map_err(|_| {
+                    InfraError::Config(format!("{name}={v:?} is not a number (0 or more)"))
+                }),
+                None => Ok(default),
+            }
+        };
         let checkpoint_events = number("QUANTUS_CHECKPOINT_EVENTS", 1000)?;
         let checkpoint_seconds = number("QUANTUS_CHECKPOINT_SECONDS", 60)?;
         let retention_seconds = number("QUANTUS_RETENTION_SECONDS", 3600)?;
@@ -307,6 +329,15 @@ impl Config {
                 defaults.idle_timeout_seconds,
             )?,
             max_connections: number("QUANTUS_MAX_CONNECTIONS", defaults.max_connections)?,
+            shed_connections: number_or_zero(
+                "QUANTUS_SHED_CONNECTIONS",
+                defaults.shed_connections,
+            )?,
+            retry_after_seconds: number(
+                "QUANTUS_WRITE_RETRY_AFTER_SECONDS",
+                defaults.retry_after_seconds,
+            )?,
+            write_requests: number("QUANTUS_WRITE_QUEUE_DEPTH", defaults.write_requests)?,
             max_body_bytes: number("QUANTUS_MAX_BODY_BYTES", defaults.max_body_bytes)?,
             max_artifact_bytes: number("QUANTUS_MAX_ARTIFACT_BYTES", defaults.max_artifact_bytes)?,
             max_archive_bytes: number("QUANTUS_MAX_ARCHIVE_BYTES", defaults.max_archive_bytes)?,
@@ -325,6 +356,11 @@ impl Config {
         if http.max_connections > 1 << 20 {
             return Err(InfraError::Config(
                 "QUANTUS_MAX_CONNECTIONS must be at most 1048576".into(),
+            ));
+        }
+        if http.shed_connections > 1 << 20 {
+            return Err(InfraError::Config(
+                "QUANTUS_SHED_CONNECTIONS must be at most 1048576".into(),
             ));
         }
         let write_defaults = crate::group_commit::WriteLimits::default();
@@ -494,6 +530,9 @@ mod tests {
             ("QUANTUS_MIN_BODY_BYTES_PER_SECOND", "1000"),
             ("QUANTUS_IDLE_TIMEOUT_SECONDS", "5"),
             ("QUANTUS_MAX_CONNECTIONS", "6"),
+            ("QUANTUS_SHED_CONNECTIONS", "0"),
+            ("QUANTUS_WRITE_RETRY_AFTER_SECONDS", "11"),
+            ("QUANTUS_WRITE_QUEUE_DEPTH", "12"),
             ("QUANTUS_MAX_BODY_BYTES", "7"),
             ("QUANTUS_MAX_ARTIFACT_BYTES", "8"),
             ("QUANTUS_MAX_ARCHIVE_BYTES", "10"),
@@ -510,6 +549,9 @@ mod tests {
                 min_body_bytes_per_second: 1000,
                 idle_timeout_seconds: 5,
                 max_connections: 6,
+                shed_connections: 0,
+                retry_after_seconds: 11,
+                write_requests: 12,
                 max_body_bytes: 7,
                 max_artifact_bytes: 8,
                 max_archive_bytes: 10,
@@ -518,6 +560,8 @@ mod tests {
         );
         for (name, value) in [
             ("QUANTUS_MAX_CONNECTIONS", "0"),
+            ("QUANTUS_SHED_CONNECTIONS", "-1"),
+            ("QUANTUS_SHED_CONNECTIONS", "1048577"),
             ("QUANTUS_HEADER_READ_TIMEOUT_SECONDS", "soon"),
             ("QUANTUS_MAX_ARTIFACT_BYTES", "10737418241"),
         ] {

@@ -36,9 +36,13 @@
 //! the aggregate) and holds it until it is answered; with every slot taken it is refused at once
 //! with [`Overloaded`] (the API's 503 with `Retry-After`), so overload never turns into a
 //! queue that grows without bound. A write admitted but not yet taken into a batch within
-//! `queue_timeout` of its admission is withdrawn (nothing of it is written) and refused the same
-//! way, so an accepted write waits at most that long plus one batch. Once the writer has taken
-//! a command into a batch it always waits for the batch's answer: a 503 means "not written".
+//! `queue_timeout` of its request's arrival is withdrawn (nothing of it is written) and refused
+//! the same way, so an accepted write waits at most that long plus one batch. Once the writer
+//! has taken a command into a batch it always waits for the batch's answer: a 503 means "not
+//! written". The deadline counts from the arrival the HTTP server stamps ([`arriving`]; from
+//! admission where there is none), so the time before admission (authentication, reading the
+//! body, waiting for a CPU) counts too, and a write already past it at admission is shed at
+//! once, before it loads anything.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -74,7 +78,8 @@ type Answer = Result<u64, PersistenceError>;
 pub struct WriteLimits {
     /// Writes admitted at once (loading, deciding, queued or being committed); more are shed.
     pub queue_depth: usize,
-    /// The longest an admitted write may wait before the writer takes it into a batch.
+    /// The longest a write may be in the server (from its request's arrival, else from its
+    /// admission) before the writer takes it into a batch.
     pub queue_timeout: Duration,
     /// What a shed write is told to wait before it tries again (`Retry-After`).
     pub retry_after: Duration,
@@ -88,7 +93,7 @@ impl WriteLimits {
 impl Default for WriteLimits {
     fn default() -> Self {
         Self {
-            queue_depth: 256,
+            queue_depth: 64,
             queue_timeout: Duration::from_millis(2000),
             retry_after: Duration::from_secs(1),
         }
@@ -117,6 +122,17 @@ impl From<Overloaded> for PersistenceError {
     fn from(o: Overloaded) -> Self {
         PersistenceError::ConnectionError(Box::new(o))
     }
+}
+
+tokio::task_local! {
+    /// When the request being served arrived (set by the HTTP server around each request).
+    static ARRIVAL: Instant;
+}
+
+/// Runs `work` (one request) with its arrival time known to admission: a write's queueing
+/// deadline then counts from `at`. Work not run in it (jobs, the CLI) counts from admission.
+pub async fn arriving<F: std::future::Future>(at: Instant, work: F) -> F::Output {
+    ARRIVAL.scope(at, work).await
 }
 
 /// One admitted write's slot in the queue, held until it is answered (or dropped unused).
@@ -256,13 +272,20 @@ impl Appender {
         }
     }
 
-    /// A slot in the write queue, or [`Overloaded`] at once when every slot is taken.
+    /// A slot in the write queue, or [`Overloaded`] at once when every slot is taken or the
+    /// request has been in the server longer than the queue timeout already.
     pub(crate) fn admit(&self) -> Result<WritePermit, Overloaded> {
         let a = &self.admission;
+        let now = Instant::now();
+        let arrived = ARRIVAL.try_with(|at| *at).unwrap_or(now);
+        let deadline = arrived + a.limits.queue_timeout;
+        if deadline <= now {
+            return Err(a.overloaded());
+        }
         match a.slots.clone().try_acquire_owned() {
             Ok(slot) => Ok(WritePermit {
                 _slot: slot,
-                deadline: Instant::now() + a.limits.queue_timeout,
+                deadline,
             }),
             Err(_) => Err(a.overloaded()),
         }

@@ -26,3 +26,4 @@ pub use config::{Config, HttpLimits, Role};
 pub use db::{Database, Dialect};
 pub use error::InfraError;
 pub use event_store::{LogRecord, SqlEventRepository};
+pub use group_commit::arriving;

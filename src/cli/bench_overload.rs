@@ -175,7 +175,7 @@ pub async fn run(
         } else {
             "embedded sqlite"
         },
-        std::env::var("QUANTUS_WRITE_QUEUE_DEPTH").unwrap_or_else(|_| "256".into()),
+        std::env::var("QUANTUS_WRITE_QUEUE_DEPTH").unwrap_or_else(|_| "64".into()),
         std::env::var("QUANTUS_WRITE_QUEUE_TIMEOUT_MS").unwrap_or_else(|_| "2000".into()),
     );
 

@@ -281,6 +281,8 @@ async fn connections_past_the_cap_wait_until_a_slot_frees() {
         &["--listen", "127.0.0.1:0"],
         &[
             ("QUANTUS_MAX_CONNECTIONS", "4"),
+            // No connection is shed (`shedding::` tests that): past the cap they wait.
+            ("QUANTUS_SHED_CONNECTIONS", "0"),
             ("QUANTUS_HEADER_READ_TIMEOUT_SECONDS", "3"),
         ],
     );

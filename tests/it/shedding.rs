@@ -119,6 +119,17 @@ async fn writes_are_shed_while_reads_and_introspection_are_served(database_url: 
         held.iter().all(|h| !h.is_finished()),
         "the admitted writes are still waiting for the writer"
     );
+    // Shed on arrival, before any work: even a bad token gets 503, not 401.
+    let unchecked = reqwest::Client::new()
+        .post(format!("{}/v1/organizations", server.url()))
+        .bearer_auth("not-a-token")
+        .json(&json!({"name": "Unchecked"}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(unchecked.status(), 503);
+    assert!(unchecked.headers().contains_key("retry-after"));
 
     // Reads and token introspection are served while writes are shed.
     let read = api.get(&format!("/v1/organizations/{org}")).await;
@@ -237,4 +248,113 @@ async fn shedding_a_full_queue_refuses_and_a_write_queued_too_long_is_withdrawn_
     assert!(!log.iter().any(|r| r.envelope.aggregate_id == "withdrawn"));
     assert_eq!(db.write_queue().in_flight, 0);
     assert_eq!(db.write_queue().shed, 2);
+}
+
+/// Past the connection cap a connection is not left in the listen backlog: it is accepted and
+/// its request answered at once with 503 problem+json, `Retry-After` and `Connection: close`
+/// (nothing of it done), and connections are served again once a slot frees.
+#[tokio::test(flavor = "multi_thread")]
+async fn shedding_a_connection_past_the_cap_is_answered_503_at_once_not_left_waiting() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("shedding-connections");
+    let server = Server::start(
+        &dir,
+        &["--listen", "127.0.0.1:0"],
+        &[
+            ("QUANTUS_MAX_CONNECTIONS", "2"),
+            // The silent connections below hold their slots for the whole test.
+            ("QUANTUS_HEADER_READ_TIMEOUT_SECONDS", "60"),
+            ("QUANTUS_WRITE_RETRY_AFTER_SECONDS", "5"),
+        ],
+    );
+    let api = server.client();
+    let address = server.url().trim_start_matches("http://").to_owned();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let body = json!({"name": "Past the cap"}).to_string();
+    let request = format!(
+        "POST /v1/organizations HTTP/1.1\r\nHost: quantus\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        api.token,
+        body.len()
+    );
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("a connection past the cap was left waiting")
+        .expect("the answer");
+    let waited = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 5\r\n"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("/problems/overloaded"), "{answer}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "shed after {waited:?}, not at once"
+    );
+
+    // The slots free when their connections go; then requests are served again.
+    drop(silent);
+    eventually(
+        "a request to be served once the cap frees",
+        Duration::from_secs(30),
+        || {
+            let api = &api;
+            async move {
+                let r = api
+                    .post("/v1/organizations", json!({"name": "After the cap"}))
+                    .await;
+                (r.status == 201).then_some(())
+            }
+        },
+    )
+    .await;
+    let names: Vec<Value> = api
+        .events_of("Organization")
+        .await
+        .into_iter()
+        .map(|e| e["envelope"]["payload"]["name"].clone())
+        .collect();
+    assert!(names.contains(&json!("After the cap")), "{names:?}");
+    assert!(!names.contains(&json!("Past the cap")), "{names:?}");
+}
+
+/// The queueing deadline counts from the request's arrival (the HTTP server sets it): a write
+/// that has already been in the server longer than the queue timeout is refused at admission,
+/// before it loads anything, while one that has just arrived is admitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn shedding_a_write_that_arrived_longer_ago_than_the_queue_timeout_is_refused_at_admission() {
+    use quantus_infra::group_commit::WriteLimits;
+    let dir = temp_dir("shedding-arrival");
+    let db = Database::open(None, &dir)
+        .await
+        .unwrap()
+        .with_write_limits(WriteLimits {
+            queue_depth: 4,
+            queue_timeout: Duration::from_millis(300),
+            retry_after: Duration::from_secs(2),
+        });
+    let now = tokio::time::Instant::now();
+    let late =
+        quantus_infra::arriving(now - Duration::from_millis(301), async { db.admit_write() }).await;
+    let refused = late.err().expect("arrived past the queue timeout");
+    assert_eq!(refused.retry_after, Duration::from_secs(2));
+    assert_eq!(db.write_queue().shed, 1);
+    assert_eq!(db.write_queue().in_flight, 0);
+    let fresh = quantus_infra::arriving(tokio::time::Instant::now(), async { db.admit_write() })
+        .await
+        .expect("arrived just now");
+    assert_eq!(db.write_queue().in_flight, 1);
+    drop(fresh);
+    // Outside any request (jobs, the CLI) the deadline counts from admission.
+    assert!(db.admit_write().is_ok());
 }
