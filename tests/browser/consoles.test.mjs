@@ -410,6 +410,25 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   assert.deepEqual([...new Set(await admin.locator("tbody td[data-label=Event]").allTextContents())], ["ContractSent"]);
   await check(admin, "admin-events-filtered");
 
+  // The same filter over the two seconds around the event's appending (the instant in its
+  // UUID v7 id): the read starts there, so it is on the first page; from after it, it is gone.
+  const chain = await api(operator, "GET", `/aggregates/Contract/${contract}/events`, undefined, 200);
+  const sentId = chain.events.find((e) => e.envelope.event_type === "ContractSent").envelope.event_id;
+  const appended = Math.floor(parseInt(sentId.replace(/-/g, "").slice(0, 12), 16) / 1000) * 1000;
+  const utc = (ms) => new Date(ms).toISOString().slice(0, 19);
+  await admin.getByLabel("From (UTC)").fill(utc(appended));
+  await admin.getByLabel("Before (UTC)").fill(utc(appended + 2000));
+  await admin.getByRole("button", { name: "Filter" }).click();
+  await admin.waitForURL(/from=.*to=/);
+  assert.equal(await sentEvent.count(), 1);
+  const [, firstRead] = (await admin.locator("main p.muted").first().textContent()).match(/Positions (\d+) to/);
+  assert.ok(Number(firstRead) > 1, `the read starts at ${firstRead}`);
+  await check(admin, "admin-events-by-time");
+  await admin.goto(`${BASE}/admin/events?tenant=${acme.org}&event_type=ContractSent&from=${utc(appended + 2000)}`);
+  assert.equal(await sentEvent.count(), 0);
+  assert.equal(await admin.getByLabel("From (UTC)").inputValue(), utc(appended + 2000));
+  await admin.goBack();
+
   // The contract's history: a hash chain, and one event's inclusion in the signed log.
   await sentEvent.click();
   await admin.waitForURL(`${BASE}/admin/events/Contract/${contract}`);

@@ -1089,6 +1089,7 @@ impl EnvelopeView {
 #[derive(Debug, Deserialize)]
 struct EventPage {
     events: Vec<LogEntry>,
+    after: u64,
     next_after: u64,
 }
 
@@ -1100,7 +1101,26 @@ struct EventParams {
     aggregate_type: String,
     #[serde(default)]
     event_type: String,
+    /// Instants from the form's `datetime-local` fields (UTC) or RFC 3339.
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
     after: Option<u64>,
+}
+
+/// A time filter as the API takes it: a `datetime-local` value (no zone: the form says UTC) as
+/// RFC 3339; anything else as typed, for the API to refuse with its `detail`.
+pub(super) fn utc_instant(v: &str) -> Option<String> {
+    let v = filter_value(v)?;
+    ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(v, f).ok())
+        .map(|t| {
+            t.and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .or_else(|| Some(v.to_owned()))
 }
 
 /// Events scanned per page of the explorer (filters keep what matches among them).
@@ -1132,14 +1152,20 @@ async fn events(me: SignedIn<Admin>, Query(f): Query<EventParams>) -> Result<Res
         ("tenant", filter_value(&f.tenant)),
         ("aggregate_type", filter_value(&f.aggregate_type)),
         ("event_type", filter_value(&f.event_type)),
+        ("from", filter_value(&f.from)),
+        ("to", filter_value(&f.to)),
     ];
-    let mut pairs = filters.to_vec();
+    let (from, to) = (utc_instant(&f.from), utc_instant(&f.to));
+    let mut pairs = filters[..3].to_vec();
     pairs.extend([
+        ("from", from.as_deref()),
+        ("to", to.as_deref()),
         ("after", Some(after.as_str())),
         ("limit", Some(EVENTS_PAGE)),
     ]);
     let page: EventPage = op.0.api().get(&format!("/events{}", query(&pairs))).await?;
-    let start = f.after.unwrap_or(0);
+    // `from` may start the read later than asked.
+    let start = page.after;
     let link = |after: Option<u64>| {
         let a = after.map(|a| a.to_string());
         let mut p = filters.to_vec();
@@ -1155,7 +1181,7 @@ async fn events(me: SignedIn<Admin>, Query(f): Query<EventParams>) -> Result<Res
         from: start + 1,
         to: page.next_after,
         next,
-        first: (start > 0).then(|| link(None)),
+        first: (f.after.unwrap_or(0) > 0).then(|| link(None)),
         events: page.events,
         f,
     }))
