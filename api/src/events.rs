@@ -5,7 +5,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use quantus_infra::event_store::read_log;
+use chrono::{DateTime, Utc};
+use quantus_infra::event_store::{position_before, read_log};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -36,6 +37,27 @@ pub struct EventsQuery {
     pub aggregate_type: Option<String>,
     /// Only events of this type (`ContractSent`, ...).
     pub event_type: Option<String>,
+    /// Only events appended at or after this instant (RFC 3339): the read starts after the last
+    /// position appended before it, when that is later than `after`.
+    pub from: Option<String>,
+    /// Only events appended before this instant (RFC 3339): the read stops at the last position
+    /// appended before it, and `head` is that position (a reader from the end starts there).
+    pub to: Option<String>,
+}
+
+/// An instant of the `from` / `to` filters.
+fn instant(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, Problem> {
+    value
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    Problem::bad_request(format!(
+                        "{name} must be an RFC 3339 instant such as 2026-01-31T09:00:00Z"
+                    ))
+                })
+        })
+        .transpose()
 }
 
 impl EventsQuery {
@@ -61,10 +83,13 @@ pub struct LogEntry {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventPage {
     pub events: Vec<LogEntry>,
+    /// The position this page read after: `after`, or later when `from` starts later.
+    pub after: u64,
     /// Pass as `after` to continue.
     pub next_after: u64,
-    /// The log's last position when this page was read (readers start near the end with
-    /// `after = head - n`, e.g. an audit trail showing the latest first).
+    /// The log's last position when this page was read, or with `to` the last one appended
+    /// before it (readers start near the end with `after = head - n`, e.g. an audit trail
+    /// showing the latest first).
     pub head: u64,
 }
 
@@ -77,7 +102,21 @@ pub async fn list(
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventPage>, Problem> {
     principal.require("events:read")?;
-    let after = q.after.unwrap_or(0);
+    let from = instant("from", q.from.as_deref())?;
+    let to = instant("to", q.to.as_deref())?;
+    if let (Some(from), Some(to)) = (from, to) {
+        if from > to {
+            return Err(Problem::bad_request("from must not be after to"));
+        }
+    }
+    let mut after = q.after.unwrap_or(0);
+    if let Some(from) = from {
+        after = after.max(position_before(&state.db, from).await?);
+    }
+    let end = match to {
+        Some(to) => Some(position_before(&state.db, to).await?),
+        None => None,
+    };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(Problem::bad_request("limit must be between 1 and 1000"));
@@ -86,9 +125,13 @@ pub async fn list(
     if wait > Duration::from_secs(30) {
         return Err(Problem::bad_request("wait_ms must be at most 30000"));
     }
-    let deadline = tokio::time::Instant::now() + wait;
+    // A range that ends in the past has nothing to wait for.
+    let deadline = tokio::time::Instant::now() + if end.is_some() { Duration::ZERO } else { wait };
     let records = loop {
-        let records = read_log(&state.db, after, limit).await?;
+        let mut records = read_log(&state.db, after, limit).await?;
+        if let Some(end) = end {
+            records.retain(|r| r.position <= end);
+        }
         let now = tokio::time::Instant::now();
         if !records.is_empty() || now >= deadline {
             break records;
@@ -110,8 +153,12 @@ pub async fn list(
         })
         .collect();
     // Read after the page: the head is never behind `next_after`.
-    let head = state.db.head_position().await?.max(next_after);
+    let head = match end {
+        Some(end) => end.max(next_after),
+        None => state.db.head_position().await?.max(next_after),
+    };
     Ok(Json(EventPage {
+        after,
         events,
         next_after,
         head,

@@ -560,6 +560,54 @@ pub async fn read_log(db: &Database, after: u64, limit: u32) -> Result<Vec<LogRe
     rows.iter().map(record_from_row).collect()
 }
 
+/// The last log position appended before `instant` (0 when none was): a time answered in
+/// positions, so a reader can start or stop there.
+///
+/// Why a binary search and no index: the writer stamps each event's id (UUID v7) while it holds
+/// the append lock and numbers the events in the same order (`group_commit.rs`), so the ids'
+/// instants do not decrease along the positions, which are gap-free. `occurred_at` is the
+/// command's time, taken before it queued, and may run backwards; it is not used. Writers on
+/// hosts whose clocks disagree can blur the boundary by that disagreement.
+pub async fn position_before(
+    db: &Database,
+    instant: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, InfraError> {
+    let (mut low, mut high) = (0, db.head_position().await?);
+    // Invariant: `low` was appended before `instant` (0 stands for the start), `high` is the
+    // answer's upper bound.
+    while low < high {
+        let middle = low + (high - low).div_ceil(2);
+        if appended_at(db, middle).await? < instant {
+            low = middle;
+        } else {
+            high = middle - 1;
+        }
+    }
+    Ok(low)
+}
+
+/// When the writer stamped the event at `position` (its id's UUID v7 instant).
+async fn appended_at(
+    db: &Database,
+    position: u64,
+) -> Result<chrono::DateTime<chrono::Utc>, InfraError> {
+    let corrupt = |what: &str| InfraError::Corrupt(format!("event at position {position}: {what}"));
+    let row = sqlx::query("SELECT event_id FROM events WHERE position = $1")
+        .bind(i64::try_from(position).map_err(|_| corrupt("position"))?)
+        .fetch_optional(&db.pool)
+        .await?
+        .ok_or_else(|| corrupt("missing (positions are gap-free)"))?;
+    let id =
+        Uuid::parse_str(&row.try_get::<String, _>("event_id")?).map_err(|_| corrupt("event_id"))?;
+    let (seconds, nanos) = id
+        .get_timestamp()
+        .filter(|_| id.get_version_num() == 7)
+        .ok_or_else(|| corrupt("event_id is not a UUID v7"))?
+        .to_unix();
+    chrono::DateTime::from_timestamp(i64::try_from(seconds).unwrap_or(i64::MAX), nanos)
+        .ok_or_else(|| corrupt("event_id's instant"))
+}
+
 /// Follows the log from `after`, calling `on_batch` for each non-empty batch, until it returns
 /// `false`. Wakes at once on appends in this process, and polls for other processes' appends.
 pub async fn tail_log<F, Fut>(

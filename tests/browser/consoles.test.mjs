@@ -410,6 +410,25 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   assert.deepEqual([...new Set(await admin.locator("tbody td[data-label=Event]").allTextContents())], ["ContractSent"]);
   await check(admin, "admin-events-filtered");
 
+  // The same filter over the two seconds around the event's appending (the instant in its
+  // UUID v7 id): the read starts there, so it is on the first page; from after it, it is gone.
+  const chain = await api(operator, "GET", `/aggregates/Contract/${contract}/events`, undefined, 200);
+  const sentId = chain.events.find((e) => e.envelope.event_type === "ContractSent").envelope.event_id;
+  const appended = Math.floor(parseInt(sentId.replace(/-/g, "").slice(0, 12), 16) / 1000) * 1000;
+  const utc = (ms) => new Date(ms).toISOString().slice(0, 19);
+  await admin.getByLabel("From (UTC)").fill(utc(appended));
+  await admin.getByLabel("Before (UTC)").fill(utc(appended + 2000));
+  await admin.getByRole("button", { name: "Filter" }).click();
+  await admin.waitForURL(/from=.*to=/);
+  assert.equal(await sentEvent.count(), 1);
+  const [, firstRead] = (await admin.locator("main p.muted").first().textContent()).match(/Positions (\d+) to/);
+  assert.ok(Number(firstRead) > 1, `the read starts at ${firstRead}`);
+  await check(admin, "admin-events-by-time");
+  await admin.goto(`${BASE}/admin/events?tenant=${acme.org}&event_type=ContractSent&from=${utc(appended + 2000)}`);
+  assert.equal(await sentEvent.count(), 0);
+  assert.equal(await admin.getByLabel("From (UTC)").inputValue(), utc(appended + 2000));
+  await admin.goBack();
+
   // The contract's history: a hash chain, and one event's inclusion in the signed log.
   await sentEvent.click();
   await admin.waitForURL(`${BASE}/admin/events/Contract/${contract}`);
@@ -464,6 +483,58 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   assert.ok((await evidenceKeys()).find((k) => k.kid === old.kid).compromised_at);
   assert.match(await admin.locator("tbody tr", { hasText: old.kid }).textContent(), /compromised/);
   await check(admin, "admin-keys-after");
+
+  // Retiring a key: the one that signs now is refused with the API's detail; after another
+  // rotation the previous one is retired, after a confirmation.
+  await admin.getByLabel("Keyring", { exact: true }).selectOption("evidence");
+  await admin.getByRole("button", { name: "Rotate" }).click();
+  await admin.waitForURL(/\/admin\/keys\?rotated=/);
+  const newest = new URL(admin.url()).searchParams.get("rotated");
+  await admin.getByRole("link", { name: `Retire… key ${newest}` }).click();
+  await admin.waitForURL(`${BASE}/admin/keys/${newest}/retire`);
+  await admin.getByLabel(/verifies nothing signed after now/).check();
+  await check(admin, "admin-key-retire");
+  const [signing] = await Promise.all([
+    admin.waitForResponse((res) => res.request().method() === "POST"),
+    admin.getByRole("button", { name: "Retire key" }).click(),
+  ]);
+  assert.ok(signing.status() >= 400, `${signing.status()}`);
+  assert.match(await admin.getByRole("alert").textContent(), new RegExp(`key ${newest} signs now: rotate to another key before retiring it`));
+  assert.ok(!(await evidenceKeys()).find((k) => k.kid === newest).retired_at, "nothing changed");
+  await admin.goto(`${BASE}/admin/keys`);
+  await admin.getByLabel("Keyring", { exact: true }).selectOption("evidence");
+  await admin.getByRole("button", { name: "Rotate" }).click();
+  await admin.waitForURL(/\/admin\/keys\?rotated=/);
+  await admin.getByRole("link", { name: `Retire… key ${newest}` }).click();
+  await admin.getByLabel(/verifies nothing signed after now/).check();
+  await admin.getByRole("button", { name: "Retire key" }).click();
+  await admin.waitForURL(/\/admin\/keys\?retired=/);
+  assert.ok((await evidenceKeys()).find((k) => k.kid === newest).retired_at, "retired at the API");
+  assert.match(await admin.locator("tbody tr", { hasText: newest }).textContent(), /retired/);
+  assert.equal(await admin.getByRole("link", { name: `Retire… key ${newest}` }).count(), 0);
+
+  // The crypto policy: a change QuantumLock refuses shows its detail and changes nothing; an
+  // end date for ML-DSA-87's verification is set after a confirmation.
+  const rule = async (algorithm) =>
+    (await api(operator, "GET", "/crypto/policy", undefined, 200)).rules.find((r) => r.algorithm === algorithm);
+  await admin.getByRole("link", { name: "Change… rule ML-DSA-65-Ed25519" }).click();
+  await admin.waitForURL(`${BASE}/admin/keys/policy/ML-DSA-65-Ed25519`);
+  await admin.getByLabel("Verifies", { exact: true }).uncheck();
+  await admin.getByLabel(/I have checked/).check();
+  await admin.getByRole("button", { name: "Change the rule" }).click();
+  assert.match(await admin.getByRole("alert").textContent(), /an algorithm that may sign must also verify/);
+  assert.equal((await rule("ML-DSA-65-Ed25519")).may_verify, true);
+  await admin.goto(`${BASE}/admin/keys`);
+  await admin.getByRole("link", { name: "Change… rule ML-DSA-87" }).click();
+  await admin.waitForURL(`${BASE}/admin/keys/policy/ML-DSA-87`);
+  await admin.getByLabel(/Verifies until/).fill("2031-01-01T00:00:00");
+  await admin.getByLabel(/I have checked/).check();
+  await check(admin, "admin-policy-rule");
+  await admin.getByRole("button", { name: "Change the rule" }).click();
+  await admin.waitForURL(/\/admin\/keys\?policy=ML-DSA-87/);
+  assert.equal(Date.parse((await rule("ML-DSA-87")).verify_until), Date.parse("2031-01-01T00:00:00Z"));
+  assert.match(await admin.locator("tbody tr", { hasText: "ML-DSA-87" }).last().textContent(), /2031-01-01/);
+  await check(admin, "admin-keys-policy");
 });
 
 test("a person who denies the Portal access is told so and may sign in again", async () => {

@@ -365,6 +365,18 @@ test("a security admin adds a person and an access rule needing a second factor;
   assert.match(trail, /Access require mfa at authorize[\s\S]*quantus-console-portal[\s\S]*not granted · rule portal-needs-mfa/);
   assert.match(trail, /pwd \+ otp \+ mfa|mfa/);
   await check(admin, "qsa-audit");
+  // By time: a range ending before any of it shows nothing; one around now shows it again.
+  await admin.getByLabel("Before (UTC)").fill("2001-01-01T00:00:00");
+  await admin.getByRole("button", { name: "Filter" }).click();
+  await admin.waitForURL(/\/qsa\/audit\?.*to=2001/);
+  assert.match(await main(admin), /Nothing matching/);
+  const soon = new Date(Date.now() + 60_000).toISOString().slice(0, 19);
+  await admin.getByLabel("From (UTC)").fill(new Date(Date.now() - 600_000).toISOString().slice(0, 19));
+  await admin.getByLabel("Before (UTC)").fill(soon);
+  await admin.getByRole("button", { name: "Filter" }).click();
+  await admin.waitForURL(new RegExp(`to=${encodeURIComponent(soon)}`));
+  assert.match(await admin.locator("tbody").textContent(), /Access require mfa at authorize[\s\S]*Bob Builder/);
+  await check(admin, "qsa-audit-by-time");
 
   // Resetting a second factor he no longer has: the API's detail, shown as given. The
   // administrator disables and enables him.

@@ -407,6 +407,83 @@ async fn subscribers_page_and_long_poll_the_log() {
 }
 
 #[tokio::test]
+async fn the_log_is_read_by_the_time_events_were_appended() {
+    let dir = temp_dir("events-by-time");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let instant = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(30));
+    let (_, a) = api.create_org("A").await;
+    pause().await;
+    let t1 = instant();
+    pause().await;
+    let (_, b) = api.create_org("B").await;
+    let (_, c) = api.create_org("C").await;
+    pause().await;
+    let t2 = instant();
+    pause().await;
+    let (_, d) = api.create_org("D").await;
+    let created = |r: &Reply| -> Vec<u64> {
+        r.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["position"].as_u64().unwrap())
+            .collect()
+    };
+
+    // From t1 to t2: the read starts at B and stops before D, whatever `after` says.
+    let r = api
+        .get(&format!(
+            "/v1/events?from={t1}&to={t2}&event_type=OrganizationCreated&limit=1000"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(created(&r), [b, c], "{}", r.body);
+    assert_eq!(r.body["after"], b - 1, "{}", r.body);
+    // The head of a range is its last position, where a reader from the end starts.
+    assert!(r.body["head"].as_u64().unwrap() < d, "{}", r.body);
+    assert!(r.body["head"].as_u64().unwrap() >= c, "{}", r.body);
+    // Only `to`: everything before it (A and the platform's bootstrap), none after.
+    let r = api
+        .get(&format!(
+            "/v1/events?to={t1}&event_type=OrganizationCreated&limit=1000"
+        ))
+        .await;
+    assert_eq!(created(&r), [a], "{}", r.body);
+    assert_eq!(r.body["after"], 0);
+    // Only `from`, with a later `after`: the later start wins.
+    let r = api
+        .get(&format!(
+            "/v1/events?from={t1}&after={c}&event_type=OrganizationCreated"
+        ))
+        .await;
+    assert_eq!(created(&r), [d], "{}", r.body);
+    // Past the end of the range: nothing, and `next_after` does not move, so readers stop
+    // (and a long poll does not wait for events the range cannot hold).
+    let started = std::time::Instant::now();
+    let r = api
+        .get(&format!("/v1/events?to={t2}&after={c}&wait_ms=5000"))
+        .await;
+    assert!(r.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["position"].as_u64() < Some(d)));
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    // Bad instants are refused with a detail.
+    for q in [
+        "from=yesterday",
+        "to=2026-13-01T00:00:00Z",
+        &format!("from={t2}&to={t1}"),
+    ] {
+        let r = api.get(&format!("/v1/events?{q}")).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+        assert!(!r.body["detail"].as_str().unwrap().is_empty(), "{}", r.body);
+    }
+}
+
+#[tokio::test]
 async fn operations_endpoints_answer_without_credentials() {
     let dir = temp_dir("ops");
     let server = Server::embedded(&dir);

@@ -82,6 +82,14 @@ fn routes() -> Router<AppState> {
         .route("/admin/keys", get(keys))
         .route("/admin/keys/rotate", post(rotate_key))
         .route(
+            "/admin/keys/{kid}/retire",
+            get(confirm_retire).post(retire_key),
+        )
+        .route(
+            "/admin/keys/policy/{algorithm}",
+            get(confirm_policy_rule).post(set_policy_rule),
+        )
+        .route(
             "/admin/keys/{kid}/compromise",
             get(confirm_compromise).post(compromise_key),
         )
@@ -1089,6 +1097,7 @@ impl EnvelopeView {
 #[derive(Debug, Deserialize)]
 struct EventPage {
     events: Vec<LogEntry>,
+    after: u64,
     next_after: u64,
 }
 
@@ -1100,7 +1109,26 @@ struct EventParams {
     aggregate_type: String,
     #[serde(default)]
     event_type: String,
+    /// Instants from the form's `datetime-local` fields (UTC) or RFC 3339.
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
     after: Option<u64>,
+}
+
+/// A time filter as the API takes it: a `datetime-local` value (no zone: the form says UTC) as
+/// RFC 3339; anything else as typed, for the API to refuse with its `detail`.
+pub(super) fn utc_instant(v: &str) -> Option<String> {
+    let v = filter_value(v)?;
+    ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(v, f).ok())
+        .map(|t| {
+            t.and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .or_else(|| Some(v.to_owned()))
 }
 
 /// Events scanned per page of the explorer (filters keep what matches among them).
@@ -1132,14 +1160,20 @@ async fn events(me: SignedIn<Admin>, Query(f): Query<EventParams>) -> Result<Res
         ("tenant", filter_value(&f.tenant)),
         ("aggregate_type", filter_value(&f.aggregate_type)),
         ("event_type", filter_value(&f.event_type)),
+        ("from", filter_value(&f.from)),
+        ("to", filter_value(&f.to)),
     ];
-    let mut pairs = filters.to_vec();
+    let (from, to) = (utc_instant(&f.from), utc_instant(&f.to));
+    let mut pairs = filters[..3].to_vec();
     pairs.extend([
+        ("from", from.as_deref()),
+        ("to", to.as_deref()),
         ("after", Some(after.as_str())),
         ("limit", Some(EVENTS_PAGE)),
     ]);
     let page: EventPage = op.0.api().get(&format!("/events{}", query(&pairs))).await?;
-    let start = f.after.unwrap_or(0);
+    // `from` may start the read later than asked.
+    let start = page.after;
     let link = |after: Option<u64>| {
         let a = after.map(|a| a.to_string());
         let mut p = filters.to_vec();
@@ -1155,7 +1189,7 @@ async fn events(me: SignedIn<Admin>, Query(f): Query<EventParams>) -> Result<Res
         from: start + 1,
         to: page.next_after,
         next,
-        first: (start > 0).then(|| link(None)),
+        first: (f.after.unwrap_or(0) > 0).then(|| link(None)),
         events: page.events,
         f,
     }))
@@ -1434,6 +1468,8 @@ struct KeysPage {
 struct KeysParams {
     rotated: Option<String>,
     compromised: Option<String>,
+    retired: Option<String>,
+    policy: Option<String>,
 }
 
 async fn keys(me: SignedIn<Admin>, Query(p): Query<KeysParams>) -> Result<Response, PageError> {
@@ -1465,13 +1501,16 @@ async fn keys(me: SignedIn<Admin>, Query(p): Query<KeysParams>) -> Result<Respon
         .collect();
     keys.sort_by(|a, b| a.purpose.cmp(&b.purpose).then(b.since.cmp(&a.since)));
     let mut layout = op.0.layout("Signing keys", "/keys");
-    layout.notice = match (p.rotated, p.compromised) {
-        (Some(kid), _) => Some(format!(
-            "A new key {kid} signs from now on; the previous one keeps verifying."
-        )),
-        (None, Some(kid)) => Some(format!("Key {kid} is marked compromised.")),
-        _ => None,
-    };
+    layout.notice = p
+        .rotated
+        .map(|kid| format!("A new key {kid} signs from now on; the previous one keeps verifying."))
+        .or(p
+            .compromised
+            .map(|kid| format!("Key {kid} is marked compromised.")))
+        .or(p.retired.map(|kid| format!("Key {kid} is retired.")))
+        .or(p
+            .policy
+            .map(|algorithm| format!("The rule for {algorithm} is changed.")));
     Ok(render(&KeysPage {
         layout,
         keys,
@@ -1574,6 +1613,151 @@ async fn compromise_key(
     Ok(redirect(&format!(
         "/admin/keys{}",
         query(&[("compromised", Some(kid))])
+    )))
+}
+
+#[derive(Template)]
+#[template(path = "admin/retire.html")]
+struct RetirePage {
+    layout: Layout,
+    key: KeyLine,
+    csrf: String,
+}
+
+/// Retiring stops a key verifying what is signed later: confirmed on a page of its own.
+async fn confirm_retire(
+    me: SignedIn<Admin>,
+    Path(kid): Path<String>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let kid = segment(&INFO, &kid)?;
+    let k = find_key(&op, kid).await?;
+    Ok(render(&RetirePage {
+        layout: op.0.layout("Retire a key", "/keys"),
+        key: KeyLine {
+            since: moment(&k.not_before),
+            kid: k.kid,
+            alg: k.alg,
+            purpose: k.purpose,
+            state: "trusted",
+            detail: String::new(),
+        },
+        csrf: op.0.session.csrf.clone(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ConfirmForm {
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+/// The answer to a form sent without its confirmation tick.
+fn unconfirmed() -> PageError {
+    PageError::new(
+        &INFO,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Nothing changed",
+        "tick the box to confirm, then send the form again",
+    )
+}
+
+async fn retire_key(
+    Path(kid): Path<String>,
+    posted: Posted<Admin, ConfirmForm>,
+) -> Result<Response, PageError> {
+    let Posted { signed_in, form } = posted;
+    let op = operator(signed_in)?;
+    let kid = segment(&INFO, &kid)?;
+    if form.confirm.as_deref() != Some("yes") {
+        return Err(unconfirmed());
+    }
+    op.0.api()
+        .post(&format!("/keys/{kid}/retire"), &serde_json::json!({}))
+        .await?;
+    Ok(redirect(&format!(
+        "/admin/keys{}",
+        query(&[("retired", Some(kid))])
+    )))
+}
+
+#[derive(Template)]
+#[template(path = "admin/policy_rule.html")]
+struct PolicyRulePage {
+    layout: Layout,
+    rule: Rule,
+    /// `verify_until` as the form's `datetime-local` value (UTC).
+    until: String,
+    csrf: String,
+}
+
+/// One rule of the crypto policy, changed after a confirmation tick.
+async fn confirm_policy_rule(
+    me: SignedIn<Admin>,
+    Path(algorithm): Path<String>,
+) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let algorithm = segment(&INFO, &algorithm)?;
+    let policy: Policy = op.0.api().get("/crypto/policy").await?;
+    let rule = policy
+        .rules
+        .into_iter()
+        .find(|r| r.algorithm == algorithm)
+        .ok_or_else(|| PageError::not_found(&INFO, format!("no rule for {algorithm}")))?;
+    let until = rule
+        .verify_until
+        .as_deref()
+        .and_then(|u| chrono::DateTime::parse_from_rfc3339(u).ok())
+        .map(|u| {
+            u.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%dT%H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default();
+    Ok(render(&PolicyRulePage {
+        layout: op.0.layout(format!("The rule for {algorithm}"), "/keys"),
+        rule,
+        until,
+        csrf: op.0.session.csrf.clone(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct RuleForm {
+    #[serde(default)]
+    may_sign: Option<String>,
+    #[serde(default)]
+    may_verify: Option<String>,
+    #[serde(default)]
+    verify_until: String,
+    #[serde(default)]
+    confirm: Option<String>,
+}
+
+async fn set_policy_rule(
+    Path(algorithm): Path<String>,
+    posted: Posted<Admin, RuleForm>,
+) -> Result<Response, PageError> {
+    let Posted { signed_in, form } = posted;
+    let op = operator(signed_in)?;
+    let algorithm = segment(&INFO, &algorithm)?;
+    if form.confirm.as_deref() != Some("yes") {
+        return Err(unconfirmed());
+    }
+    // QuantumLock checks the rule (and answers a `detail` the error page shows).
+    op.0.api()
+        .put(
+            &format!("/crypto/policy/{algorithm}"),
+            &serde_json::json!({
+                "may_sign": form.may_sign.as_deref() == Some("yes"),
+                "may_verify": form.may_verify.as_deref() == Some("yes"),
+                "verify_until": utc_instant(&form.verify_until),
+            }),
+        )
+        .await?;
+    Ok(redirect(&format!(
+        "/admin/keys{}",
+        query(&[("policy", Some(algorithm))])
     )))
 }
 

@@ -1569,6 +1569,8 @@ struct EventPage {
     next_after: u64,
     #[serde(default)]
     head: u64,
+    #[serde(default)]
+    after: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1582,6 +1584,11 @@ struct AuditParams {
     outcome: String,
     #[serde(default)]
     user_id: String,
+    /// The time range (the form's UTC `datetime-local` values), as in the event explorer.
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
     after: Option<u64>,
 }
 
@@ -1617,27 +1624,40 @@ const AUDIT_WINDOW: u64 = 1000;
 
 async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageError> {
     let org = org(&me)?;
-    // Without a position, the latest window of the log (where today's sign-ins are).
+    let (from, to) = (
+        super::admin::utc_instant(&f.from),
+        super::admin::utc_instant(&f.to),
+    );
+    let range = [("from", from.as_deref()), ("to", to.as_deref())];
+    // Without a position, the latest window of the log (where today's sign-ins are), or of
+    // the time range (the API's `head` is then the last position before `to`).
     let start = match f.after {
         Some(after) => after,
         None => {
-            let probe: EventPage = me.api().get("/events?limit=1").await?;
+            let mut probe_query = range.to_vec();
+            probe_query.push(("limit", Some("1")));
+            let probe: EventPage = me
+                .api()
+                .get(&format!("/events{}", query(&probe_query)))
+                .await?;
             probe.head.saturating_sub(AUDIT_WINDOW)
         }
     };
     let after = start.to_string();
     let window = AUDIT_WINDOW.to_string();
+    let mut page_query = range.to_vec();
+    page_query.extend([
+        ("tenant", Some(org.as_str())),
+        ("after", Some(after.as_str())),
+        ("limit", Some(window.as_str())),
+    ]);
     let page: EventPage = me
         .api()
-        .get(&format!(
-            "/events{}",
-            query(&[
-                ("tenant", Some(&org)),
-                ("after", Some(&after)),
-                ("limit", Some(&window)),
-            ])
-        ))
+        .get(&format!("/events{}", query(&page_query)))
         .await?;
+    // `from` may start the read later than asked: nothing of the range comes before it.
+    let start_of_range = page.after > start;
+    let start = page.after;
     let people = all_people(&me, &org).await?;
     let label = |uid: &str| Member {
         id: uid.to_owned(),
@@ -1724,6 +1744,8 @@ async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageErr
             "user_id",
             (!f.user_id.trim().is_empty()).then_some(f.user_id.trim()),
         ),
+        ("from", (!f.from.trim().is_empty()).then_some(f.from.trim())),
+        ("to", (!f.to.trim().is_empty()).then_some(f.to.trim())),
     ];
     let link = |after: Option<u64>| {
         let a = after.map(|a| a.to_string());
@@ -1734,7 +1756,8 @@ async fn audit(me: Me, Query(f): Query<AuditParams>) -> Result<Response, PageErr
     // Newest first, as an audit trail is read.
     lines.reverse();
     let later = (page.next_after < page.head).then(|| link(Some(page.next_after)));
-    let earlier = (start > 0).then(|| link(Some(start.saturating_sub(AUDIT_WINDOW))));
+    let earlier =
+        (start > 0 && !start_of_range).then(|| link(Some(start.saturating_sub(AUDIT_WINDOW))));
     let latest = later.as_ref().map(|_| link(None));
     let people = people
         .into_iter()
