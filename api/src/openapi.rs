@@ -33,6 +33,11 @@ use crate::{
         access::show, access::set, access::remove, access::evaluate,
         passkeys::options, passkeys::register, passkeys::list, passkeys::remove,
         scim::issue_token, scim::list_tokens, scim::revoke_token,
+        scim::list_users, scim::create_user, scim::search_users, scim::show_user,
+        scim::replace_user, scim::patch_user, scim::delete_user, scim::list_groups,
+        scim::create_group, scim::search_groups, scim::show_group, scim::replace_group,
+        scim::patch_group, scim::delete_group, scim::search_all, scim::service_provider_config,
+        scim::resource_types, scim::resource_type, scim::schemas, scim::schema,
         saml::register_from_metadata, saml::create_provider, saml::list_providers, saml::get_provider,
         saml::put_provider, saml::delete_provider, saml::list_keys, saml::rotate_key,
         saml::retire_key, saml::metadata, saml::sso_redirect, saml::sso_post, saml::slo_redirect,
@@ -48,8 +53,8 @@ use crate::{
         portal::my_contracts, portal::my_entitlements, portal::my_licenses, portal::my_invoices,
         portal::my_evidence,
     ),
-    components(schemas(Problem)),
-    modifiers(&BearerAuth, &RequestBounds, &AuthResponses, &UniqueOperationIds),
+    components(schemas(Problem, scim::ScimErrorBody)),
+    modifiers(&BearerAuth, &ActionRoutes, &ScimResponses, &RequestBounds, &AuthResponses, &UniqueOperationIds),
 )]
 pub struct ApiDoc;
 
@@ -69,7 +74,206 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "scim",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A SCIM token of one organization (`POST /v1/organizations/{org}/scim-tokens`, shown once) as `Authorization: Bearer <token>`; it reaches only `/scim/v2` and that organization's Users and Groups.",
+                    ))
+                    .build(),
+            ),
+        );
     }
+}
+
+/// The `/{id}/{action}` routes: for each, the body type its handler reads and, per action,
+/// the fields of it that action reads (`!`: required).
+type Actions = &'static [(&'static str, &'static [&'static str])];
+const ACTION_ROUTES: &[(&str, &str, &str, Actions)] = &[
+    (
+        "/v1/licenses/{id}/{action}",
+        "TransitionBody",
+        "License",
+        &[
+            ("activate", &["fingerprint!"]),
+            ("deactivate", &["fingerprint!"]),
+            ("suspend", &["reason!"]),
+            ("reinstate", &[]),
+            ("renew", &["expires_at!"]),
+            ("revoke", &["reason!"]),
+        ],
+    ),
+    (
+        "/v1/jobs/{id}/{action}",
+        "JobTransition",
+        "Job",
+        &[
+            ("start", &[]),
+            ("complete", &["result_summary", "metrics"]),
+            ("fail", &["error!"]),
+            ("cancel", &["reason"]),
+        ],
+    ),
+    (
+        "/v1/users/{id}/{action}",
+        "UserActionBody",
+        "User",
+        &[
+            ("password", &["password!"]),
+            ("disable", &["reason"]),
+            ("enable", &[]),
+            ("grant-role", &["organization_id!", "role!"]),
+            ("revoke-role", &["organization_id!", "role!"]),
+        ],
+    ),
+    (
+        "/v1/contracts/{id}/{action}",
+        "ContractTransition",
+        "Contract",
+        &[
+            ("revise", &["line_items!", "starts_at!", "ends_at!"]),
+            ("send", &[]),
+            ("sign", &["signed_by!"]),
+            ("activate", &[]),
+            ("amend", &["reason!", "line_items!", "ends_at!"]),
+            ("terminate", &["reason!"]),
+            ("expire", &[]),
+        ],
+    ),
+    (
+        "/v1/invoices/{id}/{action}",
+        "InvoiceActionBody",
+        "Invoice",
+        &[
+            ("send", &[]),
+            ("refresh", &[]),
+            ("pay", &["reference!"]),
+            ("void", &["reason!"]),
+        ],
+    ),
+];
+
+/// One handler serves each `/{id}/{action}` route, but a client calls one state transition at
+/// a time: the document has one operation per action, with a body schema of exactly the
+/// fields that action reads (`{Noun}{Action}Body`), in place of the shared body type.
+struct ActionRoutes;
+
+impl Modify for ActionRoutes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::request_body::RequestBodyBuilder;
+        use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Required, Schema};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (template, body, noun, actions) in ACTION_ROUTES {
+            let Some(op) = openapi
+                .paths
+                .paths
+                .remove(*template)
+                .and_then(|item| item.post)
+            else {
+                continue;
+            };
+            let shared = match components.schemas.remove(*body) {
+                Some(RefOr::T(Schema::Object(o))) => o.properties,
+                _ => Default::default(),
+            };
+            for (action, reads) in *actions {
+                let mut op = op.clone();
+                if let Some(params) = op.parameters.as_mut() {
+                    params.retain(|p| p.name != "action");
+                }
+                let suffix = action.replace('-', "_");
+                op.operation_id = op.operation_id.map(|id| format!("{id}_{suffix}"));
+                op.summary = Some(format!("{noun}: {action}"));
+                op.request_body = None;
+                if !reads.is_empty() {
+                    let mut schema = ObjectBuilder::new();
+                    let mut required = false;
+                    for field in *reads {
+                        let name = field.trim_end_matches('!');
+                        if let Some(property) = shared.get(name) {
+                            schema = schema.property(name, property.clone());
+                        }
+                        if field.ends_with('!') {
+                            schema = schema.required(name);
+                            required = true;
+                        }
+                    }
+                    let pascal: String = action
+                        .split('-')
+                        .map(|w| w[..1].to_uppercase() + &w[1..])
+                        .collect();
+                    let name = format!("{noun}{pascal}Body");
+                    components
+                        .schemas
+                        .insert(name.clone(), RefOr::T(Schema::Object(schema.build())));
+                    op.request_body = Some(
+                        RequestBodyBuilder::new()
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name(name)))
+                                    .build(),
+                            )
+                            .required(Some(if required {
+                                Required::True
+                            } else {
+                                Required::False
+                            }))
+                            .build(),
+                    );
+                }
+                let path = template.replace("{action}", action);
+                openapi.paths.paths.entry(path).or_default().post = Some(op);
+            }
+        }
+    }
+}
+
+/// The SCIM service provider's paths.
+const SCIM: &str = "/scim/v2/";
+
+fn is_scim(path: &str) -> bool {
+    path.starts_with(SCIM)
+}
+
+/// What every SCIM operation can answer and no handler declares: 401 without a live SCIM
+/// token, and on writes 403 when the organization's quota is spent; as SCIM errors (RFC 7644
+/// §3.12), not problem documents.
+struct ScimResponses;
+
+impl Modify for ScimResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, op) in operations(openapi) {
+            if !is_scim(path) {
+                continue;
+            }
+            let responses = &mut op.responses.responses;
+            responses.entry("401".into()).or_insert_with(|| {
+                scim_error_response("no live SCIM token (`WWW-Authenticate: Bearer`)")
+            });
+            if op.request_body.is_some() && !path.ends_with(".search") {
+                responses
+                    .entry("403".into())
+                    .or_insert_with(|| scim_error_response("the organization's quota is spent"));
+            }
+        }
+    }
+}
+
+fn scim_error_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/scim+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ScimErrorBody")))
+                .build(),
+        )
+        .build()
+        .into()
 }
 
 /// What every route shares and no handler declares: the body limits and timeouts
@@ -86,7 +290,7 @@ impl Modify for RequestBounds {
                 .entry(status.to_owned())
                 .or_insert_with(|| problem_response(description));
         };
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
             for op in [&mut item.put, &mut item.patch].into_iter().flatten() {
                 add(op, "413", "the request body is larger than the limit");
                 add(op, "408", "the request body stalled or arrived too slowly");
@@ -96,7 +300,8 @@ impl Modify for RequestBounds {
             };
             add(op, "413", "the request body is larger than the limit");
             add(op, "408", "the request body stalled or arrived too slowly");
-            if op.security.is_none() {
+            // SCIM writes are not replayed by key: SCIM clients retry by ETag instead.
+            if op.security.is_none() || is_scim(path) {
                 continue;
             }
             op.parameters.get_or_insert_with(Vec::new).push(
@@ -142,11 +347,11 @@ fn problem_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi
         .into()
 }
 
-/// Every operation of the document, whatever its method.
+/// Every operation of the document, whatever its method, with its path.
 fn operations(
     openapi: &mut utoipa::openapi::OpenApi,
-) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
-    openapi.paths.paths.values_mut().flat_map(|item| {
+) -> impl Iterator<Item = (&String, &mut utoipa::openapi::path::Operation)> {
+    openapi.paths.paths.iter_mut().flat_map(|(path, item)| {
         [
             &mut item.get,
             &mut item.put,
@@ -156,6 +361,7 @@ fn operations(
         ]
         .into_iter()
         .flatten()
+        .map(move |op| (path, op))
     })
 }
 
@@ -167,7 +373,11 @@ struct AuthResponses;
 
 impl Modify for AuthResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for op in operations(openapi) {
+        for (path, op) in operations(openapi) {
+            // SCIM answers its own errors (`ScimResponses`).
+            if is_scim(path) {
+                continue;
+            }
             let waits = op
                 .parameters
                 .iter()

@@ -485,14 +485,19 @@ pub async fn show_contract(
     Ok(Json(contract_view(&id, &c, version)).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ContractTransition {
+    /// The name of the customer's signatory.
     #[serde(default)]
     signed_by: Option<String>,
     #[serde(default)]
     reason: Option<String>,
+    /// The contract's line items as they become: [{id, product, edition, features, quotas:
+    /// {metric: {amount, enforcement}}, limits, quantity, unit_price, usage_prices,
+    /// max_activations}].
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
     line_items: Option<Vec<LineItem>>,
     #[serde(default, deserialize_with = "instant::deserialize_option")]
     starts_at: Option<DateTime<Utc>>,
@@ -500,7 +505,7 @@ pub struct ContractTransition {
     ends_at: Option<DateTime<Utc>>,
 }
 
-#[utoipa::path(post, path = "/v1/contracts/{id}/{action}", tag = "portal", params(("id" = String, Path), ("action" = String, Path, description = "revise, send, sign, activate, amend, terminate or expire"), ("If-Match" = Option<String>, Header)), request_body(content = serde_json::Value, description = "signed_by (sign), reason (amend, terminate), line_items and ends_at (amend, revise), starts_at (revise)"), responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem, description = "illegal transition"), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/contracts/{id}/{action}", tag = "portal", params(("id" = String, Path), ("action" = String, Path, description = "revise, send, sign, activate, amend, terminate or expire"), ("If-Match" = Option<String>, Header)), request_body(content = ContractTransition), responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem, description = "illegal transition"), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn contract_transition(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -731,9 +736,10 @@ pub async fn show_invoice(
     Ok(Json(invoice_view(&id, &invoice, version)).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvoiceActionBody {
+    /// The payment's reference, 1 to 200 characters.
     #[serde(default)]
     reference: Option<String>,
     #[serde(default)]
@@ -742,7 +748,7 @@ pub struct InvoiceActionBody {
 
 /// `send` (to the billing provider), `refresh` (ask it for the payment status), `pay`
 /// (record a payment received outside the provider), `void`.
-#[utoipa::path(post, path = "/v1/invoices/{id}/{action}", tag = "portal", params(("id" = String, Path), ("action" = String, Path, description = "send, refresh, pay or void")), request_body(content = serde_json::Value, description = "reference (pay), reason (void)"), responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 502, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/invoices/{id}/{action}", tag = "portal", params(("id" = String, Path), ("action" = String, Path, description = "send, refresh, pay or void")), request_body(content = InvoiceActionBody), responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 502, body = Problem)), security(("bearer" = [])))]
 pub async fn invoice_action(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

@@ -292,7 +292,7 @@ fn scim_json(status: StatusCode, body: &Value) -> Response {
 }
 
 /// A SCIM handler's result.
-struct Scimmed(Result<Response, ScimError>);
+pub struct Scimmed(Result<Response, ScimError>);
 
 impl IntoResponse for Scimmed {
     fn into_response(self) -> Response {
@@ -503,7 +503,12 @@ async fn created_or_updated_user(
     Ok(r)
 }
 
-async fn create_user(
+#[utoipa::path(post, path = "/scim/v2/Users", tag = "scim", operation_id = "create_user",
+    description = "Provisions a User (`UserRegistered`, sealed profile).",
+    request_body(content((ScimUser = "application/scim+json"), (ScimUser = "application/json"))),
+    responses((status = 201, body = ScimUser, content_type = "application/scim+json", description = "created; Location and ETag"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidSyntax, invalidValue (an unknown schema, a missing userName)"), (status = 409, body = ScimErrorBody, content_type = "application/scim+json", description = "uniqueness: the userName, email or displayName is taken"), (status = 503, body = ScimErrorBody, content_type = "application/scim+json", description = "written, but the read model did not show it in time; retry after Retry-After")),
+    security(("scim" = [])))]
+pub async fn create_user(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     headers: HeaderMap,
@@ -522,7 +527,12 @@ async fn create_user(
     )
 }
 
-async fn show_user(
+#[utoipa::path(get, path = "/scim/v2/Users/{id}", tag = "scim", operation_id = "show_user",
+    description = "One User.",
+    params(("id" = String, Path), ("attributes" = Option<String>, Query, description = "comma-separated attribute paths to return"), ("excludedAttributes" = Option<String>, Query, description = "comma-separated attribute paths to leave out"), ("If-None-Match" = Option<String>, Header, description = "the current ETag answers 304")),
+    responses((status = 200, body = ScimUser, content_type = "application/scim+json", description = "the User; ETag"), (status = 304, description = "not modified"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidValue: a malformed attribute path"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such resource in the token's organization")),
+    security(("scim" = [])))]
+pub async fn show_user(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
@@ -543,7 +553,13 @@ async fn show_user(
     )
 }
 
-async fn replace_user(
+#[utoipa::path(put, path = "/scim/v2/Users/{id}", tag = "scim", operation_id = "replace_user",
+    description = "Replaces a User's attributes.",
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "an ETag (`W/\"3\"`) or `*`")),
+    request_body(content((ScimUser = "application/scim+json"), (ScimUser = "application/json"))),
+    responses((status = 200, body = ScimUser, content_type = "application/scim+json", description = "the User as replaced; ETag"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidSyntax, invalidValue, mutability"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such resource in the token's organization"), (status = 409, body = ScimErrorBody, content_type = "application/scim+json", description = "uniqueness: the userName, email or displayName is taken"), (status = 412, body = ScimErrorBody, content_type = "application/scim+json", description = "If-Match names another version"), (status = 503, body = ScimErrorBody, content_type = "application/scim+json", description = "written, but the read model did not show it in time; retry after Retry-After")),
+    security(("scim" = [])))]
+pub async fn replace_user(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
@@ -569,7 +585,13 @@ async fn replace_user(
     )
 }
 
-async fn patch_user(
+#[utoipa::path(patch, path = "/scim/v2/Users/{id}", tag = "scim", operation_id = "patch_user",
+    description = "Changes a User by PatchOp operations.",
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "an ETag (`W/\"3\"`) or `*`")),
+    request_body(content((ScimPatchOp = "application/scim+json"), (ScimPatchOp = "application/json"))),
+    responses((status = 200, body = ScimUser, content_type = "application/scim+json", description = "the User as patched; ETag"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidSyntax, invalidValue, invalidPath, noTarget"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such resource in the token's organization"), (status = 409, body = ScimErrorBody, content_type = "application/scim+json", description = "uniqueness: the userName, email or displayName is taken"), (status = 412, body = ScimErrorBody, content_type = "application/scim+json", description = "If-Match names another version"), (status = 503, body = ScimErrorBody, content_type = "application/scim+json", description = "written, but the read model did not show it in time; retry after Retry-After")),
+    security(("scim" = [])))]
+pub async fn patch_user(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
@@ -595,7 +617,12 @@ async fn patch_user(
     )
 }
 
-async fn delete_user(
+#[utoipa::path(delete, path = "/scim/v2/Users/{id}", tag = "scim", operation_id = "delete_user",
+    description = "Erases a User (`UserErased`); they leave every group.",
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "an ETag (`W/\"3\"`) or `*`")),
+    responses((status = 204, description = "erased"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidValue: a malformed If-Match"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such resource in the token's organization"), (status = 412, body = ScimErrorBody, content_type = "application/scim+json", description = "If-Match names another version"), (status = 503, body = ScimErrorBody, content_type = "application/scim+json", description = "written, but the read model did not show it in time; retry after Retry-After")),
+    security(("scim" = [])))]
+pub async fn delete_user(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
@@ -661,7 +688,12 @@ async fn list_users_with(
     Ok(q.answer(resources))
 }
 
-async fn list_users(
+#[utoipa::path(get, path = "/scim/v2/Users", tag = "scim", operation_id = "list_users",
+    description = "The organization's Users, filtered, sorted and paged.",
+    params(("filter" = Option<String>, Query, description = "RFC 7644 §3.4.2.2: eq ne co sw ew pr gt ge lt le, and or not, value paths"), ("startIndex" = Option<i64>, Query, description = "1-based"), ("count" = Option<i64>, Query, description = "at most 1000"), ("sortBy" = Option<String>, Query), ("sortOrder" = Option<String>, Query, description = "ascending or descending"), ("attributes" = Option<String>, Query, description = "comma-separated attribute paths to return"), ("excludedAttributes" = Option<String>, Query, description = "comma-separated attribute paths to leave out")),
+    responses((status = 200, body = ScimUserList, content_type = "application/scim+json", description = "a page of Users"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidFilter, invalidValue")),
+    security(("scim" = [])))]
+pub async fn list_users(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Query(q): Query<HashMap<String, String>>,
@@ -675,7 +707,12 @@ async fn list_users(
     )
 }
 
-async fn search_users(
+#[utoipa::path(post, path = "/scim/v2/Users/.search", tag = "scim", operation_id = "search_users",
+    description = "The Users list with the query as a SearchRequest body.",
+    request_body(content((ScimSearchRequest = "application/scim+json"), (ScimSearchRequest = "application/json"))),
+    responses((status = 200, body = ScimUserList, content_type = "application/scim+json", description = "a page of Users"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidSyntax, invalidFilter, invalidValue")),
+    security(("scim" = [])))]
+pub async fn search_users(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     body: Bytes,
@@ -690,7 +727,12 @@ async fn search_users(
 }
 
 /// `POST /.search` at the root: users and groups together (RFC 7644 §3.4.3).
-async fn search_all(
+#[utoipa::path(post, path = "/scim/v2/.search", tag = "scim", operation_id = "search_all",
+    description = "Users and Groups together (RFC 7644 §3.4.3).",
+    request_body(content((ScimSearchRequest = "application/scim+json"), (ScimSearchRequest = "application/json"))),
+    responses((status = 200, body = ScimListResponse, content_type = "application/scim+json", description = "a page of Users and Groups"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidSyntax, invalidFilter, invalidValue")),
+    security(("scim" = [])))]
+pub async fn search_all(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     body: Bytes,
@@ -774,7 +816,12 @@ async fn created_or_updated_group(
     Ok(r)
 }
 
-async fn create_group(
+#[utoipa::path(post, path = "/scim/v2/Groups", tag = "scim", operation_id = "create_group",
+    description = "Creates a Group with its members.",
+    request_body(content((ScimGroup = "application/scim+json"), (ScimGroup = "application/json"))),
+    responses((status = 201, body = ScimGroup, content_type = "application/scim+json", description = "created; Location and ETag"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidSyntax, invalidValue (an unknown schema or member)"), (status = 409, body = ScimErrorBody, content_type = "application/scim+json", description = "uniqueness: the userName, email or displayName is taken"), (status = 503, body = ScimErrorBody, content_type = "application/scim+json", description = "written, but the read model did not show it in time; retry after Retry-After")),
+    security(("scim" = [])))]
+pub async fn create_group(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     headers: HeaderMap,
@@ -793,7 +840,12 @@ async fn create_group(
     )
 }
 
-async fn show_group(
+#[utoipa::path(get, path = "/scim/v2/Groups/{id}", tag = "scim", operation_id = "show_group",
+    description = "One Group.",
+    params(("id" = String, Path), ("attributes" = Option<String>, Query, description = "comma-separated attribute paths to return"), ("excludedAttributes" = Option<String>, Query, description = "comma-separated attribute paths to leave out"), ("If-None-Match" = Option<String>, Header, description = "the current ETag answers 304")),
+    responses((status = 200, body = ScimGroup, content_type = "application/scim+json", description = "the Group; ETag"), (status = 304, description = "not modified"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidValue: a malformed attribute path"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such resource in the token's organization")),
+    security(("scim" = [])))]
+pub async fn show_group(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
@@ -814,7 +866,13 @@ async fn show_group(
     )
 }
 
-async fn replace_group(
+#[utoipa::path(put, path = "/scim/v2/Groups/{id}", tag = "scim", operation_id = "replace_group",
+    description = "Replaces a Group's name and members.",
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "an ETag (`W/\"3\"`) or `*`")),
+    request_body(content((ScimGroup = "application/scim+json"), (ScimGroup = "application/json"))),
+    responses((status = 200, body = ScimGroup, content_type = "application/scim+json", description = "the Group as replaced; ETag"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidSyntax, invalidValue"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such resource in the token's organization"), (status = 409, body = ScimErrorBody, content_type = "application/scim+json", description = "uniqueness: the userName, email or displayName is taken"), (status = 412, body = ScimErrorBody, content_type = "application/scim+json", description = "If-Match names another version"), (status = 503, body = ScimErrorBody, content_type = "application/scim+json", description = "written, but the read model did not show it in time; retry after Retry-After")),
+    security(("scim" = [])))]
+pub async fn replace_group(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
@@ -840,7 +898,13 @@ async fn replace_group(
     )
 }
 
-async fn patch_group(
+#[utoipa::path(patch, path = "/scim/v2/Groups/{id}", tag = "scim", operation_id = "patch_group",
+    description = "Changes a Group (members added or removed) by PatchOp operations.",
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "an ETag (`W/\"3\"`) or `*`")),
+    request_body(content((ScimPatchOp = "application/scim+json"), (ScimPatchOp = "application/json"))),
+    responses((status = 200, body = ScimGroup, content_type = "application/scim+json", description = "the Group as patched; ETag"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidSyntax, invalidValue, invalidPath, noTarget"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such resource in the token's organization"), (status = 409, body = ScimErrorBody, content_type = "application/scim+json", description = "uniqueness: the userName, email or displayName is taken"), (status = 412, body = ScimErrorBody, content_type = "application/scim+json", description = "If-Match names another version"), (status = 503, body = ScimErrorBody, content_type = "application/scim+json", description = "written, but the read model did not show it in time; retry after Retry-After")),
+    security(("scim" = [])))]
+pub async fn patch_group(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
@@ -866,7 +930,12 @@ async fn patch_group(
     )
 }
 
-async fn delete_group(
+#[utoipa::path(delete, path = "/scim/v2/Groups/{id}", tag = "scim", operation_id = "delete_group",
+    description = "Deletes a Group.",
+    params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "an ETag (`W/\"3\"`) or `*`")),
+    responses((status = 204, description = "deleted"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidValue: a malformed If-Match"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such resource in the token's organization"), (status = 412, body = ScimErrorBody, content_type = "application/scim+json", description = "If-Match names another version"), (status = 503, body = ScimErrorBody, content_type = "application/scim+json", description = "written, but the read model did not show it in time; retry after Retry-After")),
+    security(("scim" = [])))]
+pub async fn delete_group(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Path(id): Path<String>,
@@ -897,7 +966,12 @@ async fn list_groups_with(
     Ok(q.answer(rows.iter().map(|g| group_row_resource(&base, g)).collect()))
 }
 
-async fn list_groups(
+#[utoipa::path(get, path = "/scim/v2/Groups", tag = "scim", operation_id = "list_groups",
+    description = "The organization's Groups, filtered, sorted and paged.",
+    params(("filter" = Option<String>, Query, description = "RFC 7644 §3.4.2.2: eq ne co sw ew pr gt ge lt le, and or not, value paths"), ("startIndex" = Option<i64>, Query, description = "1-based"), ("count" = Option<i64>, Query, description = "at most 1000"), ("sortBy" = Option<String>, Query), ("sortOrder" = Option<String>, Query, description = "ascending or descending"), ("attributes" = Option<String>, Query, description = "comma-separated attribute paths to return"), ("excludedAttributes" = Option<String>, Query, description = "comma-separated attribute paths to leave out")),
+    responses((status = 200, body = ScimGroupList, content_type = "application/scim+json", description = "a page of Groups"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidFilter, invalidValue")),
+    security(("scim" = [])))]
+pub async fn list_groups(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     Query(q): Query<HashMap<String, String>>,
@@ -911,7 +985,12 @@ async fn list_groups(
     )
 }
 
-async fn search_groups(
+#[utoipa::path(post, path = "/scim/v2/Groups/.search", tag = "scim", operation_id = "search_groups",
+    description = "The Groups list with the query as a SearchRequest body.",
+    request_body(content((ScimSearchRequest = "application/scim+json"), (ScimSearchRequest = "application/json"))),
+    responses((status = 200, body = ScimGroupList, content_type = "application/scim+json", description = "a page of Groups"), (status = 400, body = ScimErrorBody, content_type = "application/scim+json", description = "invalidSyntax, invalidFilter, invalidValue")),
+    security(("scim" = [])))]
+pub async fn search_groups(
     State(state): State<AppState>,
     Extension(caller): Extension<ScimCaller>,
     body: Bytes,
@@ -1482,7 +1561,11 @@ fn list_of(items: Vec<Value>) -> Response {
     )
 }
 
-async fn service_provider_config(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/scim/v2/ServiceProviderConfig", tag = "scim", operation_id = "service_provider_config",
+    description = "What this service provider supports (RFC 7643 §5).",
+    responses((status = 200, body = Object, content_type = "application/scim+json", description = "patch, filter (maxResults 1000), sort, etag and changePassword supported; bulk not")),
+    security(("scim" = [])))]
+pub async fn service_provider_config(State(state): State<AppState>) -> Response {
     let base = base_url(&state);
     scim_json(
         StatusCode::OK,
@@ -1506,7 +1589,11 @@ async fn service_provider_config(State(state): State<AppState>) -> Response {
     )
 }
 
-async fn resource_types(
+#[utoipa::path(get, path = "/scim/v2/ResourceTypes", tag = "scim", operation_id = "resource_types",
+    description = "User and Group (RFC 7643 §6).",
+    responses((status = 200, body = ScimListResponse, content_type = "application/scim+json", description = "the ResourceTypes"), (status = 403, body = ScimErrorBody, content_type = "application/scim+json", description = "filtering is not supported here")),
+    security(("scim" = [])))]
+pub async fn resource_types(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -1520,7 +1607,12 @@ async fn resource_types(
     list_of(all_resource_types(&base_url(&state)))
 }
 
-async fn resource_type(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+#[utoipa::path(get, path = "/scim/v2/ResourceTypes/{name}", tag = "scim", operation_id = "resource_type",
+    description = "One ResourceType.",
+    params(("name" = String, Path, description = "User or Group")),
+    responses((status = 200, body = Object, content_type = "application/scim+json", description = "the ResourceType"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such ResourceType")),
+    security(("scim" = [])))]
+pub async fn resource_type(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     match all_resource_types(&base_url(&state))
         .into_iter()
         .find(|r| r["id"] == name.as_str())
@@ -1530,7 +1622,11 @@ async fn resource_type(State(state): State<AppState>, Path(name): Path<String>) 
     }
 }
 
-async fn schemas(
+#[utoipa::path(get, path = "/scim/v2/Schemas", tag = "scim", operation_id = "schemas",
+    description = "The User, EnterpriseUser and Group schemas (RFC 7643 §7).",
+    responses((status = 200, body = ScimListResponse, content_type = "application/scim+json", description = "the Schemas"), (status = 403, body = ScimErrorBody, content_type = "application/scim+json", description = "filtering is not supported here")),
+    security(("scim" = [])))]
+pub async fn schemas(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -1544,7 +1640,12 @@ async fn schemas(
     list_of(all_schemas(&base_url(&state)))
 }
 
-async fn schema(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+#[utoipa::path(get, path = "/scim/v2/Schemas/{id}", tag = "scim", operation_id = "schema",
+    description = "One Schema, by its URN.",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Object, content_type = "application/scim+json", description = "the Schema"), (status = 404, body = ScimErrorBody, content_type = "application/scim+json", description = "no such Schema")),
+    security(("scim" = [])))]
+pub async fn schema(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match all_schemas(&base_url(&state))
         .into_iter()
         .find(|s| s["id"] == id.as_str())
@@ -1552,6 +1653,255 @@ async fn schema(State(state): State<AppState>, Path(id): Path<String>) -> Respon
         Some(s) => scim_json(StatusCode::OK, &s),
         None => scim_error(ScimError::not_found(format!("no Schema {id}"))),
     }
+}
+
+// ---- the OpenAPI description (`/openapi.json`) ----
+//
+// The handlers keep SCIM resources as JSON values (extension schemas, `attributes`
+// projections, Okta's and Entra's variants all pass through `quantus_commands::scim`); these
+// types only describe those bodies to clients, so nothing builds them.
+
+/// A SCIM User (RFC 7643 §4.1) with the enterprise extension (§4.3). `userName` is required
+/// to create one; an answer holds the attributes asked for (`attributes`,
+/// `excludedAttributes`) and always `schemas`, `id` and `meta`. An unknown extension schema
+/// is refused (400 `invalidValue`).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimUser {
+    /// `urn:ietf:params:scim:schemas:core:2.0:User`, and the enterprise URN when present.
+    schemas: Vec<String>,
+    #[schema(read_only)]
+    id: Option<String>,
+    external_id: Option<String>,
+    /// Unique in the organization (case-insensitive); a new one moves the login.
+    user_name: Option<String>,
+    name: Option<ScimName>,
+    display_name: Option<String>,
+    nick_name: Option<String>,
+    profile_url: Option<String>,
+    title: Option<String>,
+    user_type: Option<String>,
+    preferred_language: Option<String>,
+    locale: Option<String>,
+    timezone: Option<String>,
+    /// Whether the user may sign in (`UserDisabled` / `UserEnabled`).
+    active: Option<bool>,
+    /// Never returned; without one a set-password link is sent when invites are configured.
+    #[schema(write_only)]
+    password: Option<String>,
+    emails: Option<Vec<ScimMultiValued>>,
+    phone_numbers: Option<Vec<ScimMultiValued>>,
+    addresses: Option<Vec<ScimAddress>>,
+    /// The groups the user belongs to, changed through the Group resource.
+    #[schema(read_only)]
+    groups: Option<Vec<ScimMember>>,
+    #[schema(rename = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User")]
+    enterprise: Option<ScimEnterpriseUser>,
+    #[schema(read_only)]
+    meta: Option<ScimMeta>,
+}
+
+/// RFC 7643 §4.1.1 `name`.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimName {
+    formatted: Option<String>,
+    family_name: Option<String>,
+    given_name: Option<String>,
+    middle_name: Option<String>,
+    honorific_prefix: Option<String>,
+    honorific_suffix: Option<String>,
+}
+
+/// An email address or phone number (RFC 7643 §2.4).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct ScimMultiValued {
+    value: Option<String>,
+    display: Option<String>,
+    /// `work`, `home`, `other` (and `mobile`, `fax`, `pager` for phone numbers).
+    #[schema(rename = "type")]
+    kind: Option<String>,
+    primary: Option<bool>,
+}
+
+/// RFC 7643 §4.1.2 `addresses`.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimAddress {
+    formatted: Option<String>,
+    street_address: Option<String>,
+    locality: Option<String>,
+    region: Option<String>,
+    postal_code: Option<String>,
+    country: Option<String>,
+    #[schema(rename = "type")]
+    kind: Option<String>,
+    primary: Option<bool>,
+}
+
+/// A Group's member or a User's group: `value` is the id; answers also carry `$ref`, the
+/// resource's URI (not listed as a property: document tools read a `$ref` key as a reference).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct ScimMember {
+    value: String,
+    display: Option<String>,
+    /// `User` for a member.
+    #[schema(rename = "type")]
+    kind: Option<String>,
+}
+
+/// RFC 7643 §4.3, keyed by `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User`.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimEnterpriseUser {
+    employee_number: Option<String>,
+    cost_center: Option<String>,
+    organization: Option<String>,
+    division: Option<String>,
+    department: Option<String>,
+    manager: Option<ScimManager>,
+}
+
+/// The enterprise `manager`: the manager's User id (and `$ref`, its URI).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimManager {
+    value: Option<String>,
+    #[schema(read_only)]
+    display_name: Option<String>,
+}
+
+/// A SCIM Group (RFC 7643 §4.2); `displayName` is required to create one.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimGroup {
+    /// `urn:ietf:params:scim:schemas:core:2.0:Group`.
+    schemas: Vec<String>,
+    #[schema(read_only)]
+    id: Option<String>,
+    external_id: Option<String>,
+    display_name: Option<String>,
+    members: Option<Vec<ScimMember>>,
+    #[schema(read_only)]
+    meta: Option<ScimMeta>,
+}
+
+/// RFC 7643 §3.1 `meta`; `version` is the ETag (`W/"<version>"`).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimMeta {
+    resource_type: Option<String>,
+    created: Option<String>,
+    last_modified: Option<String>,
+    location: Option<String>,
+    version: Option<String>,
+}
+
+/// A page of Users (RFC 7644 §3.4.2).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimUserList {
+    /// `urn:ietf:params:scim:api:messages:2.0:ListResponse`.
+    schemas: Vec<String>,
+    total_results: u64,
+    start_index: u64,
+    items_per_page: u64,
+    #[schema(rename = "Resources")]
+    resources: Vec<ScimUser>,
+}
+
+/// A page of Groups (RFC 7644 §3.4.2).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimGroupList {
+    /// `urn:ietf:params:scim:api:messages:2.0:ListResponse`.
+    schemas: Vec<String>,
+    total_results: u64,
+    start_index: u64,
+    items_per_page: u64,
+    #[schema(rename = "Resources")]
+    resources: Vec<ScimGroup>,
+}
+
+/// A ListResponse of several resource types (root `.search`: Users and Groups;
+/// `/ResourceTypes`; `/Schemas`), each resource as its own schema says.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimListResponse {
+    /// `urn:ietf:params:scim:api:messages:2.0:ListResponse`.
+    schemas: Vec<String>,
+    total_results: u64,
+    start_index: u64,
+    items_per_page: u64,
+    #[schema(rename = "Resources")]
+    #[schema(value_type = Vec<Object>)]
+    resources: Vec<Map<String, Value>>,
+}
+
+/// A SearchRequest (RFC 7644 §3.4.3), the query parameters of a list as a body.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimSearchRequest {
+    /// `urn:ietf:params:scim:api:messages:2.0:SearchRequest`.
+    schemas: Option<Vec<String>>,
+    filter: Option<String>,
+    sort_by: Option<String>,
+    /// `ascending` or `descending`.
+    sort_order: Option<String>,
+    start_index: Option<i64>,
+    count: Option<i64>,
+    attributes: Option<Vec<String>>,
+    excluded_attributes: Option<Vec<String>>,
+}
+
+/// A PatchOp (RFC 7644 §3.5.2).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct ScimPatchOp {
+    /// `urn:ietf:params:scim:api:messages:2.0:PatchOp`.
+    schemas: Vec<String>,
+    #[schema(rename = "Operations")]
+    operations: Vec<ScimPatchOperation>,
+}
+
+/// One PATCH operation; `op` is read case-insensitively (Entra sends `Replace`).
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub struct ScimPatchOperation {
+    /// `add`, `replace` or `remove`.
+    op: String,
+    /// An attribute path, with a value filter (`members[value eq "…"]`) or an extension URN;
+    /// without one, `value` is an object of attributes.
+    path: Option<String>,
+    value: Option<Value>,
+}
+
+/// An error answer (RFC 7644 §3.12), in `application/scim+json`.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct ScimErrorBody {
+    /// `urn:ietf:params:scim:api:messages:2.0:Error`.
+    schemas: Vec<String>,
+    /// The HTTP status, as a string.
+    status: String,
+    /// `invalidFilter`, `invalidSyntax`, `invalidValue`, `invalidPath`, `noTarget`,
+    /// `uniqueness`, `mutability`, `tooMany`.
+    scim_type: Option<String>,
+    detail: String,
 }
 
 #[cfg(test)]

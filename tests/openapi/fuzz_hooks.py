@@ -3,7 +3,8 @@
 - An auth provider that takes an access token with the client credentials grant (RFC 6749
   §4.4) for the client in QUANTUS_FUZZ_CLIENT_ID / QUANTUS_FUZZ_CLIENT_SECRET at
   QUANTUS_FUZZ_URL, and a new one before it expires, so a run longer than a token's lifetime
-  keeps testing past authentication.
+  keeps testing past authentication. SCIM operations (`/scim/v2/...`) get the SCIM token of
+  one organization in QUANTUS_FUZZ_SCIM_TOKEN instead, so they are exercised past their 401.
 - The check `no_undocumented_server_error`: any 5xx fails, except a 503 the operation documents
   (read-your-writes waits, shed writes, an unconfigured webhook), which tells the client to
   retry and is part of the contract.
@@ -35,6 +36,8 @@ class ClientCredentials:
 
     def set(self, case, data, context):
         case.headers = case.headers or {}
+        if case.operation.path.startswith("/scim/v2/"):
+            data = os.environ["QUANTUS_FUZZ_SCIM_TOKEN"]
         case.headers["Authorization"] = f"Bearer {data}"
 
 
