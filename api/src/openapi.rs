@@ -368,7 +368,8 @@ fn operations(
 /// Every operation with a security requirement answers 401 without a valid token and 403
 /// when the token lacks the scope or the tenant; every operation that waits for a log
 /// position (`min_position`) answers 400 for a position past the log and 503 (with
-/// `Retry-After`) when the read model does not reach it in time.
+/// `Retry-After`) when the read model does not reach it in time; and every operation may be
+/// shed with 503 and `Retry-After` (a connection past the cap, a full or slow write queue).
 struct AuthResponses;
 
 impl Modify for AuthResponses {
@@ -402,6 +403,11 @@ impl Modify for AuthResponses {
                     problem_response("min_position is past the end of the log, or malformed")
                 });
             }
+            responses.entry("503".into()).or_insert_with(|| {
+                problem_response(
+                    "overloaded: shed at the connection cap or by the write queue; retry after Retry-After",
+                )
+            });
         }
     }
 }

@@ -35,7 +35,7 @@ impl ClassifyError for AlreadyRecorded {
 }
 
 /// Index kind of the (user, address) pairs a person has signed in from.
-const KNOWN_ADDRESS: &str = "known-address";
+pub(crate) const KNOWN_ADDRESS: &str = "known-address";
 
 /// Where in the flow a decision is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

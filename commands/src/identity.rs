@@ -1071,6 +1071,13 @@ impl Identity {
                 .await?
         };
         self.keys.erase(id).await.map_err(storage)?;
+        // The addresses they signed in from (the conditional-access "new address" signal)
+        // are personal data outside the log: erased with them.
+        self.bus
+            .repository()
+            .forget_indexed(crate::access::KNOWN_ADDRESS, &format!("{id}/"))
+            .await
+            .map_err(storage)?;
         let left = self.leave_every_group(ctx, id).await?;
         Ok(CommandOutcome {
             position: outcome.position.max(left),

@@ -244,6 +244,19 @@ impl SqlEventRepository {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Forgets every (`kind`, `lookup`) whose lookup starts with `prefix` (a person's entries
+    /// when they are erased).
+    pub async fn forget_indexed(&self, kind: &str, prefix: &str) -> Result<u64, InfraError> {
+        let done = sqlx::query(
+            "DELETE FROM grant_index WHERE kind = $1 AND substr(lookup, 1, length($2)) = $2",
+        )
+        .bind(kind)
+        .bind(prefix)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Grant ids found by (`kind`, `lookup`), oldest first.
     pub async fn indexed_grants(
         &self,

@@ -159,19 +159,49 @@ impl Relay {
         }
     }
 
-    /// Runs until the task is dropped; errors are logged and retried with back-off.
-    pub async fn run(self) {
-        let _lease = loop {
+    /// The lease, retried until it is taken.
+    async fn take_lease(&self) -> Option<sqlx::AnyConnection> {
+        loop {
             match self.lease().await {
-                Ok(lease) => break lease,
+                Ok(lease) => return lease,
                 Err(error) => {
                     tracing::warn!(%error, "relay cannot take its lease; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        };
+        }
+    }
+
+    /// Whether the lease's session still holds the lock. The session can end while this
+    /// process lives (a terminated backend, a network cut): Postgres then releases the lock and
+    /// a standby takes it, so publishing on would make two relays publish at once.
+    async fn still_leased(lease: &mut sqlx::AnyConnection) -> bool {
+        // The lease connection holds no other advisory lock.
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks
+                            WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid())",
+        )
+        .fetch_one(lease)
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Runs until the task is dropped; errors are logged and retried with back-off.
+    pub async fn run(self) {
+        let mut lease = self.take_lease().await;
         let mut backoff = Duration::from_millis(100);
         loop {
+            // Checked before every batch: after a lost lease at most the batch in flight is
+            // published twice (projectors skip positions they have).
+            if let Some(held) = lease.as_mut() {
+                if !Self::still_leased(held).await {
+                    tracing::warn!(relay = %self.name, "relay lost its lease; standing by until it takes it again");
+                    // The dead session's connection goes before a new one is opened.
+                    drop(lease.take());
+                    lease = self.take_lease().await;
+                    continue;
+                }
+            }
             match self.publish_batch().await {
                 Ok(0) => {
                     let cursor = self.cursor().await.unwrap_or(0);

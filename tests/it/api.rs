@@ -569,7 +569,7 @@ async fn operations_endpoints_answer_without_credentials() {
         "/v1/keys/rotate",
         "/v1/licenses",
         "/v1/licenses/{id}/file",
-        "/v1/licenses/{id}/{action}",
+        "/v1/licenses/{id}/revoke",
         "/v1/crl",
         "/v1/signatures",
     ] {

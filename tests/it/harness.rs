@@ -231,6 +231,10 @@ impl Server {
             // Tests count events: scheduled checkpoints only where a test asks for them.
             .env("QUANTUS_CHECKPOINT_EVENTS", "1000000000")
             .env("QUANTUS_CHECKPOINT_SECONDS", "86400")
+            // Dozens of servers share two cores while the suite runs: a write may take longer
+            // than the production queue deadline (2 s from arrival) without the server being
+            // overloaded in the sense load shedding means. The shedding tests set their own.
+            .env("QUANTUS_WRITE_QUEUE_TIMEOUT_MS", "30000")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
         for (k, v) in env {

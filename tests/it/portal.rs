@@ -736,7 +736,7 @@ async fn the_portal_runs_embedded() {
     // The routes are described in the OpenAPI document.
     let spec = api.get("/openapi.json").await.body;
     for path in [
-        "/v1/contracts/{id}/{action}",
+        "/v1/contracts/{id}/sign",
         "/v1/entitlements/check",
         "/v1/billing/webhooks/stripe",
         "/v1/me/licenses",

@@ -1370,3 +1370,96 @@ async fn r_relay_and_projection_lag_are_exposed_and_move() {
     )
     .await;
 }
+
+/// A relay whose lease session ends while its process lives (a terminated backend, a network
+/// cut) stops publishing: Postgres released the lock, so another relay may hold it now. It
+/// stands by and takes the lease again once it is free. Here the test takes the freed lock
+/// itself, as a standby relay would.
+#[tokio::test(flavor = "multi_thread")]
+async fn s_a_relay_that_loses_its_lease_stops_publishing_until_it_takes_it_again() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-lease");
+    let db = pool(&env.database_url).await;
+    let server = env.serve(&dir, &["--listen", "127.0.0.1:0"]);
+    let api = server.client();
+    let http = reqwest::Client::new();
+    let relay = "quantus_relay_lag_events{relay=\"kafka\"}";
+    let lag = || async {
+        let m = http
+            .get(format!("{}/metrics", server.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        series(&m, relay)
+    };
+    api.create_org("Before").await;
+    eventually("the relay to publish", Duration::from_secs(60), || async {
+        (lag().await == Some(0.0)).then_some(())
+    })
+    .await;
+
+    // End the relay's lease session from outside and take the lock at once.
+    let holder_pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND objid = ((hashtext('quantus-relay:kafka')::bigint) & 4294967295)::text::oid",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    // The standby queues for the lock first, so it gets it the moment the session ends
+    // (before the relay could take it again).
+    let mut standby = db.acquire().await.unwrap();
+    let waiting = tokio::spawn(async move {
+        sqlx::query("SELECT pg_advisory_lock(hashtext('quantus-relay:kafka'))")
+            .execute(&mut *standby)
+            .await
+            .unwrap();
+        standby
+    });
+    eventually(
+        "the standby to queue for the lock",
+        Duration::from_secs(10),
+        || async {
+            let queued: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+            queued.then_some(())
+        },
+    )
+    .await;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(holder_pid)
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut standby = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the relay's lock was not released with its session")
+        .unwrap();
+
+    // While the standby holds it, nothing is published: the lag stays.
+    let (_, position) = api.create_org("During").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = lag().await;
+    assert!(
+        during.is_some_and(|l| l >= 1.0),
+        "published without the lease: lag {during:?} at position {position}"
+    );
+
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('quantus-relay:kafka'))")
+        .execute(&mut *standby)
+        .await
+        .unwrap();
+    eventually(
+        "the relay to take its lease again and catch up",
+        Duration::from_secs(60),
+        || async { (lag().await == Some(0.0)).then_some(()) },
+    )
+    .await;
+}

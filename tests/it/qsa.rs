@@ -931,7 +931,22 @@ async fn sign_in_token_consent_and_session_events_hold_address_and_agent_sealed_
     let dir = f.server.data_dir.clone();
     let db = quantus_infra::Database::open(None, &dir).await.unwrap();
     let master = quantus_infra::keystore::master_key(&dir, None).unwrap();
-    let keys = quantus_infra::subject_keys::SubjectKeys::new(db, &master);
+    let keys = quantus_infra::subject_keys::SubjectKeys::new(db.clone(), &master);
+    // The addresses a person signed in from, kept for the "new address" signal.
+    let known_addresses = || {
+        let db = db.clone();
+        let prefix = format!("{}/%", f.user_id);
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM grant_index WHERE kind = 'known-address' AND lookup LIKE $1",
+            )
+            .bind(prefix)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(known_addresses().await, 1);
     let open = |e: &Value| {
         let sealed: quantus_domain::identity::Sealed =
             serde_json::from_value(e["envelope"]["payload"]["request"]["sealed"].clone()).unwrap();
@@ -964,6 +979,7 @@ async fn sign_in_token_consent_and_session_events_hold_address_and_agent_sealed_
     for e in &events {
         assert_eq!(open(e).await, None, "still opens after erasure: {e}");
     }
+    assert_eq!(known_addresses().await, 0, "their addresses are erased too");
     let (ok, out) = audit_verify(&["--data-dir", dir.to_str().unwrap()]);
     assert!(ok, "{out}");
 }
