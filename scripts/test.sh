@@ -35,6 +35,7 @@ python3 -m pip install --quiet --disable-pip-version-check rfc8785 -r tests/cros
 python3 -m pip install --quiet --disable-pip-version-check -r tests/scim/requirements.txt >&2
 python3 -m pip install --quiet --disable-pip-version-check -r tests/saml/requirements.txt >&2
 python3 -m pip install --quiet --disable-pip-version-check -r tests/openapi/requirements.txt >&2
+python3 -m pip install --quiet --disable-pip-version-check -r tests/otel/requirements.txt >&2
 
 # jq: the README's walkthrough uses it; docker-compose (Debian's): validates docker-compose.yml
 # without a Docker engine.

@@ -279,9 +279,14 @@ impl CommandBus {
         A: Aggregate + Clone + 'static,
         A::Error: ClassifyError,
     {
+        use tracing::Instrument as _;
         let started = Instant::now();
+        // A span for trace export only (its target is left out of the log): the command, child
+        // of the request that runs it, parent of the append.
+        let span = tracing::info_span!(target: "quantus::trace", "command", aggregate = A::TYPE);
         let result = self
             .run::<A>(ctx, id, command, expected_version, services)
+            .instrument(span)
             .await;
         if let Some(observer) = self.observer.get() {
             let events = result.as_ref().map_or(0, |o| o.events);

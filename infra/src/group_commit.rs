@@ -307,6 +307,16 @@ impl Appender {
         if events.is_empty() {
             return Ok(0);
         }
+        use tracing::Instrument as _;
+        // For trace export only (left out of the log): the wait for this command's events to be
+        // committed by the group-commit writer, which commits many commands in one transaction.
+        // (`i64`: the OpenTelemetry bridge exports unsigned fields as text.)
+        let span =
+            tracing::info_span!(target: "quantus::trace", "append", events = events.len() as i64);
+        self.enqueue(permit, events).instrument(span).await
+    }
+
+    async fn enqueue(&self, permit: WritePermit, events: Vec<SerializedEvent>) -> Answer {
         let (reply, mut answer) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         self.sender()

@@ -35,5 +35,6 @@ mod schemas;
 pub mod scim;
 mod shedding;
 mod stripe;
+mod telemetry;
 mod tenancy;
 mod witness;
