@@ -637,6 +637,40 @@ async fn logs_honour_rust_log_and_json_and_carry_the_request_id() {
         .all(|l| l["span"]["uri"] == "/v1/organizations"));
 }
 
+/// Issue 15, item 4: a Kafka that does not answer costs a scrape at most the lag bound, is
+/// counted in `quantus_kafka_lag_errors_total`, and invents no lag series.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_kafka_is_counted_and_the_scrape_still_answers() {
+    let dir = temp_dir("kafka-away");
+    let server = Server::start(
+        &dir,
+        &["--listen", "127.0.0.1:0", "--role", "api"],
+        &[("KAFKA_BROKERS", "127.0.0.1:1")],
+    );
+    let http = reqwest::Client::new();
+    for scrapes in 1..=2 {
+        let started = std::time::Instant::now();
+        let r = http
+            .get(format!("{}/metrics", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        assert!(
+            body.lines()
+                .any(|l| l == format!("quantus_kafka_lag_errors_total {scrapes}")),
+            "{body}"
+        );
+        assert!(
+            !body.contains("\nquantus_kafka_consumer_lag_messages{"),
+            "{body}"
+        );
+    }
+}
+
 /// `promtool` (Prometheus's own linter, Debian's `prometheus` package) accepts the scrape and
 /// the shipped alert rules, and every `quantus_*` series the rules and the Grafana dashboard
 /// use is one the server really exposes.
