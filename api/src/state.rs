@@ -72,6 +72,9 @@ pub struct AppState {
     pub invites: Option<quantus_commands::invites::Invites>,
     /// DPoP proof checking (RFC 9449): the replay cache of this process and the nonce key.
     pub dpop: Arc<crate::dpop::Dpop>,
+    /// The Kafka partitions' ends, against which `/metrics` measures each read model's
+    /// consumer lag; `None` without Kafka (no lag series then).
+    pub kafka_ends: Option<Arc<quantus_infra::kafka::PartitionEnds>>,
 }
 
 impl AppState {
@@ -141,6 +144,7 @@ impl AppState {
             metrics,
             limits: quantus_infra::HttpLimits::default(),
             invites: None,
+            kafka_ends: None,
             // Nonces are a MAC under a key derived from the master key: every process of
             // the deployment issues and accepts the same ones, with nothing stored.
             dpop: Arc::new(crate::dpop::Dpop::new(<[u8; 32]>::from(

@@ -1,6 +1,6 @@
 //! Kafka: topics, the producer the relay uses, and the CloudEvents binary-mode mapping.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -498,4 +498,120 @@ pub async fn read_all_topics(
         }
     }
     Ok(read)
+}
+
+/// Where each partition of the platform's topics begins and ends (its low and high
+/// watermarks), for consumer lag. One client per process, kept between reads: it joins no
+/// group and commits nothing. An admin client, because it polls its own queue, so errors
+/// while the broker is away do not pile up in a queue nobody reads.
+pub struct PartitionEnds {
+    topics: Vec<String>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+}
+
+impl PartitionEnds {
+    pub fn new(kafka: &KafkaSettings) -> Result<Self, InfraError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &kafka.brokers)
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()?;
+        Ok(Self {
+            topics: kafka.topics(),
+            admin: Arc::new(admin),
+        })
+    }
+
+    /// `(low, high)` per partition source (`topic/partition`, as [`partition_source`]), all
+    /// read within `within` or an error. A topic not created yet has no partitions. The
+    /// librdkafka calls block, so they run on a blocking thread; a read cut short by the
+    /// deadline leaves that thread to finish its current call (each call is bounded too).
+    pub async fn read(&self, within: Duration) -> Result<BTreeMap<String, (i64, i64)>, InfraError> {
+        let admin = self.admin.clone();
+        let topics = self.topics.clone();
+        let deadline = std::time::Instant::now() + within;
+        let left = move || {
+            deadline
+                .checked_duration_since(std::time::Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    InfraError::Unreachable(format!(
+                        "Kafka did not tell the partitions' ends within {within:?}"
+                    ))
+                })
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            let client = admin.inner();
+            let metadata = client.fetch_metadata(None, left()?)?;
+            let mut ends = BTreeMap::new();
+            for topic in &topics {
+                let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                    continue;
+                };
+                for partition in meta.partitions() {
+                    let bounds = client.fetch_watermarks(topic, partition.id(), left()?)?;
+                    ends.insert(partition_source(topic, partition.id()), bounds);
+                }
+            }
+            Ok::<_, InfraError>(ends)
+        });
+        match tokio::time::timeout(within, read).await {
+            Ok(Ok(ends)) => ends,
+            Ok(Err(join)) => Err(InfraError::Unreachable(format!(
+                "reading the partitions' ends failed: {join}"
+            ))),
+            Err(_) => Err(InfraError::Unreachable(format!(
+                "Kafka did not tell the partitions' ends within {within:?}"
+            ))),
+        }
+    }
+}
+
+/// Messages on Kafka a reader has not consumed: per partition, its high watermark minus the
+/// reader's next offset (`next`, by partition source; a partition missing from it is read
+/// from its low watermark), summed.
+pub fn lag_behind(ends: &BTreeMap<String, (i64, i64)>, next: &HashMap<String, i64>) -> u64 {
+    ends.iter()
+        .map(|(source, &(low, high))| {
+            let from = next.get(source).copied().unwrap_or(low).max(low);
+            u64::try_from(high - from).unwrap_or(0)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod partition_end_tests {
+    use super::*;
+
+    #[test]
+    fn lag_sums_each_partitions_unread_messages() {
+        let ends: BTreeMap<String, (i64, i64)> = [
+            ("t/0".to_owned(), (0, 10)),
+            ("t/1".to_owned(), (4, 7)),
+            ("t/2".to_owned(), (0, 5)),
+        ]
+        .into();
+        // t/0 read up to 6, t/1 never read (starts at its low watermark), t/2 read ahead of
+        // what the broker says (a stale end): no negative lag.
+        let next: HashMap<String, i64> = [("t/0".to_owned(), 6), ("t/2".to_owned(), 9)].into();
+        assert_eq!(lag_behind(&ends, &next), 4 + 3);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_an_error_within_the_bound() {
+        let ends = PartitionEnds::new(&KafkaSettings::new("127.0.0.1:1")).unwrap();
+        let started = std::time::Instant::now();
+        let read = ends.read(Duration::from_millis(500)).await;
+        assert!(
+            matches!(
+                read,
+                Err(InfraError::Unreachable(_)) | Err(InfraError::Kafka(_))
+            ),
+            "{read:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //! checkpoint (`projection_checkpoints`: the next log position, or the next offset of each Kafka
 //! partition). A crash anywhere rolls all three back together.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -488,6 +488,26 @@ pub async fn watermarks(db: &Database) -> Result<BTreeMap<String, u64>, InfraErr
         .into_iter()
         .map(|(name, p)| (name, u64::try_from(p).unwrap_or_default()))
         .collect())
+}
+
+/// Every read model's next offset per Kafka partition (`topic/partition`), by projection name,
+/// as its checkpoints record them (committed with the model's changes, so exactly where its
+/// consumer resumes): what `/metrics` measures Kafka consumer lag against. The store's log is
+/// not a partition and is left out.
+pub async fn kafka_offsets(
+    db: &Database,
+) -> Result<BTreeMap<String, HashMap<String, i64>>, InfraError> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT projection, source, position FROM projection_checkpoints WHERE source <> $1",
+    )
+    .bind(LOG_SOURCE)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut offsets: BTreeMap<String, HashMap<String, i64>> = BTreeMap::new();
+    for (projection, source, next) in rows {
+        offsets.entry(projection).or_default().insert(source, next);
+    }
+    Ok(offsets)
 }
 
 async fn read_watermark(

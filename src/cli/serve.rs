@@ -132,6 +132,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             stall_after: std::time::Duration::from_secs(config.ready_stall_seconds),
             max_lag: config.ready_max_lag,
         };
+        state.kafka_ends = config
+            .kafka()
+            .map(|kafka| quantus_infra::kafka::PartitionEnds::new(&kafka))
+            .transpose()
+            .context("configuring the Kafka lag reader")?
+            .map(std::sync::Arc::new);
         state.invites = Some(quantus_commands::invites::Invites::new(
             state.identity.clone(),
             std::sync::Arc::new(quantus_commands::invites::OutboxSender::new(

@@ -637,11 +637,48 @@ async fn logs_honour_rust_log_and_json_and_carry_the_request_id() {
         .all(|l| l["span"]["uri"] == "/v1/organizations"));
 }
 
+/// Issue 15, item 4: a Kafka that does not answer costs a scrape at most the lag bound, is
+/// counted in `quantus_kafka_lag_errors_total`, and invents no lag series.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_kafka_is_counted_and_the_scrape_still_answers() {
+    let dir = temp_dir("kafka-away");
+    let server = Server::start(
+        &dir,
+        &["--listen", "127.0.0.1:0", "--role", "api"],
+        &[("KAFKA_BROKERS", "127.0.0.1:1")],
+    );
+    let http = reqwest::Client::new();
+    for scrapes in 1..=2 {
+        let started = std::time::Instant::now();
+        let r = http
+            .get(format!("{}/metrics", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        assert!(
+            body.lines()
+                .any(|l| l == format!("quantus_kafka_lag_errors_total {scrapes}")),
+            "{body}"
+        );
+        assert!(
+            !body.contains("\nquantus_kafka_consumer_lag_messages{"),
+            "{body}"
+        );
+    }
+}
+
 /// `promtool` (Prometheus's own linter, Debian's `prometheus` package) accepts the scrape and
 /// the shipped alert rules, and every `quantus_*` series the rules and the Grafana dashboard
 /// use is one the server really exposes.
 /// Series only a deployment on Kafka exposes.
-pub const KAFKA_ONLY: [&str; 1] = ["quantus_relay_lag_events"];
+pub const KAFKA_ONLY: [&str; 2] = [
+    "quantus_relay_lag_events",
+    "quantus_kafka_consumer_lag_messages",
+];
 
 fn metrics_pass_promtool_and_feed_the_shipped_rules(scrape: &str) {
     use std::io::Write as _;
@@ -694,8 +731,9 @@ fn metrics_pass_promtool_and_feed_the_shipped_rules(scrape: &str) {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            // Only a process with a relay or projector on Kafka has these (checked on
-            // Kafka by `postgres_kafka::r_relay_and_projection_lag_are_exposed_and_move`).
+            // Only a process configured with Kafka has these: without Kafka there is no
+            // consumer, and a 0 would claim one that keeps up (checked on Kafka by
+            // `postgres_kafka::r_relay_and_projection_lag_are_exposed_and_move`).
             if KAFKA_ONLY.contains(&name.as_str()) {
                 used += 1;
                 continue;

@@ -1463,3 +1463,62 @@ async fn s_a_relay_that_loses_its_lease_stops_publishing_until_it_takes_it_again
     )
     .await;
 }
+
+/// Issue 15, item 4: Kafka consumer lag per read model. The organizations projector is stuck
+/// in a batch (the test holds its model's update lock; the case librdkafka's statistics could
+/// not report): its lag rises to at least the messages written since, while another model's
+/// falls to 0; released, it falls to 0 too.
+#[tokio::test(flavor = "multi_thread")]
+async fn t_kafka_consumer_lag_rises_while_a_projector_is_stuck_and_falls_to_zero() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-consumer-lag");
+    let db = pool(&env.database_url).await;
+    let server = env.serve(&dir, &["--listen", "127.0.0.1:0"]);
+    // The projector's batch waits for this lock (`Database::begin_update`).
+    let mut held = db.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtext('organizations'))")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    write_organizations(&env.database_url, 40, 4).await;
+    let http = reqwest::Client::new();
+    let scrape = || async {
+        http.get(format!("{}/metrics", server.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let organizations = "quantus_kafka_consumer_lag_messages{projection=\"organizations\"}";
+    let licenses = "quantus_kafka_consumer_lag_messages{projection=\"licenses\"}";
+    eventually(
+        "the stuck model to lag by the organizations written and another model by none",
+        Duration::from_secs(60),
+        || async {
+            let m = scrape().await;
+            (series(&m, organizations)? >= 40.0 && series(&m, licenses)? == 0.0).then_some(())
+        },
+    )
+    .await;
+
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('organizations'))")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let metrics = eventually(
+        "the released model's lag to fall to 0",
+        Duration::from_secs(60),
+        || async {
+            let m = scrape().await;
+            (series(&m, organizations) == Some(0.0)).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        series(&metrics, "quantus_kafka_lag_errors_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+}
