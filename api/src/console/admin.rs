@@ -69,6 +69,10 @@ fn routes() -> Router<AppState> {
             "/admin/contracts/{id}/terminate",
             get(confirm_terminate).post(terminate),
         )
+        .route(
+            "/admin/contracts/{id}/amend",
+            get(confirm_amend).post(amend),
+        )
         .route("/admin/contracts/{id}/{action}", post(transition))
         .route("/admin/licenses", get(licenses))
         .route("/admin/licenses/{id}", get(license))
@@ -172,7 +176,22 @@ struct ContractDetail {
     licenses: BTreeMap<String, String>,
     /// `<licence id>/<action>` -> why QuantumLock refused it.
     license_failures: BTreeMap<String, String>,
+    /// Line item id -> how far its latest licence step got.
+    #[serde(default)]
+    license_steps: BTreeMap<String, LicenseStepView>,
     monthly_price_display: String,
+}
+
+/// A line item's latest licence step as `GET /v1/contracts/{id}` shows it.
+#[derive(Debug, Deserialize)]
+struct LicenseStepView {
+    license_id: String,
+    action: String,
+    /// `issued`, `renewed`, `revoked`, `pending`, `failed` or `planned`.
+    standing: String,
+    reason: Option<String>,
+    attempt: Option<u32>,
+    retry_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,6 +372,9 @@ struct CustomerPage {
     contracts: Vec<ContractLine>,
     pager: Pager,
     csrf: String,
+    terms: Terms,
+    /// Why the API refused the draft (its problem `detail`), shown above the kept values.
+    refused: Option<String>,
 }
 
 async fn customer(
@@ -361,7 +383,18 @@ async fn customer(
     Query(p): Query<ListParams>,
 ) -> Result<Response, PageError> {
     let op = operator(me)?;
-    let id = segment(&INFO, &id)?;
+    customer_page(&op, &id, &p, Terms::blank(), None).await
+}
+
+/// A customer with its paged contracts and the draft form (`draft` as typed so far).
+async fn customer_page(
+    op: &Operator,
+    id: &str,
+    p: &ListParams,
+    draft: Terms,
+    refused: Option<String>,
+) -> Result<Response, PageError> {
+    let id = segment(&INFO, id)?;
     let api = op.0.api();
     let c: Customer = api.get(&format!("/customers/{id}")).await?;
     let page: Page<ContractRow> = api
@@ -380,7 +413,7 @@ async fn customer(
         Some("registered") => Some("The customer was registered.".into()),
         _ => None,
     };
-    Ok(render(&CustomerPage {
+    let mut shown = render(&CustomerPage {
         layout,
         contracts: page
             .items
@@ -390,34 +423,224 @@ async fn customer(
         pager: pager(&format!("/admin/customers/{id}"), page.next_after, &p.after),
         csrf: op.0.session.csrf.clone(),
         c,
-    }))
+        terms: draft,
+        refused: refused.clone(),
+    });
+    if refused.is_some() {
+        *shown.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    Ok(shown)
 }
-
-/// A contract with its first line item, as the form sends it.
-#[derive(Debug, Deserialize)]
-struct DraftForm {
-    starts_at: String,
-    ends_at: String,
-    item_id: String,
+/// One line item as typed in a contract form, kept as typed so that a refused form shows
+/// it again. Fields are posted as `{field}.{row}`.
+#[derive(Debug, Clone, Default)]
+struct ItemFields {
+    id: String,
     product: String,
     edition: String,
-    #[serde(default)]
     features: String,
     quantity: String,
     unit_price: String,
     max_activations: String,
     /// One monthly quota (optional): metric, amount and `hard` or `soft`.
-    #[serde(default)]
     quota_metric: String,
-    #[serde(default)]
     quota_amount: String,
-    #[serde(default)]
     quota_enforcement: String,
     /// One limit written into the licence (optional): name and value.
-    #[serde(default)]
     limit_name: String,
-    #[serde(default)]
     limit_value: String,
+}
+
+impl ItemFields {
+    fn blank() -> Self {
+        ItemFields {
+            quantity: "1".into(),
+            max_activations: "1".into(),
+            quota_enforcement: "hard".into(),
+            ..Default::default()
+        }
+    }
+
+    /// An item of the contract as the form shows it (the price in major units).
+    fn of(item: &LineItem, currency: &str) -> Self {
+        let quota = item.quotas.iter().next();
+        let limit = item.limits.iter().next();
+        ItemFields {
+            id: item.id.clone(),
+            product: item.product.clone(),
+            edition: item.edition.clone(),
+            features: item.features.join(", "),
+            quantity: item.quantity.to_string(),
+            unit_price: major_units(currency, item.unit_price),
+            max_activations: item.max_activations.to_string(),
+            quota_metric: quota.map(|(m, _)| m.clone()).unwrap_or_default(),
+            quota_amount: quota.map(|(_, q)| q.amount.to_string()).unwrap_or_default(),
+            quota_enforcement: quota
+                .and_then(|(_, q)| serde_json::to_value(q.enforcement).ok())
+                .and_then(|e| e.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "hard".into()),
+            limit_name: limit.map(|(n, _)| n.clone()).unwrap_or_default(),
+            limit_value: limit.map(|(_, v)| v.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// The item as the API takes it; `usage_prices` are not in the form and are kept from the
+    /// contract's item of the same id by an amendment.
+    fn line_item(
+        &self,
+        row: usize,
+        currency: &str,
+        usage_prices: Option<&BTreeMap<String, i64>>,
+    ) -> Result<serde_json::Value, String> {
+        let at = |detail: String| format!("line item {}: {detail}", row + 1);
+        let unit_price = minor_units(currency, &self.unit_price).map_err(at)?;
+        let features: Vec<&str> = self
+            .features
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .collect();
+        let mut quotas = serde_json::Map::new();
+        if !self.quota_metric.trim().is_empty() {
+            quotas.insert(
+                self.quota_metric.trim().to_owned(),
+                serde_json::json!({
+                    "amount": number::<i64>(&self.quota_amount, "the quota").map_err(at)?,
+                    "enforcement": self.quota_enforcement.trim(),
+                }),
+            );
+        }
+        let mut limits = serde_json::Map::new();
+        if !self.limit_name.trim().is_empty() {
+            limits.insert(
+                self.limit_name.trim().to_owned(),
+                number::<i64>(&self.limit_value, "the limit")
+                    .map_err(at)?
+                    .into(),
+            );
+        }
+        Ok(serde_json::json!({
+            "id": self.id.trim(),
+            "product": self.product.trim(),
+            "edition": self.edition.trim(),
+            "features": features,
+            "quotas": quotas,
+            "limits": limits,
+            "quantity": number::<i64>(&self.quantity, "the quantity").map_err(at)?,
+            "unit_price": unit_price,
+            "usage_prices": usage_prices.cloned().unwrap_or_default(),
+            "max_activations": number::<u32>(&self.max_activations, "the machines per licence").map_err(at)?,
+        }))
+    }
+}
+
+/// A contract's terms as typed in the draft or amendment form.
+#[derive(Debug, Clone)]
+struct Terms {
+    starts_at: String,
+    ends_at: String,
+    items: Vec<ItemFields>,
+    /// The row to focus after one was added or removed (an `autofocus` on its first field).
+    focus: Option<usize>,
+}
+
+impl Terms {
+    fn blank() -> Self {
+        Terms {
+            starts_at: String::new(),
+            ends_at: String::new(),
+            items: vec![ItemFields::blank()],
+            focus: None,
+        }
+    }
+
+    /// Whether `row` was just added (it gets the focus).
+    fn focuses(&self, row: impl std::borrow::Borrow<usize>) -> bool {
+        self.focus == Some(*row.borrow())
+    }
+
+    /// The terms of a posted form: rows in the order of their numbers.
+    fn posted(form: &BTreeMap<String, String>) -> Self {
+        let field = |name: &str| {
+            form.get(name)
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let mut rows: Vec<usize> = form
+            .keys()
+            .filter_map(|k| k.strip_prefix("item_id.")?.parse().ok())
+            .collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let items = rows
+            .iter()
+            .map(|n| {
+                let f = |name: &str| {
+                    form.get(&format!("{name}.{n}"))
+                        .cloned()
+                        .unwrap_or_default()
+                };
+                ItemFields {
+                    id: f("item_id"),
+                    product: f("product"),
+                    edition: f("edition"),
+                    features: f("features"),
+                    quantity: f("quantity"),
+                    unit_price: f("unit_price"),
+                    max_activations: f("max_activations"),
+                    quota_metric: f("quota_metric"),
+                    quota_amount: f("quota_amount"),
+                    quota_enforcement: f("quota_enforcement"),
+                    limit_name: f("limit_name"),
+                    limit_value: f("limit_value"),
+                }
+            })
+            .collect();
+        Terms {
+            starts_at: field("starts_at"),
+            ends_at: field("ends_at"),
+            items,
+            focus: None,
+        }
+    }
+
+    /// Carries out the form's "Add a line item" or "Remove line item N" button: whether it
+    /// was one (then the form is shown again with the change and every value kept).
+    fn edit_rows(&mut self, op: Option<&str>) -> bool {
+        match op {
+            Some("add") => {
+                self.items.push(ItemFields::blank());
+                self.focus = Some(self.items.len() - 1);
+                true
+            }
+            Some(other) => match other.strip_prefix("remove-").and_then(|n| n.parse().ok()) {
+                Some(n) if n < self.items.len() && self.items.len() > 1 => {
+                    self.items.remove(n);
+                    // Keyboard users land in the row that took its place (or the one before).
+                    self.focus = Some(n.min(self.items.len() - 1));
+                    true
+                }
+                Some(_) => true,
+                None => false,
+            },
+            None => false,
+        }
+    }
+
+    fn line_items(
+        &self,
+        currency: &str,
+        usage_prices: &BTreeMap<String, BTreeMap<String, i64>>,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        if self.items.is_empty() {
+            return Err("a contract needs at least one line item".into());
+        }
+        self.items
+            .iter()
+            .enumerate()
+            .map(|(row, i)| i.line_item(row, currency, usage_prices.get(i.id.trim())))
+            .collect()
+    }
 }
 
 /// An amount typed in the currency's major units (`1500`, `1500.5`, `1500.00`) as minor units.
@@ -442,78 +665,73 @@ fn minor_units(currency: &str, typed: &str) -> Result<i64, String> {
         .map_err(|_| "the unit price is too large".to_owned())
 }
 
-fn number<T: std::str::FromStr>(typed: &str, what: &str) -> Result<T, PageError> {
-    typed.trim().parse().map_err(|_| {
-        PageError::new(
-            &INFO,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "The contract was not drafted",
-            format!("{what} must be a whole number"),
-        )
-    })
+/// Minor units as a person types them in the form (`150000` EUR -> `1500.00`).
+fn major_units(currency: &str, amount: i64) -> String {
+    match Currency::parse(currency) {
+        Ok(c) => {
+            let shown = c.format(amount);
+            shown
+                .rsplit_once(' ')
+                .map(|(n, _)| n.to_owned())
+                .unwrap_or(shown)
+        }
+        Err(_) => amount.to_string(),
+    }
+}
+
+fn number<T: std::str::FromStr>(typed: &str, what: &str) -> Result<T, String> {
+    typed
+        .trim()
+        .parse()
+        .map_err(|_| format!("{what} must be a whole number"))
+}
+
+/// A refusal the person can correct in the form (the API's 4xx other than a lost session or
+/// a missing right): its `detail`, to show above the kept values.
+fn correctable(e: PageError) -> Result<String, PageError> {
+    match e.status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Err(e),
+        s if s.is_client_error() => Ok(e.detail),
+        _ => Err(e),
+    }
 }
 
 async fn draft_contract(
     Path(id): Path<String>,
-    posted: Posted<Admin, DraftForm>,
+    posted: Posted<Admin, BTreeMap<String, String>>,
 ) -> Result<Response, PageError> {
     let Posted { signed_in, form } = posted;
     let op = operator(signed_in)?;
-    let org = segment(&INFO, &id)?;
+    let org = segment(&INFO, &id)?.to_owned();
+    let mut terms = Terms::posted(&form);
+    let again = ListParams::default();
+    if terms.edit_rows(form.get("op").map(String::as_str)) {
+        return customer_page(&op, &org, &again, terms, None).await;
+    }
     let api = op.0.api();
     let c: Customer = api.get(&format!("/customers/{org}")).await?;
-    let unit_price = minor_units(&c.currency, &form.unit_price).map_err(|detail| {
-        PageError::new(
-            &INFO,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "The contract was not drafted",
-            detail,
-        )
-    })?;
-    let features: Vec<&str> = form
-        .features
-        .split(',')
-        .map(str::trim)
-        .filter(|f| !f.is_empty())
-        .collect();
-    let mut quotas = serde_json::Map::new();
-    if !form.quota_metric.trim().is_empty() {
-        quotas.insert(
-            form.quota_metric.trim().to_owned(),
-            serde_json::json!({
-                "amount": number::<i64>(&form.quota_amount, "the quota")?,
-                "enforcement": form.quota_enforcement.trim(),
-            }),
-        );
-    }
-    let mut limits = serde_json::Map::new();
-    if !form.limit_name.trim().is_empty() {
-        limits.insert(
-            form.limit_name.trim().to_owned(),
-            number::<i64>(&form.limit_value, "the limit")?.into(),
-        );
-    }
+    let line_items = match terms.line_items(&c.currency, &BTreeMap::new()) {
+        Ok(items) => items,
+        Err(detail) => return customer_page(&op, &org, &again, terms, Some(detail)).await,
+    };
     let made = api
         .post(
             "/contracts",
             &serde_json::json!({
                 "organization_id": org,
-                "starts_at": format!("{}T00:00:00Z", form.starts_at.trim()),
-                "ends_at": format!("{}T00:00:00Z", form.ends_at.trim()),
-                "line_items": [{
-                    "id": form.item_id.trim(),
-                    "product": form.product.trim(),
-                    "edition": form.edition.trim(),
-                    "features": features,
-                    "quotas": quotas,
-                    "limits": limits,
-                    "quantity": number::<i64>(&form.quantity, "the quantity")?,
-                    "unit_price": unit_price,
-                    "max_activations": number::<u32>(&form.max_activations, "the activations")?,
-                }],
+                "starts_at": format!("{}T00:00:00Z", terms.starts_at),
+                "ends_at": format!("{}T00:00:00Z", terms.ends_at),
+                "line_items": line_items,
             }),
         )
-        .await?;
+        .await;
+    let made = match made {
+        Ok(made) => made,
+        Err(e) => {
+            let detail = correctable(e)?;
+            return customer_page(&op, &org, &again, terms, Some(detail)).await;
+        }
+    };
     let id = made["id"].as_str().unwrap_or_default();
     let id = segment(&INFO, id)?;
     Ok(redirect(&format!("/admin/contracts/{id}?done=drafted")))
@@ -592,6 +810,11 @@ struct ItemView {
     license: Option<String>,
     /// The licence's standing (`valid`, `revoked`, ...), when there is a licence.
     standing: String,
+    /// The item's latest licence step: `issued`, `pending`, `failed`, ... (empty before
+    /// activation).
+    step: String,
+    /// Why a step is pending or was refused, and when a pending one is tried again.
+    step_reason: Option<String>,
 }
 
 struct FailureView {
@@ -630,15 +853,32 @@ async fn contract(
         .unwrap_or_else(|| c.organization_id.clone());
     let mut items = vec![];
     for i in &c.line_items {
-        let license = c.licenses.get(&i.id).cloned();
-        let standing = match &license {
+        let step = c.license_steps.get(&i.id);
+        // An item's licence once a step names it (`licenses` holds only those in force); one
+        // QuantumLock has not issued yet (pending, refused) has no page to link. A revoked
+        // contract's items say so instead of linking.
+        let revoking = step.is_some_and(|s| s.action == "revoke");
+        let named = c
+            .licenses
+            .get(&i.id)
+            .or(step.filter(|_| !revoking).map(|s| &s.license_id));
+        let license = match named {
             Some(l) => api
                 .find::<LicenseStanding>(&format!("/licenses/{}/status", segment(&INFO, l)?))
                 .await?
-                .map(|s| s.standing)
-                .unwrap_or_else(|| "being issued".into()),
-            None => String::new(),
+                .map(|s| (l.clone(), s.standing)),
+            None => None,
         };
+        let (license, standing) = license.unzip();
+        let step_reason = step.and_then(|s| {
+            let reason = format!("{}: {}", s.action, s.reason.as_deref()?);
+            Some(match (&s.attempt, &s.retry_at) {
+                (Some(n), Some(at)) => {
+                    format!("{reason} (attempt {n}; tried again by {})", moment(at))
+                }
+                _ => reason,
+            })
+        });
         items.push(ItemView {
             id: i.id.clone(),
             product: i.product.clone(),
@@ -648,7 +888,12 @@ async fn contract(
             unit_price: money(&c.currency, i.unit_price),
             max_activations: i.max_activations,
             license,
-            standing,
+            standing: standing.unwrap_or_default(),
+            step: step
+                .filter(|s| !revoking || s.standing == "pending" || s.standing == "failed")
+                .map(|s| s.standing.clone())
+                .unwrap_or_default(),
+            step_reason,
         });
     }
     let failures = c
@@ -677,6 +922,10 @@ async fn contract(
             Some("The contract is active; QuantumLock issues its licences.".into())
         }
         Some("terminated") => Some("The contract was terminated.".into()),
+        Some("amended") => Some(
+            "The contract was amended; QuantumLock renews unchanged items' licences and re-issues changed ones."
+                .into(),
+        ),
         _ => None,
     };
     Ok(render(&ContractPage {
@@ -731,6 +980,135 @@ async fn transition(
         .post(&format!("/contracts/{id}/{action}"), &serde_json::json!({}))
         .await?;
     Ok(redirect(&format!("/admin/contracts/{id}?done={done}")))
+}
+
+#[derive(Template)]
+#[template(path = "admin/contract_amend.html")]
+struct AmendPage {
+    layout: Layout,
+    c: ContractDetail,
+    customer: String,
+    csrf: String,
+    terms: Terms,
+    reason: String,
+    refused: Option<String>,
+}
+
+/// The contract and its customer's name, for the pages that change it.
+async fn contract_of(op: &Operator, id: &str) -> Result<(ContractDetail, String), PageError> {
+    let api = op.0.api();
+    let c: ContractDetail = api.get(&format!("/contracts/{id}")).await?;
+    let org = segment(&INFO, &c.organization_id)?;
+    let customer = api
+        .find::<Customer>(&format!("/customers/{org}"))
+        .await?
+        .map(|c| c.name)
+        .unwrap_or_else(|| c.organization_id.clone());
+    Ok((c, customer))
+}
+
+fn amend_page(
+    op: &Operator,
+    c: ContractDetail,
+    customer: String,
+    terms: Terms,
+    reason: String,
+    refused: Option<String>,
+) -> Response {
+    let mut shown = render(&AmendPage {
+        layout: op
+            .0
+            .layout(format!("Amend contract {}", short(&c.id)), "/contracts"),
+        customer,
+        csrf: op.0.session.csrf.clone(),
+        terms,
+        reason,
+        refused: refused.clone(),
+        c,
+    });
+    if refused.is_some() {
+        *shown.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    shown
+}
+
+/// An amendment changes the terms of a contract in force and re-issues the licences whose
+/// terms change: a page of its own, with the current terms to edit and an explicit tick.
+async fn confirm_amend(me: SignedIn<Admin>, Path(id): Path<String>) -> Result<Response, PageError> {
+    let op = operator(me)?;
+    let id = segment(&INFO, &id)?;
+    let (c, customer) = contract_of(&op, id).await?;
+    // The form edits one quota and one limit per item; more would be lost by amending here.
+    if c.line_items
+        .iter()
+        .any(|i| i.quotas.len() > 1 || i.limits.len() > 1)
+    {
+        return Err(PageError::new(
+            &INFO,
+            StatusCode::CONFLICT,
+            "Amend this contract through the API",
+            "an item of this contract has more than one quota or limit, which this form does not edit; use POST /v1/contracts/{id}/amend",
+        ));
+    }
+    let terms = Terms {
+        starts_at: c.starts_at.as_deref().map(day).unwrap_or_default(),
+        ends_at: c.ends_at.as_deref().map(day).unwrap_or_default(),
+        items: c
+            .line_items
+            .iter()
+            .map(|i| ItemFields::of(i, &c.currency))
+            .collect(),
+        focus: None,
+    };
+    Ok(amend_page(&op, c, customer, terms, String::new(), None))
+}
+
+async fn amend(
+    Path(id): Path<String>,
+    posted: Posted<Admin, BTreeMap<String, String>>,
+) -> Result<Response, PageError> {
+    let Posted { signed_in, form } = posted;
+    let op = operator(signed_in)?;
+    let id = segment(&INFO, &id)?;
+    let (c, customer) = contract_of(&op, id).await?;
+    let mut terms = Terms::posted(&form);
+    terms.starts_at = c.starts_at.as_deref().map(day).unwrap_or_default();
+    let reason = form
+        .get("reason")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_default();
+    if terms.edit_rows(form.get("op").map(String::as_str)) {
+        return Ok(amend_page(&op, c, customer, terms, reason, None));
+    }
+    if form.get("confirm").map(String::as_str) != Some("yes") {
+        let detail = "tick the box to confirm that changed items get new licences".to_owned();
+        return Ok(amend_page(&op, c, customer, terms, reason, Some(detail)));
+    }
+    let usage_prices = c
+        .line_items
+        .iter()
+        .map(|i| (i.id.clone(), i.usage_prices.clone()))
+        .collect();
+    let line_items = match terms.line_items(&c.currency, &usage_prices) {
+        Ok(items) => items,
+        Err(detail) => return Ok(amend_page(&op, c, customer, terms, reason, Some(detail))),
+    };
+    let amended =
+        op.0.api()
+            .post(
+                &format!("/contracts/{id}/amend"),
+                &serde_json::json!({
+                    "reason": reason,
+                    "ends_at": format!("{}T00:00:00Z", terms.ends_at),
+                    "line_items": line_items,
+                }),
+            )
+            .await;
+    if let Err(e) = amended {
+        let detail = correctable(e)?;
+        return Ok(amend_page(&op, c, customer, terms, reason, Some(detail)));
+    }
+    Ok(redirect(&format!("/admin/contracts/{id}?done=amended")))
 }
 
 #[derive(Template)]
@@ -1763,7 +2141,69 @@ async fn set_policy_rule(
 
 #[cfg(test)]
 mod tests {
-    use super::minor_units;
+    use std::collections::BTreeMap;
+
+    use super::{major_units, minor_units, Terms};
+
+    fn form(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn rows_are_read_in_their_order_and_added_or_removed_with_values_kept() {
+        let posted = form(&[
+            ("starts_at", "2026-01-01"),
+            ("item_id.10", "c"),
+            ("item_id.2", "b"),
+            ("item_id.0", "a"),
+            ("unit_price.2", "9.5"),
+        ]);
+        let mut terms = Terms::posted(&posted);
+        let ids: Vec<_> = terms.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(terms.items[1].unit_price, "9.5");
+        assert!(terms.edit_rows(Some("remove-1")));
+        let ids: Vec<_> = terms.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert!(terms.edit_rows(Some("add")));
+        assert_eq!(terms.items.len(), 3);
+        assert!(terms.focuses(2));
+        // The last row stays; an unknown row changes nothing; no button means "submit".
+        let mut one = Terms::posted(&form(&[("item_id.0", "a")]));
+        assert!(one.edit_rows(Some("remove-0")));
+        assert_eq!(one.items.len(), 1);
+        assert!(one.edit_rows(Some("remove-7")));
+        assert!(!one.edit_rows(None));
+        assert_eq!(terms.starts_at, "2026-01-01");
+    }
+
+    #[test]
+    fn a_bad_row_is_named_in_the_refusal() {
+        let terms = Terms::posted(&form(&[
+            ("item_id.0", "a"),
+            ("quantity.0", "1"),
+            ("unit_price.0", "1"),
+            ("max_activations.0", "1"),
+            ("item_id.1", "b"),
+            ("quantity.1", "two"),
+            ("unit_price.1", "1"),
+            ("max_activations.1", "1"),
+        ]));
+        assert_eq!(
+            terms.line_items("EUR", &BTreeMap::new()),
+            Err("line item 2: the quantity must be a whole number".to_owned())
+        );
+    }
+
+    #[test]
+    fn prices_are_shown_in_major_units_as_typed_back() {
+        assert_eq!(major_units("EUR", 120_050), "1200.50");
+        assert_eq!(major_units("JPY", 1500), "1500");
+        assert_eq!(minor_units("EUR", &major_units("EUR", 7)), Ok(7));
+    }
 
     #[test]
     fn prices_are_typed_in_major_units() {
