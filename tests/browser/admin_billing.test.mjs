@@ -60,18 +60,38 @@ test("the vendor's operator finds invoices across customers, marks one paid and 
   const operator = await adminToken();
   const acme = await billed(operator, "Acme Quantum", "EUR", 150000, ["2026-09", "2026-10", "2026-11"]);
   const globex = await billed(operator, "Globex Research", "USD", 2500, ["2026-11"]);
+  // Enough invoices for a second page (20 a page): January to August of three more customers.
+  const spring = ["01", "02", "03", "04", "05", "06", "07", "08"].map((m) => `2026-${m}`);
+  for (const n of [1, 2, 3]) await billed(operator, `Initech ${n}`, "GBP", 1000, spring);
 
   const operatorEmail = await platformOperator(operator);
   const admin = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
   await signIn(admin, operatorEmail, "admin");
   await nav(admin, "Billing", "Admin").click();
   await admin.waitForURL(`${BASE}/admin/billing`);
-  let ids = await listed(admin);
-  for (const id of [...acme.invoices, ...globex.invoices]) assert.ok(ids.includes(id), `${id} not listed`);
+  assert.equal((await listed(admin)).length, 20);
   await check(admin, "admin-invoices");
+
+  // Paged, the filter kept on the next page: 28 issued invoices, 20 then 8.
+  await admin.getByLabel("Status").selectOption("issued");
+  await admin.getByRole("button", { name: "Filter" }).click();
+  await admin.waitForURL(`${BASE}/admin/billing?org=&status=issued`);
+  const first = await listed(admin);
+  assert.equal(first.length, 20);
+  await admin.getByRole("link", { name: "Next page" }).click();
+  await admin.waitForURL(/status=issued&after=/);
+  const second = await listed(admin);
+  assert.equal(second.length, 8);
+  assert.equal(new Set([...first, ...second]).size, 28);
+  assert.equal(await admin.getByRole("link", { name: "Next page" }).count(), 0);
+  await check(admin, "admin-invoices-page-2");
+  await admin.getByRole("link", { name: "First page" }).click();
+  await admin.waitForURL(`${BASE}/admin/billing?status=issued`);
+  assert.equal(await admin.locator("tbody tr").count(), 20);
 
   // Filtered by customer, then by status as well.
   await admin.getByLabel("Customer").selectOption({ label: "Globex Research Ltd" });
+  await admin.getByLabel("Status").selectOption("");
   await admin.getByRole("button", { name: "Filter" }).click();
   await admin.waitForURL(`${BASE}/admin/billing?org=${globex.org}&status=`);
   assert.deepEqual(await listed(admin), globex.invoices);
@@ -87,6 +107,7 @@ test("the vendor's operator finds invoices across customers, marks one paid and 
   // One invoice: printable, linking its customer and contract.
   const [september, october] = acme.invoices;
   await admin.goto(`${BASE}/admin/billing?org=${acme.org}`);
+  assert.deepEqual((await listed(admin)).sort(), [...acme.invoices].sort());
   await admin.getByRole("link", { name: september }).click();
   await admin.waitForURL(`${BASE}/admin/invoices/${september}`);
   assert.match(await admin.locator("tfoot").textContent(), /1500\.00 EUR/);
