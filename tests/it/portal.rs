@@ -757,9 +757,8 @@ async fn the_portal_runs_embedded() {
     scenario(&api, &api, &secret).await;
     // The routes are described in the OpenAPI document.
     let spec = api.get("/openapi.json").await.body;
-    // (One operation per contract action since the document describes each on its own.)
     for path in [
-        "/v1/contracts/{id}/send",
+        "/v1/contracts/{id}/sign",
         "/v1/entitlements/check",
         "/v1/billing/webhooks/stripe",
         "/v1/me/licenses",
