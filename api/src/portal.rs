@@ -693,18 +693,56 @@ pub async fn issue_invoice(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/invoices", tag = "portal", params(("org" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
+/// The invoices list's query: [`ListQuery`] and a status.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceListQuery {
+    org: Option<String>,
+    /// Only invoices in this status.
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+    min_position: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// The statuses an invoice may be listed by (as the read model and `GET /v1/invoices/{id}`
+/// name them).
+const INVOICE_STATUSES: [&str; 4] = ["issued", "open", "paid", "void"];
+
+#[utoipa::path(get, path = "/v1/invoices", tag = "portal", params(("org" = Option<String>, Query), ("status" = Option<String>, Query, description = "only invoices in this status: issued, open (sent to the billing provider), paid or void"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 400, body = Problem, description = "an unknown status")), security(("bearer" = [])))]
 pub async fn list_invoices(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    ApiQuery(q): ApiQuery<ListQuery>,
+    ApiQuery(i): ApiQuery<InvoiceListQuery>,
 ) -> Result<Response, Problem> {
     principal.require("billing:read")?;
+    if let Some(status) = i.status.as_deref() {
+        if !INVOICE_STATUSES.contains(&status) {
+            return Err(Problem::bad_request(format!(
+                "status must be one of {}",
+                INVOICE_STATUSES.join(", ")
+            )));
+        }
+    }
+    let q = ListQuery {
+        org: i.org,
+        after: i.after,
+        limit: i.limit,
+        min_position: i.min_position,
+        wait_ms: i.wait_ms,
+    };
     let limit = paging::limit(q.limit)?;
     q.wait(&state).await?;
     let org = q.scope(&principal)?;
-    let rows =
-        CommercialView::invoices(&state.db.pool, org.as_deref(), q.after.as_deref(), limit).await?;
+    let rows = CommercialView::invoices(
+        &state.db.pool,
+        org.as_deref(),
+        i.status.as_deref(),
+        q.after.as_deref(),
+        limit,
+    )
+    .await?;
     let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
     Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
 }
@@ -925,7 +963,16 @@ pub async fn my_invoices(
     ApiQuery(q): ApiQuery<MeQuery>,
 ) -> Result<Response, Problem> {
     let org = my_org(&principal)?;
-    list_invoices(State(state), Extension(principal), ApiQuery(q.of(org))).await
+    let q = q.of(org);
+    let q = InvoiceListQuery {
+        org: q.org,
+        status: None,
+        after: q.after,
+        limit: q.limit,
+        min_position: q.min_position,
+        wait_ms: q.wait_ms,
+    };
+    list_invoices(State(state), Extension(principal), ApiQuery(q)).await
 }
 
 #[utoipa::path(get, path = "/v1/me/entitlements", tag = "portal", responses((status = 200, description = "the caller's organization's entitlements")), security(("bearer" = [])))]

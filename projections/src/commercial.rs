@@ -214,13 +214,15 @@ impl CommercialView {
     pub async fn invoices(
         pool: &AnyPool,
         organization_id: Option<&str>,
+        status: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<InvoiceRow>, InfraError> {
         let rows = sqlx::query(&format!(
-            "{INVOICE_SELECT} WHERE ($1 = '' OR organization_id = $1) AND id > $2 ORDER BY id LIMIT $3"
+            "{INVOICE_SELECT} WHERE ($1 = '' OR organization_id = $1) AND ($2 = '' OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
         ))
         .bind(organization_id.unwrap_or(""))
+        .bind(status.unwrap_or(""))
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
         .fetch_all(pool)

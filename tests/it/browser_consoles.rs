@@ -99,3 +99,17 @@ fn operators_draft_several_line_items_and_amend_contracts_in_the_admin_console()
     let server = run_suite("admin-contracts", "admin_contracts.test.mjs", 1);
     no_token_in_the_log(&server);
 }
+
+#[test]
+fn operators_see_billing_runs_and_settle_invoices_in_the_admin_console() {
+    let server = run_suite("admin-billing", "admin_billing.test.mjs", 1);
+    // The payment and the void the operator confirmed are in the log, by the operator.
+    let by_person = |event_type: &str| {
+        tail_log(&server).iter().any(|e| {
+            e["envelope"]["event_type"] == event_type && e["envelope"]["actor"]["kind"] == "user"
+        })
+    };
+    assert!(by_person("InvoicePaid"), "no payment recorded by a person");
+    assert!(by_person("InvoiceVoided"), "no void recorded by a person");
+    no_token_in_the_log(&server);
+}

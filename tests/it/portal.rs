@@ -552,6 +552,28 @@ pub async fn scenario(platform: &Api, portal: &Api, bootstrap_secret: &str) {
     webhooks(platform, portal, &invoice).await;
     let shown = owner.get(&format!("/v1/invoices/{invoice}")).await;
     assert_eq!(shown.body["status"], "paid", "{}", shown.body);
+    // The operator lists invoices by status (across customers without `org`).
+    eventually(
+        "the invoice listed as paid",
+        Duration::from_secs(30),
+        || async {
+            let r = platform.get("/v1/invoices?status=paid&limit=200").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let items = r.body["items"].as_array().unwrap().clone();
+            assert!(items.iter().all(|i| i["status"] == "paid"), "{items:?}");
+            items
+                .iter()
+                .any(|i| i["id"] == invoice.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+    let open = platform
+        .get(&format!("/v1/invoices?org={org}&status=open"))
+        .await;
+    assert_eq!(open.status, 200, "{}", open.body);
+    assert_eq!(open.body["items"], json!([]), "{}", open.body);
+    is_problem(&platform.get("/v1/invoices?status=overdue").await, 400);
     let mine = owner.get("/v1/me/invoices").await;
     assert_eq!(mine.status, 200, "{}", mine.body);
 

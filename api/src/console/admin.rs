@@ -2,8 +2,9 @@
 //! contracts (draft with line items, send, activate, terminate) and the licences contracts
 //! produced (suspend, reinstate, revoke), and the event log: filtered, one aggregate's hash
 //! chain, the signed checkpoints and an event's inclusion proof checked against them; the
-//! signing keys (rotate, mark compromised) and the crypto policy. Every page is `/v1` calls with the operator's token; people of a customer
-//! organization are refused here whatever their scopes (their own pages are the Portal).
+//! signing keys (rotate, mark compromised) and the crypto policy; billing
+//! ([`super::admin_billing`]). Every page is `/v1` calls with the operator's token; people of a
+//! customer organization are refused here whatever their scopes (their own pages are the Portal).
 
 use std::collections::BTreeMap;
 
@@ -27,13 +28,14 @@ use crate::AppState;
 /// The Admin console.
 pub struct Admin;
 
-static INFO: ConsoleInfo = ConsoleInfo {
+pub(super) static INFO: ConsoleInfo = ConsoleInfo {
     name: "Admin",
     base: "/admin",
     nav: &[
         ("/", "Customers", "contracts:read"),
         ("/contracts", "Contracts", "contracts:read"),
         ("/licenses", "Licences", "licenses:read"),
+        ("/billing", "Billing", "billing:read"),
         ("/events", "Event log", "events:read"),
         ("/checkpoints", "Checkpoints", "events:read"),
         ("/keys", "Keys", "keys:manage"),
@@ -46,14 +48,14 @@ impl Console for Admin {
     }
     const CLIENT_ID: &'static str = ADMIN_CLIENT_ID;
     const SCOPES: &'static str =
-        "openid profile email organizations:read contracts:read contracts:write licenses:read licenses:write events:read keys:manage";
+        "openid profile email organizations:read contracts:read contracts:write licenses:read licenses:write events:read keys:manage billing:read billing:write";
     fn pages() -> Router<AppState> {
         routes()
     }
 }
 
 /// Rows per list page.
-const PAGE: &str = "20";
+pub(super) const PAGE: &str = "20";
 
 fn routes() -> Router<AppState> {
     Router::new()
@@ -97,14 +99,15 @@ fn routes() -> Router<AppState> {
             "/admin/keys/{kid}/compromise",
             get(confirm_compromise).post(compromise_key),
         )
+        .merge(super::admin_billing::routes())
         .route("/admin/{*rest}", get(not_found))
 }
 
 /// An operator of the vendor: a signed-in person of the platform organization. Anyone else
 /// gets a 403 page that shows nothing of the platform (not even its navigation).
-struct Operator(SignedIn<Admin>);
+pub(super) struct Operator(pub(super) SignedIn<Admin>);
 
-fn operator(me: SignedIn<Admin>) -> Result<Operator, PageError> {
+pub(super) fn operator(me: SignedIn<Admin>) -> Result<Operator, PageError> {
     if me.session.organization == PLATFORM_TENANT {
         return Ok(Operator(me));
     }
@@ -242,7 +245,7 @@ struct ListParams {
 }
 
 /// The customers' names by organization id (for lists across customers).
-async fn customer_names(op: &Operator) -> Result<BTreeMap<String, String>, PageError> {
+pub(super) async fn customer_names(op: &Operator) -> Result<BTreeMap<String, String>, PageError> {
     let mut names = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {

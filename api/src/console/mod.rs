@@ -10,6 +10,7 @@
 
 mod account;
 mod admin;
+mod admin_billing;
 mod api;
 mod portal;
 mod qsa;

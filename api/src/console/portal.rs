@@ -258,18 +258,22 @@ struct LicenseStanding {
     usable_until: Option<String>,
 }
 
+// The invoice types and the printable invoice are shared with the Admin console's billing
+// pages (`admin_billing`): one way to show an invoice.
+
 #[derive(Debug, Deserialize)]
-struct InvoiceRow {
-    id: String,
-    period: String,
-    currency: String,
-    total: i64,
-    status: String,
-    due_at: String,
+pub(super) struct InvoiceRow {
+    pub(super) id: String,
+    pub(super) organization_id: String,
+    pub(super) period: String,
+    pub(super) currency: String,
+    pub(super) total: i64,
+    pub(super) status: String,
+    pub(super) due_at: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct InvoiceLine {
+pub(super) struct InvoiceLine {
     description: String,
     quantity: i64,
     unit_amount: i64,
@@ -277,23 +281,25 @@ struct InvoiceLine {
 }
 
 #[derive(Debug, Deserialize)]
-struct Paid {
-    paid_at: String,
-    reference: String,
+pub(super) struct Paid {
+    pub(super) paid_at: String,
+    pub(super) reference: String,
 }
 
 #[derive(Debug, Deserialize)]
-struct InvoiceDetail {
-    id: String,
-    status: String,
-    contract_id: Option<String>,
-    period: Option<String>,
-    currency: String,
-    lines: Option<Vec<InvoiceLine>>,
-    total_display: Option<String>,
-    due_at: Option<String>,
-    hosted_url: Option<String>,
-    paid: Option<Paid>,
+pub(super) struct InvoiceDetail {
+    pub(super) id: String,
+    pub(super) status: String,
+    pub(super) organization_id: Option<String>,
+    pub(super) contract_id: Option<String>,
+    pub(super) period: Option<String>,
+    pub(super) currency: String,
+    pub(super) lines: Option<Vec<InvoiceLine>>,
+    pub(super) total_display: Option<String>,
+    pub(super) due_at: Option<String>,
+    pub(super) provider: Option<String>,
+    pub(super) hosted_url: Option<String>,
+    pub(super) paid: Option<Paid>,
 }
 
 // ---- what the pages show ----
@@ -333,15 +339,15 @@ fn contract_line(c: &ContractRow) -> ContractLine {
     }
 }
 
-struct InvoiceLineView {
-    id: String,
-    period: String,
-    status: String,
-    total: String,
-    due: String,
+pub(super) struct InvoiceLineView {
+    pub(super) id: String,
+    pub(super) period: String,
+    pub(super) status: String,
+    pub(super) total: String,
+    pub(super) due: String,
 }
 
-fn invoice_line(i: &InvoiceRow) -> InvoiceLineView {
+pub(super) fn invoice_line(i: &InvoiceRow) -> InvoiceLineView {
     InvoiceLineView {
         id: i.id.clone(),
         period: i.period.clone(),
@@ -587,7 +593,7 @@ async fn sign(
 }
 
 /// The first block of an id, for titles (the full id is on the page).
-fn short(id: &str) -> &str {
+pub(super) fn short(id: &str) -> &str {
     id.split('-').next().unwrap_or(id)
 }
 
@@ -711,11 +717,26 @@ async fn invoices(me: Me, Query(p): Query<ListParams>) -> Result<Response, PageE
     }))
 }
 
-struct InvoiceLineRow {
-    description: String,
-    quantity: i64,
-    unit: String,
-    amount: String,
+pub(super) struct InvoiceLineRow {
+    pub(super) description: String,
+    pub(super) quantity: i64,
+    pub(super) unit: String,
+    pub(super) amount: String,
+}
+
+/// An invoice's lines as the printable invoice shows them.
+pub(super) fn invoice_lines(i: &InvoiceDetail) -> Vec<InvoiceLineRow> {
+    i.lines
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|l| InvoiceLineRow {
+            description: l.description.clone(),
+            quantity: l.quantity,
+            unit: money(&i.currency, l.unit_amount),
+            amount: money(&i.currency, l.amount),
+        })
+        .collect()
 }
 
 #[derive(Template)]
@@ -724,6 +745,10 @@ struct InvoicePage {
     layout: Layout,
     i: InvoiceDetail,
     organization: String,
+    /// The bill-to name's link (none here: the Portal is the customer's own).
+    customer_href: Option<String>,
+    /// Where the invoice's contract is shown.
+    contracts: &'static str,
     lines: Vec<InvoiceLineRow>,
 }
 
@@ -742,21 +767,12 @@ async fn invoice(me: Me, Path(id): Path<String>) -> Result<Response, PageError> 
                 .name
         }
     };
-    let lines = i
-        .lines
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .map(|l| InvoiceLineRow {
-            description: l.description.clone(),
-            quantity: l.quantity,
-            unit: money(&i.currency, l.unit_amount),
-            amount: money(&i.currency, l.amount),
-        })
-        .collect();
+    let lines = invoice_lines(&i);
     Ok(render(&InvoicePage {
         layout: me.layout(format!("Invoice {}", short(&i.id)), "/invoices"),
         organization,
+        customer_href: None,
+        contracts: "/portal/contracts",
         lines,
         i,
     })
