@@ -1403,7 +1403,9 @@ async fn s_a_relay_that_loses_its_lease_stops_publishing_until_it_takes_it_again
 
     // End the relay's lease session from outside and take the lock at once.
     let holder_pid: i32 = sqlx::query_scalar(
+        // Advisory locks are per database; other tests' relays hold the same key in theirs.
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
            AND objid = ((hashtext('quantus-relay:kafka')::bigint) & 4294967295)::text::oid",
     )
     .fetch_one(&db)
@@ -1424,11 +1426,12 @@ async fn s_a_relay_that_loses_its_lease_stops_publishing_until_it_takes_it_again
         Duration::from_secs(10),
         || async {
             let queued: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)",
-        )
-        .fetch_one(&db)
-        .await
-        .unwrap();
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
             queued.then_some(())
         },
     )
