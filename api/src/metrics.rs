@@ -263,6 +263,8 @@ pub struct Metrics {
     projection_lag: Family<ProjectionLabels, Gauge>,
     checkpoint_lag: Gauge,
     aggregate_cache: Gauge,
+    loads_from_memory: Counter,
+    follower_lag: Gauge,
     pool: Family<PoolLabels, Gauge>,
     write_queue: Gauge,
     write_queue_depth: Gauge,
@@ -295,6 +297,8 @@ impl Default for Metrics {
         let projection_lag = Family::<ProjectionLabels, Gauge>::default();
         let checkpoint_lag = Gauge::default();
         let aggregate_cache = Gauge::default();
+        let loads_from_memory = Counter::default();
+        let follower_lag = Gauge::default();
         let pool = Family::<PoolLabels, Gauge>::default();
         registry.register("http_requests", "HTTP requests served", requests.clone());
         registry.register(
@@ -331,6 +335,16 @@ impl Default for Metrics {
             "aggregate_cache_entries",
             "Aggregate states this process keeps in memory",
             aggregate_cache.clone(),
+        );
+        registry.register(
+            "aggregate_loads_from_memory",
+            "Hot-path loads (token verification, introspection, keys, clients) answered from memory without reading the store",
+            loads_from_memory.clone(),
+        );
+        registry.register(
+            "log_follower_lag_events",
+            "Events appended that this process's log follower has not noted yet",
+            follower_lag.clone(),
         );
         registry.register(
             "db_pool_connections",
@@ -462,6 +476,8 @@ impl Default for Metrics {
             projection_lag,
             checkpoint_lag,
             aggregate_cache,
+            loads_from_memory,
+            follower_lag,
             pool,
         }
     }
@@ -630,6 +646,14 @@ pub async fn scrape(
     m.checkpoint_lag
         .set(head.saturating_sub(checkpointed) as i64);
     m.aggregate_cache.set(state.bus.cache().len() as i64);
+    let follower = state.bus.follower();
+    let counted = m.loads_from_memory.get();
+    m.loads_from_memory
+        .inc_by(follower.served_from_memory().saturating_sub(counted));
+    if follower.is_following() {
+        m.follower_lag
+            .set(head.saturating_sub(follower.position()) as i64);
+    }
     for (relay, cursor) in quantus_infra::relay::Relay::cursors(&state.db).await? {
         m.relay_lag
             .get_or_create(&RelayLabels { relay })

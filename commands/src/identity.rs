@@ -1903,7 +1903,7 @@ impl Identity {
             }
         };
         let unknown = || OAuthError::invalid_client("client authentication failed");
-        let (client, _) = self.bus.load::<Client>(&client_id).await?;
+        let (client, _) = self.bus.load_recent::<Client>(&client_id).await?;
         let (Some(reg), ClientStatus::Active) = (client.registration.clone(), client.status) else {
             // Same work as a real check, so timing does not reveal which ids exist.
             let _ = secret_matches(auth.secret.as_deref().unwrap_or_default(), &"0".repeat(64));
@@ -2035,7 +2035,7 @@ impl Identity {
     pub async fn token_keys(&self, now: DateTime<Utc>) -> Result<Vec<TrustedKey>, CommandError> {
         Ok(self
             .licensing
-            .keyring(Purpose::Token)
+            .keyring_recent(Purpose::Token)
             .await?
             .trusted_keys()
             .into_iter()
@@ -2160,7 +2160,7 @@ impl Identity {
     pub async fn check_live(&self, claims: &AccessClaims) -> Result<(), TokenRejection> {
         let (grant, _) = self
             .bus
-            .load::<Grant>(&claims.gid)
+            .load_recent::<Grant>(&claims.gid)
             .await
             .map_err(|e| TokenRejection::Malformed(e.to_string()))?;
         if grant.status != GrantStatus::Active {
@@ -2171,14 +2171,14 @@ impl Identity {
         let live = if claims.is_user() {
             let (user, _) = self
                 .bus
-                .load::<User>(&claims.sub)
+                .load_recent::<User>(&claims.sub)
                 .await
                 .map_err(|e| TokenRejection::Malformed(e.to_string()))?;
             user.status == UserStatus::Active
         } else {
             let (client, _) = self
                 .bus
-                .load::<Client>(&claims.client_id)
+                .load_recent::<Client>(&claims.client_id)
                 .await
                 .map_err(|e| TokenRejection::Malformed(e.to_string()))?;
             client.status == ClientStatus::Active
@@ -3098,7 +3098,7 @@ impl Identity {
         let Some(gid) = id_of(token) else {
             return Ok(inactive);
         };
-        let (grant, _) = self.bus.load::<Grant>(gid).await?;
+        let (grant, _) = self.bus.load_recent::<Grant>(gid).await?;
         let current = grant
             .refresh_sha256
             .as_deref()

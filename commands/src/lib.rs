@@ -11,6 +11,7 @@ pub mod evidence;
 pub mod identity;
 pub mod invites;
 pub mod licensing;
+pub mod log_follower;
 pub mod mfa;
 pub mod observe;
 pub mod passkeys;
@@ -20,7 +21,7 @@ pub mod scim;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
@@ -34,6 +35,7 @@ use quantus_infra::group_commit::Overloaded;
 use quantus_infra::{InfraError, SqlEventRepository};
 
 use crate::aggregate_cache::AggregateCache;
+use crate::log_follower::LogFollower;
 use crate::observe::{Observer, Outcome};
 
 /// What a successful command tells its caller.
@@ -143,6 +145,8 @@ pub struct CommandBus {
     replayed: Arc<AtomicU64>,
     /// Told how each command ended (set once, by the API for its metrics).
     observer: Arc<OnceLock<Arc<dyn Observer>>>,
+    /// What the log has moved past, for loads that may skip the store (the hot paths).
+    follower: Arc<LogFollower>,
 }
 
 impl CommandBus {
@@ -157,6 +161,7 @@ impl CommandBus {
             cache: Arc::new(cache),
             replayed: Arc::new(AtomicU64::new(0)),
             observer: Arc::new(OnceLock::new()),
+            follower: Arc::new(LogFollower::default()),
         }
     }
 
@@ -171,6 +176,20 @@ impl CommandBus {
         &self.cache
     }
 
+    /// The log follower behind [`Self::load_recent`].
+    pub fn follower(&self) -> &LogFollower {
+        &self.follower
+    }
+
+    /// Follows the log until dropped, so that [`Self::load_recent`] answers from memory states
+    /// no older than `staleness` (see [`log_follower`]). Run once per process, by `serve`.
+    pub async fn follow_log(&self, staleness: Duration) -> Result<(), CommandError> {
+        self.follower
+            .clone()
+            .follow(self.repo.database().clone(), self.cache.clone(), staleness)
+            .await
+    }
+
     /// How many events this bus (and its clones) has read from the store to rebuild states.
     pub fn events_replayed(&self) -> u64 {
         self.replayed.load(Ordering::Relaxed)
@@ -183,7 +202,11 @@ impl CommandBus {
     where
         A: Aggregate + Clone + 'static,
     {
-        let (mut aggregate, mut sequence) = match self.cache.get::<A>(id) {
+        // Every event up to here is in the store for the read below, or the follower notes it.
+        let read_after = self.follower.position();
+        let kept = self.cache.get::<A>(id);
+        let was_kept = kept.is_some();
+        let (mut aggregate, mut sequence) = match kept {
             Some(kept) => kept,
             None => self.saved::<A>(id).await,
         };
@@ -201,7 +224,9 @@ impl CommandBus {
             aggregate.apply(envelope.payload);
         }
         if replayed > 0 {
-            self.cache.put(id, &aggregate, sequence);
+            self.cache.put(id, &aggregate, sequence, read_after);
+        } else if was_kept {
+            self.cache.confirm::<A>(id, sequence, read_after);
         }
         if replayed >= SNAPSHOT_EVERY {
             self.save(id, &aggregate, sequence);
@@ -310,6 +335,7 @@ impl CommandBus {
         // Load shedding: a slot in the bounded write queue before any work, held until the
         // events are committed (or the command turns out to change nothing).
         let permit = self.repo.admit()?;
+        let read_after = self.follower.position();
         let (mut aggregate, current) = self.current::<A>(id).await?;
         if let Some(expected) = expected_version {
             if expected != current {
@@ -351,7 +377,7 @@ impl CommandBus {
             // Committed: the aggregate as `handle` left it (the event sink applies each event
             // it records) is its state now, so the next command on it reads no event at all.
             let now_at = current + count as u64;
-            self.cache.put(id, &aggregate, now_at);
+            self.cache.put(id, &aggregate, now_at, read_after);
             if now_at / SNAPSHOT_EVERY > current / SNAPSHOT_EVERY {
                 self.save(id, &aggregate, now_at);
             }
@@ -376,6 +402,24 @@ impl CommandBus {
     where
         A: Aggregate + Clone + 'static,
     {
+        self.current::<A>(id).await
+    }
+
+    /// An aggregate's state no older than the log follower's staleness bound, from memory
+    /// when this process keeps it and the follower has seen nothing later, else as
+    /// [`Self::load`]. For the hot paths' reads (token verification, introspection, keys,
+    /// client lookups), never for a command's own load: a command's decision must see every
+    /// committed event, which its append then checks.
+    pub async fn load_recent<A>(&self, id: &str) -> Result<(A, u64), CommandError>
+    where
+        A: Aggregate + Clone + 'static,
+    {
+        if self.follower.is_fresh() {
+            if let Some(kept) = self.cache.fresh::<A>(id) {
+                self.follower.served();
+                return Ok(kept);
+            }
+        }
         self.current::<A>(id).await
     }
 

@@ -136,6 +136,16 @@ impl Licensing {
         Ok(self.bus.load::<Keyring>(&keyring_id(purpose)).await?.0)
     }
 
+    /// A keyring as of at most the log follower's staleness bound ago (for verifying, where a
+    /// key marked compromised is refused within that bound; see `CommandBus::load_recent`).
+    pub async fn keyring_recent(&self, purpose: Purpose) -> Result<Keyring, CommandError> {
+        Ok(self
+            .bus
+            .load_recent::<Keyring>(&keyring_id(purpose))
+            .await?
+            .0)
+    }
+
     /// The published key set: every key of every purpose, and the policy.
     pub async fn key_set(&self) -> Result<TrustedKeys, CommandError> {
         let mut keys = vec![];

@@ -113,6 +113,10 @@ pub struct Config {
     pub retention_seconds: u64,
     /// Aggregate states kept in memory per process (`QUANTUS_AGGREGATE_CACHE`, default 10000).
     pub aggregate_cache: u64,
+    /// How old a state the hot paths (token verification, introspection, keys, client
+    /// lookups) may take from memory, in milliseconds (`QUANTUS_READ_STALENESS_MS`, default
+    /// 1000; 0: they read the store every time).
+    pub read_staleness_ms: u64,
     /// How long before its access token expires a console session refreshes it
     /// (`QUANTUS_CONSOLE_REFRESH_SECONDS`, default 30; a value at least the token's lifetime
     /// refreshes on every page, which the browser tests use to exercise rotation).
@@ -309,6 +313,12 @@ impl Config {
                 "QUANTUS_AGGREGATE_CACHE must be at most 10000000".into(),
             ));
         }
+        let read_staleness_ms = number("QUANTUS_READ_STALENESS_MS", 1000)?;
+        if read_staleness_ms > 60_000 {
+            return Err(InfraError::Config(
+                "QUANTUS_READ_STALENESS_MS must be at most 60000 (a revoked token must stop working soon)".into(),
+            ));
+        }
         let invite_seconds = number("QUANTUS_INVITE_SECONDS", 3 * 86400)?;
         let defaults = HttpLimits::default();
         let http = HttpLimits {
@@ -429,6 +439,7 @@ impl Config {
             witness_refresh_seconds,
             retention_seconds,
             aggregate_cache,
+            read_staleness_ms,
             console_refresh_seconds,
             invite_seconds,
             object_store_url: env("OBJECT_STORE_URL"),

@@ -573,6 +573,46 @@ pub async fn read_log(db: &Database, after: u64, limit: u32) -> Result<Vec<LogRe
     rows.iter().map(record_from_row).collect()
 }
 
+/// Which aggregate each event after `after` belongs to, in log order, at most `limit`: what a
+/// process needs to know which of its in-memory states the log has moved past, without
+/// reading payloads.
+pub async fn read_log_keys(
+    db: &Database,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<LogKey>, InfraError> {
+    let Ok(after) = i64::try_from(after) else {
+        return Ok(Vec::new());
+    };
+    let rows = sqlx::query(
+        "SELECT position, aggregate_type, aggregate_id, sequence FROM events \
+         WHERE position > $1 ORDER BY position LIMIT $2",
+    )
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LogKey {
+                position: get_u64(row, "position")?,
+                aggregate_type: row.try_get("aggregate_type")?,
+                aggregate_id: row.try_get("aggregate_id")?,
+                sequence: get_u64(row, "sequence")?,
+            })
+        })
+        .collect()
+}
+
+/// An event's place in the log and in its aggregate's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogKey {
+    pub position: u64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: u64,
+}
+
 /// The last log position appended before `instant` (0 when none was): a time answered in
 /// positions, so a reader can start or stop there.
 ///

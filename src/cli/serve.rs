@@ -126,6 +126,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .bus
             .cache()
             .resize(usize::try_from(config.aggregate_cache).unwrap_or(usize::MAX));
+        if config.read_staleness_ms > 0 {
+            let bus = state.bus.clone();
+            let staleness = std::time::Duration::from_millis(config.read_staleness_ms);
+            tasks.spawn(async move { Ok(bus.follow_log(staleness).await?) });
+        }
         state.stripe_webhook_secret = config.stripe_webhook_secret.clone();
         state.limits = config.http;
         state.readiness = quantus_api::Readiness {

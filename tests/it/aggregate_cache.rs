@@ -114,11 +114,11 @@ fn the_cache_keeps_at_most_its_capacity_and_never_goes_back_in_time() {
         name: name.into(),
         ..Organization::default()
     };
-    cache.put("a", &org("A at 5"), 5);
-    cache.put("a", &org("A at 3"), 3); // an older state arrives late: ignored
+    cache.put("a", &org("A at 5"), 5, 0);
+    cache.put("a", &org("A at 3"), 3, 0); // an older state arrives late: ignored
     assert_eq!(cache.get::<Organization>("a"), Some((org("A at 5"), 5)));
-    cache.put("b", &org("B"), 1);
-    cache.put("c", &org("C"), 1);
+    cache.put("b", &org("B"), 1, 0);
+    cache.put("c", &org("C"), 1, 0);
     assert_eq!(cache.len(), 2);
     assert_eq!(
         cache.get::<Organization>("a"),
@@ -265,4 +265,126 @@ async fn a_long_stream_loads_from_its_snapshot_on_postgres() {
     let url = fresh_database().await;
     let dir = temp_dir("snapshot-postgres");
     a_long_stream_loads_from_its_snapshot(Database::open(Some(&url), &dir).await.unwrap()).await;
+}
+
+// Issue 18, item 2: the hot paths (access-token verification, introspection, the token
+// keyring, client authentication, grant liveness) answer from memory kept current by the log,
+// and a change recorded by any process holds in every process within the staleness bound
+// (`QUANTUS_READ_STALENESS_MS`, 1 s by default), at once in the process that recorded it.
+
+/// Whether `server` calls `token` active, asked by the bootstrap admin.
+async fn introspect(server: &Server, token: &str) -> bool {
+    let (client_id, secret) = bootstrap_credentials(&server.data_dir);
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/oauth2/introspect", server.url()))
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .expect("introspect")
+        .json()
+        .await
+        .expect("introspection JSON");
+    answer["active"].as_bool().expect("active")
+}
+
+async fn revoke(server: &Server, token: &str) {
+    let (client_id, secret) = bootstrap_credentials(&server.data_dir);
+    let r = reqwest::Client::new()
+        .post(format!("{}/oauth2/revoke", server.url()))
+        .basic_auth(&client_id, Some(&secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 200);
+}
+
+/// Loads `server`'s hot paths answered from memory so far.
+async fn loads_from_memory(server: &Server) -> u64 {
+    let scrape = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("quantus_aggregate_loads_from_memory_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no loads-from-memory counter in {scrape}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_paths_answer_introspection_from_memory_and_a_revocation_holds_at_once() {
+    let dir = temp_dir("hot-paths");
+    let server = Server::embedded(&dir);
+    let (client_id, secret) = bootstrap_credentials(&dir);
+    let token = client_token(server.url(), &client_id, &secret, None);
+    assert!(introspect(&server, &token).await);
+    let before = loads_from_memory(&server).await;
+    for _ in 0..10 {
+        assert!(introspect(&server, &token).await);
+    }
+    // Each introspection authenticates the caller, finds the token key, and checks the grant
+    // and its client: all from memory once warm.
+    let served = loads_from_memory(&server).await - before;
+    assert!(
+        served >= 30,
+        "only {served} loads from memory for 10 introspections"
+    );
+    revoke(&server, &token).await;
+    assert!(
+        !introspect(&server, &token).await,
+        "the process that revoked the token refuses it at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_revoked_through_one_process_is_refused_by_another_within_the_bound() {
+    let url = fresh_database().await;
+    let dir = temp_dir("hot-paths-two");
+    // Two replicas of one deployment: one issuer (public URL), one store.
+    let listen = format!("127.0.0.1:{}", crate::portal::free_port());
+    let public = format!("http://{listen}");
+    let vars = [
+        ("QUANTUS_READ_STALENESS_MS", "1000"),
+        ("QUANTUS_PUBLIC_URL", public.as_str()),
+    ];
+    let store = ["--database-url", url.as_str()];
+    let first = Server::start(
+        &dir,
+        &[&["--listen", listen.as_str()][..], &store].concat(),
+        &vars,
+    );
+    let second = Server::start(
+        &dir,
+        &[&["--listen", "127.0.0.1:0"][..], &store].concat(),
+        &vars,
+    );
+    let (client_id, secret) = bootstrap_credentials(&dir);
+    let token = client_token(first.url(), &client_id, &secret, None);
+    // The second process answers from memory once warm.
+    assert!(introspect(&second, &token).await);
+    let before = loads_from_memory(&second).await;
+    assert!(introspect(&second, &token).await);
+    assert!(loads_from_memory(&second).await > before);
+
+    revoke(&first, &token).await;
+    assert!(!introspect(&first, &token).await);
+    // A request that reaches the second process the bound after the revocation was committed
+    // is answered from a pass over the log that began after it.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert!(
+        !introspect(&second, &token).await,
+        "the other process still accepts a token revoked a second ago"
+    );
+    // And its access token no longer opens the API there either.
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/organizations", second.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 401);
 }
