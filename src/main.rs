@@ -32,9 +32,10 @@ async fn main() -> std::process::ExitCode {
     code
 }
 
-/// The target of spans made only for trace export (the command, the append): the log leaves
-/// them out, so a logged line keeps naming its request span and request id.
-const TRACE_TARGET: &str = "quantus::trace";
+/// The target of spans made only for trace export (the command, the append, the relay's
+/// publish, a projection's apply): the log leaves them out, so a logged line keeps naming its
+/// request span and request id.
+const TRACE_TARGET: &str = quantus_infra::telemetry::TRACE_TARGET;
 
 /// Logs to stderr, filtered by `RUST_LOG` (or the older `QUANTUS_LOG`), as text (coloured
 /// only on a terminal) or as one JSON object per line; with `OTEL_EXPORTER_OTLP_ENDPOINT` set,
@@ -78,11 +79,28 @@ fn init_logging(
             use opentelemetry::trace::TracerProvider as _;
             // Spans only (events stay in the log), at info and above: the request, the
             // command, the append.
+            // `sometimes`, not `always`, for the spans exported: per-layer filters pass their
+            // decision from `enabled()` to the span through a thread-local, and a call site
+            // cached as `always` skips `enabled()`, so the span read what an unrelated check
+            // left there (sqlx's statement logger on Postgres) and was dropped by every layer
+            // (tokio-rs/tracing#2519).
+            let exported = |meta: &tracing::Metadata<'_>| {
+                meta.is_span() && *meta.level() <= tracing::Level::INFO
+            };
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer("quantus"))
-                .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                    meta.is_span() && *meta.level() <= tracing::Level::INFO
-                }));
+                .with_filter(
+                    tracing_subscriber::filter::dynamic_filter_fn(move |meta, _| exported(meta))
+                        .with_callsite_filter(move |meta| {
+                            if exported(meta) {
+                                tracing::subscriber::Interest::sometimes()
+                            } else {
+                                tracing::subscriber::Interest::never()
+                            }
+                        }),
+                );
+            // The trace goes on through the store and Kafka to the projections.
+            quantus_infra::telemetry::enable();
             (Some(provider), Some(layer))
         }
         None => (None, None),

@@ -57,6 +57,17 @@ pub fn portal_router(state: AppState) -> Router {
     app(state, false)
 }
 
+/// What a process that serves no API (`--role relay`, `--role projector`) answers over HTTP:
+/// `/metrics`, `/healthz` and `/readyz`, so its publish errors and lags can be scraped and
+/// probed. Nothing else: every other path is 404.
+pub fn operations_router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::scrape));
+    finish(routes, &state)
+}
+
 fn app(state: AppState, everything: bool) -> Router {
     let routes = routes(&state, everything);
     let api = finish(routes.clone(), &state);

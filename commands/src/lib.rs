@@ -308,7 +308,7 @@ impl CommandBus {
         let started = Instant::now();
         // A span for trace export only (its target is left out of the log): the command, child
         // of the request that runs it, parent of the append.
-        let span = tracing::info_span!(target: "quantus::trace", "command", aggregate = A::TYPE);
+        let span = tracing::info_span!(target: quantus_infra::telemetry::TRACE_TARGET, "command", aggregate = A::TYPE);
         let result = self
             .run::<A>(ctx, id, command, expected_version, services)
             .instrument(span)

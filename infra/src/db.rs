@@ -64,6 +64,13 @@ const SCHEMA: &[&str] = &[
         process TEXT PRIMARY KEY,
         position BIGINT NOT NULL
     )",
+    // The W3C trace context of an event's append, while trace export is on: beside the log,
+    // never in it (no hash, checkpoint or audit reads it), pruned as the log grows
+    // (telemetry.rs, group_commit.rs).
+    "CREATE TABLE IF NOT EXISTS event_trace_context (
+        position BIGINT PRIMARY KEY,
+        traceparent TEXT NOT NULL
+    )",
     "CREATE TABLE IF NOT EXISTS relay_cursors (
         relay TEXT PRIMARY KEY,
         position BIGINT NOT NULL

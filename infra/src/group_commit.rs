@@ -188,6 +188,8 @@ const WITHDRAWN: u8 = 2;
 /// One command's events, and where its answer goes.
 struct Request {
     events: Vec<SerializedEvent>,
+    /// The W3C trace context of the command's `append` span (only while trace export is on).
+    traceparent: Option<String>,
     reply: oneshot::Sender<Answer>,
     state: Arc<AtomicU8>,
 }
@@ -311,17 +313,28 @@ impl Appender {
         // For trace export only (left out of the log): the wait for this command's events to be
         // committed by the group-commit writer, which commits many commands in one transaction.
         // (`i64`: the OpenTelemetry bridge exports unsigned fields as text.)
-        let span =
-            tracing::info_span!(target: "quantus::trace", "append", events = events.len() as i64);
-        self.enqueue(permit, events).instrument(span).await
+        let span = tracing::info_span!(target: crate::telemetry::TRACE_TARGET, "append", events = events.len() as i64);
+        // Recorded beside the events, so the relay and the projectors continue this trace.
+        let traceparent = crate::telemetry::enabled()
+            .then(|| crate::telemetry::traceparent_of(&span))
+            .flatten();
+        self.enqueue(permit, events, traceparent)
+            .instrument(span)
+            .await
     }
 
-    async fn enqueue(&self, permit: WritePermit, events: Vec<SerializedEvent>) -> Answer {
+    async fn enqueue(
+        &self,
+        permit: WritePermit,
+        events: Vec<SerializedEvent>,
+        traceparent: Option<String>,
+    ) -> Answer {
         let (reply, mut answer) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         self.sender()
             .send(Request {
                 events,
+                traceparent,
                 reply,
                 state: state.clone(),
             })
@@ -414,7 +427,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let commands: Vec<&[SerializedEvent]> = batch.iter().map(|r| &r.events[..]).collect();
+        let commands: Vec<Command<'_>> = batch.iter().map(Request::command).collect();
         match self.attempt(&commands).await {
             Ok(answers) => self.answer(batch, answers),
             Err(failure) if !failure.at_commit && batch.len() > 1 => {
@@ -424,7 +437,7 @@ impl Writer {
                     "a batch of appends failed before its commit; appending its commands one by one"
                 );
                 for request in batch {
-                    let answer = match self.attempt(&[&request.events[..]]).await {
+                    let answer = match self.attempt(&[request.command()]).await {
                         Ok(mut answers) => answers.pop().unwrap_or_else(|| Err(stopped())),
                         Err(failure) => Err(failure.error),
                     };
@@ -462,7 +475,7 @@ impl Writer {
     }
 
     /// One transaction for `commands`; per command, its last position or why it was refused.
-    async fn attempt(&mut self, commands: &[&[SerializedEvent]]) -> Result<Vec<Answer>, Failure> {
+    async fn attempt(&mut self, commands: &[Command<'_>]) -> Result<Vec<Answer>, Failure> {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .commands
@@ -490,11 +503,32 @@ impl Writer {
     }
 }
 
+/// One command of a batch: its events and its append span's trace context.
+struct Command<'a> {
+    events: &'a [SerializedEvent],
+    traceparent: Option<&'a str>,
+}
+
+impl Request {
+    fn command(&self) -> Command<'_> {
+        Command {
+            events: &self.events,
+            traceparent: self.traceparent.as_deref(),
+        }
+    }
+}
+
+/// Trace contexts are kept for this many positions behind the head (the relay and the
+/// projectors read them within moments; one that is this far behind has lost the trace's
+/// timing anyway), pruned whenever a batch crosses a multiple of [`TRACE_PRUNE_EVERY`].
+const TRACE_KEEP: u64 = 100_000;
+const TRACE_PRUNE_EVERY: u64 = 4096;
+
 /// The batch's transaction: lock, head, links, checks, one multi-row insert, commit.
 async fn append_batch(
     conn: &mut AnyConnection,
     dialect: Dialect,
-    commands: &[&[SerializedEvent]],
+    commands: &[Command<'_>],
 ) -> Result<Vec<Answer>, Failure> {
     let before = |error: PersistenceError| Failure {
         error,
@@ -519,18 +553,23 @@ async fn append_batch(
 
     let mut aggregates: Vec<(&str, &str)> = commands
         .iter()
-        .filter_map(|c| c.first())
+        .filter_map(|c| c.events.first())
         .map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str()))
         .collect();
     aggregates.sort_unstable();
     aggregates.dedup();
     let mut links = last_links(&mut tx, &aggregates).await.map_err(before)?;
 
+    let first_position = position;
     let mut rows: Vec<(u64, Envelope)> = Vec::new();
+    let mut traces: Vec<(u64, &str)> = Vec::new();
     let mut answers = Vec::with_capacity(commands.len());
-    for events in commands {
-        match seal_command(events, &links, position) {
+    for command in commands {
+        match seal_command(command.events, &links, position) {
             Ok(sealed) => {
+                if let Some(traceparent) = command.traceparent {
+                    traces.extend(sealed.iter().map(|(p, _)| (*p, traceparent)));
+                }
                 if let Some((last_position, last)) = sealed.last() {
                     position = *last_position;
                     links.insert(
@@ -545,6 +584,16 @@ async fn append_batch(
         }
     }
     insert_rows(&mut tx, &rows).await.map_err(before)?;
+    if !traces.is_empty() {
+        insert_traces(&mut tx, &traces).await.map_err(before)?;
+        if position / TRACE_PRUNE_EVERY > first_position / TRACE_PRUNE_EVERY {
+            sqlx::query("DELETE FROM event_trace_context WHERE position <= $1")
+                .bind(position.saturating_sub(TRACE_KEEP) as i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| before(sql(e)))?;
+        }
+    }
     tx.commit().await.map_err(|e| Failure {
         error: sql(e),
         at_commit: true,
@@ -647,6 +696,31 @@ async fn insert_rows(
         let mut query = sqlx::query(&text);
         for (position, envelope) in chunk {
             query = bind_event(query, *position, envelope)?;
+        }
+        query.execute(&mut *tx).await.map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Records each traced event's `traceparent` beside it ([`ROWS_PER_INSERT`] rows per statement).
+async fn insert_traces(
+    tx: &mut AnyConnection,
+    traces: &[(u64, &str)],
+) -> Result<(), PersistenceError> {
+    for chunk in traces.chunks(ROWS_PER_INSERT) {
+        let mut text = "INSERT INTO event_trace_context (position, traceparent) VALUES ".to_owned();
+        for i in 0..chunk.len() {
+            let _ = write!(
+                text,
+                "{}(${}, ${})",
+                if i == 0 { "" } else { ", " },
+                2 * i + 1,
+                2 * i + 2
+            );
+        }
+        let mut query = sqlx::query(&text);
+        for (position, traceparent) in chunk {
+            query = query.bind(*position as i64).bind(*traceparent);
         }
         query.execute(&mut *tx).await.map_err(sql)?;
     }

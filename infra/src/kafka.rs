@@ -242,6 +242,8 @@ pub struct Received {
     pub partition: i32,
     pub offset: i64,
     pub record: LogRecord,
+    /// The message's W3C `traceparent` header (the relay's publish span), if it has one.
+    pub traceparent: Option<String>,
 }
 
 /// A member of a consumer group reading every platform topic, starting each partition where
@@ -299,6 +301,9 @@ impl GroupConsumer {
                     partition: message.partition(),
                     offset: message.offset(),
                     record: record_from_message(&message)?,
+                    traceparent: crate::telemetry::enabled()
+                        .then(|| header_text(&message, crate::telemetry::TRACEPARENT))
+                        .flatten(),
                 }));
             }
             Ok(Err(error)) => error,
@@ -409,6 +414,13 @@ pub fn cloudevent_headers(record: &LogRecord) -> OwnedHeaders {
                 value: Some(v.as_bytes()),
             })
         })
+}
+
+/// A header's value as text (`None` when absent or not UTF-8).
+fn header_text<M: Message>(message: &M, key: &str) -> Option<String> {
+    let headers = message.headers()?;
+    let value = headers.iter().find(|h| h.key == key)?.value?;
+    std::str::from_utf8(value).ok().map(str::to_owned)
 }
 
 /// Decodes a message the relay produced back into a log record.

@@ -20,6 +20,7 @@ pub mod objects;
 pub mod relay;
 pub mod saml_keys;
 pub mod subject_keys;
+pub mod telemetry;
 pub mod witness;
 
 pub use config::{Config, HttpLimits, Role};

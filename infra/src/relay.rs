@@ -10,13 +10,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::try_join_all;
+use rdkafka::message::Header;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sqlx::Row;
+use tracing::Instrument as _;
 
 use crate::db::{Database, Dialect};
 use crate::event_store::read_log;
 use crate::kafka::{cloudevent_headers, producer, KafkaSettings};
+use crate::telemetry;
 use crate::InfraError;
 
 /// Failed publication attempts of every relay in this process (a batch Kafka or the store
@@ -97,24 +100,50 @@ impl Relay {
         let Some(last) = records.last().map(|r| r.position) else {
             return Ok(0);
         };
+        // Empty (and not read) unless trace export is on.
+        let traces = telemetry::trace_contexts(&self.db, cursor, last).await?;
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
             let topic = self.kafka.topic_for(&record.envelope.aggregate_type)?;
             let value = serde_json::to_vec(&record.envelope)
                 .map_err(|e| InfraError::Corrupt(e.to_string()))?;
             let key = record.envelope.aggregate_id.clone();
-            let headers = cloudevent_headers(record);
+            let mut headers = cloudevent_headers(record);
+            // The publish continues the append's trace, and the message carries the publish
+            // span's context on to the projectors (W3C trace context in a Kafka header).
+            let span = match traces.get(&record.position) {
+                Some(appended) => {
+                    let span = tracing::info_span!(
+                        target: telemetry::TRACE_TARGET,
+                        "publish",
+                        position = record.position as i64,
+                        topic = %topic,
+                    );
+                    telemetry::continue_trace(&span, appended);
+                    if let Some(traceparent) = telemetry::traceparent_of(&span) {
+                        headers = headers.insert(Header {
+                            key: telemetry::TRACEPARENT,
+                            value: Some(traceparent.as_bytes()),
+                        });
+                    }
+                    span
+                }
+                None => tracing::Span::none(),
+            };
             let producer = &self.producer;
-            deliveries.push(async move {
-                let message = FutureRecord::to(&topic)
-                    .key(&key)
-                    .payload(&value)
-                    .headers(headers);
-                producer
-                    .send(message, Timeout::After(Duration::from_secs(60)))
-                    .await
-                    .map_err(|(e, _)| InfraError::Kafka(e))
-            });
+            deliveries.push(
+                async move {
+                    let message = FutureRecord::to(&topic)
+                        .key(&key)
+                        .payload(&value)
+                        .headers(headers);
+                    producer
+                        .send(message, Timeout::After(Duration::from_secs(60)))
+                        .await
+                        .map_err(|(e, _)| InfraError::Kafka(e))
+                }
+                .instrument(span),
+            );
         }
         try_join_all(deliveries).await?;
         sqlx::query(

@@ -15,10 +15,12 @@ use quantus_infra::kafka::{
     ensure_topics, partition_source, GroupConsumer, KafkaSettings, Received, StartOffsets,
 };
 use quantus_infra::relay::Relay;
+use quantus_infra::telemetry;
 use quantus_infra::{Database, InfraError, LogRecord};
 use sqlx::AnyConnection;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::Projection;
 
@@ -46,6 +48,9 @@ pub struct Delivery {
     pub source: String,
     pub offset: u64,
     pub record: LogRecord,
+    /// The W3C trace context its apply continues: the Kafka message's `traceparent` (the
+    /// relay's publish), or the append's from the store's log. Only while trace export is on.
+    pub traceparent: Option<String>,
 }
 
 impl Delivery {
@@ -60,7 +65,28 @@ impl Delivery {
             source: LOG_SOURCE.to_owned(),
             offset: record.position,
             record,
+            traceparent: None,
         }
+    }
+
+    /// Deliveries from the store's log, each with its append's trace context when one was
+    /// recorded (read only while trace export is on).
+    async fn from_log_traced(
+        db: &Database,
+        records: Vec<LogRecord>,
+    ) -> Result<Vec<Self>, InfraError> {
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return Ok(vec![]);
+        };
+        let mut traces =
+            telemetry::trace_contexts(db, first.position.saturating_sub(1), last.position).await?;
+        Ok(records
+            .into_iter()
+            .map(|record| Self {
+                traceparent: traces.remove(&record.position),
+                ..Self::from_log(record)
+            })
+            .collect())
     }
 }
 
@@ -132,7 +158,20 @@ impl ProjectionRunner {
             }
             next.insert(&d.source, d.offset + 1);
             seen.push(d.record.position);
-            if self.apply_once(&mut tx, &d.record).await? {
+            let span = match &d.traceparent {
+                Some(traceparent) => {
+                    let span = tracing::info_span!(
+                        target: telemetry::TRACE_TARGET,
+                        "apply",
+                        projection = name,
+                        position = d.record.position as i64,
+                    );
+                    telemetry::continue_trace(&span, traceparent);
+                    span
+                }
+                None => tracing::Span::none(),
+            };
+            if self.apply_once(&mut tx, &d.record).instrument(span).await? {
                 applied += 1;
             }
         }
@@ -211,7 +250,7 @@ impl ProjectionRunner {
                 return Ok(count);
             }
             count += records.len() as u64;
-            let deliveries: Vec<Delivery> = records.into_iter().map(Delivery::from_log).collect();
+            let deliveries = Delivery::from_log_traced(&self.db, records).await?;
             self.apply_batch(&deliveries).await?;
         }
     }
@@ -222,10 +261,11 @@ impl ProjectionRunner {
         loop {
             let after = self.next_offset(LOG_SOURCE).await? - 1;
             let follow = tail_log(&self.db, after, 1000, |records| {
-                let deliveries: Vec<Delivery> =
-                    records.into_iter().map(Delivery::from_log).collect();
                 let runner = self.clone();
-                async move { runner.apply_batch(&deliveries).await.map(|_| true) }
+                async move {
+                    let deliveries = Delivery::from_log_traced(&runner.db, records).await?;
+                    runner.apply_batch(&deliveries).await.map(|_| true)
+                }
             });
             let result = tokio::select! {
                 result = follow => result,
@@ -645,5 +685,6 @@ fn delivery_from(received: Received) -> Delivery {
         source: partition_source(&received.topic, received.partition),
         offset: received.offset as u64,
         record: received.record,
+        traceparent: received.traceparent,
     }
 }

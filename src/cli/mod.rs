@@ -301,6 +301,7 @@ Roles:
   api        commands and queries over HTTP, and the consoles
   relay      publishes the log to Kafka (one active per name; a standby waits)
   projector  builds read models from Kafka
+             (relay and projector serve only /metrics, /healthz, /readyz on QUANTUS_LISTEN)
   portal     the Portal's routes and process managers, calling QSA and QuantumLock
 
 Environment (docs/configuration.md has every setting and its default):

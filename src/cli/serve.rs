@@ -133,16 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         state.stripe_webhook_secret = config.stripe_webhook_secret.clone();
         state.limits = config.http;
-        state.readiness = quantus_api::Readiness {
-            stall_after: std::time::Duration::from_secs(config.ready_stall_seconds),
-            max_lag: config.ready_max_lag,
-        };
-        state.kafka_ends = config
-            .kafka()
-            .map(|kafka| quantus_infra::kafka::PartitionEnds::new(&kafka))
-            .transpose()
-            .context("configuring the Kafka lag reader")?
-            .map(std::sync::Arc::new);
+        observe(&mut state, &config)?;
         state.invites = Some(quantus_commands::invites::Invites::new(
             state.identity.clone(),
             std::sync::Arc::new(quantus_commands::invites::OutboxSender::new(
@@ -231,7 +222,31 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let limits = config.http;
         tasks.spawn(async move { Ok(quantus_api::serve(listener, app, limits).await?) });
     } else {
-        println!("quantus {:?} role running ({store})", config.role);
+        // A relay or a projector serves its own metrics and probes, nothing else.
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let keystore = quantus_infra::keystore::FileKeystore::open(&config.data_dir, master_hex)
+            .context("opening the keystore")?;
+        let objects = quantus_infra::objects::ObjectStorage::open(&config)
+            .context("opening object storage")?;
+        let mut state = AppState::new(
+            db.clone(),
+            std::sync::Arc::new(keystore),
+            &master,
+            objects,
+            config.public_url.trim_end_matches('/').to_owned(),
+        );
+        state.limits = config.http;
+        observe(&mut state, &config)?;
+        println!(
+            "quantus listening on http://{} ({:?} role: /metrics, /healthz, /readyz; {store})",
+            listener.local_addr()?,
+            config.role
+        );
+        let app = quantus_api::operations_router(state);
+        let limits = config.http;
+        tasks.spawn(async move { Ok(quantus_api::serve(listener, app, limits).await?) });
     }
 
     let ended = tokio::select! {
@@ -260,6 +275,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(Ok(Err(e))) => Err(e),
         Some(Err(e)) => Err(e.into()),
     }
+}
+
+/// What `/readyz` and `/metrics` need beyond the store: when a read model counts as stalled,
+/// and where Kafka's partitions end (consumer lag).
+fn observe(state: &mut AppState, config: &quantus_infra::Config) -> anyhow::Result<()> {
+    state.readiness = quantus_api::Readiness {
+        stall_after: std::time::Duration::from_secs(config.ready_stall_seconds),
+        max_lag: config.ready_max_lag,
+    };
+    state.kafka_ends = config
+        .kafka()
+        .map(|kafka| quantus_infra::kafka::PartitionEnds::new(&kafka))
+        .transpose()
+        .context("configuring the Kafka lag reader")?
+        .map(std::sync::Arc::new);
+    Ok(())
 }
 
 /// The default crypto policy and a key per purpose, on a new platform. Several processes may

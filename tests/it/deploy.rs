@@ -257,12 +257,11 @@ fn the_chart_runs_several_apis_one_active_relay_by_lease_and_projectors_as_consu
         );
 
         // The relay: standbys wait for the active one's Postgres lease, so they need the
-        // Postgres URL and run no HTTP (nothing to probe).
+        // Postgres URL.
         let relay = find(&docs, "Deployment", "quantus-relay");
         assert!(relay["spec"]["replicas"].as_u64().unwrap() >= 2, "{label}");
         assert_eq!(args(relay), ["serve", "--role", "relay"], "{label}");
         assert!(env_names(relay).contains(&"DATABASE_URL"), "{label}");
-        assert!(container(relay)["readinessProbe"].is_null());
 
         // Projectors: one StatefulSet, each pod its own static member name, the consumer
         // groups named from the one shared topic prefix (no replica sets its own).
@@ -276,6 +275,36 @@ fn the_chart_runs_several_apis_one_active_relay_by_lease_and_projectors_as_consu
             env(projector, "QUANTUS_KAFKA_INSTANCE_ID")["valueFrom"]["fieldRef"]["fieldPath"],
             "metadata.name",
             "{label}"
+        );
+        // The relay and the projectors serve their metrics and probes on their port (every
+        // interface), probed on /healthz, scraped through the usual annotations, and let
+        // through by their network policy.
+        for worker in [relay, projector] {
+            let port = container(worker)["ports"][0]["containerPort"]
+                .as_u64()
+                .unwrap();
+            assert_eq!(container(worker)["ports"][0]["name"], "http", "{label}");
+            assert_eq!(
+                env(worker, "QUANTUS_LISTEN")["value"],
+                format!("0.0.0.0:{port}").as_str(),
+                "{label}"
+            );
+            for kind in ["startupProbe", "livenessProbe", "readinessProbe"] {
+                assert_eq!(probe(worker, kind), "/healthz", "{label}: {kind}");
+            }
+            let annotations = &worker["spec"]["template"]["metadata"]["annotations"];
+            assert_eq!(annotations["prometheus.io/scrape"], "true", "{label}");
+            assert_eq!(annotations["prometheus.io/path"], "/metrics", "{label}");
+            assert_eq!(
+                annotations["prometheus.io/port"],
+                port.to_string().as_str(),
+                "{label}"
+            );
+        }
+        let workers = find(&docs, "NetworkPolicy", "quantus-workers");
+        assert_eq!(
+            workers["spec"]["ingress"][0]["ports"][0]["port"], "http",
+            "{label}: the workers' policy admits scrapes and probes on their HTTP port"
         );
         let config = find(&docs, "ConfigMap", "quantus");
         for workload in [api, relay, projector] {

@@ -235,6 +235,9 @@ impl Server {
             // than the production queue deadline (2 s from arrival) without the server being
             // overloaded in the sense load shedding means. The shedding tests set their own.
             .env("QUANTUS_WRITE_QUEUE_TIMEOUT_MS", "30000")
+            // Every role listens (a relay or a projector for its metrics): on a free port
+            // unless the test says where.
+            .env("QUANTUS_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
         for (k, v) in env {

@@ -284,6 +284,8 @@ async fn check_messages_and_topics(env: &Env, ids: &[String]) {
         assert_eq!(headers["ce_sequence"], envelope["sequence"].to_string());
         assert!(headers["ce_quantusposition"].parse::<u64>().is_ok());
         assert_eq!(headers["content-type"], "application/json");
+        // Trace context travels only while trace export is on (it is off here).
+        assert!(!headers.contains_key("traceparent"), "{headers:?}");
         partition_of.insert(key, m.partition());
     });
 
@@ -1270,6 +1272,7 @@ async fn q_the_high_water_mark_waits_for_positions_still_on_their_way() {
             source: format!("t/{}", position % 2),
             offset: position / 2,
             record: record.clone(),
+            traceparent: None,
         }
     };
     let apply = |positions: Vec<u64>| {
@@ -1524,4 +1527,82 @@ async fn t_kafka_consumer_lag_rises_while_a_projector_is_stuck_and_falls_to_zero
         Some(0.0),
         "{metrics}"
     );
+}
+
+/// Issue 15, item 4: a relay and a projector, each in its own process, serve `/metrics`
+/// (their own relay lag and publish errors, their Kafka consumer lag), `/healthz` and
+/// `/readyz` on `QUANTUS_LISTEN`, and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn u_the_relay_and_projector_roles_serve_their_own_metrics_and_probes() {
+    let env = Env::new().await;
+    let relay = env.serve(&temp_dir("pg-relay-metrics"), &["--role", "relay"]);
+    let projector = env.serve(&temp_dir("pg-projector-metrics"), &["--role", "projector"]);
+    let head = write_organizations(&env.database_url, 30, 4).await;
+    let http = reqwest::Client::new();
+    let get = |url: String, accept: &'static str| {
+        let http = http.clone();
+        async move {
+            let response = http.get(url).header("accept", accept).send().await.unwrap();
+            let status = response.status().as_u16();
+            let kind = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, kind, response.text().await.unwrap())
+        }
+    };
+    let relay_lag = "quantus_relay_lag_events{relay=\"kafka\"}";
+    let metrics = eventually(
+        "the relay's own scrape to show it caught up",
+        Duration::from_secs(60),
+        || async {
+            let (status, _, m) = get(format!("{}/metrics", relay.url()), "text/plain").await;
+            (status == 200 && series(&m, relay_lag) == Some(0.0)).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        series(&metrics, "quantus_relay_publish_errors_total"),
+        Some(0.0),
+        "{metrics}"
+    );
+    let organizations = "quantus_kafka_consumer_lag_messages{projection=\"organizations\"}";
+    eventually(
+        "the projector's own scrape to show its consumer lag fall to 0",
+        Duration::from_secs(60),
+        || async {
+            let (status, _, m) = get(format!("{}/metrics", projector.url()), "text/plain").await;
+            (status == 200
+                && series(&m, organizations) == Some(0.0)
+                && series(&m, "quantus_log_head_position").is_some_and(|h| h >= head as f64))
+            .then_some(())
+        },
+    )
+    .await;
+    for server in [&relay, &projector] {
+        let (status, kind, body) = get(
+            format!("{}/metrics", server.url()),
+            "application/openmetrics-text",
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        let (status, _, body) = get(format!("{}/healthz", server.url()), "*/*").await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        let (status, _, body) = get(format!("{}/readyz", server.url()), "*/*").await;
+        assert_eq!(status, 200, "{body}");
+        // Only the operations endpoints: no API, no documents, no consoles.
+        for path in [
+            "/v1/organizations",
+            "/openapi.json",
+            "/oauth2/token",
+            "/admin",
+        ] {
+            let (status, kind, _) = get(format!("{}{path}", server.url()), "*/*").await;
+            assert_eq!(status, 404, "{path}");
+            assert_eq!(kind, "application/problem+json", "{path}");
+        }
+    }
 }

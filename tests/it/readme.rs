@@ -131,7 +131,8 @@ fn serve_help_and_the_configuration_table_name_the_same_variables() {
 }
 
 /// `docker-compose.yml` runs every role the README's production section names, with a
-/// healthcheck on each that serves HTTP, and Docker Compose itself accepts the file
+/// healthcheck on each (every role serves HTTP, the relay and projector their operations
+/// endpoints), and Docker Compose itself accepts the file
 /// (`docker-compose config`, Debian's package: no Docker engine needed to validate).
 #[test]
 fn the_compose_file_runs_every_role_the_readme_names_and_is_valid() {
@@ -169,7 +170,12 @@ fn the_compose_file_runs_every_role_the_readme_names_and_is_valid() {
         );
     }
     let compose = std::fs::read_to_string(&compose_file).unwrap();
-    for service in ["quantus-api", "quantus-portal"] {
+    for service in [
+        "quantus-api",
+        "quantus-relay",
+        "quantus-projector",
+        "quantus-portal",
+    ] {
         let block = compose.split(&format!("  {service}:\n")).nth(1).unwrap();
         let block = block.split("\n\n").next().unwrap();
         assert!(

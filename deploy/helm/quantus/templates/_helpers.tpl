@@ -98,6 +98,38 @@ env:
 
 {{/* Probes of the HTTP roles: /healthz (the process serves) for liveness and start-up,
 /readyz (the store answers and no read model is stalled or far behind) for readiness. */}}
+{{/* Probes of the relay and the projectors, which serve only /metrics, /healthz and /readyz:
+/healthz for start-up, liveness and readiness. Their /readyz judges the read models every
+projector shares, so a rollout (or a standby relay) must not wait on it; the alert rules
+watch the lags instead. */}}
+{{- define "quantus.workerProbes" -}}
+startupProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: 2
+  failureThreshold: 60
+livenessProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 6
+readinessProbe:
+  httpGet: {path: /healthz, port: http}
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end -}}
+
+{{/* Pod annotations that let a Prometheus with the usual `prometheus.io/*` relabelling
+scrape the pod's /metrics (list: the root context, the port). */}}
+{{- define "quantus.scrapeAnnotations" -}}
+{{- $ := index . 0 -}}
+{{- if $.Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/path: /metrics
+prometheus.io/port: {{ index . 1 | quote }}
+{{- end }}
+{{- end -}}
+
 {{- define "quantus.probes" -}}
 startupProbe:
   httpGet: {path: /healthz, port: http}
