@@ -49,12 +49,27 @@ const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("
 
 /// The whole HTTP surface (every service in one process).
 pub fn router(state: AppState) -> Router {
-    app(state, true)
+    let routes = routes(&state, Surface::Everything);
+    let api = finish(routes.clone(), &state);
+    // The consoles call the API above in-process, QSA's OAuth endpoints included.
+    finish(
+        routes.merge(console::routes(&state, api.clone(), api)),
+        &state,
+    )
 }
 
-/// The Portal's routes alone (`--role portal`): it trusts QSA's JWKS and calls QuantumLock.
+/// The Portal's routes (`--role portal`): it trusts QSA's JWKS and calls QuantumLock. Its
+/// consoles (those whose clients it knows) call every other `/v1` route in-process, kept
+/// inside: outside callers reach only the Portal's own routes here.
 pub fn portal_router(state: AppState) -> Router {
-    app(state, false)
+    let own = routes(&state, Surface::Portal);
+    if state.consoles.is_empty() {
+        return finish(own, &state);
+    }
+    let api = finish(routes(&state, Surface::ConsoleBackend), &state);
+    // Sign-in, refresh, userinfo and sign-out are QSA's own business: over HTTP to QSA.
+    let oauth = console::qsa_over_http(&state.gateway.issuer);
+    finish(own.merge(console::routes(&state, api, oauth)), &state)
 }
 
 /// What a process that serves no API (`--role relay`, `--role projector`) answers over HTTP:
@@ -68,18 +83,19 @@ pub fn operations_router(state: AppState) -> Router {
     finish(routes, &state)
 }
 
-fn app(state: AppState, everything: bool) -> Router {
-    let routes = routes(&state, everything);
-    let api = finish(routes.clone(), &state);
-    // The consoles call the API above in-process; they are served where every /v1 route is.
-    if everything {
-        finish(routes.merge(console::routes(&state, api)), &state)
-    } else {
-        api
-    }
+/// Which routes a router holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    /// Every service: QSA, QuantumLock, the evidence plane and the Portal.
+    Everything,
+    /// The Portal's routes alone.
+    Portal,
+    /// Every `/v1` route, QSA's tokens checked against its JWKS (the Portal role's consoles
+    /// call it in-process; QSA's OAuth, SCIM and SAML endpoints stay with QSA).
+    ConsoleBackend,
 }
 
-fn routes(state: &AppState, everything: bool) -> Router<AppState> {
+fn routes(state: &AppState, surface: Surface) -> Router<AppState> {
     // Inside authentication (route layers added later run first): it needs the caller.
     let idempotent = axum::middleware::from_fn_with_state(
         idempotency::Idempotency::new(state.db.clone(), &state.limits),
@@ -92,7 +108,7 @@ fn routes(state: &AppState, everything: bool) -> Router<AppState> {
             portal::require_qsa_token,
         ));
     let mut v1 = Router::new();
-    if everything {
+    if surface != Surface::Portal {
         v1 = v1
             .merge(organizations::routes())
             .merge(events::routes())
@@ -107,11 +123,18 @@ fn routes(state: &AppState, everything: bool) -> Router<AppState> {
             .merge(evidence::routes())
             .merge(scim::token_routes())
             .merge(saml::api_routes())
-            .route_layer(idempotent)
-            .route_layer(axum::middleware::from_fn_with_state(
+            .route_layer(idempotent);
+        v1 = if surface == Surface::Everything {
+            v1.route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 auth::require_bearer,
-            ));
+            ))
+        } else {
+            v1.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                portal::require_qsa_token,
+            ))
+        };
     }
     let v1 = v1.merge(portal).merge(portal::webhook_routes());
     let mut app = Router::new()
@@ -121,7 +144,7 @@ fn routes(state: &AppState, everything: bool) -> Router<AppState> {
         .route("/openapi.json", get(openapi::serve))
         .merge(reference::routes())
         .nest("/v1", v1);
-    if everything {
+    if surface == Surface::Everything {
         app = app
             .merge(oauth::routes())
             .merge(saml::routes())

@@ -430,6 +430,8 @@ pub struct Identity {
 
 /// The index kind listing a person's sessions (in the grant index: kind, lookup, id).
 const USER_SESSIONS: &str = "user-session";
+/// Marker rows of the index backfills done once per store (lookup: the index's kind).
+const INDEX_MIGRATIONS: &str = "index-migration";
 
 /// One live session of a person at QSA, as the API lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -1661,6 +1663,41 @@ impl Identity {
             amr: s.amr.clone(),
             auth_time: s.auth_time,
         }))
+    }
+
+    /// Indexes by person the sessions started before sessions were indexed by person, from
+    /// their `SessionStarted` in the log, so that they are listed and ended like the others.
+    /// Once per store (a marker row in the same index), and idempotent (rows it has are left):
+    /// a start that crashes half-way does it again. Answers how many live ones it indexed.
+    pub async fn index_earlier_sessions(&self, now: DateTime<Utc>) -> Result<usize, CommandError> {
+        let repo = self.bus.repository();
+        if !repo
+            .indexed_grants(INDEX_MIGRATIONS, USER_SESSIONS)
+            .await
+            .map_err(storage)?
+            .is_empty()
+        {
+            return Ok(0);
+        }
+        let mut indexed = 0;
+        for (record, started) in repo.events_of::<SessionStarted>().await.map_err(storage)? {
+            // An expired session is never listed: nothing to index.
+            if started.expires_at <= now {
+                continue;
+            }
+            repo.index_grant(
+                USER_SESSIONS,
+                &started.user_id,
+                &record.envelope.aggregate_id,
+            )
+            .await
+            .map_err(storage)?;
+            indexed += 1;
+        }
+        repo.index_grant(INDEX_MIGRATIONS, USER_SESSIONS, "done")
+            .await
+            .map_err(storage)?;
+        Ok(indexed)
     }
 
     /// A person's live sessions at QSA, newest first (those started since sessions were

@@ -386,6 +386,22 @@ impl Database {
         }
     }
 
+    /// Holds the platform's bootstrap lock until the answer is dropped: processes booting on
+    /// one database (API replicas, the Portal) then register the platform's clients and write
+    /// their secret files one after another, never both at once. On Postgres a session
+    /// advisory lock on a connection of its own (released when it closes, also on a crash);
+    /// an embedded SQLite store belongs to one process and needs none.
+    pub async fn bootstrap_lock(&self) -> Result<Option<sqlx::AnyConnection>, InfraError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let mut conn = self.pool.acquire().await?.detach();
+        sqlx::query("SELECT pg_advisory_lock(hashtext('quantus-bootstrap'))")
+            .execute(&mut conn)
+            .await?;
+        Ok(Some(conn))
+    }
+
     /// The highest committed log position (0 for an empty log).
     pub async fn head_position(&self) -> Result<u64, InfraError> {
         let row = sqlx::query("SELECT COALESCE(MAX(position), 0) AS head FROM events")

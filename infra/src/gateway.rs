@@ -426,3 +426,69 @@ mod tests {
         }
     }
 }
+
+/// QSA's OAuth endpoints reached over HTTP, for a console served by a process that is not QSA
+/// (the Portal role): its code exchange, refresh, userinfo and revocation go to QSA itself.
+#[derive(Clone)]
+pub struct QsaEndpoints {
+    http: reqwest::Client,
+    issuer: String,
+}
+
+/// An answer of [`QsaEndpoints::send`].
+pub struct Forwarded {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl QsaEndpoints {
+    pub fn new(issuer: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .connect_timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("a TLS-less HTTP client builds"),
+            issuer: issuer.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// Sends `method path_and_query` with these headers and body to QSA; redirects are not
+    /// followed (none of these endpoints answers one).
+    pub async fn send(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<Forwarded, GatewayError> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| {
+            GatewayError::Unavailable {
+                service: "QSA",
+                detail: e.to_string(),
+            }
+        })?;
+        let mut request = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.issuer))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.map_err(unavailable("QSA"))?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().await.map_err(unavailable("QSA"))?.to_vec();
+        Ok(Forwarded {
+            status,
+            content_type,
+            body,
+        })
+    }
+}

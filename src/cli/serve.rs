@@ -142,13 +142,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             i64::try_from(config.invite_seconds).unwrap_or(i64::MAX),
         ));
         let portal_only = config.role == quantus_infra::Role::Portal;
-        if !portal_only {
+        // One process at a time registers the platform's clients and writes their secret
+        // files: replicas booting on a fresh database and shared volume would otherwise race
+        // (both registering, one file holding the other's secret).
+        let bootstrap_lock = db
+            .bootstrap_lock()
+            .await
+            .context("taking the bootstrap lock")?;
+        if portal_only {
+            // The consoles served here return to this process's own public URL: clients of
+            // their own (`quantus-console-<name>-portal`).
+            state.consoles = bootstrap_consoles(&state, &config, Some("portal")).await?;
+        } else {
             bootstrap_licensing(&state).await?;
             // Emails became unique per organization (issue 14 item 4): move the login rows
             // an older version keyed by the address alone, once.
             let moved = state.identity.move_platform_wide_logins().await?;
             if moved > 0 {
                 tracing::info!(moved, "login index: emails are now unique per organization");
+            }
+            // Sessions started before they were indexed by person (issue 13), once.
+            let indexed = state
+                .identity
+                .index_earlier_sessions(chrono::Utc::now())
+                .await?;
+            if indexed > 0 {
+                tracing::info!(
+                    indexed,
+                    "session index: earlier live sessions indexed by person"
+                );
             }
             if let Some(path) = bootstrap_admin(&state, &config.data_dir).await? {
                 println!(
@@ -159,8 +181,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             if config.portal_client.is_none() {
                 bootstrap_portal(&state, &config.data_dir).await?;
             }
-            state.consoles = bootstrap_consoles(&state, &config).await?;
+            state.consoles = bootstrap_consoles(&state, &config, None).await?;
         }
+        drop(bootstrap_lock);
         // The Portal reaches QuantumLock with its own service principal, by HTTP, whether
         // QuantumLock is this process or another one.
         match portal_credentials(&config)? {
@@ -404,6 +427,7 @@ async fn bootstrap_service_principal(
 async fn bootstrap_consoles(
     state: &AppState,
     config: &quantus_infra::Config,
+    served_by: Option<&str>,
 ) -> anyhow::Result<quantus_api::console::ConsoleClients> {
     use quantus_commands::identity::NewClient;
     let data_dir = config.data_dir.as_path();
@@ -411,7 +435,7 @@ async fn bootstrap_consoles(
     let mut clients = quantus_api::console::ConsoleClients::default();
     clients.refresh_early_seconds =
         i64::try_from(config.console_refresh_seconds).unwrap_or(i64::MAX);
-    for console in quantus_api::console::registrations(&state.issuer) {
+    for console in quantus_api::console::registrations(&state.issuer, served_by) {
         let new = NewClient {
             organization_id: quantus_domain::schema::PLATFORM_TENANT.to_owned(),
             kind: ClientKind::Confidential,
@@ -426,8 +450,8 @@ async fn bootstrap_consoles(
             jwks: None,
             dpop_bound_access_tokens: false,
         };
-        bootstrap_client(state, data_dir, console.client_id, console.file, new).await?;
-        let (client, _) = state.identity.client(console.client_id).await?;
+        bootstrap_client(state, data_dir, &console.client_id, &console.file, new).await?;
+        let (client, _) = state.identity.client(&console.client_id).await?;
         let registered = client
             .registration
             .as_ref()
@@ -442,7 +466,7 @@ async fn bootstrap_consoles(
             // Registered by an older version: its pages needing these scopes are not offered
             // (navigation follows the token's scopes) instead of every sign-in failing.
             tracing::warn!(
-                client = console.client_id,
+                client = %console.client_id,
                 missing = %missing.join(" "),
                 "the console's client was registered without scopes this version's pages use; those pages are not offered"
             );
@@ -454,27 +478,30 @@ async fn bootstrap_consoles(
         {
             // Registered under another public URL: QSA would refuse its redirects.
             tracing::warn!(
-                client = console.client_id,
+                client = %console.client_id,
                 expected = %console.redirect_uri,
                 "the console's client was registered for another public URL; sign-in will fail until it is registered again"
             );
         }
-        let Some((client_id, client_secret)) = read_client_file(&data_dir.join(console.file))?
+        let Some((client_id, client_secret)) = read_client_file(&data_dir.join(&console.file))?
         else {
             // Another process registered it (its data folder has the secret): this one
             // serves the console once the file is copied here.
             tracing::warn!(
-                client = console.client_id,
+                client = %console.client_id,
                 "{} is not in this data folder: the console is not served by this process",
                 console.file
             );
             continue;
         };
-        clients.insert(quantus_api::console::ConsoleClient {
-            client_id,
-            client_secret,
-            scope: granted.join(" "),
-        });
+        clients.insert(
+            console.console,
+            quantus_api::console::ConsoleClient {
+                client_id,
+                client_secret,
+                scope: granted.join(" "),
+            },
+        );
     }
     Ok(clients)
 }
@@ -517,8 +544,8 @@ async fn bootstrap_client(
     let file = serde_json::json!({
         "client_id": id,
         "client_secret": secret,
-        "issuer": state.issuer,
-        "token_endpoint": format!("{}/oauth2/token", state.issuer),
+        "issuer": state.gateway.issuer,
+        "token_endpoint": format!("{}/oauth2/token", state.gateway.issuer),
     });
     write_secret(&pending, &serde_json::to_string_pretty(&file)?)?;
     match state

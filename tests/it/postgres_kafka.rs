@@ -1605,4 +1605,229 @@ async fn u_the_relay_and_projector_roles_serve_their_own_metrics_and_probes() {
             assert_eq!(kind, "application/problem+json", "{path}");
         }
     }
+
+/// Follows redirects from `url` (relative `Location`s resolved against the request's URL) until
+/// a page answers; returns where it answered and the page.
+async fn visit(browser: &mut crate::qsa::Browser, url: &str) -> (String, crate::qsa::Page) {
+    let mut at = url.to_owned();
+    for _ in 0..10 {
+        let page = browser.get(&at).await;
+        match (page.status, &page.location) {
+            (301 | 302 | 303 | 307, Some(location)) => {
+                at = url::Url::parse(&at)
+                    .unwrap()
+                    .join(location)
+                    .unwrap()
+                    .to_string();
+            }
+            _ => return (at, page),
+        }
+    }
+    panic!("more than 10 redirects from {url}");
+}
+
+/// Signs a person in to the console at `start` through QSA's login (and consent) pages, as a
+/// browser would; answers the console page it lands on.
+async fn console_sign_in(
+    qsa: &str,
+    start: &str,
+    email: &str,
+    password: &str,
+) -> (crate::qsa::Browser, String, crate::qsa::Page) {
+    // Forms are QSA's (login, consent): the browser submits them there.
+    let mut browser = crate::qsa::Browser::new(qsa);
+    let (at, login) = visit(&mut browser, start).await;
+    assert!(
+        at.starts_with(&format!("{qsa}/oauth2/authorize")),
+        "{start} led to {at}: {} {}",
+        login.status,
+        login.body
+    );
+    assert_eq!(login.status, 200, "{}", login.body);
+    let mut page = browser
+        .submit(&login, &[("email", email), ("password", password)])
+        .await;
+    if page.status == 200 && page.body.contains("Allow access?") {
+        page = browser.submit(&page, &[("decision", "allow")]).await;
+    }
+    assert_eq!(page.status, 303, "{}", page.body);
+    let callback = page.location.unwrap();
+    let callback = url::Url::parse(qsa)
+        .unwrap()
+        .join(&callback)
+        .unwrap()
+        .to_string();
+    let (at, landed) = visit(&mut browser, &callback).await;
+    assert_eq!(landed.status, 200, "{at}: {}", landed.body);
+    (browser, at, landed)
+}
+
+/// The consoles in production shape: two API replicas booting at once on a fresh database and
+/// shared data folder register the consoles' clients once, each with the secret both hold; the
+/// Admin console is served by the API role, the Portal console by the Portal role (clients of
+/// its own, returning to its own public URL), and the Portal's pages that read licences and
+/// jobs are answered in that process, which still serves none of those routes to outside
+/// callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn u_the_api_and_portal_roles_serve_the_consoles() {
+    let env = Env::new().await;
+    let dir = temp_dir("pg-consoles");
+    let api_a = env.serve(&dir, &["--role", "api", "--listen", "127.0.0.1:0"]);
+    let api_b = env.serve(&dir, &["--role", "api", "--listen", "127.0.0.1:0"]);
+    let _relay = env.serve(&dir, &["--role", "relay"]);
+    let _projector = env.serve(&dir, &["--role", "projector"]);
+    let qsa = api_a.url().to_owned();
+
+    // Each console file's secret is the one QSA registered (revocation authenticates the
+    // client first: 401 for a wrong secret), and both replicas serve the consoles.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for name in ["portal", "admin", "account", "qsa"] {
+        let file: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("console-{name}-client.json"))).unwrap(),
+        )
+        .unwrap();
+        let r = http
+            .post(format!("{qsa}/oauth2/revoke"))
+            .basic_auth(
+                file["client_id"].as_str().unwrap(),
+                file["client_secret"].as_str(),
+            )
+            .form(&[("token", "not-a-token")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "console-{name}-client.json: {:?}",
+            r.text().await
+        );
+        for server in [&api_a, &api_b] {
+            let r = http
+                .get(format!("{}/{name}/sign-in", server.url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 303, "{} /{name}/sign-in", server.url());
+        }
+    }
+
+    let platform = api_a.client();
+    let (org, _) = platform.create_org("Acme").await;
+    crate::portal::register_customer(&platform, &org, "EUR").await;
+    let password = "correct horse battery staple";
+    let owner = format!("owner+{}@acme.example", Uuid::now_v7().simple());
+    let operator = format!("olga+{}@vendor.example", Uuid::now_v7().simple());
+    for (organization, email, role) in [
+        (org.as_str(), owner.as_str(), "owner"),
+        ("platform", operator.as_str(), "platform_admin"),
+    ] {
+        let r = platform
+            .post(
+                "/v1/users",
+                json!({"organization_id": organization, "email": email, "name": "Ada",
+                       "password": password, "roles": [role]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let job = platform
+        .post(
+            "/v1/jobs",
+            json!({"organization_id": org, "backend": "ibm_kyiv", "config": {"shots": 1024}}),
+        )
+        .await;
+    assert_eq!(job.status, 201, "{}", job.body);
+    let job = job.body["id"].as_str().unwrap().to_owned();
+
+    // The Portal process issues the contract's licence through QuantumLock and serves the
+    // consoles with clients of its own.
+    let portal_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("portal-client.json")).unwrap())
+            .unwrap();
+    let mut vars = env.vars();
+    let (id, secret) = (
+        portal_file["client_id"].as_str().unwrap().to_owned(),
+        portal_file["client_secret"].as_str().unwrap().to_owned(),
+    );
+    vars.extend([
+        ("QUANTUS_QSA_URL", qsa.as_str()),
+        ("QUANTUS_QUANTUMLOCK_URL", qsa.as_str()),
+        ("QUANTUS_PORTAL_CLIENT_ID", id.as_str()),
+        ("QUANTUS_PORTAL_CLIENT_SECRET", secret.as_str()),
+    ]);
+    let portal = Server::start(
+        &dir,
+        &["--role", "portal", "--listen", "127.0.0.1:0"],
+        &vars,
+    );
+    let items = json!([{"id": "qpu", "product": "qpu-access", "edition": "pro", "features": ["qpu"],
+                        "quotas": {}, "limits": {"qubits": 64}, "quantity": 1, "unit_price": 100,
+                        "usage_prices": {}, "max_activations": 2}]);
+    let contract =
+        crate::portal::active_contract(&platform, &org, items, "2030-01-01T00:00:00Z").await;
+    let shown = platform.get(&format!("/v1/contracts/{contract}")).await;
+    let licence = shown.body["licenses"]["qpu"].as_str().unwrap().to_owned();
+    crate::portal::licence(&platform, &licence, "active").await;
+    // The projector (over Kafka) has the organization, job and licence in the read models the
+    // pages read (a browser would wait for them the same way).
+    let head = platform.head().await;
+    all_models_reach(
+        &pool(&env.database_url).await,
+        head,
+        Duration::from_secs(120),
+    )
+    .await;
+
+    // Outside callers reach only the Portal's own routes at the Portal process.
+    let r = http
+        .get(format!("{}/v1/licenses/{licence}", portal.url()))
+        .bearer_auth(&platform.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "the Portal role serves /v1/licenses outside"
+    );
+
+    let (mut browser, at, overview) =
+        console_sign_in(&qsa, &format!("{}/portal/", portal.url()), &owner, password).await;
+    assert_eq!(at, format!("{}/portal/", portal.url()));
+    assert!(overview.body.contains("Acme"), "{}", overview.body);
+    let base = portal.url().to_owned();
+    for (path, expect) in [
+        ("/portal/licenses".to_owned(), licence.as_str()),
+        (format!("/portal/licenses/{licence}"), "qpu-access"),
+        ("/portal/jobs".to_owned(), job.as_str()),
+        (format!("/portal/jobs/{job}"), "ibm_kyiv"),
+        (format!("/portal/contracts/{contract}"), licence.as_str()),
+    ] {
+        let page = browser.get(&format!("{base}{path}")).await;
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert!(
+            page.body.contains(expect),
+            "{path} lacks {expect}: {}",
+            page.body
+        );
+    }
+    let file = browser
+        .get(&format!("{base}/portal/licenses/{licence}/file"))
+        .await;
+    assert_eq!(file.status, 200, "{}", file.body);
+    assert!(file.body.contains(&licence), "{}", file.body);
+
+    // The Admin console, served by an API replica, across customers.
+    let (mut browser, at, _) =
+        console_sign_in(&qsa, &format!("{qsa}/admin/licenses"), &operator, password).await;
+    assert_eq!(at, format!("{qsa}/admin/licenses"));
+    let page = browser
+        .get(&format!("{qsa}/admin/licenses/{licence}"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("qpu-access"), "{}", page.body);
 }

@@ -1617,3 +1617,68 @@ async fn an_organizations_clients_scim_tokens_and_saml_providers_are_listed_to_i
         assert_eq!(member.get(&path).await.status, 403, "{path}");
     }
 }
+
+/// Sessions started by a version that did not index them by person: the next start indexes
+/// the live ones from the log (once: a marker row), and they are listed and ended like others.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_started_before_the_person_index_are_indexed_at_the_next_start() {
+    let dir = temp_dir("qsa-session-backfill");
+    let mut f = fixture_on(Server::embedded(&dir)).await;
+    let mut browser = Browser::new(f.server.url());
+    sign_in_for_code(&f, &mut browser, "openid").await;
+    let path = format!("/v1/users/{}/sessions", f.user_id);
+    let listed = f.admin.get(&path).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let session = listed.body["items"][0]["id"].as_str().unwrap().to_owned();
+    f.server.terminate(std::time::Duration::from_secs(20));
+
+    // As an older version left it: no person → session rows, no marker.
+    let url = format!("sqlite://{}?mode=rwc", dir.join("quantus.db").display());
+    let db = pool(&url).await;
+    for kind in ["user-session", "index-migration"] {
+        sqlx::query("DELETE FROM grant_index WHERE kind = $1")
+            .bind(kind)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    db.close().await;
+
+    let mut server = Server::embedded(&dir);
+    let admin = server.client();
+    let listed = admin.get(&path).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let ids: Vec<&str> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [session.as_str()], "{}", listed.body);
+    // Once per store: the marker is there, and a second start changes nothing.
+    server.terminate(std::time::Duration::from_secs(20));
+    let db = pool(&url).await;
+    let marked: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM grant_index WHERE kind = 'index-migration'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(marked, 1);
+    db.close().await;
+    let server = Server::embedded(&dir);
+    let admin = server.client();
+    let listed = admin.get(&path).await;
+    assert_eq!(
+        listed.body["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        listed.body
+    );
+    // An administrator ends it from the console's API like any other.
+    let r = admin
+        .send(admin.request(reqwest::Method::DELETE, &format!("{path}/{session}")))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let listed = admin.get(&path).await;
+    assert_eq!(listed.body["items"], json!([]), "{}", listed.body);
+}

@@ -70,44 +70,61 @@ impl Default for ConsoleClients {
 }
 
 impl ConsoleClients {
-    pub fn insert(&mut self, client: ConsoleClient) {
-        self.clients.insert(client.client_id.clone(), client);
+    /// The client of console `console` (its [`Console::CLIENT_ID`]); the client's own id
+    /// differs where a process other than QSA serves the console.
+    pub fn insert(&mut self, console: &str, client: ConsoleClient) {
+        self.clients.insert(console.to_owned(), client);
     }
 
-    pub fn get(&self, client_id: &str) -> Option<&ConsoleClient> {
-        self.clients.get(client_id)
+    pub fn get(&self, console: &str) -> Option<&ConsoleClient> {
+        self.clients.get(console)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
     }
 }
 
 /// What bootstrap registers at QSA for a console.
 pub struct ConsoleRegistration {
-    pub client_id: &'static str,
+    /// The console ([`Console::CLIENT_ID`]).
+    pub console: &'static str,
+    pub client_id: String,
     pub name: &'static str,
     /// File under the data folder that keeps the client's secret (mode 0600).
-    pub file: &'static str,
+    pub file: String,
     pub redirect_uri: String,
     pub post_logout_redirect_uri: String,
     pub scopes: Vec<String>,
 }
 
-/// The registrations of every console, with exact redirect URIs under the public URL.
-pub fn registrations(issuer: &str) -> Vec<ConsoleRegistration> {
+/// The registrations of every console served at `public_url`, with exact redirect URIs
+/// under it. QSA's own process serves them as `quantus-console-<name>`; another process (the
+/// Portal role, `served_by = Some("portal")`) has clients of its own,
+/// `quantus-console-<name>-portal`, so that each client names the one public URL it returns to.
+pub fn registrations(public_url: &str, served_by: Option<&str>) -> Vec<ConsoleRegistration> {
     vec![
-        registration::<portal::Portal>(issuer, "console-portal-client.json"),
-        registration::<account::Account>(issuer, "console-account-client.json"),
-        registration::<admin::Admin>(issuer, "console-admin-client.json"),
-        registration::<qsa::Qsa>(issuer, "console-qsa-client.json"),
+        registration::<portal::Portal>(public_url, served_by),
+        registration::<account::Account>(public_url, served_by),
+        registration::<admin::Admin>(public_url, served_by),
+        registration::<qsa::Qsa>(public_url, served_by),
     ]
 }
 
-fn registration<C: Console>(issuer: &str, file: &'static str) -> ConsoleRegistration {
-    let issuer = issuer.trim_end_matches('/');
+fn registration<C: Console>(public_url: &str, served_by: Option<&str>) -> ConsoleRegistration {
+    let base = public_url.trim_end_matches('/');
+    let client_id = match served_by {
+        Some(process) => format!("{}-{process}", C::CLIENT_ID),
+        None => C::CLIENT_ID.to_owned(),
+    };
+    let short = client_id.trim_start_matches("quantus-");
     ConsoleRegistration {
-        client_id: C::CLIENT_ID,
+        console: C::CLIENT_ID,
+        file: format!("{short}-client.json"),
+        client_id,
         name: C::info().name,
-        file,
-        redirect_uri: format!("{issuer}{}/callback", C::info().base),
-        post_logout_redirect_uri: format!("{issuer}{}/signed-out", C::info().base),
+        redirect_uri: format!("{base}{}/callback", C::info().base),
+        post_logout_redirect_uri: format!("{base}{}/signed-out", C::info().base),
         scopes: C::SCOPES.split(' ').map(str::to_owned).collect(),
     }
 }
@@ -151,27 +168,91 @@ fn mount<C: Console>(router: Router<AppState>, kit: &Kit) -> Router<AppState> {
 pub struct Kit {
     /// The whole API (with its own middleware), called with the person's bearer token.
     pub api: Router,
+    /// QSA's OAuth endpoints (`/oauth2/token`, `/oauth2/userinfo`, `/oauth2/revoke`): the
+    /// same router as `api` in QSA's process, QSA over HTTP elsewhere.
+    pub oauth: Router,
     pub sessions: quantus_infra::console_sessions::ConsoleSessions,
+    /// QSA's public URL (the issuer): sign-in and sign-out continue there.
     pub issuer: String,
+    /// This process's public URL: the consoles' redirect URIs are under it.
+    pub public_url: String,
     pub clients: ConsoleClients,
 }
 
 impl Kit {
     /// `; Secure` when served over TLS (the public URL is https).
     fn secure(&self) -> bool {
-        self.issuer.starts_with("https://")
+        self.public_url.starts_with("https://")
     }
 }
 
-/// The consoles' routes (each console whose client is configured), calling `api`.
-pub fn routes(state: &AppState, api: Router) -> Router<AppState> {
+/// QSA's endpoints over HTTP, as a router the consoles call like the in-process one.
+pub fn qsa_over_http(issuer: &str) -> Router {
+    let qsa = quantus_infra::gateway::QsaEndpoints::new(issuer);
+    Router::new().fallback(move |request: Request| {
+        let qsa = qsa.clone();
+        async move { forward(&qsa, request).await }
+    })
+}
+
+async fn forward(qsa: &quantus_infra::gateway::QsaEndpoints, request: Request) -> Response {
+    use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| parts.uri.path().to_owned());
+    let headers: Vec<(String, String)> = [AUTHORIZATION, CONTENT_TYPE, ACCEPT, USER_AGENT]
+        .iter()
+        .filter_map(|name| {
+            let value = parts.headers.get(name)?.to_str().ok()?;
+            Some((name.as_str().to_owned(), value.to_owned()))
+        })
+        .collect();
+    let Ok(body) = axum::body::to_bytes(body, 1 << 20).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    match qsa
+        .send(parts.method.as_str(), &path, &headers, body.to_vec())
+        .await
+    {
+        Ok(answer) => {
+            let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut response = (status, answer.body).into_response();
+            if let Some(Ok(value)) = answer
+                .content_type
+                .map(|c| axum::http::HeaderValue::from_str(&c))
+            {
+                response.headers_mut().insert(CONTENT_TYPE, value);
+            }
+            response
+        }
+        Err(error) => {
+            tracing::warn!(%error, "QSA is unavailable to the consoles");
+            crate::Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "qsa-unavailable",
+                "QSA is unavailable",
+                error.to_string(),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// The consoles' routes (each console whose client is configured), calling `api` and QSA's
+/// OAuth endpoints through `oauth`.
+pub fn routes(state: &AppState, api: Router, oauth: Router) -> Router<AppState> {
     let kit = Kit {
         api,
+        oauth,
         sessions: quantus_infra::console_sessions::ConsoleSessions::new(
             state.db.clone(),
             state.identity.subject_keys().clone(),
         ),
-        issuer: state.issuer.clone(),
+        issuer: state.gateway.issuer.clone(),
+        public_url: state.issuer.trim_end_matches('/').to_owned(),
         clients: state.consoles.clone(),
     };
     let router = Router::new().route("/console/assets/{name}", get(asset));

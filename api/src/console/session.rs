@@ -388,7 +388,8 @@ struct OAuthErrorBody {
 }
 
 /// A request to QSA's token-style endpoints as the console's confidential client
-/// (client_secret_basic), through the same router outside clients reach.
+/// (client_secret_basic), through the same router outside clients reach (in QSA's process) or
+/// to QSA over HTTP (elsewhere).
 async fn oauth_post(
     kit: &Kit,
     client: &ConsoleClient,
@@ -419,7 +420,7 @@ async fn oauth_post(
         request.extensions_mut().insert(peer);
     }
     let response = kit
-        .api
+        .oauth
         .clone()
         .oneshot(request)
         .await
@@ -526,7 +527,7 @@ async fn sign_in<C: Console>(
         }
     };
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(flow.verifier.as_bytes()));
-    let redirect_uri = format!("{}{}/callback", kit.issuer, info.base);
+    let redirect_uri = format!("{}{}/callback", kit.public_url, info.base);
     let query: String = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs([
             ("response_type", "code"),
@@ -618,7 +619,7 @@ async fn callback<C: Console>(
     let Some(code) = q.code else {
         return sign_in_failed::<C>(StatusCode::BAD_REQUEST, "QSA sent no code");
     };
-    let redirect_uri = format!("{}{}/callback", kit.issuer, info.base);
+    let redirect_uri = format!("{}{}/callback", kit.public_url, info.base);
     let tokens = match token_request(
         &kit,
         client,
@@ -702,7 +703,7 @@ async fn userinfo(kit: &Kit, access_token: &str) -> Option<serde_json::Value> {
         .header(AUTHORIZATION, format!("Bearer {access_token}"))
         .body(Body::empty())
         .ok()?;
-    let response = kit.api.clone().oneshot(request).await.ok()?;
+    let response = kit.oauth.clone().oneshot(request).await.ok()?;
     if !response.status().is_success() {
         return None;
     }
@@ -804,7 +805,7 @@ async fn sign_out<C: Console>(
     }
     let mut logout: Vec<(&str, String)> = vec![(
         "post_logout_redirect_uri",
-        format!("{}{}/signed-out", kit.issuer, info.base),
+        format!("{}{}/signed-out", kit.public_url, info.base),
     )];
     if let Some(client) = C::client(&kit.clients) {
         logout.push(("client_id", client.client_id.clone()));
