@@ -772,7 +772,8 @@ fn page(title: &str, body: &str) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
 <title>{t} · Quantus</title><style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem}}\
 label{{display:block;margin:.8rem 0 .2rem}}input{{width:100%;padding:.5rem;box-sizing:border-box}}button{{margin:1rem .5rem 0 0;padding:.5rem 1rem}}\
-.error{{color:#a00}}</style></head><body><h1>{t}</h1>{body}</body></html>",
+.error{{color:#a00}}footer{{margin-top:3rem;font-size:.9rem}}</style></head><body><main><h1>{t}</h1>{body}</main>\
+<footer><p><a href=\"/verify\">Verify a licence file or evidence archive</a></p></footer></body></html>",
         t = escape(title)
     )
 }

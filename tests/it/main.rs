@@ -9,6 +9,7 @@ mod api;
 mod architecture;
 mod browser_consoles;
 mod browser_pages;
+mod browser_verify;
 mod checkpoints;
 mod crypto_crosscheck;
 mod deploy;

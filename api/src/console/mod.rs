@@ -15,6 +15,7 @@ mod api;
 mod portal;
 mod qsa;
 mod session;
+mod verify;
 
 use askama::Template;
 use axum::extract::Request;
@@ -255,7 +256,9 @@ pub fn routes(state: &AppState, api: Router, oauth: Router) -> Router<AppState> 
         public_url: state.issuer.trim_end_matches('/').to_owned(),
         clients: state.consoles.clone(),
     };
-    let router = Router::new().route("/console/assets/{name}", get(asset));
+    let router = Router::new()
+        .route("/console/assets/{name}", get(asset))
+        .merge(verify::routes());
     let router = mount::<portal::Portal>(router, &kit);
     let router = mount::<account::Account>(router, &kit);
     let router = mount::<admin::Admin>(router, &kit);
@@ -276,12 +279,18 @@ async fn security_headers(
     next: Next,
 ) -> Response {
     let is_asset = request.uri().path().starts_with("/console/assets/");
+    // The verify page reads the published key set from this origin; nothing else fetches.
+    let connect = if request.uri().path().starts_with("/verify") {
+        "connect-src 'self'; "
+    } else {
+        ""
+    };
     let mut response = next.run(request).await;
     let h = response.headers_mut();
     // Forms post to the console itself; sign-in and sign-out continue at QSA (the issuer).
     let csp = format!(
         "default-src 'none'; style-src 'self'; img-src 'self' data:; script-src 'self'; \
-         form-action 'self' {issuer}; frame-ancestors 'none'; base-uri 'none'"
+         {connect}form-action 'self' {issuer}; frame-ancestors 'none'; base-uri 'none'"
     );
     if let Ok(v) = HeaderValue::from_str(&csp) {
         h.insert("content-security-policy", v);
@@ -298,8 +307,8 @@ async fn security_headers(
     response
 }
 
-/// The embedded assets: one stylesheet, two small scripts, the icon. Nothing is fetched
-/// from anywhere else.
+/// The embedded assets: one stylesheet, the small scripts, the verify page's vendored
+/// cryptography, the icon. Nothing is fetched from anywhere else.
 async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Response {
     let (body, kind): (&'static [u8], &'static str) = match name.as_str() {
         "console.css" => (
@@ -312,6 +321,15 @@ async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Respon
         ),
         "passkey-register.js" => (
             include_bytes!("../../assets/passkey-register.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "verify.js" => (
+            include_bytes!("../../assets/verify.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        // The noble libraries, bundled by scripts/vendor-assets.sh.
+        "noble.js" => (
+            include_bytes!("../../assets/vendor/noble/noble.js"),
             "text/javascript; charset=utf-8",
         ),
         "icon.svg" => (include_bytes!("../../assets/icon.svg"), "image/svg+xml"),
