@@ -10,6 +10,7 @@ mod architecture;
 mod browser_consoles;
 mod browser_pages;
 mod checkpoints;
+mod compliance_export;
 mod crypto_crosscheck;
 mod deploy;
 mod dpop;
