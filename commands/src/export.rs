@@ -24,6 +24,7 @@ use quantus_domain::envelope::Envelope;
 use quantus_domain::organization::{Organization, OrganizationStatus};
 use quantus_domain::CommandContext;
 use quantus_infra::event_store::{position_before, read_log};
+use quantus_infra::witness::{WitnessClient, WitnessEndpoint};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::Sender;
@@ -116,6 +117,8 @@ pub struct ExportPlan {
 pub struct ComplianceExport {
     licensing: Licensing,
     checkpoints: Checkpoints,
+    /// Asked to cosign the export's checkpoint before it is written (`QUANTUS_WITNESSES`).
+    witnesses: Vec<WitnessEndpoint>,
 }
 
 impl ComplianceExport {
@@ -123,7 +126,12 @@ impl ComplianceExport {
         Self {
             licensing,
             checkpoints,
+            witnesses: Vec::new(),
         }
+    }
+
+    pub fn with_witnesses(self, witnesses: Vec<WitnessEndpoint>) -> Self {
+        Self { witnesses, ..self }
     }
 
     /// Checks the range and the tenant, finds the range's positions and a checkpoint that
@@ -166,6 +174,24 @@ impl ComplianceExport {
                     .ok_or_else(|| storage("no checkpoint covers the range"))?
             }
         };
+        if !self.witnesses.is_empty() {
+            // The checkpoint is the latest: witnesses that have not cosigned it yet are asked
+            // now, so the archive carries their cosignatures. One that refuses or is away is
+            // left out; `verify-export --quorum` decides whether enough cosigned.
+            let never = chrono::Duration::days(36500);
+            let outcomes = self
+                .checkpoints
+                .witness_latest(
+                    &self.witnesses,
+                    &WitnessClient::default(),
+                    never,
+                    Utc::now(),
+                )
+                .await?;
+            for (witness, outcome) in outcomes {
+                tracing::info!(%witness, ?outcome, "witness asked for a compliance export");
+            }
+        }
         let mut witnessed_note = checkpoint.checkpoint.note.clone();
         for c in self
             .checkpoints

@@ -126,6 +126,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .bus
             .cache()
             .resize(usize::try_from(config.aggregate_cache).unwrap_or(usize::MAX));
+        state.exports = state.exports.with_witnesses(config.witnesses.clone());
         state.stripe_webhook_secret = config.stripe_webhook_secret.clone();
         state.limits = config.http;
         state.readiness = quantus_api::Readiness {

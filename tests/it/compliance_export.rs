@@ -461,3 +461,100 @@ async fn an_export_verifies_offline_and_every_tampering_is_named() {
 async fn an_export_on_postgres_verifies_and_stays_within_its_tenant() {
     export_story("export-postgres", true).await;
 }
+
+/// With a witness configured, the export's checkpoint (signed for it: the range ends after the
+/// latest) is cosigned before the archive is written, and `verify-export --witness` counts it.
+#[tokio::test]
+async fn an_export_carries_the_witnesses_cosignatures_of_its_checkpoint() {
+    use crate::witness::{
+        cosigned, free_port, save_keys, sign_checkpoint, start_witness, witness_key,
+    };
+    let dir = temp_dir("export-witness");
+    let witness_dir = dir.join("witness-a");
+    let vkey = witness_key(&witness_dir, "witness.test/a");
+    let stranger = witness_key(&dir.join("witness-b"), "witness.test/b");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let witnesses = format!("{vkey}@http://127.0.0.1:{port}");
+    let server = Server::start(
+        &dir,
+        &["--listen", &listen],
+        &[("QUANTUS_WITNESSES", witnesses.as_str())],
+    );
+    let api = server.client();
+    let from = rfc3339(Utc::now() - chrono::Duration::seconds(1));
+    let (acme, _) = api.create_org("Acme").await;
+    let first = sign_checkpoint(&api).await;
+    let origin = first["note"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let keys = dir.join("keys.json");
+    save_keys(&api, &keys).await;
+    let _witness = start_witness(&witness_dir, "witness.test/a", port, &origin, &keys);
+    cosigned(&api, first["tree_size"].as_u64().unwrap(), "witness.test/a").await;
+    let r = api
+        .patch(
+            &format!("/v1/organizations/{acme}"),
+            json!({"name": "Acme Quantum"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let to = rfc3339(Utc::now());
+
+    let (status, archive) = get_export(&api, &acme, &from, &to).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&archive));
+    let file = dir.join("witnessed.tar");
+    std::fs::write(&file, &archive).unwrap();
+    let (_, files) = unpack(&archive);
+    let note = &files
+        .iter()
+        .find(|(n, _)| n == "checkpoint.note")
+        .unwrap()
+        .1;
+    let size: u64 = String::from_utf8_lossy(note)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        size > first["tree_size"].as_u64().unwrap(),
+        "the export's checkpoint is not new"
+    );
+
+    let check = |vkey: &str| {
+        let out = quantus(
+            &[
+                "audit",
+                "verify-export",
+                file.to_str().unwrap(),
+                "--keys",
+                keys.to_str().unwrap(),
+                "--witness",
+                vkey,
+            ],
+            &[],
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = check(&vkey);
+    assert!(
+        ok && out.contains("checkpoint cosigned by witness.test/a"),
+        "{out}"
+    );
+    let (ok, out) = check(&stranger);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("cosignatures of 0 of the given witnesses, 1 needed"),
+        "{out}"
+    );
+}
