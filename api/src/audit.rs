@@ -4,6 +4,9 @@
 //! The same tree for tiles clients (C2SP tlog-tiles, prefix `/v1/audit/log`): `checkpoint`
 //! (the latest signed note) and `tile/<L>/<N>[.p/<W>]`, `tile/entries/<N>[.p/<W>]`, so an
 //! auditor's own tlog client can compute and check any proof itself.
+//!
+//! `/v1/audit/exports`: a tenant's events in a time range as a signed archive
+//! (`quantus_commands::export`), streamed.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -29,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/audit/proofs/consistency", get(consistency))
         .route("/audit/log/checkpoint", get(log_checkpoint))
         .route("/audit/log/tile/{*path}", get(log_tile))
+        .route("/audit/exports", get(export))
 }
 
 fn b64(h: &[u8; 32]) -> String {
@@ -290,6 +294,109 @@ pub async fn log_tile(
             ),
         ],
         body,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// The organization whose events are exported.
+    tenant: String,
+    /// Events appended at or after this instant (RFC 3339).
+    from: String,
+    /// Events appended before this instant (RFC 3339); at most 366 days after `from`.
+    to: String,
+}
+
+fn instant(name: &str, value: &str) -> Result<chrono::DateTime<chrono::Utc>, Problem> {
+    chrono::DateTime::parse_from_rfc3339(value.trim())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| {
+            Problem::bad_request(format!(
+                "{name} must be an RFC 3339 instant such as 2026-01-31T09:00:00Z"
+            ))
+        })
+}
+
+/// Who may export a tenant's trail: the platform's administrators and auditors for any
+/// tenant, an organization's owners and administrators for their own. Another tenant is as
+/// absent as one that does not exist (404).
+fn may_export(principal: &Principal, tenant: &str) -> Result<(), Problem> {
+    use quantus_domain::identity::Role;
+    let platform = principal.organization == PLATFORM_TENANT
+        && (principal.roles.contains(&Role::PlatformAdmin)
+            || principal.roles.contains(&Role::Auditor));
+    if platform {
+        return Ok(());
+    }
+    if principal.organization != tenant {
+        return Err(Problem::not_found(format!("no organization {tenant}")));
+    }
+    if principal.roles.contains(&Role::Owner) || principal.roles.contains(&Role::Admin) {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "not-an-administrator",
+        "Not an administrator",
+        "exporting the organization's audit trail needs its owner or admin role",
+    ))
+}
+
+/// A signed compliance export: the tenant's events appended in `[from, to)`, each with its
+/// inclusion proof in a signed checkpoint, the key set, and a signed manifest, as one tar
+/// archive (format: docs/event-log.md), streamed. Check it with `quantus audit verify-export`.
+/// Personal data stays sealed as it is in the log.
+#[utoipa::path(get, path = "/v1/audit/exports", tag = "audit", params(ExportQuery),
+    responses((status = 200, description = "a tar archive: keys.json, checkpoint.note, events/NNNNNN.jsonl, manifest.json", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn export(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ExportQuery>,
+) -> Result<Response, Problem> {
+    principal.require("events:read")?;
+    may_export(&principal, &q.tenant)?;
+    let from = instant("from", &q.from)?;
+    let to = instant("to", &q.to)?;
+    let ctx = context(&principal, &headers, &q.tenant);
+    let plan = state.exports.plan(&ctx, &q.tenant, from, to).await?;
+    let disposition = format!("attachment; filename=\"{}\"", plan.file_name);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let exports = state.exports.clone();
+    tokio::spawn(async move {
+        if let Err(e) = exports.write(plan, tx).await {
+            tracing::warn!(error = %e, "a compliance export broke off");
+            let _ = failed_tx.send(());
+        }
+    });
+    // A failure after the headers went out can only end the body early; the stream then
+    // ends in an error so the client sees a broken transfer, not a short archive.
+    let body = futures::stream::unfold((rx, Some(failed_rx)), |(mut rx, failed)| async move {
+        match rx.recv().await {
+            Some(bytes) => Some((Ok::<_, std::io::Error>(bytes), (rx, failed))),
+            None => match failed {
+                Some(f) => f.await.ok().map(|()| {
+                    (
+                        Err(std::io::Error::other("the export broke off")),
+                        (rx, None),
+                    )
+                }),
+                None => None,
+            },
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        axum::body::Body::from_stream(body),
     )
         .into_response())
 }

@@ -47,6 +47,8 @@ pub struct AppState {
     pub identity: Identity,
     pub checkpoints: Checkpoints,
     pub evidence: Evidence,
+    /// Signed compliance exports of one tenant's events.
+    pub exports: quantus_commands::export::ComplianceExport,
     pub portal: Portal,
     pub commercial: ProjectionRunner,
     /// How Portal routes verify QSA's tokens (its JWKS, cached).
@@ -120,6 +122,10 @@ impl AppState {
                 Arc::new(quantus_projections::users::UsersView::new(keys)),
             ),
             checkpoints: Checkpoints::new(licensing.clone(), &issuer),
+            exports: quantus_commands::export::ComplianceExport::new(
+                licensing.clone(),
+                Checkpoints::new(licensing.clone(), &issuer),
+            ),
             evidence: Evidence::new(
                 licensing.clone(),
                 Checkpoints::new(licensing.clone(), &issuer),

@@ -8,6 +8,7 @@ pub mod access;
 pub mod aggregate_cache;
 pub mod checkpoints;
 pub mod evidence;
+pub mod export;
 pub mod identity;
 pub mod invites;
 pub mod licensing;

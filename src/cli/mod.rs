@@ -10,6 +10,7 @@ mod bench_saml;
 mod bench_scim;
 mod events;
 mod evidence;
+mod export;
 mod license;
 mod progress;
 mod serve;
@@ -135,6 +136,10 @@ pub struct ServeArgs {
 enum AuditCommand {
     /// Replay the log and check every hash and chain link.
     Verify(audit::VerifyArgs),
+    /// Write a tenant's signed compliance export (as GET /v1/audit/exports serves it).
+    Export(export::ExportArgs),
+    /// Check a compliance export offline: signature, inclusion proofs, completeness.
+    VerifyExport(export::VerifyExportArgs),
 }
 
 #[derive(Subcommand)]
@@ -181,6 +186,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(args).await,
+        Command::Audit(AuditCommand::Export(args)) => export::export(args).await,
+        Command::Audit(AuditCommand::VerifyExport(args)) => export::verify_export(args),
         Command::Events(EventsCommand::Tail(args)) => events::tail(args).await,
         Command::Projections(ProjectionsCommand::Rebuild { name, store, json }) => {
             let (config, db) = store.open().await?;

@@ -131,6 +131,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let staleness = std::time::Duration::from_millis(config.read_staleness_ms);
             tasks.spawn(async move { Ok(bus.follow_log(staleness).await?) });
         }
+        state.exports = state.exports.with_witnesses(config.witnesses.clone());
         state.stripe_webhook_secret = config.stripe_webhook_secret.clone();
         state.limits = config.http;
         observe(&mut state, &config)?;

@@ -11,6 +11,7 @@ mod browser_consoles;
 mod browser_pages;
 mod browser_verify;
 mod checkpoints;
+mod compliance_export;
 mod crypto_crosscheck;
 mod deploy;
 mod dpop;

@@ -16,7 +16,7 @@ use crate::checkpoints::{attacker_db, rename_acme_to_evil};
 use crate::harness::*;
 
 /// A running `quantus witness serve`; killed when dropped.
-struct Witness {
+pub(crate) struct Witness {
     child: Child,
     url: String,
 }
@@ -28,7 +28,7 @@ impl Drop for Witness {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -37,7 +37,7 @@ fn free_port() -> u16 {
 }
 
 /// `quantus witness key`: the witness's verifier key (made on first use).
-fn witness_key(dir: &Path, name: &str) -> String {
+pub(crate) fn witness_key(dir: &Path, name: &str) -> String {
     let out = quantus(
         &[
             "witness",
@@ -57,7 +57,13 @@ fn witness_key(dir: &Path, name: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn start_witness(dir: &Path, name: &str, port: u16, origin: &str, keys: &Path) -> Witness {
+pub(crate) fn start_witness(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    origin: &str,
+    keys: &Path,
+) -> Witness {
     let mut child = Command::new(bin())
         .args(["witness", "serve", "--data-dir"])
         .arg(dir)
@@ -79,13 +85,13 @@ fn start_witness(dir: &Path, name: &str, port: u16, origin: &str, keys: &Path) -
     }
 }
 
-async fn sign_checkpoint(api: &Api) -> Value {
+pub(crate) async fn sign_checkpoint(api: &Api) -> Value {
     let r = api.post("/v1/audit/checkpoints", json!({})).await;
     assert_eq!(r.status, 201, "{}", r.body);
     r.body
 }
 
-async fn save_keys(api: &Api, file: &Path) {
+pub(crate) async fn save_keys(api: &Api, file: &Path) {
     let keys = api
         .request(reqwest::Method::GET, "/v1/keys")
         .send()
@@ -98,7 +104,7 @@ async fn save_keys(api: &Api, file: &Path) {
 }
 
 /// Waits until `witness` has cosigned the checkpoint of `size`; its cosignature line.
-async fn cosigned(api: &Api, size: u64, witness: &str) -> String {
+pub(crate) async fn cosigned(api: &Api, size: u64, witness: &str) -> String {
     eventually(
         &format!("{witness}'s cosignature of the tree of {size}"),
         Duration::from_secs(60),
