@@ -215,7 +215,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Rewrites one file inside a tar archive.
-fn retar(archive: &[u8], change: &str, f: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+pub fn retar(archive: &[u8], change: &str, f: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
     use std::io::Read;
     let mut out = tar::Builder::new(Vec::new());
     let mut input = tar::Archive::new(archive);
@@ -237,7 +237,7 @@ fn retar(archive: &[u8], change: &str, f: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
     out.into_inner().unwrap()
 }
 
-fn evidence_verify(archive: &std::path::Path, keys: &std::path::Path) -> (bool, String) {
+pub fn evidence_verify(archive: &std::path::Path, keys: &std::path::Path) -> (bool, String) {
     let out = quantus(
         &[
             "evidence",
