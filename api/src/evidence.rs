@@ -202,6 +202,7 @@ pub async fn verify(
                 "artifacts": report.artifacts.iter().map(|(name, check)| serde_json::json!({
                     "name": name, "check": crate::evidence::check_name(check),
                 })).collect::<Vec<_>>(),
+                "job_state": report.job_state,
             }),
             Err(e) => serde_json::json!({ "valid": false, "reason": e.to_string() }),
         },

@@ -15,6 +15,9 @@ use quantus_crypto::evidence::{
     dsse_pae, in_toto_statement, Manifest, ManifestArtifact, ManifestCheckpoint, ManifestEvent,
     DSSE_CONTEXT, EVIDENCE_CONTEXT, EVIDENCE_FORMAT, IN_TOTO_PAYLOAD_TYPE,
 };
+use quantus_crypto::job_state::{
+    summarize, JobState, StateEvent, JOB_STATE_FILE, JOB_STATE_FORMAT, WITHHELD_TYPES,
+};
 use quantus_crypto::keys::Purpose;
 use quantus_domain::evidence::{BundleExists, EvidenceBundle, EvidenceBundleCreated};
 
@@ -301,8 +304,9 @@ impl Evidence {
 
     /// Creates an evidence bundle for a job: a manifest of the job, its configuration digest,
     /// its artifacts' digests and its events, each with an inclusion proof in a signed log
-    /// checkpoint (signed now if the latest does not cover the job yet); signed with the
-    /// evidence key and stored in object storage for good.
+    /// checkpoint (signed now if the latest does not cover the job yet), and the digest of
+    /// `job-state.json` (the submitter's state at job time); signed with the evidence key and
+    /// stored in object storage for good.
     pub async fn create_bundle(
         &self,
         ctx: &CommandContext,
@@ -341,6 +345,14 @@ impl Evidence {
         let size = covering.checkpoint.tree_size;
         let positions: Vec<u64> = records.iter().map(|r| r.position).collect();
         let paths = self.checkpoints.inclusion_many(&positions, size).await?;
+        let bundle_id = uuid::Uuid::now_v7().to_string();
+        let job_state = self.job_state(&records, size).await?;
+        let job_state_location = format!("evidence/{bundle_id}/{JOB_STATE_FILE}");
+        let job_state_sha256 = hex::encode(Sha256::digest(&job_state));
+        self.objects
+            .put_bytes(&job_state_location, job_state)
+            .await
+            .map_err(storage)?;
         let events = records
             .iter()
             .zip(paths)
@@ -355,7 +367,6 @@ impl Evidence {
                     .collect(),
             })
             .collect();
-        let bundle_id = uuid::Uuid::now_v7().to_string();
         let manifest = Manifest {
             format: EVIDENCE_FORMAT.into(),
             bundle_id: bundle_id.clone(),
@@ -389,6 +400,7 @@ impl Evidence {
                 tree_size: size,
                 root_hash: covering.checkpoint.root_hash.clone(),
             },
+            job_state_sha256: Some(job_state_sha256),
         };
         let payload = serde_json::to_value(&manifest).map_err(storage)?;
         let document = self
@@ -419,6 +431,99 @@ impl Evidence {
             .execute::<EvidenceBundle>(ctx, &bundle_id, created, Some(0), &())
             .await?;
         Ok((bundle_id, document, outcome))
+    }
+
+    /// `job-state.json` (canonical JSON) for a job whose events are `job_records`: the
+    /// submitter's events and those of every licence of the job's organization, all before the
+    /// job's submission, proven in the tree of `size`, with the summary they establish.
+    async fn job_state(
+        &self,
+        job_records: &[quantus_infra::event_store::LogRecord],
+        size: u64,
+    ) -> Result<Vec<u8>, CommandError> {
+        use base64::Engine as _;
+        let submitted = job_records
+            .iter()
+            .find(|r| r.envelope.event_type == "JobSubmitted")
+            .ok_or_else(|| CommandError::Storage("the job has no JobSubmitted event".into()))?;
+        let at = submitted.position;
+        let organization = submitted.envelope.payload["organization_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let repository = self.bus.repository();
+        let actor = &submitted.envelope.actor;
+        let submitter_type = match actor.kind {
+            quantus_domain::envelope::ActorKind::User => Some("User"),
+            quantus_domain::envelope::ActorKind::Service => Some("Client"),
+            quantus_domain::envelope::ActorKind::System => None,
+        };
+        let mut records = Vec::new();
+        if let Some(kind) = submitter_type {
+            records.extend(
+                repository
+                    .aggregate_records(kind, &actor.id)
+                    .await
+                    .map_err(storage)?
+                    .into_iter()
+                    .filter(|r| r.position < at),
+            );
+        }
+        let licence_type = <quantus_domain::license::License as cqrs_es::Aggregate>::TYPE;
+        for issued in repository
+            .events_of_type(licence_type, "LicenseIssued")
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .filter(|r| r.position < at && r.envelope.payload["organization_id"] == organization)
+        {
+            records.extend(
+                repository
+                    .aggregate_records(licence_type, &issued.envelope.aggregate_id)
+                    .await
+                    .map_err(storage)?
+                    .into_iter()
+                    .filter(|r| r.position < at),
+            );
+        }
+        let mut positions: Vec<u64> = records.iter().map(|r| r.position).collect();
+        positions.push(at);
+        let paths = self.checkpoints.inclusion_many(&positions, size).await?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut events: Vec<StateEvent> = records
+            .iter()
+            .chain(std::iter::once(submitted))
+            .zip(paths)
+            .map(|(r, path)| {
+                let e = &r.envelope;
+                Ok(StateEvent {
+                    position: r.position,
+                    aggregate_type: e.aggregate_type.clone(),
+                    aggregate_id: e.aggregate_id.clone(),
+                    sequence: e.sequence,
+                    event_type: e.event_type.clone(),
+                    hash: e.hash.clone(),
+                    inclusion_path: path.iter().map(|h| b64.encode(h)).collect(),
+                    envelope: if WITHHELD_TYPES.contains(&e.event_type.as_str()) {
+                        None
+                    } else {
+                        Some(serde_json::to_value(e).map_err(storage)?)
+                    },
+                })
+            })
+            .collect::<Result<_, CommandError>>()?;
+        let job = events
+            .pop()
+            .ok_or_else(|| CommandError::Storage("no proof for the job's event".into()))?;
+        let summary = summarize(&job, &events).map_err(storage)?;
+        let state = JobState {
+            format: JOB_STATE_FORMAT.into(),
+            job,
+            events,
+            summary,
+        };
+        quantus_crypto::document::canonical(&serde_json::to_value(&state).map_err(storage)?)
+            .map_err(storage)
     }
 
     fn licensing_issuer(&self) -> String {
@@ -498,6 +603,11 @@ impl Evidence {
             .await
             .map_err(storage)?;
         files.push(("config.json".into(), config.to_vec()));
+        if manifest.job_state_sha256.is_some() {
+            let location = format!("evidence/{id}/{JOB_STATE_FILE}");
+            let state = self.objects.get_bytes(&location).await.map_err(storage)?;
+            files.push((JOB_STATE_FILE.into(), state.to_vec()));
+        }
         if with_artifacts {
             let (job, _) = self.job(&created.job_id).await?;
             for a in job.artifacts.values().filter(|a| a.purged_by.is_none()) {

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::document::{DocumentError, SignedDocument};
+use crate::job_state::{JobStateError, StateSummary, JOB_STATE_FILE};
 use crate::keys::{Purpose, TrustedKeys};
 use crate::merkle::{leaf_hash, verify_inclusion, Hash};
 
@@ -70,6 +71,10 @@ pub struct Manifest {
     pub artifacts: Vec<ManifestArtifact>,
     pub events: Vec<ManifestEvent>,
     pub checkpoint: ManifestCheckpoint,
+    /// SHA-256 (hex) of `job-state.json`, the submitter's state at job time. Absent in bundles
+    /// made before it existed, which keep verifying as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_state_sha256: Option<String>,
 }
 
 /// What happened to each artifact during verification.
@@ -90,6 +95,8 @@ pub struct EvidenceReport {
     pub config_checked: bool,
     pub artifacts: Vec<(String, ArtifactCheck)>,
     pub events_included: usize,
+    /// The submitter's state at job time, derived again from the bundle's proven events.
+    pub job_state: Option<StateSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +115,12 @@ pub enum EvidenceError {
     CheckpointMismatch,
     #[error("the event at position {0} is not included in the signed checkpoint")]
     EventNotIncluded(u64),
+    #[error("the archive has no job-state.json, which the manifest names")]
+    JobStateMissing,
+    #[error("job-state.json does not have the recorded SHA-256")]
+    JobStateDigestMismatch,
+    #[error(transparent)]
+    JobState(#[from] JobStateError),
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -194,7 +207,31 @@ pub fn verify(
             return Err(EvidenceError::EventNotIncluded(e.position));
         }
     }
+    let job_state = match &manifest.job_state_sha256 {
+        None => None,
+        Some(digest) => {
+            let bytes = files
+                .get(JOB_STATE_FILE)
+                .ok_or(EvidenceError::JobStateMissing)?;
+            if sha256_hex(bytes) != *digest {
+                return Err(EvidenceError::JobStateDigestMismatch);
+            }
+            let hashes = manifest
+                .events
+                .iter()
+                .map(|e| (e.position, e.hash.clone()))
+                .collect();
+            Some(crate::job_state::verify(
+                bytes,
+                cp.size,
+                &cp.root,
+                &manifest.job_id,
+                &hashes,
+            )?)
+        }
+    };
     Ok(EvidenceReport {
+        job_state,
         events_included: manifest.events.len(),
         manifest,
         signed_by,

@@ -8,6 +8,7 @@
 //!   ML-DSA-65 + Ed25519 of draft-ietf-lamps-pq-composite-sigs-19.
 //! - [`document`]: a canonical JSON payload (RFC 8785) with a list of signatures.
 //! - [`evidence`]: evidence bundles (signed manifests with inclusion proofs), DSSE, in-toto.
+//! - [`job_state`]: the submitter's roles and licences at job time, proven from the log.
 //! - [`instant`]: the range of instants accepted, and overflow-free arithmetic on them.
 //! - [`keys`]: the published key set and crypto policy a verifier trusts.
 //! - [`license`]: licence files and CRLs, and [`license::verify`].
@@ -22,6 +23,7 @@ pub mod cosignature;
 pub mod document;
 pub mod evidence;
 pub mod instant;
+pub mod job_state;
 pub mod keys;
 pub mod license;
 pub mod merkle;

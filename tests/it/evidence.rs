@@ -237,7 +237,7 @@ pub fn retar(archive: &[u8], change: &str, f: impl Fn(&mut Vec<u8>)) -> Vec<u8> 
     out.into_inner().unwrap()
 }
 
-fn evidence_verify(archive: &std::path::Path, keys: &std::path::Path) -> (bool, String) {
+pub fn evidence_verify(archive: &std::path::Path, keys: &std::path::Path) -> (bool, String) {
     let out = quantus(
         &[
             "evidence",

@@ -22,6 +22,7 @@ mod hardening;
 mod harness;
 mod hostile_input;
 mod independent_auditor;
+mod job_state;
 mod license_cli;
 pub mod mfa;
 pub mod oidc_conformance;
