@@ -425,7 +425,8 @@
     let configChecked = false;
     for (const field of Object.keys(m).filter((f) => f.endsWith("_sha256")).sort()) {
       const name = field.slice(0, -"_sha256".length);
-      const data = files.get(`${name}.json`);
+      // `config_sha256` names `config.json`; `job_state_sha256` names `job-state.json`.
+      const data = files.get(`${name}.json`) ?? files.get(`${name.replaceAll("_", "-")}.json`);
       const what = name === "config" ? "Configuration snapshot" : `${name}.json`;
       if (!data) {
         report.row(what, "skipped", "not included (digest vouched for by the manifest)");
@@ -482,13 +483,62 @@
     }
     report.row("Events", "passed", `${m.events.length} job events, each with its inclusion proof in the checkpoint`);
 
+    // The submitter's state at job time (job-state.json, vouched for by the manifest above):
+    // each of its events proven in the checkpoint here; the summary is shown as signed (the
+    // CLI also derives it again from the events).
+    let stateLines = ["job state: not in this bundle (made before bundles carried it)"];
+    const stateFile = files.get("job-state.json");
+    if (m.job_state_sha256 !== undefined && !stateFile) {
+      throw new Invalid("the archive has no job-state.json, which the manifest names");
+    }
+    if (stateFile) {
+      let state;
+      try {
+        state = JSON.parse(new TextDecoder().decode(stateFile));
+      } catch {
+        throw new Invalid("job-state.json is malformed: not JSON");
+      }
+      for (const e of [state.job, ...(state.events || [])]) {
+        const path = (e.inclusion_path || []).map((p) => base64(p, false));
+        if (path.some((b) => !b || b.length !== 32)) throw new Invalid("job-state.json is malformed: an inclusion path hash is not 32 bytes of base64");
+        const leaf = await sha256(concat([0], hex32(e.hash)));
+        if (!(e.position > 0 && (await verifyInclusion(leaf, BigInt(e.position - 1), cp.size, path, cp.root)))) {
+          report.row("Job state", "failed", `the event at position ${e.position} is not included in the signed checkpoint`);
+          throw new Invalid(`job-state.json: the event at position ${e.position} is not included in the signed checkpoint`);
+        }
+      }
+      report.row("Job state", "passed", `${1 + (state.events || []).length} events, each with its inclusion proof in the checkpoint; summary as signed`);
+      stateLines = jobStateLines(state.summary);
+    }
+
     return [
       `valid: evidence bundle ${m.bundle_id} for job ${m.job_id} of organization ${m.organization_id}`,
       `signed by ${signedBy.kid} (checked with ${source})`,
       `configuration ${m.config_sha256}: ${configChecked ? "verified" : "not included"}`,
       `events: ${m.events.length} included in the checkpoint of ${m.checkpoint.tree_size} events`,
       ...artifactLines,
+      ...stateLines,
     ];
+  }
+
+  /** The CLI's job-state lines (src/cli/evidence.rs), the header saying what was checked here. */
+  function jobStateLines(st) {
+    const s = st.submitter;
+    const name = s.name != null ? ` ${JSON.stringify(s.name)}` : s.name_sealed ? " (name sealed)" : "";
+    const lines = [
+      `job state as of position ${st.position} (${st.as_of}), events proven in the log, summary as signed:`,
+      `  submitted by ${s.kind} ${s.id}${name} of organization ${s.organization_id ?? "(none recorded)"}, ${s.status}`,
+      `  roles in organization ${st.organization_id}: ${s.roles.length ? s.roles.join(", ") : "none"}`,
+    ];
+    if (!st.licenses.length) lines.push("  licences: none");
+    for (const l of st.licenses) {
+      const t = l.terms || {};
+      const features = Array.isArray(t.features) ? t.features.filter((f) => typeof f === "string") : [];
+      lines.push(
+        `  licence ${l.id}: ${l.status}${l.in_force ? " (in force)" : " (not in force)"}, ${t.product ?? ""} ${t.edition ?? ""}, features [${features.join(", ")}], valid ${t.not_before ?? ""} to ${t.expires_at ?? ""}`,
+      );
+    }
+    return lines;
   }
 
   /** RFC 9162 §2.1.3.2 inclusion proof (crypto/src/merkle.rs). */

@@ -1605,6 +1605,7 @@ async fn u_the_relay_and_projector_roles_serve_their_own_metrics_and_probes() {
             assert_eq!(kind, "application/problem+json", "{path}");
         }
     }
+}
 
 /// Follows redirects from `url` (relative `Location`s resolved against the request's URL) until
 /// a page answers; returns where it answered and the page.
