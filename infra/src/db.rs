@@ -98,6 +98,21 @@ const SCHEMA: &[&str] = &[
         position BIGINT NOT NULL,
         PRIMARY KEY (projection, position)
     )",
+    // The versioned read models' history (system-versioned, SQL:2011 style, in log
+    // positions): each row a read model held, valid from the position that made it until the
+    // one that changed or removed it (NULL: still current). As-of queries read it with one
+    // indexed query (see `quantus_projections::history`).
+    "CREATE TABLE IF NOT EXISTS read_model_history (
+        projection TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        row_id TEXT NOT NULL,
+        organization_id TEXT NOT NULL,
+        valid_from BIGINT NOT NULL,
+        valid_to BIGINT,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (kind, row_id, valid_from)
+    )",
+    "CREATE INDEX IF NOT EXISTS read_model_history_as_of ON read_model_history (kind, organization_id, valid_from)",
     // Per-subject data keys, wrapped with the master key. Deleting a row crypto-shreds every
     // field sealed with it, across the whole log (see docs/identity.md). Not in the log itself.
     "CREATE TABLE IF NOT EXISTS subject_keys (
