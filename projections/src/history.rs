@@ -37,8 +37,10 @@ pub async fn record(
 ) -> Result<(), InfraError> {
     let at = position(at)?;
     for v in versions {
+        // The row's latest version, found by the key (a row may have thousands).
         sqlx::query(
-            "UPDATE read_model_history SET valid_to = $1 WHERE kind = $2 AND row_id = $3 AND valid_to IS NULL",
+            "UPDATE read_model_history SET valid_to = $1 WHERE kind = $2 AND row_id = $3 AND valid_to IS NULL
+             AND valid_from = (SELECT MAX(valid_from) FROM read_model_history WHERE kind = $2 AND row_id = $3)",
         )
         .bind(at)
         .bind(v.kind)
@@ -46,6 +48,17 @@ pub async fn record(
         .execute(&mut *conn)
         .await?;
         if let Some(doc) = &v.doc {
+            sqlx::query(
+                "INSERT INTO read_model_history_rows (projection, kind, row_id, organization_id, first_from)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, row_id) DO NOTHING",
+            )
+            .bind(projection.to_owned())
+            .bind(v.kind)
+            .bind(v.row_id.clone())
+            .bind(v.organization_id.clone())
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
             sqlx::query(
                 "INSERT INTO read_model_history (projection, kind, row_id, organization_id, valid_from, valid_to, doc)
                  VALUES ($1, $2, $3, $4, $5, NULL, $6)",
@@ -111,10 +124,17 @@ pub async fn as_of(
     limit: u32,
 ) -> Result<Vec<serde_json::Value>, InfraError> {
     let at = position(at)?;
+    // Each row that ever existed, in id order, and its latest version at `at` by the key: a
+    // page costs one seek per row, whatever the length of each row's history (a scan of the
+    // versions with `valid_from <= at` grows with the whole history before `at`).
     let rows = sqlx::query(
-        "SELECT doc FROM read_model_history WHERE kind = $1 AND ($2 = '' OR organization_id = $2)
-         AND valid_from <= $3 AND (valid_to IS NULL OR valid_to > $3) AND row_id > $4
-         ORDER BY row_id LIMIT $5",
+        "SELECT h.doc FROM read_model_history_rows r JOIN read_model_history h
+           ON h.kind = r.kind AND h.row_id = r.row_id
+          AND h.valid_from = (SELECT MAX(x.valid_from) FROM read_model_history x
+                              WHERE x.kind = r.kind AND x.row_id = r.row_id AND x.valid_from <= $3)
+         WHERE r.kind = $1 AND ($2 = '' OR r.organization_id = $2) AND r.first_from <= $3
+           AND r.row_id > $4 AND (h.valid_to IS NULL OR h.valid_to > $3)
+         ORDER BY r.row_id LIMIT $5",
     )
     .bind(kind)
     .bind(organization_id.unwrap_or("").to_owned())

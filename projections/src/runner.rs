@@ -444,6 +444,7 @@ impl ProjectionRunner {
             "projection_watermarks",
             "projection_positions_ahead",
             "read_model_history",
+            "read_model_history_rows",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE projection = $1"))
                 .bind(self.projection.name())

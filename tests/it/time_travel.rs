@@ -291,9 +291,82 @@ async fn scenario(label: &str, url: Option<&str>) {
     );
 }
 
+/// Contracts and the entitlements they grant, as of before, during and after a contract.
+async fn commercial(label: &str, url: Option<&str>) {
+    use crate::portal::{active_contract, line_items, register_customer};
+    let dir = temp_dir(label);
+    let server = start(&dir, url);
+    let admin = server.client();
+    let (acme, _) = admin.create_org("Acme").await;
+    let (globex, _) = admin.create_org("Globex").await;
+    register_customer(&admin, &acme, "EUR").await;
+    let t_before = now_between().await;
+    let contract = active_contract(&admin, &acme, line_items(), "2099-01-01T00:00:00Z").await;
+    let t_active = now_between().await;
+    let r = admin
+        .post(
+            &format!("/v1/contracts/{contract}/terminate"),
+            json!({"reason": "moved on"}),
+        )
+        .await;
+    let terminated_at = position(&r);
+    let contracts = format!("/v1/contracts?org={acme}");
+    let entitlements = format!("/v1/entitlements?org={acme}");
+
+    let page = as_of(&admin, &contracts, &t_before).await;
+    assert_eq!(page["items"], json!([]), "{page}");
+    let page = as_of(&admin, &contracts, &t_active).await;
+    assert_eq!(only(&page)["status"], "active", "{page}");
+    let page = admin
+        .get(&format!("{contracts}&min_position={terminated_at}"))
+        .await;
+    assert_eq!(only(&page.body)["status"], "terminated", "{}", page.body);
+
+    let e = as_of(&admin, &entitlements, &t_before).await;
+    assert_eq!(e["features"], json!([]), "{e}");
+    let e = as_of(&admin, &entitlements, &t_active).await;
+    assert_eq!(e["contracts"], json!([contract]), "{e}");
+    assert!(e["features"].to_string().contains("qpu"), "{e}");
+    let e = admin
+        .get(&format!("{entitlements}&min_position={terminated_at}"))
+        .await;
+    assert_eq!(e.body["features"], json!([]), "{}", e.body);
+
+    // Another organization's administrator: 404, in the past too.
+    let r = admin
+        .post(
+            "/v1/service-principals",
+            json!({"organization_id": globex, "name": "ci", "roles": ["admin"]}),
+        )
+        .await;
+    let other = Api {
+        base: server.url().to_owned(),
+        token: client_token(
+            server.url(),
+            r.body["client_id"].as_str().unwrap(),
+            r.body["client_secret"].as_str().unwrap(),
+            None,
+        ),
+        http: reqwest::Client::new(),
+    };
+    for path in [&contracts, &entitlements] {
+        let r = other.get(&format!("{path}&as_of={t_active}")).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+    }
+    let r = admin.get(&format!("{entitlements}&as_of=soon")).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn read_models_answer_as_of_an_instant_or_a_position_on_sqlite() {
     scenario("time-travel", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contracts_and_entitlements_answer_as_of_an_instant_on_sqlite_and_postgres() {
+    commercial("time-travel-portal", None).await;
+    let url = fresh_database().await;
+    commercial("time-travel-portal-pg", Some(&url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
