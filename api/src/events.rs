@@ -46,7 +46,7 @@ pub struct EventsQuery {
 }
 
 /// An instant of the `from` / `to` filters.
-fn instant(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, Problem> {
+pub(crate) fn instant(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, Problem> {
     value
         .map(|v| {
             DateTime::parse_from_rfc3339(v.trim())

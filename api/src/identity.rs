@@ -118,12 +118,51 @@ pub struct UserListQuery {
     limit: Option<u32>,
     min_position: Option<u64>,
     wait_ms: Option<u64>,
+    as_of: Option<String>,
+    as_of_position: Option<u64>,
+}
+
+impl UserListQuery {
+    /// With `as_of` / `as_of_position`: the page of model `kind`'s history at that moment,
+    /// naming it.
+    async fn as_of(
+        &self,
+        state: &AppState,
+        model: &quantus_projections::runner::ProjectionRunner,
+        kind: &'static str,
+        limit: u32,
+    ) -> Result<Option<serde_json::Value>, Problem> {
+        let Some(moment) = crate::as_of::resolve(
+            state,
+            model,
+            self.as_of.as_deref(),
+            self.as_of_position,
+            self.wait_ms,
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
+        let rows = quantus_projections::history::as_of(
+            &state.db.pool,
+            kind,
+            Some(&self.org),
+            moment.position,
+            self.after.as_deref(),
+            limit,
+        )
+        .await?;
+        let next_after = crate::paging::next_after(&rows, limit, crate::as_of::row_id);
+        Ok(Some(
+            serde_json::json!({ "items": rows, "next_after": next_after, "as_of": moment }),
+        ))
+    }
 }
 
 /// The users read model: erased users are listed without personal data.
 #[utoipa::path(get, path = "/v1/users", tag = "identity",
-    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
-    responses((status = 200, description = "{items, next_after}"), (status = 503, body = Problem)),
+    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")),
+    responses((status = 200, description = "{items, next_after, as_of?: {position, instant}}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_users(
     State(state): State<AppState>,
@@ -139,6 +178,17 @@ pub async fn list_users(
     }
     .wait(&state.users)
     .await?;
+    if let Some(page) = q
+        .as_of(
+            &state,
+            &state.users,
+            quantus_projections::users::UsersView::NAME,
+            limit,
+        )
+        .await?
+    {
+        return Ok(Json(page));
+    }
     let rows = quantus_projections::users::UsersView::by_organization(
         &state.db.pool,
         &q.org,
@@ -814,8 +864,8 @@ pub async fn revoke_user_session(
 
 /// An organization's groups (the groups read model), by id, paged.
 #[utoipa::path(get, path = "/v1/groups", tag = "identity",
-    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
-    responses((status = 200, description = "{items: [{id, organization_id, name, members, external_id, created_at, ...}], next_after}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)),
+    params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")),
+    responses((status = 200, description = "{items: [{id, organization_id, name, members, external_id, created_at, ...}], next_after, as_of?: {position, instant}}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_groups(
     State(state): State<AppState>,
@@ -836,6 +886,9 @@ pub async fn list_groups(
     }
     .wait(&runner)
     .await?;
+    if let Some(page) = q.as_of(&state, &runner, GroupsView::NAME, limit).await? {
+        return Ok(Json(page));
+    }
     // Ordered by id: the page after `after` is the next `limit` of them.
     let rows: Vec<_> = GroupsView::by_organization(&state.db.pool, &q.org)
         .await?

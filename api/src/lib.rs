@@ -5,6 +5,7 @@
 //! log position first (read-your-writes).
 
 mod access;
+mod as_of;
 mod audit;
 mod auth;
 mod bodies;

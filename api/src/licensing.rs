@@ -583,9 +583,11 @@ pub struct ListQuery {
     limit: Option<u32>,
     min_position: Option<u64>,
     wait_ms: Option<u64>,
+    as_of: Option<String>,
+    as_of_position: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = Option<String>, Query, description = "the organization; without it the caller's own, or every organization's for the platform's principals"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 503, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = Option<String>, Query, description = "the organization; without it the caller's own, or every organization's for the platform's principals"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, description = "{items, next_after, as_of?: {position, instant}}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -607,6 +609,30 @@ pub async fn list(
     }
     .wait(&state.licenses)
     .await?;
+    if let Some(moment) = crate::as_of::resolve(
+        &state,
+        &state.licenses,
+        q.as_of.as_deref(),
+        q.as_of_position,
+        q.wait_ms,
+    )
+    .await?
+    {
+        let rows = quantus_projections::history::as_of(
+            &state.db.pool,
+            LicensesView::NAME,
+            org.as_deref(),
+            moment.position,
+            q.after.as_deref(),
+            limit,
+        )
+        .await?;
+        let next_after = paging::next_after(&rows, limit, crate::as_of::row_id);
+        return Ok(Json(
+            serde_json::json!({ "items": rows, "next_after": next_after, "as_of": moment }),
+        )
+        .into_response());
+    }
     let rows: Vec<LicenseRow> =
         LicensesView::by_organization(&state.db.pool, org.as_deref(), q.after.as_deref(), limit)
             .await?;

@@ -413,6 +413,8 @@ pub struct ContractListQuery {
     limit: Option<u32>,
     min_position: Option<u64>,
     wait_ms: Option<u64>,
+    as_of: Option<String>,
+    as_of_position: Option<u64>,
 }
 
 /// The statuses a contract may be listed by.
@@ -426,7 +428,7 @@ const CONTRACT_STATUSES: [&str; 7] = [
     "expired",
 ];
 
-#[utoipa::path(get, path = "/v1/contracts", tag = "portal", params(("org" = Option<String>, Query), ("status" = Option<String>, Query, description = "only contracts in this status: draft, sent, signed, active, amended, terminated or expired"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 400, body = Problem, description = "an unknown status")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/contracts", tag = "portal", params(("org" = Option<String>, Query), ("status" = Option<String>, Query, description = "only contracts in this status: draft, sent, signed, active, amended, terminated or expired"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, description = "{items, next_after, as_of?: {position, instant}}"), (status = 400, body = Problem, description = "an unknown status, a bad as_of"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn list_contracts(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -451,6 +453,30 @@ pub async fn list_contracts(
     let limit = paging::limit(q.limit)?;
     q.wait(&state).await?;
     let org = q.scope(&principal)?;
+    if let Some(moment) = crate::as_of::resolve(
+        &state,
+        &state.commercial,
+        c.as_of.as_deref(),
+        c.as_of_position,
+        q.wait_ms,
+    )
+    .await?
+    {
+        let rows = CommercialView::contracts_as_of(
+            &state.db.pool,
+            org.as_deref(),
+            c.status.as_deref(),
+            moment.position,
+            q.after.as_deref(),
+            limit,
+        )
+        .await?;
+        let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
+        return Ok(Json(
+            serde_json::json!({ "items": rows, "next_after": next_after, "as_of": moment }),
+        )
+        .into_response());
+    }
     let rows = CommercialView::contracts(
         &state.db.pool,
         org.as_deref(),
@@ -575,10 +601,17 @@ pub struct EntitlementsQuery {
     org: String,
     min_position: Option<u64>,
     wait_ms: Option<u64>,
+    as_of: Option<String>,
+    as_of_position: Option<u64>,
 }
 
 async fn entitlements_of(state: &AppState, org: &str) -> Result<serde_json::Value, Problem> {
-    let row = CommercialView::entitlements(&state.db.pool, org, Utc::now()).await?;
+    Ok(entitlements_json(
+        CommercialView::entitlements(&state.db.pool, org, Utc::now()).await?,
+    ))
+}
+
+fn entitlements_json(row: quantus_projections::commercial::EntitlementsRow) -> serde_json::Value {
     let quotas: BTreeMap<&String, serde_json::Value> = row
         .entitlements
         .quotas
@@ -594,7 +627,7 @@ async fn entitlements_of(state: &AppState, org: &str) -> Result<serde_json::Valu
             )
         })
         .collect();
-    Ok(serde_json::json!({
+    serde_json::json!({
         "organization_id": row.organization_id,
         "period": row.period,
         "contracts": row.contracts,
@@ -602,10 +635,10 @@ async fn entitlements_of(state: &AppState, org: &str) -> Result<serde_json::Valu
         "quotas": quotas,
         "limits": row.entitlements.limits,
         "usage": row.usage,
-    }))
+    })
 }
 
-#[utoipa::path(get, path = "/v1/entitlements", tag = "portal", params(("org" = String, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "features, quotas with usage this month, limits"), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/entitlements", tag = "portal", params(("org" = String, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, description = "features, quotas with usage this month (with as_of: that month's, then), limits; as_of?: {position, instant}"), (status = 400, body = Problem), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn entitlements(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -619,6 +652,23 @@ pub async fn entitlements(
     }
     .wait(&state.commercial)
     .await?;
+    if let Some(moment) = crate::as_of::resolve(
+        &state,
+        &state.commercial,
+        q.as_of.as_deref(),
+        q.as_of_position,
+        q.wait_ms,
+    )
+    .await?
+    {
+        // Before the first event there is no time to speak of, and nothing in force.
+        let at = moment.at.unwrap_or(chrono::DateTime::UNIX_EPOCH);
+        let row =
+            CommercialView::entitlements_as_of(&state.db.pool, &q.org, moment.position, at).await?;
+        let mut body = entitlements_json(row);
+        body["as_of"] = serde_json::to_value(&moment).unwrap_or_default();
+        return Ok(Json(body).into_response());
+    }
     Ok(Json(entitlements_of(&state, &q.org).await?).into_response())
 }
 
@@ -952,6 +1002,8 @@ pub async fn my_contracts(
         limit: q.limit,
         min_position: q.min_position,
         wait_ms: q.wait_ms,
+        as_of: None,
+        as_of_position: None,
     };
     list_contracts(State(state), Extension(principal), ApiQuery(q)).await
 }

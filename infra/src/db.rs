@@ -105,6 +105,31 @@ const SCHEMA: &[&str] = &[
         position BIGINT NOT NULL,
         PRIMARY KEY (projection, position)
     )",
+    // The versioned read models' history (system-versioned, SQL:2011 style, in log
+    // positions): each row a read model held, valid from the position that made it until the
+    // one that changed or removed it (NULL: still current). As-of queries read it with one
+    // indexed query (see `quantus_projections::history`).
+    "CREATE TABLE IF NOT EXISTS read_model_history (
+        projection TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        row_id TEXT NOT NULL,
+        organization_id TEXT NOT NULL,
+        valid_from BIGINT NOT NULL,
+        valid_to BIGINT,
+        doc TEXT NOT NULL,
+        PRIMARY KEY (kind, row_id, valid_from)
+    )",
+    // Every row a versioned model ever held, with its tenant: an as-of page walks these in id
+    // order and seeks each one's version at the position.
+    "CREATE TABLE IF NOT EXISTS read_model_history_rows (
+        projection TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        row_id TEXT NOT NULL,
+        organization_id TEXT NOT NULL,
+        first_from BIGINT NOT NULL,
+        PRIMARY KEY (kind, row_id)
+    )",
+    "CREATE INDEX IF NOT EXISTS read_model_history_rows_org ON read_model_history_rows (kind, organization_id, row_id)",
     // Per-subject data keys, wrapped with the master key. Deleting a row crypto-shreds every
     // field sealed with it, across the whole log (see docs/identity.md). Not in the log itself.
     "CREATE TABLE IF NOT EXISTS subject_keys (

@@ -640,7 +640,7 @@ pub async fn position_before(
 }
 
 /// When the writer stamped the event at `position` (its id's UUID v7 instant).
-async fn appended_at(
+pub async fn appended_at(
     db: &Database,
     position: u64,
 ) -> Result<chrono::DateTime<chrono::Utc>, InfraError> {

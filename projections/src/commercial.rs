@@ -85,6 +85,36 @@ fn corrupt(record: &LogRecord, e: impl std::fmt::Display) -> InfraError {
     ))
 }
 
+/// The history's kinds of this model (see [`crate::history`]).
+const CONTRACTS: &str = "contracts";
+const USAGE: &str = "usage";
+
+/// One organization's use of one metric in one month, as the history keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UsageRow {
+    organization_id: String,
+    period: String,
+    metric: String,
+    used: i64,
+}
+
+fn entitlements_of(
+    organization_id: &str,
+    period: String,
+    contracts: &[ContractRow],
+    usage: BTreeMap<String, i64>,
+) -> EntitlementsRow {
+    EntitlementsRow {
+        organization_id: organization_id.to_owned(),
+        period,
+        contracts: contracts.iter().map(|c| c.id.clone()).collect(),
+        entitlements: Entitlements::from_line_items(
+            contracts.iter().flat_map(|c| c.line_items.iter()),
+        ),
+        usage,
+    }
+}
+
 const CONTRACT_SELECT: &str = "SELECT id, organization_id, customer_id, status, currency, starts_at, ends_at, line_items, amendments, version, updated_at FROM commercial_contracts";
 const INVOICE_SELECT: &str = "SELECT id, organization_id, contract_id, period, currency, total, status, provider, external_id, hosted_url, due_at, version, updated_at FROM commercial_invoices";
 
@@ -279,15 +309,56 @@ impl CommercialView {
                 r.try_get::<i64, _>("used")?,
             );
         }
-        Ok(EntitlementsRow {
-            organization_id: organization_id.to_owned(),
-            period,
-            contracts: contracts.iter().map(|c| c.id.clone()).collect(),
-            entitlements: Entitlements::from_line_items(
-                contracts.iter().flat_map(|c| c.line_items.iter()),
-            ),
-            usage,
-        })
+        Ok(entitlements_of(organization_id, period, &contracts, usage))
+    }
+
+    /// An organization's contracts as they stood at log position `at` (see [`crate::history`]).
+    pub async fn contracts_as_of(
+        pool: &AnyPool,
+        organization_id: Option<&str>,
+        status: Option<&str>,
+        at: u64,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ContractRow>, InfraError> {
+        // Filtered after the read: a status is no column of the history.
+        let mut rows: Vec<ContractRow> =
+            crate::history::all_as_of(pool, CONTRACTS, organization_id, at).await?;
+        rows.retain(|c| {
+            status.is_none_or(|s| c.status == s) && after.is_none_or(|a| c.id.as_str() > a)
+        });
+        rows.truncate(limit as usize);
+        Ok(rows)
+    }
+
+    /// The organization's entitlements as they stood at log position `position`, appended
+    /// at `at`: its contracts then in force and its usage then in that month, from the history.
+    pub async fn entitlements_as_of(
+        pool: &AnyPool,
+        organization_id: &str,
+        position: u64,
+        at: DateTime<Utc>,
+    ) -> Result<EntitlementsRow, InfraError> {
+        let now = rfc3339_micros::format(&at);
+        let contracts: Vec<ContractRow> =
+            crate::history::all_as_of(pool, CONTRACTS, Some(organization_id), position)
+                .await?
+                .into_iter()
+                .filter(|c: &ContractRow| {
+                    matches!(c.status.as_str(), "active" | "amended")
+                        && c.starts_at <= now
+                        && c.ends_at > now
+                })
+                .collect();
+        let period = Period::of(at).to_string();
+        let usage =
+            crate::history::all_as_of::<UsageRow>(pool, USAGE, Some(organization_id), position)
+                .await?
+                .into_iter()
+                .filter(|u| u.period == period)
+                .map(|u| (u.metric, u.used))
+                .collect();
+        Ok(entitlements_of(organization_id, period, &contracts, usage))
     }
 
     /// A new licence plan: each step's line item now stands at that step, planned.
@@ -618,6 +689,61 @@ impl Projection for CommercialView {
             }
         }
         Ok(())
+    }
+
+    async fn versions(
+        &self,
+        conn: &mut AnyConnection,
+        record: &LogRecord,
+    ) -> Result<Vec<crate::history::Version>, InfraError> {
+        let e = &record.envelope;
+        match e.aggregate_type.as_str() {
+            ContractEvent::AGGREGATE => {
+                let rows = sqlx::query(&format!("{CONTRACT_SELECT} WHERE id = $1"))
+                    .bind(e.aggregate_id.clone())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let rows = rows.iter().map(row_to_contract).collect::<Result<_, _>>()?;
+                Ok(with_licenses(conn, rows)
+                    .await?
+                    .into_iter()
+                    .map(|c| crate::history::Version {
+                        kind: CONTRACTS,
+                        row_id: c.id.clone(),
+                        organization_id: c.organization_id.clone(),
+                        doc: Some(serde_json::to_value(c).unwrap_or_default()),
+                    })
+                    .collect())
+            }
+            UsageEvent::AGGREGATE => match record.decode::<UsageEvent>()? {
+                UsageEvent::UsageRecorded(p) => {
+                    let used: i64 = sqlx::query(
+                        "SELECT used FROM commercial_usage WHERE organization_id = $1 AND period = $2 AND metric = $3",
+                    )
+                    .bind(p.organization_id.clone())
+                    .bind(p.period.clone())
+                    .bind(p.metric.clone())
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .try_get("used")?;
+                    let row = UsageRow {
+                        organization_id: p.organization_id,
+                        period: p.period,
+                        metric: p.metric,
+                        used,
+                    };
+                    Ok(vec![crate::history::Version {
+                        kind: USAGE,
+                        row_id: format!("{}/{}/{}", row.organization_id, row.period, row.metric),
+                        organization_id: row.organization_id.clone(),
+                        doc: Some(serde_json::to_value(row).unwrap_or_default()),
+                    }])
+                }
+                UsageEvent::QuotaExceeded(_) => Ok(Vec::new()),
+            },
+            // Customers and invoices keep no history.
+            _ => Ok(Vec::new()),
+        }
     }
 
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {

@@ -182,6 +182,29 @@ impl Projection for GroupsView {
         Ok(())
     }
 
+    async fn versions(
+        &self,
+        conn: &mut AnyConnection,
+        record: &LogRecord,
+    ) -> Result<Vec<crate::history::Version>, InfraError> {
+        let id = record.envelope.aggregate_id.clone();
+        let row = sqlx::query(&format!("{SELECT} WHERE id = $1"))
+            .bind(id.clone())
+            .fetch_optional(&mut *conn)
+            .await?;
+        // A deleted group has no row: its last version closes here.
+        let group = row.as_ref().map(row_to_group).transpose()?;
+        Ok(vec![crate::history::Version {
+            kind: Self::NAME,
+            row_id: id,
+            organization_id: group
+                .as_ref()
+                .map(|g| g.organization_id.clone())
+                .unwrap_or_default(),
+            doc: group.map(|g| serde_json::to_value(g).unwrap_or_default()),
+        }])
+    }
+
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
         let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
             .fetch_all(conn)

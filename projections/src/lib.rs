@@ -7,6 +7,7 @@
 
 pub mod commercial;
 pub mod groups;
+pub mod history;
 pub mod jobs;
 pub mod licenses;
 pub mod organizations;
@@ -34,6 +35,16 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Applies one event. Called once per (aggregate, sequence), in sequence order.
     async fn apply(&self, conn: &mut AnyConnection, record: &LogRecord) -> Result<(), InfraError>;
+
+    /// The rows `record` (just applied) left behind, for the model's history (time travel,
+    /// see [`history`]). A model without history keeps the default: none.
+    async fn versions(
+        &self,
+        _conn: &mut AnyConnection,
+        _record: &LogRecord,
+    ) -> Result<Vec<history::Version>, InfraError> {
+        Ok(Vec::new())
+    }
 
     /// Every row of the model in a stable order, for comparing a rebuild with the live model.
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError>;

@@ -200,6 +200,29 @@ impl Projection for LicensesView {
         Ok(())
     }
 
+    async fn versions(
+        &self,
+        conn: &mut AnyConnection,
+        record: &LogRecord,
+    ) -> Result<Vec<crate::history::Version>, InfraError> {
+        let row = sqlx::query(&format!("{SELECT} WHERE id = $1"))
+            .bind(record.envelope.aggregate_id.clone())
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(row
+            .as_ref()
+            .map(row_to_license)
+            .transpose()?
+            .map(|l| crate::history::Version {
+                kind: Self::NAME,
+                row_id: l.id.clone(),
+                organization_id: l.organization_id.clone(),
+                doc: Some(serde_json::to_value(l).unwrap_or_default()),
+            })
+            .into_iter()
+            .collect())
+    }
+
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
         let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
             .fetch_all(conn)

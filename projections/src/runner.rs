@@ -224,6 +224,8 @@ impl ProjectionRunner {
             )));
         }
         self.projection.apply(conn, record).await?;
+        let versions = self.projection.versions(conn, record).await?;
+        crate::history::record(conn, name, record.position, &versions).await?;
         sqlx::query(
             "INSERT INTO projection_streams (projection, aggregate_type, aggregate_id, sequence, position)
              VALUES ($1, $2, $3, $4, $5)
@@ -481,6 +483,8 @@ impl ProjectionRunner {
             "projection_checkpoints",
             "projection_watermarks",
             "projection_positions_ahead",
+            "read_model_history",
+            "read_model_history_rows",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE projection = $1"))
                 .bind(self.projection.name())

@@ -377,6 +377,14 @@ impl Projection for UsersView {
                 .await?;
             }
             UserEvent::UserErased(_) => {
+                // Every past version loses the personal data too: an as-of query must not
+                // bring back what the erasure took.
+                crate::history::rewrite(conn, Self::NAME, &id, |doc| {
+                    doc["status"] = "erased".into();
+                    doc["email"] = serde_json::Value::Null;
+                    doc["name"] = serde_json::Value::Null;
+                })
+                .await?;
                 sqlx::query("DELETE FROM user_profiles WHERE id = $1")
                     .bind(id.clone())
                     .execute(&mut *conn)
@@ -392,6 +400,34 @@ impl Projection for UsersView {
             }
         }
         Ok(())
+    }
+
+    async fn versions(
+        &self,
+        conn: &mut AnyConnection,
+        record: &LogRecord,
+    ) -> Result<Vec<crate::history::Version>, InfraError> {
+        let row = sqlx::query(&format!("{SELECT} WHERE id = $1"))
+            .bind(record.envelope.aggregate_id.clone())
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.as_ref()
+            .map(row_to_user)
+            .transpose()?
+            .map(|u| {
+                Ok(crate::history::Version {
+                    kind: Self::NAME,
+                    row_id: u.id.clone(),
+                    organization_id: u.organization_id.clone(),
+                    doc: Some(
+                        serde_json::to_value(&u).map_err(|e| {
+                            InfraError::Corrupt(format!("users_view {}: {e}", u.id))
+                        })?,
+                    ),
+                })
+            })
+            .into_iter()
+            .collect()
     }
 
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {

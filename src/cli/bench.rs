@@ -94,6 +94,8 @@ pub enum BenchTarget {
     Saml,
     /// The API past its capacity: goodput, shed writes, latency of accepted ones.
     Overload,
+    /// Read models as of a past position over a long history.
+    TimeTravel,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -102,6 +104,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             args.database_url.as_deref(),
             args.seconds,
             args.rate,
+            args.concurrency,
+        )
+        .await;
+    }
+    if let BenchTarget::TimeTravel = args.what {
+        return super::bench_travel::run(
+            args.database_url.as_deref(),
+            args.commands,
             args.concurrency,
         )
         .await;

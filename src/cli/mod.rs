@@ -8,6 +8,7 @@ mod bench_overload;
 mod bench_portal;
 mod bench_saml;
 mod bench_scim;
+mod bench_travel;
 mod events;
 mod evidence;
 mod export;

@@ -40,4 +40,5 @@ mod shedding;
 mod stripe;
 mod telemetry;
 mod tenancy;
+mod time_travel;
 mod witness;
