@@ -616,7 +616,7 @@ pub async fn list(
 
 /// The signed revocation list, made now from the licences read model. Its serial is the
 /// model's highest applied log position, so it never decreases.
-#[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, description = "the signed revocation list, canonical JSON"), (status = 503, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, description = "the signed revocation list, canonical JSON"), (status = 409, body = Problem, description = "the crypto policy no longer lets the licence key sign: rotate it"), (status = 503, body = Problem)), security(("bearer" = [])))]
 pub async fn crl(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
