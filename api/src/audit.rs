@@ -173,7 +173,7 @@ pub struct ConsistencyQuery {
 }
 
 #[utoipa::path(get, path = "/v1/audit/proofs/consistency", tag = "audit", params(ConsistencyQuery),
-    responses((status = 200, description = "{old_size, new_size, old_root, new_root, consistency_path}"), (status = 422, body = Problem)),
+    responses((status = 200, description = "{old_size, new_size, old_root, new_root, consistency_path}"), (status = 404, body = Problem, description = "the log is shorter than new_size"), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn consistency(
     State(state): State<AppState>,

@@ -2,7 +2,7 @@
 //! (or as a DSSE envelope for in-toto tooling), and verify an archive.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::problem::ApiQuery;
 use crate::write::{accepted_with, context};
 use crate::{AppState, Problem};
 
@@ -144,7 +145,7 @@ pub async fn export(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    Query(q): Query<ExportQuery>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<Response, Problem> {
     let (id, _) = bundle_in_tenant(&state, &principal, &id).await?;
     let archive = state.evidence.export(&id, q.artifacts).await?;

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::problem::ApiJson;
+use crate::problem::ApiQuery;
 use crate::write::{accepted, accepted_with, context, expected_version, optional_json};
 use crate::{AppState, Problem};
 
@@ -256,7 +257,7 @@ pub async fn delete_user(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     principal.require("identity:write")?;

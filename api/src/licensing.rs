@@ -642,7 +642,7 @@ pub async fn list(
 
 /// The signed revocation list, made now from the licences read model. Its serial is the
 /// model's highest applied log position, so it never decreases.
-#[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, description = "the signed revocation list, canonical JSON"), (status = 503, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, description = "the signed revocation list, canonical JSON"), (status = 409, body = Problem, description = "the crypto policy no longer lets the licence key sign: rotate it"), (status = 503, body = Problem)), security(("bearer" = [])))]
 pub async fn crl(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -717,7 +717,20 @@ fn digest_message(algorithm: &str, digest_hex: &str) -> Result<Vec<u8>, Problem>
     Ok([algorithm.as_bytes(), &[0], &digest].concat())
 }
 
-#[utoipa::path(post, path = "/v1/signatures", tag = "quantumlock", request_body = SignDigest, responses((status = 200, description = "{kid, alg, signature, context}"), (status = 403, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+/// A signature over a digest.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DigestSignature {
+    /// The signing key.
+    kid: String,
+    #[schema(value_type = String)]
+    alg: Algorithm,
+    /// base64url, no padding.
+    signature: String,
+    /// The signature context the digest was signed in.
+    context: String,
+}
+
+#[utoipa::path(post, path = "/v1/signatures", tag = "quantumlock", request_body = SignDigest, responses((status = 200, body = DigestSignature), (status = 403, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn sign_digest(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -738,10 +751,12 @@ pub async fn sign_digest(
         .licensing
         .sign(body.purpose, &message, DIGEST_CONTEXT)
         .await?;
-    Ok(Json(serde_json::json!({
-        "kid": s.kid, "alg": s.alg, "signature": URL_SAFE_NO_PAD.encode(s.bytes),
-        "context": String::from_utf8_lossy(DIGEST_CONTEXT),
-    }))
+    Ok(Json(DigestSignature {
+        kid: s.kid,
+        alg: s.alg,
+        signature: URL_SAFE_NO_PAD.encode(s.bytes),
+        context: String::from_utf8_lossy(DIGEST_CONTEXT).into_owned(),
+    })
     .into_response())
 }
 
@@ -759,7 +774,16 @@ pub struct VerifyDigest {
     signed_at: Option<DateTime<Utc>>,
 }
 
-#[utoipa::path(post, path = "/v1/signatures/verify", tag = "quantumlock", request_body = VerifyDigest, responses((status = 200, description = "{valid, reason?}"), (status = 422, body = Problem)), security(("bearer" = [])))]
+/// Whether a signature over a digest holds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DigestVerdict {
+    valid: bool,
+    /// Why it does not, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/signatures/verify", tag = "quantumlock", request_body = VerifyDigest, responses((status = 200, body = DigestVerdict), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn verify_digest(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -782,9 +806,9 @@ pub async fn verify_digest(
             .and_then(|pk| pk.verify(&message, DIGEST_CONTEXT, &sig))
             .map_err(|e| e.to_string())
     })();
-    Ok(Json(match verdict {
-        Ok(()) => serde_json::json!({"valid": true}),
-        Err(reason) => serde_json::json!({"valid": false, "reason": reason}),
+    Ok(Json(DigestVerdict {
+        valid: verdict.is_ok(),
+        reason: verdict.err(),
     })
     .into_response())
 }

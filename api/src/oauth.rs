@@ -1826,7 +1826,8 @@ pub async fn device_decision(
         ("post_logout_redirect_uri" = Option<String>, Query, description = "registered for the client"),
         ("state" = Option<String>, Query), ("client_id" = Option<String>, Query)),
     responses((status = 200, description = "the confirmation or signed-out page", content_type = "text/html"),
-        (status = 303, description = "to the post-logout redirect URI")))]
+        (status = 303, description = "to the post-logout redirect URI"),
+        (status = 400, description = "an error page: the hint, client or redirect URI cannot be trusted", content_type = "text/html")))]
 pub async fn logout(
     State(state): State<AppState>,
     Peer(peer): Peer,

@@ -54,7 +54,7 @@ use crate::{
         portal::my_evidence,
     ),
     components(schemas(Problem, scim::ScimErrorBody)),
-    modifiers(&BearerAuth, &ActionRoutes, &ScimResponses, &RequestBounds, &AuthResponses, &UniqueOperationIds),
+    modifiers(&BearerAuth, &ActionRoutes, &ProblemMediaType, &InputResponses, &ScimResponses, &RequestBounds, &AuthResponses, &UniqueOperationIds),
 )]
 pub struct ApiDoc;
 
@@ -321,6 +321,11 @@ impl Modify for RequestBounds {
             );
             add(
                 op,
+                "400",
+                "the Idempotency-Key is not a quoted string of printable ASCII",
+            );
+            add(
+                op,
                 "409",
                 "a request with this Idempotency-Key is still in progress",
             );
@@ -363,6 +368,84 @@ fn operations(
         .flatten()
         .map(move |op| (path, op))
     })
+}
+
+/// A handler's `body = Problem` is documented as `application/json` by utoipa, but a problem
+/// is sent as `application/problem+json` (RFC 9457; `Problem::into_response`).
+struct ProblemMediaType;
+
+impl Modify for ProblemMediaType {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        for (_, op) in operations(openapi) {
+            for response in op.responses.responses.values_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                let is_problem = matches!(
+                    response.content.get("application/json").and_then(|c| c.schema.as_ref()),
+                    Some(RefOr::Ref(r)) if r.ref_location == "#/components/schemas/Problem"
+                );
+                if !is_problem {
+                    continue;
+                }
+                if let Some(content) = response.content.shift_remove("application/json") {
+                    response
+                        .content
+                        .insert("application/problem+json".into(), content);
+                }
+            }
+        }
+    }
+}
+
+/// What the extractors in front of every `/v1` handler answer and no handler declares: a JSON
+/// body that does not parse (400), is not `application/json` (415) or does not fit its type
+/// (422) (`ApiJson`); a query string that does not fit (400, `ApiQuery`); a path naming
+/// nothing the caller's tenant holds (404: another tenant's resource is not found either).
+struct InputResponses;
+
+impl Modify for InputResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        for (path, op) in operations(openapi) {
+            // The protocol endpoints (OAuth, SAML, SCIM) answer their own errors.
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let json_body = op
+                .request_body
+                .as_ref()
+                .is_some_and(|b| b.content.contains_key("application/json"));
+            let has = |place: ParameterIn| {
+                op.parameters
+                    .iter()
+                    .flatten()
+                    .any(|p| p.parameter_in == place && p.name != "min_position")
+            };
+            let (query, in_path) = (has(ParameterIn::Query), has(ParameterIn::Path));
+            let responses = &mut op.responses.responses;
+            let mut add = |status: &str, description: &str| {
+                responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| problem_response(description));
+            };
+            if json_body {
+                add("400", "the body is not well-formed JSON");
+                add("415", "the body is not sent as application/json");
+                add(
+                    "422",
+                    "the body lacks a field or has one of the wrong type or value",
+                );
+            }
+            if query {
+                add("400", "a query parameter is malformed or unknown");
+            }
+            if in_path {
+                add("404", "no such resource in the caller's tenant");
+            }
+        }
+    }
 }
 
 /// Every operation with a security requirement answers 401 without a valid token and 403

@@ -220,3 +220,29 @@ where
             .map_err(|e| Problem::bad_request(e.body_text()))
     }
 }
+
+/// A form body (`application/x-www-form-urlencoded`) whose rejections are problem+json: 415
+/// for another media type, 400 for a body that does not decode.
+pub struct ApiForm<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for ApiForm<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::rejection::FormRejection;
+        match axum::Form::<T>::from_request(req, state).await {
+            Ok(axum::Form(value)) => Ok(Self(value)),
+            Err(FormRejection::InvalidFormContentType(_)) => Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the body as application/x-www-form-urlencoded",
+            )),
+            Err(other) => Err(Problem::bad_request(other.body_text())),
+        }
+    }
+}

@@ -376,10 +376,11 @@ async fn sso_redirect_in(
 #[utoipa::path(post, path = "/saml/sso", tag = "saml",
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "SAMLRequest, RelayState"),
     responses((status = 200, description = "the sign-in page, or the form carrying the Response", content_type = "text/html"),
-        (status = 400, description = "an error page when the request or its SP cannot be trusted", content_type = "text/html")))]
+        (status = 400, description = "an error page when the request or its SP cannot be trusted", content_type = "text/html"),
+        (status = 415, description = "the body is not a form", body = Problem, content_type = "application/problem+json")))]
 pub async fn sso_post(
     State(state): State<AppState>,
-    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+    crate::problem::ApiForm(form): crate::problem::ApiForm<BTreeMap<String, String>>,
 ) -> Response {
     sso_post_in(&state, form, None).await
 }
@@ -387,7 +388,7 @@ pub async fn sso_post(
 pub async fn org_sso_post(
     State(state): State<AppState>,
     Path(org): Path<String>,
-    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+    crate::problem::ApiForm(form): crate::problem::ApiForm<BTreeMap<String, String>>,
 ) -> Response {
     sso_post_in(&state, form, Some(&org)).await
 }
@@ -665,12 +666,13 @@ async fn slo_redirect_in(
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "SAMLRequest or SAMLResponse, RelayState"),
     responses((status = 200, description = "a form carrying the LogoutResponse, or the signed-out page", content_type = "text/html"),
         (status = 303, description = "the LogoutResponse over HTTP-Redirect"),
-        (status = 400, description = "an error page", content_type = "text/html")))]
+        (status = 400, description = "an error page", content_type = "text/html"),
+        (status = 415, description = "the body is not a form", body = Problem, content_type = "application/problem+json")))]
 pub async fn slo_post(
     State(state): State<AppState>,
     Peer(peer): Peer,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+    crate::problem::ApiForm(form): crate::problem::ApiForm<BTreeMap<String, String>>,
 ) -> Response {
     slo_post_in(&state, peer, &headers, form, None).await
 }
@@ -680,7 +682,7 @@ pub async fn org_slo_post(
     Path(org): Path<String>,
     Peer(peer): Peer,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<BTreeMap<String, String>>,
+    crate::problem::ApiForm(form): crate::problem::ApiForm<BTreeMap<String, String>>,
 ) -> Response {
     slo_post_in(&state, peer, &headers, form, Some(&org)).await
 }

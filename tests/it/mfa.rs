@@ -32,7 +32,7 @@ fn pyotp(uri: &str, offset: i64) -> String {
 }
 
 /// The person's own access token (authorization code flow with PKCE, password only).
-async fn person_token(f: &Fixture) -> String {
+pub(crate) async fn person_token(f: &Fixture) -> String {
     let mut browser = Browser::new(f.server.url());
     let code = crate::qsa::sign_in_for_code(f, &mut browser, "openid").await;
     let (status, body) = token_request(
