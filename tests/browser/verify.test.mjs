@@ -121,7 +121,11 @@ test("the verify page agrees with the command line on valid and tampered files, 
   await page.getByText("Using the key set file keys.json").waitFor();
   await page.evaluate(() => document.getElementById("verdict").removeAttribute("class"));
   await input.setInputFiles(join(DIR, "evidence.tar"));
-  assert.deepEqual(await verdict(page, "evidence.tar"), cases[3].cli.trim().split("\n"));
+  const sameWithKeys = (l) => !l.startsWith("job state as of");
+  assert.deepEqual(
+    (await verdict(page, "evidence.tar")).filter(sameWithKeys).map((l) => l.trim()),
+    cases[3].cli.trim().split("\n").filter(sameWithKeys).map((l) => l.trim()),
+  );
 
   // A narrow screen: nothing wider than the viewport.
   await page.setViewportSize({ width: 375, height: 800 });
