@@ -740,6 +740,9 @@ async fn gateway_attacks(platform: &Api, portal: &Api, owner: &Api, secret: &str
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The Portal may be another process: it refuses the token once its log follower has
+    // passed the revocation, within the staleness bound (QUANTUS_READ_STALENESS_MS, 1 s).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let r = fresh.get("/v1/contracts").await;
     assert_eq!(r.status, 401, "a revoked token: {}", r.body);
 }
