@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use quantus_domain::contract::{
+use quantus_domain::commercial::contract::{
     ContractEvent, LicenseAction, LicenseStep, LicenseStepState, LineItem, PlannedLicense,
 };
-use quantus_domain::customer::CustomerEvent;
-use quantus_domain::entitlement::Entitlements;
+use quantus_domain::commercial::customer::CustomerEvent;
+use quantus_domain::commercial::entitlement::Entitlements;
+use quantus_domain::commercial::invoice::InvoiceEvent;
+use quantus_domain::commercial::usage::{Period, UsageEvent};
 use quantus_domain::envelope::rfc3339_micros;
 use quantus_domain::events::EventEnum;
-use quantus_domain::invoice::InvoiceEvent;
-use quantus_domain::usage::{Period, UsageEvent};
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -46,7 +46,7 @@ pub struct ContractRow {
     pub version: u64,
     pub updated_at: String,
     /// Each line item's latest licence step and how far it got (see
-    /// `quantus_domain::contract::LicenseStep::view`).
+    /// `quantus_domain::commercial::contract::LicenseStep::view`).
     #[serde(default)]
     pub license_steps: BTreeMap<String, serde_json::Value>,
 }

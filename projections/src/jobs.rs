@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
 use quantus_domain::events::EventEnum;
-use quantus_domain::evidence::EvidenceBundleEvent;
-use quantus_domain::job::JobEvent;
+use quantus_domain::evidence::bundle::EvidenceBundleEvent;
+use quantus_domain::evidence::job::JobEvent;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
 use quantus_domain::events::EventEnum;
-use quantus_domain::license::LicenseEvent;
+use quantus_domain::licensing::license::LicenseEvent;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
