@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use quantus_api::AppState;
+use quantus_commands::commercial::{ContractLicensing, UsageMetering};
 use quantus_commands::identity::NewClient;
-use quantus_commands::portal::{ContractLicensing, UsageMetering};
 use quantus_domain::commercial::contract::ContractActivated;
 use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
 use quantus_domain::identity::Role;

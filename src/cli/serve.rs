@@ -207,7 +207,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                             .min(max),
                         max,
                     };
-                    let process = quantus_commands::portal::ContractLicensing::new(
+                    let process = quantus_commands::commercial::ContractLicensing::new(
                         state.bus.clone(),
                         quantumlock,
                     )
@@ -221,7 +221,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             None => {}
         }
         if config.role.runs_portal_processes() {
-            let metering = quantus_commands::portal::UsageMetering::new(state.portal.clone());
+            let metering = quantus_commands::commercial::UsageMetering::new(state.portal.clone());
             tasks.spawn(async move { Ok(metering.run().await?) });
             spawn_expiry(&mut tasks, &state);
             spawn_billing_run(&mut tasks, &state);
