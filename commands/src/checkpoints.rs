@@ -9,7 +9,7 @@ use quantus_crypto::keys::Purpose;
 use quantus_crypto::merkle::Hash;
 use quantus_crypto::tiles;
 use quantus_crypto::witness::AddCheckpoint;
-use quantus_domain::checkpoint::{
+use quantus_domain::audit::checkpoint::{
     checkpoint_id, LogCheckpoint, LogCheckpointError, LogCheckpointSigned,
 };
 use quantus_domain::CommandContext;

@@ -2,7 +2,7 @@
 //! artifacts in object storage.
 
 use futures::Stream;
-use quantus_domain::job::{
+use quantus_domain::evidence::job::{
     check_artifact_name, ArtifactStored, Job, JobCommand, JobError, JobStatus, JobSubmitted,
 };
 use quantus_domain::organization::{Organization, OrganizationStatus};
@@ -19,7 +19,7 @@ use quantus_crypto::job_state::{
     summarize, JobState, StateEvent, JOB_STATE_FILE, JOB_STATE_FORMAT, WITHHELD_TYPES,
 };
 use quantus_crypto::keys::Purpose;
-use quantus_domain::evidence::{BundleExists, EvidenceBundle, EvidenceBundleCreated};
+use quantus_domain::evidence::bundle::{BundleExists, EvidenceBundle, EvidenceBundleCreated};
 
 use crate::checkpoints::Checkpoints;
 use crate::licensing::Licensing;
@@ -207,7 +207,7 @@ impl Evidence {
             size,
             media_type: media_type
                 .chars()
-                .take(quantus_domain::job::MAX_NAME_CHARS)
+                .take(quantus_domain::evidence::job::MAX_NAME_CHARS)
                 .collect(),
             location: location.clone(),
         };
@@ -469,7 +469,8 @@ impl Evidence {
                     .filter(|r| r.position < at),
             );
         }
-        let licence_type = <quantus_domain::license::License as cqrs_es::Aggregate>::TYPE;
+        let licence_type =
+            <quantus_domain::licensing::license::License as cqrs_es::Aggregate>::TYPE;
         for issued in repository
             .events_of_type(licence_type, "LicenseIssued")
             .await
@@ -638,7 +639,7 @@ impl Evidence {
     }
 }
 
-impl ClassifyError for quantus_domain::retention::RetentionError {
+impl ClassifyError for quantus_domain::evidence::retention::RetentionError {
     fn classify(&self) -> CommandError {
         if self.is_validation() {
             CommandError::Invalid(self.to_string())
@@ -652,10 +653,10 @@ impl Evidence {
     pub async fn retention(
         &self,
         organization_id: &str,
-    ) -> Result<(quantus_domain::retention::RetentionPolicy, u64), CommandError> {
+    ) -> Result<(quantus_domain::evidence::retention::RetentionPolicy, u64), CommandError> {
         self.bus
-            .load::<quantus_domain::retention::RetentionPolicy>(
-                &quantus_domain::retention::policy_id(organization_id),
+            .load::<quantus_domain::evidence::retention::RetentionPolicy>(
+                &quantus_domain::evidence::retention::policy_id(organization_id),
             )
             .await
     }
@@ -664,7 +665,7 @@ impl Evidence {
         &self,
         ctx: &CommandContext,
         organization_id: &str,
-        command: quantus_domain::retention::RetentionCommand,
+        command: quantus_domain::evidence::retention::RetentionCommand,
     ) -> Result<CommandOutcome, CommandError> {
         let (org, _) = self.bus.load::<Organization>(organization_id).await?;
         if org.status == OrganizationStatus::Absent {
@@ -673,9 +674,9 @@ impl Evidence {
             )));
         }
         self.bus
-            .execute::<quantus_domain::retention::RetentionPolicy>(
+            .execute::<quantus_domain::evidence::retention::RetentionPolicy>(
                 ctx,
-                &quantus_domain::retention::policy_id(organization_id),
+                &quantus_domain::evidence::retention::policy_id(organization_id),
                 command,
                 None,
                 &(),
@@ -699,7 +700,7 @@ impl Evidence {
             .events_of::<ArtifactStored>()
             .await
             .map_err(storage)?;
-        let mut policies: HashMap<String, quantus_domain::retention::RetentionPolicy> =
+        let mut policies: HashMap<String, quantus_domain::evidence::retention::RetentionPolicy> =
             HashMap::new();
         let mut purged = 0;
         for (record, artifact) in stored {

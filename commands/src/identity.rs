@@ -423,7 +423,7 @@ pub struct Identity {
     /// Device grants' last poll, for `slow_down` (RFC 8628 §3.5). Per process: a client that
     /// alternates between processes polls at most twice as often.
     polls: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
-    mfa: crate::mfa::Mfa,
+    mfa: crate::totp::Mfa,
     access: crate::access::AccessControl,
     passkeys: crate::passkeys::Passkeys,
 }
@@ -597,7 +597,7 @@ impl Identity {
     ) -> Self {
         let issuer: String = issuer.into();
         Self {
-            mfa: crate::mfa::Mfa::new(bus.clone(), keys.clone()),
+            mfa: crate::totp::Mfa::new(bus.clone(), keys.clone()),
             access: crate::access::AccessControl::new(bus.clone(), throttle.clone(), keys.clone()),
             passkeys: crate::passkeys::Passkeys::new(bus.clone(), keys.clone(), &issuer),
             bus,
@@ -610,7 +610,7 @@ impl Identity {
     }
 
     /// Second factors (TOTP and recovery codes).
-    pub fn mfa(&self) -> &crate::mfa::Mfa {
+    pub fn mfa(&self) -> &crate::totp::Mfa {
         &self.mfa
     }
 
@@ -1499,10 +1499,10 @@ impl Identity {
                 SecondFactorProof::Code(code) => {
                     match self.mfa.verify(&audit_ctx, &p.user_id, &code).await? {
                         Ok(m) => Ok(m),
-                        Err(crate::mfa::SecondFactorRefusal::Replayed) => {
+                        Err(crate::totp::SecondFactorRefusal::Replayed) => {
                             Err(SignInFailure::ReplayedSecondFactor)
                         }
-                        Err(crate::mfa::SecondFactorRefusal::Wrong) => {
+                        Err(crate::totp::SecondFactorRefusal::Wrong) => {
                             Err(SignInFailure::BadSecondFactor)
                         }
                     }

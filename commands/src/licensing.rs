@@ -11,9 +11,9 @@ use quantus_crypto::document::SignedDocument;
 use quantus_crypto::keys::{Purpose, TrustedKeys};
 use quantus_crypto::license::{License as LicenseFile, LICENSE_FORMAT};
 use quantus_crypto::Algorithm;
-use quantus_domain::crypto_policy::{CryptoPolicy, CryptoPolicyCommand, POLICY_ID};
-use quantus_domain::keyring::{Keyring, KeyringCommand};
-use quantus_domain::license::{License, LicenseCommand, LicenseStatus};
+use quantus_domain::licensing::crypto_policy::{CryptoPolicy, CryptoPolicyCommand, POLICY_ID};
+use quantus_domain::licensing::keyring::{Keyring, KeyringCommand};
+use quantus_domain::licensing::license::{License, LicenseCommand, LicenseStatus};
 use quantus_domain::CommandContext;
 use quantus_infra::keystore::{generate, Keystore};
 

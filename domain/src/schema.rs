@@ -113,9 +113,9 @@ macro_rules! for_every_event_enum {
     ($m:ident) => {
         $m!(
             crate::organization::OrganizationEvent,
-            crate::keyring::KeyringEvent,
-            crate::crypto_policy::CryptoPolicyEvent,
-            crate::license::LicenseEvent,
+            crate::licensing::keyring::KeyringEvent,
+            crate::licensing::crypto_policy::CryptoPolicyEvent,
+            crate::licensing::license::LicenseEvent,
             crate::identity::user::UserEvent,
             crate::identity::scim_token::ScimTokenEvent,
             crate::identity::group::GroupEvent,
@@ -131,14 +131,14 @@ macro_rules! for_every_event_enum {
             crate::identity::saml::SamlServiceProviderEvent,
             crate::identity::saml::SamlSigningKeysEvent,
             crate::identity::saml::SamlExchangeEvent,
-            crate::checkpoint::LogCheckpointEvent,
-            crate::job::JobEvent,
-            crate::evidence::EvidenceBundleEvent,
-            crate::retention::RetentionEvent,
-            crate::customer::CustomerEvent,
-            crate::contract::ContractEvent,
-            crate::usage::UsageEvent,
-            crate::invoice::InvoiceEvent,
+            crate::audit::checkpoint::LogCheckpointEvent,
+            crate::evidence::job::JobEvent,
+            crate::evidence::bundle::EvidenceBundleEvent,
+            crate::evidence::retention::RetentionEvent,
+            crate::commercial::customer::CustomerEvent,
+            crate::commercial::contract::ContractEvent,
+            crate::commercial::usage::UsageEvent,
+            crate::commercial::invoice::InvoiceEvent,
         )
     };
 }

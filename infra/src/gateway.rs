@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use quantus_domain::license::LicenseIssued;
+use quantus_domain::licensing::license::LicenseIssued;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -34,8 +34,8 @@ impl GatewayError {
     /// QuantumLock refused the request itself for good (a 4xx other than 401, 408 and 429,
     /// and other than the 409 of a suspended organization). Anything QSA answers (the
     /// Portal's own token), anything unreachable, and every 5xx can pass.
-    pub fn hold(&self) -> Option<quantus_domain::contract::LicenseHold> {
-        use quantus_domain::contract::LicenseHold;
+    pub fn hold(&self) -> Option<quantus_domain::commercial::contract::LicenseHold> {
+        use quantus_domain::commercial::contract::LicenseHold;
         match self {
             GatewayError::Unavailable { .. } => Some(LicenseHold::Unavailable),
             GatewayError::Refused {
@@ -381,7 +381,7 @@ impl QuantumLockClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quantus_domain::contract::LicenseHold;
+    use quantus_domain::commercial::contract::LicenseHold;
 
     fn refused(service: &'static str, status: u16, detail: &str) -> GatewayError {
         GatewayError::Refused {

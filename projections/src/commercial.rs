@@ -5,30 +5,30 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use quantus_domain::contract::{
+use quantus_domain::commercial::contract::{
     ContractEvent, LicenseAction, LicenseStep, LicenseStepState, LineItem, PlannedLicense,
 };
-use quantus_domain::customer::CustomerEvent;
-use quantus_domain::entitlement::Entitlements;
+use quantus_domain::commercial::customer::CustomerEvent;
+use quantus_domain::commercial::entitlement::Entitlements;
+use quantus_domain::commercial::invoice::InvoiceEvent;
+use quantus_domain::commercial::usage::{Period, UsageEvent};
 use quantus_domain::envelope::rfc3339_micros;
 use quantus_domain::events::EventEnum;
-use quantus_domain::invoice::InvoiceEvent;
-use quantus_domain::usage::{Period, UsageEvent};
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Executor};
 
 use crate::Projection;
 
 pub struct CommercialView;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct CustomerRow {
     pub id: String,
     pub name: String,
     pub billing_email: String,
     pub currency: String,
+    #[sqlx(try_from = "i64")]
     pub version: u64,
 }
 
@@ -46,12 +46,12 @@ pub struct ContractRow {
     pub version: u64,
     pub updated_at: String,
     /// Each line item's latest licence step and how far it got (see
-    /// `quantus_domain::contract::LicenseStep::view`).
+    /// `quantus_domain::commercial::contract::LicenseStep::view`).
     #[serde(default)]
     pub license_steps: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct InvoiceRow {
     pub id: String,
     pub organization_id: String,
@@ -64,6 +64,7 @@ pub struct InvoiceRow {
     pub external_id: Option<String>,
     pub hosted_url: Option<String>,
     pub due_at: String,
+    #[sqlx(try_from = "i64")]
     pub version: u64,
     pub updated_at: String,
 }
@@ -90,7 +91,7 @@ const CONTRACTS: &str = "contracts";
 const USAGE: &str = "usage";
 
 /// One organization's use of one metric in one month, as the history keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 struct UsageRow {
     organization_id: String,
     period: String,
@@ -115,26 +116,55 @@ fn entitlements_of(
     }
 }
 
+const CUSTOMER_SELECT: &str =
+    "SELECT id, name, billing_email, currency, version FROM commercial_customers";
 const CONTRACT_SELECT: &str = "SELECT id, organization_id, customer_id, status, currency, starts_at, ends_at, line_items, amendments, version, updated_at FROM commercial_contracts";
 const INVOICE_SELECT: &str = "SELECT id, organization_id, contract_id, period, currency, total, status, provider, external_id, hosted_url, due_at, version, updated_at FROM commercial_invoices";
 
-fn row_to_contract(row: &AnyRow) -> Result<ContractRow, InfraError> {
-    let items: String = row.try_get("line_items")?;
-    Ok(ContractRow {
-        id: row.try_get("id")?,
-        organization_id: row.try_get("organization_id")?,
-        customer_id: row.try_get("customer_id")?,
-        status: row.try_get("status")?,
-        currency: row.try_get("currency")?,
-        starts_at: row.try_get("starts_at")?,
-        ends_at: row.try_get("ends_at")?,
-        line_items: serde_json::from_str(&items)
-            .map_err(|e| InfraError::Corrupt(format!("commercial_contracts.line_items: {e}")))?,
-        amendments: row.try_get("amendments")?,
-        version: quantus_infra::db::get_u64(row, "version")?,
-        updated_at: row.try_get("updated_at")?,
-        license_steps: BTreeMap::new(),
-    })
+/// A `commercial_contracts` row as stored: its line items are JSON text, which sqlx's `Any`
+/// driver does not decode, so [`ContractRow`] is made from it by parsing them.
+#[derive(sqlx::FromRow)]
+struct ContractColumns {
+    id: String,
+    organization_id: String,
+    customer_id: String,
+    status: String,
+    currency: String,
+    starts_at: String,
+    ends_at: String,
+    line_items: String,
+    amendments: i64,
+    #[sqlx(try_from = "i64")]
+    version: u64,
+    updated_at: String,
+}
+
+impl TryFrom<ContractColumns> for ContractRow {
+    type Error = InfraError;
+
+    fn try_from(c: ContractColumns) -> Result<Self, InfraError> {
+        Ok(ContractRow {
+            id: c.id,
+            organization_id: c.organization_id,
+            customer_id: c.customer_id,
+            status: c.status,
+            currency: c.currency,
+            starts_at: c.starts_at,
+            ends_at: c.ends_at,
+            line_items: serde_json::from_str(&c.line_items).map_err(|e| {
+                InfraError::Corrupt(format!("commercial_contracts.line_items: {e}"))
+            })?,
+            amendments: c.amendments,
+            version: c.version,
+            updated_at: c.updated_at,
+            license_steps: BTreeMap::new(),
+        })
+    }
+}
+
+/// Contracts from rows of [`CONTRACT_SELECT`], without their licence steps ([`with_licenses`]).
+fn contracts(columns: Vec<ContractColumns>) -> Result<Vec<ContractRow>, InfraError> {
+    columns.into_iter().map(ContractRow::try_from).collect()
 }
 
 /// Fills in each contract's licence steps.
@@ -143,16 +173,15 @@ async fn with_licenses(
     mut rows: Vec<ContractRow>,
 ) -> Result<Vec<ContractRow>, InfraError> {
     for row in &mut rows {
-        for r in sqlx::query(
+        let steps: Vec<(String, String)> = sqlx::query_as(
             "SELECT line_item_id, view FROM commercial_contract_licenses WHERE contract_id = $1 ORDER BY line_item_id",
         )
         .bind(row.id.clone())
         .fetch_all(&mut *conn)
-        .await?
-        {
-            let view: String = r.try_get("view")?;
+        .await?;
+        for (line_item_id, view) in steps {
             row.license_steps.insert(
-                r.try_get("line_item_id")?,
+                line_item_id,
                 serde_json::from_str(&view).map_err(|e| {
                     InfraError::Corrupt(format!("commercial_contract_licenses.view: {e}"))
                 })?,
@@ -169,24 +198,6 @@ fn action_name(action: LicenseAction) -> String {
         .unwrap_or_default()
 }
 
-fn row_to_invoice(row: &AnyRow) -> Result<InvoiceRow, InfraError> {
-    Ok(InvoiceRow {
-        id: row.try_get("id")?,
-        organization_id: row.try_get("organization_id")?,
-        contract_id: row.try_get("contract_id")?,
-        period: row.try_get("period")?,
-        currency: row.try_get("currency")?,
-        total: row.try_get("total")?,
-        status: row.try_get("status")?,
-        provider: row.try_get("provider")?,
-        external_id: row.try_get("external_id")?,
-        hosted_url: row.try_get("hosted_url")?,
-        due_at: row.try_get("due_at")?,
-        version: quantus_infra::db::get_u64(row, "version")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
 impl CommercialView {
     pub const NAME: &'static str = "commercial";
 
@@ -197,26 +208,14 @@ impl CommercialView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<CustomerRow>, InfraError> {
-        let rows = sqlx::query(
-            "SELECT id, name, billing_email, currency, version FROM commercial_customers
-             WHERE ($1 = '' OR id = $1) AND id > $2 ORDER BY id LIMIT $3",
-        )
+        Ok(sqlx::query_as(&format!(
+            "{CUSTOMER_SELECT} WHERE ($1 = '' OR id = $1) AND id > $2 ORDER BY id LIMIT $3"
+        ))
         .bind(organization_id.unwrap_or(""))
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
         .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(CustomerRow {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    billing_email: r.try_get("billing_email")?,
-                    currency: r.try_get("currency")?,
-                    version: quantus_infra::db::get_u64(r, "version")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// An organization's contracts (all of them with `organization_id` = None), by id; only
@@ -228,7 +227,7 @@ impl CommercialView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<ContractRow>, InfraError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as(&format!(
             "{CONTRACT_SELECT} WHERE ($1 = '' OR organization_id = $1) AND ($2 = '' OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
         ))
         .bind(organization_id.unwrap_or(""))
@@ -237,8 +236,7 @@ impl CommercialView {
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?;
-        let rows = rows.iter().map(row_to_contract).collect::<Result<_, _>>()?;
-        with_licenses(&mut *pool.acquire().await?, rows).await
+        with_licenses(&mut *pool.acquire().await?, contracts(rows)?).await
     }
 
     pub async fn invoices(
@@ -248,7 +246,7 @@ impl CommercialView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<InvoiceRow>, InfraError> {
-        let rows = sqlx::query(&format!(
+        Ok(sqlx::query_as(&format!(
             "{INVOICE_SELECT} WHERE ($1 = '' OR organization_id = $1) AND ($2 = '' OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
         ))
         .bind(organization_id.unwrap_or(""))
@@ -256,8 +254,7 @@ impl CommercialView {
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
         .fetch_all(pool)
-        .await?;
-        rows.iter().map(row_to_invoice).collect()
+        .await?)
     }
 
     /// Contracts still marked in force whose term has ended at `at` (for the expiry sweep).
@@ -266,14 +263,13 @@ impl CommercialView {
         at: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<String>, InfraError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_scalar(
             "SELECT id FROM commercial_contracts WHERE status IN ('active', 'amended') AND ends_at <= $1 ORDER BY id LIMIT $2",
         )
         .bind(rfc3339_micros::format(&at))
         .bind(i64::from(limit))
         .fetch_all(pool)
-        .await?;
-        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+        .await?)
     }
 
     /// The organization's entitlements at `at` and its usage in that month: one indexed read
@@ -284,32 +280,30 @@ impl CommercialView {
         at: DateTime<Utc>,
     ) -> Result<EntitlementsRow, InfraError> {
         let now = rfc3339_micros::format(&at);
-        let rows = sqlx::query(&format!(
-            "{CONTRACT_SELECT} WHERE organization_id = $1 AND status IN ('active', 'amended')
-             AND starts_at <= $2 AND ends_at > $2 ORDER BY id"
-        ))
-        .bind(organization_id)
-        .bind(now)
-        .fetch_all(pool)
-        .await?;
-        let contracts: Vec<ContractRow> =
-            rows.iter().map(row_to_contract).collect::<Result<_, _>>()?;
+        let in_force = contracts(
+            sqlx::query_as(&format!(
+                "{CONTRACT_SELECT} WHERE organization_id = $1 AND status IN ('active', 'amended')
+                 AND starts_at <= $2 AND ends_at > $2 ORDER BY id"
+            ))
+            .bind(organization_id)
+            .bind(now)
+            .fetch_all(pool)
+            .await?,
+        )?;
         let period = Period::of(at).to_string();
-        let usage_rows = sqlx::query(
+        let usage: Vec<(String, i64)> = sqlx::query_as(
             "SELECT metric, used FROM commercial_usage WHERE organization_id = $1 AND period = $2",
         )
         .bind(organization_id)
         .bind(period.clone())
         .fetch_all(pool)
         .await?;
-        let mut usage = BTreeMap::new();
-        for r in &usage_rows {
-            usage.insert(
-                r.try_get::<String, _>("metric")?,
-                r.try_get::<i64, _>("used")?,
-            );
-        }
-        Ok(entitlements_of(organization_id, period, &contracts, usage))
+        Ok(entitlements_of(
+            organization_id,
+            period,
+            &in_force,
+            usage.into_iter().collect(),
+        ))
     }
 
     /// An organization's contracts as they stood at log position `at` (see [`crate::history`]).
@@ -699,12 +693,11 @@ impl Projection for CommercialView {
         let e = &record.envelope;
         match e.aggregate_type.as_str() {
             ContractEvent::AGGREGATE => {
-                let rows = sqlx::query(&format!("{CONTRACT_SELECT} WHERE id = $1"))
+                let rows = sqlx::query_as(&format!("{CONTRACT_SELECT} WHERE id = $1"))
                     .bind(e.aggregate_id.clone())
                     .fetch_all(&mut *conn)
                     .await?;
-                let rows = rows.iter().map(row_to_contract).collect::<Result<_, _>>()?;
-                Ok(with_licenses(conn, rows)
+                Ok(with_licenses(conn, contracts(rows)?)
                     .await?
                     .into_iter()
                     .map(|c| crate::history::Version {
@@ -717,15 +710,14 @@ impl Projection for CommercialView {
             }
             UsageEvent::AGGREGATE => match record.decode::<UsageEvent>()? {
                 UsageEvent::UsageRecorded(p) => {
-                    let used: i64 = sqlx::query(
+                    let used: i64 = sqlx::query_scalar(
                         "SELECT used FROM commercial_usage WHERE organization_id = $1 AND period = $2 AND metric = $3",
                     )
                     .bind(p.organization_id.clone())
                     .bind(p.period.clone())
                     .bind(p.metric.clone())
                     .fetch_one(&mut *conn)
-                    .await?
-                    .try_get("used")?;
+                    .await?;
                     let row = UsageRow {
                         organization_id: p.organization_id,
                         period: p.period,
@@ -748,43 +740,40 @@ impl Projection for CommercialView {
 
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
         let mut out = vec![];
-        for r in sqlx::query("SELECT id, name, billing_email, currency, version FROM commercial_customers ORDER BY id")
+        let customers: Vec<CustomerRow> = sqlx::query_as(&format!("{CUSTOMER_SELECT} ORDER BY id"))
             .fetch_all(&mut *conn)
-            .await?
-        {
+            .await?;
+        for c in customers {
             out.push(serde_json::json!({
-                "customer": r.try_get::<String, _>("id")?,
-                "name": r.try_get::<String, _>("name")?,
-                "billing_email": r.try_get::<String, _>("billing_email")?,
-                "currency": r.try_get::<String, _>("currency")?,
-                "version": r.try_get::<i64, _>("version")?,
+                "customer": c.id,
+                "name": c.name,
+                "billing_email": c.billing_email,
+                "currency": c.currency,
+                "version": c.version,
             }));
         }
-        let contracts = sqlx::query(&format!("{CONTRACT_SELECT} ORDER BY id"))
+        let rows = sqlx::query_as(&format!("{CONTRACT_SELECT} ORDER BY id"))
             .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(row_to_contract)
-            .collect::<Result<Vec<_>, _>>()?;
-        for row in with_licenses(conn, contracts).await? {
+            .await?;
+        for row in with_licenses(conn, contracts(rows)?).await? {
             out.push(serde_json::to_value(row).unwrap_or_default());
         }
-        for r in sqlx::query("SELECT organization_id, period, metric, used FROM commercial_usage ORDER BY organization_id, period, metric")
+        let usage: Vec<UsageRow> = sqlx::query_as("SELECT organization_id, period, metric, used FROM commercial_usage ORDER BY organization_id, period, metric")
             .fetch_all(&mut *conn)
-            .await?
-        {
+            .await?;
+        for u in usage {
             out.push(serde_json::json!({
-                "usage": r.try_get::<String, _>("organization_id")?,
-                "period": r.try_get::<String, _>("period")?,
-                "metric": r.try_get::<String, _>("metric")?,
-                "used": r.try_get::<i64, _>("used")?,
+                "usage": u.organization_id,
+                "period": u.period,
+                "metric": u.metric,
+                "used": u.used,
             }));
         }
-        for r in sqlx::query(&format!("{INVOICE_SELECT} ORDER BY id"))
+        let invoices: Vec<InvoiceRow> = sqlx::query_as(&format!("{INVOICE_SELECT} ORDER BY id"))
             .fetch_all(&mut *conn)
-            .await?
-        {
-            out.push(serde_json::to_value(row_to_invoice(&r)?).unwrap_or_default());
+            .await?;
+        for i in invoices {
+            out.push(serde_json::to_value(i).unwrap_or_default());
         }
         Ok(out)
     }

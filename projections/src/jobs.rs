@@ -3,18 +3,17 @@
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
 use quantus_domain::events::EventEnum;
-use quantus_domain::evidence::EvidenceBundleEvent;
-use quantus_domain::job::JobEvent;
+use quantus_domain::evidence::bundle::EvidenceBundleEvent;
+use quantus_domain::evidence::job::JobEvent;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Executor};
 
 use crate::Projection;
 
 pub struct JobsView;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct JobRow {
     pub id: String,
     pub organization_id: String,
@@ -24,42 +23,20 @@ pub struct JobRow {
     pub artifacts: i64,
     pub submitted_at: String,
     pub updated_at: String,
+    #[sqlx(try_from = "i64")]
     pub version: u64,
 }
 
 const SELECT: &str = "SELECT id, organization_id, backend, status, artifacts, submitted_at, updated_at, version FROM jobs_view";
 
-fn row_to_job(row: &AnyRow) -> Result<JobRow, InfraError> {
-    Ok(JobRow {
-        id: row.try_get("id")?,
-        organization_id: row.try_get("organization_id")?,
-        backend: row.try_get("backend")?,
-        status: row.try_get("status")?,
-        artifacts: row.try_get("artifacts")?,
-        submitted_at: row.try_get("submitted_at")?,
-        updated_at: row.try_get("updated_at")?,
-        version: row.try_get::<i64, _>("version")? as u64,
-    })
-}
-
 /// An evidence bundle in the list of an organization's bundles.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct BundleRow {
     pub id: String,
     pub job_id: String,
     pub organization_id: String,
     pub manifest_sha256: String,
     pub created_at: String,
-}
-
-fn row_to_bundle(row: &AnyRow) -> Result<BundleRow, InfraError> {
-    Ok(BundleRow {
-        id: row.try_get("id")?,
-        job_id: row.try_get("job_id")?,
-        organization_id: row.try_get("organization_id")?,
-        manifest_sha256: row.try_get("manifest_sha256")?,
-        created_at: row.try_get("created_at")?,
-    })
 }
 
 impl JobsView {
@@ -72,7 +49,7 @@ impl JobsView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<BundleRow>, InfraError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view
              WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
@@ -81,7 +58,7 @@ impl JobsView {
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?;
-        rows.iter().map(row_to_bundle).collect()
+        Ok(rows)
     }
 
     /// One job's evidence bundles, by id (oldest first).
@@ -91,7 +68,7 @@ impl JobsView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<BundleRow>, InfraError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view
              WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
@@ -100,7 +77,7 @@ impl JobsView {
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?;
-        rows.iter().map(row_to_bundle).collect()
+        Ok(rows)
     }
 
     pub async fn by_organization(
@@ -109,7 +86,7 @@ impl JobsView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<JobRow>, InfraError> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query_as(&format!(
             "{SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3"
         ))
         .bind(organization_id)
@@ -117,7 +94,7 @@ impl JobsView {
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?;
-        rows.iter().map(row_to_job).collect()
+        Ok(rows)
     }
 }
 
@@ -240,18 +217,18 @@ impl Projection for JobsView {
     }
 
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
-        let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
+        let jobs: Vec<JobRow> = sqlx::query_as(&format!("{SELECT} ORDER BY id"))
             .fetch_all(&mut *conn)
             .await?;
-        let mut out: Vec<serde_json::Value> = rows
+        let mut out: Vec<serde_json::Value> = jobs
             .iter()
-            .map(|r| row_to_job(r).map(|j| serde_json::to_value(j).unwrap_or_default()))
-            .collect::<Result<_, _>>()?;
-        let bundles = sqlx::query("SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view ORDER BY id")
+            .map(|j| serde_json::to_value(j).unwrap_or_default())
+            .collect();
+        let bundles: Vec<BundleRow> = sqlx::query_as("SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view ORDER BY id")
             .fetch_all(conn)
             .await?;
-        for r in &bundles {
-            out.push(serde_json::to_value(row_to_bundle(r)?).unwrap_or_default());
+        for b in &bundles {
+            out.push(serde_json::to_value(b).unwrap_or_default());
         }
         Ok(out)
     }

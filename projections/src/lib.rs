@@ -160,4 +160,74 @@ mod tests {
             }
         }
     }
+
+    /// The rows the read models serve are mapped by column name (`sqlx::FromRow` over `Any`):
+    /// each column lands in its own field, and a negative version is refused, not wrapped.
+    #[tokio::test]
+    async fn read_model_rows_map_each_column_to_its_field() {
+        use sqlx::Executor;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let models: [Box<dyn Projection>; 4] = [
+            Box::new(organizations::OrganizationsView),
+            Box::new(licenses::LicensesView),
+            Box::new(jobs::JobsView),
+            Box::new(commercial::CommercialView),
+        ];
+        for model in &models {
+            model.create(&mut conn).await.unwrap();
+        }
+        for insert in [
+            "INSERT INTO organizations_view VALUES ('o', 'Acme', 'suspended', 'unpaid', 'c-at', 'u-at', 3)",
+            "INSERT INTO licenses_view VALUES ('l', 'o', 'qpu', 'pro', 'revoked', 'why', 'x-at', 2, 'r-at', 'i-at', 4)",
+            "INSERT INTO jobs_view VALUES ('j', 'o', 'ibm', 'completed', 5, 's-at', 'u-at', 6)",
+            "INSERT INTO evidence_view VALUES ('b', 'j', 'o', 'digest', 'c-at')",
+            "INSERT INTO commercial_customers VALUES ('o', 'Acme GmbH', 'b@example.com', 'EUR', 7)",
+            "INSERT INTO commercial_contracts VALUES ('k', 'o', 'cust', 'active', 'EUR', 's-at', 'e-at', '[]', 1, 8, 'u-at')",
+            "INSERT INTO commercial_contract_licenses VALUES ('k', 'qpu', 'l', 'issue', '{\"state\":\"planned\"}')",
+            "INSERT INTO commercial_usage VALUES ('o', '2026-12', 'jobs', 9)",
+            "INSERT INTO commercial_invoices VALUES ('i', 'o', 'k', '2026-12', 'EUR', 1500, 'open', 'stripe', 'in_1', 'https://pay', 'd-at', 10, 'u-at')",
+        ] {
+            conn.execute(insert).await.unwrap();
+        }
+        let mut dumped = Vec::new();
+        for model in &models {
+            dumped.extend(model.dump(&mut conn).await.unwrap());
+        }
+        assert_eq!(
+            serde_json::Value::Array(dumped),
+            serde_json::json!([
+                {"id": "o", "name": "Acme", "status": "suspended", "suspended_reason": "unpaid",
+                 "created_at": "c-at", "updated_at": "u-at", "version": 3},
+                {"id": "l", "organization_id": "o", "product": "qpu", "edition": "pro",
+                 "status": "revoked", "status_reason": "why", "expires_at": "x-at",
+                 "activations": 2, "revoked_at": "r-at", "issued_at": "i-at", "version": 4},
+                {"id": "j", "organization_id": "o", "backend": "ibm", "status": "completed",
+                 "artifacts": 5, "submitted_at": "s-at", "updated_at": "u-at", "version": 6},
+                {"id": "b", "job_id": "j", "organization_id": "o", "manifest_sha256": "digest",
+                 "created_at": "c-at"},
+                {"customer": "o", "name": "Acme GmbH", "billing_email": "b@example.com",
+                 "currency": "EUR", "version": 7},
+                {"id": "k", "organization_id": "o", "customer_id": "cust", "status": "active",
+                 "currency": "EUR", "starts_at": "s-at", "ends_at": "e-at", "line_items": [],
+                 "amendments": 1, "version": 8, "updated_at": "u-at",
+                 "license_steps": {"qpu": {"state": "planned"}}},
+                {"usage": "o", "period": "2026-12", "metric": "jobs", "used": 9},
+                {"id": "i", "organization_id": "o", "contract_id": "k", "period": "2026-12",
+                 "currency": "EUR", "total": 1500, "status": "open", "provider": "stripe",
+                 "external_id": "in_1", "hosted_url": "https://pay", "due_at": "d-at",
+                 "version": 10, "updated_at": "u-at"},
+            ])
+        );
+        conn.execute("UPDATE organizations_view SET version = -1")
+            .await
+            .unwrap();
+        let refused = models[0].dump(&mut conn).await;
+        assert!(
+            matches!(&refused, Err(InfraError::Database(sqlx::Error::ColumnDecode { index, .. })) if index == "version"),
+            "{refused:?}"
+        );
+    }
 }

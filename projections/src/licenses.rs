@@ -3,17 +3,16 @@
 use async_trait::async_trait;
 use quantus_domain::envelope::rfc3339_micros;
 use quantus_domain::events::EventEnum;
-use quantus_domain::license::LicenseEvent;
+use quantus_domain::licensing::license::LicenseEvent;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Executor};
 
 use crate::Projection;
 
 pub struct LicensesView;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct LicenseRow {
     pub id: String,
     pub organization_id: String,
@@ -26,27 +25,12 @@ pub struct LicenseRow {
     pub activations: i64,
     pub revoked_at: Option<String>,
     pub issued_at: String,
+    #[sqlx(try_from = "i64")]
     pub version: u64,
 }
 
 const SELECT: &str = "SELECT id, organization_id, product, edition, status, status_reason, expires_at, activations, \
     revoked_at, issued_at, version FROM licenses_view";
-
-fn row_to_license(row: &AnyRow) -> Result<LicenseRow, InfraError> {
-    Ok(LicenseRow {
-        id: row.try_get("id")?,
-        organization_id: row.try_get("organization_id")?,
-        product: row.try_get("product")?,
-        edition: row.try_get("edition")?,
-        status: row.try_get("status")?,
-        status_reason: row.try_get("status_reason")?,
-        expires_at: row.try_get("expires_at")?,
-        activations: row.try_get("activations")?,
-        revoked_at: row.try_get("revoked_at")?,
-        issued_at: row.try_get("issued_at")?,
-        version: row.try_get::<i64, _>("version")? as u64,
-    })
-}
 
 impl LicensesView {
     pub const NAME: &'static str = "licenses";
@@ -59,23 +43,23 @@ impl LicensesView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<LicenseRow>, InfraError> {
-        let rows = sqlx::query(&format!(
+        Ok(sqlx::query_as(&format!(
             "{SELECT} WHERE ($1 = '' OR organization_id = $1) AND id > $2 ORDER BY id LIMIT $3"
         ))
         .bind(org.unwrap_or(""))
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
         .fetch_all(pool)
-        .await?;
-        rows.iter().map(row_to_license).collect()
+        .await?)
     }
 
     /// Every revoked licence, for the CRL.
     pub async fn revoked(pool: &AnyPool) -> Result<Vec<LicenseRow>, InfraError> {
-        let rows = sqlx::query(&format!("{SELECT} WHERE status = 'revoked' ORDER BY id"))
-            .fetch_all(pool)
-            .await?;
-        rows.iter().map(row_to_license).collect()
+        Ok(
+            sqlx::query_as(&format!("{SELECT} WHERE status = 'revoked' ORDER BY id"))
+                .fetch_all(pool)
+                .await?,
+        )
     }
 
     /// The highest log position of any licence event applied: a CRL made from this model
@@ -205,14 +189,11 @@ impl Projection for LicensesView {
         conn: &mut AnyConnection,
         record: &LogRecord,
     ) -> Result<Vec<crate::history::Version>, InfraError> {
-        let row = sqlx::query(&format!("{SELECT} WHERE id = $1"))
+        let row: Option<LicenseRow> = sqlx::query_as(&format!("{SELECT} WHERE id = $1"))
             .bind(record.envelope.aggregate_id.clone())
             .fetch_optional(&mut *conn)
             .await?;
         Ok(row
-            .as_ref()
-            .map(row_to_license)
-            .transpose()?
             .map(|l| crate::history::Version {
                 kind: Self::NAME,
                 row_id: l.id.clone(),
@@ -224,11 +205,12 @@ impl Projection for LicensesView {
     }
 
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
-        let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
+        let rows: Vec<LicenseRow> = sqlx::query_as(&format!("{SELECT} ORDER BY id"))
             .fetch_all(conn)
             .await?;
-        rows.iter()
-            .map(|r| row_to_license(r).map(|o| serde_json::to_value(o).unwrap_or_default()))
-            .collect()
+        Ok(rows
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .collect())
     }
 }

@@ -6,15 +6,14 @@ use quantus_domain::events::EventEnum;
 use quantus_domain::organization::OrganizationEvent;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Executor};
 
 use crate::Projection;
 
 pub struct OrganizationsView;
 
 /// One organization as the read side shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct OrganizationRow {
     pub id: String,
     pub name: String,
@@ -24,19 +23,8 @@ pub struct OrganizationRow {
     pub created_at: String,
     pub updated_at: String,
     /// Sequence of the last event applied: the aggregate's version, used as the ETag.
+    #[sqlx(try_from = "i64")]
     pub version: u64,
-}
-
-fn row_to_org(row: &AnyRow) -> Result<OrganizationRow, InfraError> {
-    Ok(OrganizationRow {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        status: row.try_get("status")?,
-        suspended_reason: row.try_get("suspended_reason")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        version: row.try_get::<i64, _>("version")? as u64,
-    })
 }
 
 const SELECT: &str =
@@ -46,11 +34,10 @@ impl OrganizationsView {
     pub const NAME: &'static str = "organizations";
 
     pub async fn get(pool: &AnyPool, id: &str) -> Result<Option<OrganizationRow>, InfraError> {
-        let row = sqlx::query(&format!("{SELECT} WHERE id = $1"))
+        Ok(sqlx::query_as(&format!("{SELECT} WHERE id = $1"))
             .bind(id)
             .fetch_optional(pool)
-            .await?;
-        row.as_ref().map(row_to_org).transpose()
+            .await?)
     }
 
     /// A page of organizations ordered by id (UUIDv7, so by creation time), after `after`.
@@ -59,12 +46,13 @@ impl OrganizationsView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<OrganizationRow>, InfraError> {
-        let rows = sqlx::query(&format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2"))
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
-        rows.iter().map(row_to_org).collect()
+        Ok(
+            sqlx::query_as(&format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2"))
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?,
+        )
     }
 }
 
@@ -138,11 +126,12 @@ impl Projection for OrganizationsView {
     }
 
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
-        let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
+        let rows: Vec<OrganizationRow> = sqlx::query_as(&format!("{SELECT} ORDER BY id"))
             .fetch_all(conn)
             .await?;
-        rows.iter()
-            .map(|r| row_to_org(r).map(|o| serde_json::to_value(o).unwrap_or_default()))
-            .collect()
+        Ok(rows
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .collect())
     }
 }

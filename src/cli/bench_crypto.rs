@@ -11,7 +11,7 @@ use quantus_commands::CommandBus;
 use quantus_crypto::document::SignedDocument;
 use quantus_crypto::license::verify;
 use quantus_crypto::{Algorithm, SecretKey};
-use quantus_domain::license::{LicenseCommand, LicenseIssued};
+use quantus_domain::licensing::license::{LicenseCommand, LicenseIssued};
 use quantus_domain::organization::OrganizationCommand;
 use quantus_domain::{Actor, ActorKind, CommandContext};
 use quantus_infra::keystore::FileKeystore;

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use quantus_api::AppState;
+use quantus_commands::commercial::{ContractLicensing, UsageMetering};
 use quantus_commands::identity::NewClient;
-use quantus_commands::portal::{ContractLicensing, UsageMetering};
-use quantus_domain::contract::ContractActivated;
+use quantus_domain::commercial::contract::ContractActivated;
 use quantus_domain::identity::client::{AuthMethod, ClientKind, GrantType};
 use quantus_domain::identity::Role;
-use quantus_domain::license::LicenseIssued;
+use quantus_domain::licensing::license::LicenseIssued;
 use quantus_domain::schema::PLATFORM_TENANT;
 use quantus_domain::{Actor, ActorKind, CommandContext};
 use quantus_infra::config::Secret;

@@ -202,12 +202,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 state.quantumlock = Some(quantumlock.clone());
                 if config.role.runs_portal_processes() {
                     let max = std::time::Duration::from_secs(config.license_retry_max_seconds);
-                    let policy = quantus_domain::contract::RetryPolicy {
+                    let policy = quantus_domain::commercial::contract::RetryPolicy {
                         first: std::time::Duration::from_secs(config.license_retry_first_seconds)
                             .min(max),
                         max,
                     };
-                    let process = quantus_commands::portal::ContractLicensing::new(
+                    let process = quantus_commands::commercial::ContractLicensing::new(
                         state.bus.clone(),
                         quantumlock,
                     )
@@ -221,7 +221,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             None => {}
         }
         if config.role.runs_portal_processes() {
-            let metering = quantus_commands::portal::UsageMetering::new(state.portal.clone());
+            let metering = quantus_commands::commercial::UsageMetering::new(state.portal.clone());
             tasks.spawn(async move { Ok(metering.run().await?) });
             spawn_expiry(&mut tasks, &state);
             spawn_billing_run(&mut tasks, &state);
@@ -764,7 +764,7 @@ fn spawn_expiry(tasks: &mut JoinSet<anyhow::Result<()>>, state: &AppState) {
                             },
                             Err(_) => continue,
                         };
-                        let expire = quantus_domain::contract::ContractCommand::Expire {
+                        let expire = quantus_domain::commercial::contract::ContractCommand::Expire {
                             now: ctx.occurred_at,
                         };
                         if let Err(e) = portal.contract_command(&ctx, &id, expire, None).await {
@@ -785,7 +785,7 @@ fn spawn_billing_run(tasks: &mut JoinSet<anyhow::Result<()>>, state: &AppState) 
     let (portal, pool) = (state.portal.clone(), state.db.pool.clone());
     tasks.spawn(async move {
         loop {
-            let period = quantus_domain::usage::Period::of(chrono::Utc::now()).previous();
+            let period = quantus_domain::commercial::usage::Period::of(chrono::Utc::now()).previous();
             let mut after: Option<String> = None;
             loop {
                 let page = match quantus_projections::commercial::CommercialView::contracts(

@@ -131,7 +131,7 @@ fn the_cache_keeps_at_most_its_capacity_and_never_goes_back_in_time() {
 /// sink already applied the command's events to the aggregate it decided on).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_meter_counts_each_event_once() {
-    use quantus_domain::usage::{meter_id, Period, UsageCommand, UsageMeter};
+    use quantus_domain::commercial::usage::{meter_id, Period, UsageCommand, UsageMeter};
     let dir = temp_dir("cache-meter");
     let db = Database::open(None, &dir).await.unwrap();
     let bus = CommandBus::new(SqlEventRepository::new(db.clone()));

@@ -5,7 +5,9 @@
 //! models own their SQL); HTTP server types (`axum`, `hyper`, `http::`, `StatusCode`,
 //! `tower_http`) only in `api/`; SCIM errors in `commands/` carry a kind, never an HTTP status
 //! number; `domain/` has no I/O crate; `crypto/` no runtime, network, randomness or clock.
-//! A broken rule fails with `file:line` and the rule's reason.
+//! Between the workspace crates, only the edges of [`CRATE_GRAPH`] are allowed, and every
+//! workspace member must have its place in it. A broken rule fails with `file:line` and the
+//! rule's reason.
 //!
 //! The `quantus` binary (`src/`) is the composition root (CLI, benches, servers) and is not
 //! checked. Only `std`: `rustc --edition 2021 --test tests/it/architecture.rs` builds it alone
@@ -30,6 +32,23 @@ const IO_CRATES: &[&str] = &[
 
 /// HTTP server types: `api/` alone speaks HTTP.
 const HTTP_TOKENS: &[&str] = &["axum", "hyper", "hyper_util", "tower_http", "StatusCode"];
+
+/// Which workspace crate may depend on which (`[dependencies]`, by directory): the layers
+/// point down, towards the pure core. `crypto/` is the bottom (customers embed it alone);
+/// `domain/` uses its signed notes and keys; `infra/` stores the domain's events; `commands/`
+/// (writes) and `projections/` (reads) sit side by side on `infra/` and never use each other;
+/// `api/` composes both. The `quantus` binary (`src/`) is the composition root and may use all.
+const CRATE_GRAPH: &[(&str, &[&str])] = &[
+    ("crypto", &[]),
+    ("domain", &["crypto"]),
+    ("infra", &["domain", "crypto"]),
+    ("commands", &["domain", "infra", "crypto"]),
+    ("projections", &["domain", "infra"]),
+    (
+        "api",
+        &["domain", "crypto", "infra", "commands", "projections"],
+    ),
+];
 
 struct Rule {
     krate: &'static str,
@@ -176,6 +195,74 @@ fn dependencies(manifest: &str) -> Vec<(String, usize)> {
         }
     }
     found
+}
+
+/// The `name` of a manifest's `[package]`.
+fn package_name(manifest: &str) -> Option<String> {
+    let mut in_package = false;
+    for line in manifest.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.starts_with('[') {
+            in_package = line == "[package]";
+        } else if let Some(("name", value)) = line.split_once('=').map(|(k, v)| (k.trim(), v)) {
+            if in_package {
+                return Some(value.trim().trim_matches('"').to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// The directories listed in the root manifest's `[workspace] members`.
+fn workspace_members(root_manifest: &str) -> Vec<String> {
+    let Some(at) = root_manifest.find("members") else {
+        return Vec::new();
+    };
+    let rest = &root_manifest[at..];
+    let (Some(open), Some(close)) = (rest.find('['), rest.find(']')) else {
+        return Vec::new();
+    };
+    rest[open + 1..close.max(open + 1)]
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+/// Edges between workspace crates that `graph` does not allow, and members it does not place.
+/// `members` are each member's directory with its `Cargo.toml`.
+fn crate_graph_violations(members: &[(String, String)], graph: &[(&str, &[&str])]) -> Vec<String> {
+    let dir_of: Vec<(String, &str)> = members
+        .iter()
+        .filter_map(|(dir, manifest)| package_name(manifest).map(|n| (n, dir.as_str())))
+        .collect();
+    let mut broken = Vec::new();
+    for (dir, manifest) in members {
+        let Some((_, allowed)) = graph.iter().find(|(d, _)| d == dir) else {
+            broken.push(format!(
+                "{dir}/Cargo.toml: the workspace crate `{dir}` has no place in CRATE_GRAPH \
+                 (tests/it/architecture.rs): say which workspace crates it may depend on"
+            ));
+            continue;
+        };
+        for (dep, line) in dependencies(manifest) {
+            let Some((_, dep_dir)) = dir_of.iter().find(|(name, _)| *name == dep) else {
+                continue;
+            };
+            if !allowed.contains(dep_dir) {
+                let may = if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                };
+                broken.push(format!(
+                    "{dir}/Cargo.toml:{line}: {dir} may not depend on `{dep}` ({dir} -> \
+                     {dep_dir}; it may depend on: {may}): the layers point down (CRATE_GRAPH)"
+                ));
+            }
+        }
+    }
+    broken
 }
 
 /// `src` with comments, string and char literals, and `#[cfg(test)]` items blanked (newlines
@@ -392,12 +479,21 @@ fn scim_status_numbers(code: &str) -> Vec<usize> {
 
 /// Every broken rule under `root`, one line each.
 pub fn violations(root: &Path) -> Vec<String> {
-    let mut broken = Vec::new();
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let members: Vec<(String, String)> = workspace_members(&read(root.join("Cargo.toml")))
+        .into_iter()
+        .map(|dir| {
+            let manifest = read(root.join(&dir).join("Cargo.toml"));
+            (dir, manifest)
+        })
+        .collect();
+    assert!(!members.is_empty(), "no [workspace] members in Cargo.toml");
+    let mut broken = crate_graph_violations(&members, CRATE_GRAPH);
     for rule in rules() {
         let dir = root.join(rule.krate);
-        let manifest_path = dir.join("Cargo.toml");
-        let manifest = std::fs::read_to_string(&manifest_path)
-            .unwrap_or_else(|e| panic!("{}: {e}", manifest_path.display()));
+        let manifest = read(dir.join("Cargo.toml"));
         for (dep, line) in dependencies(&manifest) {
             if rule.deps.contains(&dep.as_str()) {
                 broken.push(format!(
@@ -493,4 +589,26 @@ fn the_checks_can_fail() {
         "[package]\nname = \"x\"\n[dependencies]\nsqlx.workspace = true\ntokio = \"1\"\n[dev-dependencies]\nrdkafka = \"1\"\n",
     );
     assert_eq!(deps, vec![("sqlx".into(), 4), ("tokio".into(), 5)]);
+
+    // The crate graph: an edge it does not list, and a member it does not place.
+    assert_eq!(
+        workspace_members("[workspace]\nmembers = [\"core\",\n \"web\"]\n"),
+        vec!["core", "web"]
+    );
+    let member = |dir: &str, deps: &str| {
+        let manifest = format!("[package]\nname = \"q-{dir}\"\n[dependencies]\n{deps}");
+        (dir.to_owned(), manifest)
+    };
+    let graph: &[(&str, &[&str])] = &[("core", &[]), ("web", &["core"])];
+    let broken = crate_graph_violations(
+        &[
+            member("core", "q-web.workspace = true\n"),
+            member("web", "q-core = { path = \"../core\" }\nserde = \"1\"\n"),
+            member("extra", ""),
+        ],
+        graph,
+    );
+    assert_eq!(broken.len(), 2, "{broken:?}");
+    assert!(broken[0].starts_with("core/Cargo.toml:4: core may not depend on `q-web`"));
+    assert!(broken[1].contains("`extra` has no place in CRATE_GRAPH"));
 }

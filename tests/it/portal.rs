@@ -886,7 +886,7 @@ async fn contracts_expire_at_their_end() {
     // covers, and handed the invoice to the (built-in) provider.
     let previous = {
         let now = chrono::Utc::now();
-        quantus_domain::usage::Period::of(now)
+        quantus_domain::commercial::usage::Period::of(now)
             .previous()
             .to_string()
     };
@@ -1064,7 +1064,7 @@ pub async fn refused_for_good(platform: &Api, portal: &Api) {
     let contract = signed_contract(portal, &org).await;
     // Someone issued licences under the ids the contract will plan, with other terms.
     for item in ["qpu", "sim"] {
-        let id = quantus_domain::contract::license_id(&contract, item, 0);
+        let id = quantus_domain::commercial::contract::license_id(&contract, item, 0);
         let r = platform
             .put(
                 &format!("/v1/licenses/{id}"),

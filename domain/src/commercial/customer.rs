@@ -8,7 +8,7 @@ use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::money::Currency;
+use crate::commercial::money::Currency;
 
 pub const MAX_NAME_CHARS: usize = 200;
 

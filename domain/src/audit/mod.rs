@@ -1,19 +1,23 @@
-//! The auditor's check over a whole log, pure: feed it records in any order that keeps each
-//! aggregate's events in sequence order (the store's position order, or Kafka partitions read
-//! one after another), then ask for the verdict.
+//! Audit: the log's signed checkpoints ([`checkpoint`]) and the auditor's check over a whole
+//! log, pure: feed it records in any order that keeps each aggregate's events in sequence order
+//! (the store's position order, or Kafka partitions read one after another), then ask for the
+//! verdict. (The authentication trail the Audit topic also carries, grants, sessions, sign-in
+//! attempts and consents, is written by Identity's aggregates in `identity/`.)
+
+pub mod checkpoint;
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use quantus_crypto::checkpoint;
+use quantus_crypto::checkpoint::open as open_note;
 use quantus_crypto::keys::{CryptoPolicy, Purpose, TrustedKey, TrustedKeys, VerifyRule};
 use quantus_crypto::merkle::{leaf_hash, Frontier};
 use uuid::Uuid;
 
-use crate::checkpoint::{LogCheckpointEvent, LogCheckpointSigned};
 use crate::envelope::{Envelope, GENESIS_HASH};
 use crate::events::EventEnum;
-use crate::keyring::KeyringEvent;
+use crate::licensing::keyring::KeyringEvent;
+use checkpoint::{LogCheckpointEvent, LogCheckpointSigned};
 
 /// The first problem found, naming the event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,7 +239,7 @@ impl Audit {
     ) -> Result<CheckpointSummary, String> {
         let mut wanted: Vec<(u64, String, Option<String>)> = Vec::new();
         for c in &self.checkpoints {
-            let opened = checkpoint::open(&c.note, keys, now)
+            let opened = open_note(&c.note, keys, now)
                 .map_err(|e| format!("checkpoint of size {}: {e}", c.tree_size))?;
             if opened.size != c.tree_size || hex::encode(opened.root) != c.root_hash {
                 return Err(format!(
@@ -252,7 +256,7 @@ impl Audit {
             ..Default::default()
         };
         for (label, note) in outside {
-            let opened = checkpoint::open(note, keys, now).map_err(|e| format!("{label}: {e}"))?;
+            let opened = open_note(note, keys, now).map_err(|e| format!("{label}: {e}"))?;
             summary.witness = summary.witness.max(Some(opened.size));
             wanted.push((
                 opened.size,

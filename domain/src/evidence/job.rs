@@ -162,7 +162,7 @@ pub fn numbers_are_exact(v: &serde_json::Value) -> bool {
     match v {
         serde_json::Value::Number(n) => n
             .as_i64()
-            .is_some_and(|i| i.unsigned_abs() <= crate::license::MAX_LIMIT as u64),
+            .is_some_and(|i| i.unsigned_abs() <= crate::licensing::license::MAX_LIMIT as u64),
         serde_json::Value::Array(a) => a.iter().all(numbers_are_exact),
         serde_json::Value::Object(o) => o.values().all(numbers_are_exact),
         _ => true,

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{Enforcement, LineItem, Quota};
+use crate::commercial::contract::{Enforcement, LineItem, Quota};
 
 /// The union of the line items of an organization's contracts in force.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

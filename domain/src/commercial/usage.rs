@@ -13,7 +13,7 @@ use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::contract::{Enforcement, Quota};
+use crate::commercial::contract::{Enforcement, Quota};
 
 /// The metric counting job submissions.
 pub const JOBS: &str = "jobs";
@@ -187,17 +187,18 @@ impl UsageMeter {
         source: String,
         quota: Option<Quota>,
     ) -> Result<Vec<UsageEvent>, UsageError> {
-        if !(0..=crate::license::MAX_LIMIT).contains(&amount) {
+        if !(0..=crate::licensing::license::MAX_LIMIT).contains(&amount) {
             return Err(UsageError::Invalid(format!(
                 "usage of {metric} must be between 0 and {}",
-                crate::license::MAX_LIMIT
+                crate::licensing::license::MAX_LIMIT
             )));
         }
         if amount == 0 || self.counted.contains(&format!("{metric}/{source}")) {
             return Ok(vec![]);
         }
         let before = self.used(&metric);
-        let after = crate::money::sum([before, amount], &metric).map_err(UsageError::Invalid)?;
+        let after = crate::commercial::money::sum([before, amount], &metric)
+            .map_err(UsageError::Invalid)?;
         let mut events = vec![UsageEvent::UsageRecorded(UsageRecorded {
             organization_id: organization_id.clone(),
             period: period.to_string(),

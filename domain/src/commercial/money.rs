@@ -55,7 +55,7 @@ impl Currency {
 pub fn times(quantity: i64, unit: i64, what: &str) -> Result<i64, String> {
     quantity
         .checked_mul(unit)
-        .filter(|v| v.unsigned_abs() <= crate::license::MAX_LIMIT as u64)
+        .filter(|v| v.unsigned_abs() <= crate::licensing::license::MAX_LIMIT as u64)
         .ok_or_else(|| format!("{what}: {quantity} × {unit} is too large"))
 }
 
@@ -65,7 +65,7 @@ pub fn sum(amounts: impl IntoIterator<Item = i64>, what: &str) -> Result<i64, St
     for a in amounts {
         total = total
             .checked_add(a)
-            .filter(|v| v.unsigned_abs() <= crate::license::MAX_LIMIT as u64)
+            .filter(|v| v.unsigned_abs() <= crate::licensing::license::MAX_LIMIT as u64)
             .ok_or_else(|| format!("{what}: the total is too large"))?;
     }
     Ok(total)
@@ -101,6 +101,6 @@ mod tests {
         assert!(times(i64::MAX, 2, "x").is_err());
         assert!(times(1 << 40, 1 << 20, "x").is_err());
         assert_eq!(sum([1, 2, 3], "x"), Ok(6));
-        assert!(sum([crate::license::MAX_LIMIT, 1], "x").is_err());
+        assert!(sum([crate::licensing::license::MAX_LIMIT, 1], "x").is_err());
     }
 }

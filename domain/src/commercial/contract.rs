@@ -14,8 +14,8 @@ use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::license::MAX_LIMIT;
-use crate::money::Currency;
+use crate::commercial::money::Currency;
+use crate::licensing::license::MAX_LIMIT;
 
 pub const MAX_LINE_ITEMS: usize = 50;
 pub const MAX_TEXT_CHARS: usize = 200;
@@ -587,7 +587,7 @@ pub fn check_line_items(items: Vec<LineItem>) -> Result<Vec<LineItem>, ContractE
             return Err(ContractError::Invalid(at("quantity must be 1 to 1000000")));
         }
         amount(&at("unit_price"), item.unit_price)?;
-        crate::money::times(item.quantity, item.unit_price, &at("price"))
+        crate::commercial::money::times(item.quantity, item.unit_price, &at("price"))
             .map_err(ContractError::Invalid)?;
         if item.max_activations == 0 {
             return Err(ContractError::Invalid(at(
@@ -596,7 +596,7 @@ pub fn check_line_items(items: Vec<LineItem>) -> Result<Vec<LineItem>, ContractE
         }
         // The licence this item implies must be one QuantumLock accepts: its own rules decide.
         let t = chrono::DateTime::<Utc>::UNIX_EPOCH;
-        crate::license::validate_terms(crate::license::LicenseIssued {
+        crate::licensing::license::validate_terms(crate::licensing::license::LicenseIssued {
             organization_id: "contract".into(),
             product: item.product.clone(),
             edition: item.edition.clone(),

@@ -9,23 +9,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use quantus_domain::contract::{
+use quantus_domain::commercial::contract::{
     Contract, ContractCommand, ContractDrafted, ContractError, ContractEvent,
     ContractLicenseCarriedOut, ContractLicenseFailed, ContractLicensePending, ContractStatus,
     LicenseAction, LicenseHold, LicenseStep, LicenseStepState, LineItem, PlannedLicense,
     RetryPolicy,
 };
-use quantus_domain::customer::{Customer, CustomerCommand, CustomerError, CustomerRegistered};
-use quantus_domain::entitlement::Entitlements;
-use quantus_domain::events::EventEnum;
-use quantus_domain::invoice::{
+use quantus_domain::commercial::customer::{
+    Customer, CustomerCommand, CustomerError, CustomerRegistered,
+};
+use quantus_domain::commercial::entitlement::Entitlements;
+use quantus_domain::commercial::invoice::{
     invoice_id, invoice_lines, Invoice, InvoiceCommand, InvoiceError, InvoiceIssued, InvoicePaid,
     InvoicePaymentFailed, InvoiceSent, InvoiceStatus,
 };
-use quantus_domain::job::{Job, JobCompleted, JobEvent};
-use quantus_domain::license::LicenseIssued;
+use quantus_domain::commercial::usage::{meter_id, Period, UsageCommand, UsageError, UsageMeter};
+use quantus_domain::events::EventEnum;
+use quantus_domain::evidence::job::{Job, JobCompleted, JobEvent};
+use quantus_domain::licensing::license::LicenseIssued;
 use quantus_domain::organization::OrganizationEvent;
-use quantus_domain::usage::{meter_id, Period, UsageCommand, UsageError, UsageMeter};
 use quantus_domain::CommandContext;
 use quantus_infra::billing::{
     BillingCustomer, BillingInvoice, BillingInvoiceLine, BillingProvider, PaymentStatus,
@@ -367,7 +369,7 @@ impl Portal {
         let period = Period::of(ctx.occurred_at);
         let id = meter_id(&org, period);
         for (metric, amount) in &completed.metrics {
-            if metric == quantus_domain::usage::JOBS || *amount <= 0 {
+            if metric == quantus_domain::commercial::usage::JOBS || *amount <= 0 {
                 continue;
             }
             for attempt in 0..20 {
@@ -420,8 +422,9 @@ impl Portal {
         let usage = self.usage(&contract.organization_id, period).await?;
         let lines =
             invoice_lines(&contract, period, &usage.used).map_err(CommandError::Rejected)?;
-        let total = quantus_domain::money::sum(lines.iter().map(|l| l.amount), "invoice")
-            .map_err(CommandError::Rejected)?;
+        let total =
+            quantus_domain::commercial::money::sum(lines.iter().map(|l| l.amount), "invoice")
+                .map_err(CommandError::Rejected)?;
         let id = invoice_id(contract_id, period);
         let issued = InvoiceIssued {
             contract_id: contract_id.to_owned(),
@@ -895,7 +898,7 @@ impl ContractLicensing {
             let reason = format!("contract {contract_id} {}", contract.status.name());
             let (correlation, causation) = cleared.unwrap_or_else(|| {
                 let id = Uuid::new_v5(
-                    &quantus_domain::contract::LICENSE_NAMESPACE,
+                    &quantus_domain::commercial::contract::LICENSE_NAMESPACE,
                     format!("retry/{contract_id}/{version}").as_bytes(),
                 );
                 (id, id)

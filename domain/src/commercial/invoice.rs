@@ -12,9 +12,9 @@ use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::contract::Contract;
-use crate::money::{sum, times};
-use crate::usage::Period;
+use crate::commercial::contract::Contract;
+use crate::commercial::money::{sum, times};
+use crate::commercial::usage::Period;
 
 /// Namespace of invoice ids (UUID v5 over `invoice/<contract id>/<YYYY-MM>`).
 pub const INVOICE_NAMESPACE: uuid::Uuid = uuid::uuid!("0b7f1c9e-51d2-4a8e-a6a4-3c8f0f6b2d17");
@@ -219,7 +219,8 @@ impl Invoice {
         use InvoiceStatus as S;
         match (self.status, command) {
             (S::Absent, C::Issue(i)) => {
-                crate::money::Currency::parse(&i.currency).map_err(InvoiceError::Invalid)?;
+                crate::commercial::money::Currency::parse(&i.currency)
+                    .map_err(InvoiceError::Invalid)?;
                 Period::parse(&i.period).map_err(InvoiceError::Invalid)?;
                 if i.lines
                     .iter()
@@ -318,7 +319,7 @@ impl Aggregate for Invoice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::*;
+    use crate::commercial::contract::*;
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
