@@ -13,7 +13,8 @@ use quantus_domain::identity::access_policy::{
     AccessFacts, AccessRule, Conditions, Outcome, Strength,
 };
 use quantus_domain::identity::Role;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::Principal;
 use crate::problem::ApiJson;
@@ -30,7 +31,46 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-#[utoipa::path(get, path = "/v1/access-policies/{org}", tag = "qsa", params(("org" = String, Path)), responses((status = 200, description = "{organization_id, rules, version}"), (status = 404, body = Problem)), security(("bearer" = [])))]
+/// An organization's conditional-access rules, in the order they decide.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessPolicyView {
+    pub organization_id: String,
+    /// By priority (lower first), then name.
+    pub rules: Vec<AccessRuleView>,
+    pub version: u64,
+    /// The moment the rules reflect, when asked with `as_of` / `as_of_position`; absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<crate::as_of::AsOf>,
+}
+
+/// One rule: the first matching rule (by priority) decides.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessRuleView {
+    pub name: String,
+    /// Lower first.
+    pub priority: u32,
+    /// Every condition given must hold: ip_in, ip_not_in, roles, groups, clients, within,
+    /// outside, strength_below, new_ip, recent_failures_at_least (none: always matches).
+    #[schema(value_type = Object)]
+    pub conditions: Conditions,
+    /// `allow`, `require_mfa`, `require_passkey` or `block`.
+    #[schema(value_type = String)]
+    pub outcome: Outcome,
+}
+
+impl From<&AccessRule> for AccessRuleView {
+    fn from(r: &AccessRule) -> Self {
+        Self {
+            name: r.name.clone(),
+            priority: r.priority,
+            conditions: r.conditions.clone(),
+            outcome: r.outcome,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/access-policies/{org}", tag = "qsa", params(("org" = String, Path)), responses((status = 200, body = AccessPolicyView), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -41,9 +81,12 @@ pub async fn show(
     let (policy, version) = state.identity.access().policy(&org).await?;
     let mut rules: Vec<&AccessRule> = policy.rules.values().collect();
     rules.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
-    Ok(Json(serde_json::json!({
-        "organization_id": org, "rules": rules, "version": version,
-    }))
+    Ok(Json(AccessPolicyView {
+        organization_id: org,
+        rules: rules.into_iter().map(AccessRuleView::from).collect(),
+        version,
+        as_of: None,
+    })
     .into_response())
 }
 
@@ -125,7 +168,7 @@ pub struct WhatIf {
 
 /// Explains the decision for a hypothetical sign-in, without signing anyone in or recording
 /// anything.
-#[utoipa::path(post, path = "/v1/access-policies/evaluate", tag = "qsa", request_body(content = serde_json::Value, description = "{organization_id, user_id?, roles?, groups?, client_id?, ip?, at?, authentication?, new_ip?, recent_failures?}"), responses((status = 200, description = "{outcome, policy, reason, granted}"), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/access-policies/evaluate", tag = "qsa", request_body(content = serde_json::Value, description = "{organization_id, user_id?, roles?, groups?, client_id?, ip?, at?, authentication?, new_ip?, recent_failures?}"), responses((status = 200, body = AccessExplanation), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn evaluate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -154,11 +197,24 @@ pub async fn evaluate(
         recent_failures: body.recent_failures,
     };
     let decision = state.identity.access().explain(&org, &facts).await?;
-    Ok(Json(serde_json::json!({
-        "outcome": decision.outcome,
-        "policy": decision.policy,
-        "reason": decision.reason,
-        "granted": decision.satisfied_by(strength),
-    }))
+    Ok(Json(AccessExplanation {
+        granted: decision.satisfied_by(strength),
+        outcome: decision.outcome,
+        policy: decision.policy,
+        reason: decision.reason,
+    })
     .into_response())
+}
+
+/// The decision for a hypothetical sign-in, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessExplanation {
+    /// `allow`, `require_mfa`, `require_passkey` or `block`.
+    #[schema(value_type = String)]
+    pub outcome: Outcome,
+    /// The rule that decided; null when no rule matched (allowed).
+    pub policy: Option<String>,
+    pub reason: String,
+    /// Whether the sign-in's authentication satisfies the outcome.
+    pub granted: bool,
 }

@@ -1,6 +1,6 @@
 //! QSA's REST resources: users, OAuth clients and service principals.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::paging::Page;
 use crate::problem::ApiJson;
 use crate::problem::ApiQuery;
 use crate::write::{accepted, accepted_with, context, expected_version, optional_json};
@@ -126,13 +127,13 @@ pub struct UserListQuery {
 impl UserListQuery {
     /// With `as_of` / `as_of_position`: the page of model `kind`'s history at that moment,
     /// naming it.
-    async fn as_of(
+    async fn as_of<R: serde::de::DeserializeOwned, V: From<R> + ToSchema>(
         &self,
         state: &AppState,
         model: &quantus_projections::runner::ProjectionRunner,
         kind: &'static str,
         limit: u32,
-    ) -> Result<Option<serde_json::Value>, Problem> {
+    ) -> Result<Option<Page<V>>, Problem> {
         let Some(moment) = crate::as_of::resolve(
             state,
             model,
@@ -154,22 +155,90 @@ impl UserListQuery {
         )
         .await?;
         let next_after = crate::paging::next_after(&rows, limit, crate::as_of::row_id);
-        Ok(Some(
-            serde_json::json!({ "items": rows, "next_after": next_after, "as_of": moment }),
-        ))
+        Ok(Some(Page {
+            items: crate::as_of::rows::<R, V>(rows)?,
+            next_after,
+            as_of: Some(moment),
+        }))
+    }
+}
+
+/// A user as the users read model lists it; email and name are null once erased.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: String,
+    /// The organization the user was registered in.
+    pub organization_id: String,
+    /// `active`, `disabled` or `erased`.
+    pub status: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// The user's roles in each organization they are a member of, by organization id.
+    #[schema(value_type = BTreeMap<String, Vec<String>>)]
+    pub memberships: BTreeMap<String, BTreeSet<Role>>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: u64,
+}
+
+impl From<quantus_projections::users::UserRow> for UserView {
+    fn from(r: quantus_projections::users::UserRow) -> Self {
+        Self {
+            id: r.id,
+            organization_id: r.organization_id,
+            status: r.status,
+            email: r.email,
+            name: r.name,
+            memberships: r.memberships,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            version: r.version,
+        }
+    }
+}
+
+/// One user as its events have it (`ETag`: its version); email and name are null once erased.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserProfileView {
+    pub id: String,
+    pub organization_id: String,
+    /// `active`, `disabled` or `erased`.
+    pub status: String,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// The user's roles in each organization they are a member of, by organization id.
+    #[schema(value_type = BTreeMap<String, Vec<String>>)]
+    pub memberships: BTreeMap<String, BTreeSet<Role>>,
+    /// Whether the user can sign in with a password.
+    pub has_password: bool,
+    pub version: u64,
+}
+
+impl From<quantus_commands::identity::UserProfile> for UserProfileView {
+    fn from(p: quantus_commands::identity::UserProfile) -> Self {
+        Self {
+            id: p.id,
+            organization_id: p.organization_id,
+            status: p.status.to_owned(),
+            email: p.email,
+            name: p.name,
+            memberships: p.memberships,
+            has_password: p.has_password,
+            version: p.version,
+        }
     }
 }
 
 /// The users read model: erased users are listed without personal data.
 #[utoipa::path(get, path = "/v1/users", tag = "identity",
     params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")),
-    responses((status = 200, description = "{items, next_after, as_of?: {position, instant}}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)),
+    responses((status = 200, body = Page<UserView>, description = "with `as_of` or `as_of_position`, the page also names the moment it reflects"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_users(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     crate::problem::ApiQuery(q): crate::problem::ApiQuery<UserListQuery>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<Page<UserView>>, Problem> {
     principal.require("identity:read")?;
     principal.tenant(&q.org, &format!("organization {}", q.org))?;
     let limit = crate::paging::limit(q.limit)?;
@@ -180,7 +249,7 @@ pub async fn list_users(
     .wait(&state.users)
     .await?;
     if let Some(page) = q
-        .as_of(
+        .as_of::<quantus_projections::users::UserRow, UserView>(
             &state,
             &state.users,
             quantus_projections::users::UsersView::NAME,
@@ -197,14 +266,12 @@ pub async fn list_users(
         limit,
     )
     .await?;
-    let next_after = crate::paging::next_after(&rows, limit, |r| r.id.as_str());
-    Ok(Json(
-        serde_json::json!({ "items": rows, "next_after": next_after }),
-    ))
+    let rows: Vec<UserView> = rows.into_iter().map(UserView::from).collect();
+    Ok(Json(Page::of(rows, limit, |r| r.id.as_str())))
 }
 
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "identity", params(("id" = String, Path)),
-    responses((status = 200, description = "the user; email and name are null once erased"), (status = 404, body = Problem)),
+    responses((status = 200, body = UserProfileView), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn show_user(
     State(state): State<AppState>,
@@ -219,7 +286,8 @@ pub async fn show_user(
     let profile = state.identity.user_profile(&id).await?;
     principal.tenant(&profile.organization_id, &format!("user {id}"))?;
     let version = profile.version;
-    let mut response = axum::response::IntoResponse::into_response(Json(profile));
+    let mut response =
+        axum::response::IntoResponse::into_response(Json(UserProfileView::from(profile)));
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("\"{version}\"")) {
         response.headers_mut().insert(axum::http::header::ETAG, v);
     }
@@ -559,13 +627,13 @@ pub struct ClientListed {
 /// Read from the log itself, the list already holds every write that was answered.
 #[utoipa::path(get, path = "/v1/clients", tag = "identity", operation_id = "list_clients",
     params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, description = "{items: [{client_id, name, kind, grant_types, disabled}], next_after}; never a secret"), (status = 400, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = Page<ClientListed>, description = "never a secret"), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_clients(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     crate::problem::ApiQuery(q): crate::problem::ApiQuery<ClientListQuery>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<Page<ClientListed>>, Problem> {
     use quantus_domain::identity::client::{ClientRegistered, ClientStatus};
     principal.require("identity:read")?;
     principal.tenant(&q.org, &format!("organization {}", q.org))?;
@@ -592,10 +660,40 @@ pub async fn list_clients(
             });
         }
     }
-    let next_after = crate::paging::next_after(&rows, limit, |r| r.client_id.as_str());
-    Ok(Json(
-        serde_json::json!({ "items": rows, "next_after": next_after }),
-    ))
+    Ok(Json(Page::of(rows, limit, |r| r.client_id.as_str())))
+}
+
+/// A client's registration as the API shows it: never its secret (nor the secret's digest).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientView {
+    pub client_id: String,
+    pub organization_id: String,
+    /// `confidential`, `public` or `service`.
+    #[schema(value_type = String)]
+    pub kind: ClientKind,
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub grant_types: BTreeSet<GrantType>,
+    /// Scopes the client may ask for.
+    pub scopes: BTreeSet<String>,
+    /// Roles of a service principal in its organization (empty for other kinds).
+    #[schema(value_type = Vec<String>)]
+    pub roles: BTreeSet<Role>,
+    /// Token endpoint authentication: `client_secret_basic`, `client_secret_post`,
+    /// `private_key_jwt` or `none`.
+    #[schema(value_type = String)]
+    pub auth_method: AuthMethod,
+    /// Pushed authorization requests (RFC 9126) are the only way in.
+    pub require_par: bool,
+    /// Public keys for `private_key_jwt` (a JWK Set).
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// RFC 9449 §5.2: the token endpoint refuses this client's requests without a DPoP proof.
+    pub dpop_bound_access_tokens: bool,
+    /// `active` or `disabled`.
+    pub status: String,
 }
 
 async fn client_in_tenant(
@@ -618,25 +716,35 @@ async fn client_in_tenant(
 }
 
 #[utoipa::path(get, path = "/v1/clients/{id}", tag = "identity", params(("id" = String, Path)),
-    responses((status = 200, description = "the client's registration (never its secret)"), (status = 404, body = Problem)),
+    responses((status = 200, body = ClientView), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn show_client(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<ClientView>, Problem> {
     principal.require("identity:read")?;
     let client = client_in_tenant(&state, &principal, &id).await?;
-    let mut value = serde_json::to_value(&client.registration).unwrap_or_default();
-    if let Some(o) = value.as_object_mut() {
-        o.remove("secret_sha256");
-        o.insert("client_id".into(), id.into());
-        o.insert(
-            "status".into(),
-            format!("{:?}", client.status).to_lowercase().into(),
-        );
-    }
-    Ok(Json(value))
+    // A client's first event registers it: one without a registration does not exist.
+    let r = client
+        .registration
+        .ok_or_else(|| Problem::not_found(format!("no client {id}")))?;
+    Ok(Json(ClientView {
+        client_id: id,
+        organization_id: r.organization_id,
+        kind: r.kind,
+        name: r.name,
+        redirect_uris: r.redirect_uris,
+        post_logout_redirect_uris: r.post_logout_redirect_uris,
+        grant_types: r.grant_types,
+        scopes: r.scopes,
+        roles: r.roles,
+        auth_method: r.auth_method,
+        require_par: r.require_par,
+        jwks: r.jwks,
+        dpop_bound_access_tokens: r.dpop_bound_access_tokens,
+        status: format!("{:?}", client.status).to_lowercase(),
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/clients/{id}/secret", tag = "identity", request_body = (), params(("id" = String, Path)),
@@ -749,13 +857,40 @@ async fn group_in_tenant(
     Ok((group, version))
 }
 
+/// One live session of a person at QSA (a browser signed in).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionListed {
+    pub id: String,
+    /// How it was signed in (RFC 8176 method references).
+    pub amr: Vec<String>,
+    pub auth_time: chrono::DateTime<chrono::Utc>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The session the caller's token was issued in.
+    pub current: bool,
+}
+
+/// A person's live sessions, newest first (all of them: a person has few).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub items: Vec<SessionListed>,
+}
+
+/// The answer to ending a session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionEnded {
+    /// The session.
+    pub id: String,
+    /// Always true: the session and the grants issued in it are revoked.
+    pub ended: bool,
+}
+
 /// The sessions of `user` as the API lists them; `current` marks the one the caller's token
 /// was issued in.
 async fn sessions_answer(
     state: &AppState,
     principal: &Principal,
     user: &str,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<SessionList>, Problem> {
     let now = chrono::Utc::now();
     let current = state
         .identity
@@ -763,28 +898,30 @@ async fn sessions_answer(
         .await
         .ok()
         .flatten();
-    let items: Vec<serde_json::Value> = state
+    let items = state
         .identity
         .sessions_of(user, now)
         .await?
         .into_iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(&s).unwrap_or_default();
-            v["current"] = (current.as_deref() == Some(s.id.as_str())).into();
-            v
+        .map(|s| SessionListed {
+            current: current.as_deref() == Some(s.id.as_str()),
+            id: s.id,
+            amr: s.amr,
+            auth_time: s.auth_time,
+            expires_at: s.expires_at,
         })
         .collect();
-    Ok(Json(serde_json::json!({ "items": items })))
+    Ok(Json(SessionList { items }))
 }
 
 /// The caller's own live sessions at QSA (each a browser signed in), newest first.
 #[utoipa::path(get, path = "/v1/me/sessions", tag = "qsa",
-    responses((status = 200, description = "{items: [{id, amr, auth_time, expires_at, current}]}"), (status = 403, body = Problem)),
+    responses((status = 200, body = SessionList), (status = 403, body = Problem)),
     security(("bearer" = [])))]
 pub async fn my_sessions(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<SessionList>, Problem> {
     let user = principal.person()?;
     sessions_answer(&state, &principal, &user).await
 }
@@ -792,7 +929,7 @@ pub async fn my_sessions(
 /// Ends one of the caller's own sessions and revokes the grants issued in it.
 #[utoipa::path(delete, path = "/v1/me/sessions/{session}", tag = "qsa", operation_id = "revoke_my_session",
     params(("session" = String, Path)),
-    responses((status = 200, description = "{id, ended: true}"), (status = 404, body = Problem)),
+    responses((status = 200, body = SessionEnded), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn revoke_my_session(
     State(state): State<AppState>,
@@ -800,7 +937,7 @@ pub async fn revoke_my_session(
     Path(session): Path<String>,
     headers: HeaderMap,
     peer: crate::oauth::Peer,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<SessionEnded>, Problem> {
     let user = principal.person()?;
     let ctx = context(&principal, &headers, &principal.organization);
     state
@@ -813,19 +950,22 @@ pub async fn revoke_my_session(
             crate::oauth::request_info(&headers, peer.0),
         )
         .await?;
-    Ok(Json(serde_json::json!({ "id": session, "ended": true })))
+    Ok(Json(SessionEnded {
+        id: session,
+        ended: true,
+    }))
 }
 
 /// A person's live sessions, for their organization's administrators.
 #[utoipa::path(get, path = "/v1/users/{id}/sessions", tag = "identity",
     params(("id" = String, Path)),
-    responses((status = 200, description = "{items: [{id, amr, auth_time, expires_at, current}]}"), (status = 404, body = Problem)),
+    responses((status = 200, body = SessionList), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn user_sessions(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<SessionList>, Problem> {
     principal.require("identity:read")?;
     let id = parse_uuid(&id, "user")?;
     let (user, _) = state.identity.user(&id).await?;
@@ -836,7 +976,7 @@ pub async fn user_sessions(
 /// An administrator ends a person's session (and the grants issued in it).
 #[utoipa::path(delete, path = "/v1/users/{id}/sessions/{session}", tag = "identity",
     params(("id" = String, Path), ("session" = String, Path)),
-    responses((status = 200, description = "{id, ended: true}"), (status = 404, body = Problem)),
+    responses((status = 200, body = SessionEnded), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn revoke_user_session(
     State(state): State<AppState>,
@@ -844,7 +984,7 @@ pub async fn revoke_user_session(
     Path((id, session)): Path<(String, String)>,
     headers: HeaderMap,
     peer: crate::oauth::Peer,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<SessionEnded>, Problem> {
     principal.require("identity:write")?;
     let id = parse_uuid(&id, "user")?;
     let (user, _) = state.identity.user(&id).await?;
@@ -860,20 +1000,23 @@ pub async fn revoke_user_session(
             crate::oauth::request_info(&headers, peer.0),
         )
         .await?;
-    Ok(Json(serde_json::json!({ "id": session, "ended": true })))
+    Ok(Json(SessionEnded {
+        id: session,
+        ended: true,
+    }))
 }
 
 /// An organization's groups (the groups read model), by id, paged.
 #[utoipa::path(get, path = "/v1/groups", tag = "identity",
     params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")),
-    responses((status = 200, description = "{items: [{id, organization_id, name, members, external_id, created_at, ...}], next_after, as_of?: {position, instant}}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)),
+    responses((status = 200, body = Page<GroupView>, description = "with `as_of` or `as_of_position`, the page also names the moment it reflects"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_groups(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     crate::problem::ApiQuery(q): crate::problem::ApiQuery<UserListQuery>,
-) -> Result<Json<serde_json::Value>, Problem> {
-    use quantus_projections::groups::GroupsView;
+) -> Result<Json<Page<GroupView>>, Problem> {
+    use quantus_projections::groups::{GroupRow, GroupsView};
     principal.require("identity:read")?;
     principal.tenant(&q.org, &format!("organization {}", q.org))?;
     let limit = crate::paging::limit(q.limit)?;
@@ -887,36 +1030,81 @@ pub async fn list_groups(
     }
     .wait(&runner)
     .await?;
-    if let Some(page) = q.as_of(&state, &runner, GroupsView::NAME, limit).await? {
+    if let Some(page) = q
+        .as_of::<GroupRow, GroupView>(&state, &runner, GroupsView::NAME, limit)
+        .await?
+    {
         return Ok(Json(page));
     }
     // Ordered by id: the page after `after` is the next `limit` of them.
-    let rows: Vec<_> = GroupsView::by_organization(&state.db.pool, &q.org)
+    let rows: Vec<GroupView> = GroupsView::by_organization(&state.db.pool, &q.org)
         .await?
         .into_iter()
         .filter(|g| q.after.as_deref().is_none_or(|a| g.id.as_str() > a))
         .take(limit as usize)
+        .map(GroupView::from)
         .collect();
-    let next_after = crate::paging::next_after(&rows, limit, |r| r.id.as_str());
-    Ok(Json(
-        serde_json::json!({ "items": rows, "next_after": next_after }),
-    ))
+    Ok(Json(Page::of(rows, limit, |r| r.id.as_str())))
+}
+
+/// A group as the groups read model lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupView {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    /// The members' user ids.
+    pub members: Vec<String>,
+    /// The identity provider's id of a group provisioned by SCIM.
+    pub external_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: u64,
+}
+
+impl From<quantus_projections::groups::GroupRow> for GroupView {
+    fn from(r: quantus_projections::groups::GroupRow) -> Self {
+        Self {
+            id: r.id,
+            organization_id: r.organization_id,
+            name: r.name,
+            members: r.members,
+            external_id: r.external_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            version: r.version,
+        }
+    }
+}
+
+/// One group as its events have it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupDetail {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    /// The members' user ids.
+    pub members: BTreeSet<String>,
+    pub version: u64,
 }
 
 #[utoipa::path(get, path = "/v1/groups/{id}", tag = "identity", params(("id" = String, Path)),
-    responses((status = 200, description = "{id, organization_id, name, members, version}"), (status = 404, body = Problem)),
+    responses((status = 200, body = GroupDetail), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn show_group(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<GroupDetail>, Problem> {
     principal.require("identity:read")?;
     let (group, version) = group_in_tenant(&state, &principal, &id).await?;
-    Ok(Json(serde_json::json!({
-        "id": id, "organization_id": group.organization_id, "name": group.name,
-        "members": group.members, "version": version,
-    })))
+    Ok(Json(GroupDetail {
+        id,
+        organization_id: group.organization_id,
+        name: group.name,
+        members: group.members,
+        version,
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

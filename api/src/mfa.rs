@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::Principal;
 use crate::problem::ApiJson;
@@ -23,19 +24,19 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Whether the person has an enrolled authenticator app.
-#[utoipa::path(get, path = "/v1/me/totp", tag = "qsa", responses((status = 200, description = "{enrolled}")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/me/totp", tag = "qsa", responses((status = 200, body = TotpStatus)), security(("bearer" = [])))]
 pub async fn status(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, Problem> {
     let user = principal.person()?;
     let enrolled = state.identity.mfa().totp_enrolled(&user).await?;
-    Ok(Json(serde_json::json!({ "enrolled": enrolled })).into_response())
+    Ok(Json(TotpStatus { enrolled }).into_response())
 }
 
 /// Starts an enrolment: the `otpauth://` URI and the QR code to scan (a new call replaces an
 /// unconfirmed enrolment; an enrolled app must be removed first).
-#[utoipa::path(post, path = "/v1/me/totp", tag = "qsa", responses((status = 200, description = "{otpauth_uri, qr_code (data: URI of an SVG)}"), (status = 409, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/me/totp", tag = "qsa", responses((status = 200, body = TotpEnrolment), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn start(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -51,10 +52,10 @@ pub async fn start(
         .start_totp(&ctx, &user, &account)
         .await?;
     let qr = base64::engine::general_purpose::STANDARD.encode(e.qr_svg.as_bytes());
-    let mut response = Json(serde_json::json!({
-        "otpauth_uri": e.uri,
-        "qr_code": format!("data:image/svg+xml;base64,{qr}"),
-    }))
+    let mut response = Json(TotpEnrolment {
+        otpauth_uri: e.uri,
+        qr_code: format!("data:image/svg+xml;base64,{qr}"),
+    })
     .into_response();
     // The seed is in this answer: no cache may keep it.
     response.headers_mut().insert(
@@ -71,7 +72,7 @@ pub struct Confirm {
 }
 
 /// Confirms the enrolment with a first code; answers ten single-use recovery codes, once.
-#[utoipa::path(post, path = "/v1/me/totp/confirm", tag = "qsa", request_body(content = serde_json::Value, description = "{code}"), responses((status = 200, description = "{recovery_codes}"), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/me/totp/confirm", tag = "qsa", request_body(content = serde_json::Value, description = "{code}"), responses((status = 200, body = RecoveryCodes), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn confirm(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -85,7 +86,10 @@ pub async fn confirm(
         .mfa()
         .confirm_totp(&ctx, &user, &body.code)
         .await?;
-    let mut response = Json(serde_json::json!({ "recovery_codes": codes })).into_response();
+    let mut response = Json(RecoveryCodes {
+        recovery_codes: codes,
+    })
+    .into_response();
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
@@ -128,7 +132,7 @@ fn second_factor_used(principal: &Principal, detail: &str) -> Result<(), Problem
 
 /// Replaces one's recovery codes with ten new ones, answered once (the old ones stop
 /// working); only from a session that used the second factor.
-#[utoipa::path(post, path = "/v1/me/recovery-codes", tag = "qsa", responses((status = 200, description = "{recovery_codes}: ten new single-use codes, shown once"), (status = 403, body = Problem, description = "this session did not use a second factor (step-up-required)"), (status = 404, body = Problem, description = "no authenticator app is enrolled")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/me/recovery-codes", tag = "qsa", responses((status = 200, body = RecoveryCodes, description = "ten new single-use codes, shown once"), (status = 403, body = Problem, description = "this session did not use a second factor (step-up-required)"), (status = 404, body = Problem, description = "no authenticator app is enrolled")), security(("bearer" = [])))]
 pub async fn regenerate_recovery_codes(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -145,7 +149,10 @@ pub async fn regenerate_recovery_codes(
         .mfa()
         .regenerate_recovery_codes(&ctx, &user)
         .await?;
-    let mut response = Json(serde_json::json!({ "recovery_codes": codes })).into_response();
+    let mut response = Json(RecoveryCodes {
+        recovery_codes: codes,
+    })
+    .into_response();
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
@@ -171,4 +178,25 @@ pub async fn reset(
         .remove_totp(&ctx, &id, "reset by an administrator")
         .await?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+/// Whether the person has an enrolled authenticator app.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotpStatus {
+    pub enrolled: bool,
+}
+
+/// An enrolment to confirm: what the authenticator app scans (answered once, never cached).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TotpEnrolment {
+    /// The `otpauth://totp/...` URI holding the seed.
+    pub otpauth_uri: String,
+    /// The same URI as a QR code: a `data:image/svg+xml;base64,...` URI.
+    pub qr_code: String,
+}
+
+/// Single-use recovery codes, shown this once (never cached).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoveryCodes {
+    pub recovery_codes: Vec<String>,
 }

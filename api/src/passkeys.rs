@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use axum::{Extension, Json, Router};
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::auth::Principal;
 use crate::problem::ApiJson;
@@ -22,7 +23,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Options for `navigator.credentials.create()` and the sealed ceremony to send back.
-#[utoipa::path(post, path = "/v1/me/passkeys/options", tag = "qsa", responses((status = 200, description = "{options, ceremony}")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/me/passkeys/options", tag = "qsa", responses((status = 200, body = PasskeyOptions)), security(("bearer" = [])))]
 pub async fn options(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -36,8 +37,7 @@ pub async fn options(
         .passkeys()
         .registration_options(&user, &login, &display, Utc::now())
         .await?;
-    let mut r =
-        Json(serde_json::json!({ "options": options, "ceremony": ceremony })).into_response();
+    let mut r = Json(PasskeyOptions { options, ceremony }).into_response();
     r.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),
@@ -76,24 +76,24 @@ pub async fn register(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/me/passkeys", tag = "qsa", responses((status = 200, description = "{items: [{id, name, attestation_format, counter}]}")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/me/passkeys", tag = "qsa", responses((status = 200, body = PasskeyList)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, Problem> {
     let user = principal.person()?;
     let creds = state.identity.passkeys().credentials(&user).await?;
-    let items: Vec<serde_json::Value> = creds
+    let items = creds
         .passkeys
-        .iter()
-        .map(|(id, p)| {
-            serde_json::json!({
-                "id": id, "name": p.name, "attestation_format": p.attestation_format,
-                "counter": p.counter,
-            })
+        .into_iter()
+        .map(|(id, p)| PasskeyListed {
+            id,
+            name: p.name,
+            attestation_format: p.attestation_format,
+            counter: p.counter,
         })
         .collect();
-    Ok(Json(serde_json::json!({ "items": items })).into_response())
+    Ok(Json(PasskeyList { items }).into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/me/passkeys/{id}", tag = "qsa", operation_id = "remove_passkey", params(("id" = String, Path)), responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)), security(("bearer" = [])))]
@@ -107,4 +107,32 @@ pub async fn remove(
     let ctx = context(&principal, &headers, &principal.organization);
     let outcome = state.identity.passkeys().remove(&ctx, &user, &id).await?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+/// What `navigator.credentials.create()` needs, and the ceremony to send back with its answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasskeyOptions {
+    /// `PublicKeyCredentialCreationOptions` in WebAuthn's JSON form (base64url fields).
+    #[schema(value_type = Object)]
+    pub options: serde_json::Value,
+    /// The sealed ceremony state: send it back unchanged with the credential.
+    pub ceremony: String,
+}
+
+/// A person's passkeys (at most twenty), by credential id.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasskeyList {
+    pub items: Vec<PasskeyListed>,
+}
+
+/// One passkey; never its public key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasskeyListed {
+    /// The credential id (base64url).
+    pub id: String,
+    pub name: String,
+    /// The WebAuthn attestation statement format (`none`, `packed`, ...).
+    pub attestation_format: String,
+    /// The authenticator's signature counter at the last use.
+    pub counter: u32,
 }

@@ -1000,13 +1000,13 @@ pub struct ProviderListQuery {
 /// organization's (`docs/STATUS.md`, Known limits (QSA)).
 #[utoipa::path(get, path = "/v1/saml/service-providers", tag = "saml", operation_id = "list_service_providers",
     params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, description = "{items: [{id, entity_id, name, acs_urls, name_id_format, version}], next_after}"), (status = 400, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = crate::paging::Page<ProviderListed>), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_providers(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     crate::problem::ApiQuery(q): crate::problem::ApiQuery<ProviderListQuery>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<crate::paging::Page<ProviderListed>>, Problem> {
     use quantus_domain::identity::saml::SamlServiceProviderRegistered;
     principal.require("identity:read")?;
     principal.tenant(&q.org, &format!("organization {}", q.org))?;
@@ -1026,18 +1026,37 @@ pub async fn list_providers(
     let mut rows = Vec::new();
     for id in &ids {
         match state.saml.provider(id).await {
-            Ok(sp) if sp.organization_id == q.org => rows.push(serde_json::json!({
-                "id": sp.id, "entity_id": sp.entity_id, "name": sp.name,
-                "acs_urls": sp.settings.acs_urls, "name_id_format": sp.settings.name_id_format,
-                "version": sp.version,
-            })),
+            Ok(sp) if sp.organization_id == q.org => rows.push(ProviderListed {
+                id: sp.id,
+                entity_id: sp.entity_id,
+                name: sp.name,
+                acs_urls: sp.settings.acs_urls,
+                name_id_format: sp.settings.name_id_format,
+                version: sp.version,
+            }),
             Ok(_) | Err(quantus_commands::CommandError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Json(
-        serde_json::json!({ "items": rows, "next_after": next_after }),
-    ))
+    Ok(Json(crate::paging::Page {
+        items: rows,
+        next_after,
+        as_of: None,
+    }))
+}
+
+/// A registered service provider as the list shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProviderListed {
+    pub id: String,
+    pub entity_id: String,
+    pub name: String,
+    /// Where assertions are posted (HTTPS).
+    pub acs_urls: Vec<String>,
+    /// `email_address`, `persistent` or `unspecified`.
+    #[schema(value_type = String)]
+    pub name_id_format: quantus_domain::identity::saml::NameIdFormat,
+    pub version: u64,
 }
 
 /// One service provider of the caller's organization (`ETag`: its version).

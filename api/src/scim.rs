@@ -26,7 +26,7 @@ use quantus_domain::{Actor, ActorKind, CommandContext};
 use quantus_projections::groups::GroupsView;
 use quantus_projections::runner::ProjectionRunner;
 use quantus_projections::users::UsersView;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::auth::Principal;
@@ -72,7 +72,7 @@ fn scim_service(state: &AppState) -> Scim {
 #[utoipa::path(post, path = "/v1/organizations/{org}/scim-tokens", tag = "identity",
     params(("org" = String, Path)),
     request_body(content = Object, description = "{\"name\": \"Okta\"} (optional)"),
-    responses((status = 201, description = "{id, token (shown once), organization_id, scim_base_url, version, position}"), (status = 404, body = Problem)),
+    responses((status = 201, body = IssuedScimToken), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn issue_token(
     State(state): State<AppState>,
@@ -87,11 +87,14 @@ pub async fn issue_token(
     let ctx = context(&principal, &headers, &org);
     let name = body.name.unwrap_or_else(|| "SCIM".into());
     let (id, token, outcome) = scim_service(&state).issue_token(&ctx, &org, &name).await?;
-    let body = json!({
-        "id": id, "token": token, "organization_id": org,
-        "scim_base_url": format!("{}/scim/v2", state.issuer),
-        "version": outcome.version, "position": outcome.position,
-    });
+    let body = IssuedScimToken {
+        scim_base_url: format!("{}/scim/v2", state.issuer),
+        version: outcome.version,
+        position: outcome.position,
+        id: id.clone(),
+        token,
+        organization_id: org.clone(),
+    };
     let mut response = accepted_with(
         StatusCode::CREATED,
         body,
@@ -120,14 +123,14 @@ pub struct TokenListQuery {
 /// organization's (`docs/STATUS.md`, Known limits (QSA)).
 #[utoipa::path(get, path = "/v1/organizations/{org}/scim-tokens", tag = "identity", operation_id = "list_scim_tokens",
     params(("org" = String, Path), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, description = "{items: [{id, name, created_at, revoked}], next_after}; never a token"), (status = 400, body = Problem), (status = 404, body = Problem)),
+    responses((status = 200, body = crate::paging::Page<ScimTokenListed>, description = "never a token"), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(org): Path<String>,
     crate::problem::ApiQuery(q): crate::problem::ApiQuery<TokenListQuery>,
-) -> Result<axum::Json<Value>, Problem> {
+) -> Result<axum::Json<crate::paging::Page<ScimTokenListed>>, Problem> {
     use quantus_domain::identity::scim_token::ScimTokenIssued;
     principal.require("identity:read")?;
     principal.tenant(&org, &format!("organization {org}"))?;
@@ -151,14 +154,39 @@ pub async fn list_tokens(
     let mut rows = Vec::new();
     for (id, name, created_at) in issued {
         let token = scim.token(&id).await?;
-        rows.push(json!({
-            "id": id, "name": name, "created_at": created_at, "revoked": token.revoked,
-        }));
+        rows.push(ScimTokenListed {
+            id,
+            name,
+            created_at,
+            revoked: token.revoked,
+        });
     }
-    let next_after = crate::paging::next_after(&rows, limit, |r| r["id"].as_str().unwrap_or(""));
-    Ok(axum::Json(
-        json!({ "items": rows, "next_after": next_after }),
-    ))
+    Ok(axum::Json(crate::paging::Page::of(rows, limit, |r| {
+        r.id.as_str()
+    })))
+}
+
+/// A new SCIM token: the bearer value is in this answer only (`Cache-Control: no-store`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct IssuedScimToken {
+    pub id: String,
+    /// The bearer value for the identity provider: shown this once, stored only as a digest.
+    pub token: String,
+    pub organization_id: String,
+    /// The SCIM service's base URL to give the identity provider.
+    pub scim_base_url: String,
+    pub version: u64,
+    pub position: u64,
+}
+
+/// An organization's SCIM token as the list shows it: never the token or its digest.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ScimTokenListed {
+    pub id: String,
+    pub name: String,
+    /// When it was issued (RFC 3339, seconds).
+    pub created_at: String,
+    pub revoked: bool,
 }
 
 #[utoipa::path(delete, path = "/v1/organizations/{org}/scim-tokens/{id}", tag = "identity",
