@@ -80,6 +80,21 @@ pub async fn resolve(
     Ok(Some(moment))
 }
 
+/// The rows a history returned, read as the current-state query's rows `R` (the history
+/// keeps each row as that query serves it) and shown as `V`.
+pub fn rows<R: serde::de::DeserializeOwned, V: From<R>>(
+    rows: Vec<serde_json::Value>,
+) -> Result<Vec<V>, Problem> {
+    rows.into_iter()
+        .map(|row| {
+            serde_json::from_value::<R>(row).map(V::from).map_err(|e| {
+                tracing::error!(error = %e, "a read model's history holds an unreadable row");
+                Problem::internal()
+            })
+        })
+        .collect()
+}
+
 /// The `id` of a row the history returned, for paging.
 pub fn row_id(row: &serde_json::Value) -> &str {
     row.get("id").and_then(|v| v.as_str()).unwrap_or_default()

@@ -1,9 +1,38 @@
 //! Keyset paging shared by list routes: `?after=ID&limit=N`, answered with `next_after`.
 
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::as_of::AsOf;
 use crate::Problem;
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 200;
+
+/// One page of a list: its items and the cursor of the next page. Every paged list answers
+/// this shape, so one generic type describes them all (`Page_UserView`, ... in the document).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_after: Option<String>,
+    /// The moment the page reflects, when asked with `as_of` / `as_of_position`; absent
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<AsOf>,
+}
+
+impl<T: ToSchema> Page<T> {
+    /// A page of the current state: `next_after` from a full page's last id.
+    pub fn of(items: Vec<T>, limit: u32, id: impl Fn(&T) -> &str) -> Self {
+        let next_after = next_after(&items, limit, id);
+        Self {
+            items,
+            next_after,
+            as_of: None,
+        }
+    }
+}
 
 /// The page size a client asked for, checked.
 pub fn limit(requested: Option<u32>) -> Result<u32, Problem> {
