@@ -15,10 +15,12 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use quantus_crypto::tiles::{self, TilePath};
+use quantus_domain::checkpoint::LogCheckpointSigned;
 use quantus_domain::schema::PLATFORM_TENANT;
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Principal;
 use crate::problem::ApiQuery;
@@ -49,13 +51,13 @@ pub struct CheckpointQuery {
 }
 
 #[utoipa::path(get, path = "/v1/audit/checkpoints", tag = "audit", params(CheckpointQuery),
-    responses((status = 200, description = "{items: [{tree_size, root_hash, note, kid, position, cosignatures: [{witness, cosigned_at, line}]}], next_after_size}; `cosignatures` are the witnesses' (C2SP tlog-cosignature) signature lines for that note")),
+    responses((status = 200, body = CheckpointPage)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiQuery(q): ApiQuery<CheckpointQuery>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<CheckpointPage>, Problem> {
     principal.require("events:read")?;
     let limit = crate::paging::limit(q.limit)?;
     let items = state
@@ -73,33 +75,90 @@ pub async fn list(
         .between(from, to)
         .await
         .map_err(quantus_commands::CommandError::from)?;
-    let items: Vec<serde_json::Value> = items
+    let items = items
         .into_iter()
         .map(|c| {
-            let mut v = serde_json::to_value(&c.checkpoint).unwrap_or_default();
-            v["position"] = c.position.into();
-            v["cosignatures"] = cosignatures
+            let cosignatures = cosignatures
                 .iter()
                 .filter(|s| s.tree_size == c.checkpoint.tree_size)
-                .map(|s| {
-                    serde_json::json!({
-                        "witness": s.witness,
-                        "cosigned_at": s.cosigned_at,
-                        "line": s.line,
-                    })
+                .map(|s| CosignatureView {
+                    witness: s.witness.clone(),
+                    cosigned_at: s.cosigned_at,
+                    line: s.line.clone(),
                 })
                 .collect();
-            v
+            CheckpointView {
+                checkpoint: c.checkpoint.into(),
+                position: c.position,
+                cosignatures,
+            }
         })
         .collect();
-    Ok(Json(
-        serde_json::json!({ "items": items, "next_after_size": next }),
-    ))
+    Ok(Json(CheckpointPage {
+        items,
+        next_after_size: next,
+    }))
+}
+
+/// A signed checkpoint of the log's Merkle tree.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedCheckpoint {
+    /// The number of log positions covered: events 1..=tree_size.
+    tree_size: u64,
+    /// The Merkle tree head, lower-case hex.
+    root_hash: String,
+    /// The C2SP signed note (origin, size, base64 root, signature line).
+    note: String,
+    /// The checkpoint key that signed it.
+    kid: String,
+}
+
+impl From<LogCheckpointSigned> for SignedCheckpoint {
+    fn from(c: LogCheckpointSigned) -> Self {
+        Self {
+            tree_size: c.tree_size,
+            root_hash: c.root_hash,
+            note: c.note,
+            kid: c.kid,
+        }
+    }
+}
+
+/// A checkpoint, where its event is in the log, and the witnesses' cosignatures of it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckpointView {
+    #[serde(flatten)]
+    checkpoint: SignedCheckpoint,
+    position: u64,
+    /// The witnesses' (C2SP tlog-cosignature) signature lines for this note.
+    cosignatures: Vec<CosignatureView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CosignatureView {
+    witness: String,
+    cosigned_at: DateTime<Utc>,
+    line: String,
+}
+
+/// A page of checkpoints, by tree size.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckpointPage {
+    items: Vec<CheckpointView>,
+    /// Pass as `after_size` for the next page; null on the last page.
+    next_after_size: Option<u64>,
+}
+
+/// A checkpoint signing that found nothing new to sign.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NothingSigned {
+    /// Always false.
+    signed: bool,
 }
 
 /// Signs a checkpoint now (the scheduler also does, every N events or T seconds).
 #[utoipa::path(post, path = "/v1/audit/checkpoints", tag = "audit",
-    responses((status = 201, description = "the new checkpoint"), (status = 200, description = "nothing new to checkpoint")),
+    responses((status = 201, body = SignedCheckpoint, description = "the new checkpoint"), (status = 200, body = NothingSigned, description = "nothing new to checkpoint")),
     security(("bearer" = [])))]
 pub async fn sign(
     State(state): State<AppState>,
@@ -109,8 +168,8 @@ pub async fn sign(
     principal.require("keys:manage")?;
     let ctx = context(&principal, &headers, PLATFORM_TENANT);
     Ok(match state.checkpoints.sign_now(&ctx).await? {
-        Some(c) => (StatusCode::CREATED, Json(c)).into_response(),
-        None => Json(serde_json::json!({ "signed": false })).into_response(),
+        Some(c) => (StatusCode::CREATED, Json(SignedCheckpoint::from(c))).into_response(),
+        None => Json(NothingSigned { signed: false }).into_response(),
     })
 }
 
@@ -124,13 +183,13 @@ pub struct InclusionQuery {
 }
 
 #[utoipa::path(get, path = "/v1/audit/proofs/inclusion", tag = "audit", params(InclusionQuery),
-    responses((status = 200, description = "{position, leaf_index, tree_size, leaf_hash, root_hash, inclusion_path}"), (status = 404, body = Problem)),
+    responses((status = 200, body = InclusionProof), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn inclusion(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiQuery(q): ApiQuery<InclusionQuery>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<InclusionProof>, Problem> {
     principal.require("events:read")?;
     let repo = state.bus.repository();
     let (position, tenant) = repo
@@ -154,14 +213,37 @@ pub async fn inclusion(
         )));
     }
     let (leaf, path, root) = state.checkpoints.inclusion(position, size).await?;
-    Ok(Json(serde_json::json!({
-        "position": position,
-        "leaf_index": position - 1,
-        "tree_size": size,
-        "leaf_hash": b64(&leaf),
-        "root_hash": b64(&root),
-        "inclusion_path": path.iter().map(b64).collect::<Vec<_>>(),
-    })))
+    Ok(Json(InclusionProof {
+        position,
+        leaf_index: position - 1,
+        tree_size: size,
+        leaf_hash: b64(&leaf),
+        root_hash: b64(&root),
+        inclusion_path: path.iter().map(b64).collect(),
+    }))
+}
+
+/// An event's inclusion in a tree of `tree_size` events (RFC 9162 §2.1.3); hashes base64.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InclusionProof {
+    position: u64,
+    /// `position - 1`: the tree's leaves count from 0.
+    leaf_index: u64,
+    tree_size: u64,
+    leaf_hash: String,
+    root_hash: String,
+    inclusion_path: Vec<String>,
+}
+
+/// That the tree of `new_size` events extends the one of `old_size` (RFC 9162 §2.1.4);
+/// hashes base64.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsistencyProof {
+    old_size: u64,
+    new_size: u64,
+    old_root: String,
+    new_root: String,
+    consistency_path: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -173,22 +255,22 @@ pub struct ConsistencyQuery {
 }
 
 #[utoipa::path(get, path = "/v1/audit/proofs/consistency", tag = "audit", params(ConsistencyQuery),
-    responses((status = 200, description = "{old_size, new_size, old_root, new_root, consistency_path}"), (status = 404, body = Problem, description = "the log is shorter than new_size"), (status = 422, body = Problem)),
+    responses((status = 200, body = ConsistencyProof), (status = 404, body = Problem, description = "the log is shorter than new_size"), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn consistency(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     ApiQuery(q): ApiQuery<ConsistencyQuery>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<ConsistencyProof>, Problem> {
     principal.require("events:read")?;
     let (old_root, new_root, path) = state.checkpoints.consistency(q.from, q.to).await?;
-    Ok(Json(serde_json::json!({
-        "old_size": q.from,
-        "new_size": q.to,
-        "old_root": b64(&old_root),
-        "new_root": b64(&new_root),
-        "consistency_path": path.iter().map(b64).collect::<Vec<_>>(),
-    })))
+    Ok(Json(ConsistencyProof {
+        old_size: q.from,
+        new_size: q.to,
+        old_root: b64(&old_root),
+        new_root: b64(&new_root),
+        consistency_path: path.iter().map(b64).collect(),
+    }))
 }
 
 /// The latest signed checkpoint as a C2SP signed note (tlog-tiles `<prefix>/checkpoint`), with

@@ -21,7 +21,7 @@ use crate::auth::Principal;
 use crate::paging::Page;
 use crate::problem::ApiJson;
 use crate::problem::ApiQuery;
-use crate::write::{accepted, accepted_with, context, expected_version, optional_json};
+use crate::write::{accepted, accepted_with, context, expected_version, optional_json, refusal};
 use crate::{AppState, Problem};
 
 pub fn routes() -> Router<AppState> {
@@ -318,8 +318,8 @@ fn refuse_self(principal: &Principal, subject: &str, what: &str) -> Result<(), P
 
 /// Without `erase=true` the user is disabled; with it, crypto-shredded for good.
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "identity",
-    params(("id" = String, Path), ("erase" = Option<bool>, Query, description = "destroy the user's data key: personal data becomes unreadable across the whole log")),
-    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem, description = "the caller's own account")),
+    params(("If-Match" = Option<String>, Header, description = "the version last seen (its ETag): another current version is 412"), ("id" = String, Path), ("erase" = Option<bool>, Query, description = "destroy the user's data key: personal data becomes unreadable across the whole log")),
+    responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem, description = "the caller's own account")),
     security(("bearer" = [])))]
 pub async fn delete_user(
     State(state): State<AppState>,
@@ -345,10 +345,12 @@ pub async fn delete_user(
         let command = UserCommand::Disable {
             reason: "deleted".into(),
         };
+        let expected = expected_version(&headers)?;
         state
             .identity
-            .user_command(&ctx, &id, command, expected_version(&headers)?)
-            .await?
+            .user_command(&ctx, &id, command, expected)
+            .await
+            .map_err(refusal(expected))?
     };
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
@@ -369,8 +371,8 @@ pub struct UserActionBody {
 
 #[utoipa::path(post, path = "/v1/users/{id}/{action}", tag = "identity",
     request_body(content = UserActionBody, description = "password (password), reason (disable), organization_id + role (grant-role, revoke-role)"),
-    params(("id" = String, Path), ("action" = String, Path, description = "password, disable, enable, grant-role or revoke-role")),
-    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
+    params(("If-Match" = Option<String>, Header, description = "the version last seen (its ETag): another current version is 412"), ("id" = String, Path), ("action" = String, Path, description = "password, disable, enable, grant-role or revoke-role")),
+    responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn user_action(
     State(state): State<AppState>,
@@ -396,12 +398,11 @@ pub async fn user_action(
         v.ok_or_else(|| Problem::unprocessable(format!("{f} is required")))
     };
     let outcome = match action.as_str() {
-        "password" => {
-            state
-                .identity
-                .set_password(&ctx, &id, need(body.password, "password")?, expected)
-                .await?
-        }
+        "password" => state
+            .identity
+            .set_password(&ctx, &id, need(body.password, "password")?, expected)
+            .await
+            .map_err(refusal(expected))?,
         "disable" | "enable" | "grant-role" | "revoke-role" => {
             let command = match action.as_str() {
                 "disable" => UserCommand::Disable {
@@ -431,7 +432,8 @@ pub async fn user_action(
             state
                 .identity
                 .user_command(&ctx, &id, command, expected)
-                .await?
+                .await
+                .map_err(refusal(expected))?
         }
         _ => return Err(Problem::not_found(format!("no user action {action:?}"))),
     };
@@ -1114,8 +1116,8 @@ pub struct AddMember {
 }
 
 #[utoipa::path(post, path = "/v1/groups/{id}/members", tag = "identity", request_body = AddMember,
-    params(("id" = String, Path)),
-    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 422, body = Problem)),
+    params(("If-Match" = Option<String>, Header, description = "the version last seen (its ETag): another current version is 412"), ("id" = String, Path)),
+    responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn add_member(
     State(state): State<AppState>,
@@ -1132,16 +1134,18 @@ pub async fn add_member(
         user_id: body.user_id,
         member_of: Default::default(),
     };
+    let expected = expected_version(&headers)?;
     let outcome = state
         .identity
-        .group_command(&ctx, &id, command, expected_version(&headers)?)
-        .await?;
+        .group_command(&ctx, &id, command, expected)
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
 #[utoipa::path(delete, path = "/v1/groups/{id}/members/{user_id}", tag = "identity",
-    params(("id" = String, Path), ("user_id" = String, Path)),
-    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+    params(("If-Match" = Option<String>, Header, description = "the version last seen (its ETag): another current version is 412"), ("id" = String, Path), ("user_id" = String, Path)),
+    responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn remove_member(
     State(state): State<AppState>,
@@ -1153,20 +1157,17 @@ pub async fn remove_member(
     principal.require("identity:write")?;
     let (group, _) = group_in_tenant(&state, &principal, &id).await?;
     let ctx = context(&principal, &headers, &group.organization_id);
+    let expected = expected_version(&headers)?;
     let outcome = state
         .identity
-        .group_command(
-            &ctx,
-            &id,
-            GroupCommand::RemoveMember { user_id },
-            expected_version(&headers)?,
-        )
-        .await?;
+        .group_command(&ctx, &id, GroupCommand::RemoveMember { user_id }, expected)
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
-#[utoipa::path(delete, path = "/v1/groups/{id}", tag = "identity", params(("id" = String, Path)),
-    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
+#[utoipa::path(delete, path = "/v1/groups/{id}", tag = "identity", params(("If-Match" = Option<String>, Header, description = "the version last seen (its ETag): another current version is 412"), ("id" = String, Path)),
+    responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn delete_group(
     State(state): State<AppState>,
@@ -1178,9 +1179,11 @@ pub async fn delete_group(
     principal.require("identity:write")?;
     let (group, _) = group_in_tenant(&state, &principal, &id).await?;
     let ctx = context(&principal, &headers, &group.organization_id);
+    let expected = expected_version(&headers)?;
     let outcome = state
         .identity
-        .group_command(&ctx, &id, GroupCommand::Delete, expected_version(&headers)?)
-        .await?;
+        .group_command(&ctx, &id, GroupCommand::Delete, expected)
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }

@@ -1,5 +1,7 @@
 //! The evidence plane's REST resources: jobs and their artifacts.
 
+use std::collections::BTreeMap;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -9,13 +11,15 @@ use axum::{Extension, Json, Router};
 use futures::StreamExt;
 use quantus_commands::evidence::NewJob;
 use quantus_domain::job::{JobCommand, JobCompleted};
-use serde::Deserialize;
+use quantus_projections::jobs::JobRow;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::paging::Page;
 use crate::problem::ApiJson;
-use crate::write::{accepted, accepted_with, context, expected_version, optional_json};
+use crate::write::{accepted, accepted_with, context, expected_version, optional_json, refusal};
 use crate::{AppState, Problem};
 
 pub fn routes() -> Router<AppState> {
@@ -115,36 +119,88 @@ pub async fn submit(
     ))
 }
 
-fn view(id: &str, job: &quantus_domain::job::Job, version: u64) -> serde_json::Value {
-    let artifacts: Vec<serde_json::Value> = job
+/// A job as its aggregate stands: what was submitted, its result, its artifacts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    id: String,
+    /// `submitted`, `running`, `completed`, `failed` or `cancelled`.
+    status: String,
+    organization_id: Option<String>,
+    backend: Option<String>,
+    class: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    workload: Option<serde_json::Value>,
+    /// SHA-256 (hex) of the configuration snapshot's canonical JSON.
+    config_digest: Option<String>,
+    requested_by: Option<String>,
+    /// Set once the job completed.
+    result: Option<JobResult>,
+    /// Set when the job failed.
+    error: Option<String>,
+    artifacts: Vec<ArtifactView>,
+    version: u64,
+}
+
+/// A completed job's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobResult {
+    #[schema(value_type = Object)]
+    result_summary: serde_json::Value,
+    metrics: BTreeMap<String, i64>,
+}
+
+impl From<JobCompleted> for JobResult {
+    fn from(c: JobCompleted) -> Self {
+        Self {
+            result_summary: c.result_summary,
+            metrics: c.metrics,
+        }
+    }
+}
+
+/// An artifact of a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactView {
+    name: String,
+    /// SHA-256 of the bytes, lower-case hex.
+    sha256: String,
+    size: u64,
+    media_type: String,
+    /// The retention policy that removed the bytes, once one did.
+    purged_by: Option<String>,
+}
+
+fn view(id: &str, job: quantus_domain::job::Job, version: u64) -> JobView {
+    let artifacts = job
         .artifacts
-        .values()
-        .map(|a| {
-            serde_json::json!({
-                "name": a.stored.name, "sha256": a.stored.sha256, "size": a.stored.size,
-                "media_type": a.stored.media_type, "purged_by": a.purged_by,
-            })
+        .into_values()
+        .map(|a| ArtifactView {
+            name: a.stored.name,
+            sha256: a.stored.sha256,
+            size: a.stored.size,
+            media_type: a.stored.media_type,
+            purged_by: a.purged_by,
         })
         .collect();
-    let s = job.submitted.as_ref();
-    serde_json::json!({
-        "id": id,
-        "status": job.status.name(),
-        "organization_id": s.map(|s| &s.organization_id),
-        "backend": s.map(|s| &s.backend),
-        "class": s.map(|s| &s.job_class),
-        "workload": s.map(|s| &s.workload),
-        "config_digest": s.map(|s| &s.config_digest),
-        "requested_by": s.map(|s| &s.requested_by),
-        "result": job.completed,
-        "error": job.error,
-        "artifacts": artifacts,
-        "version": version,
-    })
+    let s = job.submitted;
+    JobView {
+        id: id.to_owned(),
+        status: job.status.name().to_owned(),
+        organization_id: s.as_ref().map(|s| s.organization_id.clone()),
+        backend: s.as_ref().map(|s| s.backend.clone()),
+        class: s.as_ref().map(|s| s.job_class.clone()),
+        workload: s.as_ref().map(|s| s.workload.clone()),
+        config_digest: s.as_ref().map(|s| s.config_digest.clone()),
+        requested_by: s.map(|s| s.requested_by),
+        result: job.completed.map(Into::into),
+        error: job.error,
+        artifacts,
+        version,
+    }
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "evidence", operation_id = "show_job", params(("id" = String, Path)),
-    responses((status = 200, description = "the job, its result and artifacts"), (status = 404, body = Problem)),
+    responses((status = 200, body = JobView, description = "the job, its result and artifacts"), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
@@ -154,7 +210,7 @@ pub async fn show(
     principal.require("jobs:read")?;
     let id = job_id(&id)?;
     let (job, version) = job_in_tenant(&state, &principal, &id).await?;
-    let mut response = Json(view(&id, &job, version)).into_response();
+    let mut response = Json(view(&id, job, version)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         response.headers_mut().insert(header::ETAG, v);
     }
@@ -173,13 +229,13 @@ pub struct JobList {
 
 #[utoipa::path(get, path = "/v1/jobs", tag = "evidence",
     params(("org" = String, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)),
-    responses((status = 200, description = "{items, next_after}")),
+    responses((status = 200, body = Page<JobRowView>)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     crate::problem::ApiQuery(q): crate::problem::ApiQuery<JobList>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<Page<JobRowView>>, Problem> {
     principal.require("jobs:read")?;
     principal.tenant(&q.org, &format!("organization {}", q.org))?;
     let limit = crate::paging::limit(q.limit)?;
@@ -196,10 +252,41 @@ pub async fn list(
         limit,
     )
     .await?;
-    let next_after = crate::paging::next_after(&rows, limit, |r| r.id.as_str());
-    Ok(Json(
-        serde_json::json!({ "items": rows, "next_after": next_after }),
-    ))
+    Ok(Json(Page::of(
+        rows.into_iter().map(JobRowView::from).collect(),
+        limit,
+        |r| r.id.as_str(),
+    )))
+}
+
+/// A job as the jobs read model lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobRowView {
+    pub id: String,
+    pub organization_id: String,
+    pub backend: String,
+    /// `submitted`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// How many artifacts it has.
+    pub artifacts: i64,
+    pub submitted_at: String,
+    pub updated_at: String,
+    pub version: u64,
+}
+
+impl From<JobRow> for JobRowView {
+    fn from(r: JobRow) -> Self {
+        Self {
+            id: r.id,
+            organization_id: r.organization_id,
+            backend: r.backend,
+            status: r.status,
+            artifacts: r.artifacts,
+            submitted_at: r.submitted_at,
+            updated_at: r.updated_at,
+            version: r.version,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -219,7 +306,7 @@ pub struct JobTransition {
 #[utoipa::path(post, path = "/v1/jobs/{id}/{action}", tag = "evidence",
     request_body(content = JobTransition, description = "result_summary and metrics (complete), error (fail), reason (cancel)"),
     params(("id" = String, Path), ("action" = String, Path, description = "start, complete, fail or cancel"), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
+    responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn transition(
     State(state): State<AppState>,
@@ -250,18 +337,34 @@ pub async fn transition(
         _ => return Err(Problem::not_found(format!("no job action {action:?}"))),
     };
     let ctx = context(&principal, &headers, &org);
+    let expected = expected_version(&headers)?;
     let outcome = state
         .evidence
-        .job_command(&ctx, &id, command, expected_version(&headers)?)
-        .await?;
+        .job_command(&ctx, &id, command, expected)
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
+}
+
+/// An artifact as stored, and where its event is in the log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactUploaded {
+    name: String,
+    /// SHA-256 of the bytes as the server received them, lower-case hex.
+    sha256: String,
+    size: u64,
+    media_type: String,
+    /// The job's version after the upload (also the ETag).
+    version: u64,
+    /// Log position to pass as `min_position` to read your own write.
+    position: u64,
 }
 
 /// Streams the body into object storage; the server computes the SHA-256.
 #[utoipa::path(put, path = "/v1/jobs/{id}/artifacts/{name}", tag = "evidence",
     params(("id" = String, Path), ("name" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the artifact; Content-Type is recorded as its media type"),
-    responses((status = 201, description = "{name, sha256, size, media_type, version, position}"), (status = 409, body = Problem), (status = 422, body = Problem)),
+    responses((status = 201, body = ArtifactUploaded), (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -285,10 +388,14 @@ pub async fn upload(
         .evidence
         .store_artifact(&ctx, &id, &name, &media_type, stream)
         .await?;
-    let answer = serde_json::json!({
-        "name": stored.name, "sha256": stored.sha256, "size": stored.size,
-        "media_type": stored.media_type, "version": outcome.version, "position": outcome.position,
-    });
+    let answer = ArtifactUploaded {
+        name: stored.name,
+        sha256: stored.sha256,
+        size: stored.size,
+        media_type: stored.media_type,
+        version: outcome.version,
+        position: outcome.position,
+    };
     Ok(accepted_with(
         StatusCode::CREATED,
         answer,
@@ -365,19 +472,40 @@ fn retention_admin(principal: &Principal, org: &str) -> Result<(), Problem> {
 }
 
 #[utoipa::path(get, path = "/v1/retention/{org}", tag = "evidence", params(("org" = String, Path)),
-    responses((status = 200, description = "{rules: {job_class: days}, legal_hold}"), (status = 404, body = Problem)),
+    responses((status = 200, body = RetentionView), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn retention(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(org): Path<String>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<RetentionView>, Problem> {
     principal.require("jobs:read")?;
     principal.tenant(&org, &format!("organization {org}"))?;
     let (policy, version) = state.evidence.retention(&org).await?;
-    Ok(Json(serde_json::json!({
-        "organization_id": org, "rules": policy.rules, "legal_hold": policy.legal_hold, "version": version,
-    })))
+    Ok(Json(RetentionView {
+        organization_id: org,
+        rules: policy.rules,
+        legal_hold: policy.legal_hold,
+        version,
+    }))
+}
+
+/// An organization's retention policy.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetentionView {
+    organization_id: String,
+    /// Days artifacts are kept, by job class (`*`: every class without a rule of its own).
+    rules: BTreeMap<String, u32>,
+    /// Why artifacts are held whatever the rules say (null: no hold).
+    legal_hold: Option<String>,
+    version: u64,
+}
+
+/// What a retention sweep did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SweepReport {
+    /// How many artifacts it removed.
+    purged: u64,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -466,13 +594,13 @@ pub async fn release_hold(
 
 /// Runs the retention sweep now (the scheduler runs it every `QUANTUS_RETENTION_SECONDS`).
 #[utoipa::path(post, path = "/v1/retention/sweep", tag = "evidence",
-    responses((status = 200, description = "{purged}")),
+    responses((status = 200, body = SweepReport)),
     security(("bearer" = [])))]
 pub async fn sweep(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<SweepReport>, Problem> {
     principal.require("keys:manage")?;
     let ctx = context(
         &principal,
@@ -480,5 +608,5 @@ pub async fn sweep(
         quantus_domain::schema::PLATFORM_TENANT,
     );
     let purged = state.evidence.sweep(&ctx, chrono::Utc::now()).await?;
-    Ok(Json(serde_json::json!({ "purged": purged })))
+    Ok(Json(SweepReport { purged }))
 }

@@ -14,6 +14,7 @@ pub mod console;
 pub mod dpop;
 mod events;
 mod evidence;
+mod formats;
 mod idempotency;
 mod identity;
 mod jobs;

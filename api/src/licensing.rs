@@ -1,6 +1,8 @@
 //! QuantumLock over HTTP: the crypto policy, keys, licences, licence files, the CRL, and the
 //! signing service.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -12,7 +14,7 @@ use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use quantus_crypto::document::SignedDocument;
 use quantus_crypto::instant;
-use quantus_crypto::keys::Purpose;
+use quantus_crypto::keys::{CryptoPolicy, Purpose, TrustedKey, TrustedKeys, VerifyRule};
 use quantus_crypto::license::{Crl, CrlEntry, CRL_CONTEXT, CRL_FORMAT};
 use quantus_crypto::{Algorithm, PublicKey};
 use quantus_domain::license::{LicenseCommand, LicenseIssued, LicenseStatus};
@@ -24,11 +26,12 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::consistency::Consistency;
+use crate::paging::{self, Page};
 use crate::problem::{ApiJson, ApiQuery};
 use crate::write::{
-    accepted, accepted_with, context, expected_version, optional_json, CommandAccepted,
+    accepted, accepted_with, context, expected_version, optional_json, refusal, CommandAccepted,
 };
-use crate::{paging, AppState, Problem};
+use crate::{AppState, Problem};
 
 /// Context string of the signing service's detached digest signatures.
 pub const DIGEST_CONTEXT: &[u8] = b"quantus/digest/v1";
@@ -67,15 +70,65 @@ fn parse_algorithm(name: &str) -> Result<Algorithm, Problem> {
     })
 }
 
-#[derive(Debug, Serialize)]
-struct RuleView {
+/// One algorithm's rule in the policy's roadmap.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleView {
+    #[schema(value_type = String)]
     algorithm: Algorithm,
     may_sign: bool,
     may_verify: bool,
+    /// Until when its signatures verify (null: no end set).
     verify_until: Option<DateTime<Utc>>,
 }
 
-#[utoipa::path(get, path = "/v1/crypto/policy", tag = "quantumlock", responses((status = 200, description = "the algorithm roadmap: which algorithms sign and verify, until when")), security(("bearer" = [])))]
+/// A rule of the published policy: signatures by `alg` verify (until `until`, if given).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyRuleView {
+    #[schema(value_type = String)]
+    alg: Algorithm,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    until: Option<DateTime<Utc>>,
+}
+
+impl From<VerifyRule> for VerifyRuleView {
+    fn from(r: VerifyRule) -> Self {
+        Self {
+            alg: r.alg,
+            until: r.until,
+        }
+    }
+}
+
+/// The crypto policy as offline verifiers take it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublishedPolicyView {
+    /// Algorithms new signatures are made with, by preference.
+    #[schema(value_type = Vec<String>)]
+    sign: Vec<Algorithm>,
+    verify: Vec<VerifyRuleView>,
+}
+
+impl From<CryptoPolicy> for PublishedPolicyView {
+    fn from(p: CryptoPolicy) -> Self {
+        Self {
+            sign: p.sign,
+            verify: p.verify.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// The algorithm roadmap: the published policy, each algorithm's rule, and the policy's
+/// version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CryptoPolicyView {
+    #[schema(value_type = Vec<String>)]
+    sign: Vec<Algorithm>,
+    verify: Vec<VerifyRuleView>,
+    rules: Vec<RuleView>,
+    version: u64,
+}
+
+#[utoipa::path(get, path = "/v1/crypto/policy", tag = "quantumlock", responses((status = 200, body = CryptoPolicyView, description = "the algorithm roadmap: which algorithms sign and verify, until when")), security(("bearer" = [])))]
 pub async fn policy(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -95,7 +148,13 @@ pub async fn policy(
             verify_until: r.verify_until,
         })
         .collect();
-    Ok(Json(serde_json::json!({ "sign": published.sign, "verify": published.verify, "rules": rules, "version": version })).into_response())
+    Ok(Json(CryptoPolicyView {
+        sign: published.sign,
+        verify: published.verify.into_iter().map(Into::into).collect(),
+        rules,
+        version,
+    })
+    .into_response())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -136,13 +195,63 @@ pub async fn set_rule(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/keys", tag = "quantumlock", responses((status = 200, description = "the trusted key set and crypto policy, as offline verifiers take it (docs/license-format.md)")), security(("bearer" = [])))]
+/// A trusted public key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrustedKeyView {
+    kid: String,
+    #[schema(value_type = String)]
+    alg: Algorithm,
+    /// `license`, `evidence`, `token` or `checkpoint`.
+    #[schema(value_type = String)]
+    purpose: Purpose,
+    /// base64url without padding.
+    public_key: String,
+    not_before: DateTime<Utc>,
+    /// After this instant the key verifies nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retired_at: Option<DateTime<Utc>>,
+    /// Signatures made at or after this instant are void.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compromised_at: Option<DateTime<Utc>>,
+}
+
+impl From<TrustedKey> for TrustedKeyView {
+    fn from(k: TrustedKey) -> Self {
+        Self {
+            kid: k.kid,
+            alg: k.alg,
+            purpose: k.purpose,
+            public_key: k.public_key,
+            not_before: k.not_before,
+            retired_at: k.retired_at,
+            compromised_at: k.compromised_at,
+        }
+    }
+}
+
+/// The trusted key set and the crypto policy (docs/license-format.md).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeySetView {
+    keys: Vec<TrustedKeyView>,
+    policy: PublishedPolicyView,
+}
+
+impl From<TrustedKeys> for KeySetView {
+    fn from(k: TrustedKeys) -> Self {
+        Self {
+            keys: k.keys.into_iter().map(Into::into).collect(),
+            policy: k.policy.into(),
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/keys", tag = "quantumlock", responses((status = 200, body = KeySetView, description = "the trusted key set and crypto policy, as offline verifiers take it (docs/license-format.md)")), security(("bearer" = [])))]
 pub async fn keys(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, Problem> {
     let _ = &principal;
-    Ok(Json(state.licensing.key_set().await?).into_response())
+    Ok(Json(KeySetView::from(state.licensing.key_set().await?)).into_response())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -153,7 +262,21 @@ pub struct Rotate {
     purpose: Purpose,
 }
 
-#[utoipa::path(post, path = "/v1/keys/rotate", tag = "quantumlock", request_body = Rotate, responses((status = 201, description = "{kid, algorithm, purpose, version, position}"), (status = 409, body = Problem)), security(("bearer" = [])))]
+/// The key a rotation made active.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotatedKey {
+    kid: String,
+    #[schema(value_type = String)]
+    algorithm: Algorithm,
+    #[schema(value_type = String)]
+    purpose: Purpose,
+    /// The keyring's version after the rotation.
+    version: u64,
+    /// Log position to pass as `min_position` to read your own write.
+    position: u64,
+}
+
+#[utoipa::path(post, path = "/v1/keys/rotate", tag = "quantumlock", request_body = Rotate, responses((status = 201, body = RotatedKey), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn rotate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -163,10 +286,13 @@ pub async fn rotate(
     principal.require("keys:manage")?;
     let ctx = platform(&principal, &headers);
     let (kid, alg, outcome) = state.licensing.rotate(&ctx, body.purpose).await?;
-    let answer = serde_json::json!({
-        "kid": kid, "algorithm": alg, "purpose": body.purpose,
-        "version": outcome.version, "position": outcome.position,
-    });
+    let answer = RotatedKey {
+        kid,
+        algorithm: alg,
+        purpose: body.purpose,
+        version: outcome.version,
+        position: outcome.position,
+    };
     Ok(accepted_with(StatusCode::CREATED, answer, outcome, None))
 }
 
@@ -417,7 +543,7 @@ pub struct TransitionBody {
     expires_at: Option<DateTime<Utc>>,
 }
 
-#[utoipa::path(post, path = "/v1/licenses/{id}/{action}", tag = "quantumlock", request_body(content = TransitionBody, description = "fingerprint (activate, deactivate), reason (suspend, revoke), expires_at (renew)"), params(("id" = String, Path), ("action" = String, Path, description = "activate, deactivate, suspend, reinstate, renew or revoke"), ("If-Match" = Option<String>, Header)), responses((status = 200, body = CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/licenses/{id}/{action}", tag = "quantumlock", request_body(content = TransitionBody, description = "fingerprint (activate, deactivate), reason (suspend, revoke), expires_at (renew)"), params(("id" = String, Path), ("action" = String, Path, description = "activate, deactivate, suspend, reinstate, renew or revoke"), ("If-Match" = Option<String>, Header)), responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn transition(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -466,7 +592,8 @@ pub async fn transition(
     let outcome = state
         .licensing
         .license_command(&ctx, &id, command, expected)
-        .await?;
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
@@ -479,8 +606,52 @@ fn status_name(status: LicenseStatus) -> &'static str {
     }
 }
 
+/// A licence's terms, as issued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LicenseTermsView {
+    organization_id: String,
+    product: String,
+    edition: String,
+    features: Vec<String>,
+    limits: BTreeMap<String, i64>,
+    not_before: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    grace_period_seconds: u64,
+    max_activations: u32,
+    machine_fingerprint: Option<String>,
+}
+
+impl From<LicenseIssued> for LicenseTermsView {
+    fn from(t: LicenseIssued) -> Self {
+        Self {
+            organization_id: t.organization_id,
+            product: t.product,
+            edition: t.edition,
+            features: t.features,
+            limits: t.limits,
+            not_before: t.not_before,
+            expires_at: t.expires_at,
+            grace_period_seconds: t.grace_period_seconds,
+            max_activations: t.max_activations,
+            machine_fingerprint: t.machine_fingerprint,
+        }
+    }
+}
+
+/// A licence as its aggregate stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LicenseDetail {
+    id: String,
+    /// `absent`, `active`, `suspended` or `revoked`.
+    status: String,
+    terms: Option<LicenseTermsView>,
+    /// The machine fingerprints it is activated on.
+    activations: BTreeSet<String>,
+    version: u64,
+}
+
 /// The licence as its aggregate stands now (strongly consistent).
-#[utoipa::path(get, path = "/v1/licenses/{id}", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, description = "the licence, its terms and activations"), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/licenses/{id}", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, body = LicenseDetail, description = "the licence, its terms and activations"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -490,13 +661,13 @@ pub async fn show(
     let id = license_id(&id)?;
     let (license, version) = state.licensing.license(&id).await?;
     tenant_of(&principal, &license, &id)?;
-    let mut response = Json(serde_json::json!({
-        "id": id,
-        "status": status_name(license.status),
-        "terms": license.terms,
-        "activations": license.activations,
-        "version": version,
-    }))
+    let mut response = Json(LicenseDetail {
+        status: status_name(license.status).to_owned(),
+        terms: license.terms.map(Into::into),
+        activations: license.activations,
+        version,
+        id,
+    })
     .into_response();
     if let Ok(v) = header::HeaderValue::from_str(&format!("\"{version}\"")) {
         response.headers_mut().insert(header::ETAG, v);
@@ -504,8 +675,25 @@ pub async fn show(
     Ok(response)
 }
 
+/// Whether a licence may be used now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LicenseStanding {
+    id: String,
+    /// `valid`, `in_grace`, `expired`, `not_yet_valid`, `suspended` or `revoked`.
+    standing: String,
+    /// `active`, `suspended` or `revoked`.
+    status: String,
+    not_before: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    /// The end of the grace period (null: the licence cannot be used at all).
+    usable_until: Option<DateTime<Utc>>,
+    /// How many machines it is activated on.
+    activations: usize,
+    max_activations: u32,
+}
+
 /// Whether the licence may be used right now, and why.
-#[utoipa::path(get, path = "/v1/licenses/{id}/status", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, description = "standing: valid, in_grace, expired, not_yet_valid, suspended or revoked"), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/licenses/{id}/status", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, body = LicenseStanding, description = "standing: valid, in_grace, expired, not_yet_valid, suspended or revoked"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn status(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -529,16 +717,16 @@ pub async fn status(
         _ if usable_until.is_some_and(|u| now < u) => "in_grace",
         _ => "expired",
     };
-    Ok(Json(serde_json::json!({
-        "id": id,
-        "standing": standing,
-        "status": status_name(license.status),
-        "not_before": terms.not_before,
-        "expires_at": terms.expires_at,
-        "usable_until": usable_until,
-        "activations": license.activations.len(),
-        "max_activations": terms.max_activations,
-    }))
+    Ok(Json(LicenseStanding {
+        id,
+        standing: standing.to_owned(),
+        status: status_name(license.status).to_owned(),
+        not_before: terms.not_before,
+        expires_at: terms.expires_at,
+        usable_until,
+        activations: license.activations.len(),
+        max_activations: terms.max_activations,
+    })
     .into_response())
 }
 
@@ -560,7 +748,7 @@ fn canonical_response(document: &SignedDocument, filename: &str) -> Result<Respo
 }
 
 /// The signed licence file (canonical JSON), made now with the active licence key.
-#[utoipa::path(get, path = "/v1/licenses/{id}/file", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, description = "the signed licence file, canonical JSON"), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/licenses/{id}/file", tag = "quantumlock", params(("id" = String, Path)), responses((status = 200, body = crate::formats::SignedLicenseFile, description = "the signed licence file, canonical JSON"), (status = 404, body = Problem), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn file(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -572,6 +760,41 @@ pub async fn file(
     tenant_of(&principal, &license, &id)?;
     let document = state.licensing.license_file(&id, Utc::now()).await?;
     canonical_response(&document, &format!("license-{id}.json"))
+}
+
+/// A licence as the licences read model lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LicenseView {
+    pub id: String,
+    pub organization_id: String,
+    pub product: String,
+    pub edition: String,
+    /// `active`, `suspended` or `revoked`.
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub expires_at: String,
+    pub activations: i64,
+    pub revoked_at: Option<String>,
+    pub issued_at: String,
+    pub version: u64,
+}
+
+impl From<LicenseRow> for LicenseView {
+    fn from(r: LicenseRow) -> Self {
+        Self {
+            id: r.id,
+            organization_id: r.organization_id,
+            product: r.product,
+            edition: r.edition,
+            status: r.status,
+            status_reason: r.status_reason,
+            expires_at: r.expires_at,
+            activations: r.activations,
+            revoked_at: r.revoked_at,
+            issued_at: r.issued_at,
+            version: r.version,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -587,7 +810,7 @@ pub struct ListQuery {
     as_of_position: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = Option<String>, Query, description = "the organization; without it the caller's own, or every organization's for the platform's principals"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, description = "{items, next_after, as_of?: {position, instant}}"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/licenses", tag = "quantumlock", params(("org" = Option<String>, Query, description = "the organization; without it the caller's own, or every organization's for the platform's principals"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, body = Page<LicenseView>, description = "as_of: the moment the page reflects, when asked for one"), (status = 400, body = Problem), (status = 404, body = Problem), (status = 503, body = Problem)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -627,22 +850,25 @@ pub async fn list(
             limit,
         )
         .await?;
-        let next_after = paging::next_after(&rows, limit, crate::as_of::row_id);
-        return Ok(Json(
-            serde_json::json!({ "items": rows, "next_after": next_after, "as_of": moment }),
-        )
-        .into_response());
+        let rows = crate::as_of::rows::<LicenseRow, LicenseView>(rows)?;
+        let mut page = Page::of(rows, limit, |r| r.id.as_str());
+        page.as_of = Some(moment);
+        return Ok(Json(page).into_response());
     }
     let rows: Vec<LicenseRow> =
         LicensesView::by_organization(&state.db.pool, org.as_deref(), q.after.as_deref(), limit)
             .await?;
-    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
-    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+    let page = Page::of(
+        rows.into_iter().map(LicenseView::from).collect(),
+        limit,
+        |r| r.id.as_str(),
+    );
+    Ok(Json(page).into_response())
 }
 
 /// The signed revocation list, made now from the licences read model. Its serial is the
 /// model's highest applied log position, so it never decreases.
-#[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, description = "the signed revocation list, canonical JSON"), (status = 409, body = Problem, description = "the crypto policy no longer lets the licence key sign: rotate it"), (status = 503, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/crl", tag = "quantumlock", params(Consistency), responses((status = 200, body = crate::formats::SignedCrl, description = "the signed revocation list, canonical JSON"), (status = 409, body = Problem, description = "the crypto policy no longer lets the licence key sign: rotate it"), (status = 503, body = Problem)), security(("bearer" = [])))]
 pub async fn crl(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

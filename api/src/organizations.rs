@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::consistency::Consistency;
 use crate::problem::{ApiJson, ApiQuery};
-use crate::write::{accepted, context, expected_version, optional_json, CommandAccepted};
+use crate::write::{accepted, context, expected_version, optional_json, refusal, CommandAccepted};
 use crate::{paging, AppState, Problem};
 
 pub fn routes() -> Router<AppState> {
@@ -133,7 +133,7 @@ pub async fn create(
 #[utoipa::path(patch, path = "/v1/organizations/{id}", tag = "organizations",
     request_body = RenameOrganization,
     params(("id" = String, Path), ("If-Match" = Option<String>, Header, description = "version last seen")),
-    responses((status = 200, body = CommandAccepted), (status = 404, body = Problem),
+    responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = CommandAccepted), (status = 404, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn rename(
@@ -155,14 +155,15 @@ pub async fn rename(
             OrganizationCommand::Rename { name: body.name },
             expected,
         )
-        .await?;
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
 #[utoipa::path(post, path = "/v1/organizations/{id}/suspend", tag = "organizations",
     request_body(content = SuspendOrganization, description = "optional"),
-    params(("id" = String, Path)),
-    responses((status = 200, body = CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem)),
+    params(("If-Match" = Option<String>, Header, description = "the version last seen (its ETag): another current version is 412"), ("id" = String, Path)),
+    responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn suspend(
     State(state): State<AppState>,
@@ -186,13 +187,14 @@ pub async fn suspend(
             },
             expected,
         )
-        .await?;
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
 #[utoipa::path(post, path = "/v1/organizations/{id}/reactivate", tag = "organizations",
-    params(("id" = String, Path)),
-    responses((status = 200, body = CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem)),
+    params(("If-Match" = Option<String>, Header, description = "the version last seen (its ETag): another current version is 412"), ("id" = String, Path)),
+    responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = CommandAccepted), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
 pub async fn reactivate(
     State(state): State<AppState>,
@@ -207,7 +209,8 @@ pub async fn reactivate(
     let outcome = state
         .bus
         .organization(&ctx, &id, OrganizationCommand::Reactivate, expected)
-        .await?;
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 

@@ -5,7 +5,7 @@
 //! [`Gateway`](crate::state::Gateway)), as a resource server separate from QSA would, and then
 //! ask QSA's log whether the grant is still live.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
@@ -18,23 +18,29 @@ use chrono::{DateTime, Utc};
 use quantus_commands::identity::AccessClaims;
 use quantus_commands::portal::{NewContract, PaymentNotice};
 use quantus_crypto::instant;
-use quantus_domain::contract::{Contract, ContractCommand, ContractRevised, LineItem};
+use quantus_domain::contract::{
+    Contract, ContractCommand, ContractRevised, Enforcement, LineItem, Quota,
+};
 use quantus_domain::customer::CustomerRegistered;
-use quantus_domain::invoice::Invoice;
+use quantus_domain::invoice::{Invoice, InvoiceLine, InvoicePaid, LineKind};
 use quantus_domain::money::Currency;
 use quantus_domain::usage::Period;
 use quantus_domain::{Actor, ActorKind, CommandContext};
 use quantus_infra::billing::{parse_stripe_event, verify_stripe_signature};
-use quantus_projections::commercial::CommercialView;
+use quantus_projections::commercial::{
+    CommercialView, ContractRow, CustomerRow, EntitlementsRow, InvoiceRow,
+};
 use quantus_projections::jobs::JobsView;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::as_of::AsOf;
 use crate::auth::Principal;
 use crate::consistency::Consistency;
-use crate::paging;
+use crate::paging::{self, Page};
 use crate::problem::{ApiJson, ApiQuery};
-use crate::write::{accepted, context, expected_version, optional_json};
+use crate::write::{accepted, context, expected_version, optional_json, refusal};
 use crate::{AppState, Problem};
 
 /// Routes that need a QSA token (verified through the JWKS).
@@ -159,58 +165,221 @@ fn money(currency: &str, amount: i64) -> String {
         .unwrap_or_else(|_| format!("{amount} {currency} (minor units)"))
 }
 
-fn contract_view(id: &str, c: &Contract, version: u64) -> serde_json::Value {
+/// A quota of a line item: so much a month, enforced hard or soft.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaView {
+    amount: i64,
+    /// `hard` (refused past it) or `soft` (billed past it).
+    #[schema(value_type = String)]
+    enforcement: Enforcement,
+}
+
+impl From<Quota> for QuotaView {
+    fn from(q: Quota) -> Self {
+        Self {
+            amount: q.amount,
+            enforcement: q.enforcement,
+        }
+    }
+}
+
+/// A line item of a contract; prices in the currency's minor units.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LineItemView {
+    /// Unique within the contract; amendments match items by it.
+    id: String,
+    product: String,
+    edition: String,
+    features: Vec<String>,
+    /// Metered quantities per month.
+    quotas: BTreeMap<String, QuotaView>,
+    /// Limits written into the licence (seats, qubits, ...).
+    limits: BTreeMap<String, i64>,
+    quantity: i64,
+    /// Price per unit and month.
+    unit_price: i64,
+    /// Price per unit of metered usage.
+    usage_prices: BTreeMap<String, i64>,
+    /// Machines the licence may be activated on.
+    max_activations: u32,
+}
+
+impl From<LineItem> for LineItemView {
+    fn from(i: LineItem) -> Self {
+        Self {
+            id: i.id,
+            product: i.product,
+            edition: i.edition,
+            features: i.features,
+            quotas: i.quotas.into_iter().map(|(k, q)| (k, q.into())).collect(),
+            limits: i.limits,
+            quantity: i.quantity,
+            unit_price: i.unit_price,
+            usage_prices: i.usage_prices,
+            max_activations: i.max_activations,
+        }
+    }
+}
+
+/// A contract as its aggregate stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContractView {
+    id: String,
+    /// `draft`, `sent`, `signed`, `active`, `amended`, `terminated` or `expired`.
+    status: String,
+    organization_id: String,
+    customer_id: String,
+    currency: String,
+    line_items: Vec<LineItemView>,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+    signed_by: Option<String>,
+    amendments: u32,
+    terminated_at: Option<DateTime<Utc>>,
+    /// The licence each line item has now, by line item id.
+    licenses: BTreeMap<String, String>,
+    /// Licence steps QuantumLock refused: `<licence id>/<action>` -> reason.
+    license_failures: BTreeMap<String, String>,
+    /// Each line item's latest licence step: `{license_id, action, standing}`, with `hold`,
+    /// `reason`, `attempt` and `retry_at` when pending and `reason` when failed.
+    license_steps: BTreeMap<String, serde_json::Value>,
+    /// The line items' price a month, in minor units.
+    monthly_price: i64,
+    monthly_price_display: String,
+    version: u64,
+}
+
+fn contract_view(id: &str, c: Contract, version: u64) -> ContractView {
     let monthly: i64 = c
         .line_items
         .iter()
         .map(|i| i.quantity.saturating_mul(i.unit_price))
         .sum();
-    serde_json::json!({
-        "id": id,
-        "status": c.status.name(),
-        "organization_id": c.organization_id,
-        "customer_id": c.customer_id,
-        "currency": c.currency,
-        "line_items": c.line_items,
-        "starts_at": c.starts_at,
-        "ends_at": c.ends_at,
-        "signed_by": c.signed_by,
-        "amendments": c.amendments,
-        "terminated_at": c.terminated_at,
-        "licenses": c.licenses,
-        "license_failures": c.license_failures,
-        "license_steps": c
+    ContractView {
+        id: id.to_owned(),
+        status: c.status.name().to_owned(),
+        monthly_price_display: money(&c.currency, monthly),
+        organization_id: c.organization_id,
+        customer_id: c.customer_id,
+        currency: c.currency,
+        line_items: c.line_items.into_iter().map(Into::into).collect(),
+        starts_at: c.starts_at,
+        ends_at: c.ends_at,
+        signed_by: c.signed_by,
+        amendments: c.amendments,
+        terminated_at: c.terminated_at,
+        licenses: c.licenses,
+        license_failures: c.license_failures,
+        license_steps: c
             .license_steps
             .iter()
             .map(|(item, step)| (item.clone(), step.view()))
-            .collect::<serde_json::Map<_, _>>(),
-        "monthly_price": monthly,
-        "monthly_price_display": money(&c.currency, monthly),
-        "version": version,
-    })
+            .collect(),
+        monthly_price: monthly,
+        version,
+    }
 }
 
-fn invoice_view(id: &str, i: &Invoice, version: u64) -> serde_json::Value {
-    let issued = i.issued.as_ref();
-    let currency = issued.map(|x| x.currency.as_str()).unwrap_or_default();
-    serde_json::json!({
-        "id": id,
-        "status": i.status.name(),
-        "contract_id": issued.map(|x| &x.contract_id),
-        "organization_id": issued.map(|x| &x.organization_id),
-        "period": issued.map(|x| &x.period),
-        "currency": currency,
-        "lines": issued.map(|x| &x.lines),
-        "total": issued.map(|x| x.total),
-        "total_display": issued.map(|x| money(currency, x.total)),
-        "due_at": issued.map(|x| x.due_at),
-        "provider": i.sent.as_ref().map(|s| &s.provider),
-        "external_id": i.sent.as_ref().map(|s| &s.external_id),
-        "hosted_url": i.sent.as_ref().and_then(|s| s.hosted_url.as_ref()),
-        "paid": i.paid,
-        "payment_failures": i.payment_failures,
-        "version": version,
-    })
+/// A line of an invoice; amounts in minor units.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvoiceLineView {
+    line_item_id: String,
+    /// `subscription` or `usage`.
+    #[schema(value_type = String)]
+    kind: LineKind,
+    description: String,
+    quantity: i64,
+    unit_amount: i64,
+    /// `quantity × unit_amount`.
+    amount: i64,
+}
+
+impl From<InvoiceLine> for InvoiceLineView {
+    fn from(l: InvoiceLine) -> Self {
+        Self {
+            line_item_id: l.line_item_id,
+            kind: l.kind,
+            description: l.description,
+            quantity: l.quantity,
+            unit_amount: l.unit_amount,
+            amount: l.amount,
+        }
+    }
+}
+
+/// How an invoice was paid.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentView {
+    provider: String,
+    /// The provider's event or payment reference.
+    reference: String,
+    paid_at: DateTime<Utc>,
+}
+
+impl From<InvoicePaid> for PaymentView {
+    fn from(p: InvoicePaid) -> Self {
+        Self {
+            provider: p.provider,
+            reference: p.reference,
+            paid_at: p.paid_at,
+        }
+    }
+}
+
+/// An invoice as its aggregate stands; amounts in minor units.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvoiceView {
+    id: String,
+    /// `issued`, `open` (sent to the billing provider), `paid` or `void`.
+    status: String,
+    contract_id: Option<String>,
+    organization_id: Option<String>,
+    /// `YYYY-MM`.
+    period: Option<String>,
+    currency: String,
+    lines: Option<Vec<InvoiceLineView>>,
+    total: Option<i64>,
+    total_display: Option<String>,
+    due_at: Option<DateTime<Utc>>,
+    /// The billing provider it was sent to: `builtin` or `stripe`.
+    provider: Option<String>,
+    external_id: Option<String>,
+    hosted_url: Option<String>,
+    paid: Option<PaymentView>,
+    payment_failures: u32,
+    version: u64,
+    /// After `refresh`: what the billing provider says of the payment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_status: Option<serde_json::Value>,
+}
+
+fn invoice_view(id: &str, i: Invoice, version: u64) -> InvoiceView {
+    let currency = i
+        .issued
+        .as_ref()
+        .map(|x| x.currency.clone())
+        .unwrap_or_default();
+    let issued = i.issued;
+    let sent = i.sent;
+    InvoiceView {
+        id: id.to_owned(),
+        status: i.status.name().to_owned(),
+        contract_id: issued.as_ref().map(|x| x.contract_id.clone()),
+        organization_id: issued.as_ref().map(|x| x.organization_id.clone()),
+        period: issued.as_ref().map(|x| x.period.clone()),
+        total: issued.as_ref().map(|x| x.total),
+        total_display: issued.as_ref().map(|x| money(&currency, x.total)),
+        due_at: issued.as_ref().map(|x| x.due_at),
+        lines: issued.map(|x| x.lines.into_iter().map(Into::into).collect()),
+        currency,
+        provider: sent.as_ref().map(|s| s.provider.clone()),
+        external_id: sent.as_ref().map(|s| s.external_id.clone()),
+        hosted_url: sent.and_then(|s| s.hosted_url),
+        paid: i.paid.map(Into::into),
+        payment_failures: i.payment_failures,
+        version,
+        provider_status: None,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -290,7 +459,7 @@ pub async fn register_customer(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/customers", tag = "portal", params(("org" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/customers", tag = "portal", params(("org" = Option<String>, Query), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, body = Page<CustomerRowView>)), security(("bearer" = [])))]
 pub async fn list_customers(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -302,11 +471,61 @@ pub async fn list_customers(
     let org = q.scope(&principal)?;
     let rows = CommercialView::customers(&state.db.pool, org.as_deref(), q.after.as_deref(), limit)
         .await?;
-    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
-    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+    Ok(Json(page_of::<_, CustomerRowView>(rows, limit)).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/customers/{id}", tag = "portal", params(("id" = String, Path)), responses((status = 200, description = "the customer"), (status = 404, body = Problem)), security(("bearer" = [])))]
+/// A page of read-model rows shown as `V`.
+fn page_of<R, V: From<R> + ToSchema + HasId>(rows: Vec<R>, limit: u32) -> Page<V> {
+    Page::of(rows.into_iter().map(V::from).collect(), limit, V::id)
+}
+
+/// The id a list pages by.
+trait HasId {
+    fn id(&self) -> &str;
+}
+
+/// A customer as the commercial read model lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerRowView {
+    id: String,
+    name: String,
+    billing_email: String,
+    /// ISO 4217.
+    currency: String,
+    version: u64,
+}
+
+impl From<CustomerRow> for CustomerRowView {
+    fn from(r: CustomerRow) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            billing_email: r.billing_email,
+            currency: r.currency,
+            version: r.version,
+        }
+    }
+}
+
+impl HasId for CustomerRowView {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// A customer as its aggregate stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerView {
+    id: String,
+    organization_id: String,
+    name: String,
+    billing_email: String,
+    /// ISO 4217.
+    currency: String,
+    version: u64,
+}
+
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "portal", params(("id" = String, Path)), responses((status = 200, body = CustomerView), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show_customer(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -316,10 +535,14 @@ pub async fn show_customer(
     let id = uuid_id(&id, "customer")?;
     principal.tenant(&id, &format!("customer {id}"))?;
     let (c, version) = state.portal.customer(&id).await?;
-    Ok(Json(serde_json::json!({
-        "id": id, "organization_id": c.organization_id, "name": c.name,
-        "billing_email": c.billing_email, "currency": c.currency, "version": version,
-    }))
+    Ok(Json(CustomerView {
+        id,
+        organization_id: c.organization_id,
+        name: c.name,
+        billing_email: c.billing_email,
+        currency: c.currency,
+        version,
+    })
     .into_response())
 }
 
@@ -330,7 +553,7 @@ pub struct ChangeContact {
     billing_email: String,
 }
 
-#[utoipa::path(post, path = "/v1/customers/{id}/contact", tag = "portal", params(("id" = String, Path), ("If-Match" = Option<String>, Header)), request_body(content = serde_json::Value, description = "{name, billing_email}"), responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/customers/{id}/contact", tag = "portal", params(("id" = String, Path), ("If-Match" = Option<String>, Header)), request_body(content = serde_json::Value, description = "{name, billing_email}"), responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn change_contact(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -342,16 +565,12 @@ pub async fn change_contact(
     let id = uuid_id(&id, "customer")?;
     principal.tenant(&id, &format!("customer {id}"))?;
     let ctx = context(&principal, &headers, &id);
+    let expected = expected_version(&headers)?;
     let outcome = state
         .portal
-        .change_customer(
-            &ctx,
-            &id,
-            body.name,
-            body.billing_email,
-            expected_version(&headers)?,
-        )
-        .await?;
+        .change_customer(&ctx, &id, body.name, body.billing_email, expected)
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
@@ -428,7 +647,7 @@ const CONTRACT_STATUSES: [&str; 7] = [
     "expired",
 ];
 
-#[utoipa::path(get, path = "/v1/contracts", tag = "portal", params(("org" = Option<String>, Query), ("status" = Option<String>, Query, description = "only contracts in this status: draft, sent, signed, active, amended, terminated or expired"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, description = "{items, next_after, as_of?: {position, instant}}"), (status = 400, body = Problem, description = "an unknown status, a bad as_of"), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/contracts", tag = "portal", params(("org" = Option<String>, Query), ("status" = Option<String>, Query, description = "only contracts in this status: draft, sent, signed, active, amended, terminated or expired"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, body = Page<ContractRowView>, description = "as_of: the moment the page reflects, when asked for one"), (status = 400, body = Problem, description = "an unknown status, a bad as_of"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn list_contracts(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -471,11 +690,9 @@ pub async fn list_contracts(
             limit,
         )
         .await?;
-        let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
-        return Ok(Json(
-            serde_json::json!({ "items": rows, "next_after": next_after, "as_of": moment }),
-        )
-        .into_response());
+        let mut page = page_of::<_, ContractRowView>(rows, limit);
+        page.as_of = Some(moment);
+        return Ok(Json(page).into_response());
     }
     let rows = CommercialView::contracts(
         &state.db.pool,
@@ -485,8 +702,51 @@ pub async fn list_contracts(
         limit,
     )
     .await?;
-    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
-    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+    Ok(Json(page_of::<_, ContractRowView>(rows, limit)).into_response())
+}
+
+/// A contract as the commercial read model lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContractRowView {
+    id: String,
+    organization_id: String,
+    customer_id: String,
+    /// `draft`, `sent`, `signed`, `active`, `amended`, `terminated` or `expired`.
+    status: String,
+    currency: String,
+    starts_at: String,
+    ends_at: String,
+    line_items: Vec<LineItemView>,
+    amendments: i64,
+    version: u64,
+    updated_at: String,
+    /// Each line item's latest licence step and how far it got.
+    license_steps: BTreeMap<String, serde_json::Value>,
+}
+
+impl From<ContractRow> for ContractRowView {
+    fn from(r: ContractRow) -> Self {
+        Self {
+            id: r.id,
+            organization_id: r.organization_id,
+            customer_id: r.customer_id,
+            status: r.status,
+            currency: r.currency,
+            starts_at: r.starts_at,
+            ends_at: r.ends_at,
+            line_items: r.line_items.into_iter().map(Into::into).collect(),
+            amendments: r.amendments,
+            version: r.version,
+            updated_at: r.updated_at,
+            license_steps: r.license_steps,
+        }
+    }
+}
+
+impl HasId for ContractRowView {
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 async fn load_contract(
@@ -500,7 +760,7 @@ async fn load_contract(
     Ok((id, c, version))
 }
 
-#[utoipa::path(get, path = "/v1/contracts/{id}", tag = "portal", params(("id" = String, Path)), responses((status = 200, description = "the contract, its status, line items and current licences"), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/contracts/{id}", tag = "portal", params(("id" = String, Path)), responses((status = 200, body = ContractView, description = "the contract, its status, line items and current licences"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show_contract(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -508,7 +768,7 @@ pub async fn show_contract(
 ) -> Result<Response, Problem> {
     principal.require("contracts:read")?;
     let (id, c, version) = load_contract(&state, &principal, &id).await?;
-    Ok(Json(contract_view(&id, &c, version)).into_response())
+    Ok(Json(contract_view(&id, c, version)).into_response())
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -531,7 +791,7 @@ pub struct ContractTransition {
     ends_at: Option<DateTime<Utc>>,
 }
 
-#[utoipa::path(post, path = "/v1/contracts/{id}/{action}", tag = "portal", params(("id" = String, Path), ("action" = String, Path, description = "revise, send, sign, activate, amend, terminate or expire"), ("If-Match" = Option<String>, Header)), request_body(content = ContractTransition), responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem, description = "illegal transition"), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/contracts/{id}/{action}", tag = "portal", params(("id" = String, Path), ("action" = String, Path, description = "revise, send, sign, activate, amend, terminate or expire"), ("If-Match" = Option<String>, Header)), request_body(content = ContractTransition), responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem, description = "illegal transition"), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn contract_transition(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -586,10 +846,12 @@ pub async fn contract_transition(
         "expire" => ContractCommand::Expire { now },
         _ => return Err(Problem::not_found(format!("no contract action {action:?}"))),
     };
+    let expected = expected_version(&headers)?;
     let outcome = state
         .portal
-        .contract_command(&ctx, &id, command, expected_version(&headers)?)
-        .await?;
+        .contract_command(&ctx, &id, command, expected)
+        .await
+        .map_err(refusal(expected))?;
     Ok(accepted(StatusCode::OK, &id, outcome, None))
 }
 
@@ -605,40 +867,74 @@ pub struct EntitlementsQuery {
     as_of_position: Option<u64>,
 }
 
-async fn entitlements_of(state: &AppState, org: &str) -> Result<serde_json::Value, Problem> {
-    Ok(entitlements_json(
-        CommercialView::entitlements(&state.db.pool, org, Utc::now()).await?,
-    ))
+async fn entitlements_of(state: &AppState, org: &str) -> Result<EntitlementsView, Problem> {
+    Ok(
+        CommercialView::entitlements(&state.db.pool, org, Utc::now())
+            .await?
+            .into(),
+    )
 }
 
-fn entitlements_json(row: quantus_projections::commercial::EntitlementsRow) -> serde_json::Value {
-    let quotas: BTreeMap<&String, serde_json::Value> = row
-        .entitlements
-        .quotas
-        .iter()
-        .map(|(metric, q)| {
-            let used = row.usage.get(metric).copied().unwrap_or(0);
-            (
-                metric,
-                serde_json::json!({
-                    "amount": q.amount, "enforcement": q.enforcement, "used": used,
-                    "remaining": (q.amount - used).max(0),
-                }),
-            )
-        })
-        .collect();
-    serde_json::json!({
-        "organization_id": row.organization_id,
-        "period": row.period,
-        "contracts": row.contracts,
-        "features": row.entitlements.features,
-        "quotas": quotas,
-        "limits": row.entitlements.limits,
-        "usage": row.usage,
-    })
+/// A quota in force this month and its use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaUse {
+    amount: i64,
+    /// `hard` or `soft`.
+    #[schema(value_type = String)]
+    enforcement: Enforcement,
+    used: i64,
+    /// `amount - used`, never below 0.
+    remaining: i64,
 }
 
-#[utoipa::path(get, path = "/v1/entitlements", tag = "portal", params(("org" = String, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, description = "features, quotas with usage this month (with as_of: that month's, then), limits; as_of?: {position, instant}"), (status = 400, body = Problem), (status = 404, body = Problem)), security(("bearer" = [])))]
+/// An organization's entitlements: what its contracts in force grant, and the month's use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntitlementsView {
+    organization_id: String,
+    /// `YYYY-MM`: the month `usage` counts.
+    period: String,
+    /// The contracts in force.
+    contracts: Vec<String>,
+    features: BTreeSet<String>,
+    quotas: BTreeMap<String, QuotaUse>,
+    limits: BTreeMap<String, i64>,
+    usage: BTreeMap<String, i64>,
+    /// The moment the answer reflects, when asked with `as_of` / `as_of_position`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_of: Option<AsOf>,
+}
+
+impl From<EntitlementsRow> for EntitlementsView {
+    fn from(row: EntitlementsRow) -> Self {
+        let quotas = row
+            .entitlements
+            .quotas
+            .into_iter()
+            .map(|(metric, q)| {
+                let used = row.usage.get(&metric).copied().unwrap_or(0);
+                let quota = QuotaUse {
+                    amount: q.amount,
+                    enforcement: q.enforcement,
+                    used,
+                    remaining: (q.amount - used).max(0),
+                };
+                (metric, quota)
+            })
+            .collect();
+        Self {
+            organization_id: row.organization_id,
+            period: row.period,
+            contracts: row.contracts,
+            features: row.entitlements.features,
+            quotas,
+            limits: row.entitlements.limits,
+            usage: row.usage,
+            as_of: None,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/entitlements", tag = "portal", params(("org" = String, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "the model as it stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the model as it stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, body = EntitlementsView, description = "features, quotas with usage this month (with as_of: that month's, then), limits"), (status = 400, body = Problem), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn entitlements(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -665,8 +961,8 @@ pub async fn entitlements(
         let at = moment.at.unwrap_or(chrono::DateTime::UNIX_EPOCH);
         let row =
             CommercialView::entitlements_as_of(&state.db.pool, &q.org, moment.position, at).await?;
-        let mut body = entitlements_json(row);
-        body["as_of"] = serde_json::to_value(&moment).unwrap_or_default();
+        let mut body = EntitlementsView::from(row);
+        body.as_of = Some(moment);
         return Ok(Json(body).into_response());
     }
     Ok(Json(entitlements_of(&state, &q.org).await?).into_response())
@@ -687,7 +983,7 @@ fn one() -> i64 {
 
 /// Allowed or denied, with the reason, from the read model (one indexed read each of the
 /// organization's contracts in force and of its usage this month).
-#[utoipa::path(post, path = "/v1/entitlements/check", tag = "portal", request_body(content = serde_json::Value, description = "{org, feature, amount (default 1)}"), responses((status = 200, description = "{allowed, reason, remaining}"), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/entitlements/check", tag = "portal", request_body(content = serde_json::Value, description = "{org, feature, amount (default 1)}"), responses((status = 200, body = EntitlementDecision), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn check_entitlement(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -699,15 +995,27 @@ pub async fn check_entitlement(
     let decision = row
         .entitlements
         .check(&body.feature, body.amount, &row.usage);
-    Ok(Json(serde_json::json!({
-        "org": body.org,
-        "feature": body.feature,
-        "amount": body.amount,
-        "allowed": decision.allowed,
-        "reason": decision.reason,
-        "remaining": decision.remaining,
-    }))
+    Ok(Json(EntitlementDecision {
+        org: body.org,
+        feature: body.feature,
+        amount: body.amount,
+        allowed: decision.allowed,
+        reason: decision.reason,
+        remaining: decision.remaining,
+    })
     .into_response())
+}
+
+/// Whether an organization may use `amount` of `feature` now, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntitlementDecision {
+    org: String,
+    feature: String,
+    amount: i64,
+    allowed: bool,
+    reason: String,
+    /// For quotas: what is left this month; for limits: the limit.
+    remaining: Option<i64>,
 }
 
 // ---- invoices ----
@@ -760,7 +1068,7 @@ pub struct InvoiceListQuery {
 /// name them).
 const INVOICE_STATUSES: [&str; 4] = ["issued", "open", "paid", "void"];
 
-#[utoipa::path(get, path = "/v1/invoices", tag = "portal", params(("org" = Option<String>, Query), ("status" = Option<String>, Query, description = "only invoices in this status: issued, open (sent to the billing provider), paid or void"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, description = "{items, next_after}"), (status = 400, body = Problem, description = "an unknown status")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/invoices", tag = "portal", params(("org" = Option<String>, Query), ("status" = Option<String>, Query, description = "only invoices in this status: issued, open (sent to the billing provider), paid or void"), ("after" = Option<String>, Query), ("limit" = Option<u32>, Query), ("min_position" = Option<u64>, Query), ("wait_ms" = Option<u64>, Query)), responses((status = 200, body = Page<InvoiceRowView>), (status = 400, body = Problem, description = "an unknown status")), security(("bearer" = [])))]
 pub async fn list_invoices(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -793,8 +1101,53 @@ pub async fn list_invoices(
         limit,
     )
     .await?;
-    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
-    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+    Ok(Json(page_of::<_, InvoiceRowView>(rows, limit)).into_response())
+}
+
+/// An invoice as the commercial read model lists it; amounts in minor units.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InvoiceRowView {
+    id: String,
+    organization_id: String,
+    contract_id: String,
+    /// `YYYY-MM`.
+    period: String,
+    currency: String,
+    total: i64,
+    /// `issued`, `open`, `paid` or `void`.
+    status: String,
+    provider: Option<String>,
+    external_id: Option<String>,
+    hosted_url: Option<String>,
+    due_at: String,
+    version: u64,
+    updated_at: String,
+}
+
+impl From<InvoiceRow> for InvoiceRowView {
+    fn from(r: InvoiceRow) -> Self {
+        Self {
+            id: r.id,
+            organization_id: r.organization_id,
+            contract_id: r.contract_id,
+            period: r.period,
+            currency: r.currency,
+            total: r.total,
+            status: r.status,
+            provider: r.provider,
+            external_id: r.external_id,
+            hosted_url: r.hosted_url,
+            due_at: r.due_at,
+            version: r.version,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+impl HasId for InvoiceRowView {
+    fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 async fn load_invoice(
@@ -813,7 +1166,7 @@ async fn load_invoice(
     Ok((id, invoice, version))
 }
 
-#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "portal", params(("id" = String, Path)), responses((status = 200, description = "the invoice, its lines and payment"), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "portal", params(("id" = String, Path)), responses((status = 200, body = InvoiceView, description = "the invoice, its lines and payment"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show_invoice(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -821,7 +1174,7 @@ pub async fn show_invoice(
 ) -> Result<Response, Problem> {
     principal.require("billing:read")?;
     let (id, invoice, version) = load_invoice(&state, &principal, &id).await?;
-    Ok(Json(invoice_view(&id, &invoice, version)).into_response())
+    Ok(Json(invoice_view(&id, invoice, version)).into_response())
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -858,8 +1211,8 @@ pub async fn invoice_action(
         "refresh" => {
             let status = state.portal.refresh_payment(&ctx, &id).await?;
             let (invoice, version) = state.portal.invoice(&id).await?;
-            let mut view = invoice_view(&id, &invoice, version);
-            view["provider_status"] = serde_json::to_value(status).unwrap_or_default();
+            let mut view = invoice_view(&id, invoice, version);
+            view.provider_status = Some(serde_json::to_value(status).unwrap_or_default());
             return Ok(Json(view).into_response());
         }
         "pay" => {
@@ -892,7 +1245,7 @@ pub async fn invoice_action(
 
 /// Stripe's events, authenticated by the `Stripe-Signature` HMAC (with a 5-minute tolerance
 /// against replays of old deliveries) and processed once per event id.
-#[utoipa::path(post, path = "/v1/billing/webhooks/stripe", tag = "portal", params(("Stripe-Signature" = String, Header)), request_body(content = serde_json::Value, description = "a Stripe event"), responses((status = 200, description = "{received, duplicate}"), (status = 400, body = Problem), (status = 503, body = Problem, description = "this deployment receives no Stripe events (STRIPE_WEBHOOK_SECRET is not set)")))]
+#[utoipa::path(post, path = "/v1/billing/webhooks/stripe", tag = "portal", params(("Stripe-Signature" = String, Header)), request_body(content = serde_json::Value, description = "a Stripe event"), responses((status = 200, body = WebhookReceipt), (status = 400, body = Problem), (status = 503, body = Problem, description = "this deployment receives no Stripe events (STRIPE_WEBHOOK_SECRET is not set)")))]
 pub async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -960,7 +1313,20 @@ pub async fn stripe_webhook(
         .portal
         .provider_event(&ctx, "stripe", &event.id, invoice_id.as_deref(), notice)
         .await?;
-    Ok(Json(serde_json::json!({ "received": true, "duplicate": !first })).into_response())
+    Ok(Json(WebhookReceipt {
+        received: true,
+        duplicate: !first,
+    })
+    .into_response())
+}
+
+/// A Stripe event received.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookReceipt {
+    /// Always true.
+    received: bool,
+    /// Whether this event was received before (Stripe retries): nothing was done again.
+    duplicate: bool,
 }
 
 // ---- self-service ----
@@ -987,7 +1353,7 @@ impl MeQuery {
     }
 }
 
-#[utoipa::path(get, path = "/v1/me/contracts", tag = "portal", responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/me/contracts", tag = "portal", responses((status = 200, body = Page<ContractRowView>, description = "the caller's organization's contracts")), security(("bearer" = [])))]
 pub async fn my_contracts(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -1008,7 +1374,7 @@ pub async fn my_contracts(
     list_contracts(State(state), Extension(principal), ApiQuery(q)).await
 }
 
-#[utoipa::path(get, path = "/v1/me/invoices", tag = "portal", responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/me/invoices", tag = "portal", responses((status = 200, body = Page<InvoiceRowView>, description = "the caller's organization's invoices")), security(("bearer" = [])))]
 pub async fn my_invoices(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -1027,7 +1393,7 @@ pub async fn my_invoices(
     list_invoices(State(state), Extension(principal), ApiQuery(q)).await
 }
 
-#[utoipa::path(get, path = "/v1/me/entitlements", tag = "portal", responses((status = 200, description = "the caller's organization's entitlements")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/me/entitlements", tag = "portal", responses((status = 200, body = EntitlementsView, description = "the caller's organization's entitlements")), security(("bearer" = [])))]
 pub async fn my_entitlements(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -1046,7 +1412,7 @@ pub async fn my_entitlements(
 
 /// The organization's licences, as QuantumLock has them (asked with the Portal's own
 /// service-principal token).
-#[utoipa::path(get, path = "/v1/me/licenses", tag = "portal", responses((status = 200, description = "{items, next_after}"), (status = 502, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/me/licenses", tag = "portal", responses((status = 200, body = Page<crate::licensing::LicenseView>, description = "the caller's organization's licences, as QuantumLock answers them"), (status = 502, body = Problem)), security(("bearer" = [])))]
 pub async fn my_licenses(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -1069,7 +1435,7 @@ pub async fn my_licenses(
     Ok(Json(page).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/me/evidence", tag = "portal", responses((status = 200, description = "{items, next_after}")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/me/evidence", tag = "portal", responses((status = 200, body = Page<crate::evidence::BundleView>, description = "the caller's organization's evidence bundles")), security(("bearer" = [])))]
 pub async fn my_evidence(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -1085,6 +1451,12 @@ pub async fn my_evidence(
     .wait(&state.jobs)
     .await?;
     let rows = JobsView::bundles_of(&state.db.pool, &org, q.after.as_deref(), limit).await?;
-    let next_after = paging::next_after(&rows, limit, |r| r.id.as_str());
-    Ok(Json(serde_json::json!({ "items": rows, "next_after": next_after })).into_response())
+    let page = Page::of(
+        rows.into_iter()
+            .map(crate::evidence::BundleView::from)
+            .collect(),
+        limit,
+        |r| r.id.as_str(),
+    );
+    Ok(Json(page).into_response())
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::oauth::{current_session, login_page, Continuation};
-use crate::write::context;
+use crate::write::{context, expected_version, refusal};
 use crate::{AppState, Principal, Problem};
 
 /// How long a checked sign-on request waits for the person to sign in.
@@ -1078,16 +1078,9 @@ pub async fn get_provider(
     Ok(r)
 }
 
-fn if_match(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(axum::http::header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim_matches('"').parse().ok())
-}
-
 /// Changes a provider's settings (`If-Match` with its version, optional).
 #[utoipa::path(put, path = "/v1/saml/service-providers/{id}", tag = "saml",
-    params(("id" = String, Path)), request_body = ProviderBody,
+    params(("If-Match" = Option<String>, Header, description = "the version last seen (its ETag): another current version is 412"), ("id" = String, Path)), request_body = ProviderBody,
     responses((status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem),
         (status = 412, body = Problem, description = "If-Match names another version"), (status = 422, body = Problem)),
     security(("bearer" = [])))]
@@ -1102,10 +1095,12 @@ pub async fn put_provider(
     let sp = provider_in_tenant(&state, &principal, &id).await?;
     let body: ProviderBody = json_body(&body)?;
     let ctx = context(&principal, &headers, &sp.organization_id);
+    let expected = expected_version(&headers)?;
     let outcome = state
         .saml
-        .change(&ctx, &id, &body.name, body.settings(), if_match(&headers))
-        .await?;
+        .change(&ctx, &id, &body.name, body.settings(), expected)
+        .await
+        .map_err(refusal(expected))?;
     Ok(Json(
         serde_json::json!({"id": id, "version": outcome.version, "position": outcome.position}),
     )

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use quantus_commands::CommandOutcome;
+use quantus_commands::{CommandError, CommandOutcome};
 use quantus_domain::envelope::truncate_to_micros;
 use quantus_domain::CommandContext;
 use serde::Serialize;
@@ -57,6 +57,16 @@ pub fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
         .parse()
         .map(Some)
         .map_err(|_| Problem::bad_request("If-Match must be an ETag from this API, such as \"3\""))
+}
+
+/// A refused command's problem, given the `If-Match` version the client sent: a concurrency
+/// refusal is 412 when the client named the version it last saw (its precondition failed,
+/// RFC 9110 §13.1.1), 409 when it named none (writers racing).
+pub fn refusal(if_match: Option<u64>) -> impl FnOnce(CommandError) -> Problem {
+    move |e| match (e, if_match) {
+        (CommandError::Concurrency(detail), Some(_)) => Problem::precondition_failed(detail),
+        (e, _) => e.into(),
+    }
 }
 
 /// The answer to a command; `location` is set for a created resource (201).

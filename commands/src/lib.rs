@@ -67,7 +67,8 @@ pub enum CommandError {
     /// The command conflicts with the aggregate's state (409).
     #[error("{0}")]
     Rejected(String),
-    /// Someone else changed the aggregate first (409).
+    /// Someone else changed the aggregate first (409; 412 at the API when the client named
+    /// the version it expected with `If-Match`).
     #[error("{0}")]
     Concurrency(String),
     /// A hard quota refuses the work (403).
@@ -375,11 +376,21 @@ impl CommandBus {
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| CommandError::Storage(e.to_string()))?;
-            let position = self
-                .repo
-                .append_admitted(permit, serialized)
-                .await
-                .map_err(persistence::<A>)?;
+            let position = match self.repo.append_admitted(permit, serialized).await {
+                Ok(position) => position,
+                Err(e) => match (persistence::<A>(e), expected_version) {
+                    // The version the client expected was current when loaded, but another
+                    // writer's append got there first: name the version it left.
+                    (CommandError::Concurrency(_), Some(expected)) => {
+                        let (_, now) = self.current::<A>(id).await?;
+                        return Err(CommandError::Concurrency(format!(
+                            "expected version {expected}, but the {} is at version {now}",
+                            A::TYPE.to_lowercase()
+                        )));
+                    }
+                    (e, _) => return Err(e),
+                },
+            };
             // Committed: the aggregate as `handle` left it (the event sink applies each event
             // it records) is its state now, so the next command on it reads no event at all.
             let now_at = current + count as u64;

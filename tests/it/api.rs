@@ -149,7 +149,7 @@ async fn bad_input_gets_a_problem_and_writes_nothing() {
 }
 
 #[tokio::test]
-async fn concurrent_conflicting_commands_let_exactly_one_win() {
+async fn concurrent_conditional_commands_let_exactly_one_win() {
     let dir = temp_dir("conflict");
     let server = Server::embedded(&dir);
     let api = server.client();
@@ -167,10 +167,18 @@ async fn concurrent_conflicting_commands_let_exactly_one_win() {
     let mut statuses = Vec::new();
     for t in tasks {
         let r = t.await.unwrap();
-        if r.status == 409 {
+        // Every loser named version 1 with If-Match: its precondition failed, whether it saw
+        // the winner's event when it loaded or only when it appended.
+        if r.status != 200 {
+            assert_eq!(r.status, 412, "{}", r.body);
             assert_eq!(
                 r.body["type"],
-                "https://quantus.dev/problems/concurrency-conflict"
+                "https://quantus.dev/problems/precondition-failed"
+            );
+            assert!(
+                r.body["detail"].as_str().unwrap().contains("at version 2"),
+                "{}",
+                r.body
             );
         }
         statuses.push(r.status);
@@ -180,13 +188,75 @@ async fn concurrent_conflicting_commands_let_exactly_one_win() {
         1,
         "{statuses:?}"
     );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 409).count(),
-        11,
-        "{statuses:?}"
-    );
     let events = api.events_of("Organization").await;
     assert_eq!(events.len(), 2, "losers wrote events");
+}
+
+/// RFC 9110 §13.1.1: a failed If-Match is 412; writers racing without one get 409.
+#[tokio::test]
+async fn a_stale_if_match_is_412_and_writers_racing_without_one_are_409() {
+    let dir = temp_dir("precondition");
+    let server = Server::embedded(&dir);
+    let api = server.client();
+    let (id, _) = api.create_org("Acme").await;
+    let path = format!("/v1/organizations/{id}");
+    let r = api.patch(&path, json!({"name": "Acme 2"}), Some(1)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stale = api.patch(&path, json!({"name": "Acme 3"}), Some(1)).await;
+    assert_eq!(stale.status, 412, "{}", stale.body);
+    assert_eq!(stale.headers["content-type"], "application/problem+json");
+    assert_eq!(
+        stale.body["type"],
+        "https://quantus.dev/problems/precondition-failed"
+    );
+    assert_eq!(
+        stale.body["detail"],
+        "expected version 1, but the organization is at version 2"
+    );
+    for action in ["suspend", "reactivate"] {
+        let r = api
+            .send(
+                api.request(Method::POST, &format!("{path}/{action}"))
+                    .header("if-match", "\"1\""),
+            )
+            .await;
+        assert_eq!(r.status, 412, "{action}: {}", r.body);
+    }
+    assert_eq!(api.events_of("Organization").await.len(), 2);
+
+    // Without If-Match a loser's version moved under it while it wrote: 409. Rounds of
+    // racers until one loses (they can happen to run one after another).
+    let mut lost = 0;
+    for round in 0..10 {
+        let racers: Vec<_> = (0..12)
+            .map(|i| {
+                let api = api.clone();
+                let path = path.clone();
+                tokio::spawn(async move {
+                    api.patch(&path, json!({"name": format!("Racer {round}.{i}")}), None)
+                        .await
+                })
+            })
+            .collect();
+        for r in racers {
+            let r = r.await.unwrap();
+            match r.status {
+                200 => {}
+                409 => {
+                    assert_eq!(
+                        r.body["type"],
+                        "https://quantus.dev/problems/concurrency-conflict"
+                    );
+                    lost += 1;
+                }
+                other => panic!("a racer without If-Match got {other}: {}", r.body),
+            }
+        }
+        if lost > 0 {
+            break;
+        }
+    }
+    assert!(lost > 0, "no racer ever lost");
 }
 
 #[tokio::test]
