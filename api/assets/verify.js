@@ -12,6 +12,10 @@
   const LICENSE_CONTEXT = "quantus/license/v1";
   const EVIDENCE_CONTEXT = "quantus/evidence/v1";
   const CHECKPOINT_CONTEXT = "quantus/checkpoint/v1";
+  const CRL_CONTEXT = "quantus/crl/v1";
+  const CRL_FORMAT = "quantus-crl/1";
+  // The command line's default --crl-max-age-hours.
+  const CRL_MAX_AGE = 168n * 3600n * 1000000000n;
   const LICENSE_FORMAT = "quantus-license/1";
   const EVIDENCE_FORMAT = "quantus-evidence/1";
   // draft-ietf-lamps-pq-composite-sigs: the composite's message representative.
@@ -308,7 +312,7 @@
     report.row("Format", "passed", `${LICENSE_FORMAT}, licence ${l.license_id} for organization ${l.organization_id}`);
 
     const signedBy = verifyDocument(doc, keys, "license", LICENSE_CONTEXT, times.issued_at, report);
-    report.row("Revocation list", "skipped", "no CRL checked (as the command line without --crl)");
+    const crl = await revocation(l.license_id, keys, report);
 
     const at = now();
     if (at < times.not_before) {
@@ -338,7 +342,58 @@
     } else {
       report.row("Machine binding", "skipped", "not bound to a machine");
     }
-    return [`valid: licence ${l.license_id} for ${l.organization_id} (${l.product} ${l.edition}) ${standing}; signed by ${signedBy.kid}; no CRL checked`];
+    return [`valid: licence ${l.license_id} for ${l.organization_id} (${l.product} ${l.edition}) ${standing}; signed by ${signedBy.kid}; ${crl === null ? "no CRL checked" : `CRL #${crl} checked`}`];
+  }
+
+  /**
+   * The platform's published CRL (`/verify/crl`), trusted only once its signature verifies
+   * against the key set (Crl::verify, the command line's --crl with its default maximum age).
+   * Throws when it names the licence or cannot be trusted; answers its serial, or null when
+   * the platform did not answer (then, as without --crl, no CRL is checked).
+   */
+  async function revocation(licenseId, keys, report) {
+    let bytes;
+    try {
+      const res = await fetch("/verify/crl", { credentials: "omit", headers: { accept: "application/json" } });
+      if (!res.ok) throw new Error(`the platform answered ${res.status}`);
+      bytes = new Uint8Array(await res.arrayBuffer());
+    } catch (e) {
+      report.row("Revocation list", "skipped", `the published CRL could not be loaded (${e.message}): no CRL checked`);
+      return null;
+    }
+    const invalid = (why) => {
+      report.row("Revocation list", "failed", `the published CRL is not trusted: ${why}`);
+      return new Invalid(`CRL is not valid: ${why}`);
+    };
+    const doc = signedDocument(bytes, "CRL: ");
+    const list = doc.payload;
+    if (!list || typeof list !== "object" || Array.isArray(list)) throw invalid("the payload is not an object");
+    const issued = instant(list.issued_at);
+    if (issued === null) throw invalid("issued_at is not an RFC 3339 instant");
+    if (!Number.isSafeInteger(list.serial) || list.serial < 0) throw invalid("serial is not a whole number");
+    if (!Array.isArray(list.entries) || list.entries.some((e) => !e || typeof e.license_id !== "string" || typeof e.reason !== "string" || instant(e.revoked_at) === null)) {
+      throw invalid("entries are not {license_id, reason, revoked_at}");
+    }
+    if (list.format !== CRL_FORMAT) throw invalid(`format ${JSON.stringify(list.format)} is not ${CRL_FORMAT}`);
+    // The CRL's own signature rows, told apart from the licence's.
+    const rows = { row: (what, outcome, detail) => report.row(`CRL: ${what}`, outcome, detail) };
+    try {
+      verifyDocument(doc, keys, "license", CRL_CONTEXT, issued, rows);
+    } catch (e) {
+      if (e instanceof Invalid) throw invalid(e.message);
+      throw e;
+    }
+    if (now() - issued > CRL_MAX_AGE) {
+      report.row("Revocation list", "failed", `the published CRL is older than ${CRL_MAX_AGE / 3600000000000n} hours`);
+      throw new Invalid(`CRL was issued at ${shown(issued)}, more than the allowed ${CRL_MAX_AGE / 1000000000n} s ago`);
+    }
+    const entry = list.entries.find((e) => e.license_id === licenseId);
+    if (entry) {
+      report.row("Revocation list", "failed", `revoked (named in the CRL of ${rfc3339(issued)}, #${list.serial}): ${entry.reason}`);
+      throw new Invalid(`licence was revoked at ${shown(instant(entry.revoked_at))}: ${entry.reason}`);
+    }
+    report.row("Revocation list", "passed", `not named in the CRL of ${rfc3339(issued)} (#${list.serial}, ${list.entries.length} revoked licences)`);
+    return list.serial;
   }
 
   // ---- evidence archives (commands/src/evidence.rs unpack, crypto/src/evidence.rs) ----
@@ -646,8 +701,9 @@
     $("result").hidden = false;
     $("result-name").textContent = name;
     const verdict = $("verdict");
-    verdict.className = "verdict";
+    verdict.className = "verdict checking";
     verdict.textContent = "Checking…";
+    $("checks").closest(".table-wrap").setAttribute("aria-busy", "true");
     let lines;
     try {
       if (!trusted) throw new Invalid("no trusted key set: the published one could not be loaded; choose a key set file");
@@ -659,6 +715,7 @@
       lines = [`invalid: ${e instanceof Invalid ? e.message : `the file could not be checked: ${e.message}`}`];
     }
     if (mine !== generation) return;
+    $("checks").closest(".table-wrap").removeAttribute("aria-busy");
     verdict.className = `verdict ${lines[0].startsWith("valid:") ? "valid" : "invalid"}`;
     verdict.replaceChildren();
     lines.forEach((line, i) => {

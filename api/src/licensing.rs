@@ -876,6 +876,12 @@ pub async fn crl(
 ) -> Result<Response, Problem> {
     let _ = &principal;
     consistency.wait(&state.licenses).await?;
+    signed_crl(&state).await
+}
+
+/// The revocation list signed now: served to API clients here and without a token on the
+/// public verify page (`/verify/crl`), as a CRL is public by nature (ids and reasons only).
+pub(crate) async fn signed_crl(state: &AppState) -> Result<Response, Problem> {
     let serial = LicensesView::high_water(&state.db.pool).await?;
     let revoked = LicensesView::revoked(&state.db.pool).await?;
     let now = quantus_domain::envelope::truncate_to_micros(Utc::now());

@@ -210,6 +210,7 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   await page.getByRole("link", { name: "View licence" }).click();
   await page.waitForURL(`${BASE}/portal/licenses/${license}`);
   assert.match(await page.locator("main").textContent(), /valid/);
+  assert.match(await page.locator(".facts").textContent(), /Revocation list\s*does not name it/);
   await check(page, "portal-license");
 
   // The licence file, the public keys and the CRL verify offline with the CLI.
@@ -384,6 +385,24 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   assert.equal(await admin.locator(".facts .badge").first().textContent(), "terminated");
   assert.match(await admin.locator("tbody tr").first().textContent(), /revoked with the contract/);
   await until(operator, `/licenses/${license}/status`, (r) => r.standing === "revoked", "the licence revoked");
+  await until(operator, `/licenses/${license}`, (r) => r.status === "revoked", "the licence revoked in the list");
+  // The customer's Portal says the revocation list now names it.
+  const later = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await later.goto(`${BASE}/portal/`);
+  await later.getByLabel("Email").fill(acme.email);
+  await later.getByLabel("Password").fill(PASSWORD);
+  await later.getByRole("button", { name: "Sign in" }).click();
+  // QSA may remember the consent given earlier; if not, it asks again.
+  const portal = new RegExp(`^${BASE}/portal/`);
+  await Promise.race([
+    later.waitForSelector("text=Allow access?").then(() => later.getByRole("button", { name: "Allow" }).click()),
+    later.waitForURL(portal),
+  ]);
+  await later.waitForURL(portal);
+  await later.goto(`${BASE}/portal/licenses/${license}`);
+  assert.match(await later.locator(".facts").textContent(), /Revocation list\s*names it: revoked/);
+  await check(later, "portal-license-revoked");
+  await later.close();
   await check(admin, "admin-contract-terminated");
   await admin.setViewportSize({ width: 390, height: 844 });
   await check(admin, "admin-contract-narrow");
@@ -457,8 +476,57 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   assert.match(await admin.locator("main").textContent(), /Crypto policy/);
   await check(admin, "admin-keys");
   await admin.getByLabel("Keyring", { exact: true }).selectOption("evidence");
-  await admin.getByRole("button", { name: "Rotate" }).click();
+  // Rotating takes a moment (a new key is made and signs). Slowed down here, the form shows it
+  // is working (form busy, button disabled, "Working…" in a live region) and a double click
+  // sends one request. Playwright's own calls wait for a pending navigation, so the page
+  // records what it shows 100 ms after the submission (sessionStorage outlives the navigation).
+  let rotations = 0;
+  await admin.route("**/admin/keys/rotate", async (route) => {
+    rotations += 1;
+    await new Promise((ok) => setTimeout(ok, 1500));
+    await route.continue();
+  });
+  const busyState = () => {
+    const form = document.querySelector('form[action="/admin/keys/rotate"]');
+    const button = form.querySelector("button");
+    const live = button.nextElementSibling;
+    return {
+      busy: form.getAttribute("aria-busy"),
+      disabled: button.disabled,
+      status: live && live.getAttribute("aria-live") === "polite" ? live.textContent : null,
+    };
+  };
+  await admin.evaluate(() => {
+    document.addEventListener("submit", () =>
+      setTimeout(() => {
+        const form = document.querySelector('form[action="/admin/keys/rotate"]');
+        const button = form.querySelector("button");
+        const live = button.nextElementSibling;
+        sessionStorage.setItem("rotate-busy", JSON.stringify({
+          busy: form.getAttribute("aria-busy"),
+          disabled: button.disabled,
+          status: live && live.getAttribute("aria-live") === "polite" ? live.textContent : null,
+        }));
+      }, 100));
+  });
+  await admin.getByRole("button", { name: "Rotate" }).dblclick();
   await admin.waitForURL(/\/admin\/keys\?rotated=/);
+  await admin.unroute("**/admin/keys/rotate");
+  assert.equal(rotations, 1, "a double click sent the rotation twice");
+  assert.deepEqual(
+    JSON.parse(await admin.evaluate(() => sessionStorage.getItem("rotate-busy"))),
+    { busy: "true", disabled: true, status: "Working…" },
+    "the form did not show it was working",
+  );
+  // The answer's page is not busy (the script marks a form only once it is sent).
+  assert.equal(await admin.locator("form[aria-busy]").count(), 0);
+  // The busy state for the screenshot and axe: a submit event the script handles as a real
+  // one, which submits nothing (only a form's own submission navigates); reloaded after.
+  await admin.evaluate(() =>
+    document.querySelector('form[action="/admin/keys/rotate"]').dispatchEvent(new Event("submit", { bubbles: true, cancelable: true })));
+  assert.deepEqual(await admin.evaluate(busyState), { busy: "true", disabled: true, status: "Working…" });
+  await check(admin, "admin-keys-busy");
+  await admin.reload();
   const fresh = new URL(admin.url()).searchParams.get("rotated");
   assert.notEqual(fresh, old.kid);
   assert.ok((await evidenceKeys()).some((k) => k.kid === fresh), "the new key is in the evidence keyring");

@@ -1,7 +1,8 @@
 // The public verify page (/verify) as an auditor uses it: headless Chromium, driven by
 // Playwright, against a running Quantus (QUANTUS_URL). VERIFY_DIR holds the files to check and
-// cases.json, what `quantus license verify` / `quantus evidence verify` answered for each: the
-// page must answer the same, without sending the file anywhere (every request is recorded).
+// cases.json, what `quantus license verify` (with the platform's CRL, or a forged one) /
+// `quantus evidence verify` answered for each: the page must answer the same, without sending
+// the file anywhere (every request is recorded).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -18,9 +19,12 @@ const SHOTS = {
   "licence-compromised-key.json": "verify-licence-compromised-key",
   "evidence.tar": "verify-evidence-valid",
   "evidence-tampered.tar": "verify-evidence-tampered",
+  "licence-revoked.json": "verify-licence-revoked",
+  "licence-revoked.json with crl-tampered.json": "verify-crl-tampered",
 };
 
 let browser;
+const pageErrors = [];
 before(async () => {
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
 });
@@ -34,7 +38,11 @@ async function verdict(page, name) {
     const v = document.getElementById("verdict");
     const done = v.classList.contains("valid") || v.classList.contains("invalid");
     return done && document.getElementById("result-name").textContent === name;
-  }, name);
+  }, name, { timeout: 30000 }).catch(async (e) => {
+    // What the page shows instead, and what went wrong in it.
+    const shown = await page.locator("main").innerText();
+    throw new Error(`${e.message}\n${name}: the page shows\n${shown}\nerrors: ${pageErrors.join("\n")}`);
+  });
   return page.locator("#verdict .line").allInnerTexts();
 }
 
@@ -48,6 +56,8 @@ test("the verify page agrees with the command line on valid and tampered files, 
     if (m.type() === "error") problems.push(m.text());
   });
   page.on("pageerror", (e) => problems.push(String(e)));
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  page.on("console", (m) => pageErrors.push(`console ${m.type()}: ${m.text()}`));
   page.on("response", (r) => {
     if (r.status() >= 400) problems.push(`${r.status()} ${r.url()}`);
   });
@@ -76,7 +86,15 @@ test("the verify page agrees with the command line on valid and tampered files, 
 
   const input = page.getByLabel("Licence file (.json) or evidence archive (.tar)");
   for (const c of cases) {
+    // The page reads the platform's CRL; a forged one is put in its place where the CLI had it.
+    await page.unrouteAll();
+    if (c.crl === "crl-tampered.json") {
+      const forged = readFileSync(join(DIR, c.crl));
+      await page.route("**/verify/crl", (route) => route.fulfill({ status: 200, contentType: "application/json", body: forged }));
+    }
     await page.evaluate(() => document.getElementById("verdict").removeAttribute("class"));
+    // Emptied first: choosing the same file again (another CRL) would not be a change.
+    await input.setInputFiles([]);
     await input.setInputFiles(join(DIR, c.file));
     const lines = await verdict(page, c.file);
     const cli = c.cli.trim().split("\n");
@@ -102,8 +120,22 @@ test("the verify page agrees with the command line on valid and tampered files, 
       const failed = await page.locator("#checks tr", { has: page.locator(".s-failed-check") }).allInnerTexts();
       assert.ok(failed.some((r) => r.startsWith("Artifact counts.bin")), failed.join("\n"));
     }
-    await check(page, SHOTS[c.file]);
+    if (c.kind === "license" && cli[0].startsWith("valid:")) {
+      const row = await page.locator("#checks tr", { hasText: /^Revocation list/ }).innerText();
+      assert.match(row, /passed\s+not named in the CRL of/, row);
+    }
+    if (c.file === "licence-revoked.json") {
+      const row = await page.locator("#checks tr", { hasText: /^Revocation list/ }).innerText();
+      if (c.crl === "crl.json") {
+        assert.match(row, /failed\s+revoked \(named in the CRL of \d{4}-\d\d-\d\dT/, row);
+      } else {
+        // The forged list (it no longer names the licence) is refused, not believed.
+        assert.match(row, /failed\s+the published CRL is not trusted: bad signature by/, row);
+      }
+    }
+    await check(page, SHOTS[c.crl === "crl-tampered.json" ? `${c.file} with ${c.crl}` : c.file]);
   }
+  await page.unrouteAll();
 
   // Dropping a file works as choosing it.
   const licence = readFileSync(join(DIR, "licence.json")).toString("base64");
@@ -140,6 +172,7 @@ test("the verify page agrees with the command line on valid and tampered files, 
     assert.equal(r.body, null, `a request carried a body: ${r.url}`);
   }
   assert.ok(requests.some((r) => r.url.endsWith("/verify/keys.json")), "the published key set was not read");
+  assert.ok(requests.some((r) => r.url.endsWith("/verify/crl")), "the published CRL was not read");
   assert.deepEqual(problems, [], "errors in the page");
   await page.close();
 });

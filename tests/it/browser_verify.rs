@@ -46,6 +46,26 @@ async fn auditors_verify_files_in_the_browser_without_uploading_them() {
     let licence = r.body["id"].as_str().unwrap().to_owned();
     let file = format!("/v1/licenses/{licence}/file");
     let valid = bytes_of(&api, &file).await;
+    // A second licence of the same terms, revoked: the published CRL names it.
+    let r = api
+        .post(
+            "/v1/licenses",
+            json!({"organization_id": org, "product": "qpu-scheduler", "edition": "pro",
+                   "max_activations": 1,
+                   "expires_at": (Utc::now() + Duration::days(365)).to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let revoked_id = r.body["id"].as_str().unwrap().to_owned();
+    let revoked = bytes_of(&api, &format!("/v1/licenses/{revoked_id}/file")).await;
+    let r = api
+        .post(
+            &format!("/v1/licenses/{revoked_id}/revoke"),
+            json!({"reason": "contract terminated"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let revoked_position = r.body["position"].as_u64().unwrap();
     let r = api
         .post("/v1/keys/rotate", json!({"purpose": "license"}))
         .await;
@@ -60,6 +80,11 @@ async fn auditors_verify_files_in_the_browser_without_uploading_them() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // A key that is not compromised signs from now on (the revocation lists among them).
+    let r = api
+        .post("/v1/keys/rotate", json!({"purpose": "license"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
     // One byte of the payload changed.
     let tampered = String::from_utf8(valid.clone())
         .unwrap()
@@ -111,21 +136,73 @@ async fn auditors_verify_files_in_the_browser_without_uploading_them() {
     let forged = retar(&archive, "artifacts/counts.bin", |bytes| bytes[3] ^= 0x20);
 
     let keys = write(&dir, "keys.json", &bytes_of(&api, "/v1/keys").await);
+    // The CRL the page reads, public (no token) and the same list `/v1/crl` serves, once the
+    // licences' read model holds the revocation (the page reads it after every write here).
+    let waited = bytes_of(&api, &format!("/v1/crl?min_position={revoked_position}")).await;
+    let public = reqwest::get(format!("{}/verify/crl", server.url()))
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 200);
+    let public = public.bytes().await.unwrap().to_vec();
+    let payload_of = |bytes: &[u8]| {
+        let mut doc: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        doc["payload"]["issued_at"] = json!(null);
+        doc["payload"]["next_update"] = json!(null);
+        doc["payload"].clone()
+    };
+    assert_eq!(payload_of(&public), payload_of(&waited));
+    assert!(String::from_utf8_lossy(&public).contains(&revoked_id));
+    let crl = write(&dir, "crl.json", &public);
+    // A forged list that no longer names the revoked licence: its signature fails.
+    let forged_crl = String::from_utf8(public.clone())
+        .unwrap()
+        .replace(&revoked_id, &licence);
+    assert_ne!(forged_crl.as_bytes(), public.as_slice());
+    let forged_crl = write(&dir, "crl-tampered.json", forged_crl.as_bytes());
     let mut cases = vec![];
-    for (name, bytes, kind) in [
-        ("licence.json", valid.as_slice(), "license"),
-        ("licence-tampered.json", tampered.as_bytes(), "license"),
+    for (name, bytes, kind, list) in [
+        ("licence.json", valid.as_slice(), "license", Some(&crl)),
+        (
+            "licence-tampered.json",
+            tampered.as_bytes(),
+            "license",
+            Some(&crl),
+        ),
         (
             "licence-compromised-key.json",
             by_compromised_key.as_slice(),
             "license",
+            Some(&crl),
         ),
-        ("evidence.tar", archive.as_slice(), "evidence"),
-        ("evidence-tampered.tar", forged.as_slice(), "evidence"),
+        ("evidence.tar", archive.as_slice(), "evidence", None),
+        ("evidence-tampered.tar", forged.as_slice(), "evidence", None),
+        (
+            "licence-revoked.json",
+            revoked.as_slice(),
+            "license",
+            Some(&crl),
+        ),
+        (
+            "licence-revoked.json",
+            revoked.as_slice(),
+            "license",
+            Some(&forged_crl),
+        ),
     ] {
         let path = write(&dir, name, bytes);
-        let answer = cli(&[kind, "verify", &path, "--keys", &keys]);
-        cases.push(json!({"file": name, "kind": kind, "cli": answer}));
+        let mut args = vec![kind, "verify", &path, "--keys", &keys];
+        if let Some(list) = list {
+            args.extend(["--crl", list.as_str()]);
+        }
+        let answer = cli(&args);
+        let served = list.map(|l| {
+            if l == &crl {
+                "crl.json"
+            } else {
+                "crl-tampered.json"
+            }
+        });
+        cases.push(json!({"file": name, "kind": kind, "cli": answer, "crl": served}));
     }
     // What the command line says, which the page must say too.
     let said = |i: usize| cases[i]["cli"].as_str().unwrap().to_owned();
@@ -141,6 +218,18 @@ async fn auditors_verify_files_in_the_browser_without_uploading_them() {
         said(4).starts_with("invalid: artifact \"counts.bin\""),
         "{}",
         said(4)
+    );
+    assert!(said(0).contains("; CRL #"), "{}", said(0));
+    assert!(
+        said(5).starts_with("invalid: licence was revoked at")
+            && said(5).contains("contract terminated"),
+        "{}",
+        said(5)
+    );
+    assert!(
+        said(6).starts_with("invalid: CRL is not valid: bad signature by"),
+        "{}",
+        said(6)
     );
     write(
         &dir,

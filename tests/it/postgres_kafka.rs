@@ -1795,6 +1795,48 @@ async fn u_the_api_and_portal_roles_serve_the_consoles() {
         404,
         "the Portal role serves /v1/licenses outside"
     );
+    // The public verify page and what it reads are served by the Portal process too, without a
+    // token: the key set QuantumLock publishes and a CRL signed by its licence key.
+    let page = http
+        .get(format!("{}/verify", portal.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("Verify a licence or an evidence archive"));
+    let published: serde_json::Value = http
+        .get(format!("{}/verify/keys.json", portal.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids = |set: &serde_json::Value| {
+        let mut kids: Vec<String> = set["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
+        kids.sort();
+        kids
+    };
+    assert_eq!(kids(&published), kids(&platform.get("/v1/keys").await.body));
+    let crl = http
+        .get(format!("{}/verify/crl", portal.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crl.status(), 200);
+    let crl =
+        quantus_crypto::document::SignedDocument::from_canonical_json(&crl.bytes().await.unwrap())
+            .unwrap();
+    assert_eq!(crl.payload["format"], "quantus-crl/1");
 
     let (mut browser, at, overview) =
         console_sign_in(&qsa, &format!("{}/portal/", portal.url()), &owner, password).await;

@@ -30,6 +30,7 @@ pub fn routes() -> Router<AppState> {
         .route("/verify", get(page))
         .route("/verify/", get(page))
         .route("/verify/keys.json", get(keys))
+        .route("/verify/crl", get(crl))
 }
 
 async fn page() -> Response {
@@ -49,4 +50,10 @@ async fn page() -> Response {
 /// without a token, for verifiers who have none. Public keys and the policy only.
 async fn keys(State(state): State<AppState>) -> Result<Response, Problem> {
     Ok(Json(state.licensing.key_set().await?).into_response())
+}
+
+/// The signed revocation list, what `GET /v1/crl` serves, here without a token: the page
+/// checks its signature against the key set before it trusts what it names.
+async fn crl(State(state): State<AppState>) -> Result<Response, Problem> {
+    crate::licensing::signed_crl(&state).await
 }
