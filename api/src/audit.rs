@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use quantus_crypto::tiles::{self, TilePath};
-use quantus_domain::checkpoint::LogCheckpointSigned;
+use quantus_domain::audit::checkpoint::LogCheckpointSigned;
 use quantus_domain::schema::PLATFORM_TENANT;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
