@@ -97,7 +97,7 @@ free_port() {
 # ---------------------------------------------------------------------------------------------
 # The servers: each target fills its TOKEN_URL, INTROSPECT_URL, CLIENT_ID and CLIENT_SECRET.
 
-declare -A TOKEN_URL INTROSPECT_URL CLIENT_ID CLIENT_SECRET
+declare -A TOKEN_URL INTROSPECT_URL CLIENT_ID CLIENT_SECRET SERVER_PID
 QUANTUS_PIDS=()
 DATA_DIRS=()
 CREATED_DB=""
@@ -128,6 +128,8 @@ start_keycloak() {
         esac
     done < <("$SCRIPT_DIR/keycloak.sh" start)
     [[ -n "${TOKEN_URL[keycloak]:-}" ]] || die "scripts/keycloak.sh start printed no token URL"
+    # kc.sh execs the JVM: the pid it recorded is the server's.
+    SERVER_PID[keycloak]="$(cat "${QUANTUS_SERVICES_DIR:-$REPO_DIR/.services}/keycloak/run/keycloak.pid")"
     echo "keycloak: $(grep -m1 "^KEYCLOAK_URL=" "${QUANTUS_SERVICES_DIR:-$REPO_DIR/.services}/keycloak.env"), dev mode (H2), scripts/keycloak.sh"
 }
 
@@ -150,6 +152,7 @@ start_quantus() {
     fi
     pid=$!
     QUANTUS_PIDS+=("$pid")
+    SERVER_PID[$target]="$pid"
     deadline=$((SECONDS + 180))
     until [[ -s "$dir/bootstrap-client.json" ]] &&
         curl -fs -o /dev/null --max-time 2 "$url/healthz"; do
@@ -200,8 +203,20 @@ still_active() { # target body
         jq -r .active)" == true ]] || die "the token introspected against $1 was no longer active at the end of the round"
 }
 
+# CPU ticks the target has used so far: its server process (all threads), and for the
+# PostgreSQL target the database's processes too (Keycloak's H2 and Quantus' SQLite run inside
+# their server's process). On a shared machine, requests per CPU-second of the server is the
+# figure other people's work does not bend much.
+server_ticks() { # target
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pid="${SERVER_PID[$1]}" -v db="$([[ $1 == postgres ]] && echo 1)" '{
+        p = $1; line = $0; sub(/^[0-9]+ \(/, "", line); comm = line; sub(/\) .*/, "", comm)
+        sub(/^.*\) /, "", line); split(line, f, " ")
+        if (p == pid || (db && comm == "postgres")) ticks += f[12] + f[13]
+    } END { print ticks + 0 }'
+}
+
 round() { # figure target round
-    local figure="$1" target="$2" n="$3" url body out ok total rate other
+    local figure="$1" target="$2" n="$3" url body out ok total rate other ticks cpu per_cpu
     case "$figure" in
     tokens)
         url="${TOKEN_URL[$target]}"
@@ -216,33 +231,43 @@ round() { # figure target round
     section "$figure, $target, round $n"
     loadavg
     measure_start
+    ticks="$(server_ticks "$target")"
     oha_post "$PEER_SECONDS" "$target" "$url" "$body" >"$out" || die "oha failed against $target (see $out)"
+    ticks=$(($(server_ticks "$target") - ticks))
     measure_end | tee "$BENCH_OUT/$figure-$target-$n.load"
     [[ "$figure" != introspect ]] || still_active "$target" "$body"
     ok="$(jq '.statusCodeDistribution["200"] // 0' "$out")"
     total="$(jq '[.statusCodeDistribution[]] | add // 0' "$out")"
     rate="$(jq -r --argjson ok "$ok" '($ok / .summary.total) | floor' "$out")"
     other="$(sed -n 's/^during: .*(\([0-9]*%\) of .*/\1/p' "$BENCH_OUT/$figure-$target-$n.load")"
-    printf '%s %s/s: %s of %s answers 200 (p50 %.1f ms, p99 %.1f ms; others %s)\n' "$figure" "$rate" "$ok" "$total" \
+    cpu="$(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t / hz }')"
+    per_cpu="$(awk -v ok="$ok" -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (t > 0 ? ok * hz / t : 0) }')"
+    printf '%s %s/s: %s of %s answers 200 (p50 %.1f ms, p99 %.1f ms; others %s); server CPU %s s: %s per CPU-second\n' \
+        "$figure" "$rate" "$ok" "$total" \
         "$(jq '.latencyPercentiles.p50 * 1000' "$out")" "$(jq '.latencyPercentiles.p99 * 1000' "$out")" \
-        "$(jq -c '.statusCodeDistribution | del(."200")' "$out")"
-    printf '%s\t%s\t%s\t%s\t%s\n' "$figure" "$target" "$n" "$rate" "$other" >>"$SUMMARY"
+        "$(jq -c '.statusCodeDistribution | del(."200")' "$out")" "$cpu" "$per_cpu"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$figure" "$target" "$n" "$rate" "$other" "$per_cpu" >>"$SUMMARY"
 }
 
 summary() { # figure
     section "$1: median over $PEER_ROUNDS rounds of ${PEER_SECONDS} s, $PEER_CONNECTIONS connections"
     awk -F'\t' -v figure="$1" '
-        $1 == figure { rates[$2] = rates[$2] " " $4; others[$2] = others[$2] " " $5 }
+        $1 == figure { rates[$2] = rates[$2] " " $4; others[$2] = others[$2] " " $5; cpus[$2] = cpus[$2] " " $6 }
         END {
             for (t in rates) {
                 n = split(rates[t], r, " ")
                 for (i = 2; i <= n; i++) for (j = i; j > 1 && r[j - 1] + 0 > r[j] + 0; j--) { x = r[j]; r[j] = r[j - 1]; r[j - 1] = x }
                 med[t] = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+                n = split(cpus[t], r, " ")
+                for (i = 2; i <= n; i++) for (j = i; j > 1 && r[j - 1] + 0 > r[j] + 0; j--) { x = r[j]; r[j] = r[j - 1]; r[j - 1] = x }
+                per[t] = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
             }
             for (t in rates) {
-                printf "%-10s %8.0f/s   rounds:%s   other CPU:%s", t, med[t], rates[t], others[t]
-                if ("keycloak" in med && t != "keycloak" && med["keycloak"] > 0) printf "   %.2fx Keycloak", med[t] / med["keycloak"]
-                printf "\n"
+                printf "%-10s %8.0f/s", t, med[t]
+                if ("keycloak" in med && t != "keycloak" && med["keycloak"] > 0) printf " (%.2fx Keycloak)", med[t] / med["keycloak"]
+                printf "   %6.0f per server CPU-second", per[t]
+                if ("keycloak" in per && t != "keycloak" && per["keycloak"] > 0) printf " (%.2fx Keycloak)", per[t] / per["keycloak"]
+                printf "   rounds:%s   other CPU:%s\n", rates[t], others[t]
             }
         }' "$SUMMARY"
 }
@@ -280,4 +305,4 @@ for figure in "${FIGURES[@]}"; do
 done
 for figure in "${FIGURES[@]}"; do summary "$figure"; done
 echo
-echo "summary: $SUMMARY (figure, target, round, rate/s, other processes' CPU share)"
+echo "summary: $SUMMARY (figure, target, round, rate/s, other processes' CPU share, answers per server CPU-second)"
