@@ -86,6 +86,13 @@ pub async fn run(
         Arc::new(quantus_projections::users::UsersView::new(keys)),
     );
     users_runner.prepare().await?;
+    // Lists read the groups model for each user's `groups`: its (empty) table must exist.
+    ProjectionRunner::new(
+        db.clone(),
+        Arc::new(quantus_projections::groups::GroupsView),
+    )
+    .prepare()
+    .await?;
     let background = users_runner.clone();
     tokio::spawn(async move {
         let _ = background
