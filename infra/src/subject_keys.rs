@@ -30,6 +30,8 @@ pub struct SubjectKeys {
     blobs: XChaCha20Poly1305,
     /// Keys the login-name digests.
     login_key: [u8; 32],
+    /// Keys the read model's blind indexes (one key per organization is derived from it).
+    blind_key: [u8; 32],
 }
 
 fn corrupt(what: impl Into<String>) -> InfraError {
@@ -40,6 +42,19 @@ fn nonce() -> [u8; 24] {
     let mut n = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut n);
     n
+}
+
+/// HMAC-SHA-256 with a 32-byte key (zero-padded to the block, as HMAC itself pads it: no
+/// key length can fail).
+fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::Mac as _;
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::digest::KeyInit>::new(&block.into());
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
 }
 
 fn field_aad(subject: &str, field: &str) -> Vec<u8> {
@@ -55,12 +70,37 @@ impl SubjectKeys {
         let login_key = <[u8; 32]>::from(sha2::Sha256::digest(
             [b"quantus-login-key/v1\0".as_slice(), master.as_slice()].concat(),
         ));
+        let blind_key = <[u8; 32]>::from(sha2::Sha256::digest(
+            [
+                b"quantus-blind-index-key/v1\0".as_slice(),
+                master.as_slice(),
+            ]
+            .concat(),
+        ));
         Self {
             db,
             master: XChaCha20Poly1305::new(master.into()),
             blobs: XChaCha20Poly1305::new((&*blob_key).into()),
             login_key,
+            blind_key,
         }
+    }
+
+    /// The blind index of a personal value: HMAC-SHA-256 of the attribute and the lower-cased
+    /// value under the organization's own key (itself an HMAC of the organization id under a
+    /// key derived from the master key). Equal values of one attribute in one organization
+    /// meet; the digest says nothing about the value without the master key, and the same
+    /// value in another organization gives another digest, so tables cannot be joined across
+    /// tenants.
+    pub fn blind_index(&self, organization_id: &str, attribute: &str, value: &str) -> String {
+        let org_key = hmac_sha256(
+            &self.blind_key,
+            &[b"organization\0", organization_id.as_bytes()],
+        );
+        hex::encode(hmac_sha256(
+            &org_key,
+            &[attribute.as_bytes(), b"\0", value.to_lowercase().as_bytes()],
+        ))
     }
 
     /// A keyed digest of a login name: finds the user without keeping the email in clear.
@@ -556,5 +596,28 @@ impl SignInThrottle {
             .execute(&self.db.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod blind_index_tests {
+    use super::hmac_sha256;
+    use hmac::Mac as _;
+
+    /// The zero-padded block key is HMAC with the 32-byte key itself (RFC 2104 pads it so).
+    #[test]
+    fn the_padded_key_is_the_plain_hmac() {
+        let key = [7u8; 32];
+        let mut plain = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        plain.update(b"emails.value\0a@example.com");
+        let expected: [u8; 32] = plain.finalize().into_bytes().into();
+        assert_eq!(
+            hmac_sha256(&key, &[b"emails.value", b"\0", b"a@example.com"]),
+            expected
+        );
+        assert_ne!(
+            hmac_sha256(&[8u8; 32], &[b"emails.value\0a@example.com"]),
+            expected
+        );
     }
 }

@@ -18,6 +18,8 @@ use sqlx::{AnyConnection, AnyPool, Executor, Row};
 
 use crate::Projection;
 
+pub mod search;
+
 pub struct UsersView {
     keys: SubjectKeys,
 }
@@ -54,8 +56,186 @@ fn row_to_user(row: &AnyRow) -> Result<UserRow, InfraError> {
     })
 }
 
+/// A stored profile, parsed.
+fn parse_profile(profile: Option<String>) -> Result<Option<serde_json::Value>, InfraError> {
+    profile
+        .map(|p| {
+            serde_json::from_str(&p)
+                .map_err(|e| InfraError::Corrupt(format!("user_profiles profile: {e}")))
+        })
+        .transpose()
+}
+
+/// What the search columns hold for one user: `userName` lower-cased, `externalId`, and the
+/// values of [`search::BLIND_ATTRIBUTES`] (each to be kept as its blind index only). `profile`
+/// is the SCIM profile; a user SCIM never described is searched as SCIM shows them (userName
+/// and work email their email, displayName their name).
+struct SearchTerms {
+    user_name_lc: Option<String>,
+    external_id: Option<String>,
+    personal: Vec<(&'static str, String)>,
+}
+
+impl SearchTerms {
+    fn of(
+        profile: Option<&serde_json::Value>,
+        email: Option<&str>,
+        name: Option<&str>,
+    ) -> SearchTerms {
+        use serde_json::Value;
+        let Some(doc) = profile.filter(|p| p.is_object()) else {
+            let mut personal = vec![];
+            if let Some(e) = email {
+                personal.push(("emails.value", e.to_owned()));
+            }
+            if let Some(n) = name {
+                personal.push(("displayname", n.to_owned()));
+            }
+            return SearchTerms {
+                user_name_lc: email.map(str::to_lowercase),
+                external_id: None,
+                personal,
+            };
+        };
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+        let mut personal = vec![];
+        for (attribute, list) in [
+            ("emails.value", "emails"),
+            ("phonenumbers.value", "phoneNumbers"),
+        ] {
+            if let Some(items) = doc.get(list).and_then(Value::as_array) {
+                for item in items {
+                    if let Some(v) = text(item.get("value")) {
+                        personal.push((attribute, v));
+                    }
+                }
+            }
+        }
+        for (attribute, sub) in [
+            ("name.familyname", "familyName"),
+            ("name.givenname", "givenName"),
+        ] {
+            if let Some(v) = text(doc.get("name").and_then(|n| n.get(sub))) {
+                personal.push((attribute, v));
+            }
+        }
+        if let Some(v) = text(doc.get("displayName")) {
+            personal.push(("displayname", v));
+        }
+        SearchTerms {
+            user_name_lc: text(doc.get("userName")).map(|u| u.to_lowercase()),
+            external_id: text(doc.get("externalId")),
+            personal,
+        }
+    }
+}
+
+/// Adds `column` to `table` unless it is there (stores made before it); true when added.
+async fn add_column(
+    conn: &mut AnyConnection,
+    table: &str,
+    column: &str,
+    kind: &str,
+) -> Result<bool, InfraError> {
+    let postgres = conn.backend_name().eq_ignore_ascii_case("postgresql");
+    let exists = if postgres {
+        "SELECT COUNT(*) AS n FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+    } else {
+        "SELECT COUNT(*) AS n FROM pragma_table_info($1) WHERE name = $2"
+    };
+    let n: i64 = sqlx::query(exists)
+        .bind(table.to_owned())
+        .bind(column.to_owned())
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("n")?;
+    if n > 0 {
+        return Ok(false);
+    }
+    conn.execute(format!("ALTER TABLE {table} ADD COLUMN {column} {kind}").as_str())
+        .await?;
+    Ok(true)
+}
+
 impl UsersView {
     pub const NAME: &'static str = "users";
+
+    /// Rewrites the search columns and blind-index entries of one user from the model's row
+    /// and profile: none once erased (the old values no longer find them).
+    async fn reindex(&self, conn: &mut AnyConnection, id: &str) -> Result<(), InfraError> {
+        sqlx::query("DELETE FROM user_blind_index WHERE user_id = $1")
+            .bind(id.to_owned())
+            .execute(&mut *conn)
+            .await?;
+        let row = sqlx::query(
+            "SELECT u.organization_id, u.status, u.email, u.name, p.profile \
+             FROM users_view u LEFT JOIN user_profiles p ON p.id = u.id WHERE u.id = $1",
+        )
+        .bind(id.to_owned())
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(row) = row else { return Ok(()) };
+        let organization_id: String = row.try_get("organization_id")?;
+        let status: String = row.try_get("status")?;
+        let terms = if status == "erased" {
+            SearchTerms {
+                user_name_lc: None,
+                external_id: None,
+                personal: vec![],
+            }
+        } else {
+            let email: Option<String> = row.try_get("email")?;
+            let name: Option<String> = row.try_get("name")?;
+            let profile = parse_profile(row.try_get("profile")?)?;
+            SearchTerms::of(profile.as_ref(), email.as_deref(), name.as_deref())
+        };
+        sqlx::query("UPDATE users_view SET user_name_lc = $1, external_id = $2 WHERE id = $3")
+            .bind(terms.user_name_lc)
+            .bind(terms.external_id)
+            .bind(id.to_owned())
+            .execute(&mut *conn)
+            .await?;
+        let digests: BTreeSet<(&str, String)> = terms
+            .personal
+            .iter()
+            .map(|(a, v)| (*a, self.keys.blind_index(&organization_id, a, v)))
+            .collect();
+        for (attribute, digest) in digests {
+            sqlx::query(
+                "INSERT INTO user_blind_index (organization_id, attribute, digest, user_id) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(organization_id.clone())
+            .bind(attribute)
+            .bind(digest)
+            .bind(id.to_owned())
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Fills the search columns of a store made before them, from the model itself (its
+    /// profiles are opened already), a thousand users at a time.
+    async fn reindex_all(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
+        let mut after = String::new();
+        loop {
+            let ids: Vec<String> =
+                sqlx::query("SELECT id FROM users_view WHERE id > $1 ORDER BY id LIMIT 1000")
+                    .bind(after.clone())
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get("id"))
+                    .collect::<Result<_, _>>()?;
+            let Some(last) = ids.last() else { break };
+            after = last.clone();
+            for id in &ids {
+                self.reindex(conn, id).await?;
+            }
+        }
+        Ok(())
+    }
 
     pub fn new(keys: SubjectKeys) -> Self {
         Self { keys }
@@ -248,12 +428,67 @@ impl Projection for UsersView {
             "CREATE INDEX IF NOT EXISTS user_profiles_org_name ON user_profiles (organization_id, user_name_lc)",
         )
         .await?;
+        // SCIM searches (issue 18 item 5): plain columns for what is not personal or is
+        // already a login (userName), and keyed digests for personal values.
+        let added = add_column(conn, "users_view", "user_name_lc", "TEXT").await?;
+        let added = add_column(conn, "users_view", "external_id", "TEXT").await? || added;
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS user_blind_index (
+                organization_id TEXT NOT NULL,
+                attribute TEXT NOT NULL,
+                digest TEXT NOT NULL,
+                user_id TEXT NOT NULL
+            )",
+        )
+        .await?;
+        // Bytewise order on PostgreSQL whatever the database's locale, as the searches compare.
+        let c = if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+            " COLLATE \"C\""
+        } else {
+            ""
+        };
+        for (index, columns) in [
+            ("users_view_org_id", format!("organization_id, id{c}")),
+            (
+                "users_view_org_name",
+                format!("organization_id, user_name_lc{c}"),
+            ),
+            (
+                "users_view_org_external",
+                format!("organization_id, external_id{c}"),
+            ),
+            (
+                "users_view_org_created",
+                format!("organization_id, created_at{c}"),
+            ),
+            (
+                "users_view_org_modified",
+                format!("organization_id, updated_at{c}"),
+            ),
+        ] {
+            conn.execute(
+                format!("CREATE INDEX IF NOT EXISTS {index} ON users_view ({columns})").as_str(),
+            )
+            .await?;
+        }
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS user_blind_index_digest ON user_blind_index (organization_id, attribute, digest)",
+        )
+        .await?;
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS user_blind_index_user ON user_blind_index (user_id)",
+        )
+        .await?;
+        if added {
+            self.reindex_all(conn).await?;
+        }
         Ok(())
     }
 
     async fn clear(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
         conn.execute("DELETE FROM users_view").await?;
         conn.execute("DELETE FROM user_profiles").await?;
+        conn.execute("DELETE FROM user_blind_index").await?;
         Ok(())
     }
 
@@ -272,7 +507,15 @@ impl Projection for UsersView {
             .bind(version)
             .bind(id.clone())
         };
-        match record.decode::<UserEvent>()? {
+        let event = record.decode::<UserEvent>()?;
+        let reindex = matches!(
+            event,
+            UserEvent::UserRegistered(_)
+                | UserEvent::UserProfileChanged(_)
+                | UserEvent::UserEmailChanged(_)
+                | UserEvent::UserErased(_)
+        );
+        match event {
             UserEvent::UserRegistered(p) => {
                 // Unreadable once erased: a replay then shows the user without personal data.
                 let email = self.keys.open_text_on(conn, &p.email, "email").await?;
@@ -399,6 +642,9 @@ impl Projection for UsersView {
                 .await?;
             }
         }
+        if reindex {
+            self.reindex(conn, &id).await?;
+        }
         Ok(())
     }
 
@@ -449,6 +695,33 @@ impl Projection for UsersView {
                 "organization_id": r.try_get::<String, _>("organization_id")?,
                 "user_name_lc": r.try_get::<Option<String>, _>("user_name_lc")?,
                 "profile": r.try_get::<String, _>("profile")?,
+            }));
+        }
+        // The search columns and blind indexes: a rebuild (or a start on an older store) must
+        // fill them as the live model did.
+        let searched =
+            sqlx::query("SELECT id, user_name_lc, external_id FROM users_view ORDER BY id")
+                .fetch_all(&mut *conn)
+                .await?;
+        for r in searched {
+            out.push(serde_json::json!({
+                "search_of": r.try_get::<String, _>("id")?,
+                "user_name_lc": r.try_get::<Option<String>, _>("user_name_lc")?,
+                "external_id": r.try_get::<Option<String>, _>("external_id")?,
+            }));
+        }
+        let blind = sqlx::query(
+            "SELECT organization_id, attribute, digest, user_id FROM user_blind_index \
+             ORDER BY user_id, attribute, digest",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in blind {
+            out.push(serde_json::json!({
+                "blind_index_of": r.try_get::<String, _>("user_id")?,
+                "organization_id": r.try_get::<String, _>("organization_id")?,
+                "attribute": r.try_get::<String, _>("attribute")?,
+                "digest": r.try_get::<String, _>("digest")?,
             }));
         }
         Ok(out)

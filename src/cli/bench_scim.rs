@@ -86,6 +86,13 @@ pub async fn run(
         Arc::new(quantus_projections::users::UsersView::new(keys)),
     );
     users_runner.prepare().await?;
+    // Lists read the groups model for each user's `groups`: its (empty) table must exist.
+    ProjectionRunner::new(
+        db.clone(),
+        Arc::new(quantus_projections::groups::GroupsView),
+    )
+    .prepare()
+    .await?;
     let background = users_runner.clone();
     tokio::spawn(async move {
         let _ = background
@@ -107,6 +114,7 @@ pub async fn run(
                 let user = json!({
                     "userName": format!("user{i}@{domain}"),
                     "name": {"givenName": format!("Given{i}"), "familyName": format!("Family{}", i % 1000)},
+                    "externalId": format!("ext{i}"),
                     "emails": [{"value": format!("user{i}@{domain}"), "type": kind, "primary": true}],
                     "active": true,
                     "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User":
@@ -144,32 +152,65 @@ pub async fn run(
         let _ = axum::serve(listener, app).await;
     });
     let http = reqwest::Client::new();
-    for filter in [
-        r#"userName sw "user12""#,
-        r#"userName eq "user4242@example.com""#,
-        r#"emails[type eq "work" and value co "@ex"]"#,
-        r#"name.familyName eq "Family7" and not (active eq false)"#,
+    // Each filter form the indexes answer, one the blind index narrows, one tested in memory
+    // after an indexed conjunct, and one refused with `tooMany` (it would test every user).
+    for (filter, sort_by) in [
+        ("", ""),
+        ("", "userName"),
+        (r#"userName sw "user12""#, ""),
+        (r#"userName eq "user4242@example.com""#, ""),
+        (r#"externalId eq "ext777""#, ""),
+        (r#"id gt "8""#, "meta.created"),
+        (r#"meta.lastModified gt "2000-01-01T00:00:00Z""#, ""),
+        (r#"active eq false"#, ""),
+        (r#"emails eq "user31337@corp.example""#, ""),
+        (
+            r#"name.familyName eq "Family7" and not (active eq false)"#,
+            "",
+        ),
+        (
+            r#"userName sw "user12" and emails[type eq "work" and value co "@ex"]"#,
+            "",
+        ),
+        (r#"emails[type eq "work" and value co "@ex"]"#, ""),
     ] {
         let mut latencies = Vec::with_capacity(requests as usize);
         let mut total = 0;
+        let mut refused = None;
         for _ in 0..requests {
             let t = Instant::now();
+            let mut query = vec![("count", "100")];
+            if !filter.is_empty() {
+                query.push(("filter", filter));
+            }
+            if !sort_by.is_empty() {
+                query.push(("sortBy", sort_by));
+            }
             let r = http
                 .get(format!("{base}/scim/v2/Users"))
-                .query(&[("filter", filter), ("count", "100")])
+                .query(&query)
                 .bearer_auth(&token)
                 .send()
                 .await?;
-            anyhow::ensure!(r.status().is_success(), "{filter}: {}", r.status());
+            let status = r.status();
             let body: serde_json::Value = r.json().await?;
             latencies.push(t.elapsed());
-            total = body["totalResults"].as_u64().unwrap_or_default();
+            if status.is_success() {
+                total = body["totalResults"].as_u64().unwrap_or_default();
+            } else if body["scimType"] == "tooMany" {
+                refused = Some("tooMany");
+            } else {
+                anyhow::bail!("{filter}: {status} {body}");
+            }
         }
-        report(
-            &format!("GET /Users?filter={filter}&count=100"),
-            &mut latencies,
-            total,
-        );
+        let mut what = format!("GET /Users?filter={filter}&count=100");
+        if !sort_by.is_empty() {
+            what.push_str(&format!("&sortBy={sort_by}"));
+        }
+        if let Some(r) = refused {
+            what.push_str(&format!(" (refused: {r})"));
+        }
+        report(&what, &mut latencies, total);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -36,6 +36,7 @@ mod readme;
 mod saml;
 mod schemas;
 pub mod scim;
+mod scim_search;
 mod shedding;
 mod stripe;
 mod telemetry;
