@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Principal;
-use crate::problem::ApiJson;
+use crate::problem::{ApiJson, ApiQuery};
 use crate::write::{accepted, context};
 use crate::{AppState, Problem};
 
@@ -70,22 +70,42 @@ impl From<&AccessRule> for AccessRuleView {
     }
 }
 
-#[utoipa::path(get, path = "/v1/access-policies/{org}", tag = "qsa", params(("org" = String, Path)), responses((status = 200, body = AccessPolicyView), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyQuery {
+    as_of: Option<String>,
+    as_of_position: Option<u64>,
+}
+
+/// The organization's rules, now or (with `as_of` / `as_of_position`) as they stood then:
+/// the AccessPolicy aggregate loaded from the log up to that position.
+#[utoipa::path(get, path = "/v1/access-policies/{org}", tag = "qsa", params(("org" = String, Path), ("as_of" = Option<String>, Query, description = "the rules as they stood at this instant (RFC 3339): after the last log position appended before it; the answer's `as_of` names that position and the instant"), ("as_of_position" = Option<u64>, Query, description = "the rules as they stood at this log position (after its event); the answer's `as_of` names it and when it was appended")), responses((status = 200, body = AccessPolicyView), (status = 400, body = Problem, description = "a bad as_of or as_of_position"), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(org): Path<String>,
+    ApiQuery(q): ApiQuery<PolicyQuery>,
 ) -> Result<Response, Problem> {
     principal.require("identity:read")?;
     principal.tenant(&org, &format!("organization {org}"))?;
-    let (policy, version) = state.identity.access().policy(&org).await?;
+    let moment = crate::as_of::moment(&state, q.as_of.as_deref(), q.as_of_position).await?;
+    let (policy, version) = match &moment {
+        Some(m) => {
+            state
+                .identity
+                .access()
+                .policy_as_of(&org, m.position)
+                .await?
+        }
+        None => state.identity.access().policy(&org).await?,
+    };
     let mut rules: Vec<&AccessRule> = policy.rules.values().collect();
     rules.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
     Ok(Json(AccessPolicyView {
         organization_id: org,
         rules: rules.into_iter().map(AccessRuleView::from).collect(),
         version,
-        as_of: None,
+        as_of: moment,
     })
     .into_response())
 }

@@ -36,7 +36,27 @@ pub async fn resolve(
     as_of_position: Option<u64>,
     wait_ms: Option<u64>,
 ) -> Result<Option<AsOf>, Problem> {
-    let moment = match (as_of, as_of_position) {
+    let Some(moment) = moment(state, as_of, as_of_position).await? else {
+        return Ok(None);
+    };
+    // The history holds a position once the model has applied it (and all before it).
+    Consistency {
+        min_position: Some(moment.position),
+        wait_ms,
+    }
+    .wait(model)
+    .await?;
+    Ok(Some(moment))
+}
+
+/// The moment `as_of` / `as_of_position` name, in the log itself: enough for an aggregate,
+/// which is read from the log (a read model waits for it with [`resolve`]).
+pub async fn moment(
+    state: &AppState,
+    as_of: Option<&str>,
+    as_of_position: Option<u64>,
+) -> Result<Option<AsOf>, Problem> {
+    Ok(Some(match (as_of, as_of_position) {
         (None, None) => return Ok(None),
         (Some(_), Some(_)) => {
             return Err(Problem::bad_request(
@@ -69,15 +89,7 @@ pub async fn resolve(
                 at,
             }
         }
-    };
-    // The history holds a position once the model has applied it (and all before it).
-    Consistency {
-        min_position: Some(moment.position),
-        wait_ms,
-    }
-    .wait(model)
-    .await?;
-    Ok(Some(moment))
+    }))
 }
 
 /// The rows a history returned, read as the current-state query's rows `R` (the history

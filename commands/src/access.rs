@@ -90,6 +90,17 @@ impl AccessControl {
         self.bus.load::<AccessPolicy>(organization_id).await
     }
 
+    /// The organization's rules and their version as they stood at log position `position`.
+    pub async fn policy_as_of(
+        &self,
+        organization_id: &str,
+        position: u64,
+    ) -> Result<(AccessPolicy, u64), CommandError> {
+        self.bus
+            .load_as_of::<AccessPolicy>(organization_id, position)
+            .await
+    }
+
     pub async fn set_rule(
         &self,
         ctx: &CommandContext,

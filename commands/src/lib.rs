@@ -457,6 +457,20 @@ impl CommandBus {
         Ok(aggregate)
     }
 
+    /// An aggregate and its version as they stood at log position `position` (after its
+    /// event): the state an as-of query of an aggregate, rather than a read model, answers.
+    pub async fn load_as_of<A>(&self, id: &str, position: u64) -> Result<(A, u64), CommandError>
+    where
+        A: Aggregate,
+        A::Event: quantus_domain::events::EventEnum,
+    {
+        let sequence = self
+            .repo
+            .aggregate_sequence_at(A::TYPE, id, position)
+            .await?;
+        Ok((self.load_until::<A>(id, sequence).await?, sequence))
+    }
+
     /// Ok when organization `id` exists and is not suspended: the precondition of every
     /// command that creates something inside an organization.
     pub async fn active_organization(&self, id: &str) -> Result<(), CommandError> {

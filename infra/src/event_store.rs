@@ -388,6 +388,25 @@ impl SqlEventRepository {
         rows.iter().map(record_from_row).collect()
     }
 
+    /// The sequence of one aggregate's last event at or before log position `position` (0
+    /// when it had none yet): where the aggregate stood at that point of the log.
+    pub async fn aggregate_sequence_at(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        position: u64,
+    ) -> Result<u64, InfraError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(sequence), 0) AS sequence FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND position <= $3",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .fetch_one(&self.db.pool)
+        .await?;
+        get_u64(&row, "sequence")
+    }
+
     /// Which aggregate the event at `position` belongs to, if it exists yet.
     pub async fn aggregate_at(
         &self,

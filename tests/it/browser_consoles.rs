@@ -113,3 +113,9 @@ fn operators_see_billing_runs_and_settle_invoices_in_the_admin_console() {
     assert!(by_person("InvoiceVoided"), "no void recorded by a person");
     no_token_in_the_log(&server);
 }
+
+#[test]
+fn operators_see_an_organization_as_of_a_moment_in_the_admin_console() {
+    let server = run_suite("admin-as-of", "admin_as_of.test.mjs", 1);
+    no_token_in_the_log(&server);
+}

@@ -357,6 +357,153 @@ async fn commercial(label: &str, url: Option<&str>) {
     assert_eq!(r.status, 400, "{}", r.body);
 }
 
+/// An administrator of another organization (a service principal with the admin role there).
+async fn other_admin(server: &Server, admin: &Api, org: &str) -> Api {
+    let r = admin
+        .post(
+            "/v1/service-principals",
+            json!({"organization_id": org, "name": "ci", "roles": ["admin"]}),
+        )
+        .await;
+    Api {
+        base: server.url().to_owned(),
+        token: client_token(
+            server.url(),
+            r.body["client_id"].as_str().unwrap(),
+            r.body["client_secret"].as_str().unwrap(),
+            None,
+        ),
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Access rules (an aggregate, not a read model) as of before, while and after a rule was
+/// added, replaced and deleted.
+async fn access_rules(label: &str, url: Option<&str>) {
+    let dir = temp_dir(label);
+    let server = start(&dir, url);
+    let admin = server.client();
+    let t_before_org = now_between().await;
+    let (acme, org_at) = admin.create_org("Acme").await;
+    let (globex, _) = admin.create_org("Globex").await;
+    let rule = |name: &str| format!("/v1/access-policies/{acme}/rules/{name}");
+    let put = |name: String, body: Value| {
+        let admin = admin.clone();
+        async move {
+            position(
+                &admin
+                    .send(admin.request(reqwest::Method::PUT, &name).json(&body))
+                    .await,
+            )
+        }
+    };
+    let t_none = now_between().await;
+    let added_at = put(
+        rule("office"),
+        json!({"priority": 10, "conditions": {"ip_not_in": ["10.0.0.0/8"]}, "outcome": "require_mfa"}),
+    )
+    .await;
+    let t_added = now_between().await;
+    put(
+        rule("office"),
+        json!({"priority": 10, "conditions": {"ip_not_in": ["10.0.0.0/8"]}, "outcome": "block"}),
+    )
+    .await;
+    let t_replaced = now_between().await;
+    position(
+        &admin
+            .send(admin.request(reqwest::Method::DELETE, &rule("office")))
+            .await,
+    );
+    let policy = format!("/v1/access-policies/{acme}");
+
+    let outcomes = |body: &Value| -> Vec<String> {
+        body["rules"]
+            .as_array()
+            .unwrap_or_else(|| panic!("rules: {body}"))
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}",
+                    r["name"].as_str().unwrap(),
+                    r["outcome"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let then = as_of(&admin, &policy, &t_none).await;
+    assert_eq!(outcomes(&then), Vec::<String>::new(), "{then}");
+    assert_eq!(then["version"], 0, "{then}");
+    let then = as_of(&admin, &policy, &t_added).await;
+    assert_eq!(outcomes(&then), ["office:require_mfa"], "{then}");
+    assert_eq!(then["version"], 1, "{then}");
+    let pos = then["as_of"]["position"].as_u64().unwrap();
+    assert!(pos >= added_at, "{then}");
+    let then = as_of(&admin, &policy, &t_replaced).await;
+    assert_eq!(outcomes(&then), ["office:block"], "{then}");
+    assert_eq!(then["version"], 2, "{then}");
+    let now = admin.get(&policy).await;
+    assert_eq!(now.status, 200, "{}", now.body);
+    assert_eq!(outcomes(&now.body), Vec::<String>::new(), "{}", now.body);
+    assert_eq!(now.body["version"], 3, "{}", now.body);
+    assert!(now.body.get("as_of").is_none(), "{}", now.body);
+    // A position names itself and when it was appended.
+    let r = admin
+        .get(&format!("{policy}?as_of_position={added_at}"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["as_of"]["position"], added_at);
+    assert!(r.body["as_of"]["instant"].is_string(), "{}", r.body);
+    assert_eq!(outcomes(&r.body), ["office:require_mfa"], "{}", r.body);
+    // Before the organization existed: no rules, as the read models answer no rows.
+    for query in [
+        format!("as_of_position={}", org_at - 1),
+        format!("as_of={t_before_org}"),
+    ] {
+        let r = admin.get(&format!("{policy}?{query}")).await;
+        assert_eq!(r.status, 200, "{query}: {}", r.body);
+        assert_eq!(
+            outcomes(&r.body),
+            Vec::<String>::new(),
+            "{query}: {}",
+            r.body
+        );
+    }
+
+    // Bad moments are 400 problems.
+    for query in [
+        "as_of=yesterday".to_owned(),
+        "as_of=2026-01-01T00:00:00Z&as_of_position=1".to_owned(),
+        "as_of_position=999999999".to_owned(),
+        "as_of_position=-1".to_owned(),
+    ] {
+        let r = admin.get(&format!("{policy}?{query}")).await;
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        assert_eq!(
+            r.headers["content-type"], "application/problem+json",
+            "{query}"
+        );
+    }
+
+    // Another organization's administrator: 404, in the past too, and nothing of the rule.
+    let other = other_admin(&server, &admin, &globex).await;
+    for query in [
+        format!("as_of={t_added}"),
+        format!("as_of_position={added_at}"),
+    ] {
+        let r = other.get(&format!("{policy}?{query}")).await;
+        assert_eq!(r.status, 404, "{query}: {}", r.body);
+        assert!(!r.body.to_string().contains("office"), "{}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_rules_answer_as_of_an_instant_or_a_position_on_sqlite_and_postgres() {
+    access_rules("time-travel-access", None).await;
+    let url = fresh_database().await;
+    access_rules("time-travel-access-pg", Some(&url)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn read_models_answer_as_of_an_instant_or_a_position_on_sqlite() {
     scenario("time-travel", None).await;

@@ -48,7 +48,7 @@ impl Console for Admin {
     }
     const CLIENT_ID: &'static str = ADMIN_CLIENT_ID;
     const SCOPES: &'static str =
-        "openid profile email organizations:read contracts:read contracts:write licenses:read licenses:write events:read keys:manage billing:read billing:write";
+        "openid profile email organizations:read identity:read entitlements:read contracts:read contracts:write licenses:read licenses:write events:read keys:manage billing:read billing:write";
     fn pages() -> Router<AppState> {
         routes()
     }
@@ -100,6 +100,7 @@ fn routes() -> Router<AppState> {
             get(confirm_compromise).post(compromise_key),
         )
         .merge(super::admin_billing::routes())
+        .merge(super::admin_as_of::routes())
         .route("/admin/{*rest}", get(not_found))
 }
 

@@ -10,6 +10,7 @@
 
 mod account;
 mod admin;
+mod admin_as_of;
 mod admin_billing;
 mod api;
 mod portal;
