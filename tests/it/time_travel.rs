@@ -302,6 +302,9 @@ async fn commercial(label: &str, url: Option<&str>) {
     register_customer(&admin, &acme, "EUR").await;
     let t_before = now_between().await;
     let contract = active_contract(&admin, &acme, line_items(), "2099-01-01T00:00:00Z").await;
+    // The Portal's process manager records each licence on the contract: terminating before
+    // it has would race it (409, "reload and retry").
+    crate::portal::licences_stand(&admin, &contract, "issued").await;
     let t_active = now_between().await;
     let r = admin
         .post(
