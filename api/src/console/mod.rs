@@ -11,6 +11,7 @@
 mod account;
 mod admin;
 mod admin_billing;
+mod admin_retention;
 mod api;
 mod portal;
 mod qsa;
