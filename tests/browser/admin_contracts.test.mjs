@@ -2,7 +2,9 @@
 // with several line items (rows added and removed by the form itself, no script needed), a
 // refused draft shown again with its values and the API's `detail`, licences pending while
 // the customer is suspended (with QuantumLock's reason) and issued on reactivation, each
-// item linking its licence, and an amendment after a confirmation step.
+// item linking its licence, and an amendment after a confirmation step. Then a customer's
+// evidence retention: a rule set (a refused one shown with the API's `detail`), a legal hold
+// placed and released, each after ticking the confirmation.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -188,4 +190,67 @@ test("an operator drafts a contract with several line items, sees its licences p
   assert.equal(await licenceCells.nth(1).getByRole("link").textContent(), reissued.license_steps.sim.license_id);
   assert.equal(await licenceCells.nth(2).getByRole("link").textContent(), reissued.license_steps.support.license_id);
   await check(admin, "admin-contract-amended");
+});
+
+test("an operator sets a customer's retention rule, places a legal hold and releases it", async () => {
+  const operator = await adminToken();
+  const globex = await customerOrg(operator, "Globex");
+  await api(operator, "POST", "/customers", {
+    organization_id: globex.org, name: "Globex Corp", billing_email: "billing@globex.example", currency: "EUR",
+  }, 201);
+  const admin = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await signIn(admin, await platformOperator(operator), "admin");
+  await admin.goto(`${BASE}/admin/customers/${globex.org}`);
+  await admin.getByRole("link", { name: "Evidence retention and legal hold" }).click();
+  await admin.waitForURL(`${BASE}/admin/customers/${globex.org}/retention`);
+  assert.match(await admin.locator(".empty").textContent(), /No retention rules/);
+  assert.match(await admin.getByRole("region", { name: "Legal hold" }).textContent(), /No legal hold/);
+
+  // Refused by the API (too many days): its detail, and the values as typed.
+  await admin.getByLabel("Job class").fill("gpu-batch");
+  await admin.getByLabel(/Keep artifacts for/).fill("99999");
+  await admin.getByRole("button", { name: "Set rule" }).click();
+  assert.match(await admin.getByRole("alert").textContent(), /The rule was not set: .*at most 36500/);
+  assert.equal(await admin.getByLabel("Job class").inputValue(), "gpu-batch");
+  await admin.getByLabel(/Keep artifacts for/).fill("90");
+  await admin.getByRole("button", { name: "Set rule" }).click();
+  await admin.waitForURL(`${BASE}/admin/customers/${globex.org}/retention?done=rule`);
+  assert.match(await admin.getByRole("status").textContent(), /The retention rule was set/);
+  assert.equal(await admin.getByRole("row", { name: /gpu-batch/ }).getByRole("cell").textContent(), "90 days");
+  assert.deepEqual((await api(operator, "GET", `/retention/${globex.org}`, undefined, 200)).rules, { "gpu-batch": 90 });
+
+  // Place: without the tick nothing changes.
+  await admin.getByRole("link", { name: "Place legal hold…" }).click();
+  await admin.waitForURL(`${BASE}/admin/customers/${globex.org}/retention/hold/place`);
+  await admin.getByLabel(/^Reason/).fill("litigation: Globex v. Initech");
+  const unticked = await admin.request.post(`${BASE}/admin/customers/${globex.org}/retention/hold/place`, {
+    form: { csrf: await admin.locator("input[name=csrf]").first().inputValue(), reason: "x" },
+  });
+  assert.equal(unticked.status(), 422);
+  assert.match(await unticked.text(), /tick the box/);
+  assert.equal((await api(operator, "GET", `/retention/${globex.org}`, undefined, 200)).legal_hold, null);
+  await admin.getByLabel(/I confirm this change/).check();
+  await admin.getByRole("button", { name: "Place legal hold" }).click();
+  await admin.waitForURL(`${BASE}/admin/customers/${globex.org}/retention?done=place`);
+  assert.match(await admin.getByRole("status").textContent(), /The legal hold was placed/);
+  assert.match(await admin.getByRole("region", { name: "Legal hold" }).textContent(), /litigation: Globex v\. Initech/);
+  assert.equal((await api(operator, "GET", `/retention/${globex.org}`, undefined, 200)).legal_hold, "litigation: Globex v. Initech");
+  await check(admin, "admin-retention");
+
+  // Placing it again is the API's refusal, shown on the confirmation page.
+  await admin.goto(`${BASE}/admin/customers/${globex.org}/retention/hold/place`);
+  await admin.getByLabel(/^Reason/).fill("again");
+  await admin.getByLabel(/I confirm this change/).check();
+  await admin.getByRole("button", { name: "Place legal hold" }).click();
+  assert.match(await admin.getByRole("alert").textContent(), /Nothing changed: a legal hold is already in place/);
+
+  await admin.goto(`${BASE}/admin/customers/${globex.org}/retention`);
+  await admin.getByRole("link", { name: "Release legal hold…" }).click();
+  await admin.waitForURL(`${BASE}/admin/customers/${globex.org}/retention/hold/release`);
+  await check(admin, "admin-retention-release");
+  await admin.getByLabel(/I confirm this change/).check();
+  await admin.getByRole("button", { name: "Release legal hold" }).click();
+  await admin.waitForURL(`${BASE}/admin/customers/${globex.org}/retention?done=release`);
+  assert.match(await admin.getByRole("status").textContent(), /The legal hold was released/);
+  assert.equal((await api(operator, "GET", `/retention/${globex.org}`, undefined, 200)).legal_hold, null);
 });

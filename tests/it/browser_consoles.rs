@@ -96,7 +96,7 @@ fn owners_manage_their_organizations_api_clients_in_the_portal() {
 
 #[test]
 fn operators_draft_several_line_items_and_amend_contracts_in_the_admin_console() {
-    let server = run_suite("admin-contracts", "admin_contracts.test.mjs", 1);
+    let server = run_suite("admin-contracts", "admin_contracts.test.mjs", 2);
     no_token_in_the_log(&server);
 }
 

@@ -3,7 +3,7 @@
 //! produced (suspend, reinstate, revoke), and the event log: filtered, one aggregate's hash
 //! chain, the signed checkpoints and an event's inclusion proof checked against them; the
 //! signing keys (rotate, mark compromised) and the crypto policy; billing
-//! ([`super::admin_billing`]). Every page is `/v1` calls with the operator's token; people of a
+//! ([`super::admin_billing`]), evidence retention per customer ([`super::admin_retention`]). Every page is `/v1` calls with the operator's token; people of a
 //! customer organization are refused here whatever their scopes (their own pages are the Portal).
 
 use std::collections::BTreeMap;
@@ -48,7 +48,7 @@ impl Console for Admin {
     }
     const CLIENT_ID: &'static str = ADMIN_CLIENT_ID;
     const SCOPES: &'static str =
-        "openid profile email organizations:read identity:read entitlements:read contracts:read contracts:write licenses:read licenses:write events:read keys:manage billing:read billing:write";
+        "openid profile email organizations:read identity:read entitlements:read contracts:read contracts:write licenses:read licenses:write events:read keys:manage billing:read billing:write jobs:read evidence:write";
     fn pages() -> Router<AppState> {
         routes()
     }
@@ -101,6 +101,7 @@ fn routes() -> Router<AppState> {
         )
         .merge(super::admin_billing::routes())
         .merge(super::admin_as_of::routes())
+        .merge(super::admin_retention::routes())
         .route("/admin/{*rest}", get(not_found))
 }
 
@@ -692,7 +693,7 @@ fn number<T: std::str::FromStr>(typed: &str, what: &str) -> Result<T, String> {
 
 /// A refusal the person can correct in the form (the API's 4xx other than a lost session or
 /// a missing right): its `detail`, to show above the kept values.
-fn correctable(e: PageError) -> Result<String, PageError> {
+pub(super) fn correctable(e: PageError) -> Result<String, PageError> {
     match e.status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => Err(e),
         s if s.is_client_error() => Ok(e.detail),

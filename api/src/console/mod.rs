@@ -12,6 +12,7 @@ mod account;
 mod admin;
 mod admin_as_of;
 mod admin_billing;
+mod admin_retention;
 mod api;
 mod portal;
 mod qsa;
