@@ -236,11 +236,6 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   assert.equal(put.status, 201, await put.text());
   const completed = await api(operator, "POST", `/jobs/${job}/complete`, { result_summary: { ghz_fidelity: "0.91" }, metrics: { shots: 4096 } }, 200);
   await api(operator, "GET", `/entitlements?org=${acme.org}&min_position=${completed.position}&wait_ms=5000`, undefined, 200);
-  const made = await api(operator, "POST", `/jobs/${job}/evidence`, {}, 201);
-  const bundle = made.id;
-  const listed = await api(operator, "GET", `/jobs/${job}/evidence?wait_ms=5000&min_position=${made.position}`, undefined, 200);
-  assert.deepEqual(listed.items.map((b) => b.id), [bundle]);
-
   await nav(page, "Jobs").click();
   await page.waitForURL(`${BASE}/portal/jobs`);
   await check(page, "portal-jobs");
@@ -250,6 +245,23 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   await check(page, "portal-job");
   const artifact = await download(page, page.getByRole("link", { name: "counts.json" }), dir);
   assert.equal(readFileSync(artifact, "utf8"), counts);
+  // The owner makes the job's evidence bundle in the browser and sees it verified, by the
+  // same check as POST /v1/evidence/verify.
+  assert.match(await page.locator("main").textContent(), /No evidence bundle was made for this job yet/);
+  await page.getByRole("button", { name: "Create evidence bundle" }).click();
+  await page.waitForURL(/\/portal\/evidence\/[0-9a-f-]{36}\?done=created$/);
+  const bundle = new URL(page.url()).pathname.split("/").pop();
+  assert.equal(await page.locator("#verdict .badge").textContent(), "valid");
+  const evidenceSigner = (await api(operator, "GET", "/keys", undefined, 200)).keys.filter((k) => k.purpose === "evidence");
+  const verified = await page.locator("main").textContent();
+  assert.ok(evidenceSigner.some((k) => verified.includes(k.kid)), "the signer is an evidence key");
+  assert.match(verified, /counts\.json\s*verified/);
+  assert.match(verified, /Checkpoint\s*tree size \d+, root [0-9a-f]{64}/);
+  assert.match(verified, /The submitter's state at job time/);
+  await check(page, "portal-bundle-verified");
+  await page.getByRole("link", { name: job }).click();
+  await page.waitForURL(`${BASE}/portal/jobs/${job}`);
+  await page.getByRole("link", { name: bundle, exact: true }).waitFor();
   const archive = await download(page, page.getByRole("link", { name: `Download bundle ${bundle}` }), dir);
   execFileSync(QUANTUS_BIN, ["evidence", "verify", archive, "--keys", keysFile], { encoding: "utf8" });
   await nav(page, "Evidence").click();
@@ -352,6 +364,27 @@ test("the vendor's operator drafts and sends a contract in the Admin console, th
   assert.equal(r.status(), 403);
   assert.equal(await member.getByRole("alert").textContent(), "this needs the contracts:read scope");
   await check(member, "portal-forbidden");
+
+  // An auditor of Acme reads and verifies bundles but may not make one: no button, and a
+  // forged post (with the session's own CSRF token) gets the API's refusal.
+  const auditorEmail = `auditor-${randomUUID()}@example.com`;
+  await api(operator, "POST", "/users", {
+    organization_id: acme.org, email: auditorEmail, name: "Mary Jackson", password: PASSWORD, roles: ["auditor"],
+  }, 201);
+  const auditor = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  await signIn(auditor, auditorEmail);
+  await auditor.goto(`${BASE}/portal/jobs/${job}`);
+  await auditor.getByRole("link", { name: bundle, exact: true }).waitFor();
+  assert.equal(await auditor.getByRole("button", { name: "Create evidence bundle" }).count(), 0);
+  const csrf = await auditor.locator("input[name=csrf]").first().inputValue();
+  const posted = await auditor.request.post(`${BASE}/portal/jobs/${job}/evidence`, { form: { csrf }, maxRedirects: 0 });
+  const forgedBundle = { status: posted.status(), text: await posted.text() };
+  assert.equal(forgedBundle.status, 403, forgedBundle.text);
+  assert.match(forgedBundle.text, /this needs the evidence:write scope/);
+  await auditor.getByRole("link", { name: bundle, exact: true }).click();
+  await auditor.waitForURL(`${BASE}/portal/evidence/${bundle}`);
+  assert.equal(await auditor.locator("#verdict .badge").textContent(), "valid");
+  await auditor.close();
 
   // A customer's person is refused at the Admin console, whatever their scopes: no data, no
   // navigation.

@@ -156,6 +156,46 @@ impl Api {
         Ok(response)
     }
 
+    /// GET a file's bytes for the page to use (an evidence archive to verify), up to
+    /// `limit` bytes; a larger one is refused with a clear page, never read whole.
+    pub async fn bytes(&self, path: &str, limit: usize) -> Result<Bytes, PageError> {
+        let (parts, body) = self.send(Method::GET, path, None).await?.into_parts();
+        if !parts.status.is_success() {
+            let bytes = axum::body::to_bytes(body, MAX_BODY)
+                .await
+                .map_err(|_| PageError::internal(self.console))?;
+            return Err(self.problem(parts.status, &bytes));
+        }
+        axum::body::to_bytes(body, limit).await.map_err(|_| {
+            PageError::new(
+                self.console,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Too large to check here",
+                format!("the file is larger than {limit} bytes; download it and check it offline"),
+            )
+        })
+    }
+
+    /// POST raw bytes of `content_type`; answers the API's JSON.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<serde_json::Value, PageError> {
+        let (parts, body) = self
+            .send_body(Method::POST, path, Some((content_type, Body::from(body))))
+            .await?
+            .into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|_| PageError::internal(self.console))?;
+        if !parts.status.is_success() {
+            return Err(self.problem(parts.status, &bytes));
+        }
+        self.parse(&bytes)
+    }
+
     fn parse<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, PageError> {
         serde_json::from_slice(body).map_err(|e| {
             tracing::error!(error = %e, "a console could not read the API's answer");
@@ -169,15 +209,31 @@ impl Api {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Response, PageError> {
+        let body = match body {
+            Some(b) => Some((
+                "application/json",
+                Body::from(serde_json::to_vec(b).map_err(|_| PageError::internal(self.console))?),
+            )),
+            None => None,
+        };
+        self.send_body(method, path, body).await
+    }
+
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Body)>,
+    ) -> Result<Response, PageError> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("/v1{path}"))
             .header(AUTHORIZATION, format!("Bearer {}", self.token))
             .header(ACCEPT, "application/json");
         let body = match body {
-            Some(b) => {
-                request = request.header(CONTENT_TYPE, "application/json");
-                Body::from(serde_json::to_vec(b).map_err(|_| PageError::internal(self.console))?)
+            Some((kind, b)) => {
+                request = request.header(CONTENT_TYPE, kind);
+                b
             }
             None => Body::empty(),
         };

@@ -43,8 +43,9 @@ impl Console for Portal {
     }
     const CLIENT_ID: &'static str = PORTAL_CLIENT_ID;
     // `identity:*` for the API clients page: a token gets them only where the person's roles
-    // do (owners and admins), so members' Portal sessions cannot manage clients.
-    const SCOPES: &'static str = "openid profile email organizations:read contracts:read contracts:sign entitlements:read licenses:read jobs:read evidence:read billing:read identity:read identity:write";
+    // do (owners and admins), so members' Portal sessions cannot manage clients. The same for
+    // `evidence:write` (owners, admins, members; not auditors or billing).
+    const SCOPES: &'static str = "openid profile email organizations:read contracts:read contracts:sign entitlements:read licenses:read jobs:read evidence:read evidence:write billing:read identity:read identity:write";
     fn pages() -> Router<AppState> {
         routes()
     }
@@ -71,7 +72,9 @@ fn routes() -> Router<AppState> {
         .route("/portal/jobs", get(jobs))
         .route("/portal/jobs/{id}", get(job))
         .route("/portal/jobs/{id}/artifacts/{name}", get(artifact))
+        .route("/portal/jobs/{id}/evidence", post(create_bundle))
         .route("/portal/evidence", get(evidence))
+        .route("/portal/evidence/{id}", get(bundle))
         .route("/portal/evidence/{id}/bundle.tar", get(bundle_file))
         .route("/portal/invoices", get(invoices))
         .route("/portal/invoices/{id}", get(invoice))
@@ -884,6 +887,8 @@ struct JobPage {
     failure: Option<String>,
     /// `None` when the person may not read evidence.
     bundles: Option<Vec<BundleRow>>,
+    /// The form's token when the person may make a bundle (`evidence:write`).
+    create: Option<String>,
 }
 
 async fn job(me: Me, Path(id): Path<String>) -> Result<Response, PageError> {
@@ -917,8 +922,23 @@ async fn job(me: Me, Path(id): Path<String>) -> Result<Response, PageError> {
         result: pretty(&j.result),
         failure: pretty(&j.error),
         bundles,
+        create: me.may("evidence:write").then(|| me.session.csrf.clone()),
         j,
     }))
+}
+
+async fn create_bundle(
+    Path(id): Path<String>,
+    posted: Posted<Portal, NoFields>,
+) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?;
+    let made = posted
+        .signed_in
+        .api()
+        .post(&format!("/jobs/{id}/evidence"), &serde_json::json!({}))
+        .await?;
+    let bundle = segment(&INFO, made["id"].as_str().unwrap_or_default())?;
+    Ok(redirect(&format!("/portal/evidence/{bundle}?done=created")))
 }
 
 async fn artifact(me: Me, Path((id, name)): Path<(String, String)>) -> Result<Response, PageError> {
@@ -962,4 +982,114 @@ async fn bundle_file(me: Me, Path(id): Path<String>) -> Result<Response, PageErr
             &format!("evidence-{id}.tar"),
         )
         .await
+}
+
+/// The largest archive the bundle page fetches to verify (the API's default archive limit);
+/// a larger one is checked offline.
+const MAX_ARCHIVE: usize = 256 << 20;
+
+/// What `POST /v1/evidence/verify` answers (valid, or the first failure).
+#[derive(Debug, Deserialize)]
+struct Verdict {
+    valid: bool,
+    reason: Option<String>,
+    signed_by: Option<String>,
+    config_checked: Option<bool>,
+    events_included: Option<usize>,
+    #[serde(default)]
+    artifacts: Vec<ArtifactVerdict>,
+    job_state: Option<JobStateSummary>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ArtifactVerdict {
+    name: String,
+    check: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct JobStateSummary {
+    position: u64,
+    as_of: String,
+    submitter: serde_json::Value,
+    #[serde(default)]
+    licenses: Vec<serde_json::Value>,
+}
+
+/// The signed checkpoint the bundle's events are proven against.
+#[derive(Debug, Deserialize)]
+struct CheckpointView {
+    tree_size: u64,
+    root_hash: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestView {
+    job_id: String,
+    created_at: String,
+    checkpoint: CheckpointView,
+}
+
+#[derive(Debug, Deserialize)]
+struct SignedManifestView {
+    payload: ManifestView,
+}
+
+#[derive(Template)]
+#[template(path = "portal/bundle.html")]
+struct BundlePage {
+    layout: Layout,
+    id: String,
+    manifest: ManifestView,
+    verdict: Verdict,
+    /// The job state's submitter and licences, pretty JSON.
+    submitter: Option<String>,
+    licenses: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BundleParams {
+    done: Option<String>,
+}
+
+/// One bundle and its verification: the archive, fetched as the person, goes through the
+/// same `POST /v1/evidence/verify` as any client's (the published keys, not the archive's).
+async fn bundle(
+    me: Me,
+    Path(id): Path<String>,
+    Query(p): Query<BundleParams>,
+) -> Result<Response, PageError> {
+    let id = segment(&INFO, &id)?.to_owned();
+    let api = me.api();
+    let manifest: SignedManifestView = api.get(&format!("/evidence/{id}")).await?;
+    let archive = api
+        .bytes(
+            &format!("/evidence/{id}/export?artifacts=true"),
+            MAX_ARCHIVE,
+        )
+        .await?;
+    let answer = api
+        .post_bytes("/evidence/verify", "application/x-tar", archive)
+        .await?;
+    let verdict: Verdict = serde_json::from_value(answer).map_err(|e| {
+        tracing::error!(error = %e, "the Portal could not read an evidence verdict");
+        PageError::internal(&INFO)
+    })?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut layout = me.layout(format!("Evidence bundle {}", short(&id)), "/evidence");
+    if p.done.as_deref() == Some("created") {
+        layout.notice = Some("The evidence bundle was made and signed.".into());
+    }
+    Ok(render(&BundlePage {
+        layout,
+        submitter: verdict.job_state.as_ref().map(|s| pretty(&s.submitter)),
+        licenses: verdict
+            .job_state
+            .as_ref()
+            .map(|s| s.licenses.iter().map(pretty).collect())
+            .unwrap_or_default(),
+        manifest: manifest.payload,
+        verdict,
+        id,
+    }))
 }
