@@ -110,17 +110,19 @@ pub async fn show(
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
     priority: u32,
     #[serde(default)]
+    #[schema(value_type = Object)]
     conditions: Conditions,
+    #[schema(value_type = String)]
     outcome: Outcome,
 }
 
 /// Creates or replaces rule `name` (lower priority numbers decide first).
-#[utoipa::path(put, path = "/v1/access-policies/{org}/rules/{name}", tag = "qsa", params(("org" = String, Path), ("name" = String, Path)), request_body(content = serde_json::Value, description = "{priority, conditions: {ip_in, ip_not_in, roles, groups, clients, within, outside, strength_below, new_ip, recent_failures_at_least}, outcome: allow|require_mfa|require_passkey|block}"), responses((status = 200, body = crate::write::CommandAccepted), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(put, path = "/v1/access-policies/{org}/rules/{name}", tag = "qsa", params(("org" = String, Path), ("name" = String, Path)), request_body(content = RuleBody, description = "{priority, conditions: {ip_in, ip_not_in, roles, groups, clients, within, outside, strength_below, new_ip, recent_failures_at_least}, outcome: allow|require_mfa|require_passkey|block}"), responses((status = 200, body = crate::write::CommandAccepted), (status = 409, body = Problem, description = "the organization is suspended"), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn set(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -159,7 +161,7 @@ pub async fn remove(
     Ok(accepted(StatusCode::OK, &name, outcome, None))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhatIf {
     organization_id: String,
@@ -167,18 +169,22 @@ pub struct WhatIf {
     #[serde(default)]
     user_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     roles: BTreeSet<Role>,
     #[serde(default)]
     groups: BTreeSet<String>,
     #[serde(default)]
     client_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     ip: Option<std::net::IpAddr>,
     /// When (default: now).
     #[serde(default, deserialize_with = "instant::deserialize_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     at: Option<DateTime<Utc>>,
     /// `password`, `mfa` or `passkey` (default: password).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     authentication: Option<Strength>,
     #[serde(default)]
     new_ip: bool,
@@ -188,7 +194,7 @@ pub struct WhatIf {
 
 /// Explains the decision for a hypothetical sign-in, without signing anyone in or recording
 /// anything.
-#[utoipa::path(post, path = "/v1/access-policies/evaluate", tag = "qsa", request_body(content = serde_json::Value, description = "{organization_id, user_id?, roles?, groups?, client_id?, ip?, at?, authentication?, new_ip?, recent_failures?}"), responses((status = 200, body = AccessExplanation), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/access-policies/evaluate", tag = "qsa", request_body(content = WhatIf, description = "{organization_id, user_id?, roles?, groups?, client_id?, ip?, at?, authentication?, new_ip?, recent_failures?}"), responses((status = 200, body = AccessExplanation), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn evaluate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

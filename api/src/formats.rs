@@ -129,3 +129,17 @@ pub struct ManifestCheckpoint {
     /// Hex.
     root_hash: String,
 }
+
+/// A Stripe event as Stripe posts it to a webhook (the fields this endpoint reads; Stripe
+/// sends more). The body is checked byte for byte against `Stripe-Signature` before it is
+/// read, so it is taken as the raw bytes Stripe signed.
+#[derive(ToSchema)]
+pub struct StripeEvent {
+    /// `evt_...`
+    id: String,
+    /// e.g. `invoice.paid`, `invoice.payment_failed`.
+    r#type: String,
+    /// `{object: {...}}`: the object the event is about.
+    #[schema(value_type = Object)]
+    data: (),
+}

@@ -65,14 +65,14 @@ pub async fn start(
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Confirm {
     code: String,
 }
 
 /// Confirms the enrolment with a first code; answers ten single-use recovery codes, once.
-#[utoipa::path(post, path = "/v1/me/totp/confirm", tag = "qsa", request_body(content = serde_json::Value, description = "{code}"), responses((status = 200, body = RecoveryCodes), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/me/totp/confirm", tag = "qsa", request_body(content = Confirm, description = "{code}"), responses((status = 200, body = RecoveryCodes), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn confirm(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

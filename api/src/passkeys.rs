@@ -45,16 +45,17 @@ pub async fn options(
     Ok(r)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Register {
     ceremony: String,
     /// The `PublicKeyCredential` from `create()`, base64url fields (WebAuthn JSON).
+    #[schema(value_type = Object)]
     credential: serde_json::Value,
     name: String,
 }
 
-#[utoipa::path(post, path = "/v1/me/passkeys", tag = "qsa", request_body(content = serde_json::Value, description = "{ceremony, credential, name}"), responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/me/passkeys", tag = "qsa", request_body(content = Register, description = "{ceremony, credential, name}"), responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn register(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,

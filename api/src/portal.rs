@@ -418,7 +418,7 @@ impl ListQuery {
 
 // ---- customers ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterCustomer {
     organization_id: String,
@@ -427,7 +427,7 @@ pub struct RegisterCustomer {
     currency: String,
 }
 
-#[utoipa::path(post, path = "/v1/customers", tag = "portal", request_body(content = serde_json::Value, description = "{organization_id, name, billing_email, currency (ISO 4217)}"), responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/customers", tag = "portal", request_body(content = RegisterCustomer, description = "{organization_id, name, billing_email, currency (ISO 4217)}"), responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn register_customer(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -546,14 +546,14 @@ pub async fn show_customer(
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeContact {
     name: String,
     billing_email: String,
 }
 
-#[utoipa::path(post, path = "/v1/customers/{id}/contact", tag = "portal", params(("id" = String, Path), ("If-Match" = Option<String>, Header)), request_body(content = serde_json::Value, description = "{name, billing_email}"), responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/customers/{id}/contact", tag = "portal", params(("id" = String, Path), ("If-Match" = Option<String>, Header)), request_body(content = ChangeContact, description = "{name, billing_email}"), responses((status = 412, body = Problem, description = "If-Match names another version than the current one"), (status = 200, body = crate::write::CommandAccepted), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn change_contact(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -576,18 +576,21 @@ pub async fn change_contact(
 
 // ---- contracts ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DraftContract {
     organization_id: String,
+    #[schema(value_type = Vec<LineItemView>)]
     line_items: Vec<LineItem>,
     #[serde(deserialize_with = "instant::deserialize")]
+    #[schema(value_type = String, format = DateTime)]
     starts_at: DateTime<Utc>,
     #[serde(deserialize_with = "instant::deserialize")]
+    #[schema(value_type = String, format = DateTime)]
     ends_at: DateTime<Utc>,
 }
 
-#[utoipa::path(post, path = "/v1/contracts", tag = "portal", request_body(content = serde_json::Value, description = "{organization_id, line_items: [{id, product, edition, features, quotas: {metric: {amount, enforcement}}, limits, quantity, unit_price, usage_prices, max_activations}], starts_at, ends_at}; prices in integer minor units of the customer's currency"), responses((status = 201, body = crate::write::CommandAccepted), (status = 422, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/contracts", tag = "portal", request_body(content = DraftContract, description = "{organization_id, line_items: [{id, product, edition, features, quotas: {metric: {amount, enforcement}}, limits, quantity, unit_price, usage_prices, max_activations}], starts_at, ends_at}; prices in integer minor units of the customer's currency"), responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem, description = "the organization is suspended"), (status = 422, body = Problem, description = "no such organization, no customer record, or a bad line item")), security(("bearer" = [])))]
 pub async fn draft_contract(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -968,7 +971,7 @@ pub async fn entitlements(
     Ok(Json(entitlements_of(&state, &q.org).await?).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckEntitlement {
     org: String,
@@ -983,7 +986,7 @@ fn one() -> i64 {
 
 /// Allowed or denied, with the reason, from the read model (one indexed read each of the
 /// organization's contracts in force and of its usage this month).
-#[utoipa::path(post, path = "/v1/entitlements/check", tag = "portal", request_body(content = serde_json::Value, description = "{org, feature, amount (default 1)}"), responses((status = 200, body = EntitlementDecision), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/entitlements/check", tag = "portal", request_body(content = CheckEntitlement, description = "{org, feature, amount (default 1)}"), responses((status = 200, body = EntitlementDecision), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn check_entitlement(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -1020,7 +1023,7 @@ pub struct EntitlementDecision {
 
 // ---- invoices ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueInvoice {
     contract_id: String,
@@ -1028,7 +1031,7 @@ pub struct IssueInvoice {
     period: String,
 }
 
-#[utoipa::path(post, path = "/v1/invoices", tag = "portal", request_body(content = serde_json::Value, description = "{contract_id, period: YYYY-MM}"), responses((status = 201, body = crate::write::CommandAccepted), (status = 409, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/invoices", tag = "portal", request_body(content = IssueInvoice, description = "{contract_id, period: YYYY-MM}"), responses((status = 201, body = crate::write::CommandAccepted), (status = 404, body = Problem, description = "no such contract"), (status = 409, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn issue_invoice(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -1245,7 +1248,7 @@ pub async fn invoice_action(
 
 /// Stripe's events, authenticated by the `Stripe-Signature` HMAC (with a 5-minute tolerance
 /// against replays of old deliveries) and processed once per event id.
-#[utoipa::path(post, path = "/v1/billing/webhooks/stripe", tag = "portal", params(("Stripe-Signature" = String, Header)), request_body(content = serde_json::Value, description = "a Stripe event"), responses((status = 200, body = WebhookReceipt), (status = 400, body = Problem), (status = 503, body = Problem, description = "this deployment receives no Stripe events (STRIPE_WEBHOOK_SECRET is not set)")))]
+#[utoipa::path(post, path = "/v1/billing/webhooks/stripe", tag = "portal", params(("Stripe-Signature" = String, Header)), request_body(content = crate::formats::StripeEvent, description = "a Stripe event"), responses((status = 200, body = WebhookReceipt), (status = 400, body = Problem), (status = 503, body = Problem, description = "this deployment receives no Stripe events (STRIPE_WEBHOOK_SECRET is not set)")))]
 pub async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
