@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures::StreamExt;
 use quantus_commands::evidence::NewJob;
-use quantus_domain::job::{JobCommand, JobCompleted};
+use quantus_domain::evidence::job::{JobCommand, JobCompleted};
 use quantus_projections::jobs::JobRow;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -41,7 +41,7 @@ async fn job_in_tenant(
     state: &AppState,
     principal: &Principal,
     id: &str,
-) -> Result<(quantus_domain::job::Job, u64), Problem> {
+) -> Result<(quantus_domain::evidence::job::Job, u64), Problem> {
     let (job, version) = state.evidence.job(id).await?;
     let org = job
         .submitted
@@ -170,7 +170,7 @@ pub struct ArtifactView {
     purged_by: Option<String>,
 }
 
-fn view(id: &str, job: quantus_domain::job::Job, version: u64) -> JobView {
+fn view(id: &str, job: quantus_domain::evidence::job::Job, version: u64) -> JobView {
     let artifacts = job
         .artifacts
         .into_values()
@@ -525,7 +525,7 @@ pub async fn set_rule(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RetentionRule>,
 ) -> Result<Response, Problem> {
-    use quantus_domain::retention::{RetentionCommand, RetentionRuleSet};
+    use quantus_domain::evidence::retention::{RetentionCommand, RetentionRuleSet};
     retention_admin(&principal, &org)?;
     let ctx = context(&principal, &headers, &org);
     let command = RetentionCommand::SetRule(RetentionRuleSet {
@@ -557,7 +557,7 @@ pub async fn place_hold(
     headers: HeaderMap,
     ApiJson(body): ApiJson<LegalHold>,
 ) -> Result<Response, Problem> {
-    use quantus_domain::retention::RetentionCommand;
+    use quantus_domain::evidence::retention::RetentionCommand;
     retention_admin(&principal, &org)?;
     let ctx = context(&principal, &headers, &org);
     let outcome = state
@@ -582,7 +582,7 @@ pub async fn release_hold(
     Path(org): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    use quantus_domain::retention::RetentionCommand;
+    use quantus_domain::evidence::retention::RetentionCommand;
     retention_admin(&principal, &org)?;
     let ctx = context(&principal, &headers, &org);
     let outcome = state

@@ -9,6 +9,7 @@ mod as_of;
 mod audit;
 mod auth;
 mod bodies;
+mod commercial;
 mod consistency;
 pub mod console;
 pub mod dpop;
@@ -20,19 +21,18 @@ mod identity;
 mod jobs;
 mod licensing;
 mod metrics;
-mod mfa;
 mod oauth;
 mod openapi;
 mod organizations;
 mod paging;
 mod passkeys;
-mod portal;
 mod problem;
 mod reference;
 mod saml;
 mod scim;
 mod server;
 mod state;
+mod totp;
 mod witness;
 mod write;
 
@@ -103,11 +103,11 @@ fn routes(state: &AppState, surface: Surface) -> Router<AppState> {
         idempotency::Idempotency::new(state.db.clone(), &state.limits),
         idempotency::idempotent,
     );
-    let portal = portal::routes()
+    let portal = commercial::routes()
         .route_layer(idempotent.clone())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            portal::require_qsa_token,
+            commercial::require_qsa_token,
         ));
     let mut v1 = Router::new();
     if surface != Surface::Portal {
@@ -116,7 +116,7 @@ fn routes(state: &AppState, surface: Surface) -> Router<AppState> {
             .merge(events::routes())
             .merge(licensing::routes())
             .merge(identity::routes())
-            .merge(mfa::routes())
+            .merge(totp::routes())
             .merge(access::routes())
             .merge(passkeys::routes())
             .merge(audit::routes())
@@ -134,11 +134,11 @@ fn routes(state: &AppState, surface: Surface) -> Router<AppState> {
         } else {
             v1.route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
-                portal::require_qsa_token,
+                commercial::require_qsa_token,
             ))
         };
     }
-    let v1 = v1.merge(portal).merge(portal::webhook_routes());
+    let v1 = v1.merge(portal).merge(commercial::webhook_routes());
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(metrics::readyz))

@@ -17,7 +17,7 @@ use quantus_crypto::instant;
 use quantus_crypto::keys::{CryptoPolicy, Purpose, TrustedKey, TrustedKeys, VerifyRule};
 use quantus_crypto::license::{Crl, CrlEntry, CRL_CONTEXT, CRL_FORMAT};
 use quantus_crypto::{Algorithm, PublicKey};
-use quantus_domain::license::{LicenseCommand, LicenseIssued, LicenseStatus};
+use quantus_domain::licensing::license::{LicenseCommand, LicenseIssued, LicenseStatus};
 use quantus_domain::schema::PLATFORM_TENANT;
 use quantus_projections::licenses::{LicenseRow, LicensesView};
 use serde::{Deserialize, Serialize};
@@ -189,7 +189,7 @@ pub async fn set_rule(
         .await?;
     Ok(accepted(
         StatusCode::OK,
-        quantus_domain::crypto_policy::POLICY_ID,
+        quantus_domain::licensing::crypto_policy::POLICY_ID,
         outcome,
         None,
     ))
@@ -368,7 +368,7 @@ pub struct IssueLicense {
 /// 404 unless the caller may see the licence's organization.
 fn tenant_of(
     principal: &Principal,
-    license: &quantus_domain::license::License,
+    license: &quantus_domain::licensing::license::License,
     id: &str,
 ) -> Result<(), Problem> {
     let org = license
@@ -452,7 +452,8 @@ pub async fn issue_with_id(
     };
     // An omitted `not_before` means "valid from the moment of issue". For a retry that moment
     // is when the licence was first issued, not now: so the default is taken from the log.
-    let same = |existing: &quantus_domain::license::License, issued_at: Option<DateTime<Utc>>| {
+    let same = |existing: &quantus_domain::licensing::license::License,
+                issued_at: Option<DateTime<Utc>>| {
         existing.terms.as_ref().is_some_and(|t| {
             let mut mine = terms.clone();
             if !not_before_given {

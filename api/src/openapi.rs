@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::{
-    access, audit, events, evidence, identity, jobs, licensing, mfa, oauth, organizations,
-    passkeys, portal, saml, scim, Problem,
+    access, audit, commercial, events, evidence, identity, jobs, licensing, oauth, organizations,
+    passkeys, saml, scim, totp, Problem,
 };
 
 #[derive(OpenApi)]
@@ -29,7 +29,7 @@ use crate::{
         jobs::retention, jobs::set_rule, jobs::place_hold, jobs::release_hold, jobs::sweep,
         evidence::create, evidence::of_job, evidence::show, evidence::export, evidence::dsse, evidence::verify,
         licensing::issue_with_id,
-        mfa::start, mfa::status, mfa::confirm, mfa::remove_own, mfa::reset, mfa::regenerate_recovery_codes,
+        totp::start, totp::status, totp::confirm, totp::remove_own, totp::reset, totp::regenerate_recovery_codes,
         access::show, access::set, access::remove, access::evaluate,
         passkeys::options, passkeys::register, passkeys::list, passkeys::remove,
         scim::issue_token, scim::list_tokens, scim::revoke_token,
@@ -45,13 +45,13 @@ use crate::{
         oauth::discovery, oauth::jwks, oauth::token, oauth::introspect, oauth::revoke,
         oauth::par, oauth::device_authorization, oauth::userinfo, oauth::authorize,
         oauth::logout,
-        portal::register_customer, portal::list_customers, portal::show_customer,
-        portal::change_contact, portal::draft_contract, portal::list_contracts,
-        portal::show_contract, portal::contract_transition, portal::entitlements,
-        portal::check_entitlement, portal::issue_invoice, portal::list_invoices,
-        portal::show_invoice, portal::invoice_action, portal::stripe_webhook,
-        portal::my_contracts, portal::my_entitlements, portal::my_licenses, portal::my_invoices,
-        portal::my_evidence,
+        commercial::register_customer, commercial::list_customers, commercial::show_customer,
+        commercial::change_contact, commercial::draft_contract, commercial::list_contracts,
+        commercial::show_contract, commercial::contract_transition, commercial::entitlements,
+        commercial::check_entitlement, commercial::issue_invoice, commercial::list_invoices,
+        commercial::show_invoice, commercial::invoice_action, commercial::stripe_webhook,
+        commercial::my_contracts, commercial::my_entitlements, commercial::my_licenses, commercial::my_invoices,
+        commercial::my_evidence,
     ),
     components(schemas(Problem, scim::ScimErrorBody)),
     modifiers(&BearerAuth, &ActionRoutes, &ProblemMediaType, &InputResponses, &ScimResponses, &RequestBounds, &AuthResponses, &UniqueOperationIds),

@@ -12,7 +12,7 @@ use quantus_infra::{Database, SqlEventRepository};
 use quantus_projections::runner::ProjectionRunner;
 
 use crate::metrics::{Metrics, Readiness};
-use quantus_commands::portal::Portal;
+use quantus_commands::commercial::Portal;
 use quantus_infra::billing::{BillingProvider, BuiltInBilling};
 use quantus_infra::config::Secret;
 use quantus_infra::gateway::{JwksCache, QuantumLockClient};

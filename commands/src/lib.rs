@@ -20,11 +20,6 @@ pub mod saml;
 pub mod scim;
 pub mod totp;
 
-// The Portal's service under its name from before the layers agreed on the context's name,
-// for api/ alone while its in-flight branches land (new code: `quantus_commands::commercial`).
-#[doc(hidden)]
-pub use commercial as portal;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -15,15 +15,6 @@ pub mod licensing;
 pub mod organization;
 pub mod schema;
 
-// The paths from before the context folders, for api/ alone while its in-flight branches land
-// (new code names the context: `quantus_domain::commercial::contract`).
-#[doc(hidden)]
-pub use commercial::{contract, customer, invoice, money, usage};
-#[doc(hidden)]
-pub use evidence::{job, retention};
-#[doc(hidden)]
-pub use licensing::{crypto_policy, license};
-
 pub use envelope::{Actor, ActorKind, CommandContext, Envelope, EnvelopeError, GENESIS_HASH};
 
 /// Fingerprint of the sources that define aggregate states (computed by `build.rs`): a

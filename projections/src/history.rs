@@ -9,7 +9,7 @@
 //! they arrive in position order from Kafka too.
 
 use quantus_infra::InfraError;
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool};
 
 /// One row of a versioned model as an event left it.
 #[derive(Debug, Clone)]
@@ -22,6 +22,13 @@ pub struct Version {
     pub organization_id: String,
     /// The row as the current-state query serves it; `None`: the event removed it.
     pub doc: Option<serde_json::Value>,
+}
+
+/// One stored version of a row, as [`rewrite`] reads it.
+#[derive(sqlx::FromRow)]
+struct StoredVersion {
+    valid_from: i64,
+    doc: String,
 }
 
 fn position(p: u64) -> Result<i64, InfraError> {
@@ -84,16 +91,15 @@ pub async fn rewrite(
     row_id: &str,
     change: impl Fn(&mut serde_json::Value),
 ) -> Result<(), InfraError> {
-    let rows = sqlx::query(
+    let rows: Vec<StoredVersion> = sqlx::query_as(
         "SELECT valid_from, doc FROM read_model_history WHERE kind = $1 AND row_id = $2",
     )
     .bind(kind)
     .bind(row_id.to_owned())
     .fetch_all(&mut *conn)
     .await?;
-    for r in rows {
-        let from: i64 = r.try_get("valid_from")?;
-        let mut doc = parse(kind, &r.try_get::<String, _>("doc")?)?;
+    for StoredVersion { valid_from, doc } in rows {
+        let mut doc = parse(kind, &doc)?;
         change(&mut doc);
         sqlx::query(
             "UPDATE read_model_history SET doc = $1 WHERE kind = $2 AND row_id = $3 AND valid_from = $4",
@@ -101,7 +107,7 @@ pub async fn rewrite(
         .bind(doc.to_string())
         .bind(kind)
         .bind(row_id.to_owned())
-        .bind(from)
+        .bind(valid_from)
         .execute(&mut *conn)
         .await?;
     }
@@ -127,7 +133,7 @@ pub async fn as_of(
     // Each row that ever existed, in id order, and its latest version at `at` by the key: a
     // page costs one seek per row, whatever the length of each row's history (a scan of the
     // versions with `valid_from <= at` grows with the whole history before `at`).
-    let rows = sqlx::query(
+    let docs: Vec<String> = sqlx::query_scalar(
         "SELECT h.doc FROM read_model_history_rows r JOIN read_model_history h
            ON h.kind = r.kind AND h.row_id = r.row_id
           AND h.valid_from = (SELECT MAX(x.valid_from) FROM read_model_history x
@@ -143,9 +149,7 @@ pub async fn as_of(
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|r| parse(kind, &r.try_get::<String, _>("doc")?))
-        .collect()
+    docs.iter().map(|doc| parse(kind, doc)).collect()
 }
 
 /// Every row of `kind` at `at` (an organization's, or every one's), typed.

@@ -229,5 +229,104 @@ mod tests {
             matches!(&refused, Err(InfraError::Database(sqlx::Error::ColumnDecode { index, .. })) if index == "version"),
             "{refused:?}"
         );
+        users_and_history_rows_map_each_column_to_its_field().await;
+    }
+
+    /// The users model and the models' history, on the platform's own schema (a store in a
+    /// directory of its own): the history tables are made by `Database::open`.
+    async fn users_and_history_rows_map_each_column_to_its_field() {
+        use quantus_infra::subject_keys::SubjectKeys;
+        use sqlx::Executor;
+        let dir = std::env::temp_dir().join(format!("quantus-rows-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = quantus_infra::Database::open(None, &dir).await.unwrap();
+        let pool = db.pool.clone();
+        let users = users::UsersView::new(SubjectKeys::new(db, &[7; 32]));
+        let mut conn = pool.acquire().await.unwrap();
+        users.create(&mut conn).await.unwrap();
+        for insert in [
+            "INSERT INTO users_view (id, organization_id, status, email, name, memberships, created_at, updated_at, version, user_name_lc, external_id) \
+             VALUES ('u', 'o', 'disabled', 'ada@example.com', 'Ada', '{\"o\":[\"admin\"]}', 'c-at', 'u-at', 11, 'ada', 'ext-1')",
+            "INSERT INTO user_profiles (id, organization_id, user_name_lc, profile) VALUES ('u', 'o', 'ada', '{\"userName\":\"Ada\"}')",
+            "INSERT INTO user_blind_index (organization_id, attribute, digest, user_id) VALUES ('o', 'emails.value', 'd1', 'u')",
+        ] {
+            conn.execute(insert).await.unwrap();
+        }
+        let user = serde_json::json!({"id": "u", "organization_id": "o", "status": "disabled",
+            "email": "ada@example.com", "name": "Ada", "memberships": {"o": ["admin"]},
+            "created_at": "c-at", "updated_at": "u-at", "version": 11});
+        assert_eq!(
+            serde_json::Value::Array(users.dump(&mut conn).await.unwrap()),
+            serde_json::json!([
+                user,
+                {"profile_of": "u", "organization_id": "o", "user_name_lc": "ada",
+                 "profile": "{\"userName\":\"Ada\"}"},
+                {"search_of": "u", "user_name_lc": "ada", "external_id": "ext-1"},
+                {"blind_index_of": "u", "organization_id": "o", "attribute": "emails.value",
+                 "digest": "d1"},
+            ])
+        );
+        let profile = Some(serde_json::json!({"userName": "Ada"}));
+        let (row, opened) = users::UsersView::one_with_profile(&pool, "u")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (serde_json::to_value(row).unwrap(), opened),
+            (user.clone(), profile.clone())
+        );
+        let listed = users::UsersView::with_profiles(&pool, "o", None, false)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(serde_json::to_value(&listed[0].0).unwrap(), user);
+        assert_eq!(listed[0].1, profile);
+        let page = users::UsersView::by_organization(&pool, "o", None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&page).unwrap(),
+            serde_json::json!([user])
+        );
+
+        // Two versions of one row: the erasure rewrites each in place (by its `valid_from`),
+        // and each position reads its own.
+        for (at, name) in [(3, "first"), (8, "second")] {
+            let version = history::Version {
+                kind: "users",
+                row_id: "u".into(),
+                organization_id: "o".into(),
+                doc: Some(serde_json::json!({"name": name})),
+            };
+            history::record(&mut conn, "users", at, &[version])
+                .await
+                .unwrap();
+        }
+        history::rewrite(&mut conn, "users", "u", |doc| doc["erased"] = true.into())
+            .await
+            .unwrap();
+        drop(conn);
+        for (at, name) in [(5, "first"), (9, "second")] {
+            assert_eq!(
+                history::as_of(&pool, "users", Some("o"), at, None, 10)
+                    .await
+                    .unwrap(),
+                vec![serde_json::json!({"name": name, "erased": true})],
+                "as of {at}"
+            );
+        }
+
+        let mut conn = pool.acquire().await.unwrap();
+        conn.execute("UPDATE users_view SET version = -1")
+            .await
+            .unwrap();
+        let refused = users.dump(&mut conn).await;
+        assert!(
+            matches!(&refused, Err(InfraError::Database(sqlx::Error::ColumnDecode { index, .. })) if index == "version"),
+            "{refused:?}"
+        );
+        drop(conn);
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -13,8 +13,7 @@ use quantus_domain::identity::Role;
 use quantus_infra::subject_keys::SubjectKeys;
 use quantus_infra::{InfraError, LogRecord};
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Executor};
 
 use crate::Projection;
 
@@ -40,20 +39,90 @@ pub struct UserRow {
 
 const SELECT: &str = "SELECT id, organization_id, status, email, name, memberships, created_at, updated_at, version FROM users_view";
 
-fn row_to_user(row: &AnyRow) -> Result<UserRow, InfraError> {
-    let memberships: String = row.try_get("memberships")?;
-    Ok(UserRow {
-        id: row.try_get("id")?,
-        organization_id: row.try_get("organization_id")?,
-        status: row.try_get("status")?,
-        email: row.try_get("email")?,
-        name: row.try_get("name")?,
-        memberships: serde_json::from_str(&memberships)
-            .map_err(|e| InfraError::Corrupt(format!("users_view memberships: {e}")))?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        version: row.try_get::<i64, _>("version")? as u64,
-    })
+/// A `users_view` row as stored: its memberships are JSON text, which sqlx's `Any` driver
+/// does not decode, so [`UserRow`] is made from it by parsing them.
+#[derive(sqlx::FromRow)]
+struct UserColumns {
+    id: String,
+    organization_id: String,
+    status: String,
+    email: Option<String>,
+    name: Option<String>,
+    memberships: String,
+    created_at: String,
+    updated_at: String,
+    #[sqlx(try_from = "i64")]
+    version: u64,
+}
+
+impl TryFrom<UserColumns> for UserRow {
+    type Error = InfraError;
+
+    fn try_from(c: UserColumns) -> Result<Self, InfraError> {
+        Ok(UserRow {
+            id: c.id,
+            organization_id: c.organization_id,
+            status: c.status,
+            email: c.email,
+            name: c.name,
+            memberships: serde_json::from_str(&c.memberships)
+                .map_err(|e| InfraError::Corrupt(format!("users_view memberships: {e}")))?,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            version: c.version,
+        })
+    }
+}
+
+/// A user's row with their stored provisioning profile (SCIM), if any.
+#[derive(sqlx::FromRow)]
+struct ProfiledColumns {
+    #[sqlx(flatten)]
+    user: UserColumns,
+    profile: Option<String>,
+}
+
+impl ProfiledColumns {
+    fn opened(self) -> Result<(UserRow, Option<serde_json::Value>), InfraError> {
+        let profile = parse_profile(self.profile)?;
+        Ok((self.user.try_into()?, profile))
+    }
+}
+
+/// What [`UsersView::reindex`] reads of one user.
+#[derive(sqlx::FromRow)]
+struct IndexedColumns {
+    organization_id: String,
+    status: String,
+    email: Option<String>,
+    name: Option<String>,
+    profile: Option<String>,
+}
+
+/// A stored profile as [`Projection::dump`] shows it.
+#[derive(sqlx::FromRow, Serialize)]
+struct ProfileDump {
+    profile_of: String,
+    organization_id: String,
+    user_name_lc: Option<String>,
+    profile: String,
+}
+
+/// A user's search columns as [`Projection::dump`] shows them.
+#[derive(sqlx::FromRow, Serialize)]
+struct SearchDump {
+    search_of: String,
+    user_name_lc: Option<String>,
+    external_id: Option<String>,
+}
+
+/// A blind-index entry as [`Projection::dump`] shows it.
+#[derive(sqlx::FromRow, Serialize)]
+struct BlindIndexDump {
+    blind_index_of: String,
+    organization_id: String,
+    attribute: String,
+    digest: String,
 }
 
 /// A stored profile, parsed.
@@ -144,12 +213,11 @@ async fn add_column(
     } else {
         "SELECT COUNT(*) AS n FROM pragma_table_info($1) WHERE name = $2"
     };
-    let n: i64 = sqlx::query(exists)
+    let n: i64 = sqlx::query_scalar(exists)
         .bind(table.to_owned())
         .bind(column.to_owned())
         .fetch_one(&mut *conn)
-        .await?
-        .try_get("n")?;
+        .await?;
     if n > 0 {
         return Ok(false);
     }
@@ -168,7 +236,7 @@ impl UsersView {
             .bind(id.to_owned())
             .execute(&mut *conn)
             .await?;
-        let row = sqlx::query(
+        let row: Option<IndexedColumns> = sqlx::query_as(
             "SELECT u.organization_id, u.status, u.email, u.name, p.profile \
              FROM users_view u LEFT JOIN user_profiles p ON p.id = u.id WHERE u.id = $1",
         )
@@ -176,19 +244,16 @@ impl UsersView {
         .fetch_optional(&mut *conn)
         .await?;
         let Some(row) = row else { return Ok(()) };
-        let organization_id: String = row.try_get("organization_id")?;
-        let status: String = row.try_get("status")?;
-        let terms = if status == "erased" {
+        let organization_id = row.organization_id;
+        let terms = if row.status == "erased" {
             SearchTerms {
                 user_name_lc: None,
                 external_id: None,
                 personal: vec![],
             }
         } else {
-            let email: Option<String> = row.try_get("email")?;
-            let name: Option<String> = row.try_get("name")?;
-            let profile = parse_profile(row.try_get("profile")?)?;
-            SearchTerms::of(profile.as_ref(), email.as_deref(), name.as_deref())
+            let profile = parse_profile(row.profile)?;
+            SearchTerms::of(profile.as_ref(), row.email.as_deref(), row.name.as_deref())
         };
         sqlx::query("UPDATE users_view SET user_name_lc = $1, external_id = $2 WHERE id = $3")
             .bind(terms.user_name_lc)
@@ -220,14 +285,12 @@ impl UsersView {
     async fn reindex_all(&self, conn: &mut AnyConnection) -> Result<(), InfraError> {
         let mut after = String::new();
         loop {
-            let ids: Vec<String> =
-                sqlx::query("SELECT id FROM users_view WHERE id > $1 ORDER BY id LIMIT 1000")
-                    .bind(after.clone())
-                    .fetch_all(&mut *conn)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get("id"))
-                    .collect::<Result<_, _>>()?;
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM users_view WHERE id > $1 ORDER BY id LIMIT 1000",
+            )
+            .bind(after.clone())
+            .fetch_all(&mut *conn)
+            .await?;
             let Some(last) = ids.last() else { break };
             after = last.clone();
             for id in &ids {
@@ -248,7 +311,7 @@ impl UsersView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<UserRow>, InfraError> {
-        let rows = sqlx::query(&format!(
+        let rows: Vec<UserColumns> = sqlx::query_as(&format!(
             "{SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3"
         ))
         .bind(organization_id)
@@ -256,7 +319,7 @@ impl UsersView {
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?;
-        rows.iter().map(row_to_user).collect()
+        rows.into_iter().map(UserRow::try_from).collect()
     }
 
     /// An organization's users (home organization; erased users left out) with their opened
@@ -271,9 +334,9 @@ impl UsersView {
         postgres: bool,
     ) -> Result<Vec<(UserRow, Option<serde_json::Value>)>, InfraError> {
         const COLS: &str = "u.id, u.organization_id, u.status, u.email, u.name, u.memberships, u.created_at, u.updated_at, u.version";
-        let rows = match user_name_prefix {
+        let rows: Vec<ProfiledColumns> = match user_name_prefix {
             None => {
-                sqlx::query(&format!(
+                sqlx::query_as(&format!(
                     "SELECT {COLS}, p.profile FROM users_view u LEFT JOIN user_profiles p ON p.id = u.id \
                      WHERE u.organization_id = $1 AND u.status <> 'erased' ORDER BY u.id"
                 ))
@@ -285,7 +348,7 @@ impl UsersView {
                 let c = if postgres { " COLLATE \"C\"" } else { "" };
                 // Every string that starts with `prefix` sorts below prefix + U+10FFFF.
                 let high = format!("{prefix}\u{10FFFF}");
-                let mut rows = sqlx::query(&format!(
+                let mut rows: Vec<ProfiledColumns> = sqlx::query_as(&format!(
                     "SELECT {COLS}, p.profile FROM user_profiles p JOIN users_view u ON u.id = p.id \
                      WHERE p.organization_id = $1 AND p.user_name_lc{c} >= $2 AND p.user_name_lc{c} < $3 \
                      AND u.status <> 'erased'"
@@ -297,7 +360,7 @@ impl UsersView {
                 .await?;
                 // Users SCIM never described: their userName is their (normalised) email.
                 rows.extend(
-                    sqlx::query(&format!(
+                    sqlx::query_as(&format!(
                         "SELECT {COLS}, CAST(NULL AS TEXT) AS profile FROM users_view u \
                          WHERE u.organization_id = $1 AND u.email{c} >= $2 AND u.email{c} < $3 \
                          AND u.status <> 'erased' \
@@ -312,19 +375,10 @@ impl UsersView {
                 rows
             }
         };
-        let mut out =
-            rows.iter()
-                .map(|r| {
-                    let profile: Option<String> = r.try_get("profile")?;
-                    let profile = match profile {
-                        Some(p) => Some(serde_json::from_str(&p).map_err(|e| {
-                            InfraError::Corrupt(format!("user_profiles profile: {e}"))
-                        })?),
-                        None => None,
-                    };
-                    Ok((row_to_user(r)?, profile))
-                })
-                .collect::<Result<Vec<_>, InfraError>>()?;
+        let mut out = rows
+            .into_iter()
+            .map(ProfiledColumns::opened)
+            .collect::<Result<Vec<_>, InfraError>>()?;
         out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
         Ok(out)
     }
@@ -334,35 +388,27 @@ impl UsersView {
         pool: &AnyPool,
         id: &str,
     ) -> Result<Option<(UserRow, Option<serde_json::Value>)>, InfraError> {
-        let row = sqlx::query(
+        let row: Option<ProfiledColumns> = sqlx::query_as(
             "SELECT u.id, u.organization_id, u.status, u.email, u.name, u.memberships, u.created_at, u.updated_at, u.version, p.profile \
              FROM users_view u LEFT JOIN user_profiles p ON p.id = u.id WHERE u.id = $1",
         )
         .bind(id)
         .fetch_optional(pool)
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        let profile: Option<String> = r.try_get("profile")?;
-        let profile = match profile {
-            Some(p) => Some(
-                serde_json::from_str(&p)
-                    .map_err(|e| InfraError::Corrupt(format!("user_profiles profile: {e}")))?,
-            ),
-            None => None,
-        };
-        Ok(Some((row_to_user(&r)?, profile)))
+        row.map(ProfiledColumns::opened).transpose()
     }
 
     async fn memberships(
         conn: &mut AnyConnection,
         id: &str,
     ) -> Result<BTreeMap<String, BTreeSet<Role>>, InfraError> {
-        let row = sqlx::query("SELECT memberships FROM users_view WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        match row {
-            Some(r) => serde_json::from_str(&r.try_get::<String, _>("memberships")?)
+        let memberships: Option<String> =
+            sqlx::query_scalar("SELECT memberships FROM users_view WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match memberships {
+            Some(m) => serde_json::from_str(&m)
                 .map_err(|e| InfraError::Corrupt(format!("users_view memberships: {e}"))),
             None => Ok(BTreeMap::new()),
         }
@@ -579,14 +625,13 @@ impl Projection for UsersView {
                             .get("userName")
                             .and_then(|v| v.as_str())
                             .map(str::to_lowercase);
-                        let org: String =
-                            sqlx::query("SELECT organization_id FROM users_view WHERE id = $1")
-                                .bind(id.clone())
-                                .fetch_optional(&mut *conn)
-                                .await?
-                                .map(|r| r.try_get("organization_id"))
-                                .transpose()?
-                                .unwrap_or_default();
+                        let org: String = sqlx::query_scalar(
+                            "SELECT organization_id FROM users_view WHERE id = $1",
+                        )
+                        .bind(id.clone())
+                        .fetch_optional(&mut *conn)
+                        .await?
+                        .unwrap_or_default();
                         sqlx::query(
                             "INSERT INTO user_profiles (id, organization_id, user_name_lc, profile) VALUES ($1, $2, $3, $4)
                              ON CONFLICT (id) DO UPDATE SET user_name_lc = excluded.user_name_lc, profile = excluded.profile",
@@ -653,12 +698,11 @@ impl Projection for UsersView {
         conn: &mut AnyConnection,
         record: &LogRecord,
     ) -> Result<Vec<crate::history::Version>, InfraError> {
-        let row = sqlx::query(&format!("{SELECT} WHERE id = $1"))
+        let row: Option<UserColumns> = sqlx::query_as(&format!("{SELECT} WHERE id = $1"))
             .bind(record.envelope.aggregate_id.clone())
             .fetch_optional(&mut *conn)
             .await?;
-        row.as_ref()
-            .map(row_to_user)
+        row.map(UserRow::try_from)
             .transpose()?
             .map(|u| {
                 Ok(crate::history::Version {
@@ -677,52 +721,39 @@ impl Projection for UsersView {
     }
 
     async fn dump(&self, conn: &mut AnyConnection) -> Result<Vec<serde_json::Value>, InfraError> {
-        let rows = sqlx::query(&format!("{SELECT} ORDER BY id"))
+        let rows: Vec<UserColumns> = sqlx::query_as(&format!("{SELECT} ORDER BY id"))
             .fetch_all(&mut *conn)
             .await?;
-        let mut out: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| row_to_user(r).map(|u| serde_json::to_value(u).unwrap_or_default()))
-            .collect::<Result<_, _>>()?;
-        let profiles = sqlx::query(
-            "SELECT id, organization_id, user_name_lc, profile FROM user_profiles ORDER BY id",
+        let mut out = Vec::new();
+        for user in rows {
+            out.push(serde_json::to_value(UserRow::try_from(user)?).unwrap_or_default());
+        }
+        let profiles: Vec<ProfileDump> = sqlx::query_as(
+            "SELECT id AS profile_of, organization_id, user_name_lc, profile FROM user_profiles ORDER BY id",
         )
         .fetch_all(&mut *conn)
         .await?;
-        for r in profiles {
-            out.push(serde_json::json!({
-                "profile_of": r.try_get::<String, _>("id")?,
-                "organization_id": r.try_get::<String, _>("organization_id")?,
-                "user_name_lc": r.try_get::<Option<String>, _>("user_name_lc")?,
-                "profile": r.try_get::<String, _>("profile")?,
-            }));
-        }
         // The search columns and blind indexes: a rebuild (or a start on an older store) must
         // fill them as the live model did.
-        let searched =
-            sqlx::query("SELECT id, user_name_lc, external_id FROM users_view ORDER BY id")
-                .fetch_all(&mut *conn)
-                .await?;
-        for r in searched {
-            out.push(serde_json::json!({
-                "search_of": r.try_get::<String, _>("id")?,
-                "user_name_lc": r.try_get::<Option<String>, _>("user_name_lc")?,
-                "external_id": r.try_get::<Option<String>, _>("external_id")?,
-            }));
-        }
-        let blind = sqlx::query(
-            "SELECT organization_id, attribute, digest, user_id FROM user_blind_index \
+        let searched: Vec<SearchDump> = sqlx::query_as(
+            "SELECT id AS search_of, user_name_lc, external_id FROM users_view ORDER BY id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let blind: Vec<BlindIndexDump> = sqlx::query_as(
+            "SELECT user_id AS blind_index_of, organization_id, attribute, digest FROM user_blind_index \
              ORDER BY user_id, attribute, digest",
         )
         .fetch_all(&mut *conn)
         .await?;
-        for r in blind {
-            out.push(serde_json::json!({
-                "blind_index_of": r.try_get::<String, _>("user_id")?,
-                "organization_id": r.try_get::<String, _>("organization_id")?,
-                "attribute": r.try_get::<String, _>("attribute")?,
-                "digest": r.try_get::<String, _>("digest")?,
-            }));
+        for p in profiles {
+            out.push(serde_json::to_value(p).unwrap_or_default());
+        }
+        for s in searched {
+            out.push(serde_json::to_value(s).unwrap_or_default());
+        }
+        for b in blind {
+            out.push(serde_json::to_value(b).unwrap_or_default());
         }
         Ok(out)
     }

@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use quantus_domain::contract::LineItem;
-use quantus_domain::money::Currency;
+use quantus_domain::commercial::contract::LineItem;
+use quantus_domain::commercial::money::Currency;
 use quantus_domain::schema::PLATFORM_TENANT;
 use serde::Deserialize;
 

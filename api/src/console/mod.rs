@@ -505,7 +505,7 @@ impl IntoResponse for PageError {
 
 /// Formats an amount of minor units in its currency (`1 500.00 EUR`), as the API does.
 pub fn money(currency: &str, minor: i64) -> String {
-    quantus_domain::money::Currency::parse(currency)
+    quantus_domain::commercial::money::Currency::parse(currency)
         .map(|c| c.format(minor))
         .unwrap_or_else(|_| format!("{minor} {currency} (minor units)"))
 }

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use quantus_domain::contract::LineItem;
+use quantus_domain::commercial::contract::LineItem;
 use serde::Deserialize;
 
 use super::api::{query, segment, Page};

@@ -11,10 +11,10 @@
 
 use quantus_infra::InfraError;
 use sqlx::any::AnyArguments;
-use sqlx::query::Query;
-use sqlx::{Any, AnyPool, Row};
+use sqlx::query::QueryAs;
+use sqlx::{Any, AnyPool};
 
-use super::{parse_profile, row_to_user, UserRow};
+use super::{ProfiledColumns, UserRow};
 
 /// The attributes kept as blind-index digests: a user's personal values SCIM clients look
 /// people up by. The names are SCIM attribute paths, lower-case.
@@ -178,8 +178,12 @@ impl Sql {
         }
     }
 
-    fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
-        let mut q = sqlx::query(&self.text);
+    /// The statement with its parameters bound, each row mapped to a `T` by column name.
+    fn query_as<T>(&self) -> QueryAs<'_, Any, T, AnyArguments<'_>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+    {
+        let mut q = sqlx::query_as(&self.text);
         for p in &self.params {
             q = match p {
                 Param::Text(s) => q.bind(s.clone()),
@@ -214,11 +218,9 @@ fn select(what: &str, organization_id: &str, condition: &Condition, postgres: bo
 const COLS: &str = "u.id, u.organization_id, u.status, u.email, u.name, u.memberships, u.created_at, u.updated_at, u.version, p.profile";
 
 fn rows_with_profiles(
-    rows: &[sqlx::any::AnyRow],
+    rows: Vec<ProfiledColumns>,
 ) -> Result<Vec<(UserRow, Option<serde_json::Value>)>, InfraError> {
-    rows.iter()
-        .map(|r| Ok((row_to_user(r)?, parse_profile(r.try_get("profile")?)?)))
-        .collect()
+    rows.into_iter().map(ProfiledColumns::opened).collect()
 }
 
 /// How many of the organization's users satisfy `condition`.
@@ -229,7 +231,7 @@ pub async fn count(
     postgres: bool,
 ) -> Result<u64, InfraError> {
     let sql = select("COUNT(*) AS n", organization_id, condition, postgres);
-    let n: i64 = sql.query().fetch_one(pool).await?.try_get("n")?;
+    let (n,): (i64,) = sql.query_as().fetch_one(pool).await?;
     Ok(u64::try_from(n).unwrap_or_default())
 }
 
@@ -253,7 +255,7 @@ pub async fn page(
         " ORDER BY {}{c}{dir}, u.id{c} LIMIT {limit} OFFSET {offset}",
         order.by.sql(),
     ));
-    rows_with_profiles(&sql.query().fetch_all(pool).await?)
+    rows_with_profiles(sql.query_as().fetch_all(pool).await?)
 }
 
 /// The users satisfying `condition`, by id, at most `limit` of them.
@@ -269,5 +271,5 @@ pub async fn candidates(
     let limit = sql.bind_int(limit);
     sql.text
         .push_str(&format!(" ORDER BY u.id{c} LIMIT {limit}"));
-    rows_with_profiles(&sql.query().fetch_all(pool).await?)
+    rows_with_profiles(sql.query_as().fetch_all(pool).await?)
 }

@@ -15,16 +15,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
+use quantus_commands::commercial::{NewContract, PaymentNotice};
 use quantus_commands::identity::AccessClaims;
-use quantus_commands::portal::{NewContract, PaymentNotice};
 use quantus_crypto::instant;
-use quantus_domain::contract::{
+use quantus_domain::commercial::contract::{
     Contract, ContractCommand, ContractRevised, Enforcement, LineItem, Quota,
 };
-use quantus_domain::customer::CustomerRegistered;
-use quantus_domain::invoice::{Invoice, InvoiceLine, InvoicePaid, LineKind};
-use quantus_domain::money::Currency;
-use quantus_domain::usage::Period;
+use quantus_domain::commercial::customer::CustomerRegistered;
+use quantus_domain::commercial::invoice::{Invoice, InvoiceLine, InvoicePaid, LineKind};
+use quantus_domain::commercial::money::Currency;
+use quantus_domain::commercial::usage::Period;
 use quantus_domain::{Actor, ActorKind, CommandContext};
 use quantus_infra::billing::{parse_stripe_event, verify_stripe_signature};
 use quantus_projections::commercial::{
