@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 
+use crate::evidence::bytes_of;
 use crate::harness::*;
 use crate::portal::org_client;
 
@@ -27,26 +28,6 @@ fn verify_export(archive: &Path, keys: &Path) -> (bool, String) {
         out.status.code(),
         Some(2),
         "verify-export could not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// The independent auditor (`tests/auditor/verify_export.py`): (success, stdout).
-fn python_verify_export(archive: &Path, keys: &Path) -> (bool, String) {
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/auditor/verify_export.py"))
-        .arg(archive)
-        .arg(keys)
-        .output()
-        .expect("python3 is needed for the independent export check");
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "the independent export check could not run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     (
@@ -142,7 +123,7 @@ fn refused(dir: &Path, keys: &Path, label: &str, bytes: &[u8], reason: &str, pyt
         "{label}: expected {reason:?} in: {out}"
     );
     if python {
-        let (ok, out) = python_verify_export(&file, keys);
+        let (ok, out) = independent_verifier("verify_export.py", [&file, keys]);
         println!("{label} (independent auditor): {out}");
         assert!(!ok, "{label}: the independent auditor missed it: {out}");
     }
@@ -207,14 +188,7 @@ async fn export_story(label: &str, postgres: bool) -> Story {
     .await;
 
     let keys = dir.join("keys.json");
-    let key_bytes = api
-        .request(reqwest::Method::GET, "/v1/keys")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let key_bytes = bytes_of(&api, "/v1/keys").await;
     std::fs::write(&keys, &key_bytes).unwrap();
 
     let (status, archive) = get_export(&api, &acme, &from, &to).await;
@@ -223,7 +197,7 @@ async fn export_story(label: &str, postgres: bool) -> Story {
     std::fs::write(&file, &archive).unwrap();
     let (ok, out) = verify_export(&file, &keys);
     assert!(ok && out.contains("OK"), "{out}");
-    let (ok, out) = python_verify_export(&file, &keys);
+    let (ok, out) = independent_verifier("verify_export.py", [&file, &keys]);
     assert!(ok && out.contains("OK"), "independent auditor: {out}");
 
     // Exactly Acme's events appended in the range, none of Globex's, none after `to`.

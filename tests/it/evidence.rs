@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 use crate::harness::*;
+use crate::portal::org_client;
 
 /// Deterministic pseudo-random bytes (so a wrong byte anywhere shows in the digest).
 pub fn payload(len: usize) -> Vec<u8> {
@@ -166,22 +167,7 @@ async fn another_organization_cannot_see_or_touch_a_job() {
     let (acme, _) = admin.create_org("Acme").await;
     let (globex, _) = admin.create_org("Globex").await;
     let job = submit_job(&admin, &acme).await;
-    let r = admin
-        .post(
-            "/v1/service-principals",
-            json!({"organization_id": globex, "name": "ci", "roles": ["admin"]}),
-        )
-        .await;
-    let other = Api {
-        base: server.url().to_owned(),
-        token: client_token(
-            server.url(),
-            r.body["client_id"].as_str().unwrap(),
-            r.body["client_secret"].as_str().unwrap(),
-            None,
-        ),
-        http: reqwest::Client::new(),
-    };
+    let other = org_client(&admin, &globex, &["admin"]).await;
     assert_eq!(other.get(&format!("/v1/jobs/{job}")).await.status, 404);
     assert_eq!(
         other
@@ -390,42 +376,17 @@ async fn retention_purges_artifacts_but_never_manifests_and_a_legal_hold_stops_i
     let early_bundle = before.body["id"].as_str().unwrap().to_owned();
 
     // A member may not decide retention; the organization's admin (here the platform) may.
-    let sp = api
-        .post(
-            "/v1/service-principals",
-            json!({"organization_id": org, "name": "ci", "roles": ["member"]}),
-        )
-        .await;
-    let member = Api {
-        base: server.url().to_owned(),
-        token: client_token(
-            server.url(),
-            sp.body["client_id"].as_str().unwrap(),
-            sp.body["client_secret"].as_str().unwrap(),
-            None,
-        ),
-        http: reqwest::Client::new(),
-    };
+    let member = org_client(&api, &org, &["member"]).await;
     let rule = json!({"keep_artifacts_days": 0});
     let r = member
-        .send(
-            member
-                .request(
-                    reqwest::Method::PUT,
-                    &format!("/v1/retention/{org}/rules/calibration"),
-                )
-                .json(&rule),
+        .put(
+            &format!("/v1/retention/{org}/rules/calibration"),
+            rule.clone(),
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.body);
     let r = api
-        .send(
-            api.request(
-                reqwest::Method::PUT,
-                &format!("/v1/retention/{org}/rules/calibration"),
-            )
-            .json(&rule),
-        )
+        .put(&format!("/v1/retention/{org}/rules/calibration"), rule)
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 
@@ -439,12 +400,7 @@ async fn retention_purges_artifacts_but_never_manifests_and_a_legal_hold_stops_i
     assert_eq!(r.status, 200, "{}", r.body);
     let r = api.post("/v1/retention/sweep", json!({})).await;
     assert_eq!(r.body["purged"], 0, "{}", r.body);
-    let r = api
-        .send(api.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/retention/{org}/legal-hold"),
-        ))
-        .await;
+    let r = api.delete(&format!("/v1/retention/{org}/legal-hold")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = api.post("/v1/retention/sweep", json!({})).await;
     assert_eq!(r.body["purged"], 1, "{}", r.body);

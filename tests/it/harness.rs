@@ -43,18 +43,14 @@ fn start_service(script: &str, key: &str) -> String {
 /// Headless Chromium and Playwright for the browser tests, installed by `scripts/browser.sh`
 /// (fails loudly when they cannot be had); returns Chromium's path.
 pub fn chromium() -> String {
-    let setup = Command::new(repo_root().join("scripts/browser.sh"))
-        .output()
-        .expect("run scripts/browser.sh");
-    assert!(
-        setup.status.success(),
-        "Chromium or Playwright could not be installed:\n{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    String::from_utf8_lossy(&setup.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
-        .expect("scripts/browser.sh names Chromium")
+    tool_output(
+        &mut Command::new(repo_root().join("scripts/browser.sh")),
+        "run scripts/browser.sh",
+        "Chromium or Playwright could not be installed:",
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
+    .expect("scripts/browser.sh names Chromium")
 }
 
 /// The Postgres server for this test run (started once).
@@ -433,6 +429,10 @@ impl Api {
             .await
     }
 
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
     pub async fn put(&self, path: &str, body: Value) -> Reply {
         self.send(self.request(reqwest::Method::PUT, path).json(&body))
             .await
@@ -541,6 +541,59 @@ pub fn assert_model_equals_replay(name: &str, store: &[&str]) {
         live, rebuilt,
         "the live read model differs from a replay of the log"
     );
+}
+
+/// Runs a tool a test relies on and answers what it printed; fails the test when the tool
+/// cannot start (`needs` says what it takes) or does not succeed (`refused`, then its output
+/// and its errors).
+pub fn tool_output(command: &mut Command, needs: &str, refused: &str) -> String {
+    let out = command.output().expect(needs);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{refused}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs a `node --test` suite of `tests/browser` (Playwright): every test passes, and there
+/// are `passes` of them (a suite that lost a test fails too).
+pub fn browser_suite_passes(command: &mut Command, passes: usize) {
+    let stdout = tool_output(
+        command.current_dir(repo_root().join("tests/browser")),
+        "node is needed for the browser tests",
+        "",
+    );
+    assert!(
+        stdout.contains("# fail 0") && stdout.contains(&format!("# pass {passes}")),
+        "{stdout}"
+    );
+}
+
+/// Runs one of the independent auditor's verifiers (`tests/auditor/<script>`, Python) with
+/// `args`: (whether it found the evidence sound, its report). Exit 2 means it could not judge
+/// at all (missing ML-DSA or `rfc8785`, unreadable input), which fails the test there.
+pub fn independent_verifier<I, S>(script: &str, args: I) -> (bool, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/auditor").join(script))
+        .args(args)
+        .output()
+        .expect("python3 is needed for the independent auditor");
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{script} could not run (is tests/auditor's rfc8785 installed?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// `quantus audit verify` over a store; returns (success, stdout).

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::evidence::{bytes_of, evidence_verify, retar, submit_job};
 use crate::harness::*;
-use crate::qsa::{fixture_on, sign_in_for_code, token_request, Browser, REDIRECT, VERIFIER};
+use crate::qsa::{fixture_on, redeem_code, sign_in_for_code, Browser, REDIRECT};
 
 /// The archive's `job-state.json` and its manifest's payload.
 fn job_state_of(archive: &[u8]) -> (Value, Value) {
@@ -72,26 +72,6 @@ fn verify_json(archive: &std::path::Path, keys: &std::path::Path) -> (bool, Valu
     (
         out.status.success(),
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
-}
-
-/// The independent checker (`tests/auditor/verify_bundle.py`): (success, stdout).
-fn python_verify_bundle(archive: &Path, keys: &Path) -> (bool, String) {
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/auditor/verify_bundle.py"))
-        .arg(archive)
-        .arg(keys)
-        .output()
-        .expect("python3 is needed for the independent bundle check");
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "the independent bundle check could not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
 
@@ -152,7 +132,7 @@ fn both_refuse(dir: &Path, keys: &Path, label: &str, archive: &[u8], reason: &st
         out.contains(reason),
         "{label}: expected {reason:?} in: {out}"
     );
-    let (ok, out) = python_verify_bundle(&file, keys);
+    let (ok, out) = independent_verifier("verify_bundle.py", [&file, keys]);
     println!("{label} (independent checker): {out}");
     assert!(!ok, "{label}: the independent checker missed it: {out}");
     assert!(
@@ -188,7 +168,7 @@ fn tampered_bundles_are_named_broken(dir: &Path, archive: &[u8], keys_file: &Pat
     std::fs::write(&file, resigned(&state)).unwrap();
     let (ok, out) = evidence_verify(&file, &forger.keys);
     assert!(ok, "{out}");
-    let (ok, out) = python_verify_bundle(&file, &forger.keys);
+    let (ok, out) = independent_verifier("verify_bundle.py", [&file, &forger.keys]);
     assert!(ok && out.ends_with("OK\n"), "{out}");
 
     // The manifest's digest of job-state.json changed: its signature no longer holds; signed
@@ -375,17 +355,7 @@ async fn job_state_on(label: &str, postgres: bool) {
 
     let mut browser = Browser::new(f.server.url());
     let code = sign_in_for_code(&f, &mut browser, "openid jobs:read jobs:write").await;
-    let (status, body) = token_request(
-        &f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let body = redeem_code(&f, &code).await;
     let person = Api {
         token: body["access_token"].as_str().unwrap().to_owned(),
         ..admin.clone()
@@ -441,7 +411,7 @@ async fn job_state_on(label: &str, postgres: bool) {
     let (ok, text) = evidence_verify(&archive_file, &keys_file);
     assert!(ok, "{text}");
     // The independent checker, written from docs/event-log.md, derives the same state.
-    let (ok, independent) = python_verify_bundle(&archive_file, &keys_file);
+    let (ok, independent) = independent_verifier("verify_bundle.py", [&archive_file, &keys_file]);
     assert!(ok && independent.ends_with("OK\n"), "{independent}");
     assert!(
         independent.contains(&format!(
@@ -516,7 +486,7 @@ async fn job_state_on(label: &str, postgres: bool) {
         );
         let (ok, report) = verify_json(&file, &keys_file);
         assert!(!ok && report["valid"] == false, "{report}");
-        let (ok, out) = python_verify_bundle(&file, &keys_file);
+        let (ok, out) = independent_verifier("verify_bundle.py", [&file, &keys_file]);
         assert!(
             !ok && out.contains("job-state.json does not have the recorded SHA-256"),
             "{what} (independent checker): {out}"
@@ -550,7 +520,7 @@ async fn job_state_on(label: &str, postgres: bool) {
         !ok && out.contains("the archive has no job-state.json"),
         "{out}"
     );
-    let (ok, out) = python_verify_bundle(&file, &keys_file);
+    let (ok, out) = independent_verifier("verify_bundle.py", [&file, &keys_file]);
     assert!(
         !ok && out.contains("the archive has no job-state.json"),
         "{out}"
@@ -586,7 +556,7 @@ fn a_bundle_from_before_job_state_still_verifies() {
     );
     let (ok, report) = verify_json(&archive, &keys);
     assert!(ok && report["job_state"].is_null(), "{report}");
-    let (ok, out) = python_verify_bundle(&archive, &keys);
+    let (ok, out) = independent_verifier("verify_bundle.py", [&archive, &keys]);
     assert!(
         ok && out.contains("job state: not in this bundle") && out.ends_with("OK\n"),
         "{out}"

@@ -660,17 +660,7 @@ async fn g_identity_runs_on_postgres_and_kafka() {
     let f = fixture_on(env.serve(&dir, &["--listen", "127.0.0.1:0"])).await;
     let mut browser = Browser::new(f.server.url());
     let code = sign_in_for_code(&f, &mut browser, "openid offline_access").await;
-    let (status, tokens) = token_request(
-        &f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{tokens}");
+    redeem_code(&f, &code).await;
     let head = f.admin.all_events().await.len() as u64;
     eventually(
         "the identity and audit events on Kafka",

@@ -328,23 +328,23 @@ async fn the_crypto_policy_is_an_algorithm_roadmap_that_verification_follows() {
     let composite_file = file(&api, &id).await;
 
     let r = api
-        .send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/ML-DSA-65-Ed25519")
-                .json(&json!({"may_sign": false, "may_verify": true})),
+        .put(
+            "/v1/crypto/policy/ML-DSA-65-Ed25519",
+            json!({"may_sign": false, "may_verify": true}),
         )
         .await;
     assert_eq!(r.status, 409, "the last signer was withdrawn: {}", r.body);
     let r = api
-        .send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/Ed25519")
-                .json(&json!({"may_sign": true, "may_verify": true})),
+        .put(
+            "/v1/crypto/policy/Ed25519",
+            json!({"may_sign": true, "may_verify": true}),
         )
         .await;
     assert_eq!(r.status, 409, "a classical-only signer was allowed");
     assert_eq!(
-        api.send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/RSA")
-                .json(&json!({"may_sign": true, "may_verify": true}))
+        api.put(
+            "/v1/crypto/policy/RSA",
+            json!({"may_sign": true, "may_verify": true})
         )
         .await
         .status,
@@ -353,17 +353,17 @@ async fn the_crypto_policy_is_an_algorithm_roadmap_that_verification_follows() {
 
     // Migrate: ML-DSA-87 signs, the composite verifies only until a moment ago.
     let r = api
-        .send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/ML-DSA-87")
-                .json(&json!({"may_sign": true, "may_verify": true})),
+        .put(
+            "/v1/crypto/policy/ML-DSA-87",
+            json!({"may_sign": true, "may_verify": true}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let until = (Utc::now() - Duration::seconds(1)).to_rfc3339();
     let r = api
-        .send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/ML-DSA-65-Ed25519")
-                .json(&json!({"may_sign": false, "may_verify": true, "verify_until": until})),
+        .put(
+            "/v1/crypto/policy/ML-DSA-65-Ed25519",
+            json!({"may_sign": false, "may_verify": true, "verify_until": until}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);

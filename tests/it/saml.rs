@@ -12,7 +12,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::harness::*;
-use crate::qsa::{fixture, Browser, Fixture, Page};
+use crate::qsa::{fixture, group_with_the_person, Browser, Fixture, Page};
 
 pub const SP: &str = "https://sp.example.test/metadata";
 pub const ACS: &str = "https://sp.example.test/acs";
@@ -21,18 +21,14 @@ pub const SLO: &str = "https://sp.example.test/slo";
 fn install() -> &'static str {
     static XMLSEC: OnceLock<String> = OnceLock::new();
     XMLSEC.get_or_init(|| {
-        let out = Command::new(repo_root().join("scripts/saml.sh"))
-            .output()
-            .expect("run scripts/saml.sh");
-        assert!(
-            out.status.success(),
-            "scripts/saml.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("XMLSEC1=").map(str::to_owned))
-            .expect("XMLSEC1=<path>")
+        tool_output(
+            &mut Command::new(repo_root().join("scripts/saml.sh")),
+            "run scripts/saml.sh",
+            "scripts/saml.sh failed:",
+        )
+        .lines()
+        .find_map(|l| l.strip_prefix("XMLSEC1=").map(str::to_owned))
+        .expect("XMLSEC1=<path>")
     })
 }
 
@@ -511,28 +507,25 @@ async fn saml_signed_authn_requests_are_verified_with_the_registered_certificate
     let dir = temp_dir("saml-sp-key");
     let key = dir.join("sp.key");
     let cert = dir.join("sp.crt");
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=sp.example.test",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    tool_output(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=sp.example.test",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        "run openssl",
+        "openssl could not make the SP's key and certificate:",
     );
     let pem = std::fs::read_to_string(&cert).unwrap();
     register(&f, SP, Some(&pem)).await;
@@ -634,13 +627,9 @@ async fn saml_signed_authn_requests_are_verified_with_the_registered_certificate
     // next one, naming the rule's reason.
     let r = f
         .admin
-        .send(
-            f.admin
-                .request(
-                    reqwest::Method::PUT,
-                    &format!("/v1/access-policies/{}/rules/no-loopback", f.org),
-                )
-                .json(&json!({"priority": 1, "conditions": {"ip_in": ["127.0.0.0/8"]}, "outcome": "block"})),
+        .put(
+            &format!("/v1/access-policies/{}/rules/no-loopback", f.org),
+            json!({"priority": 1, "conditions": {"ip_in": ["127.0.0.0/8"]}, "outcome": "block"}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -793,23 +782,7 @@ print(ku.digital_signature, ku.key_cert_sign, bc.ca)",
     );
 
     // An SP that asks for group memberships.
-    let r = f
-        .admin
-        .post(
-            "/v1/groups",
-            json!({"organization_id": f.org, "name": "Engineers"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let group = r.body["id"].as_str().unwrap().to_owned();
-    let r = f
-        .admin
-        .post(
-            &format!("/v1/groups/{group}/members"),
-            json!({"user_id": f.user_id}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    group_with_the_person(f, "Engineers").await;
     let r = f
         .admin
         .post(

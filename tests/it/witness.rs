@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::checkpoints::{attacker_db, rename_acme_to_evil};
+use crate::evidence::bytes_of;
 use crate::harness::*;
 
 /// A running `quantus witness serve`; killed when dropped.
@@ -92,14 +93,7 @@ pub(crate) async fn sign_checkpoint(api: &Api) -> Value {
 }
 
 pub(crate) async fn save_keys(api: &Api, file: &Path) {
-    let keys = api
-        .request(reqwest::Method::GET, "/v1/keys")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let keys = bytes_of(api, "/v1/keys").await;
     std::fs::write(file, keys).unwrap();
 }
 
@@ -271,21 +265,15 @@ async fn two_witnesses_one_offline(postgres: bool) {
     );
     std::fs::write(&log_file, &tail.stdout).unwrap();
     let python = |vkey: &str| {
-        let out = Command::new("python3")
-            .arg(repo_root().join("tests/auditor/verify_checkpoints.py"))
-            .args([&log_file, &s.keys_file, &note_file])
-            .args(["--witness", vkey])
-            .output()
-            .expect("python3 runs the independent checkpoint check");
-        assert_ne!(
-            out.status.code(),
-            Some(2),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
+        independent_verifier(
+            "verify_checkpoints.py",
+            [
+                log_file.as_path(),
+                &s.keys_file,
+                &note_file,
+                Path::new("--witness"),
+                Path::new(vkey),
+            ],
         )
     };
     let (ok, out) = python(&vkey_a);
