@@ -24,16 +24,7 @@ fn verify_export(archive: &Path, keys: &Path) -> (bool, String) {
         ],
         &[],
     );
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "verify-export could not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    verdict(out, "verify-export could not run")
 }
 
 fn rfc3339(t: chrono::DateTime<Utc>) -> String {
@@ -441,7 +432,7 @@ async fn an_export_on_postgres_verifies_and_stays_within_its_tenant() {
 #[tokio::test]
 async fn an_export_carries_the_witnesses_cosignatures_of_its_checkpoint() {
     use crate::witness::{
-        cosigned, free_port, save_keys, sign_checkpoint, start_witness, witness_key,
+        cosigned, origin_of, save_keys, sign_checkpoint, start_witness, witness_key,
     };
     let dir = temp_dir("export-witness");
     let witness_dir = dir.join("witness-a");
@@ -459,13 +450,7 @@ async fn an_export_carries_the_witnesses_cosignatures_of_its_checkpoint() {
     let from = rfc3339(Utc::now() - chrono::Duration::seconds(1));
     let (acme, _) = api.create_org("Acme").await;
     let first = sign_checkpoint(&api).await;
-    let origin = first["note"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
+    let origin = origin_of(&first);
     let keys = dir.join("keys.json");
     save_keys(&api, &keys).await;
     let _witness = start_witness(&witness_dir, "witness.test/a", port, &origin, &keys);

@@ -43,14 +43,25 @@ fn start_service(script: &str, key: &str) -> String {
 /// Headless Chromium and Playwright for the browser tests, installed by `scripts/browser.sh`
 /// (fails loudly when they cannot be had); returns Chromium's path.
 pub fn chromium() -> String {
-    tool_output(
-        &mut Command::new(repo_root().join("scripts/browser.sh")),
-        "run scripts/browser.sh",
+    installed(
+        "scripts/browser.sh",
         "Chromium or Playwright could not be installed:",
+        "CHROMIUM",
+    )
+}
+
+/// Runs an install script of `scripts/` (failing with `refused` and its output) and returns
+/// the path it prints as `NAME=<path>`.
+pub fn installed(script: &str, refused: &str, name: &str) -> String {
+    let prefix = format!("{name}=");
+    tool_output(
+        &mut Command::new(repo_root().join(script)),
+        &format!("run {script}"),
+        refused,
     )
     .lines()
-    .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
-    .expect("scripts/browser.sh names Chromium")
+    .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_owned))
+    .unwrap_or_else(|| panic!("{script} names no {prefix}<path>"))
 }
 
 /// The Postgres server for this test run (started once).
@@ -182,6 +193,15 @@ fn run_dir() -> &'static Path {
 }
 
 /// A fresh temporary folder.
+/// A free local port, for a server whose public URL must be known before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn temp_dir(label: &str) -> PathBuf {
     let dir = run_dir().join(format!("{label}-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -381,6 +401,20 @@ pub fn client_token(base: &str, client_id: &str, secret: &str, scope: Option<&st
 }
 
 /// A platform-admin access token for `server` (the bootstrap admin's).
+/// What `POST /oauth2/introspect` says of `token`, asked as the client `client_id`.
+pub async fn introspection(base: &str, client_id: &str, secret: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("{base}/oauth2/introspect"))
+        .basic_auth(client_id, Some(secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .expect("introspect")
+        .json()
+        .await
+        .expect("introspection JSON")
+}
+
 pub fn token(server: &Server) -> String {
     let (id, secret) = bootstrap_credentials(&server.data_dir);
     client_token(server.url(), &id, &secret, None)
@@ -584,10 +618,19 @@ where
         .args(args)
         .output()
         .expect("python3 is needed for the independent auditor");
+    verdict(
+        out,
+        &format!("{script} could not run (is tests/auditor's rfc8785 installed?)"),
+    )
+}
+
+/// A verifier's verdict: (passed, stdout). Exit code 2 means it could not run at all, which
+/// fails the test with `could_not_run` and its stderr rather than counting as a refusal.
+pub fn verdict(out: Output, could_not_run: &str) -> (bool, String) {
     assert_ne!(
         out.status.code(),
         Some(2),
-        "{script} could not run (is tests/auditor's rfc8785 installed?): {}",
+        "{could_not_run}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     (

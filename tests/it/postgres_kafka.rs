@@ -927,7 +927,7 @@ async fn j_the_portal_process_retries_licences_that_can_wait() {
     )
     .unwrap();
     let portal_dir = temp_dir("pg-portal-retry");
-    let port = crate::portal::free_port();
+    let port = free_port();
     let down = format!("http://127.0.0.1:{port}");
     let (qsa, id, secret) = (
         api_server.url().to_owned(),

@@ -343,16 +343,7 @@ pub async fn token_request(f: &Fixture, form: &[(&str, &str)]) -> (u16, Value) {
 }
 
 pub async fn introspect(f: &Fixture, token: &str) -> Value {
-    reqwest::Client::new()
-        .post(format!("{}/oauth2/introspect", f.server.url()))
-        .basic_auth(&f.client_id, Some(&f.client_secret))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    introspection(f.server.url(), &f.client_id, &f.client_secret, token).await
 }
 
 pub fn claims(jwt: &str) -> Value {

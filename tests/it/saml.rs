@@ -20,16 +20,7 @@ pub const SLO: &str = "https://sp.example.test/slo";
 
 fn install() -> &'static str {
     static XMLSEC: OnceLock<String> = OnceLock::new();
-    XMLSEC.get_or_init(|| {
-        tool_output(
-            &mut Command::new(repo_root().join("scripts/saml.sh")),
-            "run scripts/saml.sh",
-            "scripts/saml.sh failed:",
-        )
-        .lines()
-        .find_map(|l| l.strip_prefix("XMLSEC1=").map(str::to_owned))
-        .expect("XMLSEC1=<path>")
-    })
+    XMLSEC.get_or_init(|| installed("scripts/saml.sh", "scripts/saml.sh failed:", "XMLSEC1"))
 }
 
 /// Runs the Python SP; (accepted, its JSON answer).

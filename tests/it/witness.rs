@@ -29,14 +29,6 @@ impl Drop for Witness {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `quantus witness key`: the witness's verifier key (made on first use).
 pub(crate) fn witness_key(dir: &Path, name: &str) -> String {
     let out = quantus(
@@ -90,6 +82,17 @@ pub(crate) async fn sign_checkpoint(api: &Api) -> Value {
     let r = api.post("/v1/audit/checkpoints", json!({})).await;
     assert_eq!(r.status, 201, "{}", r.body);
     r.body
+}
+
+/// The origin of a signed checkpoint: the first line of its note.
+pub(crate) fn origin_of(checkpoint: &Value) -> String {
+    checkpoint["note"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 pub(crate) async fn save_keys(api: &Api, file: &Path) {
@@ -378,13 +381,7 @@ async fn witnessed_twice(label: &str) -> (Setup, String, Witness, u64, u64) {
     api.create_org("Acme").await;
     let first = sign_checkpoint(&api).await;
     save_keys(&api, &s.keys_file).await;
-    let origin = first["note"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
+    let origin = origin_of(&first);
     let witness = start_witness(&dir_a, "witness.test/a", port, &origin, &s.keys_file);
     let size1 = first["tree_size"].as_u64().unwrap();
     cosigned(&api, size1, "witness.test/a").await;
