@@ -14,7 +14,10 @@ use quantus_crypto::{Algorithm, SecretKey};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::evidence::{bytes_of, evidence_verify, retar, submit_job};
+use crate::evidence::{
+    bytes_of, evidence_verify, evidence_verify_with, platform_verify, retar, rewrite_tar,
+    submit_job,
+};
 use crate::harness::*;
 use crate::qsa::{fixture_on, redeem_code, sign_in_for_code, Browser, REDIRECT};
 
@@ -57,20 +60,9 @@ fn check_state(bytes: &[u8], manifest: &Value) -> Result<Value, String> {
 }
 
 fn verify_json(archive: &std::path::Path, keys: &std::path::Path) -> (bool, Value) {
-    let out = quantus(
-        &[
-            "evidence",
-            "verify",
-            archive.to_str().unwrap(),
-            "--keys",
-            keys.to_str().unwrap(),
-            "--json",
-        ],
-        &[],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (ok, text) = evidence_verify_with(archive, keys, &["--json"]);
     (
-        out.status.success(),
+        ok,
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
     )
 }
@@ -431,14 +423,7 @@ async fn job_state_on(label: &str, postgres: bool) {
     }
 
     // The platform's own check reports the same state.
-    let res = admin
-        .request(reqwest::Method::POST, "/v1/evidence/verify")
-        .header("content-type", "application/x-tar")
-        .body(archive.clone())
-        .send()
-        .await
-        .unwrap();
-    let platform: Value = res.json().await.unwrap();
+    let platform = platform_verify(&admin, &archive).await;
     assert_eq!(platform["job_state"], *state, "{platform}");
 
     // The sealed password hash is withheld: only its hash and proof travel.
@@ -492,27 +477,10 @@ async fn job_state_on(label: &str, postgres: bool) {
             "{what} (independent checker): {out}"
         );
     }
-    let removed: Vec<u8> = {
-        // An archive without the file at all.
-        let mut out = tar::Builder::new(Vec::new());
-        let mut input = tar::Archive::new(archive.as_slice());
-        for entry in input.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let path = entry.path().unwrap().to_string_lossy().into_owned();
-            if path.ends_with("job-state.json") {
-                continue;
-            }
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
-            let mut header = tar::Header::new_gnu();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            out.append_data(&mut header, path, bytes.as_slice())
-                .unwrap();
-        }
-        out.into_inner().unwrap()
-    };
+    // An archive without the file at all.
+    let removed = rewrite_tar(&archive, |path, bytes| {
+        (!path.ends_with("job-state.json")).then_some(bytes)
+    });
     let file = dir.join("removed.tar");
     std::fs::write(&file, removed).unwrap();
     let (ok, out) = evidence_verify(&file, &keys_file);

@@ -38,6 +38,17 @@ async fn file(api: &Api, id: &str) -> SignedDocument {
     SignedDocument::from_canonical_json(&bytes).expect("the served file is canonical")
 }
 
+/// Reports the key `kid` compromised (its HSM stolen) since `since`.
+pub async fn compromise_key(api: &Api, kid: &str, since: DateTime<Utc>) {
+    let r = api
+        .post(
+            &format!("/v1/keys/{kid}/compromise"),
+            json!({"compromised_at": since.to_rfc3339(), "reason": "HSM stolen"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 async fn key_set(api: &Api) -> TrustedKeys {
     let (status, bytes) = raw(api, "/v1/keys").await;
     assert_eq!(status, 200);
@@ -270,13 +281,7 @@ async fn rotation_keeps_old_files_valid_and_a_compromise_voids_later_signatures(
     // The new key is compromised from a minute ago: what it signed since is void, the old
     // key's earlier signature stands, and a fresh key takes over at once.
     let since: DateTime<Utc> = Utc::now() - Duration::minutes(1);
-    let r = api
-        .post(
-            &format!("/v1/keys/{new_kid}/compromise"),
-            json!({"compromised_at": since.to_rfc3339(), "reason": "HSM stolen"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    compromise_key(&api, &new_kid, since).await;
     let keys = key_set(&api).await;
     assert!(matches!(
         rejection(verify(&after, &keys, Utc::now(), None, None)),
