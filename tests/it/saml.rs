@@ -109,8 +109,20 @@ fn acs(
     response: &str,
     extra: &[&str],
 ) -> (bool, Value) {
+    acs_of(metadata, (SP, ACS), state, request_id, response, extra)
+}
+
+/// What the SP with entity id `sp` and assertion consumer `acs_url` makes of a Response.
+fn acs_of(
+    metadata: &str,
+    (sp, acs_url): (&str, &str),
+    state: &str,
+    request_id: Option<&str>,
+    response: &str,
+    extra: &[&str],
+) -> (bool, Value) {
     let mut args = vec!["acs"];
-    args.extend(sp_args(metadata, SP, ACS));
+    args.extend(sp_args(metadata, sp, acs_url));
     args.extend(["--state", state, "--response", response]);
     if let Some(r) = request_id {
         args.extend(["--request-id", r]);
@@ -243,21 +255,14 @@ pub async fn scenario(f: &Fixture) {
 
     // Wrong audience: an SP with another entity id refuses it.
     let (rid, response) = sso(&mut browser, &metadata, &[]).await;
-    let mut args = vec!["acs"];
-    args.extend(sp_args(
+    let (ok, refused) = acs_of(
         &metadata,
-        "https://other.example.test/metadata",
-        ACS,
-    ));
-    args.extend([
-        "--state",
+        ("https://other.example.test/metadata", ACS),
         state,
-        "--response",
+        Some(&rid),
         &response,
-        "--request-id",
-        &rid,
-    ]);
-    let (ok, refused) = sp_py(&args);
+        &[],
+    );
     expect_refusal(
         ok,
         &refused,
@@ -267,17 +272,14 @@ pub async fn scenario(f: &Fixture) {
 
     // Wrong recipient: an SP at another ACS URL refuses it.
     let (rid, response) = sso(&mut browser, &metadata, &[]).await;
-    let mut args = vec!["acs"];
-    args.extend(sp_args(&metadata, SP, "https://sp.example.test/other-acs"));
-    args.extend([
-        "--state",
+    let (ok, refused) = acs_of(
+        &metadata,
+        (SP, "https://sp.example.test/other-acs"),
         state,
-        "--response",
+        Some(&rid),
         &response,
-        "--request-id",
-        &rid,
-    ]);
-    let (ok, refused) = sp_py(&args);
+        &[],
+    );
     expect_refusal(
         ok,
         &refused,
