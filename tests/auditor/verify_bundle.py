@@ -36,7 +36,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "crosscheck"))
 import crosscheck  # noqa: E402
 import rfc8785  # noqa: E402
-from verify_checkpoints import Broken, open_note, unb64url  # noqa: E402
+from verify_checkpoints import Broken, open_note, run, unb64url  # noqa: E402
 from verify_export import included  # noqa: E402
 from verify_log import (  # noqa: E402
     EnvelopeProblem,
@@ -535,19 +535,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3:
         sys.stderr.write("usage: verify_bundle.py ARCHIVE KEYS.json\n")
         return 2
-    try:
-        crosscheck.require_mldsa()
-    except SystemExit as e:
-        return int(e.code or 2)
-    try:
-        print("\n".join(check(argv[1], argv[2])))
-        return 0
-    except Broken as broken:
-        print(f"BROKEN: {broken}")
-        return 1
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        sys.stderr.write(f"verify_bundle.py: {err!r}\n")
-        return 2
+    return run("verify_bundle.py", lambda: check(argv[1], argv[2]),
+               errors=(OSError, ValueError, KeyError, TypeError), show=repr)
 
 
 if __name__ == "__main__":

@@ -215,18 +215,25 @@ def main(argv: list[str]) -> int:
     if args.witness and args.note is None:
         sys.stderr.write("verify_checkpoints.py: --witness needs a NOTE to check\n")
         return 2
+    return run("verify_checkpoints.py", lambda: check(args.log, args.keys, args.note, args.witness, args.quorum))
+
+
+def run(prog: str, verdict, errors: tuple = (OSError, ValueError, KeyError), show=str) -> int:
+    """What every verifier's command line does with its `verdict`: the lines and exit 0 when it
+    holds, `BROKEN: why` and exit 1 when the evidence is broken, exit 2 when it cannot tell
+    (no ML-DSA support, a file it cannot read, input of the wrong kind)."""
     try:
         crosscheck.require_mldsa()
     except SystemExit as e:
         return int(e.code or 2)
     try:
-        print("\n".join(check(args.log, args.keys, args.note, args.witness, args.quorum)))
+        print("\n".join(verdict()))
         return 0
     except Broken as broken:
         print(f"BROKEN: {broken}")
         return 1
-    except (OSError, ValueError, KeyError) as err:
-        sys.stderr.write(f"verify_checkpoints.py: {err}\n")
+    except errors as err:
+        sys.stderr.write(f"{prog}: {show(err)}\n")
         return 2
 
 

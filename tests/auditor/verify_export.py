@@ -32,7 +32,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "crosscheck"))
 import crosscheck  # noqa: E402
 import rfc8785  # noqa: E402
-from verify_checkpoints import Broken, open_note, unb64url  # noqa: E402
+from verify_checkpoints import Broken, open_note, run, unb64url  # noqa: E402
 from verify_log import EnvelopeProblem, check_envelope, compute_hash  # noqa: E402
 
 CONTEXT = b"quantus/export/v1"
@@ -169,19 +169,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3:
         sys.stderr.write("usage: verify_export.py ARCHIVE KEYS.json\n")
         return 2
-    try:
-        crosscheck.require_mldsa()
-    except SystemExit as e:
-        return int(e.code or 2)
-    try:
-        print("\n".join(check(argv[1], argv[2])))
-        return 0
-    except Broken as broken:
-        print(f"BROKEN: {broken}")
-        return 1
-    except (OSError, ValueError, KeyError) as err:
-        sys.stderr.write(f"verify_export.py: {err}\n")
-        return 2
+    return run("verify_export.py", lambda: check(argv[1], argv[2]))
 
 
 if __name__ == "__main__":

@@ -3,28 +3,15 @@
 // passkey is made by Chromium's virtual authenticator through the page's own script, then
 // signs the person in; every new page is checked with axe-core and saved as a screenshot.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
 
 import {
-  BASE, ADMIN_ID, ADMIN_SECRET, QUANTUS_BIN, SCREENSHOTS, CHROMIUM,
-  adminToken, customerOrg, check, signIn, totp,
+  BASE,
+  adminToken, customerOrg, check, signIn, totp, consoleBrowser,
 } from "./kit.mjs";
 
-let browser;
-
-before(async () => {
-  assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && QUANTUS_BIN && SCREENSHOTS,
-    "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET, QUANTUS_BIN and SCREENSHOTS");
-  mkdirSync(SCREENSHOTS, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = consoleBrowser();
 
 const h1 = (page) => page.getByRole("heading", { level: 1 }).textContent();
 const main = (page) => page.locator("main").textContent();

@@ -4,28 +4,15 @@
 // organization right after one event; before the organization existed (every empty state);
 // and a moment the API refuses, with its detail.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
 
 import {
-  BASE, ADMIN_ID, ADMIN_SECRET, QUANTUS_BIN, SCREENSHOTS, CHROMIUM, PASSWORD,
-  adminToken, api, customerOrg, check, signIn, platformOperator,
+  BASE, PASSWORD,
+  adminToken, api, customerOrg, check, signIn, platformOperator, consoleBrowser,
 } from "./kit.mjs";
 
-let browser;
-
-before(async () => {
-  assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && QUANTUS_BIN && SCREENSHOTS,
-    "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET, QUANTUS_BIN and SCREENSHOTS");
-  mkdirSync(SCREENSHOTS, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = consoleBrowser();
 
 /** The form's moment (UTC, whole seconds) once a second has passed, and after another one:
  *  everything before the call is before it, everything after the call is after it. */

@@ -3,28 +3,15 @@
 // actions after a confirmation (mark paid, void, send), and what the billing runs produced; a
 // person of a customer organization reaches none of it.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
 
 import {
-  BASE, ADMIN_ID, ADMIN_SECRET, SCREENSHOTS, CHROMIUM,
-  adminToken, api, customerOrg, check, signIn, platformOperator, nav,
+  BASE,
+  adminToken, api, customerOrg, check, signIn, platformOperator, nav, consoleBrowser,
 } from "./kit.mjs";
 
-let browser;
-
-before(async () => {
-  assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && SCREENSHOTS,
-    "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET and SCREENSHOTS");
-  mkdirSync(SCREENSHOTS, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = consoleBrowser({ needsBin: false });
 
 /** A customer with an active contract in force since January, and its invoices for `periods`. */
 async function billed(operator, name, currency, unitPrice, periods) {

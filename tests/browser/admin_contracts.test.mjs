@@ -6,28 +6,15 @@
 // evidence retention: a rule set (a refused one shown with the API's `detail`), a legal hold
 // placed and released, each after ticking the confirmation.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
 
 import {
-  BASE, ADMIN_ID, ADMIN_SECRET, QUANTUS_BIN, SCREENSHOTS, CHROMIUM,
-  adminToken, api, customerOrg, check, signIn, platformOperator, until,
+  BASE,
+  adminToken, api, customerOrg, check, signIn, platformOperator, until, consoleBrowser,
 } from "./kit.mjs";
 
-let browser;
-
-before(async () => {
-  assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && QUANTUS_BIN && SCREENSHOTS,
-    "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET, QUANTUS_BIN and SCREENSHOTS");
-  mkdirSync(SCREENSHOTS, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = consoleBrowser();
 
 /** One line item's fields, found in its fieldset ("Line item N"). */
 function row(page, n) {

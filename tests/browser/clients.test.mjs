@@ -3,29 +3,16 @@
 // a service principal, uses its secret, makes a new one; a member and another organization's
 // owner see none of it. Every new page is checked with axe-core and saved as a screenshot.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
 
 import {
-  BASE, ADMIN_ID, ADMIN_SECRET, QUANTUS_BIN, SCREENSHOTS, CHROMIUM, PASSWORD,
-  adminToken, api, customerOrg, check, signIn, nav,
+  BASE, PASSWORD,
+  adminToken, api, customerOrg, check, signIn, nav, consoleBrowser, clientCredentialsStatus,
 } from "./kit.mjs";
 
-let browser;
-
-before(async () => {
-  assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && QUANTUS_BIN && SCREENSHOTS,
-    "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET, QUANTUS_BIN and SCREENSHOTS");
-  mkdirSync(SCREENSHOTS, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = consoleBrowser();
 
 async function freshPage() {
   const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
@@ -34,20 +21,6 @@ async function freshPage() {
 }
 
 const main = (page) => page.locator("main").textContent();
-
-/** The client credentials grant with `id` and `secret`: the token endpoint's status. */
-async function tokenStatus(id, secret) {
-  const r = await fetch(`${BASE}/oauth2/token`, {
-    method: "POST",
-    headers: {
-      authorization: "Basic " + Buffer.from(`${id}:${secret}`).toString("base64"),
-      "content-type": "application/x-www-form-urlencoded",
-    },
-    body: "grant_type=client_credentials",
-  });
-  await r.body?.cancel();
-  return r.status;
-}
 
 test("an owner manages the organization's API clients in the Portal; no one else sees them", async () => {
   const operator = await adminToken();
@@ -67,7 +40,7 @@ test("an owner manages the organization's API clients in the Portal; no one else
   const id = (await owner.locator("#issued-id").textContent()).trim();
   const first = (await owner.locator("#issued-secret").textContent()).trim();
   await check(owner, "portal-client-secret");
-  assert.equal(await tokenStatus(id, first), 200);
+  assert.equal(await clientCredentialsStatus(id, first), 200);
 
   await owner.getByRole("link", { name: "Back to the API clients" }).click();
   await owner.waitForURL(`${BASE}/portal/clients`);
@@ -83,8 +56,8 @@ test("an owner manages the organization's API clients in the Portal; no one else
   await owner.waitForSelector("#issued-secret");
   const second = (await owner.locator("#issued-secret").textContent()).trim();
   assert.notEqual(second, first);
-  assert.equal(await tokenStatus(id, first), 401);
-  assert.equal(await tokenStatus(id, second), 200);
+  assert.equal(await clientCredentialsStatus(id, first), 401);
+  assert.equal(await clientCredentialsStatus(id, second), 200);
 
   // A member of Acme: no link, and the page is the API's refusal, with no client in it.
   const memberEmail = `member-${randomUUID()}@example.com`;
@@ -115,7 +88,7 @@ test("an owner manages the organization's API clients in the Portal; no one else
     form: { csrf: await other.locator("input[name=csrf]").first().inputValue() },
   });
   assert.ok([403, 404].includes(rotate.status()), `another organization rotated: ${rotate.status()}`);
-  assert.equal(await tokenStatus(id, second), 200);
+  assert.equal(await clientCredentialsStatus(id, second), 200);
   const acmeList = await api(operator, "GET", `/clients?org=${acme.org}`, undefined, 200);
   assert.deepEqual(acmeList.items.map((c) => c.name), ["Nightly export"]);
 });

@@ -3,32 +3,20 @@
 // as the vendor's operator through the API). Every console page is checked with axe-core
 // (no serious or critical violation) and saved as a screenshot to SCREENSHOTS.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
 
 import {
-  BASE, ADMIN_ID, ADMIN_SECRET, QUANTUS_BIN, SCREENSHOTS, CHROMIUM, PASSWORD,
-  adminToken, api, customerOrg, check, signIn, platformOperator, nav, until, download,
+  BASE, QUANTUS_BIN, PASSWORD,
+  adminToken, api, customerOrg, check, signIn, platformOperator, nav, until, download, consoleBrowser,
 } from "./kit.mjs";
 
-let browser;
-
-before(async () => {
-  assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && QUANTUS_BIN && SCREENSHOTS,
-    "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET, QUANTUS_BIN and SCREENSHOTS");
-  mkdirSync(SCREENSHOTS, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = consoleBrowser();
 
 test("the vendor's operator drafts and sends a contract in the Admin console, the customer signs it in the Portal, the operator activates it and the customer gets its licence; another organization sees none of it", async () => {
   const operator = await adminToken();

@@ -3,10 +3,12 @@
 // screenshot.
 
 import assert from "node:assert/strict";
+import { after, before } from "node:test";
 import { createHmac, randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
+import { chromium } from "playwright-core";
 
 export const BASE = process.env.QUANTUS_URL;
 export const ADMIN_ID = process.env.QUANTUS_CLIENT_ID;
@@ -17,16 +19,50 @@ export const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 export const PASSWORD = "correct horse battery staple";
 export const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
+/** Headless Chromium for a console suite: launched before its tests, once the environment
+ *  they need is set (the Admin billing suite runs no `quantus` command, so it may go without
+ *  QUANTUS_BIN), and closed after them. Each test opens its own context (its own cookies). */
+export function consoleBrowser({ needsBin = true } = {}) {
+  let browser;
+  before(async () => {
+    if (needsBin) {
+      assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && QUANTUS_BIN && SCREENSHOTS,
+        "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET, QUANTUS_BIN and SCREENSHOTS");
+    } else {
+      assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && SCREENSHOTS,
+        "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET and SCREENSHOTS");
+    }
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
+  });
+  after(async () => {
+    await browser?.close();
+  });
+  return { newContext: (options) => browser.newContext(options) };
+}
 
-export async function adminToken() {
-  const r = await fetch(`${BASE}/oauth2/token`, {
+/** The client credentials grant with `id` and `secret`: the token endpoint's answer. */
+export function clientCredentials(id, secret) {
+  return fetch(`${BASE}/oauth2/token`, {
     method: "POST",
     headers: {
-      authorization: "Basic " + Buffer.from(`${ADMIN_ID}:${ADMIN_SECRET}`).toString("base64"),
+      authorization: "Basic " + Buffer.from(`${id}:${secret}`).toString("base64"),
       "content-type": "application/x-www-form-urlencoded",
     },
     body: "grant_type=client_credentials",
   });
+}
+
+/** The token endpoint's status for the client credentials grant with `id` and `secret`. */
+export async function clientCredentialsStatus(id, secret) {
+  const r = await clientCredentials(id, secret);
+  await r.body?.cancel();
+  return r.status;
+}
+
+/** The bootstrap admin's access token. */
+export async function adminToken() {
+  const r = await clientCredentials(ADMIN_ID, ADMIN_SECRET);
   assert.equal(r.status, 200, await r.clone().text());
   return (await r.json()).access_token;
 }
@@ -133,4 +169,27 @@ export function totp(secret, at = Date.now()) {
   const offset = mac[mac.length - 1] & 0xf;
   const code = (mac.readUInt32BE(offset) & 0x7fffffff) % 1_000_000;
   return code.toString().padStart(6, "0");
+}
+
+/** A passkey made by the browser's authenticator for the WebAuthn creation `options` the
+ *  server gave (run in a page of Quantus's origin): the credential as the server reads it. */
+export function createPasskey(page, options) {
+  return page.evaluate(async (options) => {
+    const bytes = (s) => Uint8Array.from(atob(s.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - (s.length % 4)) % 4)), (c) => c.charCodeAt(0)).buffer;
+    const b64 = (buf) => btoa(String.fromCharCode(...new Uint8Array(buf))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    const pk = options.publicKey;
+    pk.challenge = bytes(pk.challenge);
+    pk.user.id = bytes(pk.user.id);
+    (pk.excludeCredentials || []).forEach((c) => (c.id = bytes(c.id)));
+    const c = await navigator.credentials.create({ publicKey: pk });
+    return {
+      id: c.id,
+      rawId: b64(c.rawId),
+      type: c.type,
+      response: {
+        attestationObject: b64(c.response.attestationObject),
+        clientDataJSON: b64(c.response.clientDataJSON),
+      },
+    };
+  }, options);
 }

@@ -9,11 +9,7 @@ import { createHash, randomBytes, randomUUID } from "node:crypto";
 import { createServer } from "node:http";
 import { chromium } from "playwright-core";
 
-const BASE = process.env.QUANTUS_URL;
-const ADMIN_ID = process.env.QUANTUS_CLIENT_ID;
-const ADMIN_SECRET = process.env.QUANTUS_CLIENT_SECRET;
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const PASSWORD = "correct horse battery staple";
+import { BASE, ADMIN_ID, ADMIN_SECRET, CHROMIUM, PASSWORD, adminToken, createPasskey } from "./kit.mjs";
 
 let browser;
 let app; // the client application's callback server
@@ -22,19 +18,6 @@ const callbacks = []; // query strings the application received
 
 function b64url(buf) {
   return Buffer.from(buf).toString("base64url");
-}
-
-async function adminToken() {
-  const r = await fetch(`${BASE}/oauth2/token`, {
-    method: "POST",
-    headers: {
-      authorization: "Basic " + Buffer.from(`${ADMIN_ID}:${ADMIN_SECRET}`).toString("base64"),
-      "content-type": "application/x-www-form-urlencoded",
-    },
-    body: "grant_type=client_credentials",
-  });
-  assert.equal(r.status, 200, await r.clone().text());
-  return (await r.json()).access_token;
 }
 
 async function post(token, path, body) {
@@ -295,24 +278,7 @@ test("a person registers a passkey and then signs in with it alone", async () =>
   assert.equal(r.status, 200);
   // Any page of Quantus's origin will do for the browser's WebAuthn call.
   await page.goto(`${BASE}/healthz`);
-  const credential = await page.evaluate(async (options) => {
-    const bytes = (s) => Uint8Array.from(atob(s.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - (s.length % 4)) % 4)), (c) => c.charCodeAt(0)).buffer;
-    const b64 = (buf) => btoa(String.fromCharCode(...new Uint8Array(buf))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-    const pk = options.publicKey;
-    pk.challenge = bytes(pk.challenge);
-    pk.user.id = bytes(pk.user.id);
-    (pk.excludeCredentials || []).forEach((c) => (c.id = bytes(c.id)));
-    const c = await navigator.credentials.create({ publicKey: pk });
-    return {
-      id: c.id,
-      rawId: b64(c.rawId),
-      type: c.type,
-      response: {
-        attestationObject: b64(c.response.attestationObject),
-        clientDataJSON: b64(c.response.clientDataJSON),
-      },
-    };
-  }, options);
+  const credential = await createPasskey(page, options);
   const reg = await fetch(`${BASE}/v1/me/passkeys`, {
     method: "POST",
     headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },

@@ -3,29 +3,16 @@
 // running Quantus (see kit.mjs for the environment). Every new page is checked with axe-core
 // (no serious or critical violation) and saved as a screenshot to SCREENSHOTS.
 
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import { chromium } from "playwright-core";
 
 import {
-  BASE, ADMIN_ID, ADMIN_SECRET, QUANTUS_BIN, SCREENSHOTS, CHROMIUM, PASSWORD,
-  adminToken, api, customerOrg, check, signIn, nav, until, totp,
+  BASE, PASSWORD,
+  adminToken, api, customerOrg, check, signIn, nav, until, totp, consoleBrowser, clientCredentialsStatus, createPasskey,
 } from "./kit.mjs";
 
-let browser;
-
-before(async () => {
-  assert.ok(BASE && ADMIN_ID && ADMIN_SECRET && QUANTUS_BIN && SCREENSHOTS,
-    "set QUANTUS_URL, QUANTUS_CLIENT_ID, QUANTUS_CLIENT_SECRET, QUANTUS_BIN and SCREENSHOTS");
-  mkdirSync(SCREENSHOTS, { recursive: true });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const browser = consoleBrowser();
 
 /** A page in a fresh browser (its own cookies); confirmation dialogs are accepted. */
 async function freshPage(width = 1280) {
@@ -37,19 +24,6 @@ async function freshPage(width = 1280) {
 const h1 = (page) => page.getByRole("heading", { level: 1 }).textContent();
 const main = (page) => page.locator("main").textContent();
 const SECURITY = "Security console";
-
-/** A client credentials token, or the token endpoint's status when it refuses. */
-async function clientToken(id, secret) {
-  const r = await fetch(`${BASE}/oauth2/token`, {
-    method: "POST",
-    headers: {
-      authorization: "Basic " + Buffer.from(`${id}:${secret}`).toString("base64"),
-      "content-type": "application/x-www-form-urlencoded",
-    },
-    body: "grant_type=client_credentials",
-  });
-  return r.status;
-}
 
 test("a security admin adds a person and an access rule needing a second factor; the person enrols an authenticator app and is stepped up at the next sign-in; another organization sees none of it", async () => {
   const operator = await adminToken();
@@ -171,7 +145,7 @@ test("a security admin adds a person and an access rule needing a second factor;
   assert.equal(await h1(admin), "Application created");
   const spId = (await admin.locator("#issued-id").textContent()).trim();
   const spSecret = (await admin.locator("#issued-secret").textContent()).trim();
-  assert.equal(await clientToken(spId, spSecret), 200);
+  assert.equal(await clientCredentialsStatus(spId, spSecret), 200);
   await check(admin, "qsa-secret");
   await admin.getByRole("link", { name: "Go to the application" }).click();
   await admin.waitForURL(`${BASE}/qsa/clients/${spId}`);
@@ -181,8 +155,8 @@ test("a security admin adds a person and an access rule needing a second factor;
   assert.equal(await h1(admin), "New secret");
   const rotated = (await admin.locator("#issued-secret").textContent()).trim();
   assert.notEqual(rotated, spSecret);
-  assert.equal(await clientToken(spId, rotated), 200);
-  assert.equal(await clientToken(spId, spSecret), 401);
+  assert.equal(await clientCredentialsStatus(spId, rotated), 200);
+  assert.equal(await clientCredentialsStatus(spId, spSecret), 401);
   // A web application with its redirect URI.
   await admin.goto(`${BASE}/qsa/clients`);
   await admin.getByLabel("Name").first().fill("Intranet");
@@ -515,19 +489,7 @@ test("a person removes a passkey on the account page", async () => {
   assert.equal(r.status, 200);
   const token = (await r.json()).access_token;
   const { options, ceremony } = await api(token, "POST", "/me/passkeys/options", {}, 200);
-  const credential = await page.evaluate(async (options) => {
-    const bytes = (s) => Uint8Array.from(atob(s.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - (s.length % 4)) % 4)), (c) => c.charCodeAt(0)).buffer;
-    const b64 = (buf) => btoa(String.fromCharCode(...new Uint8Array(buf))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-    const pk = options.publicKey;
-    pk.challenge = bytes(pk.challenge);
-    pk.user.id = bytes(pk.user.id);
-    (pk.excludeCredentials || []).forEach((c) => (c.id = bytes(c.id)));
-    const c = await navigator.credentials.create({ publicKey: pk });
-    return {
-      id: c.id, rawId: b64(c.rawId), type: c.type,
-      response: { attestationObject: b64(c.response.attestationObject), clientDataJSON: b64(c.response.clientDataJSON) },
-    };
-  }, options);
+  const credential = await createPasskey(page, options);
   await api(token, "POST", "/me/passkeys", { ceremony, credential, name: "Laptop" }, 201);
 
   // The account page lists it; removing it asks once, then it is gone at the API too.

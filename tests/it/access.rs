@@ -6,9 +6,10 @@
 use serde_json::{json, Value};
 
 use crate::harness::{client_token, Api};
+use crate::mfa::{enrol_totp, pyotp};
 use crate::qsa::{
-    authorize_path, claims, fixture, query_param, token_request, Browser, Fixture, Page, CHALLENGE,
-    REDIRECT, VERIFIER,
+    authorize_path, claims, consent_to_tokens, fixture, password_step, query_param, token_request,
+    Browser, Fixture, CHALLENGE,
 };
 
 const ACR_MFA: &str = "urn:quantus:acr:mfa";
@@ -16,14 +17,7 @@ const ACR_MFA: &str = "urn:quantus:acr:mfa";
 async fn put_rule(f: &Fixture, name: &str, rule: Value) {
     let r = f
         .admin
-        .send(
-            f.admin
-                .request(
-                    reqwest::Method::PUT,
-                    &format!("/v1/access-policies/{}/rules/{name}", f.org),
-                )
-                .json(&rule),
-        )
+        .put(&format!("/v1/access-policies/{}/rules/{name}", f.org), rule)
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
@@ -31,10 +25,7 @@ async fn put_rule(f: &Fixture, name: &str, rule: Value) {
 async fn remove_rule(f: &Fixture, name: &str) {
     let r = f
         .admin
-        .send(f.admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/access-policies/{}/rules/{name}", f.org),
-        ))
+        .delete(&format!("/v1/access-policies/{}/rules/{name}", f.org))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
@@ -48,57 +39,6 @@ async fn decisions(f: &Fixture) -> Vec<Value> {
         .collect()
 }
 
-async fn login(f: &Fixture, browser: &mut Browser, scope: &str) -> Page {
-    let page = browser
-        .get(&authorize_path(&f.client_id, scope, Some(CHALLENGE)))
-        .await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    browser
-        .submit(&page, &[("email", &f.email), ("password", &f.password)])
-        .await
-}
-
-async fn tokens(f: &Fixture, browser: &mut Browser, page: Page) -> Value {
-    let done = if page.status == 303 {
-        page
-    } else {
-        assert!(page.body.contains("Allow access?"), "{}", page.body);
-        browser.submit(&page, &[("decision", "allow")]).await
-    };
-    assert_eq!(done.status, 303, "{}", done.body);
-    let code = query_param(&done.location.unwrap(), "code").expect("a code");
-    let (status, body) = token_request(
-        f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-fn pyotp(uri: &str, offset: i64) -> String {
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import pyotp, sys, time; print(pyotp.parse_uri(sys.argv[1]).at(time.time() + int(sys.argv[2])))",
-            uri,
-            &offset.to_string(),
-        ])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn rules_step_up_block_and_explain_and_every_decision_is_audited() {
     scenario(&fixture("access").await).await;
@@ -108,8 +48,8 @@ async fn rules_step_up_block_and_explain_and_every_decision_is_audited() {
 pub async fn scenario(f: &Fixture) {
     // Without rules: a password session, acr password, and no decision records.
     let mut browser = Browser::new(f.server.url());
-    let page = login(f, &mut browser, "openid offline_access").await;
-    let t = tokens(f, &mut browser, page).await;
+    let page = password_step(f, &mut browser, "openid offline_access").await;
+    let t = consent_to_tokens(f, &mut browser, page).await;
     let id = claims(t["id_token"].as_str().unwrap());
     assert_eq!(id["acr"], "urn:quantus:acr:password");
     assert_eq!(
@@ -143,16 +83,9 @@ pub async fn scenario(f: &Fixture) {
     );
 
     // Once an authenticator app is enrolled, the same request steps the session up.
-    let uri = me.post("/v1/me/totp", json!({})).await.body["otpauth_uri"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = me
-        .post("/v1/me/totp/confirm", json!({"code": pyotp(&uri, 0)}))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    let (uri, confirmed) = enrol_totp(&me).await;
     // Later sign-ins use recovery codes: a TOTP code is good once per 30 s step.
-    let recovery: Vec<String> = r.body["recovery_codes"]
+    let recovery: Vec<String> = confirmed["recovery_codes"]
         .as_array()
         .unwrap()
         .iter()
@@ -173,7 +106,7 @@ pub async fn scenario(f: &Fixture) {
     let done = browser
         .submit(&step_up, &[("code", &pyotp(&uri, 30))])
         .await;
-    let t = tokens(f, &mut browser, done).await;
+    let t = consent_to_tokens(f, &mut browser, done).await;
     let id = claims(t["id_token"].as_str().unwrap());
     assert_eq!(id["acr"], ACR_MFA, "{id}");
 
@@ -230,14 +163,14 @@ pub async fn scenario(f: &Fixture) {
 
     // The person signs in with password and code; the decision names the rule.
     let mut fresh = Browser::new(f.server.url());
-    let second = login(f, &mut fresh, "openid").await;
+    let second = password_step(f, &mut fresh, "openid").await;
     assert!(
         second.body.contains("Two-step verification"),
         "{}",
         second.body
     );
     let done = fresh.submit(&second, &[("code", &recovery[0])]).await;
-    tokens(f, &mut fresh, done).await;
+    consent_to_tokens(f, &mut fresh, done).await;
     let all = decisions(f).await;
     let sign_in = all
         .iter()
@@ -256,7 +189,7 @@ pub async fn scenario(f: &Fixture) {
     )
     .await;
     let mut blocked = Browser::new(f.server.url());
-    let page = login(f, &mut blocked, "openid").await;
+    let page = password_step(f, &mut blocked, "openid").await;
     let page = if page.body.contains("Two-step verification") {
         blocked.submit(&page, &[("code", &recovery[1])]).await
     } else {
@@ -359,13 +292,9 @@ pub async fn scenario(f: &Fixture) {
     // Bad rules are refused with a clear error; other organizations' policies are not there.
     let r = f
         .admin
-        .send(
-            f.admin
-                .request(
-                    reqwest::Method::PUT,
-                    &format!("/v1/access-policies/{}/rules/bad", f.org),
-                )
-                .json(&json!({"priority": 1, "conditions": {"ip_in": ["300.1.1.1/8"]}, "outcome": "block"})),
+        .put(
+            &format!("/v1/access-policies/{}/rules/bad", f.org),
+            json!({"priority": 1, "conditions": {"ip_in": ["300.1.1.1/8"]}, "outcome": "block"}),
         )
         .await;
     assert_eq!(r.status, 422, "{}", r.body);

@@ -275,16 +275,7 @@ async fn a_long_stream_loads_from_its_snapshot_on_postgres() {
 /// Whether `server` calls `token` active, asked by the bootstrap admin.
 async fn introspect(server: &Server, token: &str) -> bool {
     let (client_id, secret) = bootstrap_credentials(&server.data_dir);
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/oauth2/introspect", server.url()))
-        .basic_auth(&client_id, Some(&secret))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .expect("introspect")
-        .json()
-        .await
-        .expect("introspection JSON");
+    let answer = introspection(server.url(), &client_id, &secret, token).await;
     answer["active"].as_bool().expect("active")
 }
 
@@ -345,7 +336,7 @@ async fn a_token_revoked_through_one_process_is_refused_by_another_within_the_bo
     let url = fresh_database().await;
     let dir = temp_dir("hot-paths-two");
     // Two replicas of one deployment: one issuer (public URL), one store.
-    let listen = format!("127.0.0.1:{}", crate::portal::free_port());
+    let listen = format!("127.0.0.1:{}", free_port());
     let public = format!("http://{listen}");
     let vars = [
         ("QUANTUS_READ_STALENESS_MS", "1000"),

@@ -13,24 +13,14 @@ fn people_use_the_pages_in_a_real_browser() {
     // A localhost public URL: browsers allow WebAuthn (passkeys) on it.
     let (server, public) = crate::passkeys::localhost_server("browser", &[]);
     let (id, secret) = bootstrap_credentials(&server.data_dir);
-    let out = Command::new("node")
-        .args(["--test", "pages.test.mjs"])
-        .current_dir(repo_root().join("tests/browser"))
-        .env("QUANTUS_URL", &public)
-        .env("QUANTUS_CLIENT_ID", id)
-        .env("QUANTUS_CLIENT_SECRET", secret)
-        .env("CHROMIUM", chromium)
-        .output()
-        .expect("node is needed for the browser tests");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 5"),
-        "{stdout}"
+    browser_suite_passes(
+        Command::new("node")
+            .args(["--test", "pages.test.mjs"])
+            .env("QUANTUS_URL", &public)
+            .env("QUANTUS_CLIENT_ID", id)
+            .env("QUANTUS_CLIENT_SECRET", secret)
+            .env("CHROMIUM", chromium),
+        5,
     );
 }
 
@@ -39,22 +29,12 @@ fn developers_browse_the_api_reference_served_by_the_binary() {
     let chromium = chromium();
     let dir = temp_dir("api-reference");
     let server = Server::embedded(&dir);
-    let out = Command::new("node")
-        .args(["--test", "reference.test.mjs"])
-        .current_dir(repo_root().join("tests/browser"))
-        .env("QUANTUS_URL", server.url())
-        .env("SCREENSHOTS", repo_root().join("docs/screenshots"))
-        .env("CHROMIUM", chromium)
-        .output()
-        .expect("node is needed for the browser tests");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 1"),
-        "{stdout}"
+    browser_suite_passes(
+        Command::new("node")
+            .args(["--test", "reference.test.mjs"])
+            .env("QUANTUS_URL", server.url())
+            .env("SCREENSHOTS", repo_root().join("docs/screenshots"))
+            .env("CHROMIUM", chromium),
+        1,
     );
 }

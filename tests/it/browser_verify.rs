@@ -10,7 +10,7 @@ use std::process::Command;
 use chrono::{Duration, Utc};
 use serde_json::json;
 
-use crate::evidence::{bytes_of, payload, retar, submit_job, upload};
+use crate::evidence::{bytes_of, payload, retar, start_job, submit_job, upload};
 use crate::harness::*;
 
 /// What the command line answers for `args` (its whole stdout).
@@ -73,13 +73,7 @@ async fn auditors_verify_files_in_the_browser_without_uploading_them() {
     let new_kid = r.body["kid"].as_str().unwrap().to_owned();
     let by_compromised_key = bytes_of(&api, &file).await;
     let since = Utc::now() - Duration::minutes(1);
-    let r = api
-        .post(
-            &format!("/v1/keys/{new_kid}/compromise"),
-            json!({"compromised_at": since.to_rfc3339(), "reason": "HSM stolen"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    crate::quantumlock::compromise_key(&api, &new_kid, since).await;
     // A key that is not compromised signs from now on (the revocation lists among them).
     let r = api
         .post("/v1/keys/rotate", json!({"purpose": "license"}))
@@ -93,12 +87,7 @@ async fn auditors_verify_files_in_the_browser_without_uploading_them() {
 
     // A finished job with two artifacts, its evidence bundle exported with them.
     let job = submit_job(&api, &org).await;
-    assert_eq!(
-        api.post(&format!("/v1/jobs/{job}/start"), json!({}))
-            .await
-            .status,
-        200
-    );
+    start_job(&api, &job).await;
     assert_eq!(
         upload(&api, &job, "counts.bin", payload(100_000))
             .await
@@ -237,23 +226,13 @@ async fn auditors_verify_files_in_the_browser_without_uploading_them() {
         serde_json::to_string(&cases).unwrap().as_bytes(),
     );
 
-    let out = Command::new("node")
-        .args(["--test", "verify.test.mjs"])
-        .current_dir(repo_root().join("tests/browser"))
-        .env("QUANTUS_URL", server.url())
-        .env("VERIFY_DIR", &dir)
-        .env("SCREENSHOTS", repo_root().join("docs/screenshots"))
-        .env("CHROMIUM", chromium)
-        .output()
-        .expect("node is needed for the browser tests");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("# fail 0") && stdout.contains("# pass 1"),
-        "{stdout}"
+    browser_suite_passes(
+        Command::new("node")
+            .args(["--test", "verify.test.mjs"])
+            .env("QUANTUS_URL", server.url())
+            .env("VERIFY_DIR", &dir)
+            .env("SCREENSHOTS", repo_root().join("docs/screenshots"))
+            .env("CHROMIUM", chromium),
+        1,
     );
 }

@@ -8,6 +8,7 @@ use quantus_crypto::keys::TrustedKeys;
 use quantus_crypto::merkle::{verify_consistency, verify_inclusion, Hash};
 use serde_json::{json, Value};
 
+use crate::evidence::bytes_of;
 use crate::harness::*;
 
 fn hash(v: &Value) -> Hash {
@@ -29,14 +30,7 @@ async fn sign_checkpoint(api: &Api) -> Value {
 }
 
 async fn key_set(api: &Api) -> TrustedKeys {
-    let bytes = api
-        .request(reqwest::Method::GET, "/v1/keys")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = bytes_of(api, "/v1/keys").await;
     TrustedKeys::from_json(&bytes).unwrap()
 }
 
@@ -242,14 +236,7 @@ async fn a_rewritten_log_with_recomputed_hashes_is_caught_by_its_checkpoints() {
         api.create_org("Acme").await;
         api.create_org("Globex").await;
         sign_checkpoint(&api).await;
-        let keys = api
-            .request(reqwest::Method::GET, "/v1/keys")
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let keys = bytes_of(&api, "/v1/keys").await;
         std::fs::write(&keys_file, keys).unwrap();
     }
     let keys_arg = ["--keys", keys_file.to_str().unwrap()];
@@ -281,14 +268,7 @@ async fn a_log_cut_short_is_caught_with_a_witnessed_checkpoint() {
         assert!(witnessed["tree_size"].as_u64() > early["tree_size"].as_u64());
         // A witness keeps its own copy of the latest signed head.
         std::fs::write(&note_file, witnessed["note"].as_str().unwrap()).unwrap();
-        let keys = api
-            .request(reqwest::Method::GET, "/v1/keys")
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let keys = bytes_of(&api, "/v1/keys").await;
         std::fs::write(&keys_file, keys).unwrap();
         let size = witnessed["tree_size"].as_u64().unwrap();
         let (ok, out) = audit_verify(
@@ -351,25 +331,6 @@ async fn log_lines(dir: &std::path::Path) -> String {
         .collect()
 }
 
-fn python_checkpoints(log: &std::path::Path, keys: &std::path::Path) -> (bool, String) {
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/auditor/verify_checkpoints.py"))
-        .arg(log)
-        .arg(keys)
-        .output()
-        .expect("python3 is needed for the independent checkpoint check");
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "the independent checkpoint check could not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn an_independent_checker_agrees_on_checkpoints_and_catches_the_rewrite() {
     let dir = temp_dir("checkpoint-python");
@@ -381,11 +342,11 @@ async fn an_independent_checker_agrees_on_checkpoints_and_catches_the_rewrite() 
             api.create_org(name).await;
             sign_checkpoint(&api).await;
         }
-        std::fs::write(&keys_file, bytes_of_keys(&api).await).unwrap();
+        std::fs::write(&keys_file, bytes_of(&api, "/v1/keys").await).unwrap();
     }
     let log_file = dir.join("log.jsonl");
     std::fs::write(&log_file, log_lines(&dir).await).unwrap();
-    let (ok, out) = python_checkpoints(&log_file, &keys_file);
+    let (ok, out) = independent_verifier("verify_checkpoints.py", [&log_file, &keys_file]);
     assert!(
         ok && out.contains("checkpoints: 3 signed tree heads match"),
         "{out}"
@@ -408,36 +369,20 @@ async fn an_independent_checker_agrees_on_checkpoints_and_catches_the_rewrite() 
     lines[target]["envelope"] = serde_json::to_value(&envelope).unwrap();
     let forged: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&log_file, forged).unwrap();
-    let (ok, out) = python_checkpoints(&log_file, &keys_file);
+    let (ok, out) = independent_verifier("verify_checkpoints.py", [&log_file, &keys_file]);
     assert!(!ok && out.contains("the log was rewritten"), "{out}");
-}
-
-async fn bytes_of_keys(api: &Api) -> Vec<u8> {
-    api.request(reqwest::Method::GET, "/v1/keys")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec()
 }
 
 /// Runs the Go tiles client in `tests/tlog` (torchwood + x/mod/sumdb/tlog, not written here).
 fn go_tlog_client(args: &[&str]) -> String {
-    let out = std::process::Command::new("go")
-        .args(["run", "."])
-        .args(args)
-        .current_dir(repo_root().join("tests/tlog"))
-        .output()
-        .expect("the Go toolchain (go on PATH) runs the independent tiles client");
-    assert!(
-        out.status.success(),
-        "the Go tiles client refused the log:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    tool_output(
+        std::process::Command::new("go")
+            .args(["run", "."])
+            .args(args)
+            .current_dir(repo_root().join("tests/tlog")),
+        "the Go toolchain (go on PATH) runs the independent tiles client",
+        "the Go tiles client refused the log:",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

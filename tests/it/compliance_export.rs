@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{json, Value};
 
+use crate::evidence::bytes_of;
 use crate::harness::*;
 use crate::portal::org_client;
 
@@ -23,36 +24,7 @@ fn verify_export(archive: &Path, keys: &Path) -> (bool, String) {
         ],
         &[],
     );
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "verify-export could not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// The independent auditor (`tests/auditor/verify_export.py`): (success, stdout).
-fn python_verify_export(archive: &Path, keys: &Path) -> (bool, String) {
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/auditor/verify_export.py"))
-        .arg(archive)
-        .arg(keys)
-        .output()
-        .expect("python3 is needed for the independent export check");
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "the independent export check could not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    verdict(out, "verify-export could not run")
 }
 
 fn rfc3339(t: chrono::DateTime<Utc>) -> String {
@@ -142,7 +114,7 @@ fn refused(dir: &Path, keys: &Path, label: &str, bytes: &[u8], reason: &str, pyt
         "{label}: expected {reason:?} in: {out}"
     );
     if python {
-        let (ok, out) = python_verify_export(&file, keys);
+        let (ok, out) = independent_verifier("verify_export.py", [&file, keys]);
         println!("{label} (independent auditor): {out}");
         assert!(!ok, "{label}: the independent auditor missed it: {out}");
     }
@@ -207,14 +179,7 @@ async fn export_story(label: &str, postgres: bool) -> Story {
     .await;
 
     let keys = dir.join("keys.json");
-    let key_bytes = api
-        .request(reqwest::Method::GET, "/v1/keys")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let key_bytes = bytes_of(&api, "/v1/keys").await;
     std::fs::write(&keys, &key_bytes).unwrap();
 
     let (status, archive) = get_export(&api, &acme, &from, &to).await;
@@ -223,7 +188,7 @@ async fn export_story(label: &str, postgres: bool) -> Story {
     std::fs::write(&file, &archive).unwrap();
     let (ok, out) = verify_export(&file, &keys);
     assert!(ok && out.contains("OK"), "{out}");
-    let (ok, out) = python_verify_export(&file, &keys);
+    let (ok, out) = independent_verifier("verify_export.py", [&file, &keys]);
     assert!(ok && out.contains("OK"), "independent auditor: {out}");
 
     // Exactly Acme's events appended in the range, none of Globex's, none after `to`.
@@ -467,7 +432,7 @@ async fn an_export_on_postgres_verifies_and_stays_within_its_tenant() {
 #[tokio::test]
 async fn an_export_carries_the_witnesses_cosignatures_of_its_checkpoint() {
     use crate::witness::{
-        cosigned, free_port, save_keys, sign_checkpoint, start_witness, witness_key,
+        cosigned, origin_of, save_keys, sign_checkpoint, start_witness, witness_key,
     };
     let dir = temp_dir("export-witness");
     let witness_dir = dir.join("witness-a");
@@ -485,13 +450,7 @@ async fn an_export_carries_the_witnesses_cosignatures_of_its_checkpoint() {
     let from = rfc3339(Utc::now() - chrono::Duration::seconds(1));
     let (acme, _) = api.create_org("Acme").await;
     let first = sign_checkpoint(&api).await;
-    let origin = first["note"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
+    let origin = origin_of(&first);
     let keys = dir.join("keys.json");
     save_keys(&api, &keys).await;
     let _witness = start_witness(&witness_dir, "witness.test/a", port, &origin, &keys);

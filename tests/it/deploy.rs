@@ -24,15 +24,11 @@ struct Tools {
 fn tools() -> &'static Tools {
     static TOOLS: OnceLock<Tools> = OnceLock::new();
     TOOLS.get_or_init(|| {
-        let setup = Command::new(repo_root().join("scripts/k8s-tools.sh"))
-            .output()
-            .expect("run scripts/k8s-tools.sh");
-        assert!(
-            setup.status.success(),
-            "Helm, kubeconform or the Kubernetes schemas could not be installed:\n{}",
-            String::from_utf8_lossy(&setup.stderr)
+        let stdout = tool_output(
+            &mut Command::new(repo_root().join("scripts/k8s-tools.sh")),
+            "run scripts/k8s-tools.sh",
+            "Helm, kubeconform or the Kubernetes schemas could not be installed:",
         );
-        let stdout = String::from_utf8_lossy(&setup.stdout).into_owned();
         let line = |key: &str| {
             stdout
                 .lines()
@@ -185,19 +181,17 @@ fn helm_lints_the_chart_and_kubeconform_accepts_what_it_renders() {
 /// kubeconform -strict (unknown fields are errors) with the local schemas only: a kind
 /// without a schema is an error too, never skipped.
 fn check_kubeconform(kubeconform: &Path, version: &str, location: &str, manifest: &Path) {
-    let out = Command::new(kubeconform)
-        .args(["-strict", "-summary", "-output", "text"])
-        .args(["-kubernetes-version", version])
-        .args(["-schema-location", location])
-        .arg(manifest)
-        .output()
-        .expect("run kubeconform");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubeconform (Kubernetes {version}) refuses {}:\n{stdout}\n{}",
-        manifest.display(),
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = tool_output(
+        Command::new(kubeconform)
+            .args(["-strict", "-summary", "-output", "text"])
+            .args(["-kubernetes-version", version])
+            .args(["-schema-location", location])
+            .arg(manifest),
+        "run kubeconform",
+        &format!(
+            "kubeconform (Kubernetes {version}) refuses {}:",
+            manifest.display()
+        ),
     );
     assert!(
         stdout.contains(", Invalid: 0, Errors: 0, Skipped: 0"),

@@ -14,7 +14,7 @@ use sha2::Digest;
 
 use crate::harness::*;
 use crate::qsa::{
-    claims, fixture, fixture_on, sign_in_for_code, Browser, Fixture, REDIRECT, VERIFIER,
+    claims, fixture, fixture_on, introspect, sign_in_for_code, Browser, Fixture, REDIRECT, VERIFIER,
 };
 
 /// A client's DPoP key pair.
@@ -211,19 +211,6 @@ fn assert_dpop_refusal(reply: &(u16, String, Value), error: &str, what: &str) {
         "{what}: {}",
         reply.1
     );
-}
-
-async fn introspect(f: &Fixture, token: &str) -> Value {
-    reqwest::Client::new()
-        .post(format!("{}/oauth2/introspect", f.server.url()))
-        .basic_auth(&f.client_id, Some(&f.client_secret))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -845,15 +832,12 @@ fn install_oauth4webapi() {
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str()) {
         return;
     }
-    let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .output()
-        .expect("npm is needed for the DPoP client test (Node 20)");
-    assert!(
-        out.status.success(),
-        "npm ci in tests/dpop failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    tool_output(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+        "npm is needed for the DPoP client test (Node 20)",
+        "npm ci in tests/dpop failed:",
     );
     std::fs::write(stamp, want).unwrap();
 }

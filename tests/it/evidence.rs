@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 use crate::harness::*;
+use crate::portal::org_client;
 
 /// Deterministic pseudo-random bytes (so a wrong byte anywhere shows in the digest).
 pub fn payload(len: usize) -> Vec<u8> {
@@ -46,15 +47,20 @@ pub async fn upload(api: &Api, job: &str, name: &str, bytes: Vec<u8>) -> reqwest
     .unwrap()
 }
 
-/// Runs a job through its life with a large artifact; checks what object storage holds.
-pub async fn job_with_artifacts(api: &Api, org: &str) -> (String, String) {
-    let job = submit_job(api, org).await;
+/// Starts a submitted job.
+pub async fn start_job(api: &Api, job: &str) {
     assert_eq!(
         api.post(&format!("/v1/jobs/{job}/start"), json!({}))
             .await
             .status,
         200
     );
+}
+
+/// Runs a job through its life with a large artifact; checks what object storage holds.
+pub async fn job_with_artifacts(api: &Api, org: &str) -> (String, String) {
+    let job = submit_job(api, org).await;
+    start_job(api, &job).await;
     // 20 MiB: several multipart chunks.
     let big = payload(20 * 1024 * 1024 + 17);
     let expected = hex::encode(sha2::Sha256::digest(&big));
@@ -166,22 +172,7 @@ async fn another_organization_cannot_see_or_touch_a_job() {
     let (acme, _) = admin.create_org("Acme").await;
     let (globex, _) = admin.create_org("Globex").await;
     let job = submit_job(&admin, &acme).await;
-    let r = admin
-        .post(
-            "/v1/service-principals",
-            json!({"organization_id": globex, "name": "ci", "roles": ["admin"]}),
-        )
-        .await;
-    let other = Api {
-        base: server.url().to_owned(),
-        token: client_token(
-            server.url(),
-            r.body["client_id"].as_str().unwrap(),
-            r.body["client_secret"].as_str().unwrap(),
-            None,
-        ),
-        http: reqwest::Client::new(),
-    };
+    let other = org_client(&admin, &globex, &["admin"]).await;
     assert_eq!(other.get(&format!("/v1/jobs/{job}")).await.status, 404);
     assert_eq!(
         other
@@ -214,8 +205,32 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The platform's own check of an archive (`POST /v1/evidence/verify`): its JSON report.
+pub async fn platform_verify(api: &Api, archive: &[u8]) -> Value {
+    api.request(reqwest::Method::POST, "/v1/evidence/verify")
+        .header("content-type", "application/x-tar")
+        .body(archive.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Rewrites one file inside a tar archive.
 pub fn retar(archive: &[u8], change: &str, f: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    rewrite_tar(archive, |path, mut bytes| {
+        if path.ends_with(change) {
+            f(&mut bytes);
+        }
+        Some(bytes)
+    })
+}
+
+/// Rebuilds a tar archive file by file: `f` gets each path and its bytes and returns the
+/// bytes to keep, or `None` to leave the file out.
+pub fn rewrite_tar(archive: &[u8], f: impl Fn(&str, Vec<u8>) -> Option<Vec<u8>>) -> Vec<u8> {
     use std::io::Read;
     let mut out = tar::Builder::new(Vec::new());
     let mut input = tar::Archive::new(archive);
@@ -224,9 +239,9 @@ pub fn retar(archive: &[u8], change: &str, f: impl Fn(&mut Vec<u8>)) -> Vec<u8> 
         let path = entry.path().unwrap().to_string_lossy().into_owned();
         let mut bytes = Vec::new();
         entry.read_to_end(&mut bytes).unwrap();
-        if path.ends_with(change) {
-            f(&mut bytes);
-        }
+        let Some(bytes) = f(&path, bytes) else {
+            continue;
+        };
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
@@ -238,16 +253,24 @@ pub fn retar(archive: &[u8], change: &str, f: impl Fn(&mut Vec<u8>)) -> Vec<u8> 
 }
 
 pub fn evidence_verify(archive: &std::path::Path, keys: &std::path::Path) -> (bool, String) {
-    let out = quantus(
-        &[
-            "evidence",
-            "verify",
-            archive.to_str().unwrap(),
-            "--keys",
-            keys.to_str().unwrap(),
-        ],
-        &[],
-    );
+    evidence_verify_with(archive, keys, &[])
+}
+
+/// `quantus evidence verify` with `extra` arguments: whether it passed, and its output.
+pub fn evidence_verify_with(
+    archive: &std::path::Path,
+    keys: &std::path::Path,
+    extra: &[&str],
+) -> (bool, String) {
+    let mut args = vec![
+        "evidence",
+        "verify",
+        archive.to_str().unwrap(),
+        "--keys",
+        keys.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let out = quantus(&args, &[]);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -295,14 +318,7 @@ pub async fn bundle_round_trip(api: &Api, dir: &std::path::Path, org: &str) {
     assert!(out.contains("included in the checkpoint"), "{out}");
 
     // The same archive checked by the platform.
-    let res = api
-        .request(reqwest::Method::POST, "/v1/evidence/verify")
-        .header("content-type", "application/x-tar")
-        .body(archive.clone())
-        .send()
-        .await
-        .unwrap();
-    let report: Value = res.json().await.unwrap();
+    let report = platform_verify(api, &archive).await;
     assert_eq!(report["valid"], true, "{report}");
 
     // Forgeries: a changed artifact byte, a changed manifest claim, a changed configuration.
@@ -390,42 +406,17 @@ async fn retention_purges_artifacts_but_never_manifests_and_a_legal_hold_stops_i
     let early_bundle = before.body["id"].as_str().unwrap().to_owned();
 
     // A member may not decide retention; the organization's admin (here the platform) may.
-    let sp = api
-        .post(
-            "/v1/service-principals",
-            json!({"organization_id": org, "name": "ci", "roles": ["member"]}),
-        )
-        .await;
-    let member = Api {
-        base: server.url().to_owned(),
-        token: client_token(
-            server.url(),
-            sp.body["client_id"].as_str().unwrap(),
-            sp.body["client_secret"].as_str().unwrap(),
-            None,
-        ),
-        http: reqwest::Client::new(),
-    };
+    let member = org_client(&api, &org, &["member"]).await;
     let rule = json!({"keep_artifacts_days": 0});
     let r = member
-        .send(
-            member
-                .request(
-                    reqwest::Method::PUT,
-                    &format!("/v1/retention/{org}/rules/calibration"),
-                )
-                .json(&rule),
+        .put(
+            &format!("/v1/retention/{org}/rules/calibration"),
+            rule.clone(),
         )
         .await;
     assert_eq!(r.status, 403, "{}", r.body);
     let r = api
-        .send(
-            api.request(
-                reqwest::Method::PUT,
-                &format!("/v1/retention/{org}/rules/calibration"),
-            )
-            .json(&rule),
-        )
+        .put(&format!("/v1/retention/{org}/rules/calibration"), rule)
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 
@@ -439,12 +430,7 @@ async fn retention_purges_artifacts_but_never_manifests_and_a_legal_hold_stops_i
     assert_eq!(r.status, 200, "{}", r.body);
     let r = api.post("/v1/retention/sweep", json!({})).await;
     assert_eq!(r.body["purged"], 0, "{}", r.body);
-    let r = api
-        .send(api.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/retention/{org}/legal-hold"),
-        ))
-        .await;
+    let r = api.delete(&format!("/v1/retention/{org}/legal-hold")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = api.post("/v1/retention/sweep", json!({})).await;
     assert_eq!(r.body["purged"], 1, "{}", r.body);

@@ -464,17 +464,12 @@ async fn an_upload_killed_midway_leaves_no_staging_file_after_a_restart() {
 
 #[tokio::test]
 async fn twenty_concurrent_evidence_posts_with_one_key_make_one_bundle() {
-    use crate::evidence::{submit_job, upload};
+    use crate::evidence::{start_job, submit_job, upload};
     for (store, server) in both_stores("idempotency", &[]).await {
         let api = server.client();
         let (org, _) = api.create_org("Acme").await;
         let job = submit_job(&api, &org).await;
-        assert_eq!(
-            api.post(&format!("/v1/jobs/{job}/start"), json!({}))
-                .await
-                .status,
-            200
-        );
+        start_job(&api, &job).await;
         let r = upload(
             &api,
             &job,

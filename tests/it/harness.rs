@@ -43,18 +43,25 @@ fn start_service(script: &str, key: &str) -> String {
 /// Headless Chromium and Playwright for the browser tests, installed by `scripts/browser.sh`
 /// (fails loudly when they cannot be had); returns Chromium's path.
 pub fn chromium() -> String {
-    let setup = Command::new(repo_root().join("scripts/browser.sh"))
-        .output()
-        .expect("run scripts/browser.sh");
-    assert!(
-        setup.status.success(),
-        "Chromium or Playwright could not be installed:\n{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    String::from_utf8_lossy(&setup.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("CHROMIUM=").map(str::to_owned))
-        .expect("scripts/browser.sh names Chromium")
+    installed(
+        "scripts/browser.sh",
+        "Chromium or Playwright could not be installed:",
+        "CHROMIUM",
+    )
+}
+
+/// Runs an install script of `scripts/` (failing with `refused` and its output) and returns
+/// the path it prints as `NAME=<path>`.
+pub fn installed(script: &str, refused: &str, name: &str) -> String {
+    let prefix = format!("{name}=");
+    tool_output(
+        &mut Command::new(repo_root().join(script)),
+        &format!("run {script}"),
+        refused,
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_owned))
+    .unwrap_or_else(|| panic!("{script} names no {prefix}<path>"))
 }
 
 /// The Postgres server for this test run (started once).
@@ -186,6 +193,15 @@ fn run_dir() -> &'static Path {
 }
 
 /// A fresh temporary folder.
+/// A free local port, for a server whose public URL must be known before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn temp_dir(label: &str) -> PathBuf {
     let dir = run_dir().join(format!("{label}-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -385,6 +401,20 @@ pub fn client_token(base: &str, client_id: &str, secret: &str, scope: Option<&st
 }
 
 /// A platform-admin access token for `server` (the bootstrap admin's).
+/// What `POST /oauth2/introspect` says of `token`, asked as the client `client_id`.
+pub async fn introspection(base: &str, client_id: &str, secret: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .post(format!("{base}/oauth2/introspect"))
+        .basic_auth(client_id, Some(secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .expect("introspect")
+        .json()
+        .await
+        .expect("introspection JSON")
+}
+
 pub fn token(server: &Server) -> String {
     let (id, secret) = bootstrap_credentials(&server.data_dir);
     client_token(server.url(), &id, &secret, None)
@@ -431,6 +461,10 @@ impl Api {
     pub async fn post(&self, path: &str, body: Value) -> Reply {
         self.send(self.request(reqwest::Method::POST, path).json(&body))
             .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> Reply {
@@ -541,6 +575,68 @@ pub fn assert_model_equals_replay(name: &str, store: &[&str]) {
         live, rebuilt,
         "the live read model differs from a replay of the log"
     );
+}
+
+/// Runs a tool a test relies on and answers what it printed; fails the test when the tool
+/// cannot start (`needs` says what it takes) or does not succeed (`refused`, then its output
+/// and its errors).
+pub fn tool_output(command: &mut Command, needs: &str, refused: &str) -> String {
+    let out = command.output().expect(needs);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{refused}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs a `node --test` suite of `tests/browser` (Playwright): every test passes, and there
+/// are `passes` of them (a suite that lost a test fails too).
+pub fn browser_suite_passes(command: &mut Command, passes: usize) {
+    let stdout = tool_output(
+        command.current_dir(repo_root().join("tests/browser")),
+        "node is needed for the browser tests",
+        "",
+    );
+    assert!(
+        stdout.contains("# fail 0") && stdout.contains(&format!("# pass {passes}")),
+        "{stdout}"
+    );
+}
+
+/// Runs one of the independent auditor's verifiers (`tests/auditor/<script>`, Python) with
+/// `args`: (whether it found the evidence sound, its report). Exit 2 means it could not judge
+/// at all (missing ML-DSA or `rfc8785`, unreadable input), which fails the test there.
+pub fn independent_verifier<I, S>(script: &str, args: I) -> (bool, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/auditor").join(script))
+        .args(args)
+        .output()
+        .expect("python3 is needed for the independent auditor");
+    verdict(
+        out,
+        &format!("{script} could not run (is tests/auditor's rfc8785 installed?)"),
+    )
+}
+
+/// A verifier's verdict: (passed, stdout). Exit code 2 means it could not run at all, which
+/// fails the test with `could_not_run` and its stderr rather than counting as a refusal.
+pub fn verdict(out: Output, could_not_run: &str) -> (bool, String) {
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{could_not_run}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// `quantus audit verify` over a store; returns (success, stdout).

@@ -1,8 +1,6 @@
 //! The log checked by an auditor written in another language from `docs/event-log.md` alone
 //! (`tests/auditor/verify_log.py`, Python + PyPI `rfc8785`).
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -12,19 +10,7 @@ fn python_verify(lines: &[Value]) -> (bool, String) {
     let file = dir.join("log.jsonl");
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     std::fs::write(&file, text).unwrap();
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/auditor/verify_log.py"))
-        .arg(&file)
-        .output()
-        .expect("python3 is needed for the independent auditor");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "the independent auditor could not run (is rfc8785 installed?): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), stdout)
+    independent_verifier("verify_log.py", [&file])
 }
 
 #[tokio::test]

@@ -14,9 +14,12 @@ use quantus_crypto::{Algorithm, SecretKey};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::evidence::{bytes_of, evidence_verify, retar, submit_job};
+use crate::evidence::{
+    bytes_of, evidence_verify, evidence_verify_with, platform_verify, retar, rewrite_tar,
+    submit_job,
+};
 use crate::harness::*;
-use crate::qsa::{fixture_on, sign_in_for_code, token_request, Browser, REDIRECT, VERIFIER};
+use crate::qsa::{fixture_on, redeem_code, sign_in_for_code, Browser, REDIRECT};
 
 /// The archive's `job-state.json` and its manifest's payload.
 fn job_state_of(archive: &[u8]) -> (Value, Value) {
@@ -57,41 +60,10 @@ fn check_state(bytes: &[u8], manifest: &Value) -> Result<Value, String> {
 }
 
 fn verify_json(archive: &std::path::Path, keys: &std::path::Path) -> (bool, Value) {
-    let out = quantus(
-        &[
-            "evidence",
-            "verify",
-            archive.to_str().unwrap(),
-            "--keys",
-            keys.to_str().unwrap(),
-            "--json",
-        ],
-        &[],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (ok, text) = evidence_verify_with(archive, keys, &["--json"]);
     (
-        out.status.success(),
+        ok,
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
-}
-
-/// The independent checker (`tests/auditor/verify_bundle.py`): (success, stdout).
-fn python_verify_bundle(archive: &Path, keys: &Path) -> (bool, String) {
-    let out = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/auditor/verify_bundle.py"))
-        .arg(archive)
-        .arg(keys)
-        .output()
-        .expect("python3 is needed for the independent bundle check");
-    assert_ne!(
-        out.status.code(),
-        Some(2),
-        "the independent bundle check could not run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
 
@@ -152,7 +124,7 @@ fn both_refuse(dir: &Path, keys: &Path, label: &str, archive: &[u8], reason: &st
         out.contains(reason),
         "{label}: expected {reason:?} in: {out}"
     );
-    let (ok, out) = python_verify_bundle(&file, keys);
+    let (ok, out) = independent_verifier("verify_bundle.py", [&file, keys]);
     println!("{label} (independent checker): {out}");
     assert!(!ok, "{label}: the independent checker missed it: {out}");
     assert!(
@@ -188,7 +160,7 @@ fn tampered_bundles_are_named_broken(dir: &Path, archive: &[u8], keys_file: &Pat
     std::fs::write(&file, resigned(&state)).unwrap();
     let (ok, out) = evidence_verify(&file, &forger.keys);
     assert!(ok, "{out}");
-    let (ok, out) = python_verify_bundle(&file, &forger.keys);
+    let (ok, out) = independent_verifier("verify_bundle.py", [&file, &forger.keys]);
     assert!(ok && out.ends_with("OK\n"), "{out}");
 
     // The manifest's digest of job-state.json changed: its signature no longer holds; signed
@@ -375,17 +347,7 @@ async fn job_state_on(label: &str, postgres: bool) {
 
     let mut browser = Browser::new(f.server.url());
     let code = sign_in_for_code(&f, &mut browser, "openid jobs:read jobs:write").await;
-    let (status, body) = token_request(
-        &f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let body = redeem_code(&f, &code).await;
     let person = Api {
         token: body["access_token"].as_str().unwrap().to_owned(),
         ..admin.clone()
@@ -441,7 +403,7 @@ async fn job_state_on(label: &str, postgres: bool) {
     let (ok, text) = evidence_verify(&archive_file, &keys_file);
     assert!(ok, "{text}");
     // The independent checker, written from docs/event-log.md, derives the same state.
-    let (ok, independent) = python_verify_bundle(&archive_file, &keys_file);
+    let (ok, independent) = independent_verifier("verify_bundle.py", [&archive_file, &keys_file]);
     assert!(ok && independent.ends_with("OK\n"), "{independent}");
     assert!(
         independent.contains(&format!(
@@ -461,14 +423,7 @@ async fn job_state_on(label: &str, postgres: bool) {
     }
 
     // The platform's own check reports the same state.
-    let res = admin
-        .request(reqwest::Method::POST, "/v1/evidence/verify")
-        .header("content-type", "application/x-tar")
-        .body(archive.clone())
-        .send()
-        .await
-        .unwrap();
-    let platform: Value = res.json().await.unwrap();
+    let platform = platform_verify(&admin, &archive).await;
     assert_eq!(platform["job_state"], *state, "{platform}");
 
     // The sealed password hash is withheld: only its hash and proof travel.
@@ -516,33 +471,16 @@ async fn job_state_on(label: &str, postgres: bool) {
         );
         let (ok, report) = verify_json(&file, &keys_file);
         assert!(!ok && report["valid"] == false, "{report}");
-        let (ok, out) = python_verify_bundle(&file, &keys_file);
+        let (ok, out) = independent_verifier("verify_bundle.py", [&file, &keys_file]);
         assert!(
             !ok && out.contains("job-state.json does not have the recorded SHA-256"),
             "{what} (independent checker): {out}"
         );
     }
-    let removed: Vec<u8> = {
-        // An archive without the file at all.
-        let mut out = tar::Builder::new(Vec::new());
-        let mut input = tar::Archive::new(archive.as_slice());
-        for entry in input.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let path = entry.path().unwrap().to_string_lossy().into_owned();
-            if path.ends_with("job-state.json") {
-                continue;
-            }
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
-            let mut header = tar::Header::new_gnu();
-            header.set_size(bytes.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            out.append_data(&mut header, path, bytes.as_slice())
-                .unwrap();
-        }
-        out.into_inner().unwrap()
-    };
+    // An archive without the file at all.
+    let removed = rewrite_tar(&archive, |path, bytes| {
+        (!path.ends_with("job-state.json")).then_some(bytes)
+    });
     let file = dir.join("removed.tar");
     std::fs::write(&file, removed).unwrap();
     let (ok, out) = evidence_verify(&file, &keys_file);
@@ -550,7 +488,7 @@ async fn job_state_on(label: &str, postgres: bool) {
         !ok && out.contains("the archive has no job-state.json"),
         "{out}"
     );
-    let (ok, out) = python_verify_bundle(&file, &keys_file);
+    let (ok, out) = independent_verifier("verify_bundle.py", [&file, &keys_file]);
     assert!(
         !ok && out.contains("the archive has no job-state.json"),
         "{out}"
@@ -586,7 +524,7 @@ fn a_bundle_from_before_job_state_still_verifies() {
     );
     let (ok, report) = verify_json(&archive, &keys);
     assert!(ok && report["job_state"].is_null(), "{report}");
-    let (ok, out) = python_verify_bundle(&archive, &keys);
+    let (ok, out) = independent_verifier("verify_bundle.py", [&archive, &keys]);
     assert!(
         ok && out.contains("job state: not in this bundle") && out.ends_with("OK\n"),
         "{out}"

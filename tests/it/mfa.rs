@@ -6,83 +6,49 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::harness::Api;
+use crate::harness::{tool_output, Api};
 use crate::qsa::{
-    authorize_path, claims, fixture, query_param, token_request, Browser, Fixture, Page, CHALLENGE,
-    REDIRECT, VERIFIER,
+    claims, consent_to_tokens, fixture, password_step, query_param, redeem_code, Browser, Fixture,
 };
 
 /// A TOTP code for `uri` at `offset` seconds from now, computed by pyotp.
-fn pyotp(uri: &str, offset: i64) -> String {
-    let out = Command::new("python3")
-        .args([
+pub(crate) fn pyotp(uri: &str, offset: i64) -> String {
+    tool_output(
+        Command::new("python3").args([
             "-c",
             "import pyotp, sys, time; print(pyotp.parse_uri(sys.argv[1]).at(time.time() + int(sys.argv[2])))",
             uri,
             &offset.to_string(),
-        ])
-        .output()
-        .expect("python3 must be installed (scripts/test.sh installs pyotp)");
-    assert!(
-        out.status.success(),
-        "pyotp failed (pip install -r tests/mfa/requirements.txt): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        ]),
+        "python3 must be installed (scripts/test.sh installs pyotp)",
+        "pyotp failed (pip install -r tests/mfa/requirements.txt):",
+    )
+    .trim()
+    .to_owned()
+}
+
+/// Enrols an authenticator app for `me` and confirms it with pyotp's current code: the
+/// `otpauth://` URI and the confirmation's answer (which holds the recovery codes).
+pub(crate) async fn enrol_totp(me: &Api) -> (String, Value) {
+    let uri = me.post("/v1/me/totp", json!({})).await.body["otpauth_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = me
+        .post("/v1/me/totp/confirm", json!({"code": pyotp(&uri, 0)}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (uri, r.body)
 }
 
 /// The person's own access token (authorization code flow with PKCE, password only).
 pub(crate) async fn person_token(f: &Fixture) -> String {
     let mut browser = Browser::new(f.server.url());
     let code = crate::qsa::sign_in_for_code(f, &mut browser, "openid").await;
-    let (status, body) = token_request(
-        f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    body["access_token"].as_str().unwrap().to_owned()
-}
-
-/// Password first; answers the page that follows it.
-async fn password_step(f: &Fixture, browser: &mut Browser) -> Page {
-    let login = browser
-        .get(&authorize_path(&f.client_id, "openid", Some(CHALLENGE)))
-        .await;
-    assert_eq!(login.status, 200, "{}", login.body);
-    browser
-        .submit(&login, &[("email", &f.email), ("password", &f.password)])
-        .await
-}
-
-/// From the page after a complete sign-in (consent, or straight back to the client when the
-/// person consented before) to tokens.
-async fn consent_to_tokens(f: &Fixture, browser: &mut Browser, page: Page) -> Value {
-    let done = if page.status == 303 {
-        page
-    } else {
-        assert!(page.body.contains("Allow access?"), "{}", page.body);
-        browser.submit(&page, &[("decision", "allow")]).await
-    };
-    assert_eq!(done.status, 303, "{}", done.body);
-    let code = query_param(&done.location.unwrap(), "code").expect("a code");
-    let (status, body) = token_request(
-        f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    body
+    redeem_code(f, &code).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 async fn sign_in_failures(admin: &Api, reason: &str) -> usize {
@@ -156,7 +122,7 @@ pub async fn enrolment_scenario(f: &Fixture) {
     // Signing in now asks for a code after the password. The code that confirmed the
     // enrolment is refused (used once already); the next one is accepted.
     let mut browser = Browser::new(f.server.url());
-    let second = password_step(f, &mut browser).await;
+    let second = password_step(f, &mut browser, "openid").await;
     assert_eq!(second.status, 200, "{}", second.body);
     assert!(
         second.body.contains("Two-step verification"),
@@ -184,7 +150,7 @@ pub async fn enrolment_scenario(f: &Fixture) {
 
     // The same code in another sign-in: refused as a replay.
     let mut other = Browser::new(f.server.url());
-    let second = password_step(f, &mut other).await;
+    let second = password_step(f, &mut other, "openid").await;
     let replay = other.submit(&second, &[("code", &next)]).await;
     assert_eq!(replay.status, 401, "{}", replay.body);
     assert_eq!(
@@ -196,7 +162,7 @@ pub async fn enrolment_scenario(f: &Fixture) {
     let signed_in = other.submit(&replay, &[("code", &loose)]).await;
     assert_eq!(signed_in.status, 303, "{}", signed_in.body);
     let mut third = Browser::new(f.server.url());
-    let second = password_step(f, &mut third).await;
+    let second = password_step(f, &mut third, "openid").await;
     let used = third.submit(&second, &[("code", &recovery[3])]).await;
     assert_eq!(used.status, 401, "{}", used.body);
 
@@ -210,20 +176,16 @@ pub async fn enrolment_scenario(f: &Fixture) {
     // With the second factor in the session, the person may remove it; then the password
     // alone signs in again.
     let password_only = me.clone();
-    let r = password_only
-        .send(password_only.request(reqwest::Method::DELETE, "/v1/me/totp"))
-        .await;
+    let r = password_only.delete("/v1/me/totp").await;
     assert_eq!(
         r.status, 403,
         "a password-only session removed the factor: {}",
         r.body
     );
-    let r = me2
-        .send(me2.request(reqwest::Method::DELETE, "/v1/me/totp"))
-        .await;
+    let r = me2.delete("/v1/me/totp").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let mut fourth = Browser::new(f.server.url());
-    let signed_in = password_step(f, &mut fourth).await;
+    let signed_in = password_step(f, &mut fourth, "openid").await;
     assert_eq!(signed_in.status, 303, "{}", signed_in.body);
     // No app, no recovery codes to replace.
     let r = me2.post("/v1/me/recovery-codes", json!({})).await;
@@ -287,7 +249,7 @@ async fn recovery_codes_are_replaced(
 
     // An old code never used (recovery[3] was) no longer signs in; a new one does.
     let mut browser = Browser::new(f.server.url());
-    let second = password_step(f, &mut browser).await;
+    let second = password_step(f, &mut browser, "openid").await;
     let refused = browser.submit(&second, &[("code", &old[5])]).await;
     assert_eq!(
         refused.status, 401,
@@ -307,16 +269,9 @@ async fn wrong_codes_lock_the_account_like_wrong_passwords() {
         token,
         http: reqwest::Client::new(),
     };
-    let uri = me.post("/v1/me/totp", json!({})).await.body["otpauth_uri"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = me
-        .post("/v1/me/totp/confirm", json!({"code": pyotp(&uri, 0)}))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    enrol_totp(&me).await;
     let mut browser = Browser::new(f.server.url());
-    let mut page = password_step(&f, &mut browser).await;
+    let mut page = password_step(&f, &mut browser, "openid").await;
     for _ in 0..4 {
         page = browser.submit(&page, &[("code", "123456")]).await;
         assert_eq!(page.status, 401, "{}", page.body);
@@ -325,15 +280,12 @@ async fn wrong_codes_lock_the_account_like_wrong_passwords() {
     assert_eq!(locked.status, 429, "{}", locked.body);
     // Locked: even the right password and code do not get in now.
     let mut other = Browser::new(f.server.url());
-    let page = password_step(&f, &mut other).await;
+    let page = password_step(&f, &mut other, "openid").await;
     assert_eq!(page.status, 429, "{}", page.body);
     // An administrator can reset a lost authenticator.
     let r = f
         .admin
-        .send(f.admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/users/{}/totp", f.user_id),
-        ))
+        .delete(&format!("/v1/users/{}/totp", f.user_id))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 }

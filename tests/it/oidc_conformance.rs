@@ -9,19 +9,15 @@ use crate::harness::*;
 /// Runs the Python suite against `server`; panics with its report when anything fails.
 pub fn run_suite(server: &Server) {
     let (id, secret) = bootstrap_credentials(&server.data_dir);
-    let out = Command::new("python3")
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-        .arg(repo_root().join("tests/oidc"))
-        .env("QUANTUS_URL", server.url())
-        .env("QUANTUS_CLIENT_ID", id)
-        .env("QUANTUS_CLIENT_SECRET", secret)
-        .output()
-        .expect("python3 is needed for the OIDC conformance suite");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the conformance suite failed (are tests/oidc/requirements.txt installed?):\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = tool_output(
+        Command::new("python3")
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .arg(repo_root().join("tests/oidc"))
+            .env("QUANTUS_URL", server.url())
+            .env("QUANTUS_CLIENT_ID", id)
+            .env("QUANTUS_CLIENT_SECRET", secret),
+        "python3 is needed for the OIDC conformance suite",
+        "the conformance suite failed (are tests/oidc/requirements.txt installed?):",
     );
     assert!(
         stdout.contains(" passed") && !stdout.contains("failed"),

@@ -119,16 +119,12 @@ async fn the_openapi_document_is_valid_and_complete_in_what_it_declares() {
     let file = dir.join("openapi.json");
     std::fs::write(&file, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
 
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/openapi/validate.py"))
-        .arg(&file)
-        .output()
-        .expect("python3 (tests/openapi/requirements.txt installed?)");
-    assert!(
-        out.status.success(),
-        "openapi-spec-validator refused /openapi.json:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    tool_output(
+        Command::new("python3")
+            .arg(repo_root().join("tests/openapi/validate.py"))
+            .arg(&file),
+        "python3 (tests/openapi/requirements.txt installed?)",
+        "openapi-spec-validator refused /openapi.json:",
     );
 
     let ops = operations(&spec);

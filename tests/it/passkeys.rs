@@ -10,17 +10,8 @@ use serde_json::{json, Value};
 use webauthn_authenticator_rs::prelude::*;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 
-use crate::harness::{temp_dir, Api, Server};
+use crate::harness::{free_port, temp_dir, Api, Server};
 use crate::qsa::{authorize_path, claims, query_param, Browser, CHALLENGE, REDIRECT, VERIFIER};
-
-/// A free local port, for a server whose public URL must be known before it starts.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An embedded server whose public URL is `http://localhost:PORT` (WebAuthn needs a domain
 /// name; browsers treat localhost as secure).

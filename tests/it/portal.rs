@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::{
-    assert_model_equals_replay, client_token, eventually, temp_dir, wait_for_projection, Api,
-    Server,
+    assert_model_equals_replay, client_token, eventually, free_port, temp_dir, wait_for_projection,
+    Api, Server,
 };
 
 pub const WEBHOOK_SECRET: &str = "whsec_quantus_test_secret";
@@ -1127,15 +1127,6 @@ async fn a_licence_refused_while_suspended_is_pending_then_issued_on_reactivatio
     wait_for_projection(&db, "commercial", "Contract").await;
     drop(server);
     assert_model_equals_replay("commercial", &["--data-dir", dir.to_str().unwrap()]);
-}
-
-/// A port nothing listens on (yet).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts forwarding TCP connections from `127.0.0.1:port` to `target` (`host:port`): the

@@ -62,6 +62,34 @@ impl Env {
         out
     }
 
+    /// Waits (up to `within`) until the topics hold the `head` events the log held, and
+    /// returns the records then on them.
+    async fn kafka_caught_up(
+        &self,
+        what: &str,
+        head: u64,
+        within: Duration,
+    ) -> Vec<quantus_infra::LogRecord> {
+        eventually(what, within, || async {
+            let records = self.kafka_records().await;
+            (records.len() as u64 >= head).then_some(records)
+        })
+        .await
+    }
+
+    /// Each aggregate's events go to its topic, and some of them are on it.
+    fn assert_on_topics(&self, records: &[quantus_infra::LogRecord], topics: &[(&str, &str)]) {
+        for (aggregate, topic) in topics {
+            assert!(self.kafka.topic_for(aggregate).unwrap().ends_with(topic));
+            assert!(
+                records
+                    .iter()
+                    .any(|r| r.envelope.aggregate_type == *aggregate),
+                "no {aggregate} event on Kafka"
+            );
+        }
+    }
+
     fn audit_kafka(&self) -> (bool, String) {
         audit_verify(&[
             "--kafka",
@@ -597,10 +625,10 @@ async fn e_quantumlock_runs_on_postgres_and_kafka() {
     ));
 
     let head = api.all_events().await.len() as u64;
-    eventually(
+    env.kafka_caught_up(
         "the licensing events on Kafka",
+        head,
         Duration::from_secs(60),
-        || async { (env.kafka_records().await.len() as u64 >= head).then_some(()) },
     )
     .await;
     let licensing = env.kafka.topic_for("License").unwrap();
@@ -660,40 +688,25 @@ async fn g_identity_runs_on_postgres_and_kafka() {
     let f = fixture_on(env.serve(&dir, &["--listen", "127.0.0.1:0"])).await;
     let mut browser = Browser::new(f.server.url());
     let code = sign_in_for_code(&f, &mut browser, "openid offline_access").await;
-    let (status, tokens) = token_request(
-        &f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{tokens}");
+    redeem_code(&f, &code).await;
     let head = f.admin.all_events().await.len() as u64;
-    eventually(
-        "the identity and audit events on Kafka",
-        Duration::from_secs(60),
-        || async { (env.kafka_records().await.len() as u64 >= head).then_some(()) },
-    )
-    .await;
-    let records = env.kafka_records().await;
-    for (aggregate, topic) in [
-        ("User", "quantus.identity.v1"),
-        ("Client", "quantus.identity.v1"),
-        ("Grant", "quantus.audit.v1"),
-        ("SignInAttempt", "quantus.audit.v1"),
-        ("Session", "quantus.audit.v1"),
-    ] {
-        assert!(env.kafka.topic_for(aggregate).unwrap().ends_with(topic));
-        assert!(
-            records
-                .iter()
-                .any(|r| r.envelope.aggregate_type == aggregate),
-            "no {aggregate} event on Kafka"
-        );
-    }
+    let records = env
+        .kafka_caught_up(
+            "the identity and audit events on Kafka",
+            head,
+            Duration::from_secs(60),
+        )
+        .await;
+    env.assert_on_topics(
+        &records,
+        &[
+            ("User", "quantus.identity.v1"),
+            ("Client", "quantus.identity.v1"),
+            ("Grant", "quantus.audit.v1"),
+            ("SignInAttempt", "quantus.audit.v1"),
+            ("Session", "quantus.audit.v1"),
+        ],
+    );
     let (ok, out) = env.audit_kafka();
     assert!(ok, "{out}");
 }
@@ -709,10 +722,10 @@ async fn h_the_oidc_conformance_suite_passes_on_postgres_and_kafka() {
     });
     let server = suite.await.unwrap();
     let head = server.client().all_events().await.len() as u64;
-    eventually(
+    env.kafka_caught_up(
         "every identity and audit event on Kafka",
+        head,
         Duration::from_secs(120),
-        || async { (env.kafka_records().await.len() as u64 >= head).then_some(()) },
     )
     .await;
     let (ok, out) = env.audit_kafka();
@@ -750,13 +763,13 @@ async fn i_the_evidence_plane_runs_on_postgres_kafka_and_s3() {
     );
     // (scripts/s3.sh checks on every start that the server refuses a wrong secret.)
     let head = api.all_events().await.len() as u64;
-    eventually(
-        "the evidence events on Kafka",
-        Duration::from_secs(60),
-        || async { (env.kafka_records().await.len() as u64 >= head).then_some(()) },
-    )
-    .await;
-    let records = env.kafka_records().await;
+    let records = env
+        .kafka_caught_up(
+            "the evidence events on Kafka",
+            head,
+            Duration::from_secs(60),
+        )
+        .await;
     assert!(env
         .kafka
         .topic_for("Job")
@@ -937,7 +950,7 @@ async fn j_the_portal_process_retries_licences_that_can_wait() {
     )
     .unwrap();
     let portal_dir = temp_dir("pg-portal-retry");
-    let port = crate::portal::free_port();
+    let port = free_port();
     let down = format!("http://127.0.0.1:{port}");
     let (qsa, id, secret) = (
         api_server.url().to_owned(),
@@ -1025,26 +1038,17 @@ async fn l_saml_on_postgres_and_kafka() {
     let f = crate::qsa::fixture_on(env.serve(&dir, &["--listen", "127.0.0.1:0"])).await;
     crate::saml::scenario(&f).await;
     let head = f.admin.all_events().await.len() as u64;
-    eventually(
-        "the SAML events on Kafka",
-        Duration::from_secs(60),
-        || async { (env.kafka_records().await.len() as u64 >= head).then_some(()) },
-    )
-    .await;
-    let records = env.kafka_records().await;
-    for (aggregate, topic) in [
-        ("SamlServiceProvider", "quantus.identity.v1"),
-        ("SamlSigningKeys", "quantus.identity.v1"),
-        ("SamlExchange", "quantus.audit.v1"),
-    ] {
-        assert!(env.kafka.topic_for(aggregate).unwrap().ends_with(topic));
-        assert!(
-            records
-                .iter()
-                .any(|r| r.envelope.aggregate_type == aggregate),
-            "no {aggregate} event on Kafka"
-        );
-    }
+    let records = env
+        .kafka_caught_up("the SAML events on Kafka", head, Duration::from_secs(60))
+        .await;
+    env.assert_on_topics(
+        &records,
+        &[
+            ("SamlServiceProvider", "quantus.identity.v1"),
+            ("SamlSigningKeys", "quantus.identity.v1"),
+            ("SamlExchange", "quantus.audit.v1"),
+        ],
+    );
     let (ok, out) = env.audit_kafka();
     assert!(ok, "{out}");
 }

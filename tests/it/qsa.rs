@@ -266,6 +266,70 @@ pub async fn sign_in_for_code(f: &Fixture, browser: &mut Browser, scope: &str) -
     query_param(&location, "code").expect("a code")
 }
 
+/// A new group of the fixture's organization with the fixture's person in it: its id.
+pub async fn group_with_the_person(f: &Fixture, name: &str) -> String {
+    let r = f
+        .admin
+        .post(
+            "/v1/groups",
+            json!({"organization_id": f.org, "name": name}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let group = r.body["id"].as_str().unwrap().to_owned();
+    let r = f
+        .admin
+        .post(
+            &format!("/v1/groups/{group}/members"),
+            json!({"user_id": f.user_id}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    group
+}
+
+/// Redeems an authorization code issued for `REDIRECT` with the PKCE `VERIFIER`: the tokens
+/// (the token endpoint must grant them).
+pub async fn redeem_code(f: &Fixture, code: &str) -> Value {
+    let (status, tokens) = token_request(
+        f,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    tokens
+}
+
+/// The password step of a sign-in for `scope`; answers the page that follows it.
+pub async fn password_step(f: &Fixture, browser: &mut Browser, scope: &str) -> Page {
+    let login = browser
+        .get(&authorize_path(&f.client_id, scope, Some(CHALLENGE)))
+        .await;
+    assert_eq!(login.status, 200, "{}", login.body);
+    browser
+        .submit(&login, &[("email", &f.email), ("password", &f.password)])
+        .await
+}
+
+/// From the page after a complete sign-in (consent, or straight back to the client when the
+/// person consented before) to tokens.
+pub async fn consent_to_tokens(f: &Fixture, browser: &mut Browser, page: Page) -> Value {
+    let done = if page.status == 303 {
+        page
+    } else {
+        assert!(page.body.contains("Allow access?"), "{}", page.body);
+        browser.submit(&page, &[("decision", "allow")]).await
+    };
+    assert_eq!(done.status, 303, "{}", done.body);
+    let code = query_param(&done.location.unwrap(), "code").expect("a code");
+    redeem_code(f, &code).await
+}
+
 pub async fn token_request(f: &Fixture, form: &[(&str, &str)]) -> (u16, Value) {
     let res = reqwest::Client::new()
         .post(format!("{}/oauth2/token", f.server.url()))
@@ -278,17 +342,8 @@ pub async fn token_request(f: &Fixture, form: &[(&str, &str)]) -> (u16, Value) {
     (status, res.json().await.unwrap())
 }
 
-async fn introspect(f: &Fixture, token: &str) -> Value {
-    reqwest::Client::new()
-        .post(format!("{}/oauth2/introspect", f.server.url()))
-        .basic_auth(&f.client_id, Some(&f.client_secret))
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+pub async fn introspect(f: &Fixture, token: &str) -> Value {
+    introspection(f.server.url(), &f.client_id, &f.client_secret, token).await
 }
 
 pub fn claims(jwt: &str) -> Value {
@@ -451,17 +506,7 @@ async fn a_person_signs_in_with_code_and_pkce_and_refresh_tokens_rotate() {
         (status, body["error"].as_str()),
         (400, Some("invalid_grant"))
     );
-    let (status, tokens) = token_request(
-        &f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{tokens}");
+    let tokens = redeem_code(&f, &code).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     let at = claims(&access);
     assert_eq!(at["sub"], f.user_id.as_str());
@@ -598,16 +643,7 @@ async fn forged_mis_addressed_and_expired_looking_tokens_are_refused() {
     let f = fixture("qsa-forged").await;
     let mut browser = Browser::new(f.server.url());
     let code = sign_in_for_code(&f, &mut browser, "openid organizations:read").await;
-    let (_, tokens) = token_request(
-        &f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let tokens = redeem_code(&f, &code).await;
     let access = tokens["access_token"].as_str().unwrap();
     let id_token = tokens["id_token"].as_str().unwrap();
     let [header, payload, _] = access.split('.').collect::<Vec<_>>()[..] else {
@@ -766,26 +802,14 @@ async fn erasing_a_user_shreds_their_data_across_the_log_which_still_verifies() 
     let f = fixture("qsa-erase").await;
     let mut browser = Browser::new(f.server.url());
     let code = sign_in_for_code(&f, &mut browser, "openid organizations:read").await;
-    let (_, tokens) = token_request(
-        &f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
+    let tokens = redeem_code(&f, &code).await;
     let user_api = api_with(&f.server, tokens["access_token"].as_str().unwrap());
     assert_eq!(user_api.get("/v1/organizations").await.status, 200);
     let before = f.admin.get(&format!("/v1/users/{}", f.user_id)).await;
     assert_eq!(before.body["email"], f.email.as_str());
     let r = f
         .admin
-        .send(f.admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/users/{}?erase=true", f.user_id),
-        ))
+        .delete(&format!("/v1/users/{}?erase=true", f.user_id))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let after = f.admin.get(&format!("/v1/users/{}", f.user_id)).await;
@@ -875,17 +899,7 @@ async fn sign_in_token_consent_and_session_events_hold_address_and_agent_sealed_
     let f = fixture("qsa-sealed-request").await;
     let mut browser = Browser::new(f.server.url());
     let code = sign_in_for_code(&f, &mut browser, "openid organizations:read").await;
-    let (status, tokens) = token_request(
-        &f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{tokens}");
+    redeem_code(&f, &code).await;
     let recorded = [
         "SignInSucceeded",
         "SessionStarted",
@@ -970,10 +984,7 @@ async fn sign_in_token_consent_and_session_events_hold_address_and_agent_sealed_
     // Erasure destroys the key: none of them opens any more, and the log still verifies.
     let r = f
         .admin
-        .send(f.admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/users/{}?erase=true", f.user_id),
-        ))
+        .delete(&format!("/v1/users/{}?erase=true", f.user_id))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     for e in &events {
@@ -1115,23 +1126,7 @@ async fn token_keys_rotate_without_breaking_issued_tokens_and_retiring_ends_them
 #[tokio::test]
 async fn groups_hold_their_own_organizations_people() {
     let f = fixture("qsa-groups").await;
-    let r = f
-        .admin
-        .post(
-            "/v1/groups",
-            json!({"organization_id": f.org, "name": "Quantum team"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let group = r.body["id"].as_str().unwrap().to_owned();
-    let r = f
-        .admin
-        .post(
-            &format!("/v1/groups/{group}/members"),
-            json!({"user_id": f.user_id}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    let group = group_with_the_person(&f, "Quantum team").await;
     let shown = f.admin.get(&format!("/v1/groups/{group}")).await;
     assert_eq!(shown.body["members"], json!([f.user_id]));
     // Someone of another organization cannot join, and that organization cannot see it.
@@ -1157,19 +1152,10 @@ async fn groups_hold_their_own_organizations_people() {
     assert_eq!(globex.get(&format!("/v1/groups/{group}")).await.status, 404);
     let r = f
         .admin
-        .send(f.admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/groups/{group}/members/{}", f.user_id),
-        ))
+        .delete(&format!("/v1/groups/{group}/members/{}", f.user_id))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = f
-        .admin
-        .send(
-            f.admin
-                .request(reqwest::Method::DELETE, &format!("/v1/groups/{group}")),
-        )
-        .await;
+    let r = f.admin.delete(&format!("/v1/groups/{group}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         f.admin.get(&format!("/v1/groups/{group}")).await.status,
@@ -1310,18 +1296,7 @@ async fn people_end_their_own_sessions_and_administrators_end_their_peoples() {
             assert_eq!(done.status, 303, "{}", done.body);
             query_param(&done.location.unwrap(), "code").expect("a code")
         };
-        let (status, t) = token_request(
-            &f,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", REDIRECT),
-                ("code_verifier", VERIFIER),
-            ],
-        )
-        .await;
-        assert_eq!(status, 200, "{t}");
-        tokens.push(t);
+        tokens.push(redeem_code(&f, &code).await);
     }
     let refresh = |i: usize| tokens[i]["refresh_token"].as_str().unwrap().to_owned();
     let person = api_with(&f.server, tokens[0]["access_token"].as_str().unwrap());
@@ -1339,9 +1314,7 @@ async fn people_end_their_own_sessions_and_administrators_end_their_peoples() {
         .to_owned();
     assert!(items.iter().all(|s| s["amr"] == json!(["pwd"])));
     // The person ends the other browser's session: its grant (and refresh token) dies too.
-    let r = person
-        .send(person.request(reqwest::Method::DELETE, &format!("/v1/me/sessions/{there}")))
-        .await;
+    let r = person.delete(&format!("/v1/me/sessions/{there}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let (status, body) = token_request(
         &f,
@@ -1352,9 +1325,7 @@ async fn people_end_their_own_sessions_and_administrators_end_their_peoples() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    let again = person
-        .send(person.request(reqwest::Method::DELETE, &format!("/v1/me/sessions/{there}")))
-        .await;
+    let again = person.delete(&format!("/v1/me/sessions/{there}")).await;
     assert_eq!(again.status, 404, "{}", again.body);
     // A member may not list other people's sessions (nor their own through that route).
     assert_eq!(
@@ -1370,22 +1341,14 @@ async fn people_end_their_own_sessions_and_administrators_end_their_peoples() {
     let globex = api_with(&f.server, &client_token(f.server.url(), &id, &secret, None));
     let path = format!("/v1/users/{}/sessions", f.user_id);
     assert_eq!(globex.get(&path).await.status, 404);
-    let r = globex
-        .send(globex.request(reqwest::Method::DELETE, &format!("{path}/{here}")))
-        .await;
+    let r = globex.delete(&format!("{path}/{here}")).await;
     assert_eq!(r.status, 404, "{}", r.body);
     // Their own organization's administrator sees the one left and ends it.
     let listed = f.admin.get(&path).await;
     assert_eq!(listed.status, 200, "{}", listed.body);
     assert_eq!(listed.body["items"][0]["id"], json!(here));
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
-    let r = f
-        .admin
-        .send(
-            f.admin
-                .request(reqwest::Method::DELETE, &format!("{path}/{here}")),
-        )
-        .await;
+    let r = f.admin.delete(&format!("{path}/{here}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let (status, body) = token_request(
         &f,
@@ -1449,9 +1412,9 @@ async fn an_organizations_clients_scim_tokens_and_saml_providers_are_listed_to_i
     }
     let revoke = f
         .admin
-        .send(f.admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/organizations/{}/scim-tokens/{}", f.org, tokens[1].0),
+        .delete(&format!(
+            "/v1/organizations/{}/scim-tokens/{}",
+            f.org, tokens[1].0
         ))
         .await;
     assert_eq!(revoke.status, 200, "{}", revoke.body);
@@ -1472,10 +1435,7 @@ async fn an_organizations_clients_scim_tokens_and_saml_providers_are_listed_to_i
     }
     let removed = f
         .admin
-        .send(f.admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/saml/service-providers/{}", sps[1]),
-        ))
+        .delete(&format!("/v1/saml/service-providers/{}", sps[1]))
         .await;
     assert!(removed.status < 300, "{}", removed.body);
 
@@ -1675,9 +1635,7 @@ async fn sessions_started_before_the_person_index_are_indexed_at_the_next_start(
         listed.body
     );
     // An administrator ends it from the console's API like any other.
-    let r = admin
-        .send(admin.request(reqwest::Method::DELETE, &format!("{path}/{session}")))
-        .await;
+    let r = admin.delete(&format!("{path}/{session}")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let listed = admin.get(&path).await;
     assert_eq!(listed.body["items"], json!([]), "{}", listed.body);

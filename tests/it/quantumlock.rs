@@ -38,6 +38,17 @@ async fn file(api: &Api, id: &str) -> SignedDocument {
     SignedDocument::from_canonical_json(&bytes).expect("the served file is canonical")
 }
 
+/// Reports the key `kid` compromised (its HSM stolen) since `since`.
+pub async fn compromise_key(api: &Api, kid: &str, since: DateTime<Utc>) {
+    let r = api
+        .post(
+            &format!("/v1/keys/{kid}/compromise"),
+            json!({"compromised_at": since.to_rfc3339(), "reason": "HSM stolen"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 async fn key_set(api: &Api) -> TrustedKeys {
     let (status, bytes) = raw(api, "/v1/keys").await;
     assert_eq!(status, 200);
@@ -270,13 +281,7 @@ async fn rotation_keeps_old_files_valid_and_a_compromise_voids_later_signatures(
     // The new key is compromised from a minute ago: what it signed since is void, the old
     // key's earlier signature stands, and a fresh key takes over at once.
     let since: DateTime<Utc> = Utc::now() - Duration::minutes(1);
-    let r = api
-        .post(
-            &format!("/v1/keys/{new_kid}/compromise"),
-            json!({"compromised_at": since.to_rfc3339(), "reason": "HSM stolen"}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    compromise_key(&api, &new_kid, since).await;
     let keys = key_set(&api).await;
     assert!(matches!(
         rejection(verify(&after, &keys, Utc::now(), None, None)),
@@ -328,23 +333,23 @@ async fn the_crypto_policy_is_an_algorithm_roadmap_that_verification_follows() {
     let composite_file = file(&api, &id).await;
 
     let r = api
-        .send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/ML-DSA-65-Ed25519")
-                .json(&json!({"may_sign": false, "may_verify": true})),
+        .put(
+            "/v1/crypto/policy/ML-DSA-65-Ed25519",
+            json!({"may_sign": false, "may_verify": true}),
         )
         .await;
     assert_eq!(r.status, 409, "the last signer was withdrawn: {}", r.body);
     let r = api
-        .send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/Ed25519")
-                .json(&json!({"may_sign": true, "may_verify": true})),
+        .put(
+            "/v1/crypto/policy/Ed25519",
+            json!({"may_sign": true, "may_verify": true}),
         )
         .await;
     assert_eq!(r.status, 409, "a classical-only signer was allowed");
     assert_eq!(
-        api.send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/RSA")
-                .json(&json!({"may_sign": true, "may_verify": true}))
+        api.put(
+            "/v1/crypto/policy/RSA",
+            json!({"may_sign": true, "may_verify": true})
         )
         .await
         .status,
@@ -353,17 +358,17 @@ async fn the_crypto_policy_is_an_algorithm_roadmap_that_verification_follows() {
 
     // Migrate: ML-DSA-87 signs, the composite verifies only until a moment ago.
     let r = api
-        .send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/ML-DSA-87")
-                .json(&json!({"may_sign": true, "may_verify": true})),
+        .put(
+            "/v1/crypto/policy/ML-DSA-87",
+            json!({"may_sign": true, "may_verify": true}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let until = (Utc::now() - Duration::seconds(1)).to_rfc3339();
     let r = api
-        .send(
-            api.request(reqwest::Method::PUT, "/v1/crypto/policy/ML-DSA-65-Ed25519")
-                .json(&json!({"may_sign": false, "may_verify": true, "verify_until": until})),
+        .put(
+            "/v1/crypto/policy/ML-DSA-65-Ed25519",
+            json!({"may_sign": false, "may_verify": true, "verify_until": until}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);

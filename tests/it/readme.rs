@@ -150,18 +150,14 @@ fn the_compose_file_runs_every_role_the_readme_names_and_is_valid() {
         );
     }
     let compose_file = repo_root().join("docker-compose.yml");
-    let out = Command::new("docker-compose")
-        .arg("-f")
-        .arg(&compose_file)
-        .arg("config")
-        .output()
-        .expect("docker-compose (Debian's package; scripts/test.sh installs it)");
-    assert!(
-        out.status.success(),
-        "docker-compose refuses the file: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let config = tool_output(
+        Command::new("docker-compose")
+            .arg("-f")
+            .arg(&compose_file)
+            .arg("config"),
+        "docker-compose (Debian's package; scripts/test.sh installs it)",
+        "docker-compose refuses the file:",
     );
-    let config = String::from_utf8_lossy(&out.stdout);
     for role in &roles {
         assert!(
             config.contains(&format!("- --role\n    - {role}\n"))

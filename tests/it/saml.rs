@@ -12,7 +12,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::harness::*;
-use crate::qsa::{fixture, Browser, Fixture, Page};
+use crate::qsa::{fixture, group_with_the_person, Browser, Fixture, Page};
 
 pub const SP: &str = "https://sp.example.test/metadata";
 pub const ACS: &str = "https://sp.example.test/acs";
@@ -20,20 +20,7 @@ pub const SLO: &str = "https://sp.example.test/slo";
 
 fn install() -> &'static str {
     static XMLSEC: OnceLock<String> = OnceLock::new();
-    XMLSEC.get_or_init(|| {
-        let out = Command::new(repo_root().join("scripts/saml.sh"))
-            .output()
-            .expect("run scripts/saml.sh");
-        assert!(
-            out.status.success(),
-            "scripts/saml.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("XMLSEC1=").map(str::to_owned))
-            .expect("XMLSEC1=<path>")
-    })
+    XMLSEC.get_or_init(|| installed("scripts/saml.sh", "scripts/saml.sh failed:", "XMLSEC1"))
 }
 
 /// Runs the Python SP; (accepted, its JSON answer).
@@ -122,8 +109,20 @@ fn acs(
     response: &str,
     extra: &[&str],
 ) -> (bool, Value) {
+    acs_of(metadata, (SP, ACS), state, request_id, response, extra)
+}
+
+/// What the SP with entity id `sp` and assertion consumer `acs_url` makes of a Response.
+fn acs_of(
+    metadata: &str,
+    (sp, acs_url): (&str, &str),
+    state: &str,
+    request_id: Option<&str>,
+    response: &str,
+    extra: &[&str],
+) -> (bool, Value) {
     let mut args = vec!["acs"];
-    args.extend(sp_args(metadata, SP, ACS));
+    args.extend(sp_args(metadata, sp, acs_url));
     args.extend(["--state", state, "--response", response]);
     if let Some(r) = request_id {
         args.extend(["--request-id", r]);
@@ -256,21 +255,14 @@ pub async fn scenario(f: &Fixture) {
 
     // Wrong audience: an SP with another entity id refuses it.
     let (rid, response) = sso(&mut browser, &metadata, &[]).await;
-    let mut args = vec!["acs"];
-    args.extend(sp_args(
+    let (ok, refused) = acs_of(
         &metadata,
-        "https://other.example.test/metadata",
-        ACS,
-    ));
-    args.extend([
-        "--state",
+        ("https://other.example.test/metadata", ACS),
         state,
-        "--response",
+        Some(&rid),
         &response,
-        "--request-id",
-        &rid,
-    ]);
-    let (ok, refused) = sp_py(&args);
+        &[],
+    );
     expect_refusal(
         ok,
         &refused,
@@ -280,17 +272,14 @@ pub async fn scenario(f: &Fixture) {
 
     // Wrong recipient: an SP at another ACS URL refuses it.
     let (rid, response) = sso(&mut browser, &metadata, &[]).await;
-    let mut args = vec!["acs"];
-    args.extend(sp_args(&metadata, SP, "https://sp.example.test/other-acs"));
-    args.extend([
-        "--state",
+    let (ok, refused) = acs_of(
+        &metadata,
+        (SP, "https://sp.example.test/other-acs"),
         state,
-        "--response",
+        Some(&rid),
         &response,
-        "--request-id",
-        &rid,
-    ]);
-    let (ok, refused) = sp_py(&args);
+        &[],
+    );
     expect_refusal(
         ok,
         &refused,
@@ -511,28 +500,25 @@ async fn saml_signed_authn_requests_are_verified_with_the_registered_certificate
     let dir = temp_dir("saml-sp-key");
     let key = dir.join("sp.key");
     let cert = dir.join("sp.crt");
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=sp.example.test",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    tool_output(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=sp.example.test",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        "run openssl",
+        "openssl could not make the SP's key and certificate:",
     );
     let pem = std::fs::read_to_string(&cert).unwrap();
     register(&f, SP, Some(&pem)).await;
@@ -634,13 +620,9 @@ async fn saml_signed_authn_requests_are_verified_with_the_registered_certificate
     // next one, naming the rule's reason.
     let r = f
         .admin
-        .send(
-            f.admin
-                .request(
-                    reqwest::Method::PUT,
-                    &format!("/v1/access-policies/{}/rules/no-loopback", f.org),
-                )
-                .json(&json!({"priority": 1, "conditions": {"ip_in": ["127.0.0.0/8"]}, "outcome": "block"})),
+        .put(
+            &format!("/v1/access-policies/{}/rules/no-loopback", f.org),
+            json!({"priority": 1, "conditions": {"ip_in": ["127.0.0.0/8"]}, "outcome": "block"}),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -793,23 +775,7 @@ print(ku.digital_signature, ku.key_cert_sign, bc.ca)",
     );
 
     // An SP that asks for group memberships.
-    let r = f
-        .admin
-        .post(
-            "/v1/groups",
-            json!({"organization_id": f.org, "name": "Engineers"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    let group = r.body["id"].as_str().unwrap().to_owned();
-    let r = f
-        .admin
-        .post(
-            &format!("/v1/groups/{group}/members"),
-            json!({"user_id": f.user_id}),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    group_with_the_person(f, "Engineers").await;
     let r = f
         .admin
         .post(

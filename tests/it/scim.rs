@@ -622,9 +622,8 @@ pub async fn scenario(server: &Server) {
 
     // A revoked token stops working at once.
     let revoke = admin
-        .send(admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/organizations/{org_a}/scim-tokens/{token_a_id}"),
+        .delete(&format!(
+            "/v1/organizations/{org_a}/scim-tokens/{token_a_id}"
         ))
         .await;
     assert_eq!(revoke.status, 200, "{}", revoke.body);
@@ -646,17 +645,13 @@ fn urlencode(s: &str) -> String {
 
 /// Runs `tests/scim/check.py` (scim2-tester) against the server; panics on any failed check.
 pub fn run_checker(server: &Server, token: &str) {
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/scim/check.py"))
-        .env("SCIM_URL", format!("{}/scim/v2", server.url()))
-        .env("SCIM_TOKEN", token)
-        .output()
-        .expect("python3 is needed for the SCIM interoperability check");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "scim2-tester failed (is tests/scim/requirements.txt installed?):\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = tool_output(
+        Command::new("python3")
+            .arg(repo_root().join("tests/scim/check.py"))
+            .env("SCIM_URL", format!("{}/scim/v2", server.url()))
+            .env("SCIM_TOKEN", token),
+        "python3 is needed for the SCIM interoperability check",
+        "scim2-tester failed (is tests/scim/requirements.txt installed?):",
     );
     assert!(stdout.contains(" 0 failed"), "{stdout}");
     eprintln!("{}", stdout.lines().last().unwrap_or_default());
@@ -790,17 +785,7 @@ pub async fn findings(server: Server) {
     f.email = new_email.clone();
     let mut browser = crate::qsa::Browser::new(f.server.url());
     let code = crate::qsa::sign_in_for_code(&f, &mut browser, "openid email").await;
-    let (status, tokens) = crate::qsa::token_request(
-        &f,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", crate::qsa::REDIRECT),
-            ("code_verifier", crate::qsa::VERIFIER),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{tokens}");
+    let tokens = crate::qsa::redeem_code(&f, &code).await;
     let person = Api {
         base: f.server.url().to_owned(),
         token: tokens["access_token"].as_str().unwrap().to_owned(),
@@ -1067,13 +1052,7 @@ pub async fn findings(server: Server) {
     };
     assert!(removed(&bob)(&f.admin.events_of("Group").await));
     // Erasure over the REST API does the same.
-    let r = f
-        .admin
-        .send(f.admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/users/{ada}?erase=true"),
-        ))
-        .await;
+    let r = f.admin.delete(&format!("/v1/users/{ada}?erase=true")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(removed(&ada)(&f.admin.events_of("Group").await));
     let rest = f.admin.get(&format!("/v1/groups/{group}")).await;

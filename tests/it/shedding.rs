@@ -138,17 +138,8 @@ async fn writes_are_shed_while_reads_and_introspection_are_served(database_url: 
     let list = api.get("/v1/organizations").await;
     assert_eq!(list.status, 200, "{}", list.body);
     let (client_id, secret) = bootstrap_credentials(&dir);
-    let introspection: Value = reqwest::Client::new()
-        .post(format!("{base}/oauth2/introspect"))
-        .basic_auth(&client_id, Some(&secret))
-        .form(&[("token", api.token.as_str())])
-        .send()
-        .await
-        .expect("introspect")
-        .json()
-        .await
-        .expect("introspection JSON");
-    assert_eq!(introspection["active"], true, "{introspection}");
+    let answer = introspection(&base, &client_id, &secret, &api.token).await;
+    assert_eq!(answer["active"], true, "{answer}");
     let scraped = metrics(&base).await;
     assert!(
         sample(&scraped, "quantus_writes_shed_total").is_some_and(|n| n >= 1),

@@ -237,10 +237,7 @@ async fn scenario(server: Server) {
 
     // Erasing B's user frees the address in B only; A's account still signs in.
     let r = admin
-        .send(admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/users/{user_b}?erase=true"),
-        ))
+        .delete(&format!("/v1/users/{user_b}?erase=true"))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = create_user(&admin, &b.id, &email, pw_b).await;

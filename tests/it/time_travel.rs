@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{client_token, fresh_database, quantus, temp_dir, Api, Server};
+use crate::harness::{fresh_database, quantus, temp_dir, Api, Server};
+use crate::portal::org_client;
 
 /// An instant between two writes: UUID v7 ids carry milliseconds, so keep clear of both.
 async fn now_between() -> String {
@@ -174,22 +175,7 @@ async fn scenario(label: &str, url: Option<&str>) {
     }
 
     // Another organization's administrator sees nothing of Acme, in the past either.
-    let r = admin
-        .post(
-            "/v1/service-principals",
-            json!({"organization_id": globex, "name": "ci", "roles": ["admin"]}),
-        )
-        .await;
-    let other = Api {
-        base: server.url().to_owned(),
-        token: client_token(
-            server.url(),
-            r.body["client_id"].as_str().unwrap(),
-            r.body["client_secret"].as_str().unwrap(),
-            None,
-        ),
-        http: reqwest::Client::new(),
-    };
+    let other = org_client(&admin, &globex, &["admin"]).await;
     for path in [&users, &groups, &licenses] {
         let r = other.get(&format!("{path}&as_of={t_joined}")).await;
         assert_eq!(r.status, 404, "{path}: {}", r.body);
@@ -228,12 +214,7 @@ async fn scenario(label: &str, url: Option<&str>) {
     let t_ada = now_between().await;
     let before = as_of(&admin, &users, &t_ada).await;
     assert!(before.to_string().contains("ada@acme.example"));
-    let r = admin
-        .send(admin.request(
-            reqwest::Method::DELETE,
-            &format!("/v1/users/{ada}?erase=true"),
-        ))
-        .await;
+    let r = admin.delete(&format!("/v1/users/{ada}?erase=true")).await;
     let erased_at = position(&r);
     // Like the current state, the past shows the erasure once the model has applied it.
     let then = as_of(&admin, &format!("{users}&min_position={erased_at}"), &t_ada).await;
@@ -336,48 +317,13 @@ async fn commercial(label: &str, url: Option<&str>) {
     assert_eq!(e.body["features"], json!([]), "{}", e.body);
 
     // Another organization's administrator: 404, in the past too.
-    let r = admin
-        .post(
-            "/v1/service-principals",
-            json!({"organization_id": globex, "name": "ci", "roles": ["admin"]}),
-        )
-        .await;
-    let other = Api {
-        base: server.url().to_owned(),
-        token: client_token(
-            server.url(),
-            r.body["client_id"].as_str().unwrap(),
-            r.body["client_secret"].as_str().unwrap(),
-            None,
-        ),
-        http: reqwest::Client::new(),
-    };
+    let other = org_client(&admin, &globex, &["admin"]).await;
     for path in [&contracts, &entitlements] {
         let r = other.get(&format!("{path}&as_of={t_active}")).await;
         assert_eq!(r.status, 404, "{path}: {}", r.body);
     }
     let r = admin.get(&format!("{entitlements}&as_of=soon")).await;
     assert_eq!(r.status, 400, "{}", r.body);
-}
-
-/// An administrator of another organization (a service principal with the admin role there).
-async fn other_admin(server: &Server, admin: &Api, org: &str) -> Api {
-    let r = admin
-        .post(
-            "/v1/service-principals",
-            json!({"organization_id": org, "name": "ci", "roles": ["admin"]}),
-        )
-        .await;
-    Api {
-        base: server.url().to_owned(),
-        token: client_token(
-            server.url(),
-            r.body["client_id"].as_str().unwrap(),
-            r.body["client_secret"].as_str().unwrap(),
-            None,
-        ),
-        http: reqwest::Client::new(),
-    }
 }
 
 /// Access rules (an aggregate, not a read model) as of before, while and after a rule was
@@ -392,13 +338,7 @@ async fn access_rules(label: &str, url: Option<&str>) {
     let rule = |name: &str| format!("/v1/access-policies/{acme}/rules/{name}");
     let put = |name: String, body: Value| {
         let admin = admin.clone();
-        async move {
-            position(
-                &admin
-                    .send(admin.request(reqwest::Method::PUT, &name).json(&body))
-                    .await,
-            )
-        }
+        async move { position(&admin.put(&name, body).await) }
     };
     let t_none = now_between().await;
     let added_at = put(
@@ -413,11 +353,7 @@ async fn access_rules(label: &str, url: Option<&str>) {
     )
     .await;
     let t_replaced = now_between().await;
-    position(
-        &admin
-            .send(admin.request(reqwest::Method::DELETE, &rule("office")))
-            .await,
-    );
+    position(&admin.delete(&rule("office")).await);
     let policy = format!("/v1/access-policies/{acme}");
 
     let outcomes = |body: &Value| -> Vec<String> {
@@ -489,7 +425,7 @@ async fn access_rules(label: &str, url: Option<&str>) {
     }
 
     // Another organization's administrator: 404, in the past too, and nothing of the rule.
-    let other = other_admin(&server, &admin, &globex).await;
+    let other = org_client(&admin, &globex, &["admin"]).await;
     for query in [
         format!("as_of={t_added}"),
         format!("as_of_position={added_at}"),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::checkpoints::{attacker_db, rename_acme_to_evil};
+use crate::evidence::bytes_of;
 use crate::harness::*;
 
 /// A running `quantus witness serve`; killed when dropped.
@@ -26,14 +27,6 @@ impl Drop for Witness {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `quantus witness key`: the witness's verifier key (made on first use).
@@ -91,15 +84,19 @@ pub(crate) async fn sign_checkpoint(api: &Api) -> Value {
     r.body
 }
 
-pub(crate) async fn save_keys(api: &Api, file: &Path) {
-    let keys = api
-        .request(reqwest::Method::GET, "/v1/keys")
-        .send()
-        .await
+/// The origin of a signed checkpoint: the first line of its note.
+pub(crate) fn origin_of(checkpoint: &Value) -> String {
+    checkpoint["note"]
+        .as_str()
         .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+pub(crate) async fn save_keys(api: &Api, file: &Path) {
+    let keys = bytes_of(api, "/v1/keys").await;
     std::fs::write(file, keys).unwrap();
 }
 
@@ -271,21 +268,15 @@ async fn two_witnesses_one_offline(postgres: bool) {
     );
     std::fs::write(&log_file, &tail.stdout).unwrap();
     let python = |vkey: &str| {
-        let out = Command::new("python3")
-            .arg(repo_root().join("tests/auditor/verify_checkpoints.py"))
-            .args([&log_file, &s.keys_file, &note_file])
-            .args(["--witness", vkey])
-            .output()
-            .expect("python3 runs the independent checkpoint check");
-        assert_ne!(
-            out.status.code(),
-            Some(2),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
+        independent_verifier(
+            "verify_checkpoints.py",
+            [
+                log_file.as_path(),
+                &s.keys_file,
+                &note_file,
+                Path::new("--witness"),
+                Path::new(vkey),
+            ],
         )
     };
     let (ok, out) = python(&vkey_a);
@@ -390,13 +381,7 @@ async fn witnessed_twice(label: &str) -> (Setup, String, Witness, u64, u64) {
     api.create_org("Acme").await;
     let first = sign_checkpoint(&api).await;
     save_keys(&api, &s.keys_file).await;
-    let origin = first["note"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .to_owned();
+    let origin = origin_of(&first);
     let witness = start_witness(&dir_a, "witness.test/a", port, &origin, &s.keys_file);
     let size1 = first["tree_size"].as_u64().unwrap();
     cosigned(&api, size1, "witness.test/a").await;
