@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod events;
 pub mod evidence;
 pub mod identity;
+pub mod index;
 pub mod licensing;
 pub mod organization;
 pub mod schema;

@@ -200,6 +200,28 @@ fn action_name(action: LicenseAction) -> String {
 
 impl CommercialView {
     pub const NAME: &'static str = "commercial";
+    /// The events `apply` changes the model on (the event index; checked in `consumes`).
+    pub const CONSUMES: &'static [&'static str] = crate::consumes::consumed![
+        CustomerEvent::CustomerRegistered,
+        CustomerEvent::CustomerContactChanged,
+        ContractEvent::ContractDrafted,
+        ContractEvent::ContractRevised,
+        ContractEvent::ContractSent,
+        ContractEvent::ContractSigned,
+        ContractEvent::ContractActivated,
+        ContractEvent::ContractAmended,
+        ContractEvent::ContractTerminated,
+        ContractEvent::ContractExpired,
+        ContractEvent::ContractLicenseFailed,
+        ContractEvent::ContractLicensePending,
+        ContractEvent::ContractLicenseCarriedOut,
+        UsageEvent::UsageRecorded,
+        InvoiceEvent::InvoiceIssued,
+        InvoiceEvent::InvoiceSent,
+        InvoiceEvent::InvoicePaid,
+        InvoiceEvent::InvoicePaymentFailed,
+        InvoiceEvent::InvoiceVoided,
+    ];
 
     /// Customers by id (only organization `organization_id`'s, when given).
     pub async fn customers(

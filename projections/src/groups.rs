@@ -46,6 +46,15 @@ fn row_to_group(row: &AnyRow) -> Result<GroupRow, InfraError> {
 
 impl GroupsView {
     pub const NAME: &'static str = "groups";
+    /// The events `apply` changes the model on (the event index; checked in `consumes`).
+    pub const CONSUMES: &'static [&'static str] = crate::consumes::consumed![
+        GroupEvent::GroupCreated,
+        GroupEvent::GroupRenamed,
+        GroupEvent::GroupMemberAdded,
+        GroupEvent::GroupMemberRemoved,
+        GroupEvent::GroupDeleted,
+        GroupEvent::GroupExternalIdChanged,
+    ];
 
     /// Every live group of an organization, by id.
     pub async fn by_organization(

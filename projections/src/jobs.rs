@@ -41,6 +41,17 @@ pub struct BundleRow {
 
 impl JobsView {
     pub const NAME: &'static str = "jobs";
+    /// The events `apply` changes the model on (the event index; checked in `consumes`).
+    pub const CONSUMES: &'static [&'static str] = crate::consumes::consumed![
+        JobEvent::JobSubmitted,
+        JobEvent::JobStarted,
+        JobEvent::JobCompleted,
+        JobEvent::JobFailed,
+        JobEvent::JobCancelled,
+        JobEvent::ArtifactStored,
+        JobEvent::ArtifactPurged,
+        EvidenceBundleEvent::EvidenceBundleCreated,
+    ];
 
     /// An organization's evidence bundles, by id (UUID v7: oldest first).
     pub async fn bundles_of(

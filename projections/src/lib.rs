@@ -6,6 +6,7 @@
 //! written in the same transaction as the read-model change.
 
 pub mod commercial;
+pub mod consumes;
 pub mod groups;
 pub mod history;
 pub mod jobs;

@@ -34,6 +34,16 @@ const SELECT: &str = "SELECT id, organization_id, product, edition, status, stat
 
 impl LicensesView {
     pub const NAME: &'static str = "licenses";
+    /// The events `apply` changes the model on (the event index; checked in `consumes`).
+    pub const CONSUMES: &'static [&'static str] = crate::consumes::consumed![
+        LicenseEvent::LicenseIssued,
+        LicenseEvent::LicenseActivated,
+        LicenseEvent::LicenseDeactivated,
+        LicenseEvent::LicenseSuspended,
+        LicenseEvent::LicenseReinstated,
+        LicenseEvent::LicenseRenewed,
+        LicenseEvent::LicenseRevoked,
+    ];
 
     /// An organization's licences, oldest first, after the id `after`.
     /// An organization's licences (every organization's with `org` = None), by id.

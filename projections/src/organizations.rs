@@ -32,6 +32,13 @@ const SELECT: &str =
 
 impl OrganizationsView {
     pub const NAME: &'static str = "organizations";
+    /// The events `apply` changes the model on (the event index; checked in `consumes`).
+    pub const CONSUMES: &'static [&'static str] = crate::consumes::consumed![
+        OrganizationEvent::OrganizationCreated,
+        OrganizationEvent::OrganizationRenamed,
+        OrganizationEvent::OrganizationSuspended,
+        OrganizationEvent::OrganizationReactivated,
+    ];
 
     pub async fn get(pool: &AnyPool, id: &str) -> Result<Option<OrganizationRow>, InfraError> {
         Ok(sqlx::query_as(&format!("{SELECT} WHERE id = $1"))

@@ -228,6 +228,20 @@ async fn add_column(
 
 impl UsersView {
     pub const NAME: &'static str = "users";
+    /// The events `apply` changes the model on (the event index; checked in `consumes`).
+    pub const CONSUMES: &'static [&'static str] = crate::consumes::consumed![
+        UserEvent::UserRegistered,
+        UserEvent::UserPasswordSet,
+        UserEvent::UserRoleGranted,
+        UserEvent::UserRoleRevoked,
+        UserEvent::UserDisabled,
+        UserEvent::UserEnabled,
+        UserEvent::UserErased,
+        UserEvent::UserProfileChanged,
+        UserEvent::UserEmailChanged,
+        UserEvent::UserInvited,
+        UserEvent::UserInviteAccepted,
+    ];
 
     /// Rewrites the search columns and blind-index entries of one user from the model's row
     /// and profile: none once erased (the old values no longer find them).

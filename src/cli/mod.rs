@@ -60,6 +60,9 @@ enum Command {
     /// JSON Schemas of the envelope and every event type.
     #[command(subcommand)]
     Schemas(SchemasCommand),
+    /// Documents generated from the code.
+    #[command(subcommand)]
+    Docs(DocsCommand),
     /// Measure throughput (see docs/PERFORMANCE.md).
     Bench(bench::BenchArgs),
     /// Licence files, offline.
@@ -183,6 +186,15 @@ enum SchemasCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum DocsCommand {
+    /// Write the event index (event, command, route, read models) from the catalogue.
+    Events {
+        #[arg(long, default_value = "docs/events.md")]
+        out: PathBuf,
+    },
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
@@ -239,6 +251,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::Docs(DocsCommand::Events { out }) => {
+            let index =
+                quantus_domain::index::markdown(&quantus_projections::consumes::read_models());
+            std::fs::write(&out, index)?;
+            println!("wrote the event index to {}", out.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(args).await,
         Command::License(LicenseCommand::Verify(args)) => Ok(license::verify(args)),

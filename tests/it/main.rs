@@ -16,6 +16,7 @@ mod crypto_crosscheck;
 mod deploy;
 mod dpop;
 mod embedded_log;
+mod events_index;
 pub mod evidence;
 mod group_commit;
 mod hardening;
