@@ -263,6 +263,8 @@ pub struct Metrics {
     projection_lag: Family<ProjectionLabels, Gauge>,
     checkpoint_lag: Gauge,
     aggregate_cache: Gauge,
+    resident_memory: Gauge,
+    anonymous_memory: Gauge,
     loads_from_memory: Counter,
     follower_lag: Gauge,
     pool: Family<PoolLabels, Gauge>,
@@ -297,6 +299,8 @@ impl Default for Metrics {
         let projection_lag = Family::<ProjectionLabels, Gauge>::default();
         let checkpoint_lag = Gauge::default();
         let aggregate_cache = Gauge::default();
+        let resident_memory = Gauge::default();
+        let anonymous_memory = Gauge::default();
         let loads_from_memory = Counter::default();
         let follower_lag = Gauge::default();
         let pool = Family::<PoolLabels, Gauge>::default();
@@ -335,6 +339,16 @@ impl Default for Metrics {
             "aggregate_cache_entries",
             "Aggregate states this process keeps in memory",
             aggregate_cache.clone(),
+        );
+        registry.register(
+            "resident_memory_bytes",
+            "This process's resident memory (VmRSS)",
+            resident_memory.clone(),
+        );
+        registry.register(
+            "anonymous_memory_bytes",
+            "Of it, anonymous memory (RssAnon: the heap, what caches and maps hold)",
+            anonymous_memory.clone(),
         );
         registry.register(
             "aggregate_loads_from_memory",
@@ -476,6 +490,8 @@ impl Default for Metrics {
             projection_lag,
             checkpoint_lag,
             aggregate_cache,
+            resident_memory,
+            anonymous_memory,
             loads_from_memory,
             follower_lag,
             pool,
@@ -646,6 +662,10 @@ pub async fn scrape(
     m.checkpoint_lag
         .set(head.saturating_sub(checkpointed) as i64);
     m.aggregate_cache.set(state.bus.cache().len() as i64);
+    if let Some((resident, anonymous)) = quantus_infra::memory::resident() {
+        m.resident_memory.set(resident as i64);
+        m.anonymous_memory.set(anonymous as i64);
+    }
     let follower = state.bus.follower();
     let counted = m.loads_from_memory.get();
     m.loads_from_memory

@@ -113,6 +113,10 @@ pub struct Config {
     pub retention_seconds: u64,
     /// Aggregate states kept in memory per process (`QUANTUS_AGGREGATE_CACHE`, default 10000).
     pub aggregate_cache: u64,
+    /// The allocator's fixed mmap threshold in bytes (`QUANTUS_MALLOC_MMAP_THRESHOLD`, default
+    /// 131072; 0: glibc's own adjusting one, which keeps each thread's freed password-hash
+    /// memory): see [`crate::memory`].
+    pub malloc_mmap_threshold: u64,
     /// How old a state the hot paths (token verification, introspection, keys, client
     /// lookups) may take from memory, in milliseconds (`QUANTUS_READ_STALENESS_MS`, default
     /// 1000; 0: they read the store every time).
@@ -313,6 +317,16 @@ impl Config {
                 "QUANTUS_AGGREGATE_CACHE must be at most 10000000".into(),
             ));
         }
+        let malloc_mmap_threshold = number_or_zero(
+            "QUANTUS_MALLOC_MMAP_THRESHOLD",
+            crate::memory::DEFAULT_MMAP_THRESHOLD,
+        )?;
+        // glibc refuses more than half its largest heap (32 MiB on 64-bit).
+        if malloc_mmap_threshold > 32 * 1024 * 1024 {
+            return Err(InfraError::Config(
+                "QUANTUS_MALLOC_MMAP_THRESHOLD must be at most 33554432 (32 MiB)".into(),
+            ));
+        }
         let read_staleness_ms = number("QUANTUS_READ_STALENESS_MS", 1000)?;
         if read_staleness_ms > 60_000 {
             return Err(InfraError::Config(
@@ -439,6 +453,7 @@ impl Config {
             witness_refresh_seconds,
             retention_seconds,
             aggregate_cache,
+            malloc_mmap_threshold,
             read_staleness_ms,
             console_refresh_seconds,
             invite_seconds,
@@ -616,6 +631,27 @@ mod tests {
             })
             .unwrap_err();
             assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_mmap_threshold_has_a_default_and_a_limit() {
+        let c = Config::load_from(Overrides::default(), |_| None).unwrap();
+        assert_eq!(c.malloc_mmap_threshold, 128 * 1024);
+        let c = Config::load_from(Overrides::default(), |k| {
+            (k == "QUANTUS_MALLOC_MMAP_THRESHOLD").then(|| "0".to_owned())
+        })
+        .unwrap();
+        assert_eq!(c.malloc_mmap_threshold, 0);
+        for value in ["33554433", "big"] {
+            let err = Config::load_from(Overrides::default(), |k| {
+                (k == "QUANTUS_MALLOC_MMAP_THRESHOLD").then(|| value.to_owned())
+            })
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("QUANTUS_MALLOC_MMAP_THRESHOLD"),
+                "{value}: {err}"
+            );
         }
     }
 

@@ -16,6 +16,7 @@ pub mod idempotency;
 pub mod kafka;
 pub mod keystore;
 pub mod log_tiles;
+pub mod memory;
 pub mod objects;
 pub mod relay;
 pub mod saml_keys;

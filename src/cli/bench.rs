@@ -42,7 +42,7 @@ pub struct BenchArgs {
     /// Commands to run (each records one event; evidence: events for the audit measurement).
     #[arg(long, default_value_t = 5000)]
     commands: u64,
-    /// Users to load into one organization (scim).
+    /// Users to load into one organization (scim; scale: spread over the stages).
     #[arg(long, default_value_t = 100_000)]
     users: u64,
     /// Requests per measured filter (scim).
@@ -57,6 +57,12 @@ pub struct BenchArgs {
     /// Events in the one long aggregate stream whose loading is measured (spine).
     #[arg(long, default_value_t = 10_000)]
     stream: u64,
+    /// Log sizes, in events, at which to measure (scale).
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000u64, 100_000, 1_000_000])]
+    stages: Vec<u64>,
+    /// Samples per figure and stage (scale; sign-ins and bundles: a tenth, at least 10).
+    #[arg(long, default_value_t = 200)]
+    samples: u64,
     /// Postgres URL; without it, a fresh embedded store in a temporary folder.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
@@ -96,6 +102,8 @@ pub enum BenchTarget {
     Overload,
     /// Read models as of a past position over a long history.
     TimeTravel,
+    /// Hot operations' latency and resident memory as one deployment grows in stages.
+    Scale,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -112,6 +120,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return super::bench_travel::run(
             args.database_url.as_deref(),
             args.commands,
+            args.concurrency,
+        )
+        .await;
+    }
+    if let BenchTarget::Scale = args.what {
+        return super::bench_scale::run(
+            args.database_url.as_deref(),
+            args.kafka.as_deref(),
+            &args.stages,
+            args.users,
+            args.samples,
             args.concurrency,
         )
         .await;
@@ -365,7 +384,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// Inclusion proofs over the whole log: from the stored tiles (O(log n) tiles each) beside the
 /// whole-tree computation they replaced (every leaf read and hashed), at this log's size.
 async fn proofs(db: &Database, head: u64) -> anyhow::Result<()> {
-    use quantus_crypto::tiles;
     let store = quantus_infra::log_tiles::LogTiles::new(db.clone());
     let started = Instant::now();
     let before = store.size().await?;
@@ -380,17 +398,10 @@ async fn proofs(db: &Database, head: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     for i in 0..rounds {
         let t = Instant::now();
-        let index = i * 7919 % head;
-        let compute = |n: &mut dyn FnMut(u32, u64) -> quantus_crypto::merkle::Hash| {
-            tiles::inclusion_path(index, head, n)
-        };
-        let set = store
-            .load(head, &tiles::tiles_needed(head, compute))
-            .await?;
-        std::hint::black_box(set.run(compute)?);
+        prove_inclusion(&store, i * 7919 % head, head).await?;
         latencies.push(t.elapsed());
     }
-    super::bench_portal::report(
+    super::bench_kit::report(
         "inclusion proof from tiles",
         rounds,
         started.elapsed(),
@@ -413,12 +424,29 @@ async fn proofs(db: &Database, head: u64) -> anyhow::Result<()> {
         ));
         latencies.push(t.elapsed());
     }
-    super::bench_portal::report(
+    super::bench_kit::report(
         "inclusion proof from every leaf (before)",
         rounds,
         started.elapsed(),
         &mut latencies,
     );
+    Ok(())
+}
+
+/// The inclusion proof of leaf `index` in the tree of size `head`, from the stored tiles.
+pub(crate) async fn prove_inclusion(
+    store: &quantus_infra::log_tiles::LogTiles,
+    index: u64,
+    head: u64,
+) -> anyhow::Result<()> {
+    use quantus_crypto::tiles;
+    let compute = |n: &mut dyn FnMut(u32, u64) -> quantus_crypto::merkle::Hash| {
+        tiles::inclusion_path(index, head, n)
+    };
+    let set = store
+        .load(head, &tiles::tiles_needed(head, compute))
+        .await?;
+    std::hint::black_box(set.run(compute)?);
     Ok(())
 }
 
@@ -463,7 +491,7 @@ async fn aggregate_loads(db: &Database, events: u64) -> anyhow::Result<()> {
         cold.push(t.elapsed());
         replayed = fresh.events_replayed();
     }
-    super::bench_portal::report(
+    super::bench_kit::report(
         &format!(
             "aggregate load, {events} events, cold from its snapshot ({replayed} events read)"
         ),
@@ -478,7 +506,7 @@ async fn aggregate_loads(db: &Database, events: u64) -> anyhow::Result<()> {
         std::hint::black_box(bus.load_until::<Organization>(&id, u64::MAX).await?);
         full.push(t.elapsed());
     }
-    super::bench_portal::report(
+    super::bench_kit::report(
         &format!("aggregate load, {events} events, full replay"),
         5,
         started.elapsed(),
@@ -491,7 +519,7 @@ async fn aggregate_loads(db: &Database, events: u64) -> anyhow::Result<()> {
         std::hint::black_box(bus.load::<Organization>(&id).await?);
         warm.push(t.elapsed());
     }
-    super::bench_portal::report(
+    super::bench_kit::report(
         &format!("aggregate load, {events} events, warm"),
         1000,
         started.elapsed(),

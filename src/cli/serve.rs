@@ -19,6 +19,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     overrides.listen = args.listen;
     overrides.role = Some(args.role);
     let config = quantus_infra::Config::load(overrides)?;
+    // Before any thread hashes a password (issue 18 item 7; infra::memory says why).
+    quantus_infra::memory::fix_mmap_threshold(config.malloc_mmap_threshold);
     let db = Database::open(config.database_url.as_deref(), &config.data_dir)
         .await
         .context("opening the event store")?

@@ -598,6 +598,12 @@ async fn operations_endpoints_answer_without_credentials() {
         metrics.contains(&format!("quantus_log_head_position {head}\n")),
         "{metrics}"
     );
+    // The process's memory (issue 18 item 7): a real figure, not a zero.
+    let resident = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quantus_resident_memory_bytes "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(resident.is_some_and(|b| b > 1e6), "{metrics}");
     assert!(
         metrics.contains(
             "quantus_commands_total{context=\"identity\",aggregate=\"Organization\",outcome=\"recorded\"} 1\n"
