@@ -187,7 +187,7 @@ pub async fn run(
     // Each filter form the indexes answer, one the blind index narrows, one tested in memory
     // after an indexed conjunct, and one refused with `tooMany` (it would test every user);
     // the groups' forms and the `.search` requests (POST with the query as a body).
-    let member = user_ids[(users / 2) as usize].clone();
+    let member = user_ids[(users / 4) as usize].clone();
     let group = group_ids[group_ids.len() / 2].clone();
     let by_member = format!(r#"members.value eq "{member}""#);
     let in_group = format!(r#"groups.value eq "{group}""#);
