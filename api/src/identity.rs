@@ -1038,14 +1038,13 @@ pub async fn list_groups(
     {
         return Ok(Json(page));
     }
-    // Ordered by id: the page after `after` is the next `limit` of them.
-    let rows: Vec<GroupView> = GroupsView::by_organization(&state.db.pool, &q.org)
-        .await?
-        .into_iter()
-        .filter(|g| q.after.as_deref().is_none_or(|a| g.id.as_str() > a))
-        .take(limit as usize)
-        .map(GroupView::from)
-        .collect();
+    // Ordered by id: the page after `after` is the next `limit` of them, from the index.
+    let rows: Vec<GroupView> =
+        GroupsView::page_after(&state.db.pool, &q.org, q.after.as_deref(), limit)
+            .await?
+            .into_iter()
+            .map(GroupView::from)
+            .collect();
     Ok(Json(Page::of(rows, limit, |r| r.id.as_str())))
 }
 

@@ -23,6 +23,7 @@ use quantus_commands::scim::{
 };
 use quantus_commands::CommandOutcome;
 use quantus_domain::{Actor, ActorKind, CommandContext};
+use quantus_projections::groups::search as groups_search;
 use quantus_projections::groups::GroupsView;
 use quantus_projections::runner::ProjectionRunner;
 use quantus_projections::users::search as users_search;
@@ -426,6 +427,28 @@ impl Memberships {
         Ok(Self::from_rows(&base_url(state), &groups))
     }
 
+    /// The groups of `users` only (a page), from the membership index.
+    async fn of_users(
+        state: &AppState,
+        organization_id: &str,
+        users: &[String],
+    ) -> Result<Self, ScimError> {
+        let base = base_url(state);
+        let mut by_user: HashMap<String, Vec<Value>> = HashMap::new();
+        for (user, group, name) in
+            GroupsView::memberships_of(&state.db.pool, organization_id, users)
+                .await
+                .map_err(storage)?
+        {
+            by_user.entry(user).or_default().push(json!({
+                "value": group,
+                "$ref": format!("{base}/Groups/{group}"),
+                "display": name,
+            }));
+        }
+        Ok(Self(by_user))
+    }
+
     fn from_rows(base: &str, groups: &[quantus_projections::groups::GroupRow]) -> Self {
         let mut by_user: HashMap<String, Vec<Value>> = HashMap::new();
         for g in groups {
@@ -681,84 +704,172 @@ pub async fn delete_user(
     )
 }
 
-/// The most users a list tests one by one (filters or sorts SQL cannot answer alone): past
-/// it the request is refused with `tooMany` (RFC 7644 §3.12) rather than scanning the
-/// organization. Testing 5,000 opened profiles takes about 100-250 ms on the reference
-/// machine; see `docs/DECISIONS.md` (SCIM searches).
-pub const MAX_TESTED_USERS: usize = 5_000;
+/// The most users or groups a list tests one by one (filters or sorts SQL cannot answer
+/// alone): past it the request is refused with `tooMany` (RFC 7644 §3.12) rather than
+/// scanning the organization. Testing 5,000 opened profiles takes about 100-250 ms on the
+/// reference machine; see `docs/DECISIONS.md` (SCIM searches).
+pub const MAX_TESTED: usize = 5_000;
+
+fn too_many(what: &str, indexed: &str) -> ScimError {
+    ScimError::invalid(
+        "tooMany",
+        format!(
+            "this filter or sortBy leaves more than {MAX_TESTED} {what} to test one by one; \
+             add a condition the indexes answer: {indexed}"
+        ),
+    )
+}
+
+const USERS_INDEXED: &str = "id, userName, externalId, meta.created or meta.lastModified (any \
+     operator but co and ew), active, eq on groups.value, or eq on emails, phoneNumbers, \
+     name.givenName, name.familyName or displayName; sort by id, userName, meta.created or \
+     meta.lastModified";
+
+const GROUPS_INDEXED: &str = "id, displayName, externalId, meta.created or meta.lastModified \
+     (any operator but co and ew), or eq on members.value; sort by id, displayName, \
+     meta.created or meta.lastModified";
+
+fn is_postgres(state: &AppState) -> bool {
+    state.db.dialect == quantus_infra::db::Dialect::Postgres
+}
+
+/// A page of users from SQL alone, as resources with their groups.
+async fn users_page(
+    state: &AppState,
+    org: &str,
+    condition: &users_search::Condition,
+    order: users_search::Order,
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<Value>, ScimError> {
+    if limit == 0 {
+        return Ok(vec![]);
+    }
+    let rows = users_search::page(
+        &state.db.pool,
+        org,
+        condition,
+        order,
+        offset,
+        limit,
+        is_postgres(state),
+    )
+    .await
+    .map_err(storage)?;
+    let ids: Vec<String> = rows.iter().map(|(r, _)| r.id.clone()).collect();
+    let memberships = Memberships::of_users(state, org, &ids).await?;
+    let base = base_url(state);
+    Ok(rows
+        .into_iter()
+        .map(|(row, profile)| row_resource(&base, &row, profile, &memberships))
+        .collect())
+}
+
+/// The users the indexes leave for `condition` (at most [`MAX_TESTED`]), as resources.
+async fn users_to_test(
+    state: &AppState,
+    org: &str,
+    condition: &users_search::Condition,
+) -> Result<Vec<Value>, ScimError> {
+    let rows = users_search::candidates(
+        &state.db.pool,
+        org,
+        condition,
+        MAX_TESTED as u64 + 1,
+        is_postgres(state),
+    )
+    .await
+    .map_err(storage)?;
+    if rows.len() > MAX_TESTED {
+        return Err(too_many("users", USERS_INDEXED));
+    }
+    let memberships = Memberships::of(state, org).await?;
+    let base = base_url(state);
+    Ok(rows
+        .into_iter()
+        .map(|(row, profile)| row_resource(&base, &row, profile, &memberships))
+        .collect())
+}
+
+async fn groups_page(
+    state: &AppState,
+    org: &str,
+    condition: &users_search::Condition,
+    order: users_search::Order,
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<Value>, ScimError> {
+    if limit == 0 {
+        return Ok(vec![]);
+    }
+    let rows = groups_search::page(
+        &state.db.pool,
+        org,
+        condition,
+        order,
+        offset,
+        limit,
+        is_postgres(state),
+    )
+    .await
+    .map_err(storage)?;
+    let base = base_url(state);
+    Ok(rows.iter().map(|g| group_row_resource(&base, g)).collect())
+}
+
+async fn groups_to_test(
+    state: &AppState,
+    org: &str,
+    condition: &users_search::Condition,
+) -> Result<Vec<Value>, ScimError> {
+    let rows = groups_search::candidates(
+        &state.db.pool,
+        org,
+        condition,
+        MAX_TESTED as u64 + 1,
+        is_postgres(state),
+    )
+    .await
+    .map_err(storage)?;
+    if rows.len() > MAX_TESTED {
+        return Err(too_many("groups", GROUPS_INDEXED));
+    }
+    let base = base_url(state);
+    Ok(rows.iter().map(|g| group_row_resource(&base, g)).collect())
+}
 
 async fn list_users_with(
     state: &AppState,
     caller: &ScimCaller,
     q: ListQuery,
 ) -> Result<Response, ScimError> {
+    let org = &caller.organization_id;
     let plan = search::plan(
+        search::Resource::User,
         q.filter.as_ref(),
-        &caller.organization_id,
+        org,
         state.identity.subject_keys(),
     );
-    let postgres = state.db.dialect == quantus_infra::db::Dialect::Postgres;
-    let org = &caller.organization_id;
-    let pool = &state.db.pool;
-    let base = base_url(state);
-    let memberships = Memberships::of(state, org).await?;
-    match search::order(q.sort_by.as_ref(), q.descending) {
+    match search::order(search::Resource::User, q.sort_by.as_ref(), q.descending) {
         // The whole answer from the indexes: a count and one page.
         Some(order) if plan.exact => {
-            let total = users_search::count(pool, org, &plan.condition, postgres)
-                .await
-                .map_err(storage)?;
-            let rows = if q.count == 0 {
-                vec![]
-            } else {
-                users_search::page(
-                    pool,
-                    org,
-                    &plan.condition,
-                    order,
-                    (q.start_index - 1) as u64,
-                    q.count as u64,
-                    postgres,
-                )
-                .await
-                .map_err(storage)?
-            };
-            let page: Vec<Value> = rows
-                .into_iter()
-                .map(|(row, profile)| row_resource(&base, &row, profile, &memberships))
-                .collect();
+            let total =
+                users_search::count(&state.db.pool, org, &plan.condition, is_postgres(state))
+                    .await
+                    .map_err(storage)?;
+            let page = users_page(
+                state,
+                org,
+                &plan.condition,
+                order,
+                q.offset(),
+                q.count as u64,
+            )
+            .await?;
             Ok(q.page(total as usize, page))
         }
         // The indexes narrow; the rest is tested here, for a bounded number of users.
-        _ => {
-            let rows = users_search::candidates(
-                pool,
-                org,
-                &plan.condition,
-                MAX_TESTED_USERS as u64 + 1,
-                postgres,
-            )
-            .await
-            .map_err(storage)?;
-            if rows.len() > MAX_TESTED_USERS {
-                return Err(ScimError::invalid(
-                    "tooMany",
-                    format!(
-                        "this filter or sortBy leaves more than {MAX_TESTED_USERS} users to test \
-                         one by one; add a condition the indexes answer: id, userName, \
-                         externalId, meta.created or meta.lastModified (any operator but co \
-                         and ew), active, or eq on emails, phoneNumbers, name.givenName, \
-                         name.familyName or displayName; sort by id, userName, meta.created or \
-                         meta.lastModified"
-                    ),
-                ));
-            }
-            let resources: Vec<Value> = rows
-                .into_iter()
-                .map(|(row, profile)| row_resource(&base, &row, profile, &memberships))
-                .collect();
-            Ok(q.answer(resources))
-        }
+        _ => Ok(q.answer(users_to_test(state, org, &plan.condition).await?)),
     }
 }
 
@@ -814,24 +925,94 @@ pub async fn search_all(
     Scimmed(
         async {
             let q = ListQuery::from_search(&body_json(&body)?)?;
-            let base = base_url(&state);
-            let users =
-                UsersView::with_profiles(&state.db.pool, &caller.organization_id, None, false)
-                    .await
-                    .map_err(storage)?;
-            let groups = GroupsView::by_organization(&state.db.pool, &caller.organization_id)
-                .await
-                .map_err(storage)?;
-            let memberships = Memberships::from_rows(&base, &groups);
-            let mut all: Vec<Value> = users
-                .into_iter()
-                .map(|(row, profile)| row_resource(&base, &row, profile, &memberships))
-                .collect();
-            all.extend(groups.iter().map(|g| group_row_resource(&base, g)));
-            Ok(q.answer(all))
+            search_all_with(&state, &caller, q).await
         }
         .await,
     )
+}
+
+/// Users then groups, each by id, as one list (what the in-memory evaluation of the root
+/// `.search` lists): from the indexes when both filters are exact and both models can give
+/// the order; otherwise tested in memory within the same bound as each list.
+async fn search_all_with(
+    state: &AppState,
+    caller: &ScimCaller,
+    q: ListQuery,
+) -> Result<Response, ScimError> {
+    use search::Resource;
+    let org = &caller.organization_id;
+    let keys = state.identity.subject_keys();
+    let users = search::plan(Resource::User, q.filter.as_ref(), org, keys);
+    let groups = search::plan(Resource::Group, q.filter.as_ref(), org, keys);
+    let orders = (
+        search::order(Resource::User, q.sort_by.as_ref(), q.descending),
+        search::order(Resource::Group, q.sort_by.as_ref(), q.descending),
+    );
+    let (Some(user_order), Some(group_order)) = orders else {
+        return in_memory_all(state, org, &users, &groups, q).await;
+    };
+    if !(users.exact && groups.exact) {
+        return in_memory_all(state, org, &users, &groups, q).await;
+    }
+    let postgres = is_postgres(state);
+    let pool = &state.db.pool;
+    let user_total = users_search::count(pool, org, &users.condition, postgres)
+        .await
+        .map_err(storage)?;
+    let group_total = groups_search::count(pool, org, &groups.condition, postgres)
+        .await
+        .map_err(storage)?;
+    let total = (user_total + group_total) as usize;
+    let (offset, count) = (q.offset(), q.count as u64);
+    let page = if q.sort_by.is_none() {
+        // Users first, then groups: the page is a slice of one, the other, or both.
+        let mut page = users_page(state, org, &users.condition, user_order, offset, count).await?;
+        let rest = count - page.len() as u64;
+        let group_offset = offset.saturating_sub(user_total);
+        page.extend(
+            groups_page(
+                state,
+                org,
+                &groups.condition,
+                group_order,
+                group_offset,
+                rest,
+            )
+            .await?,
+        );
+        page
+    } else {
+        // Both sorted by the same attribute: the first offset + count of each, merged as a
+        // stable sort of users then groups would, hold the page. Deep pages are bounded.
+        let head = offset + count;
+        if head > MAX_TESTED as u64 {
+            return Err(too_many(
+                "users and groups",
+                "startIndex + count within it, or no sortBy",
+            ));
+        }
+        let mut merged = users_page(state, org, &users.condition, user_order, 0, head).await?;
+        merged.extend(groups_page(state, org, &groups.condition, group_order, 0, head).await?);
+        q.sorted(&mut merged);
+        merged
+            .into_iter()
+            .skip(offset as usize)
+            .take(count as usize)
+            .collect()
+    };
+    Ok(q.page(total, page))
+}
+
+async fn in_memory_all(
+    state: &AppState,
+    org: &str,
+    users: &search::Plan,
+    groups: &search::Plan,
+    q: ListQuery,
+) -> Result<Response, ScimError> {
+    let mut all = users_to_test(state, org, &users.condition).await?;
+    all.extend(groups_to_test(state, org, &groups.condition).await?);
+    Ok(q.answer(all))
 }
 
 // ---- groups ----
@@ -1033,11 +1214,32 @@ async fn list_groups_with(
     caller: &ScimCaller,
     q: ListQuery,
 ) -> Result<Response, ScimError> {
-    let rows = GroupsView::by_organization(&state.db.pool, &caller.organization_id)
-        .await
-        .map_err(storage)?;
-    let base = base_url(state);
-    Ok(q.answer(rows.iter().map(|g| group_row_resource(&base, g)).collect()))
+    let org = &caller.organization_id;
+    let plan = search::plan(
+        search::Resource::Group,
+        q.filter.as_ref(),
+        org,
+        state.identity.subject_keys(),
+    );
+    match search::order(search::Resource::Group, q.sort_by.as_ref(), q.descending) {
+        Some(order) if plan.exact => {
+            let total =
+                groups_search::count(&state.db.pool, org, &plan.condition, is_postgres(state))
+                    .await
+                    .map_err(storage)?;
+            let page = groups_page(
+                state,
+                org,
+                &plan.condition,
+                order,
+                q.offset(),
+                q.count as u64,
+            )
+            .await?;
+            Ok(q.page(total as usize, page))
+        }
+        _ => Ok(q.answer(groups_to_test(state, org, &plan.condition).await?)),
+    }
 }
 
 #[utoipa::path(get, path = "/scim/v2/Groups", tag = "scim", operation_id = "list_groups",
@@ -1354,12 +1556,15 @@ impl ListQuery {
         )
     }
 
-    fn answer(&self, mut resources: Vec<Value>) -> Response {
-        if let Some(f) = &self.filter {
-            resources.retain(|r| f.matches(r));
-        }
+    /// How many matching resources precede the page.
+    fn offset(&self) -> u64 {
+        (self.start_index - 1) as u64
+    }
+
+    /// `resources` in `sortBy` order (a stable sort; none without `sortBy`).
+    fn sorted(&self, resources: &mut Vec<Value>) {
         if let Some(by) = &self.sort_by {
-            let mut keyed: Vec<(Option<Value>, Value)> = resources
+            let mut keyed: Vec<(Option<Value>, Value)> = std::mem::take(resources)
                 .into_iter()
                 .map(|r| (sort_key(&r, by), r))
                 .collect();
@@ -1371,8 +1576,15 @@ impl ListQuery {
                     o
                 }
             });
-            resources = keyed.into_iter().map(|(_, r)| r).collect();
+            *resources = keyed.into_iter().map(|(_, r)| r).collect();
         }
+    }
+
+    fn answer(&self, mut resources: Vec<Value>) -> Response {
+        if let Some(f) = &self.filter {
+            resources.retain(|r| f.matches(r));
+        }
+        self.sorted(&mut resources);
         let total = resources.len();
         let page: Vec<Value> = resources
             .into_iter()

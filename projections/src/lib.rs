@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod licenses;
 pub mod organizations;
 pub mod runner;
+pub mod search;
 pub mod users;
 
 use async_trait::async_trait;

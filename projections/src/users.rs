@@ -200,7 +200,7 @@ impl SearchTerms {
 }
 
 /// Adds `column` to `table` unless it is there (stores made before it); true when added.
-async fn add_column(
+pub(crate) async fn add_column(
     conn: &mut AnyConnection,
     table: &str,
     column: &str,
@@ -524,6 +524,11 @@ impl Projection for UsersView {
             (
                 "users_view_org_modified",
                 format!("organization_id, updated_at{c}"),
+            ),
+            // Counts of broad filters (everyone, `active`) read this index only.
+            (
+                "users_view_org_status",
+                "organization_id, status".to_owned(),
             ),
         ] {
             conn.execute(

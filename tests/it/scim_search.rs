@@ -1,7 +1,9 @@
-//! SCIM lists answered from the users read model's indexes (issue 18 item 5): every filter
-//! form selects the users the in-memory evaluation (`Filter::matches`, what lists did before)
-//! selects, sorted and paged the same; personal values are found through a keyed blind index
-//! that holds no plain value, and an erased person is not found by their old values.
+//! SCIM lists answered from the users and groups read models' indexes (issue 18 item 5): every
+//! filter form selects the users and groups the in-memory evaluation (`Filter::matches`, what
+//! lists did before) selects, sorted and paged the same, in `GET` lists and in `.search`
+//! (`/Users`, `/Groups` and the root); membership filters go through the membership index;
+//! personal values are found through a keyed blind index that holds no plain value, and an
+//! erased person is not found by their old values.
 
 use std::time::Duration;
 
@@ -13,16 +15,37 @@ use crate::scim::{scim_client, scim_token, Scim};
 
 /// A page of `/Users` as the server answers it: (totalResults, ids in order).
 async fn server_page(scim: &Scim, query: &[(&str, &str)]) -> (u64, Vec<String>) {
+    list_page(scim, "/Users", query).await
+}
+
+/// A page of a list (`/Users`, `/Groups`) as the server answers it.
+async fn list_page(scim: &Scim, path: &str, query: &[(&str, &str)]) -> (u64, Vec<String>) {
     let r = reqwest::Client::new()
-        .get(format!("{}/scim/v2/Users", scim.base))
+        .get(format!("{}/scim/v2{path}", scim.base))
         .query(query)
         .bearer_auth(&scim.token)
         .send()
         .await
         .unwrap();
+    ids_of(r, &format!("{path} {query:?}")).await
+}
+
+/// A page of a `.search` (`/Users/.search`, `/Groups/.search`, `/.search`) with `body`.
+async fn search_page(scim: &Scim, path: &str, body: &Value) -> (u64, Vec<String>) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/scim/v2{path}/.search", scim.base))
+        .json(body)
+        .bearer_auth(&scim.token)
+        .send()
+        .await
+        .unwrap();
+    ids_of(r, &format!("{path}/.search {body}")).await
+}
+
+async fn ids_of(r: reqwest::Response, what: &str) -> (u64, Vec<String>) {
     let status = r.status();
     let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 200, "{query:?}: {body}");
+    assert_eq!(status, 200, "{what}: {body}");
     let ids = body["Resources"]
         .as_array()
         .unwrap()
@@ -108,9 +131,11 @@ async fn filters_answer_as_in_memory(server: Server, database_url: &str) {
     let (org, _) = admin.create_org("Search").await;
     let (_, token) = scim_token(&admin, &org).await;
     let scim = scim_client(&server, &token);
+    let mut people = vec![];
     for i in 0..24 {
         let r = scim.post("/Users", person(i)).await;
         assert_eq!(r.status, 201, "{}", r.body);
+        people.push(r.body["id"].as_str().unwrap().to_owned());
     }
     // A user SCIM never described (userName and work email: the email) and an erased one.
     let made = admin
@@ -131,6 +156,9 @@ async fn filters_answer_as_in_memory(server: Server, database_url: &str) {
     for i in [3, 4] {
         assert_eq!(elsewhere.post("/Users", person(i)).await.status, 201);
     }
+
+    let groups = make_groups(&scim, &people).await;
+    let (_, stranger) = other_org_group(&elsewhere).await;
 
     let all = eventually("the REST user listed", Duration::from_secs(10), || async {
         let all = everyone(&scim).await;
@@ -207,6 +235,23 @@ async fn filters_answer_as_in_memory(server: Server, database_url: &str) {
         r#"not (userName sw "person0" or active eq false)"#,
         r#"(name.familyName eq "Family1" or emails eq "home3@mail.org") and not (active eq false)"#,
         r#"userName eq "person98@example.com" or emails eq "person99@example.com""#,
+        // Membership, through the membership index (groups.value is caseExact; bare
+        // `groups` compares without case).
+        &format!(r#"groups.value eq "{}""#, groups[1]),
+        &format!(r#"groups eq "{}""#, groups[2].to_uppercase()),
+        &format!(r#"groups.value eq "{}""#, groups[2].to_uppercase()),
+        &format!(r#"groups[value eq "{}"]"#, groups[3]),
+        &format!(r#"not (groups.value eq "{}")"#, groups[1]),
+        &format!(r#"groups.value eq "{}" and active eq true"#, groups[0]),
+        &format!(
+            r#"groups.value eq "{}" or groups.value eq "{}""#,
+            groups[1], groups[4]
+        ),
+        &format!(r#"groups.value ne "{}""#, groups[1]),
+        r#"groups pr"#,
+        r#"groups.display eq "team 2""#,
+        &format!(r#"groups.value eq "{}""#, groups[5]),
+        &format!(r#"groups.value eq "{}""#, groups[6]),
     ]
     .iter()
     .map(|f| f.to_string())
@@ -234,6 +279,18 @@ async fn filters_answer_as_in_memory(server: Server, database_url: &str) {
         ] {
             for (start, count) in [(1, 5), (4, 7), (22, 10), (30, 5), (2, 0)] {
                 let expected = memory_page(&all, f, by, order == "descending", start, count);
+                let mut body = json!({"startIndex": start, "count": count, "sortOrder": order});
+                if let Some(f) = f {
+                    body["filter"] = f.into();
+                }
+                if let Some(by) = by {
+                    body["sortBy"] = by.into();
+                }
+                assert_eq!(
+                    search_page(&scim, "/Users", &body).await,
+                    expected,
+                    "{body}"
+                );
                 let (s, c) = (start.to_string(), count.to_string());
                 let mut q = vec![
                     ("startIndex", s.as_str()),
@@ -250,6 +307,8 @@ async fn filters_answer_as_in_memory(server: Server, database_url: &str) {
             }
         }
     }
+
+    groups_answer_as_in_memory(&scim, &all, &people, &groups, &stranger).await;
 
     // The blind index: a person is found by a personal value, in any case; the table holds
     // digests, never the value; the erased person is not found by theirs, and has no entry.
@@ -394,4 +453,259 @@ async fn a_store_from_before_the_search_columns_is_indexed_at_start() {
     let _ = org;
     drop(server);
     assert_model_equals_replay("users", &["--data-dir", dir.to_str().unwrap()]);
+}
+
+/// Groups of the organization: members from `people`, one renamed, one with a member removed
+/// and one deleted afterwards (the membership index follows each change). Their ids by index
+/// (the deleted one's included: it matches nothing).
+async fn make_groups(scim: &Scim, people: &[String]) -> Vec<String> {
+    let mut ids = vec![];
+    for k in 0..7usize {
+        let members: Vec<Value> = people
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % (k + 2) == 0)
+            .map(|(_, id)| json!({"value": id}))
+            .collect();
+        let mut g = json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+            "displayName": if k % 2 == 0 { format!("Team {k}") } else { format!("team {k}") },
+            "members": members,
+        });
+        if k % 3 != 0 {
+            g["externalId"] = format!("G-{k}").into();
+        }
+        if k == 6 {
+            g["displayName"] = "Admins".into();
+        }
+        let r = scim.post("/Groups", g).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        ids.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    // Renamed: found by the new name only.
+    let r = scim
+        .patch(
+            &format!("/Groups/{}", ids[4]),
+            json!([{"op": "replace", "path": "displayName", "value": "Renamed Team"}]),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A member removed: no longer found through the index.
+    let r = scim
+        .patch(
+            &format!("/Groups/{}", ids[1]),
+            json!([{"op": "remove", "path": format!("members[value eq \"{}\"]", people[3])}]),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Deleted: its members are no longer in it.
+    assert_eq!(
+        scim.delete(&format!("/Groups/{}", ids[5])).await.status,
+        204
+    );
+    ids
+}
+
+/// A group of another organization with one of its people: never in this one's answers.
+async fn other_org_group(elsewhere: &Scim) -> (String, String) {
+    let r = elsewhere.get("/Users?count=1").await;
+    let member = r.body["Resources"][0]["id"].as_str().unwrap().to_owned();
+    let g = elsewhere
+        .post(
+            "/Groups",
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "Team 1",
+                "externalId": "G-1",
+                "members": [{"value": member}],
+            }),
+        )
+        .await;
+    assert_eq!(g.status, 201, "{}", g.body);
+    (g.body["id"].as_str().unwrap().to_owned(), member)
+}
+
+/// `/Groups` (GET and `.search`) and the root `/.search` answer as the in-memory evaluation
+/// over every group (and every user then every group, for the root).
+async fn groups_answer_as_in_memory(
+    scim: &Scim,
+    users: &[Value],
+    people: &[String],
+    groups: &[String],
+    stranger: &str,
+) {
+    let r = scim.get("/Groups?count=1000").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let all: Vec<Value> = r.body["Resources"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 6, "{}", r.body);
+    let mut ids: Vec<&str> = all.iter().map(|g| g["id"].as_str().unwrap()).collect();
+    let listed = ids.clone();
+    ids.sort();
+    assert_eq!(ids, listed, "the unfiltered group list is in id order");
+    // Each user lists exactly the groups that list them (the membership index for a page,
+    // the groups model for the groups).
+    for u in users {
+        let uid = u["id"].as_str().unwrap();
+        let mut of_user: Vec<&str> = u["groups"]
+            .as_array()
+            .map(|a| a.iter().map(|g| g["value"].as_str().unwrap()).collect())
+            .unwrap_or_default();
+        of_user.sort();
+        let listing: Vec<&str> = all
+            .iter()
+            .filter(|g| {
+                g["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["value"] == uid)
+            })
+            .map(|g| g["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(of_user, listing, "{uid}");
+    }
+    let created = all[2]["meta"]["created"].as_str().unwrap();
+    let modified = all[3]["meta"]["lastModified"].as_str().unwrap();
+    let gid = &groups[2];
+    let filters: Vec<String> = [
+        r#"displayName eq "team 1""#,
+        r#"displayName eq "TEAM 2""#,
+        r#"displayName eq "Team 4""#,
+        r#"displayName eq "renamed team""#,
+        r#"displayName ne "admins""#,
+        r#"displayName sw "TEAM""#,
+        r#"displayName gt "team 2""#,
+        r#"displayName le "Team 3""#,
+        r#"displayName co "am""#,
+        r#"displayName ew "3""#,
+        r#"displayName pr"#,
+        r#"urn:ietf:params:scim:schemas:core:2.0:Group:displayName sw "t""#,
+        &format!(r#"id eq "{gid}""#),
+        &format!(r#"id ne "{gid}""#),
+        &format!(r#"id gt "{gid}""#),
+        &format!(r#"id eq "{}""#, gid.to_uppercase()),
+        &format!(r#"id eq "{stranger}""#),
+        r#"externalId eq "G-2""#,
+        r#"externalId eq "g-2""#,
+        r#"externalId sw "G-""#,
+        r#"externalId pr"#,
+        r#"not (externalId pr)"#,
+        &format!(r#"meta.created gt "{created}""#),
+        &format!(r#"meta.created le "{created}""#),
+        &format!(r#"meta.lastModified ge "{modified}""#),
+        r#"meta.lastModified gt "a""#,
+        &format!(r#"members.value eq "{}""#, people[0]),
+        &format!(r#"members.value eq "{}""#, people[3]),
+        &format!(r#"members.value eq "{}""#, people[6]),
+        &format!(r#"members eq "{}""#, people[6].to_uppercase()),
+        &format!(r#"members.value eq "{}""#, people[6].to_uppercase()),
+        &format!(r#"members[value eq "{}"]"#, people[4]),
+        &format!(r#"not (members.value eq "{}")"#, people[4]),
+        &format!(
+            r#"members.value eq "{}" and displayName sw "team""#,
+            people[12]
+        ),
+        &format!(r#"members.value eq "{}" or externalId eq "G-1""#, people[9]),
+        &format!(r#"members.value ne "{}""#, people[0]),
+        r#"members pr"#,
+        r#"members.display pr"#,
+    ]
+    .iter()
+    .map(|f| f.to_string())
+    .collect();
+    for f in &filters {
+        let expected = memory_page(&all, Some(f), None, false, 1, 1000);
+        let got = list_page(scim, "/Groups", &[("filter", f), ("count", "1000")]).await;
+        assert_eq!(got, expected, "{f}");
+        let body = json!({"filter": f});
+        assert_eq!(
+            search_page(scim, "/Groups", &body).await,
+            expected,
+            "{body}"
+        );
+    }
+    for f in [
+        None,
+        Some(r#"displayName sw "team""#),
+        Some(r#"displayName co "a""#),
+    ] {
+        for (by, order) in [
+            (None, "descending"),
+            (Some("displayName"), "descending"),
+            (Some("displayName"), "ascending"),
+            (Some("meta.created"), "descending"),
+            (Some("meta.lastModified"), "ascending"),
+            (Some("id"), "descending"),
+            (Some("externalId"), "ascending"),
+        ] {
+            for (start, count) in [(1, 2), (3, 3), (6, 4), (9, 1), (2, 0)] {
+                let expected = memory_page(&all, f, by, order == "descending", start, count);
+                let (s, c) = (start.to_string(), count.to_string());
+                let mut q = vec![
+                    ("startIndex", s.as_str()),
+                    ("count", c.as_str()),
+                    ("sortOrder", order),
+                ];
+                if let Some(f) = f {
+                    q.push(("filter", f));
+                }
+                if let Some(by) = by {
+                    q.push(("sortBy", by));
+                }
+                assert_eq!(list_page(scim, "/Groups", &q).await, expected, "{q:?}");
+            }
+        }
+    }
+
+    // The root `.search`: users then groups, as one list.
+    let mut everything = users.to_vec();
+    everything.extend(all.iter().cloned());
+    let uid = users[9]["id"].as_str().unwrap();
+    let root_filters: Vec<Option<String>> = [
+        None,
+        Some(format!(r#"id eq "{uid}""#)),
+        Some(format!(r#"id eq "{gid}""#)),
+        Some(format!(r#"id lt "{gid}""#)),
+        Some(format!(r#"meta.created gt "{created}""#)),
+        Some(r#"displayName eq "display 3""#.to_owned()),
+        Some(r#"displayName eq "admins""#.to_owned()),
+        Some(r#"externalId sw "G-""#.to_owned()),
+        Some(r#"externalId pr"#.to_owned()),
+        Some(format!(r#"members.value eq "{}""#, people[6])),
+        Some(format!(r#"groups.value eq "{gid}""#)),
+        Some(r#"userName sw "person1""#.to_owned()),
+        Some(r#"displayName sw "team" or userName sw "zed""#.to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    for f in &root_filters {
+        for (by, order) in [
+            (None, "ascending"),
+            (Some("meta.created"), "descending"),
+            (Some("id"), "ascending"),
+            (Some("meta.lastModified"), "ascending"),
+            (Some("displayName"), "ascending"),
+        ] {
+            for (start, count) in [(1, 1000), (1, 5), (20, 10), (24, 3), (40, 5), (3, 0)] {
+                let expected = memory_page(
+                    &everything,
+                    f.as_deref(),
+                    by,
+                    order == "descending",
+                    start,
+                    count,
+                );
+                let mut body = json!({"startIndex": start, "count": count, "sortOrder": order});
+                if let Some(f) = f {
+                    body["filter"] = f.as_str().into();
+                }
+                if let Some(by) = by {
+                    body["sortBy"] = by.into();
+                }
+                assert_eq!(search_page(scim, "", &body).await, expected, "{body}");
+            }
+        }
+    }
 }

@@ -1,14 +1,17 @@
-//! A SCIM filter as a search of the users read model's indexed columns (issue 18 item 5).
+//! A SCIM filter as a search of the users or groups read model's indexed columns (issue 18
+//! item 5).
 //!
 //! [`plan`] turns a parsed filter into a [`Condition`] and says whether it is exact (the
 //! rows it selects are exactly those [`Filter::matches`]) or only narrows (a superset,
-//! tested one by one afterwards). Exact: comparisons on `id`, `userName`, `externalId`,
-//! `meta.created` / `meta.lastModified` (but `co` and `ew`), `active eq|ne true|false`,
-//! presence of these, `eq` on a personal attribute through its blind index, and `and`,
-//! `or`, `not` of exact terms. Everything else (`co`/`sw`/`ew`/`gt`... on personal
-//! attributes, other attributes, value filters) narrows through its indexed conjuncts only.
+//! tested one by one afterwards). Exact: comparisons on `id`, `externalId`,
+//! `meta.created` / `meta.lastModified` (but `co` and `ew`), a user's `userName` and
+//! `active eq|ne true|false`, a group's `displayName`, presence of these, `eq` on a personal
+//! attribute through its blind index, `eq` on membership (`groups.value`, `members.value`)
+//! through the membership index, and `and`, `or`, `not` of exact terms. Everything else
+//! (`co`/`sw`/`ew`/`gt`... on personal attributes, other attributes, value filters) narrows
+//! through its indexed conjuncts only.
 
-use quantus_commands::scim::filter::{AttrPath, CompareOp, Filter};
+use quantus_commands::scim::filter::{case_exact, AttrPath, CompareOp, Filter};
 use quantus_infra::subject_keys::SubjectKeys;
 use quantus_projections::users::search::{Column, Condition, Order, TextOp, BLIND_ATTRIBUTES};
 use serde_json::Value;
@@ -35,11 +38,24 @@ impl Plan {
     }
 }
 
-/// The search for `filter` (every user when there is none) in `organization_id`.
-pub fn plan(filter: Option<&Filter>, organization_id: &str, keys: &SubjectKeys) -> Plan {
+/// Which read model a search runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    User,
+    Group,
+}
+
+/// The search for `filter` (every resource when there is none) in `organization_id`.
+pub fn plan(
+    resource: Resource,
+    filter: Option<&Filter>,
+    organization_id: &str,
+    keys: &SubjectKeys,
+) -> Plan {
     match filter {
         None => Plan::all(true),
         Some(f) => Planner {
+            resource,
             organization_id,
             keys,
         }
@@ -48,8 +64,8 @@ pub fn plan(filter: Option<&Filter>, organization_id: &str, keys: &SubjectKeys) 
 }
 
 /// The order of a page when SQL can give it as the in-memory sort would: `sortBy` absent
-/// (id order; `sortOrder` alone sorts nothing) or a column never empty for a listed user.
-pub fn order(sort_by: Option<&AttrPath>, descending: bool) -> Option<Order> {
+/// (id order; `sortOrder` alone sorts nothing) or a column never empty for a listed row.
+pub fn order(resource: Resource, sort_by: Option<&AttrPath>, descending: bool) -> Option<Order> {
     let Some(path) = sort_by else {
         return Some(Order {
             by: Column::Id,
@@ -59,29 +75,36 @@ pub fn order(sort_by: Option<&AttrPath>, descending: bool) -> Option<Order> {
     if path.extension().is_some() {
         return None;
     }
-    let by = match path.dotted().as_str() {
-        "id" => Column::Id,
-        "username" => Column::UserName,
-        "meta.created" => Column::Created,
-        "meta.lastmodified" => Column::LastModified,
+    let by = match (resource, path.dotted().as_str()) {
+        (_, "id") => Column::Id,
+        (Resource::User, "username") => Column::UserName,
+        (Resource::Group, "displayname") => Column::GroupName,
+        (_, "meta.created") => Column::Created,
+        (_, "meta.lastmodified") => Column::LastModified,
         _ => return None,
     };
     Some(Order { by, descending })
 }
 
 struct Planner<'a> {
+    resource: Resource,
     organization_id: &'a str,
     keys: &'a SubjectKeys,
 }
 
-/// A top-level attribute the read model has a column or a blind index for.
+/// A top-level attribute the read model has a column or an index for.
 enum Target {
     Column(Column),
     Active,
     Blind(&'static str),
+    /// Membership (a user's `groups`, a group's `members`); `case_exact` as SCIM compares
+    /// the path (`members.value` exactly, bare `members` without case).
+    Membership {
+        case_exact: bool,
+    },
 }
 
-fn target(path: &AttrPath, scope: Option<&str>) -> Option<Target> {
+fn target(resource: Resource, path: &AttrPath, scope: Option<&str>) -> Option<Target> {
     if path.extension().is_some() {
         return None;
     }
@@ -94,19 +117,31 @@ fn target(path: &AttrPath, scope: Option<&str>) -> Option<Target> {
         "emails" | "phonenumbers" => format!("{dotted}.value"),
         _ => dotted,
     };
-    if let Some(b) = BLIND_ATTRIBUTES.iter().find(|b| **b == dotted) {
-        return Some(Target::Blind(b));
+    let membership = match resource {
+        Resource::User => "groups",
+        Resource::Group => "members",
+    };
+    if dotted == membership || dotted == format!("{membership}.value") {
+        return Some(Target::Membership {
+            case_exact: case_exact(&dotted),
+        });
+    }
+    if resource == Resource::User {
+        if let Some(b) = BLIND_ATTRIBUTES.iter().find(|b| **b == dotted) {
+            return Some(Target::Blind(b));
+        }
     }
     if scope.is_some() {
         return None;
     }
-    Some(match dotted.as_str() {
-        "id" => Target::Column(Column::Id),
-        "username" => Target::Column(Column::UserName),
-        "externalid" => Target::Column(Column::ExternalId),
-        "meta.created" => Target::Column(Column::Created),
-        "meta.lastmodified" => Target::Column(Column::LastModified),
-        "active" => Target::Active,
+    Some(match (resource, dotted.as_str()) {
+        (_, "id") => Target::Column(Column::Id),
+        (Resource::User, "username") => Target::Column(Column::UserName),
+        (Resource::Group, "displayname") => Target::Column(Column::GroupName),
+        (_, "externalid") => Target::Column(Column::ExternalId),
+        (_, "meta.created") => Target::Column(Column::Created),
+        (_, "meta.lastmodified") => Target::Column(Column::LastModified),
+        (Resource::User, "active") => Target::Active,
         _ => return None,
     })
 }
@@ -115,7 +150,7 @@ fn target(path: &AttrPath, scope: Option<&str>) -> Option<Target> {
 fn column_value(column: Column, value: &str) -> Option<String> {
     match column {
         Column::Id | Column::ExternalId => Some(value.to_owned()),
-        Column::UserName => Some(value.to_lowercase()),
+        Column::UserName | Column::GroupName => Some(value.to_lowercase()),
         Column::Created | Column::LastModified => {
             // SCIM compares these lower-cased ("…t…z"); the column holds "…T…Z". Over
             // digits, `-:.+` and t/z, upper-casing t and z keeps every comparison's outcome.
@@ -170,7 +205,7 @@ impl Planner<'_> {
                 } => Plan::exact(Condition::Not(Box::new(condition))),
                 _ => Plan::all(false),
             },
-            Filter::Present(path) => match target(path, None) {
+            Filter::Present(path) => match target(self.resource, path, None) {
                 Some(Target::Column(c)) => Plan::exact(Condition::Present(c)),
                 // Always a boolean.
                 Some(Target::Active) => Plan::all(true),
@@ -214,8 +249,9 @@ impl Planner<'_> {
                 }
             }
             Filter::Compare(path, CompareOp::Eq, Value::String(s)) => {
-                match target(path, Some(scope)) {
+                match target(self.resource, path, Some(scope)) {
                     Some(Target::Blind(attribute)) => self.blind(attribute, s),
+                    Some(Target::Membership { case_exact }) => self.membership(case_exact, s),
                     _ => Condition::All,
                 }
             }
@@ -232,8 +268,25 @@ impl Planner<'_> {
         }
     }
 
+    /// Members of the group `id` (users), or groups with the member `id` (groups).
+    fn membership(&self, case_exact: bool, id: &str) -> Condition {
+        // Ids are lower-case UUIDs: a case-insensitive comparison matches the lower-cased id.
+        let id = if case_exact {
+            id.to_owned()
+        } else {
+            id.to_lowercase()
+        };
+        match self.resource {
+            Resource::User => Condition::MemberOf(id),
+            Resource::Group => Condition::HasMember(id),
+        }
+    }
+
     fn compare(&self, path: &AttrPath, op: CompareOp, value: &Value, scope: Option<&str>) -> Plan {
-        match (target(path, scope), value) {
+        match (target(self.resource, path, scope), value) {
+            (Some(Target::Membership { case_exact }), Value::String(s)) if op == CompareOp::Eq => {
+                Plan::exact(self.membership(case_exact, s))
+            }
             (Some(Target::Active), Value::Bool(b)) => match op {
                 CompareOp::Eq => Plan::exact(Condition::Active(*b)),
                 CompareOp::Ne => Plan::exact(Condition::Active(!*b)),
