@@ -33,6 +33,7 @@ mod saml;
 mod scim;
 mod server;
 mod state;
+mod verification;
 mod witness;
 mod write;
 
