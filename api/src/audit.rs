@@ -35,6 +35,10 @@ pub fn routes() -> Router<AppState> {
         .route("/audit/log/checkpoint", get(log_checkpoint))
         .route("/audit/log/tile/{*path}", get(log_tile))
         .route("/audit/exports", get(export))
+        .route(
+            "/audit/verifications",
+            axum::routing::post(crate::verification::verify),
+        )
 }
 
 fn b64(h: &[u8; 32]) -> String {
@@ -402,15 +406,20 @@ fn instant(name: &str, value: &str) -> Result<chrono::DateTime<chrono::Utc>, Pro
         })
 }
 
+/// The platform's administrators and auditors: they read every tenant's part of the log.
+pub(crate) fn reads_every_tenant(principal: &Principal) -> bool {
+    use quantus_domain::identity::Role;
+    principal.organization == PLATFORM_TENANT
+        && (principal.roles.contains(&Role::PlatformAdmin)
+            || principal.roles.contains(&Role::Auditor))
+}
+
 /// Who may export a tenant's trail: the platform's administrators and auditors for any
 /// tenant, an organization's owners and administrators for their own. Another tenant is as
 /// absent as one that does not exist (404).
 fn may_export(principal: &Principal, tenant: &str) -> Result<(), Problem> {
     use quantus_domain::identity::Role;
-    let platform = principal.organization == PLATFORM_TENANT
-        && (principal.roles.contains(&Role::PlatformAdmin)
-            || principal.roles.contains(&Role::Auditor));
-    if platform {
+    if reads_every_tenant(principal) {
         return Ok(());
     }
     if principal.organization != tenant {

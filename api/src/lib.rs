@@ -33,6 +33,7 @@ mod scim;
 mod server;
 mod state;
 mod totp;
+mod verification;
 mod witness;
 mod write;
 

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::{
     access, audit, commercial, events, evidence, identity, jobs, licensing, oauth, organizations,
-    passkeys, saml, scim, totp, Problem,
+    passkeys, saml, scim, totp, verification, Problem,
 };
 
 #[derive(OpenApi)]
@@ -24,7 +24,7 @@ use crate::{
         identity::rotate_secret, identity::disable_client, identity::create_group, identity::list_groups, identity::my_sessions, identity::revoke_my_session, identity::user_sessions, identity::revoke_user_session, identity::show_group,
         identity::add_member, identity::remove_member, identity::delete_group,
         audit::list, audit::sign, audit::inclusion, audit::consistency,
-        audit::log_checkpoint, audit::log_tile, audit::export,
+        audit::log_checkpoint, audit::log_tile, audit::export, verification::verify,
         jobs::submit, jobs::list, jobs::show, jobs::transition, jobs::upload, jobs::download,
         jobs::retention, jobs::set_rule, jobs::place_hold, jobs::release_hold, jobs::sweep,
         evidence::create, evidence::of_job, evidence::show, evidence::export, evidence::dsse, evidence::verify,

@@ -360,6 +360,45 @@ impl Checkpoints {
         .await
     }
 
+    /// The root of the tree of `size` events with the leaf hashes of positions `first..` given
+    /// (recomputed by an auditor from the events) and every node outside them from the stored
+    /// tiles: the signed root only if the stored log still holds exactly those events.
+    pub async fn root_over(
+        &self,
+        size: u64,
+        first: u64,
+        leaves: &[Hash],
+    ) -> Result<Hash, CommandError> {
+        if first == 0 || first - 1 + leaves.len() as u64 > size {
+            return Err(CommandError::Invalid(format!(
+                "positions {first} to {} are not in a tree of {size} events",
+                first - 1 + leaves.len() as u64
+            )));
+        }
+        self.over_tree(size, |n| tiles::tree_root_over(size, first - 1, leaves, n))
+            .await
+    }
+
+    /// The stored leaf hashes of positions `first..first + count` in the tree of `size` events:
+    /// where a range that does not hash to the signed root differs from it.
+    pub async fn stored_leaves(
+        &self,
+        size: u64,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<Hash>, CommandError> {
+        if first == 0 || first - 1 + count > size {
+            return Err(CommandError::Invalid(format!(
+                "positions {first} to {} are not in a tree of {size} events",
+                first - 1 + count
+            )));
+        }
+        self.over_tree(size, |n| {
+            (first - 1..first - 1 + count).map(|i| n(0, i)).collect()
+        })
+        .await
+    }
+
     /// The proof that the tree of `from` events is a prefix of the tree of `to` events.
     pub async fn consistency(
         &self,

@@ -278,6 +278,46 @@ pub fn tree_root(size: u64, node: &mut dyn FnMut(u32, u64) -> Hash) -> Hash {
     subtree_root(0, size, node)
 }
 
+/// MTH(D\[size\]) where the leaf hashes `start..start + leaves.len()` are `leaves` (recomputed
+/// by an auditor) and every node wholly outside them comes from `node` (the stored tree): equal
+/// to a signed root only if those leaves are the ones the signed tree holds. Nodes inside the
+/// range are hashed from `leaves`, never read, so a stored tree rewritten to match altered
+/// leaves still fails. `start + leaves.len() <= size`.
+pub fn tree_root_over(
+    size: u64,
+    start: u64,
+    leaves: &[Hash],
+    node: &mut dyn FnMut(u32, u64) -> Hash,
+) -> Hash {
+    let end = start + leaves.len() as u64;
+    let mut over = |height: u32, index: u64| covered(height, index, start, end, leaves, node);
+    tree_root(size, &mut over)
+}
+
+/// The node at `height` and `index`: from `leaves` when its span is inside `start..end`, from
+/// `node` when it is outside, and from its two children when it straddles an edge.
+fn covered(
+    height: u32,
+    index: u64,
+    start: u64,
+    end: u64,
+    leaves: &[Hash],
+    node: &mut dyn FnMut(u32, u64) -> Hash,
+) -> Hash {
+    let first = index << height;
+    let last = first + (1u64 << height);
+    if last <= start || first >= end {
+        return node(height, index);
+    }
+    if first >= start && last <= end {
+        return crate::merkle::root(&leaves[(first - start) as usize..(last - start) as usize]);
+    }
+    // A straddling node spans more than one leaf, so height > 0.
+    let left = covered(height - 1, index * 2, start, end, leaves, node);
+    let right = covered(height - 1, index * 2 + 1, start, end, leaves, node);
+    node_hash(&left, &right)
+}
+
 /// PATH(index, D\[size\]) (RFC 9162 §2.1.3.1); `index < size`.
 pub fn inclusion_path(index: u64, size: u64, node: &mut dyn FnMut(u32, u64) -> Hash) -> Vec<Hash> {
     let mut out = Vec::new();
@@ -482,6 +522,38 @@ mod tests {
             set.insert(t.level, t.index, stored[&(t.level, t.index)].clone());
         }
         set.run(&compute).expect("every needed tile was given")
+    }
+
+    #[test]
+    fn a_range_of_recomputed_leaves_hashes_to_the_root_only_when_unchanged() {
+        let all = leaves(1000);
+        let stored = build(&all, &[300, 1, 699]);
+        for (size, start, end) in [
+            (1000, 100, 300),
+            (1000, 0, 1000),
+            (777, 511, 777),
+            (1000, 5, 6),
+        ] {
+            let range = all[start..end].to_vec();
+            let root = run(&stored, size, |n| {
+                tree_root_over(size, start as u64, &range, n)
+            });
+            assert_eq!(
+                root,
+                merkle::root(&all[..size as usize]),
+                "{size} {start}..{end}"
+            );
+            let mut altered = range.clone();
+            altered[end - start - 1][0] ^= 1;
+            let root = run(&stored, size, |n| {
+                tree_root_over(size, start as u64, &altered, n)
+            });
+            assert_ne!(
+                root,
+                merkle::root(&all[..size as usize]),
+                "{size} {start}..{end}"
+            );
+        }
     }
 
     #[test]

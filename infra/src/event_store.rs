@@ -388,6 +388,24 @@ impl SqlEventRepository {
         rows.iter().map(record_from_row).collect()
     }
 
+    /// One event of an aggregate, by its sequence, if it is stored.
+    pub async fn aggregate_event(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: u64,
+    ) -> Result<Option<LogRecord>, InfraError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3"
+        ))
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+        .fetch_optional(&self.db.pool)
+        .await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
     /// The sequence of one aggregate's last event at or before log position `position` (0
     /// when it had none yet): where the aggregate stood at that point of the log.
     pub async fn aggregate_sequence_at(

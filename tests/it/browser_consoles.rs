@@ -119,3 +119,9 @@ fn operators_see_an_organization_as_of_a_moment_in_the_admin_console() {
     let server = run_suite("admin-as-of", "admin_as_of.test.mjs", 1);
     no_token_in_the_log(&server);
 }
+
+#[test]
+fn operators_verify_a_range_of_the_event_log_in_the_admin_console() {
+    let server = run_suite("admin-verify", "admin_verify.test.mjs", 1);
+    no_token_in_the_log(&server);
+}

@@ -33,6 +33,7 @@ mod portal;
 mod postgres_kafka;
 pub mod qsa;
 mod quantumlock;
+mod range_verification;
 mod readme;
 mod saml;
 mod schemas;

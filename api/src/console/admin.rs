@@ -83,6 +83,7 @@ fn routes() -> Router<AppState> {
             get(confirm_license_action).post(license_action),
         )
         .route("/admin/events", get(events))
+        .merge(super::admin_verify::routes())
         .route("/admin/events/{aggregate_type}/{id}", get(history))
         .route("/admin/checkpoints", get(checkpoints))
         .route("/admin/keys", get(keys))
@@ -1528,6 +1529,8 @@ struct EventsPage {
     to: u64,
     next: Option<String>,
     first: Option<String>,
+    /// For the "Verify a range" form.
+    csrf: String,
 }
 
 /// A filter value from a URL: what an API query may carry (the API checks it again).
@@ -1573,6 +1576,7 @@ async fn events(me: SignedIn<Admin>, Query(f): Query<EventParams>) -> Result<Res
         to: page.next_after,
         next,
         first: (f.after.unwrap_or(0) > 0).then(|| link(None)),
+        csrf: op.0.session.csrf.clone(),
         events: page.events,
         f,
     }))

@@ -13,6 +13,7 @@ mod admin;
 mod admin_as_of;
 mod admin_billing;
 mod admin_retention;
+mod admin_verify;
 mod api;
 mod portal;
 mod qsa;

@@ -5,6 +5,7 @@
 //! attempts and consents, is written by Identity's aggregates in `identity/`.)
 
 pub mod checkpoint;
+pub mod range;
 
 use std::collections::HashMap;
 
@@ -28,17 +29,34 @@ pub struct AuditBreak {
     pub aggregate_type: String,
     pub aggregate_id: String,
     pub sequence: u64,
+    pub kind: BreakKind,
     pub reason: String,
 }
 
+/// What kind of check an event failed, for programs (the reason says it for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakKind {
+    /// Its stored hash is not the hash of its canonical form: it was altered.
+    HashMismatch,
+    /// Its payload does not match its type's schema.
+    Schema,
+    /// A rule of the event's form: position, event id, tenant, hash encoding.
+    Form,
+    /// Its `sequence` or `prev_hash` does not continue its aggregate's chain.
+    BrokenLink,
+    /// Its position holds another event too, or comes before its predecessor's.
+    Position,
+}
+
 impl AuditBreak {
-    fn at(position: u64, e: &Envelope, reason: String) -> Self {
+    fn at(position: u64, e: &Envelope, kind: BreakKind, reason: String) -> Self {
         Self {
             position,
             event_id: e.event_id,
             aggregate_type: e.aggregate_type.clone(),
             aggregate_id: e.aggregate_id.clone(),
             sequence: e.sequence,
+            kind,
             reason,
         }
     }
@@ -50,13 +68,15 @@ impl AuditBreak {
 /// its tenant. They need no other event, so an auditor may run them in parallel and then
 /// [`Audit::link`] the results in log order. Returns the event's Merkle leaf.
 pub fn check_event(position: u64, e: &Envelope) -> Result<[u8; 32], AuditBreak> {
-    let fail = |reason: String| AuditBreak::at(position, e, reason);
+    let fail = |reason: String| AuditBreak::at(position, e, BreakKind::Form, reason);
     let computed = e.compute_hash().map_err(|x| fail(x.to_string()))?;
     if computed != e.hash {
-        return Err(fail(format!(
-            "hash mismatch: stored {}, recomputed {computed}",
-            e.hash
-        )));
+        return Err(AuditBreak::at(
+            position,
+            e,
+            BreakKind::HashMismatch,
+            format!("hash mismatch: stored {}, recomputed {computed}", e.hash),
+        ));
     }
     if position == 0 {
         return Err(fail("position 0 is not a log position".into()));
@@ -70,7 +90,7 @@ pub fn check_event(position: u64, e: &Envelope) -> Result<[u8; 32], AuditBreak> 
         e.schema_version,
         &e.payload,
     )
-    .map_err(fail)?;
+    .map_err(|reason| AuditBreak::at(position, e, BreakKind::Schema, reason))?;
     if !crate::schema::tenant_is_valid(&e.aggregate_type, &e.aggregate_id, &e.tenant_id) {
         return Err(fail(format!(
             "tenant_id {:?} cannot own this aggregate",
@@ -134,13 +154,20 @@ impl Audit {
     /// The checks that depend on the events before this one: its aggregate's chain and its
     /// position. `leaf` is what [`check_event`] returned for it; call in log order.
     pub fn link(&mut self, position: u64, e: &Envelope, leaf: [u8; 32]) -> Result<(), AuditBreak> {
-        let fail = |reason: String| AuditBreak::at(position, e, reason);
+        let fail = |reason: String| AuditBreak::at(position, e, BreakKind::BrokenLink, reason);
         match self.positions.get(&position) {
             Some(id) if *id == e.event_id => {
                 self.duplicates += 1;
                 return Ok(()); // The same event delivered twice.
             }
-            Some(id) => return Err(fail(format!("position also holds event {id}"))),
+            Some(id) => {
+                return Err(AuditBreak::at(
+                    position,
+                    e,
+                    BreakKind::Position,
+                    format!("position also holds event {id}"),
+                ))
+            }
             None => {}
         }
         let key = (e.aggregate_type.clone(), e.aggregate_id.clone());
@@ -159,9 +186,14 @@ impl Audit {
             )));
         }
         if position <= last_position {
-            return Err(fail(format!(
+            return Err(AuditBreak::at(
+                position,
+                e,
+                BreakKind::Position,
+                format!(
                 "position {position} is not after the aggregate's previous event at {last_position}"
-            )));
+            ),
+            ));
         }
         self.positions.insert(position, e.event_id);
         self.chains
@@ -169,6 +201,26 @@ impl Audit {
         self.hashes.insert(position, leaf);
         self.remember(e);
         Ok(())
+    }
+
+    /// Continues an aggregate's chain from an event before the part of the log being checked
+    /// (its hash as stored): a range's first event of that aggregate must link to it.
+    pub(crate) fn continue_after(&mut self, position: u64, e: &Envelope) {
+        self.chains.insert(
+            (e.aggregate_type.clone(), e.aggregate_id.clone()),
+            (e.sequence, e.hash.clone(), position),
+        );
+    }
+
+    /// Whether the checks have seen an event of `e`'s aggregate (or continue its chain).
+    pub(crate) fn knows(&self, e: &Envelope) -> bool {
+        self.chains
+            .contains_key(&(e.aggregate_type.clone(), e.aggregate_id.clone()))
+    }
+
+    /// Aggregates seen.
+    pub(crate) fn aggregates(&self) -> u64 {
+        self.chains.len() as u64
     }
 
     /// Keeps what the checkpoint checks need: checkpoints, and the checkpoint keys' lifecycle.
