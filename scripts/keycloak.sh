@@ -109,7 +109,7 @@ realm_ready() {
 
 is_running() {
     local pid
-    pid="$(running_pid)" && pid_listens_on "$pid" "$(cat "$PORT_FILE")" && realm_ready
+    pid="$(running_pid)" && group_listens_on "$pid" "$(cat "$PORT_FILE")" && realm_ready
 }
 
 env_lines() {
@@ -133,7 +133,8 @@ stop_service() {
 # The master realm's discovery document: the server is up (the bench realm comes after).
 serves() {
     local code=000
-    if pid_listens_on "$SPAWNED_PID" "$1"; then
+    # kc.sh runs Java as its child: the listener is in the group, not the spawned shell.
+    if group_listens_on "$SPAWNED_PID" "$1"; then
         code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
             "http://127.0.0.1:$1/realms/master/.well-known/openid-configuration" 2>/dev/null || true)"
     fi

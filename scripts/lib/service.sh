@@ -162,6 +162,17 @@ pid_listens_on() {
 # server, nor any pipe inherited from the caller (a test harness reading our stdout waits
 # for it to close).
 SPAWNED_PID=""
+# Whether a process of the group `$1` leads (spawn_detached's setsid makes the server its own
+# group) listens on TCP port `$2`: for servers started through a wrapper script that runs the
+# real process as its child (Keycloak's kc.sh), where the leader holds no socket.
+group_listens_on() {
+    local member
+    for member in $(pgrep -g "$1" 2>/dev/null); do
+        pid_listens_on "$member" "$2" && return 0
+    done
+    return 1
+}
+
 spawn_detached() {
     local dir="$1"
     shift
