@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Role;
 
+use crate::decision::record_decision;
+
 pub const MAX_RULES: usize = 100;
 
 /// How strongly a person authenticated, from weakest to strongest.
@@ -417,13 +419,10 @@ impl Aggregate for AccessPolicy {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {
