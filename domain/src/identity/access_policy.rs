@@ -630,6 +630,15 @@ pub struct AccessDecisionRecord {
 #[error("this decision is already recorded")]
 pub struct AlreadyRecorded;
 
+impl AccessDecisionRecord {
+    fn decide(&self, command: AccessDecided) -> Result<Vec<AccessDecisionEvent>, AlreadyRecorded> {
+        if self.decided.is_some() {
+            return Err(AlreadyRecorded);
+        }
+        Ok(vec![AccessDecisionEvent::AccessDecided(command)])
+    }
+}
+
 impl Aggregate for AccessDecisionRecord {
     const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = AccessDecided;
@@ -640,15 +649,10 @@ impl Aggregate for AccessDecisionRecord {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if self.decided.is_some() {
-            return Err(AlreadyRecorded);
-        }
-        sink.write(AccessDecisionEvent::AccessDecided(command), self)
-            .await;
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {
