@@ -210,11 +210,9 @@ impl Portal {
     }
 
     pub async fn contract(&self, id: &str) -> Result<(Contract, u64), CommandError> {
-        let (c, version) = self.bus.load::<Contract>(id).await?;
-        if c.status == ContractStatus::Absent {
-            return Err(CommandError::NotFound(format!("no contract {id}")));
-        }
-        Ok((c, version))
+        self.bus
+            .load_existing::<Contract>(id, "contract", |c| c.status != ContractStatus::Absent)
+            .await
     }
 
     /// Runs a transition. Activation also checks that no other contract in force for the
@@ -467,11 +465,9 @@ impl Portal {
     }
 
     pub async fn invoice(&self, id: &str) -> Result<(Invoice, u64), CommandError> {
-        let (i, version) = self.bus.load::<Invoice>(id).await?;
-        if i.status == InvoiceStatus::Absent {
-            return Err(CommandError::NotFound(format!("no invoice {id}")));
-        }
-        Ok((i, version))
+        self.bus
+            .load_existing::<Invoice>(id, "invoice", |i| i.status != InvoiceStatus::Absent)
+            .await
     }
 
     /// Hands the invoice to the billing provider (idempotent on the provider's side too).

@@ -138,11 +138,9 @@ impl Evidence {
     }
 
     pub async fn job(&self, id: &str) -> Result<(Job, u64), CommandError> {
-        let (job, version) = self.bus.load::<Job>(id).await?;
-        if job.status == JobStatus::Absent {
-            return Err(CommandError::NotFound(format!("no job {id}")));
-        }
-        Ok((job, version))
+        self.bus
+            .load_existing::<Job>(id, "job", |job| job.status != JobStatus::Absent)
+            .await
     }
 
     pub async fn job_command(

@@ -152,10 +152,10 @@ impl ComplianceExport {
             )));
         }
         let bus = self.licensing.bus();
-        let (org, _) = bus.load::<Organization>(tenant).await?;
-        if org.status == OrganizationStatus::Absent {
-            return Err(CommandError::NotFound(format!("no organization {tenant}")));
-        }
+        bus.load_existing::<Organization>(tenant, "organization", |org| {
+            org.status != OrganizationStatus::Absent
+        })
+        .await?;
         let db = bus.repository().database().clone();
         let after = position_before(&db, from).await.map_err(storage)?;
         let through = position_before(&db, to).await.map_err(storage)?.max(after);

@@ -1012,11 +1012,9 @@ impl Identity {
     }
 
     pub async fn user(&self, id: &str) -> Result<(User, u64), CommandError> {
-        let (user, version) = self.bus.load::<User>(id).await?;
-        if user.status == UserStatus::Absent {
-            return Err(CommandError::NotFound(format!("no user {id}")));
-        }
-        Ok((user, version))
+        self.bus
+            .load_existing::<User>(id, "user", |user| user.status != UserStatus::Absent)
+            .await
     }
 
     /// The user with personal fields opened (absent once erased).
@@ -1174,14 +1172,11 @@ impl Identity {
         &self,
         id: &str,
     ) -> Result<(quantus_domain::identity::group::Group, u64), CommandError> {
-        let (group, version) = self
-            .bus
-            .load::<quantus_domain::identity::group::Group>(id)
-            .await?;
-        if !group.exists || group.deleted {
-            return Err(CommandError::NotFound(format!("no group {id}")));
-        }
-        Ok((group, version))
+        self.bus
+            .load_existing::<quantus_domain::identity::group::Group>(id, "group", |group| {
+                group.exists && !group.deleted
+            })
+            .await
     }
 
     // ---- sign-in and sessions ----
@@ -1867,11 +1862,9 @@ impl Identity {
     }
 
     pub async fn client(&self, id: &str) -> Result<(Client, u64), CommandError> {
-        let (client, version) = self.bus.load::<Client>(id).await?;
-        if client.status == ClientStatus::Absent {
-            return Err(CommandError::NotFound(format!("no client {id}")));
-        }
-        Ok((client, version))
+        self.bus
+            .load_existing::<Client>(id, "client", |client| client.status != ClientStatus::Absent)
+            .await
     }
 
     pub async fn rotate_client_secret(

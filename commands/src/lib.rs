@@ -417,6 +417,24 @@ impl CommandBus {
         self.current::<A>(id).await
     }
 
+    /// [`Self::load`] for an aggregate that must exist (`exists` tells from its state):
+    /// otherwise `NotFound` "no {what} {id}".
+    pub async fn load_existing<A>(
+        &self,
+        id: &str,
+        what: &str,
+        exists: impl FnOnce(&A) -> bool,
+    ) -> Result<(A, u64), CommandError>
+    where
+        A: Aggregate + Clone + 'static,
+    {
+        let (aggregate, version) = self.current::<A>(id).await?;
+        if !exists(&aggregate) {
+            return Err(CommandError::NotFound(format!("no {what} {id}")));
+        }
+        Ok((aggregate, version))
+    }
+
     /// An aggregate's state no older than the log follower's staleness bound, from memory
     /// when this process keeps it and the follower has seen nothing later, else as
     /// [`Self::load`]. For the hot paths' reads (token verification, introspection, keys,
@@ -514,5 +532,74 @@ fn persistence<A: Aggregate>(e: PersistenceError) -> CommandError {
 impl From<InfraError> for CommandError {
     fn from(e: InfraError) -> Self {
         CommandError::Storage(e.to_string())
+    }
+}
+
+/// What the command layer's tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use quantus_domain::{Actor, ActorKind, CommandContext};
+
+    /// A command the test issues as the system, now, in `tenant`.
+    pub(crate) fn ctx(tenant: &str) -> CommandContext {
+        CommandContext {
+            tenant_id: tenant.to_owned(),
+            actor: Actor {
+                kind: ActorKind::System,
+                id: "test".into(),
+            },
+            occurred_at: quantus_domain::envelope::truncate_to_micros(chrono::Utc::now()),
+            correlation_id: uuid::Uuid::now_v7(),
+            causation_id: uuid::Uuid::now_v7(),
+        }
+    }
+
+    /// A test store's folder, removed when the test ends.
+    pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod load_existing_tests {
+    use quantus_domain::organization::OrganizationStatus;
+    use quantus_infra::Database;
+
+    use super::testing::{ctx, Scratch};
+    use super::*;
+
+    /// An aggregate that must exist loads with its version, and one that does not is
+    /// `NotFound` naming what and which.
+    #[tokio::test]
+    async fn an_aggregate_that_must_exist_loads_or_is_not_found() {
+        let store =
+            Scratch(std::env::temp_dir().join(format!("quantus-load-{}", uuid::Uuid::now_v7())));
+        let bus = CommandBus::new(SqlEventRepository::new(
+            Database::open(None, &store.0).await.unwrap(),
+        ));
+        let create = OrganizationCommand::Create {
+            name: "Acme".into(),
+        };
+        bus.organization(&ctx("o1"), "o1", create, Some(0))
+            .await
+            .unwrap();
+        let exists = |o: &Organization| o.status != OrganizationStatus::Absent;
+
+        let (org, version) = bus
+            .load_existing::<Organization>("o1", "organization", exists)
+            .await
+            .unwrap();
+        assert_eq!((org.name.as_str(), version), ("Acme", 1));
+        match bus
+            .load_existing::<Organization>("o2", "organization", exists)
+            .await
+        {
+            Err(CommandError::NotFound(detail)) => assert_eq!(detail, "no organization o2"),
+            other => panic!("{other:?}"),
+        }
     }
 }

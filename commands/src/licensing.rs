@@ -338,11 +338,11 @@ impl Licensing {
     }
 
     pub async fn license(&self, id: &str) -> Result<(License, u64), CommandError> {
-        let (license, version) = self.bus.load::<License>(id).await?;
-        if license.status == LicenseStatus::Absent {
-            return Err(CommandError::NotFound(format!("no licence {id}")));
-        }
-        Ok((license, version))
+        self.bus
+            .load_existing::<License>(id, "licence", |license| {
+                license.status != LicenseStatus::Absent
+            })
+            .await
     }
 
     /// The signed licence file, made now with the active licence key.

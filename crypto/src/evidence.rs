@@ -6,8 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -16,7 +14,7 @@ use crate::checkpoint::{self, CheckpointError};
 use crate::document::{DocumentError, SignedDocument};
 use crate::job_state::{JobStateError, StateSummary, JOB_STATE_FILE};
 use crate::keys::{Purpose, TrustedKeys};
-use crate::merkle::{leaf_hash, verify_inclusion, Hash};
+use crate::merkle::{decode_path, leaf_hash, verify_inclusion, Hash};
 
 pub const EVIDENCE_CONTEXT: &[u8] = b"quantus/evidence/v1";
 pub const EVIDENCE_FORMAT: &str = "quantus-evidence/1";
@@ -187,21 +185,9 @@ pub fn verify(
         return Err(EvidenceError::CheckpointMismatch);
     }
     for e in &manifest.events {
-        let path: Vec<Hash> = e
-            .inclusion_path
-            .iter()
-            .map(|p| {
-                STANDARD
-                    .decode(p)
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| {
-                        EvidenceError::Malformed(
-                            "an inclusion path hash is not 32 bytes of base64".into(),
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()?;
+        let path = decode_path(&e.inclusion_path).ok_or_else(|| {
+            EvidenceError::Malformed("an inclusion path hash is not 32 bytes of base64".into())
+        })?;
         let leaf = leaf_hash(&hash32(&e.hash)?);
         if e.position == 0 || !verify_inclusion(&leaf, e.position - 1, cp.size, &path, &cp.root) {
             return Err(EvidenceError::EventNotIncluded(e.position));

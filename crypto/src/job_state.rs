@@ -10,14 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::merkle::{leaf_hash, verify_inclusion, Hash};
+use crate::merkle::{decode_path, leaf_hash, verify_inclusion, Hash};
 
 pub const JOB_STATE_FORMAT: &str = "quantus-job-state/1";
 /// The file's name inside an evidence archive.
@@ -343,17 +341,8 @@ fn hash32(hex_text: &str, at: u64) -> Result<Hash> {
 
 /// Checks one event: its proof against the checkpoint and, when whole, its envelope.
 fn check_event(e: &StateEvent, tree_size: u64, root: &Hash) -> Result<()> {
-    let path: Vec<Hash> = e
-        .inclusion_path
-        .iter()
-        .map(|p| {
-            STANDARD
-                .decode(p)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| malformed("an inclusion path hash is not 32 bytes of base64"))
-        })
-        .collect::<Result<_>>()?;
+    let path = decode_path(&e.inclusion_path)
+        .ok_or_else(|| malformed("an inclusion path hash is not 32 bytes of base64"))?;
     let leaf = leaf_hash(&hash32(&e.hash, e.position)?);
     if e.position == 0 || !verify_inclusion(&leaf, e.position - 1, tree_size, &path, root) {
         return Err(JobStateError::NotIncluded(e.position));

@@ -9,6 +9,18 @@ use sha2::{Digest, Sha256};
 
 pub type Hash = [u8; 32];
 
+/// An inclusion path as evidence bundles carry it (each hash in standard base64), or None when
+/// a hash is not 32 bytes of base64.
+pub fn decode_path(path: &[String]) -> Option<Vec<Hash>> {
+    use base64::Engine as _;
+    path.iter()
+        .map(|p| {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(p).ok()?;
+            bytes.try_into().ok()
+        })
+        .collect()
+}
+
 pub fn leaf_hash(data: &[u8]) -> Hash {
     let mut h = Sha256::new();
     h.update([0u8]);
@@ -226,6 +238,17 @@ pub fn verify_consistency(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inclusion_path_decodes_only_when_every_hash_is_32_bytes_of_base64() {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(decode_path(&[b64(&a), b64(&b)]), Some(vec![a, b]));
+        assert_eq!(decode_path(&[]), Some(vec![]));
+        assert_eq!(decode_path(&[b64(&a), b64(&[3u8; 31])]), None);
+        assert_eq!(decode_path(&[b64(&a), "not base64!".to_owned()]), None);
+    }
 
     /// The leaves of the Certificate Transparency reference tests (RFC 6962 implementations
     /// share them), and the roots of the trees of their first 1..=8 leaves.

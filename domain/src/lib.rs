@@ -7,6 +7,7 @@
 // the event macro and catalogue, the tenant `organization`) stays at the top.
 pub mod audit;
 pub mod commercial;
+pub mod decision;
 pub mod envelope;
 pub mod events;
 pub mod evidence;

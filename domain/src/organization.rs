@@ -5,6 +5,8 @@ use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::record_decision;
+
 /// Longest organization name accepted, in Unicode scalar values.
 pub const MAX_NAME_CHARS: usize = 128;
 /// Longest suspension reason accepted, in Unicode scalar values.
@@ -175,13 +177,10 @@ impl Aggregate for Organization {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

@@ -57,6 +57,39 @@ fn hmac_sha256(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// Decrypts `sealed` with its subject's data `key`; the field name is authenticated.
+fn open_with(key: &[u8], sealed: &Sealed, field: &str) -> Result<Zeroizing<Vec<u8>>, InfraError> {
+    let n = URL_SAFE_NO_PAD
+        .decode(&sealed.nonce)
+        .map_err(|_| corrupt("sealed nonce is not base64url"))?;
+    let ct = URL_SAFE_NO_PAD
+        .decode(&sealed.ciphertext)
+        .map_err(|_| corrupt("sealed ciphertext is not base64url"))?;
+    if n.len() != 24 {
+        return Err(corrupt("sealed nonce has the wrong length"));
+    }
+    let plain = XChaCha20Poly1305::new(key.into())
+        .decrypt(
+            XNonce::from_slice(&n),
+            Payload {
+                msg: &ct,
+                aad: &field_aad(&sealed.subject, field),
+            },
+        )
+        .map_err(|_| {
+            corrupt(format!(
+                "sealed {field} of {} does not open",
+                sealed.subject
+            ))
+        })?;
+    Ok(Zeroizing::new(plain))
+}
+
+/// An opened field as the UTF-8 text it was sealed from.
+fn text(plain: Zeroizing<Vec<u8>>, field: &str) -> Result<String, InfraError> {
+    String::from_utf8(plain.to_vec()).map_err(|_| corrupt(format!("sealed {field} is not UTF-8")))
+}
+
 fn field_aad(subject: &str, field: &str) -> Vec<u8> {
     [SEAL_AAD, subject.as_bytes(), b"\0", field.as_bytes()].concat()
 }
@@ -285,9 +318,19 @@ impl SubjectKeys {
     }
 
     async fn load(&self, subject: &str) -> Result<Option<Zeroizing<Vec<u8>>>, InfraError> {
+        self.load_with(&self.db.pool, subject).await
+    }
+
+    /// The subject's data key read through `executor` (the pool, or a transaction's own
+    /// connection); `None` when the subject was erased.
+    async fn load_with<'e>(
+        &self,
+        executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        subject: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, InfraError> {
         let row = sqlx::query("SELECT wrapped FROM subject_keys WHERE subject = $1")
             .bind(subject)
-            .fetch_optional(&self.db.pool)
+            .fetch_optional(executor)
             .await?;
         let Some(row) = row else { return Ok(None) };
         let wrapped: String = row.try_get("wrapped")?;
@@ -376,34 +419,10 @@ impl SubjectKeys {
         sealed: &Sealed,
         field: &str,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, InfraError> {
-        let Some(key) = self.load(&sealed.subject).await? else {
-            return Ok(None);
-        };
-        let n = URL_SAFE_NO_PAD
-            .decode(&sealed.nonce)
-            .map_err(|_| corrupt("sealed nonce is not base64url"))?;
-        let ct = URL_SAFE_NO_PAD
-            .decode(&sealed.ciphertext)
-            .map_err(|_| corrupt("sealed ciphertext is not base64url"))?;
-        if n.len() != 24 {
-            return Err(corrupt("sealed nonce has the wrong length"));
+        match self.load(&sealed.subject).await? {
+            None => Ok(None),
+            Some(key) => open_with(&key, sealed, field).map(Some),
         }
-        let cipher = XChaCha20Poly1305::new(key.as_slice().into());
-        let plain = cipher
-            .decrypt(
-                XNonce::from_slice(&n),
-                Payload {
-                    msg: &ct,
-                    aad: &field_aad(&sealed.subject, field),
-                },
-            )
-            .map_err(|_| {
-                corrupt(format!(
-                    "sealed {field} of {} does not open",
-                    sealed.subject
-                ))
-            })?;
-        Ok(Some(Zeroizing::new(plain)))
     }
 
     /// As [`open_text`](Self::open_text), reading the data key through `conn` (a read model's
@@ -415,53 +434,10 @@ impl SubjectKeys {
         sealed: &Sealed,
         field: &str,
     ) -> Result<Option<String>, InfraError> {
-        let row = sqlx::query("SELECT wrapped FROM subject_keys WHERE subject = $1")
-            .bind(&sealed.subject)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let wrapped: String = row.try_get("wrapped")?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(wrapped)
-            .map_err(|_| corrupt("wrapped subject key is not base64url"))?;
-        if bytes.len() < 24 {
-            return Err(corrupt("wrapped subject key is too short"));
+        match self.load_with(&mut *conn, &sealed.subject).await? {
+            None => Ok(None),
+            Some(key) => text(open_with(&key, sealed, field)?, field).map(Some),
         }
-        let (n, ct) = bytes.split_at(24);
-        let aad = [WRAP_AAD, sealed.subject.as_bytes()].concat();
-        let key = Zeroizing::new(
-            self.master
-                .decrypt(XNonce::from_slice(n), Payload { msg: ct, aad: &aad })
-                .map_err(|_| corrupt("a data key does not open with this master key"))?,
-        );
-        let n = URL_SAFE_NO_PAD
-            .decode(&sealed.nonce)
-            .map_err(|_| corrupt("sealed nonce is not base64url"))?;
-        let ct = URL_SAFE_NO_PAD
-            .decode(&sealed.ciphertext)
-            .map_err(|_| corrupt("sealed ciphertext is not base64url"))?;
-        if n.len() != 24 {
-            return Err(corrupt("sealed nonce has the wrong length"));
-        }
-        let plain = Zeroizing::new(
-            XChaCha20Poly1305::new(key.as_slice().into())
-                .decrypt(
-                    XNonce::from_slice(&n),
-                    Payload {
-                        msg: &ct,
-                        aad: &field_aad(&sealed.subject, field),
-                    },
-                )
-                .map_err(|_| {
-                    corrupt(format!(
-                        "sealed {field} of {} does not open",
-                        sealed.subject
-                    ))
-                })?,
-        );
-        String::from_utf8(plain.to_vec())
-            .map(Some)
-            .map_err(|_| corrupt(format!("sealed {field} is not UTF-8")))
     }
 
     /// As [`open`](Self::open), as UTF-8 text.
@@ -472,9 +448,7 @@ impl SubjectKeys {
     ) -> Result<Option<String>, InfraError> {
         match self.open(sealed, field).await? {
             None => Ok(None),
-            Some(bytes) => String::from_utf8(bytes.to_vec())
-                .map(Some)
-                .map_err(|_| corrupt(format!("sealed {field} is not UTF-8"))),
+            Some(bytes) => text(bytes, field).map(Some),
         }
     }
 
@@ -619,5 +593,54 @@ mod blind_index_tests {
             hmac_sha256(&[8u8; 32], &[b"emails.value\0a@example.com"]),
             expected
         );
+    }
+}
+
+#[cfg(test)]
+mod sealing_tests {
+    use super::*;
+
+    async fn keys() -> SubjectKeys {
+        let dir =
+            std::env::temp_dir().join(format!("quantus-subject-keys-{}", uuid::Uuid::now_v7()));
+        SubjectKeys::new(Database::open(None, &dir).await.unwrap(), &[7u8; 32])
+    }
+
+    /// A sealed field opens to what was sealed through the pool and through a transaction's
+    /// own connection alike, only under its own field name, and never once the subject is
+    /// erased.
+    #[tokio::test]
+    async fn a_sealed_field_opens_under_its_name_until_the_subject_is_erased() {
+        let keys = keys().await;
+        let sealed = keys.seal("u1", "email", b"a@example.com").await.unwrap();
+        assert_eq!(
+            keys.open_text(&sealed, "email").await.unwrap().as_deref(),
+            Some("a@example.com")
+        );
+        let on_connection = |field: &'static str| {
+            let keys = &keys;
+            let sealed = &sealed;
+            async move {
+                // A connection of its own, given back before the next pooled call.
+                let mut conn = keys.db.pool.acquire().await.unwrap();
+                keys.open_text_on(&mut conn, sealed, field).await
+            }
+        };
+        assert_eq!(
+            on_connection("email").await.unwrap().as_deref(),
+            Some("a@example.com")
+        );
+        assert!(keys.open(&sealed, "name").await.is_err());
+        assert!(on_connection("name").await.is_err());
+        let swapped = Sealed {
+            subject: "u2".into(),
+            ..sealed.clone()
+        };
+        keys.seal("u2", "email", b"b@example.com").await.unwrap();
+        assert!(keys.open(&swapped, "email").await.is_err());
+
+        keys.erase("u1").await.unwrap();
+        assert!(keys.open(&sealed, "email").await.unwrap().is_none());
+        assert_eq!(on_connection("email").await.unwrap(), None);
     }
 }

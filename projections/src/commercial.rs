@@ -230,14 +230,10 @@ impl CommercialView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<CustomerRow>, InfraError> {
-        Ok(sqlx::query_as(&format!(
+        let sql = format!(
             "{CUSTOMER_SELECT} WHERE ($1 = '' OR id = $1) AND id > $2 ORDER BY id LIMIT $3"
-        ))
-        .bind(organization_id.unwrap_or(""))
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?)
+        );
+        crate::page(pool, &sql, &[organization_id.unwrap_or("")], after, limit).await
     }
 
     /// An organization's contracts (all of them with `organization_id` = None), by id; only
@@ -249,14 +245,16 @@ impl CommercialView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<ContractRow>, InfraError> {
-        let rows = sqlx::query_as(&format!(
+        let sql = format!(
             "{CONTRACT_SELECT} WHERE ($1 = '' OR organization_id = $1) AND ($2 = '' OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
-        ))
-        .bind(organization_id.unwrap_or(""))
-        .bind(status.unwrap_or(""))
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(pool)
+        );
+        let rows = crate::page(
+            pool,
+            &sql,
+            &[organization_id.unwrap_or(""), status.unwrap_or("")],
+            after,
+            limit,
+        )
         .await?;
         with_licenses(&mut *pool.acquire().await?, contracts(rows)?).await
     }
@@ -268,15 +266,17 @@ impl CommercialView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<InvoiceRow>, InfraError> {
-        Ok(sqlx::query_as(&format!(
+        let sql = format!(
             "{INVOICE_SELECT} WHERE ($1 = '' OR organization_id = $1) AND ($2 = '' OR status = $2) AND id > $3 ORDER BY id LIMIT $4"
-        ))
-        .bind(organization_id.unwrap_or(""))
-        .bind(status.unwrap_or(""))
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?)
+        );
+        crate::page(
+            pool,
+            &sql,
+            &[organization_id.unwrap_or(""), status.unwrap_or("")],
+            after,
+            limit,
+        )
+        .await
     }
 
     /// Contracts still marked in force whose term has ended at `at` (for the expiry sweep).

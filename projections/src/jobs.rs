@@ -39,6 +39,9 @@ pub struct BundleRow {
     pub created_at: String,
 }
 
+const BUNDLE_SELECT: &str =
+    "SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view";
+
 impl JobsView {
     pub const NAME: &'static str = "jobs";
     /// The events `apply` changes the model on (the event index; checked in `consumes`).
@@ -60,16 +63,9 @@ impl JobsView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<BundleRow>, InfraError> {
-        let rows = sqlx::query_as(
-            "SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view
-             WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(organization_id)
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?;
-        Ok(rows)
+        let sql =
+            format!("{BUNDLE_SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+        crate::page(pool, &sql, &[organization_id], after, limit).await
     }
 
     /// One job's evidence bundles, by id (oldest first).
@@ -79,16 +75,8 @@ impl JobsView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<BundleRow>, InfraError> {
-        let rows = sqlx::query_as(
-            "SELECT id, job_id, organization_id, manifest_sha256, created_at FROM evidence_view
-             WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(job_id)
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?;
-        Ok(rows)
+        let sql = format!("{BUNDLE_SELECT} WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+        crate::page(pool, &sql, &[job_id], after, limit).await
     }
 
     pub async fn by_organization(
@@ -97,15 +85,8 @@ impl JobsView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<JobRow>, InfraError> {
-        let rows = sqlx::query_as(&format!(
-            "{SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3"
-        ))
-        .bind(organization_id)
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?;
-        Ok(rows)
+        let sql = format!("{SELECT} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+        crate::page(pool, &sql, &[organization_id], after, limit).await
     }
 }
 

@@ -18,7 +18,7 @@ pub mod users;
 
 use async_trait::async_trait;
 use quantus_infra::{InfraError, LogRecord};
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, AnyPool};
 
 /// A read model built from the log.
 #[async_trait]
@@ -70,6 +70,30 @@ pub fn by_name(
     keys: &quantus_infra::subject_keys::SubjectKeys,
 ) -> Option<std::sync::Arc<dyn Projection>> {
     all(keys).into_iter().find(|p| p.name() == name)
+}
+
+/// One page of a model's rows in id order (keyset paging, as every list route pages): `sql`
+/// takes `filters` as its first parameters, then the id the page starts after and the page
+/// size, e.g. `... WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3`.
+pub(crate) async fn page<T>(
+    pool: &AnyPool,
+    sql: &str,
+    filters: &[&str],
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<T>, InfraError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
+    let mut query = sqlx::query_as(sql);
+    for filter in filters {
+        query = query.bind(*filter);
+    }
+    Ok(query
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?)
 }
 
 #[cfg(test)]
@@ -330,5 +354,79 @@ mod tests {
         drop(conn);
         pool.close().await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every list pages by id after the last id seen, within its filters (an empty filter
+    /// is every organization's), through the one keyset query.
+    #[tokio::test]
+    async fn lists_page_by_id_after_the_last_one_seen_within_their_filters() {
+        use sqlx::Executor;
+        sqlx::any::install_default_drivers();
+        // One connection: an in-memory SQLite database lives in its connection.
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        for model in [
+            Box::new(organizations::OrganizationsView) as Box<dyn Projection>,
+            Box::new(licenses::LicensesView),
+            Box::new(commercial::CommercialView),
+        ] {
+            model.create(&mut conn).await.unwrap();
+        }
+        for insert in [
+            "INSERT INTO organizations_view VALUES ('o1', 'A', 'active', NULL, 'c', 'u', 1)",
+            "INSERT INTO organizations_view VALUES ('o2', 'B', 'active', NULL, 'c', 'u', 1)",
+            "INSERT INTO licenses_view VALUES ('a', 'o1', 'p', 'e', 'active', NULL, 'x', 0, NULL, 'i', 1)",
+            "INSERT INTO licenses_view VALUES ('b', 'o2', 'p', 'e', 'active', NULL, 'x', 0, NULL, 'i', 1)",
+            "INSERT INTO licenses_view VALUES ('c', 'o1', 'p', 'e', 'active', NULL, 'x', 0, NULL, 'i', 1)",
+            "INSERT INTO commercial_invoices VALUES ('i1', 'o1', 'k', 'p', 'EUR', 1, 'open', 's', NULL, NULL, 'd', 1, 'u')",
+            "INSERT INTO commercial_invoices VALUES ('i2', 'o1', 'k', 'p', 'EUR', 1, 'paid', 's', NULL, NULL, 'd', 1, 'u')",
+            "INSERT INTO commercial_invoices VALUES ('i3', 'o2', 'k', 'p', 'EUR', 1, 'open', 's', NULL, NULL, 'd', 1, 'u')",
+            "INSERT INTO commercial_invoices VALUES ('i4', 'o1', 'k', 'p', 'EUR', 1, 'open', 's', NULL, NULL, 'd', 1, 'u')",
+        ] {
+            conn.execute(insert).await.unwrap();
+        }
+        drop(conn);
+        let pool = &pool;
+        let licences = |org, after, limit| async move {
+            licenses::LicensesView::by_organization(pool, org, after, limit)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(licences(Some("o1"), None, 1).await, ["a"]);
+        assert_eq!(licences(Some("o1"), Some("a"), 10).await, ["c"]);
+        assert_eq!(
+            licences(Some("o1"), Some("c"), 10).await,
+            Vec::<String>::new()
+        );
+        assert_eq!(licences(None, None, 10).await, ["a", "b", "c"]);
+        assert_eq!(licences(None, Some("a"), 1).await, ["b"]);
+        let organizations = organizations::OrganizationsView::list(pool, Some("o1"), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            organizations
+                .iter()
+                .map(|o| o.id.as_str())
+                .collect::<Vec<_>>(),
+            ["o2"]
+        );
+        let invoices = |org, status, after| async move {
+            commercial::CommercialView::invoices(pool, org, status, after, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(invoices(Some("o1"), Some("open"), None).await, ["i1", "i4"]);
+        assert_eq!(invoices(Some("o1"), None, Some("i1")).await, ["i2", "i4"]);
+        assert_eq!(invoices(None, Some("open"), None).await, ["i1", "i3", "i4"]);
     }
 }

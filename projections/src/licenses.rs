@@ -53,14 +53,10 @@ impl LicensesView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<LicenseRow>, InfraError> {
-        Ok(sqlx::query_as(&format!(
+        let sql = format!(
             "{SELECT} WHERE ($1 = '' OR organization_id = $1) AND id > $2 ORDER BY id LIMIT $3"
-        ))
-        .bind(org.unwrap_or(""))
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?)
+        );
+        crate::page(pool, &sql, &[org.unwrap_or("")], after, limit).await
     }
 
     /// Every revoked licence, for the CRL.

@@ -53,13 +53,8 @@ impl OrganizationsView {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<OrganizationRow>, InfraError> {
-        Ok(
-            sqlx::query_as(&format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2"))
-                .bind(after.unwrap_or(""))
-                .bind(i64::from(limit))
-                .fetch_all(pool)
-                .await?,
-        )
+        let sql = format!("{SELECT} WHERE id > $1 ORDER BY id LIMIT $2");
+        crate::page(pool, &sql, &[], after, limit).await
     }
 }
 

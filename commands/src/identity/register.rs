@@ -188,13 +188,13 @@ mod tests {
     use quantus_domain::identity::user::User;
     use quantus_domain::identity::Role;
     use quantus_domain::organization::OrganizationCommand;
-    use quantus_domain::{Actor, ActorKind};
     use quantus_infra::keystore::{master_key, FileKeystore};
     use quantus_infra::subject_keys::{SignInThrottle, SubjectKeys};
     use quantus_infra::{Database, SqlEventRepository};
 
     use super::*;
     use crate::licensing::Licensing;
+    use crate::testing::{ctx, Scratch};
     use crate::CommandBus;
 
     struct Given {
@@ -202,28 +202,6 @@ mod tests {
         bus: CommandBus,
         org: String,
         _store: Scratch,
-    }
-
-    /// The store's folder, removed when the test ends.
-    struct Scratch(std::path::PathBuf);
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn ctx(tenant: &str) -> CommandContext {
-        CommandContext {
-            tenant_id: tenant.to_owned(),
-            actor: Actor {
-                kind: ActorKind::System,
-                id: "test".into(),
-            },
-            occurred_at: quantus_domain::envelope::truncate_to_micros(chrono::Utc::now()),
-            correlation_id: uuid::Uuid::now_v7(),
-            causation_id: uuid::Uuid::now_v7(),
-        }
     }
 
     fn id() -> String {

@@ -7,6 +7,8 @@ use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::record_decision;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogCheckpointSigned {
@@ -45,6 +47,21 @@ pub struct LogCheckpoint {
     pub signed: Option<LogCheckpointSigned>,
 }
 
+impl LogCheckpoint {
+    fn decide(
+        &self,
+        command: LogCheckpointSigned,
+    ) -> Result<Vec<LogCheckpointEvent>, LogCheckpointError> {
+        if self.signed.is_some() {
+            return Err(LogCheckpointError::AlreadySigned);
+        }
+        if command.tree_size == 0 {
+            return Err(LogCheckpointError::Empty);
+        }
+        Ok(vec![LogCheckpointEvent::LogCheckpointSigned(command)])
+    }
+}
+
 impl Aggregate for LogCheckpoint {
     const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = LogCheckpointSigned;
@@ -58,15 +75,7 @@ impl Aggregate for LogCheckpoint {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if self.signed.is_some() {
-            return Err(LogCheckpointError::AlreadySigned);
-        }
-        if command.tree_size == 0 {
-            return Err(LogCheckpointError::Empty);
-        }
-        sink.write(LogCheckpointEvent::LogCheckpointSigned(command), self)
-            .await;
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

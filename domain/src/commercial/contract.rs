@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::commercial::money::Currency;
+use crate::decision::record_decision;
 use crate::licensing::license::MAX_LIMIT;
 
 pub const MAX_LINE_ITEMS: usize = 50;
@@ -890,13 +891,10 @@ impl Aggregate for Contract {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

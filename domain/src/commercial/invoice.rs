@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::commercial::contract::Contract;
 use crate::commercial::money::{sum, times};
 use crate::commercial::usage::Period;
+use crate::decision::record_decision;
 
 /// Namespace of invoice ids (UUID v5 over `invoice/<contract id>/<YYYY-MM>`).
 pub const INVOICE_NAMESPACE: uuid::Uuid = uuid::uuid!("0b7f1c9e-51d2-4a8e-a6a4-3c8f0f6b2d17");
@@ -287,13 +288,10 @@ impl Aggregate for Invoice {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

@@ -6,6 +6,8 @@ use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::record_decision;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvidenceBundleCreated {
@@ -35,6 +37,18 @@ pub struct EvidenceBundle {
     pub created: Option<EvidenceBundleCreated>,
 }
 
+impl EvidenceBundle {
+    fn decide(
+        &self,
+        command: EvidenceBundleCreated,
+    ) -> Result<Vec<EvidenceBundleEvent>, BundleExists> {
+        if self.created.is_some() {
+            return Err(BundleExists);
+        }
+        Ok(vec![EvidenceBundleEvent::EvidenceBundleCreated(command)])
+    }
+}
+
 impl Aggregate for EvidenceBundle {
     const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = EvidenceBundleCreated;
@@ -48,12 +62,7 @@ impl Aggregate for EvidenceBundle {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if self.created.is_some() {
-            return Err(BundleExists);
-        }
-        sink.write(EvidenceBundleEvent::EvidenceBundleCreated(command), self)
-            .await;
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

@@ -9,6 +9,8 @@ use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::record_decision;
+
 /// The rule that applies to every class without its own.
 pub const ANY_CLASS: &str = "*";
 /// Longest retention accepted (100 years): "forever" is simply no rule.
@@ -98,21 +100,8 @@ impl RetentionPolicy {
             ),
         }
     }
-}
 
-impl Aggregate for RetentionPolicy {
-    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
-    type Command = RetentionCommand;
-    type Event = RetentionEvent;
-    type Error = RetentionError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _: &(),
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
+    fn decide(&self, command: RetentionCommand) -> Result<Vec<RetentionEvent>, RetentionError> {
         let event = match command {
             RetentionCommand::SetRule(r) => {
                 if r.keep_artifacts_days > MAX_DAYS {
@@ -123,7 +112,7 @@ impl Aggregate for RetentionPolicy {
                     return Err(RetentionError::BadClass);
                 }
                 if self.rules.get(class) == Some(&r.keep_artifacts_days) {
-                    return Ok(());
+                    return Ok(vec![]);
                 }
                 RetentionEvent::RetentionRuleSet(RetentionRuleSet {
                     job_class: class.to_owned(),
@@ -145,8 +134,24 @@ impl Aggregate for RetentionPolicy {
                 RetentionEvent::LegalHoldReleased(LegalHoldReleased {})
             }
         };
-        sink.write(event, self).await;
-        Ok(())
+        Ok(vec![event])
+    }
+}
+
+impl Aggregate for RetentionPolicy {
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
+    type Command = RetentionCommand;
+    type Event = RetentionEvent;
+    type Error = RetentionError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

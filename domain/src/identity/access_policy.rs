@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Role;
 
+use crate::decision::record_decision;
+
 pub const MAX_RULES: usize = 100;
 
 /// How strongly a person authenticated, from weakest to strongest.
@@ -417,13 +419,10 @@ impl Aggregate for AccessPolicy {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {
@@ -631,6 +630,15 @@ pub struct AccessDecisionRecord {
 #[error("this decision is already recorded")]
 pub struct AlreadyRecorded;
 
+impl AccessDecisionRecord {
+    fn decide(&self, command: AccessDecided) -> Result<Vec<AccessDecisionEvent>, AlreadyRecorded> {
+        if self.decided.is_some() {
+            return Err(AlreadyRecorded);
+        }
+        Ok(vec![AccessDecisionEvent::AccessDecided(command)])
+    }
+}
+
 impl Aggregate for AccessDecisionRecord {
     const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = AccessDecided;
@@ -641,15 +649,10 @@ impl Aggregate for AccessDecisionRecord {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if self.decided.is_some() {
-            return Err(AlreadyRecorded);
-        }
-        sink.write(AccessDecisionEvent::AccessDecided(command), self)
-            .await;
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{is_known_scope, role_allowed_in, scopes_of_roles, Role, OIDC_SCOPES};
 
+use crate::decision::record_decision;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientKind {
@@ -289,19 +291,8 @@ fn validate(r: &ClientRegistered) -> Result<(), ClientError> {
     Ok(())
 }
 
-impl Aggregate for Client {
-    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
-    type Command = ClientCommand;
-    type Event = ClientEvent;
-    type Error = ClientError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _: &(),
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
+impl Client {
+    fn decide(&self, command: ClientCommand) -> Result<Vec<ClientEvent>, ClientError> {
         let event = match (self.status, command) {
             (ClientStatus::Absent, ClientCommand::Register(mut r)) => {
                 r.name = r.name.trim().to_owned();
@@ -322,8 +313,24 @@ impl Aggregate for Client {
                 reason: reason.trim().chars().take(500).collect(),
             }),
         };
-        sink.write(event, self).await;
-        Ok(())
+        Ok(vec![event])
+    }
+}
+
+impl Aggregate for Client {
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
+    type Command = ClientCommand;
+    type Event = ClientEvent;
+    type Error = ClientError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

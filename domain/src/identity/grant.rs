@@ -20,6 +20,8 @@ use subtle::ConstantTimeEq;
 use super::client::GrantType;
 use super::RequestInfo;
 
+use crate::decision::record_decision;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationCodeIssued {
@@ -553,10 +555,7 @@ impl Aggregate for Grant {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Sealed;
 
+use crate::decision::record_decision;
+
 pub const MAX_PASSKEYS: usize = 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -150,13 +152,10 @@ impl Aggregate for PasskeyCredentials {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

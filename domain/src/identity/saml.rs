@@ -13,6 +13,8 @@ use cqrs_es::Aggregate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::record_decision;
+
 /// The id of the one aggregate holding the IdP's signing certificates.
 pub const SIGNING_KEYS_ID: &str = "saml-idp";
 
@@ -240,19 +242,11 @@ pub fn validate(
     Ok(())
 }
 
-impl Aggregate for SamlServiceProvider {
-    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
-    type Command = SamlServiceProviderCommand;
-    type Event = SamlServiceProviderEvent;
-    type Error = SamlError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _: &(),
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
+impl SamlServiceProvider {
+    fn decide(
+        &self,
+        command: SamlServiceProviderCommand,
+    ) -> Result<Vec<SamlServiceProviderEvent>, SamlError> {
         let event = match command {
             SamlServiceProviderCommand::Register {
                 organization_id,
@@ -279,7 +273,7 @@ impl Aggregate for SamlServiceProvider {
                 }
                 validate(&self.entity_id, &name, &settings)?;
                 if self.settings.as_ref() == Some(&settings) && self.name == name {
-                    return Ok(());
+                    return Ok(vec![]);
                 }
                 SamlServiceProviderEvent::SamlServiceProviderChanged(SamlServiceProviderChanged {
                     name,
@@ -291,13 +285,29 @@ impl Aggregate for SamlServiceProvider {
                     return Err(SamlError::NotFound);
                 }
                 if self.removed {
-                    return Ok(());
+                    return Ok(vec![]);
                 }
                 SamlServiceProviderEvent::SamlServiceProviderRemoved(SamlServiceProviderRemoved {})
             }
         };
-        sink.write(event, self).await;
-        Ok(())
+        Ok(vec![event])
+    }
+}
+
+impl Aggregate for SamlServiceProvider {
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
+    type Command = SamlServiceProviderCommand;
+    type Event = SamlServiceProviderEvent;
+    type Error = SamlError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {
@@ -368,25 +378,15 @@ impl SamlSigningKeys {
     pub fn active(&self) -> Option<&SamlSigningKeyAdded> {
         self.keys.last()
     }
-}
 
-impl Aggregate for SamlSigningKeys {
-    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
-    type Command = SamlSigningKeysCommand;
-    type Event = SamlSigningKeysEvent;
-    type Error = SamlError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _: &(),
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
+    fn decide(
+        &self,
+        command: SamlSigningKeysCommand,
+    ) -> Result<Vec<SamlSigningKeysEvent>, SamlError> {
         let event = match command {
             SamlSigningKeysCommand::Add(k) => {
                 if self.keys.iter().any(|x| x.kid == k.kid) {
-                    return Ok(());
+                    return Ok(vec![]);
                 }
                 if k.alg != "RSA-SHA256" {
                     return Err(SamlError::Invalid("SAML keys are RSA-SHA256".into()));
@@ -407,8 +407,24 @@ impl Aggregate for SamlSigningKeys {
                 }
             }
         };
-        sink.write(event, self).await;
-        Ok(())
+        Ok(vec![event])
+    }
+}
+
+impl Aggregate for SamlSigningKeys {
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
+    type Command = SamlSigningKeysCommand;
+    type Event = SamlSigningKeysEvent;
+    type Error = SamlError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {
@@ -469,6 +485,19 @@ pub struct SamlExchange {
     pub recorded: bool,
 }
 
+impl SamlExchange {
+    fn decide(&self, command: SamlExchangeCommand) -> Result<Vec<SamlExchangeEvent>, SamlError> {
+        if self.recorded {
+            return Err(SamlError::Invalid("this message id is already used".into()));
+        }
+        let event = match command {
+            SamlExchangeCommand::RecordAssertion(a) => SamlExchangeEvent::SamlAssertionIssued(a),
+            SamlExchangeCommand::RecordLogout(l) => SamlExchangeEvent::SamlLogoutCompleted(l),
+        };
+        Ok(vec![event])
+    }
+}
+
 impl Aggregate for SamlExchange {
     const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = SamlExchangeCommand;
@@ -482,15 +511,7 @@ impl Aggregate for SamlExchange {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if self.recorded {
-            return Err(SamlError::Invalid("this message id is already used".into()));
-        }
-        let event = match command {
-            SamlExchangeCommand::RecordAssertion(a) => SamlExchangeEvent::SamlAssertionIssued(a),
-            SamlExchangeCommand::RecordLogout(l) => SamlExchangeEvent::SamlLogoutCompleted(l),
-        };
-        sink.write(event, self).await;
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, _: Self::Event) {

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::RequestInfo;
 
+use crate::decision::record_decision;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionStarted {
@@ -77,6 +79,21 @@ impl Session {
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
         !self.ended && self.started.as_ref().is_some_and(|s| now < s.expires_at)
     }
+
+    fn decide(&self, command: SessionCommand) -> Result<Vec<SessionEvent>, SessionError> {
+        let event = match command {
+            SessionCommand::Start(s) if self.started.is_none() => SessionEvent::SessionStarted(s),
+            SessionCommand::Start(_) => return Err(SessionError::AlreadyExists),
+            SessionCommand::End { .. } if self.started.is_none() => {
+                return Err(SessionError::NotFound)
+            }
+            SessionCommand::End { .. } if self.ended => return Ok(vec![]),
+            SessionCommand::End { reason, request } => {
+                SessionEvent::SessionEnded(SessionEnded { reason, request })
+            }
+        };
+        Ok(vec![event])
+    }
 }
 
 impl Aggregate for Session {
@@ -92,19 +109,7 @@ impl Aggregate for Session {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let event = match command {
-            SessionCommand::Start(s) if self.started.is_none() => SessionEvent::SessionStarted(s),
-            SessionCommand::Start(_) => return Err(SessionError::AlreadyExists),
-            SessionCommand::End { .. } if self.started.is_none() => {
-                return Err(SessionError::NotFound)
-            }
-            SessionCommand::End { .. } if self.ended => return Ok(()),
-            SessionCommand::End { reason, request } => {
-                SessionEvent::SessionEnded(SessionEnded { reason, request })
-            }
-        };
-        sink.write(event, self).await;
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::RequestInfo;
 
+use crate::decision::record_decision;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SignInFailure {
@@ -85,6 +87,15 @@ pub struct SignInAttempt {
     pub recorded: bool,
 }
 
+impl SignInAttempt {
+    fn decide(&self, command: SignInEvent) -> Result<Vec<SignInEvent>, AlreadyRecorded> {
+        if self.recorded {
+            return Err(AlreadyRecorded);
+        }
+        Ok(vec![command])
+    }
+}
+
 impl Aggregate for SignInAttempt {
     const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
     type Command = SignInEvent;
@@ -98,11 +109,7 @@ impl Aggregate for SignInAttempt {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if self.recorded {
-            return Err(AlreadyRecorded);
-        }
-        sink.write(command, self).await;
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, _: Self::Event) {
@@ -136,6 +143,13 @@ impl Consent {
     pub fn covers(&self, scope: &BTreeSet<String>) -> bool {
         scope.is_subset(&self.scope)
     }
+
+    fn decide(&self, command: ConsentGranted) -> Result<Vec<ConsentEvent>, AlreadyRecorded> {
+        if self.covers(&command.scope) {
+            return Ok(vec![]);
+        }
+        Ok(vec![ConsentEvent::ConsentGranted(command)])
+    }
 }
 
 impl Aggregate for Consent {
@@ -151,12 +165,7 @@ impl Aggregate for Consent {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        if self.covers(&command.scope) {
-            return Ok(());
-        }
-        sink.write(ConsentEvent::ConsentGranted(command), self)
-            .await;
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Sealed;
 
+use crate::decision::record_decision;
+
 /// How many recovery codes an enrolment yields.
 pub const RECOVERY_CODES: usize = 10;
 
@@ -229,13 +231,10 @@ impl Aggregate for TotpAuthenticator {
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{role_allowed_in, Role, Sealed};
 
+use crate::decision::record_decision;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserCommand {
     Register {
@@ -365,10 +367,7 @@ impl Aggregate for User {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

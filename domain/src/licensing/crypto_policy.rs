@@ -11,6 +11,8 @@ use quantus_crypto::Algorithm;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::record_decision;
+
 /// The one policy's aggregate id.
 pub const POLICY_ID: &str = "crypto-policy";
 
@@ -137,21 +139,11 @@ impl CryptoPolicy {
             .copied()
             .or_else(|| self.published().sign.first().copied())
     }
-}
 
-impl Aggregate for CryptoPolicy {
-    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
-    type Command = CryptoPolicyCommand;
-    type Event = CryptoPolicyEvent;
-    type Error = CryptoPolicyError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _: &(),
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
+    fn decide(
+        &self,
+        command: CryptoPolicyCommand,
+    ) -> Result<Vec<CryptoPolicyEvent>, CryptoPolicyError> {
         let (algorithm, may_sign, may_verify, verify_until) = match command {
             CryptoPolicyCommand::SetRule {
                 algorithm,
@@ -167,12 +159,11 @@ impl Aggregate for CryptoPolicy {
                     return Err(CryptoPolicyError::NotJose(algorithm));
                 }
                 if self.purpose_signers.get(&purpose) == Some(&algorithm) {
-                    return Ok(());
+                    return Ok(vec![]);
                 }
                 let event =
                     CryptoPolicyEvent::PurposeSignerSet(PurposeSignerSet { purpose, algorithm });
-                sink.write(event, self).await;
-                return Ok(());
+                return Ok(vec![event]);
             }
         };
         if may_sign && (!may_verify || verify_until.is_some()) {
@@ -194,7 +185,7 @@ impl Aggregate for CryptoPolicy {
             verify_until,
         };
         if self.rules.get(&algorithm) == Some(&rule) {
-            return Ok(()); // Already so.
+            return Ok(vec![]); // Already so.
         }
         let event = CryptoPolicyEvent::AlgorithmRuleSet(AlgorithmRuleSet {
             algorithm,
@@ -202,8 +193,24 @@ impl Aggregate for CryptoPolicy {
             may_verify,
             verify_until,
         });
-        sink.write(event, self).await;
-        Ok(())
+        Ok(vec![event])
+    }
+}
+
+impl Aggregate for CryptoPolicy {
+    const TYPE: &'static str = <Self::Event as crate::events::EventEnum>::AGGREGATE;
+    type Command = CryptoPolicyCommand;
+    type Event = CryptoPolicyEvent;
+    type Error = CryptoPolicyError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

@@ -14,6 +14,8 @@ use quantus_crypto::{Algorithm, PublicKey};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::record_decision;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyringCommand {
     /// Records a key whose private half the keystore already holds.
@@ -278,10 +280,7 @@ impl Aggregate for Keyring {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

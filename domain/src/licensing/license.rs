@@ -9,6 +9,8 @@ use quantus_crypto::instant;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::decision::record_decision;
+
 /// Largest limit value: exact in every JSON implementation (see docs/event-log.md).
 pub const MAX_LIMIT: i64 = (1 << 53) - 1;
 pub const MAX_GRACE_SECONDS: u64 = 365 * 86400;
@@ -335,10 +337,7 @@ impl Aggregate for License {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        record_decision(self.decide(command), self, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {
