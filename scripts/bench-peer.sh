@@ -211,7 +211,8 @@ server_ticks() { # target
     { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pid="${SERVER_PID[$1]}" -v db="$([[ $1 == postgres ]] && echo 1)" '{
         p = $1; line = $0; sub(/^[0-9]+ \(/, "", line); comm = line; sub(/\) .*/, "", comm)
         sub(/^.*\) /, "", line); split(line, f, " ")
-        if (p == pid || (db && comm == "postgres")) ticks += f[12] + f[13]
+        # f[3] is the process group: Keycloak runs Java as a child of kc.sh, in the same group.
+        if (p == pid || f[3] == pid || (db && comm == "postgres")) ticks += f[12] + f[13]
     } END { print ticks + 0 }'
 }
 
